@@ -1,0 +1,115 @@
+//! tributary's own representation of decoded changes.
+//!
+//! Everything after the decoder works with these types; none of them knows wal2json or
+//! JSON. They are deliberately not `Serialize`: a serialized type is a contract.
+
+use crate::types::Lsn;
+
+/// One decoded message of the logical replication stream, in stream order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Begin(Begin),
+    Change(Change),
+    Commit(Commit),
+    /// A logical message (`pg_logical_emit_message`), transactional or not.
+    Logical(LogicalMessage),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Begin {
+    pub xid: Option<u32>,
+    /// LSN of the transaction's first record.
+    pub lsn: Option<Lsn>,
+    /// Commit time as the source rendered it (ISO, UTC).
+    pub commit_time: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commit {
+    pub xid: Option<u32>,
+    /// LSN of the commit record.
+    pub lsn: Option<Lsn>,
+    /// LSN just past the commit record: the position to acknowledge once the transaction is
+    /// durable on the branch store, and the position a restart resumes after.
+    pub end_lsn: Option<Lsn>,
+    pub commit_time: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+/// A row change (or a TRUNCATE) on one table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub kind: ChangeKind,
+    pub xid: Option<u32>,
+    pub lsn: Option<Lsn>,
+    pub table: TableName,
+    /// New row values (INSERT, UPDATE). An UPDATE omits unchanged TOASTed columns: a column
+    /// that is absent here is "not present" and must be left as it is, which is different
+    /// from a column present with [`Value::Null`].
+    pub columns: Vec<Column>,
+    /// The old key (UPDATE, DELETE): primary key or replica identity columns, or the whole
+    /// old row under `REPLICA IDENTITY FULL`. Empty for INSERT and TRUNCATE.
+    pub identity: Vec<Column>,
+}
+
+impl Change {
+    /// The new value of `column`: `None` when the column is not present in the change.
+    pub fn new_value(&self, column: &str) -> Option<&Value> {
+        self.columns
+            .iter()
+            .find(|c| c.name == column)
+            .map(|c| &c.value)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    pub name: String,
+    /// The column's type as the source names it (`integer`, `character varying(20)`, …).
+    pub type_name: Option<String>,
+    pub value: Value,
+}
+
+/// A column value, kept as exact text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    /// A number exactly as the source wrote it; never converted through a float.
+    Number(String),
+    /// Any other value in the type's text output form (bytea as hex without `\x`).
+    Text(String),
+}
+
+impl Value {
+    /// The value in PostgreSQL text input form, `None` for NULL.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Value::Null => None,
+            Value::Bool(true) => Some("t"),
+            Value::Bool(false) => Some("f"),
+            Value::Number(text) | Value::Text(text) => Some(text),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogicalMessage {
+    pub transactional: bool,
+    pub lsn: Option<Lsn>,
+    pub prefix: String,
+    pub content: String,
+}

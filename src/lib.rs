@@ -1,0 +1,5 @@
+//! tributary: a Postgres CDC replication daemon. See `ARCHITECTURE.md` for the map.
+
+pub mod change;
+pub mod source;
+pub mod types;

@@ -1,0 +1,143 @@
+//! The source layer's error type.
+//!
+//! Each variant says what happened and, where the operator can act, what to do. The
+//! pipeline decides retry or stop through [`Error::is_transient`] in one place.
+
+use std::fmt;
+use std::io;
+
+/// An error reported by the server (`ErrorResponse`), with its SQLSTATE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl ServerError {
+    /// What the operator can do about this error, where we know better than the server.
+    fn advice(&self) -> Option<&'static str> {
+        Some(match self.code.as_str() {
+            "28P01" => "check the user name and password in the source URL",
+            "28000" if self.message.contains("pg_hba.conf") => {
+                "add a pg_hba.conf line on the source that allows this user, database and \
+                 address (logical replication connections are matched by database name, not \
+                 by the 'replication' keyword), then reload the server"
+            }
+            "42501" => {
+                "grant the role the REPLICATION attribute (ALTER ROLE … REPLICATION) or the \
+                 provider's equivalent"
+            }
+            "53300" => "the server has no free connection slots: raise max_connections or close idle sessions",
+            "53400" => {
+                "the server is out of replication slots or WAL senders: raise \
+                 max_replication_slots / max_wal_senders, or drop unused slots"
+            }
+            "55006" => "another process is using this replication slot: stop it, or wait for it to disconnect",
+            "42704" if self.message.contains("replication slot") => {
+                "the replication slot does not exist: it must be created (a new snapshot is needed)"
+            }
+            "3D000" => "check the database name in the source URL",
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
+        if let Some(detail) = &self.detail {
+            write!(f, " ({detail})")?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "; hint: {hint}")?;
+        }
+        if let Some(advice) = self.advice() {
+            write!(f, "; {advice}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    InvalidUrl(#[from] super::conninfo::InvalidUrl),
+
+    #[error("could not connect to {target}: {source}; check that the server is running and reachable")]
+    Connect {
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("timed out after {seconds} s connecting to {target}; check the host, port and firewall, or raise connect_timeout")]
+    ConnectTimeout { target: String, seconds: u64 },
+
+    #[error("TLS with {target}: {reason}")]
+    Tls { target: String, reason: String },
+
+    #[error("authentication with {target} failed: {reason}")]
+    Auth { target: String, reason: String },
+
+    #[error("server {target} reported {error}")]
+    Server { target: String, error: ServerError },
+
+    #[error("connection to {target} closed by the server")]
+    Closed { target: String },
+
+    #[error("connection to {target} failed: {source}")]
+    Io {
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("unexpected reply from {target}: {reason}; the server may not be PostgreSQL, or this is a bug in tributary")]
+    Protocol { target: String, reason: String },
+}
+
+impl Error {
+    /// The SQLSTATE of a server error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Server { error, .. } => Some(&error.code),
+            _ => None,
+        }
+    }
+
+    pub fn server_error(&self) -> Option<&ServerError> {
+        match self {
+            Error::Server { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying later may succeed without anyone changing anything: lost
+    /// connections, timeouts, a server that is starting or shutting down, resource limits.
+    /// Everything else (bad credentials, missing slot, invalid URL) needs the operator.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Closed { .. } => true,
+            Error::Io { .. } => true,
+            Error::Server { error, .. } => {
+                // 08: connection exception; 53: insufficient resources; 57P0x: shutdown,
+                // crash restart, cannot connect now; 55006: slot busy (previous session
+                // still exiting); 40001/40P01: serialization failure, deadlock.
+                error.code.starts_with("08")
+                    || error.code.starts_with("53")
+                    || matches!(
+                        error.code.as_str(),
+                        "57P01" | "57P02" | "57P03" | "55006" | "40001" | "40P01"
+                    )
+            }
+            Error::InvalidUrl(_) | Error::Tls { .. } | Error::Auth { .. } | Error::Protocol { .. } => {
+                false
+            }
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,21 @@
+//! Everything that talks to the source database: connection settings, the walsender
+//! client, and the wal2json decoder.
+//!
+//! **Invariant:** nothing outside this module sees the replication wire protocol or
+//! wal2json's JSON; the rest of the daemon receives [`crate::change::Message`]s.
+
+pub mod conninfo;
+mod error;
+pub mod progress;
+pub mod replication;
+mod tls;
+pub mod wal2json;
+mod wire;
+
+pub use conninfo::{ConnInfo, SslMode};
+pub use error::{Error, ServerError};
+pub use progress::AckTracker;
+pub use replication::{
+    CreatedSlot, Keepalive, ReplicationClient, ReplicationMessage, ReplicationStream,
+    SnapshotAction, SystemInfo, XLogData,
+};

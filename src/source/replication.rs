@@ -1,0 +1,555 @@
+//! The walsender client: replication commands and the CopyBoth stream.
+//!
+//! # Progress and acknowledgement
+//!
+//! ```text
+//!   server ── XLogData(wal_start, data) ─────────► ReplicationStream::next ──► decoder ──► sink
+//!          ◄── StandbyStatusUpdate(write, flush) ──  set_flushed(lsn) ◄── durable commit ──┘
+//! ```
+//!
+//! The flush position we report becomes the slot's `confirmed_flush_lsn`: the server may
+//! recycle WAL before it and, after a reconnect, skips every transaction whose commit
+//! record lies before it. Reporting a position before its transaction is durably applied
+//! would lose that transaction on a crash, so the stream reports as flushed only what its
+//! owner passed to [`ReplicationStream::set_flushed`], and that value never moves
+//! backwards. The owner derives it from the sink's commits, and from keepalives while
+//! nothing is in flight ([`super::AckTracker`]).
+//!
+//! Status updates are sent when the server asks (a keepalive with `reply_requested`) and on
+//! a timer, which must fire well inside `wal_sender_timeout` or the server hangs up. Both
+//! happen inside [`ReplicationStream::next`], so the owner must keep polling it (for
+//! example in a `select!` beside its other work); `next` is cancel-safe.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use super::conninfo::ConnInfo;
+use super::error::{Error, Result};
+use super::wal2json::PluginOptions;
+use super::wire::{Connection, Frame, Rows};
+use crate::types::{Lsn, SlotName};
+
+/// Session settings that make wal2json render values in one stable, parseable form.
+const SESSION_OPTIONS: &str = "-c datestyle=ISO -c timezone=UTC -c intervalstyle=postgres \
+                               -c extra_float_digits=3 -c bytea_output=hex";
+
+/// wal2json 2.6 option that renders numeric and float values as strings, which keeps NaN
+/// and ±Infinity apart from NULL. Older versions reject it at `START_REPLICATION`.
+const NUMERIC_AS_STRING: &str = "numeric-data-types-as-string";
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// What `IDENTIFY_SYSTEM` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemInfo {
+    /// The cluster's unique system identifier.
+    pub system_id: String,
+    pub timeline: u32,
+    /// Current WAL flush position.
+    pub xlog_pos: Lsn,
+    pub dbname: Option<String>,
+}
+
+/// What to do with the snapshot of a new slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotAction {
+    /// Export it, so other sessions can read the database as of the consistent point while
+    /// this connection stays idle.
+    Export,
+    NoExport,
+}
+
+/// The reply to `CREATE_REPLICATION_SLOT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSlot {
+    pub slot_name: String,
+    /// The first position the slot can stream from; the exported snapshot sees exactly the
+    /// transactions that committed before it.
+    pub consistent_point: Lsn,
+    pub snapshot_name: Option<String>,
+    pub output_plugin: String,
+}
+
+/// A message of the CopyBoth stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicationMessage {
+    XLogData(XLogData),
+    Keepalive(Keepalive),
+}
+
+/// One output-plugin message: for wal2json format 2, one JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XLogData {
+    /// Position of the WAL record this message was decoded from; for a commit, the end of
+    /// the commit record.
+    pub wal_start: Lsn,
+    /// The server's current end of WAL.
+    pub wal_end: Lsn,
+    /// Server clock when sent, microseconds since 2000-01-01.
+    pub server_time: i64,
+    pub data: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Everything before this has been decoded and sent.
+    pub wal_end: Lsn,
+    pub server_time: i64,
+    /// The server wants a status update now, or it will disconnect at `wal_sender_timeout`.
+    pub reply_requested: bool,
+}
+
+/// Parses one CopyData payload of the stream. Never panics, whatever the input.
+pub fn parse_copy_data(mut payload: Bytes) -> Result<ReplicationMessage, String> {
+    let Some(&kind) = payload.first() else {
+        return Err("empty CopyData message".into());
+    };
+    match kind {
+        b'w' => {
+            if payload.len() < 25 {
+                return Err(format!("XLogData header truncated at {} bytes", payload.len()));
+            }
+            payload.advance(1);
+            let wal_start = Lsn::new(payload.get_u64());
+            let wal_end = Lsn::new(payload.get_u64());
+            let server_time = payload.get_i64();
+            Ok(ReplicationMessage::XLogData(XLogData {
+                wal_start,
+                wal_end,
+                server_time,
+                data: payload,
+            }))
+        }
+        b'k' => {
+            if payload.len() != 18 {
+                return Err(format!("keepalive of {} bytes, expected 18", payload.len()));
+            }
+            payload.advance(1);
+            Ok(ReplicationMessage::Keepalive(Keepalive {
+                wal_end: Lsn::new(payload.get_u64()),
+                server_time: payload.get_i64(),
+                reply_requested: payload.get_u8() != 0,
+            }))
+        }
+        other => Err(format!(
+            "unknown replication message type {:?}",
+            other as char
+        )),
+    }
+}
+
+/// Parses a duration setting as `SHOW` prints it (`60s`, `500ms`, `1min`, `0`).
+pub fn parse_pg_duration(text: &str) -> Option<Duration> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(number.checked_mul(millis)?))
+}
+
+/// How often to send status updates: `configured`, but at most half of
+/// `wal_sender_timeout` so that a lost reply never costs the connection.
+pub fn status_interval(configured: Duration, wal_sender_timeout: Duration) -> Duration {
+    if wal_sender_timeout.is_zero() {
+        configured
+    } else {
+        configured.min(wal_sender_timeout / 2)
+    }
+}
+
+/// A connection in replication mode (`replication=database`), between commands.
+pub struct ReplicationClient {
+    conn: Connection,
+    server_major: u32,
+}
+
+impl ReplicationClient {
+    pub async fn connect(info: &ConnInfo) -> Result<ReplicationClient> {
+        let conn = Connection::connect(
+            info,
+            &[("replication", "database"), ("options", SESSION_OPTIONS)],
+        )
+        .await?;
+        let version = conn.parameter("server_version").unwrap_or_default();
+        let server_major = version
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|major| major.parse().ok())
+            .ok_or_else(|| conn.protocol(format!("cannot read server_version {version:?}")))?;
+        Ok(ReplicationClient { conn, server_major })
+    }
+
+    /// The server's major version (15 for 15.4).
+    pub fn server_major(&self) -> u32 {
+        self.server_major
+    }
+
+    pub async fn identify_system(&mut self) -> Result<SystemInfo> {
+        let rows = self.conn.simple_query("IDENTIFY_SYSTEM").await?;
+        let field = |name: &str| {
+            rows.first(name)
+                .ok_or_else(|| self.conn.protocol(format!("IDENTIFY_SYSTEM without {name}")))
+        };
+        let timeline = field("timeline")?;
+        let xlogpos = field("xlogpos")?;
+        Ok(SystemInfo {
+            system_id: field("systemid")?.to_owned(),
+            timeline: timeline
+                .parse()
+                .map_err(|_| self.conn.protocol(format!("bad timeline {timeline:?}")))?,
+            xlog_pos: xlogpos
+                .parse()
+                .map_err(|e| self.conn.protocol(format!("bad xlogpos: {e}")))?,
+            dbname: rows.first("dbname").map(str::to_owned),
+        })
+    }
+
+    /// A setting of the walsender session, as `SHOW` prints it.
+    pub async fn show(&mut self, setting: &str) -> Result<String> {
+        let rows = self.conn.simple_query(&format!("SHOW {setting}")).await?;
+        rows.rows
+            .first()
+            .and_then(|row| row.first().cloned().flatten())
+            .ok_or_else(|| self.conn.protocol(format!("SHOW {setting} returned nothing")))
+    }
+
+    /// `wal_sender_timeout` of the server; zero when disabled.
+    pub async fn wal_sender_timeout(&mut self) -> Result<Duration> {
+        let text = self.show("wal_sender_timeout").await?;
+        parse_pg_duration(&text)
+            .ok_or_else(|| self.conn.protocol(format!("cannot read wal_sender_timeout {text:?}")))
+    }
+
+    /// Creates a logical slot for wal2json. With [`SnapshotAction::Export`] the snapshot
+    /// stays usable only until this connection runs its next command.
+    pub async fn create_slot(
+        &mut self,
+        slot: &SlotName,
+        temporary: bool,
+        snapshot: SnapshotAction,
+    ) -> Result<CreatedSlot> {
+        let temporary = if temporary { " TEMPORARY" } else { "" };
+        // PostgreSQL 15 introduced the option list; 13 and 14 know only the keywords.
+        let snapshot = match (self.server_major >= 15, snapshot) {
+            (true, SnapshotAction::Export) => " (SNAPSHOT 'export')",
+            (true, SnapshotAction::NoExport) => " (SNAPSHOT 'nothing')",
+            (false, SnapshotAction::Export) => " EXPORT_SNAPSHOT",
+            (false, SnapshotAction::NoExport) => " NOEXPORT_SNAPSHOT",
+        };
+        let rows = self
+            .conn
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {slot}{temporary} LOGICAL wal2json{snapshot}"
+            ))
+            .await?;
+        let field = |name: &str| {
+            rows.first(name).ok_or_else(|| {
+                self.conn
+                    .protocol(format!("CREATE_REPLICATION_SLOT returned no {name}"))
+            })
+        };
+        Ok(CreatedSlot {
+            slot_name: field("slot_name")?.to_owned(),
+            consistent_point: field("consistent_point")?
+                .parse()
+                .map_err(|e| self.conn.protocol(format!("bad consistent_point: {e}")))?,
+            snapshot_name: rows.first("snapshot_name").map(str::to_owned),
+            output_plugin: field("output_plugin")?.to_owned(),
+        })
+    }
+
+    /// Drops a slot, waiting for another session that still holds it to let go.
+    pub async fn drop_slot(&mut self, slot: &SlotName) -> Result<()> {
+        self.conn
+            .simple_query(&format!("DROP_REPLICATION_SLOT {slot} WAIT"))
+            .await
+            .map(drop)
+    }
+
+    /// Runs any SQL the walsender accepts; for replication commands not wrapped here.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        self.conn.simple_query(sql).await.map(|Rows { rows, .. }| rows)
+    }
+
+    /// Starts streaming from `start` (`Lsn::ZERO`: from the slot's confirmed position).
+    ///
+    /// When `plugin.numeric_as_string` is set but the server's wal2json predates that
+    /// option, streaming starts without it; [`ReplicationStream::numeric_as_string`] says
+    /// which happened.
+    pub async fn start_replication(
+        mut self,
+        slot: &SlotName,
+        start: Lsn,
+        mut plugin: PluginOptions,
+        status_interval: Duration,
+    ) -> Result<ReplicationStream> {
+        loop {
+            let options = plugin
+                .to_options()
+                .iter()
+                .map(|(name, value)| format!("\"{name}\" '{}'", value.replace('\'', "''")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("START_REPLICATION SLOT {slot} LOGICAL {start} ({options})");
+            match self.start(&sql).await {
+                Ok(()) => break,
+                Err(e) if plugin.numeric_as_string && rejects_numeric_as_string(&e) => {
+                    tracing::warn!(
+                        %slot,
+                        "the source's wal2json does not support {NUMERIC_AS_STRING} (added in \
+                         wal2json 2.6): NaN and Infinity in numeric and float columns arrive as NULL"
+                    );
+                    plugin.numeric_as_string = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut timer = tokio::time::interval_at(Instant::now() + status_interval, status_interval);
+        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(ReplicationStream {
+            client: self,
+            numeric_as_string: plugin.numeric_as_string,
+            received: start,
+            flushed: start,
+            timer,
+            server_done: false,
+        })
+    }
+
+    async fn start(&mut self, sql: &str) -> Result<()> {
+        self.conn.send_query(sql).await?;
+        match self.conn.read_frame().await? {
+            Frame::CopyBoth => Ok(()),
+            Frame::Other(Message::ErrorResponse(body)) => {
+                let error = self.conn.server_error(body.fields());
+                self.wait_ready().await?;
+                Err(error)
+            }
+            other => Err(self.conn.unexpected("in reply to START_REPLICATION", &other)),
+        }
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        loop {
+            match self.conn.read_frame().await? {
+                Frame::Other(Message::ReadyForQuery(_)) => return Ok(()),
+                Frame::Other(Message::CommandComplete(_)) | Frame::CopyData(_) => {}
+                other => return Err(self.conn.unexpected("while finishing a command", &other)),
+            }
+        }
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(self) {
+        self.conn.terminate().await
+    }
+}
+
+fn rejects_numeric_as_string(error: &Error) -> bool {
+    error
+        .server_error()
+        .is_some_and(|e| e.code == "22023" && e.message.contains(NUMERIC_AS_STRING))
+}
+
+/// The CopyBoth stream started by `START_REPLICATION`. See the module docs.
+pub struct ReplicationStream {
+    client: ReplicationClient,
+    numeric_as_string: bool,
+    /// Highest position received, reported as "written".
+    received: Lsn,
+    /// Highest position the owner declared durable, reported as "flushed".
+    flushed: Lsn,
+    timer: Interval,
+    /// The server ended the stream with CopyDone.
+    server_done: bool,
+}
+
+impl ReplicationStream {
+    /// Whether wal2json renders numeric and float values as strings (NaN distinct from NULL).
+    pub fn numeric_as_string(&self) -> bool {
+        self.numeric_as_string
+    }
+
+    /// The next message; `None` when the server ended the stream. Answers keepalives and
+    /// sends periodic status updates while waiting. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Option<ReplicationMessage>> {
+        if self.server_done {
+            return Ok(None);
+        }
+        loop {
+            let conn = &mut self.client.conn;
+            if let Some(frame) = conn.try_frame()? {
+                match frame {
+                    Frame::CopyData(payload) => {
+                        let message = parse_copy_data(payload).map_err(|r| conn.protocol(r))?;
+                        match &message {
+                            ReplicationMessage::XLogData(x) => {
+                                self.received = self.received.max(x.wal_start)
+                            }
+                            ReplicationMessage::Keepalive(k) if k.reply_requested => {
+                                self.queue_status(false);
+                                self.client.conn.flush().await?;
+                            }
+                            ReplicationMessage::Keepalive(_) => {}
+                        }
+                        return Ok(Some(message));
+                    }
+                    Frame::Other(Message::CopyDone) => {
+                        self.server_done = true;
+                        return Ok(None);
+                    }
+                    other => return Err(conn.unexpected("while streaming", &other)),
+                }
+            }
+            // Finish a status update that a cancelled call left half-sent.
+            conn.flush().await?;
+            tokio::select! {
+                // The timer first: under a steady flood of data the server must still hear
+                // from us before wal_sender_timeout.
+                biased;
+                _ = self.timer.tick() => {
+                    self.queue_status(false);
+                    self.client.conn.flush().await?;
+                }
+                read = conn.fill() => read?,
+            }
+        }
+    }
+
+    /// Declares everything up to `lsn` durable. Lower values than before are ignored: the
+    /// reported position never moves backwards.
+    pub fn set_flushed(&mut self, lsn: Lsn) {
+        self.flushed = self.flushed.max(lsn);
+    }
+
+    pub fn flushed(&self) -> Lsn {
+        self.flushed
+    }
+
+    /// Sends a status update now (the timer sends them anyway).
+    pub async fn send_status(&mut self) -> Result<()> {
+        self.queue_status(false);
+        self.client.conn.flush().await
+    }
+
+    fn queue_status(&mut self, reply_requested: bool) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or_default();
+        let written = self.received.max(self.flushed);
+        let buf = self.client.conn.write_buf();
+        buf.put_u8(b'd');
+        buf.put_i32(4 + 34);
+        buf.put_u8(b'r');
+        buf.put_u64(written.as_u64());
+        buf.put_u64(self.flushed.as_u64());
+        buf.put_u64(self.flushed.as_u64());
+        buf.put_i64(now - PG_EPOCH_OFFSET_MICROS);
+        buf.put_u8(u8::from(reply_requested));
+    }
+
+    /// Ends streaming after a last status update and returns the connection for more
+    /// commands. Messages still in flight are dropped; they were never acknowledged, so the
+    /// server sends them again next time.
+    pub async fn stop(mut self) -> Result<ReplicationClient> {
+        self.queue_status(false);
+        frontend::copy_done(self.client.conn.write_buf());
+        self.client.conn.flush().await?;
+        let mut server_done = self.server_done;
+        loop {
+            match self.client.conn.read_frame().await? {
+                Frame::CopyData(_) if !server_done => {}
+                Frame::Other(Message::CopyDone) if !server_done => server_done = true,
+                Frame::Other(Message::CommandComplete(_)) if server_done => {}
+                Frame::Other(Message::ReadyForQuery(_)) if server_done => return Ok(self.client),
+                other => {
+                    return Err(self
+                        .client
+                        .conn
+                        .unexpected("while stopping replication", &other))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_xlogdata_and_keepalive() {
+        let mut w = vec![b'w'];
+        w.extend(0x1_0000_0010u64.to_be_bytes());
+        w.extend(0x1_0000_0020u64.to_be_bytes());
+        w.extend(7i64.to_be_bytes());
+        w.extend(b"{}");
+        let ReplicationMessage::XLogData(x) = parse_copy_data(Bytes::from(w)).unwrap() else {
+            panic!("not XLogData")
+        };
+        assert_eq!(x.wal_start.to_string(), "1/10");
+        assert_eq!(x.wal_end.to_string(), "1/20");
+        assert_eq!(&x.data[..], b"{}");
+
+        let mut k = vec![b'k'];
+        k.extend(5u64.to_be_bytes());
+        k.extend(9i64.to_be_bytes());
+        k.push(1);
+        assert_eq!(
+            parse_copy_data(Bytes::from(k)).unwrap(),
+            ReplicationMessage::Keepalive(Keepalive {
+                wal_end: Lsn::new(5),
+                server_time: 9,
+                reply_requested: true
+            })
+        );
+    }
+
+    #[test]
+    fn truncated_messages_are_errors() {
+        assert!(parse_copy_data(Bytes::new()).is_err());
+        assert!(parse_copy_data(Bytes::from_static(b"w123")).is_err());
+        assert!(parse_copy_data(Bytes::from_static(b"k1234567")).is_err());
+        assert!(parse_copy_data(Bytes::from_static(b"q")).is_err());
+    }
+
+    #[test]
+    fn reads_durations_as_show_prints_them() {
+        assert_eq!(parse_pg_duration("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_pg_duration("1min"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_pg_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_pg_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_pg_duration("soon"), None);
+        assert_eq!(
+            status_interval(Duration::from_secs(10), Duration::from_secs(2)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            status_interval(Duration::from_secs(10), Duration::ZERO),
+            Duration::from_secs(10)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_payloads_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = parse_copy_data(Bytes::from(bytes));
+        }
+    }
+}

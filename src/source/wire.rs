@@ -1,0 +1,566 @@
+//! One frontend/backend protocol connection: transport (TCP, TLS, unix socket), framing,
+//! startup, authentication and the simple query protocol.
+//!
+//! Frames are cut from one read buffer. CopyData frames, the hot path of streaming, are
+//! handed out as `Bytes` slices of that buffer without copying; everything else is parsed
+//! with `postgres-protocol`. A frame is bounded by [`MAX_FRAME_LEN`], so a corrupt length
+//! is an error rather than an allocation of gigabytes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::message::backend::{self, ErrorFields, Message};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::TlsConnector;
+
+use super::conninfo::{ConnInfo, Host, SslMode};
+use super::error::{Error, Result, ServerError};
+use super::tls;
+
+/// Largest frame accepted: a row of several 1 GB values can legitimately come close.
+pub(crate) const MAX_FRAME_LEN: usize = 1 << 31;
+
+const READ_CHUNK: usize = 64 * 1024;
+
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+/// A backend frame.
+pub(crate) enum Frame {
+    /// The payload of a CopyData message.
+    CopyData(Bytes),
+    /// CopyBothResponse (`W`), which `postgres-protocol` does not know.
+    CopyBoth,
+    Other(Message),
+}
+
+/// Result of a simple query: the rows of its last result set, as text.
+#[derive(Debug, Default)]
+pub(crate) struct Rows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl Rows {
+    /// Value of `column` in the first row.
+    pub fn first(&self, column: &str) -> Option<&str> {
+        let index = self.columns.iter().position(|c| c == column)?;
+        self.rows.first()?.get(index)?.as_deref()
+    }
+}
+
+pub(crate) struct Connection {
+    stream: Box<dyn Transport>,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    target: String,
+    parameters: HashMap<String, String>,
+}
+
+impl Connection {
+    /// Connects, negotiates TLS, starts up with `params` and authenticates.
+    pub async fn connect(info: &ConnInfo, params: &[(&str, &str)]) -> Result<Connection> {
+        let target = info.target();
+        let timeout = info.connect_timeout;
+        tokio::time::timeout(timeout, Self::connect_inner(info, params, target.clone()))
+            .await
+            .map_err(|_| Error::ConnectTimeout {
+                target,
+                seconds: timeout.as_secs(),
+            })?
+    }
+
+    async fn connect_inner(
+        info: &ConnInfo,
+        params: &[(&str, &str)],
+        target: String,
+    ) -> Result<Connection> {
+        let connect_err = |source| Error::Connect {
+            target: target.clone(),
+            source,
+        };
+        let stream: Box<dyn Transport> = match &info.host {
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{}", info.port));
+                Box::new(UnixStream::connect(path).await.map_err(connect_err)?)
+            }
+            Host::Tcp(host) => {
+                let tcp = TcpStream::connect((host.as_str(), info.port))
+                    .await
+                    .map_err(connect_err)?;
+                tcp.set_nodelay(true).map_err(connect_err)?;
+                negotiate_tls(tcp, info, host, &target).await?
+            }
+        };
+        let mut conn = Connection {
+            stream,
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            write_buf: BytesMut::new(),
+            target,
+            parameters: HashMap::new(),
+        };
+        conn.startup(info, params).await?;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, info: &ConnInfo, params: &[(&str, &str)]) -> Result<()> {
+        let mut all = vec![
+            ("user", info.user.as_str()),
+            ("database", info.dbname.as_str()),
+            ("application_name", info.application_name.as_str()),
+            ("client_encoding", "UTF8"),
+        ];
+        all.extend_from_slice(params);
+        frontend::startup_message(all.iter().copied(), &mut self.write_buf)
+            .map_err(|e| self.protocol(format!("cannot encode startup message: {e}")))?;
+        self.flush().await?;
+
+        self.authenticate(info).await?;
+        loop {
+            match self.read_frame().await? {
+                Frame::Other(Message::ReadyForQuery(_)) => return Ok(()),
+                Frame::Other(Message::ParameterStatus(body)) => {
+                    let (name, value) = (body.name(), body.value());
+                    if let (Ok(name), Ok(value)) = (name, value) {
+                        self.parameters.insert(name.to_owned(), value.to_owned());
+                    }
+                }
+                Frame::Other(Message::BackendKeyData(_)) => {}
+                other => return Err(self.unexpected("during startup", &other)),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, info: &ConnInfo) -> Result<()> {
+        let target = self.target.clone();
+        let password = || {
+            info.password.as_ref().map(|p| p.expose().as_bytes()).ok_or_else(|| Error::Auth {
+                target: target.clone(),
+                reason: format!(
+                    "the server asks for a password for user {:?} but none was given: put it in \
+                     the URL (postgresql://user:password@…) or in PGPASSWORD",
+                    info.user
+                ),
+            })
+        };
+        match self.read_frame().await? {
+            Frame::Other(Message::AuthenticationOk) => return Ok(()),
+            Frame::Other(Message::AuthenticationCleartextPassword) => {
+                let pw = password()?.to_vec();
+                frontend::password_message(&pw, &mut self.write_buf)
+                    .map_err(|e| self.protocol(e.to_string()))?;
+            }
+            Frame::Other(Message::AuthenticationMd5Password(body)) => {
+                let hash = postgres_protocol::authentication::md5_hash(
+                    info.user.as_bytes(),
+                    password()?,
+                    body.salt(),
+                );
+                frontend::password_message(hash.as_bytes(), &mut self.write_buf)
+                    .map_err(|e| self.protocol(e.to_string()))?;
+            }
+            Frame::Other(Message::AuthenticationSasl(body)) => {
+                let mut mechanisms = body.mechanisms();
+                let mut scram = false;
+                while let Some(m) = mechanisms.next().map_err(|e| self.protocol(e.to_string()))? {
+                    scram |= m == sasl::SCRAM_SHA_256;
+                }
+                if !scram {
+                    return Err(Error::Auth {
+                        target: self.target.clone(),
+                        reason: "the server offers no SASL mechanism tributary supports (SCRAM-SHA-256)".into(),
+                    });
+                }
+                let pw = password()?.to_vec();
+                // Channel binding is not offered ("n"): the server accepts plain
+                // SCRAM-SHA-256 also over TLS, where certificates already bind the session.
+                let mut scram = ScramSha256::new(&pw, ChannelBinding::unsupported());
+                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), &mut self.write_buf)
+                    .map_err(|e| self.protocol(e.to_string()))?;
+                self.flush().await?;
+                match self.read_frame().await? {
+                    Frame::Other(Message::AuthenticationSaslContinue(body)) => {
+                        scram.update(body.data()).map_err(|e| self.auth_failed(e))?;
+                    }
+                    other => return Err(self.unexpected("during SCRAM authentication", &other)),
+                }
+                frontend::sasl_response(scram.message(), &mut self.write_buf)
+                    .map_err(|e| self.protocol(e.to_string()))?;
+                self.flush().await?;
+                match self.read_frame().await? {
+                    Frame::Other(Message::AuthenticationSaslFinal(body)) => {
+                        scram.finish(body.data()).map_err(|e| self.auth_failed(e))?;
+                    }
+                    other => return Err(self.unexpected("during SCRAM authentication", &other)),
+                }
+            }
+            Frame::Other(
+                Message::AuthenticationGss
+                | Message::AuthenticationSspi
+                | Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential,
+            ) => {
+                return Err(Error::Auth {
+                    target: self.target.clone(),
+                    reason: "the server requires GSSAPI/SSPI/Kerberos authentication, which tributary \
+                             does not support: use scram-sha-256 for this role in pg_hba.conf"
+                        .into(),
+                })
+            }
+            other => return Err(self.unexpected("at authentication", &other)),
+        }
+        self.flush().await?;
+        match self.read_frame().await? {
+            Frame::Other(Message::AuthenticationOk) => Ok(()),
+            other => Err(self.unexpected("after authentication", &other)),
+        }
+    }
+
+    fn auth_failed(&self, e: std::io::Error) -> Error {
+        Error::Auth {
+            target: self.target.clone(),
+            reason: format!("SCRAM exchange failed: {e}"),
+        }
+    }
+
+    /// A run-time parameter the server reported (`server_version`, `TimeZone`, …).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
+    }
+
+    /// Runs one statement with the simple query protocol and returns its rows as text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Rows> {
+        frontend::query(sql, &mut self.write_buf).map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await?;
+        let mut rows = Rows::default();
+        let mut error = None;
+        loop {
+            match self.read_frame().await? {
+                Frame::Other(Message::RowDescription(body)) => {
+                    rows = Rows::default();
+                    let mut fields = body.fields();
+                    while let Some(field) = fields.next().map_err(|e| self.protocol(e.to_string()))? {
+                        rows.columns.push(field.name().to_owned());
+                    }
+                }
+                Frame::Other(Message::DataRow(body)) => {
+                    let buf = body.buffer();
+                    let mut values = Vec::with_capacity(rows.columns.len());
+                    let mut ranges = body.ranges();
+                    while let Some(range) = ranges.next().map_err(|e| self.protocol(e.to_string()))? {
+                        let value = range
+                            .map(|r| {
+                                std::str::from_utf8(&buf[r])
+                                    .map(str::to_owned)
+                                    .map_err(|_| self.protocol("a value is not valid UTF-8".into()))
+                            })
+                            .transpose()?;
+                        values.push(value);
+                    }
+                    rows.rows.push(values);
+                }
+                Frame::Other(Message::CommandComplete(_) | Message::EmptyQueryResponse) => {}
+                Frame::Other(Message::ReadyForQuery(_)) => {
+                    return match error {
+                        Some(error) => Err(error),
+                        None => Ok(rows),
+                    }
+                }
+                Frame::Other(Message::ErrorResponse(body)) => {
+                    error = Some(self.server_error(body.fields()));
+                }
+                other => return Err(self.unexpected("in reply to a query", &other)),
+            }
+        }
+    }
+
+    /// Sends a query without waiting for its result (`START_REPLICATION`).
+    pub async fn send_query(&mut self, sql: &str) -> Result<()> {
+        frontend::query(sql, &mut self.write_buf).map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await
+    }
+
+    /// Reads the next frame, handling notices and parameter changes along the way.
+    pub async fn read_frame(&mut self) -> Result<Frame> {
+        loop {
+            if let Some(frame) = self.try_frame()? {
+                return Ok(frame);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Cuts the next frame from the read buffer without waiting, `None` if it is incomplete.
+    /// Notices are logged and parameter changes recorded here, not returned.
+    pub fn try_frame(&mut self) -> Result<Option<Frame>> {
+        loop {
+            let Some(frame) = self.cut_frame()? else {
+                return Ok(None);
+            };
+            match frame {
+                Frame::Other(Message::NoticeResponse(body)) => {
+                    let notice = self.server_error(body.fields());
+                    tracing::info!(target: "tributary::source", server = %self.target, "{notice}");
+                }
+                Frame::Other(Message::ParameterStatus(body)) => {
+                    if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
+                        self.parameters.insert(name.to_owned(), value.to_owned());
+                    }
+                }
+                frame => return Ok(Some(frame)),
+            }
+        }
+    }
+
+    fn cut_frame(&mut self) -> Result<Option<Frame>> {
+        cut_frame(&mut self.read_buf).map_err(|reason| self.protocol(reason))
+    }
+
+    /// Reads more bytes from the server into the read buffer. Cancel-safe.
+    pub async fn fill(&mut self) -> Result<()> {
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        let n = self
+            .stream
+            .read_buf(&mut self.read_buf)
+            .await
+            .map_err(|source| self.io(source))?;
+        if n == 0 {
+            return Err(Error::Closed {
+                target: self.target.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Buffer for the next message to send; [`Connection::flush`] sends it.
+    pub fn write_buf(&mut self) -> &mut BytesMut {
+        &mut self.write_buf
+    }
+
+    /// Sends everything buffered. Cancel-safe: what was written is removed from the buffer,
+    /// so a cancelled flush resumes where it stopped and no message is sent twice or torn.
+    pub async fn flush(&mut self) -> Result<()> {
+        while !self.write_buf.is_empty() {
+            let n = self
+                .stream
+                .write(&self.write_buf)
+                .await
+                .map_err(|source| self.io(source))?;
+            if n == 0 {
+                return Err(Error::Closed {
+                    target: self.target.clone(),
+                });
+            }
+            self.write_buf.advance(n);
+        }
+        self.stream.flush().await.map_err(|source| self.io(source))
+    }
+
+    /// Says goodbye; errors are irrelevant at this point.
+    pub async fn terminate(mut self) {
+        frontend::terminate(&mut self.write_buf);
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    pub fn server_error(&self, mut fields: ErrorFields<'_>) -> Error {
+        let mut error = ServerError {
+            severity: "ERROR".into(),
+            code: "XX000".into(),
+            message: String::new(),
+            detail: None,
+            hint: None,
+        };
+        while let Ok(Some(field)) = fields.next() {
+            let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
+            match field.type_() {
+                b'V' => error.severity = value,
+                b'C' => error.code = value,
+                b'M' => error.message = value,
+                b'D' => error.detail = Some(value),
+                b'H' => error.hint = Some(value),
+                _ => {}
+            }
+        }
+        Error::Server {
+            target: self.target.clone(),
+            error,
+        }
+    }
+
+    pub fn protocol(&self, reason: String) -> Error {
+        Error::Protocol {
+            target: self.target.clone(),
+            reason,
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> Error {
+        Error::Io {
+            target: self.target.clone(),
+            source,
+        }
+    }
+
+    /// The error for a frame that does not belong here (a server error stays a server error).
+    pub fn unexpected(&self, context: &str, frame: &Frame) -> Error {
+        match frame {
+            Frame::Other(Message::ErrorResponse(body)) => self.server_error(body.fields()),
+            Frame::CopyData(_) => self.protocol(format!("unexpected CopyData {context}")),
+            Frame::CopyBoth => self.protocol(format!("unexpected CopyBothResponse {context}")),
+            Frame::Other(_) => self.protocol(format!("unexpected message {context}")),
+        }
+    }
+}
+
+/// Cuts the next complete frame off the front of `buf`; `None` while it is incomplete.
+/// A pure function of the buffer, so that it can be fuzzed: it never panics.
+pub(crate) fn cut_frame(buf: &mut BytesMut) -> Result<Option<Frame>, String> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let tag = buf[0];
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if !(4..=MAX_FRAME_LEN).contains(&len) {
+        return Err(format!("frame {:?} has invalid length {len}", tag as char));
+    }
+    let total = len + 1;
+    if buf.len() < total {
+        // Grow towards the frame in steps: a corrupt length must not allocate gigabytes
+        // before a single byte of the frame arrived.
+        buf.reserve((total - buf.len()).min(8 << 20));
+        return Ok(None);
+    }
+    let mut frame = buf.split_to(total);
+    Ok(Some(match tag {
+        backend::COPY_DATA_TAG => {
+            frame.advance(5);
+            Frame::CopyData(frame.freeze())
+        }
+        b'W' => Frame::CopyBoth,
+        _ => match Message::parse(&mut frame) {
+            Ok(Some(message)) => Frame::Other(message),
+            Ok(None) => return Err(format!("frame {:?} is incomplete", tag as char)),
+            Err(e) => return Err(format!("frame {:?}: {e}", tag as char)),
+        },
+    }))
+}
+
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    info: &ConnInfo,
+    host: &str,
+    target: &str,
+) -> Result<Box<dyn Transport>> {
+    if info.sslmode == SslMode::Disable {
+        return Ok(Box::new(tcp));
+    }
+    let tls_err = |reason: String| Error::Tls {
+        target: target.to_owned(),
+        reason,
+    };
+    let io_err = |source| Error::Io {
+        target: target.to_owned(),
+        source,
+    };
+    // Build the configuration first: a missing root certificate is reported even when the
+    // server turns out not to speak TLS.
+    let config = tls::client_config(info.sslmode, info.sslrootcert.as_ref()).map_err(tls_err)?;
+
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await.map_err(io_err)?;
+    // Exactly one byte: anything the server sent after it before the handshake would be
+    // unauthenticated plaintext, so nothing more is read here (CVE-2021-23222).
+    let answer = tcp.read_u8().await.map_err(io_err)?;
+    match answer {
+        b'S' => {}
+        b'N' if info.sslmode == SslMode::Prefer => return Ok(Box::new(tcp)),
+        b'N' => {
+            return Err(tls_err(format!(
+                "the server does not accept TLS connections but sslmode={} requires TLS; enable \
+                 ssl on the server or use sslmode=prefer/disable",
+                info.sslmode.as_str()
+            )))
+        }
+        other => {
+            return Err(tls_err(format!(
+                "unexpected answer {:?} to the TLS request",
+                other as char
+            )))
+        }
+    }
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| tls_err(format!("{host:?} is not a valid host name for TLS: {e}")))?;
+    let stream = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| tls_err(format!("handshake failed: {e}")))?;
+    Ok(Box::new(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn cuts_frames_and_waits_for_incomplete_ones() {
+        let mut bytes = frame(b'd', b"wxyz");
+        bytes.extend(frame(b'Z', b"I"));
+        let mut buf = BytesMut::from(&bytes[..bytes.len() - 1]);
+        assert!(matches!(cut_frame(&mut buf), Ok(Some(Frame::CopyData(d))) if &d[..] == b"wxyz"));
+        assert!(matches!(cut_frame(&mut buf), Ok(None)));
+        buf.extend_from_slice(&bytes[bytes.len() - 1..]);
+        assert!(matches!(cut_frame(&mut buf), Ok(Some(Frame::Other(Message::ReadyForQuery(_))))));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn rejects_impossible_lengths() {
+        let mut buf = BytesMut::from(&[b'd', 0, 0, 0, 3][..]);
+        assert!(matches!(cut_frame(&mut buf), Err(e) if e.contains("invalid length")));
+        let mut buf = BytesMut::from(&[b'd', 0xff, 0xff, 0xff, 0xff][..]);
+        assert!(cut_frame(&mut buf).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = cut_frame(&mut buf) {}
+        }
+
+        #[test]
+        fn arbitrary_bodies_of_known_tags_never_panic(
+            tag in proptest::sample::select(b"123ACDEGHIKNRSTWZcdnst".to_vec()),
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let mut buf = BytesMut::from(&frame(tag, &body)[..]);
+            if let Ok(Some(Frame::Other(message))) = cut_frame(&mut buf) {
+                // Walk the lazily parsed parts too.
+                match message {
+                    Message::DataRow(row) => { let mut r = row.ranges(); while let Ok(Some(_)) = r.next() {} }
+                    Message::RowDescription(d) => { let mut f = d.fields(); while let Ok(Some(_)) = f.next() {} }
+                    Message::ErrorResponse(e) => { let mut f = e.fields(); while let Ok(Some(_)) = f.next() {} }
+                    Message::AuthenticationSasl(s) => { let mut m = s.mechanisms(); while let Ok(Some(_)) = m.next() {} }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

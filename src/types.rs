@@ -1,0 +1,123 @@
+//! Small value types that carry meaning across layers: `Lsn`, `SlotName`.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A position in the source's write-ahead log.
+///
+/// Printed and parsed in PostgreSQL's `X/X` form (`16/B374D848`), which is how every
+/// server view (`pg_replication_slots`, `pg_current_wal_lsn()`) and wal2json show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(u64);
+
+impl Lsn {
+    /// `0/0`: "no position", which `START_REPLICATION` reads as "the slot's confirmed position".
+    pub const ZERO: Lsn = Lsn(0);
+
+    pub const fn new(raw: u64) -> Lsn {
+        Lsn(raw)
+    }
+
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// Bytes of WAL between `earlier` and `self`, zero when `earlier` is ahead.
+    pub fn bytes_since(self, earlier: Lsn) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid LSN {0:?}: expected two hexadecimal numbers separated by '/', like 16/B374D848")]
+pub struct ParseLsnError(String);
+
+impl FromStr for Lsn {
+    type Err = ParseLsnError;
+
+    fn from_str(s: &str) -> Result<Lsn, ParseLsnError> {
+        let err = || ParseLsnError(s.to_owned());
+        let (hi, lo) = s.split_once('/').ok_or_else(err)?;
+        let valid = |part: &str| !part.is_empty() && part.len() <= 8;
+        if !valid(hi) || !valid(lo) {
+            return Err(err());
+        }
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
+        Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
+    }
+}
+
+/// The name of a replication slot: 1 to 63 characters of `a-z`, `0-9` and `_`.
+///
+/// PostgreSQL enforces the same rule; checking it here means a slot name can be put in a
+/// replication command without quoting and an invalid one fails before any connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SlotName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid replication slot name {0:?}: use 1 to 63 characters from lower-case letters, digits and '_'"
+)]
+pub struct InvalidSlotName(String);
+
+impl SlotName {
+    pub fn new(name: impl Into<String>) -> Result<SlotName, InvalidSlotName> {
+        let name = name.into();
+        let ok = (1..=63).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok {
+            Ok(SlotName(name))
+        } else {
+            Err(InvalidSlotName(name))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SlotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trips_through_text() {
+        for text in ["0/0", "0/1", "16/B374D848", "FFFFFFFF/FFFFFFFF"] {
+            let lsn: Lsn = text.parse().unwrap();
+            assert_eq!(lsn.to_string(), text);
+        }
+        assert_eq!("1/0".parse::<Lsn>().unwrap().as_u64(), 1 << 32);
+    }
+
+    #[test]
+    fn lsn_rejects_malformed_text() {
+        for text in ["", "/", "0/", "/0", "0", "g/0", "0/123456789", "-1/0", "0/0/0"] {
+            assert!(text.parse::<Lsn>().is_err(), "{text:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn slot_names_follow_postgres_rules() {
+        assert!(SlotName::new("tributary_orders_1").is_ok());
+        assert!(SlotName::new("a".repeat(63)).is_ok());
+        for bad in ["", "Upper", "has-dash", "sp ace", "quote\"", &"a".repeat(64)] {
+            assert!(SlotName::new(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}
