@@ -1,0 +1,11 @@
+//! The integration tests: one binary (link once), every test against real PostgreSQL
+//! servers with wal2json that the harness starts.
+
+mod harness;
+mod harness_tests;
+mod support;
+
+mod connect;
+mod large_transaction;
+mod replication;
+mod value_fidelity;

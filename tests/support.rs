@@ -1,0 +1,121 @@
+//! Helpers shared by the integration tests that stream from a real server.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tributary::change::Message;
+use tributary::source::wal2json::{self, PluginOptions};
+use tributary::source::{ConnInfo, ReplicationClient, ReplicationMessage, ReplicationStream};
+use tributary::types::{Lsn, SlotName};
+
+/// Generous: a loaded 2-core CI machine can be slow, and nothing here is a timing test.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub async fn replication_client(url: &str) -> ReplicationClient {
+    let info = ConnInfo::parse(url).expect("test URL parses");
+    ReplicationClient::connect(&info)
+        .await
+        .unwrap_or_else(|e| panic!("replication connection to {info} failed: {e}"))
+}
+
+pub fn slot(name: &str) -> SlotName {
+    SlotName::new(name).unwrap()
+}
+
+/// Starts wal2json streaming from `start` with a 1 s status interval.
+pub async fn start_stream(url: &str, slot: &SlotName, start: Lsn) -> ReplicationStream {
+    replication_client(url)
+        .await
+        .start_replication(slot, start, PluginOptions::default(), Duration::from_secs(1))
+        .await
+        .expect("START_REPLICATION")
+}
+
+/// One source transaction as received: its messages from BEGIN to COMMIT.
+#[derive(Debug)]
+pub struct Transaction {
+    pub messages: Vec<Message>,
+    /// Where the commit ends: what to acknowledge once it is applied.
+    pub end_lsn: Lsn,
+}
+
+impl Transaction {
+    pub fn changes(&self) -> impl Iterator<Item = &tributary::change::Change> {
+        self.messages.iter().filter_map(|m| match m {
+            Message::Change(c) => Some(c),
+            _ => None,
+        })
+    }
+}
+
+/// Reads and decodes until `count` transactions have been received.
+pub async fn read_transactions(stream: &mut ReplicationStream, count: usize) -> Vec<Transaction> {
+    let read = async {
+        let mut done = Vec::new();
+        let mut current = Vec::new();
+        while done.len() < count {
+            let message = stream.next().await.expect("stream error").expect("stream ended");
+            let ReplicationMessage::XLogData(x) = message else {
+                continue;
+            };
+            let decoded = wal2json::decode(&x.data)
+                .unwrap_or_else(|e| panic!("decoding {:?}: {e}", String::from_utf8_lossy(&x.data)));
+            let commit_end = match &decoded {
+                Message::Commit(c) => Some(c.end_lsn.unwrap_or(x.wal_start)),
+                _ => None,
+            };
+            current.push(decoded);
+            if let Some(end_lsn) = commit_end {
+                done.push(Transaction {
+                    messages: std::mem::take(&mut current),
+                    end_lsn,
+                });
+            }
+        }
+        done
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .unwrap_or_else(|_| panic!("fewer than {count} transactions arrived within {PATIENCE:?}"))
+}
+
+/// Polls `check` until it returns `Some`, or panics after [`PATIENCE`] saying `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The slot's `confirmed_flush_lsn`.
+pub async fn confirmed_flush(client: &Client, slot: &SlotName) -> Lsn {
+    let row = client
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot.as_str()],
+        )
+        .await
+        .expect("slot exists");
+    row.get::<_, String>(0).parse().unwrap()
+}
+
+pub async fn current_wal_lsn(client: &Client) -> Lsn {
+    let row = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap();
+    row.get::<_, String>(0).parse().unwrap()
+}
