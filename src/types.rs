@@ -107,7 +107,17 @@ mod tests {
 
     #[test]
     fn lsn_rejects_malformed_text() {
-        for text in ["", "/", "0/", "/0", "0", "g/0", "0/123456789", "-1/0", "0/0/0"] {
+        for text in [
+            "",
+            "/",
+            "0/",
+            "/0",
+            "0",
+            "g/0",
+            "0/123456789",
+            "-1/0",
+            "0/0/0",
+        ] {
             assert!(text.parse::<Lsn>().is_err(), "{text:?} should not parse");
         }
     }
@@ -116,7 +126,14 @@ mod tests {
     fn slot_names_follow_postgres_rules() {
         assert!(SlotName::new("tributary_orders_1").is_ok());
         assert!(SlotName::new("a".repeat(63)).is_ok());
-        for bad in ["", "Upper", "has-dash", "sp ace", "quote\"", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Upper",
+            "has-dash",
+            "sp ace",
+            "quote\"",
+            &"a".repeat(64),
+        ] {
             assert!(SlotName::new(bad).is_err(), "{bad:?} should be rejected");
         }
     }

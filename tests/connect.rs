@@ -96,15 +96,21 @@ async fn pg_hba_reject_names_the_cause() {
 #[tokio::test]
 async fn require_tls_against_a_plain_server_is_refused_clearly() {
     let cluster = Cluster::start();
-    let err = try_connect(&format!("{}?sslmode=require", cluster.superuser_url("postgres")))
-        .await
-        .err()
-        .expect("no TLS, no connection");
+    let err = try_connect(&format!(
+        "{}?sslmode=require",
+        cluster.superuser_url("postgres")
+    ))
+    .await
+    .err()
+    .expect("no TLS, no connection");
     assert!(matches!(err, Error::Tls { .. }), "{err}");
     assert!(err.to_string().contains("does not accept TLS"), "{err}");
     // prefer falls back to plain text.
-    let mut client =
-        assert_connects(&format!("{}?sslmode=prefer", cluster.superuser_url("postgres"))).await;
+    let mut client = assert_connects(&format!(
+        "{}?sslmode=prefer",
+        cluster.superuser_url("postgres")
+    ))
+    .await;
     assert!(!ssl_in_use(&mut client).await);
 }
 
@@ -118,8 +124,7 @@ async fn tls_require_and_verify_full_work_against_the_harness_certificate() {
     assert!(ssl_in_use(&mut client).await);
 
     // By IP address (the certificate names 127.0.0.1) and by host name.
-    let mut client =
-        assert_connects(&format!("{base}?sslmode=verify-full&sslrootcert={ca}")).await;
+    let mut client = assert_connects(&format!("{base}?sslmode=verify-full&sslrootcert={ca}")).await;
     assert!(ssl_in_use(&mut client).await);
     let by_name = base.replace("127.0.0.1", "localhost");
     assert_connects(&format!("{by_name}?sslmode=verify-full&sslrootcert={ca}")).await;
@@ -144,19 +149,23 @@ async fn tls_verification_failures_are_clear() {
 
     // A CA that did not sign this server's certificate.
     let wrong_ca = other.ca_cert_path().unwrap().display().to_string();
-    let err = try_connect(&format!("{base}?sslmode=verify-full&sslrootcert={wrong_ca}"))
-        .await
-        .err()
-        .unwrap();
+    let err = try_connect(&format!(
+        "{base}?sslmode=verify-full&sslrootcert={wrong_ca}"
+    ))
+    .await
+    .err()
+    .unwrap();
     assert!(matches!(err, Error::Tls { .. }), "{err}");
     assert!(err.to_string().contains("handshake failed"), "{err}");
-
 }
 
 #[tokio::test]
 async fn unreachable_server_and_unknown_database_are_explained() {
     let cluster = Cluster::start();
-    let err = try_connect(&cluster.superuser_url("no_such_db")).await.err().unwrap();
+    let err = try_connect(&cluster.superuser_url("no_such_db"))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.sqlstate(), Some("3D000"), "{err}");
     assert!(err.to_string().contains("check the database name"), "{err}");
 
@@ -171,5 +180,8 @@ async fn unreachable_server_and_unknown_database_are_explained() {
         .unwrap();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
     assert!(err.is_transient());
-    assert!(err.to_string().contains("check that the server is running"), "{err}");
+    assert!(
+        err.to_string().contains("check that the server is running"),
+        "{err}"
+    );
 }

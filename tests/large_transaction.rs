@@ -47,7 +47,13 @@ async fn one_gigabyte_transaction_streams_with_bounded_memory() {
     let exe = std::env::current_exe().unwrap();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(exe)
-            .args([CHILD_TEST, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                CHILD_TEST,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("TRIBUTARY_TEST_SOURCE_URL", &url)
             .env("TRIBUTARY_TEST_SLOT", slot.as_str())
             .output()
@@ -75,7 +81,10 @@ async fn one_gigabyte_transaction_streams_with_bounded_memory() {
             .unwrap_or_else(|| panic!("{name} missing in {report}"))
     };
     assert_eq!(field("rows"), ROWS, "every row arrived");
-    assert!(field("bytes") > 1 << 30, "more than 1 GiB streamed: {report}");
+    assert!(
+        field("bytes") > 1 << 30,
+        "more than 1 GiB streamed: {report}"
+    );
     assert!(
         field("peak_rss_kib") < RSS_LIMIT_KIB,
         "peak RSS over {RSS_LIMIT_KIB} KiB: {report}"

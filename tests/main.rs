@@ -5,6 +5,7 @@ mod harness;
 mod harness_tests;
 mod support;
 
+mod cli;
 mod connect;
 mod large_transaction;
 mod replication;

@@ -14,7 +14,12 @@ use crate::support::*;
 fn inserted_ids(tx: &Transaction) -> Vec<String> {
     tx.changes()
         .filter(|c| c.kind == ChangeKind::Insert)
-        .map(|c| c.new_value("id").and_then(Value::as_text).unwrap().to_owned())
+        .map(|c| {
+            c.new_value("id")
+                .and_then(Value::as_text)
+                .unwrap()
+                .to_owned()
+        })
         .collect()
 }
 
@@ -86,7 +91,9 @@ async fn exported_snapshot_sees_exactly_what_committed_before_the_consistent_poi
 async fn resume_delivers_only_unacknowledged_transactions() {
     let cluster = Cluster::start();
     let sql = cluster.connect("postgres").await;
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
     let slot = slot("resume");
     let url = cluster.superuser_url("postgres");
     let mut repl = replication_client(&url).await;
@@ -94,11 +101,18 @@ async fn resume_delivers_only_unacknowledged_transactions() {
         .await
         .unwrap();
     for id in 1..=5 {
-        sql.execute("INSERT INTO t VALUES ($1)", &[&id]).await.unwrap();
+        sql.execute("INSERT INTO t VALUES ($1)", &[&id])
+            .await
+            .unwrap();
     }
 
     let mut stream = repl
-        .start_replication(&slot, Lsn::ZERO, PluginOptions::default(), Duration::from_secs(1))
+        .start_replication(
+            &slot,
+            Lsn::ZERO,
+            PluginOptions::default(),
+            Duration::from_secs(1),
+        )
         .await
         .unwrap();
     let first = read_transactions(&mut stream, 5).await;
@@ -131,7 +145,9 @@ async fn resume_delivers_only_unacknowledged_transactions() {
 async fn acknowledgement_never_moves_backwards() {
     let cluster = Cluster::start();
     let sql = cluster.connect("postgres").await;
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
     let slot = slot("monotonic");
     let url = cluster.superuser_url("postgres");
     let mut repl = replication_client(&url).await;
@@ -139,7 +155,9 @@ async fn acknowledgement_never_moves_backwards() {
         .await
         .unwrap();
     for id in 1..=2 {
-        sql.execute("INSERT INTO t VALUES ($1)", &[&id]).await.unwrap();
+        sql.execute("INSERT INTO t VALUES ($1)", &[&id])
+            .await
+            .unwrap();
     }
     let mut stream = start_stream(&url, &slot, Lsn::ZERO).await;
     let txs = read_transactions(&mut stream, 2).await;
@@ -161,14 +179,22 @@ async fn connection_survives_ten_seconds_idle_with_a_two_second_sender_timeout()
     let slot = slot("keepalive");
     let url = cluster.superuser_url("postgres");
     let mut repl = replication_client(&url).await;
-    assert_eq!(repl.wal_sender_timeout().await.unwrap(), Duration::from_secs(2));
+    assert_eq!(
+        repl.wal_sender_timeout().await.unwrap(),
+        Duration::from_secs(2)
+    );
     repl.create_slot(&slot, false, SnapshotAction::NoExport)
         .await
         .unwrap();
     // No periodic status updates: only the answers to the server's keepalive requests keep
     // this connection alive.
     let mut stream = repl
-        .start_replication(&slot, Lsn::ZERO, PluginOptions::default(), Duration::from_secs(3600))
+        .start_replication(
+            &slot,
+            Lsn::ZERO,
+            PluginOptions::default(),
+            Duration::from_secs(3600),
+        )
         .await
         .unwrap();
 
@@ -179,10 +205,16 @@ async fn connection_survives_ten_seconds_idle_with_a_two_second_sender_timeout()
             Ok(Some(ReplicationMessage::Keepalive(k))) if k.reply_requested => requests += 1,
             Ok(Some(_)) => {}
             Ok(None) => panic!("the server ended the stream"),
-            Err(e) => panic!("the connection failed while idle: {e}\n{}", cluster.log_tail()),
+            Err(e) => panic!(
+                "the connection failed while idle: {e}\n{}",
+                cluster.log_tail()
+            ),
         }
     }
-    assert!(requests >= 3, "the server asked for replies only {requests} times in 10 s");
+    assert!(
+        requests >= 3,
+        "the server asked for replies only {requests} times in 10 s"
+    );
     let sql = cluster.connect("postgres").await;
     let senders: i64 = sql
         .query_one("SELECT count(*) FROM pg_stat_replication", &[])
@@ -190,7 +222,9 @@ async fn connection_survives_ten_seconds_idle_with_a_two_second_sender_timeout()
         .unwrap()
         .get(0);
     assert_eq!(senders, 1, "the walsender is still connected");
-    assert!(!cluster.log_contents().contains("terminating walsender process due to replication timeout"));
+    assert!(!cluster
+        .log_contents()
+        .contains("terminating walsender process due to replication timeout"));
 }
 
 #[tokio::test]
@@ -199,9 +233,14 @@ async fn idle_connector_acknowledges_wal_written_to_other_databases() {
     cluster.create_database("watched");
     cluster.create_database("busy");
     let watched = cluster.connect("watched").await;
-    watched.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    watched
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
     let busy = cluster.connect("busy").await;
-    busy.batch_execute("CREATE TABLE noise (id serial PRIMARY KEY, v text)").await.unwrap();
+    busy.batch_execute("CREATE TABLE noise (id serial PRIMARY KEY, v text)")
+        .await
+        .unwrap();
 
     let slot = slot("idle_ack");
     let url = cluster.superuser_url("watched");
@@ -211,14 +250,22 @@ async fn idle_connector_acknowledges_wal_written_to_other_databases() {
         .await
         .unwrap();
     let mut stream = repl
-        .start_replication(&slot, Lsn::ZERO, PluginOptions::default(), Duration::from_millis(200))
+        .start_replication(
+            &slot,
+            Lsn::ZERO,
+            PluginOptions::default(),
+            Duration::from_millis(200),
+        )
         .await
         .unwrap();
 
     for _ in 0..20 {
-        busy.execute("INSERT INTO noise (v) SELECT repeat('x', 1000) FROM generate_series(1, 100)", &[])
-            .await
-            .unwrap();
+        busy.execute(
+            "INSERT INTO noise (v) SELECT repeat('x', 1000) FROM generate_series(1, 100)",
+            &[],
+        )
+        .await
+        .unwrap();
     }
     let written = current_wal_lsn(&busy).await;
     assert!(written > created.consistent_point);
@@ -240,9 +287,10 @@ async fn idle_connector_acknowledges_wal_written_to_other_databases() {
             }
         }
     };
-    let check = eventually("confirmed_flush_lsn to pass the other database's writes", || async {
-        (confirmed_flush(&watched, &slot).await >= written).then_some(())
-    });
+    let check = eventually(
+        "confirmed_flush_lsn to pass the other database's writes",
+        || async { (confirmed_flush(&watched, &slot).await >= written).then_some(()) },
+    );
     tokio::select! {
         _ = pump => unreachable!(),
         _ = check => {}
@@ -253,7 +301,9 @@ async fn idle_connector_acknowledges_wal_written_to_other_databases() {
 async fn in_flight_transaction_is_not_acknowledged_by_keepalives() {
     let cluster = Cluster::start();
     let sql = cluster.connect("postgres").await;
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
     let slot = slot("in_flight");
     let url = cluster.superuser_url("postgres");
     let mut repl = replication_client(&url).await;
@@ -263,7 +313,12 @@ async fn in_flight_transaction_is_not_acknowledged_by_keepalives() {
         .unwrap();
     sql.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
     let mut stream = repl
-        .start_replication(&slot, Lsn::ZERO, PluginOptions::default(), Duration::from_millis(200))
+        .start_replication(
+            &slot,
+            Lsn::ZERO,
+            PluginOptions::default(),
+            Duration::from_millis(200),
+        )
         .await
         .unwrap();
     let mut tracker = AckTracker::new(created.consistent_point);

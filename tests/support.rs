@@ -29,7 +29,12 @@ pub fn slot(name: &str) -> SlotName {
 pub async fn start_stream(url: &str, slot: &SlotName, start: Lsn) -> ReplicationStream {
     replication_client(url)
         .await
-        .start_replication(slot, start, PluginOptions::default(), Duration::from_secs(1))
+        .start_replication(
+            slot,
+            start,
+            PluginOptions::default(),
+            Duration::from_secs(1),
+        )
         .await
         .expect("START_REPLICATION")
 }
@@ -57,7 +62,11 @@ pub async fn read_transactions(stream: &mut ReplicationStream, count: usize) -> 
         let mut done = Vec::new();
         let mut current = Vec::new();
         while done.len() < count {
-            let message = stream.next().await.expect("stream error").expect("stream ended");
+            let message = stream
+                .next()
+                .await
+                .expect("stream error")
+                .expect("stream ended");
             let ReplicationMessage::XLogData(x) = message else {
                 continue;
             };

@@ -1,7 +1,10 @@
 //! Decoded values equal what `SELECT` returns, for every common type and awkward value;
 //! and each kind of change arrives as the statement made it.
 
+use std::time::Duration;
+
 use tributary::change::{ChangeKind, Message, Value};
+use tributary::source::wal2json::PluginOptions;
 use tributary::source::SnapshotAction;
 use tributary::types::Lsn;
 
@@ -9,9 +12,31 @@ use crate::harness::Cluster;
 use crate::support::*;
 
 const COLUMNS: &[&str] = &[
-    "id", "c_int2", "c_int4", "c_int8", "c_numeric", "c_float4", "c_float8", "c_bool", "c_text",
-    "c_bytea", "c_uuid", "c_date", "c_ts", "c_tstz", "c_interval", "c_json", "c_jsonb",
-    "c_int_arr", "c_text_arr", "c_enum", "c_domain", "c_varchar", "c_char", "c_time", "c_inet",
+    "id",
+    "c_int2",
+    "c_int4",
+    "c_int8",
+    "c_numeric",
+    "c_float4",
+    "c_float8",
+    "c_bool",
+    "c_text",
+    "c_bytea",
+    "c_uuid",
+    "c_date",
+    "c_ts",
+    "c_tstz",
+    "c_interval",
+    "c_json",
+    "c_jsonb",
+    "c_int_arr",
+    "c_text_arr",
+    "c_enum",
+    "c_domain",
+    "c_varchar",
+    "c_char",
+    "c_time",
+    "c_inet",
 ];
 
 const SCHEMA: &str = r#"
@@ -71,7 +96,7 @@ async fn decoded_values_match_select_for_every_type() {
         .unwrap();
 
     let mut stream = repl
-        .start_replication(&slot, Lsn::ZERO, Default::default(), std::time::Duration::from_secs(1))
+        .start_replication(&slot, Lsn::ZERO, Default::default(), Duration::from_secs(1))
         .await
         .unwrap();
     let txs = read_transactions(&mut stream, 1).await;
@@ -80,10 +105,19 @@ async fn decoded_values_match_select_for_every_type() {
 
     for (change, row) in inserts.iter().zip(&expected) {
         assert_eq!(change.kind, ChangeKind::Insert);
-        assert_eq!((change.table.schema.as_str(), change.table.name.as_str()), ("public", "v"));
-        assert_eq!(change.columns.len(), COLUMNS.len(), "every column is present on INSERT");
+        assert_eq!(
+            (change.table.schema.as_str(), change.table.name.as_str()),
+            ("public", "v")
+        );
+        assert_eq!(
+            change.columns.len(),
+            COLUMNS.len(),
+            "every column is present on INSERT"
+        );
         for (column, want) in COLUMNS.iter().zip(row) {
-            let got = change.new_value(column).unwrap_or_else(|| panic!("{column} missing"));
+            let got = change
+                .new_value(column)
+                .unwrap_or_else(|| panic!("{column} missing"));
             let mut got = got.as_text().map(str::to_owned);
             if *column == "c_bytea" {
                 // wal2json writes bytea as bare hex, SELECT with its \x prefix.
@@ -93,15 +127,29 @@ async fn decoded_values_match_select_for_every_type() {
         }
         let numeric = change.new_value("c_numeric").unwrap();
         if let Some(text) = numeric.as_text() {
-            assert!(matches!(numeric, Value::Number(_)), "numeric stays a number: {text}");
+            assert!(
+                matches!(numeric, Value::Number(_)),
+                "numeric stays a number: {text}"
+            );
         }
-        let types: Vec<_> = change.columns.iter().map(|c| c.type_name.as_deref()).collect();
+        let types: Vec<_> = change
+            .columns
+            .iter()
+            .map(|c| c.type_name.as_deref())
+            .collect();
         assert!(types.iter().all(Option::is_some), "type names are included");
     }
     assert_eq!(
         inserts[1].new_value("c_numeric"),
         Some(&Value::Number("12345678901234567890.123456789".into()))
     );
+}
+
+fn numeric_as_string(on: bool) -> PluginOptions {
+    PluginOptions {
+        numeric_as_string: on,
+        ..PluginOptions::default()
+    }
 }
 
 /// wal2json before 2.6 writes NaN and ±Infinity in numeric and float columns as JSON null;
@@ -123,14 +171,34 @@ async fn nan_and_infinity_follow_the_servers_wal2json_capability() {
         "postgres",
         "INSERT INTO f VALUES (1, 'NaN', 'Infinity', '-Infinity'), (2, 1.5, NULL, 2.5)",
     );
-    let plugin = tributary::source::wal2json::PluginOptions {
-        numeric_as_string: true,
-        ..Default::default()
-    };
-    let mut stream = repl
-        .start_replication(&slot, Lsn::ZERO, plugin, std::time::Duration::from_secs(1))
+    let info = tributary::source::ConnInfo::parse(&url).unwrap();
+    let supported = tributary::source::replication::probe_numeric_as_string(&info)
         .await
-        .expect("negotiation falls back when the option is unknown");
+        .unwrap();
+    if !supported {
+        // The probe's answer is the server's: asking anyway is refused.
+        let refused = replication_client(&url)
+            .await
+            .start_replication(
+                &slot,
+                Lsn::ZERO,
+                numeric_as_string(true),
+                Duration::from_secs(1),
+            )
+            .await
+            .err()
+            .expect("wal2json without numeric-data-types-as-string rejects it");
+        assert_eq!(refused.sqlstate(), Some("22023"), "{refused}");
+    }
+    let mut stream = repl
+        .start_replication(
+            &slot,
+            Lsn::ZERO,
+            numeric_as_string(supported),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
     let txs = read_transactions(&mut stream, 1).await;
     let rows: Vec<_> = txs[0].changes().collect();
     let text = |row: usize, column: &str| rows[row].new_value(column).unwrap().as_text();
@@ -174,7 +242,7 @@ async fn each_kind_of_change_arrives_as_made() {
          SELECT pg_logical_emit_message(true, 'tributary.test', 'hello ''quoted''');",
     );
     let mut stream = repl
-        .start_replication(&slot, Lsn::ZERO, Default::default(), std::time::Duration::from_secs(1))
+        .start_replication(&slot, Lsn::ZERO, Default::default(), Duration::from_secs(1))
         .await
         .unwrap();
     let txs = read_transactions(&mut stream, 7).await;
@@ -186,14 +254,24 @@ async fn each_kind_of_change_arrives_as_made() {
 
     let insert = only_change(0);
     assert_eq!(insert.kind, ChangeKind::Insert);
-    assert_eq!(insert.new_value("big").unwrap().as_text().unwrap().len(), 10_000);
+    assert_eq!(
+        insert.new_value("big").unwrap().as_text().unwrap().len(),
+        10_000
+    );
 
     // Unchanged TOASTed column: absent. Column set to NULL: present as Null.
     let update = only_change(1);
     assert_eq!(update.kind, ChangeKind::Update);
-    assert_eq!(update.new_value("big"), None, "unchanged TOAST value is not present");
+    assert_eq!(
+        update.new_value("big"),
+        None,
+        "unchanged TOAST value is not present"
+    );
     assert_eq!(update.new_value("maybe"), Some(&Value::Null));
-    assert_eq!(update.new_value("small").and_then(Value::as_text), Some("b"));
+    assert_eq!(
+        update.new_value("small").and_then(Value::as_text),
+        Some("b")
+    );
 
     // Key change: old key in identity, new key in columns.
     let moved = only_change(2);

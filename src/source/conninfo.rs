@@ -131,7 +131,11 @@ impl ConnInfo {
         }
 
         let decode = |part: &str| -> Result<String, InvalidUrl> {
-            percent_encoding_decode(part).ok_or_else(|| fail(format!("{part:?} is not valid UTF-8 after percent-decoding")))
+            percent_encoding_decode(part).ok_or_else(|| {
+                fail(format!(
+                    "{part:?} is not valid UTF-8 after percent-decoding"
+                ))
+            })
         };
 
         let mut host = match url.host_str() {
@@ -166,7 +170,9 @@ impl ConnInfo {
                 "host" => host = Some(host_from(&value)),
                 "port" => {
                     port = Some(value.parse().map_err(|_| {
-                        fail(format!("port {value:?} is not a number between 1 and 65535"))
+                        fail(format!(
+                            "port {value:?} is not a number between 1 and 65535"
+                        ))
                     })?)
                 }
                 "user" => user = Some(value),
@@ -183,7 +189,9 @@ impl ConnInfo {
                 "application_name" => application_name = value,
                 "connect_timeout" => {
                     let secs: u64 = value.parse().map_err(|_| {
-                        fail(format!("connect_timeout {value:?} is not a whole number of seconds"))
+                        fail(format!(
+                            "connect_timeout {value:?} is not a whole number of seconds"
+                        ))
                     })?;
                     connect_timeout = if secs == 0 {
                         DEFAULT_CONNECT_TIMEOUT
@@ -202,8 +210,9 @@ impl ConnInfo {
 
         let user = match user.or_else(|| std::env::var("PGUSER").ok()) {
             Some(u) => u,
-            None => std::env::var("USER")
-                .map_err(|_| fail("no user name: put it in the URL (postgresql://USER@host/db)".into()))?,
+            None => std::env::var("USER").map_err(|_| {
+                fail("no user name: put it in the URL (postgresql://USER@host/db)".into())
+            })?,
         };
         let password = password.or_else(|| std::env::var("PGPASSWORD").ok().map(Password));
         let dbname = dbname.unwrap_or_else(|| user.clone());
@@ -215,9 +224,7 @@ impl ConnInfo {
         };
         if sslrootcert == Some(RootCert::System) && sslmode != SslMode::VerifyFull {
             // libpq makes the same demand: the system store only means something with host checks.
-            return Err(fail(
-                "sslrootcert=system needs sslmode=verify-full".into(),
-            ));
+            return Err(fail("sslrootcert=system needs sslmode=verify-full".into()));
         }
 
         Ok(ConnInfo {
@@ -281,7 +288,11 @@ fn with_default_host(text: &str) -> String {
     let host_start = rest[..authority_end].rfind('@').map_or(0, |at| at + 1);
     let host = &rest[host_start..authority_end];
     if host.is_empty() || host.starts_with(':') {
-        format!("{}localhost{}", &text[..start + host_start], &text[start + host_start..])
+        format!(
+            "{}localhost{}",
+            &text[..start + host_start],
+            &text[start + host_start..]
+        )
     } else {
         text.to_owned()
     }

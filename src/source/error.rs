@@ -66,7 +66,9 @@ pub enum Error {
     #[error(transparent)]
     InvalidUrl(#[from] super::conninfo::InvalidUrl),
 
-    #[error("could not connect to {target}: {source}; check that the server is running and reachable")]
+    #[error(
+        "could not connect to {target}: {source}; check that the server is running and reachable"
+    )]
     Connect {
         target: String,
         #[source]
@@ -83,7 +85,10 @@ pub enum Error {
     Auth { target: String, reason: String },
 
     #[error("server {target} reported {error}")]
-    Server { target: String, error: ServerError },
+    Server {
+        target: String,
+        error: Box<ServerError>,
+    },
 
     #[error("connection to {target} closed by the server")]
     Closed { target: String },
@@ -133,9 +138,10 @@ impl Error {
                         "57P01" | "57P02" | "57P03" | "55006" | "40001" | "40P01"
                     )
             }
-            Error::InvalidUrl(_) | Error::Tls { .. } | Error::Auth { .. } | Error::Protocol { .. } => {
-                false
-            }
+            Error::InvalidUrl(_)
+            | Error::Tls { .. }
+            | Error::Auth { .. }
+            | Error::Protocol { .. } => false,
         }
     }
 }

@@ -28,7 +28,7 @@ use postgres_protocol::message::frontend;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::conninfo::ConnInfo;
-use super::error::{Error, Result};
+use super::error::Result;
 use super::wal2json::PluginOptions;
 use super::wire::{Connection, Frame, Rows};
 use crate::types::{Lsn, SlotName};
@@ -112,7 +112,10 @@ pub fn parse_copy_data(mut payload: Bytes) -> Result<ReplicationMessage, String>
     match kind {
         b'w' => {
             if payload.len() < 25 {
-                return Err(format!("XLogData header truncated at {} bytes", payload.len()));
+                return Err(format!(
+                    "XLogData header truncated at {} bytes",
+                    payload.len()
+                ));
             }
             payload.advance(1);
             let wal_start = Lsn::new(payload.get_u64());
@@ -201,8 +204,10 @@ impl ReplicationClient {
     pub async fn identify_system(&mut self) -> Result<SystemInfo> {
         let rows = self.conn.simple_query("IDENTIFY_SYSTEM").await?;
         let field = |name: &str| {
-            rows.first(name)
-                .ok_or_else(|| self.conn.protocol(format!("IDENTIFY_SYSTEM without {name}")))
+            rows.first(name).ok_or_else(|| {
+                self.conn
+                    .protocol(format!("IDENTIFY_SYSTEM without {name}"))
+            })
         };
         let timeline = field("timeline")?;
         let xlogpos = field("xlogpos")?;
@@ -224,14 +229,19 @@ impl ReplicationClient {
         rows.rows
             .first()
             .and_then(|row| row.first().cloned().flatten())
-            .ok_or_else(|| self.conn.protocol(format!("SHOW {setting} returned nothing")))
+            .ok_or_else(|| {
+                self.conn
+                    .protocol(format!("SHOW {setting} returned nothing"))
+            })
     }
 
     /// `wal_sender_timeout` of the server; zero when disabled.
     pub async fn wal_sender_timeout(&mut self) -> Result<Duration> {
         let text = self.show("wal_sender_timeout").await?;
-        parse_pg_duration(&text)
-            .ok_or_else(|| self.conn.protocol(format!("cannot read wal_sender_timeout {text:?}")))
+        parse_pg_duration(&text).ok_or_else(|| {
+            self.conn
+                .protocol(format!("cannot read wal_sender_timeout {text:?}"))
+        })
     }
 
     /// Creates a logical slot for wal2json. With [`SnapshotAction::Export`] the snapshot
@@ -282,42 +292,26 @@ impl ReplicationClient {
 
     /// Runs any SQL the walsender accepts; for replication commands not wrapped here.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
-        self.conn.simple_query(sql).await.map(|Rows { rows, .. }| rows)
+        self.conn
+            .simple_query(sql)
+            .await
+            .map(|Rows { rows, .. }| rows)
     }
 
     /// Starts streaming from `start` (`Lsn::ZERO`: from the slot's confirmed position).
     ///
-    /// When `plugin.numeric_as_string` is set but the server's wal2json predates that
-    /// option, streaming starts without it; [`ReplicationStream::numeric_as_string`] says
-    /// which happened.
+    /// An error here ends every temporary slot of the session (the walsender's error
+    /// cleanup drops them), so options the server might reject are settled beforehand with
+    /// [`probe_numeric_as_string`].
     pub async fn start_replication(
         mut self,
         slot: &SlotName,
         start: Lsn,
-        mut plugin: PluginOptions,
+        plugin: PluginOptions,
         status_interval: Duration,
     ) -> Result<ReplicationStream> {
-        loop {
-            let options = plugin
-                .to_options()
-                .iter()
-                .map(|(name, value)| format!("\"{name}\" '{}'", value.replace('\'', "''")))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!("START_REPLICATION SLOT {slot} LOGICAL {start} ({options})");
-            match self.start(&sql).await {
-                Ok(()) => break,
-                Err(e) if plugin.numeric_as_string && rejects_numeric_as_string(&e) => {
-                    tracing::warn!(
-                        %slot,
-                        "the source's wal2json does not support {NUMERIC_AS_STRING} (added in \
-                         wal2json 2.6): NaN and Infinity in numeric and float columns arrive as NULL"
-                    );
-                    plugin.numeric_as_string = false;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.start(&start_replication_sql(slot, start, &plugin))
+            .await?;
         let mut timer = tokio::time::interval_at(Instant::now() + status_interval, status_interval);
         timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(ReplicationStream {
@@ -339,7 +333,9 @@ impl ReplicationClient {
                 self.wait_ready().await?;
                 Err(error)
             }
-            other => Err(self.conn.unexpected("in reply to START_REPLICATION", &other)),
+            other => Err(self
+                .conn
+                .unexpected("in reply to START_REPLICATION", &other)),
         }
     }
 
@@ -359,10 +355,50 @@ impl ReplicationClient {
     }
 }
 
-fn rejects_numeric_as_string(error: &Error) -> bool {
-    error
-        .server_error()
-        .is_some_and(|e| e.code == "22023" && e.message.contains(NUMERIC_AS_STRING))
+fn start_replication_sql(slot: &SlotName, start: Lsn, plugin: &PluginOptions) -> String {
+    let options = plugin
+        .to_options()
+        .iter()
+        .map(|(name, value)| format!("\"{name}\" '{}'", value.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("START_REPLICATION SLOT {slot} LOGICAL {start} ({options})")
+}
+
+/// Whether the source's wal2json accepts `numeric-data-types-as-string` (wal2json 2.6+).
+///
+/// wal2json checks its options only when decoding starts, so this creates a temporary slot
+/// on a connection of its own and starts streaming from it; the slot disappears with that
+/// connection. Creating a slot waits for transactions running on the source to finish.
+pub async fn probe_numeric_as_string(info: &ConnInfo) -> Result<bool> {
+    let mut client = ReplicationClient::connect(info).await?;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let slot = SlotName::new(format!("tributary_probe_{}_{nanos}", std::process::id()))
+        .expect("probe slot names are valid");
+    let created = client
+        .create_slot(&slot, true, SnapshotAction::NoExport)
+        .await?;
+    let plugin = PluginOptions {
+        numeric_as_string: true,
+        ..PluginOptions::default()
+    };
+    let sql = start_replication_sql(&slot, created.consistent_point, &plugin);
+    let supported = match client.start(&sql).await {
+        Ok(()) => true,
+        Err(e)
+            if e.server_error()
+                .is_some_and(|e| e.code == "22023" && e.message.contains(NUMERIC_AS_STRING)) =>
+        {
+            false
+        }
+        Err(e) => return Err(e),
+    };
+    // Dropping the connection ends the session and its temporary slot.
+    client.conn.terminate().await;
+    Ok(supported)
 }
 
 /// The CopyBoth stream started by `START_REPLICATION`. See the module docs.

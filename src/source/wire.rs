@@ -139,14 +139,17 @@ impl Connection {
     async fn authenticate(&mut self, info: &ConnInfo) -> Result<()> {
         let target = self.target.clone();
         let password = || {
-            info.password.as_ref().map(|p| p.expose().as_bytes()).ok_or_else(|| Error::Auth {
-                target: target.clone(),
-                reason: format!(
+            info.password
+                .as_ref()
+                .map(|p| p.expose().as_bytes())
+                .ok_or_else(|| Error::Auth {
+                    target: target.clone(),
+                    reason: format!(
                     "the server asks for a password for user {:?} but none was given: put it in \
                      the URL (postgresql://user:password@…) or in PGPASSWORD",
                     info.user
                 ),
-            })
+                })
         };
         match self.read_frame().await? {
             Frame::Other(Message::AuthenticationOk) => return Ok(()),
@@ -167,21 +170,30 @@ impl Connection {
             Frame::Other(Message::AuthenticationSasl(body)) => {
                 let mut mechanisms = body.mechanisms();
                 let mut scram = false;
-                while let Some(m) = mechanisms.next().map_err(|e| self.protocol(e.to_string()))? {
+                while let Some(m) = mechanisms
+                    .next()
+                    .map_err(|e| self.protocol(e.to_string()))?
+                {
                     scram |= m == sasl::SCRAM_SHA_256;
                 }
                 if !scram {
                     return Err(Error::Auth {
                         target: self.target.clone(),
-                        reason: "the server offers no SASL mechanism tributary supports (SCRAM-SHA-256)".into(),
+                        reason:
+                            "the server offers no SASL mechanism tributary supports (SCRAM-SHA-256)"
+                                .into(),
                     });
                 }
                 let pw = password()?.to_vec();
                 // Channel binding is not offered ("n"): the server accepts plain
                 // SCRAM-SHA-256 also over TLS, where certificates already bind the session.
                 let mut scram = ScramSha256::new(&pw, ChannelBinding::unsupported());
-                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), &mut self.write_buf)
-                    .map_err(|e| self.protocol(e.to_string()))?;
+                frontend::sasl_initial_response(
+                    sasl::SCRAM_SHA_256,
+                    scram.message(),
+                    &mut self.write_buf,
+                )
+                .map_err(|e| self.protocol(e.to_string()))?;
                 self.flush().await?;
                 match self.read_frame().await? {
                     Frame::Other(Message::AuthenticationSaslContinue(body)) => {
@@ -207,9 +219,10 @@ impl Connection {
             ) => {
                 return Err(Error::Auth {
                     target: self.target.clone(),
-                    reason: "the server requires GSSAPI/SSPI/Kerberos authentication, which tributary \
+                    reason:
+                        "the server requires GSSAPI/SSPI/Kerberos authentication, which tributary \
                              does not support: use scram-sha-256 for this role in pg_hba.conf"
-                        .into(),
+                            .into(),
                 })
             }
             other => return Err(self.unexpected("at authentication", &other)),
@@ -244,7 +257,9 @@ impl Connection {
                 Frame::Other(Message::RowDescription(body)) => {
                     rows = Rows::default();
                     let mut fields = body.fields();
-                    while let Some(field) = fields.next().map_err(|e| self.protocol(e.to_string()))? {
+                    while let Some(field) =
+                        fields.next().map_err(|e| self.protocol(e.to_string()))?
+                    {
                         rows.columns.push(field.name().to_owned());
                     }
                 }
@@ -252,7 +267,9 @@ impl Connection {
                     let buf = body.buffer();
                     let mut values = Vec::with_capacity(rows.columns.len());
                     let mut ranges = body.ranges();
-                    while let Some(range) = ranges.next().map_err(|e| self.protocol(e.to_string()))? {
+                    while let Some(range) =
+                        ranges.next().map_err(|e| self.protocol(e.to_string()))?
+                    {
                         let value = range
                             .map(|r| {
                                 std::str::from_utf8(&buf[r])
@@ -391,7 +408,7 @@ impl Connection {
         }
         Error::Server {
             target: self.target.clone(),
-            error,
+            error: Box::new(error),
         }
     }
 
@@ -526,7 +543,10 @@ mod tests {
         assert!(matches!(cut_frame(&mut buf), Ok(Some(Frame::CopyData(d))) if &d[..] == b"wxyz"));
         assert!(matches!(cut_frame(&mut buf), Ok(None)));
         buf.extend_from_slice(&bytes[bytes.len() - 1..]);
-        assert!(matches!(cut_frame(&mut buf), Ok(Some(Frame::Other(Message::ReadyForQuery(_))))));
+        assert!(matches!(
+            cut_frame(&mut buf),
+            Ok(Some(Frame::Other(Message::ReadyForQuery(_))))
+        ));
         assert!(buf.is_empty());
     }
 

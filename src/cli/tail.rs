@@ -1,0 +1,158 @@
+//! `tributary tail`: the source side of the pipeline, printed. Useful to check that a
+//! source is reachable, that wal2json works and what its changes look like.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::change::{Change, ChangeKind, Column, Message};
+use crate::source::wal2json::{self, PluginOptions};
+use crate::source::{
+    replication, AckTracker, ConnInfo, ReplicationClient, ReplicationMessage, SnapshotAction,
+};
+use crate::types::SlotName;
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Source database URL: postgresql://user:password@host:port/dbname?sslmode=…
+    #[arg(
+        env = "TRIBUTARY_SOURCE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    source: String,
+}
+
+pub async fn run(args: TailArgs) -> anyhow::Result<()> {
+    let info = ConnInfo::parse(&args.source)?;
+    let mut client = ReplicationClient::connect(&info).await?;
+    let timeout = client.wal_sender_timeout().await?;
+    let system = client.identify_system().await?;
+    let slot = SlotName::new(format!("tributary_tail_{}", std::process::id()))?;
+    let created = client
+        .create_slot(&slot, true, SnapshotAction::NoExport)
+        .await
+        .context("creating a temporary replication slot")?;
+    tracing::info!(
+        source = %info,
+        system_id = %system.system_id,
+        %slot,
+        from = %created.consistent_point,
+        "streaming changes; Ctrl-C stops"
+    );
+    let numeric_as_string = replication::probe_numeric_as_string(&info).await?;
+    if !numeric_as_string {
+        tracing::warn!(
+            "the source's wal2json predates 2.6 (no numeric-data-types-as-string): NaN and \
+             Infinity in numeric and float columns print as NULL"
+        );
+    }
+    let plugin = PluginOptions {
+        numeric_as_string,
+        ..PluginOptions::default()
+    };
+    let interval = replication::status_interval(Duration::from_secs(1), timeout);
+    let mut stream = client
+        .start_replication(&slot, created.consistent_point, plugin, interval)
+        .await?;
+
+    // Nothing is applied anywhere, so a change counts as done once printed.
+    let mut tracker = AckTracker::new(created.consistent_point);
+    let stdout = std::io::stdout();
+    let mut line = String::new();
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = shutdown_signal() => break,
+            message = stream.next() => message?,
+        };
+        let Some(message) = message else { break };
+        match message {
+            ReplicationMessage::Keepalive(k) => tracker.keepalive(k.wal_end),
+            ReplicationMessage::XLogData(x) => {
+                let decoded = wal2json::decode(&x.data)?;
+                line.clear();
+                describe(&decoded, &mut line);
+                writeln!(stdout.lock(), "{line}").context("writing to standard output")?;
+                match decoded {
+                    Message::Begin(_) => tracker.begin(),
+                    Message::Commit(c) => {
+                        let end = c.end_lsn.unwrap_or(x.wal_start);
+                        tracker.commit(end);
+                        tracker.applied(end);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        stream.set_flushed(tracker.flushed());
+    }
+    // The temporary slot goes away with the session.
+    stream.stop().await?.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn describe(message: &Message, out: &mut String) {
+    let _ = match message {
+        Message::Begin(b) => write!(
+            out,
+            "BEGIN xid={} commit_time={}",
+            opt(&b.xid),
+            b.commit_time.as_deref().unwrap_or("-")
+        ),
+        Message::Commit(c) => write!(
+            out,
+            "COMMIT xid={} lsn={} end_lsn={}",
+            opt(&c.xid),
+            opt(&c.lsn),
+            opt(&c.end_lsn)
+        ),
+        Message::Change(change) => describe_change(change, out),
+        Message::Logical(m) => write!(
+            out,
+            "MESSAGE prefix={} transactional={} content={:?}",
+            m.prefix, m.transactional, m.content
+        ),
+    };
+}
+
+fn describe_change(change: &Change, out: &mut String) -> std::fmt::Result {
+    let kind = match change.kind {
+        ChangeKind::Insert => "INSERT",
+        ChangeKind::Update => "UPDATE",
+        ChangeKind::Delete => "DELETE",
+        ChangeKind::Truncate => "TRUNCATE",
+    };
+    write!(out, "{kind} {}.{}", change.table.schema, change.table.name)?;
+    let columns = |out: &mut String, label: &str, cols: &[Column]| -> std::fmt::Result {
+        if cols.is_empty() {
+            return Ok(());
+        }
+        write!(out, " {label}:")?;
+        for c in cols {
+            match c.value.as_text() {
+                Some(text) => write!(out, " {}={text:?}", c.name)?,
+                None => write!(out, " {}=NULL", c.name)?,
+            }
+        }
+        Ok(())
+    };
+    columns(out, "key", &change.identity)?;
+    columns(out, "new", &change.columns)
+}
+
+fn opt<T: std::fmt::Display>(value: &Option<T>) -> String {
+    value.as_ref().map_or_else(|| "-".to_owned(), T::to_string)
+}

@@ -1,0 +1,106 @@
+//! The binary as an operator runs it: exit codes, messages, and `tail` end to end.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::Cluster;
+
+fn tributary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tributary"))
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let out = tributary().arg("no-such-command").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = tributary()
+        .arg("tail")
+        .env_remove("TRIBUTARY_SOURCE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn bad_source_url_exits_with_1_and_hides_the_password() {
+    let out = tributary()
+        .args([
+            "tail",
+            "postgresql://u:hunter2@localhost/db?sslmode=sometimes",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown sslmode"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[tokio::test]
+async fn tail_prints_changes_and_leaves_no_slot_behind() {
+    let cluster = Cluster::start();
+    cluster.psql(
+        "postgres",
+        "CREATE TABLE items (id int PRIMARY KEY, name text)",
+    );
+    let mut child = tributary()
+        .arg("tail")
+        .env("TRIBUTARY_SOURCE_URL", cluster.superuser_url("postgres"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sql = cluster.connect("postgres").await;
+    crate::support::eventually("tail's temporary slot", || async {
+        let n: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE temporary",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await;
+    sql.execute("INSERT INTO items VALUES (1, 'widget')", &[])
+        .await
+        .unwrap();
+
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take(3)
+            .collect::<Vec<_>>()
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(60), lines)
+        .await
+        .expect("tail printed the transaction")
+        .unwrap();
+    assert!(lines[0].starts_with("BEGIN"), "{lines:?}");
+    assert_eq!(lines[1], r#"INSERT public.items new: id="1" name="widget""#);
+    assert!(lines[2].starts_with("COMMIT"), "{lines:?}");
+
+    // SIGTERM ends it cleanly, and the temporary slot goes with it.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    crate::support::eventually("the temporary slot to disappear", || async {
+        let n: i64 = sql
+            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    })
+    .await;
+}

@@ -1,0 +1,714 @@
+//! Test harness: every integration test runs against real PostgreSQL clusters with wal2json,
+//! started by the test itself and thrown away when it ends. Never mocks.
+//!
+//! A [`Cluster`] is `initdb` + `pg_ctl start` in a fresh temporary directory:
+//!
+//! ```text
+//! /tmp/tributary-pg-XXXXXX/        0700, owned by the server's OS user
+//!   data/                          the data directory (postgresql.conf, pg_hba.conf, …)
+//!   server.log                     the server's log
+//!   .s.PGSQL.<port>                the unix socket
+//!   ca.crt server.crt server.key   only with ClusterBuilder::tls()
+//! ```
+//!
+//! The server listens on 127.0.0.1 at a port chosen at random (never one this process has
+//! handed out before), with `wal_level = logical`. Dropping the `Cluster` stops the server in
+//! immediate mode and removes the directory — also when the test panics, since `Drop` runs
+//! while unwinding.
+//!
+//! PostgreSQL refuses to run as root. When the tests run as root (as in CI), the server
+//! programs (`initdb`, `pg_ctl`, hence `postgres`) run as the `postgres` OS user through
+//! `runuser`, and the directory belongs to that user. Clients (`psql`, tokio-postgres, the
+//! daemon under test) keep running as the test's own user.
+//!
+//! The binaries come from `$TRIBUTARY_PG_BINDIR`, else from the newest
+//! `/usr/lib/postgresql/<N>/bin` whose `/usr/lib/postgresql/<N>/lib/wal2json.so` exists;
+//! `scripts/install-deps.sh` installs them.
+
+// Each test module uses its own part of the harness.
+#![allow(dead_code)]
+
+mod tls;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::Instant;
+
+use tempfile::TempDir;
+use tokio_postgres::{Client, NoTls};
+
+/// The bootstrap superuser of every cluster (`initdb -U postgres`); trusted, no password.
+pub const SUPERUSER: &str = "postgres";
+
+/// With [`ClusterBuilder::password_auth`]: a LOGIN REPLICATION role whose password is stored
+/// as SCRAM-SHA-256 and checked with `scram-sha-256`. The password needs percent-encoding in
+/// a URL, which [`Cluster::url`] does.
+pub const SCRAM_USER: &str = "scram_user";
+pub const SCRAM_PASSWORD: &str = "scram pw:with@special/chars%";
+/// With [`ClusterBuilder::password_auth`]: a LOGIN REPLICATION role whose password is stored
+/// as MD5 and checked with `md5`.
+pub const MD5_USER: &str = "md5_user";
+pub const MD5_PASSWORD: &str = "md5-pw-4f1c9a";
+/// With [`ClusterBuilder::password_auth`]: a LOGIN REPLICATION role checked with `password`
+/// (sent in clear text).
+pub const CLEARTEXT_USER: &str = "cleartext_user";
+pub const CLEARTEXT_PASSWORD: &str = "cleartext-pw-9b2e7d";
+
+/// The OS user that runs the server when the tests run as root.
+const SERVER_OS_USER: &str = "postgres";
+/// Attempts at starting a new cluster when its port was taken in the meantime.
+const START_ATTEMPTS: usize = 5;
+/// Seconds `pg_ctl` waits for a start or stop to complete.
+const PG_CTL_TIMEOUT_SECS: &str = "60";
+/// Lines of the server log quoted in panic messages.
+const LOG_TAIL_LINES: usize = 40;
+
+/// Options for a cluster; [`Cluster::builder`] makes one, [`ClusterBuilder::start`] uses it.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterBuilder {
+    settings: Vec<(String, String)>,
+    hba: Vec<String>,
+    tls: bool,
+    password_auth: bool,
+}
+
+impl ClusterBuilder {
+    /// Any postgresql.conf setting. Applied after the harness's own, so it overrides them.
+    /// The value may be bare (`2s`) or already quoted (`'2s'`).
+    pub fn setting(mut self, name: &str, value: impl ToString) -> Self {
+        self.settings.push((name.to_owned(), value.to_string()));
+        self
+    }
+
+    /// An extra pg_hba.conf line, placed before the harness's lines so that it wins.
+    pub fn hba(mut self, line: &str) -> Self {
+        self.hba.push(line.to_owned());
+        self
+    }
+
+    /// Serve TLS (`ssl = on`) with a server certificate for `localhost` and `127.0.0.1`,
+    /// signed by a fresh CA whose certificate is at [`Cluster::ca_cert_path`].
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Create [`SCRAM_USER`], [`MD5_USER`] and [`CLEARTEXT_USER`], each authenticated over
+    /// TCP with its own method (databases and replication), before the trust defaults.
+    pub fn password_auth(mut self) -> Self {
+        self.password_auth = true;
+        self
+    }
+
+    /// Creates and starts the cluster; panics with the reason (and server log) if it cannot.
+    #[must_use = "dropping the Cluster stops the server"]
+    pub fn start(self) -> Cluster {
+        let started = Instant::now();
+        let dir = tempfile::Builder::new()
+            .prefix("tributary-pg-")
+            .permissions(fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("harness: creating a temporary directory failed: {e}"));
+        // From here on, a panic drops the Cluster, which stops whatever was started.
+        let mut cluster = Cluster {
+            port: 0,
+            data_dir: dir.path().join("data"),
+            ca_cert: None,
+            server_user: server_user(),
+            dir,
+        };
+        cluster.give_to_server_user(cluster.dir());
+        cluster.initdb();
+
+        let conf_path = cluster.data_dir.join("postgresql.conf");
+        let initdb_conf = fs::read_to_string(&conf_path)
+            .unwrap_or_else(|e| panic!("harness: reading {}: {e}", conf_path.display()));
+        if self.tls {
+            cluster.write_certificates();
+        }
+        cluster.write_file(&cluster.data_dir.join("pg_hba.conf"), &self.pg_hba(), 0o600);
+
+        for attempt in 1..=START_ATTEMPTS {
+            cluster.port = pick_port();
+            let conf = initdb_conf.clone() + &self.harness_conf(&cluster);
+            cluster.write_file(&conf_path, &conf, 0o600);
+            let log_len = fs::metadata(cluster.log_path()).map_or(0, |m| m.len() as usize);
+            let Err(err) = cluster.pg_ctl_start() else {
+                break;
+            };
+            let log = cluster.log_contents();
+            let new_log = log.get(log_len..).unwrap_or(&log);
+            let port_taken = new_log.contains("could not bind")
+                || new_log.contains("could not create any TCP/IP sockets");
+            if port_taken && attempt < START_ATTEMPTS {
+                eprintln!("harness: port {} was taken, trying another", cluster.port);
+                continue;
+            }
+            cluster.fail("starting the server", &err);
+        }
+
+        if self.password_auth {
+            cluster.create_password_roles();
+        }
+        eprintln!(
+            "harness: PostgreSQL on port {} in {} started in {} ms",
+            cluster.port,
+            cluster.dir().display(),
+            started.elapsed().as_millis()
+        );
+        cluster
+    }
+
+    /// The harness's settings for `cluster`, then the builder's.
+    fn harness_conf(&self, cluster: &Cluster) -> String {
+        let dir = cluster
+            .dir()
+            .to_str()
+            .expect("temporary directory path is UTF-8");
+        let mut settings: Vec<(&str, String)> = vec![
+            ("listen_addresses", "127.0.0.1".into()),
+            ("port", cluster.port.to_string()),
+            ("unix_socket_directories", dir.into()),
+            ("wal_level", "logical".into()),
+            ("max_wal_senders", "20".into()),
+            ("max_replication_slots", "20".into()),
+            // A test server need not survive an OS crash. Crashes of the server process
+            // (pg_ctl -m immediate, SIGKILL) lose nothing: the written WAL is in the page cache.
+            // synchronous_commit stays on, or an immediate stop would lose commits.
+            ("fsync", "off".into()),
+            ("shared_buffers", "32MB".into()),
+            ("log_line_prefix", "%m [%p] %q%u@%d ".into()),
+        ];
+        if self.tls {
+            settings.push(("ssl", "on".into()));
+            settings.push(("ssl_cert_file", format!("{dir}/server.crt")));
+            settings.push(("ssl_key_file", format!("{dir}/server.key")));
+        }
+        let mut conf = String::from("\n# Added by tributary's test harness.\n");
+        let builder_settings = self.settings.iter().map(|(n, v)| (n.as_str(), v.clone()));
+        for (name, value) in settings.into_iter().chain(builder_settings) {
+            let value = if value.len() >= 2 && value.starts_with('\'') && value.ends_with('\'') {
+                value
+            } else {
+                format!("'{}'", value.replace('\'', "''"))
+            };
+            writeln!(conf, "{name} = {value}").unwrap();
+        }
+        conf
+    }
+
+    /// First match wins: the builder's lines, the password roles, then trust for everyone
+    /// over the socket and 127.0.0.1.
+    fn pg_hba(&self) -> String {
+        let mut hba = String::from("# Written by tributary's test harness; first match wins.\n");
+        for line in &self.hba {
+            writeln!(hba, "{line}").unwrap();
+        }
+        if self.password_auth {
+            for (user, method) in [
+                (SCRAM_USER, "scram-sha-256"),
+                (MD5_USER, "md5"),
+                (CLEARTEXT_USER, "password"),
+            ] {
+                for database in ["all", "replication"] {
+                    writeln!(hba, "host {database} {user} 127.0.0.1/32 {method}").unwrap();
+                }
+            }
+        }
+        hba.push_str(
+            "local all all trust\n\
+             local replication all trust\n\
+             host all all 127.0.0.1/32 trust\n\
+             host replication all 127.0.0.1/32 trust\n",
+        );
+        hba
+    }
+}
+
+/// A running PostgreSQL cluster in its own temporary directory; see the module docs.
+/// Dropping it stops the server and removes the directory.
+pub struct Cluster {
+    port: u16,
+    data_dir: PathBuf,
+    ca_cert: Option<PathBuf>,
+    /// `Some` when the tests run as root and the server runs as [`SERVER_OS_USER`].
+    server_user: Option<OsUser>,
+    /// Declared last: removed only after `Drop::drop` has stopped the server.
+    dir: TempDir,
+}
+
+impl Cluster {
+    /// A cluster with the harness's defaults.
+    #[must_use = "dropping the Cluster stops the server"]
+    pub fn start() -> Cluster {
+        Cluster::builder().start()
+    }
+
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The temporary directory holding everything of this cluster.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The directory of the unix socket (`host=<this> port=<port>` in libpq terms).
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The directory of `postgres`, `psql`, `pg_dump`, … used for this cluster.
+    pub fn bindir(&self) -> &'static Path {
+        pg_bindir()
+    }
+
+    /// The CA certificate (PEM) that signed the server's certificate; `None` without TLS.
+    pub fn ca_cert_path(&self) -> Option<&Path> {
+        self.ca_cert.as_deref()
+    }
+
+    /// `postgresql://user:password@127.0.0.1:<port>/dbname`, percent-encoded.
+    pub fn url(&self, user: &str, password: Option<&str>, dbname: &str) -> String {
+        let password = password.map_or(String::new(), |p| format!(":{}", percent_encode(p)));
+        format!(
+            "postgresql://{}{password}@127.0.0.1:{}/{}",
+            percent_encode(user),
+            self.port,
+            percent_encode(dbname)
+        )
+    }
+
+    /// The URL of [`SUPERUSER`] (trusted, no password) for `dbname`.
+    pub fn superuser_url(&self, dbname: &str) -> String {
+        self.url(SUPERUSER, None, dbname)
+    }
+
+    /// A superuser connection over TCP without TLS; its connection task is spawned on the
+    /// current tokio runtime.
+    pub async fn connect(&self, dbname: &str) -> Client {
+        match connect_url(&self.superuser_url(dbname)).await {
+            Ok(client) => client,
+            Err(err) => self.fail(
+                &format!("connecting to database {dbname}"),
+                &err.to_string(),
+            ),
+        }
+    }
+
+    /// Connects over TCP without TLS as `user`, for tests that expect failures.
+    pub async fn try_connect_as(
+        &self,
+        user: &str,
+        password: Option<&str>,
+        dbname: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        connect_url(&self.url(user, password, dbname)).await
+    }
+
+    /// Runs `sql` (any psql script) as the superuser over the unix socket and returns its
+    /// trimmed output: unaligned, tuples only, no command tags. Panics on any error.
+    pub fn psql(&self, dbname: &str, sql: &str) -> String {
+        let conninfo = format!(
+            "host={} port={} user={SUPERUSER} dbname={}",
+            conninfo_quote(&self.socket_dir().to_string_lossy()),
+            self.port,
+            conninfo_quote(dbname)
+        );
+        self.try_psql_conninfo(&conninfo, sql)
+            .unwrap_or_else(|err| self.fail(&format!("psql on database {dbname}"), &err))
+    }
+
+    /// Like [`Cluster::psql`], connecting with a libpq connection string or URL of the
+    /// caller's choosing (TLS options, other users, …). Panics on any error.
+    pub fn psql_conninfo(&self, conninfo: &str, sql: &str) -> String {
+        self.try_psql_conninfo(conninfo, sql)
+            .unwrap_or_else(|err| self.fail("psql", &err))
+    }
+
+    /// Like [`Cluster::psql_conninfo`], returning psql's failure instead of panicking.
+    pub fn try_psql_conninfo(&self, conninfo: &str, sql: &str) -> Result<String, String> {
+        let mut child = Command::new(pg_bindir().join("psql"))
+            // No psqlrc, no command tags, unaligned tuples only; script from stdin.
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(["-f", "-", "-d", conninfo])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("running psql: {e}"))?;
+        // A writer thread, so a large script cannot deadlock against a large output.
+        let mut stdin = child.stdin.take().expect("psql stdin is piped");
+        let script = sql.to_owned();
+        let writer = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+        let output = child
+            .wait_with_output()
+            .map_err(|e| format!("waiting for psql: {e}"))?;
+        // psql stops reading at the first error; that broken pipe is reported below.
+        let _ = writer.join();
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        } else {
+            Err(format!(
+                "psql exited with {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
+    }
+
+    pub fn create_database(&self, name: &str) {
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE {}", quote_ident(name)),
+        );
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log_contents(&self) -> String {
+        fs::read(self.log_path())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The last lines of the server log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log_contents();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    /// Shuts the server down cleanly (`pg_ctl -m fast stop`); [`Cluster::start_again`]
+    /// brings it back on the same port.
+    pub fn stop(&self) {
+        if let Err(err) = self.pg_ctl_stop("fast") {
+            self.fail("stopping the server", &err);
+        }
+    }
+
+    /// Stops the server the way a crash would (`pg_ctl -m immediate stop`): no checkpoint,
+    /// crash recovery at the next start.
+    pub fn crash(&self) {
+        if let Err(err) = self.pg_ctl_stop("immediate") {
+            self.fail("crashing the server", &err);
+        }
+    }
+
+    /// Starts a stopped server again, with the same port and data.
+    pub fn start_again(&self) {
+        if let Err(err) = self.pg_ctl_start() {
+            self.fail("starting the server again", &err);
+        }
+    }
+
+    /// [`Cluster::stop`] then [`Cluster::start_again`].
+    pub fn restart(&self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Panics saying what failed, with the tail of the server log.
+    fn fail(&self, what: &str, detail: &str) -> ! {
+        panic!(
+            "harness: {what} failed (cluster on port {} in {}): {detail}\n\
+             --- last lines of {} ---\n{}",
+            self.port,
+            self.dir().display(),
+            self.log_path().display(),
+            self.log_tail()
+        )
+    }
+
+    fn initdb(&self) {
+        let mut cmd = self.server_command("initdb");
+        cmd.arg("-D").arg(&self.data_dir).args([
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        if let Err(err) = run(&mut cmd) {
+            panic!("harness: initdb failed: {err}");
+        }
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), String> {
+        let mut cmd = self.server_command("pg_ctl");
+        cmd.args(["start", "-w", "-t", PG_CTL_TIMEOUT_SECS, "-D"])
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(self.log_path());
+        run(&mut cmd).map(drop)
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) -> Result<(), String> {
+        let mut cmd = self.server_command("pg_ctl");
+        cmd.args(["stop", "-w", "-t", PG_CTL_TIMEOUT_SECS, "-m", mode, "-D"])
+            .arg(&self.data_dir);
+        run(&mut cmd).map(drop)
+    }
+
+    /// A command running one of the server programs as the server's OS user.
+    fn server_command(&self, program: &str) -> Command {
+        let path = pg_bindir().join(program);
+        let mut cmd = if self.server_user.is_some() {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", SERVER_OS_USER, "--"]).arg(path);
+            cmd
+        } else {
+            Command::new(path)
+        };
+        // The server user may not be allowed into the test's working directory.
+        cmd.current_dir(self.dir.path());
+        cmd
+    }
+
+    fn write_certificates(&mut self) {
+        let certificates = tls::generate();
+        let dir = self.dir.path();
+        self.write_file(&dir.join("ca.crt"), &certificates.ca_cert, 0o644);
+        self.write_file(&dir.join("server.crt"), &certificates.server_cert, 0o644);
+        // PostgreSQL refuses a key that others may read.
+        self.write_file(&dir.join("server.key"), &certificates.server_key, 0o600);
+        self.ca_cert = Some(dir.join("ca.crt"));
+    }
+
+    fn create_password_roles(&self) {
+        let sql = format!(
+            "SET password_encryption = 'scram-sha-256';\n\
+             CREATE ROLE {SCRAM_USER} LOGIN REPLICATION PASSWORD {};\n\
+             SET password_encryption = 'md5';\n\
+             CREATE ROLE {MD5_USER} LOGIN REPLICATION PASSWORD {};\n\
+             RESET password_encryption;\n\
+             CREATE ROLE {CLEARTEXT_USER} LOGIN REPLICATION PASSWORD {};\n",
+            quote_literal(SCRAM_PASSWORD),
+            quote_literal(MD5_PASSWORD),
+            quote_literal(CLEARTEXT_PASSWORD),
+        );
+        self.psql("postgres", &sql);
+    }
+
+    /// Writes a file the server reads, owned by the server's OS user.
+    fn write_file(&self, path: &Path, contents: &str, mode: u32) {
+        fs::write(path, contents)
+            .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
+            .unwrap_or_else(|e| panic!("harness: writing {}: {e}", path.display()));
+        self.give_to_server_user(path);
+    }
+
+    fn give_to_server_user(&self, path: &Path) {
+        if let Some(user) = &self.server_user {
+            std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).unwrap_or_else(|e| {
+                panic!("harness: chown {} to {SERVER_OS_USER}: {e}", path.display())
+            });
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// Stops the server if it runs. Must not panic: it also runs while a test unwinds.
+    fn drop(&mut self) {
+        let pid_file = self.data_dir.join("postmaster.pid");
+        if !pid_file.exists() {
+            return;
+        }
+        let Err(err) = self.pg_ctl_stop("immediate") else {
+            return;
+        };
+        eprintln!("harness: stopping the server failed, killing it: {err}");
+        let pid = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|pids| pids.lines().next()?.trim().parse::<u32>().ok());
+        if let Some(pid) = pid {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// The newest PostgreSQL with wal2json on this machine; see the module docs.
+pub fn pg_bindir() -> &'static Path {
+    static BINDIR: OnceLock<PathBuf> = OnceLock::new();
+    BINDIR.get_or_init(find_bindir)
+}
+
+fn find_bindir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TRIBUTARY_PG_BINDIR") {
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.join("postgres").is_file(),
+            "harness: TRIBUTARY_PG_BINDIR={} has no `postgres` program",
+            dir.display()
+        );
+        return dir;
+    }
+    let root = Path::new("/usr/lib/postgresql");
+    let mut majors: Vec<u32> = fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    majors.sort_unstable_by(|a, b| b.cmp(a));
+    majors
+        .into_iter()
+        .map(|major| root.join(major.to_string()))
+        .find(|prefix| prefix.join("bin/postgres").is_file() && prefix.join("lib/wal2json.so").is_file())
+        .map(|prefix| prefix.join("bin"))
+        .unwrap_or_else(|| {
+            panic!(
+                "harness: no PostgreSQL server with wal2json found (looked for \
+                 /usr/lib/postgresql/<N>/bin/postgres with /usr/lib/postgresql/<N>/lib/wal2json.so). \
+                 Run scripts/install-deps.sh as root to install postgresql-<N> and \
+                 postgresql-<N>-wal2json, or set TRIBUTARY_PG_BINDIR to the bin directory of a \
+                 PostgreSQL that has wal2json."
+            )
+        })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct OsUser {
+    uid: u32,
+    gid: u32,
+}
+
+/// `Some(postgres)` when this process runs as root, so the server must run as `postgres`.
+fn server_user() -> Option<OsUser> {
+    static USER: OnceLock<Option<OsUser>> = OnceLock::new();
+    *USER.get_or_init(|| {
+        if effective_uid() != 0 {
+            return None;
+        }
+        let id = |flag: &str| -> u32 {
+            let output = Command::new("id").args([flag, SERVER_OS_USER]).output();
+            output
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "harness: the tests run as root, so PostgreSQL must run as the \
+                         `{SERVER_OS_USER}` OS user, which does not exist. Run \
+                         scripts/install-deps.sh as root (the PostgreSQL packages create it)."
+                    )
+                })
+        };
+        Some(OsUser {
+            uid: id("-u"),
+            gid: id("-g"),
+        })
+    })
+}
+
+/// The effective user id, from /proc/self/status (`Uid: real effective saved fs`).
+fn effective_uid() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let from_proc = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1)?.parse().ok());
+    from_proc.unwrap_or_else(|| {
+        let output = Command::new("id")
+            .arg("-u")
+            .output()
+            .expect("harness: running `id -u`");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("harness: `id -u` prints a number")
+    })
+}
+
+/// A free port on 127.0.0.1 that no cluster of this process has had before, so parallel
+/// tests never pick the same one. Another process may still take it before the server binds
+/// it; the caller retries then.
+fn pick_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .unwrap_or_else(|e| panic!("harness: finding a free port on 127.0.0.1: {e}"));
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+}
+
+/// Runs `cmd` to completion; its stdout, or what went wrong.
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("could not run {cmd:?}: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{cmd:?} exited with {}\nstdout: {}\nstderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+async fn connect_url(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            eprintln!("harness: connection ended with an error: {err}");
+        }
+    });
+    Ok(client)
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            write!(encoded, "%{byte:02X}").unwrap();
+        }
+    }
+    encoded
+}
+
+/// A value in a libpq key=value connection string.
+fn conninfo_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}

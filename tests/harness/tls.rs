@@ -1,0 +1,54 @@
+//! Certificates for TLS clusters: a throw-away CA and a server certificate it signs.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// PEM texts for one TLS cluster.
+pub(super) struct Certificates {
+    pub ca_cert: String,
+    pub server_cert: String,
+    pub server_key: String,
+}
+
+/// A fresh CA and a server certificate for `localhost` and `127.0.0.1`, signed by that CA, so
+/// clients can verify the server fully (`sslmode=verify-full`) against the CA alone.
+pub(super) fn generate() -> Certificates {
+    let mut ca_params = CertificateParams::new(Vec::new()).expect("CA parameters");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tributary test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().expect("generating the CA key");
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .expect("self-signing the CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    // "127.0.0.1" becomes an IP address SAN, "localhost" a DNS name SAN.
+    let mut server_params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("server certificate parameters");
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server_params.use_authority_key_identifier_extension = true;
+    let server_key = KeyPair::generate().expect("generating the server key");
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .expect("signing the server certificate");
+
+    Certificates {
+        ca_cert: ca_cert.pem(),
+        server_cert: server_cert.pem(),
+        server_key: server_key.serialize_pem(),
+    }
+}
