@@ -24,9 +24,12 @@
 //! - `lsn` on **B and C is the same value: the start of the commit record** (wal2json prints
 //!   `txn->final_lsn` on B and `commit_lsn` on C); `nextlsn` on both is the end of the commit
 //!   record (`txn->end_lsn`), the position to acknowledge once the transaction is durable.
-//!   The LSN of a transaction's first change is not printed anywhere. `timestamp` on every
-//!   record of a transaction is its commit time, rendered with the walsender session's
-//!   `DateStyle`/`TimeZone`; it is kept as text.
+//!   The JSON never gives the transaction's first LSN; the walsender puts that in the
+//!   XLogData header of the B message (and the commit's end in that of the C message), so
+//!   [`Begin::lsn`] here is the commit LSN. wal2json decodes a transaction at its commit,
+//!   so transactions arrive whole, one after another, in commit order. `timestamp` on every
+//!   record of a transaction is its commit time, always ISO but in the walsender session's
+//!   `TimeZone`; it is kept as text.
 //! - `lsn` on I/U/D/T is the start of that change's WAL record; on M it is the *end* of the
 //!   message record (what `pg_logical_emit_message` returned).
 //! - A non-transactional M has `"xid":null` and `"timestamp":null`. M `content` is the
@@ -128,21 +131,30 @@ fn excerpt(input: &[u8]) -> String {
 
 /// Decodes one wal2json format-version 2 record.
 pub fn decode(input: &[u8]) -> Result<Message, DecodeError> {
-    match decode_strict(input) {
+    // One UTF-8 check of the whole record (fast on mostly-ASCII text) lets serde_json skip
+    // its per-string checks, which otherwise cost more than all the JSON parsing.
+    let text = match std::str::from_utf8(input) {
+        Ok(text) => text,
+        Err(err) => return decode_non_utf8(input, err),
+    };
+    match decode_text(text) {
         Ok(message) => Ok(message),
-        // Both fallbacks run only after a failure, so the common path pays nothing for them.
-        Err(err) => recover(input).ok_or(err),
+        // The repair runs only after a failure, so the common path pays nothing for it.
+        Err(err) => repair_type_names(text)
+            .and_then(|repaired| decode_text(&repaired).ok())
+            .ok_or(err),
     }
 }
 
-fn decode_strict(input: &[u8]) -> Result<Message, DecodeError> {
+fn decode_text(text: &str) -> Result<Message, DecodeError> {
+    let input = text.as_bytes();
     // serde would also accept a struct written as a JSON array; wal2json never writes one.
     match input.trim_ascii_start().first() {
         Some(b'{') => {}
         Some(_) => return Err(DecodeError::new(input, "not a JSON object")),
         None => return Err(DecodeError::new(input, "empty record")),
     }
-    let record: Record<'_> = serde_json::from_slice(input).map_err(|e| {
+    let record: Record<'_> = serde_json::from_str(text).map_err(|e| {
         let reason = match sniff_action(input) {
             Some(action) => format!("{action} record: {e}"),
             None => e.to_string(),
@@ -152,20 +164,22 @@ fn decode_strict(input: &[u8]) -> Result<Message, DecodeError> {
     record.into_message(input)
 }
 
-/// Second chances for the two ways real wal2json output fails to parse (see module doc).
-fn recover(input: &[u8]) -> Option<Message> {
-    if std::str::from_utf8(input).is_err() {
-        if sniff_action(input) != Some("M") {
-            return None;
-        }
-        let lossy = String::from_utf8_lossy(input);
-        return match decode_strict(lossy.as_bytes()) {
-            Ok(message @ Message::Logical(_)) => Some(message),
-            _ => None,
-        };
+/// A logical message's content may be any bytes (see the module doc): decode it lossily.
+/// Anything else that is not UTF-8 is an error, since replacing bytes would change data.
+fn decode_non_utf8(input: &[u8], err: std::str::Utf8Error) -> Result<Message, DecodeError> {
+    let action = sniff_action(input);
+    if action == Some("M") {
+        // The sniffed action is the parsed one: serde rejects a second "action".
+        return decode_text(&String::from_utf8_lossy(input));
     }
-    let repaired = repair_type_names(input)?;
-    decode_strict(&repaired).ok()
+    let what = action.map_or("record".to_owned(), |a| format!("{a} record"));
+    Err(DecodeError::new(
+        input,
+        format!(
+            "{what} is not valid UTF-8 (byte {}); the source database must use the UTF8 encoding",
+            err.valid_up_to()
+        ),
+    ))
 }
 
 /// The action letter, if the record starts the way wal2json writes it.
@@ -189,33 +203,27 @@ fn sniff_action(input: &[u8]) -> Option<&'static str> {
 
 /// Re-escapes type names that wal2json wrote verbatim because they start with `"`
 /// (`"type":"Typ S"."Mood"`). Returns `None` when nothing needed fixing.
-fn repair_type_names(input: &[u8]) -> Option<Vec<u8>> {
-    const NEEDLE: &[u8] = b",\"type\":";
-    const ENDS: [&[u8]; 3] = [b",\"typeoid\":", b",\"value\":", b"}"];
-    let mut out = Vec::with_capacity(input.len() + 16);
+fn repair_type_names(input: &str) -> Option<String> {
+    const NEEDLE: &str = ",\"type\":";
+    const ENDS: [&str; 3] = [",\"typeoid\":", ",\"value\":", "}"];
+    let mut out = String::with_capacity(input.len() + 16);
     let mut rest = input;
     let mut changed = false;
-    while let Some(at) = find(rest, NEEDLE) {
-        let start = at + NEEDLE.len();
-        out.extend_from_slice(&rest[..start]);
-        rest = &rest[start..];
-        let end = ENDS.iter().filter_map(|e| find(rest, e)).min()?;
-        let raw = &rest[..end];
-        if serde_json::from_slice::<Str<'_>>(raw).is_ok() {
-            out.extend_from_slice(raw);
+    while let Some(at) = rest.find(NEEDLE) {
+        let (head, tail) = rest.split_at(at + NEEDLE.len());
+        out.push_str(head);
+        let end = ENDS.iter().filter_map(|e| tail.find(e)).min()?;
+        let (raw, tail) = tail.split_at(end);
+        if serde_json::from_str::<Str<'_>>(raw).is_ok() {
+            out.push_str(raw);
         } else {
-            let text = std::str::from_utf8(raw).ok()?;
-            out.extend_from_slice(serde_json::to_string(text).ok()?.as_bytes());
+            out.push_str(&serde_json::to_string(raw).ok()?);
             changed = true;
         }
-        rest = &rest[end..];
+        rest = tail;
     }
-    out.extend_from_slice(rest);
+    out.push_str(rest);
     changed.then_some(out)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// One record, any action. Fields wal2json adds under options tributary does not use
@@ -462,7 +470,10 @@ impl RawColumn<'_> {
 fn value_from_raw(raw: &str) -> Result<Value, &'static str> {
     Ok(match raw.as_bytes().first() {
         Some(b'"') => {
-            let inner = &raw[1..raw.len() - 1];
+            let inner = raw
+                .strip_prefix('"')
+                .and_then(|r| r.strip_suffix('"'))
+                .ok_or("an invalid string")?;
             // Without a backslash the JSON text is the string itself: skip the unescaper.
             if inner.contains('\\') {
                 Value::Text(serde_json::from_str(raw).map_err(|_| "an invalid string")?)
@@ -907,7 +918,7 @@ mod tests {
         );
         // A row change is never decoded lossily: that would change data.
         let row = b"{\"action\":\"I\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":\"a\",\"value\":\"\xff\"}]}";
-        check_bytes(row, Expect::Err(&["I record", "invalid unicode"]));
+        check_bytes(row, Expect::Err(&["I record is not valid UTF-8 (byte 71)"]));
     }
 
     #[test]
