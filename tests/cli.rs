@@ -81,7 +81,7 @@ async fn tail_prints_changes_and_leaves_no_slot_behind() {
         .expect("tail printed the transaction")
         .unwrap();
     assert!(lines[0].starts_with("BEGIN"), "{lines:?}");
-    assert_eq!(lines[1], r#"INSERT public.items new: id="1" name="widget""#);
+    assert_eq!(lines[1], r#"INSERT public.items new: id=1 name="widget""#);
     assert!(lines[2].starts_with("COMMIT"), "{lines:?}");
 
     // SIGTERM ends it cleanly, and the temporary slot goes with it.

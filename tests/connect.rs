@@ -185,3 +185,14 @@ async fn unreachable_server_and_unknown_database_are_explained() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn connects_over_the_unix_socket() {
+    let cluster = Cluster::start();
+    let url = format!(
+        "postgresql://{SUPERUSER}@/postgres?host={}&port={}",
+        cluster.socket_dir().display(),
+        cluster.port()
+    );
+    assert_connects(&url).await;
+}

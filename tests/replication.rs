@@ -351,3 +351,46 @@ async fn in_flight_transaction_is_not_acknowledged_by_keepalives() {
     stream.send_status().await.unwrap();
     assert_eq!(confirmed_flush(&sql, &slot).await, created.consistent_point);
 }
+
+#[tokio::test]
+async fn dropping_a_slot_waits_for_its_reader_to_let_go() {
+    let cluster = Cluster::start();
+    let sql = cluster.connect("postgres").await;
+    let slot = slot("dropped");
+    let url = cluster.superuser_url("postgres");
+    let mut repl = replication_client(&url).await;
+    repl.create_slot(&slot, false, SnapshotAction::NoExport)
+        .await
+        .unwrap();
+
+    // Creating it twice is the server's error, with its SQLSTATE.
+    let again = repl
+        .create_slot(&slot, false, SnapshotAction::NoExport)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(again.sqlstate(), Some("42710"), "{again}");
+
+    // While another session streams from it, DROP … WAIT blocks until that session ends.
+    let reader = start_stream(&url, &slot, Lsn::ZERO).await;
+    let mut dropper = replication_client(&url).await;
+    let drop = tokio::spawn(async move { dropper.drop_slot(&slot).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!drop.is_finished(), "the drop waits while the slot is in use");
+    reader.stop().await.unwrap().close().await;
+    tokio::time::timeout(PATIENCE, drop)
+        .await
+        .expect("the drop finishes once the reader is gone")
+        .unwrap()
+        .unwrap();
+    let left: i64 = sql
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+
+    let missing = repl.drop_slot(&crate::support::slot("dropped")).await.err().unwrap();
+    assert_eq!(missing.sqlstate(), Some("42704"), "{missing}");
+    assert!(missing.to_string().contains("does not exist"), "{missing}");
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::change::{Change, ChangeKind, Column, Message};
+use crate::change::{Change, ChangeKind, Column, Message, Value};
 use crate::source::wal2json::{self, PluginOptions};
 use crate::source::{
     replication, AckTracker, ConnInfo, ReplicationClient, ReplicationMessage, SnapshotAction,
@@ -142,9 +142,11 @@ fn describe_change(change: &Change, out: &mut String) -> std::fmt::Result {
         }
         write!(out, " {label}:")?;
         for c in cols {
-            match c.value.as_text() {
-                Some(text) => write!(out, " {}={text:?}", c.name)?,
-                None => write!(out, " {}=NULL", c.name)?,
+            match &c.value {
+                Value::Null => write!(out, " {}=NULL", c.name)?,
+                Value::Bool(b) => write!(out, " {}={b}", c.name)?,
+                Value::Number(n) => write!(out, " {}={n}", c.name)?,
+                Value::Text(t) => write!(out, " {}={t:?}", c.name)?,
             }
         }
         Ok(())

@@ -509,7 +509,8 @@ impl ReplicationStream {
         let mut server_done = self.server_done;
         loop {
             match self.client.conn.read_frame().await? {
-                Frame::CopyData(_) if !server_done => {}
+                // Data and keepalives can still arrive, even after the server's CopyDone.
+                Frame::CopyData(_) => {}
                 Frame::Other(Message::CopyDone) if !server_done => server_done = true,
                 Frame::Other(Message::CommandComplete(_)) if server_done => {}
                 Frame::Other(Message::ReadyForQuery(_)) if server_done => return Ok(self.client),
