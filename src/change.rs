@@ -18,8 +18,12 @@ pub enum Message {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Begin {
     pub xid: Option<u32>,
-    /// LSN of the transaction's first record.
-    pub lsn: Option<Lsn>,
+    /// LSN of the transaction's commit record: transactions are decoded at commit, so BEGIN
+    /// already knows where the transaction ends.
+    pub commit_lsn: Option<Lsn>,
+    /// LSN just past the commit record, as on [`Commit::end_lsn`]. A sink whose applied
+    /// position is at or past it has this transaction already.
+    pub end_lsn: Option<Lsn>,
     /// Commit time as the source rendered it (ISO, UTC).
     pub commit_time: Option<String>,
 }

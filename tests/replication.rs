@@ -376,7 +376,10 @@ async fn dropping_a_slot_waits_for_its_reader_to_let_go() {
     let mut dropper = replication_client(&url).await;
     let drop = tokio::spawn(async move { dropper.drop_slot(&slot).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!drop.is_finished(), "the drop waits while the slot is in use");
+    assert!(
+        !drop.is_finished(),
+        "the drop waits while the slot is in use"
+    );
     reader.stop().await.unwrap().close().await;
     tokio::time::timeout(PATIENCE, drop)
         .await
@@ -390,7 +393,11 @@ async fn dropping_a_slot_waits_for_its_reader_to_let_go() {
         .get(0);
     assert_eq!(left, 0);
 
-    let missing = repl.drop_slot(&crate::support::slot("dropped")).await.err().unwrap();
+    let missing = repl
+        .drop_slot(&crate::support::slot("dropped"))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(missing.sqlstate(), Some("42704"), "{missing}");
     assert!(missing.to_string().contains("does not exist"), "{missing}");
 }

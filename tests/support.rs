@@ -73,7 +73,17 @@ pub async fn read_transactions(stream: &mut ReplicationStream, count: usize) -> 
             let decoded = wal2json::decode(&x.data)
                 .unwrap_or_else(|e| panic!("decoding {:?}: {e}", String::from_utf8_lossy(&x.data)));
             let commit_end = match &decoded {
-                Message::Commit(c) => Some(c.end_lsn.unwrap_or(x.wal_start)),
+                Message::Commit(c) => {
+                    let end = c.end_lsn.expect("include-lsn gives COMMIT its end");
+                    // The walsender puts the commit's end in the XLogData header too, and
+                    // BEGIN announced the same position.
+                    assert_eq!(end, x.wal_start);
+                    match current.first() {
+                        Some(Message::Begin(b)) => assert_eq!(b.end_lsn, Some(end)),
+                        other => panic!("transaction without BEGIN: {other:?}"),
+                    }
+                    Some(end)
+                }
                 _ => None,
             };
             current.push(decoded);

@@ -26,7 +26,7 @@
 //!   record (`txn->end_lsn`), the position to acknowledge once the transaction is durable.
 //!   The JSON never gives the transaction's first LSN; the walsender puts that in the
 //!   XLogData header of the B message (and the commit's end in that of the C message), so
-//!   [`Begin::lsn`] here is the commit LSN. wal2json decodes a transaction at its commit,
+//!   [`Begin`] carries the commit LSN and its end. wal2json decodes a transaction at its commit,
 //!   so transactions arrive whole, one after another, in commit order. `timestamp` on every
 //!   record of a transaction is its commit time, always ISO but in the walsender session's
 //!   `TimeZone`; it is kept as text.
@@ -276,7 +276,8 @@ impl Record<'_> {
             "B" => {
                 return Ok(Message::Begin(Begin {
                     xid: self.xid,
-                    lsn: lsn("lsn", self.lsn)?,
+                    commit_lsn: lsn("lsn", self.lsn)?,
+                    end_lsn: lsn("nextlsn", self.nextlsn)?,
                     commit_time: self.timestamp.map(Str::into_string),
                 }))
             }
@@ -700,7 +701,8 @@ mod tests {
             BEGIN,
             Expect::Ok(Message::Begin(Begin {
                 xid: Some(731),
-                lsn: lsn("0/1541608"),
+                commit_lsn: lsn("0/1541608"),
+                end_lsn: lsn("0/1541638"),
                 commit_time: ts(time),
             })),
         );
@@ -717,7 +719,8 @@ mod tests {
             BARE_BEGIN,
             Expect::Ok(Message::Begin(Begin {
                 xid: None,
-                lsn: None,
+                commit_lsn: None,
+                end_lsn: None,
                 commit_time: None,
             })),
         );
