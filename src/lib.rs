@@ -2,5 +2,6 @@
 
 pub mod change;
 pub mod cli;
+pub mod pg;
 pub mod source;
 pub mod types;

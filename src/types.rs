@@ -92,6 +92,67 @@ impl fmt::Display for SlotName {
     }
 }
 
+/// A connector's row id in the bookkeeping schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectorId(pub i64);
+
+impl fmt::Display for ConnectorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A connector's name: 1 to 32 characters of `a-z`, `0-9` and `_`, starting with a letter.
+///
+/// The name becomes part of the slot name and of the replica database's name, so it is
+/// restricted to what both accept without quoting.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectorName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid connector name {0:?}: use 1 to 32 characters from lower-case letters, digits and '_', starting with a letter"
+)]
+pub struct InvalidConnectorName(String);
+
+impl ConnectorName {
+    pub fn new(name: impl Into<String>) -> Result<ConnectorName, InvalidConnectorName> {
+        let name = name.into();
+        let ok = (1..=32).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok {
+            Ok(ConnectorName(name))
+        } else {
+            Err(InvalidConnectorName(name))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The connector's replication slot on the source. It carries the connector's id, so
+    /// a connector created again under an old name never resumes the old one's slot.
+    pub fn slot_name(&self, id: ConnectorId) -> SlotName {
+        SlotName::new(format!("tributary_{}_{}", id.0, self.0))
+            .expect("connector names make valid slot names")
+    }
+
+    /// The connector's replica database on the branch store.
+    pub fn replica_database(&self) -> String {
+        format!("{}_replica", self.0)
+    }
+}
+
+impl fmt::Display for ConnectorName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +180,23 @@ mod tests {
             "0/0/0",
         ] {
             assert!(text.parse::<Lsn>().is_err(), "{text:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn connector_names_derive_valid_slot_and_database_names() {
+        let name = ConnectorName::new("a".repeat(32)).unwrap();
+        let slot = name.slot_name(ConnectorId(i64::MAX));
+        assert!(slot.as_str().len() <= 63, "{slot}");
+        assert_eq!(
+            ConnectorName::new("orders").unwrap().replica_database(),
+            "orders_replica"
+        );
+        for bad in ["", "1abc", "_x", "Orders", "with-dash", &"a".repeat(33)] {
+            assert!(
+                ConnectorName::new(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -64,7 +64,7 @@ impl fmt::Display for ServerError {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    InvalidUrl(#[from] super::conninfo::InvalidUrl),
+    InvalidUrl(#[from] crate::pg::conninfo::InvalidUrl),
 
     #[error(
         "could not connect to {target}: {source}; check that the server is running and reachable"

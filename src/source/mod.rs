@@ -4,15 +4,13 @@
 //! **Invariant:** nothing outside this module sees the replication wire protocol or
 //! wal2json's JSON; the rest of the daemon receives [`crate::change::Message`]s.
 
-pub mod conninfo;
 mod error;
 pub mod progress;
 pub mod replication;
-mod tls;
 pub mod wal2json;
 mod wire;
 
-pub use conninfo::{ConnInfo, SslMode};
+pub use crate::pg::{ConnInfo, SslMode};
 pub use error::{Error, ServerError};
 pub use progress::AckTracker;
 pub use replication::{

@@ -27,10 +27,10 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use super::conninfo::ConnInfo;
 use super::error::Result;
 use super::wal2json::PluginOptions;
 use super::wire::{Connection, Frame, Rows};
+use crate::pg::ConnInfo;
 use crate::types::{Lsn, SlotName};
 
 /// Session settings that make wal2json render values in one stable, parseable form.

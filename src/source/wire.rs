@@ -18,9 +18,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
-use super::conninfo::{ConnInfo, Host, SslMode};
 use super::error::{Error, Result, ServerError};
-use super::tls;
+use crate::pg::conninfo::{ConnInfo, Host, SslMode};
+use crate::pg::tls;
 
 /// Largest frame accepted: a row of several 1 GB values can legitimately come close.
 pub(crate) const MAX_FRAME_LEN: usize = 1 << 31;

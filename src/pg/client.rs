@@ -1,0 +1,97 @@
+//! SQL sessions over tokio-postgres with tributary's connection rules.
+
+use std::ops::Deref;
+
+use tokio::task::JoinHandle;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::conninfo::{ConnInfo, Host, SslMode};
+use super::tls;
+
+/// A tokio-postgres client that owns its connection task: dropping it closes the session
+/// and ends the task, so no task outlives its user.
+pub struct PgClient {
+    client: tokio_postgres::Client,
+    connection: JoinHandle<()>,
+}
+
+impl Deref for PgClient {
+    type Target = tokio_postgres::Client;
+
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+}
+
+impl PgClient {
+    /// The client, mutably: transactions and COPY need it.
+    pub fn client_mut(&mut self) -> &mut tokio_postgres::Client {
+        &mut self.client
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// Opens a SQL session. Errors carry the server's SQLSTATE where there is one; the caller's
+/// layer decides what they mean.
+pub async fn connect(info: &ConnInfo) -> Result<PgClient, ConnectError> {
+    let mut config = tokio_postgres::Config::new();
+    match &info.host {
+        Host::Tcp(host) => config.host(host),
+        Host::Unix(dir) => config.host_path(dir),
+    };
+    config
+        .port(info.port)
+        .user(&info.user)
+        .dbname(&info.dbname)
+        .application_name(&info.application_name)
+        .connect_timeout(info.connect_timeout)
+        .ssl_mode(match info.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            // Chain and host checks live in the rustls configuration.
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        });
+    if let Some(password) = &info.password {
+        config.password(password.expose());
+    }
+    let tls = tls::client_config(info.sslmode, info.sslrootcert.as_ref()).map_err(|reason| {
+        ConnectError::Tls {
+            target: info.target(),
+            reason,
+        }
+    })?;
+    let (client, connection) =
+        config
+            .connect(MakeRustlsConnect::new(tls))
+            .await
+            .map_err(|source| ConnectError::Postgres {
+                target: info.target(),
+                source,
+            })?;
+    let target = info.target();
+    let connection = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(server = %target, "SQL session ended: {e}");
+        }
+    });
+    Ok(PgClient { client, connection })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("TLS with {target}: {reason}")]
+    Tls { target: String, reason: String },
+    #[error("connecting to {target}: {source}")]
+    Postgres {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}

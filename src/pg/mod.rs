@@ -1,0 +1,12 @@
+//! Connecting to PostgreSQL, shared by every part that does: URL parsing with libpq's
+//! rules, TLS per sslmode, and SQL sessions (tokio-postgres) that follow both.
+//!
+//! The replication protocol has its own client in `source/`; it uses the same
+//! [`ConnInfo`] and TLS rules, so a URL means the same thing everywhere.
+
+mod client;
+pub mod conninfo;
+pub(crate) mod tls;
+
+pub use client::{connect, ConnectError, PgClient};
+pub use conninfo::{ConnInfo, InvalidUrl, SslMode};
