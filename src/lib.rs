@@ -1,7 +1,11 @@
 //! tributary: a Postgres CDC replication daemon. See `ARCHITECTURE.md` for the map.
 
+pub mod bookkeeping;
 pub mod change;
 pub mod cli;
 pub mod pg;
+pub mod pipeline;
+pub mod settings;
+pub mod sink;
 pub mod source;
 pub mod types;

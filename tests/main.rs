@@ -5,8 +5,11 @@ mod harness;
 mod harness_tests;
 mod support;
 
+mod bookkeeping;
 mod cli;
 mod connect;
 mod large_transaction;
 mod replication;
+mod sink;
+mod snapshot;
 mod value_fidelity;

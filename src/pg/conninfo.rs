@@ -240,6 +240,14 @@ impl ConnInfo {
         })
     }
 
+    /// The same server and credentials, another database.
+    pub fn with_dbname(&self, dbname: &str) -> ConnInfo {
+        ConnInfo {
+            dbname: dbname.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// `host:port` or the socket path, for messages.
     pub fn target(&self) -> String {
         match &self.host {

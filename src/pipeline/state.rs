@@ -1,0 +1,88 @@
+//! The states of a connector's pipeline, as persisted in the bookkeeping schema.
+//!
+//! ```text
+//! pending ──► validating ──► snapshotting ──► streaming
+//!                 │               │               │
+//!                 └───────────────┴──► failed ◄───┘      (any state) ──► stopped
+//! ```
+//!
+//! Every state is persisted, with a row in the history, by the pipeline itself; only
+//! `pending` is set by whoever creates the connector (or asks for a new snapshot) and
+//! `stopped` by the supervisor when the connector is disabled.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PipelineState {
+    /// Created, never run, or reset for a new snapshot; the next run starts from scratch.
+    Pending,
+    /// Connecting to the source and the branch store, checking the slot.
+    Validating,
+    /// Copying schema and data under the slot's exported snapshot. A crash here restarts
+    /// the snapshot from the beginning with a new slot.
+    Snapshotting,
+    /// Applying changes from the slot; restarts resume from the replica's applied LSN.
+    Streaming,
+    /// Stopped by an error that needs the operator; the error and the next step are
+    /// recorded beside the state. Retried only when the error was transient.
+    Failed,
+    /// Disabled by the operator.
+    Stopped,
+}
+
+impl PipelineState {
+    pub const ALL: [PipelineState; 6] = [
+        PipelineState::Pending,
+        PipelineState::Validating,
+        PipelineState::Snapshotting,
+        PipelineState::Streaming,
+        PipelineState::Failed,
+        PipelineState::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineState::Pending => "pending",
+            PipelineState::Validating => "validating",
+            PipelineState::Snapshotting => "snapshotting",
+            PipelineState::Streaming => "streaming",
+            PipelineState::Failed => "failed",
+            PipelineState::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for PipelineState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown pipeline state {0:?}")]
+pub struct UnknownState(String);
+
+impl FromStr for PipelineState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<PipelineState, UnknownState> {
+        PipelineState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_text() {
+        for state in PipelineState::ALL {
+            assert_eq!(state.as_str().parse::<PipelineState>(), Ok(state));
+        }
+        assert!("running".parse::<PipelineState>().is_err());
+    }
+}

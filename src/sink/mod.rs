@@ -1,0 +1,1 @@
+//! Branch-store sink (in progress).

@@ -1,0 +1,1 @@
+//! Source catalog (in progress).
