@@ -277,7 +277,9 @@ async fn idle_connector_acknowledges_wal_written_to_other_databases() {
         loop {
             match stream.next().await.unwrap().unwrap() {
                 ReplicationMessage::Keepalive(k) => {
-                    tracker.keepalive(k.wal_end);
+                    if let Some(position) = tracker.idle_position(k.wal_end) {
+                        tracker.applied(position);
+                    }
                     stream.set_flushed(tracker.flushed());
                 }
                 ReplicationMessage::XLogData(x) => panic!(
@@ -336,7 +338,9 @@ async fn in_flight_transaction_is_not_acknowledged_by_keepalives() {
     while let Ok(message) = tokio::time::timeout_at(deadline, stream.next()).await {
         match message.unwrap().unwrap() {
             ReplicationMessage::Keepalive(k) => {
-                tracker.keepalive(k.wal_end);
+                if let Some(position) = tracker.idle_position(k.wal_end) {
+                    tracker.applied(position);
+                }
                 stream.set_flushed(tracker.flushed());
             }
             ReplicationMessage::XLogData(x) => {

@@ -71,7 +71,11 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         };
         let Some(message) = message else { break };
         match message {
-            ReplicationMessage::Keepalive(k) => tracker.keepalive(k.wal_end),
+            ReplicationMessage::Keepalive(k) => {
+                if let Some(position) = tracker.idle_position(k.wal_end) {
+                    tracker.applied(position);
+                }
+            }
             ReplicationMessage::XLogData(x) => {
                 let decoded = wal2json::decode(&x.data)?;
                 line.clear();

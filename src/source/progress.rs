@@ -44,11 +44,15 @@ impl AckTracker {
         self.durable = self.durable.max(lsn);
     }
 
-    /// A keepalive said the server has sent everything before `wal_end`.
-    pub fn keepalive(&mut self, wal_end: Lsn) {
-        if !self.in_transaction && self.durable >= self.last_commit {
-            self.durable = self.durable.max(wal_end);
-        }
+    /// A keepalive said the server has sent everything before `wal_end`. Returns the
+    /// position that may be recorded as applied (and then passed to [`AckTracker::applied`])
+    /// when nothing received is waiting to be applied; `None` otherwise.
+    ///
+    /// The owner records it durably before acknowledging it, so that the acknowledged
+    /// position never runs ahead of the position stored with the data.
+    pub fn idle_position(&self, wal_end: Lsn) -> Option<Lsn> {
+        (!self.in_transaction && self.durable >= self.last_commit && wal_end > self.durable)
+            .then_some(wal_end)
     }
 
     /// The position to report as flushed.
@@ -68,7 +72,8 @@ mod tests {
     #[test]
     fn idle_keepalives_advance_the_acknowledgement() {
         let mut t = AckTracker::new(lsn(100));
-        t.keepalive(lsn(500));
+        assert_eq!(t.idle_position(lsn(500)), Some(lsn(500)));
+        t.applied(lsn(500));
         assert_eq!(t.flushed(), lsn(500));
     }
 
@@ -76,8 +81,7 @@ mod tests {
     fn keepalive_inside_a_transaction_is_not_acknowledged() {
         let mut t = AckTracker::new(lsn(100));
         t.begin();
-        t.keepalive(lsn(900));
-        assert_eq!(t.flushed(), lsn(100));
+        assert_eq!(t.idle_position(lsn(900)), None);
     }
 
     #[test]
@@ -85,12 +89,14 @@ mod tests {
         let mut t = AckTracker::new(lsn(100));
         t.begin();
         t.commit(lsn(300));
-        t.keepalive(lsn(900));
-        assert_eq!(t.flushed(), lsn(100), "commit 300 is not durable yet");
+        assert_eq!(
+            t.idle_position(lsn(900)),
+            None,
+            "commit 300 is not durable yet"
+        );
         t.applied(lsn(300));
         assert_eq!(t.flushed(), lsn(300));
-        t.keepalive(lsn(900));
-        assert_eq!(t.flushed(), lsn(900));
+        assert_eq!(t.idle_position(lsn(900)), Some(lsn(900)));
     }
 
     #[test]
@@ -101,15 +107,14 @@ mod tests {
         t.commit(lsn(300));
         t.applied(lsn(300));
         t.begin();
-        t.keepalive(lsn(900));
-        assert_eq!(t.flushed(), lsn(300));
+        assert_eq!(t.idle_position(lsn(900)), None);
     }
 
     #[test]
     fn never_moves_backwards() {
         let mut t = AckTracker::new(lsn(500));
         t.applied(lsn(200));
-        t.keepalive(lsn(300));
+        assert_eq!(t.idle_position(lsn(300)), None);
         assert_eq!(t.flushed(), lsn(500));
     }
 }
