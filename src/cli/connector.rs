@@ -1,0 +1,203 @@
+//! `tributary connector …`: create, list and delete connectors.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Subcommand, ValueEnum};
+use serde::Serialize;
+
+use super::Failure;
+use crate::bookkeeping::{Bookkeeping, Connector};
+use crate::pg::ConnInfo;
+use crate::settings::Settings;
+use crate::sink;
+use crate::source::ReplicationClient;
+use crate::types::ConnectorName;
+
+/// How long `connector delete` waits for a running daemon to let go of the slot.
+const SLOT_DROP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectorCommand {
+    /// Register a source database; a running daemon snapshots it and starts streaming.
+    Create {
+        /// The kind of source; only `postgresql` exists.
+        kind: SourceKind,
+        /// Source URL: postgresql://user:password@host:port/dbname?sslmode=… (stored encrypted).
+        url: String,
+        /// Connector name: lower-case letters, digits and '_'.
+        #[arg(long)]
+        name: String,
+        /// Schemas to replicate, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "public")]
+        schemas: Vec<String>,
+    },
+    /// List connectors with their state.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Delete a connector: its bookkeeping, its replication slot on the source and its
+    /// replica database on the branch store.
+    Delete { name: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SourceKind {
+    Postgresql,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+pub async fn run(command: ConnectorCommand, settings: Settings, config_path: &Path) -> Result<(), Failure> {
+    let bookkeeping = Bookkeeping::open(
+        &settings.store(),
+        &settings.secrets,
+        &super::default_key_file(config_path),
+    )
+    .await?;
+    match command {
+        ConnectorCommand::Create {
+            kind: SourceKind::Postgresql,
+            url,
+            name,
+            schemas,
+        } => {
+            let name = ConnectorName::new(name).map_err(usage)?;
+            let info = ConnInfo::parse(&url).map_err(usage)?;
+            let schemas: Vec<String> = schemas
+                .into_iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if schemas.is_empty() {
+                return Err(usage(anyhow::anyhow!("--schemas names no schema")));
+            }
+            let connector = bookkeeping.create_connector(&name, &url, &schemas).await?;
+            println!(
+                "created connector {} for {info}\n  schemas: {}\n  slot: {}\n  replica database: {}\n\
+                 A running `tributary run` picks it up and starts the snapshot.",
+                connector.name,
+                connector.schemas.join(", "),
+                connector.slot_name,
+                connector.replica_database
+            );
+            Ok(())
+        }
+        ConnectorCommand::List { format } => {
+            let connectors = bookkeeping.connectors().await?;
+            print_list(&connectors, format)?;
+            Ok(())
+        }
+        ConnectorCommand::Delete { name } => {
+            let name = ConnectorName::new(name).map_err(usage)?;
+            delete(&bookkeeping, &settings, &name).await
+        }
+    }
+}
+
+fn usage(error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 2,
+        error: error.into(),
+    }
+}
+
+/// The contract of `connector list --format json`: one object per connector.
+#[derive(Serialize)]
+struct ConnectorView<'a> {
+    name: &'a str,
+    state: &'a str,
+    enabled: bool,
+    source: &'a str,
+    schemas: &'a [String],
+    slot_name: &'a str,
+    replica_database: &'a str,
+    last_error: Option<&'a str>,
+    next_step: Option<&'a str>,
+}
+
+fn print_list(connectors: &[Connector], format: Format) -> anyhow::Result<()> {
+    let views: Vec<ConnectorView> = connectors
+        .iter()
+        .map(|c| ConnectorView {
+            name: c.name.as_str(),
+            state: c.state.as_str(),
+            enabled: c.enabled,
+            source: &c.source_display,
+            schemas: &c.schemas,
+            slot_name: c.slot_name.as_str(),
+            replica_database: &c.replica_database,
+            last_error: c.last_error.as_deref(),
+            next_step: c.next_step.as_deref(),
+        })
+        .collect();
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(());
+    }
+    if views.is_empty() {
+        println!("no connectors; create one with `tributary connector create postgresql <url> --name <name>`");
+        return Ok(());
+    }
+    println!("{:<20} {:<13} {:<32} SOURCE", "NAME", "STATE", "REPLICA DATABASE");
+    for v in &views {
+        println!("{:<20} {:<13} {:<32} {}", v.name, v.state, v.replica_database, v.source);
+        if let Some(error) = v.last_error {
+            println!("    error: {error}");
+            if let Some(next) = v.next_step {
+                println!("    next step: {next}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete(bookkeeping: &Bookkeeping, settings: &Settings, name: &ConnectorName) -> Result<(), Failure> {
+    let connector = bookkeeping
+        .connector(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no connector named {name}; `tributary connector list` shows them"))?;
+    let source = ConnInfo::parse(&bookkeeping.source_url(&connector).await?)?;
+    // First the bookkeeping: a running daemon hears of it and stops the pipeline, which
+    // lets go of the slot.
+    bookkeeping.delete_connector(connector.id).await?;
+    sink::drop_replica(&settings.store(), &connector.replica_database)
+        .await
+        .with_context(|| format!("dropping the replica database {}", connector.replica_database))?;
+
+    let slot = &connector.slot_name;
+    let dropped = tokio::time::timeout(SLOT_DROP_TIMEOUT, async {
+        let mut client = ReplicationClient::connect(&source).await?;
+        let result = client.drop_slot(slot).await;
+        client.close().await;
+        match result {
+            Err(e) if e.sqlstate() == Some("42704") => Ok(()), // already gone
+            other => other,
+        }
+    })
+    .await;
+    match dropped {
+        Ok(Ok(())) => {
+            println!("deleted connector {name}: replica database and replication slot dropped");
+            Ok(())
+        }
+        failed => {
+            let reason = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("timed out after {SLOT_DROP_TIMEOUT:?} waiting for the slot to be released"),
+            };
+            Err(anyhow::anyhow!(
+                "deleted connector {name} and its replica database, but could not drop replication \
+                 slot {slot} on the source ({reason}). It retains WAL until dropped: run on the \
+                 source `SELECT pg_drop_replication_slot('{slot}');`"
+            )
+            .into())
+        }
+    }
+}

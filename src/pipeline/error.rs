@@ -1,0 +1,86 @@
+//! The pipeline's error: what went wrong in which layer, whether retrying can help, and
+//! what the operator should do when it cannot.
+
+use crate::bookkeeping::{self, Failure};
+use crate::pg::ConnectError;
+use crate::pipeline::snapshot::SnapshotError;
+use crate::sink::SinkError;
+use crate::source;
+use crate::source::catalog::CatalogError;
+use crate::source::wal2json::DecodeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("source: {0}")]
+    Source(#[from] source::Error),
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
+    #[error("source catalog: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    #[error("branch store: {0}")]
+    Sink(#[from] SinkError),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
+    #[error("bookkeeping: {0}")]
+    Bookkeeping(#[from] bookkeeping::Error),
+    /// A condition only the operator can resolve.
+    #[error("{error}")]
+    Definite { error: String, next_step: String },
+    /// The source ended the replication stream without an error.
+    #[error("the source ended the replication stream")]
+    StreamEnded,
+}
+
+impl PipelineError {
+    pub fn definite(error: impl Into<String>, next_step: impl Into<String>) -> PipelineError {
+        PipelineError::Definite {
+            error: error.into(),
+            next_step: next_step.into(),
+        }
+    }
+
+    /// Whether the supervisor should retry (with backoff) rather than stop in `failed`.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PipelineError::Source(e) => e.is_transient(),
+            PipelineError::Connect(ConnectError::Postgres { source, .. }) => {
+                source.as_db_error().is_none()
+            }
+            PipelineError::Connect(ConnectError::Tls { .. }) => false,
+            PipelineError::Catalog(_) => true,
+            PipelineError::Decode(_) => false,
+            PipelineError::Sink(e) => e.is_transient(),
+            PipelineError::Snapshot(e) => e.is_transient(),
+            PipelineError::Bookkeeping(_) => true,
+            PipelineError::Definite { .. } => false,
+            PipelineError::StreamEnded => true,
+        }
+    }
+
+    /// The error as recorded for the operator, with the next step.
+    pub fn failure(&self) -> Failure {
+        let next_step = match self {
+            PipelineError::Definite { next_step, .. } => next_step.clone(),
+            _ if self.is_transient() => {
+                "nothing: tributary retries by itself; check connectivity if this persists".into()
+            }
+            PipelineError::Decode(_) => {
+                "report this record to the tributary developers; the pipeline stops so that \
+                 nothing is skipped"
+                    .into()
+            }
+            PipelineError::Sink(_) => {
+                "fix the cause on the branch store (see the error), then restart tributary; the \
+                 change is applied again from the last committed position"
+                    .into()
+            }
+            _ => "fix the cause named in the error, then restart tributary".into(),
+        };
+        Failure {
+            error: self.to_string(),
+            next_step,
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! One run of a connector's pipeline, from setup to shutdown or error.
+//!
+//! ```text
+//!  validating: connect source + branch store, identify the source, look at the slot
+//!      │
+//!      ├─ replica has an applied LSN and the slot is healthy ──► streaming from it
+//!      ├─ replica has an applied LSN, slot missing or lost ───► failed: re-snapshot needed
+//!      └─ no applied LSN (never snapshotted, or a snapshot was interrupted)
+//!             ▼
+//!  snapshotting: drop our slot and replica if left over, new slot with exported snapshot,
+//!      pre-data schema, parallel COPY, post-data schema, record the consistent point
+//!             ▼
+//!  streaming (pipeline/stream.rs) until shutdown or error
+//! ```
+//!
+//! The applied LSN in the replica is the single fact that decides between resuming and
+//! starting over; it is written once the snapshot is complete and then only moves forward
+//! with the data it covers.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::bookkeeping::{Bookkeeping, Connector, TableSyncState};
+use crate::change::TableName;
+use crate::pg::{self, ConnInfo};
+use crate::pipeline::snapshot::{self, Section, SnapshotJob};
+use crate::pipeline::stream::{self, StreamEnd};
+use crate::pipeline::{PipelineError, PipelineState};
+use crate::settings::Settings;
+use crate::sink::{self, ReplicaSink};
+use crate::source::wal2json::PluginOptions;
+use crate::source::{catalog, replication, ReplicationClient, SnapshotAction};
+use crate::types::{Lsn, SlotName};
+
+/// Everything a pipeline needs, shared with the supervisor.
+pub struct PipelineContext {
+    pub bookkeeping: Arc<Bookkeeping>,
+    pub settings: Arc<Settings>,
+    pub connector: Connector,
+}
+
+/// Runs the connector until `shutdown` (Ok) or an error. State changes are recorded in the
+/// bookkeeping as they happen; the caller records the error.
+pub async fn run(ctx: &PipelineContext, shutdown: &CancellationToken) -> Result<StreamEnd, PipelineError> {
+    let connector = &ctx.connector;
+    let bk = &ctx.bookkeeping;
+    bk.set_state(connector.id, PipelineState::Validating, None).await?;
+
+    let source = ConnInfo::parse(&bk.source_url(connector).await?)
+        .map_err(|e| PipelineError::definite(e.to_string(), "correct the connector's source URL"))?;
+    let store = ctx.settings.store();
+    let replica = store.with_dbname(&connector.replica_database);
+
+    let mut repl = ReplicationClient::connect(&source).await?;
+    let system = repl.identify_system().await?;
+    if let Some(known) = &connector.system_id {
+        if *known != system.system_id {
+            return Err(PipelineError::definite(
+                format!(
+                    "the source is a different PostgreSQL cluster (system identifier {} instead of {known})",
+                    system.system_id
+                ),
+                "point the connector back at its source, or create a new connector for this one",
+            ));
+        }
+    }
+    let source_db = system.dbname.clone().unwrap_or_else(|| source.dbname.clone());
+    bk.record_source(connector.id, &system.system_id, system.timeline, &source_db)
+        .await?;
+    let wal_sender_timeout = repl.wal_sender_timeout().await?;
+    let status_interval =
+        replication::status_interval(ctx.settings.pipeline.status_interval(), wal_sender_timeout);
+
+    let slot = slot_status(&mut repl, &connector.slot_name).await?;
+    let applied = replica_applied_lsn(&store, &replica).await?;
+
+    let applied = match (applied, slot) {
+        (Some(applied), SlotStatus::Healthy) => applied,
+        (Some(applied), SlotStatus::Missing) => {
+            return Err(PipelineError::definite(
+                format!(
+                    "replication slot {} is missing on the source; changes after {applied} cannot be streamed",
+                    connector.slot_name
+                ),
+                "a new snapshot is needed: delete the connector and create it again",
+            ))
+        }
+        (Some(applied), SlotStatus::Lost) => {
+            return Err(PipelineError::definite(
+                format!(
+                    "replication slot {} was invalidated by the source (wal_status = lost): WAL after {applied} was removed",
+                    connector.slot_name
+                ),
+                "a new snapshot is needed: delete the connector and create it again; raise \
+                 max_slot_wal_keep_size on the source to keep this from recurring",
+            ))
+        }
+        (None, slot) => {
+            if slot != SlotStatus::Missing {
+                // Left over from an interrupted snapshot of this connector: never reused.
+                tracing::info!(slot = %connector.slot_name, "dropping the slot of an interrupted snapshot");
+                repl.drop_slot(&connector.slot_name).await?;
+            }
+            bk.set_state(connector.id, PipelineState::Snapshotting, None)
+                .await?;
+            snapshot(ctx, &source, &store, &replica, &mut repl).await?
+        }
+    };
+
+    let numeric_as_string = replication::probe_numeric_as_string(&source).await?;
+    if !numeric_as_string {
+        tracing::warn!(
+            "the source's wal2json predates 2.6: NaN and Infinity in numeric and float \
+             columns arrive as NULL (see preflight)"
+        );
+    }
+    let plugin = PluginOptions {
+        numeric_as_string,
+        ..PluginOptions::default()
+    };
+    let stream = repl
+        .start_replication(&connector.slot_name, applied, plugin, status_interval)
+        .await?;
+    check_not_skipped(&source, &connector.slot_name, applied).await?;
+    bk.set_state(connector.id, PipelineState::Streaming, None).await?;
+    tracing::info!(from = %applied, "streaming");
+
+    let mut sink = ReplicaSink::connect(&store, &connector.replica_database).await?;
+    stream::run(stream, &mut sink, applied, &ctx.settings.pipeline, shutdown).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotStatus {
+    Missing,
+    Healthy,
+    Lost,
+}
+
+async fn slot_status(repl: &mut ReplicationClient, slot: &SlotName) -> Result<SlotStatus, PipelineError> {
+    // Slot names are validated to [a-z0-9_], so quoting is safe.
+    let rows = repl
+        .simple_query(&format!(
+            "SELECT coalesce(wal_status, 'reserved') FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ))
+        .await?;
+    Ok(match rows.first().and_then(|row| row.first().cloned().flatten()) {
+        None => SlotStatus::Missing,
+        Some(status) if status == "lost" => SlotStatus::Lost,
+        Some(_) => SlotStatus::Healthy,
+    })
+}
+
+/// The replica's applied LSN; `None` when the replica does not exist or has none.
+async fn replica_applied_lsn(store: &ConnInfo, replica: &ConnInfo) -> Result<Option<Lsn>, PipelineError> {
+    if !sink::replica_exists(store, &replica.dbname).await? {
+        return Ok(None);
+    }
+    let mut sink = ReplicaSink::connect(store, &replica.dbname).await?;
+    Ok(sink.applied_lsn().await?)
+}
+
+/// After START_REPLICATION: the slot must not be ahead of where we asked to start, or the
+/// server would silently skip the changes in between.
+async fn check_not_skipped(source: &ConnInfo, slot: &SlotName, applied: Lsn) -> Result<(), PipelineError> {
+    let client = pg::connect(source).await?;
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot.as_str()],
+        )
+        .await
+        .map_err(|e| PipelineError::definite(format!("reading slot {slot}: {e}"), "check the source"))?;
+    let confirmed: Option<Lsn> = row
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .and_then(|text| text.parse().ok());
+    match confirmed {
+        Some(confirmed) if confirmed > applied => Err(PipelineError::definite(
+            format!(
+                "replication slot {slot} has moved to {confirmed}, past the replica's applied position \
+                 {applied}: the changes in between cannot be streamed any more"
+            ),
+            "a new snapshot is needed: delete the connector and create it again; make sure no \
+             other client uses this slot",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A complete snapshot into a fresh replica; returns the consistent point, now recorded as
+/// the replica's applied LSN.
+async fn snapshot(
+    ctx: &PipelineContext,
+    source: &ConnInfo,
+    store: &ConnInfo,
+    replica: &ConnInfo,
+    repl: &mut ReplicationClient,
+) -> Result<Lsn, PipelineError> {
+    let connector = &ctx.connector;
+    let settings = &ctx.settings.pipeline;
+    sink::drop_replica(store, &replica.dbname).await?;
+    sink::prepare_replica(store, &replica.dbname).await?;
+
+    let created = repl
+        .create_slot(&connector.slot_name, false, SnapshotAction::Export)
+        .await?;
+    let snapshot_name = created.snapshot_name.ok_or_else(|| {
+        PipelineError::definite("the source did not export a snapshot", "check the source's version (13 or newer)")
+    })?;
+    // From here until START_REPLICATION, `repl` must stay idle: its next command ends the
+    // exported snapshot.
+    let source_sql = pg::connect(source).await?;
+    let tables = catalog::list_tables(&source_sql, &connector.schemas, &[]).await?;
+    drop(source_sql);
+    let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
+    ctx.bookkeeping
+        .set_snapshot_tables(connector.id, &names)
+        .await?;
+    tracing::info!(
+        tables = tables.len(),
+        consistent_point = %created.consistent_point,
+        "snapshot started"
+    );
+
+    let job = SnapshotJob {
+        source,
+        replica,
+        snapshot_name: &snapshot_name,
+        schemas: &connector.schemas,
+        tables: &tables,
+        exclude: &[],
+        workers: settings.snapshot_workers,
+        chunk_bytes: settings.snapshot_chunk_bytes,
+    };
+    snapshot::restore_schema(&job, Section::PreData).await?;
+
+    // Progress goes to the bookkeeping from beside the copy, never from inside it; the
+    // channel closes when the copy (which owns the sender) is done.
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
+    let copy = async {
+        let report = move |table: &TableName, rows: u64, bytes: u64, done: bool| {
+            let _ = progress_tx.send((table.clone(), rows, bytes, done));
+        };
+        snapshot::copy_data(&job, &report).await
+    };
+    let record = async {
+        let mut remaining = tables.len();
+        while let Some((table, rows, bytes, done)) = progress_rx.recv().await {
+            let state = if done {
+                remaining = remaining.saturating_sub(1);
+                tracing::info!(table = %format!("{}.{}", table.schema, table.name), remaining, "table copied");
+                TableSyncState::Copied
+            } else {
+                TableSyncState::Copying
+            };
+            if let Err(e) = ctx
+                .bookkeeping
+                .table_progress(connector.id, &table, rows, bytes, state)
+                .await
+            {
+                tracing::warn!("recording snapshot progress: {e}");
+            }
+        }
+    };
+    let (stats, ()) = tokio::join!(copy, record);
+    let stats = stats?;
+    snapshot::restore_schema(&job, Section::PostData).await?;
+
+    let mut sink = ReplicaSink::connect(store, &replica.dbname).await?;
+    sink.mark_applied(created.consistent_point).await?;
+    tracing::info!(
+        rows = stats.rows,
+        bytes = stats.bytes,
+        seconds = stats.elapsed.as_secs_f64(),
+        "snapshot complete"
+    );
+    Ok(created.consistent_point)
+}

@@ -1,0 +1,235 @@
+//! The supervisor: one pipeline task per enabled connector, kept in line with the
+//! bookkeeping.
+//!
+//! It owns every pipeline task (a `JoinSet`) and a cancellation token per pipeline, children
+//! of its own. It reconciles when the bookkeeping notifies a change (LISTEN/NOTIFY) and on a
+//! periodic poll (notifications are lost while the listener reconnects). A pipeline that
+//! ends with a transient error is restarted after a capped exponential backoff; one that
+//! ends with a definite error is left in `failed` until the operator changes the connector.
+//! On shutdown every pipeline is cancelled, finishes its current target transaction, and
+//! is awaited.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::bookkeeping::{Bookkeeping, Connector};
+use crate::pipeline::{self, PipelineContext, PipelineError, PipelineState};
+use crate::settings::Settings;
+use crate::types::ConnectorId;
+
+/// A pipeline that runs long enough is healthy again: its next failure starts the backoff anew.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+struct Running {
+    cancel: CancellationToken,
+    /// The connector row the pipeline was started with; a change restarts it.
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Default)]
+struct Retry {
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+pub struct Supervisor {
+    bookkeeping: Arc<Bookkeeping>,
+    settings: Arc<Settings>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<(ConnectorId, Instant, Result<(), PipelineError>)>,
+    running: HashMap<ConnectorId, Running>,
+    retries: HashMap<ConnectorId, Retry>,
+}
+
+impl Supervisor {
+    pub fn new(bookkeeping: Arc<Bookkeeping>, settings: Arc<Settings>, shutdown: CancellationToken) -> Supervisor {
+        Supervisor {
+            bookkeeping,
+            settings,
+            shutdown,
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            retries: HashMap::new(),
+        }
+    }
+
+    /// Runs until the shutdown token is cancelled and every pipeline has stopped.
+    pub async fn run(mut self) -> Result<(), crate::bookkeeping::Error> {
+        let mut listener = self.bookkeeping.listen().await?;
+        let mut poll = tokio::time::interval(Duration::from_secs(self.settings.supervisor.poll_interval_secs.max(1)));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_retry = self
+                .retries
+                .values()
+                .filter_map(|r| r.not_before)
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                Some(done) = self.tasks.join_next() => self.finished(done).await,
+                notification = listener.recv() => {
+                    if let Err(e) = notification {
+                        tracing::warn!("bookkeeping notifications interrupted: {e}; polling until they resume");
+                    }
+                    self.reconcile().await;
+                }
+                _ = poll.tick() => self.reconcile().await,
+                _ = tokio::time::sleep_until(next_retry) => self.reconcile().await,
+            }
+        }
+        tracing::info!(pipelines = self.running.len(), "shutting down: stopping pipelines");
+        for running in self.running.values() {
+            running.cancel.cancel();
+        }
+        while let Some(done) = self.tasks.join_next().await {
+            self.finished(done).await;
+        }
+        Ok(())
+    }
+
+    async fn reconcile(&mut self) {
+        let connectors = match self.bookkeeping.connectors().await {
+            Ok(connectors) => connectors,
+            Err(e) => {
+                tracing::warn!("reading connectors: {e}");
+                return;
+            }
+        };
+        let wanted: HashMap<ConnectorId, &Connector> = connectors
+            .iter()
+            .filter(|c| c.enabled)
+            .map(|c| (c.id, c))
+            .collect();
+
+        // Stop pipelines whose connector went away, was disabled or changed (to restart).
+        for (id, running) in &self.running {
+            let stale = match wanted.get(id) {
+                None => true,
+                Some(c) => c.updated_at != running.updated_at && c.state == PipelineState::Pending,
+            };
+            if stale {
+                running.cancel.cancel();
+            }
+        }
+
+        let now = Instant::now();
+        for connector in wanted.values() {
+            if self.running.contains_key(&connector.id) {
+                continue;
+            }
+            // A definite failure waits for the operator (who resets the state to pending).
+            if connector.state == PipelineState::Failed && !self.retries.contains_key(&connector.id) {
+                continue;
+            }
+            if connector.state == PipelineState::Stopped {
+                continue;
+            }
+            let retry = self.retries.entry(connector.id).or_default();
+            if retry.not_before.is_some_and(|t| t > now) {
+                continue;
+            }
+            retry.not_before = None;
+            self.start((*connector).clone());
+        }
+    }
+
+    fn start(&mut self, connector: Connector) {
+        let cancel = self.shutdown.child_token();
+        self.running.insert(
+            connector.id,
+            Running {
+                cancel: cancel.clone(),
+                updated_at: connector.updated_at,
+            },
+        );
+        let id = connector.id;
+        let span = tracing::info_span!("connector", name = %connector.name);
+        let ctx = PipelineContext {
+            bookkeeping: self.bookkeeping.clone(),
+            settings: self.settings.clone(),
+            connector,
+        };
+        self.tasks.spawn(
+            async move {
+                let started = Instant::now();
+                let result = pipeline::run(&ctx, &cancel).await.map(drop);
+                (id, started, result)
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn finished(&mut self, done: Result<(ConnectorId, Instant, Result<(), PipelineError>), tokio::task::JoinError>) {
+        let (id, started, result) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                // A panic is a bug; the task is gone, its connector will be restarted by the
+                // next reconcile after the bookkeeping shows it failed.
+                tracing::error!("a pipeline task panicked: {e}");
+                return;
+            }
+        };
+        self.running.remove(&id);
+        let Err(error) = result else {
+            self.retries.remove(&id);
+            return;
+        };
+        let failure = error.failure();
+        let retry = self.retries.entry(id).or_default();
+        if started.elapsed() > HEALTHY_AFTER {
+            retry.failures = 0;
+        }
+        let state = if error.is_transient() && !self.shutdown.is_cancelled() {
+            retry.failures += 1;
+            let supervisor = &self.settings.supervisor;
+            let delay = backoff(
+                Duration::from_millis(supervisor.backoff_initial_ms),
+                Duration::from_secs(supervisor.backoff_max_secs),
+                retry.failures,
+            );
+            retry.not_before = Some(Instant::now() + delay);
+            tracing::warn!(connector = %id, retry_in = ?delay, "pipeline failed, will retry: {error}");
+            None
+        } else {
+            self.retries.remove(&id);
+            tracing::error!(connector = %id, next_step = %failure.next_step, "pipeline failed: {error}");
+            Some(PipelineState::Failed)
+        };
+        let record = match state {
+            Some(state) => self.bookkeeping.set_state(id, state, Some(&failure)).await,
+            None => self.bookkeeping.record_error(id, &failure).await,
+        };
+        if let Err(e) = record {
+            tracing::warn!(connector = %id, "recording the failure: {e}");
+        }
+    }
+}
+
+/// `initial · 2^(failures-1)`, capped at `max`.
+fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
+    let factor = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
+    initial.saturating_mul(factor).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let ms = Duration::from_millis;
+        let cap = Duration::from_secs(60);
+        assert_eq!(backoff(ms(500), cap, 1), ms(500));
+        assert_eq!(backoff(ms(500), cap, 2), ms(1000));
+        assert_eq!(backoff(ms(500), cap, 4), ms(4000));
+        assert_eq!(backoff(ms(500), cap, 40), cap);
+    }
+}
