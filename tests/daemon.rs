@@ -1,0 +1,253 @@
+//! Running the `tributary` binary as an operator would, against harness clusters, and
+//! comparing source and replica content.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::harness::Cluster;
+use crate::support::PATIENCE;
+
+/// A `tributary run` process and the environment every CLI call shares with it.
+pub struct Daemon {
+    child: Option<Child>,
+    dir: TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Daemon {
+    /// The environment for a branch store whose control database is `postgres` on `store`.
+    pub fn new(store: &Cluster) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("tributary-daemon-")
+            .tempdir()
+            .unwrap();
+        let env = vec![
+            ("TRIBUTARY__STORE__URL".into(), store.superuser_url("postgres")),
+            (
+                "TRIBUTARY__SECRETS__KEY_FILE".into(),
+                dir.path().join("tributary.key").display().to_string(),
+            ),
+            ("TRIBUTARY__SUPERVISOR__POLL_INTERVAL_SECS".into(), "1".into()),
+            ("TRIBUTARY__SUPERVISOR__BACKOFF_INITIAL_MS".into(), "200".into()),
+            ("TRIBUTARY__SUPERVISOR__BACKOFF_MAX_SECS".into(), "2".into()),
+            ("TRIBUTARY__PIPELINE__SNAPSHOT_CHUNK_BYTES".into(), "1048576".into()),
+            ("RUST_LOG".into(), "info,tributary=debug".into()),
+        ];
+        Daemon {
+            child: None,
+            dir,
+            env,
+        }
+    }
+
+    /// Adds or replaces an environment variable (a setting) for later starts and CLI calls.
+    pub fn set(&mut self, key: &str, value: &str) -> &mut Daemon {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tributary"));
+        command.current_dir(self.dir.path());
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        command
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// Starts `tributary run`, appending to the log.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = self
+            .command()
+            .arg("run")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not exit after SIGTERM:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// Runs `tributary <args>` with the daemon's environment.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// Like [`Daemon::cli`], panicking with the output when it fails.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "tributary {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `connector list --format json` as JSON values.
+    pub fn connectors(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.cli_ok(&["connector", "list", "--format", "json"])).unwrap()
+    }
+
+    pub fn connector_state(&self, name: &str) -> Option<String> {
+        self.connectors()
+            .into_iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["state"].as_str().unwrap().to_owned())
+    }
+
+    /// Waits until the connector reports `state`, failing early when it reports `failed`.
+    pub async fn wait_for_state(&self, name: &str, state: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+        loop {
+            let connectors = self.connectors();
+            let c = connectors.iter().find(|c| c["name"] == name);
+            if let Some(c) = c {
+                if c["state"] == state {
+                    return;
+                }
+                assert!(
+                    state == "failed" || c["state"] != "failed",
+                    "connector {name} failed: {c}\n{}",
+                    self.log_tail()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "connector {name} never reached {state}: {c:?}\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Row count and an order-independent checksum of every table in `schemas`, by name.
+pub fn content(cluster: &Cluster, db: &str, schemas: &[&str]) -> Vec<String> {
+    let list = schemas
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let tables = cluster.psql(
+        db,
+        &format!(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'r' AND n.nspname IN ({list}) ORDER BY 1"
+        ),
+    );
+    tables
+        .lines()
+        .map(|table| {
+            let sum = cluster.psql(
+                db,
+                &format!(
+                    "SELECT count(*) || ' ' || coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '-') FROM {table} t"
+                ),
+            );
+            format!("{table} {sum}")
+        })
+        .collect()
+}
+
+/// Waits until the replica's content equals the source's (the source must be quiet).
+pub async fn wait_converged(
+    source: &Cluster,
+    source_db: &str,
+    store: &Cluster,
+    replica_db: &str,
+    schemas: &[&str],
+    daemon: &Daemon,
+) {
+    let expected = content(source, source_db, schemas);
+    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+    loop {
+        let got = content(store, replica_db, schemas);
+        if got == expected {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let diff: Vec<String> = expected
+                .iter()
+                .zip(got.iter().chain(std::iter::repeat(&String::new())))
+                .filter(|(e, g)| e != g)
+                .map(|(e, g)| format!("source:  {e}\nreplica: {g}"))
+                .collect();
+            panic!(
+                "replica never converged ({} vs {} tables):\n{}\n--- daemon log ---\n{}",
+                expected.len(),
+                got.len(),
+                diff.join("\n"),
+                daemon.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
