@@ -205,3 +205,48 @@ impl Settings {
         ConnInfo::parse(&self.store.url).expect("validated at load")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn load(text: &str) -> Result<Settings, SettingsError> {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        Settings::load(file.path(), true)
+    }
+
+    #[test]
+    fn the_example_configuration_is_valid_and_matches_the_defaults() {
+        let example = Settings::load(Path::new("config/tributary.toml"), true).unwrap();
+        let defaults = load("[store]\nurl = \"postgresql://u@h/db\"\n").unwrap();
+        assert_eq!(example.metrics.listen, defaults.metrics.listen);
+        assert_eq!(
+            example.pipeline.batch_max_changes,
+            defaults.pipeline.batch_max_changes
+        );
+        assert_eq!(
+            example.pipeline.snapshot_chunk_bytes,
+            defaults.pipeline.snapshot_chunk_bytes
+        );
+        assert_eq!(
+            example.supervisor.backoff_max_secs,
+            defaults.supervisor.backoff_max_secs
+        );
+        assert_eq!(example.metrics.listen.port(), 9932);
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        let err = load("[store]\nurl = \"postgresql://u@h/db\"\nsurprise = 1\n").unwrap_err();
+        assert!(err.to_string().contains("surprise"), "{err}");
+        let err = load("[store]\nurl = \"mysql://u:hunter2@h/db\"\n").unwrap_err();
+        assert!(err.to_string().contains("store.url"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = load("[store]\nurl = \"postgresql://u@h/db\"\n[pipeline]\nsnapshot_workers = 0\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("snapshot_workers"), "{err}");
+        assert!(load("").is_err(), "store.url is required");
+    }
+}
