@@ -1,0 +1,177 @@
+//! Snapshot and catch-up, tributary against its peers, in one run on the same clusters.
+//!
+//! ```text
+//! cargo bench --bench pipeline            # pgbench scale 50, 100 k transactions, 3 runs
+//! TRIBUTARY_BENCH_SCALE=10 TRIBUTARY_BENCH_TRANSACTIONS=20000 TRIBUTARY_BENCH_RUNS=1 cargo bench --bench pipeline
+//! ```
+//!
+//! 1. Snapshot of a pgbench database into the branch store: native logical replication
+//!    (CREATE SUBSCRIPTION, copy_data), a binary COPY pipe table by table with indexes built
+//!    afterwards, and tributary (connector created → state `streaming`).
+//! 2. Catch-up of one pgbench TPC-B backlog, written while both replicators are paused:
+//!    native apply and tributary, one after the other, each until its slot has confirmed
+//!    the source's WAL position at the end of the backlog.
+//!
+//! Prints each figure, the medians and the ratios. Timings are never asserted.
+
+#[path = "../tests/daemon.rs"]
+mod daemon;
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+#[path = "../tests/support.rs"]
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use daemon::Daemon;
+use harness::Cluster;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn sh(script: &str) {
+    let status = Command::new("sh")
+        .args(["-c", script])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "failed: {script}");
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn lsn_reached(source: &Cluster, slot: &str, target: &str) -> bool {
+    source.psql(
+        "bench",
+        &format!(
+            "SELECT coalesce(bool_or(confirmed_flush_lsn >= '{target}'), false) FROM pg_replication_slots WHERE slot_name LIKE '{slot}'"
+        ),
+    ) == "t"
+}
+
+fn wait_lsn(source: &Cluster, slot: &str, target: &str) {
+    while !lsn_reached(source, slot, target) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` probes benchmarks; there are none to list by name.
+    }
+    let scale: u32 = env_or("TRIBUTARY_BENCH_SCALE", 50);
+    let transactions: u32 = env_or("TRIBUTARY_BENCH_TRANSACTIONS", 100_000);
+    let runs: usize = env_or("TRIBUTARY_BENCH_RUNS", 3);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    let tuned = |b: harness::ClusterBuilder| {
+        b.setting("max_wal_size", "8GB")
+            .setting("checkpoint_timeout", "30min")
+            .setting("shared_buffers", "512MB")
+            .setting("max_worker_processes", "16")
+    };
+    let source = tuned(Cluster::builder()).start();
+    let store = tuned(Cluster::builder()).start();
+    let bin = source.bindir().to_owned();
+    let psql = bin.join("psql").display().to_string();
+    let pg_dump = bin.join("pg_dump").display().to_string();
+    let pgbench = bin.join("pgbench").display().to_string();
+    let src = format!("postgresql://postgres@127.0.0.1:{}/bench", source.port());
+    let dst = |db: &str| format!("postgresql://postgres@127.0.0.1:{}/{db}", store.port());
+
+    eprintln!("preparing pgbench scale {scale} on the source…");
+    source.create_database("bench");
+    sh(&format!("{pgbench} -i -q -s {scale} {src}"));
+    source.psql("bench", "CREATE PUBLICATION bench_pub FOR ALL TABLES; CHECKPOINT;");
+    let tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"];
+
+    let (mut pipe, mut native, mut ours) = (vec![], vec![], vec![]);
+    let (mut native_catchup, mut ours_catchup) = (vec![], vec![]);
+    let mut daemon = Daemon::new(&store);
+    daemon.start();
+
+    for run in 0..runs {
+        // COPY pipe: schema without indexes, binary COPY table by table, then indexes.
+        let db = format!("pipe_{run}");
+        store.create_database(&db);
+        let started = Instant::now();
+        sh(&format!("{pg_dump} --schema-only --section=pre-data {src} | {psql} -q -X {}", dst(&db)));
+        for table in tables {
+            sh(&format!(
+                "{psql} -X -c 'COPY {table} TO STDOUT (FORMAT binary)' {src} | {psql} -X -c 'COPY {table} FROM STDIN (FORMAT binary)' {}",
+                dst(&db)
+            ));
+        }
+        sh(&format!("{pg_dump} --schema-only --section=post-data {src} | {psql} -q -X {}", dst(&db)));
+        pipe.push(started.elapsed().as_secs_f64());
+
+        // Native: full schema first, then the subscription's initial copy.
+        let db = format!("native_{run}");
+        store.create_database(&db);
+        sh(&format!("{pg_dump} --schema-only {src} | {psql} -q -X {}", dst(&db)));
+        let started = Instant::now();
+        store.psql(
+            &db,
+            &format!(
+                "CREATE SUBSCRIPTION sub_{run} CONNECTION 'host=127.0.0.1 port={} dbname=bench user=postgres' PUBLICATION bench_pub",
+                source.port()
+            ),
+        );
+        while store.psql(&db, "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'") != "0" {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        native.push(started.elapsed().as_secs_f64());
+
+        // tributary: connector created → snapshot done and streaming.
+        let name = format!("bench_{run}");
+        let started = Instant::now();
+        daemon.cli_ok(&["connector", "create", "postgresql", &src, "--name", &name, "--schemas", "public"]);
+        runtime.block_on(daemon.wait_for_state(&name, "streaming"));
+        ours.push(started.elapsed().as_secs_f64());
+
+        // One backlog for both, written while both are paused.
+        store.psql(&db, &format!("ALTER SUBSCRIPTION sub_{run} DISABLE"));
+        assert_eq!(daemon.terminate().code(), Some(0));
+        eprintln!("run {run}: writing {transactions} TPC-B transactions…");
+        sh(&format!("{pgbench} -n -c 4 -j 2 -t {} {src}", transactions / 4));
+        let target = source.psql("bench", "SELECT pg_current_wal_lsn()");
+
+        let started = Instant::now();
+        store.psql(&db, &format!("ALTER SUBSCRIPTION sub_{run} ENABLE"));
+        wait_lsn(&source, &format!("sub_{run}"), &target);
+        native_catchup.push(started.elapsed().as_secs_f64());
+
+        let started = Instant::now();
+        daemon.start();
+        wait_lsn(&source, &format!("tributary_%_{name}"), &target);
+        ours_catchup.push(started.elapsed().as_secs_f64());
+
+        eprintln!(
+            "run {run}: snapshot pipe {:.1}s native {:.1}s tributary {:.1}s; catch-up native {:.1}s tributary {:.1}s",
+            pipe[run], native[run], ours[run], native_catchup[run], ours_catchup[run]
+        );
+        store.psql(&db, &format!("DROP SUBSCRIPTION sub_{run}"));
+        daemon.cli_ok(&["connector", "delete", &name]);
+    }
+    let _ = daemon.terminate();
+
+    let (pipe, native, ours) = (median(&mut pipe), median(&mut native), median(&mut ours));
+    let (native_c, ours_c) = (median(&mut native_catchup), median(&mut ours_catchup));
+    println!("pgbench scale {scale}, {transactions} transactions, median of {runs} run(s)");
+    println!("snapshot   copy pipe {pipe:6.1} s   native {native:6.1} s   tributary {ours:6.1} s");
+    println!(
+        "           tributary / copy pipe = {:.2}   native / tributary = {:.2}",
+        ours / pipe,
+        native / ours
+    );
+    println!("catch-up   native    {native_c:6.1} s   tributary {ours_c:6.1} s");
+    println!("           tributary / native = {:.2}", ours_c / native_c);
+}
