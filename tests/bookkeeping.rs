@@ -1,0 +1,695 @@
+//! The bookkeeping schema against a real server: migrations, connectors, encryption of
+//! source URLs at rest, the key file, states and history, table progress, notifications.
+//! What is stored is checked with plain SQL, not only through the API.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tempfile::TempDir;
+use tributary::bookkeeping::{
+    Bookkeeping, Error, Failure, StateChange, TableSyncState, NOTIFY_CHANNEL,
+};
+use tributary::change::TableName;
+use tributary::pg::ConnInfo;
+use tributary::pipeline::PipelineState;
+use tributary::settings::SecretsSettings;
+use tributary::types::{ConnectorId, ConnectorName};
+
+use crate::harness::*;
+
+const CONTROL_DB: &str = "control";
+const SOURCE_PASSWORD: &str = "hunter2-Sou:rce";
+const SOURCE_URL: &str =
+    "postgresql://app:hunter2-Sou%3Arce@db.example.com:6543/sales?sslmode=require";
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A cluster with an empty control database, and a directory for key files.
+struct Store {
+    cluster: Cluster,
+    info: ConnInfo,
+    keys: TempDir,
+}
+
+impl Store {
+    fn start() -> Store {
+        Store::on(Cluster::start())
+    }
+
+    fn on(cluster: Cluster) -> Store {
+        cluster.create_database(CONTROL_DB);
+        let info = ConnInfo::parse(&cluster.superuser_url(CONTROL_DB)).unwrap();
+        Store {
+            cluster,
+            info,
+            keys: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The default key file; tests that pass a key setting check it is never created.
+    fn default_key_file(&self) -> PathBuf {
+        self.keys.path().join("tributary.key")
+    }
+
+    async fn open_with(&self, secrets: &SecretsSettings) -> Result<Bookkeeping, Error> {
+        Bookkeeping::open(&self.info, secrets, &self.default_key_file()).await
+    }
+
+    async fn open(&self) -> Bookkeeping {
+        self.open_with(&key(1)).await.unwrap()
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        self.cluster.psql(CONTROL_DB, sql)
+    }
+}
+
+fn key(byte: u8) -> SecretsSettings {
+    SecretsSettings {
+        key_file: None,
+        key: Some(format!("{byte:02x}").repeat(32)),
+    }
+}
+
+fn name(text: &str) -> ConnectorName {
+    ConnectorName::new(text).unwrap()
+}
+
+fn table(schema: &str, name: &str) -> TableName {
+    TableName {
+        schema: schema.into(),
+        name: name.into(),
+    }
+}
+
+fn schemas(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn migrations_create_the_schema_and_are_idempotent() {
+    let store = Store::start();
+    Bookkeeping::migrate(&store.info).await.unwrap();
+    let tables = store.sql(
+        "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables \
+         WHERE schemaname = 'tributary'",
+    );
+    assert_eq!(
+        tables,
+        "_sqlx_migrations,connector_tables,connectors,state_history"
+    );
+    // sqlx's own table sits in our schema, not in public.
+    assert_eq!(
+        store.sql("SELECT to_regclass('public._sqlx_migrations') IS NULL"),
+        "t"
+    );
+    let applied = store.sql("SELECT count(*) FROM tributary._sqlx_migrations WHERE success");
+    assert!(applied.parse::<u32>().unwrap() >= 1, "{applied}");
+
+    // Opening runs them again: nothing is applied twice, nothing is lost.
+    let bookkeeping = store.open().await;
+    bookkeeping
+        .create_connector(&name("orders"), SOURCE_URL, &schemas(&["public"]))
+        .await
+        .unwrap();
+    drop(bookkeeping);
+    let again = store.open().await;
+    Bookkeeping::migrate(&store.info).await.unwrap();
+    assert_eq!(
+        store.sql("SELECT count(*) FROM tributary._sqlx_migrations"),
+        applied
+    );
+    assert_eq!(again.connectors().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn daemons_starting_together_on_an_empty_database_all_open() {
+    let store = Store::start();
+    let mut starts = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let info = store.info.clone();
+        let default_key_file = store.default_key_file();
+        starts.spawn(async move { Bookkeeping::open(&info, &key(1), &default_key_file).await });
+    }
+    while let Some(opened) = starts.join_next().await {
+        opened.unwrap().unwrap();
+    }
+    assert_eq!(
+        store.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'tributary'"),
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn connectors_are_created_listed_found_and_deleted() {
+    let store = Store::start();
+    let bookkeeping = store.open().await;
+    let sales = bookkeeping
+        .create_connector(&name("sales"), SOURCE_URL, &schemas(&["public", "billing"]))
+        .await
+        .unwrap();
+    let audit = bookkeeping
+        .create_connector(&name("audit"), SOURCE_URL, &[])
+        .await
+        .unwrap();
+
+    assert_eq!(sales.name, name("sales"));
+    assert_eq!(sales.schemas, schemas(&["public", "billing"]));
+    assert!(sales.enabled);
+    assert_eq!(sales.state, PipelineState::Pending);
+    assert_eq!(sales.slot_name, name("sales").slot_name(sales.id));
+    assert_eq!(sales.replica_database, "sales_replica");
+    assert_eq!(
+        (sales.last_error.as_ref(), sales.next_step.as_ref()),
+        (None, None)
+    );
+    assert_eq!(sales.system_id, None);
+    assert!(sales.updated_at >= sales.created_at);
+    assert_ne!(sales.id, audit.id);
+    assert_ne!(sales.slot_name, audit.slot_name);
+
+    let all = bookkeeping.connectors().await.unwrap();
+    assert_eq!(all, vec![audit.clone(), sales.clone()], "ordered by name");
+    assert_eq!(
+        bookkeeping.connector(&name("sales")).await.unwrap(),
+        Some(sales.clone())
+    );
+    assert_eq!(
+        bookkeeping.connector_by_id(audit.id).await.unwrap(),
+        Some(audit.clone())
+    );
+    assert_eq!(bookkeeping.connector(&name("nope")).await.unwrap(), None);
+
+    // Creation is itself the first entry of the history.
+    let history = bookkeeping.history(sales.id).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (history[0].from, history[0].to),
+        (None, PipelineState::Pending)
+    );
+
+    bookkeeping
+        .set_snapshot_tables(sales.id, &[table("public", "t")])
+        .await
+        .unwrap();
+    bookkeeping
+        .set_state(sales.id, PipelineState::Validating, None)
+        .await
+        .unwrap();
+    bookkeeping.delete_connector(sales.id).await.unwrap();
+    assert_eq!(bookkeeping.connector_by_id(sales.id).await.unwrap(), None);
+    let id = sales.id.0;
+    assert_eq!(
+        store.sql(&format!(
+            "SELECT (SELECT count(*) FROM tributary.connectors WHERE id = {id}) \
+                  + (SELECT count(*) FROM tributary.connector_tables WHERE connector_id = {id}) \
+                  + (SELECT count(*) FROM tributary.state_history WHERE connector_id = {id})"
+        )),
+        "0",
+        "every row of the deleted connector is gone"
+    );
+    assert!(matches!(
+        bookkeeping.delete_connector(sales.id).await,
+        Err(Error::NotFound(id)) if id == sales.id
+    ));
+    assert_eq!(bookkeeping.connectors().await.unwrap(), vec![audit]);
+}
+
+#[tokio::test]
+async fn a_taken_name_is_refused_and_can_be_reused_after_delete() {
+    let store = Store::start();
+    let bookkeeping = store.open().await;
+    let first = bookkeeping
+        .create_connector(&name("orders"), SOURCE_URL, &[])
+        .await
+        .unwrap();
+    let err = bookkeeping
+        .create_connector(&name("orders"), SOURCE_URL, &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NameTaken(n) if *n == name("orders")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("pick another"), "{err}");
+    assert_eq!(bookkeeping.connectors().await.unwrap().len(), 1);
+
+    // A connector created again under an old name gets a new slot.
+    bookkeeping.delete_connector(first.id).await.unwrap();
+    let second = bookkeeping
+        .create_connector(&name("orders"), SOURCE_URL, &[])
+        .await
+        .unwrap();
+    assert_ne!(second.slot_name, first.slot_name);
+}
+
+#[tokio::test]
+async fn an_invalid_source_url_is_refused_without_showing_its_password() {
+    let store = Store::start();
+    let bookkeeping = store.open().await;
+    let err = bookkeeping
+        .create_connector(
+            &name("bad"),
+            "postgresql://app:hunter2@db/sales?sslmode=sometimes",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidSourceUrl(_)), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(bookkeeping.connectors().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn source_urls_are_encrypted_at_rest_and_never_shown() {
+    let store = Store::start();
+    let bookkeeping = store.open().await;
+    let connector = bookkeeping
+        .create_connector(&name("sales"), SOURCE_URL, &[])
+        .await
+        .unwrap();
+
+    // What the database holds: neither the URL nor the password, in any column.
+    let client = store.cluster.connect(CONTROL_DB).await;
+    let row = client
+        .query_one(
+            "SELECT source_url_ciphertext, row_to_json(c)::text FROM tributary.connectors c",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ciphertext: Vec<u8> = row.get(0);
+    let whole_row: String = row.get(1);
+    let contains = |haystack: &[u8], needle: &str| {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    };
+    for secret in [SOURCE_URL, SOURCE_PASSWORD, "hunter2", "db.example.com"] {
+        assert!(
+            !contains(&ciphertext, secret),
+            "ciphertext contains {secret:?}"
+        );
+    }
+    assert!(!whole_row.contains("hunter2"), "{whole_row}");
+    assert_eq!(ciphertext.len(), 12 + SOURCE_URL.len() + 16);
+
+    assert_eq!(
+        bookkeeping.source_url(&connector).await.unwrap(),
+        SOURCE_URL
+    );
+    assert_eq!(
+        connector.source_display,
+        "postgresql://app:****@db.example.com:6543/sales?sslmode=require"
+    );
+    let debug = format!(
+        "{connector:?} {:?}",
+        bookkeeping.connectors().await.unwrap()
+    );
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(
+        !format!("{bookkeeping:?}").contains("01010101"),
+        "the key never prints"
+    );
+
+    // The same URL sealed twice gives different ciphertexts (a fresh nonce each time).
+    let other = bookkeeping
+        .create_connector(&name("sales2"), SOURCE_URL, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sql("SELECT count(DISTINCT source_url_ciphertext) FROM tributary.connectors"),
+        "2"
+    );
+    assert_eq!(bookkeeping.source_url(&other).await.unwrap(), SOURCE_URL);
+}
+
+#[tokio::test]
+async fn another_key_cannot_decrypt_and_the_error_says_what_to_do() {
+    let store = Store::start();
+    let connector = store
+        .open_with(&key(1))
+        .await
+        .unwrap()
+        .create_connector(&name("sales"), SOURCE_URL, &[])
+        .await
+        .unwrap();
+
+    let wrong = store.open_with(&key(2)).await.unwrap();
+    let err = wrong.source_url(&connector).await.unwrap_err();
+    assert!(matches!(err, Error::Decrypt { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("sales"), "{message}");
+    assert!(message.contains("restore the original key"), "{message}");
+    assert!(message.contains("TRIBUTARY__SECRETS__KEY"), "{message}");
+    assert!(!message.contains("0202"), "the key never prints: {message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(
+        !store.default_key_file().exists(),
+        "no key file when the key is configured"
+    );
+
+    // A lost key file is replaced by a new key, and the error says so.
+    let key_file = store.keys.path().join("lost.key");
+    let by_file = SecretsSettings {
+        key_file: Some(key_file.clone()),
+        key: None,
+    };
+    let first = store.open_with(&by_file).await.unwrap();
+    let stored = first
+        .create_connector(&name("kept"), SOURCE_URL, &[])
+        .await
+        .unwrap();
+    fs::remove_file(&key_file).unwrap();
+    let after_loss = store.open_with(&by_file).await.unwrap();
+    let err = after_loss
+        .source_url(&stored)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("created new"), "{err}");
+    assert!(err.contains(&key_file.display().to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn the_key_file_is_created_private_then_reused_and_a_readable_one_is_refused() {
+    let store = Store::start();
+    let none = SecretsSettings::default();
+    let path = store.default_key_file();
+    let first = store.open_with(&none).await.unwrap();
+    assert_eq!(mode(&path), 0o600);
+    let contents = fs::read_to_string(&path).unwrap();
+    assert_eq!(contents.trim().len(), 64);
+    let connector = first
+        .create_connector(&name("sales"), SOURCE_URL, &[])
+        .await
+        .unwrap();
+
+    // The next start reads the same key.
+    let second = store.open_with(&none).await.unwrap();
+    assert_eq!(fs::read_to_string(&path).unwrap(), contents);
+    assert_eq!(second.source_url(&connector).await.unwrap(), SOURCE_URL);
+
+    // A configured key file that does not exist yet is created the same way.
+    let configured = store.keys.path().join("conf/secret.key");
+    let settings = SecretsSettings {
+        key_file: Some(configured.clone()),
+        key: None,
+    };
+    store.open_with(&settings).await.unwrap();
+    assert_eq!(mode(&configured), 0o600);
+
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let err = store.open_with(&none).await.unwrap_err();
+    assert!(matches!(err, Error::KeyFilePermissions { .. }), "{err}");
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+    assert!(!err.to_string().contains(contents.trim()), "{err}");
+
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(&path, "0123\n").unwrap();
+    let err = store.open_with(&none).await.unwrap_err();
+    assert!(matches!(err, Error::Key { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn set_state_writes_history_and_sets_or_clears_the_error() {
+    let store = Store::start();
+    let bookkeeping = store.open().await;
+    let created = bookkeeping
+        .create_connector(&name("sales"), SOURCE_URL, &[])
+        .await
+        .unwrap();
+    let id = created.id;
+    let failure = Failure {
+        error: "table public.t has no replica identity".into(),
+        next_step: "ALTER TABLE public.t REPLICA IDENTITY FULL, then retry".into(),
+    };
+
+    bookkeeping
+        .set_state(id, PipelineState::Validating, None)
+        .await
+        .unwrap();
+    bookkeeping
+        .set_state(id, PipelineState::Failed, Some(&failure))
+        .await
+        .unwrap();
+    let failed = bookkeeping.connector_by_id(id).await.unwrap().unwrap();
+    assert_eq!(failed.state, PipelineState::Failed);
+    assert_eq!(failed.last_error.as_deref(), Some(failure.error.as_str()));
+    assert_eq!(
+        failed.next_step.as_deref(),
+        Some(failure.next_step.as_str())
+    );
+    assert!(failed.updated_at > created.updated_at);
+
+    bookkeeping
+        .set_state(id, PipelineState::Pending, None)
+        .await
+        .unwrap();
+    let pending = bookkeeping.connector_by_id(id).await.unwrap().unwrap();
+    assert_eq!(pending.state, PipelineState::Pending);
+    assert_eq!((pending.last_error, pending.next_step), (None, None));
+
+    // A retried error is recorded without a state change or a history entry.
+    bookkeeping.record_error(id, &failure).await.unwrap();
+    let retried = bookkeeping.connector_by_id(id).await.unwrap().unwrap();
+    assert_eq!(retried.state, PipelineState::Pending);
+    assert_eq!(retried.last_error.as_deref(), Some(failure.error.as_str()));
+
+    let history = bookkeeping.history(id).await.unwrap();
+    let steps: Vec<_> = history
+        .iter()
+        .map(
+            |StateChange {
+                 from, to, error, ..
+             }| (*from, *to, error.clone()),
+        )
+        .collect();
+    use PipelineState::*;
+    assert_eq!(
+        steps,
+        vec![
+            (None, Pending, None),
+            (Some(Pending), Validating, None),
+            (Some(Validating), Failed, Some(failure.error.clone())),
+            (Some(Failed), Pending, None),
+        ]
+    );
+    assert!(history.windows(2).all(|w| w[0].at <= w[1].at));
+    assert_eq!(
+        store.sql("SELECT count(*) FROM tributary.state_history"),
+        "4"
+    );
+
+    let missing = ConnectorId(id.0 + 1000);
+    assert!(matches!(
+        bookkeeping.set_state(missing, Streaming, None).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        bookkeeping.set_enabled(missing, false).await,
+        Err(Error::NotFound(_))
+    ));
+    bookkeeping.set_enabled(id, false).await.unwrap();
+    assert!(
+        !bookkeeping
+            .connector_by_id(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .enabled
+    );
+}
+
+#[tokio::test]
+async fn table_progress_accumulates_and_a_new_snapshot_starts_over() {
+    let store = Store::start();
+    let bookkeeping = store.open().await;
+    let id = bookkeeping
+        .create_connector(&name("sales"), SOURCE_URL, &[])
+        .await
+        .unwrap()
+        .id;
+    let (orders, items) = (table("public", "orders"), table("shop", "items"));
+    bookkeeping
+        .set_snapshot_tables(id, &[items.clone(), orders.clone()])
+        .await
+        .unwrap();
+    let tables = bookkeeping.tables(id).await.unwrap();
+    assert_eq!(tables.len(), 2);
+    assert_eq!(tables[0].table, orders, "ordered by schema, then name");
+    for status in &tables {
+        assert_eq!(status.decision, "include");
+        assert_eq!(status.state, TableSyncState::Pending);
+        assert_eq!((status.rows, status.bytes), (0, 0));
+    }
+
+    bookkeeping
+        .table_progress(id, &orders, 1000, 64_000, TableSyncState::Copying)
+        .await
+        .unwrap();
+    bookkeeping
+        .table_progress(id, &orders, 500, 36_000, TableSyncState::Copied)
+        .await
+        .unwrap();
+    let tables = bookkeeping.tables(id).await.unwrap();
+    assert_eq!(tables[0].state, TableSyncState::Copied);
+    assert_eq!((tables[0].rows, tables[0].bytes), (1500, 100_000));
+    assert_eq!(tables[1].state, TableSyncState::Pending);
+    assert_eq!(
+        store.sql(
+            "SELECT sync_state || ' ' || rows_copied FROM tributary.connector_tables \
+             WHERE table_name = 'orders'"
+        ),
+        "copied 1500"
+    );
+
+    let err = bookkeeping
+        .table_progress(id, &table("public", "ghost"), 1, 1, TableSyncState::Copying)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownTable { .. }), "{err}");
+
+    bookkeeping
+        .set_snapshot_tables(id, std::slice::from_ref(&orders))
+        .await
+        .unwrap();
+    let tables = bookkeeping.tables(id).await.unwrap();
+    assert_eq!(tables.len(), 1);
+    assert_eq!(
+        (tables[0].state, tables[0].rows, tables[0].bytes),
+        (TableSyncState::Pending, 0, 0)
+    );
+
+    bookkeeping
+        .record_source(id, "7412345678901234567", 3, "sales")
+        .await
+        .unwrap();
+    let connector = bookkeeping.connector_by_id(id).await.unwrap().unwrap();
+    assert_eq!(connector.system_id.as_deref(), Some("7412345678901234567"));
+    assert_eq!(connector.timeline, Some(3));
+    assert_eq!(connector.source_database.as_deref(), Some("sales"));
+}
+
+async fn next_notification(listener: &mut PgListener) -> String {
+    let notification = tokio::time::timeout(PATIENCE, listener.recv())
+        .await
+        .expect("a notification within the time allowed")
+        .unwrap();
+    assert_eq!(notification.channel(), NOTIFY_CHANNEL);
+    notification.payload().to_owned()
+}
+
+#[tokio::test]
+async fn connector_changes_are_notified() {
+    let store = Store::start();
+    let bookkeeping = store.open().await;
+    let mut listener = bookkeeping.listen().await.unwrap();
+    // Another daemon (another pool) makes the changes.
+    let other = store.open().await;
+    let id = other
+        .create_connector(&name("sales"), SOURCE_URL, &[])
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(next_notification(&mut listener).await, id.to_string());
+    other
+        .set_state(id, PipelineState::Validating, None)
+        .await
+        .unwrap();
+    assert_eq!(next_notification(&mut listener).await, id.to_string());
+    other.set_enabled(id, false).await.unwrap();
+    assert_eq!(next_notification(&mut listener).await, id.to_string());
+    // Progress is not a connector change: no notification for it.
+    other
+        .set_snapshot_tables(id, &[table("public", "t")])
+        .await
+        .unwrap();
+    other
+        .table_progress(id, &table("public", "t"), 1, 1, TableSyncState::Copying)
+        .await
+        .unwrap();
+    other.delete_connector(id).await.unwrap();
+    assert_eq!(next_notification(&mut listener).await, id.to_string());
+    let extra = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(extra.is_err(), "one notification per change: {extra:?}");
+}
+
+#[tokio::test]
+async fn the_store_is_reached_over_a_unix_socket_and_over_verified_tls() {
+    let cluster = Cluster::builder().tls().start();
+    let store = Store::on(cluster);
+    let socket_url = format!(
+        "postgresql://{SUPERUSER}@/{CONTROL_DB}?host={}&port={}&application_name=bk_socket",
+        store.cluster.socket_dir().display(),
+        store.cluster.port()
+    );
+    let ca = store.cluster.ca_cert_path().unwrap().display().to_string();
+    let tls_url = format!(
+        "postgresql://{SUPERUSER}@localhost:{}/{CONTROL_DB}?sslmode=verify-full&sslrootcert={ca}\
+         &application_name=bk_tls",
+        store.cluster.port()
+    );
+    let mut open = Vec::new();
+    for url in [socket_url, tls_url] {
+        let info = ConnInfo::parse(&url).unwrap();
+        let bookkeeping = Bookkeeping::open(&info, &key(1), &store.default_key_file())
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        bookkeeping.connectors().await.unwrap();
+        open.push(bookkeeping);
+    }
+    assert_eq!(
+        store.sql(
+            "SELECT string_agg(DISTINCT a.application_name || '=' || \
+                    coalesce(s.ssl::text, 'n/a') || '/' || (a.client_addr IS NULL)::text, ',' \
+                    ORDER BY a.application_name || '=' || coalesce(s.ssl::text, 'n/a') || '/' \
+                    || (a.client_addr IS NULL)::text) \
+             FROM pg_stat_activity a LEFT JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.application_name LIKE 'bk_%'"
+        ),
+        "bk_socket=false/true,bk_tls=true/false",
+        "the socket session is local, the TLS session encrypted"
+    );
+
+    // A certificate that does not verify is refused under verify-full.
+    let unverified = format!(
+        "postgresql://{SUPERUSER}@localhost:{}/{CONTROL_DB}?sslmode=verify-full",
+        store.cluster.port()
+    );
+    let err = Bookkeeping::migrate(&ConnInfo::parse(&unverified).unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_store_is_a_transient_error_without_the_password() {
+    let cluster = Cluster::start();
+    let port = cluster.port();
+    drop(cluster); // nothing listens on that port any more
+    let info = ConnInfo::parse(&format!(
+        "postgresql://u:hunter2@127.0.0.1:{port}/{CONTROL_DB}?connect_timeout=2"
+    ))
+    .unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let default_key_file = keys.path().join("tributary.key");
+    let err = Bookkeeping::open(&info, &SecretsSettings::default(), &default_key_file)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("check store.url"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+    assert!(
+        !default_key_file.exists(),
+        "no key is created before the store is reached"
+    );
+}

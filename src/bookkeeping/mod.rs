@@ -1,1 +1,31 @@
-//! Bookkeeping (in progress).
+//! The bookkeeping schema `tributary` in the branch store's control database (the
+//! database named in `store.url`): what the daemon knows about its connectors.
+//!
+//! ```text
+//! tributary.connectors        one row per connector: name, encrypted source URL, schemas,
+//!    │                        enabled, slot and replica names, state + last error + next
+//!    │                        step, source identity            ── trigger: NOTIFY tributary_connectors
+//!    ├─ connector_tables      per table of the current snapshot: decision, sync state, counters
+//!    └─ state_history         every state the pipeline was put in, with the error
+//! tributary._sqlx_migrations  applied migrations (sqlx)
+//! ```
+//!
+//! The schema is created by the sqlx migrations in `migrations/`, run at every start and by
+//! `tributary migrate`; applied ones are skipped and an advisory lock keeps two daemons
+//! starting together apart. Only this module reads or writes these tables, with plain
+//! `sqlx::query` calls (nothing needs a database at build time).
+//!
+//! Source URLs carry passwords, so they are stored encrypted (see `secrets.rs`) beside a
+//! masked copy for display; [`Bookkeeping::source_url`] is the one way back to the
+//! password. The supervisor learns about changes through LISTEN on [`NOTIFY_CHANNEL`]
+//! (a trigger notifies on every connector row change) and polls as well, since a
+//! notification sent while it was reconnecting is lost.
+
+mod connectors;
+mod error;
+mod secrets;
+mod store;
+
+pub use connectors::{Connector, Failure, StateChange, TableStatus, TableSyncState};
+pub use error::Error;
+pub use store::{Bookkeeping, NOTIFY_CHANNEL};

@@ -1,0 +1,539 @@
+//! Connectors and what is recorded about them: state, source identity, snapshot progress
+//! per table, and the history of states.
+//!
+//! Every change to a connector row is announced on [`super::NOTIFY_CHANNEL`] by a trigger,
+//! so nothing here notifies by hand. Counters and state changes that belong together are
+//! written in one transaction (`set_state` updates the row and appends the history).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+use super::secrets::SOURCE_URL_AAD;
+use super::{Bookkeeping, Error};
+use crate::change::TableName;
+use crate::pg::conninfo::mask_password;
+use crate::pg::ConnInfo;
+use crate::pipeline::state::PipelineState;
+use crate::types::{ConnectorId, ConnectorName, SlotName};
+
+/// A connector as recorded. The source URL itself is not here (it is encrypted at rest):
+/// ask [`Bookkeeping::source_url`] for it, and show [`Connector::source_display`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connector {
+    pub id: ConnectorId,
+    pub name: ConnectorName,
+    /// The source URL with its password masked.
+    pub source_display: String,
+    /// The source schemas to replicate.
+    pub schemas: Vec<String>,
+    pub enabled: bool,
+    pub slot_name: SlotName,
+    pub replica_database: String,
+    pub state: PipelineState,
+    /// With `Failed` (or a transient error being retried): what went wrong…
+    pub last_error: Option<String>,
+    /// …and what the operator should do about it.
+    pub next_step: Option<String>,
+    /// The source's identity as recorded at setup ([`Bookkeeping::record_source`]); `None`
+    /// before the first setup.
+    pub system_id: Option<String>,
+    pub timeline: Option<u32>,
+    pub source_database: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Why a pipeline stopped, for [`Bookkeeping::set_state`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub error: String,
+    /// What the operator should do next, in one sentence.
+    pub next_step: String,
+}
+
+/// How far the snapshot copy of one table got. Stored as its lower-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TableSyncState {
+    Pending,
+    Copying,
+    Copied,
+}
+
+impl TableSyncState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableSyncState::Pending => "pending",
+            TableSyncState::Copying => "copying",
+            TableSyncState::Copied => "copied",
+        }
+    }
+
+    fn from_db(text: &str) -> Result<TableSyncState, Error> {
+        [
+            TableSyncState::Pending,
+            TableSyncState::Copying,
+            TableSyncState::Copied,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| Error::Corrupt(format!("table sync state {text:?}")))
+    }
+}
+
+impl fmt::Display for TableSyncState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One table of a connector's current snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableStatus {
+    pub table: TableName,
+    /// `include` for every table a snapshot copies.
+    pub decision: String,
+    pub state: TableSyncState,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// One entry of a connector's history: the state it was put in, and from which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    /// `None` for the entry written when the connector was created.
+    pub from: Option<PipelineState>,
+    pub to: PipelineState,
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// The columns of [`ConnectorRow`]. Timestamps are read as whole microseconds since the
+/// epoch (exact, and needs no sqlx feature for chrono).
+const CONNECTOR_COLUMNS: &str = "id, name, source_display, schemas, enabled, slot_name, \
+     replica_database, state, last_error, next_step, system_id, timeline, source_database, \
+     (extract(epoch FROM created_at) * 1000000)::int8 AS created_us, \
+     (extract(epoch FROM updated_at) * 1000000)::int8 AS updated_us";
+
+#[derive(sqlx::FromRow)]
+struct ConnectorRow {
+    id: i64,
+    name: String,
+    source_display: String,
+    schemas: Vec<String>,
+    enabled: bool,
+    slot_name: String,
+    replica_database: String,
+    state: String,
+    last_error: Option<String>,
+    next_step: Option<String>,
+    system_id: Option<String>,
+    timeline: Option<i64>,
+    source_database: Option<String>,
+    created_us: i64,
+    updated_us: i64,
+}
+
+impl TryFrom<ConnectorRow> for Connector {
+    type Error = Error;
+
+    fn try_from(row: ConnectorRow) -> Result<Connector, Error> {
+        let corrupt = |what: String| Error::Corrupt(what);
+        Ok(Connector {
+            id: ConnectorId(row.id),
+            name: ConnectorName::new(row.name).map_err(|e| corrupt(e.to_string()))?,
+            source_display: row.source_display,
+            schemas: row.schemas,
+            enabled: row.enabled,
+            slot_name: SlotName::new(row.slot_name).map_err(|e| corrupt(e.to_string()))?,
+            replica_database: row.replica_database,
+            state: parse_state(&row.state)?,
+            last_error: row.last_error,
+            next_step: row.next_step,
+            system_id: row.system_id,
+            timeline: row
+                .timeline
+                .map(|t| u32::try_from(t).map_err(|_| corrupt(format!("timeline {t}"))))
+                .transpose()?,
+            source_database: row.source_database,
+            created_at: timestamp(row.created_us)?,
+            updated_at: timestamp(row.updated_us)?,
+        })
+    }
+}
+
+impl Bookkeeping {
+    /// Records a new connector in state `pending`, enabled, with a history entry. The URL
+    /// must parse as a connection URL; it is stored encrypted, and masked for display.
+    pub async fn create_connector(
+        &self,
+        name: &ConnectorName,
+        source_url: &str,
+        schemas: &[String],
+    ) -> Result<Connector, Error> {
+        ConnInfo::parse(source_url)?;
+        let ciphertext = self.cipher.seal(source_url.as_bytes(), SOURCE_URL_AAD);
+        let mut tx = self.pool.begin().await?;
+        // The id first: the slot name carries it.
+        let id: i64 = sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('tributary.connectors', 'id'))",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let id = ConnectorId(id);
+        let inserted = sqlx::query_as::<_, ConnectorRow>(&format!(
+            "INSERT INTO tributary.connectors
+                 (id, name, source_url_ciphertext, source_display, schemas, slot_name,
+                  replica_database, state)
+             OVERRIDING SYSTEM VALUE
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')
+             RETURNING {CONNECTOR_COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(name.as_str())
+        .bind(ciphertext)
+        .bind(mask_password(source_url))
+        .bind(schemas)
+        .bind(name.slot_name(id).as_str())
+        .bind(name.replica_database())
+        .fetch_one(&mut *tx)
+        .await;
+        let row = match inserted {
+            Ok(row) => row,
+            Err(e)
+                if violates(
+                    &e,
+                    &["connectors_name_key", "connectors_replica_database_key"],
+                ) =>
+            {
+                return Err(Error::NameTaken(name.clone()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        sqlx::query(
+            "INSERT INTO tributary.state_history (connector_id, from_state, to_state)
+             VALUES ($1, NULL, 'pending')",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(connector = %name, id = %id, "connector created");
+        row.try_into()
+    }
+
+    /// Every connector, ordered by name.
+    pub async fn connectors(&self) -> Result<Vec<Connector>, Error> {
+        sqlx::query_as::<_, ConnectorRow>(&format!(
+            "SELECT {CONNECTOR_COLUMNS} FROM tributary.connectors ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(Connector::try_from)
+        .collect()
+    }
+
+    pub async fn connector(&self, name: &ConnectorName) -> Result<Option<Connector>, Error> {
+        sqlx::query_as::<_, ConnectorRow>(&format!(
+            "SELECT {CONNECTOR_COLUMNS} FROM tributary.connectors WHERE name = $1"
+        ))
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(Connector::try_from)
+        .transpose()
+    }
+
+    pub async fn connector_by_id(&self, id: ConnectorId) -> Result<Option<Connector>, Error> {
+        sqlx::query_as::<_, ConnectorRow>(&format!(
+            "SELECT {CONNECTOR_COLUMNS} FROM tributary.connectors WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(Connector::try_from)
+        .transpose()
+    }
+
+    /// The connector's source URL, password included: hand it to the connection and
+    /// nowhere else.
+    pub async fn source_url(&self, connector: &Connector) -> Result<String, Error> {
+        let ciphertext: Vec<u8> = sqlx::query_scalar(
+            "SELECT source_url_ciphertext FROM tributary.connectors WHERE id = $1",
+        )
+        .bind(connector.id.0)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(Error::NotFound(connector.id))?;
+        let plaintext =
+            self.cipher
+                .open(&ciphertext, SOURCE_URL_AAD)
+                .map_err(|_| Error::Decrypt {
+                    connector: connector.name.clone(),
+                    key_origin: self.cipher.source().to_string(),
+                })?;
+        // Authentic plaintext is what create_connector sealed: a &str.
+        String::from_utf8(plaintext)
+            .map_err(|_| Error::Corrupt(format!("source URL of connector {}", connector.name)))
+    }
+
+    /// Removes the connector with its tables and history. The slot and the replica
+    /// database are the caller's to drop, before.
+    pub async fn delete_connector(&self, id: ConnectorId) -> Result<(), Error> {
+        let deleted = sqlx::query("DELETE FROM tributary.connectors WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(Error::NotFound(id));
+        }
+        tracing::info!(id = %id, "connector deleted");
+        Ok(())
+    }
+
+    pub async fn set_enabled(&self, id: ConnectorId, enabled: bool) -> Result<(), Error> {
+        let updated = sqlx::query("UPDATE tributary.connectors SET enabled = $2 WHERE id = $1")
+            .bind(id.0)
+            .bind(enabled)
+            .execute(&self.pool)
+            .await?;
+        found(updated.rows_affected(), id)
+    }
+
+    /// Puts the connector in `state` and appends the change to its history, in one
+    /// transaction. `last_error` and `next_step` come from `failure`, and are cleared
+    /// without one.
+    pub async fn set_state(
+        &self,
+        id: ConnectorId,
+        state: PipelineState,
+        failure: Option<&Failure>,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let from: String =
+            sqlx::query_scalar("SELECT state FROM tributary.connectors WHERE id = $1 FOR UPDATE")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(Error::NotFound(id))?;
+        sqlx::query(
+            "UPDATE tributary.connectors SET state = $2, last_error = $3, next_step = $4
+             WHERE id = $1",
+        )
+        .bind(id.0)
+        .bind(state.as_str())
+        .bind(failure.map(|f| f.error.as_str()))
+        .bind(failure.map(|f| f.next_step.as_str()))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO tributary.state_history (connector_id, from_state, to_state, error)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id.0)
+        .bind(&from)
+        .bind(state.as_str())
+        .bind(failure.map(|f| f.error.as_str()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::debug!(id = %id, from = %from, to = %state, "connector state changed");
+        Ok(())
+    }
+
+    /// Records an error the pipeline will retry by itself: the state stays as it is and no
+    /// history entry is written, so retries do not flood the history.
+    pub async fn record_error(&self, id: ConnectorId, failure: &Failure) -> Result<(), Error> {
+        let updated = sqlx::query(
+            "UPDATE tributary.connectors SET last_error = $2, next_step = $3 WHERE id = $1",
+        )
+        .bind(id.0)
+        .bind(&failure.error)
+        .bind(&failure.next_step)
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::NotFound(id));
+        }
+        Ok(())
+    }
+
+    /// Records the source's identity as seen at setup (`IDENTIFY_SYSTEM`'s system id and
+    /// timeline, and the database), to be compared with what later connections see.
+    pub async fn record_source(
+        &self,
+        id: ConnectorId,
+        system_id: &str,
+        timeline: u32,
+        database: &str,
+    ) -> Result<(), Error> {
+        let updated = sqlx::query(
+            "UPDATE tributary.connectors SET system_id = $2, timeline = $3, source_database = $4
+             WHERE id = $1",
+        )
+        .bind(id.0)
+        .bind(system_id)
+        .bind(i64::from(timeline))
+        .bind(database)
+        .execute(&self.pool)
+        .await?;
+        found(updated.rows_affected(), id)
+    }
+
+    /// Replaces the connector's table rows with `tables`, for a new snapshot: each
+    /// `include`d, `pending`, with zero counters.
+    pub async fn set_snapshot_tables(
+        &self,
+        id: ConnectorId,
+        tables: &[TableName],
+    ) -> Result<(), Error> {
+        let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        // Locks the connector against a concurrent delete while its rows are replaced.
+        sqlx::query_scalar::<_, i64>(
+            "SELECT id FROM tributary.connectors WHERE id = $1 FOR NO KEY UPDATE",
+        )
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::NotFound(id))?;
+        sqlx::query("DELETE FROM tributary.connector_tables WHERE connector_id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO tributary.connector_tables
+                 (connector_id, schema_name, table_name, decision, sync_state)
+             SELECT $1, t.schema_name, t.table_name, 'include', 'pending'
+             FROM unnest($2::text[], $3::text[]) AS t (schema_name, table_name)",
+        )
+        .bind(id.0)
+        .bind(&schemas)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Adds `rows` and `bytes` (increments, not totals) to the table's counters and sets
+    /// its state.
+    pub async fn table_progress(
+        &self,
+        id: ConnectorId,
+        table: &TableName,
+        rows: u64,
+        bytes: u64,
+        state: TableSyncState,
+    ) -> Result<(), Error> {
+        let updated = sqlx::query(
+            "UPDATE tributary.connector_tables
+             SET rows_copied = rows_copied + $4, bytes_copied = bytes_copied + $5,
+                 sync_state = $6
+             WHERE connector_id = $1 AND schema_name = $2 AND table_name = $3",
+        )
+        .bind(id.0)
+        .bind(&table.schema)
+        .bind(&table.name)
+        .bind(counter(rows))
+        .bind(counter(bytes))
+        .bind(state.as_str())
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            if self.connector_by_id(id).await?.is_none() {
+                return Err(Error::NotFound(id));
+            }
+            return Err(Error::UnknownTable {
+                connector: id,
+                table: format!("{}.{}", table.schema, table.name),
+            });
+        }
+        Ok(())
+    }
+
+    /// The tables of the connector's current snapshot, ordered by schema and name.
+    pub async fn tables(&self, id: ConnectorId) -> Result<Vec<TableStatus>, Error> {
+        let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT schema_name, table_name, decision, sync_state, rows_copied, bytes_copied
+             FROM tributary.connector_tables
+             WHERE connector_id = $1
+             ORDER BY schema_name, table_name",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(schema, name, decision, state, rows, bytes)| {
+                let count = |n: i64| {
+                    u64::try_from(n).map_err(|_| Error::Corrupt(format!("negative counter {n}")))
+                };
+                Ok(TableStatus {
+                    table: TableName { schema, name },
+                    decision,
+                    state: TableSyncState::from_db(&state)?,
+                    rows: count(rows)?,
+                    bytes: count(bytes)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The connector's state changes, oldest first.
+    pub async fn history(&self, id: ConnectorId) -> Result<Vec<StateChange>, Error> {
+        let rows: Vec<(Option<String>, String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT from_state, to_state, error, (extract(epoch FROM at) * 1000000)::int8
+             FROM tributary.state_history
+             WHERE connector_id = $1
+             ORDER BY id",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(from, to, error, at)| {
+                Ok(StateChange {
+                    from: from.as_deref().map(parse_state).transpose()?,
+                    to: parse_state(&to)?,
+                    error,
+                    at: timestamp(at)?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn parse_state(text: &str) -> Result<PipelineState, Error> {
+    text.parse()
+        .map_err(|e: crate::pipeline::state::UnknownState| Error::Corrupt(e.to_string()))
+}
+
+fn timestamp(micros: i64) -> Result<DateTime<Utc>, Error> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| Error::Corrupt(format!("timestamp of {micros} µs since 1970")))
+}
+
+/// A counter increment as bigint. Beyond `i64::MAX` the sum fails in the database, which
+/// is as good as anything for a number that cannot occur.
+fn counter(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn found(rows_affected: u64, id: ConnectorId) -> Result<(), Error> {
+    if rows_affected == 0 {
+        Err(Error::NotFound(id))
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether `e` is a unique violation of one of `constraints`.
+fn violates(e: &sqlx::Error, constraints: &[&str]) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.code().as_deref() == Some("23505")
+        && db.constraint().is_some_and(|c| constraints.contains(&c))
+}

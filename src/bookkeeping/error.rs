@@ -1,0 +1,145 @@
+//! The bookkeeping layer's one error type. Each message says what happened and what the
+//! operator can do; none carries a password or the key.
+
+use std::io;
+use std::path::PathBuf;
+
+use sqlx::migrate::MigrateError;
+
+use crate::pg::InvalidUrl;
+use crate::types::{ConnectorId, ConnectorName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The first connection at start failed.
+    #[error(
+        "cannot connect to the bookkeeping database at {target}: {source}; \
+         check store.url and that the server is running"
+    )]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The connection was lost or the server is shutting down or starting.
+    #[error(
+        "the bookkeeping database is unreachable: {0}; check store.url and that the server is running"
+    )]
+    Unreachable(#[source] sqlx::Error),
+    #[error("a bookkeeping query failed: {0}")]
+    Query(#[source] sqlx::Error),
+    #[error("migrating the bookkeeping schema failed: {source}; {advice}")]
+    Migrate {
+        #[source]
+        source: MigrateError,
+        advice: &'static str,
+    },
+    #[error("connector name {0} is taken: pick another or delete the old connector")]
+    NameTaken(ConnectorName),
+    #[error("connector {0} does not exist (was it deleted?)")]
+    NotFound(ConnectorId),
+    /// A table the snapshot did not register: a bug in the caller.
+    #[error(
+        "connector {connector} has no row for table {table}: it must be listed in \
+         set_snapshot_tables before its progress is recorded"
+    )]
+    UnknownTable {
+        connector: ConnectorId,
+        table: String,
+    },
+    #[error("source URL: {0}")]
+    InvalidSourceUrl(#[from] InvalidUrl),
+    #[error(
+        "the encryption key from {origin} is unusable: {reason}; it must be 32 bytes written \
+         as 64 hexadecimal characters"
+    )]
+    Key { origin: String, reason: String },
+    #[error(
+        "the key file {} may be accessed by other users (mode {mode:04o}): restrict it with \
+         `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    KeyFilePermissions { path: PathBuf, mode: u32 },
+    #[error(
+        "cannot {action} the key file {}: {source}; check secrets.key_file and the \
+         permissions of its directory",
+        path.display()
+    )]
+    KeyFile {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "cannot decrypt the source URL of connector {connector}: the key from {key_origin} is \
+         not the one it was stored with; restore the original key (secrets.key_file or \
+         TRIBUTARY__SECRETS__KEY), or delete the connector and create it again"
+    )]
+    Decrypt {
+        connector: ConnectorName,
+        key_origin: String,
+    },
+    #[error("the bookkeeping schema holds an invalid value ({0}); was it edited by hand?")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// Whether retrying later may succeed without the operator doing anything: the
+    /// database was unreachable or restarting.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::Unreachable(_))
+    }
+
+    /// A migration failure, unless it was the connection that failed.
+    pub(crate) fn migrate(source: MigrateError) -> Error {
+        let source = match source {
+            MigrateError::Execute(e) => match Error::from(e) {
+                Error::Query(e) => MigrateError::Execute(e),
+                lost => return lost,
+            },
+            MigrateError::ExecuteMigration(e, version) => match Error::from(e) {
+                Error::Query(e) => MigrateError::ExecuteMigration(e, version),
+                lost => return lost,
+            },
+            other => other,
+        };
+        let advice = match &source {
+            MigrateError::VersionMissing(_) => {
+                "the schema was migrated by a newer tributary: run that version (or newer)"
+            }
+            MigrateError::VersionMismatch(_) => {
+                "an applied migration differs from this build's: run the tributary version \
+                 that applied it"
+            }
+            MigrateError::Dirty(_) => {
+                "a migration was left half applied: repair the schema by hand, then delete its \
+                 row from tributary._sqlx_migrations"
+            }
+            _ => "check that the role in store.url may create schemas in its database",
+        };
+        Error::Migrate { source, advice }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Error {
+        let lost = match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // Class 08: connection exception; 57P01-03: the server is shutting down or starting.
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+            }),
+            _ => false,
+        };
+        if lost {
+            Error::Unreachable(e)
+        } else {
+            Error::Query(e)
+        }
+    }
+}

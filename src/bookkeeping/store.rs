@@ -1,0 +1,170 @@
+//! Opening the control database: connection options from [`ConnInfo`], migrations, the
+//! pool, and LISTEN.
+
+use std::fmt;
+use std::path::Path;
+
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgSslMode};
+
+use super::secrets::Cipher;
+use super::Error;
+use crate::pg::conninfo::{Host, RootCert};
+use crate::pg::{ConnInfo, SslMode};
+use crate::settings::SecretsSettings;
+
+/// The channel on which every insert, update and delete of a connector row is announced,
+/// with the connector's id as payload (a trigger does it, whoever changes the row).
+pub const NOTIFY_CHANNEL: &str = "tributary_connectors";
+
+/// The migrations in `migrations/`, embedded at build time.
+static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Bookkeeping is short statements, plus one session held by each `listen()`.
+const POOL_MAX_CONNECTIONS: u32 = 5;
+
+/// Serializes the creation of the schema between daemons starting at the same moment
+/// (the bytes of "tributar"); sqlx's migrator takes its own lock after that.
+const SCHEMA_LOCK_ID: i64 = i64::from_be_bytes(*b"tributar");
+
+/// The bookkeeping schema in the control database, and the key for the secrets in it.
+///
+/// Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct Bookkeeping {
+    pub(super) pool: PgPool,
+    pub(super) cipher: Cipher,
+    /// `host:port` of the store, for messages.
+    target: String,
+}
+
+impl fmt::Debug for Bookkeeping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bookkeeping")
+            .field("store", &self.target)
+            .field("key", &self.cipher.source().to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bookkeeping {
+    /// Connects (small pool), runs migrations, loads or creates the key.
+    pub async fn open(
+        store: &ConnInfo,
+        secrets: &SecretsSettings,
+        default_key_file: &Path,
+    ) -> Result<Bookkeeping, Error> {
+        Bookkeeping::migrate(store).await?;
+        let cipher = Cipher::load(secrets, default_key_file)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_MAX_CONNECTIONS)
+            .acquire_timeout(store.connect_timeout)
+            .connect_with(connect_options(store))
+            .await
+            .map_err(|source| Error::Connect {
+                target: store.target(),
+                source,
+            })?;
+        tracing::debug!(store = %store, key = %cipher.source(), "bookkeeping opened");
+        Ok(Bookkeeping {
+            pool,
+            cipher,
+            target: store.target(),
+        })
+    }
+
+    /// Runs migrations only (for `tributary migrate`); no key needed.
+    ///
+    /// Safe at every start and from several daemons at once: applied migrations are
+    /// skipped, and sqlx holds an advisory lock while it applies the others. Its own table,
+    /// `_sqlx_migrations`, lives in the `tributary` schema too: the migration session's
+    /// `search_path` is that schema, which therefore has to exist first.
+    pub async fn migrate(store: &ConnInfo) -> Result<(), Error> {
+        // A pool of one rather than a bare connection: `Migrator::run` on a `&mut
+        // PgConnection` makes the future of every caller not `Send` (sqlx's "Acquire is
+        // not general enough"), so `open` could not run in a spawned task.
+        let session = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(store.connect_timeout)
+            .connect_with(connect_options(store).options([("search_path", "tributary")]))
+            .await
+            .map_err(|source| Error::Connect {
+                target: store.target(),
+                source,
+            })?;
+        create_schema(&session).await?;
+        MIGRATOR.run(&session).await.map_err(Error::migrate)?;
+        session.close().await;
+        tracing::debug!(store = %store, "bookkeeping schema is up to date");
+        Ok(())
+    }
+
+    /// A session listening on [`NOTIFY_CHANNEL`]. It takes one of the pool's connections
+    /// and reconnects by itself after a lost connection (notifications sent meanwhile are
+    /// lost: poll as well).
+    pub async fn listen(&self) -> Result<PgListener, Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        Ok(listener)
+    }
+}
+
+/// sqlx connection options with the meaning `ConnInfo` gives each field (libpq's). Built
+/// field by field, so the password never passes through a URL string.
+pub(crate) fn connect_options(info: &ConnInfo) -> PgConnectOptions {
+    let mut options = PgConnectOptions::new_without_pgpass()
+        .port(info.port)
+        .username(&info.user)
+        .database(&info.dbname)
+        .application_name(&info.application_name);
+    options = match &info.host {
+        Host::Tcp(host) => options.host(host),
+        Host::Unix(dir) => options.socket(dir),
+    };
+    if let Some(password) = &info.password {
+        options = options.password(password.expose());
+    }
+    let ssl_mode = match (info.sslmode, &info.sslrootcert) {
+        (SslMode::Disable, _) => PgSslMode::Disable,
+        (SslMode::Prefer, _) => PgSslMode::Prefer,
+        // libpq (and pg/tls.rs) check the chain under `require` when a root is given.
+        (SslMode::Require, Some(RootCert::File(_))) => PgSslMode::VerifyCa,
+        (SslMode::Require, _) => PgSslMode::Require,
+        (SslMode::VerifyCa, _) => PgSslMode::VerifyCa,
+        (SslMode::VerifyFull, _) => PgSslMode::VerifyFull,
+    };
+    options = options.ssl_mode(ssl_mode);
+    // `sslrootcert=system` leaves sqlx's default roots (webpki's, built in).
+    if let Some(RootCert::File(path)) = &info.sslrootcert {
+        options = options.ssl_root_cert(path);
+    }
+    options
+}
+
+/// Creates the `tributary` schema if it is missing. Checked first, so a role that owns
+/// the schema but may not create others in the database still starts.
+async fn create_schema(session: &PgPool) -> Result<(), Error> {
+    let as_migration = |e: sqlx::Error| match Error::from(e) {
+        Error::Query(e) => Error::migrate(MigrateError::Execute(e)),
+        lost => lost,
+    };
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'tributary')",
+    )
+    .fetch_one(session)
+    .await?;
+    if exists {
+        return Ok(());
+    }
+    let mut tx = session.begin().await?;
+    sqlx::query("SELECT pg_catalog.pg_advisory_xact_lock($1)")
+        .bind(SCHEMA_LOCK_ID)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS tributary")
+        .execute(&mut *tx)
+        .await
+        .map_err(as_migration)?;
+    tx.commit().await?;
+    Ok(())
+}
