@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Quickstart: a local demo source database with wal2json and a light write workload, and
-# tributary streaming its changes to this terminal. Ctrl-C stops everything and removes
-# the demo cluster.
+# Quickstart: two throw-away local PostgreSQL servers — a demo source (pgbench data, a
+# light write workload, wal2json) and a branch store — and `tributary run` keeping a
+# replica of the source on the store. Ctrl-C stops everything and removes both servers.
 #
 #   scripts/quickstart.sh
 #
-# Environment: QUICKSTART_PORT (default 54329), QUICKSTART_DIR (default a temporary
-# directory), QUICKSTART_TPS (demo write rate, default 2 transactions per second).
+# While it runs, in another terminal (the script prints the exact commands):
+#   psql <store URL>/demo_replica   -- the replica, following the source
+#   tributary connector list        -- state of the connector
+#
+# Environment: QUICKSTART_SOURCE_PORT (54329), QUICKSTART_STORE_PORT (54330),
+# QUICKSTART_DIR (a temporary directory), QUICKSTART_TPS (demo writes per second, 2).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
-port="${QUICKSTART_PORT:-54329}"
+source_port="${QUICKSTART_SOURCE_PORT:-54329}"
+store_port="${QUICKSTART_STORE_PORT:-54330}"
 tps="${QUICKSTART_TPS:-2}"
 
 "$here/scripts/install-deps.sh"
@@ -19,32 +24,47 @@ bindir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)"
 dir="${QUICKSTART_DIR:-$(mktemp -d /tmp/tributary-quickstart-XXXXXX)}"
 mkdir -p "$dir"
 
-# PostgreSQL refuses to run as root: run the demo server as the postgres OS user then.
+# PostgreSQL refuses to run as root: run the demo servers as the postgres OS user then.
 as_server() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
-[ "$(id -u)" = 0 ] && chown postgres "$dir" && chmod 0700 "$dir"
+if [ "$(id -u)" = 0 ]; then chown postgres "$dir" && chmod 0700 "$dir"; fi
 
 cleanup() {
     [ -n "${workload:-}" ] && kill "$workload" 2>/dev/null || true
-    as_server "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+    for name in source store; do
+        as_server "$bindir/pg_ctl" -D "$dir/$name" -m fast -w stop >/dev/null 2>&1 || true
+    done
     rm -rf "$dir"
 }
 trap cleanup EXIT
 
-echo "quickstart: starting a demo source on 127.0.0.1:$port (data in $dir)"
-as_server "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >/dev/null
-as_server "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
-    -o "-c port=$port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c wal_level=logical" \
-    start >/dev/null
-"$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -i -s 1 -q postgres >/dev/null 2>&1
+start_server() { # name port
+    as_server "$bindir/initdb" -D "$dir/$1" -U postgres --auth=trust -E UTF8 --no-sync >/dev/null
+    as_server "$bindir/pg_ctl" -D "$dir/$1" -l "$dir/$1.log" -w \
+        -o "-c port=$2 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c wal_level=logical" \
+        start >/dev/null
+}
+
+echo "quickstart: starting a demo source on 127.0.0.1:$source_port and a branch store on 127.0.0.1:$store_port"
+start_server source "$source_port"
+start_server store "$store_port"
+source_url="postgresql://postgres@127.0.0.1:$source_port/postgres"
+export TRIBUTARY__STORE__URL="postgresql://postgres@127.0.0.1:$store_port/postgres"
+export TRIBUTARY__SECRETS__KEY_FILE="$dir/tributary.key"
+"$bindir/pgbench" -i -s 1 -q "$source_url" >/dev/null 2>&1
 
 cargo build --release --locked --manifest-path "$here/Cargo.toml"
+tributary="$here/target/release/tributary"
+"$tributary" connector create postgresql "$source_url" --name demo --schemas public
 
-# A gentle, bounded workload (at most one hour) so there is something to watch.
-"$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c 1 -R "$tps" -T 3600 postgres \
-    >/dev/null 2>&1 &
+# A gentle, bounded workload (at most one hour) so there is something to follow.
+"$bindir/pgbench" -n -c 1 -R "$tps" -T 3600 "$source_url" >/dev/null 2>&1 &
 workload=$!
 
-echo "quickstart: streaming changes (Ctrl-C to stop)"
-"$here/target/release/tributary" tail "postgresql://postgres@127.0.0.1:$port/postgres" || true
+cat <<TXT
+quickstart: running tributary (Ctrl-C to stop). In another terminal:
+  psql 'postgresql://postgres@127.0.0.1:$store_port/demo_replica' -c 'SELECT count(*) FROM pgbench_history'
+  TRIBUTARY__STORE__URL=$TRIBUTARY__STORE__URL TRIBUTARY__SECRETS__KEY_FILE=$TRIBUTARY__SECRETS__KEY_FILE $tributary connector list
+TXT
+"$tributary" run || true

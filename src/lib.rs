@@ -8,4 +8,5 @@ pub mod pipeline;
 pub mod settings;
 pub mod sink;
 pub mod source;
+pub mod supervisor;
 pub mod types;

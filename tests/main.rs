@@ -3,12 +3,14 @@
 
 mod harness;
 mod harness_tests;
+mod daemon;
 mod support;
 
 mod bookkeeping;
 mod cli;
 mod connect;
 mod large_transaction;
+mod pipeline;
 mod replication;
 mod sink;
 mod snapshot;

@@ -90,7 +90,8 @@ fn mixed_workload(seed: u64, transactions: usize, first_id: i64) -> String {
                     target
                 )),
                 60..=64 => sql.push_str(&format!(
-                    "UPDATE app.accounts SET id = id + 100000 WHERE id = {target};\n"
+                    "UPDATE app.accounts SET id = id + 100000 WHERE id = {target} \
+                     AND NOT EXISTS (SELECT FROM app.accounts WHERE id = {target} + 100000);\n"
                 )),
                 65..=69 => sql.push_str(&format!("DELETE FROM app.accounts WHERE id = {};\n", target + 100000)),
                 70..=79 => sql.push_str(&format!(

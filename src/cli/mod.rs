@@ -1,32 +1,65 @@
 //! The command line: clap arguments in, one command run, an exit code out.
 //!
 //! Exit codes (a contract scripts rely on): 0 success, 1 a check or operation failed,
-//! 2 usage error (clap's own code for bad arguments).
+//! 2 usage error (clap's own code for bad arguments, and ours for a bad configuration).
 
+mod connector;
+mod run;
 mod tail;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::settings::{LogFormat, Settings};
+
+const DEFAULT_CONFIG: &str = "config/tributary.toml";
+
 #[derive(Debug, Parser)]
 #[command(name = "tributary", version, about, propagate_version = true)]
 pub struct Args {
+    /// Configuration file (TOML). Environment variables TRIBUTARY__SECTION__KEY override
+    /// its keys, e.g. TRIBUTARY__STORE__URL. [default: config/tributary.toml, if present]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: one pipeline per enabled connector, until SIGTERM or Ctrl-C.
+    Run,
+    /// Create or upgrade the bookkeeping schema on the branch store, then exit.
+    Migrate,
+    /// Manage connectors (one per source database).
+    #[command(subcommand)]
+    Connector(connector::ConnectorCommand),
     /// Stream a source database's changes to the terminal, decoded, through a temporary
     /// replication slot that disappears when the command ends. Stores nothing.
     Tail(tail::TailArgs),
 }
 
+/// A failure with the exit code it maps to.
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Failure {
+        Failure {
+            code: 1,
+            error: error.into(),
+        }
+    }
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -34,25 +67,65 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match args.command {
-            Command::Tail(tail) => tail::run(tail).await,
-        }
-    });
-    match result {
+    match runtime.block_on(dispatch(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+        Err(Failure { code, error }) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(code)
         }
     }
 }
 
-fn init_logging() {
+async fn dispatch(args: Args) -> Result<(), Failure> {
+    if let Command::Tail(tail) = args.command {
+        init_logging("info", LogFormat::Text);
+        return Ok(tail::run(tail).await?);
+    }
+    let (settings, config_path) = load_settings(args.config.as_deref())?;
+    init_logging(&settings.log.level, settings.log.format);
+    match args.command {
+        Command::Run => run::run(settings, &config_path).await,
+        Command::Migrate => {
+            crate::bookkeeping::Bookkeeping::migrate(&settings.store()).await?;
+            println!("bookkeeping schema is up to date");
+            Ok(())
+        }
+        Command::Connector(command) => connector::run(command, settings, &config_path).await,
+        Command::Tail(_) => unreachable!("handled above"),
+    }
+}
+
+/// Loads the configuration; a bad or missing one is a usage error (exit 2).
+fn load_settings(explicit: Option<&Path>) -> Result<(Settings, PathBuf), Failure> {
+    let path = explicit.map_or_else(|| PathBuf::from(DEFAULT_CONFIG), Path::to_path_buf);
+    Settings::load(&path, explicit.is_some())
+        .map(|settings| (settings, path))
+        .map_err(|e| Failure {
+            code: 2,
+            error: anyhow::Error::new(e).context(
+                "set store.url in the configuration file (--config) or TRIBUTARY__STORE__URL",
+            ),
+        })
+}
+
+/// The key file used when none is configured: beside the configuration file.
+fn default_key_file(config_path: &Path) -> PathBuf {
+    config_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."))
+        .join("tributary.key")
+}
+
+fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

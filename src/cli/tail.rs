@@ -66,7 +66,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     loop {
         let message = tokio::select! {
             biased;
-            _ = shutdown_signal() => break,
+            _ = super::run::shutdown_signal() => break,
             message = stream.next() => message?,
         };
         let Some(message) = message else { break };
@@ -97,15 +97,6 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     // The temporary slot goes away with the session.
     stream.stop().await?.close().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 fn describe(message: &Message, out: &mut String) {

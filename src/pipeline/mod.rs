@@ -1,6 +1,12 @@
-//! One pipeline per connector: setup, snapshot, streaming.
+//! One pipeline per connector: setup, snapshot, streaming. `runner.rs` holds the order
+//! of things, `snapshot.rs` the initial copy, `stream.rs` the apply loop.
 
+mod error;
+pub mod runner;
 pub mod snapshot;
 pub mod state;
+pub mod stream;
 
+pub use error::PipelineError;
+pub use runner::{run, PipelineContext};
 pub use state::PipelineState;

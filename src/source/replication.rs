@@ -444,7 +444,9 @@ impl ReplicationStream {
                         }
                         return Ok(Some(message));
                     }
-                    Frame::Other(Message::CopyDone) => {
+                    // A server shutting down ends streaming with CommandComplete and no
+                    // CopyDone, then exits.
+                    Frame::Other(Message::CopyDone | Message::CommandComplete(_)) => {
                         self.server_done = true;
                         return Ok(None);
                     }
