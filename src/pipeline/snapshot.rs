@@ -1,1 +1,1322 @@
-//! Snapshot (in progress).
+//! The initial copy: schema and rows of the source as of the slot's exported snapshot.
+//!
+//! ```text
+//!  CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')  ──►  snapshot S, consistent point C
+//!        │ (the replication connection stays idle from here until post-data is dumped)
+//!        ├─► restore_schema(PreData)   pg_dump --snapshot=S → file → pg_restore
+//!        ├─► copy_data                 N workers: source session on S ──COPY──► replica
+//!        ├─► restore_schema(PostData)  indexes, constraints, triggers (after the rows)
+//!        └─► the pipeline records C beside the replica, then streams from C
+//! ```
+//!
+//! Schema and rows both come from S, so they are the same instant, and the slot's stream
+//! starts exactly after S: one cut, nothing lost, nothing applied twice. Post-data comes
+//! last because building indexes and checking constraints once over loaded tables is far
+//! cheaper than maintaining them row by row.
+//!
+//! # Crash windows
+//!
+//! S lives only as long as the replication connection that exported it stays open and
+//! idle, so no step here can be resumed after a crash, a lost connection or a restart of
+//! either server: S is gone, and a new snapshot is a different instant. Resuming a partial
+//! copy under a new snapshot would mix rows of two instants, and the new slot's stream
+//! would start after the new instant only — rows changed in between would be lost or
+//! doubled. Hence one rule for every window up to the moment the pipeline records C:
+//!
+//! | crash during                          | state left behind                | recovery     |
+//! |---------------------------------------|----------------------------------|--------------|
+//! | slot creation                         | maybe a slot, no replica         | start over   |
+//! | pre-data restore (single transaction) | empty replica database           | start over   |
+//! | copy_data                             | some tables full, some partial   | start over   |
+//! | post-data restore (parallel)          | some indexes and constraints     | start over   |
+//! | before C is recorded                  | a complete replica, C unknown    | start over   |
+//!
+//! "Start over" is the pipeline's job: drop the replica database and the slot, create a
+//! new slot with a new snapshot, and run every step again. This module keeps no state
+//! between calls and records nothing in the bookkeeping (progress goes to the caller's
+//! callback), so running it again from scratch on a fresh replica database is always
+//! correct. Once C is recorded the snapshot is complete and restarts resume streaming
+//! from the replica's applied position instead.
+//!
+//! Replica sessions commit with `synchronous_commit = off`: a crash before C is recorded
+//! starts over anyway, and the later synchronous commit that records C flushes the WAL
+//! before it, which includes every row copied here (same server, one WAL).
+//!
+//! # Schema
+//!
+//! `pg_dump --format=custom` (so there are no psql `\restrict` meta-commands to deal
+//! with) writes to a private temporary file, and `pg_restore` reads it back through a
+//! filtered table of contents: schemas that already exist on the replica (`public`, or one
+//! an extension was just created in) are not created again, since `pg_dump -n public`
+//! emits `CREATE SCHEMA public`, which would fail. `pg_dump -n` dumps no extensions, so
+//! pre-data first creates on the replica every extension the selected schemas live in or
+//! depend on (`CREATE EXTENSION IF NOT EXISTS … WITH SCHEMA … CASCADE`), which needs the
+//! extension installed on the branch-store server. Owners, privileges, tablespaces,
+//! publications, subscriptions and security labels are not restored.
+//!
+//! # Data
+//!
+//! Each worker holds one source session in `REPEATABLE READ READ ONLY` on S and one
+//! replica session, and takes chunks from a shared queue, largest first: whole tables, or
+//! ranges of heap pages (`ctid >= '(a,0)' AND ctid < '(b,0)'`, a TID Range Scan from
+//! PostgreSQL 14 on; older sources copy whole tables) for tables above `chunk_bytes`.
+//! Each chunk is `COPY (SELECT cols FROM ONLY t [ctid range]) TO STDOUT (FORMAT binary)`
+//! piped into `COPY t (cols) FROM STDIN (FORMAT binary)` one CopyData message at a time:
+//! values pass through as bytes, never decoded, and no table is ever held in memory.
+//! Tables whose binary form does not travel between servers
+//! ([`SourceTable::binary_copy`]: composites, arrays of enums or extension types) use
+//! `FORMAT text` on both sides instead.
+//! Generated columns are not copied; the replica computes them.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_postgres::{IsolationLevel, Transaction};
+
+use crate::change::TableName;
+use crate::pg::conninfo::{Host, RootCert};
+use crate::pg::{self, ConnInfo, ConnectError, PgClient};
+use crate::source::catalog::SourceTable;
+
+/// One snapshot of a connector: where from, where to, what.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotJob<'a> {
+    pub source: &'a ConnInfo,
+    /// The branch-store server, with `dbname` set to the replica database.
+    pub replica: &'a ConnInfo,
+    /// `snapshot_name` of the slot's `CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')`.
+    pub snapshot_name: &'a str,
+    /// Schemas to replicate (at least one).
+    pub schemas: &'a [String],
+    /// The tables to copy, from [`crate::source::catalog::list_tables`] on the snapshot.
+    pub tables: &'a [SourceTable],
+    /// Tables left out entirely, schema and rows (partitions of a partitioned table too).
+    pub exclude: &'a [TableName],
+    /// Parallel copy workers (each holds one source and one replica session); also the
+    /// number of `pg_restore` jobs for post-data.
+    pub workers: usize,
+    /// Tables larger than this are split into ranges of about this size; 0 never splits.
+    pub chunk_bytes: u64,
+}
+
+/// Which part of the schema to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Schemas, types, functions, tables, sequences: everything rows need.
+    PreData,
+    /// Indexes, constraints, triggers, rules, policies: everything that may wait for rows.
+    PostData,
+}
+
+impl Section {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Section::PreData => "pre-data",
+            Section::PostData => "post-data",
+        }
+    }
+}
+
+/// What [`copy_data`] moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotStats {
+    pub tables: usize,
+    pub rows: u64,
+    /// Bytes of column values, as the source sent them.
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// Which server an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Replica,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Replica => "replica database on the branch store",
+        })
+    }
+}
+
+/// Why a snapshot step failed. Every failure means the snapshot starts over from scratch
+/// (see the module docs); [`SnapshotError::is_transient`] says whether doing so
+/// automatically may succeed, or whether the operator must act first.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("the snapshot job is invalid: {reason}")]
+    InvalidJob { reason: String },
+
+    #[error("connecting to the {side} failed: {}", connect_message(.source, *.side))]
+    Connect {
+        side: Side,
+        #[source]
+        source: ConnectError,
+    },
+
+    #[error("{side}: {context} failed: {}", pg_message(.source))]
+    Query {
+        side: Side,
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error(
+        "the exported snapshot {name} can no longer be used ({reason}): the replication \
+         connection that exported it has run another command or closed; the snapshot must \
+         start over with a new slot"
+    )]
+    SnapshotGone { name: String, reason: String },
+
+    #[error(
+        "{program} was not found ({detail}); install the PostgreSQL client programs \
+         (postgresql-client-<major> at least the source's version) or set \
+         TRIBUTARY_PG_BINDIR to their directory"
+    )]
+    ToolMissing { program: String, detail: String },
+
+    #[error(
+        "{path} is from PostgreSQL {tool_major}, older than the source server \
+         (PostgreSQL {server_major}); pg_dump must be at least the source's major version: \
+         install postgresql-client-{server_major} or newer, or set TRIBUTARY_PG_BINDIR to \
+         its bin directory"
+    )]
+    ToolTooOld {
+        path: String,
+        tool_major: u32,
+        server_major: u32,
+    },
+
+    #[error("{program} failed ({status}): {stderr}")]
+    ToolFailed {
+        program: String,
+        status: String,
+        /// The program's error output, trimmed (the password is never in it: it is passed
+        /// in the environment, and libpq does not print it).
+        stderr: String,
+        transient: bool,
+    },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SnapshotError {
+    /// Whether starting the snapshot over without anyone changing anything may succeed:
+    /// lost connections, servers restarting, resource limits, a snapshot that died with
+    /// its replication connection. Bad credentials, missing extensions, too old a pg_dump,
+    /// and SQL the replica rejects need the operator.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SnapshotError::Connect {
+                source: ConnectError::Postgres { source, .. },
+                ..
+            } => postgres_transient(source),
+            SnapshotError::Connect { .. } => false,
+            SnapshotError::Query { source, .. } => postgres_transient(source),
+            SnapshotError::SnapshotGone { .. } => true,
+            SnapshotError::ToolFailed { transient, .. } => *transient,
+            SnapshotError::InvalidJob { .. }
+            | SnapshotError::ToolMissing { .. }
+            | SnapshotError::ToolTooOld { .. }
+            | SnapshotError::Io { .. } => false,
+        }
+    }
+}
+
+/// Transient SQLSTATEs: connection exceptions (08), insufficient resources (53), shutdown
+/// and crash restart (57P01-03), serialization failures and deadlocks.
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+}
+
+fn postgres_transient(error: &tokio_postgres::Error) -> bool {
+    match error.as_db_error() {
+        Some(db) => transient_sqlstate(db.code().code()),
+        // No answer from the server: the connection broke or timed out.
+        None => true,
+    }
+}
+
+/// tokio-postgres's `Display` says only "db error"; this gives the server's words, or the
+/// chain of causes.
+fn pg_message(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return db.to_string().replace('\n', "; ");
+    }
+    let mut message = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    message
+}
+
+fn connect_message(error: &ConnectError, side: Side) -> String {
+    match error {
+        ConnectError::Tls { target, reason } => format!("TLS with {target}: {reason}"),
+        ConnectError::Postgres { target, source } => {
+            let which = match side {
+                Side::Source => "source",
+                Side::Replica => "branch store",
+            };
+            let advice = match source.code().map(|c| c.code()) {
+                Some("28P01" | "28000") => {
+                    format!(
+                        "; check the user name and password in the {which} URL, and pg_hba.conf"
+                    )
+                }
+                Some("3D000") => format!("; check the database name in the {which} URL"),
+                Some("42501") => format!("; the {which} user lacks a privilege it needs"),
+                _ => String::new(),
+            };
+            format!("{target}: {}{advice}", pg_message(source))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Schema
+// ---------------------------------------------------------------------------------------
+
+/// `pg_dump --schema-only --section=<pre-data|post-data> --snapshot=<name> -n <schema>…
+/// -T <excluded>… --format=custom` into a private temporary file, then `pg_restore
+/// --no-owner --no-privileges --exit-on-error` of it into the replica database. Pre-data
+/// first creates the extensions the schemas need and restores in a single transaction;
+/// post-data builds indexes with `workers` parallel jobs.
+///
+/// The snapshot must stay alive until this returns for [`Section::PreData`], and until
+/// pg_dump has finished for [`Section::PostData`].
+pub async fn restore_schema(job: &SnapshotJob<'_>, section: Section) -> Result<(), SnapshotError> {
+    if job.schemas.is_empty() {
+        // pg_dump without -n would dump the whole database.
+        return Err(SnapshotError::InvalidJob {
+            reason: "no schemas selected".into(),
+        });
+    }
+    let started = Instant::now();
+    let tools = Tools::locate()?;
+    let source = connect(Side::Source, job.source).await?;
+    let server_major = server_version_num(&source, Side::Source).await? / 10_000;
+    let tool_major = tools.pg_dump_major().await?;
+    if tool_major < server_major {
+        return Err(SnapshotError::ToolTooOld {
+            path: tools.program("pg_dump").display().to_string(),
+            tool_major,
+            server_major,
+        });
+    }
+    let replica = connect(Side::Replica, job.replica).await?;
+    if section == Section::PreData {
+        create_extensions(&source, &replica, job.schemas).await?;
+    }
+    let exclude = expand_exclusions(&source, job.exclude).await?;
+    let schema_oids = source_schema_oids(&source, job.schemas).await?;
+    drop(source);
+
+    let scratch = ScratchDir::create()?;
+    let dump = scratch.path().join("schema.dump");
+    let mut pg_dump = tools.command("pg_dump");
+    libpq_env(&mut pg_dump, job.source);
+    pg_dump
+        .args([
+            "--schema-only",
+            "--format=custom",
+            "--no-sync",
+            "--strict-names",
+        ])
+        .arg(format!("--section={}", section.as_arg()))
+        .arg(format!("--snapshot={}", job.snapshot_name))
+        .arg("--file")
+        .arg(&dump);
+    for schema in job.schemas {
+        pg_dump.arg(format!("--schema={}", pattern(&[schema])));
+    }
+    for table in &exclude {
+        pg_dump.arg(format!(
+            "--exclude-table={}",
+            pattern(&[&table.schema, &table.name])
+        ));
+    }
+    run_tool(pg_dump, "pg_dump").await?;
+
+    // The replica's existing schemas are created already: keep pg_restore from trying.
+    let existing: HashSet<String> = replica
+        .query("SELECT nspname::text FROM pg_catalog.pg_namespace", &[])
+        .await
+        .map_err(|e| query_error(Side::Replica, "listing schemas", e))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    drop(replica);
+    let skip: Vec<(u32, &str)> = schema_oids
+        .iter()
+        .filter(|(_, name)| existing.contains(name))
+        .map(|(oid, name)| (*oid, name.as_str()))
+        .collect();
+    let mut list_cmd = tools.command("pg_restore");
+    list_cmd.arg("--list").arg(&dump);
+    let toc = run_tool(list_cmd, "pg_restore --list").await?;
+    let list = scratch.path().join("schema.list");
+    std::fs::write(&list, filter_toc(&String::from_utf8_lossy(&toc), &skip)).map_err(|source| {
+        SnapshotError::Io {
+            context: format!("writing {}", list.display()),
+            source,
+        }
+    })?;
+
+    let mut pg_restore = tools.command("pg_restore");
+    libpq_env(&mut pg_restore, job.replica);
+    pg_restore
+        .args([
+            "--no-owner",
+            "--no-privileges",
+            "--no-tablespaces",
+            "--no-publications",
+            "--no-subscriptions",
+            "--no-security-labels",
+            "--exit-on-error",
+        ])
+        .arg(format!(
+            "--dbname=dbname={}",
+            conninfo_quote(&job.replica.dbname)
+        ))
+        .arg("--use-list")
+        .arg(&list);
+    match section {
+        Section::PreData => {
+            pg_restore.arg("--single-transaction");
+        }
+        Section::PostData if job.workers > 1 => {
+            pg_restore.arg(format!("--jobs={}", job.workers));
+        }
+        Section::PostData => {}
+    }
+    pg_restore.arg(&dump);
+    run_tool(pg_restore, "pg_restore").await?;
+    tracing::info!(
+        section = section.as_arg(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "schema restored into the replica"
+    );
+    Ok(())
+}
+
+/// Extensions that live in the selected schemas, or that objects in them depend on (a
+/// column of an extension's type, an index with its operator class, …). plpgsql is
+/// always there.
+const EXTENSIONS: &str = "
+SELECT e.extname::text, n.nspname::text
+  FROM pg_catalog.pg_extension e
+  JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+ WHERE e.extname <> 'plpgsql'
+   AND (n.nspname = ANY($1)
+        OR EXISTS (
+            SELECT 1
+              FROM pg_catalog.pg_depend member
+              JOIN pg_catalog.pg_depend used
+                ON used.refclassid = member.classid AND used.refobjid = member.objid
+             WHERE member.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+               AND member.refobjid = e.oid
+               AND member.deptype = 'e'
+               AND used.deptype IN ('n', 'a')
+               AND (pg_catalog.pg_identify_object(used.classid, used.objid, 0)).schema
+                   = ANY($1)))
+ ORDER BY e.extname";
+
+async fn create_extensions(
+    source: &PgClient,
+    replica: &PgClient,
+    schemas: &[String],
+) -> Result<(), SnapshotError> {
+    let rows = source
+        .query(EXTENSIONS, &[&schemas])
+        .await
+        .map_err(|e| query_error(Side::Source, "listing the extensions the schemas use", e))?;
+    for row in rows {
+        let (name, schema): (String, String) = (row.get(0), row.get(1));
+        let sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; \
+             CREATE EXTENSION IF NOT EXISTS {name} WITH SCHEMA {schema} CASCADE",
+            schema = quote_ident(&schema),
+            name = quote_ident(&name),
+        );
+        replica.batch_execute(&sql).await.map_err(|e| {
+            query_error(
+                Side::Replica,
+                &format!(
+                    "creating extension {name} in schema {schema} (the replicated schemas \
+                     use it; the branch-store server needs it installed)"
+                ),
+                e,
+            )
+        })?;
+        tracing::info!(extension = %name, schema = %schema, "extension created on the replica");
+    }
+    Ok(())
+}
+
+/// The excluded tables and, for partitioned ones, all their partitions: `pg_dump -T` on
+/// a parent alone would still dump its partitions, whose `ATTACH` then fails.
+async fn expand_exclusions(
+    source: &PgClient,
+    exclude: &[TableName],
+) -> Result<Vec<TableName>, SnapshotError> {
+    let mut all: Vec<TableName> = exclude.to_vec();
+    if exclude.is_empty() {
+        return Ok(all);
+    }
+    let schemas: Vec<&str> = exclude.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = exclude.iter().map(|t| t.name.as_str()).collect();
+    let rows = source
+        .query(
+            "SELECT n.nspname::text, c.relname::text
+               FROM unnest($1::text[], $2::text[]) x(s, t)
+              CROSS JOIN LATERAL pg_catalog.pg_partition_tree(
+                    pg_catalog.to_regclass(pg_catalog.quote_ident(x.s) || '.'
+                                           || pg_catalog.quote_ident(x.t))) p
+               JOIN pg_catalog.pg_class c ON c.oid = p.relid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(|e| query_error(Side::Source, "listing partitions of excluded tables", e))?;
+    for row in rows {
+        let table = TableName {
+            schema: row.get(0),
+            name: row.get(1),
+        };
+        if !all.contains(&table) {
+            all.push(table);
+        }
+    }
+    Ok(all)
+}
+
+async fn source_schema_oids(
+    source: &PgClient,
+    schemas: &[String],
+) -> Result<Vec<(u32, String)>, SnapshotError> {
+    Ok(source
+        .query(
+            "SELECT oid, nspname::text FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)",
+            &[&schemas],
+        )
+        .await
+        .map_err(|e| query_error(Side::Source, "listing schemas", e))?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
+}
+
+/// Comments out (`;`) the table-of-contents entries that create a schema the replica has
+/// already — `<id>; 2615 <oid> SCHEMA - <name> <owner>`, matched by the source's OID of the
+/// schema — and the comments on those schemas (which need their owner, and are only
+/// comments).
+fn filter_toc(toc: &str, skip: &[(u32, &str)]) -> String {
+    let mut out = String::with_capacity(toc.len());
+    for line in toc.lines() {
+        let drop = !line.starts_with(';')
+            && skip.iter().any(|(oid, name)| {
+                line.contains(&format!("; 2615 {oid} SCHEMA "))
+                    || line.contains(&format!(" COMMENT - SCHEMA {name} "))
+            });
+        if drop {
+            out.push(';');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A psql-style name pattern matching exactly these name parts: quoted, so that
+/// `* ? . $` and capitals are taken literally.
+fn pattern(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Where pg_dump and pg_restore come from: `$TRIBUTARY_PG_BINDIR`, else the newest
+/// `/usr/lib/postgresql/<N>/bin` (Debian, Ubuntu) or `/usr/pgsql-<N>/bin` (RHEL) that has
+/// both, else `PATH`.
+struct Tools {
+    bindir: Option<PathBuf>,
+}
+
+impl Tools {
+    fn locate() -> Result<Tools, SnapshotError> {
+        if let Some(dir) = std::env::var_os("TRIBUTARY_PG_BINDIR") {
+            let dir = PathBuf::from(dir);
+            for program in ["pg_dump", "pg_restore"] {
+                if !dir.join(program).is_file() {
+                    return Err(SnapshotError::ToolMissing {
+                        program: program.into(),
+                        detail: format!("TRIBUTARY_PG_BINDIR={} has no {program}", dir.display()),
+                    });
+                }
+            }
+            return Ok(Tools { bindir: Some(dir) });
+        }
+        let has_both =
+            |dir: &Path| dir.join("pg_dump").is_file() && dir.join("pg_restore").is_file();
+        let mut candidates: Vec<(u32, PathBuf)> = Vec::new();
+        if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+            for entry in entries.flatten() {
+                if let Some(major) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                    candidates.push((major, entry.path().join("bin")));
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir("/usr") {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let major = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("pgsql-"))
+                    .and_then(|n| n.parse().ok());
+                if let Some(major) = major {
+                    candidates.push((major, entry.path().join("bin")));
+                }
+            }
+        }
+        candidates.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
+        let bindir = candidates
+            .into_iter()
+            .map(|(_, dir)| dir)
+            .find(|dir| has_both(dir));
+        Ok(Tools { bindir })
+    }
+
+    fn program(&self, name: &str) -> PathBuf {
+        match &self.bindir {
+            Some(dir) => dir.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+
+    /// A command for `program` that cannot outlive its caller.
+    fn command(&self, program: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(self.program(program));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn pg_dump_major(&self) -> Result<u32, SnapshotError> {
+        let mut cmd = self.command("pg_dump");
+        cmd.arg("--version");
+        let output = run_tool(cmd, "pg_dump --version").await?;
+        let text = String::from_utf8_lossy(&output);
+        parse_tool_major(&text).ok_or_else(|| SnapshotError::ToolFailed {
+            program: "pg_dump --version".into(),
+            status: "unreadable output".into(),
+            stderr: text.trim().to_owned(),
+            transient: false,
+        })
+    }
+}
+
+/// `pg_dump (PostgreSQL) 15.4 (Debian 15.4-1)` → 15; `pg_dump (PostgreSQL) 9.6.24` → 9.
+fn parse_tool_major(text: &str) -> Option<u32> {
+    let version = text
+        .split_whitespace()
+        .find(|word| word.starts_with(|c: char| c.is_ascii_digit()))?;
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Connection settings for a libpq program, in its environment: the password never
+/// appears on a command line (visible to every user in `ps`). Inherited `PG*` variables
+/// are removed so that they cannot redirect the program (`PGSERVICE`, `PGOPTIONS`, …).
+fn libpq_env(cmd: &mut tokio::process::Command, info: &ConnInfo) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("PG")) {
+            cmd.env_remove(key);
+        }
+    }
+    match &info.host {
+        Host::Tcp(host) => cmd.env("PGHOST", host),
+        Host::Unix(dir) => cmd.env("PGHOST", dir),
+    };
+    cmd.env("PGPORT", info.port.to_string())
+        .env("PGUSER", &info.user)
+        .env("PGDATABASE", &info.dbname)
+        .env("PGSSLMODE", info.sslmode.as_str())
+        .env("PGAPPNAME", &info.application_name)
+        .env(
+            "PGCONNECT_TIMEOUT",
+            info.connect_timeout.as_secs().max(2).to_string(),
+        );
+    match &info.sslrootcert {
+        Some(RootCert::File(path)) => {
+            cmd.env("PGSSLROOTCERT", path);
+        }
+        // libpq 16 and newer understand `system`.
+        Some(RootCert::System) => {
+            cmd.env("PGSSLROOTCERT", "system");
+        }
+        None => {}
+    }
+    if let Some(password) = &info.password {
+        cmd.env("PGPASSWORD", password.expose());
+    }
+}
+
+/// A value in a libpq `key=value` connection string.
+fn conninfo_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Most of a program's error output kept in an error: the start says what failed.
+const STDERR_LIMIT: usize = 4000;
+
+/// Runs a prepared command to its end; its standard output, or an error with its standard
+/// error. Dropping the future kills the program.
+async fn run_tool(
+    mut cmd: tokio::process::Command,
+    program: &str,
+) -> Result<Vec<u8>, SnapshotError> {
+    let output = cmd.output().await.map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            SnapshotError::ToolMissing {
+                program: program.split(' ').next().unwrap_or(program).to_owned(),
+                detail: source.to_string(),
+            }
+        } else {
+            SnapshotError::Io {
+                context: format!("running {program}"),
+                source,
+            }
+        }
+    })?;
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    if !output.status.success() {
+        let mut stderr = stderr;
+        if stderr.len() > STDERR_LIMIT {
+            let mut cut = STDERR_LIMIT;
+            while !stderr.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            stderr.truncate(cut);
+            stderr.push_str(" …");
+        }
+        let transient = tool_failure_transient(&stderr);
+        return Err(SnapshotError::ToolFailed {
+            program: program.to_owned(),
+            status: output.status.to_string(),
+            stderr: if stderr.is_empty() {
+                "no error output".into()
+            } else {
+                stderr
+            },
+            transient,
+        });
+    }
+    if !stderr.is_empty() {
+        tracing::warn!("{program}: {stderr}");
+    }
+    Ok(output.stdout)
+}
+
+/// Whether a pg_dump or pg_restore failure looks like a lost connection, a restarting or
+/// busy server, or a snapshot that died with its replication connection.
+fn tool_failure_transient(stderr: &str) -> bool {
+    const TRANSIENT: [&str; 11] = [
+        "server closed the connection unexpectedly",
+        "terminating connection",
+        "the database system is starting up",
+        "the database system is shutting down",
+        "the database system is in recovery mode",
+        "Connection refused",
+        "could not receive data from server",
+        "could not send data to server",
+        "timeout expired",
+        "too many clients",
+        "invalid snapshot identifier",
+    ];
+    TRANSIENT.iter().any(|needle| stderr.contains(needle))
+}
+
+/// A private (0700) temporary directory, removed with everything in it on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    const PREFIX: &'static str = "tributary-schema-";
+
+    fn create() -> Result<ScratchDir, SnapshotError> {
+        use std::os::unix::fs::DirBuilderExt;
+        ScratchDir::remove_orphans();
+        let path = std::env::temp_dir().join(format!(
+            "{}{}-{:016x}",
+            ScratchDir::PREFIX,
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| SnapshotError::Io {
+                context: format!("creating {}", path.display()),
+                source,
+            })?;
+        Ok(ScratchDir(path))
+    }
+
+    /// Removes the directories of processes that no longer run: a killed daemon never
+    /// runs `Drop`. A directory is named after its process id; without `/proc` (not
+    /// Linux) nothing is removed.
+    fn remove_orphans() {
+        if !Path::new("/proc/self").exists() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(ScratchDir::PREFIX))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!("removing {}: {e}", self.0.display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Data
+// ---------------------------------------------------------------------------------------
+
+/// From this version on, `ctid` ranges are read with a TID Range Scan; before, every
+/// range would scan the whole table.
+const TID_RANGE_SCAN_VERSION: u32 = 140_000;
+
+/// Settings of every worker's source session: no timeouts cut a long read short, values
+/// copied as text come out in forms any server parses back exactly, and row-level
+/// security raises an error rather than silently hiding rows.
+const SOURCE_SESSION: &str = "SET statement_timeout = 0; SET lock_timeout = 0; \
+     SET idle_in_transaction_session_timeout = 0; SET row_security = off; \
+     SET datestyle = 'ISO, YMD'; SET intervalstyle = postgres; SET timezone = 'UTC'; \
+     SET extra_float_digits = 3; SET bytea_output = hex";
+
+/// Settings of every worker's replica session; see the module docs on
+/// `synchronous_commit`.
+const REPLICA_SESSION: &str = "SET statement_timeout = 0; SET lock_timeout = 0; \
+     SET idle_in_transaction_session_timeout = 0; SET synchronous_commit = off; \
+     SET datestyle = 'ISO, YMD'; SET intervalstyle = postgres";
+
+/// Parallel copy of every table of the job from the snapshot into the replica, which must
+/// have its pre-data schema. `workers` tasks, each with its own source and replica session,
+/// take chunks largest first; the first error stops the others and is returned.
+///
+/// `progress` is called after each chunk is committed on the replica with the table, the
+/// rows and bytes of that chunk, and whether the table is now complete.
+pub async fn copy_data(
+    job: &SnapshotJob<'_>,
+    progress: &(dyn Fn(&TableName, u64, u64, bool) + Send + Sync),
+) -> Result<SnapshotStats, SnapshotError> {
+    let started = Instant::now();
+    let version = {
+        let source = connect(Side::Source, job.source).await?;
+        server_version_num(&source, Side::Source).await?
+    };
+    let chunks = plan_chunks(
+        job.tables,
+        job.chunk_bytes,
+        version >= TID_RANGE_SCAN_VERSION,
+    );
+    let mut remaining = vec![0usize; job.tables.len()];
+    for chunk in &chunks {
+        remaining[chunk.table] += 1;
+    }
+    let workers = job.workers.max(1).min(chunks.len());
+    tracing::info!(
+        tables = job.tables.len(),
+        chunks = chunks.len(),
+        workers,
+        "copying rows under snapshot {}",
+        job.snapshot_name
+    );
+    let context = Arc::new(CopyContext {
+        source: job.source.clone(),
+        replica: job.replica.clone(),
+        snapshot_name: job.snapshot_name.to_owned(),
+        tables: job.tables.iter().map(TablePlan::new).collect(),
+        queue: Mutex::new(chunks.into()),
+    });
+
+    let (events, mut received) = mpsc::unbounded_channel::<ChunkDone>();
+    // Owns every worker: dropping it (an error here, or the caller giving up on this
+    // future) aborts them all, which closes their sessions.
+    let mut tasks = JoinSet::new();
+    for _ in 0..workers {
+        tasks.spawn(worker(context.clone(), events.clone()));
+    }
+    drop(events);
+
+    let mut stats = SnapshotStats {
+        tables: job.tables.len(),
+        rows: 0,
+        bytes: 0,
+        elapsed: Duration::ZERO,
+    };
+    let mut report = |done: ChunkDone| {
+        remaining[done.table] -= 1;
+        stats.rows += done.rows;
+        stats.bytes += done.bytes;
+        progress(
+            &job.tables[done.table].name,
+            done.rows,
+            done.bytes,
+            remaining[done.table] == 0,
+        );
+    };
+    loop {
+        tokio::select! {
+            // Progress first, so that it is reported before a worker's end is seen.
+            biased;
+            Some(done) = received.recv() => report(done),
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(error))) => {
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    return Err(error);
+                }
+                Some(Err(join_error)) => {
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    match join_error.try_into_panic() {
+                        Ok(panic) => std::panic::resume_unwind(panic),
+                        // Only this function aborts workers, and it has returned by then.
+                        Err(e) => unreachable!("copy worker cancelled: {e}"),
+                    }
+                }
+            },
+        }
+    }
+    while let Ok(done) = received.try_recv() {
+        report(done);
+    }
+    stats.elapsed = started.elapsed();
+    tracing::info!(
+        rows = stats.rows,
+        bytes = stats.bytes,
+        elapsed_ms = stats.elapsed.as_millis() as u64,
+        "rows copied"
+    );
+    Ok(stats)
+}
+
+/// A part of one table: heap pages `[start, end)`, `end` open for the last part (the
+/// table may have grown since its size was read), or the whole table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Chunk {
+    table: usize,
+    start: u64,
+    end: Option<u64>,
+    estimated_bytes: u64,
+}
+
+impl Chunk {
+    fn filter(&self) -> String {
+        match (self.start, self.end) {
+            (0, None) => String::new(),
+            (0, Some(end)) => format!(" WHERE ctid < '({end},0)'"),
+            (start, None) => format!(" WHERE ctid >= '({start},0)'"),
+            (start, Some(end)) => format!(" WHERE ctid >= '({start},0)' AND ctid < '({end},0)'"),
+        }
+    }
+}
+
+/// Splits tables above `chunk_bytes` into page ranges of about that size (when `ranges`
+/// are efficient on the source), and orders everything largest first so that the longest
+/// pieces start early and small tables fill the gaps at the end.
+fn plan_chunks(tables: &[SourceTable], chunk_bytes: u64, ranges: bool) -> Vec<Chunk> {
+    let mut chunks = Vec::new();
+    for (index, table) in tables.iter().enumerate() {
+        let whole = Chunk {
+            table: index,
+            start: 0,
+            end: None,
+            estimated_bytes: table.estimated_bytes,
+        };
+        if !ranges || chunk_bytes == 0 || table.estimated_bytes <= chunk_bytes || table.pages < 2 {
+            chunks.push(whole);
+            continue;
+        }
+        let parts = table.estimated_bytes.div_ceil(chunk_bytes).min(table.pages);
+        let pages_per_part = table.pages.div_ceil(parts);
+        let mut start = 0;
+        while start < table.pages {
+            let end = start + pages_per_part;
+            let pages = end.min(table.pages) - start;
+            chunks.push(Chunk {
+                table: index,
+                start,
+                end: (end < table.pages).then_some(end),
+                estimated_bytes: table.estimated_bytes / table.pages * pages,
+            });
+            start = end;
+        }
+    }
+    chunks.sort_by(|a, b| {
+        b.estimated_bytes
+            .cmp(&a.estimated_bytes)
+            .then(a.table.cmp(&b.table))
+            .then(a.start.cmp(&b.start))
+    });
+    chunks
+}
+
+/// What every worker shares.
+struct CopyContext {
+    source: ConnInfo,
+    replica: ConnInfo,
+    snapshot_name: String,
+    tables: Vec<TablePlan>,
+    queue: Mutex<VecDeque<Chunk>>,
+}
+
+impl CopyContext {
+    fn next_chunk(&self) -> Option<Chunk> {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
+    }
+}
+
+/// The SQL of one table, written once.
+struct TablePlan {
+    display: String,
+    /// `"schema"."table"`.
+    qualified: String,
+    /// `"a", "b"`: the stored columns, in order.
+    columns: String,
+    /// ` ("a", "b")`, or nothing for a table without stored columns (which may still
+    /// have rows).
+    column_list: String,
+    binary: bool,
+}
+
+impl TablePlan {
+    fn new(table: &SourceTable) -> TablePlan {
+        let columns = table
+            .columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        TablePlan {
+            display: format!("{}.{}", table.name.schema, table.name.name),
+            qualified: format!(
+                "{}.{}",
+                quote_ident(&table.name.schema),
+                quote_ident(&table.name.name)
+            ),
+            column_list: if columns.is_empty() {
+                String::new()
+            } else {
+                format!(" ({columns})")
+            },
+            columns,
+            binary: table.binary_copy,
+        }
+    }
+
+    /// `ONLY`: an inheritance parent's rows without its children's, which are tables of
+    /// their own.
+    fn select(&self, chunk: &Chunk) -> String {
+        format!(
+            "SELECT {} FROM ONLY {}{}",
+            self.columns,
+            self.qualified,
+            chunk.filter()
+        )
+    }
+}
+
+/// A finished chunk, for the progress report.
+#[derive(Debug)]
+struct ChunkDone {
+    table: usize,
+    rows: u64,
+    bytes: u64,
+}
+
+/// One copy worker: opens its sessions, then copies chunks until the queue is empty.
+async fn worker(
+    context: Arc<CopyContext>,
+    events: mpsc::UnboundedSender<ChunkDone>,
+) -> Result<(), SnapshotError> {
+    let mut source = connect(Side::Source, &context.source).await?;
+    source
+        .batch_execute(SOURCE_SESSION)
+        .await
+        .map_err(|e| query_error(Side::Source, "setting up the session", e))?;
+    let snapshot = source
+        .client_mut()
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| query_error(Side::Source, "starting the snapshot transaction", e))?;
+    snapshot
+        .batch_execute(&format!(
+            "SET TRANSACTION SNAPSHOT {}",
+            quote_literal(&context.snapshot_name)
+        ))
+        .await
+        .map_err(|e| match e.as_db_error() {
+            Some(db) if db.code().code() == "22023" => SnapshotError::SnapshotGone {
+                name: context.snapshot_name.clone(),
+                reason: db.message().to_owned(),
+            },
+            _ => query_error(Side::Source, "importing the snapshot", e),
+        })?;
+    let replica = connect(Side::Replica, &context.replica).await?;
+    replica
+        .batch_execute(REPLICA_SESSION)
+        .await
+        .map_err(|e| query_error(Side::Replica, "setting up the session", e))?;
+
+    while let Some(chunk) = context.next_chunk() {
+        let table = &context.tables[chunk.table];
+        let (rows, bytes) = copy_chunk(&snapshot, &replica, table, &chunk).await?;
+        tracing::debug!(table = %table.display, rows, bytes, start = chunk.start, "chunk copied");
+        if events
+            .send(ChunkDone {
+                table: chunk.table,
+                rows,
+                bytes,
+            })
+            .is_err()
+        {
+            break; // copy_data has gone away.
+        }
+    }
+    snapshot
+        .commit()
+        .await
+        .map_err(|e| query_error(Side::Source, "ending the snapshot transaction", e))
+}
+
+/// One chunk: `COPY (SELECT …) TO STDOUT` on the snapshot piped into `COPY … FROM STDIN`
+/// on the replica, one CopyData message at a time (the replica's sink coalesces them
+/// into 4 kB messages), committed on its own. Returns the rows the replica took and the
+/// bytes of COPY data.
+async fn copy_chunk(
+    snapshot: &Transaction<'_>,
+    replica: &PgClient,
+    table: &TablePlan,
+    chunk: &Chunk,
+) -> Result<(u64, u64), SnapshotError> {
+    let read_error = |e| query_error(Side::Source, &format!("reading {}", table.display), e);
+    let write_error = |e| query_error(Side::Replica, &format!("writing {}", table.display), e);
+    let format = if table.binary { "binary" } else { "text" };
+    let out = snapshot
+        .copy_out(&format!(
+            "COPY ({}) TO STDOUT (FORMAT {format})",
+            table.select(chunk)
+        ))
+        .await
+        .map_err(read_error)?;
+    let sink = replica
+        .copy_in::<_, Bytes>(&format!(
+            "COPY {}{} FROM STDIN (FORMAT {format})",
+            table.qualified, table.column_list
+        ))
+        .await
+        .map_err(write_error)?;
+    let (mut out, mut sink) = (pin!(out), pin!(sink));
+    let mut bytes = 0u64;
+    while let Some(data) = out.next().await {
+        let data = data.map_err(read_error)?;
+        bytes += data.len() as u64;
+        sink.feed(data).await.map_err(write_error)?;
+    }
+    let rows = sink.as_mut().finish().await.map_err(write_error)?;
+    Ok((rows, bytes))
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+async fn connect(side: Side, info: &ConnInfo) -> Result<PgClient, SnapshotError> {
+    pg::connect(info)
+        .await
+        .map_err(|source| SnapshotError::Connect { side, source })
+}
+
+async fn server_version_num(client: &PgClient, side: Side) -> Result<u32, SnapshotError> {
+    let row = client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .map_err(|e| query_error(side, "reading the server version", e))?;
+    Ok(u32::try_from(row.get::<_, i32>(0)).unwrap_or(0))
+}
+
+fn query_error(side: Side, context: &str, source: tokio_postgres::Error) -> SnapshotError {
+    SnapshotError::Query {
+        side,
+        context: context.to_owned(),
+        source,
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::catalog::ReplicaIdentity;
+
+    fn table(name: &str, bytes: u64, pages: u64) -> SourceTable {
+        SourceTable {
+            name: TableName {
+                schema: "s".into(),
+                name: name.into(),
+            },
+            identity: ReplicaIdentity::PrimaryKey,
+            columns: vec!["id".into()],
+            estimated_bytes: bytes,
+            pages,
+            binary_copy: true,
+        }
+    }
+
+    #[test]
+    fn large_tables_split_into_page_ranges_largest_first() {
+        let tables = [table("small", 100, 1), table("big", 10 * 8192, 10)];
+        let chunks = plan_chunks(&tables, 3 * 8192, true);
+        let ranges: Vec<(usize, u64, Option<u64>)> =
+            chunks.iter().map(|c| (c.table, c.start, c.end)).collect();
+        // 10 pages in 4 parts of 3 pages, the last open-ended.
+        assert_eq!(
+            ranges,
+            [
+                (1, 0, Some(3)),
+                (1, 3, Some(6)),
+                (1, 6, Some(9)),
+                (1, 9, None),
+                (0, 0, None)
+            ]
+        );
+        assert_eq!(chunks[0].filter(), " WHERE ctid < '(3,0)'");
+        assert_eq!(
+            chunks[1].filter(),
+            " WHERE ctid >= '(3,0)' AND ctid < '(6,0)'"
+        );
+        assert_eq!(chunks[3].filter(), " WHERE ctid >= '(9,0)'");
+        assert_eq!(chunks[4].filter(), "");
+    }
+
+    #[test]
+    fn no_split_without_tid_range_scans_or_chunk_size() {
+        let tables = [table("big", 10 * 8192, 10)];
+        assert_eq!(plan_chunks(&tables, 8192, false).len(), 1);
+        assert_eq!(plan_chunks(&tables, 0, true).len(), 1);
+        assert_eq!(plan_chunks(&[], 8192, true), []);
+    }
+
+    #[test]
+    fn toc_filter_comments_out_existing_schemas_only() {
+        let toc = "; Archive created at 2024-01-01\n\
+                   6; 2615 2200 SCHEMA - public pg_database_owner\n\
+                   3545; 0 0 COMMENT - SCHEMA public pg_database_owner\n\
+                   9; 2615 16620 SCHEMA - s2 postgres\n\
+                   218; 1259 16627 TABLE public t postgres\n";
+        let filtered = filter_toc(toc, &[(2200, "public")]);
+        assert_eq!(
+            filtered,
+            "; Archive created at 2024-01-01\n\
+             ;6; 2615 2200 SCHEMA - public pg_database_owner\n\
+             ;3545; 0 0 COMMENT - SCHEMA public pg_database_owner\n\
+             9; 2615 16620 SCHEMA - s2 postgres\n\
+             218; 1259 16627 TABLE public t postgres\n"
+        );
+    }
+
+    #[test]
+    fn tool_versions_and_patterns() {
+        assert_eq!(
+            parse_tool_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
+            Some(15)
+        );
+        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 17beta1"), Some(17));
+        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(parse_tool_major("nonsense"), None);
+        assert_eq!(pattern(&["My*Schema", "t\"x"]), "\"My*Schema\".\"t\"\"x\"");
+        assert_eq!(conninfo_quote("it's"), "'it\\'s'");
+    }
+
+    #[test]
+    fn failures_say_whether_a_retry_can_help() {
+        assert!(tool_failure_transient(
+            "pg_dump: error: query failed: ERROR:  invalid snapshot identifier: \"x\""
+        ));
+        assert!(!tool_failure_transient(
+            "pg_dump: error: connection to server at \"h\" failed: FATAL:  password \
+             authentication failed for user \"u\""
+        ));
+    }
+}

@@ -1,1 +1,22 @@
-//! Branch-store sink (in progress).
+//! The branch-store sink: the replica database's life cycle, and [`ReplicaSink`], which
+//! applies decoded changes to it exactly once.
+//!
+//! - `replica.rs`: creating and dropping the replica database, its progress table
+//!   (`tributary.applied`), and the settings of an apply session.
+//! - `apply.rs`: target transactions, pipelining, and how exactly-once holds.
+//! - `table.rs`: table metadata from the replica's catalog, and the SQL built from it.
+//! - `error.rs`: [`SinkError`], with [`SinkError::is_transient`] deciding retry or stop.
+//!
+//! **Invariants:** the sink never sees wal2json or JSON, only [`crate::change::Change`]s;
+//! nothing is skipped (a change that fails or matches no row fails the target
+//! transaction); the progress row is written in the same transaction as the changes it
+//! covers and never moves backwards; row values are never logged above debug level.
+
+mod apply;
+mod error;
+mod replica;
+mod table;
+
+pub use apply::{ReplicaSink, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
+pub use error::SinkError;
+pub use replica::{drop_replica, prepare_replica, replica_exists};

@@ -1,1 +1,295 @@
-//! Source catalog (in progress).
+//! What the source's catalog says about the tables a connector replicates.
+//!
+//! Read these inside a transaction on the slot's exported snapshot
+//! (`BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '…'`), so that the
+//! list is the one the snapshot copies. Sizes are estimates from the moment of the call:
+//! they plan the copy, nothing relies on them being exact.
+
+use std::collections::{HashMap, HashSet};
+
+use tokio_postgres::Client;
+
+use crate::change::TableName;
+
+/// One table whose rows the snapshot copies and the stream keeps in sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceTable {
+    pub name: TableName,
+    pub identity: ReplicaIdentity,
+    /// The stored (non-generated) columns in `attnum` order: the column list of the COPY.
+    /// The replica computes generated columns itself.
+    pub columns: Vec<String>,
+    /// `pg_relation_size`: the heap's size on disk, without TOAST and indexes.
+    pub estimated_bytes: u64,
+    /// Heap pages (`pg_relation_size / block_size`): the unit of ctid ranges.
+    pub pages: u64,
+    /// Whether `COPY … (FORMAT binary)` can carry the table to another server safely.
+    /// Composite values and arrays name their column or element type OIDs in binary
+    /// form, and types created after `initdb` (enums, domains, extension types) have
+    /// other OIDs on the replica: older servers reject the mismatch ("wrong element
+    /// type"); recent releases (15.18 accepts it) only check built-in OIDs. Types without
+    /// binary I/O functions cannot go binary at all. Such tables are copied as text, which
+    /// every version reads back exactly.
+    pub binary_copy: bool,
+}
+
+/// Which old values an UPDATE or DELETE carries (`ALTER TABLE … REPLICA IDENTITY`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaIdentity {
+    /// The default, with a primary key: the key's columns.
+    PrimaryKey,
+    /// `USING INDEX`: the columns of this unique index (in the table's schema).
+    Index(String),
+    /// Every column of the old row.
+    Full,
+    /// No old values: `NOTHING`, or the default on a table without a primary key. UPDATE
+    /// and DELETE on such a table cannot be applied to a replica.
+    Nothing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("reading the source's catalog ({what}): {source}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl CatalogError {
+    /// Whether trying again later may succeed: a lost connection or a server that is
+    /// restarting. A query the server rejects will be rejected again.
+    pub fn is_transient(&self) -> bool {
+        let CatalogError::Query { source, .. } = self;
+        match source.code() {
+            Some(code) => {
+                let code = code.code();
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+            }
+            None => source.is_closed(),
+        }
+    }
+}
+
+/// The first OID handed to user objects (`FirstNormalObjectId`): types below it are built
+/// in and have the same OID on every server of every version.
+const FIRST_NORMAL_OID: u32 = 16384;
+
+/// Tables are ordinary, permanent (`relkind 'r'`, `relpersistence 'p'`): leaf partitions
+/// are included, partitioned parents, views, foreign tables, temporary and unlogged tables
+/// are not (unlogged tables write no WAL, so no change of theirs could ever be streamed).
+const TABLES: &str = "
+SELECT n.nspname,
+       c.relname,
+       c.relreplident::text,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                WHERE i.indrelid = c.oid AND i.indisprimary) AS has_primary_key,
+       (SELECT ic.relname FROM pg_catalog.pg_index i
+          JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+         WHERE i.indrelid = c.oid AND i.indisreplident) AS identity_index,
+       pg_catalog.pg_relation_size(c.oid) AS bytes,
+       pg_catalog.pg_relation_size(c.oid)
+         / pg_catalog.current_setting('block_size')::int8 AS pages,
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                AND a.attgenerated = ''
+              ORDER BY a.attnum) AS columns,
+       ARRAY(SELECT a.atttypid FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                AND a.attgenerated = ''
+              ORDER BY a.attnum) AS column_types,
+       ARRAY(SELECT an.nspname::text
+               FROM pg_catalog.pg_partition_ancestors(c.oid) WITH ORDINALITY p(relid, o)
+               JOIN pg_catalog.pg_class ac ON ac.oid = p.relid
+               JOIN pg_catalog.pg_namespace an ON an.oid = ac.relnamespace
+              WHERE p.relid <> c.oid ORDER BY p.o) AS ancestor_schemas,
+       ARRAY(SELECT ac.relname::text
+               FROM pg_catalog.pg_partition_ancestors(c.oid) WITH ORDINALITY p(relid, o)
+               JOIN pg_catalog.pg_class ac ON ac.oid = p.relid
+              WHERE p.relid <> c.oid ORDER BY p.o) AS ancestor_names
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND n.nspname = ANY($1)
+ ORDER BY n.nspname, c.relname";
+
+/// Every type the given types are built from: domains' base types and arrays' elements,
+/// transitively. `UNION` (not `ALL`) ends the recursion once no new type appears.
+const TYPES: &str = "
+WITH RECURSIVE closure(oid) AS (
+    SELECT unnest($1::oid[])
+    UNION
+    SELECT x.oid FROM closure
+      JOIN pg_catalog.pg_type t ON t.oid = closure.oid
+     CROSS JOIN LATERAL (VALUES (t.typbasetype), (t.typelem)) x(oid)
+     WHERE x.oid <> 0
+)
+SELECT t.oid, t.typtype::text, t.typbasetype, t.typelem,
+       t.typlen = -1 AND t.typelem <> 0 AS is_array,
+       t.typsend <> 0 AND t.typreceive <> 0 AS binary_io
+  FROM closure JOIN pg_catalog.pg_type t ON t.oid = closure.oid";
+
+/// Ordinary tables and leaf partitions in `schemas` (not partitioned parents, views or
+/// foreign tables), minus `exclude`. Excluding a partitioned table excludes its partitions.
+/// Sorted by schema and name.
+pub async fn list_tables(
+    client: &Client,
+    schemas: &[String],
+    exclude: &[TableName],
+) -> Result<Vec<SourceTable>, CatalogError> {
+    let rows = client
+        .query(TABLES, &[&schemas])
+        .await
+        .map_err(|source| CatalogError::Query {
+            what: "tables",
+            source,
+        })?;
+    let excluded: HashSet<&TableName> = exclude.iter().collect();
+
+    let mut tables = Vec::with_capacity(rows.len());
+    let mut column_types: Vec<Vec<u32>> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let name = TableName {
+            schema: row.get(0),
+            name: row.get(1),
+        };
+        let ancestor_schemas: Vec<String> = row.get(9);
+        let ancestor_names: Vec<String> = row.get(10);
+        let ancestor_excluded = ancestor_schemas
+            .into_iter()
+            .zip(ancestor_names)
+            .any(|(schema, name)| excluded.contains(&TableName { schema, name }));
+        if excluded.contains(&name) || ancestor_excluded {
+            continue;
+        }
+        let identity = match (row.get::<_, String>(2).as_str(), row.get::<_, bool>(3)) {
+            ("d", true) => ReplicaIdentity::PrimaryKey,
+            ("f", _) => ReplicaIdentity::Full,
+            ("i", _) => match row.get::<_, Option<String>>(4) {
+                Some(index) => ReplicaIdentity::Index(index),
+                // The index was dropped: the server falls back to nothing.
+                None => ReplicaIdentity::Nothing,
+            },
+            _ => ReplicaIdentity::Nothing,
+        };
+        let size = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+        tables.push(SourceTable {
+            name,
+            identity,
+            columns: row.get(7),
+            estimated_bytes: size(5),
+            pages: size(6),
+            binary_copy: true,
+        });
+        column_types.push(row.get(8));
+    }
+
+    let all_types: Vec<u32> = column_types
+        .iter()
+        .flatten()
+        .copied()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let types = client
+        .query(TYPES, &[&all_types])
+        .await
+        .map_err(|source| CatalogError::Query {
+            what: "column types",
+            source,
+        })?
+        .iter()
+        .map(|row| {
+            let info = TypeInfo {
+                kind: row.get::<_, String>(1).bytes().next().unwrap_or(b'b'),
+                base: row.get(2),
+                element: row.get(3),
+                is_array: row.get(4),
+                binary_io: row.get(5),
+            };
+            (row.get::<_, u32>(0), info)
+        })
+        .collect::<HashMap<_, _>>();
+    for (table, oids) in tables.iter_mut().zip(&column_types) {
+        table.binary_copy = oids.iter().all(|&oid| binary_portable(&types, oid, 0));
+    }
+    Ok(tables)
+}
+
+/// The parts of `pg_type` that decide whether a value's binary form travels.
+#[derive(Debug, Clone, Copy)]
+struct TypeInfo {
+    /// `typtype`: b base, c composite, d domain, e enum, p pseudo, r range, m multirange.
+    kind: u8,
+    base: u32,
+    element: u32,
+    is_array: bool,
+    binary_io: bool,
+}
+
+/// Whether values of type `oid` in binary form mean the same on another server. See
+/// [`SourceTable::binary_copy`].
+fn binary_portable(types: &HashMap<u32, TypeInfo>, oid: u32, depth: u32) -> bool {
+    let Some(info) = types.get(&oid) else {
+        return false; // Unknown: be safe.
+    };
+    if !info.binary_io || depth > 16 {
+        return false;
+    }
+    match info.kind {
+        b'd' => binary_portable(types, info.base, depth + 1),
+        b'c' => false,
+        _ if info.is_array => {
+            info.element < FIRST_NORMAL_OID && binary_portable(types, info.element, depth + 1)
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ty(kind: u8, base: u32, element: u32, is_array: bool) -> TypeInfo {
+        TypeInfo {
+            kind,
+            base,
+            element,
+            is_array,
+            binary_io: true,
+        }
+    }
+
+    #[test]
+    fn binary_portability_follows_domains_and_arrays() {
+        let mut types = HashMap::new();
+        types.insert(23, ty(b'b', 0, 0, false)); // int4
+        types.insert(1007, ty(b'b', 0, 23, true)); // int4[]
+        types.insert(20000, ty(b'e', 0, 0, false)); // an enum
+        types.insert(20001, ty(b'b', 0, 20000, true)); // its array
+        types.insert(20002, ty(b'd', 1007, 0, false)); // domain over int4[]
+        types.insert(20003, ty(b'd', 20001, 0, false)); // domain over enum[]
+        types.insert(20004, ty(b'c', 0, 0, false)); // a composite
+        types.insert(20005, ty(b'b', 0, 0, false)); // extension base type
+        let mut no_io = ty(b'b', 0, 0, false);
+        no_io.binary_io = false;
+        types.insert(20006, no_io);
+
+        for (oid, portable) in [
+            (23, true),
+            (1007, true),
+            (20000, true),
+            (20001, false),
+            (20002, true),
+            (20003, false),
+            (20004, false),
+            (20005, true),
+            (20006, false),
+            (99999, false),
+        ] {
+            assert_eq!(binary_portable(&types, oid, 0), portable, "type {oid}");
+        }
+    }
+}

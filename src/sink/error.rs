@@ -1,0 +1,424 @@
+//! The sink's error type.
+//!
+//! Every message says what failed — for a change: its table, LSN and statement kind, and
+//! the server's error with its SQLSTATE — and what the operator can do.
+//! [`SinkError::is_transient`] is the one place that decides retry or stop.
+//!
+//! Messages never carry row values: a server error's DETAIL (`Key (id)=(5) already exists`,
+//! `Failing row contains (…)`) may hold personal data, so only its message, SQLSTATE,
+//! constraint and hint are shown; the detail is logged at debug level.
+
+use std::error::Error as _;
+use std::fmt;
+use std::io;
+
+use crate::change::ChangeKind;
+use crate::pg::ConnectError;
+use crate::types::Lsn;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    #[error(
+        "connecting to database {database:?} on the branch store failed: {}; check store.url \
+         and that the server is running",
+        connect_error(.source)
+    )]
+    Connect {
+        database: String,
+        #[source]
+        source: ConnectError,
+    },
+
+    /// The sink's own statements: creating or dropping the replica, session settings,
+    /// transaction control, reading the progress row.
+    #[error("{action} in database {database:?} on the branch store failed: {}; {}", describe(.source), setup_advice(.source))]
+    Setup {
+        database: String,
+        action: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error("refusing to drop database {database:?}: {reason}")]
+    Refused {
+        database: String,
+        reason: &'static str,
+    },
+
+    #[error(
+        "table {table} (change at {}) does not exist in the replica database {database:?}: the \
+         source's schema has probably changed (new or renamed table); take a new snapshot of \
+         the connector",
+        at(.lsn)
+    )]
+    MissingTable {
+        table: String,
+        lsn: Option<Lsn>,
+        database: String,
+    },
+
+    #[error(
+        "{table} (change at {}) is a {what} in the replica database {database:?}, not a table: \
+         the replica's schema differs from the source's; take a new snapshot of the connector",
+        at(.lsn)
+    )]
+    NotATable {
+        table: String,
+        what: &'static str,
+        lsn: Option<Lsn>,
+        database: String,
+    },
+
+    #[error(
+        "column {column:?} of {table} (change at {}) does not exist in the replica: the \
+         source's schema has probably changed (new or renamed column); take a new snapshot of \
+         the connector",
+        at(.lsn)
+    )]
+    MissingColumn {
+        table: String,
+        column: String,
+        lsn: Option<Lsn>,
+    },
+
+    #[error(
+        "cannot identify the row for {} on {table} at {}: {reason}; give the source table a \
+         primary key or REPLICA IDENTITY FULL, then take a new snapshot",
+        kind_sql(.kind),
+        at(.lsn)
+    )]
+    NoRowIdentity {
+        table: String,
+        kind: ChangeKind,
+        lsn: Option<Lsn>,
+        reason: String,
+    },
+
+    /// A change's statement failed on the server.
+    #[error(
+        "{} on {table} at {} failed: {}; {}",
+        kind_sql(.kind),
+        at(.lsn),
+        describe(.source),
+        statement_advice(.source)
+    )]
+    Statement {
+        table: String,
+        kind: ChangeKind,
+        lsn: Option<Lsn>,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// An UPDATE or DELETE found no row to change.
+    #[error(
+        "row not found: {} on {table} at {} matched no row in the replica{}; the replica no \
+         longer matches the source (rows changed or deleted on the replica directly, or \
+         changes lost); take a new snapshot of the connector",
+        kind_sql(.kind),
+        at(.lsn),
+        if *.identity_always {
+            " (or the source assigned a new value to a GENERATED ALWAYS identity column, which \
+             cannot be replayed)"
+        } else {
+            ""
+        }
+    )]
+    RowNotFound {
+        table: String,
+        kind: ChangeKind,
+        lsn: Option<Lsn>,
+        identity_always: bool,
+    },
+
+    /// A batch of changes failed on the server; the error does not say which row.
+    #[error(
+        "one of {rows} batched {}s on {table} from {} to {} failed: {}; {}",
+        kind_sql(.kind),
+        at(.first_lsn),
+        at(.last_lsn),
+        describe(.source),
+        statement_advice(.source)
+    )]
+    BatchStatement {
+        table: String,
+        kind: ChangeKind,
+        rows: usize,
+        first_lsn: Option<Lsn>,
+        last_lsn: Option<Lsn>,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// A statement changed another number of rows than the one it was built for.
+    #[error(
+        "{} on {table} at {} changed {affected} rows instead of {expected} (a trigger enabled \
+         for replicas on the replica table?); the changes are not applied as the source made \
+         them: remove the trigger, then take a new snapshot",
+        kind_sql(.kind),
+        at(.lsn)
+    )]
+    RowCount {
+        table: String,
+        kind: ChangeKind,
+        lsn: Option<Lsn>,
+        affected: u64,
+        expected: u64,
+    },
+
+    #[error(
+        "recording {lsn} as the applied LSN in the replica database {database:?} failed: {}; {}",
+        progress_problem(.source.as_ref()),
+        progress_advice(.source.as_ref())
+    )]
+    Progress {
+        database: String,
+        lsn: Lsn,
+        #[source]
+        source: Option<tokio_postgres::Error>,
+    },
+
+    #[error(
+        "committing the target transaction up to {lsn} in the replica database {database:?} \
+         failed: {}; {}",
+        describe(.source),
+        statement_advice(.source)
+    )]
+    Commit {
+        database: String,
+        lsn: Lsn,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error(
+        "refusing to record {requested} as applied: the replica database {database:?} has \
+         applied up to {applied} already, so this would apply changes twice; this is a bug in \
+         tributary, or two connectors write into one replica database"
+    )]
+    ProgressBackwards {
+        database: String,
+        applied: Lsn,
+        requested: Lsn,
+    },
+
+    /// The open target transaction failed earlier and must be rolled back.
+    #[error(
+        "the target transaction was abandoned after an earlier error ({first}); it was rolled \
+         back and the pipeline must resume from the replica's applied LSN"
+    )]
+    Aborted { first: String, transient: bool },
+
+    /// The sink was used against its contract (a bug in the caller).
+    #[error("{0}; this is a bug in tributary")]
+    Misuse(&'static str),
+}
+
+impl SinkError {
+    /// Whether retrying later, from the replica's applied LSN, may succeed without anyone
+    /// changing anything: lost connections, a server shutting down or restarting, resource
+    /// limits, serialization failures. Constraint violations, missing rows, tables or
+    /// columns need the operator.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SinkError::Connect { source, .. } => match source {
+                ConnectError::Postgres { source, .. } => is_transient(source),
+                ConnectError::Tls { .. } => false,
+            },
+            SinkError::Setup { source, .. }
+            | SinkError::Statement { source, .. }
+            | SinkError::BatchStatement { source, .. }
+            | SinkError::Commit { source, .. } => is_transient(source),
+            SinkError::Progress { source, .. } => source.as_ref().is_some_and(is_transient),
+            SinkError::Aborted { transient, .. } => *transient,
+            SinkError::Refused { .. }
+            | SinkError::MissingTable { .. }
+            | SinkError::NotATable { .. }
+            | SinkError::MissingColumn { .. }
+            | SinkError::NoRowIdentity { .. }
+            | SinkError::RowNotFound { .. }
+            | SinkError::RowCount { .. }
+            | SinkError::ProgressBackwards { .. }
+            | SinkError::Misuse(_) => false,
+        }
+    }
+
+    /// The server's SQLSTATE, when the server reported the error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        let source = match self {
+            SinkError::Setup { source, .. }
+            | SinkError::Statement { source, .. }
+            | SinkError::BatchStatement { source, .. }
+            | SinkError::Commit { source, .. } => source,
+            SinkError::Progress {
+                source: Some(source),
+                ..
+            } => source,
+            SinkError::Connect {
+                source: ConnectError::Postgres { source, .. },
+                ..
+            } => source,
+            _ => return None,
+        };
+        source.as_db_error().map(|db| db.code().code())
+    }
+}
+
+/// Retry may help: the connection, the server's state or its resources, not the data.
+pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
+    if let Some(db) = error.as_db_error() {
+        let code = db.code().code();
+        // 08: connection exception; 53: insufficient resources; 57P01-03: admin shutdown,
+        // crash shutdown, cannot connect now; 57014: statement cancelled (by an operator or
+        // a timeout); 40001/40P01: serialization failure, deadlock; 55P03: lock not available.
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || matches!(code, "57P01" | "57P02" | "57P03" | "57014" | "40001" | "40P01" | "55P03");
+    }
+    if error.is_closed() {
+        return true;
+    }
+    // I/O errors (connection reset, timeouts) come as the error's source.
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if cause.is::<io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// `at LSN 0/16B3748`, or `at an unknown LSN`.
+fn at(lsn: &Option<Lsn>) -> String {
+    match lsn {
+        Some(lsn) => format!("LSN {lsn}"),
+        None => "an unknown LSN".to_owned(),
+    }
+}
+
+pub(crate) fn kind_sql(kind: &ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::Insert => "INSERT",
+        ChangeKind::Update => "UPDATE",
+        ChangeKind::Delete => "DELETE",
+        ChangeKind::Truncate => "TRUNCATE",
+    }
+}
+
+fn connect_error(error: &ConnectError) -> String {
+    match error {
+        ConnectError::Postgres { target, source } => format!("{target}: {}", describe(source)),
+        ConnectError::Tls { target, reason } => format!("TLS with {target}: {reason}"),
+    }
+}
+
+/// The server's error without its DETAIL (which may quote row values): severity,
+/// SQLSTATE, message, constraint and hint. Other errors as tokio-postgres prints them.
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
+    let Some(db) = error.as_db_error() else {
+        return error.to_string();
+    };
+    let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    if let Some(constraint) = db.constraint() {
+        text.push_str(&format!(" (constraint {constraint:?})"));
+    }
+    if let Some(hint) = db.hint() {
+        text.push_str(&format!("; hint: {hint}"));
+    }
+    text
+}
+
+fn transient_advice() -> &'static str {
+    "the branch store's connection was lost or the server is busy or restarting; the pipeline \
+     retries from the replica's applied LSN"
+}
+
+fn setup_advice(error: &tokio_postgres::Error) -> &'static str {
+    if is_transient(error) {
+        return transient_advice();
+    }
+    match error.as_db_error().map(|db| db.code().code()) {
+        Some("42501") => {
+            "the branch-store user lacks a privilege: it must be able to create databases, and \
+             to SET session_replication_role (superuser, or GRANT SET ON PARAMETER \
+             session_replication_role on PostgreSQL 15+)"
+        }
+        Some("42P01" | "3F000") => {
+            "the replica database lacks tributary's progress table: the replica was not \
+             prepared completely; take a new snapshot of the connector"
+        }
+        _ => "check the branch store's log for the cause",
+    }
+}
+
+/// What the operator can do about a failed change.
+fn statement_advice(error: &tokio_postgres::Error) -> &'static str {
+    if is_transient(error) {
+        return transient_advice();
+    }
+    let Some(db) = error.as_db_error() else {
+        return "this is probably a bug in tributary; please report it";
+    };
+    let code = db.code().code();
+    match code {
+        "23505" => {
+            "the replica already holds this row, so it no longer matches the source (written \
+             to directly?); take a new snapshot of the connector"
+        }
+        "23502" | "23514" | "23P01" | "23503" => {
+            "the replica rejects a row the source accepted: its schema differs from the \
+             source's; align the schema or take a new snapshot of the connector"
+        }
+        "0A000" | "42P01" | "42703" | "42804" | "42883" | "42P10" => {
+            "the replica's schema differs from the source's (schema changes on the source are \
+             not replicated); take a new snapshot of the connector"
+        }
+        "42501" => {
+            "the branch-store user lacks a privilege on the replica table; grant it, or use \
+             the owner of the replica database"
+        }
+        _ if code.starts_with("22") => {
+            "a value does not fit the replica's column: its type differs from the source's; \
+             align the schema or take a new snapshot of the connector"
+        }
+        _ => "fix the cause, then restart the connector: it resumes from the replica's applied LSN",
+    }
+}
+
+fn progress_problem(error: Option<&tokio_postgres::Error>) -> String {
+    match error {
+        Some(error) => describe(error),
+        None => "the progress row was not written".to_owned(),
+    }
+}
+
+fn progress_advice(error: Option<&tokio_postgres::Error>) -> &'static str {
+    match error {
+        Some(error) if is_transient(error) => transient_advice(),
+        Some(error) => setup_advice(error),
+        None => "another session moved the applied LSN ahead meanwhile: two connectors write into one replica database?",
+    }
+}
+
+/// For `Debug`-free logging of the parts of a server error that may hold row values.
+pub(crate) struct DetailForDebug<'a>(pub &'a tokio_postgres::Error);
+
+impl fmt::Display for DetailForDebug<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => {
+                write!(f, "{}", db.message())?;
+                if let Some(detail) = db.detail() {
+                    write!(f, "; detail: {detail}")?;
+                }
+                if let Some(r#where) = db.where_() {
+                    write!(f, "; where: {where}")?;
+                }
+                Ok(())
+            }
+            None => write!(f, "{}", self.0),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The replica database's life cycle on the branch store, its progress table, and the
+//! settings of an apply session.
+//!
+//! ```text
+//! branch-store server
+//!   ├─ <control database>        store.url's database: bookkeeping (not touched here)
+//!   └─ <connector>_replica       created by prepare_replica from template0
+//!        ├─ the source's tables  restored by the snapshot, kept in sync by ReplicaSink
+//!        └─ tributary.applied    one row: the source LSN the replica holds everything up to
+//! ```
+//!
+//! The progress row is written in the same transaction as the data it covers, so after any
+//! crash the replica states exactly which source commit it equals. Branches are templates
+//! of the replica and carry the row with them: it is the LSN a branch represents.
+
+use crate::pg::{self, ConnInfo, PgClient};
+
+use super::error::SinkError;
+use super::table::quote_ident;
+
+/// The progress table: exactly one row (`singleton` is always true), written only by
+/// [`super::ReplicaSink`].
+const PROGRESS_DDL: &str = "\
+    CREATE SCHEMA IF NOT EXISTS tributary;\n\
+    CREATE TABLE IF NOT EXISTS tributary.applied (\n\
+        singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),\n\
+        lsn pg_lsn NOT NULL,\n\
+        updated_at timestamptz NOT NULL DEFAULT now()\n\
+    );\n\
+    COMMENT ON TABLE tributary.applied IS \
+        'tributary: the source LSN up to which this database holds every change; \
+         written in the same transaction as the changes';";
+
+/// Reads the progress row and locks it for the rest of the transaction, so a second
+/// writer (two connectors on one replica by mistake) waits instead of interleaving.
+pub(crate) const READ_PROGRESS_SQL: &str =
+    "SELECT lsn::text FROM tributary.applied FOR UPDATE";
+
+/// Writes the progress row; the WHERE keeps it from moving backwards (zero rows then).
+pub(crate) const RECORD_PROGRESS_SQL: &str = "\
+    INSERT INTO tributary.applied AS a (singleton, lsn, updated_at) \
+    VALUES (true, $1::text::pg_lsn, now()) \
+    ON CONFLICT (singleton) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = EXCLUDED.updated_at \
+    WHERE a.lsn <= EXCLUDED.lsn";
+
+/// Session settings of an apply session, before `session_replication_role`.
+///
+/// - `search_path = ''`: every name in the sink's SQL is qualified, and `format_type`
+///   qualifies every type outside `pg_catalog`, so nothing depends on the path.
+/// - The walsender's output settings (see `source/wal2json.rs`): `DateStyle`, `IntervalStyle`
+///   (interval input depends on it), `TimeZone`, `extra_float_digits`, `bytea_output`, so
+///   values compared in text form are rendered the same way on both sides.
+/// - No timeouts: a large source transaction keeps the target transaction open, idle
+///   between changes while the source decodes.
+/// - `row_security = off`: a row-level security policy that would hide rows makes the
+///   statement fail instead of silently changing nothing.
+/// - `synchronous_commit`: at least `local`, since a commit must be durable before its
+///   LSN is acknowledged to the source. A stricter server setting is kept.
+const SESSION_SQL: &str = "\
+    SET search_path = '';\n\
+    SET DateStyle = 'ISO';\n\
+    SET IntervalStyle = 'postgres';\n\
+    SET TimeZone = 'UTC';\n\
+    SET extra_float_digits = 3;\n\
+    SET bytea_output = 'hex';\n\
+    SET statement_timeout = 0;\n\
+    SET lock_timeout = 0;\n\
+    SET idle_in_transaction_session_timeout = 0;\n\
+    SET default_transaction_read_only = off;\n\
+    SET row_security = off;\n\
+    SELECT pg_catalog.set_config('synchronous_commit', 'local', false) \
+        WHERE pg_catalog.current_setting('synchronous_commit') = 'off';";
+
+/// Whether the database `database` exists on the branch-store server.
+pub async fn replica_exists(store: &ConnInfo, database: &str) -> Result<bool, SinkError> {
+    let control = connect(store).await?;
+    let row = control
+        .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&database])
+        .await
+        .map_err(setup(&store.dbname, "looking up the replica database"))?;
+    Ok(row.is_some())
+}
+
+/// Creates the replica database on the store server if missing, and in it schema
+/// `tributary` with the progress table (one row: applied LSN). `store` points at the
+/// control database; `database` is the replica's name.
+///
+/// The database is created from `template0`, so nothing an administrator added to
+/// `template1` gets in the way of restoring the source's schema. Idempotent.
+pub async fn prepare_replica(store: &ConnInfo, database: &str) -> Result<(), SinkError> {
+    if !replica_exists(store, database).await? {
+        let control = connect(store).await?;
+        let created = control
+            .batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE template0",
+                quote_ident(database)
+            ))
+            .await;
+        match created {
+            Ok(()) => tracing::info!(database, "created the replica database"),
+            // Created by someone else in the meantime: fine, it is prepared below.
+            Err(e) if e.as_db_error().is_some_and(|db| db.code().code() == "42P04") => {}
+            Err(e) => return Err(setup(&store.dbname, "creating the replica database")(e)),
+        }
+    }
+    let replica = connect(&store.with_dbname(database)).await?;
+    replica
+        .batch_execute(PROGRESS_DDL)
+        .await
+        .map_err(setup(database, "creating the progress table tributary.applied"))?;
+    Ok(())
+}
+
+/// `DROP DATABASE IF EXISTS … WITH (FORCE)`, which ends the database's sessions first.
+/// Refuses to drop the control database named in `store`, and the template databases.
+pub async fn drop_replica(store: &ConnInfo, database: &str) -> Result<(), SinkError> {
+    let refuse = |reason| {
+        Err(SinkError::Refused {
+            database: database.to_owned(),
+            reason,
+        })
+    };
+    if database == store.dbname {
+        return refuse("it is the control database holding tributary's bookkeeping (store.url)");
+    }
+    if matches!(database, "template0" | "template1") {
+        return refuse("it is a template database of the server");
+    }
+    let control = connect(store).await?;
+    control
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(database)
+        ))
+        .await
+        .map_err(setup(&store.dbname, "dropping the replica database"))?;
+    tracing::info!(database, "dropped the replica database");
+    Ok(())
+}
+
+/// An apply session on the replica database: settings as in [`SESSION_SQL`] and
+/// `session_replication_role = replica`.
+pub(crate) async fn open_session(store: &ConnInfo, database: &str) -> Result<PgClient, SinkError> {
+    let client = connect(&store.with_dbname(database)).await?;
+    client
+        .batch_execute(SESSION_SQL)
+        .await
+        .map_err(setup(database, "configuring the apply session"))?;
+    // Separately, for a precise message: it needs a privilege the other settings do not.
+    client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+        .map_err(setup(database, "setting session_replication_role = replica"))?;
+    Ok(client)
+}
+
+async fn connect(info: &ConnInfo) -> Result<PgClient, SinkError> {
+    pg::connect(info).await.map_err(|source| SinkError::Connect {
+        database: info.dbname.clone(),
+        source,
+    })
+}
+
+/// Maps a failed statement of the sink's own to [`SinkError::Setup`].
+pub(crate) fn setup<'a>(
+    database: &'a str,
+    action: &'static str,
+) -> impl FnOnce(tokio_postgres::Error) -> SinkError + 'a {
+    move |source| SinkError::Setup {
+        database: database.to_owned(),
+        action,
+        source,
+    }
+}
