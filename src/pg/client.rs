@@ -88,7 +88,7 @@ pub async fn connect(info: &ConnInfo) -> Result<PgClient, ConnectError> {
 pub enum ConnectError {
     #[error("TLS with {target}: {reason}")]
     Tls { target: String, reason: String },
-    #[error("connecting to {target}: {source}")]
+    #[error("connecting to {target}: {}", super::error_message(source))]
     Postgres {
         target: String,
         #[source]

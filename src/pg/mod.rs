@@ -6,7 +6,9 @@
 
 mod client;
 pub mod conninfo;
+mod sql;
 pub(crate) mod tls;
 
 pub use client::{connect, ConnectError, PgClient};
 pub use conninfo::{ConnInfo, InvalidUrl, SslMode};
+pub use sql::{error_message, quote_ident, quote_literal};

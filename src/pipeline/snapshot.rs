@@ -85,7 +85,7 @@ use tokio_postgres::{IsolationLevel, Transaction};
 
 use crate::change::TableName;
 use crate::pg::conninfo::{Host, RootCert};
-use crate::pg::{self, ConnInfo, ConnectError, PgClient};
+use crate::pg::{self, error_message, quote_ident, quote_literal, ConnInfo, ConnectError, PgClient};
 use crate::source::catalog::SourceTable;
 
 /// One snapshot of a connector: where from, where to, what.
@@ -168,7 +168,7 @@ pub enum SnapshotError {
         source: ConnectError,
     },
 
-    #[error("{side}: {context} failed: {}", pg_message(.source))]
+    #[error("{side}: {context} failed: {}", error_message(.source))]
     Query {
         side: Side,
         context: String,
@@ -261,20 +261,6 @@ fn postgres_transient(error: &tokio_postgres::Error) -> bool {
 
 /// tokio-postgres's `Display` says only "db error"; this gives the server's words, or the
 /// chain of causes.
-fn pg_message(error: &tokio_postgres::Error) -> String {
-    if let Some(db) = error.as_db_error() {
-        return db.to_string().replace('\n', "; ");
-    }
-    let mut message = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(c) = cause {
-        message.push_str(": ");
-        message.push_str(&c.to_string());
-        cause = c.source();
-    }
-    message
-}
-
 fn connect_message(error: &ConnectError, side: Side) -> String {
     match error {
         ConnectError::Tls { target, reason } => format!("TLS with {target}: {reason}"),
@@ -293,7 +279,7 @@ fn connect_message(error: &ConnectError, side: Side) -> String {
                 Some("42501") => format!("; the {which} user lacks a privilege it needs"),
                 _ => String::new(),
             };
-            format!("{target}: {}{advice}", pg_message(source))
+            format!("{target}: {}{advice}", error_message(source))
         }
     }
 }
@@ -1215,14 +1201,6 @@ fn query_error(side: Side, context: &str, source: tokio_postgres::Error) -> Snap
         context: context.to_owned(),
         source,
     }
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 #[cfg(test)]
