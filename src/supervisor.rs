@@ -5,11 +5,12 @@
 //! of its own. It reconciles when the bookkeeping notifies a change (LISTEN/NOTIFY) and on a
 //! periodic poll (notifications are lost while the listener reconnects). A pipeline that
 //! ends with a transient error is restarted after a capped exponential backoff; one that
-//! ends with a definite error is left in `failed` until the operator changes the connector.
+//! ends with a definite error is left in `failed` until the operator changes the connector
+//! or restarts the daemon.
 //! On shutdown every pipeline is cancelled, finishes its current target transaction, and
 //! is awaited.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,10 @@ pub struct Supervisor {
     tasks: JoinSet<(ConnectorId, Instant, Result<(), PipelineError>)>,
     running: HashMap<ConnectorId, Running>,
     retries: HashMap<ConnectorId, Retry>,
+    /// Connectors that failed definitively in this process: left alone until the operator
+    /// changes their state. A new process tries each failed connector once more, which is
+    /// what "fix the cause, then restart tributary" relies on.
+    given_up: HashSet<ConnectorId>,
 }
 
 impl Supervisor {
@@ -56,6 +61,7 @@ impl Supervisor {
             tasks: JoinSet::new(),
             running: HashMap::new(),
             retries: HashMap::new(),
+            given_up: HashSet::new(),
         }
     }
 
@@ -125,11 +131,10 @@ impl Supervisor {
             if self.running.contains_key(&connector.id) {
                 continue;
             }
-            // A definite failure waits for the operator (who resets the state to pending).
-            if connector.state == PipelineState::Failed && !self.retries.contains_key(&connector.id) {
-                continue;
+            if connector.state != PipelineState::Failed {
+                self.given_up.remove(&connector.id);
             }
-            if connector.state == PipelineState::Stopped {
+            if self.given_up.contains(&connector.id) || connector.state == PipelineState::Stopped {
                 continue;
             }
             let retry = self.retries.entry(connector.id).or_default();
@@ -200,6 +205,7 @@ impl Supervisor {
             None
         } else {
             self.retries.remove(&id);
+            self.given_up.insert(id);
             tracing::error!(connector = %id, next_step = %failure.next_step, "pipeline failed: {error}");
             Some(PipelineState::Failed)
         };

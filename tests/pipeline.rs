@@ -352,3 +352,102 @@ async fn idle_connector_beside_a_busy_database_does_not_pin_wal() {
     // The replica is still exactly the (unchanged) source.
     assert_eq!(content(&source, "quiet", &["app"]), content(&store, "idle_replica", &["app"]));
 }
+
+#[tokio::test]
+async fn an_apply_error_stops_the_pipeline_and_skips_nothing() {
+    let source = source_cluster();
+    let store = Cluster::start();
+    seed_source(&source);
+    let mut daemon = Daemon::new(&store);
+    create_connector(&daemon, &source, "strict");
+    daemon.start();
+    daemon.wait_for_state("strict", "streaming").await;
+    wait_converged(&source, "postgres", &store, "strict_replica", SCHEMAS, &daemon).await;
+
+    // Someone writes into the replica; the source then inserts the same key.
+    store.psql("strict_replica", "INSERT INTO app.accounts VALUES (777777, 'intruder', 0)");
+    source.psql("postgres", "INSERT INTO app.accounts VALUES (777777, 'real', 1)");
+    daemon.wait_for_state("strict", "failed").await;
+    let connector = daemon
+        .connectors()
+        .into_iter()
+        .find(|c| c["name"] == "strict")
+        .unwrap();
+    let error = connector["last_error"].as_str().unwrap();
+    assert!(error.contains("app") && error.contains("accounts"), "names the table: {error}");
+    assert!(error.contains("23505") || error.contains("duplicate key"), "has the SQL error: {error}");
+    assert!(error.contains("/"), "names the LSN: {error}");
+    assert!(connector["next_step"].as_str().is_some_and(|s| !s.is_empty()));
+    // A later change waits behind the failed one rather than being applied past it.
+    source.psql("postgres", "INSERT INTO app.accounts VALUES (777778, 'later', 1)");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        store.psql("strict_replica", "SELECT count(*) FROM app.accounts WHERE id = 777778"),
+        "0"
+    );
+
+    // The operator removes the intruder and restarts tributary: the failed change is
+    // applied, then everything after it.
+    store.psql("strict_replica", "DELETE FROM app.accounts WHERE id = 777777");
+    daemon.kill9();
+    daemon.start();
+    wait_converged(&source, "postgres", &store, "strict_replica", SCHEMAS, &daemon).await;
+    assert_eq!(daemon.connector_state("strict").as_deref(), Some("streaming"));
+}
+
+#[tokio::test]
+async fn deleting_a_connector_drops_its_slot_and_replica() {
+    let source = source_cluster();
+    let store = Cluster::start();
+    seed_source(&source);
+    let mut daemon = Daemon::new(&store);
+    create_connector(&daemon, &source, "doomed");
+    let listed = daemon.connectors();
+    assert_eq!(listed.len(), 1);
+    for key in ["name", "state", "slot_name", "replica_database"] {
+        assert!(listed[0][key].is_string(), "{key} in {}", listed[0]);
+    }
+    daemon.start();
+    daemon.wait_for_state("doomed", "streaming").await;
+
+    // While the daemon runs: it lets go of the slot, the CLI drops it.
+    daemon.cli_ok(&["connector", "delete", "doomed"]);
+    assert!(daemon.connectors().is_empty());
+    assert_eq!(
+        source.psql("postgres", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    assert_eq!(
+        store.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'doomed_replica'"),
+        "0"
+    );
+    let out = daemon.cli(&["connector", "delete", "doomed"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no connector named doomed"));
+}
+
+#[tokio::test]
+async fn cli_usage_and_configuration_errors_are_clear() {
+    let store = Cluster::start();
+    let daemon = Daemon::new(&store);
+    let out = daemon.cli(&["connector", "create", "postgresql", "postgresql://u:s3cret@h/db", "--name", "Bad-Name"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid connector name"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["--config", "/nonexistent/tributary.toml", "connector", "list"])
+        .env_remove("TRIBUTARY__STORE__URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store.url"));
+
+    // The global option is accepted after the subcommand too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["connector", "list", "--config", "/nonexistent/tributary.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
