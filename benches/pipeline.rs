@@ -90,8 +90,16 @@ fn main() {
     eprintln!("preparing pgbench scale {scale} on the source…");
     source.create_database("bench");
     sh(&format!("{pgbench} -i -q -s {scale} {src}"));
-    source.psql("bench", "CREATE PUBLICATION bench_pub FOR ALL TABLES; CHECKPOINT;");
-    let tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"];
+    source.psql(
+        "bench",
+        "CREATE PUBLICATION bench_pub FOR ALL TABLES; CHECKPOINT;",
+    );
+    let tables = [
+        "pgbench_accounts",
+        "pgbench_branches",
+        "pgbench_tellers",
+        "pgbench_history",
+    ];
 
     let (mut pipe, mut native, mut ours) = (vec![], vec![], vec![]);
     let (mut native_catchup, mut ours_catchup) = (vec![], vec![]);
@@ -103,20 +111,29 @@ fn main() {
         let db = format!("pipe_{run}");
         store.create_database(&db);
         let started = Instant::now();
-        sh(&format!("{pg_dump} --schema-only --section=pre-data {src} | {psql} -q -X {}", dst(&db)));
+        sh(&format!(
+            "{pg_dump} --schema-only --section=pre-data {src} | {psql} -q -X {}",
+            dst(&db)
+        ));
         for table in tables {
             sh(&format!(
                 "{psql} -X -c 'COPY {table} TO STDOUT (FORMAT binary)' {src} | {psql} -X -c 'COPY {table} FROM STDIN (FORMAT binary)' {}",
                 dst(&db)
             ));
         }
-        sh(&format!("{pg_dump} --schema-only --section=post-data {src} | {psql} -q -X {}", dst(&db)));
+        sh(&format!(
+            "{pg_dump} --schema-only --section=post-data {src} | {psql} -q -X {}",
+            dst(&db)
+        ));
         pipe.push(started.elapsed().as_secs_f64());
 
         // Native: full schema first, then the subscription's initial copy.
         let db = format!("native_{run}");
         store.create_database(&db);
-        sh(&format!("{pg_dump} --schema-only {src} | {psql} -q -X {}", dst(&db)));
+        sh(&format!(
+            "{pg_dump} --schema-only {src} | {psql} -q -X {}",
+            dst(&db)
+        ));
         let started = Instant::now();
         store.psql(
             &db,
@@ -125,7 +142,11 @@ fn main() {
                 source.port()
             ),
         );
-        while store.psql(&db, "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'") != "0" {
+        while store.psql(
+            &db,
+            "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'",
+        ) != "0"
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
         native.push(started.elapsed().as_secs_f64());
@@ -133,7 +154,16 @@ fn main() {
         // tributary: connector created → snapshot done and streaming.
         let name = format!("bench_{run}");
         let started = Instant::now();
-        daemon.cli_ok(&["connector", "create", "postgresql", &src, "--name", &name, "--schemas", "public"]);
+        daemon.cli_ok(&[
+            "connector",
+            "create",
+            "postgresql",
+            &src,
+            "--name",
+            &name,
+            "--schemas",
+            "public",
+        ]);
         runtime.block_on(daemon.wait_for_state(&name, "streaming"));
         ours.push(started.elapsed().as_secs_f64());
 
@@ -141,7 +171,10 @@ fn main() {
         store.psql(&db, &format!("ALTER SUBSCRIPTION sub_{run} DISABLE"));
         assert_eq!(daemon.terminate().code(), Some(0));
         eprintln!("run {run}: writing {transactions} TPC-B transactions…");
-        sh(&format!("{pgbench} -n -c 4 -j 2 -t {} {src}", transactions / 4));
+        sh(&format!(
+            "{pgbench} -n -c 4 -j 2 -t {} {src}",
+            transactions / 4
+        ));
         let target = source.psql("bench", "SELECT pg_current_wal_lsn()");
 
         let started = Instant::now();

@@ -244,8 +244,9 @@ mod tests {
         let err = load("[store]\nurl = \"mysql://u:hunter2@h/db\"\n").unwrap_err();
         assert!(err.to_string().contains("store.url"), "{err}");
         assert!(!err.to_string().contains("hunter2"), "{err}");
-        let err = load("[store]\nurl = \"postgresql://u@h/db\"\n[pipeline]\nsnapshot_workers = 0\n")
-            .unwrap_err();
+        let err =
+            load("[store]\nurl = \"postgresql://u@h/db\"\n[pipeline]\nsnapshot_workers = 0\n")
+                .unwrap_err();
         assert!(err.to_string().contains("snapshot_workers"), "{err}");
         assert!(load("").is_err(), "store.url is required");
     }

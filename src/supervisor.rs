@@ -53,7 +53,11 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(bookkeeping: Arc<Bookkeeping>, settings: Arc<Settings>, shutdown: CancellationToken) -> Supervisor {
+    pub fn new(
+        bookkeeping: Arc<Bookkeeping>,
+        settings: Arc<Settings>,
+        shutdown: CancellationToken,
+    ) -> Supervisor {
         Supervisor {
             bookkeeping,
             settings,
@@ -68,7 +72,9 @@ impl Supervisor {
     /// Runs until the shutdown token is cancelled and every pipeline has stopped.
     pub async fn run(mut self) -> Result<(), crate::bookkeeping::Error> {
         let mut listener = self.bookkeeping.listen().await?;
-        let mut poll = tokio::time::interval(Duration::from_secs(self.settings.supervisor.poll_interval_secs.max(1)));
+        let mut poll = tokio::time::interval(Duration::from_secs(
+            self.settings.supervisor.poll_interval_secs.max(1),
+        ));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_retry = self
@@ -91,7 +97,10 @@ impl Supervisor {
                 _ = tokio::time::sleep_until(next_retry) => self.reconcile().await,
             }
         }
-        tracing::info!(pipelines = self.running.len(), "shutting down: stopping pipelines");
+        tracing::info!(
+            pipelines = self.running.len(),
+            "shutting down: stopping pipelines"
+        );
         for running in self.running.values() {
             running.cancel.cancel();
         }
@@ -172,7 +181,10 @@ impl Supervisor {
         );
     }
 
-    async fn finished(&mut self, done: Result<(ConnectorId, Instant, Result<(), PipelineError>), tokio::task::JoinError>) {
+    async fn finished(
+        &mut self,
+        done: Result<(ConnectorId, Instant, Result<(), PipelineError>), tokio::task::JoinError>,
+    ) {
         let (id, started, result) = match done {
             Ok(done) => done,
             Err(e) => {
@@ -221,7 +233,9 @@ impl Supervisor {
 
 /// `initial · 2^(failures-1)`, capped at `max`.
 fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
-    let factor = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX);
     initial.saturating_mul(factor).min(max)
 }
 

@@ -27,15 +27,27 @@ impl Daemon {
             .tempdir()
             .unwrap();
         let env = vec![
-            ("TRIBUTARY__STORE__URL".into(), store.superuser_url("postgres")),
+            (
+                "TRIBUTARY__STORE__URL".into(),
+                store.superuser_url("postgres"),
+            ),
             (
                 "TRIBUTARY__SECRETS__KEY_FILE".into(),
                 dir.path().join("tributary.key").display().to_string(),
             ),
-            ("TRIBUTARY__SUPERVISOR__POLL_INTERVAL_SECS".into(), "1".into()),
-            ("TRIBUTARY__SUPERVISOR__BACKOFF_INITIAL_MS".into(), "200".into()),
+            (
+                "TRIBUTARY__SUPERVISOR__POLL_INTERVAL_SECS".into(),
+                "1".into(),
+            ),
+            (
+                "TRIBUTARY__SUPERVISOR__BACKOFF_INITIAL_MS".into(),
+                "200".into(),
+            ),
             ("TRIBUTARY__SUPERVISOR__BACKOFF_MAX_SECS".into(), "2".into()),
-            ("TRIBUTARY__PIPELINE__SNAPSHOT_CHUNK_BYTES".into(), "1048576".into()),
+            (
+                "TRIBUTARY__PIPELINE__SNAPSHOT_CHUNK_BYTES".into(),
+                "1048576".into(),
+            ),
             ("RUST_LOG".into(), "info,tributary=debug".into()),
         ];
         Daemon {

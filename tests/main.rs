@@ -1,9 +1,9 @@
 //! The integration tests: one binary (link once), every test against real PostgreSQL
 //! servers with wal2json that the harness starts.
 
+mod daemon;
 mod harness;
 mod harness_tests;
-mod daemon;
 mod support;
 
 mod bookkeeping;

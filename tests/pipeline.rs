@@ -66,7 +66,9 @@ fn kitchen_sink_row(id: i64) -> String {
 fn mixed_workload(seed: u64, transactions: usize, first_id: i64) -> String {
     let mut rng = seed;
     let mut next = move || {
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         rng >> 33
     };
     let mut sql = String::new();
@@ -155,16 +157,38 @@ async fn snapshot_then_stream_reproduces_the_source() {
     create_connector(&daemon, &source, "shop");
     daemon.start();
     daemon.wait_for_state("shop", "streaming").await;
-    wait_converged(&source, "postgres", &store, "shop_replica", SCHEMAS, &daemon).await;
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "shop_replica",
+        SCHEMAS,
+        &daemon,
+    )
+    .await;
     assert_eq!(
-        store.psql("shop_replica", "SELECT count(*) FROM pg_namespace WHERE nspname = 'other'"),
+        store.psql(
+            "shop_replica",
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'other'"
+        ),
         "0"
     );
 
     source.psql("postgres", &mixed_workload(7, 2500, 10_000));
     // Update a non-TOAST column of rows whose 1 MB body is unchanged.
-    source.psql("postgres", "UPDATE app.docs SET title = title || ' (edited)'");
-    wait_converged(&source, "postgres", &store, "shop_replica", SCHEMAS, &daemon).await;
+    source.psql(
+        "postgres",
+        "UPDATE app.docs SET title = title || ' (edited)'",
+    );
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "shop_replica",
+        SCHEMAS,
+        &daemon,
+    )
+    .await;
     assert_eq!(
         store.psql("shop_replica", "SELECT min(length(body)) FROM app.docs"),
         "1048576",
@@ -189,9 +213,19 @@ fn spawn_writer(source: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHan
     std::thread::spawn(move || {
         let mut batches = 0;
         while !stop.load(Ordering::Relaxed) && batches < 2000 {
-            let script = mixed_workload(1000 + batches as u64, 20, 1_000_000 + batches as i64 * 1000);
+            let script =
+                mixed_workload(1000 + batches as u64, 20, 1_000_000 + batches as i64 * 1000);
             let status = std::process::Command::new(bindir.join("psql"))
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c", &script])
+                .args([
+                    "-X",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-d",
+                    &url,
+                    "-c",
+                    &script,
+                ])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status();
@@ -223,7 +257,9 @@ async fn kill_9_at_random_moments_never_loses_or_duplicates() {
 
     let mut rng = 42u64;
     let mut random_ms = move |max: u64| {
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (rng >> 33) % max
     };
     let (mut during_snapshot, mut during_stream) = (0, 0);
@@ -235,7 +271,11 @@ async fn kill_9_at_random_moments_never_loses_or_duplicates() {
         }
         // The first rounds crash inside the snapshot (which each crash restarts); the
         // pipeline needs well under half a second to get there.
-        let delay = if round < 6 { 500 + random_ms(1500) } else { 600 + random_ms(2500) };
+        let delay = if round < 6 {
+            500 + random_ms(1500)
+        } else {
+            600 + random_ms(2500)
+        };
         tokio::time::sleep(Duration::from_millis(delay)).await;
         match daemon.connector_state("crashy").as_deref() {
             Some("snapshotting") => during_snapshot += 1,
@@ -248,11 +288,22 @@ async fn kill_9_at_random_moments_never_loses_or_duplicates() {
     let batches = writer.join().unwrap();
     assert!(batches > 0);
     assert!(during_snapshot >= 1, "no crash hit the snapshot");
-    assert!(during_stream >= 10, "too few crashes hit streaming: {during_stream}");
+    assert!(
+        during_stream >= 10,
+        "too few crashes hit streaming: {during_stream}"
+    );
 
     daemon.start();
     daemon.wait_for_state("crashy", "streaming").await;
-    wait_converged(&source, "postgres", &store, "crashy_replica", SCHEMAS, &daemon).await;
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "crashy_replica",
+        SCHEMAS,
+        &daemon,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -275,9 +326,21 @@ async fn source_and_store_restarts_are_survived() {
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
 
-    assert!(daemon.is_running(), "the daemon survives both restarts:\n{}", daemon.log_tail());
+    assert!(
+        daemon.is_running(),
+        "the daemon survives both restarts:\n{}",
+        daemon.log_tail()
+    );
     daemon.wait_for_state("bouncy", "streaming").await;
-    wait_converged(&source, "postgres", &store, "bouncy_replica", SCHEMAS, &daemon).await;
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "bouncy_replica",
+        SCHEMAS,
+        &daemon,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -306,7 +369,15 @@ async fn sigterm_mid_stream_exits_0_with_the_slot_at_the_applied_lsn() {
 
     // And it picks up where it stopped.
     daemon.start();
-    wait_converged(&source, "postgres", &store, "polite_replica", SCHEMAS, &daemon).await;
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "polite_replica",
+        SCHEMAS,
+        &daemon,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -315,7 +386,10 @@ async fn idle_connector_beside_a_busy_database_does_not_pin_wal() {
     let store = Cluster::start();
     source.create_database("quiet");
     source.create_database("busy");
-    source.psql("quiet", "CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY);");
+    source.psql(
+        "quiet",
+        "CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY);",
+    );
     source.psql("busy", "CREATE TABLE noise (id serial PRIMARY KEY, v text)");
     let mut daemon = Daemon::new(&store);
     daemon.cli_ok(&[
@@ -332,7 +406,10 @@ async fn idle_connector_beside_a_busy_database_does_not_pin_wal() {
     daemon.wait_for_state("idle", "streaming").await;
 
     for _ in 0..10 {
-        source.psql("busy", "INSERT INTO noise (v) SELECT repeat('x', 1000) FROM generate_series(1, 5000)");
+        source.psql(
+            "busy",
+            "INSERT INTO noise (v) SELECT repeat('x', 1000) FROM generate_series(1, 5000)",
+        );
     }
     let lag = || {
         source
@@ -344,13 +421,17 @@ async fn idle_connector_beside_a_busy_database_does_not_pin_wal() {
             .unwrap()
     };
     let written: i64 = 50 * 1024 * 1024;
-    crate::support::eventually("the idle slot to follow the busy database's WAL", || async {
-        (lag() < 1024 * 1024).then_some(())
-    })
+    crate::support::eventually(
+        "the idle slot to follow the busy database's WAL",
+        || async { (lag() < 1024 * 1024).then_some(()) },
+    )
     .await;
     assert!(lag() < written / 10);
     // The replica is still exactly the (unchanged) source.
-    assert_eq!(content(&source, "quiet", &["app"]), content(&store, "idle_replica", &["app"]));
+    assert_eq!(
+        content(&source, "quiet", &["app"]),
+        content(&store, "idle_replica", &["app"])
+    );
 }
 
 #[tokio::test]
@@ -362,11 +443,25 @@ async fn an_apply_error_stops_the_pipeline_and_skips_nothing() {
     create_connector(&daemon, &source, "strict");
     daemon.start();
     daemon.wait_for_state("strict", "streaming").await;
-    wait_converged(&source, "postgres", &store, "strict_replica", SCHEMAS, &daemon).await;
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "strict_replica",
+        SCHEMAS,
+        &daemon,
+    )
+    .await;
 
     // Someone writes into the replica; the source then inserts the same key.
-    store.psql("strict_replica", "INSERT INTO app.accounts VALUES (777777, 'intruder', 0)");
-    source.psql("postgres", "INSERT INTO app.accounts VALUES (777777, 'real', 1)");
+    store.psql(
+        "strict_replica",
+        "INSERT INTO app.accounts VALUES (777777, 'intruder', 0)",
+    );
+    source.psql(
+        "postgres",
+        "INSERT INTO app.accounts VALUES (777777, 'real', 1)",
+    );
     daemon.wait_for_state("strict", "failed").await;
     let connector = daemon
         .connectors()
@@ -374,25 +469,53 @@ async fn an_apply_error_stops_the_pipeline_and_skips_nothing() {
         .find(|c| c["name"] == "strict")
         .unwrap();
     let error = connector["last_error"].as_str().unwrap();
-    assert!(error.contains("app") && error.contains("accounts"), "names the table: {error}");
-    assert!(error.contains("23505") || error.contains("duplicate key"), "has the SQL error: {error}");
+    assert!(
+        error.contains("app") && error.contains("accounts"),
+        "names the table: {error}"
+    );
+    assert!(
+        error.contains("23505") || error.contains("duplicate key"),
+        "has the SQL error: {error}"
+    );
     assert!(error.contains("/"), "names the LSN: {error}");
-    assert!(connector["next_step"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(connector["next_step"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
     // A later change waits behind the failed one rather than being applied past it.
-    source.psql("postgres", "INSERT INTO app.accounts VALUES (777778, 'later', 1)");
+    source.psql(
+        "postgres",
+        "INSERT INTO app.accounts VALUES (777778, 'later', 1)",
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        store.psql("strict_replica", "SELECT count(*) FROM app.accounts WHERE id = 777778"),
+        store.psql(
+            "strict_replica",
+            "SELECT count(*) FROM app.accounts WHERE id = 777778"
+        ),
         "0"
     );
 
     // The operator removes the intruder and restarts tributary: the failed change is
     // applied, then everything after it.
-    store.psql("strict_replica", "DELETE FROM app.accounts WHERE id = 777777");
+    store.psql(
+        "strict_replica",
+        "DELETE FROM app.accounts WHERE id = 777777",
+    );
     daemon.kill9();
     daemon.start();
-    wait_converged(&source, "postgres", &store, "strict_replica", SCHEMAS, &daemon).await;
-    assert_eq!(daemon.connector_state("strict").as_deref(), Some("streaming"));
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "strict_replica",
+        SCHEMAS,
+        &daemon,
+    )
+    .await;
+    assert_eq!(
+        daemon.connector_state("strict").as_deref(),
+        Some("streaming")
+    );
 }
 
 #[tokio::test]
@@ -418,7 +541,10 @@ async fn deleting_a_connector_drops_its_slot_and_replica() {
         "0"
     );
     assert_eq!(
-        store.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'doomed_replica'"),
+        store.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'doomed_replica'"
+        ),
         "0"
     );
     let out = daemon.cli(&["connector", "delete", "doomed"]);
@@ -430,14 +556,26 @@ async fn deleting_a_connector_drops_its_slot_and_replica() {
 async fn cli_usage_and_configuration_errors_are_clear() {
     let store = Cluster::start();
     let daemon = Daemon::new(&store);
-    let out = daemon.cli(&["connector", "create", "postgresql", "postgresql://u:s3cret@h/db", "--name", "Bad-Name"]);
+    let out = daemon.cli(&[
+        "connector",
+        "create",
+        "postgresql",
+        "postgresql://u:s3cret@h/db",
+        "--name",
+        "Bad-Name",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("invalid connector name"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "{stderr}");
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["--config", "/nonexistent/tributary.toml", "connector", "list"])
+        .args([
+            "--config",
+            "/nonexistent/tributary.toml",
+            "connector",
+            "list",
+        ])
         .env_remove("TRIBUTARY__STORE__URL")
         .output()
         .unwrap();
@@ -446,7 +584,12 @@ async fn cli_usage_and_configuration_errors_are_clear() {
 
     // The global option is accepted after the subcommand too.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["connector", "list", "--config", "/nonexistent/tributary.toml"])
+        .args([
+            "connector",
+            "list",
+            "--config",
+            "/nonexistent/tributary.toml",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -54,7 +54,11 @@ pub enum Format {
     Json,
 }
 
-pub async fn run(command: ConnectorCommand, settings: Settings, config_path: &Path) -> Result<(), Failure> {
+pub async fn run(
+    command: ConnectorCommand,
+    settings: Settings,
+    config_path: &Path,
+) -> Result<(), Failure> {
     let bookkeeping = Bookkeeping::open(
         &settings.store(),
         &settings.secrets,
@@ -145,9 +149,15 @@ fn print_list(connectors: &[Connector], format: Format) -> anyhow::Result<()> {
         println!("no connectors; create one with `tributary connector create postgresql <url> --name <name>`");
         return Ok(());
     }
-    println!("{:<20} {:<13} {:<32} SOURCE", "NAME", "STATE", "REPLICA DATABASE");
+    println!(
+        "{:<20} {:<13} {:<32} SOURCE",
+        "NAME", "STATE", "REPLICA DATABASE"
+    );
     for v in &views {
-        println!("{:<20} {:<13} {:<32} {}", v.name, v.state, v.replica_database, v.source);
+        println!(
+            "{:<20} {:<13} {:<32} {}",
+            v.name, v.state, v.replica_database, v.source
+        );
         if let Some(error) = v.last_error {
             println!("    error: {error}");
             if let Some(next) = v.next_step {
@@ -158,18 +168,26 @@ fn print_list(connectors: &[Connector], format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn delete(bookkeeping: &Bookkeeping, settings: &Settings, name: &ConnectorName) -> Result<(), Failure> {
-    let connector = bookkeeping
-        .connector(name)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no connector named {name}; `tributary connector list` shows them"))?;
+async fn delete(
+    bookkeeping: &Bookkeeping,
+    settings: &Settings,
+    name: &ConnectorName,
+) -> Result<(), Failure> {
+    let connector = bookkeeping.connector(name).await?.ok_or_else(|| {
+        anyhow::anyhow!("no connector named {name}; `tributary connector list` shows them")
+    })?;
     let source = ConnInfo::parse(&bookkeeping.source_url(&connector).await?)?;
     // First the bookkeeping: a running daemon hears of it and stops the pipeline, which
     // lets go of the slot.
     bookkeeping.delete_connector(connector.id).await?;
     sink::drop_replica(&settings.store(), &connector.replica_database)
         .await
-        .with_context(|| format!("dropping the replica database {}", connector.replica_database))?;
+        .with_context(|| {
+            format!(
+                "dropping the replica database {}",
+                connector.replica_database
+            )
+        })?;
 
     let slot = &connector.slot_name;
     let dropped = tokio::time::timeout(SLOT_DROP_TIMEOUT, async {
@@ -190,7 +208,9 @@ async fn delete(bookkeeping: &Bookkeeping, settings: &Settings, name: &Connector
         failed => {
             let reason = match failed {
                 Ok(Err(e)) => e.to_string(),
-                _ => format!("timed out after {SLOT_DROP_TIMEOUT:?} waiting for the slot to be released"),
+                _ => format!(
+                    "timed out after {SLOT_DROP_TIMEOUT:?} waiting for the slot to be released"
+                ),
             };
             Err(anyhow::anyhow!(
                 "deleted connector {name} and its replica database, but could not drop replication \

@@ -42,13 +42,18 @@ pub struct PipelineContext {
 
 /// Runs the connector until `shutdown` (Ok) or an error. State changes are recorded in the
 /// bookkeeping as they happen; the caller records the error.
-pub async fn run(ctx: &PipelineContext, shutdown: &CancellationToken) -> Result<StreamEnd, PipelineError> {
+pub async fn run(
+    ctx: &PipelineContext,
+    shutdown: &CancellationToken,
+) -> Result<StreamEnd, PipelineError> {
     let connector = &ctx.connector;
     let bk = &ctx.bookkeeping;
-    bk.set_state(connector.id, PipelineState::Validating, None).await?;
+    bk.set_state(connector.id, PipelineState::Validating, None)
+        .await?;
 
-    let source = ConnInfo::parse(&bk.source_url(connector).await?)
-        .map_err(|e| PipelineError::definite(e.to_string(), "correct the connector's source URL"))?;
+    let source = ConnInfo::parse(&bk.source_url(connector).await?).map_err(|e| {
+        PipelineError::definite(e.to_string(), "correct the connector's source URL")
+    })?;
     let store = ctx.settings.store();
     let replica = store.with_dbname(&connector.replica_database);
 
@@ -65,7 +70,10 @@ pub async fn run(ctx: &PipelineContext, shutdown: &CancellationToken) -> Result<
             ));
         }
     }
-    let source_db = system.dbname.clone().unwrap_or_else(|| source.dbname.clone());
+    let source_db = system
+        .dbname
+        .clone()
+        .unwrap_or_else(|| source.dbname.clone());
     bk.record_source(connector.id, &system.system_id, system.timeline, &source_db)
         .await?;
     let wal_sender_timeout = repl.wal_sender_timeout().await?;
@@ -123,7 +131,8 @@ pub async fn run(ctx: &PipelineContext, shutdown: &CancellationToken) -> Result<
         .start_replication(&connector.slot_name, applied, plugin, status_interval)
         .await?;
     check_not_skipped(&source, &connector.slot_name, applied).await?;
-    bk.set_state(connector.id, PipelineState::Streaming, None).await?;
+    bk.set_state(connector.id, PipelineState::Streaming, None)
+        .await?;
     tracing::info!(from = %applied, "streaming");
 
     let mut sink = ReplicaSink::connect(&store, &connector.replica_database).await?;
@@ -137,22 +146,30 @@ enum SlotStatus {
     Lost,
 }
 
-async fn slot_status(repl: &mut ReplicationClient, slot: &SlotName) -> Result<SlotStatus, PipelineError> {
+async fn slot_status(
+    repl: &mut ReplicationClient,
+    slot: &SlotName,
+) -> Result<SlotStatus, PipelineError> {
     // Slot names are validated to [a-z0-9_], so quoting is safe.
     let rows = repl
         .simple_query(&format!(
             "SELECT coalesce(wal_status, 'reserved') FROM pg_replication_slots WHERE slot_name = '{slot}'"
         ))
         .await?;
-    Ok(match rows.first().and_then(|row| row.first().cloned().flatten()) {
-        None => SlotStatus::Missing,
-        Some(status) if status == "lost" => SlotStatus::Lost,
-        Some(_) => SlotStatus::Healthy,
-    })
+    Ok(
+        match rows.first().and_then(|row| row.first().cloned().flatten()) {
+            None => SlotStatus::Missing,
+            Some(status) if status == "lost" => SlotStatus::Lost,
+            Some(_) => SlotStatus::Healthy,
+        },
+    )
 }
 
 /// The replica's applied LSN; `None` when the replica does not exist or has none.
-async fn replica_applied_lsn(store: &ConnInfo, replica: &ConnInfo) -> Result<Option<Lsn>, PipelineError> {
+async fn replica_applied_lsn(
+    store: &ConnInfo,
+    replica: &ConnInfo,
+) -> Result<Option<Lsn>, PipelineError> {
     if !sink::replica_exists(store, &replica.dbname).await? {
         return Ok(None);
     }
@@ -162,7 +179,11 @@ async fn replica_applied_lsn(store: &ConnInfo, replica: &ConnInfo) -> Result<Opt
 
 /// After START_REPLICATION: the slot must not be ahead of where we asked to start, or the
 /// server would silently skip the changes in between.
-async fn check_not_skipped(source: &ConnInfo, slot: &SlotName, applied: Lsn) -> Result<(), PipelineError> {
+async fn check_not_skipped(
+    source: &ConnInfo,
+    slot: &SlotName,
+    applied: Lsn,
+) -> Result<(), PipelineError> {
     let client = pg::connect(source).await?;
     let row = client
         .query_opt(
@@ -170,7 +191,9 @@ async fn check_not_skipped(source: &ConnInfo, slot: &SlotName, applied: Lsn) -> 
             &[&slot.as_str()],
         )
         .await
-        .map_err(|e| PipelineError::definite(format!("reading slot {slot}: {e}"), "check the source"))?;
+        .map_err(|e| {
+            PipelineError::definite(format!("reading slot {slot}: {e}"), "check the source")
+        })?;
     let confirmed: Option<Lsn> = row
         .and_then(|r| r.get::<_, Option<String>>(0))
         .and_then(|text| text.parse().ok());
@@ -205,7 +228,10 @@ async fn snapshot(
         .create_slot(&connector.slot_name, false, SnapshotAction::Export)
         .await?;
     let snapshot_name = created.snapshot_name.ok_or_else(|| {
-        PipelineError::definite("the source did not export a snapshot", "check the source's version (13 or newer)")
+        PipelineError::definite(
+            "the source did not export a snapshot",
+            "check the source's version (13 or newer)",
+        )
     })?;
     // From here until START_REPLICATION, `repl` must stay idle: its next command ends the
     // exported snapshot.

@@ -85,7 +85,9 @@ use tokio_postgres::{IsolationLevel, Transaction};
 
 use crate::change::TableName;
 use crate::pg::conninfo::{Host, RootCert};
-use crate::pg::{self, error_message, quote_ident, quote_literal, ConnInfo, ConnectError, PgClient};
+use crate::pg::{
+    self, error_message, quote_ident, quote_literal, ConnInfo, ConnectError, PgClient,
+};
 use crate::source::catalog::SourceTable;
 
 /// One snapshot of a connector: where from, where to, what.

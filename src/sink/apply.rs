@@ -19,9 +19,9 @@
 //!
 //! # Nothing is skipped
 //!
-//! Each change is one statement expected to change exactly one row (INSERT, UPDATE, DELETE;
-//! TRUNCATE excepted). A statement that errors, or that changes no row (a missing row is no
-//! SQL error: the server would happily commit without it), fails the target transaction.
+//! Each INSERT, UPDATE and DELETE must change exactly one row (a batch of n changes,
+//! n rows). A statement that errors, or a change that finds no row (which is no SQL error:
+//! the server would happily commit without it), fails the target transaction.
 //! COMMIT is only sent after every result of the transaction was received and checked, so
 //! a transaction with a missing change is never committed. A failed transaction stays
 //! failed ([`ReplicaSink::in_transaction`] is still true) until it is rolled back.
@@ -108,6 +108,11 @@ pub const MAX_BUFFERED_BYTES: usize = 16 << 20;
 const ROW_BYTES: usize = 64;
 
 /// Applies changes to one replica database; see the module docs.
+///
+/// The methods are not cancel-safe: when a call is dropped before it completes (a
+/// `select!` branch, a task abort), whether its statements ran is unknown, so drop the sink
+/// too; a new one resumes from [`ReplicaSink::applied_lsn`]. After an error from `apply`,
+/// call [`ReplicaSink::rollback`]; `commit` and `mark_applied` roll back by themselves.
 pub struct ReplicaSink {
     /// Shared with the requests in flight, which outlive the call that sent them.
     client: Arc<PgClient>,
@@ -448,7 +453,10 @@ impl ReplicaSink {
     /// Abandons the open target transaction, including whatever is buffered or in flight.
     pub async fn rollback(&mut self) -> Result<(), SinkError> {
         self.forget_transaction();
-        if matches!(std::mem::replace(&mut self.state, TxState::Idle), TxState::Idle) {
+        if matches!(
+            std::mem::replace(&mut self.state, TxState::Idle),
+            TxState::Idle
+        ) {
             return Ok(());
         }
         self.client
@@ -684,9 +692,8 @@ impl ReplicaSink {
         let sql = format!("TRUNCATE {}", targets.join(", "));
         let client = Arc::clone(&self.client);
         let bytes = ROW_BYTES + sql.len();
-        let request: Request = Box::pin(async move {
-            client.batch_execute(&sql).await.map(|()| Outcome::Rows(0))
-        });
+        let request: Request =
+            Box::pin(async move { client.batch_execute(&sql).await.map(|()| Outcome::Rows(0)) });
         let op = Op::Truncate {
             tables: names.join(", "),
             lsn: group.lsn,
@@ -757,7 +764,9 @@ impl ReplicaSink {
             Err(error) => Err(plan_error(&entry.meta, change, error)),
             Ok(()) => {
                 let same = |shape: &Shape| {
-                    shape.key.kind == change.kind && *shape.key.new == new[..] && *shape.key.old == old[..]
+                    shape.key.kind == change.kind
+                        && *shape.key.new == new[..]
+                        && *shape.key.old == old[..]
                 };
                 match &entry.last_shape {
                     Some(shape) if same(shape) => Ok(Ok(Arc::clone(shape))),
@@ -802,9 +811,14 @@ impl ReplicaSink {
         } = meta
             .plan(key.kind, &key.new, &key.old)
             .map_err(|error| plan_error(&meta, change, error))?;
-        let statement = self.prepare(&meta, change, &sql, Type::TEXT, params.len()).await?;
+        let statement = self
+            .prepare(&meta, change, &sql, Type::TEXT, params.len())
+            .await?;
         let batch = match batch_sql {
-            Some(sql) => Some(self.prepare(&meta, change, &sql, Type::TEXT_ARRAY, params.len()).await?),
+            Some(sql) => Some(
+                self.prepare(&meta, change, &sql, Type::TEXT_ARRAY, params.len())
+                    .await?,
+            ),
             None => None,
         };
         let shape = Arc::new(Shape {
@@ -835,7 +849,11 @@ impl ReplicaSink {
         params: usize,
     ) -> Result<Statement, SinkError> {
         tracing::debug!(table = %meta.display, sql, "preparing a statement");
-        match self.client.prepare_typed(sql, &vec![param_type; params]).await {
+        match self
+            .client
+            .prepare_typed(sql, &vec![param_type; params])
+            .await
+        {
             Ok(statement) => Ok(statement),
             Err(source) => {
                 tracing::debug!(sql, "preparing failed: {}", DetailForDebug(&source));
@@ -1103,7 +1121,10 @@ fn check_batch(
                     *slot = true;
                 }
             }
-            let missing = found.iter().position(|&f| !f).expect("fewer rows than changes");
+            let missing = found
+                .iter()
+                .position(|&f| !f)
+                .expect("fewer rows than changes");
             Err(SinkError::RowNotFound {
                 table: table.to_string(),
                 kind,
@@ -1163,7 +1184,8 @@ fn row_keys(columns: &[Vec<Option<String>>], key_params: &[usize], rows: usize) 
 }
 
 /// The row of a batched INSERT whose key a unique violation quotes
-/// (`Key (id)=(5) already exists.`), when it is one of `keys`.
+/// (`Key (id)=(5) already exists.`), when it is one of `keys`: the last one, since when
+/// the batch holds the key twice, the later row is the duplicate.
 fn duplicate_key_row(error: &tokio_postgres::Error, keys: &[String]) -> Option<usize> {
     let db = error.as_db_error()?;
     if db.code().code() != "23505" {
@@ -1175,7 +1197,7 @@ fn duplicate_key_row(error: &tokio_postgres::Error, keys: &[String]) -> Option<u
         .split_once(")=(")?
         .1
         .strip_suffix(") already exists.")?;
-    keys.iter().position(|key| key == values)
+    keys.iter().rposition(|key| key == values)
 }
 
 fn plan_error(meta: &TableMeta, change: &Change, error: PlanError) -> SinkError {

@@ -274,7 +274,10 @@ pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
         // a timeout); 40001/40P01: serialization failure, deadlock; 55P03: lock not available.
         return code.starts_with("08")
             || code.starts_with("53")
-            || matches!(code, "57P01" | "57P02" | "57P03" | "57014" | "40001" | "40P01" | "55P03");
+            || matches!(
+                code,
+                "57P01" | "57P02" | "57P03" | "57014" | "40001" | "40P01" | "55P03"
+            );
     }
     if error.is_closed() {
         return true;

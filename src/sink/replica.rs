@@ -16,7 +16,7 @@
 use crate::pg::{self, ConnInfo, PgClient};
 
 use super::error::SinkError;
-use super::table::quote_ident;
+use crate::pg::quote_ident;
 
 /// The progress table: exactly one row (`singleton` is always true), written only by
 /// [`super::ReplicaSink`].
@@ -33,8 +33,7 @@ const PROGRESS_DDL: &str = "\
 
 /// Reads the progress row and locks it for the rest of the transaction, so a second
 /// writer (two connectors on one replica by mistake) waits instead of interleaving.
-pub(crate) const READ_PROGRESS_SQL: &str =
-    "SELECT lsn::text FROM tributary.applied FOR UPDATE";
+pub(crate) const READ_PROGRESS_SQL: &str = "SELECT lsn::text FROM tributary.applied FOR UPDATE";
 
 /// Writes the progress row; the WHERE keeps it from moving backwards (zero rows then).
 pub(crate) const RECORD_PROGRESS_SQL: &str = "\
@@ -75,7 +74,10 @@ const SESSION_SQL: &str = "\
 pub async fn replica_exists(store: &ConnInfo, database: &str) -> Result<bool, SinkError> {
     let control = connect(store).await?;
     let row = control
-        .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&database])
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+            &[&database],
+        )
         .await
         .map_err(setup(&store.dbname, "looking up the replica database"))?;
     Ok(row.is_some())
@@ -99,15 +101,17 @@ pub async fn prepare_replica(store: &ConnInfo, database: &str) -> Result<(), Sin
         match created {
             Ok(()) => tracing::info!(database, "created the replica database"),
             // Created by someone else in the meantime: fine, it is prepared below.
-            Err(e) if e.as_db_error().is_some_and(|db| db.code().code() == "42P04") => {}
+            Err(e)
+                if e.as_db_error()
+                    .is_some_and(|db| db.code().code() == "42P04") => {}
             Err(e) => return Err(setup(&store.dbname, "creating the replica database")(e)),
         }
     }
     let replica = connect(&store.with_dbname(database)).await?;
-    replica
-        .batch_execute(PROGRESS_DDL)
-        .await
-        .map_err(setup(database, "creating the progress table tributary.applied"))?;
+    replica.batch_execute(PROGRESS_DDL).await.map_err(setup(
+        database,
+        "creating the progress table tributary.applied",
+    ))?;
     Ok(())
 }
 
@@ -150,15 +154,20 @@ pub(crate) async fn open_session(store: &ConnInfo, database: &str) -> Result<PgC
     client
         .batch_execute("SET session_replication_role = replica")
         .await
-        .map_err(setup(database, "setting session_replication_role = replica"))?;
+        .map_err(setup(
+            database,
+            "setting session_replication_role = replica",
+        ))?;
     Ok(client)
 }
 
 async fn connect(info: &ConnInfo) -> Result<PgClient, SinkError> {
-    pg::connect(info).await.map_err(|source| SinkError::Connect {
-        database: info.dbname.clone(),
-        source,
-    })
+    pg::connect(info)
+        .await
+        .map_err(|source| SinkError::Connect {
+            database: info.dbname.clone(),
+            source,
+        })
 }
 
 /// Maps a failed statement of the sink's own to [`SinkError::Setup`].

@@ -55,6 +55,7 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 
 use crate::change::{ChangeKind, TableName};
+use crate::pg::quote_ident;
 
 /// `bytea`: wal2json writes it as hex without `\x`.
 const BYTEA_OID: u32 = 17;
@@ -65,24 +66,13 @@ const BYTEA_OID: u32 = 17;
 const EXACT_EQUALITY_OIDS: &[u32] = &[16, 20, 21, 23, 26, 1082, 1083, 1114, 1184, 2950];
 const TEXT_OIDS: &[u32] = &[25, 1043];
 
-/// `"name"` with embedded quotes doubled: safe for any identifier (quotes, dots, capitals,
-/// spaces, unicode).
-pub(crate) fn quote_ident(name: &str) -> String {
-    let mut quoted = String::with_capacity(name.len() + 2);
-    quoted.push('"');
-    for c in name.chars() {
-        if c == '"' {
-            quoted.push('"');
-        }
-        quoted.push(c);
-    }
-    quoted.push('"');
-    quoted
-}
-
 /// `"schema"."table"`.
 pub(crate) fn qualified_name(table: &TableName) -> String {
-    format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name))
+    format!(
+        "{}.{}",
+        quote_ident(&table.schema),
+        quote_ident(&table.name)
+    )
 }
 
 /// `schema.table` for messages, each part quoted only when it needs it.
@@ -356,7 +346,12 @@ impl TableMeta {
     /// UPDATE and DELETE are batched only when they find their row by key (and set no
     /// identity column); their batches must not hold a key twice, so each row matches one
     /// target row and `RETURNING u.ord` names any row that found nothing.
-    pub(crate) fn plan(&self, kind: ChangeKind, new: &[u16], old: &[u16]) -> Result<Planned, PlanError> {
+    pub(crate) fn plan(
+        &self,
+        kind: ChangeKind,
+        new: &[u16],
+        old: &[u16],
+    ) -> Result<Planned, PlanError> {
         match kind {
             ChangeKind::Insert => Ok(self.plan_insert(new)),
             ChangeKind::Update => self.plan_update(new, old),
@@ -473,7 +468,10 @@ impl TableMeta {
         let sql = if sets.is_empty() {
             // Nothing to write (every present column is generated or an identity column):
             // still prove that the row exists, or the change would vanish unnoticed.
-            format!("SELECT 1 FROM {}{} WHERE {condition}", self.only, self.sql_name)
+            format!(
+                "SELECT 1 FROM {}{} WHERE {condition}",
+                self.only, self.sql_name
+            )
         } else {
             format!(
                 "UPDATE {}{} SET {} WHERE {condition}",
@@ -539,7 +537,10 @@ impl TableMeta {
             )
         });
         Ok(Planned {
-            sql: format!("DELETE FROM {}{} WHERE {condition}", self.only, self.sql_name),
+            sql: format!(
+                "DELETE FROM {}{} WHERE {condition}",
+                self.only, self.sql_name
+            ),
             params,
             batch_sql,
             key_pairs: Vec::new(),
@@ -714,7 +715,10 @@ mod tests {
             planned.sql,
             r#"INSERT INTO "public"."t" ("id", "b", "n") VALUES ($1::integer, pg_catalog.decode($2, 'hex'), $3::numeric)"#
         );
-        assert_eq!(planned.params, [Source::New(0), Source::New(1), Source::New(2)]);
+        assert_eq!(
+            planned.params,
+            [Source::New(0), Source::New(1), Source::New(2)]
+        );
         assert_eq!(
             planned.batch_sql.unwrap(),
             "INSERT INTO \"public\".\"t\" (\"id\", \"b\", \"n\") SELECT u.c1::integer, \
@@ -732,7 +736,10 @@ mod tests {
             planned.sql,
             r#"UPDATE ONLY "public"."t" SET "id" = $1::integer, "n" = $2::numeric WHERE "id" = $3::integer"#
         );
-        assert_eq!(planned.params, [Source::New(0), Source::New(1), Source::Old(0)]);
+        assert_eq!(
+            planned.params,
+            [Source::New(0), Source::New(1), Source::Old(0)]
+        );
         assert_eq!(
             planned.batch_sql.unwrap(),
             "UPDATE ONLY \"public\".\"t\" AS r SET \"id\" = u.c1::integer, \"n\" = u.c2::numeric \
@@ -752,7 +759,10 @@ mod tests {
     #[test]
     fn a_missing_key_column_is_refused_unless_the_identity_is_full() {
         let err = keyed().plan(ChangeKind::Delete, &[], &[2]).unwrap_err();
-        assert!(matches!(err, PlanError::NoRowIdentity(ref r) if r.contains("\"id\"")), "{err:?}");
+        assert!(
+            matches!(err, PlanError::NoRowIdentity(ref r) if r.contains("\"id\"")),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -792,18 +802,29 @@ mod tests {
             update.sql,
             r#"UPDATE ONLY "public"."g" SET "v" = $1::integer WHERE "id" = $2::bigint AND "id" IS NOT DISTINCT FROM $3::bigint"#
         );
-        assert_eq!(update.params, [Source::New(1), Source::Old(0), Source::New(0)]);
+        assert_eq!(
+            update.params,
+            [Source::New(1), Source::Old(0), Source::New(0)]
+        );
         assert_eq!(update.batch_sql, None, "identity columns need their guard");
         let only_key = meta.plan(ChangeKind::Update, &[0, 2], &[0]).unwrap();
-        assert!(only_key.sql.starts_with("SELECT 1 FROM ONLY"), "{}", only_key.sql);
+        assert!(
+            only_key.sql.starts_with("SELECT 1 FROM ONLY"),
+            "{}",
+            only_key.sql
+        );
     }
 
     #[test]
     fn unknown_columns_are_reported_by_name() {
         let mut out = Vec::new();
-        keyed().resolve_into(["id", "n"].into_iter(), &mut out).unwrap();
+        keyed()
+            .resolve_into(["id", "n"].into_iter(), &mut out)
+            .unwrap();
         assert_eq!(out, [0, 2]);
-        keyed().resolve_into(["n", "id"].into_iter(), &mut out).unwrap();
+        keyed()
+            .resolve_into(["n", "id"].into_iter(), &mut out)
+            .unwrap();
         assert_eq!(out, [2, 0]);
         let err = keyed()
             .resolve_into(["id", "gone"].into_iter(), &mut out)
