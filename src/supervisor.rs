@@ -43,7 +43,9 @@ pub struct Supervisor {
     bookkeeping: Arc<Bookkeeping>,
     settings: Arc<Settings>,
     shutdown: CancellationToken,
-    tasks: JoinSet<(ConnectorId, Instant, Result<(), PipelineError>)>,
+    tasks: JoinSet<Result<(), PipelineError>>,
+    /// Which connector each task runs, and since when; also for tasks that panicked.
+    task_owners: HashMap<tokio::task::Id, (ConnectorId, Instant)>,
     running: HashMap<ConnectorId, Running>,
     retries: HashMap<ConnectorId, Retry>,
     /// Connectors that failed definitively in this process: left alone until the operator
@@ -63,6 +65,7 @@ impl Supervisor {
             settings,
             shutdown,
             tasks: JoinSet::new(),
+            task_owners: HashMap::new(),
             running: HashMap::new(),
             retries: HashMap::new(),
             given_up: HashSet::new(),
@@ -86,7 +89,7 @@ impl Supervisor {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
-                Some(done) = self.tasks.join_next() => self.finished(done).await,
+                Some(done) = self.tasks.join_next_with_id() => self.finished(done).await,
                 notification = listener.recv() => {
                     if let Err(e) = notification {
                         tracing::warn!("bookkeeping notifications interrupted: {e}; polling until they resume");
@@ -104,7 +107,7 @@ impl Supervisor {
         for running in self.running.values() {
             running.cancel.cancel();
         }
-        while let Some(done) = self.tasks.join_next().await {
+        while let Some(done) = self.tasks.join_next_with_id().await {
             self.finished(done).await;
         }
         Ok(())
@@ -171,28 +174,36 @@ impl Supervisor {
             settings: self.settings.clone(),
             connector,
         };
-        self.tasks.spawn(
-            async move {
-                let started = Instant::now();
-                let result = pipeline::run(&ctx, &cancel).await.map(drop);
-                (id, started, result)
-            }
-            .instrument(span),
-        );
+        let task = self
+            .tasks
+            .spawn(async move { pipeline::run(&ctx, &cancel).await.map(drop) }.instrument(span));
+        self.task_owners.insert(task.id(), (id, Instant::now()));
     }
 
     async fn finished(
         &mut self,
-        done: Result<(ConnectorId, Instant, Result<(), PipelineError>), tokio::task::JoinError>,
+        done: Result<(tokio::task::Id, Result<(), PipelineError>), tokio::task::JoinError>,
     ) {
-        let (id, started, result) = match done {
-            Ok(done) => done,
-            Err(e) => {
-                // A panic is a bug; the task is gone, its connector will be restarted by the
-                // next reconcile after the bookkeeping shows it failed.
-                tracing::error!("a pipeline task panicked: {e}");
-                return;
-            }
+        let (task, result) = match done {
+            Ok((task, result)) => (task, result),
+            // A panic is a bug in tributary; the pipeline is retried like after a transient
+            // failure, since its progress is safe in the replica.
+            Err(e) => (
+                e.id(),
+                Err(PipelineError::Panicked(
+                    e.try_into_panic()
+                        .ok()
+                        .and_then(|p| {
+                            p.downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        })
+                        .unwrap_or_else(|| "cancelled".into()),
+                )),
+            ),
+        };
+        let Some((id, started)) = self.task_owners.remove(&task) else {
+            return;
         };
         self.running.remove(&id);
         let Err(error) = result else {
@@ -204,7 +215,12 @@ impl Supervisor {
         if started.elapsed() > HEALTHY_AFTER {
             retry.failures = 0;
         }
-        let state = if error.is_transient() && !self.shutdown.is_cancelled() {
+        if self.shutdown.is_cancelled() && error.is_transient() {
+            // Connections cut by the shutdown itself: not the connector's fault.
+            let _ = self.bookkeeping.record_error(id, &failure).await;
+            return;
+        }
+        let state = if error.is_transient() {
             retry.failures += 1;
             let supervisor = &self.settings.supervisor;
             let delay = backoff(

@@ -175,6 +175,13 @@ async fn snapshot_then_stream_reproduces_the_source() {
     );
 
     source.psql("postgres", &mixed_workload(7, 2500, 10_000));
+    // Tables outside the connector's schemas change too, in and beside its transactions.
+    source.psql(
+        "postgres",
+        "INSERT INTO other.ignored VALUES (2, 'alone');
+         BEGIN; INSERT INTO other.ignored VALUES (3, 'mixed'); UPDATE app.accounts SET balance = balance + 1 WHERE id = 1; COMMIT;
+         CREATE TABLE public.unrelated (id int PRIMARY KEY); INSERT INTO public.unrelated VALUES (1);",
+    );
     // Update a non-TOAST column of rows whose 1 MB body is unchanged.
     source.psql(
         "postgres",
@@ -593,4 +600,38 @@ async fn cli_usage_and_configuration_errors_are_clear() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn sigterm_during_the_snapshot_exits_0_and_the_next_run_starts_over() {
+    let source = source_cluster();
+    let store = Cluster::start();
+    seed_source(&source);
+    source.psql(
+        "postgres",
+        "CREATE TABLE app.bulk (id bigint PRIMARY KEY, v text);
+         INSERT INTO app.bulk SELECT g, repeat('x', 200) FROM generate_series(1, 300000) g;",
+    );
+    let mut daemon = Daemon::new(&store);
+    create_connector(&daemon, &source, "patient");
+    daemon.start();
+    daemon.wait_for_state("patient", "snapshotting").await;
+    assert_eq!(daemon.terminate().code(), Some(0), "{}", daemon.log_tail());
+
+    daemon.start();
+    daemon.wait_for_state("patient", "streaming").await;
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "patient_replica",
+        SCHEMAS,
+        &daemon,
+    )
+    .await;
+    assert_eq!(
+        source.psql("postgres", "SELECT count(*) FROM pg_replication_slots"),
+        "1",
+        "the interrupted snapshot's slot was replaced, not kept beside the new one"
+    );
 }

@@ -378,7 +378,7 @@ async fn dropping_a_slot_waits_for_its_reader_to_let_go() {
     // While another session streams from it, DROP … WAIT blocks until that session ends.
     let reader = start_stream(&url, &slot, Lsn::ZERO).await;
     let mut dropper = replication_client(&url).await;
-    let drop = tokio::spawn(async move { dropper.drop_slot(&slot).await });
+    let drop = tokio::spawn(async move { dropper.drop_slot(&slot, true).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !drop.is_finished(),
@@ -398,7 +398,7 @@ async fn dropping_a_slot_waits_for_its_reader_to_let_go() {
     assert_eq!(left, 0);
 
     let missing = repl
-        .drop_slot(&crate::support::slot("dropped"))
+        .drop_slot(&crate::support::slot("dropped"), false)
         .await
         .err()
         .unwrap();

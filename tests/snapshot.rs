@@ -352,7 +352,7 @@ async fn snapshot_restores_schema_and_rows_of_exactly_the_exported_instant() {
     assert!(stats.bytes > blobs.estimated_bytes / 2, "{stats:?}");
 
     // The replication connection stayed idle all along; the slot is still usable.
-    repl.drop_slot(&slot("snapshot_test")).await.unwrap();
+    repl.drop_slot(&slot("snapshot_test"), true).await.unwrap();
 }
 
 #[tokio::test]

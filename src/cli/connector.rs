@@ -192,7 +192,7 @@ async fn delete(
     let slot = &connector.slot_name;
     let dropped = tokio::time::timeout(SLOT_DROP_TIMEOUT, async {
         let mut client = ReplicationClient::connect(&source).await?;
-        let result = client.drop_slot(slot).await;
+        let result = client.drop_slot(slot, true).await;
         client.close().await;
         match result {
             Err(e) if e.sqlstate() == Some("42704") => Ok(()), // already gone

@@ -31,6 +31,9 @@ pub enum PipelineError {
     /// The source ended the replication stream without an error.
     #[error("the source ended the replication stream")]
     StreamEnded,
+    /// A bug: the pipeline task panicked.
+    #[error("internal error (a bug in tributary, please report it): {0}")]
+    Panicked(String),
 }
 
 impl PipelineError {
@@ -55,7 +58,7 @@ impl PipelineError {
             PipelineError::Snapshot(e) => e.is_transient(),
             PipelineError::Bookkeeping(_) => true,
             PipelineError::Definite { .. } => false,
-            PipelineError::StreamEnded => true,
+            PipelineError::StreamEnded | PipelineError::Panicked(_) => true,
         }
     }
 

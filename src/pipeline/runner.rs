@@ -30,7 +30,7 @@ use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::sink::{self, ReplicaSink};
 use crate::source::wal2json::PluginOptions;
-use crate::source::{catalog, replication, ReplicationClient, SnapshotAction};
+use crate::source::{catalog, replication, ReplicationClient, ReplicationStream, SnapshotAction};
 use crate::types::{Lsn, SlotName};
 
 /// Everything a pipeline needs, shared with the supervisor.
@@ -46,6 +46,28 @@ pub async fn run(
     ctx: &PipelineContext,
     shutdown: &CancellationToken,
 ) -> Result<StreamEnd, PipelineError> {
+    // Setup and snapshot stop at once on shutdown: dropping them kills pg_dump and the copy
+    // workers, and an unfinished snapshot is discarded on the next start anyway.
+    let (stream, applied) = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => return Ok(StreamEnd::Interrupted),
+        started = start(ctx) => started?,
+    };
+    let connector = &ctx.connector;
+    let mut sink = ReplicaSink::connect(&ctx.settings.store(), &connector.replica_database).await?;
+    stream::run(
+        stream,
+        &mut sink,
+        applied,
+        &connector.schemas,
+        &ctx.settings.pipeline,
+        shutdown,
+    )
+    .await
+}
+
+/// Everything up to a running replication stream: the stream and the replica's applied LSN.
+async fn start(ctx: &PipelineContext) -> Result<(ReplicationStream, Lsn), PipelineError> {
     let connector = &ctx.connector;
     let bk = &ctx.bookkeeping;
     bk.set_state(connector.id, PipelineState::Validating, None)
@@ -108,7 +130,7 @@ pub async fn run(
             if slot != SlotStatus::Missing {
                 // Left over from an interrupted snapshot of this connector: never reused.
                 tracing::info!(slot = %connector.slot_name, "dropping the slot of an interrupted snapshot");
-                repl.drop_slot(&connector.slot_name).await?;
+                repl.drop_slot(&connector.slot_name, false).await?;
             }
             bk.set_state(connector.id, PipelineState::Snapshotting, None)
                 .await?;
@@ -134,9 +156,7 @@ pub async fn run(
     bk.set_state(connector.id, PipelineState::Streaming, None)
         .await?;
     tracing::info!(from = %applied, "streaming");
-
-    let mut sink = ReplicaSink::connect(&store, &connector.replica_database).await?;
-    stream::run(stream, &mut sink, applied, &ctx.settings.pipeline, shutdown).await
+    Ok((stream, applied))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,23 +34,33 @@ use crate::types::Lsn;
 /// How often an idle position is written to the replica and acknowledged, at most.
 const IDLE_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Why the loop ended without an error.
+/// Why a pipeline ended without an error.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StreamEnd {
     /// Shutdown was requested and the last target transaction is committed and acknowledged.
     Stopped { applied: Lsn },
+    /// Shutdown was requested before streaming started; an unfinished snapshot is
+    /// discarded and starts over next time.
+    Interrupted,
 }
 
+/// How long the polite end of streaming (final status update, CopyDone) may take before
+/// the connection is simply dropped.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Streams from `stream` into `sink` until `shutdown`, starting at `applied` (the replica's
-/// applied LSN).
+/// applied LSN). Only changes to tables in `schemas` are applied: wal2json sends the whole
+/// database.
 pub async fn run(
     stream: ReplicationStream,
     sink: &mut ReplicaSink,
     applied: Lsn,
+    schemas: &[String],
     settings: &PipelineSettings,
     shutdown: &CancellationToken,
 ) -> Result<StreamEnd, PipelineError> {
     let mut state = Loop {
+        schemas,
         stream,
         tracker: AckTracker::new(applied),
         applied,
@@ -69,12 +79,18 @@ pub async fn run(
         let _ = sink.rollback().await;
     }
     let end = result?;
-    let client = state.stream.stop().await?;
-    client.close().await;
+    match tokio::time::timeout(STOP_TIMEOUT, state.stream.stop()).await {
+        Ok(Ok(client)) => client.close().await,
+        Ok(Err(e)) => tracing::debug!("ending replication: {e}"),
+        // Still reading the rest of a large transaction: closing is enough, the server
+        // keeps the last acknowledged position.
+        Err(_) => tracing::debug!("ending replication timed out; closing the connection"),
+    }
     Ok(end)
 }
 
-struct Loop {
+struct Loop<'a> {
+    schemas: &'a [String],
     stream: ReplicationStream,
     tracker: AckTracker,
     /// Durable on the replica: its progress row holds this.
@@ -94,7 +110,7 @@ struct Loop {
     stop_deadline: Option<Instant>,
 }
 
-impl Loop {
+impl Loop<'_> {
     async fn run(
         &mut self,
         sink: &mut ReplicaSink,
@@ -174,7 +190,7 @@ impl Loop {
                 self.skipping = begin.end_lsn.is_some_and(|end| end <= self.applied);
             }
             Message::Change(change) => {
-                if self.skipping {
+                if self.skipping || !self.schemas.contains(&change.table.schema) {
                     return Ok(());
                 }
                 if !self.in_source_tx {

@@ -282,10 +282,12 @@ impl ReplicationClient {
         })
     }
 
-    /// Drops a slot, waiting for another session that still holds it to let go.
-    pub async fn drop_slot(&mut self, slot: &SlotName) -> Result<()> {
+    /// Drops a slot. With `wait`, waits for another session that still holds it to let go
+    /// (possibly forever: bound it with a timeout); without, that is error 55006.
+    pub async fn drop_slot(&mut self, slot: &SlotName, wait: bool) -> Result<()> {
+        let wait = if wait { " WAIT" } else { "" };
         self.conn
-            .simple_query(&format!("DROP_REPLICATION_SLOT {slot} WAIT"))
+            .simple_query(&format!("DROP_REPLICATION_SLOT {slot}{wait}"))
             .await
             .map(drop)
     }
