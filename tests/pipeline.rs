@@ -635,3 +635,47 @@ async fn sigterm_during_the_snapshot_exits_0_and_the_next_run_starts_over() {
         "the interrupted snapshot's slot was replaced, not kept beside the new one"
     );
 }
+
+/// The sink pipelines statements; loading a table's metadata or preparing a statement
+/// while a large batch's replies are still unread used to stall the connection.
+#[tokio::test]
+async fn a_large_batch_followed_by_a_new_table_does_not_stall() {
+    let source = source_cluster();
+    let store = Cluster::start();
+    seed_source(&source);
+    let mut daemon = Daemon::new(&store);
+    create_connector(&daemon, &source, "busy");
+    daemon.start();
+    daemon.wait_for_state("busy", "streaming").await;
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "busy_replica",
+        SCHEMAS,
+        &daemon,
+    )
+    .await;
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    // After the restart every table is new to the sink.
+    source.psql(
+        "postgres",
+        "BEGIN;
+         UPDATE app.kitchen_sink SET c_text = c_text || '!';
+         UPDATE app.accounts SET balance = balance + 1;
+         INSERT INTO audit.events VALUES ('2024-02-02', 'after', '{}');
+         UPDATE app.docs SET title = title || '!';
+         COMMIT;",
+    );
+    daemon.start();
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "busy_replica",
+        SCHEMAS,
+        &daemon,
+    )
+    .await;
+}

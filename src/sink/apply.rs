@@ -588,6 +588,7 @@ impl ReplicaSink {
     /// connecting works on a replica whose progress table does not exist yet.
     async fn progress_statements(&mut self) -> Result<&ProgressStatements, SinkError> {
         if self.progress.is_none() {
+            self.drain().await?;
             let preparing = || setup(&self.database, "preparing the progress statements");
             let read = self
                 .client
@@ -712,6 +713,9 @@ impl ReplicaSink {
             self.last_table = Some(index);
             return Ok(index);
         }
+        // tokio-postgres stops reading the socket while an earlier reply waits unread, so a
+        // new request must not be awaited with replies in flight.
+        self.drain().await?;
         let meta = match TableMeta::load(&self.client, name).await {
             Ok(meta) => meta,
             Err(LoadError::Missing) => {
@@ -801,6 +805,8 @@ impl ReplicaSink {
         change: &Change,
         key: ShapeKey,
     ) -> Result<Arc<Shape>, SinkError> {
+        // As in `table`: no new request awaited while replies are in flight.
+        self.drain().await?;
         let meta = Arc::clone(&self.tables[table].meta);
         let Planned {
             sql,
