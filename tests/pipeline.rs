@@ -679,3 +679,40 @@ async fn a_large_batch_followed_by_a_new_table_does_not_stall() {
     )
     .await;
 }
+
+/// Rows of one batched UPDATE are applied in no particular order; swapping the values of a
+/// unique column through a temporary one must still work.
+#[tokio::test]
+async fn swapping_unique_values_applies_in_order() {
+    let source = source_cluster();
+    let store = Cluster::start();
+    source.psql(
+        "postgres",
+        "CREATE SCHEMA app; CREATE SCHEMA audit;
+         CREATE TABLE app.codes (id int PRIMARY KEY, code text NOT NULL UNIQUE, n int);
+         INSERT INTO app.codes SELECT g, 'c' || g, 0 FROM generate_series(3, 50) g;
+         INSERT INTO app.codes VALUES (2, 'b', 0), (1, 'a', 0);",
+    );
+    let mut daemon = Daemon::new(&store);
+    create_connector(&daemon, &source, "swap");
+    daemon.start();
+    daemon.wait_for_state("swap", "streaming").await;
+    source.psql(
+        "postgres",
+        "BEGIN;
+         UPDATE app.codes SET n = n + 1;
+         UPDATE app.codes SET code = 'tmp' WHERE id = 1;
+         UPDATE app.codes SET code = 'a' WHERE id = 2;
+         UPDATE app.codes SET code = 'b' WHERE id = 1;
+         COMMIT;",
+    );
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "swap_replica",
+        SCHEMAS,
+        &daemon,
+    )
+    .await;
+}

@@ -155,6 +155,11 @@ pub(crate) struct TableMeta {
     /// `relreplident`: d(efault), n(othing), f(ull), i(ndex).
     replica_identity: char,
     pub has_identity_always: bool,
+    /// An immediate unique index or exclusion constraint besides the key: a multi-row
+    /// UPDATE applies its rows in no particular order and is checked row by row, so a
+    /// valid sequence of updates (a swap through a temporary value) could fail. Such
+    /// tables get their UPDATEs one statement at a time, in order.
+    other_unique: bool,
 }
 
 /// Where a statement parameter comes from.
@@ -213,14 +218,17 @@ impl TableMeta {
                    pg_catalog.format_type(a.atttypid, -1), a.atttypid, \
                    a.attgenerated::text <> '', a.attidentity::text = 'a', \
                    coalesce(a.attnum = ANY (k.indkey::int2[]), false), \
-                   coalesce(co.collisdeterministic, true) \
+                   coalesce(co.collisdeterministic, true), \
+                   EXISTS (SELECT FROM pg_catalog.pg_index u \
+                           WHERE u.indrelid = c.oid AND (u.indisunique OR u.indisexclusion) \
+                             AND u.indimmediate AND u.indexrelid IS DISTINCT FROM k.indexrelid) \
             FROM pg_catalog.pg_class c \
             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
             LEFT JOIN pg_catalog.pg_attribute a \
                    ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
             LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
             LEFT JOIN LATERAL ( \
-                SELECT i.indkey FROM pg_catalog.pg_index i \
+                SELECT i.indkey, i.indexrelid FROM pg_catalog.pg_index i \
                 WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident) \
                 ORDER BY (c.relreplident = 'i' AND i.indisreplident) DESC, i.indisprimary DESC \
                 LIMIT 1) k ON true \
@@ -266,13 +274,15 @@ impl TableMeta {
                 exact_equality,
             });
         }
-        Ok(TableMeta::new(
+        let mut meta = TableMeta::new(
             table,
             only,
             replica_identity.chars().next().unwrap_or('d'),
             columns,
             key,
-        ))
+        );
+        meta.other_unique = first.get(9);
+        Ok(meta)
     }
 
     pub(crate) fn new(
@@ -296,6 +306,7 @@ impl TableMeta {
             by_name,
             key,
             replica_identity,
+            other_unique: false,
         }
     }
 
@@ -453,7 +464,8 @@ impl TableMeta {
         let set_count = params.len();
         let mut condition = self.row_condition(old, &mut params)?;
         let key_params = self.key_params(old, &params[set_count..], set_count);
-        let batchable = !sets.is_empty() && guards.is_empty() && !key_params.is_empty();
+        let batchable =
+            !sets.is_empty() && guards.is_empty() && !key_params.is_empty() && !self.other_unique;
         for &i in &guards {
             let column = &self.columns[usize::from(new[i])];
             params.push(Source::New(i));
