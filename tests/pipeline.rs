@@ -716,3 +716,32 @@ async fn swapping_unique_values_applies_in_order() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_vanished_replica_fails_instead_of_silently_starting_over() {
+    let source = source_cluster();
+    let store = Cluster::start();
+    seed_source(&source);
+    let mut daemon = Daemon::new(&store);
+    create_connector(&daemon, &source, "lost");
+    daemon.start();
+    daemon.wait_for_state("lost", "streaming").await;
+    daemon.kill9();
+    store.psql("postgres", "DROP DATABASE lost_replica WITH (FORCE)");
+    daemon.start();
+    daemon.wait_for_state("lost", "failed").await;
+    let c = daemon
+        .connectors()
+        .into_iter()
+        .find(|c| c["name"] == "lost")
+        .unwrap();
+    assert!(
+        c["last_error"].as_str().unwrap().contains("lost_replica"),
+        "{c}"
+    );
+    assert_eq!(
+        source.psql("postgres", "SELECT count(*) FROM pg_replication_slots"),
+        "1",
+        "the slot is kept"
+    );
+}

@@ -52,7 +52,7 @@ impl PipelineError {
                 source.as_db_error().is_none()
             }
             PipelineError::Connect(ConnectError::Tls { .. }) => false,
-            PipelineError::Catalog(_) => true,
+            PipelineError::Catalog(e) => e.is_transient(),
             PipelineError::Decode(_) => false,
             PipelineError::Sink(e) => e.is_transient(),
             PipelineError::Snapshot(e) => e.is_transient(),

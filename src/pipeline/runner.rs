@@ -127,6 +127,24 @@ async fn start(ctx: &PipelineContext) -> Result<(ReplicationStream, Lsn), Pipeli
             ))
         }
         (None, slot) => {
+            // A connector that has streamed must find its replica: a missing one means the
+            // store is not the one it used (store.url changed?) or the replica was dropped.
+            // Starting over would drop a slot that may still be needed.
+            let streamed = bk
+                .history(connector.id)
+                .await?
+                .iter()
+                .any(|change| change.to == PipelineState::Streaming);
+            if streamed {
+                return Err(PipelineError::definite(
+                    format!(
+                        "the replica database {} on {} is missing or has no applied position,                          but this connector has streamed into it before",
+                        connector.replica_database,
+                        store.target()
+                    ),
+                    "check store.url; if the replica is really gone, delete the connector and                      create it again for a new snapshot",
+                ));
+            }
             if slot != SlotStatus::Missing {
                 // Left over from an interrupted snapshot of this connector: never reused.
                 tracing::info!(slot = %connector.slot_name, "dropping the slot of an interrupted snapshot");
@@ -255,7 +273,18 @@ async fn snapshot(
     })?;
     // From here until START_REPLICATION, `repl` must stay idle: its next command ends the
     // exported snapshot.
+    // The table list comes from the snapshot too, so that it matches the rows copied.
     let source_sql = pg::connect(source).await?;
+    source_sql
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            pg::quote_literal(&snapshot_name)
+        ))
+        .await
+        .map_err(|source| catalog::CatalogError::Query {
+            what: "opening a transaction on the exported snapshot",
+            source,
+        })?;
     let tables = catalog::list_tables(&source_sql, &connector.schemas, &[]).await?;
     drop(source_sql);
     let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();

@@ -49,7 +49,10 @@ pub enum ReplicaIdentity {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("reading the source's catalog ({what}): {source}")]
+    #[error(
+        "reading the source's catalog ({what}): {}",
+        crate::pg::error_message(source)
+    )]
     Query {
         what: &'static str,
         #[source]
