@@ -156,20 +156,29 @@ async fn start(ctx: &PipelineContext) -> Result<(ReplicationStream, Lsn), Pipeli
         }
     };
 
-    let numeric_as_string = replication::probe_numeric_as_string(&source).await?;
-    if !numeric_as_string {
-        tracing::warn!(
-            "the source's wal2json predates 2.6: NaN and Infinity in numeric and float \
-             columns arrive as NULL (see preflight)"
-        );
-    }
-    let plugin = PluginOptions {
+    // wal2json 2.6 keeps NaN and Infinity apart from NULL; older versions refuse the
+    // option at START_REPLICATION, which a persistent slot survives.
+    let plugin = |numeric_as_string| PluginOptions {
         numeric_as_string,
         ..PluginOptions::default()
     };
-    let stream = repl
-        .start_replication(&connector.slot_name, applied, plugin, status_interval)
-        .await?;
+    let slot = &connector.slot_name;
+    let stream = match repl
+        .start_replication(slot, applied, plugin(true), status_interval)
+        .await
+    {
+        Err(e) if replication::rejects_numeric_as_string(&e) => {
+            tracing::warn!(
+                "the source's wal2json predates 2.6: NaN and Infinity in numeric and float \
+                 columns arrive as NULL (see preflight)"
+            );
+            ReplicationClient::connect(&source)
+                .await?
+                .start_replication(slot, applied, plugin(false), status_interval)
+                .await?
+        }
+        started => started?,
+    };
     check_not_skipped(&source, &connector.slot_name, applied).await?;
     bk.set_state(connector.id, PipelineState::Streaming, None)
         .await?;

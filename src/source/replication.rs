@@ -303,8 +303,9 @@ impl ReplicationClient {
     /// Starts streaming from `start` (`Lsn::ZERO`: from the slot's confirmed position).
     ///
     /// An error here ends every temporary slot of the session (the walsender's error
-    /// cleanup drops them), so options the server might reject are settled beforehand with
-    /// [`probe_numeric_as_string`].
+    /// cleanup drops them): with a temporary slot, settle options the server might reject
+    /// beforehand with [`probe_numeric_as_string`]; a persistent slot survives the error,
+    /// so trying and falling back ([`rejects_numeric_as_string`]) is fine there.
     pub async fn start_replication(
         mut self,
         slot: &SlotName,
@@ -367,6 +368,13 @@ fn start_replication_sql(slot: &SlotName, start: Lsn, plugin: &PluginOptions) ->
     format!("START_REPLICATION SLOT {slot} LOGICAL {start} ({options})")
 }
 
+/// Whether `error` is wal2json refusing `numeric-data-types-as-string` (before 2.6).
+pub fn rejects_numeric_as_string(error: &super::Error) -> bool {
+    error
+        .server_error()
+        .is_some_and(|e| e.code == "22023" && e.message.contains(NUMERIC_AS_STRING))
+}
+
 /// Whether the source's wal2json accepts `numeric-data-types-as-string` (wal2json 2.6+).
 ///
 /// wal2json checks its options only when decoding starts, so this creates a temporary slot
@@ -390,12 +398,7 @@ pub async fn probe_numeric_as_string(info: &ConnInfo) -> Result<bool> {
     let sql = start_replication_sql(&slot, created.consistent_point, &plugin);
     let supported = match client.start(&sql).await {
         Ok(()) => true,
-        Err(e)
-            if e.server_error()
-                .is_some_and(|e| e.code == "22023" && e.message.contains(NUMERIC_AS_STRING)) =>
-        {
-            false
-        }
+        Err(e) if rejects_numeric_as_string(&e) => false,
         Err(e) => return Err(e),
     };
     // Dropping the connection ends the session and its temporary slot.
