@@ -1,30 +1,37 @@
-//! The streaming loop: replication messages in, target transactions out, acknowledgements
-//! back.
+//! Streaming: replication messages in, target transactions out, acknowledgements back.
 //!
 //! ```text
-//!   ReplicationStream ──► decode ──► ReplicaSink::apply ─┐
-//!          ▲                                              │ at a source COMMIT, when the
-//!          │                                              │ batch is full or old enough:
-//!          └── set_flushed(end) ◄── AckTracker ◄── ReplicaSink::commit(end)
+//!   reader: ReplicationStream ─► decode ─► filter ──(bounded channel)──► applier: ReplicaSink
+//!              ▲                                                              │
+//!              └──── set_flushed(durable) ◄───(watch: durable LSN)────────────┘
 //! ```
 //!
-//! Many source transactions share one target transaction; it always ends at a source
-//! commit, and its last statement records that commit's end as the replica's applied LSN.
-//! Only after that commit returns is the position acknowledged, so a crash anywhere leaves
-//! the replica at some source commit and the slot at or before it: on restart, the stream
-//! resumes from the applied LSN and nothing is lost or applied twice.
+//! Two futures joined in one task, so that reading and decoding the next transactions
+//! overlaps with waiting for the branch store; neither outlives `run`.
 //!
-//! Idle positions from keepalives are written to the progress row before they are
-//! acknowledged too, so the slot's confirmed position never runs ahead of the replica's
-//! applied LSN; that is what lets the pipeline check, after START_REPLICATION, that the
-//! server has not skipped anything.
+//! The applier groups many source transactions into one target transaction, always ending
+//! at a source commit; its last statement records that commit's end as the replica's
+//! applied LSN. Only after that commit returns does the position go back to the reader,
+//! which alone acknowledges to the source. So a crash anywhere leaves the replica at some
+//! source commit and the slot at or before it: on restart, streaming resumes from the
+//! applied LSN and nothing is lost or applied twice.
+//!
+//! Idle positions from keepalives (and from transactions with nothing for the replica) are
+//! written to the progress row before they are acknowledged too, so the slot's confirmed
+//! position never runs ahead of the replica's applied LSN; that is what lets the pipeline
+//! check, after START_REPLICATION, that the server has not skipped anything.
+//!
+//! Shutdown: the reader stops at the next source commit (or when the grace period ends)
+//! and tells the applier how: `Stop` commits what is complete, anything else (the grace
+//! period over, an error, the reader gone) rolls the open target transaction back.
 
 use std::time::Duration;
 
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::change::Message;
+use crate::change::{Change, Message};
 use crate::pipeline::PipelineError;
 use crate::settings::PipelineSettings;
 use crate::sink::ReplicaSink;
@@ -33,6 +40,14 @@ use crate::types::Lsn;
 
 /// How often an idle position is written to the replica and acknowledged, at most.
 const IDLE_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Commands between reader and applier: enough to overlap a few source transactions
+/// without holding much in memory.
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// How long the polite end of streaming (final status update, CopyDone) may take before
+/// the connection is simply dropped.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a pipeline ended without an error.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,9 +59,15 @@ pub enum StreamEnd {
     Interrupted,
 }
 
-/// How long the polite end of streaming (final status update, CopyDone) may take before
-/// the connection is simply dropped.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+enum Command {
+    Change(Change),
+    /// The end of a source transaction whose changes were sent.
+    Commit(Lsn),
+    /// A position with nothing in flight before it.
+    Idle(Lsn),
+    /// Commit what is complete and finish (the reader stopped at a commit boundary).
+    Stop,
+}
 
 /// Streams from `stream` into `sink` until `shutdown`, starting at `applied` (the replica's
 /// applied LSN). Only changes to tables in `schemas` are applied: wal2json sends the whole
@@ -59,217 +80,289 @@ pub async fn run(
     settings: &PipelineSettings,
     shutdown: &CancellationToken,
 ) -> Result<StreamEnd, PipelineError> {
-    let mut state = Loop {
-        schemas,
+    let (commands, inbox) = mpsc::channel(CHANNEL_CAPACITY);
+    let (durable_tx, durable_rx) = watch::channel(applied);
+    let reader = Reader {
         stream,
         tracker: AckTracker::new(applied),
+        start: applied,
+        schemas,
+        commands,
+        durable: durable_rx,
+    };
+    let applier = Applier {
+        sink,
+        inbox,
+        durable: durable_tx,
         applied,
+        pending_commit: None,
         in_source_tx: false,
-        skipping: false,
         batch_changes: 0,
         batch_started: None,
-        pending_commit: None,
         idle_candidate: None,
-        stop_deadline: None,
+        last_idle_persist: None,
     };
-    let result = state.run(sink, settings, shutdown).await;
-    if result.is_err() && sink.in_transaction() {
-        // The error may be the sink's own connection; the rollback is best effort, the
-        // server discards the transaction with the session anyway.
-        let _ = sink.rollback().await;
-    }
-    let end = result?;
-    match tokio::time::timeout(STOP_TIMEOUT, state.stream.stop()).await {
-        Ok(Ok(client)) => client.close().await,
-        Ok(Err(e)) => tracing::debug!("ending replication: {e}"),
-        // Still reading the rest of a large transaction: closing is enough, the server
-        // keeps the last acknowledged position.
-        Err(_) => tracing::debug!("ending replication timed out; closing the connection"),
-    }
-    Ok(end)
+    let (read, apply) = tokio::join!(reader.run(settings, shutdown), applier.run(settings));
+    // The applier's error is the cause when both failed: the reader only saw it go away.
+    let applied = apply?;
+    read?;
+    Ok(StreamEnd::Stopped { applied })
 }
 
-struct Loop<'a> {
-    schemas: &'a [String],
+struct Reader<'a> {
     stream: ReplicationStream,
     tracker: AckTracker,
-    /// Durable on the replica: its progress row holds this.
-    applied: Lsn,
-    /// Between a source BEGIN and its COMMIT.
-    in_source_tx: bool,
-    /// The current source transaction is already in the replica (its end ≤ `applied`).
-    skipping: bool,
-    /// Changes in the open target transaction.
-    batch_changes: usize,
-    batch_started: Option<Instant>,
-    /// End of the last source commit inside the open target transaction.
-    pending_commit: Option<Lsn>,
-    /// A keepalive position that may be persisted and acknowledged.
-    idle_candidate: Option<Lsn>,
-    /// Set at shutdown: finish the current source transaction by then, or give up on it.
-    stop_deadline: Option<Instant>,
+    /// The replica's applied LSN when streaming started: transactions ending at or before
+    /// it are in the replica already.
+    start: Lsn,
+    schemas: &'a [String],
+    commands: mpsc::Sender<Command>,
+    durable: watch::Receiver<Lsn>,
 }
 
-impl Loop<'_> {
+impl Reader<'_> {
     async fn run(
-        &mut self,
-        sink: &mut ReplicaSink,
+        mut self,
         settings: &PipelineSettings,
         shutdown: &CancellationToken,
-    ) -> Result<StreamEnd, PipelineError> {
-        let mut idle_timer = tokio::time::interval(IDLE_PERSIST_INTERVAL);
-        idle_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
-        loop {
-            // A stop at a commit boundary is immediate: commit what is open and leave.
-            if self.stop_deadline.is_some() && !self.in_source_tx {
-                self.commit(sink).await?;
-                return Ok(StreamEnd::Stopped {
-                    applied: self.applied,
-                });
-            }
-            let batch_due = match (self.batch_started, self.in_source_tx) {
-                (Some(started), false) => started + settings.batch_max_delay(),
-                _ => far_future,
-            };
-            let stop_due = self.stop_deadline.unwrap_or(far_future);
+    ) -> Result<(), PipelineError> {
+        let result = self.read(settings, shutdown).await;
+        // A clean stop told the applier so; otherwise dropping the sender rolls it back.
+        // Either way, take its last durable position before saying goodbye to the source.
+        let Reader {
+            mut stream,
+            mut durable,
+            commands,
+            ..
+        } = self;
+        drop(commands);
+        while durable.changed().await.is_ok() {
+            stream.set_flushed(*durable.borrow_and_update());
+        }
+        stream.set_flushed(*durable.borrow());
+        match tokio::time::timeout(STOP_TIMEOUT, stream.stop()).await {
+            Ok(Ok(client)) => client.close().await,
+            Ok(Err(e)) => tracing::debug!("ending replication: {e}"),
+            // Still reading the rest of a large transaction: closing is enough, the server
+            // keeps the last acknowledged position.
+            Err(_) => tracing::debug!("ending replication timed out; closing the connection"),
+        }
+        result
+    }
 
+    async fn read(
+        &mut self,
+        settings: &PipelineSettings,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut stop_deadline: Option<Instant> = None;
+        let mut in_source_tx = false;
+        let mut skipping = false;
+        let mut sent_in_tx = 0usize;
+        loop {
+            if stop_deadline.is_some() && !in_source_tx {
+                let _ = self.commands.send(Command::Stop).await;
+                return Ok(());
+            }
             tokio::select! {
-                // Shutdown first, so that a busy stream cannot delay noticing it; then
-                // the deadlines; then new WAL. Keepalive answers and status updates
-                // happen inside `next()`.
+                // Shutdown first, so that a busy stream cannot delay noticing it; then the
+                // grace deadline; then the applier's progress; then new WAL. Keepalive
+                // answers and status updates happen inside `next()`.
                 biased;
-                _ = shutdown.cancelled(), if self.stop_deadline.is_none() => {
-                    self.stop_deadline = Some(Instant::now() + settings.shutdown_grace());
+                _ = shutdown.cancelled(), if stop_deadline.is_none() => {
+                    stop_deadline = Some(Instant::now() + settings.shutdown_grace());
                 }
-                _ = tokio::time::sleep_until(stop_due), if self.stop_deadline.is_some() => {
+                _ = tokio::time::sleep_until(stop_deadline.unwrap_or(far_future)), if stop_deadline.is_some() => {
                     tracing::warn!(
                         "shutdown grace period over inside a source transaction: rolling back \
                          the open target transaction; it is applied again after restart"
                     );
-                    if sink.in_transaction() {
-                        sink.rollback().await?;
-                    }
-                    return Ok(StreamEnd::Stopped { applied: self.applied });
+                    return Ok(());
                 }
-                _ = tokio::time::sleep_until(batch_due) => self.commit(sink).await?,
-                _ = idle_timer.tick() => self.persist_idle(sink).await?,
-                message = self.stream.next() => {
-                    match message? {
-                        Some(ReplicationMessage::XLogData(x)) => {
-                            let message = wal2json::decode(&x.data)?;
-                            self.handle(message, sink, settings).await?;
+                // The applier failed: its error is the one that counts.
+                _ = self.commands.closed() => return Ok(()),
+                changed = self.durable.changed() => {
+                    if changed.is_ok() {
+                        self.tracker.applied(*self.durable.borrow_and_update());
+                        self.stream.set_flushed(self.tracker.flushed());
+                    }
+                }
+                message = self.stream.next() => match message? {
+                    Some(ReplicationMessage::XLogData(x)) => match wal2json::decode(&x.data)? {
+                        Message::Begin(begin) => {
+                            in_source_tx = true;
+                            sent_in_tx = 0;
+                            self.tracker.begin();
+                            // The server resumes at the slot's position, which may be
+                            // before the replica's: those transactions are passed over.
+                            skipping = begin.end_lsn.is_some_and(|end| end <= self.start);
                         }
-                        Some(ReplicationMessage::Keepalive(k)) => {
-                            if !sink.in_transaction() {
-                                if let Some(position) = self.tracker.idle_position(k.wal_end) {
-                                    self.idle_candidate = Some(position);
-                                }
+                        Message::Change(change) => {
+                            if !in_source_tx {
+                                return Err(PipelineError::definite(
+                                    format!(
+                                        "a change to {}.{} arrived outside a transaction",
+                                        change.table.schema, change.table.name
+                                    ),
+                                    "report this to the tributary developers",
+                                ));
+                            }
+                            if !skipping && self.schemas.contains(&change.table.schema) {
+                                sent_in_tx += 1;
+                                self.send(Command::Change(change)).await?;
                             }
                         }
-                        None => return Err(PipelineError::StreamEnded),
+                        Message::Commit(commit) => {
+                            in_source_tx = false;
+                            let end = commit.end_lsn.ok_or_else(|| {
+                                PipelineError::definite(
+                                    "a COMMIT arrived without its LSN",
+                                    "report this to the tributary developers",
+                                )
+                            })?;
+                            self.tracker.commit(end);
+                            if skipping {
+                                skipping = false;
+                            } else if sent_in_tx > 0 {
+                                self.send(Command::Commit(end)).await?;
+                            } else {
+                                // Nothing of it concerns the replica: an idle position.
+                                self.send(Command::Idle(end)).await?;
+                            }
+                        }
+                        // Transactional messages carry DDL for schema-change capture (not
+                        // yet used); others are not for us.
+                        Message::Logical(_) => {}
+                    },
+                    Some(ReplicationMessage::Keepalive(k)) => {
+                        if let Some(position) = self.tracker.idle_position(k.wal_end) {
+                            // Best effort: a full channel means work in flight anyway.
+                            let _ = self.commands.try_send(Command::Idle(position));
+                        }
                     }
-                }
+                    None => return Err(PipelineError::StreamEnded),
+                },
             }
         }
     }
 
-    async fn handle(
-        &mut self,
-        message: Message,
-        sink: &mut ReplicaSink,
-        settings: &PipelineSettings,
-    ) -> Result<(), PipelineError> {
-        match message {
-            Message::Begin(begin) => {
-                self.in_source_tx = true;
-                self.idle_candidate = None;
-                self.tracker.begin();
-                // The server resumes at the slot's position, which may be before the
-                // replica's; transactions already applied are recognised and passed over.
-                self.skipping = begin.end_lsn.is_some_and(|end| end <= self.applied);
-            }
-            Message::Change(change) => {
-                if self.skipping || !self.schemas.contains(&change.table.schema) {
-                    return Ok(());
-                }
-                if !self.in_source_tx {
-                    return Err(PipelineError::definite(
-                        format!(
-                            "a change to {}.{} arrived outside a transaction",
-                            change.table.schema, change.table.name
-                        ),
-                        "report this to the tributary developers",
-                    ));
-                }
-                sink.apply(&change).await?;
-                self.batch_changes += 1;
-                self.batch_started.get_or_insert_with(Instant::now);
-            }
-            Message::Commit(commit) => {
-                self.in_source_tx = false;
-                let end = commit.end_lsn.ok_or_else(|| {
-                    PipelineError::definite(
-                        "a COMMIT arrived without its LSN",
-                        "report this to the tributary developers",
-                    )
-                })?;
-                self.tracker.commit(end);
-                if self.skipping {
-                    self.skipping = false;
-                    return Ok(());
-                }
-                if sink.in_transaction() {
-                    self.pending_commit = Some(end);
-                    let full = self.batch_changes >= settings.batch_max_changes;
-                    let old = self
-                        .batch_started
-                        .is_some_and(|t| t.elapsed() >= settings.batch_max_delay());
-                    if full || old || self.stop_deadline.is_some() {
-                        self.commit(sink).await?;
-                    }
-                } else {
-                    // Nothing of this transaction concerns the replica: its end is an idle
-                    // position like a keepalive's.
-                    self.idle_candidate = Some(end);
-                }
-            }
-            // Transactional messages carry DDL for schema-change capture (not yet used);
-            // others are not for us.
-            Message::Logical(_) => {}
+    /// Hands a command to the applier; if it is gone, its error explains why.
+    async fn send(&mut self, command: Command) -> Result<(), PipelineError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| PipelineError::definite("the applier stopped", "see the applier's error"))
+    }
+}
+
+struct Applier<'a> {
+    sink: &'a mut ReplicaSink,
+    inbox: mpsc::Receiver<Command>,
+    durable: watch::Sender<Lsn>,
+    /// Durable on the replica: its progress row holds this.
+    applied: Lsn,
+    /// End of the last source commit inside the open target transaction.
+    pending_commit: Option<Lsn>,
+    /// Changes received after the last commit.
+    in_source_tx: bool,
+    batch_changes: usize,
+    batch_started: Option<Instant>,
+    idle_candidate: Option<Lsn>,
+    last_idle_persist: Option<Instant>,
+}
+
+impl Applier<'_> {
+    async fn run(mut self, settings: &PipelineSettings) -> Result<Lsn, PipelineError> {
+        let result = self.apply(settings).await;
+        if self.sink.in_transaction() && (result.is_err() || self.in_source_tx) {
+            // Best effort: the server discards the transaction with the session anyway.
+            let _ = self.sink.rollback().await;
         }
-        Ok(())
+        result.map(|()| self.applied)
     }
 
-    /// Commits the open target transaction at the last source commit and acknowledges it.
-    async fn commit(&mut self, sink: &mut ReplicaSink) -> Result<(), PipelineError> {
+    async fn apply(&mut self, settings: &PipelineSettings) -> Result<(), PipelineError> {
+        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            let batch_due = match (self.batch_started, self.in_source_tx) {
+                (Some(started), false) => started + settings.batch_max_delay(),
+                _ => far_future,
+            };
+            let idle_due = match (self.idle_candidate, self.last_idle_persist) {
+                (Some(_), Some(last)) => last + IDLE_PERSIST_INTERVAL,
+                (Some(_), None) => Instant::now(),
+                (None, _) => far_future,
+            };
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(batch_due) => self.commit().await?,
+                _ = tokio::time::sleep_until(idle_due) => self.persist_idle().await?,
+                command = self.inbox.recv() => match command {
+                    Some(Command::Change(change)) => {
+                        self.in_source_tx = true;
+                        self.sink.apply(&change).await?;
+                        self.batch_changes += 1;
+                        self.batch_started.get_or_insert_with(Instant::now);
+                    }
+                    Some(Command::Commit(end)) => {
+                        self.in_source_tx = false;
+                        self.pending_commit = Some(end);
+                        let full = self.batch_changes >= settings.batch_max_changes;
+                        let old = self
+                            .batch_started
+                            .is_some_and(|t| t.elapsed() >= settings.batch_max_delay());
+                        if full || old {
+                            self.commit().await?;
+                        }
+                    }
+                    Some(Command::Idle(position)) => {
+                        self.idle_candidate = Some(self.idle_candidate.map_or(position, |c| c.max(position)));
+                    }
+                    Some(Command::Stop) => {
+                        self.commit().await?;
+                        return Ok(());
+                    }
+                    // The reader stopped without a clean boundary: roll back (in `run`).
+                    None => {
+                        self.in_source_tx = true;
+                        return Ok(());
+                    }
+                },
+            }
+        }
+    }
+
+    /// Commits the open target transaction at the last source commit.
+    async fn commit(&mut self) -> Result<(), PipelineError> {
         let Some(end) = self.pending_commit.take() else {
             return Ok(());
         };
-        sink.commit(end).await?;
+        self.sink.commit(end).await?;
         self.applied = end;
         self.batch_changes = 0;
         self.batch_started = None;
-        self.tracker.applied(end);
-        self.stream.set_flushed(self.tracker.flushed());
+        self.durable.send_replace(end);
         Ok(())
     }
 
-    /// Records an idle position in the replica, then acknowledges it.
-    async fn persist_idle(&mut self, sink: &mut ReplicaSink) -> Result<(), PipelineError> {
-        if self.in_source_tx || sink.in_transaction() {
+    /// Records an idle position in the replica, then passes it on for acknowledgement.
+    async fn persist_idle(&mut self) -> Result<(), PipelineError> {
+        if self.in_source_tx || self.sink.in_transaction() {
+            // Work is in flight; its commit moves the position on instead.
+            self.last_idle_persist = Some(Instant::now());
             return Ok(());
         }
         let Some(position) = self.idle_candidate.take() else {
             return Ok(());
         };
+        self.last_idle_persist = Some(Instant::now());
         if position <= self.applied {
             return Ok(());
         }
-        sink.mark_applied(position).await?;
+        self.sink.mark_applied(position).await?;
         self.applied = position;
-        self.tracker.applied(position);
-        self.stream.set_flushed(self.tracker.flushed());
+        self.durable.send_replace(position);
         Ok(())
     }
 }
