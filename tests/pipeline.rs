@@ -147,6 +147,18 @@ fn create_connector(daemon: &Daemon, source: &Cluster, name: &str) {
     ]);
 }
 
+/// A seeded source, a store, and a daemon streaming connector `name` between them.
+async fn streaming(name: &str) -> (Cluster, Cluster, Daemon) {
+    let source = source_cluster();
+    let store = Cluster::start();
+    seed_source(&source);
+    let mut daemon = Daemon::new(&store);
+    create_connector(&daemon, &source, name);
+    daemon.start();
+    daemon.wait_for_state(name, "streaming").await;
+    (source, store, daemon)
+}
+
 #[tokio::test]
 async fn snapshot_then_stream_reproduces_the_source() {
     let source = source_cluster();
@@ -315,13 +327,7 @@ async fn kill_9_at_random_moments_never_loses_or_duplicates() {
 
 #[tokio::test]
 async fn source_and_store_restarts_are_survived() {
-    let source = source_cluster();
-    let store = Cluster::start();
-    seed_source(&source);
-    let mut daemon = Daemon::new(&store);
-    create_connector(&daemon, &source, "bouncy");
-    daemon.start();
-    daemon.wait_for_state("bouncy", "streaming").await;
+    let (source, store, mut daemon) = streaming("bouncy").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(&source, stop.clone());
@@ -352,13 +358,7 @@ async fn source_and_store_restarts_are_survived() {
 
 #[tokio::test]
 async fn sigterm_mid_stream_exits_0_with_the_slot_at_the_applied_lsn() {
-    let source = source_cluster();
-    let store = Cluster::start();
-    seed_source(&source);
-    let mut daemon = Daemon::new(&store);
-    create_connector(&daemon, &source, "polite");
-    daemon.start();
-    daemon.wait_for_state("polite", "streaming").await;
+    let (source, store, mut daemon) = streaming("polite").await;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(&source, stop.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -443,13 +443,7 @@ async fn idle_connector_beside_a_busy_database_does_not_pin_wal() {
 
 #[tokio::test]
 async fn an_apply_error_stops_the_pipeline_and_skips_nothing() {
-    let source = source_cluster();
-    let store = Cluster::start();
-    seed_source(&source);
-    let mut daemon = Daemon::new(&store);
-    create_connector(&daemon, &source, "strict");
-    daemon.start();
-    daemon.wait_for_state("strict", "streaming").await;
+    let (source, store, mut daemon) = streaming("strict").await;
     wait_converged(
         &source,
         "postgres",
@@ -640,13 +634,7 @@ async fn sigterm_during_the_snapshot_exits_0_and_the_next_run_starts_over() {
 /// while a large batch's replies are still unread used to stall the connection.
 #[tokio::test]
 async fn a_large_batch_followed_by_a_new_table_does_not_stall() {
-    let source = source_cluster();
-    let store = Cluster::start();
-    seed_source(&source);
-    let mut daemon = Daemon::new(&store);
-    create_connector(&daemon, &source, "busy");
-    daemon.start();
-    daemon.wait_for_state("busy", "streaming").await;
+    let (source, store, mut daemon) = streaming("busy").await;
     wait_converged(
         &source,
         "postgres",
@@ -719,13 +707,7 @@ async fn swapping_unique_values_applies_in_order() {
 
 #[tokio::test]
 async fn a_vanished_replica_fails_instead_of_silently_starting_over() {
-    let source = source_cluster();
-    let store = Cluster::start();
-    seed_source(&source);
-    let mut daemon = Daemon::new(&store);
-    create_connector(&daemon, &source, "lost");
-    daemon.start();
-    daemon.wait_for_state("lost", "streaming").await;
+    let (source, store, mut daemon) = streaming("lost").await;
     daemon.kill9();
     store.psql("postgres", "DROP DATABASE lost_replica WITH (FORCE)");
     daemon.start();
