@@ -727,3 +727,50 @@ async fn a_vanished_replica_fails_instead_of_silently_starting_over() {
         "the slot is kept"
     );
 }
+
+/// While the branch store blocks the applier (here: a lock held longer than the source's
+/// wal_sender_timeout), the source must keep hearing from tributary.
+#[tokio::test]
+async fn a_blocked_branch_store_does_not_cost_the_replication_connection() {
+    let source = Cluster::builder()
+        .setting("wal_sender_timeout", "2s")
+        .start();
+    let store = Cluster::start();
+    seed_source(&source);
+    let mut daemon = Daemon::new(&store);
+    create_connector(&daemon, &source, "patient");
+    daemon.start();
+    daemon.wait_for_state("patient", "streaming").await;
+
+    let blocker = store.connect("patient_replica").await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE app.scratch IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // Enough small transactions to fill the channel between reader and applier.
+    source.psql(
+        "postgres",
+        &(0..3000)
+            .map(|i| format!("INSERT INTO app.scratch (v) VALUES ('{i}');\n"))
+            .collect::<String>(),
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "patient_replica",
+        SCHEMAS,
+        &daemon,
+    )
+    .await;
+    assert!(
+        !source
+            .log_contents()
+            .contains("terminating walsender process due to replication timeout"),
+        "the source timed tributary out:\n{}",
+        daemon.log_tail()
+    );
+}

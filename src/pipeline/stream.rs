@@ -247,12 +247,22 @@ impl Reader<'_> {
         }
     }
 
-    /// Hands a command to the applier; if it is gone, its error explains why.
+    /// Hands a command to the applier; if it is gone, its error explains why. While the
+    /// channel is full nothing more is read from the source, but status updates go on, so
+    /// a slow branch store does not cost the replication connection.
     async fn send(&mut self, command: Command) -> Result<(), PipelineError> {
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| PipelineError::definite("the applier stopped", "see the applier's error"))
+        loop {
+            tokio::select! {
+                permit = self.commands.reserve() => {
+                    let permit = permit.map_err(|_| {
+                        PipelineError::definite("the applier stopped", "see the applier's error")
+                    })?;
+                    permit.send(command);
+                    return Ok(());
+                }
+                sent = self.stream.status_when_due() => sent?,
+            }
+        }
     }
 }
 

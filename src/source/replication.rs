@@ -483,6 +483,15 @@ impl ReplicationStream {
         self.flushed
     }
 
+    /// Waits for the status timer and sends a status update; for owners that cannot call
+    /// [`ReplicationStream::next`] for a while (they apply backpressure) but must not let
+    /// the server's `wal_sender_timeout` expire. Cancel-safe.
+    pub async fn status_when_due(&mut self) -> Result<()> {
+        self.timer.tick().await;
+        self.queue_status(false);
+        self.client.conn.flush().await
+    }
+
     /// Sends a status update now (the timer sends them anyway).
     pub async fn send_status(&mut self) -> Result<()> {
         self.queue_status(false);
