@@ -70,7 +70,6 @@ fn main() {
     let scale: u32 = env_or("TRIBUTARY_BENCH_SCALE", 50);
     let transactions: u32 = env_or("TRIBUTARY_BENCH_TRANSACTIONS", 100_000);
     let runs: usize = env_or("TRIBUTARY_BENCH_RUNS", 3);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
 
     let tuned = |b: harness::ClusterBuilder| {
         b.setting("max_wal_size", "8GB")
@@ -164,7 +163,16 @@ fn main() {
             "--schemas",
             "public",
         ]);
-        runtime.block_on(daemon.wait_for_state(&name, "streaming"));
+        // Polled like the native side (a psql query every 50 ms), not through the CLI,
+        // whose start-up would load the machine during the measurement.
+        let state = format!("SELECT state FROM tributary.connectors WHERE name = '{name}'");
+        loop {
+            match store.psql("postgres", &state).as_str() {
+                "streaming" => break,
+                "failed" => panic!("connector {name} failed:\n{}", daemon.log_tail()),
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
         ours.push(started.elapsed().as_secs_f64());
 
         // One backlog for both, written while both are paused.
