@@ -63,6 +63,13 @@ fn wait_lsn(source: &Cluster, slot: &str, target: &str) {
     }
 }
 
+/// Every timed scenario starts from quiet servers: the previous one's dirty pages are
+/// written out first, so the order of the scenarios does not decide who pays for them.
+fn quiet(source: &Cluster, store: &Cluster) {
+    source.psql("bench", "CHECKPOINT");
+    store.psql("postgres", "CHECKPOINT");
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` probes benchmarks; there are none to list by name.
@@ -109,6 +116,7 @@ fn main() {
         // COPY pipe: schema without indexes, binary COPY table by table, then indexes.
         let db = format!("pipe_{run}");
         store.create_database(&db);
+        quiet(&source, &store);
         let started = Instant::now();
         sh(&format!(
             "{pg_dump} --schema-only --section=pre-data {src} | {psql} -q -X {}",
@@ -133,6 +141,7 @@ fn main() {
             "{pg_dump} --schema-only {src} | {psql} -q -X {}",
             dst(&db)
         ));
+        quiet(&source, &store);
         let started = Instant::now();
         store.psql(
             &db,
@@ -152,6 +161,7 @@ fn main() {
 
         // tributary: connector created → snapshot done and streaming.
         let name = format!("bench_{run}");
+        quiet(&source, &store);
         let started = Instant::now();
         daemon.cli_ok(&[
             "connector",
@@ -185,11 +195,13 @@ fn main() {
         ));
         let target = source.psql("bench", "SELECT pg_current_wal_lsn()");
 
+        quiet(&source, &store);
         let started = Instant::now();
         store.psql(&db, &format!("ALTER SUBSCRIPTION sub_{run} ENABLE"));
         wait_lsn(&source, &format!("sub_{run}"), &target);
         native_catchup.push(started.elapsed().as_secs_f64());
 
+        quiet(&source, &store);
         let started = Instant::now();
         daemon.start();
         wait_lsn(&source, &format!("tributary_%_{name}"), &target);
