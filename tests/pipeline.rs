@@ -147,6 +147,19 @@ fn create_connector(daemon: &Daemon, source: &Cluster, name: &str) {
     ]);
 }
 
+/// Waits until connector `name`'s replica equals the (quiet) source.
+async fn converged(source: &Cluster, store: &Cluster, name: &str, daemon: &Daemon) {
+    wait_converged(
+        source,
+        "postgres",
+        store,
+        &format!("{name}_replica"),
+        SCHEMAS,
+        daemon,
+    )
+    .await;
+}
+
 /// A seeded source, a store, and a daemon streaming connector `name` between them.
 async fn streaming(name: &str) -> (Cluster, Cluster, Daemon) {
     let source = source_cluster();
@@ -169,15 +182,7 @@ async fn snapshot_then_stream_reproduces_the_source() {
     create_connector(&daemon, &source, "shop");
     daemon.start();
     daemon.wait_for_state("shop", "streaming").await;
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "shop_replica",
-        SCHEMAS,
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, "shop", &daemon).await;
     assert_eq!(
         store.psql(
             "shop_replica",
@@ -199,15 +204,7 @@ async fn snapshot_then_stream_reproduces_the_source() {
         "postgres",
         "UPDATE app.docs SET title = title || ' (edited)'",
     );
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "shop_replica",
-        SCHEMAS,
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, "shop", &daemon).await;
     assert_eq!(
         store.psql("shop_replica", "SELECT min(length(body)) FROM app.docs"),
         "1048576",
@@ -314,15 +311,7 @@ async fn kill_9_at_random_moments_never_loses_or_duplicates() {
 
     daemon.start();
     daemon.wait_for_state("crashy", "streaming").await;
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "crashy_replica",
-        SCHEMAS,
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, "crashy", &daemon).await;
 }
 
 #[tokio::test]
@@ -345,15 +334,7 @@ async fn source_and_store_restarts_are_survived() {
         daemon.log_tail()
     );
     daemon.wait_for_state("bouncy", "streaming").await;
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "bouncy_replica",
-        SCHEMAS,
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, "bouncy", &daemon).await;
 }
 
 #[tokio::test]
@@ -376,15 +357,7 @@ async fn sigterm_mid_stream_exits_0_with_the_slot_at_the_applied_lsn() {
 
     // And it picks up where it stopped.
     daemon.start();
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "polite_replica",
-        SCHEMAS,
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, "polite", &daemon).await;
 }
 
 #[tokio::test]
@@ -444,15 +417,7 @@ async fn idle_connector_beside_a_busy_database_does_not_pin_wal() {
 #[tokio::test]
 async fn an_apply_error_stops_the_pipeline_and_skips_nothing() {
     let (source, store, mut daemon) = streaming("strict").await;
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "strict_replica",
-        SCHEMAS,
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, "strict", &daemon).await;
 
     // Someone writes into the replica; the source then inserts the same key.
     store.psql(
@@ -504,15 +469,7 @@ async fn an_apply_error_stops_the_pipeline_and_skips_nothing() {
     );
     daemon.kill9();
     daemon.start();
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "strict_replica",
-        SCHEMAS,
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, "strict", &daemon).await;
     assert_eq!(
         daemon.connector_state("strict").as_deref(),
         Some("streaming")
@@ -614,15 +571,7 @@ async fn sigterm_during_the_snapshot_exits_0_and_the_next_run_starts_over() {
 
     daemon.start();
     daemon.wait_for_state("patient", "streaming").await;
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "patient_replica",
-        SCHEMAS,
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, "patient", &daemon).await;
     assert_eq!(
         source.psql("postgres", "SELECT count(*) FROM pg_replication_slots"),
         "1",
@@ -635,15 +584,7 @@ async fn sigterm_during_the_snapshot_exits_0_and_the_next_run_starts_over() {
 #[tokio::test]
 async fn a_large_batch_followed_by_a_new_table_does_not_stall() {
     let (source, store, mut daemon) = streaming("busy").await;
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "busy_replica",
-        SCHEMAS,
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, "busy", &daemon).await;
     assert_eq!(daemon.terminate().code(), Some(0));
 
     // After the restart every table is new to the sink.
@@ -657,15 +598,7 @@ async fn a_large_batch_followed_by_a_new_table_does_not_stall() {
          COMMIT;",
     );
     daemon.start();
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "busy_replica",
-        SCHEMAS,
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, "busy", &daemon).await;
 }
 
 /// Rows of one batched UPDATE are applied in no particular order; swapping the values of a
@@ -694,15 +627,7 @@ async fn swapping_unique_values_applies_in_order() {
          UPDATE app.codes SET code = 'b' WHERE id = 1;
          COMMIT;",
     );
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "swap_replica",
-        SCHEMAS,
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, "swap", &daemon).await;
 }
 
 #[tokio::test]
@@ -757,15 +682,7 @@ async fn a_blocked_branch_store_does_not_cost_the_replication_connection() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     blocker.batch_execute("COMMIT").await.unwrap();
 
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "patient_replica",
-        SCHEMAS,
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, "patient", &daemon).await;
     assert!(
         !source
             .log_contents()

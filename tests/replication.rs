@@ -23,6 +23,31 @@ fn inserted_ids(tx: &Transaction) -> Vec<String> {
         .collect()
 }
 
+/// Table `t (id int PRIMARY KEY)` and a new slot (no exported snapshot) on `cluster`.
+async fn table_and_slot(
+    cluster: &Cluster,
+    name: &str,
+) -> (
+    tokio_postgres::Client,
+    String,
+    tributary::types::SlotName,
+    tributary::source::ReplicationClient,
+    tributary::source::CreatedSlot,
+) {
+    let sql = cluster.connect("postgres").await;
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let slot = slot(name);
+    let url = cluster.superuser_url("postgres");
+    let mut repl = replication_client(&url).await;
+    let created = repl
+        .create_slot(&slot, false, SnapshotAction::NoExport)
+        .await
+        .unwrap();
+    (sql, url, slot, repl, created)
+}
+
 #[tokio::test]
 async fn exported_snapshot_sees_exactly_what_committed_before_the_consistent_point() {
     let cluster = Cluster::start();
@@ -90,16 +115,7 @@ async fn exported_snapshot_sees_exactly_what_committed_before_the_consistent_poi
 #[tokio::test]
 async fn resume_delivers_only_unacknowledged_transactions() {
     let cluster = Cluster::start();
-    let sql = cluster.connect("postgres").await;
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    let slot = slot("resume");
-    let url = cluster.superuser_url("postgres");
-    let mut repl = replication_client(&url).await;
-    repl.create_slot(&slot, false, SnapshotAction::NoExport)
-        .await
-        .unwrap();
+    let (sql, url, slot, repl, _) = table_and_slot(&cluster, "resume").await;
     for id in 1..=5 {
         sql.execute("INSERT INTO t VALUES ($1)", &[&id])
             .await
@@ -144,16 +160,7 @@ async fn resume_delivers_only_unacknowledged_transactions() {
 #[tokio::test]
 async fn acknowledgement_never_moves_backwards() {
     let cluster = Cluster::start();
-    let sql = cluster.connect("postgres").await;
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    let slot = slot("monotonic");
-    let url = cluster.superuser_url("postgres");
-    let mut repl = replication_client(&url).await;
-    repl.create_slot(&slot, false, SnapshotAction::NoExport)
-        .await
-        .unwrap();
+    let (sql, url, slot, _, _) = table_and_slot(&cluster, "monotonic").await;
     for id in 1..=2 {
         sql.execute("INSERT INTO t VALUES ($1)", &[&id])
             .await
@@ -302,17 +309,7 @@ async fn idle_connector_acknowledges_wal_written_to_other_databases() {
 #[tokio::test]
 async fn in_flight_transaction_is_not_acknowledged_by_keepalives() {
     let cluster = Cluster::start();
-    let sql = cluster.connect("postgres").await;
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    let slot = slot("in_flight");
-    let url = cluster.superuser_url("postgres");
-    let mut repl = replication_client(&url).await;
-    let created = repl
-        .create_slot(&slot, false, SnapshotAction::NoExport)
-        .await
-        .unwrap();
+    let (sql, _, slot, repl, created) = table_and_slot(&cluster, "in_flight").await;
     sql.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
     let mut stream = repl
         .start_replication(
