@@ -290,6 +290,102 @@ async fn a_missing_row_fails_the_transaction_naming_table_and_lsn() {
     assert_eq!(sink.applied_lsn().await.unwrap(), Some(txs[0].end_lsn));
 }
 
+/// Applies every change of `txs` in one target transaction, as the pipeline groups them.
+async fn apply_grouped(sink: &mut ReplicaSink, txs: &[Transaction]) -> Result<(), SinkError> {
+    let mut result = Ok(());
+    for change in txs.iter().flat_map(Transaction::changes) {
+        result = sink.apply(change).await;
+        if result.is_err() {
+            break;
+        }
+    }
+    if result.is_ok() {
+        result = sink.commit(txs.last().unwrap().end_lsn).await;
+    }
+    if result.is_err() && sink.in_transaction() {
+        sink.rollback().await.unwrap();
+    }
+    result
+}
+
+#[tokio::test]
+async fn repeated_updates_of_hot_rows_in_one_target_transaction_end_as_on_the_source() {
+    let env = Env::new(
+        "CREATE TABLE hot (id int PRIMARY KEY, n bigint, note text, big text);
+         ALTER TABLE hot ALTER big SET STORAGE EXTERNAL;
+         CREATE TABLE other (id int PRIMARY KEY, n bigint);",
+    )
+    .await;
+    env.cluster.psql(
+        SOURCE,
+        "INSERT INTO hot SELECT g, 0, 'start', repeat('x', 5000) FROM generate_series(1, 5) g;
+         INSERT INTO other SELECT g, 0 FROM generate_series(1, 5) g;",
+    );
+    env.cluster.psql(
+        REPLICA,
+        "INSERT INTO hot SELECT g, 0, 'start', repeat('x', 5000) FROM generate_series(1, 5) g;
+         INSERT INTO other SELECT g, 0 FROM generate_series(1, 5) g;",
+    );
+    // Many source transactions hitting the same few keys: same-shape updates (merged),
+    // updates of another column set (TOAST omitted vs. present), NULLs, deletes and
+    // re-inserts of a key, a key change, and interleaved changes to another table.
+    let mut script = Vec::new();
+    for i in 0..200 {
+        let id = i % 5 + 1;
+        script.push(match i % 17 {
+            3 => format!("UPDATE hot SET big = repeat('y', 4000 + {i}) WHERE id = {id}"),
+            5 => format!("UPDATE hot SET note = NULL, n = n + 1 WHERE id = {id}"),
+            7 => format!(
+                "DELETE FROM hot WHERE id = {id}; INSERT INTO hot VALUES ({id}, {i}, 'again', 'short')"
+            ),
+            11 => format!(
+                "UPDATE hot SET id = 100 + {i} WHERE id = {id}; UPDATE hot SET id = {id} WHERE id = 100 + {i}"
+            ),
+            _ => format!(
+                "UPDATE hot SET n = n + {i}, note = 'n' || {i} WHERE id = {id};
+                 UPDATE other SET n = n + 1 WHERE id = {id}; UPDATE hot SET n = n + 1 WHERE id = {id}"
+            ),
+        });
+    }
+    let script: Vec<&str> = script.iter().map(String::as_str).collect();
+    let txs = env.capture("sink_hot", &script).await;
+
+    let mut sink = env.sink().await;
+    for group in txs.chunks(37) {
+        apply_grouped(&mut sink, group).await.unwrap();
+    }
+    env.assert_same(&["hot", "other"]);
+    assert_eq!(
+        sink.applied_lsn().await.unwrap(),
+        Some(txs.last().unwrap().end_lsn)
+    );
+}
+
+#[tokio::test]
+async fn a_merged_update_of_a_missing_row_fails_naming_its_first_change() {
+    let env = Env::new("CREATE TABLE t (id int PRIMARY KEY, n int);").await;
+    env.cluster
+        .psql(SOURCE, "INSERT INTO t VALUES (1, 0), (2, 0)");
+    env.cluster.psql(REPLICA, "INSERT INTO t VALUES (1, 0)");
+    let txs = env
+        .capture(
+            "sink_merged_missing",
+            &[
+                "UPDATE t SET n = 1 WHERE id = 1; UPDATE t SET n = 1 WHERE id = 2",
+                "UPDATE t SET n = 2 WHERE id = 2; UPDATE t SET n = 2 WHERE id = 1",
+            ],
+        )
+        .await;
+    let first = txs[0].changes().last().unwrap().lsn.unwrap().to_string();
+    let mut sink = env.sink().await;
+    let err = apply_grouped(&mut sink, &txs).await.unwrap_err();
+    assert!(matches!(err, SinkError::RowNotFound { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains(&first), "{text} should name {first}");
+    assert_eq!(env.cluster.psql(REPLICA, "SELECT id, n FROM t"), "1|0");
+    assert_eq!(sink.applied_lsn().await.unwrap(), None);
+}
+
 #[tokio::test]
 async fn a_duplicate_insert_is_an_error_naming_the_failing_change_among_many() {
     let env = Env::new("CREATE TABLE t (id int PRIMARY KEY, v text);").await;

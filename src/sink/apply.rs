@@ -43,9 +43,13 @@
 //! sees the order. (Triggers enabled `ALWAYS` or `REPLICA` on replica tables do fire and
 //! must not depend on other tables.)
 //!
-//! An UPDATE or DELETE joins to its batch by key, so a batch never holds a key twice (a
-//! repeat starts a new batch) and `RETURNING` the row's ordinality shows which change, if
-//! any, found no row. UPDATEs that change the key, and everything that finds its row by
+//! An UPDATE or DELETE joins to its batch by key, so a batch never holds a key twice and
+//! `RETURNING` the row's ordinality shows which change, if any, found no row. An UPDATE of a
+//! key the open batch already updates, with the same columns, *replaces* that row's values:
+//! both statements would have found the same row, and the later one overwrites every column
+//! the earlier one set, so the row ends the same and the server does the work once. This is
+//! what keeps hot rows (a counter, pgbench's branches) from cutting batches short. Any other
+//! repeat (a DELETE, a different column set) sends the batch first. UPDATEs that change the key, and everything that finds its row by
 //! scan, are sent as single statements after the table's open batch. A batch of one row is
 //! sent as the single statement too.
 //!
@@ -77,7 +81,7 @@
 //! Session settings are described in `replica.rs`, statement shapes in `table.rs`.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::pin::Pin;
@@ -216,8 +220,8 @@ struct Batch {
     /// One array per statement parameter, one element per row.
     columns: Vec<Vec<Option<String>>>,
     lsns: Vec<Option<Lsn>>,
-    /// Key hashes of the rows (UPDATE, DELETE).
-    keys: HashSet<u64, BuildHasherDefault<KeyHashHasher>>,
+    /// Key hashes of the rows (UPDATE, DELETE) and the row each belongs to.
+    keys: HashMap<u64, usize, BuildHasherDefault<KeyHashHasher>>,
     bytes: usize,
 }
 
@@ -227,7 +231,7 @@ impl Batch {
             columns: vec![Vec::new(); shape.params.len()],
             shape,
             lsns: Vec::new(),
-            keys: HashSet::default(),
+            keys: HashMap::default(),
             bytes: 0,
         }
     }
@@ -240,12 +244,46 @@ impl Batch {
             bytes += text.as_ref().map_or(0, String::len);
             column.push(text);
         }
-        self.lsns.push(change.lsn);
         if let Some(key) = key {
-            self.keys.insert(key);
+            self.keys.insert(key, self.lsns.len());
         }
+        self.lsns.push(change.lsn);
         self.bytes += bytes;
         bytes
+    }
+
+    /// The row holding the same key as `change` (whose key hashes to `key`), if any.
+    fn row_with_key(&self, change: &Change, key: u64) -> Option<usize> {
+        let row = *self.keys.get(&key)?;
+        let same = self.shape.key_params.iter().all(|&param| {
+            self.columns[param][row].as_deref() == self.shape.value(change, param).as_text()
+        });
+        same.then_some(row)
+    }
+
+    /// Overwrites `row` with the values of `change`, an UPDATE of the same shape and key
+    /// (see the module docs); the row keeps the LSN of its first change, the one a missing
+    /// row would fail. Returns the bytes the batch holds now minus before.
+    fn replace(&mut self, row: usize, change: &Change) -> isize {
+        let mut delta = 0isize;
+        for (param, column) in self.columns.iter_mut().enumerate() {
+            let value = self.shape.value(change, param).as_text();
+            let slot = &mut column[row];
+            if slot.as_deref() == value {
+                continue;
+            }
+            delta -= slot.as_ref().map_or(0, String::len) as isize;
+            delta += value.map_or(0, str::len) as isize;
+            match (slot.as_mut(), value) {
+                (Some(text), Some(value)) => {
+                    text.clear();
+                    text.push_str(value);
+                }
+                (_, value) => *slot = value.map(str::to_owned),
+            }
+        }
+        self.bytes = self.bytes.saturating_add_signed(delta);
+        delta
     }
 }
 
@@ -535,8 +573,18 @@ impl ReplicaSink {
         }
 
         let key = (change.kind != ChangeKind::Insert).then(|| shape.key_hash(change));
+        if let (Some(key), Some(batch)) = (key, &mut self.tables[table].open) {
+            if change.kind == ChangeKind::Update && Arc::ptr_eq(&batch.shape, &shape) {
+                if let Some(row) = batch.row_with_key(change, key) {
+                    let delta = batch.replace(row, change);
+                    self.buffered_bytes = self.buffered_bytes.saturating_add_signed(delta);
+                    return Ok(());
+                }
+            }
+        }
         let fits = self.tables[table].open.as_ref().is_none_or(|batch| {
-            Arc::ptr_eq(&batch.shape, &shape) && key.is_none_or(|key| !batch.keys.contains(&key))
+            Arc::ptr_eq(&batch.shape, &shape)
+                && key.is_none_or(|key| !batch.keys.contains_key(&key))
         });
         if !fits {
             self.flush_batch(table).await?;
