@@ -9,7 +9,7 @@
 //!   numerics, timestamps, jsonb and NULLs.
 //!
 //! The decode limit of the peer in DESIGN.md (`pg_recvlogical` + wal2json, 400 k row
-//! changes in ~2.2 s) is roughly 70 MB/s of this output; the decoder must be well above.
+//! changes in ~2.2 s) is roughly 55 MB/s of this output; the decoder must be well above.
 
 use std::fmt::Write;
 use std::hint::black_box;
@@ -69,20 +69,20 @@ fn pgbench_corpus(transactions: u64) -> Vec<String> {
             r#"{{"action":"B","xid":{xid},"timestamp":"{time}",{tx_lsns}}}"#
         ));
         records.push(format!(
-            r#"{{"action":"U",{},"schema":"public","table":"pgbench_accounts","columns":[{{"name":"aid","type":"integer","value":{aid}}},{{"name":"bid","type":"integer","value":{bid}}},{{"name":"abalance","type":"integer","value":{delta}}},{{"name":"filler","type":"character(84)","value":"{}"}}],"identity":[{{"name":"aid","type":"integer","value":{aid}}}]}}"#,
+            r#"{{"action":"U",{},"schema":"public","table":"pgbench_accounts","columns":[{{"name":"aid","value":{aid}}},{{"name":"bid","value":{bid}}},{{"name":"abalance","value":{delta}}},{{"name":"filler","value":"{}"}}],"identity":[{{"name":"aid","value":{aid}}}]}}"#,
             head(position),
             " ".repeat(84)
         ));
         records.push(format!(
-            r#"{{"action":"U",{},"schema":"public","table":"pgbench_tellers","columns":[{{"name":"tid","type":"integer","value":{tid}}},{{"name":"bid","type":"integer","value":{bid}}},{{"name":"tbalance","type":"integer","value":{delta}}},{{"name":"filler","type":"character(84)","value":null}}],"identity":[{{"name":"tid","type":"integer","value":{tid}}}]}}"#,
+            r#"{{"action":"U",{},"schema":"public","table":"pgbench_tellers","columns":[{{"name":"tid","value":{tid}}},{{"name":"bid","value":{bid}}},{{"name":"tbalance","value":{delta}}},{{"name":"filler","value":null}}],"identity":[{{"name":"tid","value":{tid}}}]}}"#,
             head(position + 0xF0)
         ));
         records.push(format!(
-            r#"{{"action":"U",{},"schema":"public","table":"pgbench_branches","columns":[{{"name":"bid","type":"integer","value":{bid}}},{{"name":"bbalance","type":"integer","value":{delta}}},{{"name":"filler","type":"character(88)","value":null}}],"identity":[{{"name":"bid","type":"integer","value":{bid}}}]}}"#,
+            r#"{{"action":"U",{},"schema":"public","table":"pgbench_branches","columns":[{{"name":"bid","value":{bid}}},{{"name":"bbalance","value":{delta}}},{{"name":"filler","value":null}}],"identity":[{{"name":"bid","value":{bid}}}]}}"#,
             head(position + 0x140)
         ));
         records.push(format!(
-            r#"{{"action":"I",{},"schema":"public","table":"pgbench_history","columns":[{{"name":"tid","type":"integer","value":{tid}}},{{"name":"bid","type":"integer","value":{bid}}},{{"name":"aid","type":"integer","value":{aid}}},{{"name":"delta","type":"integer","value":{delta}}},{{"name":"mtime","type":"timestamp without time zone","value":"{}"}},{{"name":"filler","type":"character(22)","value":null}}]}}"#,
+            r#"{{"action":"I",{},"schema":"public","table":"pgbench_history","columns":[{{"name":"tid","value":{tid}}},{{"name":"bid","value":{bid}}},{{"name":"aid","value":{aid}}},{{"name":"delta","value":{delta}}},{{"name":"mtime","value":"{}"}},{{"name":"filler","value":null}}]}}"#,
             head(position + 0x190),
             &time[..time.len() - 3]
         ));
@@ -121,20 +121,15 @@ fn wide_corpus(rows: u64) -> Vec<String> {
             });
         }
         let mut columns = String::new();
-        let mut column = |name: &str, type_name: &str, value: String| {
+        let mut column = |name: &str, value: String| {
             if !columns.is_empty() {
                 columns.push(',');
             }
-            write!(
-                columns,
-                r#"{{"name":"{name}","type":"{type_name}","value":{value}}}"#
-            )
-            .unwrap();
+            write!(columns, r#"{{"name":"{name}","value":{value}}}"#).unwrap();
         };
-        column("id", "bigint", id.to_string());
+        column("id", id.to_string());
         column(
             "account",
-            "uuid",
             format!(
                 "\"{:016x}-0000-4000-8000-{:012x}\"",
                 rng.next(),
@@ -143,54 +138,30 @@ fn wide_corpus(rows: u64) -> Vec<String> {
         );
         column(
             "amount",
-            "numeric(20,6)",
             format!("{}.{:06}", rng.below(1_000_000_000), rng.below(1_000_000)),
         );
-        column(
-            "balance",
-            "numeric",
-            "12345678901234567890.123456789".to_owned(),
-        );
-        column(
-            "rate",
-            "double precision",
-            format!("0.{}", rng.below(1 << 40)),
-        );
-        column(
-            "quantity",
-            "integer",
-            (rng.below(1000) as i64 - 500).to_string(),
-        );
-        column("active", "boolean", (rng.below(2) == 0).to_string());
+        column("balance", "12345678901234567890.123456789".to_owned());
+        column("rate", format!("0.{}", rng.below(1 << 40)));
+        column("quantity", (rng.below(1000) as i64 - 500).to_string());
+        column("active", (rng.below(2) == 0).to_string());
         column(
             "title",
-            "character varying(200)",
             format!("\"{} {}\"", words[rng.below(8) as usize], id),
         );
-        column("body", "text", format!("\"{body}\""));
-        column(
-            "tags",
-            "text[]",
-            "\"{red,green,\\\"blue sky\\\"}\"".to_owned(),
-        );
+        column("body", format!("\"{body}\""));
+        column("tags", "\"{red,green,\\\"blue sky\\\"}\"".to_owned());
         column(
             "attrs",
-            "jsonb",
             "\"{\\\"k\\\": 1, \\\"nested\\\": {\\\"a\\\": [1, 2, 3]}}\"".to_owned(),
         );
-        column(
-            "created_at",
-            "timestamp with time zone",
-            format!("\"{}\"", timestamp(&mut rng)),
-        );
-        column("updated_at", "timestamp with time zone", "null".to_owned());
-        column("deleted_at", "timestamp with time zone", "null".to_owned());
+        column("created_at", format!("\"{}\"", timestamp(&mut rng)));
+        column("updated_at", "null".to_owned());
+        column("deleted_at", "null".to_owned());
         column(
             "payload",
-            "bytea",
             format!("\"{:032x}{:032x}\"", rng.next(), rng.next()),
         );
-        column("version", "smallint", rng.below(100).to_string());
+        column("version", rng.below(100).to_string());
         records.push(format!(
             r#"{{"action":"I","xid":{},"timestamp":"{}","lsn":"{}","schema":"public","table":"documents","columns":[{columns}]}}"#,
             1000 + id / 50,

@@ -82,8 +82,6 @@ impl Change {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Column {
     pub name: String,
-    /// The column's type as the source names it (`integer`, `character varying(20)`, …).
-    pub type_name: Option<String>,
     pub value: Value,
 }
 
@@ -106,6 +104,14 @@ impl Value {
             Value::Bool(true) => Some("t"),
             Value::Bool(false) => Some("f"),
             Value::Number(text) | Value::Text(text) => Some(text),
+        }
+    }
+
+    /// [`Value::as_text`], owned: moves the text out rather than copying it.
+    pub fn into_text(self) -> Option<String> {
+        match self {
+            Value::Number(text) | Value::Text(text) => Some(text),
+            other => other.as_text().map(str::to_owned),
         }
     }
 }

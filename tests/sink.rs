@@ -88,7 +88,7 @@ impl Env {
 async fn apply_tx(sink: &mut ReplicaSink, tx: &Transaction) -> Result<(), SinkError> {
     let mut result = Ok(());
     for change in tx.changes() {
-        result = sink.apply(change).await;
+        result = sink.apply(change.clone()).await;
         if result.is_err() {
             break;
         }
@@ -294,7 +294,7 @@ async fn a_missing_row_fails_the_transaction_naming_table_and_lsn() {
 async fn apply_grouped(sink: &mut ReplicaSink, txs: &[Transaction]) -> Result<(), SinkError> {
     let mut result = Ok(());
     for change in txs.iter().flat_map(Transaction::changes) {
-        result = sink.apply(change).await;
+        result = sink.apply(change.clone()).await;
         if result.is_err() {
             break;
         }
@@ -439,7 +439,7 @@ async fn the_applied_lsn_commits_with_the_data_and_never_moves_backwards() {
 
     // Rolled back: neither data nor progress.
     for change in txs[0].changes() {
-        sink.apply(change).await.unwrap();
+        sink.apply(change.clone()).await.unwrap();
     }
     assert!(sink.in_transaction());
     sink.rollback().await.unwrap();
@@ -463,7 +463,7 @@ async fn the_applied_lsn_commits_with_the_data_and_never_moves_backwards() {
         "{err}"
     );
     for change in txs[1].changes() {
-        sink.apply(change).await.unwrap();
+        sink.apply(change.clone()).await.unwrap();
     }
     let err = sink.commit(start).await.unwrap_err();
     assert!(matches!(err, SinkError::ProgressBackwards { .. }), "{err}");
@@ -618,7 +618,7 @@ async fn generated_and_identity_columns_are_left_to_the_replica() {
             .into(),
         );
     }
-    sink.apply(&forged).await.unwrap();
+    sink.apply(forged).await.unwrap();
     sink.commit(Lsn::new(txs[2].end_lsn.as_u64() + 1))
         .await
         .unwrap();
@@ -663,7 +663,7 @@ async fn a_lost_connection_is_transient_and_commits_nothing() {
         .await;
     let mut sink = env.sink().await;
     let mut changes = txs[0].changes();
-    sink.apply(changes.next().unwrap()).await.unwrap();
+    sink.apply(changes.next().unwrap().clone()).await.unwrap();
     env.cluster.psql(
         "postgres",
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -671,7 +671,7 @@ async fn a_lost_connection_is_transient_and_commits_nothing() {
     );
     let mut result = Ok(());
     for change in changes {
-        result = sink.apply(change).await;
+        result = sink.apply(change.clone()).await;
         if result.is_err() {
             break;
         }
@@ -831,7 +831,7 @@ async fn throughput_of_a_simple_insert_update_mix() {
     let mut in_batch = 0;
     for (i, tx) in txs.iter().enumerate() {
         for change in tx.changes() {
-            sink.apply(change).await.unwrap();
+            sink.apply(change.clone()).await.unwrap();
             in_batch += 1;
         }
         if in_batch >= 10_000 || i + 1 == txs.len() {

@@ -45,6 +45,10 @@ const IDLE_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// without holding much in memory.
 const CHANNEL_CAPACITY: usize = 1024;
 
+/// Messages the reader takes from its receive buffer before looking at shutdown and
+/// acknowledgements again; the applier takes commands in runs of the same length.
+const RUN_LENGTH: usize = 256;
+
 /// How long the polite end of streaming (final status update, CopyDone) may take before
 /// the connection is simply dropped.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -89,6 +93,9 @@ pub async fn run(
         schemas,
         commands,
         durable: durable_rx,
+        in_source_tx: false,
+        skipping: false,
+        sent_in_tx: 0,
     };
     let applier = Applier {
         sink,
@@ -118,6 +125,12 @@ struct Reader<'a> {
     schemas: &'a [String],
     commands: mpsc::Sender<Command>,
     durable: watch::Receiver<Lsn>,
+    /// Inside a source transaction (between its B and C records).
+    in_source_tx: bool,
+    /// The current source transaction is in the replica already.
+    skipping: bool,
+    /// Changes of the current source transaction sent to the applier.
+    sent_in_tx: usize,
 }
 
 impl Reader<'_> {
@@ -157,11 +170,8 @@ impl Reader<'_> {
     ) -> Result<(), PipelineError> {
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut stop_deadline: Option<Instant> = None;
-        let mut in_source_tx = false;
-        let mut skipping = false;
-        let mut sent_in_tx = 0usize;
         loop {
-            if stop_deadline.is_some() && !in_source_tx {
+            if stop_deadline.is_some() && !self.in_source_tx {
                 let _ = self.commands.send(Command::Stop).await;
                 return Ok(());
             }
@@ -188,69 +198,99 @@ impl Reader<'_> {
                         self.stream.set_flushed(self.tracker.flushed());
                     }
                 }
-                message = self.stream.next() => match message? {
-                    Some(ReplicationMessage::XLogData(x)) => match wal2json::decode(&x.data)? {
-                        Message::Begin(begin) => {
-                            in_source_tx = true;
-                            sent_in_tx = 0;
-                            self.tracker.begin();
-                            // The server resumes at the slot's position, which may be
-                            // before the replica's: those transactions are passed over.
-                            skipping = begin.end_lsn.is_some_and(|end| end <= self.start);
-                        }
-                        Message::Change(change) => {
-                            if !in_source_tx {
-                                return Err(PipelineError::definite(
-                                    format!(
-                                        "a change to {}.{} arrived outside a transaction",
-                                        change.table.schema, change.table.name
-                                    ),
-                                    "report this to the tributary developers",
-                                ));
-                            }
-                            if !skipping && self.schemas.contains(&change.table.schema) {
-                                sent_in_tx += 1;
-                                self.send(Command::Change(change)).await?;
-                            }
-                        }
-                        Message::Commit(commit) => {
-                            in_source_tx = false;
-                            let end = commit.end_lsn.ok_or_else(|| {
-                                PipelineError::definite(
-                                    "a COMMIT arrived without its LSN",
-                                    "report this to the tributary developers",
-                                )
-                            })?;
-                            self.tracker.commit(end);
-                            if skipping {
-                                skipping = false;
-                            } else if sent_in_tx > 0 {
-                                self.send(Command::Commit(end)).await?;
-                            } else {
-                                // Nothing of it concerns the replica: an idle position.
-                                self.send(Command::Idle(end)).await?;
-                            }
-                        }
-                        // Transactional messages carry DDL for schema-change capture (not
-                        // yet used); others are not for us.
-                        Message::Logical(_) => {}
-                    },
-                    Some(ReplicationMessage::Keepalive(k)) => {
-                        if let Some(position) = self.tracker.idle_position(k.wal_end) {
-                            // Best effort: a full channel means work in flight anyway.
-                            let _ = self.commands.try_send(Command::Idle(position));
+                message = self.stream.next() => {
+                    let Some(message) = message? else {
+                        return Err(PipelineError::StreamEnded);
+                    };
+                    // Take what has arrived already in one go (up to a limit, so that
+                    // shutdown and acknowledgements are still looked at often), rather
+                    // than a `select!` per message.
+                    let mut next = Some(message);
+                    let mut taken = 0;
+                    while let Some(message) = next.take() {
+                        self.handle(message).await?;
+                        taken += 1;
+                        if taken < RUN_LENGTH {
+                            next = self.stream.try_next()?;
                         }
                     }
-                    None => return Err(PipelineError::StreamEnded),
-                },
+                }
             }
         }
+    }
+
+    async fn handle(&mut self, message: ReplicationMessage) -> Result<(), PipelineError> {
+        match message {
+            ReplicationMessage::XLogData(x) => match wal2json::decode(&x.data)? {
+                Message::Begin(begin) => {
+                    self.in_source_tx = true;
+                    self.sent_in_tx = 0;
+                    self.tracker.begin();
+                    // The server resumes at the slot's position, which may be before the
+                    // replica's: those transactions are passed over.
+                    self.skipping = begin.end_lsn.is_some_and(|end| end <= self.start);
+                }
+                Message::Change(change) => {
+                    if !self.in_source_tx {
+                        return Err(PipelineError::definite(
+                            format!(
+                                "a change to {}.{} arrived outside a transaction",
+                                change.table.schema, change.table.name
+                            ),
+                            "report this to the tributary developers",
+                        ));
+                    }
+                    if !self.skipping && self.schemas.contains(&change.table.schema) {
+                        self.sent_in_tx += 1;
+                        self.send(Command::Change(change)).await?;
+                    }
+                }
+                Message::Commit(commit) => {
+                    self.in_source_tx = false;
+                    let end = commit.end_lsn.ok_or_else(|| {
+                        PipelineError::definite(
+                            "a COMMIT arrived without its LSN",
+                            "report this to the tributary developers",
+                        )
+                    })?;
+                    self.tracker.commit(end);
+                    if self.skipping {
+                        self.skipping = false;
+                    } else if self.sent_in_tx > 0 {
+                        self.send(Command::Commit(end)).await?;
+                    } else {
+                        // Nothing of it concerns the replica: an idle position.
+                        self.send(Command::Idle(end)).await?;
+                    }
+                }
+                // Transactional messages carry DDL for schema-change capture (not yet
+                // used); others are not for us.
+                Message::Logical(_) => {}
+            },
+            ReplicationMessage::Keepalive(k) => {
+                if let Some(position) = self.tracker.idle_position(k.wal_end) {
+                    // Best effort: a full channel means work in flight anyway.
+                    let _ = self.commands.try_send(Command::Idle(position));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Hands a command to the applier; if it is gone, its error explains why. While the
     /// channel is full nothing more is read from the source, but status updates go on, so
     /// a slow branch store does not cost the replication connection.
     async fn send(&mut self, command: Command) -> Result<(), PipelineError> {
+        let command = match self.commands.try_send(command) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(command)) => command,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(PipelineError::definite(
+                    "the applier stopped",
+                    "see the applier's error",
+                ))
+            }
+        };
         loop {
             tokio::select! {
                 permit = self.commands.reserve() => {
@@ -264,6 +304,12 @@ impl Reader<'_> {
             }
         }
     }
+}
+
+#[derive(PartialEq)]
+enum Flow {
+    Continue,
+    Stop,
 }
 
 struct Applier<'a> {
@@ -294,6 +340,7 @@ impl Applier<'_> {
 
     async fn apply(&mut self, settings: &PipelineSettings) -> Result<(), PipelineError> {
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut commands = Vec::with_capacity(RUN_LENGTH);
         loop {
             let batch_due = match (self.batch_started, self.in_source_tx) {
                 (Some(started), false) => started + settings.batch_max_delay(),
@@ -308,39 +355,55 @@ impl Applier<'_> {
                 biased;
                 _ = tokio::time::sleep_until(batch_due) => self.commit().await?,
                 _ = tokio::time::sleep_until(idle_due) => self.persist_idle().await?,
-                command = self.inbox.recv() => match command {
-                    Some(Command::Change(change)) => {
+                received = self.inbox.recv_many(&mut commands, RUN_LENGTH) => {
+                    if received == 0 {
+                        // The reader stopped without a clean boundary: roll back (in `run`).
                         self.in_source_tx = true;
-                        self.sink.apply(&change).await?;
-                        self.batch_changes += 1;
-                        self.batch_started.get_or_insert_with(Instant::now);
+                        return Ok(());
                     }
-                    Some(Command::Commit(end)) => {
-                        self.in_source_tx = false;
-                        self.pending_commit = Some(end);
-                        let full = self.batch_changes >= settings.batch_max_changes;
-                        let old = self
-                            .batch_started
-                            .is_some_and(|t| t.elapsed() >= settings.batch_max_delay());
-                        if full || old {
-                            self.commit().await?;
+                    for command in commands.drain(..) {
+                        if self.execute(command, settings).await? == Flow::Stop {
+                            return Ok(());
                         }
                     }
-                    Some(Command::Idle(position)) => {
-                        self.idle_candidate = Some(self.idle_candidate.map_or(position, |c| c.max(position)));
-                    }
-                    Some(Command::Stop) => {
-                        self.commit().await?;
-                        return Ok(());
-                    }
-                    // The reader stopped without a clean boundary: roll back (in `run`).
-                    None => {
-                        self.in_source_tx = true;
-                        return Ok(());
-                    }
-                },
+                }
             }
         }
+    }
+
+    async fn execute(
+        &mut self,
+        command: Command,
+        settings: &PipelineSettings,
+    ) -> Result<Flow, PipelineError> {
+        match command {
+            Command::Change(change) => {
+                self.in_source_tx = true;
+                self.sink.apply(change).await?;
+                self.batch_changes += 1;
+                self.batch_started.get_or_insert_with(Instant::now);
+            }
+            Command::Commit(end) => {
+                self.in_source_tx = false;
+                self.pending_commit = Some(end);
+                let full = self.batch_changes >= settings.batch_max_changes;
+                let old = self
+                    .batch_started
+                    .is_some_and(|t| t.elapsed() >= settings.batch_max_delay());
+                if full || old {
+                    self.commit().await?;
+                }
+            }
+            Command::Idle(position) => {
+                self.idle_candidate =
+                    Some(self.idle_candidate.map_or(position, |c| c.max(position)));
+            }
+            Command::Stop => {
+                self.commit().await?;
+                return Ok(Flow::Stop);
+            }
+        }
+        Ok(Flow::Continue)
     }
 
     /// Commits the open target transaction at the last source commit.

@@ -196,6 +196,16 @@ impl Shape {
         }
     }
 
+    /// Moves the parameter's value out of `change` as text (each parameter has its own
+    /// source, see `TableMeta::plan`), saving a copy of every value on the hot path.
+    fn take(&self, change: &mut Change, param: usize) -> Option<String> {
+        let value = match self.params[param] {
+            Source::New(i) => &mut change.columns[i].value,
+            Source::Old(i) => &mut change.identity[i].value,
+        };
+        std::mem::replace(value, Value::Null).into_text()
+    }
+
     /// Whether `change` keeps its key (an UPDATE that changes it moves the row).
     fn keeps_key(&self, change: &Change) -> bool {
         self.key_pairs
@@ -236,11 +246,11 @@ impl Batch {
         }
     }
 
-    /// Adds the change's row; returns the bytes it holds.
-    fn push(&mut self, change: &Change, key: Option<u64>) -> usize {
+    /// Adds the change's row, taking its values; returns the bytes it holds.
+    fn push(&mut self, change: &mut Change, key: Option<u64>) -> usize {
         let mut bytes = ROW_BYTES;
         for (param, column) in self.columns.iter_mut().enumerate() {
-            let text = self.shape.value(change, param).as_text().map(str::to_owned);
+            let text = self.shape.take(change, param);
             bytes += text.as_ref().map_or(0, String::len);
             column.push(text);
         }
@@ -264,23 +274,14 @@ impl Batch {
     /// Overwrites `row` with the values of `change`, an UPDATE of the same shape and key
     /// (see the module docs); the row keeps the LSN of its first change, the one a missing
     /// row would fail. Returns the bytes the batch holds now minus before.
-    fn replace(&mut self, row: usize, change: &Change) -> isize {
+    fn replace(&mut self, row: usize, change: &mut Change) -> isize {
         let mut delta = 0isize;
         for (param, column) in self.columns.iter_mut().enumerate() {
-            let value = self.shape.value(change, param).as_text();
+            let value = self.shape.take(change, param);
             let slot = &mut column[row];
-            if slot.as_deref() == value {
-                continue;
-            }
             delta -= slot.as_ref().map_or(0, String::len) as isize;
-            delta += value.map_or(0, str::len) as isize;
-            match (slot.as_mut(), value) {
-                (Some(text), Some(value)) => {
-                    text.clear();
-                    text.push_str(value);
-                }
-                (_, value) => *slot = value.map(str::to_owned),
-            }
+            delta += value.as_ref().map_or(0, String::len) as isize;
+            *slot = value;
         }
         self.bytes = self.bytes.saturating_add_signed(delta);
         delta
@@ -459,7 +460,7 @@ impl ReplicaSink {
     /// Changes are batched and pipelined (see the module docs): an error may therefore
     /// surface on a later `apply()` or on `commit()`, naming the change that failed. After
     /// an error the transaction is failed and must be rolled back.
-    pub async fn apply(&mut self, change: &Change) -> Result<(), SinkError> {
+    pub async fn apply(&mut self, change: Change) -> Result<(), SinkError> {
         self.usable()?;
         let result = self.apply_change(change).await;
         self.note(result)
@@ -552,31 +553,31 @@ impl ReplicaSink {
         }
     }
 
-    async fn apply_change(&mut self, change: &Change) -> Result<(), SinkError> {
+    async fn apply_change(&mut self, mut change: Change) -> Result<(), SinkError> {
         self.begin().await?;
         if let TxState::Open { changes } = &mut self.state {
             *changes += 1;
         }
         if change.kind == ChangeKind::Truncate {
-            return self.truncate(change).await;
+            return self.truncate(&change).await;
         }
         self.flush_truncate().await?;
 
         let table = self.table(&change.table, change.lsn).await?;
-        let shape = self.shape(table, change).await?;
-        if shape.batch.is_none() || !shape.keeps_key(change) {
+        let shape = self.shape(table, &change).await?;
+        if shape.batch.is_none() || !shape.keeps_key(&change) {
             self.flush_batch(table).await?;
             let params = (0..shape.params.len())
-                .map(|param| shape.value(change, param).as_text().map(str::to_owned))
+                .map(|param| shape.take(&mut change, param))
                 .collect();
             return self.send_single(table, &shape, change.lsn, params).await;
         }
 
-        let key = (change.kind != ChangeKind::Insert).then(|| shape.key_hash(change));
+        let key = (change.kind != ChangeKind::Insert).then(|| shape.key_hash(&change));
         if let (Some(key), Some(batch)) = (key, &mut self.tables[table].open) {
             if change.kind == ChangeKind::Update && Arc::ptr_eq(&batch.shape, &shape) {
-                if let Some(row) = batch.row_with_key(change, key) {
-                    let delta = batch.replace(row, change);
+                if let Some(row) = batch.row_with_key(&change, key) {
+                    let delta = batch.replace(row, &mut change);
                     self.buffered_bytes = self.buffered_bytes.saturating_add_signed(delta);
                     return Ok(());
                 }
@@ -597,7 +598,7 @@ impl ReplicaSink {
                 entry.open.insert(Batch::new(shape))
             }
         };
-        self.buffered_bytes += batch.push(change, key);
+        self.buffered_bytes += batch.push(&mut change, key);
         if batch.lsns.len() >= MAX_BATCH_ROWS {
             self.flush_batch(table).await?;
         }

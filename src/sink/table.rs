@@ -363,12 +363,19 @@ impl TableMeta {
         new: &[u16],
         old: &[u16],
     ) -> Result<Planned, PlanError> {
-        match kind {
-            ChangeKind::Insert => Ok(self.plan_insert(new)),
-            ChangeKind::Update => self.plan_update(new, old),
-            ChangeKind::Delete => self.plan_delete(old),
+        let planned = match kind {
+            ChangeKind::Insert => self.plan_insert(new),
+            ChangeKind::Update => self.plan_update(new, old)?,
+            ChangeKind::Delete => self.plan_delete(old)?,
             ChangeKind::Truncate => unreachable!("TRUNCATE is grouped, not planned per change"),
-        }
+        };
+        // The sink moves each parameter's value out of the change: no source twice.
+        debug_assert!(planned
+            .params
+            .iter()
+            .enumerate()
+            .all(|(i, p)| !planned.params[..i].contains(p)));
+        Ok(planned)
     }
 
     fn plan_insert(&self, new: &[u16]) -> Planned {

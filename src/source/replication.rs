@@ -428,37 +428,18 @@ impl ReplicationStream {
     /// The next message; `None` when the server ended the stream. Answers keepalives and
     /// sends periodic status updates while waiting. Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<ReplicationMessage>> {
-        if self.server_done {
-            return Ok(None);
-        }
         loop {
-            let conn = &mut self.client.conn;
-            if let Some(frame) = conn.try_frame()? {
-                match frame {
-                    Frame::CopyData(payload) => {
-                        let message = parse_copy_data(payload).map_err(|r| conn.protocol(r))?;
-                        match &message {
-                            ReplicationMessage::XLogData(x) => {
-                                self.received = self.received.max(x.wal_start)
-                            }
-                            ReplicationMessage::Keepalive(k) if k.reply_requested => {
-                                self.queue_status(false);
-                                self.client.conn.flush().await?;
-                            }
-                            ReplicationMessage::Keepalive(_) => {}
-                        }
-                        return Ok(Some(message));
-                    }
-                    // A server shutting down ends streaming with CommandComplete and no
-                    // CopyDone, then exits.
-                    Frame::Other(Message::CopyDone | Message::CommandComplete(_)) => {
-                        self.server_done = true;
-                        return Ok(None);
-                    }
-                    other => return Err(conn.unexpected("while streaming", &other)),
+            if let Some(message) = self.try_next()? {
+                if matches!(&message, ReplicationMessage::Keepalive(k) if k.reply_requested) {
+                    self.client.conn.flush().await?;
                 }
+                return Ok(Some(message));
             }
-            // Finish a status update that a cancelled call left half-sent.
+            if self.server_done {
+                return Ok(None);
+            }
+            let conn = &mut self.client.conn;
+            // Finish a status update that a cancelled call (or `try_next`) left unsent.
             conn.flush().await?;
             tokio::select! {
                 // The timer first: under a steady flood of data the server must still hear
@@ -470,6 +451,42 @@ impl ReplicationStream {
                 }
                 read = conn.fill() => read?,
             }
+        }
+    }
+
+    /// The next message if one has arrived already, without waiting: lets a busy reader
+    /// take a run of messages without going back to its `select!` for each. A keepalive
+    /// asking for a reply gets it queued; the next [`ReplicationStream::next`] (or status
+    /// update) sends it. `None` also once the server ended the stream.
+    pub fn try_next(&mut self) -> Result<Option<ReplicationMessage>> {
+        if self.server_done {
+            return Ok(None);
+        }
+        let conn = &mut self.client.conn;
+        let Some(frame) = conn.try_frame()? else {
+            return Ok(None);
+        };
+        match frame {
+            Frame::CopyData(payload) => {
+                let message = parse_copy_data(payload).map_err(|r| conn.protocol(r))?;
+                match &message {
+                    ReplicationMessage::XLogData(x) => {
+                        self.received = self.received.max(x.wal_start)
+                    }
+                    ReplicationMessage::Keepalive(k) if k.reply_requested => {
+                        self.queue_status(false)
+                    }
+                    ReplicationMessage::Keepalive(_) => {}
+                }
+                Ok(Some(message))
+            }
+            // A server shutting down ends streaming with CommandComplete and no CopyDone,
+            // then exits.
+            Frame::Other(Message::CopyDone | Message::CommandComplete(_)) => {
+                self.server_done = true;
+                Ok(None)
+            }
+            other => Err(conn.unexpected("while streaming", &other)),
         }
     }
 
