@@ -70,6 +70,19 @@ pub struct Change {
 }
 
 impl Change {
+    /// Roughly the memory the change holds, for budgets (exact to within a few words per
+    /// column).
+    pub fn approx_bytes(&self) -> usize {
+        const PER_COLUMN: usize = std::mem::size_of::<Column>();
+        let columns = self.columns.iter().chain(&self.identity);
+        std::mem::size_of::<Change>()
+            + self.table.schema.len()
+            + self.table.name.len()
+            + columns
+                .map(|c| PER_COLUMN + c.name.len() + c.value.as_text().map_or(0, str::len))
+                .sum::<usize>()
+    }
+
     /// The new value of `column`: `None` when the column is not present in the change.
     pub fn new_value(&self, column: &str) -> Option<&Value> {
         self.columns

@@ -691,3 +691,48 @@ async fn a_blocked_branch_store_does_not_cost_the_replication_connection() {
         daemon.log_tail()
     );
 }
+
+/// Wide rows in one large source transaction, while the branch store blocks the applier:
+/// the reader must stop at its byte budget instead of decoding the whole transaction into
+/// memory (a count of changes alone would allow 1 MB × the channel's capacity).
+#[tokio::test]
+async fn wide_rows_behind_a_blocked_branch_store_stay_within_the_memory_budget() {
+    const ROWS: usize = 400;
+    const RSS_LIMIT_KIB: u64 = 150 * 1024;
+    let source = source_cluster();
+    let store = Cluster::start();
+    seed_source(&source);
+    source.psql(
+        "postgres",
+        "CREATE TABLE app.wide (id int PRIMARY KEY, body text)",
+    );
+    let mut daemon = Daemon::new(&store);
+    create_connector(&daemon, &source, "wide");
+    daemon.start();
+    daemon.wait_for_state("wide", "streaming").await;
+
+    let blocker = store.connect("wide_replica").await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE app.wide IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // 400 rows of 1 MiB each (compressed on the source, 1 MiB each once decoded).
+    source.psql(
+        "postgres",
+        &format!(
+            "INSERT INTO app.wide SELECT g, repeat(md5(g::text), 32768) FROM generate_series(1, {ROWS}) g"
+        ),
+    );
+    // Long enough for wal2json to hand over far more than the budget.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let blocked_peak = daemon.peak_rss_kib();
+    blocker.batch_execute("COMMIT").await.unwrap();
+
+    converged(&source, &store, "wide", &daemon).await;
+    let peak = daemon.peak_rss_kib();
+    eprintln!("wide rows: peak RSS {blocked_peak} KiB while blocked, {peak} KiB overall");
+    assert!(
+        peak < RSS_LIMIT_KIB,
+        "peak RSS {peak} KiB (while blocked: {blocked_peak} KiB) is over {RSS_LIMIT_KIB} KiB"
+    );
+}

@@ -25,9 +25,10 @@
 //! and tells the applier how: `Stop` commits what is complete, anything else (the grace
 //! period over, an error, the reader gone) rolls the open target transaction back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +45,11 @@ const IDLE_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// Commands between reader and applier: enough to overlap a few source transactions
 /// without holding much in memory.
 const CHANNEL_CAPACITY: usize = 1024;
+
+/// Bytes of decoded changes between reader and applier, at most: with wide rows the
+/// command count alone would let a large transaction pile up in memory. A single change
+/// larger than this waits until nothing else is buffered, then goes alone.
+const BUFFER_BYTES: usize = 32 << 20;
 
 /// Messages the reader takes from its receive buffer before looking at shutdown and
 /// acknowledgements again; the applier takes commands in runs of the same length.
@@ -64,7 +70,8 @@ pub enum StreamEnd {
 }
 
 enum Command {
-    Change(Change),
+    /// A change, with its share of [`BUFFER_BYTES`], given back when it is applied.
+    Change(Change, OwnedSemaphorePermit),
     /// The end of a source transaction whose changes were sent.
     Commit(Lsn),
     /// A position with nothing in flight before it.
@@ -92,6 +99,7 @@ pub async fn run(
         start: applied,
         schemas,
         commands,
+        buffer: Arc::new(Semaphore::new(BUFFER_BYTES)),
         durable: durable_rx,
         in_source_tx: false,
         skipping: false,
@@ -124,6 +132,8 @@ struct Reader<'a> {
     start: Lsn,
     schemas: &'a [String],
     commands: mpsc::Sender<Command>,
+    /// What is left of [`BUFFER_BYTES`].
+    buffer: Arc<Semaphore>,
     durable: watch::Receiver<Lsn>,
     /// Inside a source transaction (between its B and C records).
     in_source_tx: bool,
@@ -242,7 +252,8 @@ impl Reader<'_> {
                     }
                     if !self.skipping && self.schemas.contains(&change.table.schema) {
                         self.sent_in_tx += 1;
-                        self.send(Command::Change(change)).await?;
+                        let budget = self.budget(change.approx_bytes()).await?;
+                        self.send(Command::Change(change, budget)).await?;
                     }
                 }
                 Message::Commit(commit) => {
@@ -275,6 +286,23 @@ impl Reader<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Takes `bytes` of the buffer budget, waiting (and keeping the replication connection
+    /// alive) while the applier holds too much.
+    async fn budget(&mut self, bytes: usize) -> Result<OwnedSemaphorePermit, PipelineError> {
+        let permits = u32::try_from(bytes.clamp(1, BUFFER_BYTES)).expect("BUFFER_BYTES fits");
+        if let Ok(permit) = Arc::clone(&self.buffer).try_acquire_many_owned(permits) {
+            return Ok(permit);
+        }
+        loop {
+            tokio::select! {
+                permit = Arc::clone(&self.buffer).acquire_many_owned(permits) => {
+                    return Ok(permit.expect("the budget is never closed"));
+                }
+                sent = self.stream.status_when_due() => sent?,
+            }
+        }
     }
 
     /// Hands a command to the applier; if it is gone, its error explains why. While the
@@ -377,9 +405,10 @@ impl Applier<'_> {
         settings: &PipelineSettings,
     ) -> Result<Flow, PipelineError> {
         match command {
-            Command::Change(change) => {
+            Command::Change(change, budget) => {
                 self.in_source_tx = true;
                 self.sink.apply(change).await?;
+                drop(budget);
                 self.batch_changes += 1;
                 self.batch_started.get_or_insert_with(Instant::now);
             }
