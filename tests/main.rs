@@ -11,6 +11,7 @@ mod cli;
 mod connect;
 mod large_transaction;
 mod pipeline;
+mod preflight;
 mod replication;
 mod sink;
 mod snapshot;

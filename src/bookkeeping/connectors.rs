@@ -10,6 +10,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 
 use super::secrets::SOURCE_URL_AAD;
+use super::store::open_pool;
 use super::{Bookkeeping, Error};
 use crate::change::TableName;
 use crate::pg::conninfo::mask_password;
@@ -232,6 +233,28 @@ impl Bookkeeping {
         .into_iter()
         .map(Connector::try_from)
         .collect()
+    }
+
+    /// Every connector recorded on `store`, ordered by name, read without migrating,
+    /// creating a key or decrypting anything: for `connector preflight`, which must leave
+    /// no trace. Empty when the bookkeeping schema does not exist yet.
+    pub async fn peek_connectors(store: &ConnInfo) -> Result<Vec<Connector>, Error> {
+        let session = open_pool(store, 1).await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT pg_catalog.to_regclass('tributary.connectors') IS NOT NULL")
+                .fetch_one(&session)
+                .await?;
+        let rows = if exists {
+            sqlx::query_as::<_, ConnectorRow>(&format!(
+                "SELECT {CONNECTOR_COLUMNS} FROM tributary.connectors ORDER BY name"
+            ))
+            .fetch_all(&session)
+            .await?
+        } else {
+            Vec::new()
+        };
+        session.close().await;
+        rows.into_iter().map(Connector::try_from).collect()
     }
 
     pub async fn connector(&self, name: &ConnectorName) -> Result<Option<Connector>, Error> {

@@ -56,15 +56,7 @@ impl Bookkeeping {
     ) -> Result<Bookkeeping, Error> {
         Bookkeeping::migrate(store).await?;
         let cipher = Cipher::load(secrets, default_key_file)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(POOL_MAX_CONNECTIONS)
-            .acquire_timeout(store.connect_timeout)
-            .connect_with(connect_options(store))
-            .await
-            .map_err(|source| Error::Connect {
-                target: store.target(),
-                source,
-            })?;
+        let pool = open_pool(store, POOL_MAX_CONNECTIONS).await?;
         tracing::debug!(store = %store, key = %cipher.source(), "bookkeeping opened");
         Ok(Bookkeeping {
             pool,
@@ -111,6 +103,19 @@ impl Bookkeeping {
 
 /// sqlx connection options with the meaning `ConnInfo` gives each field (libpq's). Built
 /// field by field, so the password never passes through a URL string.
+/// A pool of at most `max_connections` sessions to the control database.
+pub(crate) async fn open_pool(store: &ConnInfo, max_connections: u32) -> Result<PgPool, Error> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(store.connect_timeout)
+        .connect_with(connect_options(store))
+        .await
+        .map_err(|source| Error::Connect {
+            target: store.target(),
+            source,
+        })
+}
+
 pub(crate) fn connect_options(info: &ConnInfo) -> PgConnectOptions {
     let mut options = PgConnectOptions::new_without_pgpass()
         .port(info.port)

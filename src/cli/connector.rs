@@ -1,4 +1,4 @@
-//! `tributary connector …`: create, list and delete connectors.
+//! `tributary connector …`: preflight, create, list and delete connectors.
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,6 +20,10 @@ const SLOT_DROP_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectorCommand {
+    /// Check whether a source database can be replicated: connection, settings, privileges,
+    /// wal2json, replica identities. Changes and stores nothing; prints a grant script for
+    /// what is missing. Exit code 0 when every required check passes, 1 otherwise.
+    Preflight(super::preflight::PreflightArgs),
     /// Register a source database; a running daemon snapshots it and starts streaming.
     Create {
         /// The kind of source; only `postgresql` exists.
@@ -72,16 +76,9 @@ pub async fn run(
             name,
             schemas,
         } => {
-            let name = ConnectorName::new(name).map_err(usage)?;
-            let info = ConnInfo::parse(&url).map_err(usage)?;
-            let schemas: Vec<String> = schemas
-                .into_iter()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
-            if schemas.is_empty() {
-                return Err(usage(anyhow::anyhow!("--schemas names no schema")));
-            }
+            let name = ConnectorName::new(name).map_err(Failure::usage)?;
+            let info = ConnInfo::parse(&url).map_err(Failure::usage)?;
+            let schemas = schema_list(schemas)?;
             let connector = bookkeeping.create_connector(&name, &url, &schemas).await?;
             println!(
                 "created connector {} for {info}\n  schemas: {}\n  slot: {}\n  replica database: {}\n\
@@ -99,17 +96,26 @@ pub async fn run(
             Ok(())
         }
         ConnectorCommand::Delete { name } => {
-            let name = ConnectorName::new(name).map_err(usage)?;
+            let name = ConnectorName::new(name).map_err(Failure::usage)?;
             delete(&bookkeeping, &settings, &name).await
         }
+        ConnectorCommand::Preflight(_) => unreachable!("handled by cli::dispatch"),
     }
 }
 
-fn usage(error: impl Into<anyhow::Error>) -> Failure {
-    Failure {
-        code: 2,
-        error: error.into(),
+/// `--schemas` as given, trimmed, without empty entries and repetitions.
+pub(super) fn schema_list(raw: Vec<String>) -> Result<Vec<String>, Failure> {
+    let mut schemas: Vec<String> = Vec::with_capacity(raw.len());
+    for schema in raw {
+        let schema = schema.trim();
+        if !schema.is_empty() && !schemas.iter().any(|s| s == schema) {
+            schemas.push(schema.to_owned());
+        }
     }
+    if schemas.is_empty() {
+        return Err(Failure::usage(anyhow::anyhow!("--schemas names no schema")));
+    }
+    Ok(schemas)
 }
 
 /// The contract of `connector list --format json`: one object per connector.

@@ -4,6 +4,7 @@
 //! 2 usage error (clap's own code for bad arguments, and ours for a bad configuration).
 
 mod connector;
+mod preflight;
 mod run;
 mod tail;
 
@@ -45,14 +46,30 @@ pub enum Command {
 /// A failure with the exit code it maps to.
 pub struct Failure {
     code: u8,
-    error: anyhow::Error,
+    /// Printed on stderr; `None` when the command's own output already says what failed.
+    error: Option<anyhow::Error>,
+}
+
+impl Failure {
+    /// A usage or configuration error (exit 2).
+    fn usage(error: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            code: 2,
+            error: Some(error.into()),
+        }
+    }
+
+    /// Exits with `code` without printing anything more.
+    fn quiet(code: u8) -> Failure {
+        Failure { code, error: None }
+    }
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(error: E) -> Failure {
         Failure {
             code: 1,
-            error: error.into(),
+            error: Some(error.into()),
         }
     }
 }
@@ -70,7 +87,9 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, error }) => {
-            eprintln!("error: {error:#}");
+            if let Some(error) = error {
+                eprintln!("error: {error:#}");
+            }
             ExitCode::from(code)
         }
     }
@@ -80,6 +99,12 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
     if let Command::Tail(tail) = args.command {
         init_logging("info", LogFormat::Text);
         return Ok(tail::run(tail).await?);
+    }
+    // Preflight needs no configuration (without a branch store it skips one check), and
+    // must not migrate or create anything, which `connector::run` does first.
+    if let Command::Connector(connector::ConnectorCommand::Preflight(checks)) = args.command {
+        init_logging("warn", LogFormat::Text);
+        return preflight::run(checks, args.config.as_deref()).await;
     }
     let (settings, config_path) = load_settings(args.config.as_deref())?;
     init_logging(&settings.log.level, settings.log.format);
@@ -100,11 +125,10 @@ fn load_settings(explicit: Option<&Path>) -> Result<(Settings, PathBuf), Failure
     let path = explicit.map_or_else(|| PathBuf::from(DEFAULT_CONFIG), Path::to_path_buf);
     Settings::load(&path, explicit.is_some())
         .map(|settings| (settings, path))
-        .map_err(|e| Failure {
-            code: 2,
-            error: anyhow::Error::new(e).context(
+        .map_err(|e| {
+            Failure::usage(anyhow::Error::new(e).context(
                 "set store.url in the configuration file (--config) or TRIBUTARY__STORE__URL",
-            ),
+            ))
         })
 }
 

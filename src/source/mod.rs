@@ -6,6 +6,7 @@
 
 pub mod catalog;
 mod error;
+pub mod preflight;
 pub mod progress;
 pub mod replication;
 pub mod wal2json;

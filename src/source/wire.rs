@@ -470,14 +470,98 @@ pub(crate) fn cut_frame(buf: &mut BytesMut) -> Result<Option<Frame>, String> {
     }))
 }
 
+/// What the transport to a server turned out to be, before any startup message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encryption {
+    /// A unix socket, which never carries TLS (as with libpq).
+    UnixSocket,
+    /// TCP without TLS: `sslmode=disable`, or a server that declined under `prefer`.
+    Plain,
+    /// TLS, with the protocol version agreed on (`TLSv1.3`).
+    Tls(&'static str),
+}
+
+/// Why [`probe_transport`] failed: before a socket was connected, or after.
+#[derive(Debug)]
+pub(crate) enum TransportError {
+    Unreachable(Error),
+    Tls(Error),
+}
+
+/// Opens the transport as [`Connection::connect`] does (socket, then TLS as `sslmode` asks)
+/// and closes it again before any startup message, which the server does not even log.
+/// Tells an unreachable server from a TLS problem before credentials come into play.
+pub(crate) async fn probe_transport(info: &ConnInfo) -> Result<Encryption, TransportError> {
+    let target = info.target();
+    let deadline = tokio::time::Instant::now() + info.connect_timeout;
+    let timed_out = || Error::ConnectTimeout {
+        target: target.clone(),
+        seconds: info.connect_timeout.as_secs(),
+    };
+    let unreachable = |source| {
+        TransportError::Unreachable(Error::Connect {
+            target: target.clone(),
+            source,
+        })
+    };
+    let host = match &info.host {
+        Host::Unix(dir) => {
+            let path = dir.join(format!(".s.PGSQL.{}", info.port));
+            tokio::time::timeout_at(deadline, UnixStream::connect(path))
+                .await
+                .map_err(|_| TransportError::Unreachable(timed_out()))?
+                .map_err(unreachable)?;
+            return Ok(Encryption::UnixSocket);
+        }
+        Host::Tcp(host) => host,
+    };
+    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect((host.as_str(), info.port)))
+        .await
+        .map_err(|_| TransportError::Unreachable(timed_out()))?
+        .map_err(unreachable)?;
+    let secured = tokio::time::timeout_at(deadline, secure(tcp, info, host, &target))
+        .await
+        .map_err(|_| TransportError::Tls(timed_out()))?
+        .map_err(TransportError::Tls)?;
+    Ok(match secured {
+        Secured::Plain(mut tcp) => {
+            let _ = tcp.shutdown().await;
+            Encryption::Plain
+        }
+        Secured::Tls(mut tls) => {
+            let version = match tls.get_ref().1.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "TLS",
+            };
+            let _ = tls.shutdown().await;
+            Encryption::Tls(version)
+        }
+    })
+}
+
+/// A TCP stream after the TLS negotiation `sslmode` asks for.
+enum Secured {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 async fn negotiate_tls(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     info: &ConnInfo,
     host: &str,
     target: &str,
 ) -> Result<Box<dyn Transport>> {
+    let stream: Box<dyn Transport> = match secure(tcp, info, host, target).await? {
+        Secured::Plain(tcp) => Box::new(tcp),
+        Secured::Tls(tls) => tls,
+    };
+    Ok(stream)
+}
+
+async fn secure(mut tcp: TcpStream, info: &ConnInfo, host: &str, target: &str) -> Result<Secured> {
     if info.sslmode == SslMode::Disable {
-        return Ok(Box::new(tcp));
+        return Ok(Secured::Plain(tcp));
     }
     let tls_err = |reason: String| Error::Tls {
         target: target.to_owned(),
@@ -499,7 +583,7 @@ async fn negotiate_tls(
     let answer = tcp.read_u8().await.map_err(io_err)?;
     match answer {
         b'S' => {}
-        b'N' if info.sslmode == SslMode::Prefer => return Ok(Box::new(tcp)),
+        b'N' if info.sslmode == SslMode::Prefer => return Ok(Secured::Plain(tcp)),
         b'N' => {
             return Err(tls_err(format!(
                 "the server does not accept TLS connections but sslmode={} requires TLS; enable \
@@ -520,7 +604,7 @@ async fn negotiate_tls(
         .connect(name, tcp)
         .await
         .map_err(|e| tls_err(format!("handshake failed: {e}")))?;
-    Ok(Box::new(stream))
+    Ok(Secured::Tls(Box::new(stream)))
 }
 
 #[cfg(test)]

@@ -1,0 +1,215 @@
+//! `tributary connector preflight`: runs [`crate::source::preflight`] and shows its report,
+//! as a checklist for people or as one JSON object for scripts.
+//!
+//! The exit code is the verdict (0: every required check passed, 1: one failed), and the
+//! report says everything, so nothing more goes to stderr. The URL is shown only through
+//! [`ConnInfo`]'s `Display`, which masks the password.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Serialize;
+
+use super::connector::{schema_list, Format, SourceKind};
+use super::{Failure, DEFAULT_CONFIG};
+use crate::bookkeeping::{Bookkeeping, Connector};
+use crate::pg::ConnInfo;
+use crate::settings::Settings;
+use crate::source::preflight::{self, KnownSource, KnownSources, Outcome, Report, SourceIdentity};
+
+/// Check names longer than this push their value further right instead of widening the
+/// whole column.
+const NAME_COLUMN_MAX: usize = 30;
+
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    /// The kind of source; only `postgresql` exists.
+    kind: SourceKind,
+    /// Source URL: postgresql://user:password@host:port/dbname?sslmode=… (not stored).
+    url: String,
+    /// Schemas to check, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "public")]
+    schemas: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+pub async fn run(args: PreflightArgs, config: Option<&Path>) -> Result<(), Failure> {
+    let SourceKind::Postgresql = args.kind;
+    let info = ConnInfo::parse(&args.url).map_err(Failure::usage)?;
+    let schemas = schema_list(args.schemas)?;
+    let known = known_sources(config).await?;
+    let report = preflight::run(&info, &schemas, &known).await;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&view(&report))?),
+        Format::Text => print_text(&info, &schemas, &report),
+    }
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(Failure::quiet(1))
+    }
+}
+
+/// The connectors of the configured branch store, read without changing anything there.
+/// Preflight works without a store: the duplicate-source check is then skipped, saying
+/// why. A configuration file named with `--config` must load, though (exit 2).
+async fn known_sources(config: Option<&Path>) -> Result<KnownSources, Failure> {
+    let path = config.map_or_else(|| PathBuf::from(DEFAULT_CONFIG), Path::to_path_buf);
+    let settings = match Settings::load(&path, config.is_some()) {
+        Ok(settings) => settings,
+        Err(e) if config.is_some() => return Err(Failure::usage(e)),
+        Err(e) => {
+            return Ok(KnownSources::Unavailable(format!(
+                "no branch store configured ({e}): set store.url or TRIBUTARY__STORE__URL to \
+                 look for connectors of this database"
+            )))
+        }
+    };
+    Ok(
+        match Bookkeeping::peek_connectors(&settings.store()).await {
+            Ok(connectors) => KnownSources::Known(connectors.iter().map(known_source).collect()),
+            Err(e) => KnownSources::Unavailable(format!("the branch store could not be read: {e}")),
+        },
+    )
+}
+
+fn known_source(connector: &Connector) -> KnownSource {
+    let identity = connector
+        .system_id
+        .clone()
+        .zip(connector.source_database.clone())
+        .map(|(system_id, database)| SourceIdentity {
+            system_id,
+            database,
+        });
+    // The display URL has its password masked, which does not change where it points.
+    let address = ConnInfo::parse(&connector.source_display)
+        .ok()
+        .map(|source| (source.target(), source.dbname));
+    KnownSource {
+        connector: connector.name.to_string(),
+        identity,
+        address,
+    }
+}
+
+fn print_text(info: &ConnInfo, schemas: &[String], report: &Report) {
+    println!("Preflight of {info}, schemas {}", schemas.join(", "));
+    println!();
+    let width = report
+        .checks
+        .iter()
+        .map(|c| c.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(NAME_COLUMN_MAX);
+    for check in &report.checks {
+        let (mark, value, fix) = match &check.outcome {
+            Outcome::Pass { value } => ('✓', value.clone(), None),
+            Outcome::Warn { value, fix } => ('!', value.clone(), Some(fix)),
+            Outcome::Fail { value, fix } => ('✗', value.clone(), Some(fix)),
+            Outcome::Skip { reason } => ('-', format!("skipped: {reason}"), None),
+        };
+        println!("  {mark} {:<width$}  {value}", check.name);
+        if let Some(fix) = fix {
+            println!("      fix: {fix}");
+        }
+    }
+    println!();
+    println!("{}", summary(schemas, report));
+    if let Some(script) = &report.grant_script {
+        println!();
+        println!(
+            "Grant script: save it to a file, review it, run it as a superuser with psql, then \
+             run preflight again."
+        );
+        println!();
+        print!("{script}");
+    }
+}
+
+fn summary(schemas: &[String], report: &Report) -> String {
+    let count =
+        |status: fn(&Outcome) -> bool| report.checks.iter().filter(|c| status(&c.outcome)).count();
+    let failed = count(|o| matches!(o, Outcome::Fail { .. }));
+    let warnings = count(|o| matches!(o, Outcome::Warn { .. }));
+    let skipped = count(|o| matches!(o, Outcome::Skip { .. }));
+    let mut notes = Vec::new();
+    if warnings > 0 {
+        notes.push(format!("{warnings} warning{}", plural(warnings)));
+    }
+    if skipped > 0 {
+        notes.push(format!("{skipped} skipped"));
+    }
+    let notes = if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", notes.join(", "))
+    };
+    if failed == 0 {
+        format!(
+            "✓ Preflight passed{notes}. Next: tributary connector create postgresql '<url>' \
+             --name <name> --schemas {}",
+            schemas.join(",")
+        )
+    } else {
+        format!(
+            "✗ Preflight failed: {failed} required check{} failed{notes}. Fix them and run \
+             preflight again.",
+            plural(failed)
+        )
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// The contract of `connector preflight --format json`.
+#[derive(Serialize)]
+struct ReportView<'a> {
+    ok: bool,
+    checks: Vec<CheckView<'a>>,
+    grant_script: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct CheckView<'a> {
+    name: &'a str,
+    /// `pass`, `warn`, `fail` or `skip`.
+    status: &'static str,
+    /// What was found; for a skipped check, why it was skipped.
+    value: &'a str,
+    fix: Option<&'a str>,
+}
+
+fn view(report: &Report) -> ReportView<'_> {
+    let checks = report
+        .checks
+        .iter()
+        .map(|check| {
+            let (status, value, fix) = match &check.outcome {
+                Outcome::Pass { value } => ("pass", value, None),
+                Outcome::Warn { value, fix } => ("warn", value, Some(fix.as_str())),
+                Outcome::Fail { value, fix } => ("fail", value, Some(fix.as_str())),
+                Outcome::Skip { reason } => ("skip", reason, None),
+            };
+            CheckView {
+                name: &check.name,
+                status,
+                value,
+                fix,
+            }
+        })
+        .collect();
+    ReportView {
+        ok: report.passed(),
+        checks,
+        grant_script: report.grant_script.as_deref(),
+    }
+}
