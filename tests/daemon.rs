@@ -154,6 +154,36 @@ impl Daemon {
         self.command().args(args).output().unwrap()
     }
 
+    /// Runs `tributary <args>` with the daemon's environment on a pseudo-terminal (through
+    /// util-linux `script`), typing `input`; stdout holds what the terminal showed.
+    pub fn cli_on_terminal(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write as _;
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let line = std::iter::once(env!("CARGO_BIN_EXE_tributary"))
+            .chain(args.iter().copied())
+            .map(quote)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut script = Command::new("script");
+        script.current_dir(self.dir.path());
+        // The daemon's debug log would go to the same terminal.
+        for (k, v) in self.env.iter().filter(|(k, _)| k != "RUST_LOG") {
+            script.env(k, v);
+        }
+        let mut child = script
+            .env("RUST_LOG", "warn")
+            .args(["-q", "-e", "-c", &line, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("util-linux script");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    }
+
     /// Like [`Daemon::cli`], panicking with the output when it fails.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);

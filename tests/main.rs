@@ -9,6 +9,7 @@ mod support;
 mod bookkeeping;
 mod cli;
 mod connect;
+mod create;
 mod large_transaction;
 mod pipeline;
 mod preflight;

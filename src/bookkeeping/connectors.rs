@@ -88,11 +88,52 @@ impl fmt::Display for TableSyncState {
     }
 }
 
+/// What the operator decided about a table without a usable replica identity (see
+/// `migrations/0002_table_decisions.sql`). Stored as [`TableDecision::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TableDecision {
+    /// Never replicated.
+    Exclude,
+    /// The operator will add a primary key; excluded until then.
+    AddPk,
+    /// The operator sets `REPLICA IDENTITY FULL` on the source; excluded from a snapshot
+    /// that starts before they did.
+    ReplicaIdentityFull,
+}
+
+impl TableDecision {
+    pub const ALL: [TableDecision; 3] = [
+        TableDecision::Exclude,
+        TableDecision::AddPk,
+        TableDecision::ReplicaIdentityFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableDecision::Exclude => "exclude",
+            TableDecision::AddPk => "add_pk",
+            TableDecision::ReplicaIdentityFull => "replica_identity_full",
+        }
+    }
+
+    /// The decision spelled `text`, as in a decisions file.
+    pub fn parse(text: &str) -> Option<TableDecision> {
+        TableDecision::ALL.into_iter().find(|d| d.as_str() == text)
+    }
+}
+
+impl fmt::Display for TableDecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One table of a connector's current snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableStatus {
     pub table: TableName,
-    /// `include` for every table a snapshot copies.
+    /// `include` for every table a snapshot copies; for a table it left out, the
+    /// [`TableDecision`] that excluded it.
     pub decision: String,
     pub state: TableSyncState,
     pub rows: u64,
@@ -172,6 +213,19 @@ impl Bookkeeping {
         source_url: &str,
         schemas: &[String],
     ) -> Result<Connector, Error> {
+        self.create_connector_with_decisions(name, source_url, schemas, &[])
+            .await
+    }
+
+    /// [`Bookkeeping::create_connector`], recording in the same transaction the decisions
+    /// about tables without a usable replica identity.
+    pub async fn create_connector_with_decisions(
+        &self,
+        name: &ConnectorName,
+        source_url: &str,
+        schemas: &[String],
+        decisions: &[(TableName, TableDecision)],
+    ) -> Result<Connector, Error> {
         ConnInfo::parse(source_url)?;
         let ciphertext = self.cipher.seal(source_url.as_bytes(), SOURCE_URL_AAD);
         let mut tx = self.pool.begin().await?;
@@ -216,6 +270,20 @@ impl Bookkeeping {
              VALUES ($1, NULL, 'pending')",
         )
         .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        let (schemas, names, decided) = decision_columns(decisions);
+        sqlx::query(
+            "INSERT INTO tributary.table_decisions
+                 (connector_id, schema_name, table_name, decision)
+             SELECT $1, d.schema_name, d.table_name, d.decision
+             FROM unnest($2::text[], $3::text[], $4::text[])
+                  AS d (schema_name, table_name, decision)",
+        )
+        .bind(id.0)
+        .bind(&schemas)
+        .bind(&names)
+        .bind(&decided)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -441,6 +509,53 @@ impl Bookkeeping {
         Ok(())
     }
 
+    /// The operator's decisions about the connector's tables without a usable replica
+    /// identity, ordered by schema and name.
+    pub async fn table_decisions(
+        &self,
+        id: ConnectorId,
+    ) -> Result<Vec<(TableName, TableDecision)>, Error> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT schema_name, table_name, decision FROM tributary.table_decisions
+             WHERE connector_id = $1
+             ORDER BY schema_name, table_name",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(schema, name, decision)| {
+                let decision = TableDecision::parse(&decision)
+                    .ok_or_else(|| Error::Corrupt(format!("table decision {decision:?}")))?;
+                Ok((TableName { schema, name }, decision))
+            })
+            .collect()
+    }
+
+    /// Adds the tables the current snapshot leaves out to its table rows (after
+    /// [`Bookkeeping::set_snapshot_tables`]), each with the decision that excluded it.
+    pub async fn set_excluded_tables(
+        &self,
+        id: ConnectorId,
+        excluded: &[(TableName, TableDecision)],
+    ) -> Result<(), Error> {
+        let (schemas, names, decided) = decision_columns(excluded);
+        sqlx::query(
+            "INSERT INTO tributary.connector_tables
+                 (connector_id, schema_name, table_name, decision, sync_state)
+             SELECT $1, t.schema_name, t.table_name, t.decision, 'pending'
+             FROM unnest($2::text[], $3::text[], $4::text[])
+                  AS t (schema_name, table_name, decision)",
+        )
+        .bind(id.0)
+        .bind(&schemas)
+        .bind(&names)
+        .bind(&decided)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Adds `rows` and `bytes` (increments, not totals) to the table's counters and sets
     /// its state.
     pub async fn table_progress(
@@ -526,6 +641,16 @@ impl Bookkeeping {
             })
             .collect()
     }
+}
+
+/// Decisions as the three parallel arrays an `unnest` insert binds.
+fn decision_columns(
+    decisions: &[(TableName, TableDecision)],
+) -> (Vec<&str>, Vec<&str>, Vec<&'static str>) {
+    let schemas = decisions.iter().map(|(t, _)| t.schema.as_str()).collect();
+    let names = decisions.iter().map(|(t, _)| t.name.as_str()).collect();
+    let decided = decisions.iter().map(|(_, d)| d.as_str()).collect();
+    (schemas, names, decided)
 }
 
 fn parse_state(text: &str) -> Result<PipelineState, Error> {

@@ -6,6 +6,8 @@
 //!    │                        enabled, slot and replica names, state + last error + next
 //!    │                        step, source identity            ── trigger: NOTIFY tributary_connectors
 //!    ├─ connector_tables      per table of the current snapshot: decision, sync state, counters
+//!    ├─ table_decisions       tables without a usable replica identity: exclude, add_pk or
+//!    │                        replica_identity_full, as decided at `connector create`
 //!    └─ state_history         every state the pipeline was put in, with the error
 //! tributary._sqlx_migrations  applied migrations (sqlx)
 //! ```
@@ -26,6 +28,6 @@ mod error;
 mod secrets;
 mod store;
 
-pub use connectors::{Connector, Failure, StateChange, TableStatus, TableSyncState};
+pub use connectors::{Connector, Failure, StateChange, TableDecision, TableStatus, TableSyncState};
 pub use error::Error;
 pub use store::{Bookkeeping, NOTIFY_CHANNEL};

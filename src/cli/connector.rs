@@ -1,4 +1,4 @@
-//! `tributary connector …`: preflight, create, list and delete connectors.
+//! `tributary connector …`: preflight, create (`create.rs`), list and delete connectors.
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,19 +24,12 @@ pub enum ConnectorCommand {
     /// wal2json, replica identities. Changes and stores nothing; prints a grant script for
     /// what is missing. Exit code 0 when every required check passes, 1 otherwise.
     Preflight(super::preflight::PreflightArgs),
-    /// Register a source database; a running daemon snapshots it and starts streaming.
-    Create {
-        /// The kind of source; only `postgresql` exists.
-        kind: SourceKind,
-        /// Source URL: postgresql://user:password@host:port/dbname?sslmode=… (stored encrypted).
-        url: String,
-        /// Connector name: lower-case letters, digits and '_'.
-        #[arg(long)]
-        name: String,
-        /// Schemas to replicate, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "public")]
-        schemas: Vec<String>,
-    },
+    /// Register a source database after a preflight; a running daemon snapshots it and
+    /// starts streaming. Tables without a usable replica identity need a decision
+    /// (exclude, add_pk or replica_identity_full): from a file, the default (exclude) or,
+    /// on a terminal, asked per table. Exit code 1 when preflight fails, 2 for undecided
+    /// tables or a bad decisions file; nothing is created then.
+    Create(super::create::CreateArgs),
     /// List connectors with their state.
     List {
         #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -70,26 +63,7 @@ pub async fn run(
     )
     .await?;
     match command {
-        ConnectorCommand::Create {
-            kind: SourceKind::Postgresql,
-            url,
-            name,
-            schemas,
-        } => {
-            let name = ConnectorName::new(name).map_err(Failure::usage)?;
-            let info = ConnInfo::parse(&url).map_err(Failure::usage)?;
-            let schemas = schema_list(schemas)?;
-            let connector = bookkeeping.create_connector(&name, &url, &schemas).await?;
-            println!(
-                "created connector {} for {info}\n  schemas: {}\n  slot: {}\n  replica database: {}\n\
-                 A running `tributary run` picks it up and starts the snapshot.",
-                connector.name,
-                connector.schemas.join(", "),
-                connector.slot_name,
-                connector.replica_database
-            );
-            Ok(())
-        }
+        ConnectorCommand::Create(args) => super::create::run(args, &bookkeeping).await,
         ConnectorCommand::List { format } => {
             let connectors = bookkeeping.connectors().await?;
             print_list(&connectors, format)?;

@@ -4,6 +4,7 @@
 //! 2 usage error (clap's own code for bad arguments, and ours for a bad configuration).
 
 mod connector;
+mod create;
 mod preflight;
 mod run;
 mod tail;

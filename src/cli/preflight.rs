@@ -15,7 +15,9 @@ use super::{Failure, DEFAULT_CONFIG};
 use crate::bookkeeping::{Bookkeeping, Connector};
 use crate::pg::ConnInfo;
 use crate::settings::Settings;
-use crate::source::preflight::{self, KnownSource, KnownSources, Outcome, Report, SourceIdentity};
+use crate::source::preflight::{
+    self, Check, KnownSource, KnownSources, Outcome, Report, SourceIdentity,
+};
 
 /// Check names longer than this push their value further right instead of widening the
 /// whole column.
@@ -74,7 +76,7 @@ async fn known_sources(config: Option<&Path>) -> Result<KnownSources, Failure> {
     )
 }
 
-fn known_source(connector: &Connector) -> KnownSource {
+pub(super) fn known_source(connector: &Connector) -> KnownSource {
     let identity = connector
         .system_id
         .clone()
@@ -97,14 +99,21 @@ fn known_source(connector: &Connector) -> KnownSource {
 fn print_text(info: &ConnInfo, schemas: &[String], report: &Report) {
     println!("Preflight of {info}, schemas {}", schemas.join(", "));
     println!();
-    let width = report
-        .checks
-        .iter()
+    print_checks(report.checks.iter());
+    println!();
+    println!("{}", summary(schemas, report));
+    print_grant_script(report);
+}
+
+/// The checklist lines of `checks`: a mark, the name, what was found, and the fix.
+pub(super) fn print_checks<'a>(checks: impl Iterator<Item = &'a Check> + Clone) {
+    let width = checks
+        .clone()
         .map(|c| c.name.chars().count())
         .max()
         .unwrap_or(0)
         .min(NAME_COLUMN_MAX);
-    for check in &report.checks {
+    for check in checks {
         let (mark, value, fix) = match &check.outcome {
             Outcome::Pass { value } => ('✓', value.clone(), None),
             Outcome::Warn { value, fix } => ('!', value.clone(), Some(fix)),
@@ -116,8 +125,10 @@ fn print_text(info: &ConnInfo, schemas: &[String], report: &Report) {
             println!("      fix: {fix}");
         }
     }
-    println!();
-    println!("{}", summary(schemas, report));
+}
+
+/// The grant script with how to use it, when the report has one.
+pub(super) fn print_grant_script(report: &Report) {
     if let Some(script) = &report.grant_script {
         println!();
         println!(

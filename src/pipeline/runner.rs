@@ -17,11 +17,12 @@
 //! starting over; it is written once the snapshot is complete and then only moves forward
 //! with the data it covers.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::bookkeeping::{Bookkeeping, Connector, TableSyncState};
+use crate::bookkeeping::{Bookkeeping, Connector, TableDecision, TableSyncState};
 use crate::change::TableName;
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::snapshot::{self, Section, SnapshotJob};
@@ -54,12 +55,23 @@ pub async fn run(
         started = start(ctx) => started?,
     };
     let connector = &ctx.connector;
+    // The tables the snapshot left out, as it recorded them: streaming follows the snapshot
+    // (a table whose identity was fixed since is not in the replica).
+    let excluded: HashSet<TableName> = ctx
+        .bookkeeping
+        .tables(connector.id)
+        .await?
+        .into_iter()
+        .filter(|t| t.decision != "include")
+        .map(|t| t.table)
+        .collect();
     let mut sink = ReplicaSink::connect(&ctx.settings.store(), &connector.replica_database).await?;
     stream::run(
         stream,
         &mut sink,
         applied,
         &connector.schemas,
+        &excluded,
         &ctx.settings.pipeline,
         shutdown,
     )
@@ -294,14 +306,21 @@ async fn snapshot(
             what: "opening a transaction on the exported snapshot",
             source,
         })?;
-    let tables = catalog::list_tables(&source_sql, &connector.schemas, &[]).await?;
+    let listed = catalog::list_tables(&source_sql, &connector.schemas, &[]).await?;
     drop(source_sql);
+    let decisions = ctx.bookkeeping.table_decisions(connector.id).await?;
+    let (tables, excluded) = apply_decisions(listed, &decisions);
     let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
     ctx.bookkeeping
         .set_snapshot_tables(connector.id, &names)
         .await?;
+    ctx.bookkeeping
+        .set_excluded_tables(connector.id, &excluded)
+        .await?;
+    let exclude: Vec<TableName> = excluded.iter().map(|(t, _)| t.clone()).collect();
     tracing::info!(
         tables = tables.len(),
+        excluded = exclude.len(),
         consistent_point = %created.consistent_point,
         "snapshot started"
     );
@@ -312,7 +331,7 @@ async fn snapshot(
         snapshot_name: &snapshot_name,
         schemas: &connector.schemas,
         tables: &tables,
-        exclude: &[],
+        exclude: &exclude,
         workers: settings.snapshot_workers,
         chunk_bytes: settings.snapshot_chunk_bytes,
     };
@@ -359,4 +378,99 @@ async fn snapshot(
         "snapshot complete"
     );
     Ok(created.consistent_point)
+}
+
+/// Splits the snapshot's tables into those copied and those left out by the operator's
+/// replica identity decisions: `exclude` always; `add_pk` and `replica_identity_full` while
+/// the table still has no usable identity on the source (excluded until fixed, which a
+/// later snapshot then sees).
+fn apply_decisions(
+    listed: Vec<catalog::SourceTable>,
+    decisions: &[(TableName, TableDecision)],
+) -> (Vec<catalog::SourceTable>, Vec<(TableName, TableDecision)>) {
+    let mut tables = Vec::with_capacity(listed.len());
+    let mut excluded = Vec::new();
+    for table in listed {
+        let decision = decisions
+            .iter()
+            .find(|(name, _)| *name == table.name)
+            .map(|(_, d)| *d);
+        let usable = table.identity != catalog::ReplicaIdentity::Nothing;
+        let name = format!("{}.{}", table.name.schema, table.name.name);
+        match decision {
+            None => tables.push(table),
+            Some(TableDecision::AddPk | TableDecision::ReplicaIdentityFull) if usable => {
+                tracing::info!(table = %name, "table has a usable replica identity now: included");
+                tables.push(table);
+            }
+            Some(TableDecision::ReplicaIdentityFull) => {
+                tracing::warn!(
+                    table = %name,
+                    "decided replica_identity_full, but the table's replica identity on the \
+                     source is not FULL yet: it is excluded from this snapshot until fixed (run \
+                     ALTER TABLE … REPLICA IDENTITY FULL on the source, then take a new snapshot)"
+                );
+                excluded.push((table.name, TableDecision::ReplicaIdentityFull));
+            }
+            Some(decision) => {
+                tracing::info!(table = %name, %decision, "table excluded");
+                excluded.push((table.name, decision));
+            }
+        }
+    }
+    (tables, excluded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::catalog::{ReplicaIdentity, SourceTable};
+
+    fn table(name: &str, identity: ReplicaIdentity) -> SourceTable {
+        SourceTable {
+            name: TableName {
+                schema: "public".into(),
+                name: name.into(),
+            },
+            identity,
+            columns: vec!["a".into()],
+            estimated_bytes: 0,
+            pages: 0,
+            binary_copy: true,
+        }
+    }
+
+    #[test]
+    fn decisions_exclude_tables_until_they_have_a_usable_identity() {
+        let listed = vec![
+            table("keyed", ReplicaIdentity::PrimaryKey),
+            table("dropped", ReplicaIdentity::Nothing),
+            table("later", ReplicaIdentity::Nothing),
+            table("keyed_since", ReplicaIdentity::PrimaryKey),
+            table("full_now", ReplicaIdentity::Full),
+            table("full_not_yet", ReplicaIdentity::Nothing),
+        ];
+        let name = |n: &str| TableName {
+            schema: "public".into(),
+            name: n.into(),
+        };
+        let decisions = [
+            (name("dropped"), TableDecision::Exclude),
+            (name("later"), TableDecision::AddPk),
+            (name("keyed_since"), TableDecision::AddPk),
+            (name("full_now"), TableDecision::ReplicaIdentityFull),
+            (name("full_not_yet"), TableDecision::ReplicaIdentityFull),
+        ];
+        let (tables, excluded) = apply_decisions(listed, &decisions);
+        let copied: Vec<&str> = tables.iter().map(|t| t.name.name.as_str()).collect();
+        assert_eq!(copied, ["keyed", "keyed_since", "full_now"]);
+        assert_eq!(
+            excluded,
+            [
+                (name("dropped"), TableDecision::Exclude),
+                (name("later"), TableDecision::AddPk),
+                (name("full_not_yet"), TableDecision::ReplicaIdentityFull),
+            ]
+        );
+    }
 }

@@ -25,6 +25,7 @@
 //! and tells the applier how: `Stop` commits what is complete, anything else (the grace
 //! period over, an error, the reader gone) rolls the open target transaction back.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::change::{Change, Message};
+use crate::change::{Change, Message, TableName};
 use crate::pipeline::PipelineError;
 use crate::settings::PipelineSettings;
 use crate::sink::ReplicaSink;
@@ -81,13 +82,15 @@ enum Command {
 }
 
 /// Streams from `stream` into `sink` until `shutdown`, starting at `applied` (the replica's
-/// applied LSN). Only changes to tables in `schemas` are applied: wal2json sends the whole
+/// applied LSN). Only changes to tables in `schemas` are applied, except to the `excluded`
+/// ones (left out of the snapshot by a replica identity decision): wal2json sends the whole
 /// database.
 pub async fn run(
     stream: ReplicationStream,
     sink: &mut ReplicaSink,
     applied: Lsn,
     schemas: &[String],
+    excluded: &HashSet<TableName>,
     settings: &PipelineSettings,
     shutdown: &CancellationToken,
 ) -> Result<StreamEnd, PipelineError> {
@@ -98,6 +101,7 @@ pub async fn run(
         tracker: AckTracker::new(applied),
         start: applied,
         schemas,
+        excluded,
         commands,
         buffer: Arc::new(Semaphore::new(BUFFER_BYTES)),
         durable: durable_rx,
@@ -131,6 +135,7 @@ struct Reader<'a> {
     /// it are in the replica already.
     start: Lsn,
     schemas: &'a [String],
+    excluded: &'a HashSet<TableName>,
     commands: mpsc::Sender<Command>,
     /// What is left of [`BUFFER_BYTES`].
     buffer: Arc<Semaphore>,
@@ -250,7 +255,10 @@ impl Reader<'_> {
                             "report this to the tributary developers",
                         ));
                     }
-                    if !self.skipping && self.schemas.contains(&change.table.schema) {
+                    if !self.skipping
+                        && self.schemas.contains(&change.table.schema)
+                        && (self.excluded.is_empty() || !self.excluded.contains(&change.table))
+                    {
                         self.sent_in_tx += 1;
                         let budget = self.budget(change.approx_bytes()).await?;
                         self.send(Command::Change(change, budget)).await?;

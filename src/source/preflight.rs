@@ -181,16 +181,60 @@ pub struct Report {
     /// A psql script for a superuser: grants, `REPLICATION`, and settings raised to what
     /// tributary needs. `None` when none of that is missing.
     pub grant_script: Option<String>,
+    /// Every table of the selected schemas whose changes would be streamed, with its
+    /// replica identity; empty when the catalog could not be read.
+    pub tables: Vec<TableIdentity>,
+}
+
+/// One table of the selected schemas and its replica identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableIdentity {
+    pub name: TableName,
+    pub identity: ReplicaIdentity,
 }
 
 impl Report {
     /// Whether every required check passed; warnings and skips do not count against it.
     pub fn passed(&self) -> bool {
-        !self
-            .checks
-            .iter()
-            .any(|c| matches!(c.outcome, Outcome::Fail { .. }))
+        self.failures().next().is_none()
     }
+
+    /// The failed checks.
+    pub fn failures(&self) -> impl Iterator<Item = &Check> {
+        self.checks
+            .iter()
+            .filter(|c| matches!(c.outcome, Outcome::Fail { .. }))
+    }
+
+    /// The failed checks other than the per-table replica identity ones, which
+    /// `connector create` turns into decisions instead ([`Report::without_identity`]).
+    pub fn blocking_failures(&self) -> impl Iterator<Item = &Check> {
+        let identity_checks: Vec<String> = self
+            .without_identity()
+            .map(|t| identity_check(&t.name))
+            .collect();
+        self.failures()
+            .filter(move |c| !identity_checks.contains(&c.name))
+    }
+
+    /// The tables without a usable replica identity: their UPDATEs and DELETEs cannot be
+    /// replicated.
+    pub fn without_identity(&self) -> impl Iterator<Item = &TableIdentity> {
+        self.tables
+            .iter()
+            .filter(|t| t.identity == ReplicaIdentity::Nothing)
+    }
+}
+
+/// The name of the check of one table without a usable replica identity.
+fn identity_check(table: &TableName) -> String {
+    format!("{IDENTITY} {}", display(table))
+}
+
+/// `ALTER TABLE "schema"."table" REPLICA IDENTITY FULL;`: for the operator to run on the
+/// source; tributary never changes a replica identity itself.
+pub fn replica_identity_full_sql(table: &TableName) -> String {
+    format!("ALTER TABLE {} REPLICA IDENTITY FULL;", qualified(table))
 }
 
 /// The connectors the branch store already has, for the duplicate-source check.
@@ -873,6 +917,14 @@ fn judge(info: &ConnInfo, schemas: &[String], gathered: &Gathered, known: &Known
     checks.push(judge_slot_wal_keep(server));
     checks.push(judge_sender_timeout(server));
     report.grant_script = grant_script(server);
+    report.tables = server
+        .tables
+        .iter()
+        .map(|t| TableIdentity {
+            name: t.name.clone(),
+            identity: t.identity.clone(),
+        })
+        .collect();
     report
 }
 
@@ -1294,7 +1346,7 @@ fn judge_identities(server: &Server) -> Vec<Check> {
 }
 
 fn judge_missing_identity(table: &Table) -> Check {
-    let name = format!("{IDENTITY} {}", display(&table.name));
+    let name = identity_check(&table.name);
     let sql = qualified(&table.name);
     let alternatives = format!(
         "add a primary key; or ALTER TABLE {sql} REPLICA IDENTITY FULL; (every UPDATE and \
@@ -2029,6 +2081,31 @@ mod tests {
         );
         // Replica identity is the operator's decision: the grant script stays out of it.
         assert_eq!(report.grant_script, None);
+        // `connector create` asks for decisions about these tables instead of refusing.
+        let keyless: Vec<String> = report
+            .without_identity()
+            .map(|t| display(&t.name))
+            .collect();
+        assert_eq!(keyless, ["public.keyless", "public.coded", "public.silent"]);
+        assert_eq!(report.blocking_failures().count(), 0);
+        assert_eq!(
+            replica_identity_full_sql(&table("public", "keyless")),
+            "ALTER TABLE \"public\".\"keyless\" REPLICA IDENTITY FULL;"
+        );
+        let mut server = healthy();
+        server.wal_level = "replica".into();
+        server.tables = vec![Table {
+            name: table("public", "keyless"),
+            identity: ReplicaIdentity::Nothing,
+            declared_nothing: false,
+            usable_index: None,
+        }];
+        let report = judged(&ready(server));
+        let blocking: Vec<&str> = report
+            .blocking_failures()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(blocking, [WAL_LEVEL]);
     }
 
     #[test]

@@ -1,0 +1,507 @@
+//! `tributary connector create`: preflight, replica identity decisions, then the
+//! bookkeeping rows a running daemon picks up.
+//!
+//! ```text
+//!  arguments + decisions file (syntax, values)    ── bad ──► exit 2, nothing created
+//!  preflight (source/preflight.rs)                ── a required check failed ──► exit 1
+//!  tables without a usable replica identity: a decision each
+//!     (file │ --accept-replica-identity-defaults │ prompt on a terminal)
+//!                                                 ── unknown or undecided ──► exit 2
+//!  connector + decisions in one transaction ──► id and the next command
+//! ```
+//!
+//! A failed replica identity check is not a reason to refuse: it becomes a decision.
+//! Tributary never changes a replica identity itself; for `replica_identity_full` it prints
+//! the `ALTER TABLE` for the operator to run. The pipeline leaves excluded tables out of
+//! the snapshot and the stream (`pipeline/runner.rs`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+use clap::Args;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use super::connector::{schema_list, SourceKind};
+use super::preflight::{known_source, print_checks, print_grant_script};
+use super::Failure;
+use crate::bookkeeping::{Bookkeeping, TableDecision};
+use crate::change::TableName;
+use crate::pg::ConnInfo;
+use crate::source::preflight::{
+    self, replica_identity_full_sql, KnownSources, Outcome, TableIdentity,
+};
+use crate::types::ConnectorName;
+
+const DECISIONS_FLAG: &str = "--replica-identity-decisions FILE";
+const DEFAULTS_FLAG: &str = "--accept-replica-identity-defaults";
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The kind of source; only `postgresql` exists.
+    kind: SourceKind,
+    /// Source URL: postgresql://user:password@host:port/dbname?sslmode=… (stored encrypted).
+    url: String,
+    /// Connector name: lower-case letters, digits and '_'. [default: the database name]
+    #[arg(long)]
+    name: Option<String>,
+    /// Schemas to replicate, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "public")]
+    schemas: Vec<String>,
+    /// A JSON file deciding about every table without a usable replica identity:
+    /// {"schema.table": "exclude" | "add_pk" | "replica_identity_full", …}.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "accept_replica_identity_defaults"
+    )]
+    replica_identity_decisions: Option<PathBuf>,
+    /// Exclude every table without a usable replica identity (the default decision).
+    #[arg(long)]
+    accept_replica_identity_defaults: bool,
+}
+
+pub async fn run(args: CreateArgs, bookkeeping: &Bookkeeping) -> Result<(), Failure> {
+    let SourceKind::Postgresql = args.kind;
+    let info = ConnInfo::parse(&args.url).map_err(Failure::usage)?;
+    let name = match args.name {
+        Some(name) => ConnectorName::new(name).map_err(Failure::usage)?,
+        None => default_name(&info.dbname)?,
+    };
+    let schemas = schema_list(args.schemas)?;
+    let file = match &args.replica_identity_decisions {
+        Some(path) => Some(read_decisions(path)?),
+        None => None,
+    };
+    if bookkeeping.connector(&name).await?.is_some() {
+        return Err(anyhow!(
+            "a connector named {name} exists already; choose another --name, or see \
+             `tributary connector list`"
+        )
+        .into());
+    }
+
+    let connectors = bookkeeping.connectors().await?;
+    let known = KnownSources::Known(connectors.iter().map(known_source).collect());
+    let report = preflight::run(&info, &schemas, &known).await;
+    let blocking: Vec<_> = report.blocking_failures().collect();
+    if !blocking.is_empty() {
+        println!(
+            "Preflight of {info}, schemas {}: {} required check{} failed\n",
+            schemas.join(", "),
+            blocking.len(),
+            if blocking.len() == 1 { "" } else { "s" }
+        );
+        print_checks(blocking.iter().copied());
+        print_grant_script(&report);
+        println!(
+            "\n✗ Connector {name} not created. Fix the checks above (`tributary connector \
+             preflight` shows them all) and run create again."
+        );
+        return Err(Failure::quiet(1));
+    }
+    let warnings: Vec<_> = report
+        .checks
+        .iter()
+        .filter(|c| matches!(c.outcome, Outcome::Warn { .. }))
+        .collect();
+    if !warnings.is_empty() {
+        println!("Preflight passed with warnings:");
+        print_checks(warnings.iter().copied());
+        println!();
+    }
+
+    let keyless: Vec<&TableIdentity> = report.without_identity().collect();
+    let decisions = if let Some(entries) = file {
+        match_decisions(&entries, &report.tables, &keyless, &schemas).map_err(Failure::usage)?
+    } else if args.accept_replica_identity_defaults {
+        keyless
+            .iter()
+            .map(|t| (t.name.clone(), TableDecision::Exclude))
+            .collect()
+    } else if keyless.is_empty() {
+        Vec::new()
+    } else if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        tokio::task::block_in_place(|| prompt(&keyless))?
+    } else {
+        return Err(Failure::usage(anyhow!(
+            "{} table{} without a usable replica identity need{} a decision, and there is no \
+             terminal to ask on:\n{}\nDecide with {DECISIONS_FLAG} (a JSON object such as \
+             {{\"{}\": \"exclude\"}}; values: {}), or exclude them all with {DEFAULTS_FLAG}.",
+            keyless.len(),
+            if keyless.len() == 1 { "" } else { "s" },
+            if keyless.len() == 1 { "s" } else { "" },
+            keyless
+                .iter()
+                .map(|t| format!("  {}", display(&t.name)))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            display(&keyless[0].name),
+            allowed_values(),
+        )));
+    };
+
+    let connector = bookkeeping
+        .create_connector_with_decisions(&name, &args.url, &schemas, &decisions)
+        .await?;
+    println!(
+        "✓ Created connector {} (id {}) for {info}\n  schemas: {}\n  slot: {}\n  replica \
+         database: {}",
+        connector.name,
+        connector.id,
+        connector.schemas.join(", "),
+        connector.slot_name,
+        connector.replica_database
+    );
+    print_decisions(&decisions);
+    println!(
+        "\nNext: start the daemon with `tributary run` (one already running picks the \
+         connector up and starts the snapshot), then follow it with `tributary connector list`."
+    );
+    Ok(())
+}
+
+/// The connector name a database name suggests: lower-case, other characters as '_'.
+fn default_name(dbname: &str) -> Result<ConnectorName, Failure> {
+    let mut name: String = dbname
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_') => c,
+            _ => '_',
+        })
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        name.insert_str(0, "db_");
+    }
+    name.truncate(32);
+    ConnectorName::new(name).map_err(|e| {
+        Failure::usage(anyhow!(
+            "no connector name can be derived from the database name {dbname:?} ({e}): pass \
+             --name"
+        ))
+    })
+}
+
+fn display(table: &TableName) -> String {
+    format!("{}.{}", table.schema, table.name)
+}
+
+fn allowed_values() -> String {
+    TableDecision::ALL
+        .iter()
+        .map(|d| format!("\"{d}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A decisions file's entries in file order, values not yet checked. Keeping every entry
+/// (a map would keep only the last of two equal keys) lets repetitions be reported.
+struct Entries(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Entries, D::Error> {
+        struct EntriesVisitor;
+        impl<'de> Visitor<'de> for EntriesVisitor {
+            type Value = Entries;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of \"schema.table\": decision")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(EntriesVisitor)
+    }
+}
+
+/// Reads and checks the decisions file as far as it can be without the source: JSON
+/// syntax, an object, known values, no table twice. Exit 2 with every problem found.
+fn read_decisions(path: &Path) -> Result<Vec<(String, TableDecision)>, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::usage(anyhow!(
+            "cannot read the replica identity decisions file {}: {e}",
+            path.display()
+        ))
+    })?;
+    parse_decisions(&text).map_err(|problems| {
+        Failure::usage(anyhow!(
+            "the replica identity decisions file {} is not valid:\n{}",
+            path.display(),
+            problems
+                .iter()
+                .map(|p| format!("  {p}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))
+    })
+}
+
+fn parse_decisions(text: &str) -> Result<Vec<(String, TableDecision)>, Vec<String>> {
+    let Entries(entries) = serde_json::from_str(text).map_err(|e| {
+        let location = format!(" at line {} column {}", e.line(), e.column());
+        let message = e.to_string();
+        let message = message.strip_suffix(&location).unwrap_or(&message);
+        let what = if e.is_data() {
+            "not a decisions object"
+        } else {
+            "malformed JSON"
+        };
+        vec![format!(
+            "{what} at line {}, column {}: {message}",
+            e.line(),
+            e.column()
+        )]
+    })?;
+    let mut problems = Vec::new();
+    let mut decisions = Vec::with_capacity(entries.len());
+    let mut seen = HashSet::new();
+    for (table, value) in entries {
+        if !seen.insert(table.clone()) {
+            problems.push(format!("\"{table}\": decided more than once"));
+            continue;
+        }
+        match value.as_str().and_then(TableDecision::parse) {
+            Some(decision) => decisions.push((table, decision)),
+            None => problems.push(format!(
+                "\"{table}\": bad value {value}; allowed: {}",
+                allowed_values()
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(decisions)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Matches the file's decisions with the source's tables: every name must be a table
+/// without a usable replica identity in the selected schemas, and every such table decided.
+fn match_decisions(
+    entries: &[(String, TableDecision)],
+    tables: &[TableIdentity],
+    keyless: &[&TableIdentity],
+    schemas: &[String],
+) -> anyhow::Result<Vec<(TableName, TableDecision)>> {
+    let mut problems = Vec::new();
+    let mut decisions = Vec::new();
+    for (key, decision) in entries {
+        match tables.iter().find(|t| display(&t.name) == *key) {
+            None => problems.push(format!(
+                "unknown table \"{key}\": no such table in schema{} {} (write \"schema.table\")",
+                if schemas.len() == 1 { "" } else { "s" },
+                schemas.join(", ")
+            )),
+            Some(t) if !keyless.iter().any(|k| k.name == t.name) => problems.push(format!(
+                "\"{key}\" has a usable replica identity and needs no decision: remove it"
+            )),
+            Some(t) => decisions.push((t.name.clone(), *decision)),
+        }
+    }
+    let undecided: Vec<String> = keyless
+        .iter()
+        .filter(|k| !decisions.iter().any(|(name, _)| *name == k.name))
+        .map(|k| display(&k.name))
+        .collect();
+    if !undecided.is_empty() {
+        problems.push(format!(
+            "undecided table{} without a usable replica identity: {} (add {}, each with one of \
+             {})",
+            if undecided.len() == 1 { "" } else { "s" },
+            undecided.join(", "),
+            if undecided.len() == 1 { "it" } else { "them" },
+            allowed_values()
+        ));
+    }
+    if problems.is_empty() {
+        Ok(decisions)
+    } else {
+        Err(anyhow!(
+            "the replica identity decisions do not match the source:\n{}",
+            problems
+                .iter()
+                .map(|p| format!("  {p}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))
+    }
+}
+
+/// Asks on the terminal about each table without a usable replica identity.
+fn prompt(keyless: &[&TableIdentity]) -> Result<Vec<(TableName, TableDecision)>, Failure> {
+    println!(
+        "{} table{} without a usable replica identity: without one, UPDATEs and DELETEs \
+         cannot be replicated. For each, choose:\n  e  exclude: never replicate it (default)\n  \
+         a  add_pk: you will add a primary key; excluded until then\n  f  \
+         replica_identity_full: you run ALTER TABLE … REPLICA IDENTITY FULL on the source \
+         (every UPDATE and DELETE then logs the whole old row)\n",
+        keyless.len(),
+        if keyless.len() == 1 { "" } else { "s" },
+    );
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let mut decisions = Vec::with_capacity(keyless.len());
+    for table in keyless {
+        loop {
+            print!("{} [E/a/f]: ", display(&table.name));
+            std::io::stdout().flush()?;
+            let line = match lines.next() {
+                Some(line) => line?,
+                None => {
+                    return Err(Failure::usage(anyhow!(
+                        "no decision for {} (end of input); nothing was created",
+                        display(&table.name)
+                    )))
+                }
+            };
+            let decision = match line.trim().to_ascii_lowercase().as_str() {
+                "" | "e" | "exclude" => TableDecision::Exclude,
+                "a" | "add_pk" => TableDecision::AddPk,
+                "f" | "replica_identity_full" => TableDecision::ReplicaIdentityFull,
+                other => {
+                    println!("  {other:?} is not a choice: e, a or f");
+                    continue;
+                }
+            };
+            decisions.push((table.name.clone(), decision));
+            break;
+        }
+    }
+    Ok(decisions)
+}
+
+fn print_decisions(decisions: &[(TableName, TableDecision)]) {
+    let mut by_decision: BTreeMap<&str, Vec<&TableName>> = BTreeMap::new();
+    for (table, decision) in decisions {
+        by_decision
+            .entry(decision.as_str())
+            .or_default()
+            .push(table);
+    }
+    for decision in TableDecision::ALL {
+        let Some(tables) = by_decision.get(decision.as_str()) else {
+            continue;
+        };
+        match decision {
+            TableDecision::Exclude => println!("  excluded (exclude):"),
+            TableDecision::AddPk => println!(
+                "  excluded until they have a primary key (add_pk); a snapshot taken after the \
+                 key was added includes them:"
+            ),
+            TableDecision::ReplicaIdentityFull => println!(
+                "  replica_identity_full: run this on the source before the snapshot starts \
+                 (tributary never changes a replica identity); until then they are excluded:"
+            ),
+        }
+        for table in tables {
+            match decision {
+                TableDecision::ReplicaIdentityFull => {
+                    println!("    {}", replica_identity_full_sql(table))
+                }
+                _ => println!("    {}", display(table)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::catalog::ReplicaIdentity;
+
+    fn table(name: &str, identity: ReplicaIdentity) -> TableIdentity {
+        TableIdentity {
+            name: TableName {
+                schema: "public".into(),
+                name: name.into(),
+            },
+            identity,
+        }
+    }
+
+    #[test]
+    fn decisions_files_are_checked_precisely() {
+        let problems =
+            parse_decisions("{\n  \"public.a\": \"exclude\",\n  \"public.b\"\n}").unwrap_err();
+        assert_eq!(
+            problems,
+            ["malformed JSON at line 4, column 1: expected `:`"]
+        );
+        let problems = parse_decisions("[1]").unwrap_err();
+        assert!(
+            problems[0].starts_with("not a decisions object at line 1"),
+            "{problems:?}"
+        );
+        let problems = parse_decisions(
+            r#"{"public.a": "drop", "public.b": 3, "public.c": "add_pk", "public.c": "exclude"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "\"public.a\": bad value \"drop\"; allowed: \"exclude\", \"add_pk\", \
+                 \"replica_identity_full\"",
+                "\"public.b\": bad value 3; allowed: \"exclude\", \"add_pk\", \
+                 \"replica_identity_full\"",
+                "\"public.c\": decided more than once",
+            ]
+        );
+        assert_eq!(
+            parse_decisions(r#"{"public.a": "replica_identity_full"}"#).unwrap(),
+            [("public.a".to_owned(), TableDecision::ReplicaIdentityFull)]
+        );
+    }
+
+    #[test]
+    fn decisions_must_name_every_keyless_table_and_nothing_else() {
+        let tables = [
+            table("keyed", ReplicaIdentity::PrimaryKey),
+            table("k1", ReplicaIdentity::Nothing),
+            table("k2", ReplicaIdentity::Nothing),
+        ];
+        let keyless: Vec<&TableIdentity> = tables[1..].iter().collect();
+        let schemas = ["public".to_owned()];
+        let entries = [
+            ("public.k1".to_owned(), TableDecision::AddPk),
+            ("public.nope".to_owned(), TableDecision::Exclude),
+            ("public.keyed".to_owned(), TableDecision::Exclude),
+        ];
+        let error = match_decisions(&entries, &tables, &keyless, &schemas)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("unknown table \"public.nope\": no such table in schema public"),
+            "{error}"
+        );
+        assert!(
+            error.contains("\"public.keyed\" has a usable replica identity"),
+            "{error}"
+        );
+        assert!(
+            error.contains("undecided table without a usable replica identity: public.k2"),
+            "{error}"
+        );
+        let entries = [
+            ("public.k1".to_owned(), TableDecision::AddPk),
+            ("public.k2".to_owned(), TableDecision::Exclude),
+        ];
+        let decisions = match_decisions(&entries, &tables, &keyless, &schemas).unwrap();
+        assert_eq!(decisions.len(), 2);
+    }
+
+    #[test]
+    fn default_names_come_from_the_database() {
+        let name = |db: &str| default_name(db).ok().map(|n| n.as_str().to_owned());
+        assert_eq!(name("Shop-EU").as_deref(), Some("shop_eu"));
+        assert_eq!(name("2024").as_deref(), Some("db_2024"));
+    }
+}
