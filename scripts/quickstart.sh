@@ -53,6 +53,9 @@ source_url="postgresql://postgres@127.0.0.1:$source_port/postgres"
 export TRIBUTARY__STORE__URL="postgresql://postgres@127.0.0.1:$store_port/postgres"
 export TRIBUTARY__SECRETS__KEY_FILE="$dir/tributary.key"
 "$bindir/pgbench" -i -s 1 -q "$source_url" >/dev/null 2>&1
+# pgbench_history has no key; it only ever gets inserts, so the full row is a fine replica
+# identity (tributary never changes one by itself: this is the operator's decision).
+"$bindir/psql" -X -q "$source_url" -c 'ALTER TABLE pgbench_history REPLICA IDENTITY FULL'
 
 cargo build --release --locked --manifest-path "$here/Cargo.toml"
 tributary="$here/target/release/tributary"
