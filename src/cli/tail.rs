@@ -63,10 +63,14 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut tracker = AckTracker::new(created.consistent_point);
     let stdout = std::io::stdout();
     let mut line = String::new();
+    // One listener for the whole loop: a signal that arrives while a message is printed
+    // would be lost by a listener made anew on each turn.
+    let shutdown = super::run::shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         let message = tokio::select! {
             biased;
-            _ = super::run::shutdown_signal() => break,
+            _ = &mut shutdown => break,
             message = stream.next() => message?,
         };
         let Some(message) = message else { break };
