@@ -246,6 +246,17 @@ async fn default_decisions_exclude_keyless_tables_from_snapshot_and_stream() {
         "t"
     );
     assert_eq!(daemon.connector_state("shop").as_deref(), Some("streaming"));
+    let listed = daemon.connectors();
+    assert_eq!(
+        listed[0]["excluded_tables"],
+        serde_json::json!([{"table": "public.keyless", "decision": "exclude"}]),
+        "{listed:?}"
+    );
+    let text = daemon.cli_ok(&["connector", "list"]);
+    assert!(
+        text.contains("warning: 1 table not replicated: public.keyless (exclude)"),
+        "{text}"
+    );
     daemon.terminate();
 }
 

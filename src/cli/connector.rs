@@ -1,5 +1,6 @@
 //! `tributary connector …`: preflight, create (`create.rs`), list and delete connectors.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use serde::Serialize;
 
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, Connector};
+use crate::change::TableName;
 use crate::pg::ConnInfo;
 use crate::settings::Settings;
 use crate::sink;
@@ -66,7 +68,11 @@ pub async fn run(
         ConnectorCommand::Create(args) => super::create::run(args, &bookkeeping).await,
         ConnectorCommand::List { format } => {
             let connectors = bookkeeping.connectors().await?;
-            print_list(&connectors, format)?;
+            let mut excluded = Vec::with_capacity(connectors.len());
+            for connector in &connectors {
+                excluded.push(excluded_tables(&bookkeeping, connector).await?);
+            }
+            print_list(&connectors, &excluded, format)?;
             Ok(())
         }
         ConnectorCommand::Delete { name } => {
@@ -104,12 +110,50 @@ struct ConnectorView<'a> {
     replica_database: &'a str,
     last_error: Option<&'a str>,
     next_step: Option<&'a str>,
+    /// Tables of the selected schemas that are not replicated, with the decision why.
+    excluded_tables: &'a [ExcludedTable],
 }
 
-fn print_list(connectors: &[Connector], format: Format) -> anyhow::Result<()> {
+#[derive(Serialize)]
+struct ExcludedTable {
+    table: String,
+    decision: &'static str,
+}
+
+/// The decided tables the latest snapshot did not include (all of them before the first
+/// snapshot): a table whose key or replica identity was fixed in time is replicated.
+async fn excluded_tables(
+    bookkeeping: &Bookkeeping,
+    connector: &Connector,
+) -> Result<Vec<ExcludedTable>, Failure> {
+    let included: HashSet<TableName> = bookkeeping
+        .tables(connector.id)
+        .await?
+        .into_iter()
+        .filter(|t| t.decision == "include")
+        .map(|t| t.table)
+        .collect();
+    Ok(bookkeeping
+        .table_decisions(connector.id)
+        .await?
+        .into_iter()
+        .filter(|(table, _)| !included.contains(table))
+        .map(|(table, decision)| ExcludedTable {
+            table: format!("{}.{}", table.schema, table.name),
+            decision: decision.as_str(),
+        })
+        .collect())
+}
+
+fn print_list(
+    connectors: &[Connector],
+    excluded: &[Vec<ExcludedTable>],
+    format: Format,
+) -> anyhow::Result<()> {
     let views: Vec<ConnectorView> = connectors
         .iter()
-        .map(|c| ConnectorView {
+        .zip(excluded)
+        .map(|(c, excluded)| ConnectorView {
             name: c.name.as_str(),
             state: c.state.as_str(),
             enabled: c.enabled,
@@ -119,6 +163,7 @@ fn print_list(connectors: &[Connector], format: Format) -> anyhow::Result<()> {
             replica_database: &c.replica_database,
             last_error: c.last_error.as_deref(),
             next_step: c.next_step.as_deref(),
+            excluded_tables: excluded,
         })
         .collect();
     if format == Format::Json {
@@ -143,6 +188,19 @@ fn print_list(connectors: &[Connector], format: Format) -> anyhow::Result<()> {
             if let Some(next) = v.next_step {
                 println!("    next step: {next}");
             }
+        }
+        if !v.excluded_tables.is_empty() {
+            let tables: Vec<String> = v
+                .excluded_tables
+                .iter()
+                .map(|t| format!("{} ({})", t.table, t.decision))
+                .collect();
+            println!(
+                "    warning: {} table{} not replicated: {}",
+                tables.len(),
+                if tables.len() == 1 { "" } else { "s" },
+                tables.join(", ")
+            );
         }
     }
     Ok(())
