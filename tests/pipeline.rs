@@ -653,6 +653,23 @@ async fn a_vanished_replica_fails_instead_of_silently_starting_over() {
     );
 }
 
+/// Holds an exclusive lock on `table` in the connector's replica until the returned
+/// session commits: the applier blocks on its first change to it.
+async fn lock_replica_table(
+    store: &Cluster,
+    connector: &str,
+    table: &str,
+) -> tokio_postgres::Client {
+    let blocker = store.connect(&format!("{connector}_replica")).await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .unwrap();
+    blocker
+}
+
 /// While the branch store blocks the applier (here: a lock held longer than the source's
 /// wal_sender_timeout), the source must keep hearing from tributary.
 #[tokio::test]
@@ -667,11 +684,7 @@ async fn a_blocked_branch_store_does_not_cost_the_replication_connection() {
     daemon.start();
     daemon.wait_for_state("patient", "streaming").await;
 
-    let blocker = store.connect("patient_replica").await;
-    blocker
-        .batch_execute("BEGIN; LOCK TABLE app.scratch IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let blocker = lock_replica_table(&store, "patient", "app.scratch").await;
     // Enough small transactions to fill the channel between reader and applier.
     source.psql(
         "postgres",
@@ -711,11 +724,7 @@ async fn wide_rows_behind_a_blocked_branch_store_stay_within_the_memory_budget()
     daemon.start();
     daemon.wait_for_state("wide", "streaming").await;
 
-    let blocker = store.connect("wide_replica").await;
-    blocker
-        .batch_execute("BEGIN; LOCK TABLE app.wide IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let blocker = lock_replica_table(&store, "wide", "app.wide").await;
     // 400 rows of 1 MiB each (compressed on the source, 1 MiB each once decoded).
     source.psql(
         "postgres",
