@@ -254,17 +254,24 @@ fn spawn_writer(source: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHan
     })
 }
 
+/// `app.bulk` with `rows` rows of about 200 bytes: a snapshot that takes a while and is
+/// split into ctid ranges.
+fn add_bulk_table(source: &Cluster, rows: u32) {
+    source.psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE app.bulk (id bigint PRIMARY KEY, v text);
+             INSERT INTO app.bulk SELECT g, repeat('x', 200) FROM generate_series(1, {rows}) g;"
+        ),
+    );
+}
+
 #[tokio::test]
 async fn kill_9_at_random_moments_never_loses_or_duplicates() {
     let source = source_cluster();
     let store = Cluster::start();
     seed_source(&source);
-    // A table big enough that the snapshot takes a while and is split into ctid ranges.
-    source.psql(
-        "postgres",
-        "CREATE TABLE app.bulk (id bigint PRIMARY KEY, v text);
-         INSERT INTO app.bulk SELECT g, repeat('x', 200) FROM generate_series(1, 200000) g;",
-    );
+    add_bulk_table(&source, 200_000);
     let mut daemon = Daemon::new(&store);
     daemon.set("TRIBUTARY__PIPELINE__BATCH_MAX_CHANGES", "200");
     create_connector(&daemon, &source, "crashy");
@@ -558,11 +565,7 @@ async fn sigterm_during_the_snapshot_exits_0_and_the_next_run_starts_over() {
     let source = source_cluster();
     let store = Cluster::start();
     seed_source(&source);
-    source.psql(
-        "postgres",
-        "CREATE TABLE app.bulk (id bigint PRIMARY KEY, v text);
-         INSERT INTO app.bulk SELECT g, repeat('x', 200) FROM generate_series(1, 300000) g;",
-    );
+    add_bulk_table(&source, 300_000);
     let mut daemon = Daemon::new(&store);
     create_connector(&daemon, &source, "patient");
     daemon.start();
