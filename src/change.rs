@@ -53,6 +53,13 @@ pub struct TableName {
     pub name: String,
 }
 
+/// `schema.name`, unquoted: for messages and logs, not for SQL.
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
 /// A row change (or a TRUNCATE) on one table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {

@@ -377,3 +377,58 @@ fn on_a_terminal_each_keyless_table_is_asked_about() {
     );
     assert_eq!(daemon.connectors().len(), 1);
 }
+
+#[tokio::test]
+async fn foreign_keys_into_tables_not_replicated_are_left_out_with_a_warning() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    source.create_database("shop");
+    source.psql(
+        "shop",
+        "CREATE SCHEMA other;
+         CREATE TABLE other.regions (id int PRIMARY KEY);
+         CREATE TABLE codes (code text UNIQUE, label text);
+         CREATE TABLE orders (id int PRIMARY KEY,
+                              code text REFERENCES codes (code),
+                              region int REFERENCES other.regions (id));
+         INSERT INTO other.regions VALUES (1);
+         INSERT INTO codes VALUES ('a', 'A');
+         INSERT INTO orders VALUES (1, 'a', 1), (2, NULL, NULL);",
+    );
+    let mut daemon = Daemon::new(&store);
+    let url = source.superuser_url("shop");
+    let preflight = Run::from(daemon.cli(&["connector", "preflight", "postgresql", &url]));
+    preflight.assert_code(1); // public.codes has no replica identity
+    assert!(
+        preflight.stdout.contains(
+            "1 references tables outside the selected schemas: \
+             public.orders.orders_region_fkey → other.regions"
+        ),
+        "{}",
+        preflight.stdout
+    );
+    let run = create(&daemon, &url, &["--accept-replica-identity-defaults"]);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains(
+            "warning: foreign keys into tables that are not replicated are left out of the \
+             replica and its branches: public.orders.orders_code_fkey → public.codes"
+        ),
+        "{}",
+        run.stdout
+    );
+
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    source.psql("shop", "INSERT INTO orders VALUES (3, 'a', 1)");
+    wait_equal(&source, &store, &["codes"], &daemon).await;
+    assert_eq!(
+        store.psql(
+            "shop_replica",
+            "SELECT string_agg(conname, ' ' ORDER BY conname) FROM pg_constraint \
+             WHERE conrelid = 'public.orders'::regclass"
+        ),
+        "orders_pkey"
+    );
+    daemon.terminate();
+}

@@ -32,7 +32,7 @@ use crate::bookkeeping::{Bookkeeping, TableDecision};
 use crate::change::TableName;
 use crate::pg::ConnInfo;
 use crate::source::preflight::{
-    self, replica_identity_full_sql, KnownSources, Outcome, TableIdentity,
+    self, describe_foreign_keys, replica_identity_full_sql, KnownSources, Outcome, TableIdentity,
 };
 use crate::types::ConnectorName;
 
@@ -157,6 +157,19 @@ pub async fn run(args: CreateArgs, bookkeeping: &Bookkeeping) -> Result<(), Fail
         connector.replica_database
     );
     print_decisions(&decisions);
+    let left_out: Vec<TableName> = decisions.iter().map(|(t, _)| t.clone()).collect();
+    let dangling: Vec<_> = report
+        .foreign_keys
+        .iter()
+        .filter(|k| !k.dangles(&schemas, &[]) && k.dangles(&schemas, &left_out))
+        .collect();
+    if !dangling.is_empty() {
+        println!(
+            "  warning: foreign keys into tables that are not replicated are left out of the \
+             replica and its branches: {}",
+            describe_foreign_keys(&dangling)
+        );
+    }
     println!(
         "\nNext: start the daemon with `tributary run` (one already running picks the \
          connector up and starts the snapshot), then follow it with `tributary connector list`."

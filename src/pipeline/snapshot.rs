@@ -88,7 +88,7 @@ use crate::pg::conninfo::{Host, RootCert};
 use crate::pg::{
     self, error_message, quote_ident, quote_literal, ConnInfo, ConnectError, PgClient,
 };
-use crate::source::catalog::SourceTable;
+use crate::source::catalog::{self, CatalogError, SourceTable};
 
 /// One snapshot of a connector: where from, where to, what.
 #[derive(Debug, Clone, Copy)]
@@ -214,6 +214,9 @@ pub enum SnapshotError {
         transient: bool,
     },
 
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -236,6 +239,7 @@ impl SnapshotError {
             SnapshotError::Connect { .. } => false,
             SnapshotError::Query { source, .. } => postgres_transient(source),
             SnapshotError::SnapshotGone { .. } => true,
+            SnapshotError::Catalog(e) => e.is_transient(),
             SnapshotError::ToolFailed { transient, .. } => *transient,
             SnapshotError::InvalidJob { .. }
             | SnapshotError::ToolMissing { .. }
@@ -323,6 +327,19 @@ pub async fn restore_schema(job: &SnapshotJob<'_>, section: Section) -> Result<(
     }
     let exclude = expand_exclusions(&source, job.exclude).await?;
     let schema_oids = source_schema_oids(&source, job.schemas).await?;
+    let mut skip = Vec::new();
+    if section == Section::PostData {
+        let keys = catalog::foreign_keys(&source, job.schemas).await?;
+        for key in keys.iter().filter(|k| k.dangles(job.schemas, &exclude)) {
+            tracing::warn!(
+                table = %key.table,
+                constraint = %key.name,
+                references = %key.references,
+                "foreign key left out of the replica: the table it references is not replicated"
+            );
+            skip.push(format!("; 2606 {} FK CONSTRAINT ", key.oid));
+        }
+    }
     drop(source);
 
     let scratch = ScratchDir::create()?;
@@ -360,11 +377,13 @@ pub async fn restore_schema(job: &SnapshotJob<'_>, section: Section) -> Result<(
         .map(|row| row.get(0))
         .collect();
     drop(replica);
-    let skip: Vec<(u32, &str)> = schema_oids
+    for (oid, name) in schema_oids
         .iter()
         .filter(|(_, name)| existing.contains(name))
-        .map(|(oid, name)| (*oid, name.as_str()))
-        .collect();
+    {
+        skip.push(format!("; 2615 {oid} SCHEMA "));
+        skip.push(format!(" COMMENT - SCHEMA {name} "));
+    }
     let mut list_cmd = tools.command("pg_restore");
     list_cmd.arg("--list").arg(&dump);
     let toc = run_tool(list_cmd, "pg_restore --list").await?;
@@ -520,18 +539,15 @@ async fn source_schema_oids(
         .collect())
 }
 
-/// Comments out (`;`) the table-of-contents entries that create a schema the replica has
-/// already — `<id>; 2615 <oid> SCHEMA - <name> <owner>`, matched by the source's OID of the
-/// schema — and the comments on those schemas (which need their owner, and are only
-/// comments).
-fn filter_toc(toc: &str, skip: &[(u32, &str)]) -> String {
+/// Comments out (`;`) the table-of-contents entries that contain one of `skip`. Entries
+/// read `<id>; <catalog oid> <oid> <kind> <schema> <tag> <owner>`: the schemas the replica
+/// has already (`; 2615 <oid> SCHEMA `) and their comments (which need their owner, and
+/// are only comments), and foreign keys into tables that are not replicated
+/// (`; 2606 <oid> FK CONSTRAINT `).
+fn filter_toc(toc: &str, skip: &[String]) -> String {
     let mut out = String::with_capacity(toc.len());
     for line in toc.lines() {
-        let drop = !line.starts_with(';')
-            && skip.iter().any(|(oid, name)| {
-                line.contains(&format!("; 2615 {oid} SCHEMA "))
-                    || line.contains(&format!(" COMMENT - SCHEMA {name} "))
-            });
+        let drop = !line.starts_with(';') && skip.iter().any(|s| line.contains(s.as_str()));
         if drop {
             out.push(';');
         }
@@ -1259,20 +1275,29 @@ mod tests {
     }
 
     #[test]
-    fn toc_filter_comments_out_existing_schemas_only() {
+    fn toc_filter_comments_out_existing_schemas_and_dangling_foreign_keys() {
         let toc = "; Archive created at 2024-01-01\n\
                    6; 2615 2200 SCHEMA - public pg_database_owner\n\
                    3545; 0 0 COMMENT - SCHEMA public pg_database_owner\n\
                    9; 2615 16620 SCHEMA - s2 postgres\n\
-                   218; 1259 16627 TABLE public t postgres\n";
-        let filtered = filter_toc(toc, &[(2200, "public")]);
+                   218; 1259 16627 TABLE public t postgres\n\
+                   224; 2606 16700 FK CONSTRAINT public t t_code_fkey postgres\n\
+                   225; 2606 16701 FK CONSTRAINT public t t_other_fkey postgres\n";
+        let skip = [
+            "; 2615 2200 SCHEMA ".to_owned(),
+            " COMMENT - SCHEMA public ".to_owned(),
+            "; 2606 16700 FK CONSTRAINT ".to_owned(),
+        ];
+        let filtered = filter_toc(toc, &skip);
         assert_eq!(
             filtered,
             "; Archive created at 2024-01-01\n\
              ;6; 2615 2200 SCHEMA - public pg_database_owner\n\
              ;3545; 0 0 COMMENT - SCHEMA public pg_database_owner\n\
              9; 2615 16620 SCHEMA - s2 postgres\n\
-             218; 1259 16627 TABLE public t postgres\n"
+             218; 1259 16627 TABLE public t postgres\n\
+             ;224; 2606 16700 FK CONSTRAINT public t t_code_fkey postgres\n\
+             225; 2606 16701 FK CONSTRAINT public t t_other_fkey postgres\n"
         );
     }
 

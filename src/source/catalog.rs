@@ -221,6 +221,71 @@ pub async fn list_tables(
     Ok(tables)
 }
 
+/// A foreign key of a table in the selected schemas. One whose referenced table is not
+/// replicated (excluded, or outside the selected schemas) cannot be restored on the replica
+/// and is left out of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    /// `pg_constraint.oid`: how pg_dump's table of contents names the constraint.
+    pub oid: u32,
+    pub name: String,
+    pub table: TableName,
+    pub references: TableName,
+}
+
+impl ForeignKey {
+    /// Whether restoring it needs a table that the replica will not have.
+    pub fn dangles(&self, schemas: &[String], excluded: &[TableName]) -> bool {
+        !excluded.contains(&self.table)
+            && (excluded.contains(&self.references) || !schemas.contains(&self.references.schema))
+    }
+}
+
+/// The foreign keys declared on tables of `schemas` (an SQL expression of type `text[]`),
+/// without the copies partitions inherit from their parent's. Columns: oid, name, table
+/// schema and name, referenced schema and name.
+pub fn foreign_keys_query(schemas: &str) -> String {
+    format!(
+        "SELECT k.oid, k.conname::text, n.nspname::text, c.relname::text,
+                rn.nspname::text, r.relname::text
+           FROM pg_catalog.pg_constraint k
+           JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_catalog.pg_class r ON r.oid = k.confrelid
+           JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+          WHERE k.contype = 'f' AND k.conparentid = 0 AND n.nspname = ANY ({schemas})
+          ORDER BY 3, 4, 2"
+    )
+}
+
+pub async fn foreign_keys(
+    client: &Client,
+    schemas: &[String],
+) -> Result<Vec<ForeignKey>, CatalogError> {
+    let rows = client
+        .query(&foreign_keys_query("$1::text[]"), &[&schemas])
+        .await
+        .map_err(|source| CatalogError::Query {
+            what: "foreign keys",
+            source,
+        })?;
+    Ok(rows
+        .iter()
+        .map(|row| ForeignKey {
+            oid: row.get(0),
+            name: row.get(1),
+            table: TableName {
+                schema: row.get(2),
+                name: row.get(3),
+            },
+            references: TableName {
+                schema: row.get(4),
+                name: row.get(5),
+            },
+        })
+        .collect())
+}
+
 /// The parts of `pg_type` that decide whether a value's binary form travels.
 #[derive(Debug, Clone, Copy)]
 struct TypeInfo {

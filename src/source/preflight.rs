@@ -24,7 +24,7 @@ use std::cmp::max;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::catalog::ReplicaIdentity;
+use super::catalog::{self, ForeignKey, ReplicaIdentity};
 use super::error::{Error, Result};
 use super::replication::{self, parse_pg_duration, ReplicationClient, SnapshotAction};
 use super::wire::{self, Connection, Encryption, TransportError};
@@ -89,11 +89,12 @@ const CREATE: &str = "create on database";
 const EVENT_TRIGGERS: &str = "event triggers";
 /// One line when every table has an identity, else one line per table without.
 const IDENTITY: &str = "replica identity";
+const FOREIGN_KEYS: &str = "foreign keys";
 const DUPLICATE: &str = "duplicate source";
 const SLOT_WAL_KEEP: &str = "max_slot_wal_keep_size";
 const SENDER_TIMEOUT: &str = "wal_sender_timeout";
 
-const ORDER: [&str; 19] = [
+const ORDER: [&str; 20] = [
     TCP,
     TLS,
     AUTH,
@@ -110,6 +111,7 @@ const ORDER: [&str; 19] = [
     CREATE,
     EVENT_TRIGGERS,
     IDENTITY,
+    FOREIGN_KEYS,
     DUPLICATE,
     SLOT_WAL_KEEP,
     SENDER_TIMEOUT,
@@ -184,6 +186,8 @@ pub struct Report {
     /// Every table of the selected schemas whose changes would be streamed, with its
     /// replica identity; empty when the catalog could not be read.
     pub tables: Vec<TableIdentity>,
+    /// The foreign keys of those tables.
+    pub foreign_keys: Vec<ForeignKey>,
 }
 
 /// One table of the selected schemas and its replica identity.
@@ -329,6 +333,7 @@ struct Server {
     tables: Vec<Table>,
     /// `schema.table.column (type)` of every numeric, real and double precision column.
     numeric_columns: Vec<String>,
+    foreign_keys: Vec<ForeignKey>,
 }
 
 #[derive(Debug)]
@@ -746,6 +751,30 @@ async fn read_server(
     )
     .await?;
 
+    let foreign_keys = rows(
+        conn,
+        "the foreign keys",
+        &catalog::foreign_keys_query(&selected),
+        |row| {
+            let name = |i: usize| -> Result<TableName, String> {
+                Ok(TableName {
+                    schema: row.text(i)?.to_owned(),
+                    name: row.text(i + 1)?.to_owned(),
+                })
+            };
+            Ok(ForeignKey {
+                oid: row
+                    .text(0)?
+                    .parse()
+                    .map_err(|e| format!("constraint oid: {e}"))?,
+                name: row.text(1)?.to_owned(),
+                table: name(2)?,
+                references: name(4)?,
+            })
+        },
+    )
+    .await?;
+
     Ok(Ok(Box::new(Server {
         version,
         in_recovery: settings.in_recovery,
@@ -764,6 +793,7 @@ async fn read_server(
         relations,
         tables,
         numeric_columns,
+        foreign_keys,
     })))
 }
 
@@ -913,6 +943,7 @@ fn judge(info: &ConnInfo, schemas: &[String], gathered: &Gathered, known: &Known
     checks.push(judge_create(server));
     checks.push(judge_event_triggers(server));
     checks.extend(judge_identities(server));
+    checks.push(judge_foreign_keys(server, schemas));
     checks.push(judge_duplicate(info, server, probe, known));
     checks.push(judge_slot_wal_keep(server));
     checks.push(judge_sender_timeout(server));
@@ -925,6 +956,7 @@ fn judge(info: &ConnInfo, schemas: &[String], gathered: &Gathered, known: &Known
             identity: t.identity.clone(),
         })
         .collect();
+    report.foreign_keys = server.foreign_keys.clone();
     report
 }
 
@@ -1345,6 +1377,45 @@ fn judge_identities(server: &Server) -> Vec<Check> {
     )]
 }
 
+/// Foreign keys into tables outside the selected schemas cannot be restored on the
+/// replica; `connector create` warns in the same way about those into excluded tables.
+fn judge_foreign_keys(server: &Server, schemas: &[String]) -> Check {
+    let dangling: Vec<&ForeignKey> = server
+        .foreign_keys
+        .iter()
+        .filter(|k| k.dangles(schemas, &[]))
+        .collect();
+    if dangling.is_empty() {
+        return Check::pass(
+            FOREIGN_KEYS,
+            format!(
+                "{} foreign key{}, all within the selected schemas",
+                server.foreign_keys.len(),
+                plural(server.foreign_keys.len())
+            ),
+        );
+    }
+    Check::warn(
+        FOREIGN_KEYS,
+        format!(
+            "{} reference{} tables outside the selected schemas: {}",
+            dangling.len(),
+            if dangling.len() == 1 { "s" } else { "" },
+            describe_foreign_keys(&dangling)
+        ),
+        "the replica and its branches will not have these constraints; add the referenced \
+         schemas to --schemas to keep them",
+    )
+}
+
+/// `table.constraint → referenced table`, comma-separated.
+pub fn describe_foreign_keys(keys: &[&ForeignKey]) -> String {
+    keys.iter()
+        .map(|k| format!("{}.{} → {}", k.table, k.name, k.references))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn judge_missing_identity(table: &Table) -> Check {
     let name = identity_check(&table.name);
     let sql = qualified(&table.name);
@@ -1737,6 +1808,7 @@ mod tests {
                 usable_index: None,
             }],
             numeric_columns: vec!["public.orders.total (numeric(10,2))".into()],
+            foreign_keys: vec![],
         }
     }
 
