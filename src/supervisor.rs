@@ -89,7 +89,11 @@ impl Supervisor {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
-                Some(done) = self.tasks.join_next_with_id() => self.finished(done).await,
+                Some(done) = self.tasks.join_next_with_id() => {
+                    self.finished(done).await;
+                    // A pipeline stopped for a changed connector starts again at once.
+                    self.reconcile().await;
+                }
                 notification = listener.recv() => {
                     if let Err(e) = notification {
                         tracing::warn!("bookkeeping notifications interrupted: {e}; polling until they resume");

@@ -41,8 +41,39 @@ pub struct Connector {
     pub system_id: Option<String>,
     pub timeline: Option<u32>,
     pub source_database: Option<String>,
+    /// `connector retry-setup` asked for a new snapshot; cleared when it starts.
+    pub resnapshot_requested: bool,
+    /// The connector used when a command's `--connector` is omitted.
+    pub active: bool,
+    /// Extensions that branches leave out (`connector update --drop-extensions`).
+    pub drop_extensions: Vec<String>,
+    /// Whether tables created later in the selected schemas are replicated.
+    pub include_new_tables: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// What [`Bookkeeping::request_setup`] changes.
+#[derive(Debug, Default)]
+pub struct SetupChange<'a> {
+    /// Replaces every decision about tables without a usable replica identity.
+    pub decisions: Option<&'a [(TableName, TableDecision)]>,
+    /// Replaces the selected schemas.
+    pub schemas: Option<&'a [String]>,
+    /// Puts the connector back in `pending`; without it only the decisions are recorded.
+    pub restart: bool,
+    /// The next setup takes a new snapshot (drops the slot and rebuilds the replica).
+    pub resnapshot: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupRequest {
+    /// Back in `pending`: a running daemon sets it up again.
+    Restarted,
+    /// Decisions recorded, the pipeline left as it is.
+    Recorded,
+    /// Setup is running (this state): nothing was changed.
+    InProgress(PipelineState),
 }
 
 /// Why a pipeline stopped, for [`Bookkeeping::set_state`].
@@ -154,6 +185,7 @@ pub struct StateChange {
 /// epoch (exact, and needs no sqlx feature for chrono).
 const CONNECTOR_COLUMNS: &str = "id, name, source_display, schemas, enabled, slot_name, \
      replica_database, state, last_error, next_step, system_id, timeline, source_database, \
+     resnapshot_requested, active, drop_extensions, include_new_tables, \
      (extract(epoch FROM created_at) * 1000000)::int8 AS created_us, \
      (extract(epoch FROM updated_at) * 1000000)::int8 AS updated_us";
 
@@ -172,6 +204,10 @@ struct ConnectorRow {
     system_id: Option<String>,
     timeline: Option<i64>,
     source_database: Option<String>,
+    resnapshot_requested: bool,
+    active: bool,
+    drop_extensions: Vec<String>,
+    include_new_tables: bool,
     created_us: i64,
     updated_us: i64,
 }
@@ -198,6 +234,10 @@ impl TryFrom<ConnectorRow> for Connector {
                 .map(|t| u32::try_from(t).map_err(|_| corrupt(format!("timeline {t}"))))
                 .transpose()?,
             source_database: row.source_database,
+            resnapshot_requested: row.resnapshot_requested,
+            active: row.active,
+            drop_extensions: row.drop_extensions,
+            include_new_tables: row.include_new_tables,
             created_at: timestamp(row.created_us)?,
             updated_at: timestamp(row.updated_us)?,
         })
@@ -239,9 +279,10 @@ impl Bookkeeping {
         let inserted = sqlx::query_as::<_, ConnectorRow>(&format!(
             "INSERT INTO tributary.connectors
                  (id, name, source_url_ciphertext, source_display, schemas, slot_name,
-                  replica_database, state)
+                  replica_database, state, active)
              OVERRIDING SYSTEM VALUE
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending',
+                     NOT EXISTS (SELECT FROM tributary.connectors WHERE active))
              RETURNING {CONNECTOR_COLUMNS}"
         ))
         .bind(id.0)
@@ -394,7 +435,7 @@ impl Bookkeeping {
 
     /// Puts the connector in `state` and appends the change to its history, in one
     /// transaction. `last_error` and `next_step` come from `failure`, and are cleared
-    /// without one.
+    /// without one. Entering `snapshotting` answers a request for a new snapshot.
     pub async fn set_state(
         &self,
         id: ConnectorId,
@@ -409,7 +450,8 @@ impl Bookkeeping {
                 .await?
                 .ok_or(Error::NotFound(id))?;
         sqlx::query(
-            "UPDATE tributary.connectors SET state = $2, last_error = $3, next_step = $4
+            "UPDATE tributary.connectors SET state = $2, last_error = $3, next_step = $4,
+                 resnapshot_requested = resnapshot_requested AND $2 <> 'snapshotting'
              WHERE id = $1",
         )
         .bind(id.0)
@@ -431,6 +473,114 @@ impl Bookkeeping {
         tx.commit().await?;
         tracing::debug!(id = %id, from = %from, to = %state, "connector state changed");
         Ok(())
+    }
+
+    /// Asks the pipeline to set the connector up again (`connector retry-setup`, and
+    /// `connector update --schemas`): in one transaction, unless setup is in progress
+    /// (`validating` or `snapshotting`: [`SetupRequest::InProgress`], nothing changed),
+    /// replaces the decisions and schemas given, and puts the
+    /// connector back in `pending`, asking for a new snapshot when `resnapshot`. A running
+    /// daemon restarts the pipeline on the change.
+    pub async fn request_setup(
+        &self,
+        id: ConnectorId,
+        change: &SetupChange<'_>,
+    ) -> Result<SetupRequest, Error> {
+        let mut tx = self.pool.begin().await?;
+        let from: String =
+            sqlx::query_scalar("SELECT state FROM tributary.connectors WHERE id = $1 FOR UPDATE")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(Error::NotFound(id))?;
+        let from = parse_state(&from)?;
+        if matches!(from, PipelineState::Validating | PipelineState::Snapshotting) {
+            return Ok(SetupRequest::InProgress(from));
+        }
+        if let Some(decisions) = change.decisions {
+            sqlx::query("DELETE FROM tributary.table_decisions WHERE connector_id = $1")
+                .bind(id.0)
+                .execute(&mut *tx)
+                .await?;
+            let (schemas, names, decided) = decision_columns(decisions);
+            sqlx::query(
+                "INSERT INTO tributary.table_decisions
+                     (connector_id, schema_name, table_name, decision)
+                 SELECT $1, d.schema_name, d.table_name, d.decision
+                 FROM unnest($2::text[], $3::text[], $4::text[])
+                      AS d (schema_name, table_name, decision)",
+            )
+            .bind(id.0)
+            .bind(&schemas)
+            .bind(&names)
+            .bind(&decided)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !change.restart {
+            tx.commit().await?;
+            return Ok(SetupRequest::Recorded);
+        }
+        sqlx::query(
+            "UPDATE tributary.connectors
+             SET state = 'pending', last_error = NULL, next_step = NULL,
+                 schemas = coalesce($2, schemas),
+                 resnapshot_requested = resnapshot_requested OR $3
+             WHERE id = $1",
+        )
+        .bind(id.0)
+        .bind(change.schemas)
+        .bind(change.resnapshot)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO tributary.state_history (connector_id, from_state, to_state)
+             VALUES ($1, $2, 'pending')",
+        )
+        .bind(id.0)
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(id = %id, resnapshot = change.resnapshot, "setup requested");
+        Ok(SetupRequest::Restarted)
+    }
+
+    /// Makes `id` the active connector (and no other).
+    pub async fn set_active(&self, id: ConnectorId) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE tributary.connectors SET active = false WHERE active AND id <> $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        let updated = sqlx::query("UPDATE tributary.connectors SET active = true WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        found(updated.rows_affected(), id)?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets the options that need no new setup; `None` leaves one as it is.
+    pub async fn update_options(
+        &self,
+        id: ConnectorId,
+        drop_extensions: Option<&[String]>,
+        include_new_tables: Option<bool>,
+    ) -> Result<(), Error> {
+        let updated = sqlx::query(
+            "UPDATE tributary.connectors
+             SET drop_extensions = coalesce($2, drop_extensions),
+                 include_new_tables = coalesce($3, include_new_tables)
+             WHERE id = $1",
+        )
+        .bind(id.0)
+        .bind(drop_extensions)
+        .bind(include_new_tables)
+        .execute(&self.pool)
+        .await?;
+        found(updated.rows_affected(), id)
     }
 
     /// Records an error the pipeline will retry by itself: the state stays as it is and no

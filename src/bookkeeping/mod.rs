@@ -28,6 +28,9 @@ mod error;
 mod secrets;
 mod store;
 
-pub use connectors::{Connector, Failure, StateChange, TableDecision, TableStatus, TableSyncState};
+pub use connectors::{
+    Connector, Failure, SetupChange, SetupRequest, StateChange, TableDecision, TableStatus,
+    TableSyncState,
+};
 pub use error::Error;
 pub use store::{Bookkeeping, NOTIFY_CHANNEL};

@@ -17,20 +17,20 @@
 //! starting over; it is written once the snapshot is complete and then only moves forward
 //! with the data it covers.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::bookkeeping::{Bookkeeping, Connector, TableDecision, TableSyncState};
 use crate::change::TableName;
-use crate::pg::{self, ConnInfo};
+use crate::pg::{self, ConnInfo, PgClient};
 use crate::pipeline::snapshot::{self, Section, SnapshotJob};
-use crate::pipeline::stream::{self, StreamEnd};
+use crate::pipeline::stream::{self, StreamEnd, TableFilter};
 use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::sink::{self, ReplicaSink};
 use crate::source::wal2json::PluginOptions;
+use crate::source::slot::{self, WalStatus};
 use crate::source::{catalog, replication, ReplicationClient, ReplicationStream, SnapshotAction};
 use crate::types::{Lsn, SlotName};
 
@@ -55,23 +55,26 @@ pub async fn run(
         started = start(ctx) => started?,
     };
     let connector = &ctx.connector;
-    // The tables the snapshot left out, as it recorded them: streaming follows the snapshot
-    // (a table whose identity was fixed since is not in the replica).
-    let excluded: HashSet<TableName> = ctx
-        .bookkeeping
-        .tables(connector.id)
-        .await?
-        .into_iter()
-        .filter(|t| t.decision != "include")
-        .map(|t| t.table)
-        .collect();
+    // The tables as the snapshot recorded them: streaming follows the snapshot (a table
+    // whose identity was fixed since is not in the replica).
+    let tables = ctx.bookkeeping.tables(connector.id).await?;
+    let names = |include: bool| {
+        tables
+            .iter()
+            .filter(move |t| (t.decision == "include") == include)
+            .map(|t| t.table.clone())
+    };
+    let filter = TableFilter {
+        schemas: connector.schemas.clone(),
+        excluded: names(false).collect(),
+        only: (!connector.include_new_tables).then(|| names(true).collect()),
+    };
     let mut sink = ReplicaSink::connect(&ctx.settings.store(), &connector.replica_database).await?;
     stream::run(
         stream,
         &mut sink,
         applied,
-        &connector.schemas,
-        &excluded,
+        &filter,
         &ctx.settings.pipeline,
         shutdown,
     )
@@ -114,10 +117,20 @@ async fn start(ctx: &PipelineContext) -> Result<(ReplicationStream, Lsn), Pipeli
     let status_interval =
         replication::status_interval(ctx.settings.pipeline.status_interval(), wal_sender_timeout);
 
-    let slot = slot_status(&mut repl, &connector.slot_name).await?;
+    let slot = slot_status(&pg::connect(&source).await?, &connector.slot_name).await?;
     let applied = replica_applied_lsn(&store, &replica).await?;
 
     let applied = match (applied, slot) {
+        // `connector retry-setup` asked for a new snapshot.
+        (_, slot) if connector.resnapshot_requested => {
+            if slot != SlotStatus::Missing {
+                tracing::info!(slot = %connector.slot_name, "dropping the slot for a new snapshot");
+                repl.drop_slot(&connector.slot_name, false).await?;
+            }
+            bk.set_state(connector.id, PipelineState::Snapshotting, None)
+                .await?;
+            snapshot(ctx, &source, &store, &replica, &mut repl).await?
+        }
         (Some(applied), SlotStatus::Healthy) => applied,
         (Some(applied), SlotStatus::Missing) => {
             return Err(PipelineError::definite(
@@ -125,7 +138,7 @@ async fn start(ctx: &PipelineContext) -> Result<(ReplicationStream, Lsn), Pipeli
                     "replication slot {} is missing on the source; changes after {applied} cannot be streamed",
                     connector.slot_name
                 ),
-                "a new snapshot is needed: delete the connector and create it again",
+                retry_setup(connector),
             ))
         }
         (Some(applied), SlotStatus::Lost) => {
@@ -134,17 +147,22 @@ async fn start(ctx: &PipelineContext) -> Result<(ReplicationStream, Lsn), Pipeli
                     "replication slot {} was invalidated by the source (wal_status = lost): WAL after {applied} was removed",
                     connector.slot_name
                 ),
-                "a new snapshot is needed: delete the connector and create it again; raise \
-                 max_slot_wal_keep_size on the source to keep this from recurring",
+                format!(
+                    "{}; raise max_slot_wal_keep_size on the source to keep this from recurring",
+                    retry_setup(connector)
+                ),
             ))
         }
         (None, slot) => {
-            // A connector that has streamed must find its replica: a missing one means the
-            // store is not the one it used (store.url changed?) or the replica was dropped.
-            // Starting over would drop a slot that may still be needed.
-            let streamed = bk
-                .history(connector.id)
-                .await?
+            // A connector whose last snapshot completed must find its replica: a missing one
+            // means the store is not the one it used (store.url changed?) or the replica was
+            // dropped. Starting over would drop a slot that may still be needed.
+            let history = bk.history(connector.id).await?;
+            let since_snapshot = history
+                .iter()
+                .rposition(|change| change.to == PipelineState::Snapshotting)
+                .map_or(&history[..], |i| &history[i..]);
+            let streamed = since_snapshot
                 .iter()
                 .any(|change| change.to == PipelineState::Streaming);
             if streamed {
@@ -154,7 +172,10 @@ async fn start(ctx: &PipelineContext) -> Result<(ReplicationStream, Lsn), Pipeli
                         connector.replica_database,
                         store.target()
                     ),
-                    "check store.url; if the replica is really gone, delete the connector and                      create it again for a new snapshot",
+                    format!(
+                        "check store.url; if the replica is really gone, {}",
+                        retry_setup(connector)
+                    ),
                 ));
             }
             if slot != SlotStatus::Missing {
@@ -191,7 +212,7 @@ async fn start(ctx: &PipelineContext) -> Result<(ReplicationStream, Lsn), Pipeli
         }
         started => started?,
     };
-    check_not_skipped(&source, &connector.slot_name, applied).await?;
+    check_not_skipped(&pg::connect(&source).await?, connector, applied).await?;
     bk.set_state(connector.id, PipelineState::Streaming, None)
         .await?;
     tracing::info!(from = %applied, "streaming");
@@ -205,22 +226,22 @@ enum SlotStatus {
     Lost,
 }
 
-async fn slot_status(
-    repl: &mut ReplicationClient,
-    slot: &SlotName,
-) -> Result<SlotStatus, PipelineError> {
-    // Slot names are validated to [a-z0-9_], so quoting is safe.
-    let rows = repl
-        .simple_query(&format!(
-            "SELECT coalesce(wal_status, 'reserved') FROM pg_replication_slots WHERE slot_name = '{slot}'"
-        ))
-        .await?;
-    Ok(
-        match rows.first().and_then(|row| row.first().cloned().flatten()) {
-            None => SlotStatus::Missing,
-            Some(status) if status == "lost" => SlotStatus::Lost,
-            Some(_) => SlotStatus::Healthy,
-        },
+async fn slot_status(source: &PgClient, slot: &SlotName) -> Result<SlotStatus, PipelineError> {
+    let info = slot::inspect(source, slot).await.map_err(|e| {
+        PipelineError::definite(format!("reading slot {slot}: {e}"), "check the source")
+    })?;
+    Ok(match info {
+        None => SlotStatus::Missing,
+        Some(info) if info.wal_status == WalStatus::Lost => SlotStatus::Lost,
+        Some(_) => SlotStatus::Healthy,
+    })
+}
+
+/// The next step when only a new snapshot helps.
+fn retry_setup(connector: &Connector) -> String {
+    format!(
+        "a new snapshot is needed: run `tributary connector retry-setup {}`",
+        connector.name
     )
 }
 
@@ -239,31 +260,24 @@ async fn replica_applied_lsn(
 /// After START_REPLICATION: the slot must not be ahead of where we asked to start, or the
 /// server would silently skip the changes in between.
 async fn check_not_skipped(
-    source: &ConnInfo,
-    slot: &SlotName,
+    source: &PgClient,
+    connector: &Connector,
     applied: Lsn,
 ) -> Result<(), PipelineError> {
-    let client = pg::connect(source).await?;
-    let row = client
-        .query_opt(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot.as_str()],
-        )
-        .await
-        .map_err(|e| {
-            PipelineError::definite(format!("reading slot {slot}: {e}"), "check the source")
-        })?;
-    let confirmed: Option<Lsn> = row
-        .and_then(|r| r.get::<_, Option<String>>(0))
-        .and_then(|text| text.parse().ok());
-    match confirmed {
+    let slot = &connector.slot_name;
+    let info = slot::inspect(source, slot).await.map_err(|e| {
+        PipelineError::definite(format!("reading slot {slot}: {e}"), "check the source")
+    })?;
+    match info.and_then(|info| info.confirmed_flush) {
         Some(confirmed) if confirmed > applied => Err(PipelineError::definite(
             format!(
                 "replication slot {slot} has moved to {confirmed}, past the replica's applied position \
                  {applied}: the changes in between cannot be streamed any more"
             ),
-            "a new snapshot is needed: delete the connector and create it again; make sure no \
-             other client uses this slot",
+            format!(
+                "{}; make sure no other client uses this slot",
+                retry_setup(connector)
+            ),
         )),
         _ => Ok(()),
     }

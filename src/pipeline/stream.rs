@@ -81,16 +81,32 @@ enum Command {
     Stop,
 }
 
+/// Which tables' changes are applied: wal2json sends the whole database.
+#[derive(Debug, Default)]
+pub struct TableFilter {
+    /// The connector's schemas.
+    pub schemas: Vec<String>,
+    /// Left out of the snapshot by a replica identity decision.
+    pub excluded: HashSet<TableName>,
+    /// With `include_new_tables` off: the snapshot's tables, and no other.
+    pub only: Option<HashSet<TableName>>,
+}
+
+impl TableFilter {
+    fn applies(&self, table: &TableName) -> bool {
+        self.schemas.contains(&table.schema)
+            && (self.excluded.is_empty() || !self.excluded.contains(table))
+            && self.only.as_ref().is_none_or(|only| only.contains(table))
+    }
+}
+
 /// Streams from `stream` into `sink` until `shutdown`, starting at `applied` (the replica's
-/// applied LSN). Only changes to tables in `schemas` are applied, except to the `excluded`
-/// ones (left out of the snapshot by a replica identity decision): wal2json sends the whole
-/// database.
+/// applied LSN), the changes to the tables `filter` lets through.
 pub async fn run(
     stream: ReplicationStream,
     sink: &mut ReplicaSink,
     applied: Lsn,
-    schemas: &[String],
-    excluded: &HashSet<TableName>,
+    filter: &TableFilter,
     settings: &PipelineSettings,
     shutdown: &CancellationToken,
 ) -> Result<StreamEnd, PipelineError> {
@@ -100,8 +116,7 @@ pub async fn run(
         stream,
         tracker: AckTracker::new(applied),
         start: applied,
-        schemas,
-        excluded,
+        filter,
         commands,
         buffer: Arc::new(Semaphore::new(BUFFER_BYTES)),
         durable: durable_rx,
@@ -134,8 +149,7 @@ struct Reader<'a> {
     /// The replica's applied LSN when streaming started: transactions ending at or before
     /// it are in the replica already.
     start: Lsn,
-    schemas: &'a [String],
-    excluded: &'a HashSet<TableName>,
+    filter: &'a TableFilter,
     commands: mpsc::Sender<Command>,
     /// What is left of [`BUFFER_BYTES`].
     buffer: Arc<Semaphore>,
@@ -255,10 +269,7 @@ impl Reader<'_> {
                             "report this to the tributary developers",
                         ));
                     }
-                    if !self.skipping
-                        && self.schemas.contains(&change.table.schema)
-                        && (self.excluded.is_empty() || !self.excluded.contains(&change.table))
-                    {
+                    if !self.skipping && self.filter.applies(&change.table) {
                         self.sent_in_tx += 1;
                         let budget = self.budget(change.approx_bytes()).await?;
                         self.send(Command::Change(change, budget)).await?;

@@ -9,6 +9,7 @@ mod error;
 pub mod preflight;
 pub mod progress;
 pub mod replication;
+pub mod slot;
 pub mod wal2json;
 mod wire;
 
