@@ -29,8 +29,10 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
 struct Running {
     cancel: CancellationToken,
-    /// The connector row the pipeline was started with; a change restarts it.
+    /// The connector row the pipeline was started with: a request for setup (state back to
+    /// `pending`) or another table filter restarts it.
     updated_at: chrono::DateTime<chrono::Utc>,
+    include_new_tables: bool,
 }
 
 #[derive(Default)]
@@ -135,7 +137,11 @@ impl Supervisor {
         for (id, running) in &self.running {
             let stale = match wanted.get(id) {
                 None => true,
-                Some(c) => c.updated_at != running.updated_at && c.state == PipelineState::Pending,
+                Some(c) => {
+                    c.updated_at != running.updated_at
+                        && (c.state == PipelineState::Pending
+                            || c.include_new_tables != running.include_new_tables)
+                }
             };
             if stale {
                 running.cancel.cancel();
@@ -169,6 +175,7 @@ impl Supervisor {
             Running {
                 cancel: cancel.clone(),
                 updated_at: connector.updated_at,
+                include_new_tables: connector.include_new_tables,
             },
         );
         let id = connector.id;

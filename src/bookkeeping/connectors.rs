@@ -494,7 +494,10 @@ impl Bookkeeping {
                 .await?
                 .ok_or(Error::NotFound(id))?;
         let from = parse_state(&from)?;
-        if matches!(from, PipelineState::Validating | PipelineState::Snapshotting) {
+        if matches!(
+            from,
+            PipelineState::Validating | PipelineState::Snapshotting
+        ) {
             return Ok(SetupRequest::InProgress(from));
         }
         if let Some(decisions) = change.decisions {

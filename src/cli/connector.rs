@@ -1,24 +1,33 @@
-//! `tributary connector …`: preflight, create (`create.rs`), list and delete connectors.
+//! `tributary connector …`: preflight (`preflight.rs`), create (`create.rs`), retry-setup
+//! and update (`setup.rs`), and here list, switch and delete.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bytesize::ByteSize;
 use clap::{Subcommand, ValueEnum};
 use serde::Serialize;
 
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, Connector};
 use crate::change::TableName;
-use crate::pg::ConnInfo;
+use crate::pg::{self, ConnInfo};
+use crate::pipeline::PipelineState;
 use crate::settings::Settings;
 use crate::sink;
-use crate::source::ReplicationClient;
+use crate::source::slot::{self, SlotInfo, WalStatus};
 use crate::types::ConnectorName;
 
 /// How long `connector delete` waits for a running daemon to let go of the slot.
-const SLOT_DROP_TIMEOUT: Duration = Duration::from_secs(60);
+const SLOT_RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long `connector list` waits for each source.
+const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Slot lag beyond which `connector list` warns: the daemon is down or cannot keep up.
+const HIGH_LAG_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectorCommand {
@@ -32,14 +41,31 @@ pub enum ConnectorCommand {
     /// on a terminal, asked per table. Exit code 1 when preflight fails, 2 for undecided
     /// tables or a bad decisions file; nothing is created then.
     Create(super::create::CreateArgs),
-    /// List connectors with their state.
+    /// List connectors: the active one marked (*), state, whether branches can be cut
+    /// (ready), slot lag, and warnings (failures, tables not replicated, slot WAL at risk).
     List {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// Delete a connector: its bookkeeping, its replication slot on the source and its
-    /// replica database on the branch store.
-    Delete { name: String },
+    /// Make a connector the active one: the one commands use when --connector is omitted.
+    Switch { name: String },
+    /// Check the source again and restart a connector's setup, keeping the connector, its
+    /// credentials, and its slot and replica while they are valid; takes a new snapshot
+    /// when one is needed (lost slot, tables fixed or created since the snapshot). Safe to
+    /// run while setup is in progress: it joins it.
+    RetrySetup(super::setup::RetryArgs),
+    /// Change a connector's options.
+    Update(super::setup::UpdateArgs),
+    /// Delete a connector: stops its pipeline (after its current transaction), drops its
+    /// replication slot on the source and checks it is gone, drops its replica database,
+    /// and removes its bookkeeping.
+    Delete {
+        name: String,
+        /// Do not wait: end the sessions that use the slot and the replica. Also deletes
+        /// when the source cannot be reached, leaving the slot to drop by hand.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -66,21 +92,42 @@ pub async fn run(
     .await?;
     match command {
         ConnectorCommand::Create(args) => super::create::run(args, &bookkeeping).await,
-        ConnectorCommand::List { format } => {
-            let connectors = bookkeeping.connectors().await?;
-            let mut excluded = Vec::with_capacity(connectors.len());
-            for connector in &connectors {
-                excluded.push(excluded_tables(&bookkeeping, connector).await?);
+        ConnectorCommand::List { format } => list(&bookkeeping, format).await,
+        ConnectorCommand::Switch { name } => {
+            let connector = find(&bookkeeping, &name).await?;
+            let previous = bookkeeping
+                .connectors()
+                .await?
+                .into_iter()
+                .find(|c| c.active);
+            bookkeeping.set_active(connector.id).await?;
+            match previous {
+                Some(p) if p.id == connector.id => {
+                    println!("{} is the active connector already", connector.name)
+                }
+                Some(p) => println!("Switched from {} to {}", p.name, connector.name),
+                None => println!("{} is the active connector", connector.name),
             }
-            print_list(&connectors, &excluded, format)?;
             Ok(())
         }
-        ConnectorCommand::Delete { name } => {
-            let name = ConnectorName::new(name).map_err(Failure::usage)?;
-            delete(&bookkeeping, &settings, &name).await
+        ConnectorCommand::RetrySetup(args) => {
+            super::setup::retry(args, &bookkeeping, &settings).await
+        }
+        ConnectorCommand::Update(args) => super::setup::update(args, &bookkeeping, &settings).await,
+        ConnectorCommand::Delete { name, force } => {
+            let connector = find(&bookkeeping, &name).await?;
+            delete(&bookkeeping, &settings, &connector, force).await
         }
         ConnectorCommand::Preflight(_) => unreachable!("handled by cli::dispatch"),
     }
+}
+
+/// The connector called `name`; exit 2 for an invalid name, 1 for an unknown one.
+pub(super) async fn find(bookkeeping: &Bookkeeping, name: &str) -> Result<Connector, Failure> {
+    let name = ConnectorName::new(name.to_owned()).map_err(Failure::usage)?;
+    bookkeeping.connector(&name).await?.ok_or_else(|| {
+        anyhow::anyhow!("no connector named {name}; `tributary connector list` shows them").into()
+    })
 }
 
 /// `--schemas` as given, trimmed, without empty entries and repetitions.
@@ -102,7 +149,11 @@ pub(super) fn schema_list(raw: Vec<String>) -> Result<Vec<String>, Failure> {
 #[derive(Serialize)]
 struct ConnectorView<'a> {
     name: &'a str,
+    /// The connector commands use when --connector is omitted.
+    active: bool,
     state: &'a str,
+    /// Streaming from a complete snapshot: branches can be cut.
+    ready: bool,
     enabled: bool,
     source: &'a str,
     schemas: &'a [String],
@@ -110,14 +161,185 @@ struct ConnectorView<'a> {
     replica_database: &'a str,
     last_error: Option<&'a str>,
     next_step: Option<&'a str>,
+    /// The slot as the source reports it; `null` when the source could not be asked
+    /// (`source_error` says why) or has no such slot.
+    slot: Option<SlotView>,
+    source_error: Option<String>,
     /// Tables of the selected schemas that are not replicated, with the decision why.
-    excluded_tables: &'a [ExcludedTable],
+    excluded_tables: Vec<ExcludedTable>,
+    drop_extensions: &'a [String],
+    include_new_tables: bool,
+    /// What needs attention, one sentence each.
+    warnings: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct SlotView {
+    wal_status: &'static str,
+    /// Whether a session streams from it now.
+    active: bool,
+    /// WAL bytes between the slot's confirmed position and the source's current one.
+    lag_bytes: Option<u64>,
+    /// WAL bytes the slot keeps on the source's disk.
+    retained_wal_bytes: Option<u64>,
 }
 
 #[derive(Serialize)]
 struct ExcludedTable {
     table: String,
     decision: &'static str,
+}
+
+async fn list(bookkeeping: &Bookkeeping, format: Format) -> Result<(), Failure> {
+    let connectors = bookkeeping.connectors().await?;
+    let mut views = Vec::with_capacity(connectors.len());
+    for connector in &connectors {
+        views.push(view(bookkeeping, connector).await?);
+    }
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(());
+    }
+    if views.is_empty() {
+        println!(
+            "no connectors; create one with `tributary connector create postgresql <url> --name <name>`"
+        );
+        return Ok(());
+    }
+    println!(
+        "  {:<20} {:<13} {:<6} {:>10}  {:<32} SOURCE",
+        "NAME", "STATE", "READY", "LAG", "REPLICA DATABASE"
+    );
+    for v in &views {
+        let lag = v.slot.as_ref().and_then(|s| s.lag_bytes).map_or_else(
+            || "-".to_owned(),
+            |b| ByteSize(b).display().iec().to_string(),
+        );
+        println!(
+            "{} {:<20} {:<13} {:<6} {:>10}  {:<32} {}",
+            if v.active { "*" } else { " " },
+            v.name,
+            v.state,
+            if v.ready { "yes" } else { "no" },
+            lag,
+            v.replica_database,
+            v.source
+        );
+        if let Some(error) = v.last_error {
+            println!("    error: {error}");
+            if let Some(next) = v.next_step {
+                println!("    next step: {next}");
+            }
+        }
+        for warning in &v.warnings {
+            println!("    warning: {warning}");
+        }
+    }
+    if !views.iter().any(|v| v.active) {
+        println!("\nNo active connector: choose one with `tributary connector switch <name>`.");
+    }
+    Ok(())
+}
+
+async fn view<'a>(
+    bookkeeping: &Bookkeeping,
+    c: &'a Connector,
+) -> Result<ConnectorView<'a>, Failure> {
+    let excluded_tables = excluded_tables(bookkeeping, c).await?;
+    let (slot, source_error) = match inspect_slot(bookkeeping, c).await {
+        Ok(slot) => (slot, None),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    };
+    let mut warnings = Vec::new();
+    if let Some(error) = &source_error {
+        warnings.push(format!("source not reachable: {error}"));
+    }
+    match &slot {
+        None if source_error.is_none() && c.state == PipelineState::Streaming => {
+            warnings.push(format!(
+                "replication slot {} is missing on the source: run `tributary connector \
+                 retry-setup {}` for a new snapshot",
+                c.slot_name, c.name
+            ))
+        }
+        Some(s) => {
+            let retained = s.retained_bytes.map_or_else(String::new, |b| {
+                format!(" ({} retained)", ByteSize(b).display().iec())
+            });
+            match s.wal_status {
+                WalStatus::Reserved => {}
+                WalStatus::Extended => warnings.push(format!(
+                    "slot keeps WAL beyond max_wal_size (wal_status extended){retained}"
+                )),
+                WalStatus::Unreserved => warnings.push(format!(
+                    "slot is past max_slot_wal_keep_size (wal_status unreserved){retained}: the \
+                     source invalidates it at its next checkpoint unless it catches up"
+                )),
+                WalStatus::Lost => warnings.push(format!(
+                    "slot was invalidated by the source (wal_status lost): run `tributary \
+                     connector retry-setup {}` for a new snapshot",
+                    c.name
+                )),
+            }
+            if let Some(lag) = s.lag_bytes.filter(|&lag| lag > HIGH_LAG_BYTES) {
+                warnings.push(format!(
+                    "slot lag {}: is the daemon running and keeping up?",
+                    ByteSize(lag).display().iec()
+                ));
+            }
+        }
+        None => {}
+    }
+    if !excluded_tables.is_empty() {
+        let tables: Vec<String> = excluded_tables
+            .iter()
+            .map(|t| format!("{} ({})", t.table, t.decision))
+            .collect();
+        warnings.push(format!(
+            "{} table{} not replicated: {}",
+            tables.len(),
+            if tables.len() == 1 { "" } else { "s" },
+            tables.join(", ")
+        ));
+    }
+    Ok(ConnectorView {
+        name: c.name.as_str(),
+        active: c.active,
+        state: c.state.as_str(),
+        ready: c.state == PipelineState::Streaming && !c.resnapshot_requested,
+        enabled: c.enabled,
+        source: &c.source_display,
+        schemas: &c.schemas,
+        slot_name: c.slot_name.as_str(),
+        replica_database: &c.replica_database,
+        last_error: c.last_error.as_deref(),
+        next_step: c.next_step.as_deref(),
+        slot: slot.map(|s| SlotView {
+            wal_status: s.wal_status.as_str(),
+            active: s.active_pid.is_some(),
+            lag_bytes: s.lag_bytes,
+            retained_wal_bytes: s.retained_bytes,
+        }),
+        source_error,
+        excluded_tables,
+        drop_extensions: &c.drop_extensions,
+        include_new_tables: c.include_new_tables,
+        warnings,
+    })
+}
+
+/// The connector's slot as its source reports it, asked within [`SOURCE_TIMEOUT`].
+async fn inspect_slot(
+    bookkeeping: &Bookkeeping,
+    connector: &Connector,
+) -> anyhow::Result<Option<SlotInfo>> {
+    let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+    tokio::time::timeout(SOURCE_TIMEOUT, async {
+        let client = pg::connect(&source).await?;
+        Ok(slot::inspect(&client, &connector.slot_name).await?)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {SOURCE_TIMEOUT:?}"))?
 }
 
 /// The decided tables the latest snapshot did not include (all of them before the first
@@ -139,123 +361,122 @@ async fn excluded_tables(
         .into_iter()
         .filter(|(table, _)| !included.contains(table))
         .map(|(table, decision)| ExcludedTable {
-            table: format!("{}.{}", table.schema, table.name),
+            table: table.to_string(),
             decision: decision.as_str(),
         })
         .collect())
 }
 
-fn print_list(
-    connectors: &[Connector],
-    excluded: &[Vec<ExcludedTable>],
-    format: Format,
-) -> anyhow::Result<()> {
-    let views: Vec<ConnectorView> = connectors
-        .iter()
-        .zip(excluded)
-        .map(|(c, excluded)| ConnectorView {
-            name: c.name.as_str(),
-            state: c.state.as_str(),
-            enabled: c.enabled,
-            source: &c.source_display,
-            schemas: &c.schemas,
-            slot_name: c.slot_name.as_str(),
-            replica_database: &c.replica_database,
-            last_error: c.last_error.as_deref(),
-            next_step: c.next_step.as_deref(),
-            excluded_tables: excluded,
-        })
-        .collect();
-    if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
-        return Ok(());
-    }
-    if views.is_empty() {
-        println!("no connectors; create one with `tributary connector create postgresql <url> --name <name>`");
-        return Ok(());
-    }
-    println!(
-        "{:<20} {:<13} {:<32} SOURCE",
-        "NAME", "STATE", "REPLICA DATABASE"
-    );
-    for v in &views {
-        println!(
-            "{:<20} {:<13} {:<32} {}",
-            v.name, v.state, v.replica_database, v.source
-        );
-        if let Some(error) = v.last_error {
-            println!("    error: {error}");
-            if let Some(next) = v.next_step {
-                println!("    next step: {next}");
-            }
-        }
-        if !v.excluded_tables.is_empty() {
-            let tables: Vec<String> = v
-                .excluded_tables
-                .iter()
-                .map(|t| format!("{} ({})", t.table, t.decision))
-                .collect();
-            println!(
-                "    warning: {} table{} not replicated: {}",
-                tables.len(),
-                if tables.len() == 1 { "" } else { "s" },
-                tables.join(", ")
-            );
-        }
-    }
-    Ok(())
-}
-
+/// Stops the pipeline, drops the slot (checking it is gone), the replica database and the
+/// bookkeeping, in that order: whatever fails leaves the connector listed, with what is
+/// left to do.
 async fn delete(
     bookkeeping: &Bookkeeping,
     settings: &Settings,
-    name: &ConnectorName,
+    connector: &Connector,
+    force: bool,
 ) -> Result<(), Failure> {
-    let connector = bookkeeping.connector(name).await?.ok_or_else(|| {
-        anyhow::anyhow!("no connector named {name}; `tributary connector list` shows them")
-    })?;
-    let source = ConnInfo::parse(&bookkeeping.source_url(&connector).await?)?;
-    // First the bookkeeping: a running daemon hears of it and stops the pipeline, which
-    // lets go of the slot.
-    bookkeeping.delete_connector(connector.id).await?;
+    let name = &connector.name;
+    let slot_name = &connector.slot_name;
+    let drop_sql = format!("SELECT pg_drop_replication_slot('{slot_name}');");
+    let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+    // A running daemon stops the pipeline when the connector is disabled: the current
+    // target transaction commits first, then the slot is released.
+    bookkeeping.set_enabled(connector.id, false).await?;
+    let slot_dropped = match drop_slot(&source, connector, force).await {
+        Ok(()) => true,
+        Err(e) if force => {
+            println!(
+                "! could not drop replication slot {slot_name} on the source ({e:#}). It keeps \
+                 WAL until dropped: run on the source `{drop_sql}`"
+            );
+            false
+        }
+        Err(e) => {
+            bookkeeping
+                .set_enabled(connector.id, connector.enabled)
+                .await?;
+            return Err(anyhow::anyhow!(
+                "{e:#}. Nothing was deleted and {name} runs on. Fix this and run delete again, or \
+                 use --force to delete anyway (the slot is then yours to drop: `{drop_sql}`)."
+            )
+            .into());
+        }
+    };
     sink::drop_replica(&settings.store(), &connector.replica_database)
         .await
         .with_context(|| {
             format!(
-                "dropping the replica database {}",
-                connector.replica_database
+                "dropping the replica database {} (the connector is disabled, its slot {}); run \
+                 delete again",
+                connector.replica_database,
+                if slot_dropped { "dropped" } else { "kept" }
             )
         })?;
+    bookkeeping.delete_connector(connector.id).await?;
+    println!(
+        "✓ Deleted connector {name}: {}replica database {} dropped, bookkeeping removed.",
+        if slot_dropped {
+            format!("replication slot {slot_name} dropped on the source (checked), ")
+        } else {
+            String::new()
+        },
+        connector.replica_database
+    );
+    Ok(())
+}
 
-    let slot = &connector.slot_name;
-    let dropped = tokio::time::timeout(SLOT_DROP_TIMEOUT, async {
-        let mut client = ReplicationClient::connect(&source).await?;
-        let result = client.drop_slot(slot, true).await;
-        client.close().await;
-        match result {
-            Err(e) if e.sqlstate() == Some("42704") => Ok(()), // already gone
-            other => other,
+/// Drops the slot once nothing streams from it (ending the session that does at once
+/// with `force`, else waiting up to [`SLOT_RELEASE_TIMEOUT`]), then checks it is gone.
+async fn drop_slot(source: &ConnInfo, connector: &Connector, force: bool) -> anyhow::Result<()> {
+    let slot_name = &connector.slot_name;
+    let client = tokio::time::timeout(SOURCE_TIMEOUT, pg::connect(source))
+        .await
+        .map_err(|_| anyhow::anyhow!("the source did not answer within {SOURCE_TIMEOUT:?}"))??;
+    let deadline = tokio::time::Instant::now() + SLOT_RELEASE_TIMEOUT;
+    loop {
+        let Some(info) = slot::inspect(&client, slot_name).await? else {
+            return Ok(()); // never created, or dropped already
+        };
+        match info.active_pid {
+            None => {
+                let dropped = client
+                    .execute(
+                        "SELECT pg_catalog.pg_drop_replication_slot($1)",
+                        &[&slot_name.as_str()],
+                    )
+                    .await;
+                match dropped {
+                    // Taken again between the look and the drop (55006): look again.
+                    Err(e) if e.code().is_some_and(|c| c.code() == "55006") => {}
+                    Err(e) if e.code().is_some_and(|c| c.code() == "42704") => {}
+                    Err(e) => return Err(e).context(format!("dropping slot {slot_name}")),
+                    Ok(_) => {}
+                }
+                if slot::inspect(&client, slot_name).await?.is_none() {
+                    return Ok(());
+                }
+            }
+            Some(pid) if force => {
+                client
+                    .execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .with_context(|| {
+                        format!("ending session {pid}, which streams from {slot_name}")
+                    })?;
+                println!(
+                    "! ended the source session {pid} that streamed from {slot_name} (--force)"
+                );
+            }
+            Some(pid) if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!(
+                    "replication slot {slot_name} is still in use by source session {pid} after \
+                     {SLOT_RELEASE_TIMEOUT:?}: a daemon whose bookkeeping is elsewhere, or another \
+                     client, streams from it"
+                )
+            }
+            Some(_) => {}
         }
-    })
-    .await;
-    match dropped {
-        Ok(Ok(())) => {
-            println!("deleted connector {name}: replica database and replication slot dropped");
-            Ok(())
-        }
-        failed => {
-            let reason = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => format!(
-                    "timed out after {SLOT_DROP_TIMEOUT:?} waiting for the slot to be released"
-                ),
-            };
-            Err(anyhow::anyhow!(
-                "deleted connector {name} and its replica database, but could not drop replication \
-                 slot {slot} on the source ({reason}). It retains WAL until dropped: run on the \
-                 source `SELECT pg_drop_replication_slot('{slot}');`"
-            )
-            .into())
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -51,6 +51,13 @@ pub struct CreateArgs {
     /// Schemas to replicate, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "public")]
     schemas: Vec<String>,
+    #[command(flatten)]
+    decisions: DecisionArgs,
+}
+
+/// How a command learns what to do with tables without a usable replica identity.
+#[derive(Debug, Args)]
+pub struct DecisionArgs {
     /// A JSON file deciding about every table without a usable replica identity:
     /// {"schema.table": "exclude" | "add_pk" | "replica_identity_full", …}.
     #[arg(
@@ -59,9 +66,88 @@ pub struct CreateArgs {
         conflicts_with = "accept_replica_identity_defaults"
     )]
     replica_identity_decisions: Option<PathBuf>,
-    /// Exclude every table without a usable replica identity (the default decision).
+    /// Exclude every table without a usable replica identity that has no decision yet
+    /// (the default decision).
     #[arg(long)]
     accept_replica_identity_defaults: bool,
+}
+
+/// The decisions file, read and checked as far as it can be without the source.
+pub struct DecisionFile(Vec<(String, TableDecision)>);
+
+impl DecisionArgs {
+    /// Whether the command line says anything about decisions.
+    pub fn given(&self) -> bool {
+        self.replica_identity_decisions.is_some() || self.accept_replica_identity_defaults
+    }
+
+    /// Reads the decisions file, if any: exit 2 when it is unreadable or malformed.
+    pub fn read_file(&self) -> Result<Option<DecisionFile>, Failure> {
+        self.replica_identity_decisions
+            .as_deref()
+            .map(|path| read_decisions(path).map(DecisionFile))
+            .transpose()
+    }
+
+    /// The decision about every table of `report` without a usable replica identity. A
+    /// file decides about all of them; otherwise the `existing` decisions (of tables still
+    /// without an identity) stand, and the rest are excluded with
+    /// `--accept-replica-identity-defaults`, asked about on a terminal, or refused (exit 2).
+    pub fn decide(
+        &self,
+        file: Option<DecisionFile>,
+        report: &preflight::Report,
+        schemas: &[String],
+        existing: &[(TableName, TableDecision)],
+        nothing_done: &str,
+    ) -> Result<Vec<(TableName, TableDecision)>, Failure> {
+        let keyless: Vec<&TableIdentity> = report.without_identity().collect();
+        if let Some(DecisionFile(entries)) = file {
+            return match_decisions(&entries, &report.tables, &keyless, schemas)
+                .map_err(Failure::usage);
+        }
+        let mut decisions: Vec<(TableName, TableDecision)> = existing
+            .iter()
+            .filter(|(table, _)| keyless.iter().any(|k| k.name == *table))
+            .cloned()
+            .collect();
+        let undecided: Vec<&TableIdentity> = keyless
+            .into_iter()
+            .filter(|k| !decisions.iter().any(|(table, _)| *table == k.name))
+            .collect();
+        if undecided.is_empty() {
+            // Nothing to ask.
+        } else if self.accept_replica_identity_defaults {
+            decisions.extend(
+                undecided
+                    .iter()
+                    .map(|t| (t.name.clone(), TableDecision::Exclude)),
+            );
+        } else if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            decisions.extend(tokio::task::block_in_place(|| {
+                prompt(&undecided, nothing_done)
+            })?);
+        } else {
+            return Err(Failure::usage(anyhow!(
+                "{} table{} without a usable replica identity need{} a decision, and there is \
+                 no terminal to ask on:\n{}\nDecide with {DECISIONS_FLAG} (a JSON object such \
+                 as {{\"{}\": \"exclude\"}}; values: {}), or exclude them with \
+                 {DEFAULTS_FLAG}. {nothing_done}",
+                undecided.len(),
+                if undecided.len() == 1 { "" } else { "s" },
+                if undecided.len() == 1 { "s" } else { "" },
+                undecided
+                    .iter()
+                    .map(|t| format!("  {}", t.name))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                undecided[0].name,
+                allowed_values(),
+            )));
+        }
+        decisions.sort_by(|a, b| (&a.0.schema, &a.0.name).cmp(&(&b.0.schema, &b.0.name)));
+        Ok(decisions)
+    }
 }
 
 pub async fn run(args: CreateArgs, bookkeeping: &Bookkeeping) -> Result<(), Failure> {
@@ -72,10 +158,7 @@ pub async fn run(args: CreateArgs, bookkeeping: &Bookkeeping) -> Result<(), Fail
         None => default_name(&info.dbname)?,
     };
     let schemas = schema_list(args.schemas)?;
-    let file = match &args.replica_identity_decisions {
-        Some(path) => Some(read_decisions(path)?),
-        None => None,
-    };
+    let file = args.decisions.read_file()?;
     if bookkeeping.connector(&name).await?.is_some() {
         return Err(anyhow!(
             "a connector named {name} exists already; choose another --name, or see \
@@ -114,35 +197,9 @@ pub async fn run(args: CreateArgs, bookkeeping: &Bookkeeping) -> Result<(), Fail
         println!();
     }
 
-    let keyless: Vec<&TableIdentity> = report.without_identity().collect();
-    let decisions = if let Some(entries) = file {
-        match_decisions(&entries, &report.tables, &keyless, &schemas).map_err(Failure::usage)?
-    } else if args.accept_replica_identity_defaults {
-        keyless
-            .iter()
-            .map(|t| (t.name.clone(), TableDecision::Exclude))
-            .collect()
-    } else if keyless.is_empty() {
-        Vec::new()
-    } else if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-        tokio::task::block_in_place(|| prompt(&keyless))?
-    } else {
-        return Err(Failure::usage(anyhow!(
-            "{} table{} without a usable replica identity need{} a decision, and there is no \
-             terminal to ask on:\n{}\nDecide with {DECISIONS_FLAG} (a JSON object such as \
-             {{\"{}\": \"exclude\"}}; values: {}), or exclude them all with {DEFAULTS_FLAG}.",
-            keyless.len(),
-            if keyless.len() == 1 { "" } else { "s" },
-            if keyless.len() == 1 { "s" } else { "" },
-            keyless
-                .iter()
-                .map(|t| format!("  {}", display(&t.name)))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            display(&keyless[0].name),
-            allowed_values(),
-        )));
-    };
+    let decisions = args
+        .decisions
+        .decide(file, &report, &schemas, &[], "Nothing was created.")?;
 
     let connector = bookkeeping
         .create_connector_with_decisions(&name, &args.url, &schemas, &decisions)
@@ -350,7 +407,10 @@ fn match_decisions(
 }
 
 /// Asks on the terminal about each table without a usable replica identity.
-fn prompt(keyless: &[&TableIdentity]) -> Result<Vec<(TableName, TableDecision)>, Failure> {
+fn prompt(
+    keyless: &[&TableIdentity],
+    nothing_done: &str,
+) -> Result<Vec<(TableName, TableDecision)>, Failure> {
     println!(
         "{} table{} without a usable replica identity: without one, UPDATEs and DELETEs \
          cannot be replicated. For each, choose:\n  e  exclude: never replicate it (default)\n  \
@@ -371,7 +431,7 @@ fn prompt(keyless: &[&TableIdentity]) -> Result<Vec<(TableName, TableDecision)>,
                 Some(line) => line?,
                 None => {
                     return Err(Failure::usage(anyhow!(
-                        "no decision for {} (end of input); nothing was created",
+                        "no decision for {} (end of input). {nothing_done}",
                         display(&table.name)
                     )))
                 }
@@ -392,7 +452,7 @@ fn prompt(keyless: &[&TableIdentity]) -> Result<Vec<(TableName, TableDecision)>,
     Ok(decisions)
 }
 
-fn print_decisions(decisions: &[(TableName, TableDecision)]) {
+pub(super) fn print_decisions(decisions: &[(TableName, TableDecision)]) {
     let mut by_decision: BTreeMap<&str, Vec<&TableName>> = BTreeMap::new();
     for (table, decision) in decisions {
         by_decision

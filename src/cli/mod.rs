@@ -7,6 +7,7 @@ mod connector;
 mod create;
 mod preflight;
 mod run;
+mod setup;
 mod tail;
 
 use std::path::{Path, PathBuf};

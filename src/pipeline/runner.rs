@@ -29,8 +29,8 @@ use crate::pipeline::stream::{self, StreamEnd, TableFilter};
 use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::sink::{self, ReplicaSink};
-use crate::source::wal2json::PluginOptions;
 use crate::source::slot::{self, WalStatus};
+use crate::source::wal2json::PluginOptions;
 use crate::source::{catalog, replication, ReplicationClient, ReplicationStream, SnapshotAction};
 use crate::types::{Lsn, SlotName};
 
@@ -118,7 +118,7 @@ async fn start(ctx: &PipelineContext) -> Result<(ReplicationStream, Lsn), Pipeli
         replication::status_interval(ctx.settings.pipeline.status_interval(), wal_sender_timeout);
 
     let slot = slot_status(&pg::connect(&source).await?, &connector.slot_name).await?;
-    let applied = replica_applied_lsn(&store, &replica).await?;
+    let applied = sink::replica_applied_lsn(&store, &replica.dbname).await?;
 
     let applied = match (applied, slot) {
         // `connector retry-setup` asked for a new snapshot.
@@ -243,18 +243,6 @@ fn retry_setup(connector: &Connector) -> String {
         "a new snapshot is needed: run `tributary connector retry-setup {}`",
         connector.name
     )
-}
-
-/// The replica's applied LSN; `None` when the replica does not exist or has none.
-async fn replica_applied_lsn(
-    store: &ConnInfo,
-    replica: &ConnInfo,
-) -> Result<Option<Lsn>, PipelineError> {
-    if !sink::replica_exists(store, &replica.dbname).await? {
-        return Ok(None);
-    }
-    let mut sink = ReplicaSink::connect(store, &replica.dbname).await?;
-    Ok(sink.applied_lsn().await?)
 }
 
 /// After START_REPLICATION: the slot must not be ahead of where we asked to start, or the

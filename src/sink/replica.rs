@@ -15,8 +15,10 @@
 
 use crate::pg::{self, ConnInfo, PgClient};
 
+use super::apply::ReplicaSink;
 use super::error::SinkError;
 use crate::pg::quote_ident;
+use crate::types::Lsn;
 
 /// The progress table: exactly one row (`singleton` is always true), written only by
 /// [`super::ReplicaSink`].
@@ -81,6 +83,21 @@ pub async fn replica_exists(store: &ConnInfo, database: &str) -> Result<bool, Si
         .await
         .map_err(setup(&store.dbname, "looking up the replica database"))?;
     Ok(row.is_some())
+}
+
+/// The replica's applied LSN; `None` when the replica does not exist or has none (its
+/// snapshot never completed).
+pub async fn replica_applied_lsn(
+    store: &ConnInfo,
+    database: &str,
+) -> Result<Option<Lsn>, SinkError> {
+    if !replica_exists(store, database).await? {
+        return Ok(None);
+    }
+    ReplicaSink::connect(store, database)
+        .await?
+        .applied_lsn()
+        .await
 }
 
 /// Creates the replica database on the store server if missing, and in it schema

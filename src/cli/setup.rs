@@ -1,0 +1,431 @@
+//! `tributary connector retry-setup` and `connector update`: set a connector up again,
+//! keeping its row, its credentials, and its slot and replica while they are still valid.
+//!
+//! ```text
+//!  setup in progress (validating, snapshotting) ── decisions or schemas given ──► exit 1
+//!                                               └─ otherwise: joins it, starts nothing
+//!  preflight of the source                      ── a required check failed ──► exit 1
+//!  decisions about tables without a usable replica identity (as in create)
+//!  what the source and the replica say:
+//!     slot lost or missing, no complete snapshot, tables fixed or created since the
+//!     snapshot, schemas changed                 ──► a new snapshot
+//!     failed, stopped, retrying an error         ──► resume with slot and replica kept
+//!     streaming and healthy                      ──► nothing to do
+//! ```
+//!
+//! The command only records the request (`Bookkeeping::request_setup`); the daemon's
+//! pipeline does the work, so running it twice never does the work twice.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::{Args, ValueEnum};
+
+use super::connector::{find, schema_list};
+use super::create::DecisionArgs;
+use super::preflight::{known_source, print_checks, print_grant_script};
+use super::Failure;
+use crate::bookkeeping::{Bookkeeping, Connector, SetupChange, SetupRequest, TableSyncState};
+use crate::change::TableName;
+use crate::pg::{self, ConnInfo};
+use crate::pipeline::PipelineState;
+use crate::settings::Settings;
+use crate::sink;
+use crate::source::catalog::ReplicaIdentity;
+use crate::source::preflight::{self, KnownSources, Outcome};
+use crate::source::slot::{self, WalStatus};
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The connector.
+    name: String,
+    #[command(flatten)]
+    decisions: DecisionArgs,
+    /// Wait until the connector streams again (exit 0) or fails (exit 1).
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The connector.
+    name: String,
+    /// Extensions that branches of this connector leave out, comma-separated; '' clears
+    /// the list.
+    #[arg(long, value_name = "EXTENSIONS")]
+    drop_extensions: Option<String>,
+    /// The schemas to replicate, comma-separated. A change takes a new snapshot.
+    #[arg(long, value_delimiter = ',')]
+    schemas: Option<Vec<String>>,
+    /// Whether tables created later in the selected schemas are replicated (on) or their
+    /// changes ignored (off). Takes effect when the pipeline restarts, which this does.
+    #[arg(long, value_enum, value_name = "on|off")]
+    include_new_tables: Option<Switch>,
+    #[command(flatten)]
+    decisions: DecisionArgs,
+    /// With --schemas: wait until the connector streams again (exit 0) or fails (exit 1).
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+pub async fn retry(
+    args: RetryArgs,
+    bookkeeping: &Bookkeeping,
+    settings: &Settings,
+) -> Result<(), Failure> {
+    let connector = find(bookkeeping, &args.name).await?;
+    let restarted = set_up_again(bookkeeping, settings, &connector, &args.decisions, None).await?;
+    if restarted && args.wait {
+        wait_for_streaming(bookkeeping, &connector).await?;
+    }
+    Ok(())
+}
+
+pub async fn update(
+    args: UpdateArgs,
+    bookkeeping: &Bookkeeping,
+    settings: &Settings,
+) -> Result<(), Failure> {
+    if args.drop_extensions.is_none() && args.schemas.is_none() && args.include_new_tables.is_none()
+    {
+        return Err(Failure::usage(anyhow!(
+            "nothing to update: give --drop-extensions, --schemas or --include-new-tables"
+        )));
+    }
+    if args.schemas.is_none() && args.decisions.given() {
+        return Err(Failure::usage(anyhow!(
+            "replica identity decisions go with --schemas (or `connector retry-setup`)"
+        )));
+    }
+    let connector = find(bookkeeping, &args.name).await?;
+    let drop_extensions = args.drop_extensions.as_deref().map(extension_list);
+    let include_new_tables = args.include_new_tables.map(|s| s == Switch::On);
+    bookkeeping
+        .update_options(connector.id, drop_extensions.as_deref(), include_new_tables)
+        .await?;
+    if let Some(extensions) = &drop_extensions {
+        if extensions.is_empty() {
+            println!("✓ {}: branches keep every extension", connector.name);
+        } else {
+            println!(
+                "✓ {}: branches leave out the extension{} {}",
+                connector.name,
+                if extensions.len() == 1 { "" } else { "s" },
+                extensions.join(", ")
+            );
+        }
+    }
+    if let Some(include) = include_new_tables {
+        println!(
+            "✓ {}: tables created later in its schemas are {}",
+            connector.name,
+            if include {
+                "replicated (a new table needs `connector retry-setup` until schema changes are \
+                 captured)"
+            } else {
+                "ignored"
+            }
+        );
+    }
+    if let Some(raw) = args.schemas {
+        let schemas = schema_list(raw)?;
+        if schemas == connector.schemas {
+            println!(
+                "✓ {}: already replicates schemas {}",
+                connector.name,
+                schemas.join(", ")
+            );
+        } else if set_up_again(
+            bookkeeping,
+            settings,
+            &connector,
+            &args.decisions,
+            Some(schemas),
+        )
+        .await?
+            && args.wait
+        {
+            wait_for_streaming(bookkeeping, &connector).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `a, b,,c` → `[a, b, c]`, without repetitions; `''` → `[]`.
+fn extension_list(raw: &str) -> Vec<String> {
+    let mut list: Vec<String> = Vec::new();
+    for name in raw.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !list.iter().any(|n| n == name) {
+            list.push(name.to_owned());
+        }
+    }
+    list
+}
+
+/// Checks the source again and asks the daemon to set the connector up again when there
+/// is something to do. Returns whether it did (the connector is back in `pending`).
+async fn set_up_again(
+    bookkeeping: &Bookkeeping,
+    settings: &Settings,
+    connector: &Connector,
+    decision_args: &DecisionArgs,
+    new_schemas: Option<Vec<String>>,
+) -> Result<bool, Failure> {
+    let name = &connector.name;
+    let file = decision_args.read_file()?;
+    if matches!(
+        connector.state,
+        PipelineState::Validating | PipelineState::Snapshotting
+    ) {
+        return in_progress(
+            bookkeeping,
+            connector,
+            connector.state,
+            decision_args.given() || new_schemas.is_some(),
+        )
+        .await;
+    }
+
+    let info = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+    let schemas = new_schemas.unwrap_or_else(|| connector.schemas.clone());
+    let others = bookkeeping
+        .connectors()
+        .await?
+        .iter()
+        .filter(|c| c.id != connector.id)
+        .map(known_source)
+        .collect();
+    let report = preflight::run(&info, &schemas, &KnownSources::Known(others)).await;
+    let blocking: Vec<_> = report.blocking_failures().collect();
+    if !blocking.is_empty() {
+        println!(
+            "Preflight of {info}, schemas {}: {} required check{} failed\n",
+            schemas.join(", "),
+            blocking.len(),
+            if blocking.len() == 1 { "" } else { "s" }
+        );
+        print_checks(blocking.iter().copied());
+        print_grant_script(&report);
+        println!(
+            "\n✗ Setup of {name} not restarted. Fix the checks above (`tributary connector \
+             preflight` shows them all) and run this again."
+        );
+        return Err(Failure::quiet(1));
+    }
+    let warnings: Vec<_> = report
+        .checks
+        .iter()
+        .filter(|c| matches!(c.outcome, Outcome::Warn { .. }))
+        .collect();
+    println!(
+        "✓ Preflight of {info} passed{}",
+        if warnings.is_empty() {
+            ""
+        } else {
+            " with warnings:"
+        }
+    );
+    print_checks(warnings.iter().copied());
+
+    let existing = bookkeeping.table_decisions(connector.id).await?;
+    let decisions =
+        decision_args.decide(file, &report, &schemas, &existing, "Nothing was changed.")?;
+
+    let reasons =
+        resnapshot_reasons(bookkeeping, settings, connector, &info, &schemas, &report).await?;
+    let unhealthy = connector.state != PipelineState::Streaming || connector.last_error.is_some();
+    let restart = !reasons.is_empty() || unhealthy;
+    let decisions_changed = decisions != existing;
+    let change = SetupChange {
+        decisions: decisions_changed.then_some(&decisions[..]),
+        schemas: (schemas != connector.schemas).then_some(&schemas[..]),
+        restart,
+        resnapshot: !reasons.is_empty(),
+    };
+    if decisions_changed {
+        println!("Replica identity decisions:");
+        super::create::print_decisions(&decisions);
+    }
+    match bookkeeping.request_setup(connector.id, &change).await? {
+        SetupRequest::InProgress(state) => {
+            return in_progress(bookkeeping, connector, state, true).await;
+        }
+        SetupRequest::Recorded => {
+            println!(
+                "✓ Setup of {name} is healthy (streaming from slot {}): nothing to do.",
+                connector.slot_name
+            );
+            return Ok(false);
+        }
+        SetupRequest::Restarted => {}
+    }
+    if reasons.is_empty() {
+        println!(
+            "✓ Setup of {name} restarts: it resumes from the replica's applied position with \
+             slot {} (kept).",
+            connector.slot_name
+        );
+    } else {
+        println!("✓ Setup of {name} restarts with a new snapshot, which replaces the replica:");
+        for reason in &reasons {
+            println!("    - {reason}");
+        }
+    }
+    println!(
+        "A running daemon picks it up now (start one with `tributary run`); follow it with \
+         `tributary connector list`."
+    );
+    Ok(true)
+}
+
+/// Setup is running already: join it, or refuse a change to what it is working from.
+async fn in_progress(
+    bookkeeping: &Bookkeeping,
+    connector: &Connector,
+    state: PipelineState,
+    changes: bool,
+) -> Result<bool, Failure> {
+    let name = &connector.name;
+    if changes {
+        return Err(anyhow!(
+            "setup of {name} is in progress ({state}): decisions and schemas cannot change \
+             while it runs. Wait for it to finish (`tributary connector list`), then run this \
+             again if it is still needed."
+        )
+        .into());
+    }
+    let tables = bookkeeping.tables(connector.id).await?;
+    let included = tables.iter().filter(|t| t.decision == "include");
+    let copied = included
+        .clone()
+        .filter(|t| t.state == TableSyncState::Copied)
+        .count();
+    println!(
+        "Setup of {name} is already in progress ({state}{}); nothing new was started. A \
+         running daemon carries it on; follow it with `tributary connector list`.",
+        if state == PipelineState::Snapshotting {
+            format!(": {copied} of {} tables copied", included.count())
+        } else {
+            String::new()
+        }
+    );
+    Ok(false)
+}
+
+/// Why the replica must be rebuilt; empty when it can be kept.
+async fn resnapshot_reasons(
+    bookkeeping: &Bookkeeping,
+    settings: &Settings,
+    connector: &Connector,
+    source: &ConnInfo,
+    schemas: &[String],
+    report: &preflight::Report,
+) -> Result<Vec<String>, Failure> {
+    let mut reasons = Vec::new();
+    if schemas != connector.schemas {
+        reasons.push(format!(
+            "the schemas change from {} to {}",
+            connector.schemas.join(", "),
+            schemas.join(", ")
+        ));
+    }
+    let applied = sink::replica_applied_lsn(&settings.store(), &connector.replica_database).await?;
+    if applied.is_none() {
+        reasons.push(format!(
+            "the replica {} has no complete snapshot",
+            connector.replica_database
+        ));
+    }
+    let client = pg::connect(source).await?;
+    let slot_name = &connector.slot_name;
+    match slot::inspect(&client, slot_name).await? {
+        None if applied.is_some() => reasons.push(format!(
+            "replication slot {slot_name} is missing on the source"
+        )),
+        Some(info) if info.wal_status == WalStatus::Lost => reasons.push(format!(
+            "replication slot {slot_name} was invalidated by the source (wal_status = lost)"
+        )),
+        _ => {}
+    }
+    drop(client);
+
+    let snapshot = bookkeeping.tables(connector.id).await?;
+    let snapshotted: HashSet<&TableName> = snapshot.iter().map(|t| &t.table).collect();
+    let usable = |table: &TableName| {
+        report
+            .tables
+            .iter()
+            .any(|t| t.name == *table && t.identity != ReplicaIdentity::Nothing)
+    };
+    let fixed: Vec<String> = snapshot
+        .iter()
+        .filter(|t| t.decision != "include" && usable(&t.table))
+        .map(|t| t.table.to_string())
+        .collect();
+    if !fixed.is_empty() {
+        reasons.push(format!(
+            "{} left out of the snapshot {} a usable replica identity now: {}",
+            plural(fixed.len(), "table"),
+            if fixed.len() == 1 { "has" } else { "have" },
+            fixed.join(", ")
+        ));
+    }
+    if connector.include_new_tables && !snapshot.is_empty() {
+        let new: Vec<String> = report
+            .tables
+            .iter()
+            .filter(|t| t.identity != ReplicaIdentity::Nothing && !snapshotted.contains(&t.name))
+            .map(|t| t.name.to_string())
+            .collect();
+        if !new.is_empty() {
+            reasons.push(format!(
+                "{} created since the snapshot: {}",
+                plural(new.len(), "table"),
+                new.join(", ")
+            ));
+        }
+    }
+    Ok(reasons)
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+/// Follows the connector until it streams without a pending snapshot (Ok) or fails.
+async fn wait_for_streaming(
+    bookkeeping: &Bookkeeping,
+    connector: &Connector,
+) -> Result<(), Failure> {
+    println!("Waiting for {} to stream…", connector.name);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = bookkeeping
+            .connector_by_id(connector.id)
+            .await?
+            .ok_or_else(|| anyhow!("connector {} was deleted meanwhile", connector.name))?;
+        match now.state {
+            PipelineState::Streaming if !now.resnapshot_requested => {
+                println!("✓ {} is streaming", now.name);
+                return Ok(());
+            }
+            PipelineState::Failed => {
+                return Err(anyhow!(
+                    "{} failed: {}; next step: {}",
+                    now.name,
+                    now.last_error.as_deref().unwrap_or("(no error recorded)"),
+                    now.next_step.as_deref().unwrap_or("see the daemon's log")
+                )
+                .into())
+            }
+            _ => {}
+        }
+    }
+}
