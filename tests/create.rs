@@ -372,7 +372,7 @@ fn on_a_terminal_each_keyless_table_is_asked_about() {
     let shown = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
     assert!(!out.status.success(), "{shown}");
     assert!(
-        shown.contains("no decision for public.keyless (end of input); nothing was created"),
+        shown.contains("no decision for public.keyless (end of input). Nothing was created."),
         "{shown}"
     );
     assert_eq!(daemon.connectors().len(), 1);

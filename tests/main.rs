@@ -11,6 +11,7 @@ mod cli;
 mod connect;
 mod create;
 mod large_transaction;
+mod lifecycle;
 mod pipeline;
 mod preflight;
 mod replication;

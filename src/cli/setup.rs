@@ -249,7 +249,9 @@ async fn set_up_again(
         restart,
         resnapshot: !reasons.is_empty(),
     };
-    if decisions_changed {
+    if decisions_changed && decisions.is_empty() {
+        println!("✓ No table needs a replica identity decision any more.");
+    } else if decisions_changed {
         println!("Replica identity decisions:");
         super::create::print_decisions(&decisions);
     }

@@ -1,0 +1,289 @@
+//! The connector lifecycle after `create`, against real servers: `retry-setup` (after a
+//! key was added, after the slot was lost, while setup runs), `update`, `switch`, and
+//! `delete` leaving no slot behind.
+
+use std::process::Output;
+
+use crate::daemon::{wait_converged, Daemon};
+use crate::harness::Cluster;
+
+/// A source database `shop`: a keyed table and a keyless one, both with rows.
+fn shop(cluster: &Cluster) {
+    cluster.create_database("shop");
+    cluster.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         CREATE TABLE keyless (a int, b text);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 50) g;
+         INSERT INTO keyless SELECT g, 'row ' || g FROM generate_series(1, 20) g;",
+    );
+}
+
+/// `connector create` for `shop`, excluding the keyless table.
+fn create(daemon: &Daemon, source: &Cluster, name: &str, db: &str) {
+    daemon.cli_ok(&[
+        "connector",
+        "create",
+        "postgresql",
+        &source.superuser_url(db),
+        "--name",
+        name,
+        "--accept-replica-identity-defaults",
+    ]);
+}
+
+fn text(output: &Output) -> (Option<i32>, String, String) {
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn exists(cluster: &Cluster, db: &str, table: &str) -> bool {
+    cluster.psql(db, &format!("SELECT to_regclass('{table}') IS NOT NULL")) == "t"
+}
+
+fn slots(source: &Cluster) -> String {
+    source.psql(
+        "postgres",
+        "SELECT coalesce(string_agg(slot_name, ',' ORDER BY slot_name), '') FROM pg_replication_slots",
+    )
+}
+
+#[tokio::test]
+async fn retry_setup_after_adding_a_key_replicates_the_table() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    shop(&source);
+    let mut daemon = Daemon::new(&store);
+    create(&daemon, &source, "shop", "shop");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    assert!(!exists(&store, "shop_replica", "public.keyless"));
+    let slot = slots(&source);
+
+    // Nothing has changed: nothing to do.
+    let healthy = daemon.cli_ok(&["connector", "retry-setup", "shop"]);
+    assert!(healthy.contains("is healthy"), "{healthy}");
+
+    source.psql("shop", "ALTER TABLE keyless ADD PRIMARY KEY (a)");
+    let out = daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
+    assert!(
+        out.contains("restarts with a new snapshot")
+            && out.contains("1 table left out of the snapshot has a usable replica identity now: public.keyless"),
+        "{out}"
+    );
+    assert!(out.contains("is streaming"), "{out}");
+    // The same connector, under the same slot name, now with the table.
+    assert_eq!(slots(&source), slot);
+    assert_eq!(
+        daemon.connectors()[0]["excluded_tables"],
+        serde_json::json!([])
+    );
+    source.psql(
+        "shop",
+        "UPDATE keyless SET b = 'changed' WHERE a <= 5; DELETE FROM keyless WHERE a = 20;
+         INSERT INTO items VALUES (51, 'late');",
+    );
+    wait_converged(
+        &source,
+        "shop",
+        &store,
+        "shop_replica",
+        &["public"],
+        &daemon,
+    )
+    .await;
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn a_missing_slot_fails_the_connector_until_retry_setup_takes_a_new_snapshot() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    shop(&source);
+    let mut daemon = Daemon::new(&store);
+    create(&daemon, &source, "shop", "shop");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    daemon.terminate();
+
+    // The slot goes away while the daemon is down, and the source moves on.
+    let slot = slots(&source);
+    source.psql(
+        "shop",
+        &format!("SELECT pg_drop_replication_slot('{slot}')"),
+    );
+    source.psql("shop", "INSERT INTO items VALUES (100, 'while down')");
+    daemon.start();
+    daemon.wait_for_state("shop", "failed").await;
+    let listed = daemon.connectors();
+    let next = listed[0]["next_step"].as_str().unwrap_or_default();
+    assert!(
+        next.contains("tributary connector retry-setup shop"),
+        "{listed:?}"
+    );
+    assert_eq!(listed[0]["ready"], serde_json::json!(false));
+
+    let out = daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
+    assert!(
+        out.contains(&format!("replication slot {slot} is missing on the source")),
+        "{out}"
+    );
+    assert_eq!(slots(&source), slot);
+    source.psql("shop", "UPDATE items SET name = 'after' WHERE id <= 3");
+    let expected: Vec<String> = crate::daemon::content(&source, "shop", &["public"])
+        .into_iter()
+        .filter(|l| !l.starts_with("public.keyless "))
+        .collect();
+    crate::support::eventually("the replica to equal the source", || async {
+        (crate::daemon::content(&store, "shop_replica", &["public"]) == expected).then_some(())
+    })
+    .await;
+    assert_eq!(daemon.connectors()[0]["ready"], serde_json::json!(true));
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn retry_setup_joins_a_setup_in_progress_and_refuses_new_decisions() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    shop(&source);
+    let mut daemon = Daemon::new(&store);
+    create(&daemon, &source, "shop", "shop");
+
+    // pg_dump waits for this lock: the snapshot stays in progress while it is held.
+    let mut holder = source.connect("shop").await;
+    let lock = holder.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    daemon.start();
+    daemon.wait_for_state("shop", "snapshotting").await;
+
+    let (code, out, _) = text(&daemon.cli(&["connector", "retry-setup", "shop"]));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("already in progress (snapshotting"), "{out}");
+    let (code, _, err) = text(&daemon.cli(&[
+        "connector",
+        "retry-setup",
+        "shop",
+        "--accept-replica-identity-defaults",
+    ]));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cannot change while it runs. Wait for it to finish"),
+        "{err}"
+    );
+
+    lock.rollback().await.unwrap();
+    daemon.wait_for_state("shop", "streaming").await;
+    // Exactly one slot: the joined setup started nothing of its own.
+    assert_eq!(slots(&source).split(',').count(), 1);
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn update_switch_and_delete() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    shop(&source);
+    source.create_database("other");
+    source.psql("other", "CREATE TABLE t (id int PRIMARY KEY)");
+    let mut daemon = Daemon::new(&store);
+    create(&daemon, &source, "shop", "shop");
+    create(&daemon, &source, "other", "other");
+
+    // The first connector created is the active one; switch moves the mark.
+    let active = |daemon: &Daemon| -> Vec<String> {
+        daemon
+            .connectors()
+            .iter()
+            .filter(|c| c["active"] == serde_json::json!(true))
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(active(&daemon), ["shop"]);
+    let out = daemon.cli_ok(&["connector", "switch", "other"]);
+    assert!(out.contains("Switched from shop to other"), "{out}");
+    assert_eq!(active(&daemon), ["other"]);
+    let (code, _, err) = text(&daemon.cli(&["connector", "switch", "nope"]));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no connector named nope"), "{err}");
+
+    daemon.cli_ok(&[
+        "connector",
+        "update",
+        "shop",
+        "--drop-extensions",
+        "pgmq, vault,pgmq",
+    ]);
+    let shop_view = |daemon: &Daemon| {
+        daemon
+            .connectors()
+            .into_iter()
+            .find(|c| c["name"] == "shop")
+            .unwrap()
+    };
+    assert_eq!(
+        shop_view(&daemon)["drop_extensions"],
+        serde_json::json!(["pgmq", "vault"])
+    );
+    daemon.cli_ok(&["connector", "update", "shop", "--drop-extensions", ""]);
+    assert_eq!(shop_view(&daemon)["drop_extensions"], serde_json::json!([]));
+    let (code, _, err) = text(&daemon.cli(&["connector", "update", "shop"]));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("nothing to update"), "{err}");
+
+    // With new tables off, a table created later is ignored and streaming goes on.
+    daemon.cli_ok(&["connector", "update", "shop", "--include-new-tables", "off"]);
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    source.psql(
+        "shop",
+        "CREATE TABLE later (id int PRIMARY KEY); INSERT INTO later VALUES (1);
+         INSERT INTO items VALUES (60, 'after the new table');",
+    );
+    crate::support::eventually("the row after the new table", || async {
+        (store.psql("shop_replica", "SELECT count(*) FROM items WHERE id = 60") == "1")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(daemon.connector_state("shop").as_deref(), Some("streaming"));
+
+    // Delete while the daemon streams: the slot is released, dropped and checked gone.
+    daemon.wait_for_state("other", "streaming").await;
+    let before = slots(&source);
+    assert_eq!(before.split(',').count(), 2, "{before}");
+    let out = daemon.cli_ok(&["connector", "delete", "shop"]);
+    assert!(out.contains("dropped on the source (checked)"), "{out}");
+    let after = slots(&source);
+    assert_eq!(after.split(',').count(), 1, "{after}");
+    assert!(after.contains("other"), "{after}");
+    assert_eq!(
+        store.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'shop_replica'"
+        ),
+        "0"
+    );
+    assert_eq!(daemon.connectors().len(), 1);
+    assert_eq!(
+        daemon.connector_state("other").as_deref(),
+        Some("streaming")
+    );
+    daemon.terminate();
+
+    // An unreachable source: nothing is deleted without --force.
+    source.stop();
+    let (code, _, err) = text(&daemon.cli(&["connector", "delete", "other"]));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("Nothing was deleted"), "{err}");
+    assert_eq!(daemon.connectors().len(), 1);
+    assert_eq!(daemon.connectors()[0]["enabled"], serde_json::json!(true));
+    let (code, out, err) = text(&daemon.cli(&["connector", "delete", "other", "--force"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("pg_drop_replication_slot"), "{out}");
+    assert!(daemon.connectors().is_empty());
+}
