@@ -3,6 +3,7 @@
 //! ```text
 //!  validating: connect source + branch store, identify the source, look at the slot
 //!      │
+//!      ├─ `connector retry-setup` asked for a new snapshot ──► snapshotting (slot dropped)
 //!      ├─ replica has an applied LSN and the slot is healthy ──► streaming from it
 //!      ├─ replica has an applied LSN, slot missing or lost ───► failed: re-snapshot needed
 //!      └─ no applied LSN (never snapshotted, or a snapshot was interrupted)
