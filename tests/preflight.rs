@@ -428,3 +428,19 @@ fn a_second_connector_on_the_same_database_is_a_duplicate() {
     );
     assert_no_slots(&cluster);
 }
+
+#[test]
+fn a_physical_standby_is_not_a_writable_primary() {
+    let primary = Cluster::start();
+    let standby = primary.start_standby();
+    assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()"), "t");
+    let run = preflight(&standby.superuser_url("postgres"), &[]);
+    run.assert_failed();
+    run.assert_line(
+        '✗',
+        "writable primary",
+        "no: this server is a standby (pg_is_in_recovery() is true)",
+        Some("point the URL at the primary"),
+    );
+    assert_no_slots(&primary);
+}

@@ -398,6 +398,52 @@ impl Cluster {
         lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 
+    /// A physical standby of this cluster, as an operator makes one (`pg_basebackup -R`,
+    /// streaming), started in its own directory on its own port.
+    #[must_use = "dropping the Cluster stops the server"]
+    pub fn start_standby(&self) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("tributary-pg-standby-")
+            .permissions(fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("harness: creating a temporary directory failed: {e}"));
+        let standby = Cluster {
+            port: pick_port(),
+            data_dir: dir.path().join("data"),
+            ca_cert: None,
+            server_user: server_user(),
+            dir,
+        };
+        standby.give_to_server_user(standby.dir());
+        let mut cmd = standby.server_command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&standby.data_dir)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                SUPERUSER,
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ])
+            .arg(format!("--port={}", self.port));
+        if let Err(err) = run(&mut cmd) {
+            self.fail("pg_basebackup for a standby", &err);
+        }
+        // The copied configuration names the primary's port and directory: later lines win.
+        let conf_path = standby.data_dir.join("postgresql.conf");
+        let conf = fs::read_to_string(&conf_path)
+            .unwrap_or_else(|e| panic!("harness: reading {}: {e}", conf_path.display()));
+        let conf = conf + &ClusterBuilder::default().harness_conf(&standby);
+        standby.write_file(&conf_path, &conf, 0o600);
+        if let Err(err) = standby.pg_ctl_start() {
+            standby.fail("starting the standby", &err);
+        }
+        standby
+    }
+
     /// Shuts the server down cleanly (`pg_ctl -m fast stop`); [`Cluster::start_again`]
     /// brings it back on the same port.
     pub fn stop(&self) {
