@@ -99,6 +99,12 @@ impl Supervisor {
                 notification = listener.recv() => {
                     if let Err(e) = notification {
                         tracing::warn!("bookkeeping notifications interrupted: {e}; polling until they resume");
+                        // A new session takes the daemon lock again; the old one would
+                        // reconnect without it.
+                        match self.bookkeeping.listen().await {
+                            Ok(fresh) => listener = fresh,
+                            Err(e) => tracing::warn!("listening again: {e}"),
+                        }
                     }
                     self.reconcile().await;
                 }
@@ -138,13 +144,29 @@ impl Supervisor {
             let stale = match wanted.get(id) {
                 None => true,
                 Some(c) => {
-                    c.updated_at != running.updated_at
-                        && (c.state == PipelineState::Pending
-                            || c.include_new_tables != running.include_new_tables)
+                    c.updated_at != running.updated_at && c.state == PipelineState::Pending
+                        || c.state == PipelineState::Streaming
+                            && c.include_new_tables != running.include_new_tables
                 }
             };
             if stale {
                 running.cancel.cancel();
+            }
+        }
+
+        // Disabled connectors whose pipeline has ended are `stopped`: what `connector
+        // delete` waits for before it drops the slot.
+        for connector in connectors.iter().filter(|c| !c.enabled) {
+            if connector.state != PipelineState::Stopped
+                && !self.running.contains_key(&connector.id)
+            {
+                if let Err(e) = self
+                    .bookkeeping
+                    .set_state(connector.id, PipelineState::Stopped, None)
+                    .await
+                {
+                    tracing::warn!(connector = %connector.name, "recording the stop: {e}");
+                }
             }
         }
 

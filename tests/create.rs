@@ -161,7 +161,7 @@ fn decisions_files_are_validated_precisely() {
     run.assert_stderr("unknown table \"items\"");
     let run = run_with(
         "keyed.json",
-        r#"{"public.keyless": "add_pk", "public.items": "exclude"}"#,
+        r#"{"public.keyless": "exclude", "public.items": "add_pk"}"#,
     );
     run.assert_stderr("\"public.items\" has a usable replica identity and needs no decision");
     let run = run_with("empty.json", "{}");
@@ -391,6 +391,7 @@ async fn foreign_keys_into_tables_not_replicated_are_left_out_with_a_warning() {
          CREATE TABLE orders (id int PRIMARY KEY,
                               code text REFERENCES codes (code),
                               region int REFERENCES other.regions (id));
+         COMMENT ON CONSTRAINT orders_code_fkey ON orders IS 'the order''s code';
          INSERT INTO other.regions VALUES (1);
          INSERT INTO codes VALUES ('a', 'A');
          INSERT INTO orders VALUES (1, 'a', 1), (2, NULL, NULL);",

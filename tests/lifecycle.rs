@@ -4,8 +4,9 @@
 
 use std::process::Output;
 
-use crate::daemon::{wait_converged, Daemon};
+use crate::daemon::{content, wait_converged, Daemon};
 use crate::harness::Cluster;
+use crate::support::eventually;
 
 /// A source database `shop`: a keyed table and a keyless one, both with rows.
 fn shop(cluster: &Cluster) {
@@ -51,13 +52,36 @@ fn slots(source: &Cluster) -> String {
     )
 }
 
+/// Waits until the replica equals the source in `schemas`, but for `public.keyless`
+/// (excluded).
+async fn wait_equal(source: &Cluster, store: &Cluster, schemas: &[&str]) {
+    let expected: Vec<String> = content(source, "shop", schemas)
+        .into_iter()
+        .filter(|l| !l.starts_with("public.keyless "))
+        .collect();
+    eventually("the replica to equal the source", || async {
+        (content(store, "shop_replica", schemas) == expected).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn retry_setup_after_adding_a_key_replicates_the_table() {
     let source = Cluster::start();
     let store = Cluster::start();
     shop(&source);
     let mut daemon = Daemon::new(&store);
-    create(&daemon, &source, "shop", "shop");
+    let dir = tempfile::tempdir().unwrap();
+    let decisions = dir.path().join("decisions.json");
+    std::fs::write(&decisions, r#"{"public.keyless": "add_pk"}"#).unwrap();
+    daemon.cli_ok(&[
+        "connector",
+        "create",
+        "postgresql",
+        &source.superuser_url("shop"),
+        "--replica-identity-decisions",
+        decisions.to_str().unwrap(),
+    ]);
     daemon.start();
     daemon.wait_for_state("shop", "streaming").await;
     assert!(!exists(&store, "shop_replica", "public.keyless"));
@@ -71,7 +95,7 @@ async fn retry_setup_after_adding_a_key_replicates_the_table() {
     let out = daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
     assert!(
         out.contains("restarts with a new snapshot")
-            && out.contains("1 table left out of the snapshot has a usable replica identity now: public.keyless"),
+            && out.contains("1 table to replicate that the snapshot left out: public.keyless"),
         "{out}"
     );
     assert!(out.contains("is streaming"), "{out}");
@@ -126,21 +150,20 @@ async fn a_missing_slot_fails_the_connector_until_retry_setup_takes_a_new_snapsh
     );
     assert_eq!(listed[0]["ready"], serde_json::json!(false));
 
-    let out = daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
+    // Asked while no daemon runs: recorded, and --wait says that nothing will happen yet.
+    daemon.terminate();
+    let (code, out, err) = text(&daemon.cli(&["connector", "retry-setup", "shop", "--wait"]));
+    assert_eq!(code, Some(1), "{out}{err}");
     assert!(
         out.contains(&format!("replication slot {slot} is missing on the source")),
         "{out}"
     );
+    assert!(err.contains("no daemon runs on this bookkeeping"), "{err}");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
     assert_eq!(slots(&source), slot);
     source.psql("shop", "UPDATE items SET name = 'after' WHERE id <= 3");
-    let expected: Vec<String> = crate::daemon::content(&source, "shop", &["public"])
-        .into_iter()
-        .filter(|l| !l.starts_with("public.keyless "))
-        .collect();
-    crate::support::eventually("the replica to equal the source", || async {
-        (crate::daemon::content(&store, "shop_replica", &["public"]) == expected).then_some(())
-    })
-    .await;
+    wait_equal(&source, &store, &["public"]).await;
     assert_eq!(daemon.connectors()[0]["ready"], serde_json::json!(true));
     daemon.terminate();
 }
@@ -179,8 +202,12 @@ async fn retry_setup_joins_a_setup_in_progress_and_refuses_new_decisions() {
 
     lock.rollback().await.unwrap();
     daemon.wait_for_state("shop", "streaming").await;
-    // Exactly one slot: the joined setup started nothing of its own.
-    assert_eq!(slots(&source).split(',').count(), 1);
+    // The connector's slot and no other: the joined setup started nothing of its own.
+    let slot = slots(&source);
+    assert!(
+        slot.starts_with("tributary_") && !slot.contains(','),
+        "{slot}"
+    );
     daemon.terminate();
 }
 
@@ -245,7 +272,7 @@ async fn update_switch_and_delete() {
         "CREATE TABLE later (id int PRIMARY KEY); INSERT INTO later VALUES (1);
          INSERT INTO items VALUES (60, 'after the new table');",
     );
-    crate::support::eventually("the row after the new table", || async {
+    eventually("the row after the new table", || async {
         (store.psql("shop_replica", "SELECT count(*) FROM items WHERE id = 60") == "1")
             .then_some(())
     })
@@ -286,4 +313,150 @@ async fn update_switch_and_delete() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("pg_drop_replication_slot"), "{out}");
     assert!(daemon.connectors().is_empty());
+}
+
+#[tokio::test]
+async fn update_schemas_snapshots_the_new_schema_then_streams_it() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    shop(&source);
+    source.psql(
+        "shop",
+        "CREATE SCHEMA billing;
+         CREATE TABLE billing.invoices (id int PRIMARY KEY, total numeric);
+         INSERT INTO billing.invoices SELECT g, g * 1.5 FROM generate_series(1, 30) g;",
+    );
+    let mut daemon = Daemon::new(&store);
+    create(&daemon, &source, "shop", "shop");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    assert!(!exists(&store, "shop_replica", "billing.invoices"));
+
+    let out = daemon.cli_ok(&[
+        "connector",
+        "update",
+        "shop",
+        "--schemas",
+        "public,billing",
+        "--wait",
+    ]);
+    assert!(
+        out.contains("the schemas change from public to public, billing"),
+        "{out}"
+    );
+    assert_eq!(
+        daemon.connectors()[0]["schemas"],
+        serde_json::json!(["public", "billing"])
+    );
+    source.psql(
+        "shop",
+        "INSERT INTO billing.invoices VALUES (31, 99.99);
+         UPDATE billing.invoices SET total = 0 WHERE id <= 3;
+         INSERT INTO items VALUES (70, 'after');",
+    );
+    wait_equal(&source, &store, &["public", "billing"]).await;
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn a_slot_the_source_invalidated_is_listed_as_lost_and_retry_setup_rebuilds() {
+    let source = Cluster::builder()
+        .setting("max_slot_wal_keep_size", "1MB")
+        .setting("max_wal_size", "32MB")
+        .setting("min_wal_size", "32MB")
+        .start();
+    let store = Cluster::start();
+    shop(&source);
+    let mut daemon = Daemon::new(&store);
+    create(&daemon, &source, "shop", "shop");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    daemon.terminate();
+
+    // Past max_slot_wal_keep_size while the daemon is down: the checkpoint removes the WAL
+    // the slot still needs.
+    for _ in 0..4 {
+        source.psql(
+            "shop",
+            "INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series(1000, 20000) g
+               ON CONFLICT (id) DO UPDATE SET name = excluded.name || '!';
+             SELECT pg_switch_wal();",
+        );
+    }
+    source.psql("shop", "CHECKPOINT");
+    assert_eq!(
+        source.psql("postgres", "SELECT wal_status FROM pg_replication_slots"),
+        "lost"
+    );
+    let listed = daemon.cli_ok(&["connector", "list"]);
+    assert!(
+        listed.contains(
+            "warning: slot was invalidated by the source (wal_status lost): run `tributary \
+             connector retry-setup shop` for a new snapshot"
+        ),
+        "{listed}"
+    );
+    assert_eq!(
+        daemon.connectors()[0]["slot"]["wal_status"],
+        serde_json::json!("lost")
+    );
+
+    daemon.start();
+    daemon.wait_for_state("shop", "failed").await;
+    let out = daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
+    assert!(
+        out.contains("was invalidated by the source (wal_status = lost)"),
+        "{out}"
+    );
+    assert_eq!(
+        source.psql("postgres", "SELECT wal_status FROM pg_replication_slots"),
+        "reserved"
+    );
+    wait_equal(&source, &store, &["public"]).await;
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn an_excluded_table_stays_excluded_after_it_gets_a_key_until_the_decision_changes() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    shop(&source);
+    let mut daemon = Daemon::new(&store);
+    create(&daemon, &source, "shop", "shop");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+
+    source.psql("shop", "ALTER TABLE keyless ADD PRIMARY KEY (a)");
+    let out = daemon.cli_ok(&["connector", "retry-setup", "shop"]);
+    assert!(
+        out.contains(
+            "excluded by decision although they have a usable replica identity: public.keyless"
+        ) && out.contains("is healthy"),
+        "{out}"
+    );
+    assert!(!exists(&store, "shop_replica", "public.keyless"));
+
+    // A decisions file without it: the table is replicated from a new snapshot.
+    let dir = tempfile::tempdir().unwrap();
+    let decisions = dir.path().join("decisions.json");
+    std::fs::write(&decisions, "{}").unwrap();
+    let out = daemon.cli_ok(&[
+        "connector",
+        "retry-setup",
+        "shop",
+        "--replica-identity-decisions",
+        decisions.to_str().unwrap(),
+        "--wait",
+    ]);
+    assert!(out.contains("public.keyless"), "{out}");
+    wait_converged(
+        &source,
+        "shop",
+        &store,
+        "shop_replica",
+        &["public"],
+        &daemon,
+    )
+    .await;
+    daemon.terminate();
 }

@@ -58,7 +58,7 @@ pub struct Connector {
 pub struct SetupChange<'a> {
     /// Replaces every decision about tables without a usable replica identity.
     pub decisions: Option<&'a [(TableName, TableDecision)]>,
-    /// Replaces the selected schemas.
+    /// Replaces the selected schemas (with `restart`).
     pub schemas: Option<&'a [String]>,
     /// Puts the connector back in `pending`; without it only the decisions are recorded.
     pub restart: bool,
@@ -424,15 +424,6 @@ impl Bookkeeping {
         Ok(())
     }
 
-    pub async fn set_enabled(&self, id: ConnectorId, enabled: bool) -> Result<(), Error> {
-        let updated = sqlx::query("UPDATE tributary.connectors SET enabled = $2 WHERE id = $1")
-            .bind(id.0)
-            .bind(enabled)
-            .execute(&self.pool)
-            .await?;
-        found(updated.rows_affected(), id)
-    }
-
     /// Puts the connector in `state` and appends the change to its history, in one
     /// transaction. `last_error` and `next_step` come from `failure`, and are cleared
     /// without one. Entering `snapshotting` answers a request for a new snapshot.
@@ -449,35 +440,15 @@ impl Bookkeeping {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or(Error::NotFound(id))?;
-        sqlx::query(
-            "UPDATE tributary.connectors SET state = $2, last_error = $3, next_step = $4,
-                 resnapshot_requested = resnapshot_requested AND $2 <> 'snapshotting'
-             WHERE id = $1",
-        )
-        .bind(id.0)
-        .bind(state.as_str())
-        .bind(failure.map(|f| f.error.as_str()))
-        .bind(failure.map(|f| f.next_step.as_str()))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO tributary.state_history (connector_id, from_state, to_state, error)
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(id.0)
-        .bind(&from)
-        .bind(state.as_str())
-        .bind(failure.map(|f| f.error.as_str()))
-        .execute(&mut *tx)
-        .await?;
+        record_state(&mut tx, id, &from, state, failure).await?;
         tx.commit().await?;
-        tracing::debug!(id = %id, from = %from, to = %state, "connector state changed");
         Ok(())
     }
 
     /// Asks the pipeline to set the connector up again (`connector retry-setup`, and
     /// `connector update --schemas`): in one transaction, unless setup is in progress
-    /// (`validating` or `snapshotting`: [`SetupRequest::InProgress`], nothing changed),
+    /// (`validating` or `snapshotting` without an error being retried:
+    /// [`SetupRequest::InProgress`], nothing changed),
     /// replaces the decisions and schemas given, and puts the
     /// connector back in `pending`, asking for a new snapshot when `resnapshot`. A running
     /// daemon restarts the pipeline on the change.
@@ -487,18 +458,17 @@ impl Bookkeeping {
         change: &SetupChange<'_>,
     ) -> Result<SetupRequest, Error> {
         let mut tx = self.pool.begin().await?;
-        let from: String =
-            sqlx::query_scalar("SELECT state FROM tributary.connectors WHERE id = $1 FOR UPDATE")
-                .bind(id.0)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(Error::NotFound(id))?;
-        let from = parse_state(&from)?;
-        if matches!(
-            from,
-            PipelineState::Validating | PipelineState::Snapshotting
-        ) {
-            return Ok(SetupRequest::InProgress(from));
+        let (from, failing): (String, bool) = sqlx::query_as(
+            "SELECT state, last_error IS NOT NULL FROM tributary.connectors
+              WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::NotFound(id))?;
+        let state = parse_state(&from)?;
+        if state.is_setting_up() && !failing {
+            return Ok(SetupRequest::InProgress(state));
         }
         if let Some(decisions) = change.decisions {
             sqlx::query("DELETE FROM tributary.table_decisions WHERE connector_id = $1")
@@ -526,8 +496,7 @@ impl Bookkeeping {
         }
         sqlx::query(
             "UPDATE tributary.connectors
-             SET state = 'pending', last_error = NULL, next_step = NULL,
-                 schemas = coalesce($2, schemas),
+             SET schemas = coalesce($2, schemas),
                  resnapshot_requested = resnapshot_requested OR $3
              WHERE id = $1",
         )
@@ -536,14 +505,7 @@ impl Bookkeeping {
         .bind(change.resnapshot)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO tributary.state_history (connector_id, from_state, to_state)
-             VALUES ($1, $2, 'pending')",
-        )
-        .bind(id.0)
-        .bind(from.as_str())
-        .execute(&mut *tx)
-        .await?;
+        record_state(&mut tx, id, &from, PipelineState::Pending, None).await?;
         tx.commit().await?;
         tracing::info!(id = %id, resnapshot = change.resnapshot, "setup requested");
         Ok(SetupRequest::Restarted)
@@ -584,6 +546,50 @@ impl Bookkeeping {
         .execute(&self.pool)
         .await?;
         found(updated.rows_affected(), id)
+    }
+
+    /// The pipeline's first step: puts the connector in `validating`, unless it changed
+    /// since `seen` was read (a request for setup, a disable or a delete came in between)
+    /// or is disabled. `false` then: the pipeline stops, and the supervisor starts it again
+    /// from the current row if it should run.
+    pub async fn begin_run(&self, seen: &Connector) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, bool, i64)> = sqlx::query_as(
+            "SELECT state, enabled, (extract(epoch FROM updated_at) * 1000000)::int8
+               FROM tributary.connectors WHERE id = $1 FOR UPDATE",
+        )
+        .bind(seen.id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((from, enabled, updated_us)) = row else {
+            return Ok(false);
+        };
+        if !enabled || timestamp(updated_us)? != seen.updated_at {
+            return Ok(false);
+        }
+        record_state(&mut tx, seen.id, &from, PipelineState::Validating, None).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Turns a connector on or off. Turning one on that the supervisor had marked
+    /// `stopped` puts it back in `pending`, so that it runs again.
+    pub async fn set_enabled(&self, id: ConnectorId, enabled: bool) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let from: String = sqlx::query_scalar(
+            "UPDATE tributary.connectors SET enabled = $2 WHERE id = $1
+             RETURNING state",
+        )
+        .bind(id.0)
+        .bind(enabled)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::NotFound(id))?;
+        if enabled && from == PipelineState::Stopped.as_str() {
+            record_state(&mut tx, id, &from, PipelineState::Pending, None).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Records an error the pipeline will retry by itself: the state stays as it is and no
@@ -794,6 +800,41 @@ impl Bookkeeping {
             })
             .collect()
     }
+}
+
+/// Within `tx`, which has locked the row: moves the connector from `from` to `state`, sets
+/// or clears the error, answers a request for a new snapshot when entering
+/// `snapshotting`, and appends the history entry.
+async fn record_state(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: ConnectorId,
+    from: &str,
+    state: PipelineState,
+    failure: Option<&Failure>,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE tributary.connectors SET state = $2, last_error = $3, next_step = $4,
+             resnapshot_requested = resnapshot_requested AND $2 <> 'snapshotting'
+         WHERE id = $1",
+    )
+    .bind(id.0)
+    .bind(state.as_str())
+    .bind(failure.map(|f| f.error.as_str()))
+    .bind(failure.map(|f| f.next_step.as_str()))
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO tributary.state_history (connector_id, from_state, to_state, error)
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id.0)
+    .bind(from)
+    .bind(state.as_str())
+    .bind(failure.map(|f| f.error.as_str()))
+    .execute(&mut **tx)
+    .await?;
+    tracing::debug!(id = %id, from = %from, to = %state, "connector state changed");
+    Ok(())
 }
 
 /// Decisions as the three parallel arrays an `unnest` insert binds.

@@ -91,15 +91,39 @@ impl Bookkeeping {
         Ok(())
     }
 
-    /// A session listening on [`NOTIFY_CHANNEL`]. It takes one of the pool's connections
-    /// and reconnects by itself after a lost connection (notifications sent meanwhile are
-    /// lost: poll as well).
+    /// The daemon's session: listening on [`NOTIFY_CHANNEL`] and holding [`DAEMON_LOCK`]
+    /// (shared) for as long as it lives. It takes one of the pool's connections and
+    /// reconnects by itself after a lost connection, but without the lock (and
+    /// notifications sent meanwhile are lost): replace it after an error, and poll as well.
     pub async fn listen(&self) -> Result<PgListener, Error> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
+        sqlx::query("SELECT pg_catalog.pg_advisory_lock_shared($1)")
+            .bind(DAEMON_LOCK)
+            .execute(&mut listener)
+            .await?;
         Ok(listener)
     }
+
+    /// How many daemons are running on this bookkeeping: sessions holding [`DAEMON_LOCK`].
+    /// Commands that need a daemon to act (or to stop acting) ask this first.
+    pub async fn daemons_running(&self) -> Result<i64, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(DISTINCT pid) FROM pg_catalog.pg_locks
+              WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                AND database = (SELECT oid FROM pg_catalog.pg_database
+                                 WHERE datname = pg_catalog.current_database())
+                AND classid = ($1 >> 32)::oid AND objid = ($1 & 4294967295)::oid",
+        )
+        .bind(DAEMON_LOCK)
+        .fetch_one(&self.pool)
+        .await?)
+    }
 }
+
+/// The advisory lock key ("trib") of [`Bookkeeping::listen`]; below 2^32, so `pg_locks`
+/// shows it in `objid`.
+const DAEMON_LOCK: i64 = 0x7472_6962;
 
 /// sqlx connection options with the meaning `ConnInfo` gives each field (libpq's). Built
 /// field by field, so the password never passes through a URL string.

@@ -57,12 +57,13 @@ pub enum ConnectorCommand {
     /// Change a connector's options.
     Update(super::setup::UpdateArgs),
     /// Delete a connector: stops its pipeline (after its current transaction), drops its
-    /// replication slot on the source and checks it is gone, drops its replica database,
-    /// and removes its bookkeeping.
+    /// replication slot on the source and checks it is gone, drops its replica database
+    /// (ending sessions still connected to it), and removes its bookkeeping.
     Delete {
         name: String,
-        /// Do not wait: end the sessions that use the slot and the replica. Also deletes
-        /// when the source cannot be reached, leaving the slot to drop by hand.
+        /// Do not wait for a session streaming from the slot to let go: end it. Also
+        /// deletes when the source cannot be reached or the pipeline does not stop,
+        /// leaving the slot to drop by hand.
         #[arg(long)]
         force: bool,
     },
@@ -251,6 +252,13 @@ async fn view<'a>(
         Err(e) => (None, Some(format!("{e:#}"))),
     };
     let mut warnings = Vec::new();
+    if !c.enabled {
+        warnings.push(format!(
+            "disabled: an interrupted `connector delete`? Run `tributary connector delete {}` \
+             again",
+            c.name
+        ));
+    }
     if let Some(error) = &source_error {
         warnings.push(format!("source not reachable: {error}"));
     }
@@ -306,7 +314,7 @@ async fn view<'a>(
         name: c.name.as_str(),
         active: c.active,
         state: c.state.as_str(),
-        ready: c.state == PipelineState::Streaming && !c.resnapshot_requested,
+        ready: c.enabled && c.state == PipelineState::Streaming && !c.resnapshot_requested,
         enabled: c.enabled,
         source: &c.source_display,
         schemas: &c.schemas,
@@ -380,9 +388,22 @@ async fn delete(
     let slot_name = &connector.slot_name;
     let drop_sql = format!("SELECT pg_drop_replication_slot('{slot_name}');");
     let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
-    // A running daemon stops the pipeline when the connector is disabled: the current
-    // target transaction commits first, then the slot is released.
+    // A running daemon stops the pipeline when the connector is disabled (the current
+    // target transaction commits first) and marks it `stopped`: from then on nothing
+    // creates or uses the slot.
     bookkeeping.set_enabled(connector.id, false).await?;
+    if let Err(e) = wait_stopped(bookkeeping, connector).await {
+        if !force {
+            bookkeeping
+                .set_enabled(connector.id, connector.enabled)
+                .await?;
+            return Err(anyhow::anyhow!(
+                "{e:#}. Nothing was deleted and {name} runs on; run delete again, or use --force"
+            )
+            .into());
+        }
+        println!("! {e:#}; deleting anyway (--force)");
+    }
     let slot_dropped = match drop_slot(&source, connector, force).await {
         Ok(()) => true,
         Err(e) if force => {
@@ -424,6 +445,31 @@ async fn delete(
         connector.replica_database
     );
     Ok(())
+}
+
+/// Waits until no daemon runs the connector's pipeline: at once when no daemon is running,
+/// else until the supervisor marks the disabled connector `stopped`.
+async fn wait_stopped(bookkeeping: &Bookkeeping, connector: &Connector) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + SLOT_RELEASE_TIMEOUT;
+    loop {
+        if bookkeeping.daemons_running().await? == 0 {
+            return Ok(());
+        }
+        let state = bookkeeping
+            .connector_by_id(connector.id)
+            .await?
+            .map(|c| c.state);
+        if matches!(state, None | Some(PipelineState::Stopped)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the running daemon did not stop the pipeline of {} within {SLOT_RELEASE_TIMEOUT:?}",
+                connector.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Drops the slot once nothing streams from it (ending the session that does at once

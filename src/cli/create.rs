@@ -106,9 +106,15 @@ impl DecisionArgs {
             return match_decisions(&entries, &report.tables, &keyless, schemas)
                 .map_err(Failure::usage);
         }
+        // An exclusion stands while the table exists, key or not; the other decisions only
+        // while it has no usable identity.
         let mut decisions: Vec<(TableName, TableDecision)> = existing
             .iter()
-            .filter(|(table, _)| keyless.iter().any(|k| k.name == *table))
+            .filter(|(table, decision)| {
+                keyless.iter().any(|k| k.name == *table)
+                    || *decision == TableDecision::Exclude
+                        && report.tables.iter().any(|t| t.name == *table)
+            })
             .cloned()
             .collect();
         let undecided: Vec<&TableIdentity> = keyless
@@ -354,8 +360,9 @@ fn parse_decisions(text: &str) -> Result<Vec<(String, TableDecision)>, Vec<Strin
     }
 }
 
-/// Matches the file's decisions with the source's tables: every name must be a table
-/// without a usable replica identity in the selected schemas, and every such table decided.
+/// Matches the file's decisions with the source's tables: every name must be a table of
+/// the selected schemas, without a usable replica identity unless it is excluded, and every
+/// table without one must be decided.
 fn match_decisions(
     entries: &[(String, TableDecision)],
     tables: &[TableIdentity],
@@ -371,9 +378,15 @@ fn match_decisions(
                 if schemas.len() == 1 { "" } else { "s" },
                 schemas.join(", ")
             )),
-            Some(t) if !keyless.iter().any(|k| k.name == t.name) => problems.push(format!(
-                "\"{key}\" has a usable replica identity and needs no decision: remove it"
-            )),
+            Some(t)
+                if *decision != TableDecision::Exclude
+                    && !keyless.iter().any(|k| k.name == t.name) =>
+            {
+                problems.push(format!(
+                    "\"{key}\" has a usable replica identity and needs no decision: remove it \
+                     (or \"exclude\" it to leave it out)"
+                ))
+            }
             Some(t) => decisions.push((t.name.clone(), *decision)),
         }
     }
@@ -535,7 +548,7 @@ mod tests {
     }
 
     #[test]
-    fn decisions_must_name_every_keyless_table_and_nothing_else() {
+    fn decisions_must_name_every_keyless_table_and_may_exclude_others() {
         let tables = [
             table("keyed", ReplicaIdentity::PrimaryKey),
             table("k1", ReplicaIdentity::Nothing),
@@ -546,7 +559,10 @@ mod tests {
         let entries = [
             ("public.k1".to_owned(), TableDecision::AddPk),
             ("public.nope".to_owned(), TableDecision::Exclude),
-            ("public.keyed".to_owned(), TableDecision::Exclude),
+            (
+                "public.keyed".to_owned(),
+                TableDecision::ReplicaIdentityFull,
+            ),
         ];
         let error = match_decisions(&entries, &tables, &keyless, &schemas)
             .unwrap_err()
@@ -566,9 +582,10 @@ mod tests {
         let entries = [
             ("public.k1".to_owned(), TableDecision::AddPk),
             ("public.k2".to_owned(), TableDecision::Exclude),
+            ("public.keyed".to_owned(), TableDecision::Exclude),
         ];
         let decisions = match_decisions(&entries, &tables, &keyless, &schemas).unwrap();
-        assert_eq!(decisions.len(), 2);
+        assert_eq!(decisions.len(), 3, "a keyed table may be excluded");
     }
 
     #[test]

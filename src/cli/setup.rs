@@ -26,7 +26,9 @@ use super::connector::{find, schema_list};
 use super::create::DecisionArgs;
 use super::preflight::{known_source, print_checks, print_grant_script};
 use super::Failure;
-use crate::bookkeeping::{Bookkeeping, Connector, SetupChange, SetupRequest, TableSyncState};
+use crate::bookkeeping::{
+    Bookkeeping, Connector, SetupChange, SetupRequest, TableDecision, TableSyncState,
+};
 use crate::change::TableName;
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
@@ -105,6 +107,28 @@ pub async fn update(
         )));
     }
     let connector = find(bookkeeping, &args.name).await?;
+    let schemas = args.schemas.map(schema_list).transpose()?;
+    // The schemas first: when they cannot change (preflight, decisions, setup running),
+    // nothing does.
+    let mut restarted = false;
+    if let Some(schemas) = schemas {
+        if schemas == connector.schemas {
+            println!(
+                "✓ {}: already replicates schemas {}",
+                connector.name,
+                schemas.join(", ")
+            );
+        } else {
+            restarted = set_up_again(
+                bookkeeping,
+                settings,
+                &connector,
+                &args.decisions,
+                Some(schemas),
+            )
+            .await?;
+        }
+    }
     let drop_extensions = args.drop_extensions.as_deref().map(extension_list);
     let include_new_tables = args.include_new_tables.map(|s| s == Switch::On);
     bookkeeping
@@ -134,26 +158,8 @@ pub async fn update(
             }
         );
     }
-    if let Some(raw) = args.schemas {
-        let schemas = schema_list(raw)?;
-        if schemas == connector.schemas {
-            println!(
-                "✓ {}: already replicates schemas {}",
-                connector.name,
-                schemas.join(", ")
-            );
-        } else if set_up_again(
-            bookkeeping,
-            settings,
-            &connector,
-            &args.decisions,
-            Some(schemas),
-        )
-        .await?
-            && args.wait
-        {
-            wait_for_streaming(bookkeeping, &connector).await?;
-        }
+    if restarted && args.wait {
+        wait_for_streaming(bookkeeping, &connector).await?;
     }
     Ok(())
 }
@@ -180,10 +186,7 @@ async fn set_up_again(
 ) -> Result<bool, Failure> {
     let name = &connector.name;
     let file = decision_args.read_file()?;
-    if matches!(
-        connector.state,
-        PipelineState::Validating | PipelineState::Snapshotting
-    ) {
+    if connector.state.is_setting_up() && connector.last_error.is_none() {
         return in_progress(
             bookkeeping,
             connector,
@@ -238,8 +241,16 @@ async fn set_up_again(
     let decisions =
         decision_args.decide(file, &report, &schemas, &existing, "Nothing was changed.")?;
 
-    let reasons =
-        resnapshot_reasons(bookkeeping, settings, connector, &info, &schemas, &report).await?;
+    let reasons = resnapshot_reasons(
+        bookkeeping,
+        settings,
+        connector,
+        &info,
+        &schemas,
+        &report,
+        &decisions,
+    )
+    .await?;
     let unhealthy = connector.state != PipelineState::Streaming || connector.last_error.is_some();
     let restart = !reasons.is_empty() || unhealthy;
     let decisions_changed = decisions != existing;
@@ -329,6 +340,7 @@ async fn resnapshot_reasons(
     source: &ConnInfo,
     schemas: &[String],
     report: &preflight::Report,
+    decisions: &[(TableName, TableDecision)],
 ) -> Result<Vec<String>, Failure> {
     let mut reasons = Vec::new();
     if schemas != connector.schemas {
@@ -358,41 +370,54 @@ async fn resnapshot_reasons(
     }
     drop(client);
 
+    // The tables the next snapshot would copy (as pipeline/runner.rs applies decisions)
+    // that the current one did not: fixed, no longer excluded, or created since.
     let snapshot = bookkeeping.tables(connector.id).await?;
-    let snapshotted: HashSet<&TableName> = snapshot.iter().map(|t| &t.table).collect();
-    let usable = |table: &TableName| {
-        report
-            .tables
-            .iter()
-            .any(|t| t.name == *table && t.identity != ReplicaIdentity::Nothing)
-    };
-    let fixed: Vec<String> = snapshot
+    let included: HashSet<&TableName> = snapshot
         .iter()
-        .filter(|t| t.decision != "include" && usable(&t.table))
-        .map(|t| t.table.to_string())
+        .filter(|t| t.decision == "include")
+        .map(|t| &t.table)
         .collect();
-    if !fixed.is_empty() {
-        reasons.push(format!(
-            "{} left out of the snapshot {} a usable replica identity now: {}",
-            plural(fixed.len(), "table"),
-            if fixed.len() == 1 { "has" } else { "have" },
-            fixed.join(", ")
-        ));
+    let known: HashSet<&TableName> = snapshot.iter().map(|t| &t.table).collect();
+    let missing: Vec<String> = report
+        .tables
+        .iter()
+        .filter(
+            |t| match decisions.iter().find(|(name, _)| *name == t.name) {
+                Some((_, TableDecision::Exclude)) => false,
+                Some(_) => t.identity != ReplicaIdentity::Nothing,
+                None => true,
+            },
+        )
+        .filter(|t| {
+            !included.contains(&t.name) && (connector.include_new_tables || known.contains(&t.name))
+        })
+        .map(|t| t.name.to_string())
+        .collect();
+    let excluded_with_identity: Vec<String> = report
+        .tables
+        .iter()
+        .filter(|t| {
+            t.identity != ReplicaIdentity::Nothing
+                && decisions
+                    .iter()
+                    .any(|(name, d)| *name == t.name && *d == TableDecision::Exclude)
+        })
+        .map(|t| t.name.to_string())
+        .collect();
+    if !excluded_with_identity.is_empty() {
+        println!(
+            "Note: excluded by decision although they have a usable replica identity: {}. To \
+             replicate them, run retry-setup with a decisions file that leaves them out.",
+            excluded_with_identity.join(", ")
+        );
     }
-    if connector.include_new_tables && !snapshot.is_empty() {
-        let new: Vec<String> = report
-            .tables
-            .iter()
-            .filter(|t| t.identity != ReplicaIdentity::Nothing && !snapshotted.contains(&t.name))
-            .map(|t| t.name.to_string())
-            .collect();
-        if !new.is_empty() {
-            reasons.push(format!(
-                "{} created since the snapshot: {}",
-                plural(new.len(), "table"),
-                new.join(", ")
-            ));
-        }
+    if !missing.is_empty() && !snapshot.is_empty() {
+        reasons.push(format!(
+            "{} to replicate that the snapshot left out: {}",
+            plural(missing.len(), "table"),
+            missing.join(", ")
+        ));
     }
     Ok(reasons)
 }
@@ -406,6 +431,14 @@ async fn wait_for_streaming(
     bookkeeping: &Bookkeeping,
     connector: &Connector,
 ) -> Result<(), Failure> {
+    if bookkeeping.daemons_running().await? == 0 {
+        return Err(anyhow!(
+            "the request is recorded, but no daemon runs on this bookkeeping to carry it out: \
+             start `tributary run`, then follow {} with `tributary connector list`",
+            connector.name
+        )
+        .into());
+    }
     println!("Waiting for {} to stream…", connector.name);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -30,7 +30,8 @@ use crate::pipeline::stream::{self, StreamEnd, TableFilter};
 use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::sink::{self, ReplicaSink};
-use crate::source::slot::{self, WalStatus};
+use crate::source::catalog::CatalogError;
+use crate::source::slot::{self, SlotInfo, WalStatus};
 use crate::source::wal2json::PluginOptions;
 use crate::source::{catalog, replication, ReplicationClient, ReplicationStream, SnapshotAction};
 use crate::types::{Lsn, SlotName};
@@ -53,7 +54,10 @@ pub async fn run(
     let (stream, applied) = tokio::select! {
         biased;
         _ = shutdown.cancelled() => return Ok(StreamEnd::Interrupted),
-        started = start(ctx) => started?,
+        started = start(ctx) => match started? {
+            Some(started) => started,
+            None => return Ok(StreamEnd::Interrupted),
+        },
     };
     let connector = &ctx.connector;
     // The tables as the snapshot recorded them: streaming follows the snapshot (a table
@@ -82,12 +86,15 @@ pub async fn run(
     .await
 }
 
-/// Everything up to a running replication stream: the stream and the replica's applied LSN.
-async fn start(ctx: &PipelineContext) -> Result<(ReplicationStream, Lsn), PipelineError> {
+/// Everything up to a running replication stream: the stream and the replica's applied LSN;
+/// `None` when the connector changed since the supervisor read it (it starts a new run).
+async fn start(ctx: &PipelineContext) -> Result<Option<(ReplicationStream, Lsn)>, PipelineError> {
     let connector = &ctx.connector;
     let bk = &ctx.bookkeeping;
-    bk.set_state(connector.id, PipelineState::Validating, None)
-        .await?;
+    if !bk.begin_run(connector).await? {
+        tracing::debug!("the connector changed before its pipeline started: not starting");
+        return Ok(None);
+    }
 
     let source = ConnInfo::parse(&bk.source_url(connector).await?).map_err(|e| {
         PipelineError::definite(e.to_string(), "correct the connector's source URL")
@@ -217,7 +224,7 @@ async fn start(ctx: &PipelineContext) -> Result<(ReplicationStream, Lsn), Pipeli
     bk.set_state(connector.id, PipelineState::Streaming, None)
         .await?;
     tracing::info!(from = %applied, "streaming");
-    Ok((stream, applied))
+    Ok(Some((stream, applied)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,14 +235,20 @@ enum SlotStatus {
 }
 
 async fn slot_status(source: &PgClient, slot: &SlotName) -> Result<SlotStatus, PipelineError> {
-    let info = slot::inspect(source, slot).await.map_err(|e| {
-        PipelineError::definite(format!("reading slot {slot}: {e}"), "check the source")
-    })?;
-    Ok(match info {
+    Ok(match read_slot(source, slot).await? {
         None => SlotStatus::Missing,
         Some(info) if info.wal_status == WalStatus::Lost => SlotStatus::Lost,
         Some(_) => SlotStatus::Healthy,
     })
+}
+
+async fn read_slot(source: &PgClient, slot: &SlotName) -> Result<Option<SlotInfo>, CatalogError> {
+    slot::inspect(source, slot)
+        .await
+        .map_err(|source| CatalogError::Query {
+            what: "the replication slot",
+            source,
+        })
 }
 
 /// The next step when only a new snapshot helps.
@@ -254,10 +267,10 @@ async fn check_not_skipped(
     applied: Lsn,
 ) -> Result<(), PipelineError> {
     let slot = &connector.slot_name;
-    let info = slot::inspect(source, slot).await.map_err(|e| {
-        PipelineError::definite(format!("reading slot {slot}: {e}"), "check the source")
-    })?;
-    match info.and_then(|info| info.confirmed_flush) {
+    match read_slot(source, slot)
+        .await?
+        .and_then(|info| info.confirmed_flush)
+    {
         Some(confirmed) if confirmed > applied => Err(PipelineError::definite(
             format!(
                 "replication slot {slot} has moved to {confirmed}, past the replica's applied position \

@@ -321,6 +321,14 @@ pub async fn restore_schema(job: &SnapshotJob<'_>, section: Section) -> Result<(
             server_major,
         });
     }
+    // The catalog as the dump sees it: OIDs and names must match its table of contents.
+    source
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(job.snapshot_name)
+        ))
+        .await
+        .map_err(|e| query_error(Side::Source, "importing the snapshot", e))?;
     let replica = connect(Side::Replica, job.replica).await?;
     if section == Section::PreData {
         create_extensions(&source, &replica, job.schemas).await?;
@@ -338,6 +346,12 @@ pub async fn restore_schema(job: &SnapshotJob<'_>, section: Section) -> Result<(
                 "foreign key left out of the replica: the table it references is not replicated"
             );
             skip.push(format!("; 2606 {} FK CONSTRAINT ", key.oid));
+            skip.push(format!(
+                " COMMENT {} CONSTRAINT {} ON {} ",
+                toc_name(&key.table.schema),
+                toc_name(&key.name),
+                toc_name(&key.table.name)
+            ));
         }
     }
     drop(source);
@@ -543,7 +557,7 @@ async fn source_schema_oids(
 /// read `<id>; <catalog oid> <oid> <kind> <schema> <tag> <owner>`: the schemas the replica
 /// has already (`; 2615 <oid> SCHEMA `) and their comments (which need their owner, and
 /// are only comments), and foreign keys into tables that are not replicated
-/// (`; 2606 <oid> FK CONSTRAINT `).
+/// (`; 2606 <oid> FK CONSTRAINT `) with their comments.
 fn filter_toc(toc: &str, skip: &[String]) -> String {
     let mut out = String::with_capacity(toc.len());
     for line in toc.lines() {
@@ -555,6 +569,21 @@ fn filter_toc(toc: &str, skip: &[String]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A name as pg_dump writes it in a table-of-contents tag: bare when it is a plain
+/// lower-case identifier, else quoted (pg_dump also quotes keywords, which constraint and
+/// table names rarely are).
+fn toc_name(name: &str) -> String {
+    let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain {
+        name.to_owned()
+    } else {
+        quote_ident(name)
+    }
 }
 
 /// A psql-style name pattern matching exactly these name parts: quoted, so that
@@ -1282,11 +1311,16 @@ mod tests {
                    9; 2615 16620 SCHEMA - s2 postgres\n\
                    218; 1259 16627 TABLE public t postgres\n\
                    224; 2606 16700 FK CONSTRAINT public t t_code_fkey postgres\n\
-                   225; 2606 16701 FK CONSTRAINT public t t_other_fkey postgres\n";
+                   225; 2606 16701 FK CONSTRAINT public t t_other_fkey postgres\n\
+                   3354; 0 0 COMMENT public CONSTRAINT t_code_fkey ON t postgres\n";
         let skip = [
             "; 2615 2200 SCHEMA ".to_owned(),
             " COMMENT - SCHEMA public ".to_owned(),
             "; 2606 16700 FK CONSTRAINT ".to_owned(),
+            format!(
+                " COMMENT public CONSTRAINT {} ON t ",
+                toc_name("t_code_fkey")
+            ),
         ];
         let filtered = filter_toc(toc, &skip);
         assert_eq!(
@@ -1297,8 +1331,10 @@ mod tests {
              9; 2615 16620 SCHEMA - s2 postgres\n\
              218; 1259 16627 TABLE public t postgres\n\
              ;224; 2606 16700 FK CONSTRAINT public t t_code_fkey postgres\n\
-             225; 2606 16701 FK CONSTRAINT public t t_other_fkey postgres\n"
+             225; 2606 16701 FK CONSTRAINT public t t_other_fkey postgres\n\
+             ;3354; 0 0 COMMENT public CONSTRAINT t_code_fkey ON t postgres\n"
         );
+        assert_eq!(toc_name("Mixed Case"), "\"Mixed Case\"");
     }
 
     #[test]

@@ -41,6 +41,14 @@ impl PipelineState {
         PipelineState::Stopped,
     ];
 
+    /// Whether setup (validation and snapshot) is running in this state.
+    pub fn is_setting_up(self) -> bool {
+        matches!(
+            self,
+            PipelineState::Validating | PipelineState::Snapshotting
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PipelineState::Pending => "pending",
