@@ -328,7 +328,7 @@ pub async fn restore_schema(job: &SnapshotJob<'_>, section: Section) -> Result<(
             quote_literal(job.snapshot_name)
         ))
         .await
-        .map_err(|e| query_error(Side::Source, "importing the snapshot", e))?;
+        .map_err(|e| import_error(job.snapshot_name, e))?;
     let replica = connect(Side::Replica, job.replica).await?;
     if section == Section::PreData {
         create_extensions(&source, &replica, job.schemas).await?;
@@ -1152,13 +1152,7 @@ async fn worker(
             quote_literal(&context.snapshot_name)
         ))
         .await
-        .map_err(|e| match e.as_db_error() {
-            Some(db) if db.code().code() == "22023" => SnapshotError::SnapshotGone {
-                name: context.snapshot_name.clone(),
-                reason: db.message().to_owned(),
-            },
-            _ => query_error(Side::Source, "importing the snapshot", e),
-        })?;
+        .map_err(|e| import_error(&context.snapshot_name, e))?;
     let replica = connect(Side::Replica, &context.replica).await?;
     replica
         .batch_execute(REPLICA_SESSION)
@@ -1240,6 +1234,18 @@ async fn server_version_num(client: &PgClient, side: Side) -> Result<u32, Snapsh
         .await
         .map_err(|e| query_error(side, "reading the server version", e))?;
     Ok(u32::try_from(row.get::<_, i32>(0)).unwrap_or(0))
+}
+
+/// `SET TRANSACTION SNAPSHOT` failed: an unknown snapshot (22023) is one whose exporting
+/// connection has moved on.
+fn import_error(name: &str, error: tokio_postgres::Error) -> SnapshotError {
+    match error.as_db_error() {
+        Some(db) if db.code().code() == "22023" => SnapshotError::SnapshotGone {
+            name: name.to_owned(),
+            reason: db.message().to_owned(),
+        },
+        _ => query_error(Side::Source, "importing the snapshot", error),
+    }
 }
 
 fn query_error(side: Side, context: &str, source: tokio_postgres::Error) -> SnapshotError {
