@@ -48,8 +48,8 @@ pub enum SinkError {
 
     #[error(
         "table {table} (change at {}) does not exist in the replica database {database:?}: the \
-         source's schema has probably changed (new or renamed table); take a new snapshot of \
-         the connector",
+         source's schema has probably changed (new or renamed table); take a new snapshot \
+         with `tributary connector retry-setup`",
         at(.lsn)
     )]
     MissingTable {
@@ -60,7 +60,7 @@ pub enum SinkError {
 
     #[error(
         "{table} (change at {}) is a {what} in the replica database {database:?}, not a table: \
-         the replica's schema differs from the source's; take a new snapshot of the connector",
+         the replica's schema differs from the source's; take a new snapshot with `tributary connector retry-setup`",
         at(.lsn)
     )]
     NotATable {
@@ -72,8 +72,8 @@ pub enum SinkError {
 
     #[error(
         "column {column:?} of {table} (change at {}) does not exist in the replica: the \
-         source's schema has probably changed (new or renamed column); take a new snapshot of \
-         the connector",
+         source's schema has probably changed (new or renamed column); take a new snapshot \
+         with `tributary connector retry-setup`",
         at(.lsn)
     )]
     MissingColumn {
@@ -84,7 +84,7 @@ pub enum SinkError {
 
     #[error(
         "cannot identify the row for {} on {table} at {}: {reason}; give the source table a \
-         primary key or REPLICA IDENTITY FULL, then take a new snapshot",
+         primary key or REPLICA IDENTITY FULL, then take a new snapshot with `tributary connector retry-setup`",
         kind_sql(.kind),
         at(.lsn)
     )]
@@ -115,7 +115,7 @@ pub enum SinkError {
     #[error(
         "row not found: {} on {table} at {} matched no row in the replica{}; the replica no \
          longer matches the source (rows changed or deleted on the replica directly, or \
-         changes lost); take a new snapshot of the connector",
+         changes lost); take a new snapshot with `tributary connector retry-setup`",
         kind_sql(.kind),
         at(.lsn),
         if *.identity_always {
@@ -155,7 +155,7 @@ pub enum SinkError {
     #[error(
         "{} on {table} at {} changed {affected} rows instead of {expected} (a trigger enabled \
          for replicas on the replica table?); the changes are not applied as the source made \
-         them: remove the trigger, then take a new snapshot",
+         them: remove the trigger, then take a new snapshot with `tributary connector retry-setup`",
         kind_sql(.kind),
         at(.lsn)
     )]
@@ -350,7 +350,7 @@ fn setup_advice(error: &tokio_postgres::Error) -> &'static str {
         }
         Some("42P01" | "3F000") => {
             "the replica database lacks tributary's progress table: the replica was not \
-             prepared completely; take a new snapshot of the connector"
+             prepared completely; take a new snapshot with `tributary connector retry-setup`"
         }
         _ => "check the branch store's log for the cause",
     }
@@ -368,15 +368,15 @@ fn statement_advice(error: &tokio_postgres::Error) -> &'static str {
     match code {
         "23505" => {
             "the replica already holds this row, so it no longer matches the source (written \
-             to directly?); take a new snapshot of the connector"
+             to directly?); take a new snapshot with `tributary connector retry-setup`"
         }
         "23502" | "23514" | "23P01" | "23503" => {
             "the replica rejects a row the source accepted: its schema differs from the \
-             source's; align the schema or take a new snapshot of the connector"
+             source's; align the schema or take a new snapshot with `tributary connector retry-setup`"
         }
         "0A000" | "42P01" | "42703" | "42804" | "42883" | "42P10" => {
             "the replica's schema differs from the source's (schema changes on the source are \
-             not replicated); take a new snapshot of the connector"
+             not replicated); take a new snapshot with `tributary connector retry-setup`"
         }
         "42501" => {
             "the branch-store user lacks a privilege on the replica table; grant it, or use \
@@ -384,7 +384,7 @@ fn statement_advice(error: &tokio_postgres::Error) -> &'static str {
         }
         _ if code.starts_with("22") => {
             "a value does not fit the replica's column: its type differs from the source's; \
-             align the schema or take a new snapshot of the connector"
+             align the schema or take a new snapshot with `tributary connector retry-setup`"
         }
         _ => "fix the cause, then restart the connector: it resumes from the replica's applied LSN",
     }
