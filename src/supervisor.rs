@@ -14,12 +14,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::bookkeeping::{Bookkeeping, Connector};
+use crate::bookkeeping::{Bookkeeping, Connector, BRANCH_CHANNEL};
 use crate::pipeline::{self, PipelineContext, PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::types::ConnectorId;
@@ -33,6 +34,8 @@ struct Running {
     /// `pending`) or another table filter restarts it.
     updated_at: chrono::DateTime<chrono::Utc>,
     include_new_tables: bool,
+    /// Tells the pipeline that branches were requested.
+    branch_poke: mpsc::Sender<()>,
 }
 
 #[derive(Default)]
@@ -97,6 +100,12 @@ impl Supervisor {
                     self.reconcile().await;
                 }
                 notification = listener.recv() => {
+                    if let Ok(notification) = &notification {
+                        if notification.channel() == BRANCH_CHANNEL {
+                            self.poke(notification.payload());
+                            continue;
+                        }
+                    }
                     if let Err(e) = notification {
                         tracing::warn!("bookkeeping notifications interrupted: {e}; polling until they resume");
                         // A new session takes the daemon lock again; the old one would
@@ -190,14 +199,28 @@ impl Supervisor {
         }
     }
 
+    /// Tells the pipeline of connector `id` (the notification's payload) that branches were
+    /// requested; a full channel has a poke pending already.
+    fn poke(&self, id: &str) {
+        let running = id
+            .parse()
+            .ok()
+            .and_then(|id| self.running.get(&ConnectorId(id)));
+        if let Some(running) = running {
+            let _ = running.branch_poke.try_send(());
+        }
+    }
+
     fn start(&mut self, connector: Connector) {
         let cancel = self.shutdown.child_token();
+        let (branch_poke, branch_pokes) = mpsc::channel(1);
         self.running.insert(
             connector.id,
             Running {
                 cancel: cancel.clone(),
                 updated_at: connector.updated_at,
                 include_new_tables: connector.include_new_tables,
+                branch_poke,
             },
         );
         let id = connector.id;
@@ -207,9 +230,10 @@ impl Supervisor {
             settings: self.settings.clone(),
             connector,
         };
-        let task = self
-            .tasks
-            .spawn(async move { pipeline::run(&ctx, &cancel).await.map(drop) }.instrument(span));
+        let task = self.tasks.spawn(
+            async move { pipeline::run(&ctx, &cancel, branch_pokes).await.map(drop) }
+                .instrument(span),
+        );
         self.task_owners.insert(task.id(), (id, Instant::now()));
     }
 

@@ -147,6 +147,43 @@ impl ConnectorName {
     }
 }
 
+/// A branch: the name of its database on the branch store, an unquoted identifier so that
+/// it works as typed in `psql` and connection URLs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BranchName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid branch name {0:?}: use 1 to 63 characters from lower-case letters, digits and '_', starting with a letter"
+)]
+pub struct InvalidBranchName(String);
+
+impl BranchName {
+    pub fn new(name: impl Into<String>) -> Result<BranchName, InvalidBranchName> {
+        let name = name.into();
+        let ok = (1..=63).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok {
+            Ok(BranchName(name))
+        } else {
+            Err(InvalidBranchName(name))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BranchName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl fmt::Display for ConnectorName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

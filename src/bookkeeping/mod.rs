@@ -8,7 +8,9 @@
 //!    ├─ connector_tables      per table of the current snapshot: decision, sync state, counters
 //!    ├─ table_decisions       tables without a usable replica identity: exclude, add_pk or
 //!    │                        replica_identity_full, as decided at `connector create`
-//!    └─ state_history         every state the pipeline was put in, with the error
+//!    ├─ state_history         every state the pipeline was put in, with the error
+//!    └─ branches              databases copied from the replica: state, source LSN
+//!                                                              ── trigger: NOTIFY tributary_branches
 //! tributary._sqlx_migrations  applied migrations (sqlx)
 //! ```
 //!
@@ -23,14 +25,16 @@
 //! (a trigger notifies on every connector row change) and polls as well, since a
 //! notification sent while it was reconnecting is lost.
 
+mod branches;
 mod connectors;
 mod error;
 mod secrets;
 mod store;
 
+pub use branches::{Branch, BranchState};
 pub use connectors::{
     Connector, Failure, SetupChange, SetupRequest, StateChange, TableDecision, TableStatus,
     TableSyncState,
 };
 pub use error::Error;
-pub use store::{Bookkeeping, NOTIFY_CHANNEL};
+pub use store::{Bookkeeping, BRANCH_CHANNEL, NOTIFY_CHANNEL};

@@ -16,6 +16,8 @@ use crate::settings::SecretsSettings;
 /// The channel on which every insert, update and delete of a connector row is announced,
 /// with the connector's id as payload (a trigger does it, whoever changes the row).
 pub const NOTIFY_CHANNEL: &str = "tributary_connectors";
+/// Where branch requests are announced; the payload is the connector's id.
+pub const BRANCH_CHANNEL: &str = "tributary_branches";
 
 /// The migrations in `migrations/`, embedded at build time.
 static MIGRATOR: Migrator = sqlx::migrate!();
@@ -97,7 +99,9 @@ impl Bookkeeping {
     /// notifications sent meanwhile are lost): replace it after an error, and poll as well.
     pub async fn listen(&self) -> Result<PgListener, Error> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(NOTIFY_CHANNEL).await?;
+        listener
+            .listen_all([NOTIFY_CHANNEL, BRANCH_CHANNEL])
+            .await?;
         sqlx::query("SELECT pg_catalog.pg_advisory_lock_shared($1)")
             .bind(DAEMON_LOCK)
             .execute(&mut listener)

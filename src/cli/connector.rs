@@ -434,6 +434,7 @@ async fn delete(
                 if slot_dropped { "dropped" } else { "kept" }
             )
         })?;
+    let branches = bookkeeping.branches(Some(connector.id)).await?;
     bookkeeping.delete_connector(connector.id).await?;
     println!(
         "✓ Deleted connector {name}: {}replica database {} dropped, bookkeeping removed.",
@@ -444,6 +445,15 @@ async fn delete(
         },
         connector.replica_database
     );
+    if !branches.is_empty() {
+        let names: Vec<String> = branches.iter().map(|b| b.name.to_string()).collect();
+        println!(
+            "  Kept {} branch{}: {} (`tributary branch delete <name>` removes one).",
+            names.len(),
+            if names.len() == 1 { "" } else { "es" },
+            names.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! Exit codes (a contract scripts rely on): 0 success, 1 a check or operation failed,
 //! 2 usage error (clap's own code for bad arguments, and ours for a bad configuration).
 
+mod branch;
 mod connector;
 mod create;
 mod preflight;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Manage connectors (one per source database).
     #[command(subcommand)]
     Connector(connector::ConnectorCommand),
+    /// Manage branches: writable copies of a connector's replica.
+    #[command(subcommand)]
+    Branch(branch::BranchCommand),
     /// Stream a source database's changes to the terminal, decoded, through a temporary
     /// replication slot that disappears when the command ends. Stores nothing.
     Tail(tail::TailArgs),
@@ -118,6 +122,15 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
             Ok(())
         }
         Command::Connector(command) => connector::run(command, settings, &config_path).await,
+        Command::Branch(command) => {
+            let bookkeeping = crate::bookkeeping::Bookkeeping::open(
+                &settings.store(),
+                &settings.secrets,
+                &default_key_file(&config_path),
+            )
+            .await?;
+            branch::run(command, &bookkeeping, &settings).await
+        }
         Command::Tail(_) => unreachable!("handled above"),
     }
 }

@@ -258,28 +258,54 @@ impl ConnInfo {
     }
 }
 
-/// A URL-like description without the password, safe for logs and errors.
-impl fmt::Display for ConnInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secret = if self.password.is_some() { ":****" } else { "" };
+/// How [`ConnInfo::url`] writes the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShowPassword {
+    /// `:****`, for output that must never carry the secret.
+    Masked,
+    /// Left out: for a command to paste, which then asks for it (or finds it in the
+    /// environment or `~/.pgpass`).
+    Omitted,
+    /// The password itself, percent-encoded: only when the operator asks for it.
+    Shown,
+}
+
+impl ConnInfo {
+    /// A connection URL for this server and database.
+    pub fn url(&self, password: ShowPassword) -> String {
+        // RFC 3986's unreserved characters stay as they are.
+        const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'.')
+            .remove(b'_')
+            .remove(b'~');
+        let encode = |text: &str| percent_encoding::utf8_percent_encode(text, RESERVED).to_string();
+        let secret = match (&self.password, password) {
+            (None, _) | (Some(_), ShowPassword::Omitted) => String::new(),
+            (Some(_), ShowPassword::Masked) => ":****".to_owned(),
+            (Some(p), ShowPassword::Shown) => format!(":{}", encode(p.expose())),
+        };
+        let user = encode(&self.user);
+        let dbname = encode(&self.dbname);
         match &self.host {
-            Host::Tcp(_) => write!(
-                f,
-                "postgresql://{}{secret}@{}/{}?sslmode={}",
-                self.user,
+            Host::Tcp(_) => format!(
+                "postgresql://{user}{secret}@{}/{dbname}?sslmode={}",
                 self.target(),
-                self.dbname,
                 self.sslmode.as_str()
             ),
-            Host::Unix(dir) => write!(
-                f,
-                "postgresql://{}{secret}@/{}?host={}&port={}",
-                self.user,
-                self.dbname,
+            Host::Unix(dir) => format!(
+                "postgresql://{user}{secret}@/{dbname}?host={}&port={}",
                 dir.display(),
                 self.port
             ),
         }
+    }
+}
+
+/// A URL without the password, safe for logs and errors.
+impl fmt::Display for ConnInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url(ShowPassword::Masked))
     }
 }
 

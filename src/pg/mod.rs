@@ -10,5 +10,5 @@ mod sql;
 pub(crate) mod tls;
 
 pub use client::{connect, ConnectError, PgClient};
-pub use conninfo::{ConnInfo, InvalidUrl, SslMode};
+pub use conninfo::{ConnInfo, InvalidUrl, ShowPassword, SslMode};
 pub use sql::{error_message, quote_ident, quote_literal};

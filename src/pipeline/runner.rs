@@ -19,14 +19,16 @@
 //! with the data it covers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::bookkeeping::{Bookkeeping, Connector, TableDecision, TableSyncState};
 use crate::change::TableName;
 use crate::pg::{self, ConnInfo, PgClient};
 use crate::pipeline::snapshot::{self, Section, SnapshotJob};
-use crate::pipeline::stream::{self, StreamEnd, TableFilter};
+use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
 use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::sink::{self, ReplicaSink};
@@ -44,10 +46,12 @@ pub struct PipelineContext {
 }
 
 /// Runs the connector until `shutdown` (Ok) or an error. State changes are recorded in the
-/// bookkeeping as they happen; the caller records the error.
+/// bookkeeping as they happen; the caller records the error. A message on `branch_pokes`
+/// says that branches were requested (they are also looked for on the poll interval).
 pub async fn run(
     ctx: &PipelineContext,
     shutdown: &CancellationToken,
+    branch_pokes: mpsc::Receiver<()>,
 ) -> Result<StreamEnd, PipelineError> {
     // Setup and snapshot stop at once on shutdown: dropping them kills pg_dump and the copy
     // workers, and an unfinished snapshot is discarded on the next start anyway.
@@ -74,16 +78,61 @@ pub async fn run(
         excluded: names(false).collect(),
         only: (!connector.include_new_tables).then(|| names(true).collect()),
     };
-    let mut sink = ReplicaSink::connect(&ctx.settings.store(), &connector.replica_database).await?;
-    stream::run(
+    let store = ctx.settings.store();
+    let sink = ReplicaSink::connect(&store, &connector.replica_database).await?;
+    let (cuts, cut_requests) = mpsc::channel(1);
+    let target = Target {
+        sink,
+        store: &store,
+        cuts: cut_requests,
+    };
+    let streaming = stream::run(
         stream,
-        &mut sink,
+        target,
         applied,
         &filter,
         &ctx.settings.pipeline,
         shutdown,
-    )
-    .await
+    );
+    tokio::select! {
+        end = streaming => end,
+        // Ends only with an error, or when the applier is gone (then so is the stream).
+        Err(e) = cut_branches(ctx, cuts, branch_pokes) => Err(e),
+    }
+}
+
+/// Hands the connector's requested branches to the applier, one at a time, and records
+/// each outcome. Returns when the applier no longer takes requests.
+async fn cut_branches(
+    ctx: &PipelineContext,
+    cuts: mpsc::Sender<CutRequest>,
+    mut pokes: mpsc::Receiver<()>,
+) -> Result<(), PipelineError> {
+    let mut poll = tokio::time::interval(Duration::from_secs(
+        ctx.settings.supervisor.poll_interval_secs.max(1),
+    ));
+    loop {
+        tokio::select! {
+            Some(()) = pokes.recv() => {}
+            _ = poll.tick() => {}
+        }
+        for branch in ctx.bookkeeping.requested_branches(ctx.connector.id).await? {
+            let (reply, answer) = oneshot::channel();
+            let request = CutRequest {
+                branch: branch.clone(),
+                reply,
+            };
+            if cuts.send(request).await.is_err() {
+                return Ok(());
+            }
+            let Ok(outcome) = answer.await else {
+                return Ok(());
+            };
+            ctx.bookkeeping
+                .branch_cut(&branch, outcome.map(|cut| (cut.lsn, cut.paused)))
+                .await?;
+        }
+    }
 }
 
 /// Everything up to a running replication stream: the stream and the replica's applied LSN;

@@ -29,16 +29,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::change::{Change, Message, TableName};
+use crate::pg::ConnInfo;
 use crate::pipeline::PipelineError;
 use crate::settings::PipelineSettings;
-use crate::sink::ReplicaSink;
+use crate::sink::{self, ReplicaSink};
 use crate::source::{wal2json, AckTracker, ReplicationMessage, ReplicationStream};
-use crate::types::Lsn;
+use crate::types::{BranchName, Lsn};
 
 /// How often an idle position is written to the replica and acknowledged, at most.
 const IDLE_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
@@ -100,11 +101,33 @@ impl TableFilter {
     }
 }
 
-/// Streams from `stream` into `sink` until `shutdown`, starting at `applied` (the replica's
-/// applied LSN), the changes to the tables `filter` lets through.
+/// Where the changes go: the replica's apply session, and what a branch cut needs.
+pub struct Target<'a> {
+    pub sink: ReplicaSink,
+    /// The branch store's control database, for `CREATE DATABASE`.
+    pub store: &'a ConnInfo,
+    /// Branches to cut from the replica between two target transactions.
+    pub cuts: mpsc::Receiver<CutRequest>,
+}
+
+/// Copy the replica to a new database at the next source commit boundary.
+pub struct CutRequest {
+    pub branch: BranchName,
+    /// The copy's source position and how long applying stood still, or why it failed.
+    pub reply: oneshot::Sender<Result<BranchCut, String>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BranchCut {
+    pub lsn: Lsn,
+    pub paused: Duration,
+}
+
+/// Streams from `stream` into `target` until `shutdown`, starting at `applied` (the
+/// replica's applied LSN), the changes to the tables `filter` lets through.
 pub async fn run(
     stream: ReplicationStream,
-    sink: &mut ReplicaSink,
+    target: Target<'_>,
     applied: Lsn,
     filter: &TableFilter,
     settings: &PipelineSettings,
@@ -125,7 +148,10 @@ pub async fn run(
         sent_in_tx: 0,
     };
     let applier = Applier {
-        sink,
+        sink: Some(target.sink),
+        store: target.store,
+        cuts: target.cuts,
+        cuts_open: true,
         inbox,
         durable: durable_tx,
         applied,
@@ -360,7 +386,11 @@ enum Flow {
 }
 
 struct Applier<'a> {
-    sink: &'a mut ReplicaSink,
+    /// `None` only while a branch is cut (the replica must have no session then).
+    sink: Option<ReplicaSink>,
+    store: &'a ConnInfo,
+    cuts: mpsc::Receiver<CutRequest>,
+    cuts_open: bool,
     inbox: mpsc::Receiver<Command>,
     durable: watch::Sender<Lsn>,
     /// Durable on the replica: its progress row holds this.
@@ -378,11 +408,51 @@ struct Applier<'a> {
 impl Applier<'_> {
     async fn run(mut self, settings: &PipelineSettings) -> Result<Lsn, PipelineError> {
         let result = self.apply(settings).await;
-        if self.sink.in_transaction() && (result.is_err() || self.in_source_tx) {
+        let abandon = result.is_err() || self.in_source_tx;
+        if let Some(sink) = self.sink.as_mut().filter(|s| abandon && s.in_transaction()) {
             // Best effort: the server discards the transaction with the session anyway.
-            let _ = self.sink.rollback().await;
+            let _ = sink.rollback().await;
         }
         result.map(|()| self.applied)
+    }
+
+    fn sink(&mut self) -> Result<&mut ReplicaSink, PipelineError> {
+        self.sink.as_mut().ok_or_else(|| {
+            PipelineError::definite(
+                "the replica's session was not reopened after a branch cut",
+                "restart tributary; the pipeline resumes from the replica's applied position",
+            )
+        })
+    }
+
+    /// Commits what is open, closes the replica's session, copies the replica into the
+    /// branch's database, and opens a session again. A failed copy is the branch's
+    /// failure, not the pipeline's.
+    async fn cut(&mut self, request: CutRequest) -> Result<(), PipelineError> {
+        self.commit().await?;
+        let started = Instant::now();
+        let database = self.sink()?.database().to_owned();
+        self.sink = None;
+        let copied = sink::copy_database(self.store, &database, request.branch.as_str()).await;
+        self.sink = Some(ReplicaSink::connect(self.store, &database).await?);
+        let cut = BranchCut {
+            lsn: self.applied,
+            paused: started.elapsed(),
+        };
+        match &copied {
+            Ok(()) => tracing::info!(
+                branch = %request.branch,
+                lsn = %cut.lsn,
+                paused_ms = cut.paused.as_millis() as u64,
+                "branch cut"
+            ),
+            Err(e) => tracing::warn!(branch = %request.branch, "branch cut failed: {e}"),
+        }
+        // The requester may have given up; the branch is recorded either way by it.
+        let _ = request
+            .reply
+            .send(copied.map(|()| cut).map_err(|e| e.to_string()));
+        Ok(())
     }
 
     async fn apply(&mut self, settings: &PipelineSettings) -> Result<(), PipelineError> {
@@ -402,6 +472,11 @@ impl Applier<'_> {
                 biased;
                 _ = tokio::time::sleep_until(batch_due) => self.commit().await?,
                 _ = tokio::time::sleep_until(idle_due) => self.persist_idle().await?,
+                // Only at a source commit boundary.
+                request = self.cuts.recv(), if self.cuts_open && !self.in_source_tx => match request {
+                    Some(request) => self.cut(request).await?,
+                    None => self.cuts_open = false,
+                },
                 received = self.inbox.recv_many(&mut commands, RUN_LENGTH) => {
                     if received == 0 {
                         // The reader stopped without a clean boundary: roll back (in `run`).
@@ -426,7 +501,7 @@ impl Applier<'_> {
         match command {
             Command::Change(change, budget) => {
                 self.in_source_tx = true;
-                self.sink.apply(change).await?;
+                self.sink()?.apply(change).await?;
                 drop(budget);
                 self.batch_changes += 1;
                 self.batch_started.get_or_insert_with(Instant::now);
@@ -459,7 +534,7 @@ impl Applier<'_> {
         let Some(end) = self.pending_commit.take() else {
             return Ok(());
         };
-        self.sink.commit(end).await?;
+        self.sink()?.commit(end).await?;
         self.applied = end;
         self.batch_changes = 0;
         self.batch_started = None;
@@ -469,7 +544,7 @@ impl Applier<'_> {
 
     /// Records an idle position in the replica, then passes it on for acknowledgement.
     async fn persist_idle(&mut self) -> Result<(), PipelineError> {
-        if self.in_source_tx || self.sink.in_transaction() {
+        if self.in_source_tx || self.sink()?.in_transaction() {
             // Work is in flight; its commit moves the position on instead.
             self.last_idle_persist = Some(Instant::now());
             return Ok(());
@@ -481,7 +556,7 @@ impl Applier<'_> {
         if position <= self.applied {
             return Ok(());
         }
-        self.sink.mark_applied(position).await?;
+        self.sink()?.mark_applied(position).await?;
         self.applied = position;
         self.durable.send_replace(position);
         Ok(())

@@ -408,6 +408,11 @@ impl ReplicaSink {
         })
     }
 
+    /// The replica database this session applies to.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
     /// The applied LSN recorded in the replica; `None` when none was recorded yet (the
     /// snapshot has not finished, or the replica was never prepared). Inside an open
     /// target transaction it is still the committed value: the transaction writes the row

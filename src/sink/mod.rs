@@ -19,4 +19,6 @@ mod table;
 
 pub use apply::{ReplicaSink, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 pub use error::SinkError;
-pub use replica::{drop_replica, prepare_replica, replica_applied_lsn, replica_exists};
+pub use replica::{
+    copy_database, drop_replica, prepare_replica, replica_applied_lsn, replica_exists,
+};

@@ -132,6 +132,40 @@ pub async fn prepare_replica(store: &ConnInfo, database: &str) -> Result<(), Sin
     Ok(())
 }
 
+/// `CREATE DATABASE <name> TEMPLATE <template>` on the store server: a branch of a replica
+/// whose sessions are closed (the server refuses while any is open, after waiting up to five
+/// seconds for them to go). `STRATEGY FILE_COPY` where it is near-constant time
+/// (PostgreSQL 18 with `file_copy_method = clone`, on a filesystem with reflinks); the
+/// server's default otherwise.
+pub async fn copy_database(store: &ConnInfo, template: &str, name: &str) -> Result<(), SinkError> {
+    if name == store.dbname || name == template || matches!(name, "template0" | "template1") {
+        return Err(SinkError::Refused {
+            database: name.to_owned(),
+            reason: "it is the control, replica or a template database",
+        });
+    }
+    let control = connect(store).await?;
+    let clone: bool = control
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::int >= 180000
+                AND pg_catalog.current_setting('file_copy_method', true) = 'clone'",
+            &[],
+        )
+        .await
+        .map_err(setup(name, "reading file_copy_method"))?
+        .get(0);
+    control
+        .batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE {}{}",
+            quote_ident(name),
+            quote_ident(template),
+            if clone { " STRATEGY FILE_COPY" } else { "" }
+        ))
+        .await
+        .map_err(setup(name, "creating the branch database"))?;
+    Ok(())
+}
+
 /// `DROP DATABASE IF EXISTS … WITH (FORCE)`, which ends the database's sessions first.
 /// Refuses to drop the control database named in `store`, and the template databases.
 pub async fn drop_replica(store: &ConnInfo, database: &str) -> Result<(), SinkError> {

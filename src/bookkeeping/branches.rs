@@ -1,0 +1,260 @@
+//! Branches as recorded: requested by `branch create`, cut by the connector's pipeline
+//! (or by the command itself when no pipeline runs), made ready by the command.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{Bookkeeping, Error};
+use crate::types::{BranchName, ConnectorId, Lsn};
+
+/// Where a branch is in its life; stored as its lower-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchState {
+    Requested,
+    Copied,
+    Ready,
+    Failed,
+}
+
+impl BranchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BranchState::Requested => "requested",
+            BranchState::Copied => "copied",
+            BranchState::Ready => "ready",
+            BranchState::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Result<BranchState, Error> {
+        Ok(match text {
+            "requested" => BranchState::Requested,
+            "copied" => BranchState::Copied,
+            "ready" => BranchState::Ready,
+            "failed" => BranchState::Failed,
+            other => return Err(Error::Corrupt(format!("branch state {other:?}"))),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branch {
+    pub name: BranchName,
+    /// `None` once the connector was deleted.
+    pub connector_id: Option<ConnectorId>,
+    pub connector_name: String,
+    pub state: BranchState,
+    pub lsn: Option<Lsn>,
+    pub pause: Option<Duration>,
+    pub error: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+const BRANCH_COLUMNS: &str = "name, connector_id, connector_name, state, lsn::text, pause_ms, \
+     error, (extract(epoch FROM requested_at) * 1000000)::int8, \
+     (extract(epoch FROM created_at) * 1000000)::int8";
+
+type BranchRow = (
+    String,
+    Option<i64>,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    i64,
+    Option<i64>,
+);
+
+fn branch(row: BranchRow) -> Result<Branch, Error> {
+    let (name, connector_id, connector_name, state, lsn, pause_ms, error, requested, created) = row;
+    let time = |us: i64| {
+        DateTime::from_timestamp_micros(us)
+            .ok_or_else(|| Error::Corrupt(format!("timestamp of {us} µs since 1970")))
+    };
+    Ok(Branch {
+        name: BranchName::new(name).map_err(|e| Error::Corrupt(e.to_string()))?,
+        connector_id: connector_id.map(ConnectorId),
+        connector_name,
+        state: BranchState::parse(&state)?,
+        lsn: lsn
+            .map(|text| {
+                text.parse()
+                    .map_err(|_| Error::Corrupt(format!("branch LSN {text:?}")))
+            })
+            .transpose()?,
+        pause: pause_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        error,
+        requested_at: time(requested)?,
+        created_at: created.map(time).transpose()?,
+    })
+}
+
+impl Bookkeeping {
+    /// Records a branch request; `false` when a branch of that name is recorded already.
+    pub async fn request_branch(
+        &self,
+        name: &BranchName,
+        connector: ConnectorId,
+        connector_name: &str,
+    ) -> Result<bool, Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO tributary.branches (name, connector_id, connector_name)
+             VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name.as_str())
+        .bind(connector.0)
+        .bind(connector_name)
+        .execute(&self.pool)
+        .await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    /// Asks again for a branch that exists (`branch reset`): back to `requested`.
+    pub async fn rerequest_branch(&self, name: &BranchName) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE tributary.branches
+             SET state = 'requested', lsn = NULL, pause_ms = NULL, error = NULL,
+                 created_at = NULL, requested_at = now()
+             WHERE name = $1",
+        )
+        .bind(name.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a branch that the command cut itself (no pipeline was running), as `copied`.
+    pub async fn record_branch_copied(
+        &self,
+        name: &BranchName,
+        connector: ConnectorId,
+        connector_name: &str,
+        lsn: Lsn,
+        pause: Duration,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO tributary.branches
+                 (name, connector_id, connector_name, state, lsn, pause_ms, created_at)
+             VALUES ($1, $2, $3, 'copied', $4::pg_lsn, $5, now())
+             ON CONFLICT (name) DO UPDATE
+             SET state = 'copied', lsn = excluded.lsn, pause_ms = excluded.pause_ms,
+                 error = NULL, created_at = now()",
+        )
+        .bind(name.as_str())
+        .bind(connector.0)
+        .bind(connector_name)
+        .bind(lsn.to_string())
+        .bind(i64::try_from(pause.as_millis()).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The connector's branches waiting for its pipeline, oldest first.
+    pub async fn requested_branches(
+        &self,
+        connector: ConnectorId,
+    ) -> Result<Vec<BranchName>, Error> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM tributary.branches
+             WHERE connector_id = $1 AND state = 'requested' ORDER BY requested_at, name",
+        )
+        .bind(connector.0)
+        .fetch_all(&self.pool)
+        .await?;
+        names
+            .into_iter()
+            .map(|n| BranchName::new(n).map_err(|e| Error::Corrupt(e.to_string())))
+            .collect()
+    }
+
+    /// The pipeline's answer to a request: copied at `lsn` after a pause, or failed. Only
+    /// a request still waiting is answered (one withdrawn meanwhile is left alone).
+    pub async fn branch_cut(
+        &self,
+        name: &BranchName,
+        outcome: Result<(Lsn, Duration), String>,
+    ) -> Result<bool, Error> {
+        let (state, lsn, pause_ms, error) = match outcome {
+            Ok((lsn, pause)) => (
+                BranchState::Copied,
+                Some(lsn.to_string()),
+                Some(i64::try_from(pause.as_millis()).unwrap_or(i64::MAX)),
+                None,
+            ),
+            Err(error) => (BranchState::Failed, None, None, Some(error)),
+        };
+        let updated = sqlx::query(
+            "UPDATE tributary.branches
+             SET state = $2, lsn = $3::pg_lsn, pause_ms = $4, error = $5,
+                 created_at = CASE WHEN $2 = 'copied' THEN now() END
+             WHERE name = $1 AND state = 'requested'",
+        )
+        .bind(name.as_str())
+        .bind(state.as_str())
+        .bind(lsn)
+        .bind(pause_ms)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Withdraws a request nobody answered; `false` when it was answered meanwhile.
+    pub async fn withdraw_branch(&self, name: &BranchName) -> Result<bool, Error> {
+        let deleted =
+            sqlx::query("DELETE FROM tributary.branches WHERE name = $1 AND state = 'requested'")
+                .bind(name.as_str())
+                .execute(&self.pool)
+                .await?;
+        Ok(deleted.rows_affected() == 1)
+    }
+
+    pub async fn set_branch_state(
+        &self,
+        name: &BranchName,
+        state: BranchState,
+        error: Option<&str>,
+    ) -> Result<(), Error> {
+        sqlx::query("UPDATE tributary.branches SET state = $2, error = $3 WHERE name = $1")
+            .bind(name.as_str())
+            .bind(state.as_str())
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn branch(&self, name: &BranchName) -> Result<Option<Branch>, Error> {
+        let row: Option<BranchRow> = sqlx::query_as(&format!(
+            "SELECT {BRANCH_COLUMNS} FROM tributary.branches WHERE name = $1"
+        ))
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(branch).transpose()
+    }
+
+    /// Every branch, or the connector's, ordered by name.
+    pub async fn branches(&self, connector: Option<ConnectorId>) -> Result<Vec<Branch>, Error> {
+        let rows: Vec<BranchRow> = sqlx::query_as(&format!(
+            "SELECT {BRANCH_COLUMNS} FROM tributary.branches
+             WHERE $1::int8 IS NULL OR connector_id = $1 ORDER BY name"
+        ))
+        .bind(connector.map(|c| c.0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(branch).collect()
+    }
+
+    pub async fn forget_branch(&self, name: &BranchName) -> Result<(), Error> {
+        sqlx::query("DELETE FROM tributary.branches WHERE name = $1")
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,609 @@
+//! `tributary branch create|list|delete|reset`: writable copies of a connector's replica.
+//!
+//! ```text
+//!  create / reset
+//!    name checked (syntax, reserved, taken)
+//!    cut:  a daemon streams the connector ──► request in the bookkeeping; its pipeline
+//!                                             pauses at a source commit boundary, closes
+//!                                             its session, CREATE DATABASE … TEMPLATE,
+//!                                             resumes (pipeline/stream.rs)
+//!          no pipeline uses the replica    ──► CREATE DATABASE … TEMPLATE from here
+//!    finish (here): drop the connector's drop-extensions, sequences from the source's
+//!                   current values, the branch's record in its own `tributary.branch`
+//!    ──► ready; a failure drops the half-made branch
+//! ```
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+use bytesize::ByteSize;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::connector::{find, Format};
+use super::Failure;
+use crate::bookkeeping::{Bookkeeping, Branch, BranchState, Connector};
+use crate::pg::{self, quote_ident, ConnInfo, PgClient, ShowPassword};
+use crate::pipeline::PipelineState;
+use crate::settings::Settings;
+use crate::sink;
+use crate::types::{BranchName, Lsn};
+
+/// How often `branch create` looks whether the pipeline has cut the branch.
+const CUT_POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Subcommand)]
+pub enum BranchCommand {
+    /// Create a branch: a database on the branch store copied from the connector's
+    /// replica at a source commit boundary, with sequences set from the source. Prints a
+    /// connection URL and a psql command.
+    Create(CreateArgs),
+    /// List branches.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Delete a branch's database. Refused while clients are connected, unless --force.
+    Delete {
+        name: String,
+        /// End the sessions connected to the branch.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-create a branch from the replica's current state, keeping its name.
+    Reset {
+        name: String,
+        /// End the sessions connected to the branch.
+        #[arg(long)]
+        force: bool,
+        /// Print the password in the URL instead of masking it.
+        #[arg(long)]
+        show_password: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The branch's name, which is also its database's: lower-case letters, digits, '_'.
+    name: String,
+    /// The connector to branch from. [default: the active connector]
+    #[arg(long)]
+    connector: Option<String>,
+    /// Print the password in the URL instead of masking it.
+    #[arg(long)]
+    show_password: bool,
+    /// How long to wait for the pipeline to reach a source commit boundary and copy.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    timeout: u64,
+}
+
+pub async fn run(
+    command: BranchCommand,
+    bookkeeping: &Bookkeeping,
+    settings: &Settings,
+) -> Result<(), Failure> {
+    let store = settings.store();
+    match command {
+        BranchCommand::Create(args) => {
+            let name = BranchName::new(args.name).map_err(Failure::usage)?;
+            let connector = resolve_connector(bookkeeping, args.connector.as_deref()).await?;
+            check_name(bookkeeping, &store, &name).await?;
+            let started = Instant::now();
+            let cut = cut(
+                bookkeeping,
+                &store,
+                &connector,
+                &name,
+                Duration::from_secs(args.timeout),
+                false,
+            )
+            .await?;
+            finish(bookkeeping, &store, &connector, &name, cut).await?;
+            report(&store, &name, &connector, cut, started, args.show_password);
+            Ok(())
+        }
+        BranchCommand::List { format } => list(bookkeeping, &store, format).await,
+        BranchCommand::Delete { name, force } => {
+            let branch = recorded(bookkeeping, &store, &name).await?;
+            drop_branch_database(&store, &branch.name, force).await?;
+            bookkeeping.forget_branch(&branch.name).await?;
+            println!("✓ Deleted branch {}", branch.name);
+            Ok(())
+        }
+        BranchCommand::Reset {
+            name,
+            force,
+            show_password,
+        } => {
+            let branch = recorded(bookkeeping, &store, &name).await?;
+            let connector = match branch.connector_id {
+                Some(id) => bookkeeping.connector_by_id(id).await?,
+                None => None,
+            }
+            .ok_or_else(|| {
+                anyhow!(
+                    "branch {} was cut from connector {}, which no longer exists: nothing to \
+                     reset it from (delete it instead)",
+                    branch.name,
+                    branch.connector_name
+                )
+            })?;
+            ready_to_branch(bookkeeping, &store, &connector).await?;
+            let started = Instant::now();
+            drop_branch_database(&store, &branch.name, force).await?;
+            let cut = cut(
+                bookkeeping,
+                &store,
+                &connector,
+                &branch.name,
+                Duration::from_secs(300),
+                true,
+            )
+            .await?;
+            finish(bookkeeping, &store, &connector, &branch.name, cut).await?;
+            report(
+                &store,
+                &branch.name,
+                &connector,
+                cut,
+                started,
+                show_password,
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `--connector`, else the active connector, else the only one.
+async fn resolve_connector(
+    bookkeeping: &Bookkeeping,
+    name: Option<&str>,
+) -> Result<Connector, Failure> {
+    if let Some(name) = name {
+        return find(bookkeeping, name).await;
+    }
+    let connectors = bookkeeping.connectors().await?;
+    if let Some(active) = connectors.iter().find(|c| c.active) {
+        return Ok(active.clone());
+    }
+    match connectors.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => {
+            Err(anyhow!("no connectors: create one with `tributary connector create` first").into())
+        }
+        _ => Err(Failure::usage(anyhow!(
+            "several connectors and none is active: pass --connector, or choose one with \
+             `tributary connector switch <name>`"
+        ))),
+    }
+}
+
+/// Refuses the names of the control, replica and template databases (exit 2) and names
+/// taken by a branch or any other database (exit 1).
+async fn check_name(
+    bookkeeping: &Bookkeeping,
+    store: &ConnInfo,
+    name: &BranchName,
+) -> Result<(), Failure> {
+    let reserved = name.as_str() == store.dbname
+        || matches!(name.as_str(), "template0" | "template1" | "postgres")
+        || bookkeeping
+            .connectors()
+            .await?
+            .iter()
+            .any(|c| c.replica_database == name.as_str());
+    if reserved {
+        return Err(Failure::usage(anyhow!(
+            "{name} is reserved: it is the bookkeeping's, a replica's or a system database; \
+             choose another branch name"
+        )));
+    }
+    if bookkeeping.branch(name).await?.is_some() {
+        return Err(anyhow!(
+            "branch {name} exists: `tributary branch reset {name}` re-creates it, `tributary \
+             branch delete {name}` removes it"
+        )
+        .into());
+    }
+    if database_exists(store, name.as_str()).await? {
+        return Err(anyhow!(
+            "a database named {name} exists on the branch store already: choose another name"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+async fn database_exists(store: &ConnInfo, name: &str) -> anyhow::Result<bool> {
+    let control = pg::connect(store).await?;
+    Ok(control
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await?
+        .is_some())
+}
+
+/// Who cuts: the connector's pipeline when a daemon runs it, else this command.
+enum Cutter {
+    Pipeline,
+    Here(Lsn),
+}
+
+/// A branch needs a complete snapshot: a streaming pipeline, or a replica with an applied
+/// position that no pipeline is using.
+async fn ready_to_branch(
+    bookkeeping: &Bookkeeping,
+    store: &ConnInfo,
+    connector: &Connector,
+) -> Result<Cutter, Failure> {
+    let streaming = connector.enabled && connector.state == PipelineState::Streaming;
+    if streaming && bookkeeping.daemons_running().await? > 0 {
+        return Ok(Cutter::Pipeline);
+    }
+    let pipeline_may_run = connector.enabled
+        && !matches!(
+            connector.state,
+            PipelineState::Failed | PipelineState::Stopped
+        );
+    let applied = sink::replica_applied_lsn(store, &connector.replica_database).await?;
+    match applied {
+        Some(lsn) if !(pipeline_may_run && bookkeeping.daemons_running().await? > 0) => {
+            Ok(Cutter::Here(lsn))
+        }
+        _ => Err(anyhow!(
+            "connector {} is not ready to branch ({}): a branch needs a complete snapshot; \
+             wait until `tributary connector list` shows it ready",
+            connector.name,
+            connector.state
+        )
+        .into()),
+    }
+}
+
+/// Has the branch's database created; returns the source position it represents and how
+/// long the pipeline stood still.
+async fn cut(
+    bookkeeping: &Bookkeeping,
+    store: &ConnInfo,
+    connector: &Connector,
+    name: &BranchName,
+    timeout: Duration,
+    reset: bool,
+) -> Result<(Lsn, Duration), Failure> {
+    match ready_to_branch(bookkeeping, store, connector).await? {
+        Cutter::Here(lsn) => {
+            let started = Instant::now();
+            sink::copy_database(store, &connector.replica_database, name.as_str()).await?;
+            let took = started.elapsed();
+            bookkeeping
+                .record_branch_copied(name, connector.id, connector.name.as_str(), lsn, took)
+                .await?;
+            Ok((lsn, took))
+        }
+        Cutter::Pipeline => {
+            if reset {
+                bookkeeping.rerequest_branch(name).await?;
+            } else if !bookkeeping
+                .request_branch(name, connector.id, connector.name.as_str())
+                .await?
+            {
+                return Err(anyhow!("branch {name} was created meanwhile by someone else").into());
+            }
+            let deadline = Instant::now() + timeout;
+            loop {
+                let branch = bookkeeping
+                    .branch(name)
+                    .await?
+                    .ok_or_else(|| anyhow!("branch {name} was deleted meanwhile"))?;
+                match branch.state {
+                    BranchState::Copied | BranchState::Ready => {
+                        let lsn = branch
+                            .lsn
+                            .ok_or_else(|| anyhow!("branch {name} was recorded without an LSN"))?;
+                        return Ok((lsn, branch.pause.unwrap_or_default()));
+                    }
+                    BranchState::Failed => {
+                        bookkeeping.forget_branch(name).await?;
+                        return Err(anyhow!(
+                            "the pipeline could not create branch {name}: {}",
+                            branch.error.as_deref().unwrap_or("no reason recorded")
+                        )
+                        .into());
+                    }
+                    BranchState::Requested if Instant::now() >= deadline => {
+                        if bookkeeping.withdraw_branch(name).await? {
+                            return Err(anyhow!(
+                                "connector {}'s pipeline did not cut branch {name} within \
+                                 {timeout:?} (a long source transaction delays the next \
+                                 commit boundary; is the daemon running?); the request is \
+                                 withdrawn",
+                                connector.name
+                            )
+                            .into());
+                        }
+                    }
+                    BranchState::Requested => {}
+                }
+                tokio::time::sleep(CUT_POLL).await;
+            }
+        }
+    }
+}
+
+/// Makes a copied branch ready: extensions the connector drops, sequences from the
+/// source, the branch's own record. A failure drops the branch.
+async fn finish(
+    bookkeeping: &Bookkeeping,
+    store: &ConnInfo,
+    connector: &Connector,
+    name: &BranchName,
+    (lsn, _): (Lsn, Duration),
+) -> Result<(), Failure> {
+    let finished = async {
+        let branch = pg::connect(&store.with_dbname(name.as_str())).await?;
+        for extension in &connector.drop_extensions {
+            branch
+                .batch_execute(&format!(
+                    "DROP EXTENSION IF EXISTS {} CASCADE",
+                    quote_ident(extension)
+                ))
+                .await
+                .with_context(|| format!("dropping extension {extension}"))?;
+        }
+        let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+        set_sequences(&pg::connect(&source).await?, &branch, &connector.schemas).await?;
+        branch
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS tributary.branch (
+                     name text NOT NULL, connector text NOT NULL, lsn pg_lsn NOT NULL,
+                     created_at timestamptz NOT NULL DEFAULT now());
+                 TRUNCATE tributary.branch;
+                 INSERT INTO tributary.branch (name, connector, lsn) VALUES ({}, {}, '{lsn}')",
+                pg::quote_literal(name.as_str()),
+                pg::quote_literal(connector.name.as_str()),
+            ))
+            .await
+            .context("recording the branch in its own tributary.branch table")?;
+        anyhow::Ok(())
+    };
+    if let Err(e) = finished.await {
+        let _ = drop_branch_database(store, name, true).await;
+        let _ = bookkeeping.forget_branch(name).await;
+        return Err(anyhow!("branch {name} was not created: {e:#}").into());
+    }
+    bookkeeping
+        .set_branch_state(name, BranchState::Ready, None)
+        .await?;
+    Ok(())
+}
+
+/// Sets every sequence of `schemas` in the branch to the source's current value, so that
+/// inserts using defaults never collide with copied rows (logical decoding carries no
+/// sequence changes, so the replica's are behind).
+async fn set_sequences(
+    source: &PgClient,
+    branch: &PgClient,
+    schemas: &[String],
+) -> anyhow::Result<()> {
+    let rows = source
+        .query(
+            "SELECT schemaname::text, sequencename::text, last_value, start_value,
+                    pg_catalog.has_sequence_privilege(
+                        pg_catalog.format('%I.%I', schemaname, sequencename), 'SELECT')
+               FROM pg_catalog.pg_sequences WHERE schemaname = ANY($1)",
+            &[&schemas],
+        )
+        .await
+        .context("reading the source's sequences")?;
+    for row in rows {
+        let (schema, name): (String, String) = (row.get(0), row.get(1));
+        let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+        if !row.get::<_, bool>(4) {
+            anyhow::bail!(
+                "the source role may not read sequence {schema}.{name}: GRANT SELECT ON \
+                 SEQUENCE {qualified} TO the connector's role (the preflight grant script \
+                 includes it)"
+            );
+        }
+        let (value, called) = match row.get::<_, Option<i64>>(2) {
+            Some(last) => (last, true),
+            None => (row.get::<_, i64>(3), false),
+        };
+        branch
+            .query(
+                "SELECT pg_catalog.setval(c.oid, $2, $3)
+                   FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $4 AND c.relkind = 'S'",
+                &[&schema, &value, &called, &name],
+            )
+            .await
+            .with_context(|| format!("setting sequence {schema}.{name}"))?;
+    }
+    Ok(())
+}
+
+fn report(
+    store: &ConnInfo,
+    name: &BranchName,
+    connector: &Connector,
+    (lsn, paused): (Lsn, Duration),
+    started: Instant,
+    show_password: bool,
+) {
+    let info = store.with_dbname(name.as_str());
+    let shown = if show_password {
+        ShowPassword::Shown
+    } else {
+        ShowPassword::Masked
+    };
+    println!(
+        "✓ Branch {name} of connector {} at source LSN {lsn}, ready in {:.1} s (replication \
+         paused {:.1} s)",
+        connector.name,
+        started.elapsed().as_secs_f64(),
+        paused.as_secs_f64()
+    );
+    println!("  url:  {}", info.url(shown));
+    println!(
+        "  psql: psql '{}'",
+        info.url(if show_password {
+            ShowPassword::Shown
+        } else {
+            ShowPassword::Omitted
+        })
+    );
+}
+
+/// The recorded branch called `name`; the replica and control databases are never one.
+async fn recorded(
+    bookkeeping: &Bookkeeping,
+    store: &ConnInfo,
+    name: &str,
+) -> Result<Branch, Failure> {
+    let name = BranchName::new(name.to_owned()).map_err(Failure::usage)?;
+    match bookkeeping.branch(&name).await? {
+        Some(branch) if name.as_str() != store.dbname => Ok(branch),
+        _ => Err(anyhow!(
+            "no branch named {name}; `tributary branch list` shows them (only branches \
+             created by tributary can be deleted or reset here)"
+        )
+        .into()),
+    }
+}
+
+/// Drops the branch's database; with clients connected only with `force`, which ends
+/// their sessions and says how many.
+async fn drop_branch_database(
+    store: &ConnInfo,
+    name: &BranchName,
+    force: bool,
+) -> Result<(), Failure> {
+    let control = pg::connect(store).await?;
+    let sessions: Vec<i32> = control
+        .query(
+            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = $1 ORDER BY pid",
+            &[&name.as_str()],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if !sessions.is_empty() && !force {
+        return Err(anyhow!(
+            "{} client session{} connected to branch {name} (pid {}): disconnect {} or use \
+             --force to end {}",
+            sessions.len(),
+            if sessions.len() == 1 { " is" } else { "s are" },
+            sessions
+                .iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if sessions.len() == 1 { "it" } else { "them" },
+            if sessions.len() == 1 { "it" } else { "them" },
+        )
+        .into());
+    }
+    control
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(name.as_str())
+        ))
+        .await
+        .with_context(|| format!("dropping the database of branch {name}"))?;
+    if !sessions.is_empty() {
+        println!(
+            "! ended {} client session{} connected to {name} (--force)",
+            sessions.len(),
+            if sessions.len() == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
+/// The contract of `branch list --format json`: one object per branch.
+#[derive(Serialize)]
+struct BranchView {
+    name: String,
+    connector: String,
+    database: String,
+    state: &'static str,
+    /// The source commit position the branch's data represents.
+    lsn: Option<String>,
+    created_at: Option<String>,
+    age_seconds: Option<i64>,
+    /// The database's current size; `null` when it does not exist.
+    size_bytes: Option<i64>,
+    /// How long replication paused for the copy.
+    pause_ms: Option<u128>,
+    error: Option<String>,
+}
+
+async fn list(bookkeeping: &Bookkeeping, store: &ConnInfo, format: Format) -> Result<(), Failure> {
+    let branches = bookkeeping.branches(None).await?;
+    let control = pg::connect(store).await?;
+    let now = chrono::Utc::now();
+    let mut views = Vec::with_capacity(branches.len());
+    for b in branches {
+        let size: Option<i64> = control
+            .query_one(
+                "SELECT pg_catalog.pg_database_size(oid) FROM pg_catalog.pg_database
+                  WHERE datname = $1
+                 UNION ALL SELECT NULL LIMIT 1",
+                &[&b.name.as_str()],
+            )
+            .await?
+            .get(0);
+        views.push(BranchView {
+            name: b.name.to_string(),
+            connector: b.connector_name.clone(),
+            database: b.name.to_string(),
+            state: b.state.as_str(),
+            lsn: b.lsn.map(|l| l.to_string()),
+            created_at: b.created_at.map(|t| t.to_rfc3339()),
+            age_seconds: b.created_at.map(|t| (now - t).num_seconds()),
+            size_bytes: size,
+            pause_ms: b.pause.map(|p| p.as_millis()),
+            error: b.error,
+        });
+    }
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(());
+    }
+    if views.is_empty() {
+        println!("no branches; create one with `tributary branch create <name>`");
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<20} {:<9} {:<14} {:>10} {:>10}",
+        "NAME", "CONNECTOR", "STATE", "LSN", "AGE", "SIZE"
+    );
+    for v in &views {
+        println!(
+            "{:<24} {:<20} {:<9} {:<14} {:>10} {:>10}",
+            v.name,
+            v.connector,
+            v.state,
+            v.lsn.as_deref().unwrap_or("-"),
+            v.age_seconds.map_or_else(|| "-".into(), age),
+            v.size_bytes
+                .and_then(|b| u64::try_from(b).ok())
+                .map_or_else(|| "-".into(), |b| ByteSize(b).display().iec().to_string()),
+        );
+    }
+    Ok(())
+}
+
+/// `42 s`, `5 min`, `3 h`, `2 d`.
+fn age(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7_200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3_600),
+        s => format!("{} d", s / 86_400),
+    }
+}
