@@ -192,3 +192,143 @@ async fn branches_cut_mid_stream_are_consistent_isolated_and_have_sequences() {
     assert_eq!(store.psql("dev_3", "SELECT count(*) FROM events"), "1150");
     daemon.terminate();
 }
+
+fn run(daemon: &Daemon, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = daemon.cli(args);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn names_are_checked_and_branches_deleted_reset_and_kept() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    bank(&source);
+    source.psql("bank", "CREATE EXTENSION pgcrypto");
+    let mut daemon = Daemon::new(&store);
+    create_connector(&daemon, &source);
+    daemon.cli_ok(&[
+        "connector",
+        "update",
+        "bank",
+        "--drop-extensions",
+        "pgcrypto",
+    ]);
+
+    // Before the first snapshot there is nothing to branch from.
+    let (code, _, err) = run(&daemon, &["branch", "create", "early"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not ready to branch"), "{err}");
+
+    daemon.start();
+    daemon.wait_for_state("bank", "streaming").await;
+    for (name, code, says) in [
+        ("Bad-Name", 2, "invalid branch name"),
+        ("bank_replica", 2, "reserved"),
+        ("postgres", 2, "reserved"),
+        ("template1", 2, "reserved"),
+    ] {
+        let (got, _, err) = run(&daemon, &["branch", "create", name]);
+        assert_eq!(got, Some(code), "{name}: {err}");
+        assert!(err.contains(says), "{name}: {err}");
+    }
+    store.create_database("taken");
+    let (code, _, err) = run(&daemon, &["branch", "create", "taken"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("a database named taken exists"), "{err}");
+
+    let out = daemon.cli_ok(&["branch", "create", "feature", "--show-password"]);
+    assert!(out.contains("/feature?sslmode="), "{out}");
+    assert_eq!(
+        store.psql(
+            "feature",
+            "SELECT count(*) FROM pg_extension WHERE extname = 'pgcrypto'"
+        ),
+        "0",
+        "drop-extensions leaves pgcrypto out of branches"
+    );
+    assert_eq!(
+        store.psql(
+            "bank_replica",
+            "SELECT count(*) FROM pg_extension WHERE extname = 'pgcrypto'"
+        ),
+        "1"
+    );
+    let (code, _, err) = run(&daemon, &["branch", "create", "feature"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("branch feature exists"), "{err}");
+
+    // Not a branch: never deleted or reset through these commands.
+    for name in ["bank_replica", "postgres", "taken"] {
+        let (code, _, err) = run(&daemon, &["branch", "delete", name, "--force"]);
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(err.contains(&format!("no branch named {name}")), "{err}");
+    }
+    assert_eq!(store.psql("bank_replica", "SELECT 1"), "1");
+
+    // Reset: the branch follows the replica again; a connected client blocks it.
+    source.psql("bank", "INSERT INTO events (note) VALUES ('after feature')");
+    wait_converged(
+        &source,
+        "bank",
+        &store,
+        "bank_replica",
+        &["public"],
+        &daemon,
+    )
+    .await;
+    let mut client = store.connect("feature").await;
+    let (code, _, err) = run(&daemon, &["branch", "reset", "feature"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("1 client session is connected to branch feature"),
+        "{err}"
+    );
+    let out = daemon.cli_ok(&["branch", "reset", "feature", "--force"]);
+    assert!(out.contains("ended 1 client session"), "{out}");
+    assert!(
+        client.simple_query("SELECT 1").await.is_err(),
+        "the session was ended"
+    );
+    assert_eq!(
+        store.psql(
+            "feature",
+            "SELECT count(*) FROM events WHERE note = 'after feature'"
+        ),
+        "1"
+    );
+    client = store.connect("feature").await;
+    let (code, _, _) = run(&daemon, &["branch", "delete", "feature"]);
+    assert_eq!(code, Some(1));
+    drop(client);
+    daemon.cli_ok(&["branch", "create", "kept"]);
+
+    // Without a daemon the command cuts the branch itself, from the replica as it is.
+    daemon.terminate();
+    let out = daemon.cli_ok(&["branch", "create", "offline"]);
+    assert!(out.contains("✓ Branch offline"), "{out}");
+    assert_eq!(
+        store.psql("offline", "SELECT lsn FROM tributary.branch"),
+        store.psql("bank_replica", "SELECT lsn FROM tributary.applied")
+    );
+
+    eventually_deleted(&daemon, "feature").await;
+    let out = daemon.cli_ok(&["connector", "delete", "bank"]);
+    assert!(out.contains("Kept 2 branches: kept, offline"), "{out}");
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&daemon.cli_ok(&["branch", "list", "--format", "json"])).unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(store.psql("kept", "SELECT count(*) > 0 FROM accounts"), "t");
+}
+
+/// `branch delete` once the last client has gone (the server ends the session a moment
+/// after the client closes it).
+async fn eventually_deleted(daemon: &Daemon, name: &str) {
+    crate::support::eventually("the branch to be deleted", || async {
+        (run(daemon, &["branch", "delete", name]).0 == Some(0)).then_some(())
+    })
+    .await;
+}
