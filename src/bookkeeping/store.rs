@@ -80,7 +80,12 @@ impl Bookkeeping {
         let session = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(store.connect_timeout)
-            .connect_with(connect_options(store).options([("search_path", "tributary")]))
+            // sqlx's own `CREATE TABLE IF NOT EXISTS` would otherwise log a notice at
+            // every start.
+            .connect_with(connect_options(store).options([
+                ("search_path", "tributary"),
+                ("client_min_messages", "warning"),
+            ]))
             .await
             .map_err(|source| Error::Connect {
                 target: store.target(),

@@ -113,7 +113,13 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
         return preflight::run(checks, args.config.as_deref()).await;
     }
     let (settings, config_path) = load_settings(args.config.as_deref())?;
-    init_logging(&settings.log.level, settings.log.format);
+    // The daemon logs at the configured level; a command's output is its report, so it
+    // logs only warnings and errors unless RUST_LOG asks for more.
+    let level = match args.command {
+        Command::Run => settings.log.level.as_str(),
+        _ => "warn",
+    };
+    init_logging(level, settings.log.format);
     match args.command {
         Command::Run => run::run(settings, &config_path).await,
         Command::Migrate => {

@@ -134,9 +134,13 @@ pub async fn prepare_replica(store: &ConnInfo, database: &str) -> Result<(), Sin
 
 /// `CREATE DATABASE <name> TEMPLATE <template>` on the store server: a branch of a replica
 /// whose sessions are closed (the server refuses while any is open, after waiting up to five
-/// seconds for them to go). `STRATEGY FILE_COPY` where it is near-constant time
-/// (PostgreSQL 18 with `file_copy_method = clone`, on a filesystem with reflinks); the
-/// server's default otherwise.
+/// seconds for them to go).
+///
+/// `STRATEGY FILE_COPY` (the only way before PostgreSQL 15): it copies the files after a
+/// checkpoint, where the default, `WAL_LOG`, writes the whole database to WAL as well. On
+/// PostgreSQL 15 here it took 1.4 s for 1 GB against 2.3–4.0 s, and was as fast or faster
+/// from 20 MB up; with PostgreSQL 18's `file_copy_method = clone` on a filesystem with
+/// reflinks (XFS, Btrfs) it takes about the same time at any size.
 pub async fn copy_database(store: &ConnInfo, template: &str, name: &str) -> Result<(), SinkError> {
     if name == store.dbname || name == template || matches!(name, "template0" | "template1") {
         return Err(SinkError::Refused {
@@ -145,21 +149,24 @@ pub async fn copy_database(store: &ConnInfo, template: &str, name: &str) -> Resu
         });
     }
     let control = connect(store).await?;
-    let clone: bool = control
+    let strategy_clause: bool = control
         .query_one(
-            "SELECT pg_catalog.current_setting('server_version_num')::int >= 180000
-                AND pg_catalog.current_setting('file_copy_method', true) = 'clone'",
+            "SELECT pg_catalog.current_setting('server_version_num')::int >= 150000",
             &[],
         )
         .await
-        .map_err(setup(name, "reading file_copy_method"))?
+        .map_err(setup(name, "reading the server version"))?
         .get(0);
     control
         .batch_execute(&format!(
             "CREATE DATABASE {} TEMPLATE {}{}",
             quote_ident(name),
             quote_ident(template),
-            if clone { " STRATEGY FILE_COPY" } else { "" }
+            if strategy_clause {
+                " STRATEGY FILE_COPY"
+            } else {
+                ""
+            }
         ))
         .await
         .map_err(setup(name, "creating the branch database"))?;
