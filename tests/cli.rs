@@ -104,3 +104,27 @@ async fn tail_prints_changes_and_leaves_no_slot_behind() {
     })
     .await;
 }
+
+#[test]
+fn output_into_a_closed_pipe_is_dropped_without_a_panic() {
+    // `tributary … | head -0`: the reader is gone before the first line is written. Run
+    // where no configuration names a branch store (whose absence would only slow it down).
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tributary()
+        .current_dir(dir.path())
+        .args([
+            "connector",
+            "preflight",
+            "postgresql",
+            "postgresql://nobody@127.0.0.1:1/db",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+}

@@ -107,7 +107,7 @@ pub async fn run(
             let branch = recorded(bookkeeping, &store, &name).await?;
             drop_branch_database(&store, &branch.name, force).await?;
             bookkeeping.forget_branch(&branch.name).await?;
-            println!("✓ Deleted branch {}", branch.name);
+            say!("✓ Deleted branch {}", branch.name);
             Ok(())
         }
         BranchCommand::Reset {
@@ -439,15 +439,15 @@ fn report(
     } else {
         ShowPassword::Masked
     };
-    println!(
+    say!(
         "✓ Branch {name} of connector {} at source LSN {lsn}, ready in {:.1} s (replication \
          paused {:.1} s)",
         connector.name,
         started.elapsed().as_secs_f64(),
         paused.as_secs_f64()
     );
-    println!("  url:  {}", info.url(shown));
-    println!(
+    say!("  url:  {}", info.url(shown));
+    say!(
         "  psql: psql '{}'",
         info.url(if show_password {
             ShowPassword::Shown
@@ -515,7 +515,7 @@ async fn drop_branch_database(
         .await
         .with_context(|| format!("dropping the database of branch {name}"))?;
     if !sessions.is_empty() {
-        println!(
+        say!(
             "! ended {} client session{} connected to {name} (--force)",
             sessions.len(),
             if sessions.len() == 1 { "" } else { "s" }
@@ -571,19 +571,24 @@ async fn list(bookkeeping: &Bookkeeping, store: &ConnInfo, format: Format) -> Re
         });
     }
     if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
+        say!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(());
     }
     if views.is_empty() {
-        println!("no branches; create one with `tributary branch create <name>`");
+        say!("no branches; create one with `tributary branch create <name>`");
         return Ok(());
     }
-    println!(
+    say!(
         "{:<24} {:<20} {:<9} {:<14} {:>10} {:>10}",
-        "NAME", "CONNECTOR", "STATE", "LSN", "AGE", "SIZE"
+        "NAME",
+        "CONNECTOR",
+        "STATE",
+        "LSN",
+        "AGE",
+        "SIZE"
     );
     for v in &views {
-        println!(
+        say!(
             "{:<24} {:<20} {:<9} {:<14} {:>10} {:>10}",
             v.name,
             v.connector,

@@ -104,10 +104,10 @@ pub async fn run(
             bookkeeping.set_active(connector.id).await?;
             match previous {
                 Some(p) if p.id == connector.id => {
-                    println!("{} is the active connector already", connector.name)
+                    say!("{} is the active connector already", connector.name)
                 }
-                Some(p) => println!("Switched from {} to {}", p.name, connector.name),
-                None => println!("{} is the active connector", connector.name),
+                Some(p) => say!("Switched from {} to {}", p.name, connector.name),
+                None => say!("{} is the active connector", connector.name),
             }
             Ok(())
         }
@@ -198,25 +198,29 @@ async fn list(bookkeeping: &Bookkeeping, format: Format) -> Result<(), Failure> 
         views.push(view(bookkeeping, connector).await?);
     }
     if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
+        say!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(());
     }
     if views.is_empty() {
-        println!(
+        say!(
             "no connectors; create one with `tributary connector create postgresql <url> --name <name>`"
         );
         return Ok(());
     }
-    println!(
+    say!(
         "  {:<20} {:<13} {:<6} {:>10}  {:<32} SOURCE",
-        "NAME", "STATE", "READY", "LAG", "REPLICA DATABASE"
+        "NAME",
+        "STATE",
+        "READY",
+        "LAG",
+        "REPLICA DATABASE"
     );
     for v in &views {
         let lag = v.slot.as_ref().and_then(|s| s.lag_bytes).map_or_else(
             || "-".to_owned(),
             |b| ByteSize(b).display().iec().to_string(),
         );
-        println!(
+        say!(
             "{} {:<20} {:<13} {:<6} {:>10}  {:<32} {}",
             if v.active { "*" } else { " " },
             v.name,
@@ -227,17 +231,17 @@ async fn list(bookkeeping: &Bookkeeping, format: Format) -> Result<(), Failure> 
             v.source
         );
         if let Some(error) = v.last_error {
-            println!("    error: {error}");
+            say!("    error: {error}");
             if let Some(next) = v.next_step {
-                println!("    next step: {next}");
+                say!("    next step: {next}");
             }
         }
         for warning in &v.warnings {
-            println!("    warning: {warning}");
+            say!("    warning: {warning}");
         }
     }
     if !views.iter().any(|v| v.active) {
-        println!("\nNo active connector: choose one with `tributary connector switch <name>`.");
+        say!("\nNo active connector: choose one with `tributary connector switch <name>`.");
     }
     Ok(())
 }
@@ -402,12 +406,12 @@ async fn delete(
             )
             .into());
         }
-        println!("! {e:#}; deleting anyway (--force)");
+        say!("! {e:#}; deleting anyway (--force)");
     }
     let slot_dropped = match drop_slot(&source, connector, force).await {
         Ok(()) => true,
         Err(e) if force => {
-            println!(
+            say!(
                 "! could not drop replication slot {slot_name} on the source ({e:#}). It keeps \
                  WAL until dropped: run on the source `{drop_sql}`"
             );
@@ -436,7 +440,7 @@ async fn delete(
         })?;
     let branches = bookkeeping.branches(Some(connector.id)).await?;
     bookkeeping.delete_connector(connector.id).await?;
-    println!(
+    say!(
         "✓ Deleted connector {name}: {}replica database {} dropped, bookkeeping removed.",
         if slot_dropped {
             format!("replication slot {slot_name} dropped on the source (checked), ")
@@ -447,7 +451,7 @@ async fn delete(
     );
     if !branches.is_empty() {
         let names: Vec<String> = branches.iter().map(|b| b.name.to_string()).collect();
-        println!(
+        say!(
             "  Kept {} branch{}: {} (`tributary branch delete <name>` removes one).",
             names.len(),
             if names.len() == 1 { "" } else { "es" },
@@ -520,9 +524,7 @@ async fn drop_slot(source: &ConnInfo, connector: &Connector, force: bool) -> any
                     .with_context(|| {
                         format!("ending session {pid}, which streams from {slot_name}")
                     })?;
-                println!(
-                    "! ended the source session {pid} that streamed from {slot_name} (--force)"
-                );
+                say!("! ended the source session {pid} that streamed from {slot_name} (--force)");
             }
             Some(pid) if tokio::time::Instant::now() >= deadline => {
                 anyhow::bail!(

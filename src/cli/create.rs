@@ -178,7 +178,7 @@ pub async fn run(args: CreateArgs, bookkeeping: &Bookkeeping) -> Result<(), Fail
     let report = preflight::run(&info, &schemas, &known).await;
     let blocking: Vec<_> = report.blocking_failures().collect();
     if !blocking.is_empty() {
-        println!(
+        say!(
             "Preflight of {info}, schemas {}: {} required check{} failed\n",
             schemas.join(", "),
             blocking.len(),
@@ -186,7 +186,7 @@ pub async fn run(args: CreateArgs, bookkeeping: &Bookkeeping) -> Result<(), Fail
         );
         print_checks(blocking.iter().copied());
         print_grant_script(&report);
-        println!(
+        say!(
             "\n✗ Connector {name} not created. Fix the checks above (`tributary connector \
              preflight` shows them all) and run create again."
         );
@@ -198,9 +198,9 @@ pub async fn run(args: CreateArgs, bookkeeping: &Bookkeeping) -> Result<(), Fail
         .filter(|c| matches!(c.outcome, Outcome::Warn { .. }))
         .collect();
     if !warnings.is_empty() {
-        println!("Preflight passed with warnings:");
+        say!("Preflight passed with warnings:");
         print_checks(warnings.iter().copied());
-        println!();
+        say!();
     }
 
     let decisions = args
@@ -210,7 +210,7 @@ pub async fn run(args: CreateArgs, bookkeeping: &Bookkeeping) -> Result<(), Fail
     let connector = bookkeeping
         .create_connector_with_decisions(&name, &args.url, &schemas, &decisions)
         .await?;
-    println!(
+    say!(
         "✓ Created connector {} (id {}) for {info}\n  schemas: {}\n  slot: {}\n  replica \
          database: {}",
         connector.name,
@@ -227,13 +227,13 @@ pub async fn run(args: CreateArgs, bookkeeping: &Bookkeeping) -> Result<(), Fail
         .filter(|k| !k.dangles(&schemas, &[]) && k.dangles(&schemas, &left_out))
         .collect();
     if !dangling.is_empty() {
-        println!(
+        say!(
             "  warning: foreign keys into tables that are not replicated are left out of the \
              replica and its branches: {}",
             describe_foreign_keys(&dangling)
         );
     }
-    println!(
+    say!(
         "\nNext: start the daemon with `tributary run` (one already running picks the \
          connector up and starts the snapshot), then follow it with `tributary connector list`."
     );
@@ -424,7 +424,7 @@ fn prompt(
     keyless: &[&TableIdentity],
     nothing_done: &str,
 ) -> Result<Vec<(TableName, TableDecision)>, Failure> {
-    println!(
+    say!(
         "{} table{} without a usable replica identity: without one, UPDATEs and DELETEs \
          cannot be replicated. For each, choose:\n  e  exclude: never replicate it (default)\n  \
          a  add_pk: you will add a primary key; excluded until then\n  f  \
@@ -454,7 +454,7 @@ fn prompt(
                 "a" | "add_pk" => TableDecision::AddPk,
                 "f" | "replica_identity_full" => TableDecision::ReplicaIdentityFull,
                 other => {
-                    println!("  {other:?} is not a choice: e, a or f");
+                    say!("  {other:?} is not a choice: e, a or f");
                     continue;
                 }
             };
@@ -478,12 +478,12 @@ pub(super) fn print_decisions(decisions: &[(TableName, TableDecision)]) {
             continue;
         };
         match decision {
-            TableDecision::Exclude => println!("  excluded (exclude):"),
-            TableDecision::AddPk => println!(
+            TableDecision::Exclude => say!("  excluded (exclude):"),
+            TableDecision::AddPk => say!(
                 "  excluded until they have a primary key (add_pk); a snapshot taken after the \
                  key was added includes them:"
             ),
-            TableDecision::ReplicaIdentityFull => println!(
+            TableDecision::ReplicaIdentityFull => say!(
                 "  replica_identity_full: run this on the source before the snapshot starts \
                  (tributary never changes a replica identity); until then they are excluded:"
             ),
@@ -491,9 +491,9 @@ pub(super) fn print_decisions(decisions: &[(TableName, TableDecision)]) {
         for table in tables {
             match decision {
                 TableDecision::ReplicaIdentityFull => {
-                    println!("    {}", replica_identity_full_sql(table))
+                    say!("    {}", replica_identity_full_sql(table))
                 }
-                _ => println!("    {}", display(table)),
+                _ => say!("    {}", display(table)),
             }
         }
     }

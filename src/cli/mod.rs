@@ -3,6 +3,18 @@
 //! Exit codes (a contract scripts rely on): 0 success, 1 a check or operation failed,
 //! 2 usage error (clap's own code for bad arguments, and ours for a bad configuration).
 
+/// `println!` that never panics: output nobody reads any more (`tributary … | head`) is
+/// dropped, and the command goes on to finish its work.
+macro_rules! say {
+    () => {
+        say!("")
+    };
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod branch;
 mod connector;
 mod create;
@@ -124,7 +136,7 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
         Command::Run => run::run(settings, &config_path).await,
         Command::Migrate => {
             crate::bookkeeping::Bookkeeping::migrate(&settings.store()).await?;
-            println!("bookkeeping schema is up to date");
+            say!("bookkeeping schema is up to date");
             Ok(())
         }
         Command::Connector(command) => connector::run(command, settings, &config_path).await,

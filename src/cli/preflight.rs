@@ -43,7 +43,7 @@ pub async fn run(args: PreflightArgs, config: Option<&Path>) -> Result<(), Failu
     let known = known_sources(config).await?;
     let report = preflight::run(&info, &schemas, &known).await;
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&view(&report))?),
+        Format::Json => say!("{}", serde_json::to_string_pretty(&view(&report))?),
         Format::Text => print_text(&info, &schemas, &report),
     }
     if report.passed() {
@@ -97,11 +97,11 @@ pub(super) fn known_source(connector: &Connector) -> KnownSource {
 }
 
 fn print_text(info: &ConnInfo, schemas: &[String], report: &Report) {
-    println!("Preflight of {info}, schemas {}", schemas.join(", "));
-    println!();
+    say!("Preflight of {info}, schemas {}", schemas.join(", "));
+    say!();
     print_checks(report.checks.iter());
-    println!();
-    println!("{}", summary(schemas, report));
+    say!();
+    say!("{}", summary(schemas, report));
     print_grant_script(report);
 }
 
@@ -120,9 +120,9 @@ pub(super) fn print_checks<'a>(checks: impl Iterator<Item = &'a Check> + Clone) 
             Outcome::Fail { value, fix } => ('✗', value.clone(), Some(fix)),
             Outcome::Skip { reason } => ('-', format!("skipped: {reason}"), None),
         };
-        println!("  {mark} {:<width$}  {value}", check.name);
+        say!("  {mark} {:<width$}  {value}", check.name);
         if let Some(fix) = fix {
-            println!("      fix: {fix}");
+            say!("      fix: {fix}");
         }
     }
 }
@@ -130,12 +130,12 @@ pub(super) fn print_checks<'a>(checks: impl Iterator<Item = &'a Check> + Clone) 
 /// The grant script with how to use it, when the report has one.
 pub(super) fn print_grant_script(report: &Report) {
     if let Some(script) = &report.grant_script {
-        println!();
-        println!(
+        say!();
+        say!(
             "Grant script: save it to a file, review it, run it as a superuser with psql, then \
              run preflight again."
         );
-        println!();
+        say!();
         print!("{script}");
     }
 }

@@ -113,7 +113,7 @@ pub async fn update(
     let mut restarted = false;
     if let Some(schemas) = schemas {
         if schemas == connector.schemas {
-            println!(
+            say!(
                 "✓ {}: already replicates schemas {}",
                 connector.name,
                 schemas.join(", ")
@@ -136,9 +136,9 @@ pub async fn update(
         .await?;
     if let Some(extensions) = &drop_extensions {
         if extensions.is_empty() {
-            println!("✓ {}: branches keep every extension", connector.name);
+            say!("✓ {}: branches keep every extension", connector.name);
         } else {
-            println!(
+            say!(
                 "✓ {}: branches leave out the extension{} {}",
                 connector.name,
                 if extensions.len() == 1 { "" } else { "s" },
@@ -147,7 +147,7 @@ pub async fn update(
         }
     }
     if let Some(include) = include_new_tables {
-        println!(
+        say!(
             "✓ {}: tables created later in its schemas are {}",
             connector.name,
             if include {
@@ -208,7 +208,7 @@ async fn set_up_again(
     let report = preflight::run(&info, &schemas, &KnownSources::Known(others)).await;
     let blocking: Vec<_> = report.blocking_failures().collect();
     if !blocking.is_empty() {
-        println!(
+        say!(
             "Preflight of {info}, schemas {}: {} required check{} failed\n",
             schemas.join(", "),
             blocking.len(),
@@ -216,7 +216,7 @@ async fn set_up_again(
         );
         print_checks(blocking.iter().copied());
         print_grant_script(&report);
-        println!(
+        say!(
             "\n✗ Setup of {name} not restarted. Fix the checks above (`tributary connector \
              preflight` shows them all) and run this again."
         );
@@ -227,7 +227,7 @@ async fn set_up_again(
         .iter()
         .filter(|c| matches!(c.outcome, Outcome::Warn { .. }))
         .collect();
-    println!(
+    say!(
         "✓ Preflight of {info} passed{}",
         if warnings.is_empty() {
             ""
@@ -261,9 +261,9 @@ async fn set_up_again(
         resnapshot: !reasons.is_empty(),
     };
     if decisions_changed && decisions.is_empty() {
-        println!("✓ No table needs a replica identity decision any more.");
+        say!("✓ No table needs a replica identity decision any more.");
     } else if decisions_changed {
-        println!("Replica identity decisions:");
+        say!("Replica identity decisions:");
         super::create::print_decisions(&decisions);
     }
     match bookkeeping.request_setup(connector.id, &change).await? {
@@ -271,7 +271,7 @@ async fn set_up_again(
             return in_progress(bookkeeping, connector, state, true).await;
         }
         SetupRequest::Recorded => {
-            println!(
+            say!(
                 "✓ Setup of {name} is healthy (streaming from slot {}): nothing to do.",
                 connector.slot_name
             );
@@ -280,18 +280,18 @@ async fn set_up_again(
         SetupRequest::Restarted => {}
     }
     if reasons.is_empty() {
-        println!(
+        say!(
             "✓ Setup of {name} restarts: it resumes from the replica's applied position with \
              slot {} (kept).",
             connector.slot_name
         );
     } else {
-        println!("✓ Setup of {name} restarts with a new snapshot, which replaces the replica:");
+        say!("✓ Setup of {name} restarts with a new snapshot, which replaces the replica:");
         for reason in &reasons {
-            println!("    - {reason}");
+            say!("    - {reason}");
         }
     }
-    println!(
+    say!(
         "A running daemon picks it up now (start one with `tributary run`); follow it with \
          `tributary connector list`."
     );
@@ -320,7 +320,7 @@ async fn in_progress(
         .clone()
         .filter(|t| t.state == TableSyncState::Copied)
         .count();
-    println!(
+    say!(
         "Setup of {name} is already in progress ({state}{}); nothing new was started. A \
          running daemon carries it on; follow it with `tributary connector list`.",
         if state == PipelineState::Snapshotting {
@@ -406,7 +406,7 @@ async fn resnapshot_reasons(
         .map(|t| t.name.to_string())
         .collect();
     if !excluded_with_identity.is_empty() {
-        println!(
+        say!(
             "Note: excluded by decision although they have a usable replica identity: {}. To \
              replicate them, run retry-setup with a decisions file that leaves them out.",
             excluded_with_identity.join(", ")
@@ -439,7 +439,7 @@ async fn wait_for_streaming(
         )
         .into());
     }
-    println!("Waiting for {} to stream…", connector.name);
+    say!("Waiting for {} to stream…", connector.name);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let now = bookkeeping
@@ -448,7 +448,7 @@ async fn wait_for_streaming(
             .ok_or_else(|| anyhow!("connector {} was deleted meanwhile", connector.name))?;
         match now.state {
             PipelineState::Streaming if !now.resnapshot_requested => {
-                println!("✓ {} is streaming", now.name);
+                say!("✓ {} is streaming", now.name);
                 return Ok(());
             }
             PipelineState::Failed => {
