@@ -16,6 +16,8 @@ CREATE TABLE tributary.branches (
     lsn            pg_lsn,
     -- How long the pipeline stood still for the copy.
     pause_ms       bigint CHECK (pause_ms >= 0),
+    -- The database's size when it became ready.
+    size_bytes     bigint CHECK (size_bytes >= 0),
     error          text,
     requested_at   timestamptz NOT NULL DEFAULT now(),
     created_at     timestamptz

@@ -47,13 +47,15 @@ pub struct Branch {
     pub state: BranchState,
     pub lsn: Option<Lsn>,
     pub pause: Option<Duration>,
+    /// The database's size when it became ready.
+    pub size_bytes: Option<i64>,
     pub error: Option<String>,
     pub requested_at: DateTime<Utc>,
     pub created_at: Option<DateTime<Utc>>,
 }
 
 const BRANCH_COLUMNS: &str = "name, connector_id, connector_name, state, lsn::text, pause_ms, \
-     error, (extract(epoch FROM requested_at) * 1000000)::int8, \
+     size_bytes, error, (extract(epoch FROM requested_at) * 1000000)::int8, \
      (extract(epoch FROM created_at) * 1000000)::int8";
 
 type BranchRow = (
@@ -63,13 +65,25 @@ type BranchRow = (
     String,
     Option<String>,
     Option<i64>,
+    Option<i64>,
     Option<String>,
     i64,
     Option<i64>,
 );
 
 fn branch(row: BranchRow) -> Result<Branch, Error> {
-    let (name, connector_id, connector_name, state, lsn, pause_ms, error, requested, created) = row;
+    let (
+        name,
+        connector_id,
+        connector_name,
+        state,
+        lsn,
+        pause_ms,
+        size_bytes,
+        error,
+        requested,
+        created,
+    ) = row;
     let time = |us: i64| {
         DateTime::from_timestamp_micros(us)
             .ok_or_else(|| Error::Corrupt(format!("timestamp of {us} µs since 1970")))
@@ -86,6 +100,7 @@ fn branch(row: BranchRow) -> Result<Branch, Error> {
             })
             .transpose()?,
         pause: pause_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        size_bytes,
         error,
         requested_at: time(requested)?,
         created_at: created.map(time).transpose()?,
@@ -213,18 +228,16 @@ impl Bookkeeping {
         Ok(deleted.rows_affected() == 1)
     }
 
-    pub async fn set_branch_state(
-        &self,
-        name: &BranchName,
-        state: BranchState,
-        error: Option<&str>,
-    ) -> Result<(), Error> {
-        sqlx::query("UPDATE tributary.branches SET state = $2, error = $3 WHERE name = $1")
-            .bind(name.as_str())
-            .bind(state.as_str())
-            .bind(error)
-            .execute(&self.pool)
-            .await?;
+    /// The branch is handed to the user; `size_bytes` is its database's size then.
+    pub async fn branch_ready(&self, name: &BranchName, size_bytes: i64) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE tributary.branches SET state = 'ready', error = NULL, size_bytes = $2
+             WHERE name = $1",
+        )
+        .bind(name.as_str())
+        .bind(size_bytes)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -373,9 +373,12 @@ async fn finish(
         let _ = bookkeeping.forget_branch(name).await;
         return Err(anyhow!("branch {name} was not created: {e:#}").into());
     }
-    bookkeeping
-        .set_branch_state(name, BranchState::Ready, None)
-        .await?;
+    let size: i64 = pg::connect(store)
+        .await?
+        .query_one("SELECT pg_catalog.pg_database_size($1)", &[&name.as_str()])
+        .await?
+        .get(0);
+    bookkeeping.branch_ready(name, size).await?;
     Ok(())
 }
 
