@@ -2,6 +2,8 @@
 -- commit boundary.
 --
 --   requested  `branch create` asked the daemon's pipeline to cut it
+--   cutting    claimed by whoever copies it (the pipeline, or the command itself when no
+--              pipeline runs); the database may exist partly
 --   copied     the database exists (CREATE DATABASE … TEMPLATE), at `lsn`; not usable yet
 --   ready      sequences set, extensions dropped: handed to the user
 --   failed     the cut failed (`error`); the database does not exist
@@ -11,7 +13,7 @@ CREATE TABLE tributary.branches (
     connector_id   bigint REFERENCES tributary.connectors (id) ON DELETE SET NULL,
     connector_name text NOT NULL,
     state          text NOT NULL DEFAULT 'requested'
-                   CHECK (state IN ('requested', 'copied', 'ready', 'failed')),
+                   CHECK (state IN ('requested', 'cutting', 'copied', 'ready', 'failed')),
     -- The source commit position the branch's data represents.
     lsn            pg_lsn,
     -- How long the pipeline stood still for the copy.

@@ -229,6 +229,7 @@ async fn names_are_checked_and_branches_deleted_reset_and_kept() {
         ("Bad-Name", 2, "invalid branch name"),
         ("bank_replica", 2, "reserved"),
         ("postgres", 2, "reserved"),
+        ("later_replica", 2, "reserved"),
         ("template1", 2, "reserved"),
     ] {
         let (got, _, err) = run(&daemon, &["branch", "create", name]);
@@ -331,4 +332,46 @@ async fn eventually_deleted(daemon: &Daemon, name: &str) {
         (run(daemon, &["branch", "delete", name]).0 == Some(0)).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_cut_left_half_done_is_cleaned_up_and_done_again() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    bank(&source);
+    let mut daemon = Daemon::new(&store);
+    create_connector(&daemon, &source);
+    daemon.start();
+    daemon.wait_for_state("bank", "streaming").await;
+
+    // As a pipeline that died in the middle of a copy leaves it: claimed, and a database
+    // with part of the data.
+    store.create_database("half");
+    store.psql("half", "CREATE TABLE leftover (x int)");
+    store.psql(
+        "postgres",
+        "INSERT INTO tributary.branches (name, connector_id, connector_name, state)
+         SELECT 'half', id, name, 'cutting' FROM tributary.connectors;
+         SELECT pg_notify('tributary_branches', id::text) FROM tributary.connectors;",
+    );
+    crate::support::eventually("the cut to be done again", || async {
+        (store.psql(
+            "postgres",
+            "SELECT state FROM tributary.branches WHERE name = 'half'",
+        ) == "copied")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        store.psql(
+            "half",
+            "SELECT to_regclass('leftover') IS NULL AND to_regclass('accounts') IS NOT NULL"
+        ),
+        "t"
+    );
+    assert_eq!(
+        store.psql("half", "SELECT sum(balance) FROM accounts"),
+        (ACCOUNTS * OPENING_BALANCE).to_string()
+    );
+    daemon.terminate();
 }

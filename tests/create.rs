@@ -433,3 +433,20 @@ async fn foreign_keys_into_tables_not_replicated_are_left_out_with_a_warning() {
     );
     daemon.terminate();
 }
+
+#[test]
+fn a_database_in_the_way_of_the_replica_is_never_replaced() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    shop(&source);
+    store.create_database("shop_replica");
+    let daemon = Daemon::new(&store);
+    let run = create(
+        &daemon,
+        &source.superuser_url("shop"),
+        &["--accept-replica-identity-defaults"],
+    );
+    run.assert_code(1);
+    run.assert_stderr("a database named shop_replica exists on the branch store already");
+    assert_no_connectors(&daemon);
+}

@@ -708,12 +708,14 @@ async fn prepare_is_idempotent_and_drop_spares_the_control_database() {
         Some("1/10".parse().unwrap())
     );
 
-    let err = sink::drop_replica(&store, "postgres").await.unwrap_err();
+    let err = sink::drop_database(&store, "postgres", true)
+        .await
+        .unwrap_err();
     assert!(matches!(err, SinkError::Refused { .. }), "{err}");
     // Dropping ends the sink's session (FORCE).
-    sink::drop_replica(&store, name).await.unwrap();
+    sink::drop_database(&store, name, true).await.unwrap();
     assert!(!sink::replica_exists(&store, name).await.unwrap());
-    sink::drop_replica(&store, name).await.unwrap();
+    sink::drop_database(&store, name, true).await.unwrap();
     let err = replica.applied_lsn().await.unwrap_err();
     assert!(err.is_transient(), "{err}");
 }

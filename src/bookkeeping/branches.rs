@@ -12,6 +12,7 @@ use crate::types::{BranchName, ConnectorId, Lsn};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BranchState {
     Requested,
+    Cutting,
     Copied,
     Ready,
     Failed,
@@ -21,6 +22,7 @@ impl BranchState {
     pub fn as_str(self) -> &'static str {
         match self {
             BranchState::Requested => "requested",
+            BranchState::Cutting => "cutting",
             BranchState::Copied => "copied",
             BranchState::Ready => "ready",
             BranchState::Failed => "failed",
@@ -30,6 +32,7 @@ impl BranchState {
     fn parse(text: &str) -> Result<BranchState, Error> {
         Ok(match text {
             "requested" => BranchState::Requested,
+            "cutting" => BranchState::Cutting,
             "copied" => BranchState::Copied,
             "ready" => BranchState::Ready,
             "failed" => BranchState::Failed,
@@ -107,33 +110,89 @@ fn branch(row: BranchRow) -> Result<Branch, Error> {
     })
 }
 
+/// Held while a branch is cut (see [`Bookkeeping::try_lock_branch`]): a cut whose holder
+/// is gone is abandoned, and can be cleaned up and done again.
+pub struct BranchLock {
+    _session: sqlx::PgConnection,
+}
+
 impl Bookkeeping {
-    /// Records a branch request; `false` when a branch of that name is recorded already.
+    /// Records a new branch, `requested` from the connector's pipeline or already
+    /// `cutting` by the caller; `false` when a branch of that name is recorded already.
     pub async fn request_branch(
         &self,
         name: &BranchName,
         connector: ConnectorId,
         connector_name: &str,
+        state: BranchState,
     ) -> Result<bool, Error> {
         let inserted = sqlx::query(
-            "INSERT INTO tributary.branches (name, connector_id, connector_name)
-             VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO tributary.branches (name, connector_id, connector_name, state)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name.as_str())
         .bind(connector.0)
         .bind(connector_name)
+        .bind(state.as_str())
         .execute(&self.pool)
         .await?;
         Ok(inserted.rows_affected() == 1)
     }
 
-    /// Asks again for a branch that exists (`branch reset`): back to `requested`.
-    pub async fn rerequest_branch(&self, name: &BranchName) -> Result<(), Error> {
-        sqlx::query(
+    /// Claims a requested branch for cutting; `false` when it is no longer requested
+    /// (withdrawn, or claimed already).
+    pub async fn claim_branch(&self, name: &BranchName) -> Result<bool, Error> {
+        let claimed = sqlx::query(
+            "UPDATE tributary.branches SET state = 'cutting'
+             WHERE name = $1 AND state = 'requested'",
+        )
+        .bind(name.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(claimed.rows_affected() == 1)
+    }
+
+    /// The connector's branches left `cutting` by a pipeline run that ended meanwhile.
+    pub async fn abandoned_cuts(&self, connector: ConnectorId) -> Result<Vec<BranchName>, Error> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM tributary.branches WHERE connector_id = $1 AND state = 'cutting'",
+        )
+        .bind(connector.0)
+        .fetch_all(&self.pool)
+        .await?;
+        names
+            .into_iter()
+            .map(|n| BranchName::new(n).map_err(|e| Error::Corrupt(e.to_string())))
+            .collect()
+    }
+
+    /// Asks again for a branch that is not being made (`branch reset`, or a cut that was
+    /// abandoned), in `state` as for [`Bookkeeping::request_branch`]; `false` when it is
+    /// requested or being cut already.
+    pub async fn rerequest_branch(
+        &self,
+        name: &BranchName,
+        state: BranchState,
+    ) -> Result<bool, Error> {
+        let updated = sqlx::query(
             "UPDATE tributary.branches
-             SET state = 'requested', lsn = NULL, pause_ms = NULL, error = NULL,
+             SET state = $2, lsn = NULL, pause_ms = NULL, size_bytes = NULL, error = NULL,
                  created_at = NULL, requested_at = now()
-             WHERE name = $1",
+             WHERE name = $1 AND state IN ('copied', 'ready', 'failed')",
+        )
+        .bind(name.as_str())
+        .bind(state.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Puts an abandoned cut back to `requested` (its holder is gone, its partial copy
+    /// dropped).
+    pub async fn requeue_branch(&self, name: &BranchName) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE tributary.branches SET state = 'requested'
+             WHERE name = $1 AND state = 'cutting'",
         )
         .bind(name.as_str())
         .execute(&self.pool)
@@ -141,31 +200,18 @@ impl Bookkeeping {
         Ok(())
     }
 
-    /// Records a branch that the command cut itself (no pipeline was running), as `copied`.
-    pub async fn record_branch_copied(
-        &self,
-        name: &BranchName,
-        connector: ConnectorId,
-        connector_name: &str,
-        lsn: Lsn,
-        pause: Duration,
-    ) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO tributary.branches
-                 (name, connector_id, connector_name, state, lsn, pause_ms, created_at)
-             VALUES ($1, $2, $3, 'copied', $4::pg_lsn, $5, now())
-             ON CONFLICT (name) DO UPDATE
-             SET state = 'copied', lsn = excluded.lsn, pause_ms = excluded.pause_ms,
-                 error = NULL, created_at = now()",
+    /// Takes the lock whoever cuts a branch holds, on a session of its own: released when
+    /// the [`BranchLock`] is dropped, or when its holder dies. `None` when another holds it.
+    pub async fn try_lock_branch(&self, name: &BranchName) -> Result<Option<BranchLock>, Error> {
+        let mut session = self.pool.acquire().await?.detach();
+        let locked: bool = sqlx::query_scalar(
+            "SELECT pg_catalog.pg_try_advisory_lock(
+                        pg_catalog.hashtext('tributary.branch:' || $1))",
         )
         .bind(name.as_str())
-        .bind(connector.0)
-        .bind(connector_name)
-        .bind(lsn.to_string())
-        .bind(i64::try_from(pause.as_millis()).unwrap_or(i64::MAX))
-        .execute(&self.pool)
+        .fetch_one(&mut session)
         .await?;
-        Ok(())
+        Ok(locked.then_some(BranchLock { _session: session }))
     }
 
     /// The connector's branches waiting for its pipeline, oldest first.
@@ -186,8 +232,8 @@ impl Bookkeeping {
             .collect()
     }
 
-    /// The pipeline's answer to a request: copied at `lsn` after a pause, or failed. Only
-    /// a request still waiting is answered (one withdrawn meanwhile is left alone).
+    /// The outcome of a cut: copied at `lsn` after a pause, or failed. `false` when the
+    /// branch is no longer being cut (deleted meanwhile): the copy is then nobody's.
     pub async fn branch_cut(
         &self,
         name: &BranchName,
@@ -206,7 +252,7 @@ impl Bookkeeping {
             "UPDATE tributary.branches
              SET state = $2, lsn = $3::pg_lsn, pause_ms = $4, error = $5,
                  created_at = CASE WHEN $2 = 'copied' THEN now() END
-             WHERE name = $1 AND state = 'requested'",
+             WHERE name = $1 AND state = 'cutting'",
         )
         .bind(name.as_str())
         .bind(state.as_str())
@@ -218,7 +264,7 @@ impl Bookkeeping {
         Ok(updated.rows_affected() == 1)
     }
 
-    /// Withdraws a request nobody answered; `false` when it was answered meanwhile.
+    /// Withdraws a request nobody has claimed; `false` when it was claimed meanwhile.
     pub async fn withdraw_branch(&self, name: &BranchName) -> Result<bool, Error> {
         let deleted =
             sqlx::query("DELETE FROM tributary.branches WHERE name = $1 AND state = 'requested'")

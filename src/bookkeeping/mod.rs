@@ -31,7 +31,7 @@ mod error;
 mod secrets;
 mod store;
 
-pub use branches::{Branch, BranchState};
+pub use branches::{Branch, BranchLock, BranchState};
 pub use connectors::{
     Connector, Failure, SetupChange, SetupRequest, StateChange, TableDecision, TableStatus,
     TableSyncState,

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::connector::{find, Format};
 use super::Failure;
-use crate::bookkeeping::{Bookkeeping, Branch, BranchState, Connector};
+use crate::bookkeeping::{Bookkeeping, Branch, BranchLock, BranchState, Connector};
 use crate::pg::{self, quote_ident, ConnInfo, PgClient, ShowPassword};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
@@ -72,8 +72,10 @@ pub struct CreateArgs {
     /// Print the password in the URL instead of masking it.
     #[arg(long)]
     show_password: bool,
-    /// How long to wait for the pipeline to reach a source commit boundary and copy.
-    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    /// How long to wait for the pipeline to reach a source commit boundary (the copy
+    /// itself is always waited for).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
 }
 
@@ -89,13 +91,15 @@ pub async fn run(
             let connector = resolve_connector(bookkeeping, args.connector.as_deref()).await?;
             check_name(bookkeeping, &store, &name).await?;
             let started = Instant::now();
+            let cutter = ready_to_branch(bookkeeping, &store, &connector).await?;
             let cut = cut(
                 bookkeeping,
                 &store,
                 &connector,
                 &name,
+                cutter,
                 Duration::from_secs(args.timeout),
-                false,
+                None,
             )
             .await?;
             finish(bookkeeping, &store, &connector, &name, cut).await?;
@@ -105,7 +109,19 @@ pub async fn run(
         BranchCommand::List { format } => list(bookkeeping, &store, format).await,
         BranchCommand::Delete { name, force } => {
             let branch = recorded(bookkeeping, &store, &name).await?;
-            drop_branch_database(&store, &branch.name, force).await?;
+            match branch.state {
+                BranchState::Copied | BranchState::Ready => {
+                    drop_branch_database(&store, &branch.name, force).await?;
+                }
+                BranchState::Requested => {
+                    if !bookkeeping.withdraw_branch(&branch.name).await? {
+                        return Err(being_cut(&branch.name));
+                    }
+                }
+                BranchState::Cutting => return Err(being_cut(&branch.name)),
+                // Its copy failed: there is no database of the branch's to drop.
+                BranchState::Failed => {}
+            }
             bookkeeping.forget_branch(&branch.name).await?;
             say!("✓ Deleted branch {}", branch.name);
             Ok(())
@@ -128,16 +144,25 @@ pub async fn run(
                     branch.connector_name
                 )
             })?;
-            ready_to_branch(bookkeeping, &store, &connector).await?;
+            let cutter = ready_to_branch(bookkeeping, &store, &connector).await?;
             let started = Instant::now();
+            // Held until the branch is requested again: no pipeline claims it meanwhile.
+            let lock = bookkeeping
+                .try_lock_branch(&branch.name)
+                .await?
+                .ok_or_else(|| being_cut(&branch.name))?;
+            if matches!(branch.state, BranchState::Requested | BranchState::Cutting) {
+                return Err(being_cut(&branch.name));
+            }
             drop_branch_database(&store, &branch.name, force).await?;
             let cut = cut(
                 bookkeeping,
                 &store,
                 &connector,
                 &branch.name,
+                cutter,
                 Duration::from_secs(300),
-                true,
+                Some(lock),
             )
             .await?;
             finish(bookkeeping, &store, &connector, &branch.name, cut).await?;
@@ -185,17 +210,14 @@ async fn check_name(
     store: &ConnInfo,
     name: &BranchName,
 ) -> Result<(), Failure> {
+    // `<connector>_replica` is reserved also for connectors created later.
     let reserved = name.as_str() == store.dbname
         || matches!(name.as_str(), "template0" | "template1" | "postgres")
-        || bookkeeping
-            .connectors()
-            .await?
-            .iter()
-            .any(|c| c.replica_database == name.as_str());
+        || name.as_str().ends_with("_replica");
     if reserved {
         return Err(Failure::usage(anyhow!(
-            "{name} is reserved: it is the bookkeeping's, a replica's or a system database; \
-             choose another branch name"
+            "{name} is reserved: it is the bookkeeping's or a system database, or a name of \
+             the form <connector>_replica; choose another branch name"
         )));
     }
     if bookkeeping.branch(name).await?.is_some() {
@@ -228,7 +250,7 @@ async fn database_exists(store: &ConnInfo, name: &str) -> anyhow::Result<bool> {
 /// Who cuts: the connector's pipeline when a daemon runs it, else this command.
 enum Cutter {
     Pipeline,
-    Here(Lsn),
+    Here,
 }
 
 /// A branch needs a complete snapshot: a streaming pipeline, or a replica with an applied
@@ -249,8 +271,8 @@ async fn ready_to_branch(
         );
     let applied = sink::replica_applied_lsn(store, &connector.replica_database).await?;
     match applied {
-        Some(lsn) if !(pipeline_may_run && bookkeeping.daemons_running().await? > 0) => {
-            Ok(Cutter::Here(lsn))
+        Some(_) if !(pipeline_may_run && bookkeeping.daemons_running().await? > 0) => {
+            Ok(Cutter::Here)
         }
         _ => Err(anyhow!(
             "connector {} is not ready to branch ({}): a branch needs a complete snapshot; \
@@ -263,73 +285,114 @@ async fn ready_to_branch(
 }
 
 /// Has the branch's database created; returns the source position it represents and how
-/// long the pipeline stood still.
+/// long the pipeline stood still. `reset` holds the branch's lock of a `branch reset`,
+/// whose database is dropped already: the branch is requested again.
 async fn cut(
     bookkeeping: &Bookkeeping,
     store: &ConnInfo,
     connector: &Connector,
     name: &BranchName,
+    cutter: Cutter,
     timeout: Duration,
-    reset: bool,
+    reset: Option<BranchLock>,
 ) -> Result<(Lsn, Duration), Failure> {
-    match ready_to_branch(bookkeeping, store, connector).await? {
-        Cutter::Here(lsn) => {
-            let started = Instant::now();
-            sink::copy_database(store, &connector.replica_database, name.as_str()).await?;
-            let took = started.elapsed();
+    let resetting = reset.is_some();
+    let request = |state| async move {
+        let requested = if resetting {
+            bookkeeping.rerequest_branch(name, state).await?
+        } else {
             bookkeeping
-                .record_branch_copied(name, connector.id, connector.name.as_str(), lsn, took)
-                .await?;
-            Ok((lsn, took))
-        }
-        Cutter::Pipeline => {
-            if reset {
-                bookkeeping.rerequest_branch(name).await?;
-            } else if !bookkeeping
-                .request_branch(name, connector.id, connector.name.as_str())
+                .request_branch(name, connector.id, connector.name.as_str(), state)
                 .await?
-            {
-                return Err(anyhow!("branch {name} was created meanwhile by someone else").into());
-            }
-            let deadline = Instant::now() + timeout;
-            loop {
-                let branch = bookkeeping
-                    .branch(name)
-                    .await?
-                    .ok_or_else(|| anyhow!("branch {name} was deleted meanwhile"))?;
-                match branch.state {
-                    BranchState::Copied | BranchState::Ready => {
-                        let lsn = branch
-                            .lsn
-                            .ok_or_else(|| anyhow!("branch {name} was recorded without an LSN"))?;
-                        return Ok((lsn, branch.pause.unwrap_or_default()));
-                    }
-                    BranchState::Failed => {
-                        bookkeeping.forget_branch(name).await?;
-                        return Err(anyhow!(
-                            "the pipeline could not create branch {name}: {}",
-                            branch.error.as_deref().unwrap_or("no reason recorded")
-                        )
-                        .into());
-                    }
-                    BranchState::Requested if Instant::now() >= deadline => {
-                        if bookkeeping.withdraw_branch(name).await? {
-                            return Err(anyhow!(
-                                "connector {}'s pipeline did not cut branch {name} within \
-                                 {timeout:?} (a long source transaction delays the next \
-                                 commit boundary; is the daemon running?); the request is \
-                                 withdrawn",
-                                connector.name
-                            )
-                            .into());
-                        }
-                    }
-                    BranchState::Requested => {}
-                }
-                tokio::time::sleep(CUT_POLL).await;
-            }
+        };
+        if requested {
+            Ok(())
+        } else {
+            Err(Failure::from(anyhow!(
+                "branch {name} was created or reset meanwhile by another command"
+            )))
         }
+    };
+    let Cutter::Pipeline = cutter else {
+        // No pipeline uses the replica: copy it from here, holding the branch's lock.
+        let _lock = match reset {
+            Some(lock) => lock,
+            None => bookkeeping
+                .try_lock_branch(name)
+                .await?
+                .ok_or_else(|| being_cut(name))?,
+        };
+        request(BranchState::Cutting).await?;
+        let started = Instant::now();
+        let copied = sink::copy_database(store, &connector.replica_database, name.as_str()).await;
+        let took = started.elapsed();
+        // The position is the copy's own: the replica may have moved since it was checked.
+        let lsn = match copied {
+            Ok(()) => sink::replica_applied_lsn(store, name.as_str())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|lsn| lsn.ok_or_else(|| "the copy has no applied position".into())),
+            Err(e) => Err(e.to_string()),
+        };
+        bookkeeping
+            .branch_cut(name, lsn.clone().map(|lsn| (lsn, took)))
+            .await?;
+        return match lsn {
+            Ok(lsn) => Ok((lsn, took)),
+            Err(e) => {
+                let _ = sink::drop_database(store, name.as_str(), true).await;
+                bookkeeping.forget_branch(name).await?;
+                Err(anyhow!("could not create branch {name}: {e}").into())
+            }
+        };
+    };
+    request(BranchState::Requested).await?;
+    drop(reset); // the pipeline may claim it now
+    let deadline = Instant::now() + timeout;
+    loop {
+        let branch = bookkeeping
+            .branch(name)
+            .await?
+            .ok_or_else(|| anyhow!("branch {name} was deleted meanwhile"))?;
+        match branch.state {
+            BranchState::Copied | BranchState::Ready => {
+                let lsn = branch
+                    .lsn
+                    .ok_or_else(|| anyhow!("branch {name} was recorded without an LSN"))?;
+                return Ok((lsn, branch.pause.unwrap_or_default()));
+            }
+            BranchState::Failed => {
+                bookkeeping.forget_branch(name).await?;
+                return Err(anyhow!(
+                    "the pipeline could not create branch {name}: {}",
+                    branch.error.as_deref().unwrap_or("no reason recorded")
+                )
+                .into());
+            }
+            BranchState::Requested if Instant::now() >= deadline => {
+                if bookkeeping.withdraw_branch(name).await? {
+                    return Err(anyhow!(
+                        "connector {}'s pipeline did not start cutting branch {name} within \
+                         {timeout:?} (a long source transaction delays the next commit \
+                         boundary; is the daemon running?); the request is withdrawn",
+                        connector.name
+                    )
+                    .into());
+                }
+            }
+            // Requested, or being copied: a copy is always waited for.
+            BranchState::Requested | BranchState::Cutting => {}
+        }
+        tokio::time::sleep(CUT_POLL).await;
     }
+}
+
+fn being_cut(name: &BranchName) -> Failure {
+    anyhow!(
+        "branch {name} is being created or reset right now; try again when `tributary branch \
+         list` shows it ready"
+    )
+    .into()
 }
 
 /// Makes a copied branch ready: extensions the connector drops, sequences from the
@@ -369,7 +432,7 @@ async fn finish(
         anyhow::Ok(())
     };
     if let Err(e) = finished.await {
-        let _ = drop_branch_database(store, name, true).await;
+        let _ = sink::drop_database(store, name.as_str(), true).await;
         let _ = bookkeeping.forget_branch(name).await;
         return Err(anyhow!("branch {name} was not created: {e:#}").into());
     }
@@ -394,7 +457,7 @@ async fn set_sequences(
         .query(
             "SELECT schemaname::text, sequencename::text, last_value, start_value,
                     pg_catalog.has_sequence_privilege(
-                        pg_catalog.format('%I.%I', schemaname, sequencename), 'SELECT')
+                        pg_catalog.format('%I.%I', schemaname, sequencename), 'SELECT, USAGE')
                FROM pg_catalog.pg_sequences WHERE schemaname = ANY($1)",
             &[&schemas],
         )
@@ -403,6 +466,18 @@ async fn set_sequences(
     for row in rows {
         let (schema, name): (String, String) = (row.get(0), row.get(1));
         let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+        let in_branch = branch
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'S'",
+                &[&schema, &name],
+            )
+            .await?
+            .is_some();
+        if !in_branch {
+            continue; // of an excluded table
+        }
         if !row.get::<_, bool>(4) {
             anyhow::bail!(
                 "the source role may not read sequence {schema}.{name}: GRANT SELECT ON \
@@ -416,11 +491,11 @@ async fn set_sequences(
         };
         branch
             .query(
-                "SELECT pg_catalog.setval(c.oid, $2, $3)
-                   FROM pg_catalog.pg_class c
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relname = $4 AND c.relkind = 'S'",
-                &[&schema, &value, &called, &name],
+                &format!(
+                    "SELECT pg_catalog.setval('{}'::regclass, $1, $2)",
+                    qualified.replace('\'', "''")
+                ),
+                &[&value, &called],
             )
             .await
             .with_context(|| format!("setting sequence {schema}.{name}"))?;
@@ -467,8 +542,14 @@ async fn recorded(
     name: &str,
 ) -> Result<Branch, Failure> {
     let name = BranchName::new(name.to_owned()).map_err(Failure::usage)?;
+    let protected = name.as_str() == store.dbname
+        || bookkeeping
+            .connectors()
+            .await?
+            .iter()
+            .any(|c| c.replica_database == name.as_str());
     match bookkeeping.branch(&name).await? {
-        Some(branch) if name.as_str() != store.dbname => Ok(branch),
+        Some(branch) if !protected => Ok(branch),
         _ => Err(anyhow!(
             "no branch named {name}; `tributary branch list` shows them (only branches \
              created by tributary can be deleted or reset here)"
@@ -510,13 +591,8 @@ async fn drop_branch_database(
         )
         .into());
     }
-    control
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(name.as_str())
-        ))
-        .await
-        .with_context(|| format!("dropping the database of branch {name}"))?;
+    // Without --force a client that connected since the look still makes this fail.
+    sink::drop_database(store, name.as_str(), force).await?;
     if !sessions.is_empty() {
         say!(
             "! ended {} client session{} connected to {name} (--force)",
@@ -551,15 +627,17 @@ async fn list(bookkeeping: &Bookkeeping, store: &ConnInfo, format: Format) -> Re
     let now = chrono::Utc::now();
     let mut views = Vec::with_capacity(branches.len());
     for b in branches {
+        // A database dropped between the look and the size has none.
         let size: Option<i64> = control
-            .query_one(
+            .query_opt(
                 "SELECT pg_catalog.pg_database_size(oid) FROM pg_catalog.pg_database
-                  WHERE datname = $1
-                 UNION ALL SELECT NULL LIMIT 1",
+                  WHERE datname = $1",
                 &[&b.name.as_str()],
             )
-            .await?
-            .get(0);
+            .await
+            .ok()
+            .flatten()
+            .map(|row| row.get(0));
         views.push(BranchView {
             name: b.name.to_string(),
             connector: b.connector_name.clone(),

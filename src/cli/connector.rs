@@ -92,7 +92,9 @@ pub async fn run(
     )
     .await?;
     match command {
-        ConnectorCommand::Create(args) => super::create::run(args, &bookkeeping).await,
+        ConnectorCommand::Create(args) => {
+            super::create::run(args, &bookkeeping, &settings.store()).await
+        }
         ConnectorCommand::List { format } => list(&bookkeeping, format).await,
         ConnectorCommand::Switch { name } => {
             let connector = find(&bookkeeping, &name).await?;
@@ -428,7 +430,7 @@ async fn delete(
             .into());
         }
     };
-    sink::drop_replica(&settings.store(), &connector.replica_database)
+    sink::drop_database(&settings.store(), &connector.replica_database, true)
         .await
         .with_context(|| {
             format!(

@@ -156,7 +156,11 @@ impl DecisionArgs {
     }
 }
 
-pub async fn run(args: CreateArgs, bookkeeping: &Bookkeeping) -> Result<(), Failure> {
+pub async fn run(
+    args: CreateArgs,
+    bookkeeping: &Bookkeeping,
+    store: &ConnInfo,
+) -> Result<(), Failure> {
     let SourceKind::Postgresql = args.kind;
     let info = ConnInfo::parse(&args.url).map_err(Failure::usage)?;
     let name = match args.name {
@@ -169,6 +173,15 @@ pub async fn run(args: CreateArgs, bookkeeping: &Bookkeeping) -> Result<(), Fail
         return Err(anyhow!(
             "a connector named {name} exists already; choose another --name, or see \
              `tributary connector list`"
+        )
+        .into());
+    }
+    // The first snapshot drops and re-creates the replica: never someone else's database.
+    let replica = name.replica_database();
+    if crate::sink::replica_exists(store, &replica).await? {
+        return Err(anyhow!(
+            "a database named {replica} exists on the branch store already; connector {name} \
+             would replace it: choose another --name, or drop or rename that database"
         )
         .into());
     }
@@ -438,8 +451,9 @@ fn prompt(
     let mut decisions = Vec::with_capacity(keyless.len());
     for table in keyless {
         loop {
-            print!("{} [E/a/f]: ", display(&table.name));
-            std::io::stdout().flush()?;
+            let mut out = std::io::stdout();
+            write!(out, "{} [E/a/f]: ", display(&table.name))?;
+            out.flush()?;
             let line = match lines.next() {
                 Some(line) => line?,
                 None => {

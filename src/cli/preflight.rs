@@ -136,7 +136,7 @@ pub(super) fn print_grant_script(report: &Report) {
              run preflight again."
         );
         say!();
-        print!("{script}");
+        say!("{}", script.trim_end_matches('\n'));
     }
 }
 

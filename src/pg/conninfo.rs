@@ -392,6 +392,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn urls_mask_omit_or_show_the_password() {
+        let info =
+            ConnInfo::parse("postgresql://app%40x:p%2Fw%3Ad@db.example:6432/shop?sslmode=require")
+                .unwrap()
+                .with_dbname("dev_1");
+        assert_eq!(
+            info.url(ShowPassword::Masked),
+            "postgresql://app%40x:****@db.example:6432/dev_1?sslmode=require"
+        );
+        assert_eq!(info.to_string(), info.url(ShowPassword::Masked));
+        assert_eq!(
+            info.url(ShowPassword::Omitted),
+            "postgresql://app%40x@db.example:6432/dev_1?sslmode=require"
+        );
+        let shown = info.url(ShowPassword::Shown);
+        assert_eq!(
+            shown,
+            "postgresql://app%40x:p%2Fw%3Ad@db.example:6432/dev_1?sslmode=require"
+        );
+        let back = ConnInfo::parse(&shown).unwrap();
+        assert_eq!(
+            back.password
+                .as_ref()
+                .map(|p| p.expose().to_owned())
+                .as_deref(),
+            Some("p/w:d")
+        );
+        assert_eq!(back.user, "app@x");
+    }
+
+    #[test]
     fn parses_a_full_url() {
         let info = ConnInfo::parse(
             "postgresql://rep%40user:p%3Ass%2Fw@db.example.com:6543/sales?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=t1",

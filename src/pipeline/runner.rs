@@ -102,12 +102,15 @@ pub async fn run(
 }
 
 /// Hands the connector's requested branches to the applier, one at a time, and records
-/// each outcome. Returns when the applier no longer takes requests.
+/// each outcome. A cut holds the branch's lock; one left `cutting` by a run that ended is
+/// cleaned up and done again. Returns when the applier no longer takes requests.
 async fn cut_branches(
     ctx: &PipelineContext,
     cuts: mpsc::Sender<CutRequest>,
     mut pokes: mpsc::Receiver<()>,
 ) -> Result<(), PipelineError> {
+    let bk = &ctx.bookkeeping;
+    let store = ctx.settings.store();
     let mut poll = tokio::time::interval(Duration::from_secs(
         ctx.settings.supervisor.poll_interval_secs.max(1),
     ));
@@ -116,7 +119,21 @@ async fn cut_branches(
             Some(()) = pokes.recv() => {}
             _ = poll.tick() => {}
         }
-        for branch in ctx.bookkeeping.requested_branches(ctx.connector.id).await? {
+        for branch in bk.abandoned_cuts(ctx.connector.id).await? {
+            let Some(_lock) = bk.try_lock_branch(&branch).await? else {
+                continue; // being cut right now
+            };
+            tracing::info!(%branch, "cutting the branch again: its last cut was interrupted");
+            sink::drop_database(&store, branch.as_str(), true).await?;
+            bk.requeue_branch(&branch).await?;
+        }
+        for branch in bk.requested_branches(ctx.connector.id).await? {
+            let Some(_lock) = bk.try_lock_branch(&branch).await? else {
+                continue;
+            };
+            if !bk.claim_branch(&branch).await? {
+                continue; // withdrawn meanwhile
+            }
             let (reply, answer) = oneshot::channel();
             let request = CutRequest {
                 branch: branch.clone(),
@@ -128,9 +145,14 @@ async fn cut_branches(
             let Ok(outcome) = answer.await else {
                 return Ok(());
             };
-            ctx.bookkeeping
+            let copied = outcome.is_ok();
+            let recorded = bk
                 .branch_cut(&branch, outcome.map(|cut| (cut.lsn, cut.paused)))
                 .await?;
+            if copied && !recorded {
+                tracing::info!(%branch, "the branch was deleted while it was cut: dropping the copy");
+                sink::drop_database(&store, branch.as_str(), true).await?;
+            }
         }
     }
 }
@@ -345,7 +367,7 @@ async fn snapshot(
 ) -> Result<Lsn, PipelineError> {
     let connector = &ctx.connector;
     let settings = &ctx.settings.pipeline;
-    sink::drop_replica(store, &replica.dbname).await?;
+    sink::drop_database(store, &replica.dbname, true).await?;
     sink::prepare_replica(store, &replica.dbname).await?;
 
     let created = repl

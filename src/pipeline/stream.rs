@@ -516,6 +516,14 @@ impl Applier<'_> {
                 if full || old {
                     self.commit().await?;
                 }
+                // A commit boundary: a waiting cut takes it, however busy the stream is.
+                if self.cuts_open {
+                    match self.cuts.try_recv() {
+                        Ok(request) => self.cut(request).await?,
+                        Err(mpsc::error::TryRecvError::Empty) => {}
+                        Err(mpsc::error::TryRecvError::Disconnected) => self.cuts_open = false,
+                    }
+                }
             }
             Command::Idle(position) => {
                 self.idle_candidate =

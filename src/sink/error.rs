@@ -348,6 +348,10 @@ fn setup_advice(error: &tokio_postgres::Error) -> &'static str {
              to SET session_replication_role (superuser, or GRANT SET ON PARAMETER \
              session_replication_role on PostgreSQL 15+)"
         }
+        Some("55006") => {
+            "other sessions are connected to that database: close them (see \
+             pg_stat_activity), or use --force where the command offers it"
+        }
         Some("42P01" | "3F000") => {
             "the replica database lacks tributary's progress table: the replica was not \
              prepared completely; take a new snapshot with `tributary connector retry-setup`"

@@ -20,5 +20,5 @@ mod table;
 pub use apply::{ReplicaSink, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 pub use error::SinkError;
 pub use replica::{
-    copy_database, drop_replica, prepare_replica, replica_applied_lsn, replica_exists,
+    copy_database, drop_database, prepare_replica, replica_applied_lsn, replica_exists,
 };

@@ -173,9 +173,10 @@ pub async fn copy_database(store: &ConnInfo, template: &str, name: &str) -> Resu
     Ok(())
 }
 
-/// `DROP DATABASE IF EXISTS … WITH (FORCE)`, which ends the database's sessions first.
-/// Refuses to drop the control database named in `store`, and the template databases.
-pub async fn drop_replica(store: &ConnInfo, database: &str) -> Result<(), SinkError> {
+/// `DROP DATABASE IF EXISTS`, with `force` `WITH (FORCE)`, which ends the database's
+/// sessions first (without it the server refuses while any is open). Refuses to drop the
+/// control database named in `store`, and the template databases.
+pub async fn drop_database(store: &ConnInfo, database: &str, force: bool) -> Result<(), SinkError> {
     let refuse = |reason| {
         Err(SinkError::Refused {
             database: database.to_owned(),
@@ -191,12 +192,13 @@ pub async fn drop_replica(store: &ConnInfo, database: &str) -> Result<(), SinkEr
     let control = connect(store).await?;
     control
         .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(database)
+            "DROP DATABASE IF EXISTS {}{}",
+            quote_ident(database),
+            if force { " WITH (FORCE)" } else { "" }
         ))
         .await
-        .map_err(setup(&store.dbname, "dropping the replica database"))?;
-    tracing::info!(database, "dropped the replica database");
+        .map_err(setup(database, "dropping the database"))?;
+    tracing::info!(database, "dropped the database");
     Ok(())
 }
 
