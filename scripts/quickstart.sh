@@ -8,6 +8,7 @@
 # While it runs, in another terminal (the script prints the exact commands):
 #   psql <store URL>/demo_replica   -- the replica, following the source
 #   tributary connector list        -- state of the connector
+#   tributary branch create dev     -- a writable copy of the replica
 #
 # Environment: QUICKSTART_SOURCE_PORT (54329), QUICKSTART_STORE_PORT (54330),
 # QUICKSTART_DIR (a temporary directory), QUICKSTART_TPS (demo writes per second, 2).
@@ -65,9 +66,11 @@ tributary="$here/target/release/tributary"
 "$bindir/pgbench" -n -c 1 -R "$tps" -T 3600 "$source_url" >/dev/null 2>&1 &
 workload=$!
 
+env="TRIBUTARY__STORE__URL=$TRIBUTARY__STORE__URL TRIBUTARY__SECRETS__KEY_FILE=$TRIBUTARY__SECRETS__KEY_FILE"
 cat <<TXT
 quickstart: running tributary (Ctrl-C to stop). In another terminal:
   psql 'postgresql://postgres@127.0.0.1:$store_port/demo_replica' -c 'SELECT count(*) FROM pgbench_history'
-  TRIBUTARY__STORE__URL=$TRIBUTARY__STORE__URL TRIBUTARY__SECRETS__KEY_FILE=$TRIBUTARY__SECRETS__KEY_FILE $tributary connector list
+  $env $tributary connector list
+  $env $tributary branch create dev     # a writable copy, then: psql '…/dev'
 TXT
 "$tributary" run || true
