@@ -150,6 +150,14 @@ async fn branches_cut_mid_stream_are_consistent_isolated_and_have_sequences() {
             entry["lsn"].as_str().unwrap(),
             store.psql(&name, "SELECT lsn FROM tributary.branch")
         );
+        assert_eq!(
+            store.psql(
+                &name,
+                "SELECT size_bytes > 0 AND created_at <= now() FROM tributary.branch"
+            ),
+            "t"
+        );
+        assert!(entry["size_bytes"].as_i64().unwrap() > 0, "{entry}");
     }
     stop.store(true, Ordering::Relaxed);
     let transfers = workload.await.unwrap();

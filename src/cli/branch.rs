@@ -417,30 +417,37 @@ async fn finish(
         }
         let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
         set_sequences(&pg::connect(&source).await?, &branch, &connector.schemas).await?;
+        let size: i64 = branch
+            .query_one(
+                "SELECT pg_catalog.pg_database_size(current_database())",
+                &[],
+            )
+            .await?
+            .get(0);
         branch
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS tributary.branch (
                      name text NOT NULL, connector text NOT NULL, lsn pg_lsn NOT NULL,
+                     size_bytes bigint NOT NULL,
                      created_at timestamptz NOT NULL DEFAULT now());
                  TRUNCATE tributary.branch;
-                 INSERT INTO tributary.branch (name, connector, lsn) VALUES ({}, {}, '{lsn}')",
+                 INSERT INTO tributary.branch (name, connector, lsn, size_bytes)
+                 VALUES ({}, {}, '{lsn}', {size})",
                 pg::quote_literal(name.as_str()),
                 pg::quote_literal(connector.name.as_str()),
             ))
             .await
             .context("recording the branch in its own tributary.branch table")?;
-        anyhow::Ok(())
+        anyhow::Ok(size)
     };
-    if let Err(e) = finished.await {
-        let _ = sink::drop_database(store, name.as_str(), true).await;
-        let _ = bookkeeping.forget_branch(name).await;
-        return Err(anyhow!("branch {name} was not created: {e:#}").into());
-    }
-    let size: i64 = pg::connect(store)
-        .await?
-        .query_one("SELECT pg_catalog.pg_database_size($1)", &[&name.as_str()])
-        .await?
-        .get(0);
+    let size = match finished.await {
+        Ok(size) => size,
+        Err(e) => {
+            let _ = sink::drop_database(store, name.as_str(), true).await;
+            let _ = bookkeeping.forget_branch(name).await;
+            return Err(anyhow!("branch {name} was not created: {e:#}").into());
+        }
+    };
     bookkeeping.branch_ready(name, size).await?;
     Ok(())
 }
