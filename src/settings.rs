@@ -53,12 +53,21 @@ pub struct SecretsSettings {
 pub struct MetricsSettings {
     /// Address of the Prometheus endpoint (`/metrics`, `/healthz`, `/readyz`).
     pub listen: SocketAddr,
+    /// How often each source's slot (lag, retained WAL, wal_status) is looked at.
+    pub slot_interval_secs: u64,
+}
+
+impl MetricsSettings {
+    pub fn slot_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.slot_interval_secs.max(1))
+    }
 }
 
 impl Default for MetricsSettings {
     fn default() -> Self {
         MetricsSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 9932)),
+            slot_interval_secs: 15,
         }
     }
 }

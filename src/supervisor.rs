@@ -21,9 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::bookkeeping::{Bookkeeping, Connector, BRANCH_CHANNEL};
+use crate::metrics::{Readiness, METRICS};
 use crate::pipeline::{self, PipelineContext, PipelineError, PipelineState};
 use crate::settings::Settings;
-use crate::types::ConnectorId;
+use crate::types::{ConnectorId, ConnectorName};
 
 /// A pipeline that runs long enough is healthy again: its next failure starts the backoff anew.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
@@ -48,9 +49,10 @@ pub struct Supervisor {
     bookkeeping: Arc<Bookkeeping>,
     settings: Arc<Settings>,
     shutdown: CancellationToken,
+    readiness: Readiness,
     tasks: JoinSet<Result<(), PipelineError>>,
     /// Which connector each task runs, and since when; also for tasks that panicked.
-    task_owners: HashMap<tokio::task::Id, (ConnectorId, Instant)>,
+    task_owners: HashMap<tokio::task::Id, (ConnectorId, ConnectorName, Instant)>,
     running: HashMap<ConnectorId, Running>,
     retries: HashMap<ConnectorId, Retry>,
     /// Connectors that failed definitively in this process: left alone until the operator
@@ -64,11 +66,13 @@ impl Supervisor {
         bookkeeping: Arc<Bookkeeping>,
         settings: Arc<Settings>,
         shutdown: CancellationToken,
+        readiness: Readiness,
     ) -> Supervisor {
         Supervisor {
             bookkeeping,
             settings,
             shutdown,
+            readiness,
             tasks: JoinSet::new(),
             task_owners: HashMap::new(),
             running: HashMap::new(),
@@ -84,6 +88,7 @@ impl Supervisor {
             self.settings.supervisor.poll_interval_secs.max(1),
         ));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.readiness.set_running(true);
         loop {
             let next_retry = self
                 .retries
@@ -121,6 +126,7 @@ impl Supervisor {
                 _ = tokio::time::sleep_until(next_retry) => self.reconcile().await,
             }
         }
+        self.readiness.set_running(false);
         tracing::info!(
             pipelines = self.running.len(),
             "shutting down: stopping pipelines"
@@ -223,7 +229,8 @@ impl Supervisor {
                 branch_poke,
             },
         );
-        let id = connector.id;
+        let (id, name) = (connector.id, connector.name.clone());
+        METRICS.pipeline_started(name.as_str());
         let span = tracing::info_span!("connector", name = %connector.name);
         let ctx = PipelineContext {
             bookkeeping: self.bookkeeping.clone(),
@@ -234,7 +241,8 @@ impl Supervisor {
             async move { pipeline::run(&ctx, &cancel, branch_pokes).await.map(drop) }
                 .instrument(span),
         );
-        self.task_owners.insert(task.id(), (id, Instant::now()));
+        self.task_owners
+            .insert(task.id(), (id, name, Instant::now()));
     }
 
     async fn finished(
@@ -259,7 +267,7 @@ impl Supervisor {
                 )),
             ),
         };
-        let Some((id, started)) = self.task_owners.remove(&task) else {
+        let Some((id, name, started)) = self.task_owners.remove(&task) else {
             return;
         };
         self.running.remove(&id);
@@ -268,6 +276,7 @@ impl Supervisor {
             return;
         };
         let failure = error.failure();
+        METRICS.pipeline_ended(name.as_str(), error.is_transient());
         let retry = self.retries.entry(id).or_default();
         if started.elapsed() > HEALTHY_AFTER {
             retry.failures = 0;

@@ -49,6 +49,9 @@ impl Daemon {
                 "1048576".into(),
             ),
             ("RUST_LOG".into(), "info,tributary=debug".into()),
+            // Daemons of tests running side by side each take a free port.
+            ("TRIBUTARY__METRICS__LISTEN".into(), "127.0.0.1:0".into()),
+            ("TRIBUTARY__METRICS__SLOT_INTERVAL_SECS".into(), "1".into()),
         ];
         Daemon {
             child: None,
@@ -100,6 +103,21 @@ impl Daemon {
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    /// The address of the running daemon's metrics endpoint, from its log (the daemon
+    /// binds port 0, so the system picked it).
+    pub async fn metrics_addr(&self) -> std::net::SocketAddr {
+        crate::support::eventually("the metrics endpoint to listen", || async {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            let line = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("metrics and health endpoints listening"))?;
+            let at = line.find("listen=")? + "listen=".len();
+            line[at..].split_whitespace().next()?.parse().ok()
+        })
+        .await
     }
 
     /// SIGKILL: no chance to finish anything.

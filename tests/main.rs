@@ -13,6 +13,7 @@ mod connect;
 mod create;
 mod large_transaction;
 mod lifecycle;
+mod metrics;
 mod pipeline;
 mod preflight;
 mod replication;

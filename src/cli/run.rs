@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Failure;
 use crate::bookkeeping::Bookkeeping;
+use crate::metrics::{self, Readiness};
 use crate::settings::Settings;
 use crate::supervisor::Supervisor;
 
@@ -26,21 +27,61 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), Failure> 
     );
     tracing::info!(store = %settings.store(), "tributary started");
     let shutdown = CancellationToken::new();
-    let supervisor = Supervisor::new(bookkeeping, settings.clone(), shutdown.clone()).run();
-    tokio::pin!(supervisor);
-    tokio::select! {
-        result = &mut supervisor => return Ok(result?),
-        signal = shutdown_signal() => tracing::info!("{signal} received: finishing current transactions"),
-    }
-    shutdown.cancel();
-    let limit = settings.pipeline.shutdown_grace() + EXIT_SLACK;
-    match tokio::time::timeout(limit, supervisor).await {
-        Ok(result) => Ok(result?),
-        Err(_) => {
-            tracing::warn!("pipelines did not stop within {limit:?}; exiting anyway");
-            Ok(())
+    let readiness = Readiness::default();
+    let listen = settings.metrics.listen;
+    let (bound, server) = metrics::bind(
+        listen,
+        bookkeeping.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot serve metrics on {listen}: {e}; set metrics.listen \
+             (TRIBUTARY__METRICS__LISTEN) to a free address"
+        )
+    })?;
+    tracing::info!(listen = %bound, "metrics and health endpoints listening");
+    // Both end with the shutdown token, and are awaited below.
+    let mut services = tokio::task::JoinSet::new();
+    services.spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!("metrics endpoint: {e}");
         }
-    }
+    });
+    services.spawn(metrics::sample_slots(
+        bookkeeping.clone(),
+        settings.metrics.slot_interval(),
+        shutdown.clone(),
+    ));
+
+    let supervisor =
+        Supervisor::new(bookkeeping, settings.clone(), shutdown.clone(), readiness).run();
+    tokio::pin!(supervisor);
+    let result = tokio::select! {
+        result = &mut supervisor => Some(result),
+        signal = shutdown_signal() => {
+            tracing::info!("{signal} received: finishing current transactions");
+            None
+        }
+    };
+    shutdown.cancel();
+    let result = match result {
+        Some(result) => result,
+        None => {
+            let limit = settings.pipeline.shutdown_grace() + EXIT_SLACK;
+            match tokio::time::timeout(limit, supervisor).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("pipelines did not stop within {limit:?}; exiting anyway");
+                    Ok(())
+                }
+            }
+        }
+    };
+    while services.join_next().await.is_some() {}
+    Ok(result?)
 }
 
 /// Resolves on SIGTERM or SIGINT, naming it.

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bookkeeping::{Bookkeeping, Connector, TableDecision, TableSyncState};
 use crate::change::TableName;
+use crate::metrics::METRICS;
 use crate::pg::{self, ConnInfo, PgClient};
 use crate::pipeline::snapshot::{self, Section, SnapshotJob};
 use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
@@ -85,6 +86,7 @@ pub async fn run(
         sink,
         store: &store,
         cuts: cut_requests,
+        metrics: METRICS.connector(connector.name.as_str()),
     };
     let streaming = stream::run(
         stream,
@@ -433,11 +435,15 @@ async fn snapshot(
         };
         snapshot::copy_data(&job, &report).await
     };
+    let metrics = METRICS.connector(connector.name.as_str());
+    metrics.snapshot_tables_remaining.set(tables.len() as i64);
     let record = async {
         let mut remaining = tables.len();
         while let Some((table, rows, bytes, done)) = progress_rx.recv().await {
+            metrics.snapshot_rows.inc_by(rows);
             let state = if done {
                 remaining = remaining.saturating_sub(1);
+                metrics.snapshot_tables_remaining.set(remaining as i64);
                 tracing::info!(table = %format!("{}.{}", table.schema, table.name), remaining, "table copied");
                 TableSyncState::Copied
             } else {

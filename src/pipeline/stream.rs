@@ -25,7 +25,8 @@
 //! and tells the applier how: `Stop` commits what is complete, anything else (the grace
 //! period over, an error, the reader gone) rolls the open target transaction back.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +34,8 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::change::{Change, Message, TableName};
+use crate::change::{Change, ChangeKind, Message, TableName};
+use crate::metrics::ConnectorMetrics;
 use crate::pg::ConnInfo;
 use crate::pipeline::PipelineError;
 use crate::settings::PipelineSettings;
@@ -108,6 +110,7 @@ pub struct Target<'a> {
     pub store: &'a ConnInfo,
     /// Branches to cut from the replica between two target transactions.
     pub cuts: mpsc::Receiver<CutRequest>,
+    pub metrics: ConnectorMetrics,
 }
 
 /// Copy the replica to a new database at the next source commit boundary.
@@ -146,12 +149,16 @@ pub async fn run(
         in_source_tx: false,
         skipping: false,
         sent_in_tx: 0,
+        unapplied: VecDeque::new(),
+        oldest_unapplied: target.metrics.oldest_unapplied.clone(),
     };
     let applier = Applier {
         sink: Some(target.sink),
         store: target.store,
         cuts: target.cuts,
         cuts_open: true,
+        metrics: target.metrics,
+        counted: Counted::default(),
         inbox,
         durable: durable_tx,
         applied,
@@ -186,6 +193,10 @@ struct Reader<'a> {
     skipping: bool,
     /// Changes of the current source transaction sent to the applier.
     sent_in_tx: usize,
+    /// End and commit time (µs since 1970) of the transactions read and not yet durable,
+    /// oldest first: the apply lag.
+    unapplied: VecDeque<(Lsn, i64)>,
+    oldest_unapplied: Arc<AtomicI64>,
 }
 
 impl Reader<'_> {
@@ -249,8 +260,14 @@ impl Reader<'_> {
                 _ = self.commands.closed() => return Ok(()),
                 changed = self.durable.changed() => {
                     if changed.is_ok() {
-                        self.tracker.applied(*self.durable.borrow_and_update());
+                        let durable = *self.durable.borrow_and_update();
+                        self.tracker.applied(durable);
                         self.stream.set_flushed(self.tracker.flushed());
+                        while self.unapplied.front().is_some_and(|(end, _)| *end <= durable) {
+                            self.unapplied.pop_front();
+                        }
+                        let oldest = self.unapplied.front().map_or(0, |(_, at)| *at);
+                        self.oldest_unapplied.store(oldest, Ordering::Relaxed);
                     }
                 }
                 message = self.stream.next() => {
@@ -284,6 +301,16 @@ impl Reader<'_> {
                     // The server resumes at the slot's position, which may be before the
                     // replica's: those transactions are passed over.
                     self.skipping = begin.end_lsn.is_some_and(|end| end <= self.start);
+                    if let (false, Some(end), Some(at)) = (
+                        self.skipping,
+                        begin.end_lsn,
+                        begin.commit_time.as_deref().and_then(commit_micros),
+                    ) {
+                        if self.unapplied.is_empty() {
+                            self.oldest_unapplied.store(at, Ordering::Relaxed);
+                        }
+                        self.unapplied.push_back((end, at));
+                    }
                 }
                 Message::Change(change) => {
                     if !self.in_source_tx {
@@ -379,6 +406,44 @@ impl Reader<'_> {
     }
 }
 
+/// What one target transaction applied, for the metrics.
+#[derive(Default)]
+struct Counted {
+    by_kind: [u64; 4],
+    transactions: u64,
+    bytes: u64,
+}
+
+impl Counted {
+    fn count(&mut self, change: &Change) {
+        let kind = match change.kind {
+            ChangeKind::Insert => 0,
+            ChangeKind::Update => 1,
+            ChangeKind::Delete => 2,
+            ChangeKind::Truncate => 3,
+        };
+        self.by_kind[kind] += 1;
+        self.bytes += change.approx_bytes() as u64;
+    }
+
+    fn add_to(self, metrics: &ConnectorMetrics) {
+        let [inserts, updates, deletes, truncates] = self.by_kind;
+        metrics.inserts.inc_by(inserts);
+        metrics.updates.inc_by(updates);
+        metrics.deletes.inc_by(deletes);
+        metrics.truncates.inc_by(truncates);
+        metrics.transactions.inc_by(self.transactions);
+        metrics.bytes.inc_by(self.bytes);
+    }
+}
+
+/// wal2json's commit time (`2024-11-21 20:12:39.02236+00`) in µs since 1970.
+fn commit_micros(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .ok()
+        .map(|t| t.timestamp_micros())
+}
+
 #[derive(PartialEq)]
 enum Flow {
     Continue,
@@ -391,6 +456,9 @@ struct Applier<'a> {
     store: &'a ConnInfo,
     cuts: mpsc::Receiver<CutRequest>,
     cuts_open: bool,
+    metrics: ConnectorMetrics,
+    /// Counted in the open target transaction; added to the metrics when it commits.
+    counted: Counted,
     inbox: mpsc::Receiver<Command>,
     durable: watch::Sender<Lsn>,
     /// Durable on the replica: its progress row holds this.
@@ -439,6 +507,9 @@ impl Applier<'_> {
             lsn: self.applied,
             paused: started.elapsed(),
         };
+        if copied.is_ok() {
+            self.metrics.branch_cut.observe(cut.paused.as_secs_f64());
+        }
         match &copied {
             Ok(()) => tracing::info!(
                 branch = %request.branch,
@@ -501,6 +572,7 @@ impl Applier<'_> {
         match command {
             Command::Change(change, budget) => {
                 self.in_source_tx = true;
+                self.counted.count(&change);
                 self.sink()?.apply(change).await?;
                 drop(budget);
                 self.batch_changes += 1;
@@ -509,6 +581,7 @@ impl Applier<'_> {
             Command::Commit(end) => {
                 self.in_source_tx = false;
                 self.pending_commit = Some(end);
+                self.counted.transactions += 1;
                 let full = self.batch_changes >= settings.batch_max_changes;
                 let old = self
                     .batch_started
@@ -543,6 +616,7 @@ impl Applier<'_> {
             return Ok(());
         };
         self.sink()?.commit(end).await?;
+        std::mem::take(&mut self.counted).add_to(&self.metrics);
         self.applied = end;
         self.batch_changes = 0;
         self.batch_started = None;
@@ -568,5 +642,23 @@ impl Applier<'_> {
         self.applied = position;
         self.durable.send_replace(position);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_times_as_wal2json_writes_them() {
+        assert_eq!(
+            commit_micros("2024-11-21 20:12:39.02236+00"),
+            Some(1_732_219_959_022_360)
+        );
+        assert_eq!(
+            commit_micros("2024-11-21 21:12:39+01"),
+            Some(1_732_219_959_000_000)
+        );
+        assert_eq!(commit_micros("yesterday"), None);
     }
 }

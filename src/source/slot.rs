@@ -60,6 +60,9 @@ pub struct SlotInfo {
     pub lag_bytes: Option<u64>,
     /// Bytes of WAL the slot keeps on the source's disk (from its restart LSN).
     pub retained_bytes: Option<u64>,
+    /// Bytes that can still be written before the slot is invalidated; `None` without
+    /// `max_slot_wal_keep_size` (negative once past it).
+    pub safe_wal_size: Option<i64>,
 }
 
 /// The slot's state, `None` when the source has no such slot.
@@ -73,7 +76,8 @@ pub async fn inspect(
                     pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(),
                                                confirmed_flush_lsn)::int8,
                     pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(),
-                                               restart_lsn)::int8
+                                               restart_lsn)::int8,
+                    safe_wal_size
                FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
             &[&slot.as_str()],
         )
@@ -92,6 +96,7 @@ pub async fn inspect(
                 .and_then(|text| text.parse().ok()),
             lag_bytes: bytes(3),
             retained_bytes: bytes(4),
+            safe_wal_size: row.get(5),
         }
     }))
 }

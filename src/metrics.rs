@@ -1,0 +1,465 @@
+//! Prometheus metrics, the health endpoints, and the sampler of the sources' slots.
+//!
+//! ```text
+//!  pipelines ──counters, gauges──► METRICS (one registry per process)
+//!  SlotSampler, every metrics.slot_interval_secs:
+//!     bookkeeping → each connector's state, source → its slot   ──► gauges
+//!  GET /metrics   the registry in text format (apply lag computed at scrape time)
+//!  GET /healthz   200 while the process serves
+//!  GET /readyz    200 when the bookkeeping answers and the supervisor runs, else 503
+//! ```
+//!
+//! Every series is labelled `connector` (never with a URL: no secret reaches a label).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::bookkeeping::{Bookkeeping, Connector};
+use crate::pg::{self, ConnInfo};
+use crate::pipeline::PipelineState;
+use crate::source::slot::{self, WalStatus};
+
+const WAL_STATUSES: [WalStatus; 4] = [
+    WalStatus::Reserved,
+    WalStatus::Extended,
+    WalStatus::Unreserved,
+    WalStatus::Lost,
+];
+
+/// How long the sampler waits for one source.
+const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+pub struct Metrics {
+    registry: Registry,
+    slot_lag_bytes: IntGaugeVec,
+    slot_retained_wal_bytes: IntGaugeVec,
+    slot_wal_status: IntGaugeVec,
+    slot_safe_wal_size_bytes: IntGaugeVec,
+    source_up: IntGaugeVec,
+    pipeline_state: IntGaugeVec,
+    apply_lag_seconds: prometheus::GaugeVec,
+    changes_applied: IntCounterVec,
+    transactions_applied: IntCounterVec,
+    applied_bytes: IntCounterVec,
+    snapshot_rows: IntCounterVec,
+    snapshot_tables_remaining: IntGaugeVec,
+    pipeline_errors: IntCounterVec,
+    pipeline_restarts: IntCounterVec,
+    branch_cut_seconds: HistogramVec,
+    /// Per connector: the commit time (µs since 1970) of the oldest transaction read but
+    /// not yet durable on the replica; 0 when there is none.
+    oldest_unapplied: Mutex<HashMap<String, Arc<AtomicI64>>>,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("unique metric");
+    vec
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("unique metric");
+    vec
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let c = &["connector"];
+        let apply_lag_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                "tributary_apply_lag_seconds",
+                "Seconds since the commit of the oldest source transaction not yet applied \
+                 (0 when caught up)",
+            ),
+            c,
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(apply_lag_seconds.clone()))
+            .expect("unique metric");
+        let branch_cut_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tributary_branch_cut_duration_seconds",
+                "How long replication paused to copy the replica into a branch",
+            )
+            .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            c,
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(branch_cut_seconds.clone()))
+            .expect("unique metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("tributary_build_info", "The running tributary's version"),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
+            .expect("unique metric");
+        Metrics {
+            slot_lag_bytes: gauge(
+                &registry,
+                "tributary_slot_lag_bytes",
+                "WAL bytes between the source's current position and the slot's confirmed flush",
+                c,
+            ),
+            slot_retained_wal_bytes: gauge(
+                &registry,
+                "tributary_slot_retained_wal_bytes",
+                "WAL bytes the slot keeps on the source (current position - restart LSN)",
+                c,
+            ),
+            slot_wal_status: gauge(
+                &registry,
+                "tributary_slot_wal_status",
+                "The slot's wal_status: 1 for the current one (reserved, extended, unreserved, lost)",
+                &["connector", "status"],
+            ),
+            slot_safe_wal_size_bytes: gauge(
+                &registry,
+                "tributary_slot_safe_wal_size_bytes",
+                "WAL bytes that can still be written before the slot is invalidated \
+                 (absent without max_slot_wal_keep_size)",
+                c,
+            ),
+            source_up: gauge(
+                &registry,
+                "tributary_source_up",
+                "1 when the last look at the source's slot succeeded",
+                c,
+            ),
+            pipeline_state: gauge(
+                &registry,
+                "tributary_pipeline_state",
+                "The connector's state: 1 for the current one",
+                &["connector", "state"],
+            ),
+            apply_lag_seconds,
+            changes_applied: counter(
+                &registry,
+                "tributary_changes_applied_total",
+                "Row changes applied to the replica, by operation",
+                &["connector", "op"],
+            ),
+            transactions_applied: counter(
+                &registry,
+                "tributary_transactions_applied_total",
+                "Source transactions applied to the replica",
+                c,
+            ),
+            applied_bytes: counter(
+                &registry,
+                "tributary_applied_bytes_total",
+                "Approximate bytes of row data applied to the replica",
+                c,
+            ),
+            snapshot_rows: counter(
+                &registry,
+                "tributary_snapshot_rows_total",
+                "Rows copied by snapshots",
+                c,
+            ),
+            snapshot_tables_remaining: gauge(
+                &registry,
+                "tributary_snapshot_tables_remaining",
+                "Tables the running snapshot has still to copy",
+                c,
+            ),
+            pipeline_errors: counter(
+                &registry,
+                "tributary_pipeline_errors_total",
+                "Pipeline runs that ended with an error, by kind (transient: retried; \
+                 definite: failed)",
+                &["connector", "kind"],
+            ),
+            pipeline_restarts: counter(
+                &registry,
+                "tributary_pipeline_restarts_total",
+                "Pipeline runs started (the first, and each reconnect or retry)",
+                c,
+            ),
+            branch_cut_seconds,
+            oldest_unapplied: Mutex::new(HashMap::new()),
+            registry,
+        }
+    }
+
+    /// The handles a pipeline updates, resolved once per run.
+    pub fn connector(&self, name: &str) -> ConnectorMetrics {
+        let op = |op: &str| self.changes_applied.with_label_values(&[name, op]);
+        let oldest = self
+            .oldest_unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        oldest.store(0, Ordering::Relaxed);
+        ConnectorMetrics {
+            inserts: op("insert"),
+            updates: op("update"),
+            deletes: op("delete"),
+            truncates: op("truncate"),
+            transactions: self.transactions_applied.with_label_values(&[name]),
+            bytes: self.applied_bytes.with_label_values(&[name]),
+            snapshot_rows: self.snapshot_rows.with_label_values(&[name]),
+            snapshot_tables_remaining: self.snapshot_tables_remaining.with_label_values(&[name]),
+            branch_cut: self.branch_cut_seconds.with_label_values(&[name]),
+            oldest_unapplied: oldest,
+        }
+    }
+
+    pub fn pipeline_ended(&self, connector: &str, transient: bool) {
+        let kind = if transient { "transient" } else { "definite" };
+        self.pipeline_errors
+            .with_label_values(&[connector, kind])
+            .inc();
+    }
+
+    pub fn pipeline_started(&self, connector: &str) {
+        self.pipeline_restarts.with_label_values(&[connector]).inc();
+    }
+
+    /// The text exposition, with the apply lag computed now.
+    pub fn render(&self) -> String {
+        let now = chrono::Utc::now().timestamp_micros();
+        for (connector, oldest) in self
+            .oldest_unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let since = oldest.load(Ordering::Relaxed);
+            let lag = if since == 0 {
+                0.0
+            } else {
+                (now - since).max(0) as f64 / 1e6
+            };
+            self.apply_lag_seconds
+                .with_label_values(&[connector])
+                .set(lag);
+        }
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn record_connector(&self, connector: &Connector) {
+        let name = connector.name.as_str();
+        for state in PipelineState::ALL {
+            self.pipeline_state
+                .with_label_values(&[name, state.as_str()])
+                .set(i64::from(connector.state == state));
+        }
+    }
+
+    fn record_slot(&self, name: &str, slot: Result<Option<slot::SlotInfo>, ()>) {
+        let up = self.source_up.with_label_values(&[name]);
+        let info = match slot {
+            Ok(info) => {
+                up.set(1);
+                info
+            }
+            Err(()) => {
+                up.set(0);
+                return; // the last known values stay, with source_up saying they are old
+            }
+        };
+        let bytes = |v: Option<u64>| v.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        match info {
+            Some(info) => {
+                self.slot_lag_bytes
+                    .with_label_values(&[name])
+                    .set(bytes(info.lag_bytes));
+                self.slot_retained_wal_bytes
+                    .with_label_values(&[name])
+                    .set(bytes(info.retained_bytes));
+                for status in WAL_STATUSES {
+                    self.slot_wal_status
+                        .with_label_values(&[name, status.as_str()])
+                        .set(i64::from(info.wal_status == status));
+                }
+                match info.safe_wal_size {
+                    Some(size) => self
+                        .slot_safe_wal_size_bytes
+                        .with_label_values(&[name])
+                        .set(size),
+                    None => {
+                        let _ = self.slot_safe_wal_size_bytes.remove_label_values(&[name]);
+                    }
+                }
+            }
+            None => {
+                // No slot (before the first snapshot, or lost and dropped): nothing pinned.
+                for vec in [&self.slot_lag_bytes, &self.slot_retained_wal_bytes] {
+                    let _ = vec.remove_label_values(&[name]);
+                }
+                for status in WAL_STATUSES {
+                    let _ = self
+                        .slot_wal_status
+                        .remove_label_values(&[name, status.as_str()]);
+                }
+            }
+        }
+    }
+}
+
+/// One pipeline run's handles.
+#[derive(Clone)]
+pub struct ConnectorMetrics {
+    pub inserts: IntCounter,
+    pub updates: IntCounter,
+    pub deletes: IntCounter,
+    pub truncates: IntCounter,
+    pub transactions: IntCounter,
+    pub bytes: IntCounter,
+    pub snapshot_rows: IntCounter,
+    pub snapshot_tables_remaining: IntGauge,
+    pub branch_cut: Histogram,
+    /// See [`Metrics`]: set by the reader, read at scrape time.
+    pub oldest_unapplied: Arc<AtomicI64>,
+}
+
+/// Whether the daemon is ready: set by the supervisor while it runs.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    supervisor_running: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    pub fn set_running(&self, running: bool) {
+        self.supervisor_running.store(running, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    bookkeeping: Arc<Bookkeeping>,
+    readiness: Readiness,
+}
+
+/// Binds the endpoint now (so that a taken address is an error at start), and returns the
+/// server to run until `shutdown`.
+pub async fn bind(
+    listen: SocketAddr,
+    bookkeeping: Arc<Bookkeeping>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_endpoint))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState {
+            bookkeeping,
+            readiness,
+        });
+    let server = async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    };
+    Ok((bound, server))
+}
+
+async fn metrics_endpoint() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        METRICS.render(),
+    )
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if !state.readiness.supervisor_running.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "supervisor not running\n");
+    }
+    match tokio::time::timeout(SOURCE_TIMEOUT, state.bookkeeping.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ok\n"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "bookkeeping unreachable\n"),
+    }
+}
+
+/// Samples every connector's state and slot every `interval`, until `shutdown`.
+pub async fn sample_slots(
+    bookkeeping: Arc<Bookkeeping>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let connectors = match bookkeeping.connectors().await {
+            Ok(connectors) => connectors,
+            Err(e) => {
+                tracing::warn!("metrics: reading connectors: {e}");
+                continue;
+            }
+        };
+        for connector in &connectors {
+            METRICS.record_connector(connector);
+            let slot = tokio::time::timeout(SOURCE_TIMEOUT, inspect(&bookkeeping, connector))
+                .await
+                .map_err(|_| "no answer".to_owned())
+                .and_then(|r| r);
+            if let Err(e) = &slot {
+                tracing::debug!(connector = %connector.name, "metrics: reading the slot: {e}");
+            }
+            METRICS.record_slot(connector.name.as_str(), slot.map_err(drop));
+        }
+    }
+}
+
+async fn inspect(
+    bookkeeping: &Bookkeeping,
+    connector: &Connector,
+) -> Result<Option<slot::SlotInfo>, String> {
+    let url = bookkeeping
+        .source_url(connector)
+        .await
+        .map_err(|e| e.to_string())?;
+    let source = ConnInfo::parse(&url).map_err(|e| e.to_string())?;
+    let client = pg::connect(&source).await.map_err(|e| e.to_string())?;
+    slot::inspect(&client, &connector.slot_name)
+        .await
+        .map_err(|e| pg::error_message(&e))
+}

@@ -1,0 +1,171 @@
+//! The daemon's `/metrics`, `/healthz` and `/readyz` against real servers: slot and
+//! pipeline series labelled by connector, no secret in them, readiness following the
+//! bookkeeping.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use crate::daemon::Daemon;
+use crate::harness::{Cluster, SCRAM_PASSWORD, SCRAM_USER};
+use crate::support::eventually;
+
+/// `GET path` over HTTP/1.1: the status code and the body.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the series `name{labels}` (labels as Prometheus prints them).
+fn value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_and_health_endpoints() {
+    let source = Cluster::builder().password_auth().start();
+    let store = Cluster::start();
+    source.create_database("shop");
+    source.psql(
+        "shop",
+        &format!(
+            "CREATE TABLE items (id int PRIMARY KEY, name text);
+             GRANT SELECT ON items TO {SCRAM_USER}; GRANT CREATE ON DATABASE shop TO {SCRAM_USER};
+             INSERT INTO items SELECT g, 'item' FROM generate_series(1, 100) g;"
+        ),
+    );
+    let mut daemon = Daemon::new(&store);
+    daemon.cli_ok(&[
+        "connector",
+        "create",
+        "postgresql",
+        &source.url(SCRAM_USER, Some(SCRAM_PASSWORD), "shop"),
+        "--name",
+        "shop",
+    ]);
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    let addr = daemon.metrics_addr().await;
+    assert_eq!(get(addr, "/healthz").0, 200);
+    assert_eq!(get(addr, "/readyz").0, 200);
+
+    source.psql(
+        "shop",
+        "INSERT INTO items SELECT g, 'new' FROM generate_series(101, 130) g;
+         UPDATE items SET name = 'changed' WHERE id <= 10;
+         DELETE FROM items WHERE id = 100;",
+    );
+    let body = eventually("the changes to be counted and the slot sampled", || async {
+        let (_, body) = get(addr, "/metrics");
+        let inserts = value(
+            &body,
+            r#"tributary_changes_applied_total{connector="shop",op="insert"}"#,
+        );
+        // The sampler looks every second (TRIBUTARY__METRICS__SLOT_INTERVAL_SECS).
+        let sampled = value(&body, r#"tributary_slot_lag_bytes{connector="shop"}"#).is_some()
+            && value(
+                &body,
+                r#"tributary_pipeline_state{connector="shop",state="streaming"}"#,
+            ) == Some(1.0);
+        (inserts == Some(30.0) && sampled).then_some(body)
+    })
+    .await;
+    let at =
+        |series: &str| value(&body, series).unwrap_or_else(|| panic!("no {series} in\n{body}"));
+    assert_eq!(
+        at(r#"tributary_changes_applied_total{connector="shop",op="update"}"#),
+        10.0
+    );
+    assert_eq!(
+        at(r#"tributary_changes_applied_total{connector="shop",op="delete"}"#),
+        1.0
+    );
+    assert!(at(r#"tributary_transactions_applied_total{connector="shop"}"#) >= 1.0);
+    assert_eq!(
+        at(r#"tributary_snapshot_rows_total{connector="shop"}"#),
+        100.0
+    );
+    assert_eq!(
+        at(r#"tributary_snapshot_tables_remaining{connector="shop"}"#),
+        0.0
+    );
+    assert_eq!(
+        at(r#"tributary_slot_wal_status{connector="shop",status="reserved"}"#),
+        1.0
+    );
+    assert_eq!(
+        at(r#"tributary_slot_wal_status{connector="shop",status="lost"}"#),
+        0.0
+    );
+    assert_eq!(
+        at(r#"tributary_pipeline_state{connector="shop",state="streaming"}"#),
+        1.0
+    );
+    assert_eq!(
+        at(r#"tributary_pipeline_state{connector="shop",state="failed"}"#),
+        0.0
+    );
+    assert_eq!(at(r#"tributary_source_up{connector="shop"}"#), 1.0);
+    assert!(at(r#"tributary_slot_retained_wal_bytes{connector="shop"}"#) >= 0.0);
+    assert!(at(r#"tributary_apply_lag_seconds{connector="shop"}"#) >= 0.0);
+    assert!(body.contains("tributary_build_info{version=\""), "{body}");
+    assert!(
+        !body.contains(SCRAM_PASSWORD) && !body.contains("postgresql://"),
+        "{body}"
+    );
+
+    // Caught up: nothing is waiting to be applied.
+    let lag = eventually("the apply lag to fall to 0", || async {
+        let (_, body) = get(addr, "/metrics");
+        value(&body, r#"tributary_apply_lag_seconds{connector="shop"}"#).filter(|l| *l == 0.0)
+    })
+    .await;
+    assert_eq!(lag, 0.0);
+
+    // The bookkeeping goes away: not ready, still alive.
+    store.stop();
+    assert_eq!(get(addr, "/readyz").0, 503);
+    assert_eq!(get(addr, "/healthz").0, 200);
+    store.start_again();
+    eventually("readiness to come back", || async {
+        (get(addr, "/readyz").0 == 200).then_some(())
+    })
+    .await;
+    daemon.terminate();
+}
+
+#[test]
+fn a_taken_metrics_address_is_a_clear_error() {
+    let store = Cluster::start();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut daemon = Daemon::new(&store);
+    daemon.set(
+        "TRIBUTARY__METRICS__LISTEN",
+        &taken.local_addr().unwrap().to_string(),
+    );
+    let output = daemon.cli(&["run"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot serve metrics on") && stderr.contains("TRIBUTARY__METRICS__LISTEN"),
+        "{stderr}"
+    );
+}
