@@ -2,8 +2,9 @@
 //!
 //! ```text
 //!  pipelines ──counters, gauges──► METRICS (one registry per process)
-//!  SlotSampler, every metrics.slot_interval_secs:
+//!  sample_slots, every metrics.slot_interval_secs:
 //!     bookkeeping → each connector's state, source → its slot   ──► gauges
+//!     this process's apply lags                                  ──► bookkeeping (status)
 //!  GET /metrics   the registry in text format (apply lag computed at scrape time)
 //!  GET /healthz   200 while the process serves
 //!  GET /readyz    200 when the bookkeeping answers and the supervisor runs, else 503
@@ -247,24 +248,38 @@ impl Metrics {
         self.pipeline_restarts.with_label_values(&[connector]).inc();
     }
 
-    /// The text exposition, with the apply lag computed now.
-    pub fn render(&self) -> String {
-        let now = chrono::Utc::now().timestamp_micros();
-        for (connector, oldest) in self
+    /// The apply lag of the connector's pipeline in this process, now; `None` when none
+    /// ran here.
+    pub fn apply_lag(&self, connector: &str) -> Option<f64> {
+        let since = self
             .oldest_unapplied
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            let since = oldest.load(Ordering::Relaxed);
-            let lag = if since == 0 {
-                0.0
-            } else {
-                (now - since).max(0) as f64 / 1e6
-            };
-            self.apply_lag_seconds
-                .with_label_values(&[connector])
-                .set(lag);
+            .get(connector)?
+            .load(Ordering::Relaxed);
+        let now = chrono::Utc::now().timestamp_micros();
+        Some(if since == 0 {
+            0.0
+        } else {
+            (now - since).max(0) as f64 / 1e6
+        })
+    }
+
+    /// The text exposition, with the apply lag computed now.
+    pub fn render(&self) -> String {
+        let connectors: Vec<String> = self
+            .oldest_unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        for connector in connectors {
+            if let Some(lag) = self.apply_lag(&connector) {
+                self.apply_lag_seconds
+                    .with_label_values(&[&connector])
+                    .set(lag);
+            }
         }
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
@@ -437,6 +452,11 @@ pub async fn sample_slots(
         };
         for connector in &connectors {
             METRICS.record_connector(connector);
+            if let Some(lag) = METRICS.apply_lag(connector.name.as_str()) {
+                if let Err(e) = bookkeeping.record_apply_lag(connector.id, lag).await {
+                    tracing::debug!(connector = %connector.name, "metrics: recording the apply lag: {e}");
+                }
+            }
             let slot = tokio::time::timeout(SOURCE_TIMEOUT, inspect(&bookkeeping, connector))
                 .await
                 .map_err(|_| "no answer".to_owned())

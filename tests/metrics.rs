@@ -140,6 +140,32 @@ async fn metrics_and_health_endpoints() {
     .await;
     assert_eq!(lag, 0.0);
 
+    // `tributary status` shows the same, the apply lag as the daemon recorded it.
+    let status = eventually("status to show the recorded apply lag", || async {
+        let out = daemon.cli_ok(&["status", "--format", "json"]);
+        let status: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        status[0]["apply_lag_seconds"].is_number().then_some(status)
+    })
+    .await;
+    let shop = &status[0];
+    assert_eq!(shop["connector"], "shop");
+    assert_eq!(shop["state"], "streaming");
+    assert_eq!(shop["phase"], "streaming");
+    assert_eq!(shop["wal_status"], "reserved");
+    assert!(shop["slot_lag_bytes"].is_number(), "{shop}");
+    assert!(shop["retained_wal_bytes"].is_number(), "{shop}");
+    assert_eq!(
+        shop["snapshot"],
+        serde_json::json!({"tables_total": 1, "tables_copied": 1, "rows_copied": 100,
+                           "bytes_copied": shop["snapshot"]["bytes_copied"]})
+    );
+    let text = daemon.cli_ok(&["status"]);
+    assert!(
+        text.contains("CONNECTOR") && text.contains("reserved"),
+        "{text}"
+    );
+    assert!(!text.contains(SCRAM_PASSWORD), "{text}");
+
     // The bookkeeping goes away: not ready, still alive.
     store.stop();
     assert_eq!(get(addr, "/readyz").0, 503);

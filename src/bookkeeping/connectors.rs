@@ -592,6 +592,31 @@ impl Bookkeeping {
         Ok(())
     }
 
+    /// Records the apply lag the daemon measured for the connector.
+    pub async fn record_apply_lag(&self, id: ConnectorId, seconds: f64) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO tributary.apply_lag (connector_id, seconds) VALUES ($1, $2)
+             ON CONFLICT (connector_id)
+             DO UPDATE SET seconds = excluded.seconds, measured_at = now()",
+        )
+        .bind(id.0)
+        .bind(seconds.max(0.0))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last apply lag recorded for the connector, and how many seconds ago.
+    pub async fn apply_lag(&self, id: ConnectorId) -> Result<Option<(f64, f64)>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT seconds, extract(epoch FROM now() - measured_at)::float8
+               FROM tributary.apply_lag WHERE connector_id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// Records an error the pipeline will retry by itself: the state stays as it is and no
     /// history entry is written, so retries do not flood the history.
     pub async fn record_error(&self, id: ConnectorId, failure: &Failure) -> Result<(), Error> {

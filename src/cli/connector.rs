@@ -85,12 +85,7 @@ pub async fn run(
     settings: Settings,
     config_path: &Path,
 ) -> Result<(), Failure> {
-    let bookkeeping = Bookkeeping::open(
-        &settings.store(),
-        &settings.secrets,
-        &super::default_key_file(config_path),
-    )
-    .await?;
+    let bookkeeping = super::open_bookkeeping(&settings, config_path).await?;
     match command {
         ConnectorCommand::Create(args) => {
             super::create::run(args, &bookkeeping, &settings.store()).await
@@ -343,7 +338,7 @@ async fn view<'a>(
 }
 
 /// The connector's slot as its source reports it, asked within [`SOURCE_TIMEOUT`].
-async fn inspect_slot(
+pub(super) async fn inspect_slot(
     bookkeeping: &Bookkeeping,
     connector: &Connector,
 ) -> anyhow::Result<Option<SlotInfo>> {

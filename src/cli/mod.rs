@@ -21,6 +21,7 @@ mod create;
 mod preflight;
 mod run;
 mod setup;
+mod status;
 mod tail;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,12 @@ pub enum Command {
     /// Manage connectors (one per source database).
     #[command(subcommand)]
     Connector(connector::ConnectorCommand),
+    /// Per connector: state, snapshot progress, slot lag, retained WAL, wal_status, apply
+    /// lag and last error.
+    Status {
+        #[arg(long, value_enum, default_value_t = connector::Format::Text)]
+        format: connector::Format,
+    },
     /// Manage branches: writable copies of a connector's replica.
     #[command(subcommand)]
     Branch(branch::BranchCommand),
@@ -140,13 +147,11 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
             Ok(())
         }
         Command::Connector(command) => connector::run(command, settings, &config_path).await,
+        Command::Status { format } => {
+            status::run(&open_bookkeeping(&settings, &config_path).await?, format).await
+        }
         Command::Branch(command) => {
-            let bookkeeping = crate::bookkeeping::Bookkeeping::open(
-                &settings.store(),
-                &settings.secrets,
-                &default_key_file(&config_path),
-            )
-            .await?;
+            let bookkeeping = open_bookkeeping(&settings, &config_path).await?;
             branch::run(command, &bookkeeping, &settings).await
         }
         Command::Tail(_) => unreachable!("handled above"),
@@ -163,6 +168,19 @@ fn load_settings(explicit: Option<&Path>) -> Result<(Settings, PathBuf), Failure
                 "set store.url in the configuration file (--config) or TRIBUTARY__STORE__URL",
             ))
         })
+}
+
+/// The bookkeeping, migrated, with the key for source URLs.
+async fn open_bookkeeping(
+    settings: &Settings,
+    config_path: &Path,
+) -> Result<crate::bookkeeping::Bookkeeping, Failure> {
+    Ok(crate::bookkeeping::Bookkeeping::open(
+        &settings.store(),
+        &settings.secrets,
+        &default_key_file(config_path),
+    )
+    .await?)
 }
 
 /// The key file used when none is configured: beside the configuration file.

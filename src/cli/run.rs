@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Failure;
-use crate::bookkeeping::Bookkeeping;
 use crate::metrics::{self, Readiness};
 use crate::settings::Settings;
 use crate::supervisor::Supervisor;
@@ -17,14 +16,7 @@ const EXIT_SLACK: Duration = Duration::from_secs(10);
 
 pub async fn run(settings: Settings, config_path: &Path) -> Result<(), Failure> {
     let settings = Arc::new(settings);
-    let bookkeeping = Arc::new(
-        Bookkeeping::open(
-            &settings.store(),
-            &settings.secrets,
-            &super::default_key_file(config_path),
-        )
-        .await?,
-    );
+    let bookkeeping = Arc::new(super::open_bookkeeping(&settings, config_path).await?);
     tracing::info!(store = %settings.store(), "tributary started");
     let shutdown = CancellationToken::new();
     let readiness = Readiness::default();
