@@ -130,11 +130,22 @@ impl Daemon {
 
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
+        self.send_sigterm();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn send_sigterm(&self) {
+        let child = self.child.as_ref().expect("running");
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
+    }
+
+    /// Waits for the daemon to exit (after SIGTERM).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -321,4 +332,21 @@ pub async fn wait_converged(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Holds an exclusive lock on `table` in the connector's replica until the returned
+/// session commits: the applier blocks on its first change to it.
+pub async fn lock_replica_table(
+    store: &Cluster,
+    connector: &str,
+    table: &str,
+) -> tokio_postgres::Client {
+    let blocker = store.connect(&format!("{connector}_replica")).await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .unwrap();
+    blocker
 }

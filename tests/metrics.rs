@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use crate::daemon::Daemon;
+use crate::daemon::{lock_replica_table, Daemon};
 use crate::harness::{Cluster, SCRAM_PASSWORD, SCRAM_USER};
 use crate::support::eventually;
 
@@ -41,7 +41,11 @@ fn value(body: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_and_health_endpoints() {
-    let source = Cluster::builder().password_auth().start();
+    // With a limit, so that the slot has a safe WAL size to report.
+    let source = Cluster::builder()
+        .password_auth()
+        .setting("max_slot_wal_keep_size", "1GB")
+        .start();
     let store = Cluster::start();
     source.create_database("shop");
     source.psql(
@@ -132,6 +136,61 @@ async fn metrics_and_health_endpoints() {
         "{body}"
     );
 
+    // Every metric DESIGN.md names is there.
+    for name in [
+        "tributary_slot_lag_bytes",
+        "tributary_slot_retained_wal_bytes",
+        "tributary_slot_wal_status",
+        "tributary_slot_safe_wal_size_bytes",
+        "tributary_apply_lag_seconds",
+        "tributary_changes_applied_total",
+        "tributary_snapshot_rows_total",
+        "tributary_pipeline_state",
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {name} ")),
+            "{name} missing in\n{body}"
+        );
+    }
+
+    // A write burst while the branch store blocks the applier: the slot falls behind…
+    let blocker = lock_replica_table(&store, "shop", "public.items").await;
+    source.psql(
+        "shop",
+        "INSERT INTO items SELECT g, repeat('x', 500) FROM generate_series(1000, 20000) g",
+    );
+    let behind = eventually("the slot lag to rise", || async {
+        let (_, body) = get(addr, "/metrics");
+        value(&body, r#"tributary_slot_lag_bytes{connector="shop"}"#).filter(|lag| *lag > 1e6)
+    })
+    .await;
+    assert!(behind > 1e6, "{behind}");
+    // …and catches up once it can apply again.
+    blocker.batch_execute("COMMIT").await.unwrap();
+    eventually("the slot lag to return near 0", || async {
+        let (_, body) = get(addr, "/metrics");
+        value(&body, r#"tributary_slot_lag_bytes{connector="shop"}"#).filter(|lag| *lag < 64e3)
+    })
+    .await;
+    // Retained WAL as the server counts it, within what a second of sampling can move.
+    let server: f64 = source
+        .psql(
+            "postgres",
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) FROM pg_replication_slots",
+        )
+        .parse()
+        .unwrap();
+    let (_, body) = get(addr, "/metrics");
+    let sampled = value(
+        &body,
+        r#"tributary_slot_retained_wal_bytes{connector="shop"}"#,
+    )
+    .unwrap();
+    assert!(
+        (sampled - server).abs() < 1e6,
+        "sampled {sampled}, server {server}"
+    );
+
     // Caught up: nothing is waiting to be applied.
     let lag = eventually("the apply lag to fall to 0", || async {
         let (_, body) = get(addr, "/metrics");
@@ -194,4 +253,47 @@ fn a_taken_metrics_address_is_a_clear_error() {
         stderr.contains("cannot serve metrics on") && stderr.contains("TRIBUTARY__METRICS__LISTEN"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn sigterm_fails_readiness_first_then_exits_0_within_the_grace_period() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    source.create_database("shop");
+    source.psql("shop", "CREATE TABLE items (id int PRIMARY KEY)");
+    let mut daemon = Daemon::new(&store);
+    daemon.set("TRIBUTARY__PIPELINE__SHUTDOWN_GRACE_SECS", "3");
+    daemon.cli_ok(&[
+        "connector",
+        "create",
+        "postgresql",
+        &source.superuser_url("shop"),
+        "--name",
+        "shop",
+    ]);
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    let addr = daemon.metrics_addr().await;
+    assert_eq!(get(addr, "/readyz").0, 200);
+
+    // A transaction the applier cannot finish: shutdown waits for it up to the grace.
+    let blocker = lock_replica_table(&store, "shop", "public.items").await;
+    source.psql("shop", "INSERT INTO items SELECT generate_series(1, 10)");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let sent = std::time::Instant::now();
+    daemon.send_sigterm();
+    eventually("readiness to fail", || async {
+        (get(addr, "/readyz").0 == 503).then_some(())
+    })
+    .await;
+    assert_eq!(get(addr, "/healthz").0, 200, "alive while it stops");
+    let status = daemon.wait_exit();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(3 + 10),
+        "{:?}\n{}",
+        sent.elapsed(),
+        daemon.log_tail()
+    );
+    drop(blocker);
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::daemon::{content, wait_converged, Daemon};
+use crate::daemon::{content, lock_replica_table, wait_converged, Daemon};
 use crate::harness::Cluster;
 
 const SCHEMAS: &[&str] = &["app", "audit"];
@@ -654,23 +654,6 @@ async fn a_vanished_replica_fails_instead_of_silently_starting_over() {
         "1",
         "the slot is kept"
     );
-}
-
-/// Holds an exclusive lock on `table` in the connector's replica until the returned
-/// session commits: the applier blocks on its first change to it.
-async fn lock_replica_table(
-    store: &Cluster,
-    connector: &str,
-    table: &str,
-) -> tokio_postgres::Client {
-    let blocker = store.connect(&format!("{connector}_replica")).await;
-    blocker
-        .batch_execute(&format!(
-            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
-        ))
-        .await
-        .unwrap();
-    blocker
 }
 
 /// While the branch store blocks the applier (here: a lock held longer than the source's

@@ -19,13 +19,16 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), Failure> 
     let bookkeeping = Arc::new(super::open_bookkeeping(&settings, config_path).await?);
     tracing::info!(store = %settings.store(), "tributary started");
     let shutdown = CancellationToken::new();
+    // The endpoints outlive the pipelines: during shutdown `/readyz` answers 503 (the
+    // supervisor is stopping) while `/healthz` and `/metrics` still answer.
+    let services_shutdown = CancellationToken::new();
     let readiness = Readiness::default();
     let listen = settings.metrics.listen;
     let (bound, server) = metrics::bind(
         listen,
         bookkeeping.clone(),
         readiness.clone(),
-        shutdown.clone(),
+        services_shutdown.clone(),
     )
     .await
     .map_err(|e| {
@@ -35,7 +38,7 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), Failure> 
         )
     })?;
     tracing::info!(listen = %bound, "metrics and health endpoints listening");
-    // Both end with the shutdown token, and are awaited below.
+    // Both end with `services_shutdown`, after the supervisor, and are awaited below.
     let mut services = tokio::task::JoinSet::new();
     services.spawn(async move {
         if let Err(e) = server.await {
@@ -45,7 +48,7 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), Failure> 
     services.spawn(metrics::sample_slots(
         bookkeeping.clone(),
         settings.metrics.slot_interval(),
-        shutdown.clone(),
+        services_shutdown.clone(),
     ));
 
     let supervisor =
@@ -72,6 +75,7 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), Failure> 
             }
         }
     };
+    services_shutdown.cancel();
     while services.join_next().await.is_some() {}
     Ok(result?)
 }

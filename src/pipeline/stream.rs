@@ -151,6 +151,8 @@ pub async fn run(
         sent_in_tx: 0,
         unapplied: VecDeque::new(),
         oldest_unapplied: target.metrics.oldest_unapplied.clone(),
+        abandon: CancellationToken::new(),
+        stop_deadline: None,
     };
     let applier = Applier {
         sink: Some(target.sink),
@@ -169,7 +171,18 @@ pub async fn run(
         idle_candidate: None,
         last_idle_persist: None,
     };
-    let (read, apply) = tokio::join!(reader.run(settings, shutdown), applier.run(settings));
+    // When the shutdown grace is over, an applier still waiting on the branch store is
+    // dropped: its session closes, the server rolls its open transaction back, and the
+    // replica keeps its last durable position (which the reader has).
+    let abandon = reader.abandon.clone();
+    let last_durable = reader.durable.clone();
+    let applying = async {
+        tokio::select! {
+            applied = applier.run(settings) => applied,
+            _ = abandon.cancelled() => Ok(*last_durable.borrow()),
+        }
+    };
+    let (read, apply) = tokio::join!(reader.run(settings, shutdown), applying);
     // The applier's error is the cause when both failed: the reader only saw it go away.
     let applied = apply?;
     read?;
@@ -197,6 +210,10 @@ struct Reader<'a> {
     /// oldest first: the apply lag.
     unapplied: VecDeque<(Lsn, i64)>,
     oldest_unapplied: Arc<AtomicI64>,
+    /// Cancelled when the shutdown grace is over: the applier is abandoned.
+    abandon: CancellationToken,
+    /// When the shutdown grace ends, once shutdown was asked for.
+    stop_deadline: Option<Instant>,
 }
 
 impl Reader<'_> {
@@ -207,16 +224,35 @@ impl Reader<'_> {
     ) -> Result<(), PipelineError> {
         let result = self.read(settings, shutdown).await;
         // A clean stop told the applier so; otherwise dropping the sender rolls it back.
-        // Either way, take its last durable position before saying goodbye to the source.
+        // Either way, take its last durable position before saying goodbye to the source,
+        // waiting no longer than the grace period: an applier still blocked then is
+        // abandoned (see `run`).
+        let deadline = self
+            .stop_deadline
+            .unwrap_or_else(|| Instant::now() + settings.shutdown_grace());
         let Reader {
             mut stream,
             mut durable,
             commands,
+            abandon,
             ..
         } = self;
         drop(commands);
-        while durable.changed().await.is_ok() {
-            stream.set_flushed(*durable.borrow_and_update());
+        loop {
+            tokio::select! {
+                changed = durable.changed() => match changed {
+                    Ok(()) => stream.set_flushed(*durable.borrow_and_update()),
+                    Err(_) => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(
+                        "the branch store did not finish the open target transaction within \
+                         the grace period: rolling it back; it is applied again after restart"
+                    );
+                    abandon.cancel();
+                    break;
+                }
+            }
         }
         stream.set_flushed(*durable.borrow());
         match tokio::time::timeout(STOP_TIMEOUT, stream.stop()).await {
@@ -235,9 +271,8 @@ impl Reader<'_> {
         shutdown: &CancellationToken,
     ) -> Result<(), PipelineError> {
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
-        let mut stop_deadline: Option<Instant> = None;
         loop {
-            if stop_deadline.is_some() && !self.in_source_tx {
+            if self.stop_deadline.is_some() && !self.in_source_tx {
                 let _ = self.commands.send(Command::Stop).await;
                 return Ok(());
             }
@@ -246,14 +281,15 @@ impl Reader<'_> {
                 // grace deadline; then the applier's progress; then new WAL. Keepalive
                 // answers and status updates happen inside `next()`.
                 biased;
-                _ = shutdown.cancelled(), if stop_deadline.is_none() => {
-                    stop_deadline = Some(Instant::now() + settings.shutdown_grace());
+                _ = shutdown.cancelled(), if self.stop_deadline.is_none() => {
+                    self.stop_deadline = Some(Instant::now() + settings.shutdown_grace());
                 }
-                _ = tokio::time::sleep_until(stop_deadline.unwrap_or(far_future)), if stop_deadline.is_some() => {
+                _ = tokio::time::sleep_until(self.stop_deadline.unwrap_or(far_future)), if self.stop_deadline.is_some() => {
                     tracing::warn!(
                         "shutdown grace period over inside a source transaction: rolling back \
                          the open target transaction; it is applied again after restart"
                     );
+                    self.abandon.cancel();
                     return Ok(());
                 }
                 // The applier failed: its error is the one that counts.
