@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
 # Quickstart: two throw-away local PostgreSQL servers — a demo source (pgbench data, a
-# light write workload, wal2json) and a branch store — and `tributary run` keeping a
-# replica of the source on the store. Ctrl-C stops everything and removes both servers.
+# write workload, wal2json) and a branch store — and tributary keeping a replica of the
+# source on the store: the snapshot with a progress bar, a branch with its URL and psql
+# command, then a live status line (lag, changes/s). Ctrl-C stops everything and removes
+# both servers.
 #
-#   scripts/quickstart.sh
-#
-# While it runs, in another terminal (the script prints the exact commands):
-#   psql <store URL>/demo_replica   -- the replica, following the source
-#   tributary connector list        -- state of the connector
-#   tributary branch create dev     -- a writable copy of the replica
+#   scripts/quickstart.sh              # until Ctrl-C
+#   scripts/quickstart.sh --for 30     # 30 s of streaming, then a last branch checked
+#                                      # against the source; exit 1 if they differ
 #
 # Environment: QUICKSTART_SOURCE_PORT (54329), QUICKSTART_STORE_PORT (54330),
-# QUICKSTART_DIR (a temporary directory), QUICKSTART_TPS (demo writes per second, 2).
+# QUICKSTART_DIR (a temporary directory), QUICKSTART_TPS (demo transactions per second,
+# 20), QUICKSTART_METRICS (the metrics endpoint, 127.0.0.1:9932), TRIBUTARY_BIN (a built
+# binary to use instead of building one).
 set -euo pipefail
+
+run_for=""
+case "${1:-}" in
+    --for) run_for="${2:?--for needs a number of seconds}" ;;
+    "") ;;
+    *) echo "usage: $0 [--for SECONDS]" >&2; exit 2 ;;
+esac
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
 source_port="${QUICKSTART_SOURCE_PORT:-54329}"
 store_port="${QUICKSTART_STORE_PORT:-54330}"
-tps="${QUICKSTART_TPS:-2}"
+tps="${QUICKSTART_TPS:-20}"
+metrics="${QUICKSTART_METRICS:-127.0.0.1:9932}"
 
 "$here/scripts/install-deps.sh"
 
@@ -32,7 +41,12 @@ as_server() {
 if [ "$(id -u)" = 0 ]; then chown postgres "$dir" && chmod 0700 "$dir"; fi
 
 cleanup() {
+    [ -n "${watcher:-}" ] && kill "$watcher" 2>/dev/null || true
     [ -n "${workload:-}" ] && kill "$workload" 2>/dev/null || true
+    if [ -n "${daemon:-}" ]; then
+        kill -TERM "$daemon" 2>/dev/null || true
+        wait "$daemon" 2>/dev/null || true
+    fi
     for name in source store; do
         as_server "$bindir/pg_ctl" -D "$dir/$name" -m fast -w stop >/dev/null 2>&1 || true
     done
@@ -58,19 +72,65 @@ export TRIBUTARY__SECRETS__KEY_FILE="$dir/tributary.key"
 # identity (tributary never changes one by itself: this is the operator's decision).
 "$bindir/psql" -X -q "$source_url" -c 'ALTER TABLE pgbench_history REPLICA IDENTITY FULL'
 
-cargo build --release --locked --manifest-path "$here/Cargo.toml"
-tributary="$here/target/release/tributary"
+if [ -n "${TRIBUTARY_BIN:-}" ]; then
+    tributary="$TRIBUTARY_BIN"
+else
+    cargo build --release --locked --manifest-path "$here/Cargo.toml"
+    tributary="$here/target/release/tributary"
+fi
+export TRIBUTARY__METRICS__LISTEN="$metrics" TRIBUTARY__METRICS__SLOT_INTERVAL_SECS=2
 "$tributary" connector create postgresql "$source_url" --name demo --schemas public
 
-# A gentle, bounded workload (at most one hour) so there is something to follow.
-"$bindir/pgbench" -n -c 1 -R "$tps" -T 3600 "$source_url" >/dev/null 2>&1 &
+"$tributary" run >"$dir/tributary.log" 2>&1 &
+daemon=$!
+echo "quickstart: tributary runs (log: $dir/tributary.log, metrics: http://$metrics/metrics)"
+"$tributary" connector wait demo
+
+# A bounded workload (at most one hour) so that there is something to follow.
+"$bindir/pgbench" -n -c 2 -R "$tps" -T 3600 "$source_url" >/dev/null 2>&1 &
 workload=$!
 
+"$tributary" branch create demo_dev
 env="TRIBUTARY__STORE__URL=$TRIBUTARY__STORE__URL TRIBUTARY__SECRETS__KEY_FILE=$TRIBUTARY__SECRETS__KEY_FILE"
 cat <<TXT
-quickstart: running tributary (Ctrl-C to stop). In another terminal:
+
+In another terminal:
   psql 'postgresql://postgres@127.0.0.1:$store_port/demo_replica' -c 'SELECT count(*) FROM pgbench_history'
   $env $tributary connector list
-  $env $tributary branch create dev     # a writable copy, then: psql '…/dev'
+  $env $tributary branch create dev2
+
 TXT
-"$tributary" run || true
+
+if [ -z "$run_for" ]; then
+    echo "quickstart: live status (Ctrl-C to stop and clean up)"
+    "$tributary" status --watch 2 || true
+    exit 0
+fi
+
+"$tributary" status --watch 2 &
+watcher=$!
+sleep "$run_for"
+kill "$watcher" 2>/dev/null || true
+wait "$watcher" 2>/dev/null || true
+watcher=""
+kill "$workload" 2>/dev/null || true
+wait "$workload" 2>/dev/null || true
+workload=""
+
+# Everything written is applied; a branch now holds exactly the source.
+"$tributary" connector wait demo --caught-up --timeout 120
+"$tributary" branch create demo_final
+checksum='SELECT count(*) || md5(coalesce(string_agg(t::text, $$,$$ ORDER BY t::text), $$$$)) FROM'
+differ=0
+for table in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
+    want="$("$bindir/psql" -XAt "$source_url" -c "$checksum $table t")"
+    got="$("$bindir/psql" -XAt "postgresql://postgres@127.0.0.1:$store_port/demo_final" -c "$checksum $table t")"
+    if [ "$want" != "$got" ]; then
+        echo "quickstart: ✗ $table differs between the source and branch demo_final" >&2
+        differ=1
+    fi
+done
+if [ "$differ" = 0 ]; then
+    echo "quickstart: ✓ branch demo_final matches the source, table by table"
+fi
+exit "$differ"

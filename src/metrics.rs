@@ -265,6 +265,18 @@ impl Metrics {
         })
     }
 
+    /// Changes applied for the connector in this process, all operations.
+    pub fn changes_applied(&self, connector: &str) -> u64 {
+        ["insert", "update", "delete", "truncate"]
+            .iter()
+            .map(|op| {
+                self.changes_applied
+                    .with_label_values(&[connector, op])
+                    .get()
+            })
+            .sum()
+    }
+
     /// The text exposition, with the apply lag computed now.
     pub fn render(&self) -> String {
         let connectors: Vec<String> = self
@@ -453,7 +465,11 @@ pub async fn sample_slots(
         for connector in &connectors {
             METRICS.record_connector(connector);
             if let Some(lag) = METRICS.apply_lag(connector.name.as_str()) {
-                if let Err(e) = bookkeeping.record_apply_lag(connector.id, lag).await {
+                let changes = METRICS.changes_applied(connector.name.as_str());
+                if let Err(e) = bookkeeping
+                    .record_apply_lag(connector.id, lag, changes)
+                    .await
+                {
                     tracing::debug!(connector = %connector.name, "metrics: recording the apply lag: {e}");
                 }
             }

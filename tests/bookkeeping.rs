@@ -102,7 +102,7 @@ async fn migrations_create_the_schema_and_are_idempotent() {
     );
     assert_eq!(
         tables,
-        "_sqlx_migrations,branches,connector_tables,connectors,state_history,table_decisions"
+        "_sqlx_migrations,apply_lag,branches,connector_tables,connectors,state_history,table_decisions"
     );
     // sqlx's own table sits in our schema, not in public.
     assert_eq!(

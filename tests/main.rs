@@ -16,6 +16,7 @@ mod lifecycle;
 mod metrics;
 mod pipeline;
 mod preflight;
+mod quickstart;
 mod replication;
 mod sink;
 mod snapshot;

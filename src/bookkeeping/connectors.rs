@@ -76,6 +76,18 @@ pub enum SetupRequest {
     InProgress(PipelineState),
 }
 
+/// What [`Bookkeeping::apply_lag`] returns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ApplyLag {
+    pub seconds: f64,
+    /// How long ago it was measured.
+    pub age_seconds: f64,
+    /// Changes applied by the measuring daemon's pipeline since it started.
+    pub changes: u64,
+    /// When, in seconds since 1970.
+    pub measured_at: f64,
+}
+
 /// Why a pipeline stopped, for [`Bookkeeping::set_state`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -592,29 +604,44 @@ impl Bookkeeping {
         Ok(())
     }
 
-    /// Records the apply lag the daemon measured for the connector.
-    pub async fn record_apply_lag(&self, id: ConnectorId, seconds: f64) -> Result<(), Error> {
+    /// Records the apply lag the daemon measured for the connector, and how many changes
+    /// it has applied for it so far.
+    pub async fn record_apply_lag(
+        &self,
+        id: ConnectorId,
+        seconds: f64,
+        changes: u64,
+    ) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO tributary.apply_lag (connector_id, seconds) VALUES ($1, $2)
+            "INSERT INTO tributary.apply_lag (connector_id, seconds, changes) VALUES ($1, $2, $3)
              ON CONFLICT (connector_id)
-             DO UPDATE SET seconds = excluded.seconds, measured_at = now()",
+             DO UPDATE SET seconds = excluded.seconds, changes = excluded.changes,
+                           measured_at = now()",
         )
         .bind(id.0)
         .bind(seconds.max(0.0))
+        .bind(counter(changes))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// The last apply lag recorded for the connector, and how many seconds ago.
-    pub async fn apply_lag(&self, id: ConnectorId) -> Result<Option<(f64, f64)>, Error> {
-        Ok(sqlx::query_as(
-            "SELECT seconds, extract(epoch FROM now() - measured_at)::float8
+    /// The last apply lag recorded for the connector.
+    pub async fn apply_lag(&self, id: ConnectorId) -> Result<Option<ApplyLag>, Error> {
+        let row: Option<(f64, f64, i64, f64)> = sqlx::query_as(
+            "SELECT seconds, extract(epoch FROM now() - measured_at)::float8, changes,
+                    extract(epoch FROM measured_at)::float8
                FROM tributary.apply_lag WHERE connector_id = $1",
         )
         .bind(id.0)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        Ok(row.map(|(seconds, age, changes, at)| ApplyLag {
+            seconds,
+            age_seconds: age,
+            changes: u64::try_from(changes).unwrap_or(0),
+            measured_at: at,
+        }))
     }
 
     /// Records an error the pipeline will retry by itself: the state stays as it is and no

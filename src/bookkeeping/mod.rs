@@ -33,8 +33,8 @@ mod store;
 
 pub use branches::{Branch, BranchLock, BranchState};
 pub use connectors::{
-    Connector, Failure, SetupChange, SetupRequest, StateChange, TableDecision, TableStatus,
-    TableSyncState,
+    ApplyLag, Connector, Failure, SetupChange, SetupRequest, StateChange, TableDecision,
+    TableStatus, TableSyncState,
 };
 pub use error::Error;
 pub use store::{Bookkeeping, BRANCH_CHANNEL, NOTIFY_CHANNEL};

@@ -13,6 +13,7 @@
 //!    ──► ready; a failure drops the half-made branch
 //! ```
 
+use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
@@ -349,6 +350,35 @@ async fn cut(
     request(BranchState::Requested).await?;
     drop(reset); // the pipeline may claim it now
     let deadline = Instant::now() + timeout;
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let spinner = indicatif::ProgressBar::new_spinner();
+        spinner.enable_steady_tick(Duration::from_millis(120));
+        spinner
+    });
+    let result = wait_for_cut(
+        bookkeeping,
+        connector,
+        name,
+        deadline,
+        timeout,
+        spinner.as_ref(),
+    )
+    .await;
+    if let Some(spinner) = spinner {
+        spinner.finish_and_clear();
+    }
+    result
+}
+
+/// Follows a requested branch until the pipeline has copied it.
+async fn wait_for_cut(
+    bookkeeping: &Bookkeeping,
+    connector: &Connector,
+    name: &BranchName,
+    deadline: Instant,
+    timeout: Duration,
+    spinner: Option<&indicatif::ProgressBar>,
+) -> Result<(Lsn, Duration), Failure> {
     loop {
         let branch = bookkeeping
             .branch(name)
@@ -381,7 +411,18 @@ async fn cut(
                 }
             }
             // Requested, or being copied: a copy is always waited for.
-            BranchState::Requested | BranchState::Cutting => {}
+            BranchState::Requested | BranchState::Cutting => {
+                if let Some(spinner) = spinner {
+                    spinner.set_message(if branch.state == BranchState::Requested {
+                        format!(
+                            "waiting for {}'s pipeline to reach a commit boundary",
+                            connector.name
+                        )
+                    } else {
+                        format!("copying the replica of {} into {name}", connector.name)
+                    });
+                }
+            }
         }
         tokio::time::sleep(CUT_POLL).await;
     }

@@ -56,6 +56,9 @@ pub enum ConnectorCommand {
     RetrySetup(super::setup::RetryArgs),
     /// Change a connector's options.
     Update(super::setup::UpdateArgs),
+    /// Wait until a connector streams (a progress bar on a terminal), or with --caught-up
+    /// until it has applied what the source had written by then. Exit 1 if it fails.
+    Wait(super::wait::WaitArgs),
     /// Delete a connector: stops its pipeline (after its current transaction), drops its
     /// replication slot on the source and checks it is gone, drops its replica database
     /// (ending sessions still connected to it), and removes its bookkeeping.
@@ -112,6 +115,7 @@ pub async fn run(
             super::setup::retry(args, &bookkeeping, &settings).await
         }
         ConnectorCommand::Update(args) => super::setup::update(args, &bookkeeping, &settings).await,
+        ConnectorCommand::Wait(args) => super::wait::run(args, &bookkeeping).await,
         ConnectorCommand::Delete { name, force } => {
             let connector = find(&bookkeeping, &name).await?;
             delete(&bookkeeping, &settings, &connector, force).await

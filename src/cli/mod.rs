@@ -23,6 +23,7 @@ mod run;
 mod setup;
 mod status;
 mod tail;
+mod wait;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -59,6 +60,11 @@ pub enum Command {
     Status {
         #[arg(long, value_enum, default_value_t = connector::Format::Text)]
         format: connector::Format,
+        /// Show it again every this many seconds (changes/s between two looks), until
+        /// interrupted.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2",
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        watch: Option<u64>,
     },
     /// Manage branches: writable copies of a connector's replica.
     #[command(subcommand)]
@@ -147,8 +153,10 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
             Ok(())
         }
         Command::Connector(command) => connector::run(command, settings, &config_path).await,
-        Command::Status { format } => {
-            status::run(&open_bookkeeping(&settings, &config_path).await?, format).await
+        Command::Status { format, watch } => {
+            let bookkeeping = open_bookkeeping(&settings, &config_path).await?;
+            let watch = watch.map(std::time::Duration::from_secs);
+            status::run(&bookkeeping, format, watch).await
         }
         Command::Branch(command) => {
             let bookkeeping = open_bookkeeping(&settings, &config_path).await?;

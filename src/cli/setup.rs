@@ -17,7 +17,6 @@
 //! pipeline does the work, so running it twice never does the work twice.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::{Args, ValueEnum};
@@ -431,36 +430,5 @@ async fn wait_for_streaming(
     bookkeeping: &Bookkeeping,
     connector: &Connector,
 ) -> Result<(), Failure> {
-    if bookkeeping.daemons_running().await? == 0 {
-        return Err(anyhow!(
-            "the request is recorded, but no daemon runs on this bookkeeping to carry it out: \
-             start `tributary run`, then follow {} with `tributary connector list`",
-            connector.name
-        )
-        .into());
-    }
-    say!("Waiting for {} to stream…", connector.name);
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = bookkeeping
-            .connector_by_id(connector.id)
-            .await?
-            .ok_or_else(|| anyhow!("connector {} was deleted meanwhile", connector.name))?;
-        match now.state {
-            PipelineState::Streaming if !now.resnapshot_requested => {
-                say!("✓ {} is streaming", now.name);
-                return Ok(());
-            }
-            PipelineState::Failed => {
-                return Err(anyhow!(
-                    "{} failed: {}; next step: {}",
-                    now.name,
-                    now.last_error.as_deref().unwrap_or("(no error recorded)"),
-                    now.next_step.as_deref().unwrap_or("see the daemon's log")
-                )
-                .into())
-            }
-            _ => {}
-        }
-    }
+    super::wait::until_streaming(bookkeeping, connector).await
 }

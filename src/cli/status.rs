@@ -4,6 +4,9 @@
 //! The apply lag is the one the daemon running the pipeline last recorded in the
 //! bookkeeping (every `metrics.slot_interval_secs`).
 
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
 use serde::Serialize;
 
 use super::connector::{inspect_slot, Format};
@@ -26,6 +29,13 @@ struct StatusView {
     apply_lag_seconds: Option<f64>,
     /// How old that measurement is.
     apply_lag_age_seconds: Option<f64>,
+    /// Changes applied by the daemon's pipeline since it started, at that measurement.
+    changes_applied: Option<u64>,
+    /// With `--watch`: the rate between two measurements.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changes_per_second: Option<f64>,
+    #[serde(skip)]
+    measured_at: Option<f64>,
     last_error: Option<String>,
     next_step: Option<String>,
     source_error: Option<String>,
@@ -39,7 +49,41 @@ struct SnapshotView {
     bytes_copied: u64,
 }
 
-pub async fn run(bookkeeping: &Bookkeeping, format: Format) -> Result<(), Failure> {
+/// `status`, once or (`watch`) every `interval` until interrupted.
+pub async fn run(
+    bookkeeping: &Bookkeeping,
+    format: Format,
+    watch: Option<Duration>,
+) -> Result<(), Failure> {
+    let Some(interval) = watch else {
+        return print(&gather(bookkeeping).await?, format, false);
+    };
+    let mut previous: Vec<StatusView> = Vec::new();
+    loop {
+        let mut views = gather(bookkeeping).await?;
+        for view in &mut views {
+            let Some(before) = previous.iter().find(|p| p.connector == view.connector) else {
+                continue;
+            };
+            view.changes_per_second = match (
+                before.measured_at,
+                before.changes_applied,
+                view.measured_at,
+                view.changes_applied,
+            ) {
+                (Some(then_at), Some(then), Some(now_at), Some(now)) if now_at > then_at => {
+                    Some(now.saturating_sub(then) as f64 / (now_at - then_at))
+                }
+                _ => before.changes_per_second,
+            };
+        }
+        print(&views, format, true)?;
+        previous = views;
+        tokio::time::sleep(interval).await;
+    }
+}
+
+async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
     let mut views = Vec::new();
     for c in bookkeeping.connectors().await? {
         let tables = bookkeeping.tables(c.id).await?;
@@ -77,16 +121,32 @@ pub async fn run(bookkeeping: &Bookkeeping, format: Format) -> Result<(), Failur
             wal_status: slot.as_ref().map(|s| s.wal_status.as_str()),
             slot_lag_bytes: slot.as_ref().and_then(|s| s.lag_bytes),
             retained_wal_bytes: slot.as_ref().and_then(|s| s.retained_bytes),
-            apply_lag_seconds: lag.map(|(seconds, _)| seconds),
-            apply_lag_age_seconds: lag.map(|(_, age)| age),
+            apply_lag_seconds: lag.map(|l| l.seconds),
+            apply_lag_age_seconds: lag.map(|l| l.age_seconds),
+            changes_applied: lag.map(|l| l.changes),
+            changes_per_second: None,
+            measured_at: lag.map(|l| l.measured_at),
             last_error: c.last_error.clone(),
             next_step: c.next_step.clone(),
             source_error,
         });
     }
+    Ok(views)
+}
+
+fn print(views: &[StatusView], format: Format, watching: bool) -> Result<(), Failure> {
     if format == Format::Json {
-        say!("{}", serde_json::to_string_pretty(&views)?);
+        // One line per look when watching, each a JSON document of its own.
+        let json = if watching {
+            serde_json::to_string(views)?
+        } else {
+            serde_json::to_string_pretty(views)?
+        };
+        say!("{json}");
         return Ok(());
+    }
+    if watching && std::io::stdout().is_terminal() {
+        say!("\x1b[2J\x1b[H{}", chrono::Utc::now().format("%H:%M:%S"));
     }
     if views.is_empty() {
         say!("no connectors; create one with `tributary connector create postgresql <url>`");
@@ -99,17 +159,18 @@ pub async fn run(bookkeeping: &Bookkeeping, format: Format) -> Result<(), Failur
         )
     };
     say!(
-        "{:<20} {:<13} {:<11} {:>10} {:>12} {:>10}  PHASE",
+        "{:<20} {:<13} {:<11} {:>10} {:>12} {:>10} {:>10}  PHASE",
         "CONNECTOR",
         "STATE",
         "WAL STATUS",
         "SLOT LAG",
         "RETAINED WAL",
-        "APPLY LAG"
+        "APPLY LAG",
+        "CHANGES/S"
     );
-    for v in &views {
+    for v in views {
         say!(
-            "{:<20} {:<13} {:<11} {:>10} {:>12} {:>10}  {}",
+            "{:<20} {:<13} {:<11} {:>10} {:>12} {:>10} {:>10}  {}",
             v.connector,
             v.state,
             v.wal_status.unwrap_or("-"),
@@ -117,6 +178,8 @@ pub async fn run(bookkeeping: &Bookkeeping, format: Format) -> Result<(), Failur
             bytes(v.retained_wal_bytes),
             v.apply_lag_seconds
                 .map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s")),
+            v.changes_per_second
+                .map_or_else(|| "-".to_owned(), |r| format!("{r:.0}")),
             v.phase
         );
         if let Some(error) = &v.last_error {
