@@ -31,8 +31,13 @@ metrics="${QUICKSTART_METRICS:-127.0.0.1:9932}"
 "$here/scripts/install-deps.sh"
 
 bindir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)"
+# QUICKSTART_DIR must be new (or empty): everything in it is removed at the end.
 dir="${QUICKSTART_DIR:-$(mktemp -d /tmp/tributary-quickstart-XXXXXX)}"
 mkdir -p "$dir"
+if [ -n "$(ls -A "$dir")" ]; then
+    echo "quickstart: $dir is not empty; give QUICKSTART_DIR a new directory" >&2
+    exit 2
+fi
 
 # PostgreSQL refuses to run as root: run the demo servers as the postgres OS user then.
 as_server() {

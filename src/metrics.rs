@@ -12,7 +12,7 @@
 //!
 //! Every series is labelled `connector` (never with a URL: no secret reaches a label).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
@@ -248,6 +248,39 @@ impl Metrics {
         self.pipeline_restarts.with_label_values(&[connector]).inc();
     }
 
+    /// The connector's pipeline has ended: its apply lag is unknown until it runs again.
+    pub fn pipeline_stopped(&self, connector: &str) {
+        self.oldest_unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(connector);
+        let _ = self.apply_lag_seconds.remove_label_values(&[connector]);
+    }
+
+    /// Removes every series of a connector that no longer exists.
+    fn forget(&self, connector: &str) {
+        self.pipeline_stopped(connector);
+        for vec in [
+            &self.slot_lag_bytes,
+            &self.slot_retained_wal_bytes,
+            &self.slot_safe_wal_size_bytes,
+            &self.source_up,
+            &self.snapshot_tables_remaining,
+        ] {
+            let _ = vec.remove_label_values(&[connector]);
+        }
+        for status in WAL_STATUSES {
+            let _ = self
+                .slot_wal_status
+                .remove_label_values(&[connector, status.as_str()]);
+        }
+        for state in PipelineState::ALL {
+            let _ = self
+                .pipeline_state
+                .remove_label_values(&[connector, state.as_str()]);
+        }
+    }
+
     /// The apply lag of the connector's pipeline in this process, now; `None` when none
     /// ran here.
     pub fn apply_lag(&self, connector: &str) -> Option<f64> {
@@ -346,7 +379,11 @@ impl Metrics {
             }
             None => {
                 // No slot (before the first snapshot, or lost and dropped): nothing pinned.
-                for vec in [&self.slot_lag_bytes, &self.slot_retained_wal_bytes] {
+                for vec in [
+                    &self.slot_lag_bytes,
+                    &self.slot_retained_wal_bytes,
+                    &self.slot_safe_wal_size_bytes,
+                ] {
                     let _ = vec.remove_label_values(&[name]);
                 }
                 for status in WAL_STATUSES {
@@ -450,38 +487,53 @@ pub async fn sample_slots(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut known: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let connectors = match bookkeeping.connectors().await {
-            Ok(connectors) => connectors,
-            Err(e) => {
-                tracing::warn!("metrics: reading connectors: {e}");
-                continue;
-            }
-        };
-        for connector in &connectors {
-            METRICS.record_connector(connector);
-            if let Some(lag) = METRICS.apply_lag(connector.name.as_str()) {
-                let changes = METRICS.changes_applied(connector.name.as_str());
-                if let Err(e) = bookkeeping
-                    .record_apply_lag(connector.id, lag, changes)
-                    .await
-                {
-                    tracing::debug!(connector = %connector.name, "metrics: recording the apply lag: {e}");
-                }
-            }
-            let slot = tokio::time::timeout(SOURCE_TIMEOUT, inspect(&bookkeeping, connector))
-                .await
-                .map_err(|_| "no answer".to_owned())
-                .and_then(|r| r);
-            if let Err(e) = &slot {
-                tracing::debug!(connector = %connector.name, "metrics: reading the slot: {e}");
-            }
-            METRICS.record_slot(connector.name.as_str(), slot.map_err(drop));
+        // A slow source must not hold up the daemon's exit.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = sample(&bookkeeping, &mut known) => {}
         }
+    }
+}
+
+/// One look at every connector.
+async fn sample(bookkeeping: &Bookkeeping, known: &mut HashSet<String>) {
+    let connectors = match bookkeeping.connectors().await {
+        Ok(connectors) => connectors,
+        Err(e) => {
+            tracing::warn!("metrics: reading connectors: {e}");
+            return;
+        }
+    };
+    let names: HashSet<String> = connectors.iter().map(|c| c.name.to_string()).collect();
+    for gone in known.difference(&names) {
+        METRICS.forget(gone);
+    }
+    *known = names;
+    for connector in &connectors {
+        METRICS.record_connector(connector);
+        if let Some(lag) = METRICS.apply_lag(connector.name.as_str()) {
+            let changes = METRICS.changes_applied(connector.name.as_str());
+            if let Err(e) = bookkeeping
+                .record_apply_lag(connector.id, lag, changes)
+                .await
+            {
+                tracing::debug!(connector = %connector.name, "metrics: recording the apply lag: {e}");
+            }
+        }
+        let slot = tokio::time::timeout(SOURCE_TIMEOUT, inspect(bookkeeping, connector))
+            .await
+            .map_err(|_| "no answer".to_owned())
+            .and_then(|r| r);
+        if let Err(e) = &slot {
+            tracing::debug!(connector = %connector.name, "metrics: reading the slot: {e}");
+        }
+        METRICS.record_slot(connector.name.as_str(), slot.map_err(drop));
     }
 }
 

@@ -270,6 +270,7 @@ impl Supervisor {
         let Some((id, name, started)) = self.task_owners.remove(&task) else {
             return;
         };
+        METRICS.pipeline_stopped(name.as_str());
         self.running.remove(&id);
         let Err(error) = result else {
             self.retries.remove(&id);

@@ -18,6 +18,8 @@ use crate::source::slot;
 use crate::types::Lsn;
 
 const POLL: Duration = Duration::from_millis(500);
+/// How long to wait for a daemon to appear (one started just before the command).
+const DAEMON_START: Duration = Duration::from_secs(10);
 /// Without a terminal, a progress line at most this often.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
@@ -105,6 +107,11 @@ async fn wait(
     caught_up: bool,
     deadline: Option<Instant>,
 ) -> Result<(), Failure> {
+    // A daemon started a moment ago takes a few seconds to announce itself.
+    let started = Instant::now();
+    while bookkeeping.daemons_running().await? == 0 && started.elapsed() < DAEMON_START {
+        tokio::time::sleep(POLL).await;
+    }
     if bookkeeping.daemons_running().await? == 0 {
         return Err(anyhow!(
             "no daemon runs on this bookkeeping to set up or stream {}: start `tributary \

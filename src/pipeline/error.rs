@@ -31,6 +31,10 @@ pub enum PipelineError {
     /// The source ended the replication stream without an error.
     #[error("the source ended the replication stream")]
     StreamEnded,
+    /// Shutdown's grace period ended before the open target transaction could commit:
+    /// stopping without it (it is applied again after restart).
+    #[error("the shutdown grace period ended inside a transaction")]
+    GraceExpired,
     /// A bug: the pipeline task panicked.
     #[error("internal error (a bug in tributary, please report it): {0}")]
     Panicked(String),
@@ -58,7 +62,9 @@ impl PipelineError {
             PipelineError::Snapshot(e) => e.is_transient(),
             PipelineError::Bookkeeping(_) => true,
             PipelineError::Definite { .. } => false,
-            PipelineError::StreamEnded | PipelineError::Panicked(_) => true,
+            PipelineError::StreamEnded
+            | PipelineError::GraceExpired
+            | PipelineError::Panicked(_) => true,
         }
     }
 

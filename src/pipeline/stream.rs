@@ -153,6 +153,8 @@ pub async fn run(
         oldest_unapplied: target.metrics.oldest_unapplied.clone(),
         abandon: CancellationToken::new(),
         stop_deadline: None,
+        shutdown: shutdown.clone(),
+        grace: settings.shutdown_grace(),
     };
     let applier = Applier {
         sink: Some(target.sink),
@@ -214,6 +216,8 @@ struct Reader<'a> {
     abandon: CancellationToken,
     /// When the shutdown grace ends, once shutdown was asked for.
     stop_deadline: Option<Instant>,
+    shutdown: CancellationToken,
+    grace: Duration,
 }
 
 impl Reader<'_> {
@@ -222,7 +226,15 @@ impl Reader<'_> {
         settings: &PipelineSettings,
         shutdown: &CancellationToken,
     ) -> Result<(), PipelineError> {
-        let result = self.read(settings, shutdown).await;
+        let mut result = self.read(settings, shutdown).await;
+        if let Err(PipelineError::GraceExpired) = result {
+            tracing::warn!(
+                "shutdown grace period over inside a transaction: rolling back the open target \
+                 transaction; it is applied again after restart"
+            );
+            self.abandon.cancel();
+            result = Ok(());
+        }
         // A clean stop told the applier so; otherwise dropping the sender rolls it back.
         // Either way, take its last durable position before saying goodbye to the source,
         // waiting no longer than the grace period: an applier still blocked then is
@@ -238,7 +250,7 @@ impl Reader<'_> {
             ..
         } = self;
         drop(commands);
-        loop {
+        while !abandon.is_cancelled() {
             tokio::select! {
                 changed = durable.changed() => match changed {
                     Ok(()) => stream.set_flushed(*durable.borrow_and_update()),
@@ -273,8 +285,11 @@ impl Reader<'_> {
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
             if self.stop_deadline.is_some() && !self.in_source_tx {
-                let _ = self.commands.send(Command::Stop).await;
-                return Ok(());
+                return match self.send(Command::Stop).await {
+                    Err(PipelineError::GraceExpired) => Err(PipelineError::GraceExpired),
+                    // An applier that is gone has said why already.
+                    _ => Ok(()),
+                };
             }
             tokio::select! {
                 // Shutdown first, so that a busy stream cannot delay noticing it; then the
@@ -285,12 +300,7 @@ impl Reader<'_> {
                     self.stop_deadline = Some(Instant::now() + settings.shutdown_grace());
                 }
                 _ = tokio::time::sleep_until(self.stop_deadline.unwrap_or(far_future)), if self.stop_deadline.is_some() => {
-                    tracing::warn!(
-                        "shutdown grace period over inside a source transaction: rolling back \
-                         the open target transaction; it is applied again after restart"
-                    );
-                    self.abandon.cancel();
-                    return Ok(());
+                    return Err(PipelineError::GraceExpired);
                 }
                 // The applier failed: its error is the one that counts.
                 _ = self.commands.closed() => return Ok(()),
@@ -409,6 +419,7 @@ impl Reader<'_> {
                     return Ok(permit.expect("the budget is never closed"));
                 }
                 sent = self.stream.status_when_due() => sent?,
+                stop = stopping(&self.shutdown, &mut self.stop_deadline, self.grace) => stop?,
             }
         }
     }
@@ -437,7 +448,28 @@ impl Reader<'_> {
                     return Ok(());
                 }
                 sent = self.stream.status_when_due() => sent?,
+                stop = stopping(&self.shutdown, &mut self.stop_deadline, self.grace) => stop?,
             }
+        }
+    }
+}
+
+/// While the reader waits for the applier: notes a shutdown (starting the grace period),
+/// and fails with [`PipelineError::GraceExpired`] once the grace is over.
+async fn stopping(
+    shutdown: &CancellationToken,
+    deadline: &mut Option<Instant>,
+    grace: Duration,
+) -> Result<(), PipelineError> {
+    match *deadline {
+        None => {
+            shutdown.cancelled().await;
+            *deadline = Some(Instant::now() + grace);
+            Ok(())
+        }
+        Some(at) => {
+            tokio::time::sleep_until(at).await;
+            Err(PipelineError::GraceExpired)
         }
     }
 }
