@@ -74,6 +74,13 @@ type BranchRow = (
     Option<i64>,
 );
 
+fn branch_names(names: Vec<String>) -> Result<Vec<BranchName>, Error> {
+    names
+        .into_iter()
+        .map(|n| BranchName::new(n).map_err(|e| Error::Corrupt(e.to_string())))
+        .collect()
+}
+
 fn branch(row: BranchRow) -> Result<Branch, Error> {
     let (
         name,
@@ -160,10 +167,7 @@ impl Bookkeeping {
         .bind(connector.0)
         .fetch_all(&self.pool)
         .await?;
-        names
-            .into_iter()
-            .map(|n| BranchName::new(n).map_err(|e| Error::Corrupt(e.to_string())))
-            .collect()
+        branch_names(names)
     }
 
     /// Asks again for a branch that is not being made (`branch reset`, or a cut that was
@@ -226,10 +230,7 @@ impl Bookkeeping {
         .bind(connector.0)
         .fetch_all(&self.pool)
         .await?;
-        names
-            .into_iter()
-            .map(|n| BranchName::new(n).map_err(|e| Error::Corrupt(e.to_string())))
-            .collect()
+        branch_names(names)
     }
 
     /// The outcome of a cut: copied at `lsn` after a pause, or failed. `false` when the

@@ -325,20 +325,7 @@ impl Bookkeeping {
         .bind(id.0)
         .execute(&mut *tx)
         .await?;
-        let (schemas, names, decided) = decision_columns(decisions);
-        sqlx::query(
-            "INSERT INTO tributary.table_decisions
-                 (connector_id, schema_name, table_name, decision)
-             SELECT $1, d.schema_name, d.table_name, d.decision
-             FROM unnest($2::text[], $3::text[], $4::text[])
-                  AS d (schema_name, table_name, decision)",
-        )
-        .bind(id.0)
-        .bind(&schemas)
-        .bind(&names)
-        .bind(&decided)
-        .execute(&mut *tx)
-        .await?;
+        insert_decisions(&mut tx, id, decisions).await?;
         tx.commit().await?;
         tracing::info!(connector = %name, id = %id, "connector created");
         row.try_into()
@@ -487,20 +474,7 @@ impl Bookkeeping {
                 .bind(id.0)
                 .execute(&mut *tx)
                 .await?;
-            let (schemas, names, decided) = decision_columns(decisions);
-            sqlx::query(
-                "INSERT INTO tributary.table_decisions
-                     (connector_id, schema_name, table_name, decision)
-                 SELECT $1, d.schema_name, d.table_name, d.decision
-                 FROM unnest($2::text[], $3::text[], $4::text[])
-                      AS d (schema_name, table_name, decision)",
-            )
-            .bind(id.0)
-            .bind(&schemas)
-            .bind(&names)
-            .bind(&decided)
-            .execute(&mut *tx)
-            .await?;
+            insert_decisions(&mut tx, id, decisions).await?;
         }
         if !change.restart {
             tx.commit().await?;
@@ -886,6 +860,29 @@ async fn record_state(
     .execute(&mut **tx)
     .await?;
     tracing::debug!(id = %id, from = %from, to = %state, "connector state changed");
+    Ok(())
+}
+
+/// Within `tx`: records the connector's decisions.
+async fn insert_decisions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: ConnectorId,
+    decisions: &[(TableName, TableDecision)],
+) -> Result<(), Error> {
+    let (schemas, names, decided) = decision_columns(decisions);
+    sqlx::query(
+        "INSERT INTO tributary.table_decisions
+             (connector_id, schema_name, table_name, decision)
+         SELECT $1, d.schema_name, d.table_name, d.decision
+         FROM unnest($2::text[], $3::text[], $4::text[])
+              AS d (schema_name, table_name, decision)",
+    )
+    .bind(id.0)
+    .bind(&schemas)
+    .bind(&names)
+    .bind(&decided)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -26,13 +26,13 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::connector::{schema_list, SourceKind};
-use super::preflight::{known_source, print_checks, print_grant_script};
+use super::preflight::{known_source, require_passed};
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, TableDecision};
 use crate::change::TableName;
 use crate::pg::ConnInfo;
 use crate::source::preflight::{
-    self, describe_foreign_keys, replica_identity_full_sql, KnownSources, Outcome, TableIdentity,
+    self, describe_foreign_keys, replica_identity_full_sql, KnownSources, TableIdentity,
 };
 use crate::types::ConnectorName;
 
@@ -189,32 +189,12 @@ pub async fn run(
     let connectors = bookkeeping.connectors().await?;
     let known = KnownSources::Known(connectors.iter().map(known_source).collect());
     let report = preflight::run(&info, &schemas, &known).await;
-    let blocking: Vec<_> = report.blocking_failures().collect();
-    if !blocking.is_empty() {
-        say!(
-            "Preflight of {info}, schemas {}: {} required check{} failed\n",
-            schemas.join(", "),
-            blocking.len(),
-            if blocking.len() == 1 { "" } else { "s" }
-        );
-        print_checks(blocking.iter().copied());
-        print_grant_script(&report);
-        say!(
-            "\n✗ Connector {name} not created. Fix the checks above (`tributary connector \
-             preflight` shows them all) and run create again."
-        );
-        return Err(Failure::quiet(1));
-    }
-    let warnings: Vec<_> = report
-        .checks
-        .iter()
-        .filter(|c| matches!(c.outcome, Outcome::Warn { .. }))
-        .collect();
-    if !warnings.is_empty() {
-        say!("Preflight passed with warnings:");
-        print_checks(warnings.iter().copied());
-        say!();
-    }
+    require_passed(
+        &info,
+        &schemas,
+        &report,
+        &format!("Connector {name} not created."),
+    )?;
 
     let decisions = args
         .decisions

@@ -105,6 +105,44 @@ fn print_text(info: &ConnInfo, schemas: &[String], report: &Report) {
     print_grant_script(report);
 }
 
+/// Before a command that sets a connector up: prints the failed required checks with the
+/// grant script and `refused` (what was not done), and exits 1; otherwise prints the
+/// warnings, if any.
+pub(super) fn require_passed(
+    info: &ConnInfo,
+    schemas: &[String],
+    report: &Report,
+    refused: &str,
+) -> Result<(), Failure> {
+    let blocking: Vec<_> = report.blocking_failures().collect();
+    if !blocking.is_empty() {
+        say!(
+            "Preflight of {info}, schemas {}: {} required check{} failed\n",
+            schemas.join(", "),
+            blocking.len(),
+            if blocking.len() == 1 { "" } else { "s" }
+        );
+        print_checks(blocking.iter().copied());
+        print_grant_script(report);
+        say!(
+            "\n✗ {refused} Fix the checks above (`tributary connector preflight` shows them \
+             all) and run this again."
+        );
+        return Err(Failure::quiet(1));
+    }
+    let warnings: Vec<_> = report
+        .checks
+        .iter()
+        .filter(|c| matches!(c.outcome, Outcome::Warn { .. }))
+        .collect();
+    if !warnings.is_empty() {
+        say!("Preflight passed with warnings:");
+        print_checks(warnings.iter().copied());
+        say!();
+    }
+    Ok(())
+}
+
 /// The checklist lines of `checks`: a mark, the name, what was found, and the fix.
 pub(super) fn print_checks<'a>(checks: impl Iterator<Item = &'a Check> + Clone) {
     let width = checks

@@ -23,7 +23,7 @@ use clap::{Args, ValueEnum};
 
 use super::connector::{find, schema_list};
 use super::create::DecisionArgs;
-use super::preflight::{known_source, print_checks, print_grant_script};
+use super::preflight::{known_source, require_passed};
 use super::Failure;
 use crate::bookkeeping::{
     Bookkeeping, Connector, SetupChange, SetupRequest, TableDecision, TableSyncState,
@@ -34,7 +34,7 @@ use crate::pipeline::PipelineState;
 use crate::settings::Settings;
 use crate::sink;
 use crate::source::catalog::ReplicaIdentity;
-use crate::source::preflight::{self, KnownSources, Outcome};
+use crate::source::preflight::{self, KnownSources};
 use crate::source::slot::{self, WalStatus};
 
 #[derive(Debug, Args)]
@@ -205,36 +205,12 @@ async fn set_up_again(
         .map(known_source)
         .collect();
     let report = preflight::run(&info, &schemas, &KnownSources::Known(others)).await;
-    let blocking: Vec<_> = report.blocking_failures().collect();
-    if !blocking.is_empty() {
-        say!(
-            "Preflight of {info}, schemas {}: {} required check{} failed\n",
-            schemas.join(", "),
-            blocking.len(),
-            if blocking.len() == 1 { "" } else { "s" }
-        );
-        print_checks(blocking.iter().copied());
-        print_grant_script(&report);
-        say!(
-            "\n✗ Setup of {name} not restarted. Fix the checks above (`tributary connector \
-             preflight` shows them all) and run this again."
-        );
-        return Err(Failure::quiet(1));
-    }
-    let warnings: Vec<_> = report
-        .checks
-        .iter()
-        .filter(|c| matches!(c.outcome, Outcome::Warn { .. }))
-        .collect();
-    say!(
-        "✓ Preflight of {info} passed{}",
-        if warnings.is_empty() {
-            ""
-        } else {
-            " with warnings:"
-        }
-    );
-    print_checks(warnings.iter().copied());
+    require_passed(
+        &info,
+        &schemas,
+        &report,
+        &format!("Setup of {name} not restarted."),
+    )?;
 
     let existing = bookkeeping.table_decisions(connector.id).await?;
     let decisions =
