@@ -9,8 +9,9 @@
 //!    ├─ table_decisions       tables without a usable replica identity: exclude, add_pk or
 //!    │                        replica_identity_full, as decided at `connector create`
 //!    ├─ state_history         every state the pipeline was put in, with the error
-//!    └─ branches              databases copied from the replica: state, source LSN
-//!                                                              ── trigger: NOTIFY tributary_branches
+//!    ├─ branches              databases copied from the replica: state, source LSN
+//!    │                                                         ── trigger: NOTIFY tributary_branches
+//!    └─ apply_lag             the apply lag (and changes applied) its daemon last measured
 //! tributary._sqlx_migrations  applied migrations (sqlx)
 //! ```
 //!
