@@ -33,6 +33,13 @@ fn create(daemon: &Daemon, source: &Cluster, name: &str, db: &str) {
     ]);
 }
 
+/// `create`, then a daemon that snapshots `shop` and streams it.
+async fn stream_shop(daemon: &mut Daemon, source: &Cluster) {
+    create(daemon, source, "shop", "shop");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+}
+
 fn text(output: &Output) -> (Option<i32>, String, String) {
     (
         output.status.code(),
@@ -128,9 +135,7 @@ async fn a_missing_slot_fails_the_connector_until_retry_setup_takes_a_new_snapsh
     let store = Cluster::start();
     shop(&source);
     let mut daemon = Daemon::new(&store);
-    create(&daemon, &source, "shop", "shop");
-    daemon.start();
-    daemon.wait_for_state("shop", "streaming").await;
+    stream_shop(&mut daemon, &source).await;
     daemon.terminate();
 
     // The slot goes away while the daemon is down, and the source moves on.
@@ -327,9 +332,7 @@ async fn update_schemas_snapshots_the_new_schema_then_streams_it() {
          INSERT INTO billing.invoices SELECT g, g * 1.5 FROM generate_series(1, 30) g;",
     );
     let mut daemon = Daemon::new(&store);
-    create(&daemon, &source, "shop", "shop");
-    daemon.start();
-    daemon.wait_for_state("shop", "streaming").await;
+    stream_shop(&mut daemon, &source).await;
     assert!(!exists(&store, "shop_replica", "billing.invoices"));
 
     let out = daemon.cli_ok(&[
@@ -368,9 +371,7 @@ async fn a_slot_the_source_invalidated_is_listed_as_lost_and_retry_setup_rebuild
     let store = Cluster::start();
     shop(&source);
     let mut daemon = Daemon::new(&store);
-    create(&daemon, &source, "shop", "shop");
-    daemon.start();
-    daemon.wait_for_state("shop", "streaming").await;
+    stream_shop(&mut daemon, &source).await;
     daemon.terminate();
 
     // Past max_slot_wal_keep_size while the daemon is down: the checkpoint removes the WAL
@@ -422,9 +423,7 @@ async fn an_excluded_table_stays_excluded_after_it_gets_a_key_until_the_decision
     let store = Cluster::start();
     shop(&source);
     let mut daemon = Daemon::new(&store);
-    create(&daemon, &source, "shop", "shop");
-    daemon.start();
-    daemon.wait_for_state("shop", "streaming").await;
+    stream_shop(&mut daemon, &source).await;
 
     source.psql("shop", "ALTER TABLE keyless ADD PRIMARY KEY (a)");
     let out = daemon.cli_ok(&["connector", "retry-setup", "shop"]);
