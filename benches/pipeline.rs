@@ -63,6 +63,26 @@ fn wait_lsn(source: &Cluster, slot: &str, target: &str) {
     }
 }
 
+/// The daemon's log lines that mark the phases of connector `name`'s snapshot, so that a
+/// run shows where its time went.
+fn phases(daemon: &Daemon, name: &str) -> String {
+    const MARKS: [&str; 6] = [
+        "snapshot started",
+        "schema dumped",
+        "schema restored",
+        "rows copied",
+        "snapshot complete",
+        "streaming from=",
+    ];
+    let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
+    let span = format!("connector{{name={name}}}");
+    log.lines()
+        .filter(|line| line.contains(&span) && MARKS.iter().any(|m| line.contains(m)))
+        .map(|line| format!("  {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Every timed scenario starts from quiet servers: the previous one's dirty pages are
 /// written out first, so the order of the scenarios does not decide who pays for them.
 fn quiet(source: &Cluster, store: &Cluster) {
@@ -113,6 +133,11 @@ fn main() {
     let (mut pipe, mut native, mut ours) = (vec![], vec![], vec![]);
     let (mut native_catchup, mut ours_catchup) = (vec![], vec![]);
     let mut daemon = Daemon::new(&store);
+    // Measured as shipped: the default chunk size (tests split tables into tiny chunks to
+    // exercise the ranges) and no debug log.
+    daemon
+        .unset("TRIBUTARY__PIPELINE__SNAPSHOT_CHUNK_BYTES")
+        .set("RUST_LOG", "info");
     daemon.start();
 
     for run in 0..runs {
@@ -125,17 +150,24 @@ fn main() {
             "{pg_dump} --schema-only --section=pre-data {src} | {psql} -q -X {}",
             dst(&db)
         ));
+        let pre_data = started.elapsed().as_secs_f64();
         for table in tables {
             sh(&format!(
                 "{psql} -X -c 'COPY {table} TO STDOUT (FORMAT binary)' {src} | {psql} -X -c 'COPY {table} FROM STDIN (FORMAT binary)' {}",
                 dst(&db)
             ));
         }
+        let copied = started.elapsed().as_secs_f64();
         sh(&format!(
             "{pg_dump} --schema-only --section=post-data {src} | {psql} -q -X {}",
             dst(&db)
         ));
         pipe.push(started.elapsed().as_secs_f64());
+        eprintln!(
+            "run {run}: copy pipe phases: pre-data {pre_data:.2}s, rows {:.2}s, post-data {:.2}s",
+            copied - pre_data,
+            pipe[run] - copied
+        );
 
         // Native: full schema first, then the subscription's initial copy.
         let db = format!("native_{run}");
@@ -187,6 +219,10 @@ fn main() {
             }
         }
         ours.push(started.elapsed().as_secs_f64());
+        eprintln!(
+            "run {run}: tributary snapshot phases:\n{}",
+            phases(&daemon, &name)
+        );
 
         // One backlog for both, written while both are paused.
         store.psql(&db, &format!("ALTER SUBSCRIPTION sub_{run} DISABLE"));

@@ -67,6 +67,12 @@ impl Daemon {
         self
     }
 
+    /// Removes an environment variable, so that later starts use the setting's default.
+    pub fn unset(&mut self, key: &str) -> &mut Daemon {
+        self.env.retain(|(k, _)| k != key);
+        self
+    }
+
     fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tributary"));
         command.current_dir(self.dir.path());

@@ -7,9 +7,7 @@ use std::time::Instant;
 
 use tokio_postgres::Client;
 use tributary::change::TableName;
-use tributary::pipeline::snapshot::{
-    copy_data, restore_schema, Section, SnapshotError, SnapshotJob,
-};
+use tributary::pipeline::snapshot::{copy_data, SchemaDump, Section, SnapshotError, SnapshotJob};
 use tributary::source::catalog::{list_tables, ReplicaIdentity, SourceTable};
 use tributary::source::{ConnInfo, SnapshotAction};
 
@@ -225,7 +223,11 @@ async fn snapshot_restores_schema_and_rows_of_exactly_the_exported_instant() {
         workers: 3,
         chunk_bytes,
     };
-    restore_schema(&job, Section::PreData)
+    let schema = SchemaDump::create(&job)
+        .await
+        .unwrap_or_else(|e| panic!("schema dump: {e}"));
+    schema
+        .restore(&job, Section::PreData)
         .await
         .unwrap_or_else(|e| panic!("pre-data: {e}"));
     let events = Mutex::new(Vec::new());
@@ -238,7 +240,8 @@ async fn snapshot_restores_schema_and_rows_of_exactly_the_exported_instant() {
     let stats = copy_data(&job, &progress)
         .await
         .unwrap_or_else(|e| panic!("copy: {e}"));
-    restore_schema(&job, Section::PostData)
+    schema
+        .restore(&job, Section::PostData)
         .await
         .unwrap_or_else(|e| panic!("post-data: {e}"));
 
@@ -382,7 +385,7 @@ async fn a_wrong_password_is_a_clear_error_without_the_password() {
         chunk_bytes: 0,
     };
 
-    let schema_error = restore_schema(&job, Section::PreData).await.unwrap_err();
+    let schema_error = SchemaDump::create(&job).await.unwrap_err();
     let copy_error = copy_data(&job, &|_, _, _, _| {}).await.unwrap_err();
     for error in [schema_error, copy_error] {
         let message = error.to_string();
@@ -425,7 +428,7 @@ async fn a_dead_snapshot_or_a_pg_dump_failure_is_reported_precisely() {
     };
 
     // A snapshot that is gone: reported before pg_dump runs, as a reason to start over.
-    let error = restore_schema(&job, Section::PreData).await.unwrap_err();
+    let error = SchemaDump::create(&job).await.unwrap_err();
     assert!(
         matches!(error, SnapshotError::SnapshotGone { .. }),
         "{error:?}"
@@ -447,14 +450,11 @@ async fn a_dead_snapshot_or_a_pg_dump_failure_is_reported_precisely() {
         .unwrap();
     let live = created.snapshot_name.unwrap();
     let missing = vec!["public".to_owned(), "nope".to_owned()];
-    let error = restore_schema(
-        &SnapshotJob {
-            schemas: &missing,
-            snapshot_name: &live,
-            ..job
-        },
-        Section::PreData,
-    )
+    let error = SchemaDump::create(&SnapshotJob {
+        schemas: &missing,
+        snapshot_name: &live,
+        ..job
+    })
     .await
     .unwrap_err();
     let message = error.to_string();
@@ -529,11 +529,12 @@ async fn timing_pgbench_scale_10_against_pg_dump_and_pg_restore() {
                 chunk_bytes: 32 << 20,
             };
             let started = Instant::now();
-            restore_schema(&job, Section::PreData).await.unwrap();
+            let schema = SchemaDump::create(&job).await.unwrap();
+            schema.restore(&job, Section::PreData).await.unwrap();
             let pre = started.elapsed().as_secs_f64();
             let stats = copy_data(&job, &|_, _, _, _| {}).await.unwrap();
             let copied = started.elapsed().as_secs_f64();
-            restore_schema(&job, Section::PostData).await.unwrap();
+            schema.restore(&job, Section::PostData).await.unwrap();
             let total = started.elapsed().as_secs_f64();
             reader.batch_execute("COMMIT").await.unwrap();
             drop(repl);

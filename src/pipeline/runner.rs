@@ -424,7 +424,8 @@ async fn snapshot(
         workers: settings.snapshot_workers,
         chunk_bytes: settings.snapshot_chunk_bytes,
     };
-    snapshot::restore_schema(&job, Section::PreData).await?;
+    let schema = snapshot::SchemaDump::create(&job).await?;
+    schema.restore(&job, Section::PreData).await?;
 
     // Progress goes to the bookkeeping from beside the copy, never from inside it; the
     // channel closes when the copy (which owns the sender) is done.
@@ -460,7 +461,7 @@ async fn snapshot(
     };
     let (stats, ()) = tokio::join!(copy, record);
     let stats = stats?;
-    snapshot::restore_schema(&job, Section::PostData).await?;
+    schema.restore(&job, Section::PostData).await?;
 
     let mut sink = ReplicaSink::connect(store, &replica.dbname).await?;
     sink.mark_applied(created.consistent_point).await?;

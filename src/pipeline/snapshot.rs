@@ -2,10 +2,11 @@
 //!
 //! ```text
 //!  CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')  ──►  snapshot S, consistent point C
-//!        │ (the replication connection stays idle from here until post-data is dumped)
-//!        ├─► restore_schema(PreData)   pg_dump --snapshot=S → file → pg_restore
+//!        │ (the replication connection stays idle from here until the rows are copied)
+//!        ├─► SchemaDump::create        pg_dump --snapshot=S → file
+//!        ├─► restore(PreData)          pg_restore: tables, types, functions, …
 //!        ├─► copy_data                 N workers: source session on S ──COPY──► replica
-//!        ├─► restore_schema(PostData)  indexes, constraints, triggers (after the rows)
+//!        ├─► restore(PostData)         indexes, constraints, triggers (after the rows)
 //!        └─► the pipeline records C beside the replica, then streams from C
 //! ```
 //!
@@ -61,8 +62,9 @@
 //! ranges of heap pages (`ctid >= '(a,0)' AND ctid < '(b,0)'`, a TID Range Scan from
 //! PostgreSQL 14 on; older sources copy whole tables) for tables above `chunk_bytes`.
 //! Each chunk is `COPY (SELECT cols FROM ONLY t [ctid range]) TO STDOUT (FORMAT binary)`
-//! piped into `COPY t (cols) FROM STDIN (FORMAT binary)` one CopyData message at a time:
-//! values pass through as bytes, never decoded, and no table is ever held in memory.
+//! piped into `COPY t (cols) FROM STDIN (FORMAT binary)` in 64 kB blocks cut straight
+//! from the source connection's read buffer ([`SnapshotSession`]): values pass through as
+//! bytes, never decoded nor handled row by row, and no table is ever held in memory.
 //! Tables whose binary form does not travel between servers
 //! ([`SourceTable::binary_copy`]: composites, arrays of enums or extension types) use
 //! `FORMAT text` on both sides instead.
@@ -77,11 +79,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use bytes::{Bytes, BytesMut};
+use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_postgres::{IsolationLevel, Transaction};
 
 use crate::change::TableName;
 use crate::pg::conninfo::{Host, RootCert};
@@ -89,6 +90,7 @@ use crate::pg::{
     self, error_message, quote_ident, quote_literal, ConnInfo, ConnectError, PgClient,
 };
 use crate::source::catalog::{self, CatalogError, SourceTable};
+use crate::source::copy::{OpenError, SnapshotSession};
 
 /// One snapshot of a connector: where from, where to, what.
 #[derive(Debug, Clone, Copy)]
@@ -178,6 +180,13 @@ pub enum SnapshotError {
         source: tokio_postgres::Error,
     },
 
+    #[error("source: {context} failed: {source}")]
+    Source {
+        context: String,
+        #[source]
+        source: crate::source::Error,
+    },
+
     #[error(
         "the exported snapshot {name} can no longer be used ({reason}): the replication \
          connection that exported it has run another command or closed; the snapshot must \
@@ -238,6 +247,7 @@ impl SnapshotError {
             } => postgres_transient(source),
             SnapshotError::Connect { .. } => false,
             SnapshotError::Query { source, .. } => postgres_transient(source),
+            SnapshotError::Source { source, .. } => source.is_transient(),
             SnapshotError::SnapshotGone { .. } => true,
             SnapshotError::Catalog(e) => e.is_transient(),
             SnapshotError::ToolFailed { transient, .. } => *transient,
@@ -294,49 +304,53 @@ fn connect_message(error: &ConnectError, side: Side) -> String {
 // Schema
 // ---------------------------------------------------------------------------------------
 
-/// `pg_dump --schema-only --section=<pre-data|post-data> --snapshot=<name> -n <schema>…
-/// -T <excluded>… --format=custom` into a private temporary file, then `pg_restore
-/// --no-owner --no-privileges --exit-on-error` of it into the replica database. Pre-data
-/// first creates the extensions the schemas need and restores in a single transaction;
-/// post-data builds indexes with `workers` parallel jobs.
-///
-/// The snapshot must stay alive until this returns for [`Section::PreData`], and until
-/// pg_dump has finished for [`Section::PostData`].
-pub async fn restore_schema(job: &SnapshotJob<'_>, section: Section) -> Result<(), SnapshotError> {
-    if job.schemas.is_empty() {
-        // pg_dump without -n would dump the whole database.
-        return Err(SnapshotError::InvalidJob {
-            reason: "no schemas selected".into(),
-        });
-    }
-    let started = Instant::now();
-    let tools = Tools::locate()?;
-    let source = connect(Side::Source, job.source).await?;
-    let server_major = server_version_num(&source, Side::Source).await? / 10_000;
-    let tool_major = tools.pg_dump_major().await?;
-    if tool_major < server_major {
-        return Err(SnapshotError::ToolTooOld {
-            path: tools.program("pg_dump").display().to_string(),
-            tool_major,
-            server_major,
-        });
-    }
-    // The catalog as the dump sees it: OIDs and names must match its table of contents.
-    source
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            quote_literal(job.snapshot_name)
-        ))
-        .await
-        .map_err(|e| import_error(job.snapshot_name, e))?;
-    let replica = connect(Side::Replica, job.replica).await?;
-    if section == Section::PreData {
+/// The snapshot's schema, dumped once: [`SchemaDump::restore`] of pre-data before the
+/// rows, of post-data after them.
+#[derive(Debug)]
+pub struct SchemaDump {
+    tools: Tools,
+    /// Holds `schema.dump` (custom format) and `schema.list` (its filtered table of
+    /// contents).
+    scratch: ScratchDir,
+}
+
+impl SchemaDump {
+    /// Creates on the replica the extensions the schemas need, then runs `pg_dump
+    /// --schema-only --snapshot=<name> -n <schema>… -T <excluded>… --format=custom` into a
+    /// private temporary file and writes the table of contents to restore from it. The
+    /// snapshot must stay alive until this returns; restoring no longer needs it.
+    pub async fn create(job: &SnapshotJob<'_>) -> Result<SchemaDump, SnapshotError> {
+        if job.schemas.is_empty() {
+            // pg_dump without -n would dump the whole database.
+            return Err(SnapshotError::InvalidJob {
+                reason: "no schemas selected".into(),
+            });
+        }
+        let started = Instant::now();
+        let tools = Tools::locate()?;
+        let source = connect(Side::Source, job.source).await?;
+        let server_major = server_version_num(&source, Side::Source).await? / 10_000;
+        let tool_major = tools.pg_dump_major().await?;
+        if tool_major < server_major {
+            return Err(SnapshotError::ToolTooOld {
+                path: tools.program("pg_dump").display().to_string(),
+                tool_major,
+                server_major,
+            });
+        }
+        // The catalog as the dump sees it: OIDs and names must match its table of contents.
+        source
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                quote_literal(job.snapshot_name)
+            ))
+            .await
+            .map_err(|e| import_error(job.snapshot_name, e))?;
+        let replica = connect(Side::Replica, job.replica).await?;
         create_extensions(&source, &replica, job.schemas).await?;
-    }
-    let exclude = expand_exclusions(&source, job.exclude).await?;
-    let schema_oids = source_schema_oids(&source, job.schemas).await?;
-    let mut skip = Vec::new();
-    if section == Section::PostData {
+        let exclude = expand_exclusions(&source, job.exclude).await?;
+        let schema_oids = source_schema_oids(&source, job.schemas).await?;
+        let mut skip = Vec::new();
         let keys = catalog::foreign_keys(&source, job.schemas).await?;
         for key in keys.iter().filter(|k| k.dangles(job.schemas, &exclude)) {
             tracing::warn!(
@@ -353,97 +367,122 @@ pub async fn restore_schema(job: &SnapshotJob<'_>, section: Section) -> Result<(
                 toc_name(&key.table.name)
             ));
         }
-    }
-    drop(source);
+        drop(source);
 
-    let scratch = ScratchDir::create()?;
-    let dump = scratch.path().join("schema.dump");
-    let mut pg_dump = tools.command("pg_dump");
-    libpq_env(&mut pg_dump, job.source);
-    pg_dump
-        .args([
-            "--schema-only",
-            "--format=custom",
-            "--no-sync",
-            "--strict-names",
-        ])
-        .arg(format!("--section={}", section.as_arg()))
-        .arg(format!("--snapshot={}", job.snapshot_name))
-        .arg("--file")
-        .arg(&dump);
-    for schema in job.schemas {
-        pg_dump.arg(format!("--schema={}", pattern(&[schema])));
-    }
-    for table in &exclude {
-        pg_dump.arg(format!(
-            "--exclude-table={}",
-            pattern(&[&table.schema, &table.name])
-        ));
-    }
-    run_tool(pg_dump, "pg_dump").await?;
+        let scratch = ScratchDir::create()?;
+        let dump = scratch.path().join("schema.dump");
+        let mut pg_dump = tools.command("pg_dump");
+        libpq_env(&mut pg_dump, job.source);
+        pg_dump
+            .args([
+                "--schema-only",
+                "--format=custom",
+                "--no-sync",
+                "--strict-names",
+            ])
+            .arg(format!("--snapshot={}", job.snapshot_name))
+            .arg("--file")
+            .arg(&dump);
+        for schema in job.schemas {
+            pg_dump.arg(format!("--schema={}", pattern(&[schema])));
+        }
+        for table in &exclude {
+            pg_dump.arg(format!(
+                "--exclude-table={}",
+                pattern(&[&table.schema, &table.name])
+            ));
+        }
+        run_tool(pg_dump, "pg_dump").await?;
 
-    // The replica's existing schemas are created already: keep pg_restore from trying.
-    let existing: HashSet<String> = replica
-        .query("SELECT nspname::text FROM pg_catalog.pg_namespace", &[])
-        .await
-        .map_err(|e| query_error(Side::Replica, "listing schemas", e))?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    drop(replica);
-    for (oid, name) in schema_oids
-        .iter()
-        .filter(|(_, name)| existing.contains(name))
-    {
-        skip.push(format!("; 2615 {oid} SCHEMA "));
-        skip.push(format!(" COMMENT - SCHEMA {name} "));
-    }
-    let mut list_cmd = tools.command("pg_restore");
-    list_cmd.arg("--list").arg(&dump);
-    let toc = run_tool(list_cmd, "pg_restore --list").await?;
-    let list = scratch.path().join("schema.list");
-    std::fs::write(&list, filter_toc(&String::from_utf8_lossy(&toc), &skip)).map_err(|source| {
-        SnapshotError::Io {
-            context: format!("writing {}", list.display()),
-            source,
+        // The replica's existing schemas (`public`, those extensions were just created in)
+        // are there already: keep pg_restore from trying to create them.
+        let existing: HashSet<String> = replica
+            .query("SELECT nspname::text FROM pg_catalog.pg_namespace", &[])
+            .await
+            .map_err(|e| query_error(Side::Replica, "listing schemas", e))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        drop(replica);
+        for (oid, name) in schema_oids
+            .iter()
+            .filter(|(_, name)| existing.contains(name))
+        {
+            skip.push(format!("; 2615 {oid} SCHEMA "));
+            skip.push(format!(" COMMENT - SCHEMA {name} "));
         }
-    })?;
+        let mut list_cmd = tools.command("pg_restore");
+        list_cmd.arg("--list").arg(&dump);
+        let toc = run_tool(list_cmd, "pg_restore --list").await?;
+        let schema = SchemaDump { tools, scratch };
+        let list = schema.list();
+        std::fs::write(&list, filter_toc(&String::from_utf8_lossy(&toc), &skip)).map_err(
+            |source| SnapshotError::Io {
+                context: format!("writing {}", list.display()),
+                source,
+            },
+        )?;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "schema dumped"
+        );
+        Ok(schema)
+    }
 
-    let mut pg_restore = tools.command("pg_restore");
-    libpq_env(&mut pg_restore, job.replica);
-    pg_restore
-        .args([
-            "--no-owner",
-            "--no-privileges",
-            "--no-tablespaces",
-            "--no-publications",
-            "--no-subscriptions",
-            "--no-security-labels",
-            "--exit-on-error",
-        ])
-        .arg(format!(
-            "--dbname=dbname={}",
-            conninfo_quote(&job.replica.dbname)
-        ))
-        .arg("--use-list")
-        .arg(&list);
-    match section {
-        Section::PreData => {
-            pg_restore.arg("--single-transaction");
-        }
-        Section::PostData if job.workers > 1 => {
-            pg_restore.arg(format!("--jobs={}", job.workers));
-        }
-        Section::PostData => {}
+    fn dump(&self) -> PathBuf {
+        self.scratch.path().join("schema.dump")
     }
-    pg_restore.arg(&dump);
-    run_tool(pg_restore, "pg_restore").await?;
-    tracing::info!(
-        section = section.as_arg(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "schema restored into the replica"
-    );
-    Ok(())
+
+    fn list(&self) -> PathBuf {
+        self.scratch.path().join("schema.list")
+    }
+
+    /// `pg_restore --section=<section> --no-owner --no-privileges --exit-on-error` into the
+    /// replica database: pre-data in a single transaction, post-data (index builds) with
+    /// `workers` parallel jobs.
+    pub async fn restore(
+        &self,
+        job: &SnapshotJob<'_>,
+        section: Section,
+    ) -> Result<(), SnapshotError> {
+        let started = Instant::now();
+        let mut pg_restore = self.tools.command("pg_restore");
+        libpq_env(&mut pg_restore, job.replica);
+        pg_restore
+            .args([
+                "--no-owner",
+                "--no-privileges",
+                "--no-tablespaces",
+                "--no-publications",
+                "--no-subscriptions",
+                "--no-security-labels",
+                "--exit-on-error",
+            ])
+            .arg(format!("--section={}", section.as_arg()))
+            .arg(format!(
+                "--dbname=dbname={}",
+                conninfo_quote(&job.replica.dbname)
+            ))
+            .arg("--use-list")
+            .arg(self.list());
+        match section {
+            Section::PreData => {
+                pg_restore.arg("--single-transaction");
+            }
+            Section::PostData if job.workers > 1 => {
+                pg_restore.arg(format!("--jobs={}", job.workers));
+            }
+            Section::PostData => {}
+        }
+        pg_restore.arg(self.dump());
+        run_tool(pg_restore, "pg_restore").await?;
+        tracing::info!(
+            section = section.as_arg(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "schema restored into the replica"
+        );
+        Ok(())
+    }
 }
 
 /// Extensions that live in the selected schemas, or that objects in them depend on (a
@@ -599,6 +638,7 @@ fn pattern(parts: &[&str]) -> String {
 /// Where pg_dump and pg_restore come from: `$TRIBUTARY_PG_BINDIR`, else the newest
 /// `/usr/lib/postgresql/<N>/bin` (Debian, Ubuntu) or `/usr/pgsql-<N>/bin` (RHEL) that has
 /// both, else `PATH`.
+#[derive(Debug)]
 struct Tools {
     bindir: Option<PathBuf>,
 }
@@ -803,6 +843,7 @@ fn tool_failure_transient(stderr: &str) -> bool {
 }
 
 /// A private (0700) temporary directory, removed with everything in it on drop.
+#[derive(Debug)]
 struct ScratchDir(PathBuf);
 
 impl ScratchDir {
@@ -1133,26 +1174,15 @@ async fn worker(
     context: Arc<CopyContext>,
     events: mpsc::UnboundedSender<ChunkDone>,
 ) -> Result<(), SnapshotError> {
-    let mut source = connect(Side::Source, &context.source).await?;
-    source
-        .batch_execute(SOURCE_SESSION)
+    let mut source = SnapshotSession::open(&context.source, SOURCE_SESSION, &context.snapshot_name)
         .await
-        .map_err(|e| query_error(Side::Source, "setting up the session", e))?;
-    let snapshot = source
-        .client_mut()
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(|e| query_error(Side::Source, "starting the snapshot transaction", e))?;
-    snapshot
-        .batch_execute(&format!(
-            "SET TRANSACTION SNAPSHOT {}",
-            quote_literal(&context.snapshot_name)
-        ))
-        .await
-        .map_err(|e| import_error(&context.snapshot_name, e))?;
+        .map_err(|e| match e {
+            OpenError::SnapshotGone { name, source } => SnapshotError::SnapshotGone {
+                name,
+                reason: source.to_string(),
+            },
+            OpenError::Session(e) => source_error("opening the snapshot session", e),
+        })?;
     let replica = connect(Side::Replica, &context.replica).await?;
     replica
         .batch_execute(REPLICA_SESSION)
@@ -1161,7 +1191,7 @@ async fn worker(
 
     while let Some(chunk) = context.next_chunk() {
         let table = &context.tables[chunk.table];
-        let (rows, bytes) = copy_chunk(&snapshot, &replica, table, &chunk).await?;
+        let (rows, bytes) = copy_chunk(&mut source, &replica, table, &chunk).await?;
         tracing::debug!(table = %table.display, rows, bytes, start = chunk.start, "chunk copied");
         if events
             .send(ChunkDone {
@@ -1174,26 +1204,29 @@ async fn worker(
             break; // copy_data has gone away.
         }
     }
-    snapshot
-        .commit()
+    source
+        .close()
         .await
-        .map_err(|e| query_error(Side::Source, "ending the snapshot transaction", e))
+        .map_err(|e| source_error("ending the snapshot transaction", e))
 }
 
+/// COPY data is passed on in blocks of this size: large enough that per-block costs
+/// vanish, small enough to stay in the CPU caches.
+const COPY_BLOCK: usize = 64 * 1024;
+
 /// One chunk: `COPY (SELECT …) TO STDOUT` on the snapshot piped into `COPY … FROM STDIN`
-/// on the replica, one CopyData message at a time (the replica's sink coalesces them
-/// into 4 kB messages), committed on its own. Returns the rows the replica took and the
-/// bytes of COPY data.
+/// on the replica in blocks of [`COPY_BLOCK`] bytes, committed on its own. Returns the
+/// rows the replica took and the bytes of COPY data.
 async fn copy_chunk(
-    snapshot: &Transaction<'_>,
+    source: &mut SnapshotSession,
     replica: &PgClient,
     table: &TablePlan,
     chunk: &Chunk,
 ) -> Result<(u64, u64), SnapshotError> {
-    let read_error = |e| query_error(Side::Source, &format!("reading {}", table.display), e);
+    let read_error = |e| source_error(&format!("reading {}", table.display), e);
     let write_error = |e| query_error(Side::Replica, &format!("writing {}", table.display), e);
     let format = if table.binary { "binary" } else { "text" };
-    let out = snapshot
+    let mut out = source
         .copy_out(&format!(
             "COPY ({}) TO STDOUT (FORMAT {format})",
             table.select(chunk)
@@ -1207,12 +1240,15 @@ async fn copy_chunk(
         ))
         .await
         .map_err(write_error)?;
-    let (mut out, mut sink) = (pin!(out), pin!(sink));
+    let mut sink = pin!(sink);
     let mut bytes = 0u64;
-    while let Some(data) = out.next().await {
-        let data = data.map_err(read_error)?;
-        bytes += data.len() as u64;
-        sink.feed(data).await.map_err(write_error)?;
+    let mut block = BytesMut::with_capacity(COPY_BLOCK);
+    while out.read(&mut block, COPY_BLOCK).await.map_err(read_error)? {
+        bytes += block.len() as u64;
+        sink.feed(block.split().freeze())
+            .await
+            .map_err(write_error)?;
+        block.reserve(COPY_BLOCK);
     }
     let rows = sink.as_mut().finish().await.map_err(write_error)?;
     Ok((rows, bytes))
@@ -1245,6 +1281,13 @@ fn import_error(name: &str, error: tokio_postgres::Error) -> SnapshotError {
             reason: db.message().to_owned(),
         },
         _ => query_error(Side::Source, "importing the snapshot", error),
+    }
+}
+
+fn source_error(context: &str, source: crate::source::Error) -> SnapshotError {
+    SnapshotError::Source {
+        context: context.to_owned(),
+        source,
     }
 }
 

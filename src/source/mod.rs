@@ -5,6 +5,7 @@
 //! wal2json's JSON; the rest of the daemon receives [`crate::change::Message`]s.
 
 pub mod catalog;
+pub mod copy;
 mod error;
 pub mod preflight;
 pub mod progress;

@@ -470,6 +470,129 @@ pub(crate) fn cut_frame(buf: &mut BytesMut) -> Result<Option<Frame>, String> {
     }))
 }
 
+/// Where [`take_copy_data`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CopyDataEnd {
+    /// The buffer ends inside a CopyData message or its header: more bytes are needed.
+    NeedMore,
+    /// `out` reached the limit.
+    Full,
+    /// The buffer starts with a whole-message boundary and another kind of message.
+    OtherMessage,
+}
+
+/// Moves the payload bytes of consecutive CopyData messages from `buf` to `out`, until
+/// `out` holds `limit` bytes, the buffer runs dry, or another message begins.
+/// `remaining` carries the unread payload of a message cut by the end of the buffer from
+/// one call to the next, so a message never has to fit in the buffer: a row of a 1 GB
+/// value passes through in pieces. Message boundaries are dropped, which COPY FROM
+/// allows (its input is a byte stream). A pure function of its arguments, so that it can
+/// be fuzzed: it never panics.
+pub(crate) fn take_copy_data(
+    buf: &mut BytesMut,
+    remaining: &mut usize,
+    out: &mut BytesMut,
+    limit: usize,
+) -> Result<CopyDataEnd, String> {
+    loop {
+        if out.len() >= limit {
+            return Ok(CopyDataEnd::Full);
+        }
+        if *remaining > 0 {
+            if buf.is_empty() {
+                return Ok(CopyDataEnd::NeedMore);
+            }
+            let n = (*remaining).min(buf.len()).min(limit - out.len());
+            out.extend_from_slice(&buf[..n]);
+            buf.advance(n);
+            *remaining -= n;
+            continue;
+        }
+        match buf.first() {
+            None => return Ok(CopyDataEnd::NeedMore),
+            Some(&backend::COPY_DATA_TAG) => {}
+            Some(_) => return Ok(CopyDataEnd::OtherMessage),
+        }
+        if buf.len() < 5 {
+            return Ok(CopyDataEnd::NeedMore);
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if !(4..=MAX_FRAME_LEN).contains(&len) {
+            return Err(format!("CopyData message has invalid length {len}"));
+        }
+        buf.advance(5);
+        *remaining = len - 4;
+    }
+}
+
+impl Connection {
+    /// Sends `sql`, a `COPY … TO STDOUT`, and waits until the server starts sending rows,
+    /// which [`Connection::read_copy_data`] then reads.
+    pub async fn start_copy_out(&mut self, sql: &str) -> Result<()> {
+        self.send_query(sql).await?;
+        match self.read_frame().await? {
+            Frame::Other(Message::CopyOutResponse(_)) => Ok(()),
+            Frame::Other(Message::ErrorResponse(body)) => {
+                let error = self.server_error(body.fields());
+                self.wait_ready().await?;
+                Err(error)
+            }
+            other => Err(self.unexpected("in reply to COPY TO STDOUT", &other)),
+        }
+    }
+
+    /// Appends up to `limit` bytes of COPY data to `out` (waiting for at least one),
+    /// straight from the read buffer. Returns `false`, with nothing appended, once the
+    /// server has finished the COPY and is ready for the next query; a server error ends
+    /// it likewise and is returned. `remaining` must start at 0 for each COPY.
+    pub async fn read_copy_data(
+        &mut self,
+        remaining: &mut usize,
+        out: &mut BytesMut,
+        limit: usize,
+    ) -> Result<bool> {
+        let start = out.len();
+        loop {
+            let end = take_copy_data(&mut self.read_buf, remaining, out, start + limit)
+                .map_err(|reason| self.protocol(reason))?;
+            match end {
+                CopyDataEnd::Full => return Ok(true),
+                CopyDataEnd::NeedMore if out.len() > start => return Ok(true),
+                CopyDataEnd::NeedMore => self.fill().await?,
+                CopyDataEnd::OtherMessage if out.len() > start => return Ok(true),
+                CopyDataEnd::OtherMessage => match self.read_frame().await? {
+                    Frame::Other(Message::CopyDone) => {
+                        self.wait_ready().await?;
+                        return Ok(false);
+                    }
+                    Frame::Other(Message::ErrorResponse(body)) => {
+                        let error = self.server_error(body.fields());
+                        self.wait_ready().await?;
+                        return Err(error);
+                    }
+                    other => return Err(self.unexpected("during COPY TO STDOUT", &other)),
+                },
+            }
+        }
+    }
+
+    /// Reads through the end of a command to ReadyForQuery, returning the first server
+    /// error on the way.
+    async fn wait_ready(&mut self) -> Result<()> {
+        let mut error = None;
+        loop {
+            match self.read_frame().await? {
+                Frame::Other(Message::ReadyForQuery(_)) => return error.map_or(Ok(()), Err),
+                Frame::Other(Message::ErrorResponse(body)) => {
+                    error.get_or_insert(self.server_error(body.fields()));
+                }
+                Frame::Other(Message::CommandComplete(_)) => {}
+                other => return Err(self.unexpected("at the end of a command", &other)),
+            }
+        }
+    }
+}
+
 /// What the transport to a server turned out to be, before any startup message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Encryption {
@@ -640,6 +763,82 @@ mod tests {
         assert!(matches!(cut_frame(&mut buf), Err(e) if e.contains("invalid length")));
         let mut buf = BytesMut::from(&[b'd', 0xff, 0xff, 0xff, 0xff][..]);
         assert!(cut_frame(&mut buf).is_err());
+    }
+
+    /// Feeds `stream` to `take_copy_data` in pieces of `piece` bytes with an output limit
+    /// of `limit`, the way `read_copy_data` does; returns the payload and what follows it.
+    fn relay(stream: &[u8], piece: usize, limit: usize) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let (mut buf, mut remaining, mut payload) = (BytesMut::new(), 0, Vec::new());
+        let mut pieces = stream.chunks(piece.max(1));
+        loop {
+            let mut out = BytesMut::new();
+            match take_copy_data(&mut buf, &mut remaining, &mut out, limit)? {
+                CopyDataEnd::OtherMessage => {
+                    payload.extend_from_slice(&out);
+                    let mut rest = buf.to_vec();
+                    pieces.for_each(|p| rest.extend_from_slice(p));
+                    return Ok((payload, rest));
+                }
+                CopyDataEnd::Full => payload.extend_from_slice(&out),
+                CopyDataEnd::NeedMore => {
+                    payload.extend_from_slice(&out);
+                    match pieces.next() {
+                        Some(p) => buf.extend_from_slice(p),
+                        None => return Ok((payload, buf.to_vec())),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn copy_data_payloads_pass_through_and_stop_at_the_next_message() {
+        let mut stream = frame(b'd', b"first row");
+        stream.extend(frame(b'd', b""));
+        stream.extend(frame(b'd', &[7u8; 300]));
+        let done = frame(b'c', b"");
+        stream.extend(&done);
+        let mut expected = b"first row".to_vec();
+        expected.extend([7u8; 300]);
+        for piece in [1, 2, 5, 64, 4096] {
+            for limit in [1, 7, 100, 1 << 16] {
+                let (payload, rest) = relay(&stream, piece, limit).unwrap();
+                assert_eq!(payload, expected, "piece {piece}, limit {limit}");
+                assert_eq!(rest, done, "piece {piece}, limit {limit}");
+            }
+        }
+    }
+
+    #[test]
+    fn copy_data_with_an_impossible_length_is_an_error() {
+        let stream = [b'd', 0, 0, 0, 2];
+        assert!(relay(&stream, 5, 64).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn copy_data_survives_any_split(
+            rows in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..20),
+            piece in 1usize..64,
+            limit in 1usize..128,
+        ) {
+            let mut stream = Vec::new();
+            for row in &rows {
+                stream.extend(frame(b'd', row));
+            }
+            stream.extend(frame(b'C', b"COPY 1\0"));
+            let (payload, rest) = relay(&stream, piece, limit).unwrap();
+            prop_assert_eq!(payload, rows.concat());
+            prop_assert_eq!(rest, frame(b'C', b"COPY 1\0"));
+        }
+
+        #[test]
+        fn copy_data_of_arbitrary_bytes_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            limit in 1usize..128,
+        ) {
+            let _ = relay(&bytes, 13, limit);
+        }
     }
 
     proptest! {
