@@ -264,6 +264,29 @@ async fn snapshot_restores_schema_and_rows_of_exactly_the_exported_instant() {
                 .get::<_, bool>(0)
         }
     };
+    // Tables copied whole are loaded with FREEZE: every page is
+    // all-frozen from the start, so no reader or vacuum rewrites them later.
+    replica
+        .batch_execute("CREATE EXTENSION pg_visibility")
+        .await
+        .unwrap();
+    for t in ["public.customers", "app.keyless"] {
+        let row = replica
+            .query_one(
+                "SELECT pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint,
+                        (SELECT all_frozen FROM pg_visibility_map_summary($1::text::regclass))",
+                &[&t],
+            )
+            .await
+            .unwrap();
+        let (pages, frozen): (i64, i64) = (row.get(0), row.get(1));
+        assert!(pages > 0, "{t} has pages");
+        assert_eq!(frozen, pages, "{t}: every page all-frozen");
+    }
+    replica
+        .batch_execute("DROP EXTENSION pg_visibility")
+        .await
+        .unwrap();
     assert!(!exists("app.audit").await, "the excluded table is absent");
     assert!(exists("app.order_totals").await, "views come with pre-data");
 

@@ -61,10 +61,13 @@
 //! replica session, and takes chunks from a shared queue, largest first: whole tables, or
 //! ranges of heap pages (`ctid >= '(a,0)' AND ctid < '(b,0)'`, a TID Range Scan from
 //! PostgreSQL 14 on; older sources copy whole tables) for tables above `chunk_bytes`.
-//! Each chunk is `COPY (SELECT cols FROM ONLY t [ctid range]) TO STDOUT (FORMAT binary)`
-//! piped into `COPY t (cols) FROM STDIN (FORMAT binary)` in 64 kB blocks cut straight
-//! from the source connection's read buffer ([`SnapshotSession`]): values pass through as
-//! bytes, never decoded nor handled row by row, and no table is ever held in memory.
+//! Each chunk is `COPY t (cols) TO STDOUT (FORMAT binary)` (a whole table), or
+//! `COPY (SELECT cols FROM ONLY t WHERE <ctid range>) TO STDOUT` (a range), piped into
+//! `COPY t (cols) FROM STDIN (FORMAT binary)` in 64 kB blocks cut straight from the
+//! source connection's read buffer ([`SnapshotSession`]): values pass through as bytes,
+//! never decoded nor handled row by row, and no table is ever held in memory. A whole
+//! table is loaded with `FREEZE` after a `TRUNCATE` in the same transaction, so its pages
+//! are all-frozen from the start.
 //! Tables whose binary form does not travel between servers
 //! ([`SourceTable::binary_copy`]: composites, arrays of enums or extension types) use
 //! `FORMAT text` on both sides instead.
@@ -1043,6 +1046,10 @@ struct Chunk {
 }
 
 impl Chunk {
+    fn is_whole(&self) -> bool {
+        self.start == 0 && self.end.is_none()
+    }
+
     fn filter(&self) -> String {
         match (self.start, self.end) {
             (0, None) => String::new(),
@@ -1149,15 +1156,55 @@ impl TablePlan {
         }
     }
 
-    /// `ONLY`: an inheritance parent's rows without its children's, which are tables of
-    /// their own.
-    fn select(&self, chunk: &Chunk) -> String {
+    /// The source side of `chunk`. A whole table is copied by name, which reads it
+    /// without the executor (and, like `ONLY`, without an inheritance child's rows, which
+    /// are tables of their own); a page range needs a query.
+    fn copy_out(&self, chunk: &Chunk) -> String {
+        let format = self.format();
+        if chunk.is_whole() {
+            format!(
+                "COPY {}{} TO STDOUT (FORMAT {format})",
+                self.qualified, self.column_list
+            )
+        } else {
+            format!(
+                "COPY (SELECT {} FROM ONLY {}{}) TO STDOUT (FORMAT {format})",
+                self.columns,
+                self.qualified,
+                chunk.filter()
+            )
+        }
+    }
+
+    /// The replica side of `chunk`. A whole table is loaded with `FREEZE`, right after
+    /// [`TablePlan::truncate`] in the same transaction (which `FREEZE` requires): rows are
+    /// written frozen and pages marked all-visible, so neither the index builds after the
+    /// copy nor the first readers of the replica and its branches rewrite every page to
+    /// set hint bits, and no anti-wraparound vacuum has to visit them later. That frozen
+    /// rows are visible to older snapshots does not matter: nothing reads the replica
+    /// before the snapshot is complete.
+    fn copy_in(&self, chunk: &Chunk) -> String {
+        let freeze = if chunk.is_whole() { ", FREEZE" } else { "" };
         format!(
-            "SELECT {} FROM ONLY {}{}",
-            self.columns,
+            "COPY {}{} FROM STDIN (FORMAT {}{freeze})",
             self.qualified,
-            chunk.filter()
+            self.column_list,
+            self.format()
         )
+    }
+
+    /// Opens the transaction of a whole-table load (see [`TablePlan::copy_in`]); the table
+    /// is empty already.
+    fn truncate(&self) -> String {
+        format!("BEGIN; TRUNCATE ONLY {}", self.qualified)
+    }
+
+    fn format(&self) -> &'static str {
+        if self.binary {
+            "binary"
+        } else {
+            "text"
+        }
     }
 }
 
@@ -1214,9 +1261,9 @@ async fn worker(
 /// vanish, small enough to stay in the CPU caches.
 const COPY_BLOCK: usize = 64 * 1024;
 
-/// One chunk: `COPY (SELECT …) TO STDOUT` on the snapshot piped into `COPY … FROM STDIN`
-/// on the replica in blocks of [`COPY_BLOCK`] bytes, committed on its own. Returns the
-/// rows the replica took and the bytes of COPY data.
+/// One chunk: `COPY … TO STDOUT` on the snapshot piped into `COPY … FROM STDIN` on the
+/// replica in blocks of [`COPY_BLOCK`] bytes, committed on its own. Returns the rows the
+/// replica took and the bytes of COPY data.
 async fn copy_chunk(
     source: &mut SnapshotSession,
     replica: &PgClient,
@@ -1225,19 +1272,18 @@ async fn copy_chunk(
 ) -> Result<(u64, u64), SnapshotError> {
     let read_error = |e| source_error(&format!("reading {}", table.display), e);
     let write_error = |e| query_error(Side::Replica, &format!("writing {}", table.display), e);
-    let format = if table.binary { "binary" } else { "text" };
     let mut out = source
-        .copy_out(&format!(
-            "COPY ({}) TO STDOUT (FORMAT {format})",
-            table.select(chunk)
-        ))
+        .copy_out(&table.copy_out(chunk))
         .await
         .map_err(read_error)?;
+    if chunk.is_whole() {
+        replica
+            .batch_execute(&table.truncate())
+            .await
+            .map_err(write_error)?;
+    }
     let sink = replica
-        .copy_in::<_, Bytes>(&format!(
-            "COPY {}{} FROM STDIN (FORMAT {format})",
-            table.qualified, table.column_list
-        ))
+        .copy_in::<_, Bytes>(&table.copy_in(chunk))
         .await
         .map_err(write_error)?;
     let mut sink = pin!(sink);
@@ -1251,6 +1297,9 @@ async fn copy_chunk(
         block.reserve(COPY_BLOCK);
     }
     let rows = sink.as_mut().finish().await.map_err(write_error)?;
+    if chunk.is_whole() {
+        replica.batch_execute("COMMIT").await.map_err(write_error)?;
+    }
     Ok((rows, bytes))
 }
 
@@ -1342,6 +1391,26 @@ mod tests {
         );
         assert_eq!(chunks[3].filter(), " WHERE ctid >= '(9,0)'");
         assert_eq!(chunks[4].filter(), "");
+
+        // A whole table is read by name and loaded frozen; a range needs a query.
+        let small = TablePlan::new(&tables[0]);
+        assert_eq!(
+            small.copy_out(&chunks[4]),
+            r#"COPY "s"."small" ("id") TO STDOUT (FORMAT binary)"#
+        );
+        assert_eq!(
+            small.copy_in(&chunks[4]),
+            r#"COPY "s"."small" ("id") FROM STDIN (FORMAT binary, FREEZE)"#
+        );
+        let big = TablePlan::new(&tables[1]);
+        assert_eq!(
+            big.copy_out(&chunks[1]),
+            r#"COPY (SELECT "id" FROM ONLY "s"."big" WHERE ctid >= '(3,0)' AND ctid < '(6,0)') TO STDOUT (FORMAT binary)"#
+        );
+        assert_eq!(
+            big.copy_in(&chunks[1]),
+            r#"COPY "s"."big" ("id") FROM STDIN (FORMAT binary)"#
+        );
     }
 
     #[test]
