@@ -1,4 +1,4 @@
-//! Snapshot and catch-up, tributary against its peers, in one run on the same clusters.
+//! tributary against its peers, in one run on the same clusters.
 //!
 //! ```text
 //! cargo bench --bench pipeline            # pgbench scale 50, 100 k transactions, 3 runs
@@ -8,9 +8,19 @@
 //! 1. Snapshot of a pgbench database into the branch store: native logical replication
 //!    (CREATE SUBSCRIPTION, copy_data), a binary COPY pipe table by table with indexes built
 //!    afterwards, and tributary (connector created → state `streaming`).
-//! 2. Catch-up of one pgbench TPC-B backlog, written while both replicators are paused:
-//!    native apply and tributary, one after the other, each until its slot has confirmed
-//!    the source's WAL position at the end of the backlog.
+//! 2. Catch-up of one pgbench TPC-B backlog, written while every replicator is paused:
+//!    native apply, tributary, and `pg_recvlogical` with wal2json into /dev/null (the
+//!    decode limit: what the source can produce), one after the other, each until its
+//!    slot has confirmed the source's WAL position at the end of the backlog.
+//! 3. Steady state (`TRIBUTARY_BENCH_STEADY_RATE` transactions/s, default 5000, for
+//!    `TRIBUTARY_BENCH_STEADY_SECS`, default 60; 0 skips it): pgbench `simple-update` at a
+//!    fixed rate while a probe row is updated every 100 ms on the source and the replica
+//!    is polled every 5 ms; the apply lag of each probe is the time from its commit on the
+//!    source until the replica shows it.
+//! 4. Memory: the daemon's peak RSS through the snapshot, the catch-up, and one source
+//!    transaction of `TRIBUTARY_BENCH_BIG_TX_MB` megabytes (default 1024; 0 skips it).
+//! 5. Scaling (`TRIBUTARY_BENCH_SCALING=k`, off by default): one catch-up of k times the
+//!    backlog, against k times the median catch-up of step 2.
 //!
 //! Prints each figure, the medians and the ratios. Timings are never asserted.
 
@@ -97,6 +107,10 @@ fn main() {
     let scale: u32 = env_or("TRIBUTARY_BENCH_SCALE", 50);
     let transactions: u32 = env_or("TRIBUTARY_BENCH_TRANSACTIONS", 100_000);
     let runs: usize = env_or("TRIBUTARY_BENCH_RUNS", 3);
+    let steady_rate: u32 = env_or("TRIBUTARY_BENCH_STEADY_RATE", 5000);
+    let steady_secs: u32 = env_or("TRIBUTARY_BENCH_STEADY_SECS", 60);
+    let big_tx_mb: u64 = env_or("TRIBUTARY_BENCH_BIG_TX_MB", 1024);
+    let scaling: u32 = env_or("TRIBUTARY_BENCH_SCALING", 0);
 
     let tuned = |b: harness::ClusterBuilder| {
         b.setting("max_wal_size", "8GB")
@@ -110,6 +124,7 @@ fn main() {
     let psql = bin.join("psql").display().to_string();
     let pg_dump = bin.join("pg_dump").display().to_string();
     let pgbench = bin.join("pgbench").display().to_string();
+    let pg_recvlogical = bin.join("pg_recvlogical").display().to_string();
     let src = format!("postgresql://postgres@127.0.0.1:{}/bench", source.port());
     let dst = |db: &str| format!("postgresql://postgres@127.0.0.1:{}/{db}", store.port());
 
@@ -118,10 +133,16 @@ fn main() {
     sh(&format!("{pgbench} -i -q -s {scale} {src}"));
     // pgbench_history has no key: `connector create` would need a decision for it. It is
     // only ever inserted into, so a FULL identity costs neither side anything.
+    // The `live` schema is for the steady-state and memory scenarios only.
     source.psql(
         "bench",
         "ALTER TABLE pgbench_history REPLICA IDENTITY FULL; \
-         CREATE PUBLICATION bench_pub FOR ALL TABLES; CHECKPOINT;",
+         CREATE PUBLICATION bench_pub FOR TABLES IN SCHEMA public; \
+         CREATE SCHEMA live; \
+         CREATE TABLE live.probe (id int PRIMARY KEY, seq bigint NOT NULL); \
+         INSERT INTO live.probe VALUES (1, 0); \
+         CREATE TABLE live.big (id bigint PRIMARY KEY, payload text NOT NULL); \
+         CHECKPOINT;",
     );
     let tables = [
         "pgbench_accounts",
@@ -131,7 +152,8 @@ fn main() {
     ];
 
     let (mut pipe, mut native, mut ours) = (vec![], vec![], vec![]);
-    let (mut native_catchup, mut ours_catchup) = (vec![], vec![]);
+    let (mut native_catchup, mut ours_catchup, mut decode_catchup) = (vec![], vec![], vec![]);
+    let (mut peak_snapshot, mut peak_catchup) = (None, None);
     let mut daemon = Daemon::new(&store);
     // Measured as shipped: the default chunk size (tests split tables into tiny chunks to
     // exercise the ranges) and no debug log.
@@ -208,25 +230,24 @@ fn main() {
             "--schemas",
             "public",
         ]);
-        // Polled like the native side (a psql query every 50 ms), not through the CLI,
-        // whose start-up would load the machine during the measurement.
-        let state = format!("SELECT state FROM tributary.connectors WHERE name = '{name}'");
-        loop {
-            match store.psql("postgres", &state).as_str() {
-                "streaming" => break,
-                "failed" => panic!("connector {name} failed:\n{}", daemon.log_tail()),
-                _ => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
+        wait_state(&store, &daemon, &name, "streaming");
         ours.push(started.elapsed().as_secs_f64());
         eprintln!(
             "run {run}: tributary snapshot phases:\n{}",
             phases(&daemon, &name)
         );
 
-        // One backlog for both, written while both are paused.
+        if run == 0 {
+            peak_snapshot = daemon.peak_rss_bytes();
+        }
+
+        // One backlog for all, written while all are paused.
         store.psql(&db, &format!("ALTER SUBSCRIPTION sub_{run} DISABLE"));
         assert_eq!(daemon.terminate().code(), Some(0));
+        let decode_slot = format!("bench_decode_{run}");
+        sh(&format!(
+            "{pg_recvlogical} -d {src} --slot {decode_slot} --create-slot -P wal2json"
+        ));
         eprintln!("run {run}: writing {transactions} TPC-B transactions…");
         sh(&format!(
             "{pgbench} -n -c 4 -j 2 -t {} {src}",
@@ -245,14 +266,79 @@ fn main() {
         daemon.start();
         wait_lsn(&source, &format!("tributary_%_{name}"), &target);
         ours_catchup.push(started.elapsed().as_secs_f64());
+        peak_catchup = peak_catchup.max(daemon.peak_rss_bytes());
+
+        // The decode limit: wal2json with tributary's options, into /dev/null.
+        quiet(&source, &store);
+        let started = Instant::now();
+        sh(&format!(
+            "{pg_recvlogical} -d {src} --slot {decode_slot} --start --endpos {target} --no-loop \
+             -F 0 -f - -o format-version=2 -o include-transaction=1 -o include-xids=1 \
+             -o include-timestamp=1 -o include-lsn=1 -o include-types=0 -o include-schemas=1"
+        ));
+        decode_catchup.push(started.elapsed().as_secs_f64());
+        sh(&format!(
+            "{pg_recvlogical} -d {src} --slot {decode_slot} --drop-slot"
+        ));
 
         eprintln!(
-            "run {run}: snapshot pipe {:.1}s native {:.1}s tributary {:.1}s; catch-up native {:.1}s tributary {:.1}s",
-            pipe[run], native[run], ours[run], native_catchup[run], ours_catchup[run]
+            "run {run}: snapshot pipe {:.1}s native {:.1}s tributary {:.1}s; catch-up native {:.1}s tributary {:.1}s decode {:.1}s",
+            pipe[run], native[run], ours[run], native_catchup[run], ours_catchup[run], decode_catchup[run]
         );
         store.psql(&db, &format!("DROP SUBSCRIPTION sub_{run}"));
         daemon.cli_ok(&["connector", "delete", &name]);
     }
+
+    // One connector that stays, for the scenarios that need a streaming pipeline.
+    let live_needed = steady_secs > 0 || big_tx_mb > 0 || scaling > 0;
+    if live_needed {
+        daemon.cli_ok(&[
+            "connector",
+            "create",
+            "postgresql",
+            &src,
+            "--name",
+            "live",
+            "--schemas",
+            "public,live",
+        ]);
+        wait_state(&store, &daemon, "live", "streaming");
+    }
+    let steady = (steady_secs > 0).then(|| {
+        eprintln!("steady state: {steady_rate} transactions/s for {steady_secs} s…");
+        steady_state(&source, &store, &pgbench, &src, steady_rate, steady_secs)
+    });
+    let big_tx = (big_tx_mb > 0).then(|| {
+        // A fresh process, so that its peak memory is this transaction's.
+        assert_eq!(daemon.terminate().code(), Some(0));
+        daemon.start();
+        eprintln!("one source transaction of {big_tx_mb} MB…");
+        let rows = big_tx_mb * 1024 * 1024 / 1000;
+        source.psql(
+            "bench",
+            &format!(
+                "INSERT INTO live.big SELECT g, repeat(md5(g::text), 30) \
+                 FROM generate_series(1, {rows}) g"
+            ),
+        );
+        let target = source.psql("bench", "SELECT pg_current_wal_lsn()");
+        let started = Instant::now();
+        wait_lsn(&source, "tributary_%_live", &target);
+        let seconds = started.elapsed().as_secs_f64();
+        (seconds, daemon.peak_rss_bytes())
+    });
+    let scaled = (scaling > 0).then(|| {
+        assert_eq!(daemon.terminate().code(), Some(0));
+        let backlog = transactions * scaling;
+        eprintln!("scaling: writing {backlog} TPC-B transactions…");
+        sh(&format!("{pgbench} -n -c 4 -j 2 -t {} {src}", backlog / 4));
+        let target = source.psql("bench", "SELECT pg_current_wal_lsn()");
+        quiet(&source, &store);
+        let started = Instant::now();
+        daemon.start();
+        wait_lsn(&source, "tributary_%_live", &target);
+        started.elapsed().as_secs_f64()
+    });
     let _ = daemon.terminate();
 
     // Ratios of each run's own figures, whose median resists the drift of a shared
@@ -263,6 +349,8 @@ fn main() {
     };
     let (snapshot_pipe, snapshot_native) = (ratio(&ours, &pipe), ratio(&native, &ours));
     let catchup = ratio(&ours_catchup, &native_catchup);
+    let decode_ratio = ratio(&ours_catchup, &decode_catchup);
+    let decode_c = median(&mut decode_catchup);
     let (pipe, native, ours) = (median(&mut pipe), median(&mut native), median(&mut ours));
     let (native_c, ours_c) = (median(&mut native_catchup), median(&mut ours_catchup));
     println!("pgbench scale {scale}, {transactions} transactions, median of {runs} run(s)");
@@ -277,4 +365,155 @@ fn main() {
         "           tributary / native = {catchup:.2} ({:.2} of medians)",
         ours_c / native_c
     );
+    println!(
+        "           decode limit {decode_c:6.1} s   tributary / decode limit = {decode_ratio:.2}"
+    );
+    if let Some(steady) = steady {
+        println!(
+            "steady     {:.0} transactions/s asked, {:.0} achieved; apply lag over {} probes: \
+             p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            steady_rate as f64,
+            steady.achieved_tps,
+            steady.lags.len(),
+            steady.percentile(0.50) * 1e3,
+            steady.percentile(0.99) * 1e3,
+            steady.percentile(1.0) * 1e3,
+        );
+    }
+    println!(
+        "memory     peak RSS: snapshot {}, catch-up {}",
+        mb(peak_snapshot),
+        mb(peak_catchup)
+    );
+    if let Some((seconds, peak)) = big_tx {
+        println!(
+            "           one {big_tx_mb} MB transaction: applied in {seconds:.1} s, peak RSS {}",
+            mb(peak)
+        );
+    }
+    if let Some(seconds) = scaled {
+        let expected = ours_c * scaling as f64;
+        println!(
+            "scaling    catch-up of {scaling}× the backlog: {seconds:.1} s = {:.2} × the 1× median ({ours_c:.1} s)",
+            seconds / ours_c
+        );
+        println!("           (≤ {:.1} s is linear)", expected);
+    }
+}
+
+fn mb(bytes: Option<u64>) -> String {
+    bytes.map_or("unknown".into(), |b| format!("{} MB", b / (1024 * 1024)))
+}
+
+/// Polled like the native side (a psql query every 50 ms), not through the CLI, whose
+/// start-up would load the machine during a measurement.
+fn wait_state(store: &Cluster, daemon: &Daemon, name: &str, wanted: &str) {
+    let state = format!("SELECT state FROM tributary.connectors WHERE name = '{name}'");
+    loop {
+        match store.psql("postgres", &state).as_str() {
+            s if s == wanted => return,
+            "failed" => panic!("connector {name} failed:\n{}", daemon.log_tail()),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// What the steady-state scenario measured.
+struct Steady {
+    achieved_tps: f64,
+    /// Apply lag of each probe, in seconds, sorted.
+    lags: Vec<f64>,
+}
+
+impl Steady {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.lags.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.lags.len() as f64 * p).ceil() as usize).clamp(1, self.lags.len());
+        self.lags[index - 1]
+    }
+}
+
+/// pgbench `simple-update` at `rate` transactions/s for `secs` seconds, with probes; see the
+/// module docs.
+fn steady_state(
+    source: &Cluster,
+    store: &Cluster,
+    pgbench: &str,
+    src: &str,
+    rate: u32,
+    secs: u32,
+) -> Steady {
+    let load = Command::new("sh")
+        .args([
+            "-c",
+            &format!("{pgbench} -n -c 4 -j 2 -R {rate} -T {secs} -b simple-update {src}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (sent, seen) = runtime.block_on(async {
+        let writer = source.connect("bench").await;
+        let reader = store.connect("live_replica").await;
+        let update = writer
+            .prepare("UPDATE live.probe SET seq = $1 WHERE id = 1")
+            .await
+            .unwrap();
+        let read = reader
+            .prepare("SELECT seq FROM live.probe WHERE id = 1")
+            .await
+            .unwrap();
+        let ends = tokio::time::Instant::now() + Duration::from_secs(secs.into());
+        let mut probe = tokio::time::interval(Duration::from_millis(100));
+        let mut poll = tokio::time::interval(Duration::from_millis(5));
+        let (mut sent, mut seen): (Vec<Instant>, Vec<Instant>) = (vec![], vec![]);
+        loop {
+            tokio::select! {
+                _ = probe.tick(), if tokio::time::Instant::now() < ends => {
+                    let seq = sent.len() as i64 + 1;
+                    writer.execute(&update, &[&seq]).await.unwrap();
+                    sent.push(Instant::now());
+                }
+                _ = poll.tick() => {
+                    let applied: i64 = reader.query_one(&read, &[]).await.unwrap().get(0);
+                    let now = Instant::now();
+                    while (seen.len() as i64) < applied {
+                        seen.push(now);
+                    }
+                    let drained = tokio::time::Instant::now() >= ends && seen.len() >= sent.len();
+                    let gave_up = tokio::time::Instant::now() >= ends + Duration::from_secs(60);
+                    if drained || gave_up {
+                        break;
+                    }
+                }
+            }
+        }
+        (sent, seen)
+    });
+    let output = load.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let achieved_tps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN);
+    let mut lags: Vec<f64> = sent
+        .iter()
+        .zip(&seen)
+        .map(|(sent, seen)| seen.saturating_duration_since(*sent).as_secs_f64())
+        .collect();
+    // Probes the replica never showed count as the longest possible lag.
+    lags.extend(std::iter::repeat_n(
+        f64::INFINITY,
+        sent.len() - seen.len().min(sent.len()),
+    ));
+    lags.sort_by(|a, b| a.total_cmp(b));
+    Steady { achieved_tps, lags }
 }
