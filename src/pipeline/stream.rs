@@ -43,7 +43,8 @@ use crate::sink::{self, ReplicaSink};
 use crate::source::{wal2json, AckTracker, ReplicationMessage, ReplicationStream};
 use crate::types::{BranchName, Lsn};
 
-/// How often an idle position is written to the replica and acknowledged, at most.
+/// How often an idle position is written to the replica and acknowledged while nothing
+/// else is applied, at most.
 const IDLE_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Commands between reader and applier: enough to overlap a few source transactions
@@ -309,6 +310,9 @@ impl Reader<'_> {
                         let durable = *self.durable.borrow_and_update();
                         self.tracker.applied(durable);
                         self.stream.set_flushed(self.tracker.flushed());
+                        // Right away rather than at the next status tick: the source may
+                        // recycle WAL sooner, and the slot's lag shows the replica's.
+                        self.stream.send_status().await?;
                         while self.unapplied.front().is_some_and(|(end, _)| *end <= durable) {
                             self.unapplied.pop_front();
                         }
@@ -688,6 +692,9 @@ impl Applier<'_> {
         self.applied = end;
         self.batch_changes = 0;
         self.batch_started = None;
+        // The first idle position after work goes through at once (a catch-up is only
+        // acknowledged to its end then); the interval limits writes while idle.
+        self.last_idle_persist = None;
         self.durable.send_replace(end);
         Ok(())
     }
