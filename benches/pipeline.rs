@@ -238,7 +238,7 @@ fn main() {
         );
 
         if run == 0 {
-            peak_snapshot = daemon.peak_rss_bytes();
+            peak_snapshot = Some(daemon.peak_rss_kib());
         }
 
         // One backlog for all, written while all are paused.
@@ -266,7 +266,7 @@ fn main() {
         daemon.start();
         wait_lsn(&source, &format!("tributary_%_{name}"), &target);
         ours_catchup.push(started.elapsed().as_secs_f64());
-        peak_catchup = peak_catchup.max(daemon.peak_rss_bytes());
+        peak_catchup = peak_catchup.max(Some(daemon.peak_rss_kib()));
 
         // The decode limit: wal2json with tributary's options, into /dev/null.
         quiet(&source, &store);
@@ -325,7 +325,7 @@ fn main() {
         let started = Instant::now();
         wait_lsn(&source, "tributary_%_live", &target);
         let seconds = started.elapsed().as_secs_f64();
-        (seconds, daemon.peak_rss_bytes())
+        (seconds, daemon.peak_rss_kib())
     });
     let scaled = (scaling > 0).then(|| {
         assert_eq!(daemon.terminate().code(), Some(0));
@@ -388,7 +388,7 @@ fn main() {
     if let Some((seconds, peak)) = big_tx {
         println!(
             "           one {big_tx_mb} MB transaction: applied in {seconds:.1} s, peak RSS {}",
-            mb(peak)
+            mb(Some(peak))
         );
     }
     if let Some(seconds) = scaled {
@@ -401,8 +401,8 @@ fn main() {
     }
 }
 
-fn mb(bytes: Option<u64>) -> String {
-    bytes.map_or("unknown".into(), |b| format!("{} MB", b / (1024 * 1024)))
+fn mb(kib: Option<u64>) -> String {
+    kib.map_or("unknown".into(), |k| format!("{} MB", k / 1024))
 }
 
 /// Polled like the native side (a psql query every 50 ms), not through the CLI, whose

@@ -111,15 +111,6 @@ impl Daemon {
         self.child = Some(child);
     }
 
-    /// The running daemon's peak resident memory so far (`VmHWM`), in bytes.
-    pub fn peak_rss_bytes(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb * 1024)
-    }
-
     /// The address of the running daemon's metrics endpoint, from its log (the daemon
     /// binds port 0, so the system picked it).
     pub async fn metrics_addr(&self) -> std::net::SocketAddr {
@@ -289,7 +280,7 @@ impl Drop for Daemon {
 pub fn content(cluster: &Cluster, db: &str, schemas: &[&str]) -> Vec<String> {
     let list = schemas
         .iter()
-        .map(|s| format!("'{s}'"))
+        .map(|s| format!("'{}'", s.replace('\'', "''")))
         .collect::<Vec<_>>()
         .join(",");
     let tables = cluster.psql(

@@ -224,6 +224,21 @@ async fn metrics_and_health_endpoints() {
         "{text}"
     );
     assert!(!text.contains(SCRAM_PASSWORD), "{text}");
+    // The password (spaces and `@ : / ? # & ' " \ %`) came through the URL and shows
+    // nowhere: not in listings, not in the daemon's log.
+    for args in [
+        &["connector", "list"][..],
+        &["connector", "list", "--format", "json"],
+        &["status", "--format", "json"],
+    ] {
+        let out = daemon.cli_ok(args);
+        assert!(!out.contains(SCRAM_PASSWORD), "{args:?}: {out}");
+    }
+    let log = std::fs::read_to_string(daemon.log_path()).unwrap();
+    assert!(
+        !log.contains(SCRAM_PASSWORD),
+        "the daemon log has the password"
+    );
 
     // The bookkeeping goes away: not ready, still alive.
     store.stop();

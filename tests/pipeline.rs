@@ -292,10 +292,15 @@ async fn kill_9_at_random_moments_never_loses_or_duplicates() {
             // Let one snapshot finish; every later crash hits streaming.
             daemon.wait_for_state("crashy", "streaming").await;
         }
-        // The first rounds crash inside the snapshot (which each crash restarts); the
-        // pipeline needs well under half a second to get there.
+        // The first rounds crash inside the snapshot (which each crash restarts): a
+        // moment into it, found by polling the bookkeeping (the copy itself takes well
+        // under a second).
         let delay = if round < 6 {
-            500 + random_ms(1500)
+            let state = "SELECT state FROM tributary.connectors WHERE name = 'crashy'";
+            while store.psql("postgres", state) != "snapshotting" {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            random_ms(300)
         } else {
             600 + random_ms(2500)
         };

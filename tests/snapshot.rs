@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use tokio_postgres::Client;
 use tributary::change::TableName;
 use tributary::pipeline::snapshot::{copy_data, SchemaDump, Section, SnapshotError, SnapshotJob};
 use tributary::source::catalog::{list_tables, ReplicaIdentity, SourceTable};
+use tributary::source::copy::SnapshotSession;
 use tributary::source::{ConnInfo, SnapshotAction};
 
 use crate::harness::{Cluster, SCRAM_PASSWORD, SCRAM_USER};
@@ -674,4 +676,70 @@ async fn the_first_error_stops_every_worker_and_closes_their_sessions() {
         })
         .await;
     }
+}
+
+/// The relay's reading side, byte for byte: notices between rows are logged and skipped
+/// (the rows after them still arrive), blocks end anywhere inside a row, and a server
+/// error in the middle of a COPY is the server's.
+#[tokio::test]
+async fn copy_data_arrives_whole_around_notices_and_errors() {
+    let source = Cluster::start();
+    source.psql(
+        "postgres",
+        "CREATE FUNCTION noisy(n int) RETURNS int LANGUAGE plpgsql AS $$
+         BEGIN
+             IF n % 100 = 0 THEN RAISE NOTICE 'row %', n; END IF;
+             RETURN 10 / (n - 4000);
+         END $$",
+    );
+    let exporter = source.connect("postgres").await;
+    exporter
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let snapshot: String = exporter
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let info = ConnInfo::parse(&source.superuser_url("postgres")).unwrap();
+    let mut session = SnapshotSession::open(&info, "SET client_min_messages = notice", &snapshot)
+        .await
+        .unwrap();
+
+    let mut data = BytesMut::new();
+    let mut out = session
+        .copy_out(
+            "COPY (SELECT g, noisy(g), repeat('x', g % 50) FROM generate_series(1, 3999) g) \
+             TO STDOUT",
+        )
+        .await
+        .unwrap();
+    while out.read(&mut data, 1000).await.unwrap() {}
+    let expected: String = (1..=3999)
+        .map(|g: i32| {
+            format!(
+                "{g}\t{}\t{}\n",
+                10 / (g - 4000),
+                "x".repeat(g as usize % 50)
+            )
+        })
+        .collect();
+    assert_eq!(String::from_utf8(data.to_vec()).unwrap(), expected);
+
+    // The same session runs the next COPY, which fails at row 4000, after 3999 rows.
+    data.clear();
+    let mut out = session
+        .copy_out("COPY (SELECT noisy(g) FROM generate_series(1, 5000) g) TO STDOUT")
+        .await
+        .unwrap();
+    let error = loop {
+        match out.read(&mut data, 1 << 16).await {
+            Ok(true) => {}
+            Ok(false) => panic!("the COPY ended without its error"),
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(error.sqlstate(), Some("22012"), "{error}");
+    assert!(error.to_string().contains("division by zero"), "{error}");
 }

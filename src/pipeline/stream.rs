@@ -606,7 +606,12 @@ impl Applier<'_> {
                 (Some(started), false) => started + settings.batch_max_delay(),
                 _ => far_future,
             };
+            // While work is in flight its commit moves the position on instead; once it
+            // has, a candidate waits only for the interval since the last idle write, so
+            // the end of a catch-up is acknowledged at once.
+            let busy = self.in_source_tx || self.sink.as_ref().is_some_and(|s| s.in_transaction());
             let idle_due = match (self.idle_candidate, self.last_idle_persist) {
+                (Some(_), _) if busy => far_future,
                 (Some(_), Some(last)) => last + IDLE_PERSIST_INTERVAL,
                 (Some(_), None) => Instant::now(),
                 (None, _) => far_future,
@@ -692,9 +697,6 @@ impl Applier<'_> {
         self.applied = end;
         self.batch_changes = 0;
         self.batch_started = None;
-        // The first idle position after work goes through at once (a catch-up is only
-        // acknowledged to its end then); the interval limits writes while idle.
-        self.last_idle_persist = None;
         self.durable.send_replace(end);
         Ok(())
     }
@@ -702,9 +704,7 @@ impl Applier<'_> {
     /// Records an idle position in the replica, then passes it on for acknowledgement.
     async fn persist_idle(&mut self) -> Result<(), PipelineError> {
         if self.in_source_tx || self.sink()?.in_transaction() {
-            // Work is in flight; its commit moves the position on instead.
-            self.last_idle_persist = Some(Instant::now());
-            return Ok(());
+            return Ok(()); // Not scheduled then (see `apply`); its commit moves on instead.
         }
         let Some(position) = self.idle_candidate.take() else {
             return Ok(());

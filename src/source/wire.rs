@@ -319,18 +319,28 @@ impl Connection {
             let Some(frame) = self.cut_frame()? else {
                 return Ok(None);
             };
-            match frame {
-                Frame::Other(Message::NoticeResponse(body)) => {
-                    let notice = self.server_error(body.fields());
-                    tracing::info!(target: "tributary::source", server = %self.target, "{notice}");
-                }
-                Frame::Other(Message::ParameterStatus(body)) => {
-                    if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
-                        self.parameters.insert(name.to_owned(), value.to_owned());
-                    }
-                }
-                frame => return Ok(Some(frame)),
+            if let Some(frame) = self.absorb(frame) {
+                return Ok(Some(frame));
             }
+        }
+    }
+
+    /// Logs a notice and records a parameter change, which the server may send at any
+    /// time; returns every other frame.
+    fn absorb(&mut self, frame: Frame) -> Option<Frame> {
+        match frame {
+            Frame::Other(Message::NoticeResponse(body)) => {
+                let notice = self.server_error(body.fields());
+                tracing::info!(target: "tributary::source", server = %self.target, "{notice}");
+                None
+            }
+            Frame::Other(Message::ParameterStatus(body)) => {
+                if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
+                    self.parameters.insert(name.to_owned(), value.to_owned());
+                }
+                None
+            }
+            frame => Some(frame),
         }
     }
 
@@ -533,9 +543,7 @@ impl Connection {
         match self.read_frame().await? {
             Frame::Other(Message::CopyOutResponse(_)) => Ok(()),
             Frame::Other(Message::ErrorResponse(body)) => {
-                let error = self.server_error(body.fields());
-                self.wait_ready().await?;
-                Err(error)
+                Err(self.server_error_then_ready(body.fields()).await)
             }
             other => Err(self.unexpected("in reply to COPY TO STDOUT", &other)),
         }
@@ -560,20 +568,32 @@ impl Connection {
                 CopyDataEnd::NeedMore if out.len() > start => return Ok(true),
                 CopyDataEnd::NeedMore => self.fill().await?,
                 CopyDataEnd::OtherMessage if out.len() > start => return Ok(true),
-                CopyDataEnd::OtherMessage => match self.read_frame().await? {
-                    Frame::Other(Message::CopyDone) => {
-                        self.wait_ready().await?;
-                        return Ok(false);
-                    }
-                    Frame::Other(Message::ErrorResponse(body)) => {
-                        let error = self.server_error(body.fields());
-                        self.wait_ready().await?;
-                        return Err(error);
-                    }
-                    other => return Err(self.unexpected("during COPY TO STDOUT", &other)),
+                // Exactly one frame: more CopyData may follow a notice.
+                CopyDataEnd::OtherMessage => match self.cut_frame()? {
+                    None => self.fill().await?,
+                    Some(frame) => match self.absorb(frame) {
+                        None => {}
+                        Some(Frame::Other(Message::CopyDone)) => {
+                            self.wait_ready().await?;
+                            return Ok(false);
+                        }
+                        Some(Frame::Other(Message::ErrorResponse(body))) => {
+                            return Err(self.server_error_then_ready(body.fields()).await);
+                        }
+                        Some(other) => return Err(self.unexpected("during COPY TO STDOUT", &other)),
+                    },
                 },
             }
         }
+    }
+
+    /// The server's error, after reading on to ReadyForQuery so that the session can run
+    /// the next query. The server's error is what counts: after a FATAL one the server
+    /// closes the connection, which then says nothing new.
+    async fn server_error_then_ready(&mut self, fields: ErrorFields<'_>) -> Error {
+        let error = self.server_error(fields);
+        let _ = self.wait_ready().await;
+        error
     }
 
     /// Reads through the end of a command to ReadyForQuery, returning the first server

@@ -51,7 +51,7 @@ pub const SUPERUSER: &str = "postgres";
 /// as SCRAM-SHA-256 and checked with `scram-sha-256`. The password needs percent-encoding in
 /// a URL, which [`Cluster::url`] does.
 pub const SCRAM_USER: &str = "scram_user";
-pub const SCRAM_PASSWORD: &str = "scram pw:with@special/chars%";
+pub const SCRAM_PASSWORD: &str = r#"scram pw:with@special/chars%?#&'"\ end"#;
 /// With [`ClusterBuilder::password_auth`]: a LOGIN REPLICATION role whose password is stored
 /// as MD5 and checked with `md5`.
 pub const MD5_USER: &str = "md5_user";
