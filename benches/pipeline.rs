@@ -220,17 +220,7 @@ fn main() {
         let name = format!("bench_{run}");
         quiet(&source, &store);
         let started = Instant::now();
-        daemon.cli_ok(&[
-            "connector",
-            "create",
-            "postgresql",
-            &src,
-            "--name",
-            &name,
-            "--schemas",
-            "public",
-        ]);
-        wait_state(&store, &daemon, &name, "streaming");
+        create_streaming(&store, &daemon, &src, &name, "public");
         ours.push(started.elapsed().as_secs_f64());
         eprintln!(
             "run {run}: tributary snapshot phases:\n{}",
@@ -292,17 +282,7 @@ fn main() {
     // One connector that stays, for the scenarios that need a streaming pipeline.
     let live_needed = steady_secs > 0 || big_tx_mb > 0 || scaling > 0;
     if live_needed {
-        daemon.cli_ok(&[
-            "connector",
-            "create",
-            "postgresql",
-            &src,
-            "--name",
-            "live",
-            "--schemas",
-            "public,live",
-        ]);
-        wait_state(&store, &daemon, "live", "streaming");
+        create_streaming(&store, &daemon, &src, "live", "public,live");
     }
     let steady = (steady_secs > 0).then(|| {
         eprintln!("steady state: {steady_rate} transactions/s for {steady_secs} s…");
@@ -403,6 +383,21 @@ fn main() {
 
 fn mb(kib: Option<u64>) -> String {
     kib.map_or("unknown".into(), |k| format!("{} MB", k / 1024))
+}
+
+/// Creates connector `name` and waits until its snapshot is done and it streams.
+fn create_streaming(store: &Cluster, daemon: &Daemon, src: &str, name: &str, schemas: &str) {
+    daemon.cli_ok(&[
+        "connector",
+        "create",
+        "postgresql",
+        src,
+        "--name",
+        name,
+        "--schemas",
+        schemas,
+    ]);
+    wait_state(store, daemon, name, "streaming");
 }
 
 /// Polled like the native side (a psql query every 50 ms), not through the CLI, whose
