@@ -387,16 +387,7 @@ fn mb(kib: Option<u64>) -> String {
 
 /// Creates connector `name` and waits until its snapshot is done and it streams.
 fn create_streaming(store: &Cluster, daemon: &Daemon, src: &str, name: &str, schemas: &str) {
-    daemon.cli_ok(&[
-        "connector",
-        "create",
-        "postgresql",
-        src,
-        "--name",
-        name,
-        "--schemas",
-        schemas,
-    ]);
+    daemon.create_connector(src, name, schemas);
     wait_state(store, daemon, name, "streaming");
 }
 

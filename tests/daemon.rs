@@ -232,6 +232,21 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `connector create postgresql <url> --name <name> --schemas <schemas>`, which must
+    /// succeed.
+    pub fn create_connector(&self, url: &str, name: &str, schemas: &str) -> String {
+        self.cli_ok(&[
+            "connector",
+            "create",
+            "postgresql",
+            url,
+            "--name",
+            name,
+            "--schemas",
+            schemas,
+        ])
+    }
+
     /// `connector list --format json` as JSON values.
     pub fn connectors(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.cli_ok(&["connector", "list", "--format", "json"])).unwrap()

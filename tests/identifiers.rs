@@ -61,16 +61,7 @@ async fn names_that_need_quoting_replicate_and_branch() {
            INSERT INTO "select"."Keyless Ü" VALUES ('before', 1), ('before', 1);"#,
     );
     let mut daemon = Daemon::new(&store);
-    daemon.cli_ok(&[
-        "connector",
-        "create",
-        "postgresql",
-        &source.superuser_url("postgres"),
-        "--name",
-        "odd",
-        "--schemas",
-        &SCHEMAS.join(","),
-    ]);
+    daemon.create_connector(&source.superuser_url("postgres"), "odd", &SCHEMAS.join(","));
     daemon.start();
     daemon.wait_for_state("odd", "streaming").await;
     source.psql("postgres", WORKLOAD);

@@ -135,16 +135,7 @@ fn seed_source(source: &Cluster) {
 }
 
 fn create_connector(daemon: &Daemon, source: &Cluster, name: &str) {
-    daemon.cli_ok(&[
-        "connector",
-        "create",
-        "postgresql",
-        &source.superuser_url("postgres"),
-        "--name",
-        name,
-        "--schemas",
-        "app,audit",
-    ]);
+    daemon.create_connector(&source.superuser_url("postgres"), name, "app,audit");
 }
 
 /// Waits until connector `name`'s replica equals the (quiet) source.
@@ -384,16 +375,7 @@ async fn idle_connector_beside_a_busy_database_does_not_pin_wal() {
     );
     source.psql("busy", "CREATE TABLE noise (id serial PRIMARY KEY, v text)");
     let mut daemon = Daemon::new(&store);
-    daemon.cli_ok(&[
-        "connector",
-        "create",
-        "postgresql",
-        &source.superuser_url("quiet"),
-        "--name",
-        "idle",
-        "--schemas",
-        "app",
-    ]);
+    daemon.create_connector(&source.superuser_url("quiet"), "idle", "app");
     daemon.start();
     daemon.wait_for_state("idle", "streaming").await;
 
