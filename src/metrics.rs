@@ -61,6 +61,8 @@ pub struct Metrics {
     applied_bytes: IntCounterVec,
     snapshot_rows: IntCounterVec,
     snapshot_tables_remaining: IntGaugeVec,
+    schema_changes_applied: IntCounterVec,
+    schema_drift: IntCounterVec,
     pipeline_errors: IntCounterVec,
     pipeline_restarts: IntCounterVec,
     branch_cut_seconds: HistogramVec,
@@ -193,6 +195,19 @@ impl Metrics {
                 "Tables the running snapshot has still to copy",
                 c,
             ),
+            schema_changes_applied: counter(
+                &registry,
+                "tributary_schema_changes_applied_total",
+                "Schema changes captured on the source and replayed on the replica",
+                c,
+            ),
+            schema_drift: counter(
+                &registry,
+                "tributary_schema_drift_total",
+                "Replica tables brought in line with the source after a change did not fit \
+                 them (schema changes not captured)",
+                c,
+            ),
             pipeline_errors: counter(
                 &registry,
                 "tributary_pipeline_errors_total",
@@ -233,6 +248,8 @@ impl Metrics {
             snapshot_rows: self.snapshot_rows.with_label_values(&[name]),
             snapshot_tables_remaining: self.snapshot_tables_remaining.with_label_values(&[name]),
             branch_cut: self.branch_cut_seconds.with_label_values(&[name]),
+            schema_changes: self.schema_changes_applied.with_label_values(&[name]),
+            schema_drift: self.schema_drift.with_label_values(&[name]),
             oldest_unapplied: oldest,
         }
     }
@@ -408,6 +425,8 @@ pub struct ConnectorMetrics {
     pub snapshot_rows: IntCounter,
     pub snapshot_tables_remaining: IntGauge,
     pub branch_cut: Histogram,
+    pub schema_changes: IntCounter,
+    pub schema_drift: IntCounter,
     /// See [`Metrics`]: set by the reader, read at scrape time.
     pub oldest_unapplied: Arc<AtomicI64>,
 }

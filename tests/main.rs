@@ -19,6 +19,7 @@ mod pipeline;
 mod preflight;
 mod quickstart;
 mod replication;
+mod schema_changes;
 mod sink;
 mod snapshot;
 mod value_fidelity;

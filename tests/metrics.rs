@@ -10,7 +10,7 @@ use crate::harness::{Cluster, SCRAM_PASSWORD, SCRAM_USER};
 use crate::support::eventually;
 
 /// `GET path` over HTTP/1.1: the status code and the body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     write!(
         stream,

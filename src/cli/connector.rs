@@ -17,6 +17,7 @@ use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
 use crate::sink;
+use crate::source::capture::{self, CaptureStatus};
 use crate::source::slot::{self, SlotInfo, WalStatus};
 use crate::types::ConnectorName;
 
@@ -59,9 +60,20 @@ pub enum ConnectorCommand {
     /// Wait until a connector streams (a progress bar on a terminal), or with --caught-up
     /// until it has applied what the source had written by then. Exit 1 if it fails.
     Wait(super::wait::WaitArgs),
+    /// Print the SQL of tributary's schema change capture objects (a function and two
+    /// event triggers in schema `tributary` on the source), to run once as a superuser so
+    /// that a source role without superuser still has DDL captured. Idempotent; it also
+    /// upgrades older versions. With a connector's name, also says what its source has.
+    SourceSql {
+        name: Option<String>,
+        /// Print the SQL that removes the objects instead.
+        #[arg(long)]
+        uninstall: bool,
+    },
     /// Delete a connector: stops its pipeline (after its current transaction), drops its
     /// replication slot on the source and checks it is gone, drops its replica database
-    /// (ending sessions still connected to it), and removes its bookkeeping.
+    /// (ending sessions still connected to it), and removes its bookkeeping. The source's
+    /// schema change capture objects go too when no other tributary slot is left there.
     Delete {
         name: String,
         /// Do not wait for a session streaming from the slot to let go: end it. Also
@@ -119,6 +131,15 @@ pub async fn run(
         ConnectorCommand::Delete { name, force } => {
             let connector = find(&bookkeeping, &name).await?;
             delete(&bookkeeping, &settings, &connector, force).await
+        }
+        ConnectorCommand::SourceSql { name, uninstall } => {
+            if let Some(name) = name {
+                let connector = find(&bookkeeping, &name).await?;
+                let source = ConnInfo::parse(&bookkeeping.source_url(&connector).await?)?;
+                report_capture(&source).await;
+            }
+            source_sql(uninstall);
+            Ok(())
         }
         ConnectorCommand::Preflight(_) => unreachable!("handled by cli::dispatch"),
     }
@@ -439,6 +460,9 @@ async fn delete(
                 if slot_dropped { "dropped" } else { "kept" }
             )
         })?;
+    if slot_dropped {
+        remove_capture(&source).await;
+    }
     let branches = bookkeeping.branches(Some(connector.id)).await?;
     bookkeeping.delete_connector(connector.id).await?;
     say!(
@@ -460,6 +484,73 @@ async fn delete(
         );
     }
     Ok(())
+}
+
+/// Prints the capture objects' SQL (to stdout, so that it can be piped into psql).
+pub(super) fn source_sql(uninstall: bool) {
+    if uninstall {
+        say!("{}", capture::uninstall_sql().trim_end());
+    } else {
+        say!("{}", capture::install_sql().trim_end());
+    }
+}
+
+/// Says on stderr what the source has installed, as SQL comments.
+async fn report_capture(source: &ConnInfo) {
+    let facts = match pg::connect(source).await {
+        Ok(client) => capture::inspect(&client).await.map_err(anyhow::Error::new),
+        Err(e) => Err(anyhow::Error::new(e)),
+    };
+    let line = match facts {
+        Ok(facts) => match facts.status {
+            CaptureStatus::Installed => format!(
+                "installed at version {} (current): nothing to do",
+                capture::CAPTURE_VERSION
+            ),
+            CaptureStatus::Outdated { found } => format!(
+                "installed at version {}, this tributary installs {}: run this SQL to upgrade",
+                found.map_or_else(|| "unknown".to_owned(), |v| v.to_string()),
+                capture::CAPTURE_VERSION
+            ),
+            CaptureStatus::Missing if facts.can_install => {
+                "not installed; the connector's role is a superuser, so tributary installs \
+                 them itself at its next start"
+                    .to_owned()
+            }
+            CaptureStatus::Missing => "not installed: run this SQL as a superuser".to_owned(),
+        },
+        Err(e) => format!("could not be inspected ({e:#})"),
+    };
+    eprintln!("-- The source's schema change capture objects are {line}.");
+}
+
+/// After the connector's slot is gone: removes the source's capture objects unless another
+/// tributary slot remains in that database (another connector, perhaps of another
+/// bookkeeping, still needs them). Best effort: what is left is said.
+async fn remove_capture(source: &ConnInfo) {
+    const OTHERS: &str = "SELECT count(*) FROM pg_catalog.pg_replication_slots \
+        WHERE database = current_database() AND slot_name LIKE 'tributary\\_%'";
+    let removed = async {
+        let client = pg::connect(source).await?;
+        if capture::inspect(&client).await?.status == CaptureStatus::Missing {
+            return anyhow::Ok(false);
+        }
+        let others: i64 = client.query_one(OTHERS, &[]).await?.get(0);
+        if others > 0 {
+            return Ok(false);
+        }
+        capture::uninstall(&client).await?;
+        Ok(true)
+    };
+    match removed.await {
+        Ok(true) => say!("  Removed the schema change capture objects from the source."),
+        Ok(false) => {}
+        Err(e) => say!(
+            "! could not remove the schema change capture objects from the source ({e:#}); no \
+             other tributary slot uses them: `tributary connector source-sql --uninstall` \
+             prints the SQL to run as a superuser"
+        ),
+    }
 }
 
 /// Waits until no daemon runs the connector's pipeline: at once when no daemon is running,

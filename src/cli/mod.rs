@@ -137,6 +137,15 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
         init_logging("warn", LogFormat::Text);
         return preflight::run(checks, args.config.as_deref()).await;
     }
+    // Printing the capture SQL needs nothing else either.
+    if let Command::Connector(connector::ConnectorCommand::SourceSql {
+        name: None,
+        uninstall,
+    }) = args.command
+    {
+        connector::source_sql(uninstall);
+        return Ok(());
+    }
     let (settings, config_path) = load_settings(args.config.as_deref())?;
     // The daemon logs at the configured level; a command's output is its report, so it
     // logs only warnings and errors unless RUST_LOG asks for more.

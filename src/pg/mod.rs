@@ -7,6 +7,7 @@
 mod client;
 pub mod conninfo;
 mod sql;
+pub mod statements;
 pub(crate) mod tls;
 
 pub use client::{connect, ConnectError, PgClient};

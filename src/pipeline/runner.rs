@@ -28,11 +28,13 @@ use crate::bookkeeping::{Bookkeeping, Connector, TableDecision, TableSyncState};
 use crate::change::TableName;
 use crate::metrics::METRICS;
 use crate::pg::{self, ConnInfo, PgClient};
+use crate::pipeline::ddl::DdlTracker;
 use crate::pipeline::snapshot::{self, Section, SnapshotJob};
 use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
 use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::sink::{self, ReplicaSink};
+use crate::source::capture::{self, CaptureStatus};
 use crate::source::catalog::CatalogError;
 use crate::source::slot::{self, SlotInfo, WalStatus};
 use crate::source::wal2json::PluginOptions;
@@ -56,7 +58,7 @@ pub async fn run(
 ) -> Result<StreamEnd, PipelineError> {
     // Setup and snapshot stop at once on shutdown: dropping them kills pg_dump and the copy
     // workers, and an unfinished snapshot is discarded on the next start anyway.
-    let (stream, applied) = tokio::select! {
+    let (stream, applied, capturing) = tokio::select! {
         biased;
         _ = shutdown.cancelled() => return Ok(StreamEnd::Interrupted),
         started = start(ctx) => match started? {
@@ -74,11 +76,18 @@ pub async fn run(
             .filter(move |t| (t.decision == "include") == include)
             .map(|t| t.table.clone())
     };
+    // With schema changes captured, a table created later arrives with its CREATE TABLE
+    // before its first row: new tables are always included then.
     let filter = TableFilter {
         schemas: connector.schemas.clone(),
         excluded: names(false).collect(),
-        only: (!connector.include_new_tables).then(|| names(true).collect()),
+        only: (!connector.include_new_tables && !capturing).then(|| names(true).collect()),
     };
+    let ddl = DdlTracker::new(
+        filter.schemas.clone(),
+        filter.excluded.clone(),
+        retry_setup(connector),
+    );
     let store = ctx.settings.store();
     let sink = ReplicaSink::connect(&store, &connector.replica_database).await?;
     let (cuts, cut_requests) = mpsc::channel(1);
@@ -93,6 +102,7 @@ pub async fn run(
         target,
         applied,
         &filter,
+        ddl,
         &ctx.settings.pipeline,
         shutdown,
     );
@@ -159,9 +169,12 @@ async fn cut_branches(
     }
 }
 
-/// Everything up to a running replication stream: the stream and the replica's applied LSN;
-/// `None` when the connector changed since the supervisor read it (it starts a new run).
-async fn start(ctx: &PipelineContext) -> Result<Option<(ReplicationStream, Lsn)>, PipelineError> {
+/// Everything up to a running replication stream: the stream, the replica's applied LSN and
+/// whether schema changes are captured; `None` when the connector changed since the
+/// supervisor read it (it starts a new run).
+async fn start(
+    ctx: &PipelineContext,
+) -> Result<Option<(ReplicationStream, Lsn, bool)>, PipelineError> {
     let connector = &ctx.connector;
     let bk = &ctx.bookkeeping;
     if !bk.begin_run(connector).await? {
@@ -198,7 +211,10 @@ async fn start(ctx: &PipelineContext) -> Result<Option<(ReplicationStream, Lsn)>
     let status_interval =
         replication::status_interval(ctx.settings.pipeline.status_interval(), wal_sender_timeout);
 
-    let slot = slot_status(&pg::connect(&source).await?, &connector.slot_name).await?;
+    let source_sql = pg::connect(&source).await?;
+    let capturing = prepare_capture(&source_sql, connector).await?;
+    let slot = slot_status(&source_sql, &connector.slot_name).await?;
+    drop(source_sql);
     let applied = sink::replica_applied_lsn(&store, &replica.dbname).await?;
 
     let applied = match (applied, slot) {
@@ -272,9 +288,11 @@ async fn start(ctx: &PipelineContext) -> Result<Option<(ReplicationStream, Lsn)>
 
     // wal2json 2.6 keeps NaN and Infinity apart from NULL; older versions refuse the
     // option at START_REPLICATION, which a persistent slot survives.
-    let plugin = |numeric_as_string| PluginOptions {
-        numeric_as_string,
-        ..PluginOptions::default()
+    let plugin = |numeric_as_string| {
+        capture::with_messages(PluginOptions {
+            numeric_as_string,
+            ..PluginOptions::default()
+        })
     };
     let slot = &connector.slot_name;
     let stream = match repl
@@ -296,8 +314,42 @@ async fn start(ctx: &PipelineContext) -> Result<Option<(ReplicationStream, Lsn)>
     check_not_skipped(&pg::connect(&source).await?, connector, applied).await?;
     bk.set_state(connector.id, PipelineState::Streaming, None)
         .await?;
-    tracing::info!(from = %applied, "streaming");
-    Ok(Some((stream, applied)))
+    tracing::info!(from = %applied, capturing, "streaming");
+    Ok(Some((stream, applied, capturing)))
+}
+
+/// Makes sure the source's schema change capture objects are current where this role may
+/// install them; returns whether schema changes are captured. Without them the pipeline
+/// still streams: changes that no longer fit the replica are reconciled as drift.
+async fn prepare_capture(source: &PgClient, connector: &Connector) -> Result<bool, PipelineError> {
+    let facts = capture::inspect(source).await?;
+    match facts.status {
+        CaptureStatus::Installed => return Ok(true),
+        _ if facts.can_install => {
+            capture::install(source).await?;
+            tracing::info!(
+                version = capture::CAPTURE_VERSION,
+                "installed the schema change capture objects on the source"
+            );
+            return Ok(true);
+        }
+        CaptureStatus::Outdated { found } => tracing::warn!(
+            found = ?found,
+            wanted = capture::CAPTURE_VERSION,
+            "the source's schema change capture objects are outdated and this role cannot \
+             upgrade them: schema changes are not captured; run the SQL of `tributary connector \
+             source-sql {}` as a superuser on the source",
+            connector.name
+        ),
+        CaptureStatus::Missing => tracing::info!(
+            "schema changes are not captured (the source role cannot create event triggers): \
+             changes that no longer fit the replica are reconciled from the source's catalog; \
+             to capture DDL, run the SQL of `tributary connector source-sql {}` as a superuser \
+             on the source",
+            connector.name
+        ),
+    }
+    Ok(false)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

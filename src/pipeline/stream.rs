@@ -37,9 +37,11 @@ use tokio_util::sync::CancellationToken;
 use crate::change::{Change, ChangeKind, Message, TableName};
 use crate::metrics::ConnectorMetrics;
 use crate::pg::ConnInfo;
+use crate::pipeline::ddl::{DdlStatement, DdlTracker};
 use crate::pipeline::PipelineError;
 use crate::settings::PipelineSettings;
 use crate::sink::{self, ReplicaSink};
+use crate::source::capture::{DdlMessage, MESSAGE_PREFIX};
 use crate::source::{wal2json, AckTracker, ReplicationMessage, ReplicationStream};
 use crate::types::{BranchName, Lsn};
 
@@ -79,6 +81,8 @@ enum Command {
     Change(Change, OwnedSemaphorePermit),
     /// The end of a source transaction whose changes were sent.
     Commit(Lsn),
+    /// A captured schema change, in its place among the changes.
+    Ddl(DdlStatement),
     /// A position with nothing in flight before it.
     Idle(Lsn),
     /// Commit what is complete and finish (the reader stopped at a commit boundary).
@@ -128,12 +132,14 @@ pub struct BranchCut {
 }
 
 /// Streams from `stream` into `target` until `shutdown`, starting at `applied` (the
-/// replica's applied LSN), the changes to the tables `filter` lets through.
+/// replica's applied LSN), the changes to the tables `filter` lets through and the schema
+/// changes `ddl` picks.
 pub async fn run(
     stream: ReplicationStream,
     target: Target<'_>,
     applied: Lsn,
     filter: &TableFilter,
+    ddl: DdlTracker,
     settings: &PipelineSettings,
     shutdown: &CancellationToken,
 ) -> Result<StreamEnd, PipelineError> {
@@ -144,6 +150,7 @@ pub async fn run(
         tracker: AckTracker::new(applied),
         start: applied,
         filter,
+        ddl,
         commands,
         buffer: Arc::new(Semaphore::new(BUFFER_BYTES)),
         durable: durable_rx,
@@ -171,6 +178,8 @@ pub async fn run(
         in_source_tx: false,
         batch_changes: 0,
         batch_started: None,
+        ddl_tables: Vec::new(),
+        ddl_in_tx: false,
         idle_candidate: None,
         last_idle_persist: None,
     };
@@ -199,6 +208,7 @@ struct Reader<'a> {
     /// it are in the replica already.
     start: Lsn,
     filter: &'a TableFilter,
+    ddl: DdlTracker,
     commands: mpsc::Sender<Command>,
     /// What is left of [`BUFFER_BYTES`].
     buffer: Arc<Semaphore>,
@@ -380,6 +390,7 @@ impl Reader<'_> {
                 }
                 Message::Commit(commit) => {
                     self.in_source_tx = false;
+                    self.ddl.end_transaction();
                     let end = commit.end_lsn.ok_or_else(|| {
                         PipelineError::definite(
                             "a COMMIT arrived without its LSN",
@@ -396,8 +407,26 @@ impl Reader<'_> {
                         self.send(Command::Idle(end)).await?;
                     }
                 }
-                // Transactional messages carry DDL for schema-change capture (not yet
-                // used); others are not for us.
+                // Capture messages are transactional; other messages are not for us
+                // (wal2json is asked for this prefix only).
+                Message::Logical(message)
+                    if message.transactional && message.prefix == MESSAGE_PREFIX =>
+                {
+                    if !self.in_source_tx || self.skipping {
+                        return Ok(());
+                    }
+                    let parsed = DdlMessage::parse(&message.content).map_err(|e| {
+                        PipelineError::definite(
+                            e.to_string(),
+                            "upgrade tributary to the version of the source's capture objects, \
+                             or report this message to the tributary developers",
+                        )
+                    })?;
+                    if let Some(statement) = self.ddl.on_message(parsed, message.lsn)? {
+                        self.sent_in_tx += 1;
+                        self.send(Command::Ddl(statement)).await?;
+                    }
+                }
                 Message::Logical(_) => {}
             },
             ReplicationMessage::Keepalive(k) => {
@@ -541,6 +570,11 @@ struct Applier<'a> {
     in_source_tx: bool,
     batch_changes: usize,
     batch_started: Option<Instant>,
+    /// Tables that schema changes of the current source transaction created or altered.
+    ddl_tables: Vec<TableName>,
+    /// A schema change is in the open target transaction: it commits at the end of this
+    /// source transaction (`ALTER TYPE … ADD VALUE` cannot be used before it commits).
+    ddl_in_tx: bool,
     idle_candidate: Option<Lsn>,
     last_idle_persist: Option<Instant>,
 }
@@ -655,11 +689,25 @@ impl Applier<'_> {
                 self.batch_changes += 1;
                 self.batch_started.get_or_insert_with(Instant::now);
             }
+            Command::Ddl(ddl) => {
+                self.in_source_tx = true;
+                tracing::info!(tag = %ddl.tag, lsn = ?ddl.lsn, "replaying a schema change");
+                self.sink()?
+                    .execute_ddl(&ddl.sql, &ddl.search_path, &ddl.tag, ddl.lsn)
+                    .await?;
+                self.metrics.schema_changes.inc();
+                self.ddl_tables.extend(ddl.tables);
+                self.ddl_in_tx = true;
+                self.batch_started.get_or_insert_with(Instant::now);
+            }
             Command::Commit(end) => {
                 self.in_source_tx = false;
                 self.pending_commit = Some(end);
                 self.counted.transactions += 1;
-                let full = self.batch_changes >= settings.batch_max_changes;
+                if !self.ddl_tables.is_empty() {
+                    self.check_identities(end).await?;
+                }
+                let full = self.batch_changes >= settings.batch_max_changes || self.ddl_in_tx;
                 let old = self
                     .batch_started
                     .is_some_and(|t| t.elapsed() >= settings.batch_max_delay());
@@ -687,12 +735,38 @@ impl Applier<'_> {
         Ok(Flow::Continue)
     }
 
+    /// At the end of a source transaction with schema changes: every table they created
+    /// or altered must still have a replica identity, or the source's UPDATEs and DELETEs
+    /// of it never reach the stream (wal2json drops them without a word).
+    async fn check_identities(&mut self, end: Lsn) -> Result<(), PipelineError> {
+        let mut tables = std::mem::take(&mut self.ddl_tables);
+        tables.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
+        tables.dedup();
+        let missing = self.sink()?.tables_without_identity(&tables).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        Err(PipelineError::definite(
+            format!(
+                "a schema change in the source transaction ending at {end} left {} without a \
+                 primary key or replica identity: the source cannot send its UPDATEs and \
+                 DELETEs, so the replica would silently miss them",
+                names.join(", ")
+            ),
+            "on the source, give the table a primary key (ALTER TABLE … ADD PRIMARY KEY) or \
+             REPLICA IDENTITY FULL, then take a new snapshot with `tributary connector \
+             retry-setup` (its --decisions can exclude the table instead)",
+        ))
+    }
+
     /// Commits the open target transaction at the last source commit.
     async fn commit(&mut self) -> Result<(), PipelineError> {
         let Some(end) = self.pending_commit.take() else {
             return Ok(());
         };
         self.sink()?.commit(end).await?;
+        self.ddl_in_tx = false;
         std::mem::take(&mut self.counted).add_to(&self.metrics);
         self.applied = end;
         self.batch_changes = 0;

@@ -92,7 +92,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Statement;
 
 use crate::change::{Change, ChangeKind, TableName, Value};
-use crate::pg::{ConnInfo, PgClient};
+use crate::pg::{quote_ident, ConnInfo, PgClient};
 use crate::types::Lsn;
 
 use super::error::{DetailForDebug, SinkError};
@@ -492,6 +492,98 @@ impl ReplicaSink {
             self.abandon().await;
         }
         result
+    }
+
+    /// Runs a schema change captured on the source inside the open target transaction
+    /// (BEGIN on first use), after everything applied before it, resolving names in
+    /// `search_path` as the source session did. What the sink knew about tables is
+    /// forgotten: their definitions may have changed.
+    pub async fn execute_ddl(
+        &mut self,
+        statement: &str,
+        search_path: &[String],
+        tag: &str,
+        lsn: Option<Lsn>,
+    ) -> Result<(), SinkError> {
+        self.usable()?;
+        let result = self.run_ddl(statement, search_path, tag, lsn).await;
+        self.note(result)
+    }
+
+    async fn run_ddl(
+        &mut self,
+        statement: &str,
+        search_path: &[String],
+        tag: &str,
+        lsn: Option<Lsn>,
+    ) -> Result<(), SinkError> {
+        self.begin().await?;
+        if let TxState::Open { changes } = &mut self.state {
+            *changes += 1;
+        }
+        self.flush_truncate().await?;
+        self.flush_batches().await?;
+        self.drain().await?;
+        let path = if search_path.is_empty() {
+            "''".to_owned()
+        } else {
+            search_path
+                .iter()
+                .map(|s| quote_ident(s))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // Function bodies were checked on the source; here they may name objects outside
+        // the replicated schemas (pg_restore turns the check off for the same reason).
+        let settings =
+            format!("SET LOCAL search_path TO {path}; SET LOCAL check_function_bodies = off");
+        let preparing = setup(&self.database, "setting up a schema change");
+        self.client
+            .batch_execute(&settings)
+            .await
+            .map_err(preparing)?;
+        let ran = self.client.batch_execute(statement).await;
+        self.forget_tables();
+        ran.map_err(|source| SinkError::Ddl {
+            tag: tag.to_owned(),
+            statement: statement.to_owned(),
+            lsn,
+            source,
+        })?;
+        self.client
+            .batch_execute("SET LOCAL search_path TO ''")
+            .await
+            .map_err(setup(&self.database, "resetting search_path"))
+    }
+
+    /// Of `tables`, those the replica has (in the open transaction) without a primary key
+    /// or replica identity: wal2json drops UPDATEs and DELETEs of such tables on the source.
+    pub async fn tables_without_identity(
+        &mut self,
+        tables: &[TableName],
+    ) -> Result<Vec<TableName>, SinkError> {
+        self.usable()?;
+        self.drain().await?;
+        let mut missing = Vec::new();
+        for table in tables {
+            match TableMeta::load(&self.client, table).await {
+                Ok(meta) if !meta.has_usable_identity() => missing.push(table.clone()),
+                Ok(_) | Err(LoadError::Missing | LoadError::NotATable(_)) => {}
+                Err(LoadError::Sql(e)) => {
+                    let error = setup(&self.database, "reading the replica's catalog")(e);
+                    return Err(self.earlier_error_or(error).await);
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Forgets every table's definition and statements (after a schema change).
+    fn forget_tables(&mut self) {
+        debug_assert!(self.open_batches.is_empty() && self.in_flight.is_empty());
+        self.tables.clear();
+        self.table_index.clear();
+        self.last_table = None;
     }
 
     /// Abandons the open target transaction, including whatever is buffered or in flight.

@@ -111,6 +111,22 @@ pub enum SinkError {
         source: tokio_postgres::Error,
     },
 
+    /// A schema change captured on the source failed on the replica.
+    #[error(
+        "replaying {tag} from the source at {} on the replica failed: {}; the statement was: \
+         {statement}; make the replica able to take it (a missing role, extension or object?) \
+         and restart tributary, or take a new snapshot with `tributary connector retry-setup`",
+        at(.lsn),
+        describe(.source)
+    )]
+    Ddl {
+        tag: String,
+        statement: String,
+        lsn: Option<Lsn>,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
     /// An UPDATE or DELETE found no row to change.
     #[error(
         "row not found: {} on {table} at {} matched no row in the replica{}; the replica no \
@@ -229,6 +245,7 @@ impl SinkError {
             SinkError::Setup { source, .. }
             | SinkError::Statement { source, .. }
             | SinkError::BatchStatement { source, .. }
+            | SinkError::Ddl { source, .. }
             | SinkError::Commit { source, .. } => is_transient(source),
             SinkError::Progress { source, .. } => source.as_ref().is_some_and(is_transient),
             SinkError::Aborted { transient, .. } => *transient,
@@ -250,6 +267,7 @@ impl SinkError {
             SinkError::Setup { source, .. }
             | SinkError::Statement { source, .. }
             | SinkError::BatchStatement { source, .. }
+            | SinkError::Ddl { source, .. }
             | SinkError::Commit { source, .. } => source,
             SinkError::Progress {
                 source: Some(source),

@@ -334,6 +334,16 @@ impl TableMeta {
         Ok(())
     }
 
+    /// Whether the source can send UPDATEs and DELETEs of this table (the replica's
+    /// definition mirrors the source's): a primary key or identity index, or FULL.
+    pub(crate) fn has_usable_identity(&self) -> bool {
+        match self.replica_identity {
+            'f' => true,
+            'n' => false,
+            _ => !self.key.is_empty(),
+        }
+    }
+
     /// `TRUNCATE` target: `ONLY "s"."t"` (or without ONLY for a partitioned table).
     pub(crate) fn truncate_target(&self) -> String {
         format!("{}{}", self.only, self.sql_name)

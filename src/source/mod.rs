@@ -4,6 +4,7 @@
 //! **Invariant:** nothing outside this module sees the replication wire protocol or
 //! wal2json's JSON; the rest of the daemon receives [`crate::change::Message`]s.
 
+pub mod capture;
 pub mod catalog;
 pub mod copy;
 mod error;

@@ -30,6 +30,7 @@ use super::replication::{self, parse_pg_duration, ReplicationClient, SnapshotAct
 use super::wire::{self, Connection, Encryption, TransportError};
 use crate::change::TableName;
 use crate::pg::{quote_ident, quote_literal, ConnInfo, SslMode};
+use crate::source::capture::{self, CaptureStatus, CAPTURE_VERSION};
 use crate::types::SlotName;
 
 /// Oldest supported source: the queries below and the replication commands assume it.
@@ -318,6 +319,8 @@ struct Server {
     role: Role,
     database: String,
     can_create: bool,
+    /// tributary's schema change capture objects.
+    capture: CaptureStatus,
     /// `max_slot_wal_keep_size` in MB; -1 is unlimited.
     slot_wal_keep_mb: i64,
     /// `max_wal_size` in MB.
@@ -619,6 +622,24 @@ async fn read_server(
     )
     .await?;
 
+    let (triggers, has_version) = one_row(
+        conn,
+        "the schema change capture objects",
+        capture::INSPECT_SQL,
+        |row| Ok((row.number::<i32>(0)?, row.flag(1)?)),
+    )
+    .await?;
+    let capture_version = if has_version {
+        Some(
+            one_row(conn, "the capture version", capture::VERSION_SQL, |row| {
+                row.number(0)
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
+
     let slots = rows(
         conn,
         "the replication slots",
@@ -786,6 +807,7 @@ async fn read_server(
         role: settings.role,
         database: settings.database,
         can_create: settings.can_create,
+        capture: capture::status(triggers, capture_version),
         slot_wal_keep_mb: settings.slot_wal_keep_mb,
         max_wal_size_mb: settings.max_wal_size_mb,
         wal_sender_timeout: settings.wal_sender_timeout,
@@ -1331,17 +1353,37 @@ fn judge_create(server: &Server) -> Check {
     }
 }
 
+/// Schema change capture: its objects installed at this version, installable by this
+/// role, or neither (then only drift is detected).
 fn judge_event_triggers(server: &Server) -> Check {
-    if server.role.superuser {
-        Check::pass(EVENT_TRIGGERS, "can be created (superuser)")
-    } else {
-        Check::warn(
+    let source_sql = "run the SQL printed by `tributary connector source-sql` once as a \
+                      superuser on the source";
+    match server.capture {
+        CaptureStatus::Installed => Check::pass(
             EVENT_TRIGGERS,
-            "cannot be created: the role is not a superuser",
-            "schema changes on the source will not be captured automatically (only superusers \
-             may create event triggers): apply DDL to the replica yourself, or use a superuser \
-             role if that is acceptable",
-        )
+            format!("schema change capture installed (version {CAPTURE_VERSION})"),
+        ),
+        _ if server.role.superuser => Check::pass(
+            EVENT_TRIGGERS,
+            "schema change capture is installed by tributary at start (superuser)",
+        ),
+        CaptureStatus::Outdated { found } => Check::warn(
+            EVENT_TRIGGERS,
+            format!(
+                "schema change capture is at version {}, tributary needs {CAPTURE_VERSION}",
+                found.map_or_else(|| "unknown".to_owned(), |v| v.to_string())
+            ),
+            format!("{source_sql} to upgrade it; until then DDL is not captured"),
+        ),
+        CaptureStatus::Missing => Check::warn(
+            EVENT_TRIGGERS,
+            "schema change capture not installed, and the role cannot (not a superuser)",
+            format!(
+                "{source_sql}; without it DDL is not replayed: added, dropped and retyped \
+                 columns are reconciled when a change no longer fits, anything else stops \
+                 the connector"
+            ),
+        ),
     }
 }
 
@@ -1779,6 +1821,7 @@ mod tests {
             },
             database: "shop".into(),
             can_create: true,
+            capture: CaptureStatus::Missing,
             slot_wal_keep_mb: 10_240,
             max_wal_size_mb: 1024,
             wal_sender_timeout: "1min".into(),

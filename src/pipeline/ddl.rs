@@ -1,0 +1,349 @@
+//! Which captured schema changes the replica takes, and as which statement.
+//!
+//! The capture messages (`source/capture.rs`) arrive in WAL order inside their
+//! transactions. [`DdlTracker`] turns each command into at most one statement to run on the
+//! replica at exactly that position, or a reason to leave it:
+//!
+//! - `sql_drop` messages only collect the dropped objects; the command's `ddl_command_end`
+//!   message, which follows, is the one acted on.
+//! - A command is replayed only if one of its objects is in the connector's schemas (a
+//!   schema itself counts by its name), and not at all if it touches a table left out by a
+//!   replica identity decision (that table is not on the replica).
+//! - Privileges and ownership are not replicated (the snapshot restores without them
+//!   either): `GRANT`, `REVOKE`, `ALTER DEFAULT PRIVILEGES`, `… OWNER TO`.
+//! - The statement is cut out of the query string the client sent, which may hold several:
+//!   the next statement with the command's tag, in order. DDL run from a function or a DO
+//!   block is not a statement of the query, and cannot be replayed faithfully: the
+//!   pipeline stops rather than guess.
+//! - `CONCURRENTLY` is dropped: the replay runs inside the target transaction.
+
+use std::collections::HashSet;
+
+use crate::change::TableName;
+use crate::pg::statements;
+use crate::pipeline::PipelineError;
+use crate::source::capture::{DdlEvent, DdlMessage, DdlObject};
+use crate::types::Lsn;
+
+/// A captured command to run on the replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DdlStatement {
+    pub sql: String,
+    /// The schemas the source session resolved names in, first to last.
+    pub search_path: Vec<String>,
+    pub tag: String,
+    /// Tables the command created or altered, in the connector's schemas.
+    pub tables: Vec<TableName>,
+    /// For messages: wal2json reports a position near the command (the next change's).
+    pub lsn: Option<Lsn>,
+}
+
+/// Commands whose effect the replica does not take: privileges are not replicated.
+const NOT_REPLICATED: &[&str] = &[
+    "GRANT",
+    "REVOKE",
+    "ALTER DEFAULT PRIVILEGES",
+    "SECURITY LABEL",
+];
+
+pub struct DdlTracker {
+    schemas: Vec<String>,
+    excluded: HashSet<TableName>,
+    /// What to tell the operator when only a new snapshot helps.
+    retry_setup: String,
+    /// Objects from `sql_drop` messages, waiting for their command's `ddl_command_end`.
+    dropped: Vec<DdlObject>,
+    /// The multi-statement query string of the open source transaction and the index of
+    /// the statement after the last one replayed from it.
+    cursor: Option<(String, usize)>,
+}
+
+impl DdlTracker {
+    pub fn new(
+        schemas: Vec<String>,
+        excluded: HashSet<TableName>,
+        retry_setup: String,
+    ) -> DdlTracker {
+        DdlTracker {
+            schemas,
+            excluded,
+            retry_setup,
+            dropped: Vec::new(),
+            cursor: None,
+        }
+    }
+
+    /// Forgets the state of a source transaction (at its commit).
+    pub fn end_transaction(&mut self) {
+        self.dropped.clear();
+        self.cursor = None;
+    }
+
+    /// The statement to replay for this message, if any.
+    pub fn on_message(
+        &mut self,
+        message: DdlMessage,
+        lsn: Option<Lsn>,
+    ) -> Result<Option<DdlStatement>, PipelineError> {
+        let at = lsn.map_or_else(String::new, |lsn| format!(" at {lsn}"));
+        if message.event == DdlEvent::SqlDrop {
+            self.dropped.extend(message.objects);
+            return Ok(None);
+        }
+        let mut objects = message.objects;
+        objects.append(&mut self.dropped);
+        objects.retain(|o| !o.in_extension);
+        let tag = message.tag;
+        if NOT_REPLICATED.contains(&tag.as_str()) {
+            return Ok(None);
+        }
+        let ours = |schema: &str| self.schemas.iter().any(|s| s == schema);
+        let relevant = objects.iter().any(|o| match (&o.schema, o.kind.as_str()) {
+            (Some(schema), _) => ours(schema),
+            (None, "schema") => ours(&unquote_path(&o.identity).concat()),
+            (None, _) => false,
+        });
+        if !relevant {
+            tracing::debug!(%tag, "schema change outside the connector's schemas: not replayed");
+            return Ok(None);
+        }
+        if let Some(table) = objects
+            .iter()
+            .filter_map(object_table)
+            .find(|t| self.excluded.contains(t))
+        {
+            tracing::warn!(
+                %tag,
+                table = %table,
+                "schema change on a table left out of the replica: not replayed"
+            );
+            return Ok(None);
+        }
+        let statement = statement(&mut self.cursor, &message.query, &tag).ok_or_else(|| {
+            PipelineError::definite(
+                format!(
+                    "cannot replay a {tag} command{at} on the replica: the query that ran it does \
+                     not hold it as a statement of its own (DDL inside a function or a DO \
+                     block?); the query was: {}",
+                    excerpt(&message.query)
+                ),
+                format!(
+                    "{}; run schema changes as plain statements to keep them replicated",
+                    self.retry_setup
+                ),
+            )
+        })?;
+        let words = statements::leading_words(&statement, 16);
+        if words.windows(2).any(|w| w[0] == "OWNER" && w[1] == "TO") {
+            return Ok(None);
+        }
+        let tables = objects
+            .iter()
+            .filter(|o| o.kind == "table" && o.schema.as_deref().is_some_and(ours))
+            .filter_map(object_table)
+            .collect();
+        Ok(Some(DdlStatement {
+            sql: statements::without_concurrently(&statement),
+            search_path: message.search_path,
+            tag,
+            tables,
+            lsn,
+        }))
+    }
+}
+
+/// The statement of `query` that ran the command tagged `tag`; `cursor` remembers where
+/// the last one was found in a multi-statement query.
+fn statement(cursor: &mut Option<(String, usize)>, query: &str, tag: &str) -> Option<String> {
+    let all = statements::split(query);
+    if let [only] = all[..] {
+        return statements::has_tag(only, tag).then(|| only.to_owned());
+    }
+    let from = match cursor {
+        Some((text, next)) if text == query => *next,
+        _ => 0,
+    };
+    // After the last match, the same query string may run again (a function called
+    // twice): then its statements come round from the start.
+    let found = (from..all.len())
+        .chain(0..from)
+        .find(|&i| statements::has_tag(all[i], tag))?;
+    *cursor = Some((query.to_owned(), found + 1));
+    Some(all[found].to_owned())
+}
+
+/// The table an object is or belongs to (a table, one of its columns, an index).
+fn object_table(object: &DdlObject) -> Option<TableName> {
+    let path = match object.kind.as_str() {
+        "table" | "table column" => unquote_path(&object.identity),
+        "index" => unquote_path(object.table.as_deref()?),
+        _ => return None,
+    };
+    match &path[..] {
+        [schema, name, ..] => Some(TableName {
+            schema: schema.clone(),
+            name: name.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// `"My S".t.col` as its parts, unquoted.
+fn unquote_path(identity: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = identity.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                parts.last_mut().expect("never empty").push('"');
+            }
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(String::new()),
+            c => parts.last_mut().expect("never empty").push(c),
+        }
+    }
+    parts
+}
+
+/// The start of a query for an error message.
+fn excerpt(query: &str) -> String {
+    const MAX: usize = 200;
+    match query.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &query[..end]),
+        None => query.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> DdlTracker {
+        let excluded = HashSet::from([TableName {
+            schema: "public".into(),
+            name: "no_key".into(),
+        }]);
+        DdlTracker::new(
+            vec!["public".into(), "My S".into()],
+            excluded,
+            "retry".into(),
+        )
+    }
+
+    fn object(kind: &str, schema: Option<&str>, identity: &str) -> DdlObject {
+        DdlObject {
+            kind: kind.into(),
+            schema: schema.map(Into::into),
+            identity: identity.into(),
+            in_extension: false,
+            table: None,
+        }
+    }
+
+    fn command(tag: &str, query: &str, objects: Vec<DdlObject>) -> DdlMessage {
+        DdlMessage {
+            version: 1,
+            event: DdlEvent::DdlCommandEnd,
+            tag: tag.into(),
+            query: query.into(),
+            search_path: vec!["public".into()],
+            objects,
+        }
+    }
+
+    #[test]
+    fn each_command_of_a_multi_statement_query_replays_its_own_statement() {
+        let mut t = tracker();
+        let query = "create table t (id int primary key); insert into t values (1); \
+                     alter table t add b int; create index concurrently i on t (b)";
+        let table = || vec![object("table", Some("public"), "public.t")];
+        let first = t.on_message(command("CREATE TABLE", query, table()), None);
+        assert_eq!(
+            first.unwrap().unwrap().sql,
+            "create table t (id int primary key)"
+        );
+        let second = t.on_message(command("ALTER TABLE", query, table()), None);
+        let second = second.unwrap().unwrap();
+        assert_eq!(second.sql, "alter table t add b int");
+        assert_eq!(second.tables[0].name, "t");
+        let third = t.on_message(command("CREATE INDEX", query, vec![]), None);
+        assert!(third.unwrap().is_none(), "no object in the schemas");
+        let index = vec![object("index", Some("public"), "public.i")];
+        let third = t.on_message(command("CREATE INDEX", query, index), None);
+        assert_eq!(third.unwrap().unwrap().sql, "create index  i on t (b)");
+    }
+
+    #[test]
+    fn commands_elsewhere_privileges_and_excluded_tables_are_not_replayed() {
+        let mut t = tracker();
+        let other = vec![object("table", Some("audit"), "audit.log")];
+        assert!(t
+            .on_message(
+                command("CREATE TABLE", "create table audit.log ()", other),
+                None
+            )
+            .unwrap()
+            .is_none());
+        let grant = vec![object("table", Some("public"), "public.t")];
+        assert!(t
+            .on_message(command("GRANT", "grant select on t to x", grant), None)
+            .unwrap()
+            .is_none());
+        let owner = vec![object("table", Some("public"), "public.t")];
+        assert!(t
+            .on_message(
+                command("ALTER TABLE", "alter table t owner to x", owner),
+                None
+            )
+            .unwrap()
+            .is_none());
+        let column = vec![object("table column", Some("public"), "public.no_key.a")];
+        assert!(t
+            .on_message(
+                command("ALTER TABLE", "alter table no_key add a int", column),
+                None
+            )
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn drops_take_their_objects_from_sql_drop_and_schemas_count_by_name() {
+        let mut t = tracker();
+        let mut drop = command(
+            "DROP TABLE",
+            "drop table \"My S\".t",
+            vec![object("table", Some("My S"), "\"My S\".t")],
+        );
+        drop.event = DdlEvent::SqlDrop;
+        assert!(t.on_message(drop, None).unwrap().is_none());
+        let end = command("DROP TABLE", "drop table \"My S\".t", vec![]);
+        assert_eq!(
+            t.on_message(end, None).unwrap().unwrap().sql,
+            "drop table \"My S\".t"
+        );
+        let schema = vec![object("schema", None, "\"My S\"")];
+        let create = command("CREATE SCHEMA", "create schema \"My S\"", schema);
+        assert!(t.on_message(create, None).unwrap().is_some());
+    }
+
+    #[test]
+    fn ddl_inside_a_function_stops_the_pipeline() {
+        let mut t = tracker();
+        let table = vec![object("table", Some("public"), "public.t")];
+        let nested = command(
+            "ALTER TABLE",
+            "do $$ begin execute 'alter table t add c int'; end $$",
+            table,
+        );
+        let error = t.on_message(nested, None).unwrap_err().to_string();
+        assert!(error.contains("DO"), "{error}");
+    }
+
+    #[test]
+    fn quoted_paths_unquote() {
+        assert_eq!(unquote_path("\"My S\".\"a\"\"b\".c"), ["My S", "a\"b", "c"]);
+    }
+}

@@ -1,0 +1,244 @@
+//! Schema changes while streaming: captured with tributary's event triggers and replayed
+//! in WAL order (installed by a superuser source role itself, or once by an operator for a
+//! role without superuser), and reconciled as drift when nothing captures them. Each test
+//! ends with the replica equal to the source: content checksums and column definitions.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::daemon::{wait_converged, Daemon};
+use crate::harness::Cluster;
+
+/// Column definitions (type, nullability, default), indexes, views and functions of the
+/// `schemas`, one line each, sorted.
+fn definitions(cluster: &Cluster, db: &str, schemas: &[&str]) -> String {
+    let list = schemas
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    cluster.psql(
+        db,
+        &format!(
+            "SELECT x FROM (
+               SELECT format('column %I.%I.%I %s %s %s', table_schema, table_name, column_name,
+                             data_type, is_nullable, coalesce(column_default, '-')) AS x
+                 FROM information_schema.columns WHERE table_schema IN ({list})
+               UNION ALL
+               SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname IN ({list})
+               UNION ALL
+               SELECT format('view %I.%I %s', schemaname, viewname, definition)
+                 FROM pg_views WHERE schemaname IN ({list})
+               UNION ALL
+               SELECT format('function %s', p.oid::regprocedure) FROM pg_proc p
+                 JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname IN ({list})
+               UNION ALL
+               SELECT format('constraint %I %s', conname, pg_get_constraintdef(c.oid))
+                 FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+                WHERE n.nspname IN ({list})
+               UNION ALL
+               SELECT format('enum %s %s', t.typname, string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder))
+                 FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid
+                 JOIN pg_namespace n ON n.oid = t.typnamespace
+                WHERE n.nspname IN ({list}) GROUP BY t.typname
+             ) d ORDER BY x"
+        ),
+    )
+}
+
+/// The value of a counter of `connector` on the daemon's `/metrics`.
+async fn counter(daemon: &Daemon, name: &str, connector: &str) -> u64 {
+    let (_, metrics) = crate::metrics::get(daemon.metrics_addr().await, "/metrics");
+    let series = format!("{name}{{connector=\"{connector}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+}
+
+/// Inserts into and updates `app.events` in a loop until stopped; returns how many
+/// transactions it ran.
+fn start_dml(
+    source: &Cluster,
+) -> (
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<u64>,
+    Arc<AtomicU64>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let url = source.superuser_url("postgres");
+    let (stop_flag, counter) = (stop.clone(), count.clone());
+    let task = tokio::spawn(async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let mut n = 0u64;
+        while !stop_flag.load(Ordering::Relaxed) {
+            client
+                .batch_execute(
+                    "INSERT INTO app.events (kind, amount) VALUES ('tick', 1);
+                     UPDATE app.events SET amount = amount + 1
+                      WHERE id = (SELECT max(id) - 3 FROM app.events);",
+                )
+                .await
+                .unwrap();
+            n += 1;
+            counter.store(n, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        n
+    });
+    (stop, task, count)
+}
+
+const SCHEMA: &str = "
+CREATE SCHEMA app;
+CREATE SCHEMA extra;
+CREATE SCHEMA other;
+CREATE TABLE app.events (id bigserial PRIMARY KEY, kind text NOT NULL, amount int NOT NULL);
+CREATE TABLE app.accounts (id int PRIMARY KEY, name text, balance numeric(10,2));
+INSERT INTO app.accounts SELECT g, 'acct ' || g, g * 1.5 FROM generate_series(1, 100) g;
+INSERT INTO app.events (kind, amount) SELECT 'seed', g FROM generate_series(1, 50) g;
+CREATE TABLE extra.notes (id int PRIMARY KEY, body text);
+CREATE SCHEMA archive;
+CREATE TABLE archive.old (id int PRIMARY KEY);
+CREATE TABLE other.ignored (id int PRIMARY KEY);
+";
+
+/// Each step runs as one query string (several statements in one string are one
+/// transaction, as a client sending them that way gets).
+const STEPS: &[&str] = &[
+    // Columns: add with a default (existing rows take it), rename, retype with USING,
+    // defaults, NOT NULL, constraints; DDL and DML in one transaction.
+    "ALTER TABLE app.accounts ADD COLUMN status text NOT NULL DEFAULT 'open'",
+    "ALTER TABLE app.accounts RENAME COLUMN name TO display_name",
+    "ALTER TABLE app.accounts ALTER COLUMN balance TYPE bigint USING (balance * 100)::bigint",
+    "BEGIN; ALTER TABLE app.accounts ADD COLUMN tier int; \
+     UPDATE app.accounts SET tier = id % 3; ALTER TABLE app.accounts ALTER COLUMN tier SET NOT NULL; \
+     ALTER TABLE app.accounts ALTER COLUMN tier SET DEFAULT 1; COMMIT",
+    "ALTER TABLE app.accounts ADD CONSTRAINT balance_positive CHECK (balance >= 0)",
+    "ALTER TABLE app.accounts ADD CONSTRAINT display_name_unique UNIQUE (display_name)",
+    "INSERT INTO app.accounts (id, display_name, balance) VALUES (101, 'late', 5)",
+    "ALTER TABLE app.accounts DROP COLUMN status",
+    // The table the DML loop writes to changes under it.
+    "ALTER TABLE app.events ADD COLUMN note text DEFAULT 'n/a'",
+    "CREATE INDEX events_kind ON app.events (kind)",
+    "CREATE INDEX CONCURRENTLY events_note ON app.events (note)",
+    "DROP INDEX CONCURRENTLY app.events_note",
+    "DROP INDEX app.events_kind",
+    // New tables replicate from their first row; renamed and re-created tables.
+    "CREATE TABLE app.orders (id int PRIMARY KEY, account int REFERENCES app.accounts, total numeric)",
+    "INSERT INTO app.orders SELECT g, g, g * 2.5 FROM generate_series(1, 40) g",
+    "ALTER TABLE app.orders RENAME TO purchases",
+    "UPDATE app.purchases SET total = total + 1 WHERE id < 10",
+    "CREATE TABLE app.scratch (id int PRIMARY KEY, v text); INSERT INTO app.scratch VALUES (1, 'a')",
+    "DROP TABLE app.scratch",
+    "CREATE TABLE app.scratch (id text PRIMARY KEY, w int); INSERT INTO app.scratch VALUES ('b', 2)",
+    // Unqualified names under a non-default search_path, with DML in the same string.
+    "SET search_path = app, public; ALTER TABLE purchases ADD COLUMN placed date; \
+     UPDATE purchases SET placed = '2026-01-01' WHERE id % 2 = 0; CREATE INDEX ON purchases (placed)",
+    "RESET search_path",
+    // Types and enum values: the new value is used by the next transaction.
+    "CREATE TYPE app.mood AS ENUM ('sad', 'ok')",
+    "ALTER TABLE app.accounts ADD COLUMN mood app.mood",
+    "ALTER TYPE app.mood ADD VALUE 'happy'",
+    "UPDATE app.accounts SET mood = 'happy' WHERE id % 4 = 0",
+    // Sequences, views, functions.
+    "CREATE SEQUENCE app.invoice_no START 1000",
+    "ALTER SEQUENCE app.invoice_no INCREMENT BY 5",
+    "CREATE VIEW app.rich AS SELECT id, balance FROM app.accounts WHERE balance > 100",
+    "CREATE OR REPLACE VIEW app.rich AS SELECT id, balance, tier FROM app.accounts WHERE balance > 100",
+    "CREATE FUNCTION app.double(x int) RETURNS int LANGUAGE sql AS 'SELECT x * 2'",
+    "CREATE TABLE app.computed (id int PRIMARY KEY, v int, d int GENERATED ALWAYS AS (v * 2) STORED)",
+    "INSERT INTO app.computed (id, v) SELECT g, g FROM generate_series(1, 10) g",
+    "DROP FUNCTION app.double(int)",
+    "DROP SEQUENCE app.invoice_no",
+    // Schemas: drop and re-create a selected one, rename one into another selected name.
+    "DROP SCHEMA extra CASCADE",
+    "CREATE SCHEMA extra; CREATE TABLE extra.notes (id int PRIMARY KEY, body text, at timestamptz)",
+    "INSERT INTO extra.notes VALUES (1, 'again', '2026-11-22 10:00+00')",
+    "DROP SCHEMA archive CASCADE",
+    "ALTER SCHEMA extra RENAME TO archive",
+    "INSERT INTO archive.notes VALUES (2, 'renamed', NULL)",
+    // Outside the connector's schemas: never replayed.
+    "CREATE TABLE other.more (id int PRIMARY KEY); INSERT INTO other.more VALUES (1)",
+    "ALTER TABLE other.ignored ADD COLUMN x int",
+    "CREATE SCHEMA unrelated; CREATE TABLE unrelated.t (id int PRIMARY KEY)",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_ddl_replays_in_wal_order_under_concurrent_writes() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    source.psql("postgres", SCHEMA);
+    let mut daemon = Daemon::new(&store);
+    daemon.create_connector(
+        &source.superuser_url("postgres"),
+        "shop",
+        "app,extra,archive",
+    );
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    assert_eq!(
+        source.psql("postgres", "SELECT tributary.capture_version()"),
+        "1",
+        "a superuser source role installs the capture objects itself"
+    );
+
+    let (stop, dml, count) = start_dml(&source);
+    let ddl = source.connect("postgres").await;
+    for step in STEPS {
+        ddl.batch_execute(step)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let transactions = dml.await.unwrap();
+    assert!(transactions > 20, "the DML loop ran {transactions} times");
+    assert!(count.load(Ordering::Relaxed) > 0);
+
+    let schemas = ["app", "extra", "archive"];
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "shop_replica",
+        &schemas,
+        &daemon,
+    )
+    .await;
+    assert_eq!(
+        definitions(&store, "shop_replica", &schemas),
+        definitions(&source, "postgres", &schemas)
+    );
+    let replica_schemas = store.psql(
+        "shop_replica",
+        "SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace \
+          WHERE nspname IN ('other', 'unrelated', 'extra', 'archive', 'tributary')",
+    );
+    assert_eq!(
+        replica_schemas, "archive,tributary",
+        "DDL outside the connector's schemas is not replayed"
+    );
+    let replayed = counter(&daemon, "tributary_schema_changes_applied_total", "shop").await;
+    assert!(replayed >= 35, "{replayed} schema changes replayed");
+
+    // Deleting the last connector of that source removes the capture objects.
+    daemon.cli_ok(&["connector", "delete", "shop"]);
+    assert_eq!(
+        source.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'tributary%'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        source.psql("postgres", "SELECT to_regnamespace('tributary') IS NULL"),
+        "t"
+    );
+}
