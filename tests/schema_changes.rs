@@ -242,3 +242,203 @@ async fn captured_ddl_replays_in_wal_order_under_concurrent_writes() {
         "t"
     );
 }
+
+/// A replication role without superuser, as the issue's least-privilege setup has it.
+const LEAST_PRIVILEGE: &str = "
+CREATE ROLE repl LOGIN REPLICATION PASSWORD 'repl pw';
+GRANT CONNECT, CREATE ON DATABASE postgres TO repl;
+GRANT USAGE ON SCHEMA app, extra, archive TO repl;
+GRANT SELECT ON ALL TABLES IN SCHEMA app, extra, archive TO repl;
+GRANT SELECT ON ALL SEQUENCES IN SCHEMA app, extra, archive TO repl;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_installed_once_by_a_superuser_serves_a_role_without_it() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    source.psql("postgres", SCHEMA);
+    source.psql("postgres", LEAST_PRIVILEGE);
+    let mut daemon = Daemon::new(&store);
+    // The operator installs the objects once, as a superuser, from the printed SQL.
+    let sql = daemon.cli_ok(&["connector", "source-sql"]);
+    source.psql("postgres", &sql);
+    source.psql("postgres", &sql); // idempotent
+    let url = source.url("repl", Some("repl pw"), "postgres");
+    let preflight = daemon.cli_ok(&[
+        "connector",
+        "preflight",
+        "postgresql",
+        &url,
+        "--schemas",
+        "app",
+    ]);
+    assert!(
+        preflight.contains("schema change capture installed (version 1)"),
+        "{preflight}"
+    );
+    daemon.create_connector(&url, "shop", "app");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+
+    let (stop, dml, _) = start_dml(&source);
+    let ddl = source.connect("postgres").await;
+    for step in [
+        "ALTER TABLE app.accounts ADD COLUMN status text NOT NULL DEFAULT 'open'",
+        "CREATE TABLE app.orders (id int PRIMARY KEY, total numeric(8,2))",
+        "INSERT INTO app.orders SELECT g, g / 3.0 FROM generate_series(1, 30) g",
+        "ALTER TABLE app.events ALTER COLUMN amount TYPE bigint",
+        "UPDATE app.events SET amount = 5000000000 WHERE id = 1",
+        "ALTER TABLE app.accounts DROP COLUMN name",
+    ] {
+        ddl.batch_execute(step)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    dml.await.unwrap();
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "shop_replica",
+        &["app"],
+        &daemon,
+    )
+    .await;
+    assert_eq!(
+        definitions(&store, "shop_replica", &["app"]),
+        definitions(&source, "postgres", &["app"])
+    );
+    assert_eq!(
+        source.psql(
+            "postgres",
+            "SELECT rolsuper FROM pg_roles WHERE rolname = 'repl'"
+        ),
+        "f"
+    );
+
+    // An outdated version is reported with the SQL to upgrade it.
+    source.psql(
+        "postgres",
+        "CREATE OR REPLACE FUNCTION tributary.capture_version() RETURNS integer \
+         LANGUAGE sql IMMUTABLE AS 'SELECT 0'",
+    );
+    let out = daemon.cli(&["connector", "source-sql", "shop"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("installed at version 0, this tributary installs 1"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("CREATE OR REPLACE FUNCTION tributary.capture_ddl()"));
+
+    // The role cannot remove what a superuser installed: delete says what to run.
+    let deleted = daemon.cli_ok(&["connector", "delete", "shop"]);
+    assert!(
+        deleted.contains("connector source-sql --uninstall"),
+        "{deleted}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_capture_added_and_dropped_columns_are_reconciled_as_drift() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    source.psql("postgres", SCHEMA);
+    source.psql("postgres", LEAST_PRIVILEGE);
+    let mut daemon = Daemon::new(&store);
+    let url = source.url("repl", Some("repl pw"), "postgres");
+    daemon.create_connector(&url, "shop", "app");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    assert_eq!(
+        source.psql("postgres", "SELECT to_regnamespace('tributary') IS NULL"),
+        "t",
+        "a role without superuser installs nothing"
+    );
+
+    let (stop, dml, _) = start_dml(&source);
+    for step in [
+        // Old rows read the ADD COLUMN's default; the current default differs.
+        "ALTER TABLE app.accounts ADD COLUMN status text NOT NULL DEFAULT 'open'",
+        "ALTER TABLE app.accounts ALTER COLUMN status SET DEFAULT 'new'",
+        "INSERT INTO app.accounts (id, name, balance) VALUES (101, 'late', 7)",
+        "UPDATE app.accounts SET status = 'closed' WHERE id < 5",
+        // A column the source drops: INSERTs lack it.
+        "ALTER TABLE app.accounts DROP COLUMN name",
+        "INSERT INTO app.accounts (id, balance) VALUES (102, 8)",
+        // The DML loop's table gains a column under it.
+        "ALTER TABLE app.events ADD COLUMN note text",
+        "UPDATE app.events SET note = 'x' WHERE id % 10 = 0",
+    ] {
+        source.psql("postgres", step);
+    }
+    stop.store(true, Ordering::Relaxed);
+    dml.await.unwrap();
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "shop_replica",
+        &["app"],
+        &daemon,
+    )
+    .await;
+    let columns = |cluster: &Cluster, db: &str| {
+        cluster.psql(
+            db,
+            "SELECT string_agg(format('%s.%s %s %s %s', table_name, column_name, data_type, \
+             is_nullable, column_default), ', ' ORDER BY table_name, ordinal_position) \
+             FROM information_schema.columns WHERE table_schema = 'app'",
+        )
+    };
+    assert_eq!(
+        columns(&store, "shop_replica"),
+        columns(&source, "postgres")
+    );
+    let drift = counter(&daemon, "tributary_schema_drift_total", "shop").await;
+    assert!(drift >= 3, "{drift} tables reconciled");
+
+    // A rename cannot be told from a drop and an add: the connector stops and names the
+    // statement, and nothing after it is applied.
+    source.psql(
+        "postgres",
+        "ALTER TABLE app.accounts RENAME COLUMN balance TO amount;
+         INSERT INTO app.accounts (id, amount) VALUES (103, 9);",
+    );
+    daemon.wait_for_state("shop", "failed").await;
+    let failed = daemon
+        .connectors()
+        .into_iter()
+        .find(|c| c["name"] == "shop")
+        .unwrap();
+    let error = failed.to_string();
+    assert!(
+        error.contains(r#"RENAME COLUMN \"balance\" TO \"amount\""#),
+        "{error}"
+    );
+    assert_eq!(
+        store.psql(
+            "shop_replica",
+            "SELECT count(*) FROM app.accounts WHERE id = 103"
+        ),
+        "0"
+    );
+    // The operator runs it, retries, and the connector converges.
+    store.psql(
+        "shop_replica",
+        r#"ALTER TABLE "app"."accounts" RENAME COLUMN "balance" TO "amount""#,
+    );
+    daemon.cli_ok(&["connector", "retry-setup", "shop"]);
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "shop_replica",
+        &["app"],
+        &daemon,
+    )
+    .await;
+}

@@ -88,7 +88,10 @@ impl Env {
 async fn apply_tx(sink: &mut ReplicaSink, tx: &Transaction) -> Result<(), SinkError> {
     let mut result = Ok(());
     for change in tx.changes() {
-        result = sink.apply(change.clone()).await;
+        result = sink
+            .apply(change.clone())
+            .await
+            .map(|misfit| assert!(misfit.is_none(), "the change fits"));
         if result.is_err() {
             break;
         }
@@ -294,7 +297,10 @@ async fn a_missing_row_fails_the_transaction_naming_table_and_lsn() {
 async fn apply_grouped(sink: &mut ReplicaSink, txs: &[Transaction]) -> Result<(), SinkError> {
     let mut result = Ok(());
     for change in txs.iter().flat_map(Transaction::changes) {
-        result = sink.apply(change.clone()).await;
+        result = sink
+            .apply(change.clone())
+            .await
+            .map(|misfit| assert!(misfit.is_none(), "the change fits"));
         if result.is_err() {
             break;
         }
@@ -439,7 +445,10 @@ async fn the_applied_lsn_commits_with_the_data_and_never_moves_backwards() {
 
     // Rolled back: neither data nor progress.
     for change in txs[0].changes() {
-        sink.apply(change.clone()).await.unwrap();
+        assert!(
+            sink.apply(change.clone()).await.unwrap().is_none(),
+            "the change fits"
+        );
     }
     assert!(sink.in_transaction());
     sink.rollback().await.unwrap();
@@ -463,7 +472,10 @@ async fn the_applied_lsn_commits_with_the_data_and_never_moves_backwards() {
         "{err}"
     );
     for change in txs[1].changes() {
-        sink.apply(change.clone()).await.unwrap();
+        assert!(
+            sink.apply(change.clone()).await.unwrap().is_none(),
+            "the change fits"
+        );
     }
     let err = sink.commit(start).await.unwrap_err();
     assert!(matches!(err, SinkError::ProgressBackwards { .. }), "{err}");
@@ -618,7 +630,10 @@ async fn generated_and_identity_columns_are_left_to_the_replica() {
             .into(),
         );
     }
-    sink.apply(forged).await.unwrap();
+    assert!(
+        sink.apply(forged).await.unwrap().is_none(),
+        "the change fits"
+    );
     sink.commit(Lsn::new(txs[2].end_lsn.as_u64() + 1))
         .await
         .unwrap();
@@ -663,7 +678,13 @@ async fn a_lost_connection_is_transient_and_commits_nothing() {
         .await;
     let mut sink = env.sink().await;
     let mut changes = txs[0].changes();
-    sink.apply(changes.next().unwrap().clone()).await.unwrap();
+    assert!(
+        sink.apply(changes.next().unwrap().clone())
+            .await
+            .unwrap()
+            .is_none(),
+        "the change fits"
+    );
     env.cluster.psql(
         "postgres",
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -671,7 +692,10 @@ async fn a_lost_connection_is_transient_and_commits_nothing() {
     );
     let mut result = Ok(());
     for change in changes {
-        result = sink.apply(change.clone()).await;
+        result = sink
+            .apply(change.clone())
+            .await
+            .map(|misfit| assert!(misfit.is_none(), "the change fits"));
         if result.is_err() {
             break;
         }
@@ -833,7 +857,10 @@ async fn throughput_of_a_simple_insert_update_mix() {
     let mut in_batch = 0;
     for (i, tx) in txs.iter().enumerate() {
         for change in tx.changes() {
-            sink.apply(change.clone()).await.unwrap();
+            assert!(
+                sink.apply(change.clone()).await.unwrap().is_none(),
+                "the change fits"
+            );
             in_batch += 1;
         }
         if in_batch >= 10_000 || i + 1 == txs.len() {

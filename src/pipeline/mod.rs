@@ -2,6 +2,7 @@
 //! of things, `snapshot.rs` the initial copy, `stream.rs` the apply loop.
 
 mod ddl;
+mod drift;
 mod error;
 pub mod runner;
 pub mod snapshot;

@@ -29,6 +29,7 @@ use crate::change::TableName;
 use crate::metrics::METRICS;
 use crate::pg::{self, ConnInfo, PgClient};
 use crate::pipeline::ddl::DdlTracker;
+use crate::pipeline::drift::Reconciler;
 use crate::pipeline::snapshot::{self, Section, SnapshotJob};
 use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
 use crate::pipeline::{PipelineError, PipelineState};
@@ -58,7 +59,12 @@ pub async fn run(
 ) -> Result<StreamEnd, PipelineError> {
     // Setup and snapshot stop at once on shutdown: dropping them kills pg_dump and the copy
     // workers, and an unfinished snapshot is discarded on the next start anyway.
-    let (stream, applied, capturing) = tokio::select! {
+    let Started {
+        stream,
+        applied,
+        capturing,
+        source,
+    } = tokio::select! {
         biased;
         _ = shutdown.cancelled() => return Ok(StreamEnd::Interrupted),
         started = start(ctx) => match started? {
@@ -96,6 +102,7 @@ pub async fn run(
         store: &store,
         cuts: cut_requests,
         metrics: METRICS.connector(connector.name.as_str()),
+        reconciler: Reconciler::new(source, retry_setup(connector)),
     };
     let streaming = stream::run(
         stream,
@@ -169,12 +176,19 @@ async fn cut_branches(
     }
 }
 
-/// Everything up to a running replication stream: the stream, the replica's applied LSN and
-/// whether schema changes are captured; `None` when the connector changed since the
-/// supervisor read it (it starts a new run).
-async fn start(
-    ctx: &PipelineContext,
-) -> Result<Option<(ReplicationStream, Lsn, bool)>, PipelineError> {
+/// A pipeline ready to stream.
+struct Started {
+    stream: ReplicationStream,
+    /// The replica's applied LSN, where streaming starts.
+    applied: Lsn,
+    /// Whether schema changes are captured on the source.
+    capturing: bool,
+    source: ConnInfo,
+}
+
+/// Everything up to a running replication stream; `None` when the connector changed since
+/// the supervisor read it (it starts a new run).
+async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> {
     let connector = &ctx.connector;
     let bk = &ctx.bookkeeping;
     if !bk.begin_run(connector).await? {
@@ -315,7 +329,12 @@ async fn start(
     bk.set_state(connector.id, PipelineState::Streaming, None)
         .await?;
     tracing::info!(from = %applied, capturing, "streaming");
-    Ok(Some((stream, applied, capturing)))
+    Ok(Some(Started {
+        stream,
+        applied,
+        capturing,
+        source,
+    }))
 }
 
 /// Makes sure the source's schema change capture objects are current where this role may

@@ -38,6 +38,7 @@ use crate::change::{Change, ChangeKind, Message, TableName};
 use crate::metrics::ConnectorMetrics;
 use crate::pg::ConnInfo;
 use crate::pipeline::ddl::{DdlStatement, DdlTracker};
+use crate::pipeline::drift::Reconciler;
 use crate::pipeline::PipelineError;
 use crate::settings::PipelineSettings;
 use crate::sink::{self, ReplicaSink};
@@ -116,6 +117,8 @@ pub struct Target<'a> {
     /// Branches to cut from the replica between two target transactions.
     pub cuts: mpsc::Receiver<CutRequest>,
     pub metrics: ConnectorMetrics,
+    /// Brings a replica table in line when a change no longer fits it.
+    pub reconciler: Reconciler,
 }
 
 /// Copy the replica to a new database at the next source commit boundary.
@@ -170,6 +173,7 @@ pub async fn run(
         cuts: target.cuts,
         cuts_open: true,
         metrics: target.metrics,
+        reconciler: target.reconciler,
         counted: Counted::default(),
         inbox,
         durable: durable_tx,
@@ -545,6 +549,13 @@ fn commit_micros(text: &str) -> Option<i64> {
         .map(|t| t.timestamp_micros())
 }
 
+fn no_session() -> PipelineError {
+    PipelineError::definite(
+        "the replica's session was not reopened after a branch cut",
+        "restart tributary; the pipeline resumes from the replica's applied position",
+    )
+}
+
 #[derive(PartialEq)]
 enum Flow {
     Continue,
@@ -558,6 +569,7 @@ struct Applier<'a> {
     cuts: mpsc::Receiver<CutRequest>,
     cuts_open: bool,
     metrics: ConnectorMetrics,
+    reconciler: Reconciler,
     /// Counted in the open target transaction; added to the metrics when it commits.
     counted: Counted,
     inbox: mpsc::Receiver<Command>,
@@ -591,12 +603,7 @@ impl Applier<'_> {
     }
 
     fn sink(&mut self) -> Result<&mut ReplicaSink, PipelineError> {
-        self.sink.as_mut().ok_or_else(|| {
-            PipelineError::definite(
-                "the replica's session was not reopened after a branch cut",
-                "restart tributary; the pipeline resumes from the replica's applied position",
-            )
-        })
+        self.sink.as_mut().ok_or_else(no_session)
     }
 
     /// Commits what is open, closes the replica's session, copies the replica into the
@@ -684,7 +691,9 @@ impl Applier<'_> {
             Command::Change(change, budget) => {
                 self.in_source_tx = true;
                 self.counted.count(&change);
-                self.sink()?.apply(change).await?;
+                if let Some(misfit) = self.sink()?.apply(change).await? {
+                    self.reconcile(misfit.change).await?;
+                }
                 drop(budget);
                 self.batch_changes += 1;
                 self.batch_started.get_or_insert_with(Instant::now);
@@ -733,6 +742,33 @@ impl Applier<'_> {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// A change did not fit its replica table: brings the table in line with the source
+    /// (in the open target transaction), then applies the change.
+    async fn reconcile(&mut self, change: Change) -> Result<(), PipelineError> {
+        let sink = self.sink.as_mut().ok_or_else(no_session)?;
+        let statements = self.reconciler.reconcile(sink, &change).await?;
+        tracing::warn!(
+            table = %change.table,
+            lsn = ?change.lsn,
+            ?statements,
+            "schema drift: the replica table was brought in line with the source"
+        );
+        self.metrics.schema_drift.inc();
+        // Like a captured schema change: committed at the end of this source transaction.
+        self.ddl_in_tx = true;
+        let table = change.table.clone();
+        if self.sink()?.apply(change).await?.is_some() {
+            return Err(PipelineError::definite(
+                format!(
+                    "a change to {table} still does not fit the replica table after reconciling it"
+                ),
+                "take a new snapshot with `tributary connector retry-setup`; and report this to \
+                 the tributary developers",
+            ));
+        }
+        Ok(())
     }
 
     /// At the end of a source transaction with schema changes: every table they created

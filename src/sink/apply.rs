@@ -111,6 +111,23 @@ pub const MAX_BUFFERED_BYTES: usize = 16 << 20;
 /// Per-row and per-statement overhead counted against the byte limits.
 const ROW_BYTES: usize = 64;
 
+/// A replica table's column, as [`ReplicaSink::describe`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaColumn {
+    pub name: String,
+    /// `format_type` with the modifier (`character varying(20)`), qualified unless in
+    /// `pg_catalog`.
+    pub type_sql: String,
+    pub generated: bool,
+}
+
+/// A change whose columns do not match its replica table (a schema change on the source
+/// that was not replayed): it names a column the table lacks, or it is an INSERT without
+/// one of the table's stored columns. Nothing of it was applied.
+pub struct Misfit {
+    pub change: Change,
+}
+
 /// Applies changes to one replica database; see the module docs.
 ///
 /// The methods are not cancel-safe: when a call is dropped before it completes (a
@@ -464,8 +481,9 @@ impl ReplicaSink {
     ///
     /// Changes are batched and pipelined (see the module docs): an error may therefore
     /// surface on a later `apply()` or on `commit()`, naming the change that failed. After
-    /// an error the transaction is failed and must be rolled back.
-    pub async fn apply(&mut self, change: Change) -> Result<(), SinkError> {
+    /// an error the transaction is failed and must be rolled back. A change that does not
+    /// fit its table is given back untouched ([`Misfit`]); the transaction goes on.
+    pub async fn apply(&mut self, change: Change) -> Result<Option<Misfit>, SinkError> {
         self.usable()?;
         let result = self.apply_change(change).await;
         self.note(result)
@@ -578,6 +596,46 @@ impl ReplicaSink {
         Ok(missing)
     }
 
+    /// The columns of `table` in the replica (in the open transaction), with their types'
+    /// modifiers; `None` when there is no such table.
+    pub async fn describe(
+        &mut self,
+        table: &TableName,
+    ) -> Result<Option<Vec<ReplicaColumn>>, SinkError> {
+        const SQL: &str = "\
+            SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                   a.attgenerated <> '' \
+              FROM pg_catalog.pg_class c \
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+              LEFT JOIN pg_catalog.pg_attribute a \
+                     ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             WHERE n.nspname = $1 AND c.relname = $2 \
+             ORDER BY a.attnum";
+        self.usable()?;
+        self.drain().await?;
+        let rows = match self.client.query(SQL, &[&table.schema, &table.name]).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                let error = setup(&self.database, "reading the replica's catalog")(e);
+                return Err(self.earlier_error_or(error).await);
+            }
+        };
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            rows.iter()
+                .filter_map(|row| {
+                    Some(ReplicaColumn {
+                        name: row.get::<_, Option<String>>(0)?,
+                        type_sql: row.get(1),
+                        generated: row.get(2),
+                    })
+                })
+                .collect(),
+        ))
+    }
+
     /// Forgets every table's definition and statements (after a schema change).
     fn forget_tables(&mut self) {
         debug_assert!(self.open_batches.is_empty() && self.in_flight.is_empty());
@@ -650,24 +708,29 @@ impl ReplicaSink {
         }
     }
 
-    async fn apply_change(&mut self, mut change: Change) -> Result<(), SinkError> {
+    async fn apply_change(&mut self, mut change: Change) -> Result<Option<Misfit>, SinkError> {
         self.begin().await?;
         if let TxState::Open { changes } = &mut self.state {
             *changes += 1;
         }
         if change.kind == ChangeKind::Truncate {
-            return self.truncate(&change).await;
+            return self.truncate(&change).await.map(|()| None);
         }
         self.flush_truncate().await?;
 
         let table = self.table(&change.table, change.lsn).await?;
-        let shape = self.shape(table, &change).await?;
+        let Some(shape) = self.shape(table, &change).await? else {
+            return Ok(Some(Misfit { change }));
+        };
         if shape.batch.is_none() || !shape.keeps_key(&change) {
             self.flush_batch(table).await?;
             let params = (0..shape.params.len())
                 .map(|param| shape.take(&mut change, param))
                 .collect();
-            return self.send_single(table, &shape, change.lsn, params).await;
+            return self
+                .send_single(table, &shape, change.lsn, params)
+                .await
+                .map(|()| None);
         }
 
         let key = (change.kind != ChangeKind::Insert).then(|| shape.key_hash(&change));
@@ -676,7 +739,7 @@ impl ReplicaSink {
                 if let Some(row) = batch.row_with_key(&change, key) {
                     let delta = batch.replace(row, &mut change);
                     self.buffered_bytes = self.buffered_bytes.saturating_add_signed(delta);
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
@@ -702,7 +765,7 @@ impl ReplicaSink {
         if self.buffered_bytes > MAX_BUFFERED_BYTES {
             self.flush_batches().await?;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Opens the target transaction unless one is open: BEGIN, and the progress row read
@@ -897,8 +960,14 @@ impl ReplicaSink {
         Ok(index)
     }
 
-    /// The statements for the change's shape, prepared on first use.
-    async fn shape(&mut self, table: usize, change: &Change) -> Result<Arc<Shape>, SinkError> {
+    /// The statements for the change's shape, prepared on first use; `None` when the change
+    /// does not fit the table: it names a column the table lacks, or it is an INSERT without
+    /// one of the table's stored columns (checked once per shape).
+    async fn shape(
+        &mut self,
+        table: usize,
+        change: &Change,
+    ) -> Result<Option<Arc<Shape>>, SinkError> {
         let mut new = std::mem::take(&mut self.scratch_new);
         let mut old = std::mem::take(&mut self.scratch_old);
         let entry = &mut self.tables[table];
@@ -911,6 +980,7 @@ impl ReplicaSink {
                     .resolve_into(change.identity.iter().map(|c| c.name.as_str()), &mut old)
             });
         let found = match resolved {
+            Err(PlanError::MissingColumn(_)) => Ok(Ok(None)),
             Err(error) => Err(plan_error(&entry.meta, change, error)),
             Ok(()) => {
                 let same = |shape: &Shape| {
@@ -919,7 +989,7 @@ impl ReplicaSink {
                         && *shape.key.old == old[..]
                 };
                 match &entry.last_shape {
-                    Some(shape) if same(shape) => Ok(Ok(Arc::clone(shape))),
+                    Some(shape) if same(shape) => Ok(Ok(Some(Arc::clone(shape)))),
                     _ => {
                         let key = ShapeKey {
                             kind: change.kind,
@@ -929,7 +999,12 @@ impl ReplicaSink {
                         match entry.shapes.get(&key) {
                             Some(shape) => {
                                 entry.last_shape = Some(Arc::clone(shape));
-                                Ok(Ok(Arc::clone(shape)))
+                                Ok(Ok(Some(Arc::clone(shape))))
+                            }
+                            None if change.kind == ChangeKind::Insert
+                                && !entry.meta.absent_from(&new).is_empty() =>
+                            {
+                                Ok(Ok(None))
                             }
                             None => Ok(Err(key)),
                         }
@@ -941,7 +1016,7 @@ impl ReplicaSink {
         self.scratch_old = old;
         match found? {
             Ok(shape) => Ok(shape),
-            Err(key) => self.prepare_shape(table, change, key).await,
+            Err(key) => self.prepare_shape(table, change, key).await.map(Some),
         }
     }
 

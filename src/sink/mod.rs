@@ -17,7 +17,7 @@ mod error;
 mod replica;
 mod table;
 
-pub use apply::{ReplicaSink, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
+pub use apply::{Misfit, ReplicaColumn, ReplicaSink, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 pub use error::SinkError;
 pub use replica::{
     copy_database, drop_database, prepare_replica, replica_applied_lsn, replica_exists,

@@ -334,6 +334,16 @@ impl TableMeta {
         Ok(())
     }
 
+    /// The stored (not generated) columns missing from `present` (column indexes).
+    pub(crate) fn absent_from(&self, present: &[u16]) -> Vec<&str> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| !c.generated && !present.contains(&(*i as u16)))
+            .map(|(_, c)| c.name.as_str())
+            .collect()
+    }
+
     /// Whether the source can send UPDATEs and DELETEs of this table (the replica's
     /// definition mirrors the source's): a primary key or identity index, or FULL.
     pub(crate) fn has_usable_identity(&self) -> bool {

@@ -303,7 +303,7 @@ mod tests {
         assert!(sql.contains("CREATE OR REPLACE FUNCTION tributary.capture_ddl()"));
         assert!(!sql.contains("{MESSAGE_PREFIX}"));
         assert!(
-            !sql.contains("EXCEPTION"),
+            !sql.contains("EXCEPTION WHEN"),
             "no subtransaction around the message"
         );
     }

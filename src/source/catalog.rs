@@ -118,6 +118,74 @@ SELECT n.nspname,
  WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND n.nspname = ANY($1)
  ORDER BY n.nspname, c.relname";
 
+/// One column of a source table as it is now, for bringing a replica table in line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceColumn {
+    pub name: String,
+    /// `format_type` with the modifier, qualified unless in `pg_catalog`.
+    pub type_sql: String,
+    pub not_null: bool,
+    /// The default expression, `pg_get_expr` of it.
+    pub default: Option<String>,
+    /// Whether the default calls a volatile function (`nextval`, `random`, …).
+    pub volatile_default: bool,
+    /// The value rows written before the column was added read (`attmissingval`), as text:
+    /// set when it was added with a non-volatile default and the table not rewritten since.
+    pub missing_value: Option<String>,
+    pub generated: bool,
+}
+
+/// The live columns of `table` in `attnum` order; `None` when there is no such table.
+/// The session's `search_path` must be empty, so that `format_type` qualifies names.
+pub async fn table_columns(
+    client: &Client,
+    table: &TableName,
+) -> Result<Option<Vec<SourceColumn>>, CatalogError> {
+    const SQL: &str = "
+        SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
+               pg_catalog.pg_get_expr(d.adbin, d.adrelid),
+               coalesce((SELECT bool_or(p.provolatile = 'v') FROM pg_catalog.pg_depend dep
+                          JOIN pg_catalog.pg_proc p ON p.oid = dep.refobjid
+                         WHERE dep.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+                           AND dep.objid = d.oid
+                           AND dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass), false),
+               CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END,
+               a.attgenerated <> ''
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          LEFT JOIN pg_catalog.pg_attribute a
+                 ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+         ORDER BY a.attnum";
+    let rows = client
+        .query(SQL, &[&table.schema, &table.name])
+        .await
+        .map_err(|source| CatalogError::Query {
+            what: "a table's columns",
+            source,
+        })?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.iter()
+            // A table without columns has one row of NULLs from the LEFT JOIN.
+            .filter_map(|row| {
+                Some(SourceColumn {
+                    name: row.get::<_, Option<String>>(0)?,
+                    type_sql: row.get(1),
+                    not_null: row.get(2),
+                    default: row.get(3),
+                    volatile_default: row.get(4),
+                    missing_value: row.get(5),
+                    generated: row.get(6),
+                })
+            })
+            .collect(),
+    ))
+}
+
 /// Every type the given types are built from: domains' base types and arrays' elements,
 /// transitively. `UNION` (not `ALL`) ends the recursion once no new type appears.
 const TYPES: &str = "
