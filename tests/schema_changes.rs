@@ -441,4 +441,113 @@ async fn without_capture_added_and_dropped_columns_are_reconciled_as_drift() {
         &daemon,
     )
     .await;
+
+    // A table dropped and re-created with the same columns: its changes would fit the
+    // replica's old table, so the source's OIDs are watched.
+    source.psql(
+        "postgres",
+        "DROP TABLE app.events;
+         CREATE TABLE app.events (id bigserial PRIMARY KEY, kind text NOT NULL,
+                                  amount int NOT NULL, note text);
+         INSERT INTO app.events (id, kind, amount) VALUES (1000000, 'fresh', 1);",
+    );
+    daemon.wait_for_state("shop", "failed").await;
+    let failed = daemon
+        .connectors()
+        .into_iter()
+        .find(|c| c["name"] == "shop")
+        .unwrap();
+    let text = failed.to_string();
+    assert!(
+        text.contains("app.events was dropped and re-created"),
+        "{text}"
+    );
+    assert!(text.contains("retry-setup"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_stops_where_a_replay_would_lose_changes() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    source.psql("postgres", SCHEMA);
+    let mut daemon = Daemon::new(&store);
+    daemon.create_connector(&source.superuser_url("postgres"), "shop", "app");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+
+    // A table without a key: wal2json would drop its UPDATEs and DELETEs unseen. A key
+    // added in the same transaction is fine.
+    source.psql(
+        "postgres",
+        "BEGIN; CREATE TABLE app.keyed_later (id int, v text);
+         ALTER TABLE app.keyed_later ADD PRIMARY KEY (id); COMMIT;
+         INSERT INTO app.keyed_later VALUES (1, 'a');",
+    );
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "shop_replica",
+        &["app"],
+        &daemon,
+    )
+    .await;
+    source.psql(
+        "postgres",
+        "CREATE TABLE app.log (at timestamptz, line text);
+         INSERT INTO app.log VALUES (now(), 'lost?');",
+    );
+    daemon.wait_for_state("shop", "failed").await;
+    let failed = daemon
+        .connectors()
+        .into_iter()
+        .find(|c| c["name"] == "shop")
+        .unwrap();
+    let text = failed.to_string();
+    assert!(
+        text.contains("app.log without a primary key or replica identity"),
+        "{text}"
+    );
+    assert!(text.contains("retry-setup"), "{text}");
+    assert_eq!(
+        store.psql("shop_replica", "SELECT to_regclass('app.log') IS NULL"),
+        "t",
+        "the transaction that created it was not committed on the replica"
+    );
+
+    // Fixed on the source; a new snapshot takes it with its key.
+    source.psql("postgres", "ALTER TABLE app.log REPLICA IDENTITY FULL");
+    daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "shop_replica",
+        &["app"],
+        &daemon,
+    )
+    .await;
+
+    // DDL run from a DO block is not a statement of the query: the connector stops rather
+    // than guess, and nothing after it is applied.
+    source.psql(
+        "postgres",
+        "DO $$ BEGIN EXECUTE 'ALTER TABLE app.accounts ADD COLUMN hidden int'; END $$;
+         INSERT INTO app.accounts VALUES (500, 'after', 1, 2);",
+    );
+    daemon.wait_for_state("shop", "failed").await;
+    let failed = daemon
+        .connectors()
+        .into_iter()
+        .find(|c| c["name"] == "shop")
+        .unwrap();
+    let text = failed.to_string();
+    assert!(text.contains("DO block"), "{text}");
+    assert_eq!(
+        store.psql(
+            "shop_replica",
+            "SELECT count(*) FROM app.accounts WHERE id = 500"
+        ),
+        "0"
+    );
 }

@@ -32,8 +32,11 @@ pub struct DdlStatement {
     /// The schemas the source session resolved names in, first to last.
     pub search_path: Vec<String>,
     pub tag: String,
-    /// Tables the command created or altered, in the connector's schemas.
-    pub tables: Vec<TableName>,
+    /// Tables the command created, renamed or altered, in the connector's schemas, with
+    /// their OIDs on the source.
+    pub tables: Vec<(TableName, u32)>,
+    /// OIDs of the tables it dropped.
+    pub dropped: Vec<u32>,
     /// For messages: wal2json reports a position near the command (the next change's).
     pub lsn: Option<Lsn>,
 }
@@ -90,6 +93,12 @@ impl DdlTracker {
             self.dropped.extend(message.objects);
             return Ok(None);
         }
+        let dropped: Vec<u32> = self
+            .dropped
+            .iter()
+            .filter(|o| o.kind == "table")
+            .filter_map(|o| o.oid)
+            .collect();
         let mut objects = message.objects;
         objects.append(&mut self.dropped);
         objects.retain(|o| !o.in_extension);
@@ -140,13 +149,15 @@ impl DdlTracker {
         let tables = objects
             .iter()
             .filter(|o| o.kind == "table" && o.schema.as_deref().is_some_and(ours))
-            .filter_map(object_table)
+            .filter(|o| !dropped.iter().any(|d| Some(*d) == o.oid))
+            .filter_map(|o| Some((object_table(o)?, o.oid?)))
             .collect();
         Ok(Some(DdlStatement {
             sql: statements::without_concurrently(&statement),
             search_path: message.search_path,
             tag,
             tables,
+            dropped,
             lsn,
         }))
     }
@@ -237,6 +248,7 @@ mod tests {
             kind: kind.into(),
             schema: schema.map(Into::into),
             identity: identity.into(),
+            oid: Some(7),
             in_extension: false,
             table: None,
         }
@@ -267,7 +279,16 @@ mod tests {
         let second = t.on_message(command("ALTER TABLE", query, table()), None);
         let second = second.unwrap().unwrap();
         assert_eq!(second.sql, "alter table t add b int");
-        assert_eq!(second.tables[0].name, "t");
+        assert_eq!(
+            second.tables[0],
+            (
+                TableName {
+                    schema: "public".into(),
+                    name: "t".into()
+                },
+                7
+            )
+        );
         let third = t.on_message(command("CREATE INDEX", query, vec![]), None);
         assert!(third.unwrap().is_none(), "no object in the schemas");
         let index = vec![object("index", Some("public"), "public.i")];

@@ -113,10 +113,60 @@ pub async fn run(
         &ctx.settings.pipeline,
         shutdown,
     );
+    let watching = async {
+        if capturing {
+            // Captured DDL keeps the replica's tables the source's.
+            std::future::pending::<()>().await;
+        }
+        watch_recreated_tables(ctx, &filter.schemas).await
+    };
     tokio::select! {
         end = streaming => end,
         // Ends only with an error, or when the applier is gone (then so is the stream).
         Err(e) = cut_branches(ctx, cuts, branch_pokes) => Err(e),
+        Err(e) = watching => Err(e),
+    }
+}
+
+/// Without schema change capture, a table dropped and re-created on the source under the
+/// same name (and with the same columns) would go unnoticed: its changes fit the replica's
+/// old table, whose rows stay. So the source's table OIDs are compared, every poll
+/// interval, with those the replica recorded; ends with an error when one differs.
+async fn watch_recreated_tables(
+    ctx: &PipelineContext,
+    schemas: &[String],
+) -> Result<(), PipelineError> {
+    let connector = &ctx.connector;
+    let source = ConnInfo::parse(&ctx.bookkeeping.source_url(connector).await?).map_err(|e| {
+        PipelineError::definite(e.to_string(), "correct the connector's source URL")
+    })?;
+    let replica = ctx
+        .settings
+        .store()
+        .with_dbname(&connector.replica_database);
+    let mut poll = tokio::time::interval(Duration::from_secs(
+        ctx.settings.supervisor.poll_interval_secs.max(1),
+    ));
+    loop {
+        poll.tick().await;
+        let recorded = sink::source_tables(&replica).await?;
+        if recorded.is_empty() {
+            continue;
+        }
+        let client = pg::connect(&source).await?;
+        let now = catalog::table_oids(&client, schemas).await?;
+        for (table, oid) in &recorded {
+            if let Some((_, new)) = now.iter().find(|(t, o)| t == table && o != oid) {
+                return Err(PipelineError::definite(
+                    format!(
+                        "table {table} was dropped and re-created on the source (OID {oid}, now \
+                         {new}), and schema changes are not captured: the replica still holds \
+                         the old table's rows"
+                    ),
+                    retry_setup(connector),
+                ));
+            }
+        }
     }
 }
 
@@ -467,6 +517,7 @@ async fn snapshot(
             source,
         })?;
     let listed = catalog::list_tables(&source_sql, &connector.schemas, &[]).await?;
+    let oids = catalog::table_oids(&source_sql, &connector.schemas).await?;
     drop(source_sql);
     let decisions = ctx.bookkeeping.table_decisions(connector.id).await?;
     let (tables, excluded) = apply_decisions(listed, &decisions);
@@ -535,6 +586,7 @@ async fn snapshot(
     schema.restore(&job, Section::PostData).await?;
 
     let mut sink = ReplicaSink::connect(store, &replica.dbname).await?;
+    sink.record_source_tables(&oids, &[]).await?;
     sink.mark_applied(created.consistent_point).await?;
     tracing::info!(
         rows = stats.rows,

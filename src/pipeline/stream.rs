@@ -704,8 +704,12 @@ impl Applier<'_> {
                 self.sink()?
                     .execute_ddl(&ddl.sql, &ddl.search_path, &ddl.tag, ddl.lsn)
                     .await?;
+                self.sink()?
+                    .record_source_tables(&ddl.tables, &ddl.dropped)
+                    .await?;
                 self.metrics.schema_changes.inc();
-                self.ddl_tables.extend(ddl.tables);
+                self.ddl_tables
+                    .extend(ddl.tables.into_iter().map(|(table, _)| table));
                 self.ddl_in_tx = true;
                 self.batch_started.get_or_insert_with(Instant::now);
             }

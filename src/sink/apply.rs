@@ -636,6 +636,47 @@ impl ReplicaSink {
         ))
     }
 
+    /// Records which source table (by OID) each replica table is, in the open transaction
+    /// if there is one: `tables` created, renamed or altered, `dropped` gone.
+    pub async fn record_source_tables(
+        &mut self,
+        tables: &[(TableName, u32)],
+        dropped: &[u32],
+    ) -> Result<(), SinkError> {
+        self.usable()?;
+        let result = self.write_source_tables(tables, dropped).await;
+        self.note(result)
+    }
+
+    async fn write_source_tables(
+        &mut self,
+        tables: &[(TableName, u32)],
+        dropped: &[u32],
+    ) -> Result<(), SinkError> {
+        self.drain().await?;
+        let recording = || setup(&self.database, "recording the source's table OIDs");
+        for oid in dropped.iter().chain(tables.iter().map(|(_, oid)| oid)) {
+            self.client
+                .execute(
+                    "DELETE FROM tributary.source_tables WHERE source_oid = $1",
+                    &[oid],
+                )
+                .await
+                .map_err(recording())?;
+        }
+        for (table, oid) in tables {
+            self.client
+                .execute(
+                    "INSERT INTO tributary.source_tables AS t VALUES ($1, $2, $3) \
+                     ON CONFLICT (schema_name, table_name) DO UPDATE SET source_oid = $3",
+                    &[&table.schema, &table.name, oid],
+                )
+                .await
+                .map_err(recording())?;
+        }
+        Ok(())
+    }
+
     /// Forgets every table's definition and statements (after a schema change).
     fn forget_tables(&mut self) {
         debug_assert!(self.open_batches.is_empty() && self.in_flight.is_empty());

@@ -21,4 +21,5 @@ pub use apply::{Misfit, ReplicaColumn, ReplicaSink, MAX_IN_FLIGHT, MAX_IN_FLIGHT
 pub use error::SinkError;
 pub use replica::{
     copy_database, drop_database, prepare_replica, replica_applied_lsn, replica_exists,
+    source_tables,
 };

@@ -6,7 +6,8 @@
 //!   ├─ <control database>        store.url's database: bookkeeping (not touched here)
 //!   └─ <connector>_replica       created by prepare_replica from template0
 //!        ├─ the source's tables  restored by the snapshot, kept in sync by ReplicaSink
-//!        └─ tributary.applied    one row: the source LSN the replica holds everything up to
+//!        ├─ tributary.applied    one row: the source LSN the replica holds everything up to
+//!        └─ tributary.source_tables   each table's OID on the source, as of that LSN
 //! ```
 //!
 //! The progress row is written in the same transaction as the data it covers, so after any
@@ -17,6 +18,7 @@ use crate::pg::{self, ConnInfo, PgClient};
 
 use super::apply::ReplicaSink;
 use super::error::SinkError;
+use crate::change::TableName;
 use crate::pg::quote_ident;
 use crate::types::Lsn;
 
@@ -31,7 +33,16 @@ const PROGRESS_DDL: &str = "\
     );\n\
     COMMENT ON TABLE tributary.applied IS \
         'tributary: the source LSN up to which this database holds every change; \
-         written in the same transaction as the changes';";
+         written in the same transaction as the changes';\n\
+    CREATE TABLE IF NOT EXISTS tributary.source_tables (\n\
+        schema_name text NOT NULL,\n\
+        table_name text NOT NULL,\n\
+        source_oid oid NOT NULL UNIQUE,\n\
+        PRIMARY KEY (schema_name, table_name)\n\
+    );\n\
+    COMMENT ON TABLE tributary.source_tables IS \
+        'tributary: the OID each table has on the source: a table dropped and re-created \
+         there has another';";
 
 /// Reads the progress row and locks it for the rest of the transaction, so a second
 /// writer (two connectors on one replica by mistake) waits instead of interleaving.
@@ -130,6 +141,39 @@ pub async fn prepare_replica(store: &ConnInfo, database: &str) -> Result<(), Sin
         "creating the progress table tributary.applied",
     ))?;
     Ok(())
+}
+
+/// The source table OIDs the replica recorded (empty for a replica made before they were).
+pub async fn source_tables(replica: &ConnInfo) -> Result<Vec<(TableName, u32)>, SinkError> {
+    let client = connect(replica).await?;
+    let reading = setup(&replica.dbname, "reading the source's table OIDs");
+    let exists = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('tributary.source_tables') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(reading)?;
+    if !exists.get::<_, bool>(0) {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT schema_name, table_name, source_oid FROM tributary.source_tables",
+            &[],
+        )
+        .await
+        .map_err(setup(&replica.dbname, "reading the source's table OIDs"))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let table = TableName {
+                schema: row.get(0),
+                name: row.get(1),
+            };
+            (table, row.get(2))
+        })
+        .collect())
 }
 
 /// `CREATE DATABASE <name> TEMPLATE <template>` on the store server: a branch of a replica

@@ -61,14 +61,15 @@ BEGIN
     IF TG_EVENT = 'sql_drop' THEN
         SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                    'type', d.object_type, 'schema', d.schema_name,
-                   'identity', d.object_identity)), '[]')
+                   'identity', d.object_identity, 'oid', d.objid::int8)), '[]')
           INTO touched
           FROM pg_catalog.pg_event_trigger_dropped_objects() d
          WHERE NOT d.is_temporary;
     ELSE
         SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                    'type', c.object_type, 'schema', c.schema_name,
-                   'identity', c.object_identity, 'in_extension', c.in_extension,
+                   'identity', c.object_identity, 'oid', c.objid::int8,
+                   'in_extension', c.in_extension,
                    'table', (SELECT pg_catalog.format('%I.%I', n.nspname, t.relname)
                                FROM pg_catalog.pg_index i
                                JOIN pg_catalog.pg_class t ON t.oid = i.indrelid
@@ -238,6 +239,9 @@ pub struct DdlObject {
     pub schema: Option<String>,
     /// Qualified and quoted as needed: `public.orders`, `"My S".t.col`, `billing`.
     pub identity: String,
+    /// `objid`: for a table, its OID.
+    #[serde(default)]
+    pub oid: Option<u32>,
     #[serde(default)]
     pub in_extension: bool,
     /// For an index: its table, `schema.name` quoted as needed.

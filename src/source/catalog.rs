@@ -118,6 +118,36 @@ SELECT n.nspname,
  WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND n.nspname = ANY($1)
  ORDER BY n.nspname, c.relname";
 
+/// The OID of every table in `schemas` (ordinary and partitioned): a table dropped and
+/// re-created under the same name has another.
+pub async fn table_oids(
+    client: &Client,
+    schemas: &[String],
+) -> Result<Vec<(TableName, u32)>, CatalogError> {
+    const SQL: &str = "
+        SELECT n.nspname::text, c.relname::text, c.oid
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY($1)";
+    let rows = client
+        .query(SQL, &[&schemas])
+        .await
+        .map_err(|source| CatalogError::Query {
+            what: "the tables' OIDs",
+            source,
+        })?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let name = TableName {
+                schema: row.get(0),
+                name: row.get(1),
+            };
+            (name, row.get(2))
+        })
+        .collect())
+}
+
 /// One column of a source table as it is now, for bringing a replica table in line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceColumn {
