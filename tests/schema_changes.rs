@@ -152,6 +152,8 @@ const STEPS: &[&str] = &[
     "ALTER SEQUENCE app.invoice_no INCREMENT BY 5",
     "CREATE VIEW app.rich AS SELECT id, balance FROM app.accounts WHERE balance > 100",
     "CREATE OR REPLACE VIEW app.rich AS SELECT id, balance, tier FROM app.accounts WHERE balance > 100",
+    "CREATE VIEW app.doomed AS SELECT 1 AS one",
+    "DROP VIEW app.doomed",
     "CREATE FUNCTION app.double(x int) RETURNS int LANGUAGE sql AS 'SELECT x * 2'",
     "CREATE TABLE app.computed (id int PRIMARY KEY, v int, d int GENERATED ALWAYS AS (v * 2) STORED)",
     "INSERT INTO app.computed (id, v) SELECT g, g FROM generate_series(1, 10) g",
@@ -400,6 +402,36 @@ async fn without_capture_added_and_dropped_columns_are_reconciled_as_drift() {
     );
     let drift = counter(&daemon, "tributary_schema_drift_total", "shop").await;
     assert!(drift >= 3, "{drift} tables reconciled");
+
+    // A type change alone leaves every change fitting (a wider scale would be rounded):
+    // the connector stops and names the statement.
+    source.psql(
+        "postgres",
+        "ALTER TABLE app.accounts ALTER COLUMN balance TYPE numeric(12,3);
+         INSERT INTO app.accounts (id, balance) VALUES (104, 1.234);",
+    );
+    daemon.wait_for_state("shop", "failed").await;
+    let failed = daemon
+        .connectors()
+        .into_iter()
+        .find(|c| c["name"] == "shop")
+        .unwrap();
+    let text = failed.to_string();
+    assert!(
+        text.contains("is numeric(12,3) on the source and numeric(10,2) in the replica"),
+        "{text}"
+    );
+    assert!(text.contains("retry-setup shop --resnapshot"), "{text}");
+    daemon.cli_ok(&["connector", "retry-setup", "shop", "--resnapshot", "--wait"]);
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "shop_replica",
+        &["app"],
+        &daemon,
+    )
+    .await;
 
     // A rename cannot be told from a drop and an add: the connector stops and names the
     // statement, and nothing after it is applied.

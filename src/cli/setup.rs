@@ -43,6 +43,10 @@ pub struct RetryArgs {
     name: String,
     #[command(flatten)]
     decisions: DecisionArgs,
+    /// Take a new snapshot even though the slot and replica could be kept: when the
+    /// replica is known to differ from the source (a connector failure says so).
+    #[arg(long)]
+    resnapshot: bool,
     /// Wait until the connector streams again (exit 0) or fails (exit 1).
     #[arg(long)]
     wait: bool,
@@ -82,7 +86,15 @@ pub async fn retry(
     settings: &Settings,
 ) -> Result<(), Failure> {
     let connector = find(bookkeeping, &args.name).await?;
-    let restarted = set_up_again(bookkeeping, settings, &connector, &args.decisions, None).await?;
+    let restarted = set_up_again(
+        bookkeeping,
+        settings,
+        &connector,
+        &args.decisions,
+        None,
+        args.resnapshot,
+    )
+    .await?;
     if restarted && args.wait {
         wait_for_streaming(bookkeeping, &connector).await?;
     }
@@ -124,6 +136,7 @@ pub async fn update(
                 &connector,
                 &args.decisions,
                 Some(schemas),
+                false,
             )
             .await?;
         }
@@ -182,6 +195,7 @@ async fn set_up_again(
     connector: &Connector,
     decision_args: &DecisionArgs,
     new_schemas: Option<Vec<String>>,
+    force_snapshot: bool,
 ) -> Result<bool, Failure> {
     let name = &connector.name;
     let file = decision_args.read_file()?;
@@ -216,7 +230,7 @@ async fn set_up_again(
     let decisions =
         decision_args.decide(file, &report, &schemas, &existing, "Nothing was changed.")?;
 
-    let reasons = resnapshot_reasons(
+    let mut reasons = resnapshot_reasons(
         bookkeeping,
         settings,
         connector,
@@ -226,6 +240,9 @@ async fn set_up_again(
         &decisions,
     )
     .await?;
+    if force_snapshot {
+        reasons.push("asked for with --resnapshot".to_owned());
+    }
     let unhealthy = connector.state != PipelineState::Streaming || connector.last_error.is_some();
     let restart = !reasons.is_empty() || unhealthy;
     let decisions_changed = decisions != existing;

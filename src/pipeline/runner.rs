@@ -118,7 +118,7 @@ pub async fn run(
             // Captured DDL keeps the replica's tables the source's.
             std::future::pending::<()>().await;
         }
-        watch_recreated_tables(ctx, &filter.schemas).await
+        watch_source_tables(ctx, &filter.schemas).await
     };
     tokio::select! {
         end = streaming => end,
@@ -128,11 +128,14 @@ pub async fn run(
     }
 }
 
-/// Without schema change capture, a table dropped and re-created on the source under the
-/// same name (and with the same columns) would go unnoticed: its changes fit the replica's
-/// old table, whose rows stay. So the source's table OIDs are compared, every poll
-/// interval, with those the replica recorded; ends with an error when one differs.
-async fn watch_recreated_tables(
+/// Without schema change capture, two changes on the source would go unnoticed, because
+/// the changes that follow them still fit the replica's tables: a table dropped and
+/// re-created under the same name (the replica keeps the old table's rows), and a column's
+/// new type (a wider numeric scale would be rounded to the old one). So every poll interval
+/// the source's table OIDs are compared with those the replica recorded, and the column
+/// types of both; ends with an error, naming the fix, when one differs. (The replica is
+/// connected to only briefly: a branch cut needs it without sessions.)
+async fn watch_source_tables(
     ctx: &PipelineContext,
     schemas: &[String],
 ) -> Result<(), PipelineError> {
@@ -153,8 +156,34 @@ async fn watch_recreated_tables(
         if recorded.is_empty() {
             continue;
         }
-        let client = pg::connect(&source).await?;
+        let client = catalog_session(&source).await?;
         let now = catalog::table_oids(&client, schemas).await?;
+        let source_types = catalog::column_types(&client, schemas).await?;
+        let replica_client = catalog_session(&replica).await?;
+        let replica_types = catalog::column_types(&replica_client, schemas).await?;
+        drop(replica_client);
+        for (table, column, wanted) in &source_types {
+            let differs = replica_types
+                .iter()
+                .find(|(t, c, _)| t == table && c == column)
+                .filter(|(_, _, has)| has != wanted);
+            if let Some((_, _, has)) = differs {
+                let column = pg::quote_ident(column);
+                let target = table.to_string();
+                return Err(PipelineError::definite(
+                    format!(
+                        "column {column} of {target} is {wanted} on the source and {has} in the \
+                         replica, and schema changes are not captured: values applied since the \
+                         change may have been cast to the old type"
+                    ),
+                    format!(
+                        "{}; capturing schema changes (`tributary connector source-sql`) \
+                         replays such changes in place",
+                        retry_setup(connector)
+                    ),
+                ));
+            }
+        }
         for (table, oid) in &recorded {
             if let Some((_, new)) = now.iter().find(|(t, o)| t == table && o != oid) {
                 return Err(PipelineError::definite(
@@ -168,6 +197,19 @@ async fn watch_recreated_tables(
             }
         }
     }
+}
+
+/// A session whose `format_type` qualifies every type outside `pg_catalog`.
+async fn catalog_session(server: &ConnInfo) -> Result<PgClient, PipelineError> {
+    let client = pg::connect(server).await?;
+    client
+        .batch_execute("SET search_path = ''")
+        .await
+        .map_err(|source| CatalogError::Query {
+            what: "setting up a catalog session",
+            source,
+        })?;
+    Ok(client)
 }
 
 /// Hands the connector's requested branches to the applier, one at a time, and records
@@ -448,7 +490,7 @@ async fn read_slot(source: &PgClient, slot: &SlotName) -> Result<Option<SlotInfo
 /// The next step when only a new snapshot helps.
 fn retry_setup(connector: &Connector) -> String {
     format!(
-        "a new snapshot is needed: run `tributary connector retry-setup {}`",
+        "a new snapshot is needed: run `tributary connector retry-setup {} --resnapshot`",
         connector.name
     )
 }

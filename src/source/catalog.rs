@@ -148,6 +148,40 @@ pub async fn table_oids(
         .collect())
 }
 
+/// Every column's type (`format_type` with the modifier) of the tables in `schemas`, as
+/// `(table, column, type)`. Works on any server; the session's `search_path` must be empty
+/// for types outside `pg_catalog` to come out qualified.
+pub async fn column_types(
+    client: &Client,
+    schemas: &[String],
+) -> Result<Vec<(TableName, String, String)>, CatalogError> {
+    const SQL: &str = "
+        SELECT n.nspname::text, c.relname::text, a.attname::text,
+               pg_catalog.format_type(a.atttypid, a.atttypmod)
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_catalog.pg_attribute a
+            ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY($1)";
+    let rows = client
+        .query(SQL, &[&schemas])
+        .await
+        .map_err(|source| CatalogError::Query {
+            what: "the tables' column types",
+            source,
+        })?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let table = TableName {
+                schema: row.get(0),
+                name: row.get(1),
+            };
+            (table, row.get(2), row.get(3))
+        })
+        .collect())
+}
+
 /// One column of a source table as it is now, for bringing a replica table in line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceColumn {
