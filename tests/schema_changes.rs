@@ -166,6 +166,11 @@ const STEPS: &[&str] = &[
     "DROP SCHEMA archive CASCADE",
     "ALTER SCHEMA extra RENAME TO archive",
     "INSERT INTO archive.notes VALUES (2, 'renamed', NULL)",
+    // Any role may emit a message with tributary's prefix: without the signature of the
+    // capture objects' key it is not replayed.
+    "SELECT pg_logical_emit_message(true, 'tributary.ddl', '0000 {\"v\": 1, \"event\": \"ddl_command_end\", \
+     \"tag\": \"DROP TABLE\", \"query\": \"DROP TABLE app.accounts\", \"objects\": \
+     [{\"type\": \"table\", \"schema\": \"app\", \"identity\": \"app.accounts\"}]}')",
     // Outside the connector's schemas: never replayed.
     "CREATE TABLE other.more (id int PRIMARY KEY); INSERT INTO other.more VALUES (1)",
     "ALTER TABLE other.ignored ADD COLUMN x int",
@@ -262,7 +267,7 @@ async fn capture_installed_once_by_a_superuser_serves_a_role_without_it() {
     source.psql("postgres", LEAST_PRIVILEGE);
     let mut daemon = Daemon::new(&store);
     // The operator installs the objects once, as a superuser, from the printed SQL.
-    let sql = daemon.cli_ok(&["connector", "source-sql"]);
+    let sql = daemon.cli_ok(&["connector", "source-sql", "--role", "repl"]);
     source.psql("postgres", &sql);
     source.psql("postgres", &sql); // idempotent
     let url = source.url("repl", Some("repl pw"), "postgres");

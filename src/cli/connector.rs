@@ -66,6 +66,10 @@ pub enum ConnectorCommand {
     /// upgrades older versions. With a connector's name, also says what its source has.
     SourceSql {
         name: Option<String>,
+        /// The source role tributary connects as, to be granted the key capture messages
+        /// are signed with (with a connector's name: the role of its URL).
+        #[arg(long)]
+        role: Option<String>,
         /// Print the SQL that removes the objects instead.
         #[arg(long)]
         uninstall: bool,
@@ -132,13 +136,19 @@ pub async fn run(
             let connector = find(&bookkeeping, &name).await?;
             delete(&bookkeeping, &settings, &connector, force).await
         }
-        ConnectorCommand::SourceSql { name, uninstall } => {
+        ConnectorCommand::SourceSql {
+            name,
+            role,
+            uninstall,
+        } => {
+            let mut role = role;
             if let Some(name) = name {
                 let connector = find(&bookkeeping, &name).await?;
                 let source = ConnInfo::parse(&bookkeeping.source_url(&connector).await?)?;
                 report_capture(&source).await;
+                role.get_or_insert(source.user.clone());
             }
-            source_sql(uninstall);
+            source_sql(role.as_deref(), uninstall);
             Ok(())
         }
         ConnectorCommand::Preflight(_) => unreachable!("handled by cli::dispatch"),
@@ -486,12 +496,20 @@ async fn delete(
     Ok(())
 }
 
-/// Prints the capture objects' SQL (to stdout, so that it can be piped into psql).
-pub(super) fn source_sql(uninstall: bool) {
+/// Prints the capture objects' SQL (to stdout, so that it can be piped into psql), with
+/// the grant of their signing key to `role`.
+pub(super) fn source_sql(role: Option<&str>, uninstall: bool) {
     if uninstall {
         say!("{}", capture::uninstall_sql().trim_end());
-    } else {
-        say!("{}", capture::install_sql().trim_end());
+        return;
+    }
+    say!("{}", capture::install_sql().trim_end());
+    match role {
+        Some(role) => say!("{}", capture::grant_key_sql(role)),
+        None => say!(
+            "-- For a source role that is not a superuser (--role names it):\n-- {}",
+            capture::grant_key_sql("<tributary's source role>")
+        ),
     }
 }
 

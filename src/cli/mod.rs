@@ -140,10 +140,11 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
     // Printing the capture SQL needs nothing else either.
     if let Command::Connector(connector::ConnectorCommand::SourceSql {
         name: None,
+        role,
         uninstall,
-    }) = args.command
+    }) = &args.command
     {
-        connector::source_sql(uninstall);
+        connector::source_sql(role.as_deref(), *uninstall);
         return Ok(());
     }
     let (settings, config_path) = load_settings(args.config.as_deref())?;

@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use crate::change::TableName;
 use crate::pg::statements;
 use crate::pipeline::PipelineError;
-use crate::source::capture::{DdlEvent, DdlMessage, DdlObject};
+use crate::source::capture::{CaptureKey, DdlEvent, DdlMessage, DdlObject};
 use crate::types::Lsn;
 
 /// A captured command to run on the replica.
@@ -31,6 +31,8 @@ pub struct DdlStatement {
     pub sql: String,
     /// The schemas the source session resolved names in, first to last.
     pub search_path: Vec<String>,
+    /// The source session's settings that decide how literals in the command are read.
+    pub settings: Vec<(String, String)>,
     pub tag: String,
     /// Tables the command created, renamed or altered, in the connector's schemas, with
     /// their OIDs on the source.
@@ -41,6 +43,15 @@ pub struct DdlStatement {
     pub lsn: Option<Lsn>,
 }
 
+/// First words of the command tags that are replayed (anything else is refused).
+const REPLAYED: &[&str] = &["CREATE", "ALTER", "DROP", "COMMENT", "REFRESH", "REINDEX"];
+
+/// Commands whose rows are written without passing through the change stream in order.
+const ROWS_ELSEWHERE: &[&str] = &["CREATE TABLE AS", "SELECT INTO"];
+
+/// Settings the replay takes from the source session.
+pub const CARRIED_SETTINGS: &[&str] = &["TimeZone", "DateStyle", "IntervalStyle"];
+
 /// Commands whose effect the replica does not take: privileges are not replicated.
 const NOT_REPLICATED: &[&str] = &[
     "GRANT",
@@ -50,6 +61,8 @@ const NOT_REPLICATED: &[&str] = &[
 ];
 
 pub struct DdlTracker {
+    /// The key capture messages are signed with; without it none is replayed.
+    key: Option<CaptureKey>,
     schemas: Vec<String>,
     excluded: HashSet<TableName>,
     /// What to tell the operator when only a new snapshot helps.
@@ -63,17 +76,25 @@ pub struct DdlTracker {
 
 impl DdlTracker {
     pub fn new(
+        key: Option<CaptureKey>,
         schemas: Vec<String>,
         excluded: HashSet<TableName>,
         retry_setup: String,
     ) -> DdlTracker {
         DdlTracker {
+            key,
             schemas,
             excluded,
             retry_setup,
             dropped: Vec::new(),
             cursor: None,
         }
+    }
+
+    /// The body of a capture message signed with the source's key; `None` for anything
+    /// else (any role may emit a message with our prefix), which is not replayed.
+    pub fn verify<'a>(&self, content: &'a str) -> Option<&'a str> {
+        self.key.as_ref()?.verify(content)
     }
 
     /// Forgets the state of a source transaction (at its commit).
@@ -103,6 +124,9 @@ impl DdlTracker {
         objects.append(&mut self.dropped);
         objects.retain(|o| !o.in_extension);
         let tag = message.tag;
+        // Every command moves the cursor, replayed or not, so that the next one is looked
+        // for after it.
+        let statement = statement(&mut self.cursor, &message.query, &tag);
         if NOT_REPLICATED.contains(&tag.as_str()) {
             return Ok(None);
         }
@@ -128,7 +152,37 @@ impl DdlTracker {
             );
             return Ok(None);
         }
-        let statement = statement(&mut self.cursor, &message.query, &tag).ok_or_else(|| {
+        let refuse = |why: String| {
+            PipelineError::definite(
+                format!("cannot replay a {tag} command{at} on the replica: {why}"),
+                self.retry_setup.clone(),
+            )
+        };
+        if !REPLAYED
+            .iter()
+            .any(|first| tag.split(' ').next() == Some(first))
+        {
+            return Err(refuse("it is not a schema change command".to_owned()));
+        }
+        if ROWS_ELSEWHERE.contains(&tag.as_str()) {
+            return Err(refuse(
+                "the rows it wrote are not in the change stream, and running it again on the \
+                 replica would compute them from the replica's data"
+                    .to_owned(),
+            ));
+        }
+        if message
+            .settings
+            .get("standard_conforming_strings")
+            .is_some_and(|v| v == "off")
+        {
+            return Err(refuse(
+                "it ran with standard_conforming_strings off, under which its query cannot be \
+                 split into statements safely"
+                    .to_owned(),
+            ));
+        }
+        let statement = statement.ok_or_else(|| {
             PipelineError::definite(
                 format!(
                     "cannot replay a {tag} command{at} on the replica: the query that ran it does \
@@ -152,9 +206,15 @@ impl DdlTracker {
             .filter(|o| !dropped.iter().any(|d| Some(*d) == o.oid))
             .filter_map(|o| Some((object_table(o)?, o.oid?)))
             .collect();
+        let settings = message
+            .settings
+            .into_iter()
+            .filter(|(name, _)| CARRIED_SETTINGS.contains(&name.as_str()))
+            .collect();
         Ok(Some(DdlStatement {
             sql: statements::without_concurrently(&statement),
             search_path: message.search_path,
+            settings,
             tag,
             tables,
             dropped,
@@ -163,8 +223,9 @@ impl DdlTracker {
     }
 }
 
-/// The statement of `query` that ran the command tagged `tag`; `cursor` remembers where
-/// the last one was found in a multi-statement query.
+/// The statement of `query` that ran the command tagged `tag`: in a multi-statement query,
+/// the next one with that tag after the last found (`cursor`). Never an earlier one: when
+/// none is left (DDL run by a function the query called), there is no statement.
 fn statement(cursor: &mut Option<(String, usize)>, query: &str, tag: &str) -> Option<String> {
     let all = statements::split(query);
     if let [only] = all[..] {
@@ -174,11 +235,7 @@ fn statement(cursor: &mut Option<(String, usize)>, query: &str, tag: &str) -> Op
         Some((text, next)) if text == query => *next,
         _ => 0,
     };
-    // After the last match, the same query string may run again (a function called
-    // twice): then its statements come round from the start.
-    let found = (from..all.len())
-        .chain(0..from)
-        .find(|&i| statements::has_tag(all[i], tag))?;
+    let found = (from..all.len()).find(|&i| statements::has_tag(all[i], tag))?;
     *cursor = Some((query.to_owned(), found + 1));
     Some(all[found].to_owned())
 }
@@ -237,6 +294,7 @@ mod tests {
             name: "no_key".into(),
         }]);
         DdlTracker::new(
+            None,
             vec!["public".into(), "My S".into()],
             excluded,
             "retry".into(),
@@ -262,6 +320,7 @@ mod tests {
             query: query.into(),
             search_path: vec!["public".into()],
             objects,
+            settings: Default::default(),
         }
     }
 
@@ -289,8 +348,6 @@ mod tests {
                 7
             )
         );
-        let third = t.on_message(command("CREATE INDEX", query, vec![]), None);
-        assert!(third.unwrap().is_none(), "no object in the schemas");
         let index = vec![object("index", Some("public"), "public.i")];
         let third = t.on_message(command("CREATE INDEX", query, index), None);
         assert_eq!(third.unwrap().unwrap().sql, "create index  i on t (b)");
@@ -361,6 +418,39 @@ mod tests {
         );
         let error = t.on_message(nested, None).unwrap_err().to_string();
         assert!(error.contains("DO"), "{error}");
+    }
+
+    #[test]
+    fn commands_not_replayed_still_move_past_their_statement() {
+        let mut t = tracker();
+        let query = "drop table if exists public.gone; drop table public.b";
+        // The first DROP found nothing: no object, nothing replayed, but its statement is
+        // used up.
+        assert!(t
+            .on_message(command("DROP TABLE", query, vec![]), None)
+            .unwrap()
+            .is_none());
+        let b = vec![object("table", Some("public"), "public.b")];
+        let second = t.on_message(command("DROP TABLE", query, b), None);
+        assert_eq!(second.unwrap().unwrap().sql, "drop table public.b");
+    }
+
+    #[test]
+    fn commands_whose_rows_bypass_the_stream_or_are_no_ddl_stop_the_pipeline() {
+        let table = || vec![object("table", Some("public"), "public.t")];
+        let ctas = command("CREATE TABLE AS", "create table t as select 1", table());
+        assert!(tracker().on_message(ctas, None).is_err());
+        let copy = command("COPY", "copy t from program 'x'", table());
+        assert!(tracker().on_message(copy, None).is_err());
+        let mut legacy = command(
+            "ALTER TABLE",
+            "alter table t add c text default 'a\\'",
+            table(),
+        );
+        legacy
+            .settings
+            .insert("standard_conforming_strings".into(), "off".into());
+        assert!(tracker().on_message(legacy, None).is_err());
     }
 
     #[test]

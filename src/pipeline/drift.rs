@@ -75,7 +75,7 @@ impl Reconciler {
             )
         })?;
         for statement in &statements {
-            sink.execute_ddl(statement, &[], "schema drift", change.lsn)
+            sink.execute_ddl(statement, &[], &[], "schema drift", change.lsn)
                 .await?;
         }
         Ok(statements)
@@ -168,10 +168,16 @@ pub fn plan(
                  dropped again since)"
             ));
         };
-        if column.volatile_default && column.missing_value.is_none() {
+        // Without `attmissingval`, rows older than the column either read NULL (added
+        // without a default, one set later) or got values from a table rewrite that never
+        // reached the WAL (a volatile default such as nextval or gen_random_uuid, whose
+        // volatility the catalog does not always record). Only the first is safe to assume,
+        // and only when the column has no default at all.
+        if column.missing_value.is_none() && column.default.is_some() {
             return Err(format!(
-                "column {name:?} was added with a volatile default ({}): the values it gave \
-                 existing rows were never in the WAL",
+                "column {name:?} has a default ({}) but no value recorded for older rows: it \
+                 was added with a volatile default, or the table was rewritten since, and the \
+                 values older rows got never reached the WAL",
                 column.default.as_deref().unwrap_or("?")
             ));
         }

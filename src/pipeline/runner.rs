@@ -35,7 +35,7 @@ use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
 use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::sink::{self, ReplicaSink};
-use crate::source::capture::{self, CaptureStatus};
+use crate::source::capture::{self, CaptureKey, CaptureStatus};
 use crate::source::catalog::CatalogError;
 use crate::source::slot::{self, SlotInfo, WalStatus};
 use crate::source::wal2json::PluginOptions;
@@ -62,7 +62,7 @@ pub async fn run(
     let Started {
         stream,
         applied,
-        capturing,
+        capture_key,
         source,
     } = tokio::select! {
         biased;
@@ -82,6 +82,7 @@ pub async fn run(
             .filter(move |t| (t.decision == "include") == include)
             .map(|t| t.table.clone())
     };
+    let capturing = capture_key.is_some();
     // With schema changes captured, a table created later arrives with its CREATE TABLE
     // before its first row: new tables are always included then.
     let filter = TableFilter {
@@ -90,6 +91,7 @@ pub async fn run(
         only: (!connector.include_new_tables && !capturing).then(|| names(true).collect()),
     };
     let ddl = DdlTracker::new(
+        capture_key,
         filter.schemas.clone(),
         filter.excluded.clone(),
         retry_setup(connector),
@@ -273,8 +275,8 @@ struct Started {
     stream: ReplicationStream,
     /// The replica's applied LSN, where streaming starts.
     applied: Lsn,
-    /// Whether schema changes are captured on the source.
-    capturing: bool,
+    /// The key of the source's capture messages, when schema changes are captured.
+    capture_key: Option<CaptureKey>,
     source: ConnInfo,
 }
 
@@ -318,7 +320,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         replication::status_interval(ctx.settings.pipeline.status_interval(), wal_sender_timeout);
 
     let source_sql = pg::connect(&source).await?;
-    let capturing = prepare_capture(&source_sql, connector).await?;
+    let capture_key = prepare_capture(&source_sql, connector).await?;
     let slot = slot_status(&source_sql, &connector.slot_name).await?;
     drop(source_sql);
     let applied = sink::replica_applied_lsn(&store, &replica.dbname).await?;
@@ -420,30 +422,39 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     check_not_skipped(&pg::connect(&source).await?, connector, applied).await?;
     bk.set_state(connector.id, PipelineState::Streaming, None)
         .await?;
-    tracing::info!(from = %applied, capturing, "streaming");
+    tracing::info!(from = %applied, capturing = capture_key.is_some(), "streaming");
     Ok(Some(Started {
         stream,
         applied,
-        capturing,
+        capture_key,
         source,
     }))
 }
 
 /// Makes sure the source's schema change capture objects are current where this role may
-/// install them; returns whether schema changes are captured. Without them the pipeline
-/// still streams: changes that no longer fit the replica are reconciled as drift.
-async fn prepare_capture(source: &PgClient, connector: &Connector) -> Result<bool, PipelineError> {
-    let facts = capture::inspect(source).await?;
+/// install them; returns the key their messages are signed with when schema changes are
+/// captured. Without it the pipeline still streams: changes that no longer fit the replica
+/// are reconciled as drift.
+async fn prepare_capture(
+    source: &PgClient,
+    connector: &Connector,
+) -> Result<Option<CaptureKey>, PipelineError> {
+    let mut facts = capture::inspect(source).await?;
+    if facts.status != CaptureStatus::Installed && facts.can_install {
+        capture::install(source).await?;
+        tracing::info!(
+            version = capture::CAPTURE_VERSION,
+            "installed the schema change capture objects on the source"
+        );
+        facts = capture::inspect(source).await?;
+    }
     match facts.status {
-        CaptureStatus::Installed => return Ok(true),
-        _ if facts.can_install => {
-            capture::install(source).await?;
-            tracing::info!(
-                version = capture::CAPTURE_VERSION,
-                "installed the schema change capture objects on the source"
-            );
-            return Ok(true);
-        }
+        CaptureStatus::Installed if facts.key.is_none() => tracing::warn!(
+            "the source's schema change capture objects are installed, but this role may not \
+             read their signing key: schema changes are not captured; run `GRANT SELECT ON \
+             tributary.capture_key TO <role>` as a superuser on the source"
+        ),
+        CaptureStatus::Installed => return Ok(facts.key),
         CaptureStatus::Outdated { found } => tracing::warn!(
             found = ?found,
             wanted = capture::CAPTURE_VERSION,
@@ -460,7 +471,7 @@ async fn prepare_capture(source: &PgClient, connector: &Connector) -> Result<boo
             connector.name
         ),
     }
-    Ok(false)
+    Ok(None)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

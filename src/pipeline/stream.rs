@@ -419,7 +419,16 @@ impl Reader<'_> {
                     if !self.in_source_tx || self.skipping {
                         return Ok(());
                     }
-                    let parsed = DdlMessage::parse(&message.content).map_err(|e| {
+                    let Some(body) = self.ddl.verify(&message.content) else {
+                        tracing::warn!(
+                            lsn = ?message.lsn,
+                            "a schema change message without a valid signature (not emitted by \
+                             tributary's capture objects, or capture is not set up for this \
+                             role): not replayed"
+                        );
+                        return Ok(());
+                    };
+                    let parsed = DdlMessage::parse(body).map_err(|e| {
                         PipelineError::definite(
                             e.to_string(),
                             "upgrade tributary to the version of the source's capture objects, \
@@ -702,7 +711,7 @@ impl Applier<'_> {
                 self.in_source_tx = true;
                 tracing::info!(tag = %ddl.tag, lsn = ?ddl.lsn, "replaying a schema change");
                 self.sink()?
-                    .execute_ddl(&ddl.sql, &ddl.search_path, &ddl.tag, ddl.lsn)
+                    .execute_ddl(&ddl.sql, &ddl.search_path, &ddl.settings, &ddl.tag, ddl.lsn)
                     .await?;
                 self.sink()?
                     .record_source_tables(&ddl.tables, &ddl.dropped)

@@ -92,7 +92,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Statement;
 
 use crate::change::{Change, ChangeKind, TableName, Value};
-use crate::pg::{quote_ident, ConnInfo, PgClient};
+use crate::pg::{quote_ident, quote_literal, ConnInfo, PgClient};
 use crate::types::Lsn;
 
 use super::error::{DetailForDebug, SinkError};
@@ -520,11 +520,14 @@ impl ReplicaSink {
         &mut self,
         statement: &str,
         search_path: &[String],
+        settings: &[(String, String)],
         tag: &str,
         lsn: Option<Lsn>,
     ) -> Result<(), SinkError> {
         self.usable()?;
-        let result = self.run_ddl(statement, search_path, tag, lsn).await;
+        let result = self
+            .run_ddl(statement, search_path, settings, tag, lsn)
+            .await;
         self.note(result)
     }
 
@@ -532,6 +535,7 @@ impl ReplicaSink {
         &mut self,
         statement: &str,
         search_path: &[String],
+        settings: &[(String, String)],
         tag: &str,
         lsn: Option<Lsn>,
     ) -> Result<(), SinkError> {
@@ -553,13 +557,27 @@ impl ReplicaSink {
         };
         // Function bodies were checked on the source; here they may name objects outside
         // the replicated schemas (pg_restore turns the check off for the same reason).
-        let settings =
+        // Literals in the command are read with the source session's settings; the apply
+        // session's own come back afterwards (SET LOCAL would keep them to the commit).
+        let mut set =
             format!("SET LOCAL search_path TO {path}; SET LOCAL check_function_bodies = off");
+        let mut restore = "SET LOCAL search_path TO ''".to_owned();
+        for (name, value) in settings {
+            let name = quote_ident(name);
+            let current: String = self
+                .client
+                .query_one(&format!("SHOW {name}"), &[])
+                .await
+                .map_err(setup(&self.database, "reading a setting"))?
+                .get(0);
+            set.push_str(&format!("; SET LOCAL {name} TO {}", quote_literal(value)));
+            restore.push_str(&format!(
+                "; SET LOCAL {name} TO {}",
+                quote_literal(&current)
+            ));
+        }
         let preparing = setup(&self.database, "setting up a schema change");
-        self.client
-            .batch_execute(&settings)
-            .await
-            .map_err(preparing)?;
+        self.client.batch_execute(&set).await.map_err(preparing)?;
         let ran = self.client.batch_execute(statement).await;
         self.forget_tables();
         ran.map_err(|source| SinkError::Ddl {
@@ -569,9 +587,9 @@ impl ReplicaSink {
             source,
         })?;
         self.client
-            .batch_execute("SET LOCAL search_path TO ''")
+            .batch_execute(&restore)
             .await
-            .map_err(setup(&self.database, "resetting search_path"))
+            .map_err(setup(&self.database, "restoring the session's settings"))
     }
 
     /// Of `tables`, those the replica has (in the open transaction) without a primary key

@@ -38,9 +38,17 @@ pub fn install_sql() -> String {
     format!(
         r#"-- tributary schema change capture, version {CAPTURE_VERSION}.
 -- Run once as a superuser in the source database (event triggers need one); after that,
--- tributary's own role needs no more than REPLICATION, CONNECT and SELECT. Running this
--- again changes nothing, and upgrades an older version in place.
+-- tributary's own role needs no more than REPLICATION, CONNECT and SELECT (and SELECT on
+-- tributary.capture_key, granted below or with `GRANT SELECT ON tributary.capture_key TO
+-- <role>`). Running this again changes nothing, and upgrades an older version in place.
 BEGIN;
+DO $check$ BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_namespace n
+                 JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
+                WHERE n.nspname = 'tributary' AND NOT r.rolsuper) THEN
+        RAISE EXCEPTION 'schema tributary exists and is not owned by a superuser: drop or rename it first';
+    END IF;
+END $check$;
 CREATE SCHEMA IF NOT EXISTS tributary;
 COMMENT ON SCHEMA tributary IS 'tributary schema change capture (see tributary connector source-sql)';
 GRANT USAGE ON SCHEMA tributary TO PUBLIC;
@@ -49,40 +57,68 @@ CREATE OR REPLACE FUNCTION tributary.capture_version() RETURNS integer
     LANGUAGE sql IMMUTABLE AS 'SELECT {CAPTURE_VERSION}';
 GRANT EXECUTE ON FUNCTION tributary.capture_version() TO PUBLIC;
 
--- Emits one transactional logical message '{MESSAGE_PREFIX}' per DDL command. Every name is
--- qualified instead of SET search_path, which would hide the session's; and there is no
--- EXCEPTION block, whose subtransaction would make logical decoding deliver the message
--- after the changes that follow it.
-CREATE OR REPLACE FUNCTION tributary.capture_ddl() RETURNS event_trigger
-    LANGUAGE plpgsql AS $capture$
+-- Any role may emit logical messages, so each one is signed with a key only superusers and
+-- tributary's role can read: a message without the right signature is not replayed.
+CREATE TABLE IF NOT EXISTS tributary.capture_key (key text NOT NULL);
+REVOKE ALL ON tributary.capture_key FROM PUBLIC;
+INSERT INTO tributary.capture_key
+    SELECT pg_catalog.gen_random_uuid()::text || pg_catalog.gen_random_uuid()::text
+     WHERE NOT EXISTS (SELECT FROM tributary.capture_key);
+
+-- Describes the command it is called for (it refuses outside an event trigger), signs and
+-- emits it. The caller passes only what its own session knows: the event, the tag, and the
+-- schemas names resolve in (which SECURITY DEFINER would change).
+CREATE OR REPLACE FUNCTION tributary.emit(event text, tag text, search_path jsonb) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $emit$
 DECLARE
     touched jsonb;
+    body text;
+    secret text;
 BEGIN
-    IF TG_EVENT = 'sql_drop' THEN
-        SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+    IF event = 'sql_drop' THEN
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
                    'type', d.object_type, 'schema', d.schema_name,
                    'identity', d.object_identity, 'oid', d.objid::int8)), '[]')
           INTO touched
-          FROM pg_catalog.pg_event_trigger_dropped_objects() d
+          FROM pg_event_trigger_dropped_objects() d
          WHERE NOT d.is_temporary;
     ELSE
-        SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
                    'type', c.object_type, 'schema', c.schema_name,
                    'identity', c.object_identity, 'oid', c.objid::int8,
                    'in_extension', c.in_extension,
-                   'table', (SELECT pg_catalog.format('%I.%I', n.nspname, t.relname)
-                               FROM pg_catalog.pg_index i
-                               JOIN pg_catalog.pg_class t ON t.oid = i.indrelid
-                               JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+                   'table', (SELECT format('%I.%I', n.nspname, t.relname)
+                               FROM pg_index i
+                               JOIN pg_class t ON t.oid = i.indrelid
+                               JOIN pg_namespace n ON n.oid = t.relnamespace
                               WHERE c.object_type = 'index' AND i.indexrelid = c.objid))), '[]')
           INTO touched
-          FROM pg_catalog.pg_event_trigger_ddl_commands() c;
+          FROM pg_event_trigger_ddl_commands() c;
     END IF;
-    PERFORM pg_catalog.pg_logical_emit_message(true, '{MESSAGE_PREFIX}', pg_catalog.jsonb_build_object(
-        'v', {CAPTURE_VERSION}, 'event', TG_EVENT, 'tag', TG_TAG,
-        'query', pg_catalog.current_query(),
-        'search_path', pg_catalog.to_jsonb(pg_catalog.current_schemas(false)),
-        'objects', touched)::text);
+    body := jsonb_build_object(
+        'v', {CAPTURE_VERSION}, 'event', event, 'tag', tag, 'query', current_query(),
+        'search_path', search_path, 'objects', touched,
+        'settings', jsonb_build_object(
+            'TimeZone', current_setting('TimeZone'),
+            'DateStyle', current_setting('DateStyle'),
+            'IntervalStyle', current_setting('IntervalStyle'),
+            'standard_conforming_strings', current_setting('standard_conforming_strings')))::text;
+    SELECT k.key INTO secret FROM tributary.capture_key k;
+    PERFORM pg_logical_emit_message(true, '{MESSAGE_PREFIX}',
+        encode(sha256(convert_to(secret || encode(sha256(convert_to(secret || body, 'UTF8')), 'hex'), 'UTF8')), 'hex')
+        || ' ' || body);
+END
+$emit$;
+REVOKE ALL ON FUNCTION tributary.emit(text, text, jsonb) FROM PUBLIC;
+
+-- The event trigger function: names are qualified instead of SET search_path, which would
+-- hide the session's; and there is no EXCEPTION block, whose subtransaction would make
+-- logical decoding deliver the message after the changes that follow it. A command whose
+-- message cannot be emitted fails rather than go unreplicated.
+CREATE OR REPLACE FUNCTION tributary.capture_ddl() RETURNS event_trigger
+    LANGUAGE plpgsql AS $capture$
+BEGIN
+    PERFORM tributary.emit(TG_EVENT, TG_TAG, pg_catalog.to_jsonb(pg_catalog.current_schemas(false)));
 END
 $capture$;
 
@@ -97,13 +133,23 @@ COMMIT;
     )
 }
 
+/// `GRANT` of the signing key to the role tributary connects as.
+pub fn grant_key_sql(role: &str) -> String {
+    format!(
+        "GRANT SELECT ON tributary.capture_key TO {};",
+        crate::pg::quote_ident(role)
+    )
+}
+
 /// The SQL that removes the capture objects (the schema only if nothing else is in it).
 pub fn uninstall_sql() -> &'static str {
     "BEGIN;\n\
      DROP EVENT TRIGGER IF EXISTS tributary_ddl_command_end;\n\
      DROP EVENT TRIGGER IF EXISTS tributary_sql_drop;\n\
      DROP FUNCTION IF EXISTS tributary.capture_ddl();\n\
+     DROP FUNCTION IF EXISTS tributary.emit(text, text, jsonb);\n\
      DROP FUNCTION IF EXISTS tributary.capture_version();\n\
+     DROP TABLE IF EXISTS tributary.capture_key;\n\
      DROP SCHEMA IF EXISTS tributary RESTRICT;\n\
      COMMIT;\n"
 }
@@ -120,32 +166,37 @@ pub enum CaptureStatus {
     Missing,
 }
 
-/// What the source has installed, and whether this session's role could install it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the source has installed, whether this session's role could install it, and the
+/// signing key if it may read it.
+#[derive(Debug, Clone)]
 pub struct CaptureFacts {
     pub status: CaptureStatus,
     pub can_install: bool,
+    pub key: Option<CaptureKey>,
 }
 
-impl CaptureFacts {
-    /// Whether DDL is captured: the objects are there at this version.
-    pub fn capturing(&self) -> bool {
-        self.status == CaptureStatus::Installed
-    }
-}
-
-/// Enabled capture triggers that call our function, and whether the version function
-/// exists: readable by any role.
+/// Enabled capture triggers calling our function, whether the version function exists,
+/// whether this role is a superuser, and whether it may read the signing key. The
+/// functions must belong to a superuser: anyone else could rewrite what every DDL runs.
 pub const INSPECT_SQL: &str = "\
     SELECT (SELECT count(*) FROM pg_catalog.pg_event_trigger e \
              WHERE e.evtname IN ('tributary_ddl_command_end', 'tributary_sql_drop') \
                AND e.evtenabled <> 'D' \
-               AND e.evtfoid = pg_catalog.to_regprocedure('tributary.capture_ddl()'))::int, \
+               AND e.evtfoid = pg_catalog.to_regprocedure('tributary.capture_ddl()') \
+               AND (SELECT bool_and(r.rolsuper) FROM pg_catalog.pg_proc p \
+                      JOIN pg_catalog.pg_roles r ON r.oid = p.proowner \
+                     WHERE p.oid IN (e.evtfoid, \
+                           pg_catalog.to_regprocedure('tributary.emit(text, text, jsonb)'))) \
+               AND pg_catalog.to_regprocedure('tributary.emit(text, text, jsonb)') IS NOT NULL)::int, \
            pg_catalog.to_regprocedure('tributary.capture_version()') IS NOT NULL, \
-           coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false)";
+           coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false), \
+           pg_catalog.to_regclass('tributary.capture_key') IS NOT NULL \
+             AND pg_catalog.has_table_privilege('tributary.capture_key', 'SELECT')";
 
 /// The installed version, once [`INSPECT_SQL`] found the function.
 pub const VERSION_SQL: &str = "SELECT tributary.capture_version()";
+
+const KEY_SQL: &str = "SELECT key FROM tributary.capture_key";
 
 /// The status from what [`INSPECT_SQL`] and [`VERSION_SQL`] found.
 pub fn status(triggers: i32, found: Option<i32>) -> CaptureStatus {
@@ -156,7 +207,48 @@ pub fn status(triggers: i32, found: Option<i32>) -> CaptureStatus {
     }
 }
 
-/// Reads what is installed. Needs nothing beyond CONNECT: the catalog is public.
+/// The key capture messages are signed with. Never printed.
+#[derive(Clone)]
+pub struct CaptureKey(String);
+
+impl std::fmt::Debug for CaptureKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CaptureKey(****)")
+    }
+}
+
+impl CaptureKey {
+    /// `sha256(key || hex(sha256(key || body)))`, hex: what `tributary.emit` writes.
+    fn sign(&self, body: &str) -> String {
+        let inner = hex(ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("{}{body}", self.0).as_bytes(),
+        )
+        .as_ref());
+        hex(ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("{}{inner}", self.0).as_bytes(),
+        )
+        .as_ref())
+    }
+
+    /// The body of a signed message, `None` when the signature is not ours.
+    pub fn verify<'a>(&self, content: &'a str) -> Option<&'a str> {
+        let (signature, body) = content.split_once(' ')?;
+        let expected = self.sign(body);
+        #[allow(deprecated)] // the one constant-time comparison ring offers for byte slices
+        let equal =
+            ring::constant_time::verify_slices_are_equal(signature.as_bytes(), expected.as_bytes());
+        equal.is_ok().then_some(body)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads what is installed, and the signing key if this role may read it. Needs nothing
+/// beyond CONNECT otherwise: the catalog is public.
 pub async fn inspect(client: &Client) -> Result<CaptureFacts, CatalogError> {
     let query = |source| CatalogError::Query {
         what: "the schema change capture objects",
@@ -170,9 +262,16 @@ pub async fn inspect(client: &Client) -> Result<CaptureFacts, CatalogError> {
     } else {
         None
     };
+    let key = if row.get::<_, bool>(3) {
+        let rows = client.query(KEY_SQL, &[]).await.map_err(query)?;
+        rows.first().map(|row| CaptureKey(row.get(0)))
+    } else {
+        None
+    };
     Ok(CaptureFacts {
         status: status(triggers, found),
         can_install: row.get(2),
+        key,
     })
 }
 
@@ -219,6 +318,10 @@ pub struct DdlMessage {
     pub search_path: Vec<String>,
     #[serde(default)]
     pub objects: Vec<DdlObject>,
+    /// The session settings that decide how literals in the command are read:
+    /// `TimeZone`, `DateStyle`, `IntervalStyle`, `standard_conforming_strings`.
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -262,8 +365,9 @@ pub enum MessageError {
 }
 
 impl DdlMessage {
-    pub fn parse(content: &str) -> Result<DdlMessage, MessageError> {
-        let message: DdlMessage = serde_json::from_str(content)?;
+    /// Parses a message body (see [`CaptureKey::verify`]).
+    pub fn parse(body: &str) -> Result<DdlMessage, MessageError> {
+        let message: DdlMessage = serde_json::from_str(body)?;
         if message.version > CAPTURE_VERSION {
             return Err(MessageError::Newer {
                 found: message.version,
@@ -287,6 +391,22 @@ mod tests {
         assert_eq!(message.objects[1].table.as_deref(), Some("s.t"));
         let drop = r#"{"v": 1, "tag": "DROP TABLE", "event": "sql_drop", "query": "drop table t", "objects": [{"type": "table", "schema": "s", "identity": "s.t"}], "search_path": []}"#;
         assert_eq!(DdlMessage::parse(drop).unwrap().event, DdlEvent::SqlDrop);
+    }
+
+    #[test]
+    fn signatures_match_what_postgres_computes_and_nothing_else() {
+        // SELECT encode(sha256(convert_to('key ü' || encode(sha256(convert_to(
+        //     'key ü' || '{"v": 1}', 'UTF8')), 'hex'), 'UTF8')), 'hex')
+        let key = CaptureKey("key ü".into());
+        let signed = "82dbdd62a4625bd81d42fd3aee79235db44796eb97eeee71127495fc3292200a {\"v\": 1}";
+        assert_eq!(key.verify(signed), Some("{\"v\": 1}"));
+        assert_eq!(
+            key.verify(&signed.replace("{\"v\": 1}", "{\"v\": 2}")),
+            None
+        );
+        assert_eq!(key.verify("{\"v\": 1}"), None);
+        assert_eq!(CaptureKey("other".into()).verify(signed), None);
+        assert_eq!(format!("{key:?}"), "CaptureKey(****)");
     }
 
     #[test]

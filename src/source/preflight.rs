@@ -321,6 +321,8 @@ struct Server {
     can_create: bool,
     /// tributary's schema change capture objects.
     capture: CaptureStatus,
+    /// Whether this role may read their signing key.
+    capture_key_readable: bool,
     /// `max_slot_wal_keep_size` in MB; -1 is unlimited.
     slot_wal_keep_mb: i64,
     /// `max_wal_size` in MB.
@@ -622,11 +624,11 @@ async fn read_server(
     )
     .await?;
 
-    let (triggers, has_version) = one_row(
+    let (triggers, has_version, key_readable) = one_row(
         conn,
         "the schema change capture objects",
         capture::INSPECT_SQL,
-        |row| Ok((row.number::<i32>(0)?, row.flag(1)?)),
+        |row| Ok((row.number::<i32>(0)?, row.flag(1)?, row.flag(3)?)),
     )
     .await?;
     let capture_version = if has_version {
@@ -808,6 +810,7 @@ async fn read_server(
         database: settings.database,
         can_create: settings.can_create,
         capture: capture::status(triggers, capture_version),
+        capture_key_readable: key_readable,
         slot_wal_keep_mb: settings.slot_wal_keep_mb,
         max_wal_size_mb: settings.max_wal_size_mb,
         wal_sender_timeout: settings.wal_sender_timeout,
@@ -1359,9 +1362,19 @@ fn judge_event_triggers(server: &Server) -> Check {
     let source_sql = "run the SQL printed by `tributary connector source-sql` once as a \
                       superuser on the source";
     match server.capture {
-        CaptureStatus::Installed => Check::pass(
+        CaptureStatus::Installed if server.role.superuser || server.capture_key_readable => {
+            Check::pass(
+                EVENT_TRIGGERS,
+                format!("schema change capture installed (version {CAPTURE_VERSION})"),
+            )
+        }
+        CaptureStatus::Installed => Check::warn(
             EVENT_TRIGGERS,
-            format!("schema change capture installed (version {CAPTURE_VERSION})"),
+            "schema change capture installed, but this role may not read its signing key",
+            format!(
+                "{} (as a superuser on the source); until then DDL is not captured",
+                capture::grant_key_sql(&server.role.name)
+            ),
         ),
         _ if server.role.superuser => Check::pass(
             EVENT_TRIGGERS,
@@ -1822,6 +1835,7 @@ mod tests {
             database: "shop".into(),
             can_create: true,
             capture: CaptureStatus::Missing,
+            capture_key_readable: false,
             slot_wal_keep_mb: 10_240,
             max_wal_size_mb: 1024,
             wal_sender_timeout: "1min".into(),
