@@ -101,7 +101,8 @@ fn assert_consistent(store: &Cluster, db: &str) -> i64 {
         .unwrap()
 }
 
-#[tokio::test]
+// Multi-threaded: the workload must go on while the test blocks on `branch create`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn branches_cut_mid_stream_are_consistent_isolated_and_have_sequences() {
     let source = Cluster::start();
     let store = Cluster::start();

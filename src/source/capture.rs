@@ -16,9 +16,16 @@
 //! ([`CAPTURE_VERSION`], returned by `tributary.capture_version()`); the script is
 //! idempotent, and running it again upgrades an older version in place.
 //!
-//! The function has no exception handler: a command whose message cannot be emitted fails
-//! on the source rather than go unreplicated (and a handler's subtransaction would make
-//! logical decoding deliver the message after the row changes that follow it).
+//! Any role may call `pg_logical_emit_message`, so a message alone proves nothing. The
+//! trigger function therefore hands over to `tributary.emit`, a SECURITY DEFINER function
+//! owned by a superuser that describes the command itself (it fails outside an event
+//! trigger), and signs the message with a key in `tributary.capture_key` that only
+//! superusers and tributary's role may read ([`CaptureKey::verify`]). The objects count as
+//! installed only while a superuser owns them.
+//!
+//! There is no exception handler: a command whose message cannot be emitted fails on the
+//! source rather than go unreplicated (and a handler's subtransaction would make logical
+//! decoding deliver the message after the row changes that follow it).
 
 use serde::Deserialize;
 use tokio_postgres::Client;
