@@ -12,4 +12,4 @@ pub(crate) mod tls;
 
 pub use client::{connect, ConnectError, PgClient};
 pub use conninfo::{ConnInfo, InvalidUrl, ShowPassword, SslMode};
-pub use sql::{error_message, quote_ident, quote_literal};
+pub use sql::{error_message, quote_ident, quote_literal, quote_table};

@@ -20,7 +20,7 @@
 //!   name) cannot be reconciled: a new snapshot.
 
 use crate::change::{Change, ChangeKind, TableName};
-use crate::pg::{self, quote_ident, quote_literal, ConnInfo, PgClient};
+use crate::pg::{self, quote_ident, quote_literal, quote_table, ConnInfo, PgClient};
 use crate::pipeline::PipelineError;
 use crate::sink::{ReplicaColumn, ReplicaSink};
 use crate::source::catalog::{self, SourceColumn};
@@ -86,20 +86,25 @@ impl Reconciler {
         table: &TableName,
     ) -> Result<Option<Vec<SourceColumn>>, PipelineError> {
         if self.client.is_none() {
-            let client = pg::connect(&self.source).await?;
-            // So that format_type qualifies every type outside pg_catalog, as on the replica.
-            client
-                .batch_execute("SET search_path = ''")
-                .await
-                .map_err(|source| catalog::CatalogError::Query {
-                    what: "setting up a catalog session",
-                    source,
-                })?;
-            self.client = Some(client);
+            self.client = Some(catalog_session(&self.source).await?);
         }
         let client = self.client.as_ref().expect("connected above");
         Ok(catalog::table_columns(client, table).await?)
     }
+}
+
+/// A session whose `format_type` qualifies every type outside `pg_catalog`, as the
+/// replica's apply session does: type names from both compare as text.
+pub async fn catalog_session(server: &ConnInfo) -> Result<PgClient, PipelineError> {
+    let client = pg::connect(server).await?;
+    client
+        .batch_execute("SET search_path = ''")
+        .await
+        .map_err(|source| catalog::CatalogError::Query {
+            what: "setting up a catalog session",
+            source,
+        })?;
+    Ok(client)
 }
 
 /// The statements that make `replica` fit `change`, given what `source` has now; or why
@@ -110,11 +115,7 @@ pub fn plan(
     source: &[SourceColumn],
     change: &Change,
 ) -> Result<Vec<String>, String> {
-    let target = format!(
-        "{}.{}",
-        quote_ident(&table.schema),
-        quote_ident(&table.name)
-    );
+    let target = quote_table(table);
     let in_replica = |name: &str| replica.iter().any(|c| c.name == name);
     let in_source = |name: &str| source.iter().find(|c| c.name == name);
     let mut unknown: Vec<&str> = Vec::new();

@@ -29,7 +29,7 @@ use crate::change::TableName;
 use crate::metrics::METRICS;
 use crate::pg::{self, ConnInfo, PgClient};
 use crate::pipeline::ddl::DdlTracker;
-use crate::pipeline::drift::Reconciler;
+use crate::pipeline::drift::{catalog_session, Reconciler};
 use crate::pipeline::snapshot::{self, Section, SnapshotJob};
 use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
 use crate::pipeline::{PipelineError, PipelineState};
@@ -199,19 +199,6 @@ async fn watch_source_tables(
             }
         }
     }
-}
-
-/// A session whose `format_type` qualifies every type outside `pg_catalog`.
-async fn catalog_session(server: &ConnInfo) -> Result<PgClient, PipelineError> {
-    let client = pg::connect(server).await?;
-    client
-        .batch_execute("SET search_path = ''")
-        .await
-        .map_err(|source| CatalogError::Query {
-            what: "setting up a catalog session",
-            source,
-        })?;
-    Ok(client)
 }
 
 /// Hands the connector's requested branches to the applier, one at a time, and records

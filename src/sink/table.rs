@@ -55,7 +55,7 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 
 use crate::change::{ChangeKind, TableName};
-use crate::pg::quote_ident;
+use crate::pg::{quote_ident, quote_table};
 
 /// `bytea`: wal2json writes it as hex without `\x`.
 const BYTEA_OID: u32 = 17;
@@ -65,15 +65,6 @@ const BYTEA_OID: u32 = 17;
 /// uuid; text and varchar only under a deterministic collation (checked separately).
 const EXACT_EQUALITY_OIDS: &[u32] = &[16, 20, 21, 23, 26, 1082, 1083, 1114, 1184, 2950];
 const TEXT_OIDS: &[u32] = &[25, 1043];
-
-/// `"schema"."table"`.
-pub(crate) fn qualified_name(table: &TableName) -> String {
-    format!(
-        "{}.{}",
-        quote_ident(&table.schema),
-        quote_ident(&table.name)
-    )
-}
 
 /// `schema.table` for messages, each part quoted only when it needs it.
 pub(crate) fn display_name(table: &TableName) -> String {
@@ -298,7 +289,7 @@ impl TableMeta {
             .map(|(i, c)| (c.name.clone(), i as u16))
             .collect();
         TableMeta {
-            sql_name: qualified_name(table),
+            sql_name: quote_table(table),
             display: display_name(table).into(),
             only,
             has_identity_always: columns.iter().any(|c| c.identity_always),
@@ -742,7 +733,7 @@ mod tests {
             schema: "My Schema".to_owned(),
             name: r#"t"x"#.to_owned(),
         };
-        assert_eq!(qualified_name(&odd), r#""My Schema"."t""x""#);
+        assert_eq!(quote_table(&odd), r#""My Schema"."t""x""#);
         assert_eq!(display_name(&odd), r#""My Schema"."t""x""#);
         assert_eq!(display_name(&table("orders_2")), "public.orders_2");
     }

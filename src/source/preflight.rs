@@ -29,7 +29,7 @@ use super::error::{Error, Result};
 use super::replication::{self, parse_pg_duration, ReplicationClient, SnapshotAction};
 use super::wire::{self, Connection, Encryption, TransportError};
 use crate::change::TableName;
-use crate::pg::{quote_ident, quote_literal, ConnInfo, SslMode};
+use crate::pg::{quote_ident, quote_literal, quote_table, ConnInfo, SslMode};
 use crate::source::capture::{self, CaptureStatus, CAPTURE_VERSION};
 use crate::types::SlotName;
 
@@ -239,7 +239,7 @@ fn identity_check(table: &TableName) -> String {
 /// `ALTER TABLE "schema"."table" REPLICA IDENTITY FULL;`: for the operator to run on the
 /// source; tributary never changes a replica identity itself.
 pub fn replica_identity_full_sql(table: &TableName) -> String {
-    format!("ALTER TABLE {} REPLICA IDENTITY FULL;", qualified(table))
+    format!("ALTER TABLE {} REPLICA IDENTITY FULL;", quote_table(table))
 }
 
 /// The connectors the branch store already has, for the duplicate-source check.
@@ -832,15 +832,6 @@ fn table_name(row: &Row) -> Result<TableName, String> {
 /// `schema.table`, for reading.
 fn display(table: &TableName) -> String {
     format!("{}.{}", table.schema, table.name)
-}
-
-/// `"schema"."table"`, for SQL.
-fn qualified(table: &TableName) -> String {
-    format!(
-        "{}.{}",
-        quote_ident(&table.schema),
-        quote_ident(&table.name)
-    )
 }
 
 fn schema_check(schema: &str) -> String {
@@ -1473,7 +1464,7 @@ pub fn describe_foreign_keys(keys: &[&ForeignKey]) -> String {
 
 fn judge_missing_identity(table: &Table) -> Check {
     let name = identity_check(&table.name);
-    let sql = qualified(&table.name);
+    let sql = quote_table(&table.name);
     let alternatives = format!(
         "add a primary key; or ALTER TABLE {sql} REPLICA IDENTITY FULL; (every UPDATE and \
          DELETE then logs the whole old row); or exclude the table from the connector"
