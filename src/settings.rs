@@ -180,8 +180,20 @@ pub enum SettingsError {
 impl Settings {
     /// Loads `file` (when it exists, or always when `required`) and the environment.
     pub fn load(file: &Path, required: bool) -> Result<Settings, SettingsError> {
+        Settings::from_file(config::File::from(file).required(required))
+    }
+
+    /// Parses `text` as the configuration file's TOML (the environment still applies).
+    pub fn from_toml(text: &str) -> Result<Settings, SettingsError> {
+        Settings::from_file(config::File::from_str(text, config::FileFormat::Toml))
+    }
+
+    fn from_file<F>(file: F) -> Result<Settings, SettingsError>
+    where
+        F: config::Source + Send + Sync + 'static,
+    {
         let settings: Settings = config::Config::builder()
-            .add_source(config::File::from(file).required(required))
+            .add_source(file)
             .add_source(
                 config::Environment::with_prefix("TRIBUTARY")
                     .prefix_separator("__")
@@ -218,12 +230,9 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
 
     fn load(text: &str) -> Result<Settings, SettingsError> {
-        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        file.write_all(text.as_bytes()).unwrap();
-        Settings::load(file.path(), true)
+        Settings::from_toml(text)
     }
 
     #[test]

@@ -144,6 +144,11 @@ impl ConnInfo {
                 if h.contains(',') {
                     return Err(fail("several hosts in one URL are not supported".into()));
                 }
+                if !valid_host(&h) {
+                    return Err(fail(format!(
+                        "host {h:?} is neither a host name nor an IP address"
+                    )));
+                }
                 Some(host_from(&h))
             }
             _ => None,
@@ -167,7 +172,15 @@ impl ConnInfo {
         for (key, value) in url.query_pairs() {
             let value = value.into_owned();
             match key.as_ref() {
-                "host" => host = Some(host_from(&value)),
+                "host" => {
+                    if !valid_host(&value) {
+                        return Err(fail(format!(
+                            "host {value:?} is neither a host name, an IP address nor an \
+                             absolute socket directory (one host per URL)"
+                        )));
+                    }
+                    host = Some(host_from(&value));
+                }
                 "port" => {
                     port = Some(value.parse().map_err(|_| {
                         fail(format!(
@@ -295,7 +308,7 @@ impl ConnInfo {
             ),
             Host::Unix(dir) => format!(
                 "postgresql://{user}{secret}@/{dbname}?host={}&port={}",
-                dir.display(),
+                encode(&dir.display().to_string()),
                 self.port
             ),
         }
@@ -330,6 +343,16 @@ fn with_default_host(text: &str) -> String {
     } else {
         text.to_owned()
     }
+}
+
+/// A `host` parameter libpq could use: a socket directory, an IP address, or a name the
+/// URL syntax accepts as a host (which rules out control characters, `/`, `,` and spaces).
+fn valid_host(text: &str) -> bool {
+    if text.starts_with('/') {
+        return !text.contains('\0');
+    }
+    text.parse::<std::net::IpAddr>().is_ok()
+        || (!text.contains(',') && url::Host::parse(text).is_ok())
 }
 
 fn host_from(text: &str) -> Host {
@@ -450,6 +473,16 @@ mod tests {
     fn unix_socket_directory_from_query() {
         let info = ConnInfo::parse("postgresql://bob@/db?host=/tmp/sock&port=5555").unwrap();
         assert_eq!(info.host, Host::Unix("/tmp/sock".into()));
+        for bad in ["\t(\t/va\0", "a b", "x,y", "/dir\0"] {
+            let url = format!(
+                "postgres://u@/db?host={}",
+                bad.replace('\0', "%00").replace(' ', "%20")
+            );
+            assert!(ConnInfo::parse(&url).is_err(), "{url}");
+        }
+        assert!(ConnInfo::parse("postgres://u@/db?host=::1").is_ok());
+        assert!(ConnInfo::parse("postgresql://u@db.example%40x/db").is_err());
+        assert!(ConnInfo::parse("postgresql://u@[::1]:5433/db").is_ok());
         assert_eq!(info.target(), "/tmp/sock/.s.PGSQL.5555");
     }
 
