@@ -47,6 +47,18 @@ fn definitions(cluster: &Cluster, db: &str, schemas: &[&str]) -> String {
     )
 }
 
+/// Waits for `connector` to fail; its `connector list --format json` entry as text (the
+/// error and the next step).
+async fn failure(daemon: &Daemon, connector: &str) -> String {
+    daemon.wait_for_state(connector, "failed").await;
+    daemon
+        .connectors()
+        .into_iter()
+        .find(|c| c["name"] == connector)
+        .unwrap()
+        .to_string()
+}
+
 /// The value of a counter of `connector` on the daemon's `/metrics`.
 async fn counter(daemon: &Daemon, name: &str, connector: &str) -> u64 {
     let (_, metrics) = crate::metrics::get(daemon.metrics_addr().await, "/metrics");
@@ -415,13 +427,7 @@ async fn without_capture_added_and_dropped_columns_are_reconciled_as_drift() {
         "ALTER TABLE app.accounts ALTER COLUMN balance TYPE numeric(12,3);
          INSERT INTO app.accounts (id, balance) VALUES (104, 1.234);",
     );
-    daemon.wait_for_state("shop", "failed").await;
-    let failed = daemon
-        .connectors()
-        .into_iter()
-        .find(|c| c["name"] == "shop")
-        .unwrap();
-    let text = failed.to_string();
+    let text = failure(&daemon, "shop").await;
     assert!(
         text.contains("is numeric(12,3) on the source and numeric(10,2) in the replica"),
         "{text}"
@@ -445,13 +451,7 @@ async fn without_capture_added_and_dropped_columns_are_reconciled_as_drift() {
         "ALTER TABLE app.accounts RENAME COLUMN balance TO amount;
          INSERT INTO app.accounts (id, amount) VALUES (103, 9);",
     );
-    daemon.wait_for_state("shop", "failed").await;
-    let failed = daemon
-        .connectors()
-        .into_iter()
-        .find(|c| c["name"] == "shop")
-        .unwrap();
-    let error = failed.to_string();
+    let error = failure(&daemon, "shop").await;
     assert!(
         error.contains(r#"RENAME COLUMN \"balance\" TO \"amount\""#),
         "{error}"
@@ -488,13 +488,7 @@ async fn without_capture_added_and_dropped_columns_are_reconciled_as_drift() {
                                   amount int NOT NULL, note text);
          INSERT INTO app.events (id, kind, amount) VALUES (1000000, 'fresh', 1);",
     );
-    daemon.wait_for_state("shop", "failed").await;
-    let failed = daemon
-        .connectors()
-        .into_iter()
-        .find(|c| c["name"] == "shop")
-        .unwrap();
-    let text = failed.to_string();
+    let text = failure(&daemon, "shop").await;
     assert!(
         text.contains("app.events was dropped and re-created"),
         "{text}"
@@ -534,13 +528,7 @@ async fn capture_stops_where_a_replay_would_lose_changes() {
         "CREATE TABLE app.log (at timestamptz, line text);
          INSERT INTO app.log VALUES (now(), 'lost?');",
     );
-    daemon.wait_for_state("shop", "failed").await;
-    let failed = daemon
-        .connectors()
-        .into_iter()
-        .find(|c| c["name"] == "shop")
-        .unwrap();
-    let text = failed.to_string();
+    let text = failure(&daemon, "shop").await;
     assert!(
         text.contains("app.log without a primary key or replica identity"),
         "{text}"
@@ -572,13 +560,7 @@ async fn capture_stops_where_a_replay_would_lose_changes() {
         "DO $$ BEGIN EXECUTE 'ALTER TABLE app.accounts ADD COLUMN hidden int'; END $$;
          INSERT INTO app.accounts VALUES (500, 'after', 1, 2);",
     );
-    daemon.wait_for_state("shop", "failed").await;
-    let failed = daemon
-        .connectors()
-        .into_iter()
-        .find(|c| c["name"] == "shop")
-        .unwrap();
-    let text = failed.to_string();
+    let text = failure(&daemon, "shop").await;
     assert!(text.contains("DO block"), "{text}");
     assert_eq!(
         store.psql(
