@@ -157,6 +157,16 @@ pub struct SupervisorSettings {
     pub backoff_initial_ms: u64,
     /// …up to this many seconds.
     pub backoff_max_secs: u64,
+    /// How long a connector's lease lasts unless renewed (every quarter of it). A daemon
+    /// that could not renew for three quarters of it stops its pipelines; another daemon
+    /// takes the connector over once it expires, so this bounds the takeover after a crash.
+    pub lease_ttl_secs: u64,
+}
+
+impl SupervisorSettings {
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs)
+    }
 }
 
 impl Default for SupervisorSettings {
@@ -165,6 +175,7 @@ impl Default for SupervisorSettings {
             poll_interval_secs: 10,
             backoff_initial_ms: 500,
             backoff_max_secs: 60,
+            lease_ttl_secs: 20,
         }
     }
 }
@@ -218,6 +229,9 @@ impl Settings {
         if self.pipeline.status_interval_ms == 0 {
             return invalid("pipeline.status_interval_ms must be at least 1");
         }
+        if self.supervisor.lease_ttl_secs < 2 {
+            return invalid("supervisor.lease_ttl_secs must be at least 2");
+        }
         Ok(())
     }
 
@@ -251,6 +265,10 @@ mod tests {
         assert_eq!(
             example.supervisor.backoff_max_secs,
             defaults.supervisor.backoff_max_secs
+        );
+        assert_eq!(
+            example.supervisor.lease_ttl_secs,
+            defaults.supervisor.lease_ttl_secs
         );
         assert_eq!(example.metrics.listen.port(), 9932);
     }

@@ -1,5 +1,5 @@
-//! The supervisor: one pipeline task per enabled connector, kept in line with the
-//! bookkeeping.
+//! The supervisor: one pipeline task per enabled connector whose lease this daemon holds,
+//! kept in line with the bookkeeping.
 //!
 //! It owns every pipeline task (a `JoinSet`) and a cancellation token per pipeline, children
 //! of its own. It reconciles when the bookkeeping notifies a change (LISTEN/NOTIFY) and on a
@@ -8,7 +8,16 @@
 //! ends with a definite error is left in `failed` until the operator changes the connector
 //! or restarts the daemon.
 //! On shutdown every pipeline is cancelled, finishes its current target transaction, and
-//! is awaited.
+//! is awaited; then the leases are released.
+//!
+//! Leases (`bookkeeping/leases.rs`): several daemons may share one bookkeeping. Each takes
+//! free connectors up to its fair share (connectors ÷ daemons, rounded up), hands one back
+//! per poll while it holds more than that, and keeps the leases it holds (also of failed
+//! connectors and those waiting for a retry) renewed every quarter of the TTL. When no
+//! renewal succeeded for three quarters of it, the daemon can no longer be sure the leases
+//! are its own: it aborts every pipeline at once (the server rolls back their open
+//! transactions) before the leases expire and another daemon takes them. A pipeline that
+//! finds its replica claimed by a newer token has lost the connector the same way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -24,13 +33,15 @@ use crate::bookkeeping::{Bookkeeping, Connector, BRANCH_CHANNEL};
 use crate::metrics::{Readiness, METRICS};
 use crate::pipeline::{self, PipelineContext, PipelineError, PipelineState};
 use crate::settings::Settings;
-use crate::types::{ConnectorId, ConnectorName};
+use crate::types::{ConnectorId, ConnectorName, FencingToken};
 
 /// A pipeline that runs long enough is healthy again: its next failure starts the backoff anew.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
 struct Running {
     cancel: CancellationToken,
+    /// For losing the lease: stops at once, without finishing the target transaction.
+    abort: tokio::task::AbortHandle,
     /// The connector row the pipeline was started with: a request for setup (state back to
     /// `pending`) or another table filter restarts it.
     updated_at: chrono::DateTime<chrono::Utc>,
@@ -59,6 +70,18 @@ pub struct Supervisor {
     /// changes their state. A new process tries each failed connector once more, which is
     /// what "fix the cause, then restart tributary" relies on.
     given_up: HashSet<ConnectorId>,
+    /// This daemon, as the bookkeeping's leases name their holder: `host:pid`.
+    owner: String,
+    /// The leases held, by connector.
+    leases: HashMap<ConnectorId, FencingToken>,
+    /// When the leases may no longer be taken as held: three quarters of the TTL after
+    /// the last renewal (or acquisition) was sent.
+    lease_deadline: Option<Instant>,
+    /// Pipelines stopped to hand their connector to a daemon with fewer.
+    handing_off: HashSet<ConnectorId>,
+    /// Pipelines aborted because their lease was lost: another daemon runs the connector,
+    /// so nothing about how they ended is recorded.
+    lost: HashSet<ConnectorId>,
 }
 
 impl Supervisor {
@@ -78,6 +101,11 @@ impl Supervisor {
             running: HashMap::new(),
             retries: HashMap::new(),
             given_up: HashSet::new(),
+            owner: daemon_name(),
+            leases: HashMap::new(),
+            lease_deadline: None,
+            handing_off: HashSet::new(),
+            lost: HashSet::new(),
         }
     }
 
@@ -88,8 +116,15 @@ impl Supervisor {
             self.settings.supervisor.poll_interval_secs.max(1),
         ));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renew = tokio::time::interval(self.settings.supervisor.lease_ttl() / 4);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.readiness.set_running(true);
+        tracing::info!(daemon = %self.owner, "supervising connectors");
         loop {
+            let lease_deadline = self
+                .lease_deadline
+                .filter(|_| !self.leases.is_empty())
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let next_retry = self
                 .retries
                 .values()
@@ -122,6 +157,18 @@ impl Supervisor {
                     }
                     self.reconcile().await;
                 }
+                _ = tokio::time::sleep_until(lease_deadline) => {
+                    tracing::error!(
+                        "could not renew the connector leases in time (is the bookkeeping \
+                         reachable?): stopping every pipeline before another daemon takes \
+                         them over"
+                    );
+                    let held: Vec<ConnectorId> = self.leases.keys().copied().collect();
+                    for id in held {
+                        self.lose(id);
+                    }
+                }
+                _ = renew.tick() => self.renew().await,
                 _ = poll.tick() => self.reconcile().await,
                 _ = tokio::time::sleep_until(next_retry) => self.reconcile().await,
             }
@@ -137,7 +184,96 @@ impl Supervisor {
         while let Some(done) = self.tasks.join_next_with_id().await {
             self.finished(done).await;
         }
+        for (id, token) in std::mem::take(&mut self.leases) {
+            if let Err(e) = self.bookkeeping.release_lease(id, token).await {
+                tracing::warn!(connector = %id, "releasing the lease: {e} (it expires by itself)");
+            }
+        }
         Ok(())
+    }
+
+    /// Renews every lease held; a lease found taken by another daemon is lost.
+    async fn renew(&mut self) {
+        if self.leases.is_empty() {
+            return;
+        }
+        let ttl = self.settings.supervisor.lease_ttl();
+        let sent = Instant::now();
+        let tokens: Vec<FencingToken> = self.leases.values().copied().collect();
+        // A renewal that takes longer than its interval is as good as failed.
+        let renewed = match tokio::time::timeout(
+            ttl / 4,
+            self.bookkeeping.renew_leases(&tokens, ttl),
+        )
+        .await
+        {
+            Ok(Ok(renewed)) => renewed,
+            Ok(Err(e)) => {
+                tracing::warn!("renewing the connector leases: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("renewing the connector leases: no answer from the bookkeeping");
+                return;
+            }
+        };
+        self.lease_deadline = Some(sent + ttl * 3 / 4);
+        let lost: Vec<ConnectorId> = self
+            .leases
+            .iter()
+            .filter(|(_, token)| !renewed.contains(token))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            tracing::error!(connector = %id, "the connector's lease expired before it was renewed: stopping its pipeline");
+            self.lose(id);
+        }
+    }
+
+    /// Forgets the lease of connector `id` and aborts its pipeline, if one runs.
+    fn lose(&mut self, id: ConnectorId) {
+        self.leases.remove(&id);
+        self.retries.remove(&id);
+        self.given_up.remove(&id);
+        if let Some(running) = self.running.get(&id) {
+            running.abort.abort();
+            self.lost.insert(id);
+        }
+    }
+
+    /// Takes the lease of `connector` unless this daemon holds it; `None` when another
+    /// daemon does (or the bookkeeping did not answer).
+    async fn lease(&mut self, id: ConnectorId) -> Option<FencingToken> {
+        if let Some(token) = self.leases.get(&id) {
+            return Some(*token);
+        }
+        let ttl = self.settings.supervisor.lease_ttl();
+        let sent = Instant::now();
+        match self.bookkeeping.acquire_lease(id, &self.owner, ttl).await {
+            Ok(Some(token)) => {
+                tracing::info!(connector = %id, %token, "took the connector's lease");
+                self.leases.insert(id, token);
+                let deadline = sent + ttl * 3 / 4;
+                self.lease_deadline =
+                    Some(self.lease_deadline.map_or(deadline, |d| d.min(deadline)));
+                Some(token)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(connector = %id, "taking the connector's lease: {e}");
+                None
+            }
+        }
+    }
+
+    async fn release(&mut self, id: ConnectorId) {
+        if let Some(token) = self.leases.remove(&id) {
+            self.retries.remove(&id);
+            self.given_up.remove(&id);
+            if let Err(e) = self.bookkeeping.release_lease(id, token).await {
+                tracing::warn!(connector = %id, "releasing the lease: {e} (it expires by itself)");
+            }
+        }
     }
 
     async fn reconcile(&mut self) {
@@ -170,23 +306,48 @@ impl Supervisor {
         }
 
         // Disabled connectors whose pipeline has ended are `stopped`: what `connector
-        // delete` waits for before it drops the slot.
+        // delete` waits for before it drops the slot. Only the lease holder may say so (a
+        // pipeline may still run in another daemon).
         for connector in connectors.iter().filter(|c| !c.enabled) {
-            if connector.state != PipelineState::Stopped
-                && !self.running.contains_key(&connector.id)
+            if connector.state == PipelineState::Stopped || self.running.contains_key(&connector.id)
             {
-                if let Err(e) = self
-                    .bookkeeping
-                    .set_state(connector.id, PipelineState::Stopped, None)
-                    .await
-                {
-                    tracing::warn!(connector = %connector.name, "recording the stop: {e}");
-                }
+                continue;
+            }
+            if self.lease(connector.id).await.is_none() {
+                continue;
+            }
+            if let Err(e) = self
+                .bookkeeping
+                .set_state(connector.id, PipelineState::Stopped, None)
+                .await
+            {
+                tracing::warn!(connector = %connector.name, "recording the stop: {e}");
             }
         }
+        // Leases of connectors this daemon does not run (any more): disabled or deleted.
+        let idle: Vec<ConnectorId> = self
+            .leases
+            .keys()
+            .filter(|id| !wanted.contains_key(id) && !self.running.contains_key(id))
+            .copied()
+            .collect();
+        for id in idle {
+            self.release(id).await;
+        }
 
+        // Each daemon runs up to its fair share of the connectors.
+        let daemons = match self.bookkeeping.daemons_running().await {
+            Ok(n) => usize::try_from(n).unwrap_or(1).max(1),
+            Err(e) => {
+                tracing::warn!("counting the daemons: {e}");
+                1
+            }
+        };
+        let share = wanted.len().div_ceil(daemons);
         let now = Instant::now();
-        for connector in wanted.values() {
+        let mut candidates: Vec<&Connector> = wanted.values().copied().collect();
+        candidates.sort_by_key(|c| c.id);
+        for connector in candidates {
             if self.running.contains_key(&connector.id) {
                 continue;
             }
@@ -200,8 +361,31 @@ impl Supervisor {
             if retry.not_before.is_some_and(|t| t > now) {
                 continue;
             }
-            retry.not_before = None;
-            self.start((*connector).clone());
+            if !self.leases.contains_key(&connector.id) && self.leases.len() >= share {
+                continue;
+            }
+            let Some(token) = self.lease(connector.id).await else {
+                continue;
+            };
+            self.retries.entry(connector.id).or_default().not_before = None;
+            self.start(connector.clone(), token);
+        }
+
+        // More than the fair share (a daemon joined): hand one connector over per poll.
+        if self.leases.len() > share && self.handing_off.is_empty() {
+            let surplus = self
+                .running
+                .iter()
+                .filter(|(id, running)| {
+                    self.leases.contains_key(id) && !running.cancel.is_cancelled()
+                })
+                .map(|(id, _)| *id)
+                .max();
+            if let Some(id) = surplus {
+                tracing::info!(connector = %id, daemons, share, "handing the connector over to a daemon with fewer");
+                self.handing_off.insert(id);
+                self.running[&id].cancel.cancel();
+            }
         }
     }
 
@@ -217,32 +401,40 @@ impl Supervisor {
         }
     }
 
-    fn start(&mut self, connector: Connector) {
+    fn start(&mut self, connector: Connector, lease: FencingToken) {
         let cancel = self.shutdown.child_token();
         let (branch_poke, branch_pokes) = mpsc::channel(1);
-        self.running.insert(
-            connector.id,
-            Running {
-                cancel: cancel.clone(),
-                updated_at: connector.updated_at,
-                include_new_tables: connector.include_new_tables,
-                branch_poke,
-            },
-        );
         let (id, name) = (connector.id, connector.name.clone());
+        let (updated_at, include_new_tables) = (connector.updated_at, connector.include_new_tables);
         METRICS.pipeline_started(name.as_str());
         let span = tracing::info_span!("connector", name = %connector.name);
         let ctx = PipelineContext {
             bookkeeping: self.bookkeeping.clone(),
             settings: self.settings.clone(),
             connector,
+            lease,
         };
-        let task = self.tasks.spawn(
-            async move { pipeline::run(&ctx, &cancel, branch_pokes).await.map(drop) }
-                .instrument(span),
+        let pipeline_cancel = cancel.clone();
+        let abort = self.tasks.spawn(
+            async move {
+                pipeline::run(&ctx, &pipeline_cancel, branch_pokes)
+                    .await
+                    .map(drop)
+            }
+            .instrument(span),
         );
         self.task_owners
-            .insert(task.id(), (id, name, Instant::now()));
+            .insert(abort.id(), (id, name, Instant::now()));
+        self.running.insert(
+            id,
+            Running {
+                cancel,
+                abort,
+                updated_at,
+                include_new_tables,
+                branch_poke,
+            },
+        );
     }
 
     async fn finished(
@@ -272,6 +464,19 @@ impl Supervisor {
         };
         METRICS.pipeline_stopped(name.as_str());
         self.running.remove(&id);
+        if self.lost.remove(&id) {
+            return;
+        }
+        if self.handing_off.remove(&id) {
+            self.release(id).await;
+            return;
+        }
+        if result.as_ref().is_err_and(PipelineError::is_fenced) {
+            tracing::error!(connector = %id, "a newer owner claimed the connector's replica: this daemon lost its lease");
+            self.leases.remove(&id);
+            self.retries.remove(&id);
+            return;
+        }
         let Err(error) = result else {
             self.retries.remove(&id);
             return;
@@ -312,6 +517,18 @@ impl Supervisor {
             tracing::warn!(connector = %id, "recording the failure: {e}");
         }
     }
+}
+
+/// How the bookkeeping's leases name this daemon: `host:pid` (in Kubernetes the host name
+/// is the pod's).
+fn daemon_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned());
+    format!("{host}:{}", std::process::id())
 }
 
 /// `initial · 2^(failures-1)`, capped at `max`.

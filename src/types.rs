@@ -102,6 +102,19 @@ impl fmt::Display for ConnectorId {
     }
 }
 
+/// A connector lease's fencing token: drawn from one sequence in the bookkeeping, so a
+/// later owner of a connector always holds a larger token than every earlier one. The
+/// replica records the largest token that claimed it, and every target transaction checks
+/// it (see `sink/replica.rs`): an owner that lost its lease can never commit again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FencingToken(pub i64);
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A connector's name: 1 to 32 characters of `a-z`, `0-9` and `_`, starting with a letter.
 ///
 /// The name becomes part of the slot name and of the replica database's name, so it is

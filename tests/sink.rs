@@ -11,13 +11,15 @@ use tributary::change::{Change, ChangeKind, Value};
 use tributary::pg::ConnInfo;
 use tributary::sink::{self, ReplicaSink, SinkError};
 use tributary::source::SnapshotAction;
-use tributary::types::Lsn;
+use tributary::types::{FencingToken, Lsn};
 
 use crate::harness::Cluster;
 use crate::support::*;
 
 const SOURCE: &str = "source";
 const REPLICA: &str = "replica";
+/// The lease token the tests' replicas are claimed with.
+const FIRST_OWNER: FencingToken = FencingToken(1);
 
 /// A cluster with a source database and a prepared replica database, both holding `schema`.
 struct Env {
@@ -32,7 +34,9 @@ impl Env {
         cluster.create_database(SOURCE);
         cluster.psql(SOURCE, schema);
         let store = ConnInfo::parse(&cluster.superuser_url("postgres")).unwrap();
-        sink::prepare_replica(&store, REPLICA).await.unwrap();
+        sink::prepare_replica(&store, REPLICA, FIRST_OWNER)
+            .await
+            .unwrap();
         cluster.psql(REPLICA, schema);
         let source_url = cluster.superuser_url(SOURCE);
         Env {
@@ -43,7 +47,9 @@ impl Env {
     }
 
     async fn sink(&self) -> ReplicaSink {
-        ReplicaSink::connect(&self.store, REPLICA).await.unwrap()
+        ReplicaSink::connect(&self.store, REPLICA, FIRST_OWNER)
+            .await
+            .unwrap()
     }
 
     /// Runs each of `transactions` on the source as one transaction and returns them as
@@ -715,16 +721,92 @@ async fn a_lost_connection_is_transient_and_commits_nothing() {
     env.assert_same(&["t"]);
 }
 
+/// Fencing: once a newer lease's token claimed the replica, nothing of an older one
+/// commits: not the transaction it had open (a paused daemon's), not a new session of it,
+/// not a new transaction on a session opened before the claim.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_lease_commits_nothing_once_a_newer_one_claimed_the_replica() {
+    let env = Env::new("CREATE TABLE t (id int PRIMARY KEY);").await;
+    let txs = env
+        .capture(
+            "sink_fenced",
+            &[
+                "INSERT INTO t SELECT generate_series(1, 10)",
+                "INSERT INTO t SELECT generate_series(11, 20)",
+                "INSERT INTO t SELECT generate_series(21, 30)",
+            ],
+        )
+        .await;
+    let tx_changes = |i: usize| txs[i].changes().cloned().collect::<Vec<Change>>();
+    let count = || env.cluster.psql(REPLICA, "SELECT count(*) FROM t");
+
+    // The first owner has a transaction open, and pauses.
+    let mut first = env.sink().await;
+    for change in tx_changes(0) {
+        first.apply(change).await.unwrap();
+    }
+    // The second owner's claim ends that transaction rather than wait for it.
+    let second_owner = FencingToken(2);
+    let claim = ReplicaSink::connect(&env.store, REPLICA, second_owner);
+    let mut second = tokio::time::timeout(PATIENCE, claim)
+        .await
+        .expect("the claim waited for the paused owner's transaction")
+        .unwrap();
+    let err = first.commit(txs[0].end_lsn).await.unwrap_err();
+    assert!(!first.in_transaction());
+    assert_eq!(
+        count(),
+        "0",
+        "the paused owner's transaction committed: {err}"
+    );
+    // Its reconnection is refused.
+    let err = ReplicaSink::connect(&env.store, REPLICA, FIRST_OWNER)
+        .await
+        .err()
+        .expect("the first owner claimed the replica back");
+    assert!(matches!(err, SinkError::Fenced { .. }), "{err}");
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("fencing token 2"), "{err}");
+
+    apply_tx(&mut second, &txs[0]).await.unwrap();
+    assert_eq!(count(), "10");
+
+    // A third owner claims while the second's session is idle: the second's next
+    // transaction is refused, whatever it applied.
+    let _third = ReplicaSink::connect(&env.store, REPLICA, FencingToken(3))
+        .await
+        .unwrap();
+    let err = apply_tx(&mut second, &txs[1]).await.unwrap_err();
+    assert!(matches!(err, SinkError::Fenced { .. }), "{err}");
+    assert_eq!(count(), "10");
+    assert_eq!(
+        env.cluster
+            .psql(REPLICA, "SELECT token FROM tributary.lease"),
+        "3"
+    );
+    assert_eq!(
+        env.cluster
+            .psql(REPLICA, "SELECT lsn::text FROM tributary.applied"),
+        txs[0].end_lsn.to_string()
+    );
+}
+
 #[tokio::test]
 async fn prepare_is_idempotent_and_drop_spares_the_control_database() {
     let cluster = Cluster::start();
     let store = ConnInfo::parse(&cluster.superuser_url("postgres")).unwrap();
     let name = "Replica \"odd\" name";
     assert!(!sink::replica_exists(&store, name).await.unwrap());
-    sink::prepare_replica(&store, name).await.unwrap();
-    sink::prepare_replica(&store, name).await.unwrap();
+    sink::prepare_replica(&store, name, FIRST_OWNER)
+        .await
+        .unwrap();
+    sink::prepare_replica(&store, name, FIRST_OWNER)
+        .await
+        .unwrap();
     assert!(sink::replica_exists(&store, name).await.unwrap());
-    let mut replica = ReplicaSink::connect(&store, name).await.unwrap();
+    let mut replica = ReplicaSink::connect(&store, name, FIRST_OWNER)
+        .await
+        .unwrap();
     assert_eq!(replica.applied_lsn().await.unwrap(), None);
     replica.mark_applied(Lsn::new(0x1_0000_0010)).await.unwrap();
     assert_eq!(

@@ -11,7 +11,9 @@
 //!    ├─ state_history         every state the pipeline was put in, with the error
 //!    ├─ branches              databases copied from the replica: state, source LSN
 //!    │                                                         ── trigger: NOTIFY tributary_branches
-//!    └─ apply_lag             the apply lag (and changes applied) its daemon last measured
+//!    ├─ apply_lag             the apply lag (and changes applied) its daemon last measured
+//!    ├─ leases                which daemon runs it, until when, with which fencing token
+//!    └─ lease_history         every lease taken, and when it ended
 //! tributary._sqlx_migrations  applied migrations (sqlx)
 //! ```
 //!
@@ -29,6 +31,7 @@
 mod branches;
 mod connectors;
 mod error;
+mod leases;
 mod secrets;
 mod store;
 
@@ -38,4 +41,5 @@ pub use connectors::{
     TableStatus, TableSyncState,
 };
 pub use error::Error;
+pub use leases::Lease;
 pub use store::{Bookkeeping, BRANCH_CHANNEL, NOTIFY_CHANNEL};

@@ -68,6 +68,12 @@ impl PipelineError {
         }
     }
 
+    /// Whether the pipeline stopped because a newer owner of the connector claimed the
+    /// replica: the connector is another daemon's now, and nothing is to be recorded.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, PipelineError::Sink(SinkError::Fenced { .. }))
+    }
+
     /// The error as recorded for the operator, with the next step.
     pub fn failure(&self) -> Failure {
         let next_step = match self {

@@ -40,13 +40,16 @@ use crate::source::catalog::CatalogError;
 use crate::source::slot::{self, SlotInfo, WalStatus};
 use crate::source::wal2json::PluginOptions;
 use crate::source::{catalog, replication, ReplicationClient, ReplicationStream, SnapshotAction};
-use crate::types::{Lsn, SlotName};
+use crate::types::{FencingToken, Lsn, SlotName};
 
 /// Everything a pipeline needs, shared with the supervisor.
 pub struct PipelineContext {
     pub bookkeeping: Arc<Bookkeeping>,
     pub settings: Arc<Settings>,
     pub connector: Connector,
+    /// The token of this daemon's lease on the connector: every write to the replica is
+    /// fenced with it.
+    pub lease: FencingToken,
 }
 
 /// Runs the connector until `shutdown` (Ok) or an error. State changes are recorded in the
@@ -97,7 +100,7 @@ pub async fn run(
         retry_setup(connector),
     );
     let store = ctx.settings.store();
-    let sink = ReplicaSink::connect(&store, &connector.replica_database).await?;
+    let sink = ReplicaSink::connect(&store, &connector.replica_database, ctx.lease).await?;
     let (cuts, cut_requests) = mpsc::channel(1);
     let target = Target {
         sink,
@@ -308,6 +311,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
 
     let source_sql = pg::connect(&source).await?;
     let capture_key = prepare_capture(&source_sql, connector).await?;
+    take_over_slot(&source_sql, &connector.slot_name).await?;
     let slot = slot_status(&source_sql, &connector.slot_name).await?;
     drop(source_sql);
     let applied = sink::replica_applied_lsn(&store, &replica.dbname).await?;
@@ -461,6 +465,44 @@ async fn prepare_capture(
     Ok(None)
 }
 
+/// How long a terminated walsender may take to let go of the slot.
+const SLOT_RELEASE: Duration = Duration::from_secs(10);
+
+/// Ends the session streaming from the connector's slot, if any: this daemon holds the
+/// connector's lease, so that session belongs to a previous owner that is paused or cut
+/// off (the source would keep it until `wal_sender_timeout`), and the slot cannot be
+/// used or dropped while it is active. The previous owner cannot commit anything anyway:
+/// the replica is fenced against its token.
+async fn take_over_slot(source: &PgClient, slot: &SlotName) -> Result<(), PipelineError> {
+    let Some(pid) = read_slot(source, slot)
+        .await?
+        .and_then(|info| info.active_pid)
+    else {
+        return Ok(());
+    };
+    tracing::warn!(%slot, pid, "the slot is in use by another session (a previous owner of this connector): terminating it");
+    if let Err(e) = source
+        .execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
+        .await
+    {
+        // Another role's session: the slot stays busy, and START_REPLICATION says so.
+        tracing::warn!(%slot, pid, "could not terminate it: {}", pg::error_message(&e));
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + SLOT_RELEASE;
+    while read_slot(source, slot)
+        .await?
+        .is_some_and(|info| info.active_pid.is_some())
+    {
+        if tokio::time::Instant::now() > deadline {
+            // The server's "slot is active" error at START_REPLICATION says the rest.
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotStatus {
     Missing,
@@ -531,7 +573,7 @@ async fn snapshot(
     let connector = &ctx.connector;
     let settings = &ctx.settings.pipeline;
     sink::drop_database(store, &replica.dbname, true).await?;
-    sink::prepare_replica(store, &replica.dbname).await?;
+    sink::prepare_replica(store, &replica.dbname, ctx.lease).await?;
 
     let created = repl
         .create_slot(&connector.slot_name, false, SnapshotAction::Export)
@@ -625,7 +667,7 @@ async fn snapshot(
     let stats = stats?;
     schema.restore(&job, Section::PostData).await?;
 
-    let mut sink = ReplicaSink::connect(store, &replica.dbname).await?;
+    let mut sink = ReplicaSink::connect(store, &replica.dbname, ctx.lease).await?;
     sink.record_source_tables(&oids, &[]).await?;
     sink.mark_applied(created.consistent_point).await?;
     tracing::info!(

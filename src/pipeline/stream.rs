@@ -621,10 +621,13 @@ impl Applier<'_> {
     async fn cut(&mut self, request: CutRequest) -> Result<(), PipelineError> {
         self.commit().await?;
         let started = Instant::now();
-        let database = self.sink()?.database().to_owned();
+        let (database, token) = {
+            let sink = self.sink()?;
+            (sink.database().to_owned(), sink.token())
+        };
         self.sink = None;
         let copied = sink::copy_database(self.store, &database, request.branch.as_str()).await;
-        self.sink = Some(ReplicaSink::connect(self.store, &database).await?);
+        self.sink = Some(ReplicaSink::connect(self.store, &database, token).await?);
         let cut = BranchCut {
             lsn: self.applied,
             paused: started.elapsed(),

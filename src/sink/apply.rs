@@ -93,10 +93,12 @@ use tokio_postgres::Statement;
 
 use crate::change::{Change, ChangeKind, TableName, Value};
 use crate::pg::{quote_ident, quote_literal, ConnInfo, PgClient};
-use crate::types::Lsn;
+use crate::types::{FencingToken, Lsn};
 
 use super::error::{DetailForDebug, SinkError};
-use super::replica::{open_session, setup, READ_PROGRESS_SQL, RECORD_PROGRESS_SQL};
+use super::replica::{
+    claim, open_session, read_applied_lsn, setup, READ_PROGRESS_SQL, RECORD_PROGRESS_SQL,
+};
 use super::table::{display_name, LoadError, PlanError, Planned, Source, TableMeta};
 
 /// Statements sent but not yet checked, at most.
@@ -138,6 +140,8 @@ pub struct ReplicaSink {
     /// Shared with the requests in flight, which outlive the call that sent them.
     client: Arc<PgClient>,
     database: String,
+    /// The fencing token this session claimed the replica with.
+    token: FencingToken,
     tables: Vec<TableEntry>,
     table_index: HashMap<TableName, usize>,
     /// The table of the previous change: consecutive changes mostly share one.
@@ -337,8 +341,9 @@ enum Outcome {
     Rows(u64),
     /// `RETURNING u.ord` of a batch: the rows that found their target.
     Ords(Vec<i64>),
-    /// The progress row's LSN as text, if there is a row.
-    Progress(Option<String>),
+    /// The lease row's token and the progress row's LSN as text, if there is a row; `None`
+    /// without a lease row.
+    Progress(Option<(i64, Option<String>)>),
 }
 
 /// A request sent to the server, and what its reply must be checked against.
@@ -404,11 +409,20 @@ impl ReplicaSink {
     /// Connects to the replica database; the session runs with
     /// `session_replication_role = replica` (no triggers or foreign-key checks fire on
     /// apply, as with native logical replication).
-    pub async fn connect(store: &ConnInfo, database: &str) -> Result<ReplicaSink, SinkError> {
+    ///
+    /// It claims the replica for `token` first (see `replica.rs`): [`SinkError::Fenced`]
+    /// when a newer owner did, and then for every transaction after a newer owner's claim.
+    pub async fn connect(
+        store: &ConnInfo,
+        database: &str,
+        token: FencingToken,
+    ) -> Result<ReplicaSink, SinkError> {
         let client = open_session(store, database).await?;
+        claim(&client, database, token).await?;
         Ok(ReplicaSink {
             client: Arc::new(client),
             database: database.to_owned(),
+            token,
             tables: Vec::new(),
             table_index: HashMap::new(),
             last_table: None,
@@ -436,30 +450,15 @@ impl ReplicaSink {
     /// only in [`ReplicaSink::commit`].
     pub async fn applied_lsn(&mut self) -> Result<Option<Lsn>, SinkError> {
         self.usable()?;
-        let reading = setup(&self.database, "reading the applied LSN");
-        let exists = self
-            .client
-            .query_one(
-                "SELECT pg_catalog.to_regclass('tributary.applied') IS NOT NULL",
-                &[],
-            )
-            .await;
-        let row = match exists {
-            Ok(row) if !row.get::<_, bool>(0) => return Ok(None),
-            Ok(_) => {
-                self.client
-                    .query_opt("SELECT lsn::text FROM tributary.applied", &[])
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        match row {
-            Ok(row) => Ok(row.map(|row| parse_lsn(&row.get::<_, String>(0)))),
-            Err(e) => {
-                let error = reading(e);
-                Err(self.earlier_error_or(error).await)
-            }
+        match read_applied_lsn(&self.client, &self.database).await {
+            Ok(lsn) => Ok(lsn),
+            Err(error) => Err(self.earlier_error_or(error).await),
         }
+    }
+
+    /// The fencing token this session claimed the replica with.
+    pub fn token(&self) -> FencingToken {
+        self.token
     }
 
     /// Records `lsn` as applied in a transaction of its own: the consistent point when a
@@ -847,7 +846,9 @@ impl ReplicaSink {
         let client = Arc::clone(&self.client);
         let read: Request = Box::pin(async move {
             let rows = client.query(&read, &[]).await?;
-            Ok(Outcome::Progress(rows.first().map(|row| row.get(0))))
+            Ok(Outcome::Progress(
+                rows.first().map(|row| (row.get(0), row.get(1))),
+            ))
         });
         self.push(read, Op::ReadProgress, ROW_BYTES).await
     }
@@ -1319,10 +1320,15 @@ impl ReplicaSink {
                 .map(drop)
                 .map_err(setup(&self.database, "starting the target transaction")),
             Op::ReadProgress => match reply {
-                Ok(Outcome::Progress(text)) => {
+                Ok(Outcome::Progress(Some((token, text)))) if token == self.token.0 => {
                     self.locked_progress = Some(text.as_deref().map(parse_lsn));
                     Ok(())
                 }
+                Ok(Outcome::Progress(found)) => Err(SinkError::Fenced {
+                    database: self.database.clone(),
+                    token: self.token,
+                    current: FencingToken(found.map_or(0, |(token, _)| token)),
+                }),
                 Ok(_) => unreachable!("the progress read returns its row"),
                 Err(e) => Err(setup(&self.database, "reading the applied LSN")(e)),
             },
@@ -1503,7 +1509,7 @@ fn plan_error(meta: &TableMeta, change: &Change, error: PlanError) -> SinkError 
 }
 
 /// `pg_lsn` prints as `X/X`, which [`Lsn`] parses.
-fn parse_lsn(text: &str) -> Lsn {
+pub(crate) fn parse_lsn(text: &str) -> Lsn {
     text.parse()
         .unwrap_or_else(|e| panic!("the server printed a pg_lsn tributary cannot read: {e}"))
 }

@@ -14,7 +14,7 @@ use std::io;
 
 use crate::change::ChangeKind;
 use crate::pg::ConnectError;
-use crate::types::Lsn;
+use crate::types::{FencingToken, Lsn};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -219,6 +219,18 @@ pub enum SinkError {
         requested: Lsn,
     },
 
+    /// Another daemon owns the connector now: its lease's token claimed the replica.
+    #[error(
+        "the replica database {database:?} was claimed by a newer owner of this connector \
+         (fencing token {current}, ours is {token}): this daemon lost the connector's lease \
+         and stops applying; nothing is committed under the old lease"
+    )]
+    Fenced {
+        database: String,
+        token: FencingToken,
+        current: FencingToken,
+    },
+
     /// The open target transaction failed earlier and must be rolled back.
     #[error(
         "the target transaction was abandoned after an earlier error ({first}); it was rolled \
@@ -257,6 +269,7 @@ impl SinkError {
             | SinkError::RowNotFound { .. }
             | SinkError::RowCount { .. }
             | SinkError::ProgressBackwards { .. }
+            | SinkError::Fenced { .. }
             | SinkError::Misuse(_) => false,
         }
     }

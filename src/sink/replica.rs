@@ -7,20 +7,27 @@
 //!   └─ <connector>_replica       created by prepare_replica from template0
 //!        ├─ the source's tables  restored by the snapshot, kept in sync by ReplicaSink
 //!        ├─ tributary.applied    one row: the source LSN the replica holds everything up to
+//!        ├─ tributary.lease      one row: the fencing token of the pipeline that owns it
 //!        └─ tributary.source_tables   each table's OID on the source, as of that LSN
 //! ```
 //!
 //! The progress row is written in the same transaction as the data it covers, so after any
 //! crash the replica states exactly which source commit it equals. Branches are templates
 //! of the replica and carry the row with them: it is the LSN a branch represents.
+//!
+//! Fencing: a pipeline claims the replica with its lease's token ([`claim`]) before it
+//! writes anything, and every target transaction starts by locking the lease row and
+//! checking that the token is still its own. A daemon that lost its lease (paused, cut off
+//! from the bookkeeping) and comes back finds a larger token there and cannot commit; a
+//! claim waits for the transaction in flight, so the two never interleave.
 
 use crate::pg::{self, ConnInfo, PgClient};
 
-use super::apply::ReplicaSink;
+use super::apply::parse_lsn;
 use super::error::SinkError;
 use crate::change::TableName;
 use crate::pg::quote_ident;
-use crate::types::Lsn;
+use crate::types::{FencingToken, Lsn};
 
 /// The progress table: exactly one row (`singleton` is always true), written only by
 /// [`super::ReplicaSink`].
@@ -42,11 +49,22 @@ const PROGRESS_DDL: &str = "\
     );\n\
     COMMENT ON TABLE tributary.source_tables IS \
         'tributary: the OID each table has on the source: a table dropped and re-created \
-         there has another';";
+         there has another';\n\
+    CREATE TABLE IF NOT EXISTS tributary.lease (\n\
+        singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),\n\
+        token bigint NOT NULL,\n\
+        claimed_at timestamptz NOT NULL DEFAULT now()\n\
+    );\n\
+    COMMENT ON TABLE tributary.lease IS \
+        'tributary: the fencing token of the connector lease whose pipeline writes here; \
+         a transaction of a smaller token is refused';";
 
-/// Reads the progress row and locks it for the rest of the transaction, so a second
-/// writer (two connectors on one replica by mistake) waits instead of interleaving.
-pub(crate) const READ_PROGRESS_SQL: &str = "SELECT lsn::text FROM tributary.applied FOR UPDATE";
+/// Locks the lease row for the rest of the transaction and reads the fencing token and the
+/// applied LSN: a claim by a newer owner (or a second writer, such as two connectors on one
+/// replica by mistake) waits for this transaction instead of interleaving with it.
+pub(crate) const READ_PROGRESS_SQL: &str = "\
+    SELECT l.token, (SELECT a.lsn::text FROM tributary.applied a) \
+      FROM tributary.lease l FOR UPDATE";
 
 /// Writes the progress row; the WHERE keeps it from moving backwards (zero rows then).
 pub(crate) const RECORD_PROGRESS_SQL: &str = "\
@@ -105,19 +123,121 @@ pub async fn replica_applied_lsn(
     if !replica_exists(store, database).await? {
         return Ok(None);
     }
-    ReplicaSink::connect(store, database)
-        .await?
-        .applied_lsn()
+    let replica = connect(&store.with_dbname(database)).await?;
+    read_applied_lsn(&replica, database).await
+}
+
+/// The applied LSN as committed; `None` before the snapshot recorded one.
+pub(crate) async fn read_applied_lsn(
+    client: &PgClient,
+    database: &str,
+) -> Result<Option<Lsn>, SinkError> {
+    let reading = setup(database, "reading the applied LSN");
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('tributary.applied') IS NOT NULL",
+            &[],
+        )
         .await
+        .map_err(reading)?;
+    if !row.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt("SELECT lsn::text FROM tributary.applied", &[])
+        .await
+        .map_err(setup(database, "reading the applied LSN"))?;
+    Ok(row.map(|row| parse_lsn(&row.get::<_, String>(0))))
+}
+
+/// Makes `token` the replica's owner (see the module docs), on an apply session of it.
+///
+/// Refused with [`SinkError::Fenced`] when a larger token claimed it already. Sessions
+/// holding the lease row (a previous owner's transaction, left open by a paused or
+/// partitioned daemon) are terminated first: the bookkeeping gave this token the
+/// connector, so they can only be stale, and their transaction must not block the claim.
+pub(crate) async fn claim(
+    client: &PgClient,
+    database: &str,
+    token: FencingToken,
+) -> Result<(), SinkError> {
+    client
+        .batch_execute(PROGRESS_DDL)
+        .await
+        .map_err(setup(database, "creating the lease table tributary.lease"))?;
+    // A plain read waits for nobody: a larger token is refused before anyone is disturbed.
+    if let Some(current) = current_token(client, database).await? {
+        if current > token {
+            return Err(SinkError::Fenced {
+                database: database.to_owned(),
+                token,
+                current,
+            });
+        }
+    }
+    let stale = client
+        .query(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_locks \
+              WHERE locktype = 'relation' AND pid <> pg_catalog.pg_backend_pid() \
+                AND database = (SELECT oid FROM pg_catalog.pg_database \
+                                 WHERE datname = pg_catalog.current_database()) \
+                AND relation = 'tributary.lease'::regclass",
+            &[],
+        )
+        .await;
+    match stale {
+        Ok(rows) if !rows.is_empty() => tracing::warn!(
+            database,
+            sessions = rows.len(),
+            "terminated sessions of a previous owner holding the replica's lease row"
+        ),
+        Ok(_) => {}
+        // Not allowed to (another role): the claim below waits for them instead.
+        Err(e) => tracing::debug!(database, "terminating a previous owner's sessions: {e}"),
+    }
+    let claimed = client
+        .execute(
+            "INSERT INTO tributary.lease AS l (singleton, token, claimed_at) \
+             VALUES (true, $1, now()) \
+             ON CONFLICT (singleton) DO UPDATE SET token = EXCLUDED.token, claimed_at = now() \
+             WHERE l.token <= EXCLUDED.token",
+            &[&token.0],
+        )
+        .await
+        .map_err(setup(database, "claiming the replica (tributary.lease)"))?;
+    if claimed == 0 {
+        let current = current_token(client, database).await?.unwrap_or(token);
+        return Err(SinkError::Fenced {
+            database: database.to_owned(),
+            token,
+            current,
+        });
+    }
+    Ok(())
+}
+
+async fn current_token(
+    client: &PgClient,
+    database: &str,
+) -> Result<Option<FencingToken>, SinkError> {
+    let row = client
+        .query_opt("SELECT token FROM tributary.lease", &[])
+        .await
+        .map_err(setup(database, "reading the replica's lease"))?;
+    Ok(row.map(|row| FencingToken(row.get(0))))
 }
 
 /// Creates the replica database on the store server if missing, and in it schema
-/// `tributary` with the progress table (one row: applied LSN). `store` points at the
-/// control database; `database` is the replica's name.
+/// `tributary` with the progress table (one row: applied LSN), claimed for `token`.
+/// `store` points at the control database; `database` is the replica's name.
 ///
 /// The database is created from `template0`, so nothing an administrator added to
 /// `template1` gets in the way of restoring the source's schema. Idempotent.
-pub async fn prepare_replica(store: &ConnInfo, database: &str) -> Result<(), SinkError> {
+pub async fn prepare_replica(
+    store: &ConnInfo,
+    database: &str,
+    token: FencingToken,
+) -> Result<(), SinkError> {
     if !replica_exists(store, database).await? {
         let control = connect(store).await?;
         let created = control
@@ -136,11 +256,7 @@ pub async fn prepare_replica(store: &ConnInfo, database: &str) -> Result<(), Sin
         }
     }
     let replica = connect(&store.with_dbname(database)).await?;
-    replica.batch_execute(PROGRESS_DDL).await.map_err(setup(
-        database,
-        "creating the progress table tributary.applied",
-    ))?;
-    Ok(())
+    claim(&replica, database, token).await
 }
 
 /// The source table OIDs the replica recorded (empty for a replica made before they were).

@@ -1,0 +1,164 @@
+//! Connector leases: which daemon runs each connector's pipeline.
+//!
+//! Several daemons may share one bookkeeping database. A daemon runs a connector only while
+//! it holds the connector's lease, a row of `tributary.leases` that expires at a time of
+//! the bookkeeping server's clock unless renewed. Taking a lease draws a new fencing token
+//! from one sequence, so every later owner holds a larger token; the replica is claimed
+//! with it and refuses the transactions of smaller ones (`sink/replica.rs`). Releasing a
+//! lease expires it at once and notifies the other daemons, so that one takes it over
+//! without waiting for its poll.
+//!
+//! The supervisor renews its leases well before they expire and stops its pipelines when
+//! it could not (see `supervisor.rs`): the lease is a promise that no one else runs the
+//! connector, the token the proof checked where it matters.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::store::NOTIFY_CHANNEL;
+use super::{Bookkeeping, Error};
+use crate::types::{ConnectorId, FencingToken};
+
+/// A connector's current lease, as `tributary status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    /// The holder, as `host:pid`.
+    pub owner: String,
+    pub token: FencingToken,
+    /// Seconds until it expires; zero or less once it is free.
+    pub expires_in: f64,
+}
+
+impl Lease {
+    /// Whether a daemon holds it.
+    pub fn is_held(&self) -> bool {
+        self.expires_in > 0.0
+    }
+}
+
+impl Bookkeeping {
+    /// Takes the lease of connector `id` for `owner` when no one holds it, for `ttl`;
+    /// returns its new fencing token, or `None` when another daemon holds it.
+    pub async fn acquire_lease(
+        &self,
+        id: ConnectorId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<FencingToken>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let held: Option<bool> = sqlx::query_scalar(
+            "SELECT expires_at > now() FROM tributary.leases WHERE connector_id = $1 FOR UPDATE",
+        )
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held == Some(true) {
+            return Ok(None);
+        }
+        // The previous lease ended when it expired (had it been released, it would say).
+        sqlx::query(
+            "UPDATE tributary.lease_history h
+                SET ended_at = greatest(h.acquired_at, l.expires_at)
+               FROM tributary.leases l
+              WHERE l.connector_id = $1 AND h.token = l.token AND h.ended_at IS NULL",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        // Two daemons finding no row both insert: the WHERE turns the second one away.
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO tributary.leases AS l (connector_id, owner, token, expires_at)
+             VALUES ($1, $2, nextval('tributary.fencing_tokens'),
+                     now() + make_interval(secs => $3))
+             ON CONFLICT (connector_id) DO UPDATE
+                SET owner = EXCLUDED.owner, token = EXCLUDED.token, acquired_at = now(),
+                    renewed_at = now(), expires_at = EXCLUDED.expires_at
+              WHERE l.expires_at <= now()
+             RETURNING token",
+        )
+        .bind(id.0)
+        .bind(owner)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(token) = token else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "INSERT INTO tributary.lease_history (token, connector_id, owner, acquired_at)
+             VALUES ($1, $2, $3, now())",
+        )
+        .bind(token)
+        .bind(id.0)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(FencingToken(token)))
+    }
+
+    /// Extends the leases of `tokens` by `ttl` from now; returns the tokens still held
+    /// (an expired lease is not revived: another daemon may be taking it).
+    pub async fn renew_leases(
+        &self,
+        tokens: &[FencingToken],
+        ttl: Duration,
+    ) -> Result<Vec<FencingToken>, Error> {
+        let tokens: Vec<i64> = tokens.iter().map(|t| t.0).collect();
+        let renewed: Vec<i64> = sqlx::query_scalar(
+            "UPDATE tributary.leases
+                SET renewed_at = now(), expires_at = now() + make_interval(secs => $2)
+              WHERE token = ANY($1) AND expires_at > now()
+             RETURNING token",
+        )
+        .bind(&tokens)
+        .bind(ttl.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(renewed.into_iter().map(FencingToken).collect())
+    }
+
+    /// Gives up the lease of `token` on connector `id`, and tells the other daemons.
+    pub async fn release_lease(&self, id: ConnectorId, token: FencingToken) -> Result<(), Error> {
+        sqlx::query(
+            "WITH released AS (
+                 UPDATE tributary.leases SET expires_at = now()
+                  WHERE connector_id = $1 AND token = $2 AND expires_at > now()
+                 RETURNING connector_id),
+             ended AS (
+                 UPDATE tributary.lease_history SET ended_at = now()
+                  WHERE token = $2 AND ended_at IS NULL)
+             SELECT pg_catalog.pg_notify($3, connector_id::text) FROM released",
+        )
+        .bind(id.0)
+        .bind(token.0)
+        .bind(NOTIFY_CHANNEL)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The current lease of every connector that ever had one.
+    pub async fn leases(&self) -> Result<HashMap<ConnectorId, Lease>, Error> {
+        let rows: Vec<(i64, String, i64, f64)> = sqlx::query_as(
+            "SELECT connector_id, owner, token,
+                    extract(epoch FROM expires_at - now())::float8
+               FROM tributary.leases",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, owner, token, expires_in)| {
+                (
+                    ConnectorId(id),
+                    Lease {
+                        owner,
+                        token: FencingToken(token),
+                        expires_in,
+                    },
+                )
+            })
+            .collect())
+    }
+}
