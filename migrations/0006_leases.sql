@@ -30,3 +30,12 @@ CREATE TABLE tributary.lease_history (
 );
 
 CREATE INDEX lease_history_connector ON tributary.lease_history (connector_id, token);
+
+-- The daemons running on this bookkeeping, as they last said so (every quarter of their
+-- lease TTL): connectors are spread over those seen within one TTL. A paused daemon keeps
+-- its sessions open but stops being seen.
+CREATE TABLE tributary.daemons (
+    name       text PRIMARY KEY,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    seen_at    timestamptz NOT NULL DEFAULT now()
+);

@@ -11,8 +11,8 @@
 //! is awaited; then the leases are released.
 //!
 //! Leases (`bookkeeping/leases.rs`): several daemons may share one bookkeeping. Each takes
-//! free connectors up to its fair share (connectors ÷ daemons, rounded up), hands one back
-//! per poll while it holds more than that, and keeps the leases it holds (also of failed
+//! free connectors up to its fair share (connectors ÷ daemons seen alive within a TTL,
+//! rounded up), hands one back per poll while it holds more than that, and keeps the leases it holds (also of failed
 //! connectors and those waiting for a retry) renewed every quarter of the TTL. When no
 //! renewal succeeded for three quarters of it, the daemon can no longer be sure the leases
 //! are its own: it aborts every pipeline at once (the server rolls back their open
@@ -77,6 +77,8 @@ pub struct Supervisor {
     /// When the leases may no longer be taken as held: three quarters of the TTL after
     /// the last renewal (or acquisition) was sent.
     lease_deadline: Option<Instant>,
+    /// How many daemons share the connectors, as of the last heartbeat.
+    daemons: usize,
     /// Pipelines stopped to hand their connector to a daemon with fewer.
     handing_off: HashSet<ConnectorId>,
     /// Pipelines aborted because their lease was lost: another daemon runs the connector,
@@ -106,6 +108,7 @@ impl Supervisor {
             lease_deadline: None,
             handing_off: HashSet::new(),
             lost: HashSet::new(),
+            daemons: 1,
         }
     }
 
@@ -120,6 +123,9 @@ impl Supervisor {
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.readiness.set_running(true);
         tracing::info!(daemon = %self.owner, "supervising connectors");
+        // Counted among the daemons before taking any connector.
+        renew.tick().await;
+        self.renew().await;
         loop {
             let lease_deadline = self
                 .lease_deadline
@@ -189,15 +195,26 @@ impl Supervisor {
                 tracing::warn!(connector = %id, "releasing the lease: {e} (it expires by itself)");
             }
         }
+        if let Err(e) = self.bookkeeping.sign_off(&self.owner).await {
+            tracing::warn!("removing this daemon from the bookkeeping: {e}");
+        }
         Ok(())
     }
 
-    /// Renews every lease held; a lease found taken by another daemon is lost.
+    /// Says this daemon is alive, and renews every lease held; a lease found taken by
+    /// another daemon is lost.
     async fn renew(&mut self) {
+        let ttl = self.settings.supervisor.lease_ttl();
+        match tokio::time::timeout(ttl / 4, self.bookkeeping.heartbeat(&self.owner, ttl)).await {
+            Ok(Ok(daemons)) => self.daemons = daemons,
+            Ok(Err(e)) => tracing::warn!("recording this daemon as alive: {e}"),
+            Err(_) => {
+                tracing::warn!("recording this daemon as alive: no answer from the bookkeeping")
+            }
+        }
         if self.leases.is_empty() {
             return;
         }
-        let ttl = self.settings.supervisor.lease_ttl();
         let sent = Instant::now();
         let tokens: Vec<FencingToken> = self.leases.values().copied().collect();
         // A renewal that takes longer than its interval is as good as failed.
@@ -233,6 +250,9 @@ impl Supervisor {
     /// Forgets the lease of connector `id` and aborts its pipeline, if one runs.
     fn lose(&mut self, id: ConnectorId) {
         self.leases.remove(&id);
+        if self.leases.is_empty() {
+            self.lease_deadline = None;
+        }
         self.retries.remove(&id);
         self.given_up.remove(&id);
         if let Some(running) = self.running.get(&id) {
@@ -253,9 +273,12 @@ impl Supervisor {
             Ok(Some(token)) => {
                 tracing::info!(connector = %id, %token, "took the connector's lease");
                 self.leases.insert(id, token);
+                // The leases held already were renewed earlier: the first to expire counts.
                 let deadline = sent + ttl * 3 / 4;
-                self.lease_deadline =
-                    Some(self.lease_deadline.map_or(deadline, |d| d.min(deadline)));
+                self.lease_deadline = Some(match self.lease_deadline {
+                    Some(earlier) if self.leases.len() > 1 => earlier.min(deadline),
+                    _ => deadline,
+                });
                 Some(token)
             }
             Ok(None) => None,
@@ -268,6 +291,9 @@ impl Supervisor {
 
     async fn release(&mut self, id: ConnectorId) {
         if let Some(token) = self.leases.remove(&id) {
+            if self.leases.is_empty() {
+                self.lease_deadline = None;
+            }
             self.retries.remove(&id);
             self.given_up.remove(&id);
             if let Err(e) = self.bookkeeping.release_lease(id, token).await {
@@ -336,13 +362,7 @@ impl Supervisor {
         }
 
         // Each daemon runs up to its fair share of the connectors.
-        let daemons = match self.bookkeeping.daemons_running().await {
-            Ok(n) => usize::try_from(n).unwrap_or(1).max(1),
-            Err(e) => {
-                tracing::warn!("counting the daemons: {e}");
-                1
-            }
-        };
+        let daemons = self.daemons;
         let share = wanted.len().div_ceil(daemons);
         let now = Instant::now();
         let mut candidates: Vec<&Connector> = wanted.values().copied().collect();
@@ -473,8 +493,7 @@ impl Supervisor {
         }
         if result.as_ref().is_err_and(PipelineError::is_fenced) {
             tracing::error!(connector = %id, "a newer owner claimed the connector's replica: this daemon lost its lease");
-            self.leases.remove(&id);
-            self.retries.remove(&id);
+            self.lose(id);
             return;
         }
         let Err(error) = result else {

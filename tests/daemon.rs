@@ -60,6 +60,34 @@ impl Daemon {
         }
     }
 
+    /// Another daemon on the same bookkeeping (same settings and secrets key), with a log
+    /// of its own.
+    pub fn sibling(&self) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("tributary-daemon-")
+            .tempdir()
+            .unwrap();
+        Daemon {
+            child: None,
+            dir,
+            env: self.env.clone(),
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to the running daemon.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Adds or replaces an environment variable (a setting) for later starts and CLI calls.
     pub fn set(&mut self, key: &str, value: &str) -> &mut Daemon {
         self.env.retain(|(k, _)| k != key);

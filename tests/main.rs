@@ -13,6 +13,7 @@ mod connect;
 mod create;
 mod identifiers;
 mod large_transaction;
+mod leases;
 mod lifecycle;
 mod metrics;
 mod pipeline;

@@ -8,6 +8,9 @@
 //! lease expires it at once and notifies the other daemons, so that one takes it over
 //! without waiting for its poll.
 //!
+//! Daemons also say they are alive (`tributary.daemons`), so that each knows how many
+//! share the connectors.
+//!
 //! The supervisor renews its leases well before they expire and stops its pipelines when
 //! it could not (see `supervisor.rs`): the lease is a promise that no one else runs the
 //! connector, the token the proof checked where it matters.
@@ -53,6 +56,7 @@ impl Bookkeeping {
         .fetch_optional(&mut *tx)
         .await?;
         if held == Some(true) {
+            tx.rollback().await?;
             return Ok(None);
         }
         // The previous lease ended when it expired (had it been released, it would say).
@@ -82,6 +86,7 @@ impl Bookkeeping {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(token) = token else {
+            tx.rollback().await?;
             return Ok(None);
         };
         sqlx::query(
@@ -135,6 +140,35 @@ impl Bookkeeping {
         .bind(NOTIFY_CHANNEL)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Records that daemon `name` is alive; returns how many daemons were seen within
+    /// `ttl`, this one included. Forgets daemons not seen for a hundred TTLs.
+    pub async fn heartbeat(&self, name: &str, ttl: Duration) -> Result<usize, Error> {
+        let others: i64 = sqlx::query_scalar(
+            "WITH seen AS (
+                 INSERT INTO tributary.daemons AS d (name) VALUES ($1)
+                 ON CONFLICT (name) DO UPDATE SET seen_at = now()),
+             forgotten AS (
+                 DELETE FROM tributary.daemons
+                  WHERE seen_at < now() - make_interval(secs => 100 * $2))
+             SELECT count(*) FROM tributary.daemons
+              WHERE name <> $1 AND seen_at > now() - make_interval(secs => $2)",
+        )
+        .bind(name)
+        .bind(ttl.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(usize::try_from(others).unwrap_or(0) + 1)
+    }
+
+    /// Removes daemon `name` from the daemons seen (it is stopping).
+    pub async fn sign_off(&self, name: &str) -> Result<(), Error> {
+        sqlx::query("DELETE FROM tributary.daemons WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

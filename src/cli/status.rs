@@ -1,5 +1,6 @@
 //! `tributary status`: per connector, where its pipeline is and how far behind: state,
-//! snapshot progress, slot lag, retained WAL, wal_status, apply lag, last error.
+//! snapshot progress, slot lag, retained WAL, wal_status, apply lag, last error, and which
+//! daemon runs it (the holder of its lease).
 //!
 //! The apply lag is the one the daemon running the pipeline last recorded in the
 //! bookkeeping (every `metrics.slot_interval_secs`).
@@ -20,6 +21,13 @@ struct StatusView {
     state: &'static str,
     /// What the state is doing: snapshot progress, streaming, the error.
     phase: String,
+    /// The daemon running the connector (`host:pid`, the holder of its lease); `null`
+    /// when none does.
+    owner: Option<String>,
+    /// The fencing token of that lease.
+    lease_token: Option<i64>,
+    /// Seconds until that lease expires unless renewed.
+    lease_expires_in_seconds: Option<f64>,
     snapshot: SnapshotView,
     slot_name: String,
     wal_status: Option<&'static str>,
@@ -85,7 +93,9 @@ pub async fn run(
 
 async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
     let mut views = Vec::new();
+    let leases = bookkeeping.leases().await?;
     for c in bookkeeping.connectors().await? {
+        let lease = leases.get(&c.id).filter(|l| l.is_held());
         let tables = bookkeeping.tables(c.id).await?;
         let included: Vec<_> = tables.iter().filter(|t| t.decision == "include").collect();
         let snapshot = SnapshotView {
@@ -116,6 +126,9 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
             connector: c.name.to_string(),
             state: c.state.as_str(),
             phase,
+            owner: lease.map(|l| l.owner.clone()),
+            lease_token: lease.map(|l| l.token.0),
+            lease_expires_in_seconds: lease.map(|l| l.expires_in),
             snapshot,
             slot_name: c.slot_name.to_string(),
             wal_status: slot.as_ref().map(|s| s.wal_status.as_str()),
@@ -187,6 +200,13 @@ fn print(views: &[StatusView], format: Format, watching: bool) -> Result<(), Fai
         }
         if let Some(next) = &v.next_step {
             say!("    next step: {next}");
+        }
+        match &v.owner {
+            Some(owner) => say!("    run by: {owner}"),
+            None if v.state != "stopped" => {
+                say!("    run by: no daemon (none running, or none took it yet)")
+            }
+            None => {}
         }
         if let Some(error) = &v.source_error {
             say!("    source not reachable: {error}");
