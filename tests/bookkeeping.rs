@@ -16,7 +16,7 @@ use tributary::change::TableName;
 use tributary::pg::ConnInfo;
 use tributary::pipeline::PipelineState;
 use tributary::settings::SecretsSettings;
-use tributary::types::{ConnectorId, ConnectorName};
+use tributary::types::{ConnectorId, ConnectorName, FencingToken};
 
 use crate::harness::*;
 
@@ -102,7 +102,8 @@ async fn migrations_create_the_schema_and_are_idempotent() {
     );
     assert_eq!(
         tables,
-        "_sqlx_migrations,apply_lag,branches,connector_tables,connectors,state_history,table_decisions"
+        "_sqlx_migrations,apply_lag,branches,connector_tables,connectors,daemons,lease_history,\
+         leases,state_history,table_decisions"
     );
     // sqlx's own table sits in our schema, not in public.
     assert_eq!(
@@ -692,4 +693,70 @@ async fn an_unreachable_store_is_a_transient_error_without_the_password() {
         !default_key_file.exists(),
         "no key is created before the store is reached"
     );
+}
+
+/// A connector's lease: one holder at a time, a larger token for every new holder, no
+/// renewal of a lease that expired, and a history of who held it when.
+#[tokio::test]
+async fn a_lease_has_one_holder_and_every_new_holder_a_larger_token() {
+    let store = Store::start();
+    let bookkeeping = store.open().await;
+    let orders = bookkeeping
+        .create_connector(&name("orders"), SOURCE_URL, &[])
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(60);
+    let a = bookkeeping
+        .acquire_lease(orders.id, "host-a:1", ttl)
+        .await
+        .unwrap()
+        .expect("a free lease is taken");
+    assert_eq!(
+        bookkeeping
+            .acquire_lease(orders.id, "host-b:2", ttl)
+            .await
+            .unwrap(),
+        None,
+        "a held lease is not taken"
+    );
+    assert_eq!(bookkeeping.renew_leases(&[a], ttl).await.unwrap(), [a]);
+    let leases = bookkeeping.leases().await.unwrap();
+    assert_eq!(leases[&orders.id].owner, "host-a:1");
+    assert!(leases[&orders.id].is_held());
+
+    // Released: taken at once, with a larger token; the old one renews nothing.
+    bookkeeping.release_lease(orders.id, a).await.unwrap();
+    let b = bookkeeping
+        .acquire_lease(orders.id, "host-b:2", ttl)
+        .await
+        .unwrap()
+        .expect("a released lease is taken");
+    assert!(b > a, "{b} after {a}");
+    assert_eq!(bookkeeping.renew_leases(&[a], ttl).await.unwrap(), []);
+
+    // Expired (its holder stopped renewing): taken too, and never renewed again.
+    store.sql("UPDATE tributary.leases SET expires_at = now() - interval '1 second'");
+    assert_eq!(
+        bookkeeping.renew_leases(&[b], ttl).await.unwrap(),
+        Vec::<FencingToken>::new()
+    );
+    let c = bookkeeping
+        .acquire_lease(orders.id, "host-a:3", ttl)
+        .await
+        .unwrap()
+        .expect("an expired lease is taken");
+    assert!(c > b);
+    assert_eq!(
+        store.sql(
+            "SELECT string_agg(owner || ' ' || (ended_at IS NOT NULL), ', ' ORDER BY token) \
+               FROM tributary.lease_history"
+        ),
+        "host-a:1 true, host-b:2 true, host-a:3 false"
+    );
+
+    // Daemons seen alive.
+    assert_eq!(bookkeeping.heartbeat("host-a:3", ttl).await.unwrap(), 1);
+    assert_eq!(bookkeeping.heartbeat("host-b:4", ttl).await.unwrap(), 2);
+    bookkeeping.sign_off("host-b:4").await.unwrap();
+    assert_eq!(bookkeeping.heartbeat("host-a:3", ttl).await.unwrap(), 1);
 }

@@ -11,6 +11,7 @@ mod branches;
 mod cli;
 mod connect;
 mod create;
+mod faults;
 mod identifiers;
 mod large_transaction;
 mod leases;

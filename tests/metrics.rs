@@ -32,7 +32,7 @@ pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The value of the series `name{labels}` (labels as Prometheus prints them).
-fn value(body: &str, series: &str) -> Option<f64> {
+pub fn value(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())

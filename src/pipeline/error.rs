@@ -87,8 +87,9 @@ impl PipelineError {
                     .into()
             }
             PipelineError::Sink(_) => {
-                "fix the cause on the branch store (see the error), then restart tributary; the \
-                 change is applied again from the last committed position"
+                "fix the cause on the branch store (see the error), then run `tributary \
+                 connector retry-setup` for this connector (or restart tributary); the change \
+                 is applied again from the last committed position"
                     .into()
             }
             _ => "fix the cause named in the error, then restart tributary".into(),

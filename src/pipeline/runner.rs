@@ -410,6 +410,10 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         }
         started => started?,
     };
+    let mut stream = stream;
+    if !wal_sender_timeout.is_zero() {
+        stream.set_silence_limit(wal_sender_timeout);
+    }
     check_not_skipped(&pg::connect(&source).await?, connector, applied).await?;
     bk.set_state(connector.id, PipelineState::Streaming, None)
         .await?;

@@ -297,10 +297,17 @@ impl SinkError {
 }
 
 /// Retry may help: the connection, the server's state or its resources, not the data.
+/// SQLSTATE `disk_full`: class 53, but no retry frees space. The connector stops in
+/// `failed` until the operator has made room.
+const DISK_FULL: &str = "53100";
+
 pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
     if let Some(db) = error.as_db_error() {
         let code = db.code().code();
-        // 08: connection exception; 53: insufficient resources; 57P01-03: admin shutdown,
+        if code == DISK_FULL {
+            return false;
+        }
+        // 08: connection exception; 53: insufficient resources (but disk full); 57P01-03: admin shutdown,
         // crash shutdown, cannot connect now; 57014: statement cancelled (by an operator or
         // a timeout); 40001/40P01: serialization failure, deadlock; 55P03: lock not available.
         return code.starts_with("08")
@@ -401,6 +408,11 @@ fn statement_advice(error: &tokio_postgres::Error) -> &'static str {
     };
     let code = db.code().code();
     match code {
+        DISK_FULL => {
+            "the branch store is out of disk space: free space there (or grow the volume), then \
+             run `tributary connector retry-setup` for this connector; it resumes from the \
+             replica's applied LSN, and nothing after it was acknowledged to the source"
+        }
         "23505" => {
             "the replica already holds this row, so it no longer matches the source (written \
              to directly?); take a new snapshot with `tributary connector retry-setup`"

@@ -100,6 +100,15 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// Nothing arrived on the replication connection, not even the answer to a status
+    /// update that asked for one: the server is hung or the network dropped the connection
+    /// without telling either side.
+    #[error(
+        "no answer from {target} for {seconds} s on the replication connection (the server is \
+         paused or the network path was cut); reconnecting"
+    )]
+    Silent { target: String, seconds: u64 },
+
     #[error("unexpected reply from {target}: {reason}; the server may not be PostgreSQL, or this is a bug in tributary")]
     Protocol { target: String, reason: String },
 }
@@ -126,7 +135,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Closed { .. } => true,
-            Error::Io { .. } => true,
+            Error::Io { .. } | Error::Silent { .. } => true,
             Error::Server { error, .. } => {
                 // 08: connection exception; 53: insufficient resources; 57P0x: shutdown,
                 // crash restart, cannot connect now; 55006: slot busy (previous session

@@ -164,6 +164,10 @@ pub fn parse_pg_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_millis(number.checked_mul(millis)?))
 }
 
+/// How long the server may stay silent before the stream is given up as lost, unless
+/// [`ReplicationStream::set_silence_limit`] says otherwise.
+const DEFAULT_SILENCE_LIMIT: Duration = Duration::from_secs(60);
+
 /// How often to send status updates: `configured`, but at most half of
 /// `wal_sender_timeout` so that a lost reply never costs the connection.
 pub fn status_interval(configured: Duration, wal_sender_timeout: Duration) -> Duration {
@@ -324,6 +328,8 @@ impl ReplicationClient {
             flushed: start,
             timer,
             server_done: false,
+            unanswered_since: None,
+            silence_limit: DEFAULT_SILENCE_LIMIT.max(status_interval * 3),
         })
     }
 
@@ -417,9 +423,24 @@ pub struct ReplicationStream {
     timer: Interval,
     /// The server ended the stream with CopyDone.
     server_done: bool,
+    /// Since when a status update that asked for a reply went unanswered (nothing at all
+    /// arrived since): a server that stays silent for [`ReplicationStream::silence_limit`]
+    /// is presumed gone. Only [`ReplicationStream::next`] asks, so the owner's
+    /// backpressure (not reading) never counts as silence.
+    unanswered_since: Option<Instant>,
+    silence_limit: Duration,
 }
 
 impl ReplicationStream {
+    /// How long the server may stay silent, while a status update asks it for a reply,
+    /// before the connection is given up as lost. The server's own `wal_sender_timeout` is
+    /// the natural value: the walsender gives up on us after as long. At least three status
+    /// intervals.
+    pub fn set_silence_limit(&mut self, limit: Duration) {
+        let interval = self.timer.period();
+        self.silence_limit = limit.max(interval * 3);
+    }
+
     /// Whether wal2json renders numeric and float values as strings (NaN distinct from NULL).
     pub fn numeric_as_string(&self) -> bool {
         self.numeric_as_string
@@ -446,7 +467,12 @@ impl ReplicationStream {
                 // from us before wal_sender_timeout.
                 biased;
                 _ = self.timer.tick() => {
-                    self.queue_status(false);
+                    let asked = *self.unanswered_since.get_or_insert_with(Instant::now);
+                    if asked.elapsed() > self.silence_limit {
+                        return Err(self.client.conn.silent(asked.elapsed()));
+                    }
+                    // An idle server sends nothing while we acknowledge everything: ask.
+                    self.queue_status(true);
                     self.client.conn.flush().await?;
                 }
                 read = conn.fill() => read?,
@@ -466,6 +492,7 @@ impl ReplicationStream {
         let Some(frame) = conn.try_frame()? else {
             return Ok(None);
         };
+        self.unanswered_since = None;
         match frame {
             Frame::CopyData(payload) => {
                 let message = parse_copy_data(payload).map_err(|r| conn.protocol(r))?;

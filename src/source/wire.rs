@@ -422,6 +422,13 @@ impl Connection {
         }
     }
 
+    pub fn silent(&self, silence: std::time::Duration) -> Error {
+        Error::Silent {
+            target: self.target.clone(),
+            seconds: silence.as_secs(),
+        }
+    }
+
     pub fn protocol(&self, reason: String) -> Error {
         Error::Protocol {
             target: self.target.clone(),

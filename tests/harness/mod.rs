@@ -467,6 +467,33 @@ impl Cluster {
         }
     }
 
+    /// Freezes every process of the server (SIGSTOP): connections stay open and nothing
+    /// answers, as with a hung server or a network path cut without a trace.
+    pub fn pause(&self) {
+        self.signal_all("STOP");
+    }
+
+    /// Undoes [`Cluster::pause`].
+    pub fn resume(&self) {
+        self.signal_all("CONT");
+    }
+
+    /// Sends `signal` to the postmaster and its children; best effort.
+    fn signal_all(&self, signal: &str) {
+        let pid = fs::read_to_string(self.data_dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|pids| pids.lines().next()?.trim().parse::<u32>().ok());
+        let Some(pid) = pid else {
+            return;
+        };
+        let _ = Command::new("pkill")
+            .args([&format!("-{signal}"), "-P", &pid.to_string()])
+            .status();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status();
+    }
+
     /// [`Cluster::stop`] then [`Cluster::start_again`].
     pub fn restart(&self) {
         self.stop();
@@ -581,6 +608,8 @@ impl Drop for Cluster {
         if !pid_file.exists() {
             return;
         }
+        // A test that failed while the server was paused.
+        self.signal_all("CONT");
         let Err(err) = self.pg_ctl_stop("immediate") else {
             return;
         };

@@ -1,0 +1,402 @@
+//! Faults production throws at a running daemon, each against real servers and each ending
+//! with the replica equal to the source: a source or branch store that hangs for longer
+//! than `wal_sender_timeout`, a branch store out of disk space, and a slot the source
+//! invalidates while its WAL is held back (with the `wal_status` metric on the way).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::daemon::{lock_replica_table, wait_converged, Daemon};
+use crate::harness::Cluster;
+use crate::metrics::{get, value};
+use crate::support::*;
+
+/// A source database `shop` with one keyed table.
+fn shop(source: &Cluster) {
+    source.create_database("shop");
+    source.psql(
+        "shop",
+        "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int NOT NULL DEFAULT 0);
+         INSERT INTO items SELECT g, 'item ' || g, 0 FROM generate_series(1, 200) g;",
+    );
+}
+
+async fn streaming_shop(daemon: &mut Daemon, source: &Cluster) {
+    daemon.create_connector(&source.superuser_url("shop"), "shop", "public");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+}
+
+async fn converged(source: &Cluster, store: &Cluster, daemon: &Daemon) {
+    wait_converged(source, "shop", store, "shop_replica", &["public"], daemon).await;
+}
+
+/// Inserts and updates on the source until `stop`, retrying through a paused or restarting
+/// server; returns the transactions committed.
+fn write_load(source: &Cluster, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    let url = source.superuser_url("shop");
+    tokio::spawn(async move {
+        let committed = AtomicU64::new(0);
+        let mut n = 1_000u64;
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((client, connection)) =
+                tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+            else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            tokio::spawn(connection);
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let tx = format!(
+                    "BEGIN;
+                     INSERT INTO items VALUES ({n}, 'new', 1);
+                     UPDATE items SET qty = qty + 1 WHERE id = {};
+                     COMMIT;",
+                    n % 200 + 1
+                );
+                if client.batch_execute(&tx).await.is_err() {
+                    break;
+                }
+                committed.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        committed.load(Ordering::Relaxed)
+    })
+}
+
+fn log(daemon: &Daemon) -> String {
+    std::fs::read_to_string(daemon.log_path()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_that_hangs_past_wal_sender_timeout_is_given_up_and_reconnected() {
+    let source = Cluster::builder()
+        .setting("wal_sender_timeout", "2s")
+        .start();
+    let store = Cluster::start();
+    shop(&source);
+    let mut daemon = Daemon::new(&store);
+    streaming_shop(&mut daemon, &source).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = write_load(&source, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every process of the source stops: its sockets stay open, nothing answers, as when
+    // the network path is cut without a reset. The daemon's replication session hears
+    // nothing, not even answers to its status updates.
+    source.pause();
+    eventually("the daemon to give up the silent replication connection", || async {
+        log(&daemon)
+            .contains("on the replication connection (the server is paused or the network path was cut)")
+            .then_some(())
+    })
+    .await;
+    source.resume();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let committed = load.await.unwrap();
+    assert!(committed > 50, "the load ran: {committed} transactions");
+    converged(&source, &store, &daemon).await;
+    daemon.wait_for_state("shop", "streaming").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_branch_store_that_hangs_stops_the_pipelines_until_it_answers_again() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    shop(&source);
+    let mut daemon = Daemon::new(&store);
+    daemon.set("TRIBUTARY__SUPERVISOR__LEASE_TTL_SECS", "3");
+    streaming_shop(&mut daemon, &source).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = write_load(&source, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The branch store (and with it the bookkeeping) hangs: applying blocks, and the
+    // connector's lease cannot be renewed, so the daemon stops the pipeline before the
+    // lease could pass to anyone else. It keeps running and starts over once the store
+    // answers.
+    store.pause();
+    eventually(
+        "the daemon to stop the pipeline of the unrenewable lease",
+        || async {
+            log(&daemon)
+                .contains("could not renew the connector leases in time")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(daemon.is_running());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    store.resume();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let committed = load.await.unwrap();
+    assert!(committed > 50, "the load ran: {committed} transactions");
+    converged(&source, &store, &daemon).await;
+    daemon.wait_for_state("shop", "streaming").await;
+}
+
+/// A tmpfs of `size` mounted on a fresh directory owned by the server's OS user, unmounted
+/// on drop. Mounting needs root, which the suite runs as (see the README).
+struct TinyDisk {
+    dir: tempfile::TempDir,
+}
+
+impl TinyDisk {
+    fn mount(size: &str) -> TinyDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("tributary-tiny-")
+            .tempdir()
+            .unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a {size} tmpfs failed: this test fills a small filesystem and needs root"
+        );
+        let chown = std::process::Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        TinyDisk { dir }
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_branch_store_disk_fails_the_connector_and_it_resumes_once_space_is_freed() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    shop(&source);
+    let mut daemon = Daemon::new(&store);
+    streaming_shop(&mut daemon, &source).await;
+
+    // The replica's table lives on a 4 MB filesystem.
+    let disk = TinyDisk::mount("4m");
+    store.psql(
+        "postgres",
+        &format!(
+            "CREATE TABLESPACE tiny LOCATION '{}'",
+            disk.dir.path().display()
+        ),
+    );
+    store.psql(
+        "shop_replica",
+        "ALTER TABLE public.items SET TABLESPACE tiny",
+    );
+
+    // One source transaction of about 8 MB (hex digits, which hardly compress) does not fit.
+    source.psql(
+        "shop",
+        "INSERT INTO items
+         SELECT g, (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 60) i), 0
+           FROM generate_series(10001, 14000) g",
+    );
+    let committed_by = source.psql("shop", "SELECT pg_current_wal_lsn()");
+    daemon.wait_for_state("shop", "failed").await;
+    let connector = daemon
+        .connectors()
+        .into_iter()
+        .find(|c| c["name"] == "shop")
+        .unwrap();
+    let error = connector["last_error"].as_str().unwrap();
+    let next_step = connector["next_step"].as_str().unwrap();
+    assert!(error.contains("No space left on device"), "{error}");
+    assert!(
+        error.contains("out of disk space") && error.contains("retry-setup"),
+        "{error}"
+    );
+    assert!(!next_step.is_empty(), "{connector}");
+    // Nothing of the transaction was applied, and the source was told nothing beyond the
+    // replica's applied position: the slot still holds the transaction.
+    assert_eq!(
+        store.psql(
+            "shop_replica",
+            &format!("SELECT lsn < '{committed_by}'::pg_lsn FROM tributary.applied")
+        ),
+        "t",
+        "the replica records the failed transaction as applied"
+    );
+    assert_eq!(
+        store.psql(
+            "shop_replica",
+            "SELECT count(*) FROM items WHERE id > 10000"
+        ),
+        "0"
+    );
+    let confirmed = source.psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'tributary_1_shop'",
+    );
+    let behind = store.psql(
+        "shop_replica",
+        &format!("SELECT '{confirmed}'::pg_lsn <= lsn FROM tributary.applied"),
+    );
+    assert_eq!(
+        behind, "t",
+        "the slot confirmed {confirmed}, past what was applied"
+    );
+
+    // The operator makes room and asks the connector to go on: it resumes where it was.
+    disk.resize("64m");
+    daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
+    source.psql("shop", "UPDATE items SET qty = qty + 1 WHERE id <= 10");
+    converged(&source, &store, &daemon).await;
+    let snapshots = store.psql(
+        "postgres",
+        "SELECT count(*) FROM tributary.state_history WHERE to_state = 'snapshotting'",
+    );
+    assert_eq!(snapshots, "1", "resuming took a new snapshot");
+    // The tablespace must be empty before the disk goes.
+    daemon.terminate();
+    store.psql(
+        "shop_replica",
+        "ALTER TABLE public.items SET TABLESPACE pg_default",
+    );
+    store.psql("postgres", "DROP TABLESPACE tiny");
+}
+
+/// The slot's `wal_status` as the daemon's metrics report it.
+fn metric_wal_status(addr: std::net::SocketAddr) -> Option<String> {
+    let (_, body) = get(addr, "/metrics");
+    ["reserved", "extended", "unreserved", "lost"]
+        .into_iter()
+        .find(|status| {
+            value(
+                &body,
+                &format!(r#"tributary_slot_wal_status{{connector="shop",status="{status}"}}"#),
+            ) == Some(1.0)
+        })
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_held_back_goes_extended_unreserved_lost_and_retry_setup_rebuilds() {
+    let source = Cluster::builder()
+        .setting("max_wal_size", "32MB")
+        .setting("min_wal_size", "32MB")
+        .setting("max_slot_wal_keep_size", "64MB")
+        .setting("checkpoint_timeout", "1h")
+        .start();
+    let store = Cluster::start();
+    shop(&source);
+    let mut daemon = Daemon::new(&store);
+    streaming_shop(&mut daemon, &source).await;
+    let addr = daemon.metrics_addr().await;
+    eventually("wal_status reserved", || async {
+        (metric_wal_status(addr).as_deref() == Some("reserved")).then_some(())
+    })
+    .await;
+
+    // The replica's table is locked, so nothing is applied and the slot stays where it
+    // is; the checkpointer is paused, so nothing is removed until the test says so.
+    let blocker = lock_replica_table(&store, "shop", "public.items").await;
+    let checkpointer = source.psql(
+        "postgres",
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'",
+    );
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &checkpointer])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    let slot_status = || {
+        source.psql(
+            "postgres",
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'tributary_1_shop'",
+        )
+    };
+    let mut n = 100_000;
+    let mut seen = vec!["reserved".to_owned()];
+    for wanted in ["extended", "unreserved"] {
+        // A new WAL segment per step, until the server reports the state.
+        while slot_status() != wanted {
+            n += 1;
+            source.psql(
+                "shop",
+                &format!("INSERT INTO items VALUES ({n}, 'wal', 0); SELECT pg_switch_wal();"),
+            );
+            assert!(
+                n < 100_020,
+                "the slot never became {wanted}: {}",
+                slot_status()
+            );
+        }
+        eventually(
+            &format!("the wal_status metric to say {wanted}"),
+            || async { (metric_wal_status(addr).as_deref() == Some(wanted)).then_some(()) },
+        )
+        .await;
+        seen.push(wanted.to_owned());
+    }
+    // The checkpoint removes the WAL the slot needs.
+    signal("-CONT");
+    source.psql("shop", "CHECKPOINT");
+    assert_eq!(slot_status(), "lost");
+    eventually("the wal_status metric to say lost", || async {
+        (metric_wal_status(addr).as_deref() == Some("lost")).then_some(())
+    })
+    .await;
+    seen.push("lost".to_owned());
+    assert_eq!(seen, ["reserved", "extended", "unreserved", "lost"]);
+
+    // The connector fails asking for a new snapshot; retry-setup takes it.
+    drop(blocker);
+    daemon.wait_for_state("shop", "failed").await;
+    let connector = daemon
+        .connectors()
+        .into_iter()
+        .find(|c| c["name"] == "shop")
+        .unwrap();
+    assert!(
+        connector["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalidated by the source (wal_status = lost)"),
+        "{connector}"
+    );
+    assert!(
+        connector["next_step"]
+            .as_str()
+            .unwrap()
+            .contains("retry-setup shop --resnapshot"),
+        "{connector}"
+    );
+    daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
+    converged(&source, &store, &daemon).await;
+}
