@@ -160,25 +160,24 @@ impl ConnectorName {
     }
 }
 
-/// A branch: the name of its database on the branch store, an unquoted identifier so that
-/// it works as typed in `psql` and connection URLs.
+/// A branch: the name of its database on the branch store. Any name PostgreSQL takes for
+/// a database (1 to 63 bytes): quotes, spaces, upper case, non-ASCII letters and SQL
+/// keywords included, since it is quoted in every statement and percent-encoded in every
+/// URL. Only control characters are refused: they would garble every listing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BranchName(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid branch name {0:?}: use 1 to 63 characters from lower-case letters, digits and '_', starting with a letter"
+    "invalid branch name {0:?}: use 1 to 63 bytes (PostgreSQL's limit for a database name) \
+     without control characters"
 )]
 pub struct InvalidBranchName(String);
 
 impl BranchName {
     pub fn new(name: impl Into<String>) -> Result<BranchName, InvalidBranchName> {
         let name = name.into();
-        let ok = (1..=63).contains(&name.len())
-            && name.starts_with(|c: char| c.is_ascii_lowercase())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let ok = (1..=63).contains(&name.len()) && !name.chars().any(char::is_control);
         if ok {
             Ok(BranchName(name))
         } else {
@@ -188,6 +187,20 @@ impl BranchName {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The name as one word of a POSIX shell command: as it is when nothing in it is
+    /// special to the shell, else in single quotes.
+    pub fn shell_word(&self) -> String {
+        let plain = self
+            .0
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b'+'));
+        if plain {
+            self.0.clone()
+        } else {
+            format!("'{}'", self.0.replace('\'', r"'\''"))
+        }
     }
 }
 
@@ -206,6 +219,35 @@ impl fmt::Display for ConnectorName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn branch_names_are_any_database_name_without_control_characters() {
+        for name in [
+            "dev",
+            "Feature \"X\" for 'Q3'",
+            "select",
+            "Ünïcödé ブランチ",
+            &"a".repeat(63),
+        ] {
+            assert_eq!(BranchName::new(name).unwrap().as_str(), name);
+        }
+        assert_eq!(BranchName::new("dev_1").unwrap().shell_word(), "dev_1");
+        assert_eq!(
+            BranchName::new("it's a $name").unwrap().shell_word(),
+            r"'it'\''s a $name'"
+        );
+        // 22 three-byte characters are 66 bytes: over PostgreSQL's limit.
+        for name in [
+            "",
+            "line\nbreak",
+            "tab\there",
+            "nul\0",
+            &"a".repeat(64),
+            &"ブ".repeat(22),
+        ] {
+            assert!(BranchName::new(name).is_err(), "{name:?}");
+        }
+    }
 
     #[test]
     fn lsn_round_trips_through_text() {

@@ -235,7 +235,8 @@ async fn names_are_checked_and_branches_deleted_reset_and_kept() {
     daemon.start();
     daemon.wait_for_state("bank", "streaming").await;
     for (name, code, says) in [
-        ("Bad-Name", 2, "invalid branch name"),
+        ("line\nbreak", 2, "invalid branch name"),
+        (&"x".repeat(64), 2, "invalid branch name"),
         ("bank_replica", 2, "reserved"),
         ("postgres", 2, "reserved"),
         ("later_replica", 2, "reserved"),

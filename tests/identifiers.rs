@@ -89,14 +89,53 @@ async fn names_that_need_quoting_replicate_and_branch() {
     );
     assert_eq!(replica_objects, "1\n1");
 
-    // A branch of it: content equal, and the sequence set from the source.
-    daemon.cli_ok(&["branch", "create", "odd_branch", "--connector", "odd"]);
-    wait_converged(&source, "postgres", &store, "odd_branch", SCHEMAS, &daemon).await;
+    // A branch of it, under a name with quotes, a space, upper case, non-ASCII letters and
+    // a keyword: content equal, and the sequence set from the source.
+    const BRANCH: &str = r#"Ünïcode "Branch" it's SELECT"#;
+    let out = daemon.cli_ok(&["branch", "create", BRANCH, "--connector", "odd"]);
+    wait_converged(&source, "postgres", &store, BRANCH, SCHEMAS, &daemon).await;
+    assert_eq!(
+        store.psql(BRANCH, r#"SELECT last_value FROM "select"."seq ""n"" ü""#),
+        "42"
+    );
+    assert_eq!(
+        store.psql(BRANCH, "SELECT name FROM tributary.branch"),
+        BRANCH
+    );
+    // The printed URL leads to it.
+    let url = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("url:"))
+        .expect("create prints the branch's URL")
+        .trim();
+    assert_eq!(
+        store.psql_conninfo(url, "SELECT current_database()"),
+        BRANCH,
+        "{out}"
+    );
+    let listed = daemon.cli_ok(&["branch", "list", "--format", "json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    assert!(listed.iter().any(|b| b["name"] == BRANCH), "{listed:?}");
+    let again = daemon.cli(&["branch", "create", BRANCH, "--connector", "odd"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains(r#"`tributary branch reset 'Ünïcode "Branch" it'\''s SELECT'`"#),
+        "{err}"
+    );
+    daemon.cli_ok(&["branch", "reset", BRANCH, "--force"]);
+    assert_eq!(
+        store.psql(BRANCH, r#"SELECT last_value FROM "select"."seq ""n"" ü""#),
+        "42"
+    );
+    daemon.cli_ok(&["branch", "delete", BRANCH, "--force"]);
     assert_eq!(
         store.psql(
-            "odd_branch",
-            r#"SELECT last_value FROM "select"."seq ""n"" ü""#
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_database WHERE datname = '{}'",
+                BRANCH.replace('\'', "''")
+            )
         ),
-        "42"
+        "0"
     );
 }

@@ -222,9 +222,10 @@ async fn check_name(
         )));
     }
     if bookkeeping.branch(name).await?.is_some() {
+        let word = name.shell_word();
         return Err(anyhow!(
-            "branch {name} exists: `tributary branch reset {name}` re-creates it, `tributary \
-             branch delete {name}` removes it"
+            "branch {name} exists: `tributary branch reset {word}` re-creates it, `tributary \
+             branch delete {word}` removes it"
         )
         .into());
     }
