@@ -65,7 +65,8 @@ pub enum BranchCommand {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// The branch's name, which is also its database's: lower-case letters, digits, '_'.
+    /// The branch's name, which is also its database's: up to 63 bytes, any characters but
+    /// control characters (quote it for the shell).
     name: String,
     /// The connector to branch from. [default: the active connector]
     #[arg(long)]
