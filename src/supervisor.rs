@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::postgres::{PgListener, PgNotification};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -37,6 +38,19 @@ use crate::types::{ConnectorId, ConnectorName, FencingToken};
 
 /// A pipeline that runs long enough is healthy again: its next failure starts the backoff anew.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// What woke the supervisor up.
+enum Event {
+    Finished(Result<(tokio::task::Id, Result<(), PipelineError>), tokio::task::JoinError>),
+    Notification(Result<PgNotification, sqlx::Error>),
+    Renew,
+    Reconcile,
+    LeaseDeadline,
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(3600)
+}
 
 struct Running {
     cancel: CancellationToken,
@@ -114,7 +128,7 @@ impl Supervisor {
 
     /// Runs until the shutdown token is cancelled and every pipeline has stopped.
     pub async fn run(mut self) -> Result<(), crate::bookkeeping::Error> {
-        let mut listener = self.bookkeeping.listen().await?;
+        let mut listener = self.bookkeeping.listen(&self.owner).await?;
         let mut poll = tokio::time::interval(Duration::from_secs(
             self.settings.supervisor.poll_interval_secs.max(1),
         ));
@@ -127,56 +141,32 @@ impl Supervisor {
         renew.tick().await;
         self.renew().await;
         loop {
-            let lease_deadline = self
-                .lease_deadline
-                .filter(|_| !self.leases.is_empty())
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let next_retry = self
                 .retries
                 .values()
                 .filter_map(|r| r.not_before)
                 .min()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            tokio::select! {
+                .unwrap_or_else(far_future);
+            let deadline = self.deadline();
+            let event = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
-                Some(done) = self.tasks.join_next_with_id() => {
-                    self.finished(done).await;
-                    // A pipeline stopped for a changed connector starts again at once.
-                    self.reconcile().await;
-                }
-                notification = listener.recv() => {
-                    if let Ok(notification) = &notification {
-                        if notification.channel() == BRANCH_CHANNEL {
-                            self.poke(notification.payload());
-                            continue;
-                        }
-                    }
-                    if let Err(e) = notification {
-                        tracing::warn!("bookkeeping notifications interrupted: {e}; polling until they resume");
-                        // A new session takes the daemon lock again; the old one would
-                        // reconnect without it.
-                        match self.bookkeeping.listen().await {
-                            Ok(fresh) => listener = fresh,
-                            Err(e) => tracing::warn!("listening again: {e}"),
-                        }
-                    }
-                    self.reconcile().await;
-                }
-                _ = tokio::time::sleep_until(lease_deadline) => {
-                    tracing::error!(
-                        "could not renew the connector leases in time (is the bookkeeping \
-                         reachable?): stopping every pipeline before another daemon takes \
-                         them over"
-                    );
-                    let held: Vec<ConnectorId> = self.leases.keys().copied().collect();
-                    for id in held {
-                        self.lose(id);
-                    }
-                }
-                _ = renew.tick() => self.renew().await,
-                _ = poll.tick() => self.reconcile().await,
-                _ = tokio::time::sleep_until(next_retry) => self.reconcile().await,
+                _ = tokio::time::sleep_until(deadline) => Event::LeaseDeadline,
+                Some(done) = self.tasks.join_next_with_id() => Event::Finished(done),
+                notification = listener.recv() => Event::Notification(notification),
+                _ = renew.tick() => Event::Renew,
+                _ = poll.tick() => Event::Reconcile,
+                _ = tokio::time::sleep_until(next_retry) => Event::Reconcile,
+            };
+            if matches!(event, Event::LeaseDeadline) {
+                self.lose_all();
+                continue;
+            }
+            // Every step waits on the bookkeeping: a hung one must not keep the pipelines
+            // running past the leases' deadline.
+            let step = self.handle(event, &mut listener);
+            if tokio::time::timeout_at(deadline, step).await.is_err() {
+                self.lose_all();
             }
         }
         self.readiness.set_running(false);
@@ -187,8 +177,17 @@ impl Supervisor {
         for running in self.running.values() {
             running.cancel.cancel();
         }
-        while let Some(done) = self.tasks.join_next_with_id().await {
-            self.finished(done).await;
+        // The leases stay renewed while the pipelines finish their transactions.
+        loop {
+            let deadline = self.deadline();
+            tokio::select! {
+                done = self.tasks.join_next_with_id() => match done {
+                    Some(done) => self.finished(done).await,
+                    None => break,
+                },
+                _ = renew.tick() => self.renew().await,
+                _ = tokio::time::sleep_until(deadline) => self.lose_all(),
+            }
         }
         for (id, token) in std::mem::take(&mut self.leases) {
             if let Err(e) = self.bookkeeping.release_lease(id, token).await {
@@ -199,6 +198,62 @@ impl Supervisor {
             tracing::warn!("removing this daemon from the bookkeeping: {e}");
         }
         Ok(())
+    }
+
+    async fn handle(&mut self, event: Event, listener: &mut PgListener) {
+        match event {
+            Event::Finished(done) => {
+                self.finished(done).await;
+                // A pipeline stopped for a changed connector starts again at once.
+                self.reconcile().await;
+            }
+            Event::Notification(Ok(notification)) if notification.channel() == BRANCH_CHANNEL => {
+                self.poke(notification.payload());
+            }
+            Event::Notification(notification) => {
+                if let Err(e) = notification {
+                    tracing::warn!(
+                        "bookkeeping notifications interrupted: {e}; polling until they resume"
+                    );
+                    // Without this session, other daemons may take the leases at once.
+                    self.lose_all();
+                    // A new session takes the daemon locks again; the old one would
+                    // reconnect without them.
+                    match self.bookkeeping.listen(&self.owner).await {
+                        Ok(fresh) => *listener = fresh,
+                        Err(e) => tracing::warn!("listening again: {e}"),
+                    }
+                }
+                self.reconcile().await;
+            }
+            Event::Renew => self.renew().await,
+            Event::Reconcile => self.reconcile().await,
+            Event::LeaseDeadline => self.lose_all(),
+        }
+    }
+
+    /// When the leases may no longer be taken as held; far away without leases.
+    fn deadline(&self) -> Instant {
+        self.lease_deadline
+            .filter(|_| !self.leases.is_empty())
+            .unwrap_or_else(far_future)
+    }
+
+    /// The leases' deadline passed without a renewal, or the daemon's bookkeeping session
+    /// was lost: none of them may be relied on.
+    fn lose_all(&mut self) {
+        if self.leases.is_empty() {
+            return;
+        }
+        tracing::error!(
+            "could not renew the connector leases in time, or lost the bookkeeping session \
+             (is the bookkeeping reachable?): stopping every pipeline before another daemon \
+             takes them over"
+        );
+        let held: Vec<ConnectorId> = self.leases.keys().copied().collect();
+        for id in held {
+            self.lose(id);
+        }
     }
 
     /// Says this daemon is alive, and renews every lease held; a lease found taken by
@@ -250,6 +305,7 @@ impl Supervisor {
     /// Forgets the lease of connector `id` and aborts its pipeline, if one runs.
     fn lose(&mut self, id: ConnectorId) {
         self.leases.remove(&id);
+        self.handing_off.remove(&id);
         if self.leases.is_empty() {
             self.lease_deadline = None;
         }
@@ -433,6 +489,7 @@ impl Supervisor {
             settings: self.settings.clone(),
             connector,
             lease,
+            failures: self.retries.get(&id).map_or(0, |r| r.failures),
         };
         let pipeline_cancel = cancel.clone();
         let abort = self.tasks.spawn(

@@ -591,7 +591,7 @@ async fn next_notification(listener: &mut PgListener) -> String {
 async fn connector_changes_are_notified() {
     let store = Store::start();
     let bookkeeping = store.open().await;
-    let mut listener = bookkeeping.listen().await.unwrap();
+    let mut listener = bookkeeping.listen("test:1").await.unwrap();
     // Another daemon (another pool) makes the changes.
     let other = store.open().await;
     let id = other
@@ -696,11 +696,16 @@ async fn an_unreachable_store_is_a_transient_error_without_the_password() {
 }
 
 /// A connector's lease: one holder at a time, a larger token for every new holder, no
-/// renewal of a lease that expired, and a history of who held it when.
+/// renewal of a lease that expired, taken at once from a holder whose session is gone,
+/// and a history of who held it when.
 #[tokio::test]
 async fn a_lease_has_one_holder_and_every_new_holder_a_larger_token() {
     let store = Store::start();
     let bookkeeping = store.open().await;
+    // The daemons' sessions, which say they are alive.
+    let _a1 = bookkeeping.listen("host-a:1").await.unwrap();
+    let _b2 = bookkeeping.listen("host-b:2").await.unwrap();
+    let _a3 = bookkeeping.listen("host-a:3").await.unwrap();
     let orders = bookkeeping
         .create_connector(&name("orders"), SOURCE_URL, &[])
         .await
@@ -746,17 +751,52 @@ async fn a_lease_has_one_holder_and_every_new_holder_a_larger_token() {
         .unwrap()
         .expect("an expired lease is taken");
     assert!(c > b);
+
+    // Its holder's session ends (the process died, and the server with it ended the
+    // session): taken at once, long before it expires.
+    store.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+          WHERE locktype = 'advisory' AND objsubid = 2 AND objid = hashtext('host-a:3')::oid",
+    );
+    let d = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(token) = bookkeeping
+                .acquire_lease(orders.id, "host-b:2", ttl)
+                .await
+                .unwrap()
+            {
+                return token;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the lease of a holder without a session is taken");
+    assert!(d > c);
     assert_eq!(
         store.sql(
             "SELECT string_agg(owner || ' ' || (ended_at IS NOT NULL), ', ' ORDER BY token) \
                FROM tributary.lease_history"
         ),
-        "host-a:1 true, host-b:2 true, host-a:3 false"
+        "host-a:1 true, host-b:2 true, host-a:3 true, host-b:2 false"
+    );
+    assert_eq!(
+        store.sql(
+            "SELECT count(*) FROM (SELECT ended_at, lead(acquired_at) OVER (ORDER BY token) AS next \
+               FROM tributary.lease_history) h WHERE ended_at > next"
+        ),
+        "0"
     );
 
-    // Daemons seen alive.
-    assert_eq!(bookkeeping.heartbeat("host-a:3", ttl).await.unwrap(), 1);
-    assert_eq!(bookkeeping.heartbeat("host-b:4", ttl).await.unwrap(), 2);
-    bookkeeping.sign_off("host-b:4").await.unwrap();
-    assert_eq!(bookkeeping.heartbeat("host-a:3", ttl).await.unwrap(), 1);
+    // Daemons seen alive: recently, and with their session.
+    assert_eq!(bookkeeping.heartbeat("host-a:1", ttl).await.unwrap(), 1);
+    assert_eq!(bookkeeping.heartbeat("host-b:2", ttl).await.unwrap(), 2);
+    bookkeeping.sign_off("host-b:2").await.unwrap();
+    assert_eq!(bookkeeping.heartbeat("host-a:1", ttl).await.unwrap(), 1);
+    assert_eq!(bookkeeping.heartbeat("host-a:3", ttl).await.unwrap(), 2);
+    assert_eq!(
+        bookkeeping.heartbeat("host-a:1", ttl).await.unwrap(),
+        1,
+        "a daemon without its session counts"
+    );
 }

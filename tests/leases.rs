@@ -286,6 +286,7 @@ async fn two_daemons_share_connectors_and_take_over_from_a_killed_one() {
     // paused one's replication sessions and transactions. Resumed, the paused daemon
     // finds its leases gone and stops its pipelines without committing anything.
     let paused = format!(":{}", daemons[1].pid());
+    let paused_at = Instant::now();
     daemons[1].signal("STOP");
     let other = format!(":{}", daemons[0].pid());
     eventually("the other daemon to run every connector", || async {
@@ -297,6 +298,10 @@ async fn two_daemons_share_connectors_and_take_over_from_a_killed_one() {
             .then_some(())
     })
     .await;
+    eprintln!(
+        "takeover from a paused daemon: {:.1} s (lease TTL {LEASE_TTL_SECS} s, poll 1 s)",
+        paused_at.elapsed().as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     daemons[1].signal("CONT");
     wait_spread(&[&daemons[0], &daemons[1]], CONNECTORS).await;

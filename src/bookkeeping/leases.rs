@@ -8,6 +8,12 @@
 //! lease expires it at once and notifies the other daemons, so that one takes it over
 //! without waiting for its poll.
 //!
+//! A lease whose holder's bookkeeping session is gone (the process crashed or was killed;
+//! the server ends its sessions at once) may be taken before it expires: each daemon holds
+//! a lock named after it on its listening session (`store.rs`). A paused or cut-off daemon
+//! keeps its session, so its leases are taken only once they expire; either way the new
+//! holder's token fences the old one out.
+//!
 //! Daemons also say they are alive (`tributary.daemons`), so that each knows how many
 //! share the connectors.
 //!
@@ -18,7 +24,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::store::NOTIFY_CHANNEL;
+use super::store::{DAEMON_NAME_LOCK_CLASS, NOTIFY_CHANNEL};
 use super::{Bookkeeping, Error};
 use crate::types::{ConnectorId, FencingToken};
 
@@ -39,9 +45,24 @@ impl Lease {
     }
 }
 
+/// SQL: the daemon named by the expression `name` has no session on the bookkeeping any
+/// more (its name's lock is free; see `store.rs`).
+fn session_gone(name: &str) -> String {
+    format!(
+        "NOT EXISTS (
+             SELECT FROM pg_catalog.pg_locks k
+              WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
+                AND k.database = (SELECT oid FROM pg_catalog.pg_database
+                                   WHERE datname = pg_catalog.current_database())
+                AND k.classid = {DAEMON_NAME_LOCK_CLASS}::oid
+                AND k.objid = pg_catalog.hashtext({name})::oid)"
+    )
+}
+
 impl Bookkeeping {
-    /// Takes the lease of connector `id` for `owner` when no one holds it, for `ttl`;
-    /// returns its new fencing token, or `None` when another daemon holds it.
+    /// Takes the lease of connector `id` for `owner` when no one holds it (it expired, or
+    /// its holder's session is gone), for `ttl`; returns its new fencing token, or `None`
+    /// when another daemon holds it.
     pub async fn acquire_lease(
         &self,
         id: ConnectorId,
@@ -49,9 +70,11 @@ impl Bookkeeping {
         ttl: Duration,
     ) -> Result<Option<FencingToken>, Error> {
         let mut tx = self.pool.begin().await?;
-        let held: Option<bool> = sqlx::query_scalar(
-            "SELECT expires_at > now() FROM tributary.leases WHERE connector_id = $1 FOR UPDATE",
-        )
+        let gone = session_gone("l.owner");
+        let held: Option<bool> = sqlx::query_scalar(&format!(
+            "SELECT l.expires_at > now() AND NOT {gone}
+               FROM tributary.leases l WHERE l.connector_id = $1 FOR UPDATE OF l"
+        ))
         .bind(id.0)
         .fetch_optional(&mut *tx)
         .await?;
@@ -59,10 +82,11 @@ impl Bookkeeping {
             tx.rollback().await?;
             return Ok(None);
         }
-        // The previous lease ended when it expired (had it been released, it would say).
+        // The previous lease ended when it expired or its holder went away (had it been
+        // released, it would say).
         sqlx::query(
             "UPDATE tributary.lease_history h
-                SET ended_at = greatest(h.acquired_at, l.expires_at)
+                SET ended_at = greatest(h.acquired_at, least(l.expires_at, now()))
                FROM tributary.leases l
               WHERE l.connector_id = $1 AND h.token = l.token AND h.ended_at IS NULL",
         )
@@ -70,16 +94,16 @@ impl Bookkeeping {
         .execute(&mut *tx)
         .await?;
         // Two daemons finding no row both insert: the WHERE turns the second one away.
-        let token: Option<i64> = sqlx::query_scalar(
+        let token: Option<i64> = sqlx::query_scalar(&format!(
             "INSERT INTO tributary.leases AS l (connector_id, owner, token, expires_at)
              VALUES ($1, $2, nextval('tributary.fencing_tokens'),
                      now() + make_interval(secs => $3))
              ON CONFLICT (connector_id) DO UPDATE
                 SET owner = EXCLUDED.owner, token = EXCLUDED.token, acquired_at = now(),
                     renewed_at = now(), expires_at = EXCLUDED.expires_at
-              WHERE l.expires_at <= now()
-             RETURNING token",
-        )
+              WHERE l.expires_at <= now() OR {gone}
+             RETURNING token"
+        ))
         .bind(id.0)
         .bind(owner)
         .bind(ttl.as_secs_f64())
@@ -144,18 +168,21 @@ impl Bookkeeping {
     }
 
     /// Records that daemon `name` is alive; returns how many daemons were seen within
-    /// `ttl`, this one included. Forgets daemons not seen for a hundred TTLs.
+    /// `ttl` and still have their session, this one included. Forgets daemons not seen for
+    /// a hundred TTLs.
     pub async fn heartbeat(&self, name: &str, ttl: Duration) -> Result<usize, Error> {
-        let others: i64 = sqlx::query_scalar(
+        let gone = session_gone("d.name");
+        let others: i64 = sqlx::query_scalar(&format!(
             "WITH seen AS (
                  INSERT INTO tributary.daemons AS d (name) VALUES ($1)
                  ON CONFLICT (name) DO UPDATE SET seen_at = now()),
              forgotten AS (
                  DELETE FROM tributary.daemons
                   WHERE seen_at < now() - make_interval(secs => 100 * $2))
-             SELECT count(*) FROM tributary.daemons
-              WHERE name <> $1 AND seen_at > now() - make_interval(secs => $2)",
-        )
+             SELECT count(*) FROM tributary.daemons d
+              WHERE d.name <> $1 AND d.seen_at > now() - make_interval(secs => $2)
+                AND NOT {gone}"
+        ))
         .bind(name)
         .bind(ttl.as_secs_f64())
         .fetch_one(&self.pool)

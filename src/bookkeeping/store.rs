@@ -98,17 +98,26 @@ impl Bookkeeping {
         Ok(())
     }
 
-    /// The daemon's session: listening on [`NOTIFY_CHANNEL`] and holding [`DAEMON_LOCK`]
-    /// (shared) for as long as it lives. It takes one of the pool's connections and
-    /// reconnects by itself after a lost connection, but without the lock (and
+    /// The session of daemon `name`: listening on [`NOTIFY_CHANNEL`], and holding for as
+    /// long as it lives [`DAEMON_LOCK`] (shared: commands count the daemons) and the lock
+    /// of the daemon's own name (the leases of a daemon whose session is gone may be taken
+    /// before they expire, see `leases.rs`). It takes one of the pool's connections and
+    /// reconnects by itself after a lost connection, but without the locks (and
     /// notifications sent meanwhile are lost): replace it after an error, and poll as well.
-    pub async fn listen(&self) -> Result<PgListener, Error> {
+    pub async fn listen(&self, name: &str) -> Result<PgListener, Error> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener
             .listen_all([NOTIFY_CHANNEL, BRANCH_CHANNEL])
             .await?;
         sqlx::query("SELECT pg_catalog.pg_advisory_lock_shared($1)")
             .bind(DAEMON_LOCK)
+            .execute(&mut listener)
+            .await?;
+        // Not taken (another name with the same hash holds it): that daemon's lock then
+        // vouches for this one too, which only makes others wait for expiry.
+        sqlx::query("SELECT pg_catalog.pg_try_advisory_lock($1, pg_catalog.hashtext($2))")
+            .bind(DAEMON_NAME_LOCK_CLASS)
+            .bind(name)
             .execute(&mut listener)
             .await?;
         Ok(listener)
@@ -139,6 +148,10 @@ impl Bookkeeping {
 /// The advisory lock key ("trib") of [`Bookkeeping::listen`]; below 2^32, so `pg_locks`
 /// shows it in `objid`.
 const DAEMON_LOCK: i64 = 0x7472_6962;
+
+/// The first key of a daemon's own lock, whose second is the hash of its name: `pg_locks`
+/// shows it as `classid`, with `objsubid = 2`. See [`super::leases`]'s `OWNER_GONE`.
+pub(super) const DAEMON_NAME_LOCK_CLASS: i32 = 0x7472_6962;
 
 /// sqlx connection options with the meaning `ConnInfo` gives each field (libpq's). Built
 /// field by field, so the password never passes through a URL string.

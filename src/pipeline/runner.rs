@@ -50,6 +50,8 @@ pub struct PipelineContext {
     /// The token of this daemon's lease on the connector: every write to the replica is
     /// fenced with it.
     pub lease: FencingToken,
+    /// How many runs in a row ended in a failure before this one.
+    pub failures: u32,
 }
 
 /// Runs the connector until `shutdown` (Ok) or an error. State changes are recorded in the
@@ -309,12 +311,13 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     let status_interval =
         replication::status_interval(ctx.settings.pipeline.status_interval(), wal_sender_timeout);
 
+    // The replica first: from here on a previous owner can neither commit nor move it.
+    let applied = sink::claim_replica(&store, &replica.dbname, ctx.lease).await?;
     let source_sql = pg::connect(&source).await?;
     let capture_key = prepare_capture(&source_sql, connector).await?;
     take_over_slot(&source_sql, &connector.slot_name).await?;
     let slot = slot_status(&source_sql, &connector.slot_name).await?;
     drop(source_sql);
-    let applied = sink::replica_applied_lsn(&store, &replica.dbname).await?;
 
     let applied = match (applied, slot) {
         // `connector retry-setup` asked for a new snapshot.
@@ -410,10 +413,17 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         }
         started => started?,
     };
+    // A silent source is given up after `wal_sender_timeout`, as the source gives up on us.
+    // Each failure in a row lengthens it: a huge transaction of tables outside the
+    // connector keeps the walsender silent while it is decoded (wal2json sends nothing for
+    // it), and must not be restarted forever.
     let mut stream = stream;
-    if !wal_sender_timeout.is_zero() {
-        stream.set_silence_limit(wal_sender_timeout);
-    }
+    let silence = if wal_sender_timeout.is_zero() {
+        replication::DEFAULT_SILENCE_LIMIT
+    } else {
+        wal_sender_timeout
+    };
+    stream.set_silence_limit(silence * (1 + ctx.failures.min(7)));
     check_not_skipped(&pg::connect(&source).await?, connector, applied).await?;
     bk.set_state(connector.id, PipelineState::Streaming, None)
         .await?;
@@ -576,6 +586,8 @@ async fn snapshot(
 ) -> Result<Lsn, PipelineError> {
     let connector = &ctx.connector;
     let settings = &ctx.settings.pipeline;
+    // Claimed again just before it goes: a newer owner's replica is never dropped.
+    sink::claim_replica(store, &replica.dbname, ctx.lease).await?;
     sink::drop_database(store, &replica.dbname, true).await?;
     sink::prepare_replica(store, &replica.dbname, ctx.lease).await?;
 

@@ -265,8 +265,9 @@ impl SnapshotError {
 /// Transient SQLSTATEs: connection exceptions (08), insufficient resources (53), shutdown
 /// and crash restart (57P01-03), serialization failures and deadlocks.
 fn transient_sqlstate(code: &str) -> bool {
+    // 53100 is disk full: retrying would only fill the disk again.
     code.starts_with("08")
-        || code.starts_with("53")
+        || code.starts_with("53") && code != "53100"
         || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
 }
 

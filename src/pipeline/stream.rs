@@ -41,7 +41,7 @@ use crate::pipeline::ddl::{DdlStatement, DdlTracker};
 use crate::pipeline::drift::Reconciler;
 use crate::pipeline::PipelineError;
 use crate::settings::PipelineSettings;
-use crate::sink::{self, ReplicaSink};
+use crate::sink::{self, ReplicaSink, SinkError};
 use crate::source::capture::{DdlMessage, MESSAGE_PREFIX};
 use crate::source::{wal2json, AckTracker, ReplicationMessage, ReplicationStream};
 use crate::types::{BranchName, Lsn};
@@ -627,7 +627,16 @@ impl Applier<'_> {
         };
         self.sink = None;
         let copied = sink::copy_database(self.store, &database, request.branch.as_str()).await;
-        self.sink = Some(ReplicaSink::connect(self.store, &database, token).await?);
+        match ReplicaSink::connect(self.store, &database, token).await {
+            Ok(sink) => self.sink = Some(sink),
+            Err(e) => {
+                // Fenced: the copy may hold a newer owner's commits, not ours at `applied`.
+                if copied.is_ok() && matches!(e, SinkError::Fenced { .. }) {
+                    let _ = sink::drop_database(self.store, request.branch.as_str(), true).await;
+                }
+                return Err(e.into());
+            }
+        }
         let cut = BranchCut {
             lsn: self.applied,
             paused: started.elapsed(),

@@ -20,6 +20,6 @@ mod table;
 pub use apply::{Misfit, ReplicaColumn, ReplicaSink, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 pub use error::SinkError;
 pub use replica::{
-    copy_database, drop_database, prepare_replica, replica_applied_lsn, replica_exists,
-    source_tables,
+    claim_replica, copy_database, drop_database, prepare_replica, replica_applied_lsn,
+    replica_exists, source_tables,
 };

@@ -127,6 +127,22 @@ pub async fn replica_applied_lsn(
     read_applied_lsn(&replica, database).await
 }
 
+/// Claims the replica for `token` (see [`claim`]), if it exists, and returns its applied
+/// LSN: what a pipeline does first, so that nothing it decides rests on a position a
+/// previous owner could still move.
+pub async fn claim_replica(
+    store: &ConnInfo,
+    database: &str,
+    token: FencingToken,
+) -> Result<Option<Lsn>, SinkError> {
+    if !replica_exists(store, database).await? {
+        return Ok(None);
+    }
+    let replica = connect(&store.with_dbname(database)).await?;
+    claim(&replica, database, token).await?;
+    read_applied_lsn(&replica, database).await
+}
+
 /// The applied LSN as committed; `None` before the snapshot recorded one.
 pub(crate) async fn read_applied_lsn(
     client: &PgClient,

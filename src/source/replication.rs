@@ -166,7 +166,7 @@ pub fn parse_pg_duration(text: &str) -> Option<Duration> {
 
 /// How long the server may stay silent before the stream is given up as lost, unless
 /// [`ReplicationStream::set_silence_limit`] says otherwise.
-const DEFAULT_SILENCE_LIMIT: Duration = Duration::from_secs(60);
+pub const DEFAULT_SILENCE_LIMIT: Duration = Duration::from_secs(60);
 
 /// How often to send status updates: `configured`, but at most half of
 /// `wal_sender_timeout` so that a lost reply never costs the connection.
@@ -475,7 +475,11 @@ impl ReplicationStream {
                     self.queue_status(true);
                     self.client.conn.flush().await?;
                 }
-                read = conn.fill() => read?,
+                read = conn.fill() => {
+                    read?;
+                    // Part of a frame is an answer too (one large change can take long).
+                    self.unanswered_since = None;
+                }
             }
         }
     }
