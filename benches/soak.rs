@@ -310,14 +310,7 @@ fn main() {
         faults.sample_rss(daemon);
     }
     let leases = store.psql("postgres", "SELECT count(*) FROM tributary.lease_history");
-    let overlaps = store.psql(
-        "postgres",
-        "SELECT count(*) FROM (
-             SELECT ended_at, lead(acquired_at) OVER w AS next_acquired
-               FROM tributary.lease_history WINDOW w AS (PARTITION BY connector_id ORDER BY token)
-         ) h
-          WHERE next_acquired IS NOT NULL AND (ended_at IS NULL OR ended_at > next_acquired)",
-    );
+    let overlaps = daemon::overlapping_leases(&store);
     let states = store.psql(
         "postgres",
         "SELECT string_agg(name || '=' || state, ' ' ORDER BY name) FROM tributary.connectors",
@@ -360,7 +353,7 @@ fn main() {
     );
     println!("caught up           {settled:.1} s after the load stopped");
     println!("connector states    {states}");
-    if differences.is_empty() && overlaps == "0" {
+    if differences.is_empty() && overlaps == 0 {
         println!("content             every table equal to the source ({connectors} replicas)");
     } else {
         println!("content             MISMATCH");

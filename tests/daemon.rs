@@ -348,6 +348,23 @@ pub fn content(cluster: &Cluster, db: &str, schemas: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// How many times two consecutive leases of one connector overlap in the bookkeeping's
+/// lease history on `store` (a lease still held counts as not ended): must be 0.
+pub fn overlapping_leases(store: &Cluster) -> u64 {
+    store
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM (
+                 SELECT ended_at, lead(acquired_at) OVER w AS next_acquired
+                   FROM tributary.lease_history
+                 WINDOW w AS (PARTITION BY connector_id ORDER BY token)
+             ) h
+              WHERE next_acquired IS NOT NULL AND (ended_at IS NULL OR ended_at > next_acquired)",
+        )
+        .parse()
+        .unwrap()
+}
+
 /// Waits until the replica's content equals the source's (the source must be quiet).
 pub async fn wait_converged(
     source: &Cluster,

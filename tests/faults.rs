@@ -71,6 +71,36 @@ fn log(daemon: &Daemon) -> String {
     std::fs::read_to_string(daemon.log_path()).unwrap_or_default()
 }
 
+/// Pauses `paused` (the source or the branch store) under a write load until the daemon's
+/// log says `noticed`, resumes it, and waits for the replica to equal the source again.
+async fn survives_a_pause(
+    (source, store, daemon): (&Cluster, &Cluster, &mut Daemon),
+    paused: &Cluster,
+    noticed: &str,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = write_load(source, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    paused.pause();
+    eventually(&format!("the daemon to log {noticed:?}"), || async {
+        log(daemon).contains(noticed).then_some(())
+    })
+    .await;
+    assert!(
+        daemon.is_running(),
+        "the daemon exited:\n{}",
+        daemon.log_tail()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    paused.resume();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let committed = load.await.unwrap();
+    assert!(committed > 50, "the load ran: {committed} transactions");
+    converged(source, store, daemon).await;
+    daemon.wait_for_state("shop", "streaming").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_that_hangs_past_wal_sender_timeout_is_given_up_and_reconnected() {
     let source = Cluster::builder()
@@ -81,26 +111,15 @@ async fn a_source_that_hangs_past_wal_sender_timeout_is_given_up_and_reconnected
     let mut daemon = Daemon::new(&store);
     streaming_shop(&mut daemon, &source).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = write_load(&source, stop.clone());
-    tokio::time::sleep(Duration::from_secs(1)).await;
     // Every process of the source stops: its sockets stay open, nothing answers, as when
     // the network path is cut without a reset. The daemon's replication session hears
     // nothing, not even answers to its status updates.
-    source.pause();
-    eventually("the daemon to give up the silent replication connection", || async {
-        log(&daemon)
-            .contains("on the replication connection (the server is paused or the network path was cut)")
-            .then_some(())
-    })
+    survives_a_pause(
+        (&source, &store, &mut daemon),
+        &source,
+        "on the replication connection (the server is paused or the network path was cut)",
+    )
     .await;
-    source.resume();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let committed = load.await.unwrap();
-    assert!(committed > 50, "the load ran: {committed} transactions");
-    converged(&source, &store, &daemon).await;
-    daemon.wait_for_state("shop", "streaming").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -112,32 +131,16 @@ async fn a_branch_store_that_hangs_stops_the_pipelines_until_it_answers_again() 
     daemon.set("TRIBUTARY__SUPERVISOR__LEASE_TTL_SECS", "3");
     streaming_shop(&mut daemon, &source).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = write_load(&source, stop.clone());
-    tokio::time::sleep(Duration::from_secs(1)).await;
     // The branch store (and with it the bookkeeping) hangs: applying blocks, and the
     // connector's lease cannot be renewed, so the daemon stops the pipeline before the
     // lease could pass to anyone else. It keeps running and starts over once the store
     // answers.
-    store.pause();
-    eventually(
-        "the daemon to stop the pipeline of the unrenewable lease",
-        || async {
-            log(&daemon)
-                .contains("could not renew the connector leases in time")
-                .then_some(())
-        },
+    survives_a_pause(
+        (&source, &store, &mut daemon),
+        &store,
+        "could not renew the connector leases in time",
     )
     .await;
-    assert!(daemon.is_running());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    store.resume();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let committed = load.await.unwrap();
-    assert!(committed > 50, "the load ran: {committed} transactions");
-    converged(&source, &store, &daemon).await;
-    daemon.wait_for_state("shop", "streaming").await;
 }
 
 /// A tmpfs of `size` mounted on a fresh directory owned by the server's OS user, unmounted

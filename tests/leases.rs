@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::daemon::{wait_converged, Daemon};
+use crate::daemon::{overlapping_leases, wait_converged, Daemon};
 use crate::harness::Cluster;
 use crate::support::*;
 
@@ -170,17 +170,9 @@ fn lease_log(daemon: &Daemon) -> String {
 /// The lease history of every connector: consecutive holders never overlap, and the
 /// replica's fencing token is the current lease's.
 fn assert_one_holder_at_a_time(store: &Cluster, connectors: usize) {
-    let overlaps = store.psql(
-        "postgres",
-        "SELECT count(*) FROM (
-             SELECT ended_at, lead(acquired_at) OVER w AS next_acquired
-               FROM tributary.lease_history WINDOW w AS (PARTITION BY connector_id ORDER BY token)
-         ) h
-          WHERE next_acquired IS NOT NULL AND (ended_at IS NULL OR ended_at > next_acquired)",
-    );
     assert_eq!(
-        overlaps,
-        "0",
+        overlapping_leases(store),
+        0,
         "two leases of one connector overlap:\n{}",
         store.psql(
             "postgres",
