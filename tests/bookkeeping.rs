@@ -725,6 +725,7 @@ async fn a_lease_has_one_holder_and_every_new_holder_a_larger_token() {
         "a held lease is not taken"
     );
     assert_eq!(bookkeeping.renew_leases(&[a], ttl).await.unwrap(), [a]);
+    assert!(bookkeeping.holds_lease(orders.id, a).await.unwrap());
     let leases = bookkeeping.leases().await.unwrap();
     assert_eq!(leases[&orders.id].owner, "host-a:1");
     assert!(leases[&orders.id].is_held());
@@ -737,6 +738,7 @@ async fn a_lease_has_one_holder_and_every_new_holder_a_larger_token() {
         .unwrap()
         .expect("a released lease is taken");
     assert!(b > a, "{b} after {a}");
+    assert!(!bookkeeping.holds_lease(orders.id, a).await.unwrap());
     assert_eq!(bookkeeping.renew_leases(&[a], ttl).await.unwrap(), []);
 
     // Expired (its holder stopped renewing): taken too, and never renewed again.

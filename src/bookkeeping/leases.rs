@@ -147,6 +147,18 @@ impl Bookkeeping {
         Ok(renewed.into_iter().map(FencingToken).collect())
     }
 
+    /// Whether the lease of `token` on connector `id` is still current.
+    pub async fn holds_lease(&self, id: ConnectorId, token: FencingToken) -> Result<bool, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM tributary.leases
+                             WHERE connector_id = $1 AND token = $2 AND expires_at > now())",
+        )
+        .bind(id.0)
+        .bind(token.0)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Gives up the lease of `token` on connector `id`, and tells the other daemons.
     pub async fn release_lease(&self, id: ConnectorId, token: FencingToken) -> Result<(), Error> {
         sqlx::query(

@@ -35,6 +35,9 @@ pub enum PipelineError {
     /// stopping without it (it is applied again after restart).
     #[error("the shutdown grace period ended inside a transaction")]
     GraceExpired,
+    /// The bookkeeping no longer shows this daemon's lease on the connector.
+    #[error("this daemon no longer holds the connector's lease: another daemon runs it")]
+    LeaseLost,
     /// A bug: the pipeline task panicked.
     #[error("internal error (a bug in tributary, please report it): {0}")]
     Panicked(String),
@@ -61,7 +64,7 @@ impl PipelineError {
             PipelineError::Sink(e) => e.is_transient(),
             PipelineError::Snapshot(e) => e.is_transient(),
             PipelineError::Bookkeeping(_) => true,
-            PipelineError::Definite { .. } => false,
+            PipelineError::Definite { .. } | PipelineError::LeaseLost => false,
             PipelineError::StreamEnded
             | PipelineError::GraceExpired
             | PipelineError::Panicked(_) => true,
@@ -71,7 +74,10 @@ impl PipelineError {
     /// Whether the pipeline stopped because a newer owner of the connector claimed the
     /// replica: the connector is another daemon's now, and nothing is to be recorded.
     pub fn is_fenced(&self) -> bool {
-        matches!(self, PipelineError::Sink(SinkError::Fenced { .. }))
+        matches!(
+            self,
+            PipelineError::Sink(SinkError::Fenced { .. }) | PipelineError::LeaseLost
+        )
     }
 
     /// The error as recorded for the operator, with the next step.

@@ -322,13 +322,8 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     let applied = match (applied, slot) {
         // `connector retry-setup` asked for a new snapshot.
         (_, slot) if connector.resnapshot_requested => {
-            if slot != SlotStatus::Missing {
-                tracing::info!(slot = %connector.slot_name, "dropping the slot for a new snapshot");
-                repl.drop_slot(&connector.slot_name, false).await?;
-            }
-            bk.set_state(connector.id, PipelineState::Snapshotting, None)
-                .await?;
-            snapshot(ctx, &source, &store, &replica, &mut repl).await?
+            let dropping = (slot != SlotStatus::Missing).then_some("for a new snapshot");
+            start_over(ctx, dropping, (&source, &store, &replica), &mut repl).await?
         }
         (Some(applied), SlotStatus::Healthy) => applied,
         (Some(applied), SlotStatus::Missing) => {
@@ -377,14 +372,10 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
                     ),
                 ));
             }
-            if slot != SlotStatus::Missing {
-                // Left over from an interrupted snapshot of this connector: never reused.
-                tracing::info!(slot = %connector.slot_name, "dropping the slot of an interrupted snapshot");
-                repl.drop_slot(&connector.slot_name, false).await?;
-            }
-            bk.set_state(connector.id, PipelineState::Snapshotting, None)
-                .await?;
-            snapshot(ctx, &source, &store, &replica, &mut repl).await?
+            // A slot left over from an interrupted snapshot of this connector is never
+            // reused.
+            let dropping = (slot != SlotStatus::Missing).then_some("of an interrupted snapshot");
+            start_over(ctx, dropping, (&source, &store, &replica), &mut repl).await?
         }
     };
 
@@ -573,6 +564,29 @@ async fn check_not_skipped(
         )),
         _ => Ok(()),
     }
+}
+
+/// Drops the connector's slot (when `dropping` says why) and takes a new snapshot. The
+/// lease is checked first: a daemon that lost it while setting up must not drop what its
+/// successor already uses.
+async fn start_over(
+    ctx: &PipelineContext,
+    dropping: Option<&str>,
+    (source, store, replica): (&ConnInfo, &ConnInfo, &ConnInfo),
+    repl: &mut ReplicationClient,
+) -> Result<Lsn, PipelineError> {
+    let connector = &ctx.connector;
+    if !ctx.bookkeeping.holds_lease(connector.id, ctx.lease).await? {
+        return Err(PipelineError::LeaseLost);
+    }
+    if let Some(why) = dropping {
+        tracing::info!(slot = %connector.slot_name, "dropping the slot {why}");
+        repl.drop_slot(&connector.slot_name, false).await?;
+    }
+    ctx.bookkeeping
+        .set_state(connector.id, PipelineState::Snapshotting, None)
+        .await?;
+    snapshot(ctx, source, store, replica, repl).await
 }
 
 /// A complete snapshot into a fresh replica; returns the consistent point, now recorded as
