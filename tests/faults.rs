@@ -22,10 +22,19 @@ fn shop(source: &Cluster) {
     );
 }
 
-async fn streaming_shop(daemon: &mut Daemon, source: &Cluster) {
+/// Seeds `shop` on `source`, starts a branch store and a daemon (with `settings` as
+/// environment), and waits until connector `shop` streams.
+async fn streaming_shop(source: &Cluster, settings: &[(&str, &str)]) -> (Cluster, Daemon) {
+    let store = Cluster::start();
+    shop(source);
+    let mut daemon = Daemon::new(&store);
+    for (key, value) in settings {
+        daemon.set(key, value);
+    }
     daemon.create_connector(&source.superuser_url("shop"), "shop", "public");
     daemon.start();
     daemon.wait_for_state("shop", "streaming").await;
+    (store, daemon)
 }
 
 async fn converged(source: &Cluster, store: &Cluster, daemon: &Daemon) {
@@ -106,10 +115,7 @@ async fn a_source_that_hangs_past_wal_sender_timeout_is_given_up_and_reconnected
     let source = Cluster::builder()
         .setting("wal_sender_timeout", "2s")
         .start();
-    let store = Cluster::start();
-    shop(&source);
-    let mut daemon = Daemon::new(&store);
-    streaming_shop(&mut daemon, &source).await;
+    let (store, mut daemon) = streaming_shop(&source, &[]).await;
 
     // Every process of the source stops: its sockets stay open, nothing answers, as when
     // the network path is cut without a reset. The daemon's replication session hears
@@ -125,11 +131,8 @@ async fn a_source_that_hangs_past_wal_sender_timeout_is_given_up_and_reconnected
 #[tokio::test(flavor = "multi_thread")]
 async fn a_branch_store_that_hangs_stops_the_pipelines_until_it_answers_again() {
     let source = Cluster::start();
-    let store = Cluster::start();
-    shop(&source);
-    let mut daemon = Daemon::new(&store);
-    daemon.set("TRIBUTARY__SUPERVISOR__LEASE_TTL_SECS", "3");
-    streaming_shop(&mut daemon, &source).await;
+    let (store, mut daemon) =
+        streaming_shop(&source, &[("TRIBUTARY__SUPERVISOR__LEASE_TTL_SECS", "3")]).await;
 
     // The branch store (and with it the bookkeeping) hangs: applying blocks, and the
     // connector's lease cannot be renewed, so the daemon stops the pipeline before the
@@ -201,10 +204,7 @@ impl Drop for TinyDisk {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_branch_store_disk_fails_the_connector_and_it_resumes_once_space_is_freed() {
     let source = Cluster::start();
-    let store = Cluster::start();
-    shop(&source);
-    let mut daemon = Daemon::new(&store);
-    streaming_shop(&mut daemon, &source).await;
+    let (store, mut daemon) = streaming_shop(&source, &[]).await;
 
     // The replica's table lives on a 4 MB filesystem.
     let disk = TinyDisk::mount("4m");
@@ -313,10 +313,7 @@ async fn a_slot_held_back_goes_extended_unreserved_lost_and_retry_setup_rebuilds
         .setting("max_slot_wal_keep_size", "64MB")
         .setting("checkpoint_timeout", "1h")
         .start();
-    let store = Cluster::start();
-    shop(&source);
-    let mut daemon = Daemon::new(&store);
-    streaming_shop(&mut daemon, &source).await;
+    let (store, daemon) = streaming_shop(&source, &[]).await;
     let addr = daemon.metrics_addr().await;
     eventually("wal_status reserved", || async {
         (metric_wal_status(addr).as_deref() == Some("reserved")).then_some(())
