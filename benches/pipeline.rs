@@ -22,6 +22,9 @@
 //! 5. Scaling (`TRIBUTARY_BENCH_SCALING=k`, off by default): one catch-up of k times the
 //!    backlog, against k times the median catch-up of step 2.
 //!
+//! Every party connects over TCP on 127.0.0.1, or over unix sockets with
+//! `TRIBUTARY_BENCH_TRANSPORT=unix`.
+//!
 //! Prints each figure, the medians and the ratios. Timings are never asserted.
 
 #[path = "../tests/daemon.rs"]
@@ -125,8 +128,35 @@ fn main() {
     let pg_dump = bin.join("pg_dump").display().to_string();
     let pgbench = bin.join("pgbench").display().to_string();
     let pg_recvlogical = bin.join("pg_recvlogical").display().to_string();
-    let src = format!("postgresql://postgres@127.0.0.1:{}/bench", source.port());
-    let dst = |db: &str| format!("postgresql://postgres@127.0.0.1:{}/{db}", store.port());
+    // Every party connects the same way: over TCP on 127.0.0.1, or over the clusters' unix
+    // sockets (`TRIBUTARY_BENCH_TRANSPORT=unix`), where a message costs the walsender far
+    // less than a loopback TCP segment does.
+    let unix = match std::env::var("TRIBUTARY_BENCH_TRANSPORT").as_deref() {
+        Ok("unix") => true,
+        Ok("tcp") | Err(_) => false,
+        Ok(other) => panic!("TRIBUTARY_BENCH_TRANSPORT={other:?}: use tcp or unix"),
+    };
+    let url = |cluster: &Cluster, db: &str| {
+        let url = format!("postgresql://postgres@127.0.0.1:{}/{db}", cluster.port());
+        match unix {
+            true => format!("{url}?host={}", cluster.socket_dir().display()),
+            false => url,
+        }
+    };
+    let src = url(&source, "bench");
+    let dst = |db: &str| url(&store, db);
+    // The subscription's conninfo, in libpq's key=value form.
+    let native_conninfo = match unix {
+        true => format!(
+            "host={} port={} dbname=bench user=postgres",
+            source.socket_dir().display(),
+            source.port()
+        ),
+        false => format!(
+            "host=127.0.0.1 port={} dbname=bench user=postgres",
+            source.port()
+        ),
+    };
 
     eprintln!("preparing pgbench scale {scale} on the source…");
     source.create_database("bench");
@@ -159,7 +189,8 @@ fn main() {
     // exercise the ranges) and no debug log.
     daemon
         .unset("TRIBUTARY__PIPELINE__SNAPSHOT_CHUNK_BYTES")
-        .set("RUST_LOG", "info");
+        .set("RUST_LOG", "info")
+        .set("TRIBUTARY__STORE__URL", &dst("postgres"));
     daemon.start();
 
     for run in 0..runs {
@@ -203,8 +234,7 @@ fn main() {
         store.psql(
             &db,
             &format!(
-                "CREATE SUBSCRIPTION sub_{run} CONNECTION 'host=127.0.0.1 port={} dbname=bench user=postgres' PUBLICATION bench_pub",
-                source.port()
+                "CREATE SUBSCRIPTION sub_{run} CONNECTION '{native_conninfo}' PUBLICATION bench_pub"
             ),
         );
         while store.psql(
@@ -333,7 +363,14 @@ fn main() {
     let decode_c = median(&mut decode_catchup);
     let (pipe, native, ours) = (median(&mut pipe), median(&mut native), median(&mut ours));
     let (native_c, ours_c) = (median(&mut native_catchup), median(&mut ours_catchup));
-    println!("pgbench scale {scale}, {transactions} transactions, median of {runs} run(s)");
+    println!(
+        "pgbench scale {scale}, {transactions} transactions, median of {runs} run(s), over {}",
+        if unix {
+            "unix sockets"
+        } else {
+            "TCP on 127.0.0.1"
+        }
+    );
     println!("snapshot   copy pipe {pipe:6.1} s   native {native:6.1} s   tributary {ours:6.1} s");
     println!(
         "           tributary / copy pipe = {snapshot_pipe:.2} ({:.2} of medians)   native / tributary = {snapshot_native:.2} ({:.2})",

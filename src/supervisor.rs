@@ -522,19 +522,7 @@ impl Supervisor {
             Ok((task, result)) => (task, result),
             // A panic is a bug in tributary; the pipeline is retried like after a transient
             // failure, since its progress is safe in the replica.
-            Err(e) => (
-                e.id(),
-                Err(PipelineError::Panicked(
-                    e.try_into_panic()
-                        .ok()
-                        .and_then(|p| {
-                            p.downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        })
-                        .unwrap_or_else(|| "cancelled".into()),
-                )),
-            ),
+            Err(e) => (e.id(), Err(PipelineError::from_join(e))),
         };
         let Some((id, name, started)) = self.task_owners.remove(&task) else {
             return;

@@ -51,6 +51,20 @@ impl PipelineError {
         }
     }
 
+    /// A pipeline task that panicked (a bug) or was cancelled.
+    pub fn from_join(e: tokio::task::JoinError) -> PipelineError {
+        let message = e
+            .try_into_panic()
+            .ok()
+            .and_then(|p| {
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            })
+            .unwrap_or_else(|| "cancelled".into());
+        PipelineError::Panicked(message)
+    }
+
     /// Whether the supervisor should retry (with backoff) rather than stop in `failed`.
     pub fn is_transient(&self) -> bool {
         match self {

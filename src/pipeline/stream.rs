@@ -6,8 +6,11 @@
 //!              └──── set_flushed(durable) ◄───(watch: durable LSN)────────────┘
 //! ```
 //!
-//! Two futures joined in one task, so that reading and decoding the next transactions
-//! overlaps with waiting for the branch store; neither outlives `run`.
+//! The applier is a task of its own, so that reading and decoding the next transactions
+//! runs on another core while the applier builds statements and waits for the branch
+//! store. The source connection is drained promptly, which matters most over a unix
+//! socket, whose small buffer would otherwise stall the walsender. Neither outlives `run`:
+//! the applier's handle aborts it when dropped.
 //!
 //! The applier groups many source transactions into one target transaction, always ending
 //! at a source commit; its last statement records that commit's end as the replica's
@@ -33,6 +36,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::change::{Change, ChangeKind, Message, TableName};
 use crate::metrics::ConnectorMetrics;
@@ -169,7 +173,7 @@ pub async fn run(
     };
     let applier = Applier {
         sink: Some(target.sink),
-        store: target.store,
+        store: target.store.clone(),
         cuts: target.cuts,
         cuts_open: true,
         metrics: target.metrics,
@@ -192,15 +196,24 @@ pub async fn run(
     // replica keeps its last durable position (which the reader has).
     let abandon = reader.abandon.clone();
     let last_durable = reader.durable.clone();
-    let applying = async {
-        tokio::select! {
-            applied = applier.run(settings) => applied,
-            _ = abandon.cancelled() => Ok(*last_durable.borrow()),
+    let applying = {
+        let settings = settings.clone();
+        async move {
+            tokio::select! {
+                applied = applier.run(settings) => applied,
+                _ = abandon.cancelled() => Ok(*last_durable.borrow()),
+            }
         }
     };
+    // The applier runs as its own task, so that the reader drains the source connection
+    // and decodes on another core while the applier builds statements; dropping the
+    // handle (when this future is dropped) aborts it.
+    let applying = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        applying.instrument(tracing::Span::current()),
+    ));
     let (read, apply) = tokio::join!(reader.run(settings, shutdown), applying);
     // The applier's error is the cause when both failed: the reader only saw it go away.
-    let applied = apply?;
+    let applied = apply.map_err(PipelineError::from_join)??;
     read?;
     Ok(StreamEnd::Stopped { applied })
 }
@@ -571,10 +584,10 @@ enum Flow {
     Stop,
 }
 
-struct Applier<'a> {
+struct Applier {
     /// `None` only while a branch is cut (the replica must have no session then).
     sink: Option<ReplicaSink>,
-    store: &'a ConnInfo,
+    store: ConnInfo,
     cuts: mpsc::Receiver<CutRequest>,
     cuts_open: bool,
     metrics: ConnectorMetrics,
@@ -600,9 +613,9 @@ struct Applier<'a> {
     last_idle_persist: Option<Instant>,
 }
 
-impl Applier<'_> {
-    async fn run(mut self, settings: &PipelineSettings) -> Result<Lsn, PipelineError> {
-        let result = self.apply(settings).await;
+impl Applier {
+    async fn run(mut self, settings: PipelineSettings) -> Result<Lsn, PipelineError> {
+        let result = self.apply(&settings).await;
         let abandon = result.is_err() || self.in_source_tx;
         if let Some(sink) = self.sink.as_mut().filter(|s| abandon && s.in_transaction()) {
             // Best effort: the server discards the transaction with the session anyway.
@@ -626,13 +639,13 @@ impl Applier<'_> {
             (sink.database().to_owned(), sink.token())
         };
         self.sink = None;
-        let copied = sink::copy_database(self.store, &database, request.branch.as_str()).await;
-        match ReplicaSink::connect(self.store, &database, token).await {
+        let copied = sink::copy_database(&self.store, &database, request.branch.as_str()).await;
+        match ReplicaSink::connect(&self.store, &database, token).await {
             Ok(sink) => self.sink = Some(sink),
             Err(e) => {
                 // Fenced: the copy may hold a newer owner's commits, not ours at `applied`.
                 if copied.is_ok() && matches!(e, SinkError::Fenced { .. }) {
-                    let _ = sink::drop_database(self.store, request.branch.as_str(), true).await;
+                    let _ = sink::drop_database(&self.store, request.branch.as_str(), true).await;
                 }
                 return Err(e.into());
             }
