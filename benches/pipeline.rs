@@ -61,19 +61,44 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-fn lsn_reached(source: &Cluster, slot: &str, target: &str) -> bool {
-    source.psql(
-        "bench",
-        &format!(
-            "SELECT coalesce(bool_or(confirmed_flush_lsn >= '{target}'), false) FROM pg_replication_slots WHERE slot_name LIKE '{slot}'"
-        ),
-    ) == "t"
+/// Runs `query` (one value) on `db` every `interval` until `done` accepts the value, and
+/// returns it. One connection for the whole wait: a psql process per poll would load the
+/// machine during the measurement it waits for (about a tenth of both cores at 50 polls/s).
+fn poll(
+    cluster: &Cluster,
+    db: &str,
+    query: &str,
+    interval: Duration,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = cluster.connect(db).await;
+        loop {
+            let rows = client.simple_query(query).await.unwrap();
+            let value = rows
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            if done(&value) {
+                return value;
+            }
+            tokio::time::sleep(interval).await;
+        }
+    })
 }
 
 fn wait_lsn(source: &Cluster, slot: &str, target: &str) {
-    while !lsn_reached(source, slot, target) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let reached = format!(
+        "SELECT coalesce(bool_or(confirmed_flush_lsn >= '{target}'), false) FROM pg_replication_slots WHERE slot_name LIKE '{slot}'"
+    );
+    poll(source, "bench", &reached, Duration::from_millis(20), |v| v == "t");
 }
 
 /// The daemon's log lines that mark the phases of connector `name`'s snapshot, so that a
@@ -237,13 +262,13 @@ fn main() {
                 "CREATE SUBSCRIPTION sub_{run} CONNECTION '{native_conninfo}' PUBLICATION bench_pub"
             ),
         );
-        while store.psql(
+        poll(
+            &store,
             &db,
             "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'",
-        ) != "0"
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            Duration::from_millis(50),
+            |v| v == "0",
+        );
         native.push(started.elapsed().as_secs_f64());
 
         // tributary: connector created → snapshot done and streaming.
@@ -428,16 +453,15 @@ fn create_streaming(store: &Cluster, daemon: &Daemon, src: &str, name: &str, sch
     wait_state(store, daemon, name, "streaming");
 }
 
-/// Polled like the native side (a psql query every 50 ms), not through the CLI, whose
-/// start-up would load the machine during a measurement.
+/// Polled like the native side, not through the CLI, whose start-up would load the machine
+/// during a measurement.
 fn wait_state(store: &Cluster, daemon: &Daemon, name: &str, wanted: &str) {
     let state = format!("SELECT state FROM tributary.connectors WHERE name = '{name}'");
-    loop {
-        match store.psql("postgres", &state).as_str() {
-            s if s == wanted => return,
-            "failed" => panic!("connector {name} failed:\n{}", daemon.log_tail()),
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
+    let state = poll(store, "postgres", &state, Duration::from_millis(50), |s| {
+        s == wanted || s == "failed"
+    });
+    if state == "failed" {
+        panic!("connector {name} failed:\n{}", daemon.log_tail());
     }
 }
 
