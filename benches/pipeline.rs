@@ -98,7 +98,9 @@ fn wait_lsn(source: &Cluster, slot: &str, target: &str) {
     let reached = format!(
         "SELECT coalesce(bool_or(confirmed_flush_lsn >= '{target}'), false) FROM pg_replication_slots WHERE slot_name LIKE '{slot}'"
     );
-    poll(source, "bench", &reached, Duration::from_millis(20), |v| v == "t");
+    poll(source, "bench", &reached, Duration::from_millis(20), |v| {
+        v == "t"
+    });
 }
 
 /// The daemon's log lines that mark the phases of connector `name`'s snapshot, so that a

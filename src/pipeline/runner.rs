@@ -600,6 +600,7 @@ async fn snapshot(
 ) -> Result<Lsn, PipelineError> {
     let connector = &ctx.connector;
     let settings = &ctx.settings.pipeline;
+    let started = std::time::Instant::now();
     // Claimed again just before it goes: a newer owner's replica is never dropped.
     sink::claim_replica(store, &replica.dbname, ctx.lease).await?;
     sink::drop_database(store, &replica.dbname, true).await?;
@@ -703,7 +704,8 @@ async fn snapshot(
     tracing::info!(
         rows = stats.rows,
         bytes = stats.bytes,
-        seconds = stats.elapsed.as_secs_f64(),
+        copy_seconds = stats.elapsed.as_secs_f64(),
+        seconds = started.elapsed().as_secs_f64(),
         "snapshot complete"
     );
     Ok(created.consistent_point)
