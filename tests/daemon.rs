@@ -280,6 +280,14 @@ impl Daemon {
         serde_json::from_str(&self.cli_ok(&["connector", "list", "--format", "json"])).unwrap()
     }
 
+    /// The connector `name` as `connector list --format json` shows it; it must exist.
+    pub fn connector(&self, name: &str) -> serde_json::Value {
+        self.connectors()
+            .into_iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no connector {name} in `connector list`"))
+    }
+
     pub fn connector_state(&self, name: &str) -> Option<String> {
         self.connectors()
             .into_iter()

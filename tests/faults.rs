@@ -229,11 +229,7 @@ async fn a_full_branch_store_disk_fails_the_connector_and_it_resumes_once_space_
     );
     let committed_by = source.psql("shop", "SELECT pg_current_wal_lsn()");
     daemon.wait_for_state("shop", "failed").await;
-    let connector = daemon
-        .connectors()
-        .into_iter()
-        .find(|c| c["name"] == "shop")
-        .unwrap();
+    let connector = daemon.connector("shop");
     let error = connector["last_error"].as_str().unwrap();
     let next_step = connector["next_step"].as_str().unwrap();
     assert!(error.contains("No space left on device"), "{error}");
@@ -378,11 +374,7 @@ async fn a_slot_held_back_goes_extended_unreserved_lost_and_retry_setup_rebuilds
     // The connector fails asking for a new snapshot; retry-setup takes it.
     drop(blocker);
     daemon.wait_for_state("shop", "failed").await;
-    let connector = daemon
-        .connectors()
-        .into_iter()
-        .find(|c| c["name"] == "shop")
-        .unwrap();
+    let connector = daemon.connector("shop");
     assert!(
         connector["last_error"]
             .as_str()

@@ -251,13 +251,7 @@ async fn update_switch_and_delete() {
         "--drop-extensions",
         "pgmq, vault,pgmq",
     ]);
-    let shop_view = |daemon: &Daemon| {
-        daemon
-            .connectors()
-            .into_iter()
-            .find(|c| c["name"] == "shop")
-            .unwrap()
-    };
+    let shop_view = |daemon: &Daemon| daemon.connector("shop");
     assert_eq!(
         shop_view(&daemon)["drop_extensions"],
         serde_json::json!(["pgmq", "vault"])

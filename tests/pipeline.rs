@@ -423,11 +423,7 @@ async fn an_apply_error_stops_the_pipeline_and_skips_nothing() {
         "INSERT INTO app.accounts VALUES (777777, 'real', 1)",
     );
     daemon.wait_for_state("strict", "failed").await;
-    let connector = daemon
-        .connectors()
-        .into_iter()
-        .find(|c| c["name"] == "strict")
-        .unwrap();
+    let connector = daemon.connector("strict");
     let error = connector["last_error"].as_str().unwrap();
     assert!(
         error.contains("app") && error.contains("accounts"),
@@ -627,11 +623,7 @@ async fn a_vanished_replica_fails_instead_of_silently_starting_over() {
     store.psql("postgres", "DROP DATABASE lost_replica WITH (FORCE)");
     daemon.start();
     daemon.wait_for_state("lost", "failed").await;
-    let c = daemon
-        .connectors()
-        .into_iter()
-        .find(|c| c["name"] == "lost")
-        .unwrap();
+    let c = daemon.connector("lost");
     assert!(
         c["last_error"].as_str().unwrap().contains("lost_replica"),
         "{c}"

@@ -51,12 +51,7 @@ fn definitions(cluster: &Cluster, db: &str, schemas: &[&str]) -> String {
 /// error and the next step).
 async fn failure(daemon: &Daemon, connector: &str) -> String {
     daemon.wait_for_state(connector, "failed").await;
-    daemon
-        .connectors()
-        .into_iter()
-        .find(|c| c["name"] == connector)
-        .unwrap()
-        .to_string()
+    daemon.connector(connector).to_string()
 }
 
 /// The value of a counter of `connector` on the daemon's `/metrics`.
