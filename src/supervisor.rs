@@ -395,12 +395,12 @@ impl Supervisor {
             {
                 continue;
             }
-            if self.lease(connector.id).await.is_none() {
+            let Some(lease) = self.lease(connector.id).await else {
                 continue;
-            }
+            };
             if let Err(e) = self
                 .bookkeeping
-                .set_state(connector.id, PipelineState::Stopped, None)
+                .set_state(connector.id, lease, PipelineState::Stopped, None)
                 .await
             {
                 tracing::warn!(connector = %connector.name, "recording the stop: {e}");
@@ -547,13 +547,18 @@ impl Supervisor {
         };
         let failure = error.failure();
         METRICS.pipeline_ended(name.as_str(), error.is_transient());
+        // What is recorded is recorded under the lease: a daemon that lost the connector
+        // since cannot overwrite what the new owner wrote.
+        let Some(&lease) = self.leases.get(&id) else {
+            return;
+        };
         let retry = self.retries.entry(id).or_default();
         if started.elapsed() > HEALTHY_AFTER {
             retry.failures = 0;
         }
         if self.shutdown.is_cancelled() && error.is_transient() {
             // Connections cut by the shutdown itself: not the connector's fault.
-            let _ = self.bookkeeping.record_error(id, &failure).await;
+            let _ = self.bookkeeping.record_error(id, lease, &failure).await;
             return;
         }
         let state = if error.is_transient() {
@@ -574,8 +579,12 @@ impl Supervisor {
             Some(PipelineState::Failed)
         };
         let record = match state {
-            Some(state) => self.bookkeeping.set_state(id, state, Some(&failure)).await,
-            None => self.bookkeeping.record_error(id, &failure).await,
+            Some(state) => {
+                self.bookkeeping
+                    .set_state(id, lease, state, Some(&failure))
+                    .await
+            }
+            None => self.bookkeeping.record_error(id, lease, &failure).await,
         };
         if let Err(e) = record {
             tracing::warn!(connector = %id, "recording the failure: {e}");

@@ -199,8 +199,9 @@ async fn connectors_are_created_listed_found_and_deleted() {
         .set_snapshot_tables(sales.id, &[table("public", "t")])
         .await
         .unwrap();
+    let lease = lease(&bookkeeping, sales.id).await;
     bookkeeping
-        .set_state(sales.id, PipelineState::Validating, None)
+        .set_state(sales.id, lease, PipelineState::Validating, None)
         .await
         .unwrap();
     bookkeeping.delete_connector(sales.id).await.unwrap();
@@ -432,12 +433,13 @@ async fn set_state_writes_history_and_sets_or_clears_the_error() {
         next_step: "ALTER TABLE public.t REPLICA IDENTITY FULL, then retry".into(),
     };
 
+    let token = lease(&bookkeeping, id).await;
     bookkeeping
-        .set_state(id, PipelineState::Validating, None)
+        .set_state(id, token, PipelineState::Validating, None)
         .await
         .unwrap();
     bookkeeping
-        .set_state(id, PipelineState::Failed, Some(&failure))
+        .set_state(id, token, PipelineState::Failed, Some(&failure))
         .await
         .unwrap();
     let failed = bookkeeping.connector_by_id(id).await.unwrap().unwrap();
@@ -450,7 +452,7 @@ async fn set_state_writes_history_and_sets_or_clears_the_error() {
     assert!(failed.updated_at > created.updated_at);
 
     bookkeeping
-        .set_state(id, PipelineState::Pending, None)
+        .set_state(id, token, PipelineState::Pending, None)
         .await
         .unwrap();
     let pending = bookkeeping.connector_by_id(id).await.unwrap().unwrap();
@@ -458,10 +460,37 @@ async fn set_state_writes_history_and_sets_or_clears_the_error() {
     assert_eq!((pending.last_error, pending.next_step), (None, None));
 
     // A retried error is recorded without a state change or a history entry.
-    bookkeeping.record_error(id, &failure).await.unwrap();
+    bookkeeping.record_error(id, token, &failure).await.unwrap();
     let retried = bookkeeping.connector_by_id(id).await.unwrap().unwrap();
     assert_eq!(retried.state, PipelineState::Pending);
     assert_eq!(retried.last_error.as_deref(), Some(failure.error.as_str()));
+
+    // Once the lease is gone, its holder can neither change the state nor record errors.
+    bookkeeping.release_lease(id, token).await.unwrap();
+    let newer = lease(&bookkeeping, id).await;
+    assert!(newer > token);
+    assert!(matches!(
+        bookkeeping
+            .set_state(id, token, PipelineState::Streaming, None)
+            .await,
+        Err(Error::LeaseLost(_))
+    ));
+    let other = Failure {
+        error: "stale".into(),
+        next_step: "none".into(),
+    };
+    assert!(matches!(
+        bookkeeping.record_error(id, token, &other).await,
+        Err(Error::LeaseLost(_))
+    ));
+    let unchanged = bookkeeping.connector_by_id(id).await.unwrap().unwrap();
+    assert_eq!(unchanged.state, PipelineState::Pending);
+    assert_eq!(
+        unchanged.last_error.as_deref(),
+        Some(failure.error.as_str())
+    );
+    bookkeeping.release_lease(id, newer).await.unwrap();
+    let token = lease(&bookkeeping, id).await;
 
     let history = bookkeeping.history(id).await.unwrap();
     let steps: Vec<_> = history
@@ -490,7 +519,7 @@ async fn set_state_writes_history_and_sets_or_clears_the_error() {
 
     let missing = ConnectorId(id.0 + 1000);
     assert!(matches!(
-        bookkeeping.set_state(missing, Streaming, None).await,
+        bookkeeping.set_state(missing, token, Streaming, None).await,
         Err(Error::NotFound(_))
     ));
     assert!(matches!(
@@ -600,8 +629,9 @@ async fn connector_changes_are_notified() {
         .unwrap()
         .id;
     assert_eq!(next_notification(&mut listener).await, id.to_string());
+    let token = lease(&other, id).await;
     other
-        .set_state(id, PipelineState::Validating, None)
+        .set_state(id, token, PipelineState::Validating, None)
         .await
         .unwrap();
     assert_eq!(next_notification(&mut listener).await, id.to_string());
@@ -801,4 +831,13 @@ async fn a_lease_has_one_holder_and_every_new_holder_a_larger_token() {
         1,
         "a daemon without its session counts"
     );
+}
+
+/// Takes connector `id`'s lease for a minute, as daemon `test:1`.
+async fn lease(bookkeeping: &Bookkeeping, id: ConnectorId) -> FencingToken {
+    bookkeeping
+        .acquire_lease(id, "test:1", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("the connector's lease is free")
 }

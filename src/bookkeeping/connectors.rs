@@ -16,7 +16,7 @@ use crate::change::TableName;
 use crate::pg::conninfo::mask_password;
 use crate::pg::ConnInfo;
 use crate::pipeline::state::PipelineState;
-use crate::types::{ConnectorId, ConnectorName, SlotName};
+use crate::types::{ConnectorId, ConnectorName, FencingToken, SlotName};
 
 /// A connector as recorded. The source URL itself is not here (it is encrypted at rest):
 /// ask [`Bookkeeping::source_url`] for it, and show [`Connector::source_display`].
@@ -425,23 +425,45 @@ impl Bookkeeping {
 
     /// Puts the connector in `state` and appends the change to its history, in one
     /// transaction. `last_error` and `next_step` come from `failure`, and are cleared
-    /// without one. Entering `snapshotting` answers a request for a new snapshot.
+    /// without one. Entering `snapshotting` answers a request for a new snapshot. Only
+    /// the holder of the connector's lease (`lease`) may: anyone else gets
+    /// [`Error::LeaseLost`], so a daemon that lost the connector cannot overwrite what the
+    /// new owner recorded.
     pub async fn set_state(
         &self,
         id: ConnectorId,
+        lease: FencingToken,
         state: PipelineState,
         failure: Option<&Failure>,
     ) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
-        let from: String =
-            sqlx::query_scalar("SELECT state FROM tributary.connectors WHERE id = $1 FOR UPDATE")
-                .bind(id.0)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(Error::NotFound(id))?;
+        // Locked together with the lease row, so the lease cannot pass to another daemon
+        // between the check and the write.
+        let from: Option<String> = sqlx::query_scalar(
+            "SELECT c.state FROM tributary.connectors c
+               JOIN tributary.leases l ON l.connector_id = c.id
+              WHERE c.id = $1 AND l.token = $2 AND l.expires_at > now()
+                FOR UPDATE",
+        )
+        .bind(id.0)
+        .bind(lease.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(from) = from else {
+            return Err(self.not_held(id).await);
+        };
         record_state(&mut tx, id, &from, state, failure).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Why a write under a lease found no row: the connector is gone, or the lease is.
+    async fn not_held(&self, id: ConnectorId) -> Error {
+        match self.connector_by_id(id).await {
+            Ok(Some(_)) => Error::LeaseLost(id),
+            Ok(None) => Error::NotFound(id),
+            Err(e) => e,
+        }
     }
 
     /// Asks the pipeline to set the connector up again (`connector retry-setup`, and
@@ -619,18 +641,27 @@ impl Bookkeeping {
     }
 
     /// Records an error the pipeline will retry by itself: the state stays as it is and no
-    /// history entry is written, so retries do not flood the history.
-    pub async fn record_error(&self, id: ConnectorId, failure: &Failure) -> Result<(), Error> {
+    /// history entry is written, so retries do not flood the history. Under the lease, like
+    /// [`Bookkeeping::set_state`].
+    pub async fn record_error(
+        &self,
+        id: ConnectorId,
+        lease: FencingToken,
+        failure: &Failure,
+    ) -> Result<(), Error> {
         let updated = sqlx::query(
-            "UPDATE tributary.connectors SET last_error = $2, next_step = $3 WHERE id = $1",
+            "UPDATE tributary.connectors c SET last_error = $3, next_step = $4
+               FROM tributary.leases l
+              WHERE c.id = $1 AND l.connector_id = c.id AND l.token = $2 AND l.expires_at > now()",
         )
         .bind(id.0)
+        .bind(lease.0)
         .bind(&failure.error)
         .bind(&failure.next_step)
         .execute(&self.pool)
         .await?;
         if updated.rows_affected() == 0 {
-            return Err(Error::NotFound(id));
+            return Err(self.not_held(id).await);
         }
         Ok(())
     }

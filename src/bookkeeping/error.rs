@@ -38,6 +38,9 @@ pub enum Error {
     NameTaken(ConnectorName),
     #[error("connector {0} does not exist (was it deleted?)")]
     NotFound(ConnectorId),
+    /// A pipeline's write refused because its lease has expired or passed to another daemon.
+    #[error("this daemon no longer holds the lease of connector {0}: another daemon runs it")]
+    LeaseLost(ConnectorId),
     /// A table the snapshot did not register: a bug in the caller.
     #[error(
         "connector {connector} has no row for table {table}: it must be listed in \

@@ -90,7 +90,9 @@ impl PipelineError {
     pub fn is_fenced(&self) -> bool {
         matches!(
             self,
-            PipelineError::Sink(SinkError::Fenced { .. }) | PipelineError::LeaseLost
+            PipelineError::Sink(SinkError::Fenced { .. })
+                | PipelineError::LeaseLost
+                | PipelineError::Bookkeeping(bookkeeping::Error::LeaseLost(_))
         )
     }
 

@@ -416,7 +416,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     };
     stream.set_silence_limit(silence * (1 + ctx.failures.min(7)));
     check_not_skipped(&pg::connect(&source).await?, connector, applied).await?;
-    bk.set_state(connector.id, PipelineState::Streaming, None)
+    bk.set_state(connector.id, ctx.lease, PipelineState::Streaming, None)
         .await?;
     tracing::info!(from = %applied, capturing = capture_key.is_some(), "streaming");
     Ok(Some(Started {
@@ -584,7 +584,7 @@ async fn start_over(
         repl.drop_slot(&connector.slot_name, false).await?;
     }
     ctx.bookkeeping
-        .set_state(connector.id, PipelineState::Snapshotting, None)
+        .set_state(connector.id, ctx.lease, PipelineState::Snapshotting, None)
         .await?;
     snapshot(ctx, source, store, replica, repl).await
 }
