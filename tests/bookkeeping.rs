@@ -195,11 +195,11 @@ async fn connectors_are_created_listed_found_and_deleted() {
         (None, PipelineState::Pending)
     );
 
+    let lease = lease(&bookkeeping, sales.id).await;
     bookkeeping
-        .set_snapshot_tables(sales.id, &[table("public", "t")])
+        .set_snapshot_tables(sales.id, lease, &[table("public", "t")])
         .await
         .unwrap();
-    let lease = lease(&bookkeeping, sales.id).await;
     bookkeeping
         .set_state(sales.id, lease, PipelineState::Validating, None)
         .await
@@ -483,6 +483,13 @@ async fn set_state_writes_history_and_sets_or_clears_the_error() {
         bookkeeping.record_error(id, token, &other).await,
         Err(Error::LeaseLost(_))
     ));
+    assert!(matches!(
+        bookkeeping
+            .set_snapshot_tables(id, token, &[table("public", "stale")])
+            .await,
+        Err(Error::LeaseLost(_))
+    ));
+    assert!(bookkeeping.tables(id).await.unwrap().is_empty());
     let unchanged = bookkeeping.connector_by_id(id).await.unwrap().unwrap();
     assert_eq!(unchanged.state, PipelineState::Pending);
     assert_eq!(
@@ -547,8 +554,9 @@ async fn table_progress_accumulates_and_a_new_snapshot_starts_over() {
         .unwrap()
         .id;
     let (orders, items) = (table("public", "orders"), table("shop", "items"));
+    let token = lease(&bookkeeping, id).await;
     bookkeeping
-        .set_snapshot_tables(id, &[items.clone(), orders.clone()])
+        .set_snapshot_tables(id, token, &[items.clone(), orders.clone()])
         .await
         .unwrap();
     let tables = bookkeeping.tables(id).await.unwrap();
@@ -587,7 +595,7 @@ async fn table_progress_accumulates_and_a_new_snapshot_starts_over() {
     assert!(matches!(err, Error::UnknownTable { .. }), "{err}");
 
     bookkeeping
-        .set_snapshot_tables(id, std::slice::from_ref(&orders))
+        .set_snapshot_tables(id, token, std::slice::from_ref(&orders))
         .await
         .unwrap();
     let tables = bookkeeping.tables(id).await.unwrap();
@@ -639,7 +647,7 @@ async fn connector_changes_are_notified() {
     assert_eq!(next_notification(&mut listener).await, id.to_string());
     // Progress is not a connector change: no notification for it.
     other
-        .set_snapshot_tables(id, &[table("public", "t")])
+        .set_snapshot_tables(id, token, &[table("public", "t")])
         .await
         .unwrap();
     other

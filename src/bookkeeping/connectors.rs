@@ -437,33 +437,16 @@ impl Bookkeeping {
         failure: Option<&Failure>,
     ) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
-        // Locked together with the lease row, so the lease cannot pass to another daemon
-        // between the check and the write.
-        let from: Option<String> = sqlx::query_scalar(
-            "SELECT c.state FROM tributary.connectors c
-               JOIN tributary.leases l ON l.connector_id = c.id
-              WHERE c.id = $1 AND l.token = $2 AND l.expires_at > now()
-                FOR UPDATE",
-        )
-        .bind(id.0)
-        .bind(lease.0)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(from) = from else {
-            return Err(self.not_held(id).await);
-        };
+        hold_lease(&mut tx, id, lease).await?;
+        let from: String =
+            sqlx::query_scalar("SELECT state FROM tributary.connectors WHERE id = $1 FOR UPDATE")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(Error::NotFound(id))?;
         record_state(&mut tx, id, &from, state, failure).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Why a write under a lease found no row: the connector is gone, or the lease is.
-    async fn not_held(&self, id: ConnectorId) -> Error {
-        match self.connector_by_id(id).await {
-            Ok(Some(_)) => Error::LeaseLost(id),
-            Ok(None) => Error::NotFound(id),
-            Err(e) => e,
-        }
     }
 
     /// Asks the pipeline to set the connector up again (`connector retry-setup`, and
@@ -649,20 +632,18 @@ impl Bookkeeping {
         lease: FencingToken,
         failure: &Failure,
     ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        hold_lease(&mut tx, id, lease).await?;
         let updated = sqlx::query(
-            "UPDATE tributary.connectors c SET last_error = $3, next_step = $4
-               FROM tributary.leases l
-              WHERE c.id = $1 AND l.connector_id = c.id AND l.token = $2 AND l.expires_at > now()",
+            "UPDATE tributary.connectors SET last_error = $2, next_step = $3 WHERE id = $1",
         )
         .bind(id.0)
-        .bind(lease.0)
         .bind(&failure.error)
         .bind(&failure.next_step)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        if updated.rows_affected() == 0 {
-            return Err(self.not_held(id).await);
-        }
+        found(updated.rows_affected(), id)?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -689,15 +670,18 @@ impl Bookkeeping {
     }
 
     /// Replaces the connector's table rows with `tables`, for a new snapshot: each
-    /// `include`d, `pending`, with zero counters.
+    /// `include`d, `pending`, with zero counters. Under the lease, like
+    /// [`Bookkeeping::set_state`].
     pub async fn set_snapshot_tables(
         &self,
         id: ConnectorId,
+        lease: FencingToken,
         tables: &[TableName],
     ) -> Result<(), Error> {
         let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
         let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
         let mut tx = self.pool.begin().await?;
+        hold_lease(&mut tx, id, lease).await?;
         // Locks the connector against a concurrent delete while its rows are replaced.
         sqlx::query_scalar::<_, i64>(
             "SELECT id FROM tributary.connectors WHERE id = $1 FOR NO KEY UPDATE",
@@ -856,6 +840,31 @@ impl Bookkeeping {
                 })
             })
             .collect()
+    }
+}
+
+/// Locks connector `id`'s lease row for the rest of `tx` if `lease` is its current token,
+/// so the lease cannot pass to another daemon before `tx` ends; otherwise
+/// [`Error::LeaseLost`] (or [`Error::NotFound`] for a deleted connector).
+async fn hold_lease(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: ConnectorId,
+    lease: FencingToken,
+) -> Result<(), Error> {
+    let (held, exists): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT FROM tributary.leases
+                         WHERE connector_id = $1 AND token = $2 AND expires_at > now()
+                           FOR SHARE),
+                EXISTS (SELECT FROM tributary.connectors WHERE id = $1)",
+    )
+    .bind(id.0)
+    .bind(lease.0)
+    .fetch_one(&mut **tx)
+    .await?;
+    match (held, exists) {
+        (true, _) => Ok(()),
+        (false, true) => Err(Error::LeaseLost(id)),
+        (false, false) => Err(Error::NotFound(id)),
     }
 }
 

@@ -636,7 +636,7 @@ async fn snapshot(
     let (tables, excluded) = apply_decisions(listed, &decisions);
     let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
     ctx.bookkeeping
-        .set_snapshot_tables(connector.id, &names)
+        .set_snapshot_tables(connector.id, ctx.lease, &names)
         .await?;
     ctx.bookkeeping
         .set_excluded_tables(connector.id, &excluded)
