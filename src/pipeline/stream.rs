@@ -205,9 +205,7 @@ pub async fn run(
             }
         }
     };
-    // The applier runs as its own task, so that the reader drains the source connection
-    // and decodes on another core while the applier builds statements; dropping the
-    // handle (when this future is dropped) aborts it.
+    // Its own task (see the module doc); dropping the handle with this future aborts it.
     let applying = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
         applying.instrument(tracing::Span::current()),
     ));
