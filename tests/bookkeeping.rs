@@ -841,6 +841,52 @@ async fn a_lease_has_one_holder_and_every_new_holder_a_larger_token() {
     );
 }
 
+/// A failure recorded while the connector is being deleted (`connector delete --force`
+/// ends the pipeline) waits for the delete and finds the connector gone: the two lock the
+/// connector before its lease, in the same order, so neither is chosen as a deadlock victim.
+#[tokio::test(flavor = "multi_thread")]
+async fn recording_under_the_lease_queues_behind_a_delete() {
+    let store = Store::start();
+    let bookkeeping = store.open().await;
+    let id = bookkeeping
+        .create_connector(&name("sales"), SOURCE_URL, &[])
+        .await
+        .unwrap()
+        .id;
+    let token = lease(&bookkeeping, id).await;
+    let deleting = store.cluster.connect(CONTROL_DB).await;
+    deleting
+        .batch_execute(&format!(
+            "BEGIN; SELECT FROM tributary.connectors WHERE id = {} FOR UPDATE",
+            id.0
+        ))
+        .await
+        .unwrap();
+    let failure = Failure {
+        error: "the source went away".into(),
+        next_step: "none".into(),
+    };
+    let recording = {
+        let bookkeeping = bookkeeping.clone();
+        tokio::spawn(async move {
+            bookkeeping
+                .set_state(id, token, PipelineState::Failed, Some(&failure))
+                .await
+        })
+    };
+    // The recording is now queued on the connector's row; the delete goes on to the lease.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    deleting
+        .batch_execute(&format!(
+            "DELETE FROM tributary.connectors WHERE id = {}; COMMIT",
+            id.0
+        ))
+        .await
+        .unwrap();
+    let recorded = recording.await.unwrap();
+    assert!(matches!(recorded, Err(Error::NotFound(_))), "{recorded:?}");
+}
+
 /// Takes connector `id`'s lease for a minute, as daemon `test:1`.
 async fn lease(bookkeeping: &Bookkeeping, id: ConnectorId) -> FencingToken {
     bookkeeping

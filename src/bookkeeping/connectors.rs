@@ -439,11 +439,10 @@ impl Bookkeeping {
         let mut tx = self.pool.begin().await?;
         hold_lease(&mut tx, id, lease).await?;
         let from: String =
-            sqlx::query_scalar("SELECT state FROM tributary.connectors WHERE id = $1 FOR UPDATE")
+            sqlx::query_scalar("SELECT state FROM tributary.connectors WHERE id = $1")
                 .bind(id.0)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(Error::NotFound(id))?;
+                .fetch_one(&mut *tx)
+                .await?;
         record_state(&mut tx, id, &from, state, failure).await?;
         tx.commit().await?;
         Ok(())
@@ -681,15 +680,8 @@ impl Bookkeeping {
         let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
         let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
         let mut tx = self.pool.begin().await?;
+        // Also locks the connector against a concurrent delete while its rows are replaced.
         hold_lease(&mut tx, id, lease).await?;
-        // Locks the connector against a concurrent delete while its rows are replaced.
-        sqlx::query_scalar::<_, i64>(
-            "SELECT id FROM tributary.connectors WHERE id = $1 FOR NO KEY UPDATE",
-        )
-        .bind(id.0)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(Error::NotFound(id))?;
         sqlx::query("DELETE FROM tributary.connector_tables WHERE connector_id = $1")
             .bind(id.0)
             .execute(&mut *tx)
@@ -734,12 +726,16 @@ impl Bookkeeping {
 
     /// Adds the tables the current snapshot leaves out to its table rows (after
     /// [`Bookkeeping::set_snapshot_tables`]), each with the decision that excluded it.
+    /// Under the lease.
     pub async fn set_excluded_tables(
         &self,
         id: ConnectorId,
+        lease: FencingToken,
         excluded: &[(TableName, TableDecision)],
     ) -> Result<(), Error> {
         let (schemas, names, decided) = decision_columns(excluded);
+        let mut tx = self.pool.begin().await?;
+        hold_lease(&mut tx, id, lease).await?;
         sqlx::query(
             "INSERT INTO tributary.connector_tables
                  (connector_id, schema_name, table_name, decision, sync_state)
@@ -751,8 +747,9 @@ impl Bookkeeping {
         .bind(&schemas)
         .bind(&names)
         .bind(&decided)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -843,29 +840,33 @@ impl Bookkeeping {
     }
 }
 
-/// Locks connector `id`'s lease row for the rest of `tx` if `lease` is its current token,
-/// so the lease cannot pass to another daemon before `tx` ends; otherwise
-/// [`Error::LeaseLost`] (or [`Error::NotFound`] for a deleted connector).
+/// Locks connector `id` for the rest of `tx` if `lease` is its current token; otherwise
+/// [`Error::LeaseLost`] (or [`Error::NotFound`] for a deleted connector). The connector's
+/// row is locked first (`FOR NO KEY UPDATE`, as a delete would, so the two queue instead of
+/// deadlocking), then the lease row with `FOR KEY SHARE`: the lease cannot be taken over
+/// before `tx` ends, yet its holder can still renew it meanwhile.
 async fn hold_lease(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     id: ConnectorId,
     lease: FencingToken,
 ) -> Result<(), Error> {
-    let (held, exists): (bool, bool) = sqlx::query_as(
-        "SELECT EXISTS (SELECT FROM tributary.leases
-                         WHERE connector_id = $1 AND token = $2 AND expires_at > now()
-                           FOR SHARE),
-                EXISTS (SELECT FROM tributary.connectors WHERE id = $1)",
+    sqlx::query_scalar::<_, i64>(
+        "SELECT id FROM tributary.connectors WHERE id = $1 FOR NO KEY UPDATE",
+    )
+    .bind(id.0)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(Error::NotFound(id))?;
+    let held: Option<i64> = sqlx::query_scalar(
+        "SELECT connector_id FROM tributary.leases
+          WHERE connector_id = $1 AND token = $2 AND expires_at > now()
+            FOR KEY SHARE",
     )
     .bind(id.0)
     .bind(lease.0)
-    .fetch_one(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?;
-    match (held, exists) {
-        (true, _) => Ok(()),
-        (false, true) => Err(Error::LeaseLost(id)),
-        (false, false) => Err(Error::NotFound(id)),
-    }
+    held.map(|_| ()).ok_or(Error::LeaseLost(id))
 }
 
 /// Within `tx`, which has locked the row: moves the connector from `from` to `state`, sets

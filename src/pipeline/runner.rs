@@ -639,7 +639,7 @@ async fn snapshot(
         .set_snapshot_tables(connector.id, ctx.lease, &names)
         .await?;
     ctx.bookkeeping
-        .set_excluded_tables(connector.id, &excluded)
+        .set_excluded_tables(connector.id, ctx.lease, &excluded)
         .await?;
     let exclude: Vec<TableName> = excluded.iter().map(|(t, _)| t.clone()).collect();
     tracing::info!(
