@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use tempfile::TempDir;
 use tributary::bookkeeping::{
-    Bookkeeping, Error, Failure, StateChange, TableSyncState, NOTIFY_CHANNEL,
+    Bookkeeping, Connector, Error, Failure, StateChange, TableSyncState, NOTIFY_CHANNEL,
 };
 use tributary::change::TableName;
 use tributary::pg::ConnInfo;
@@ -272,10 +272,7 @@ async fn an_invalid_source_url_is_refused_without_showing_its_password() {
 async fn source_urls_are_encrypted_at_rest_and_never_shown() {
     let store = Store::start();
     let bookkeeping = store.open().await;
-    let connector = bookkeeping
-        .create_connector(&name("sales"), SOURCE_URL, &[])
-        .await
-        .unwrap();
+    let connector = create_sales(&bookkeeping).await;
 
     // What the database holds: neither the URL nor the password, in any column.
     let client = store.cluster.connect(CONTROL_DB).await;
@@ -388,10 +385,7 @@ async fn the_key_file_is_created_private_then_reused_and_a_readable_one_is_refus
     assert_eq!(mode(&path), 0o600);
     let contents = fs::read_to_string(&path).unwrap();
     assert_eq!(contents.trim().len(), 64);
-    let connector = first
-        .create_connector(&name("sales"), SOURCE_URL, &[])
-        .await
-        .unwrap();
+    let connector = create_sales(&first).await;
 
     // The next start reads the same key.
     let second = store.open_with(&none).await.unwrap();
@@ -423,10 +417,7 @@ async fn the_key_file_is_created_private_then_reused_and_a_readable_one_is_refus
 async fn set_state_writes_history_and_sets_or_clears_the_error() {
     let store = Store::start();
     let bookkeeping = store.open().await;
-    let created = bookkeeping
-        .create_connector(&name("sales"), SOURCE_URL, &[])
-        .await
-        .unwrap();
+    let created = create_sales(&bookkeeping).await;
     let id = created.id;
     let failure = Failure {
         error: "table public.t has no replica identity".into(),
@@ -548,11 +539,7 @@ async fn set_state_writes_history_and_sets_or_clears_the_error() {
 async fn table_progress_accumulates_and_a_new_snapshot_starts_over() {
     let store = Store::start();
     let bookkeeping = store.open().await;
-    let id = bookkeeping
-        .create_connector(&name("sales"), SOURCE_URL, &[])
-        .await
-        .unwrap()
-        .id;
+    let id = create_sales(&bookkeeping).await.id;
     let (orders, items) = (table("public", "orders"), table("shop", "items"));
     let token = lease(&bookkeeping, id).await;
     bookkeeping
@@ -631,11 +618,7 @@ async fn connector_changes_are_notified() {
     let mut listener = bookkeeping.listen("test:1").await.unwrap();
     // Another daemon (another pool) makes the changes.
     let other = store.open().await;
-    let id = other
-        .create_connector(&name("sales"), SOURCE_URL, &[])
-        .await
-        .unwrap()
-        .id;
+    let id = create_sales(&other).await.id;
     assert_eq!(next_notification(&mut listener).await, id.to_string());
     let token = lease(&other, id).await;
     other
@@ -848,11 +831,7 @@ async fn a_lease_has_one_holder_and_every_new_holder_a_larger_token() {
 async fn recording_under_the_lease_queues_behind_a_delete() {
     let store = Store::start();
     let bookkeeping = store.open().await;
-    let id = bookkeeping
-        .create_connector(&name("sales"), SOURCE_URL, &[])
-        .await
-        .unwrap()
-        .id;
+    let id = create_sales(&bookkeeping).await.id;
     let token = lease(&bookkeeping, id).await;
     let deleting = store.cluster.connect(CONTROL_DB).await;
     deleting
@@ -894,4 +873,12 @@ async fn lease(bookkeeping: &Bookkeeping, id: ConnectorId) -> FencingToken {
         .await
         .unwrap()
         .expect("the connector's lease is free")
+}
+
+/// Creates connector `sales` on [`SOURCE_URL`].
+async fn create_sales(bookkeeping: &Bookkeeping) -> Connector {
+    bookkeeping
+        .create_connector(&name("sales"), SOURCE_URL, &[])
+        .await
+        .unwrap()
 }
