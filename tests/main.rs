@@ -13,6 +13,7 @@ mod connect;
 mod create;
 mod faults;
 mod identifiers;
+mod installation;
 mod large_transaction;
 mod leases;
 mod lifecycle;

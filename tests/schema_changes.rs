@@ -12,7 +12,7 @@ use crate::harness::Cluster;
 
 /// Column definitions (type, nullability, default), indexes, views and functions of the
 /// `schemas`, one line each, sorted.
-fn definitions(cluster: &Cluster, db: &str, schemas: &[&str]) -> String {
+pub(crate) fn definitions(cluster: &Cluster, db: &str, schemas: &[&str]) -> String {
     let list = schemas
         .iter()
         .map(|s| format!("'{s}'"))
@@ -199,7 +199,7 @@ async fn captured_ddl_replays_in_wal_order_under_concurrent_writes() {
     daemon.wait_for_state("shop", "streaming").await;
     assert_eq!(
         source.psql("postgres", "SELECT tributary.capture_version()"),
-        "1",
+        tributary::source::capture::CAPTURE_VERSION.to_string(),
         "a superuser source role installs the capture objects itself"
     );
 
@@ -287,7 +287,10 @@ async fn capture_installed_once_by_a_superuser_serves_a_role_without_it() {
         "app",
     ]);
     assert!(
-        preflight.contains("schema change capture installed (version 1)"),
+        preflight.contains(&format!(
+            "schema change capture installed (version {})",
+            tributary::source::capture::CAPTURE_VERSION
+        )),
         "{preflight}"
     );
     daemon.create_connector(&url, "shop", "app");
@@ -342,7 +345,10 @@ async fn capture_installed_once_by_a_superuser_serves_a_role_without_it() {
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("installed at version 0, this tributary installs 1"),
+        stderr.contains(&format!(
+            "installed at version 0, this tributary installs {}",
+            tributary::source::capture::CAPTURE_VERSION
+        )),
         "{stderr}"
     );
     assert!(String::from_utf8_lossy(&out.stdout)

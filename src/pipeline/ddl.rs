@@ -43,22 +43,55 @@ pub struct DdlStatement {
     pub lsn: Option<Lsn>,
 }
 
-/// First words of the command tags that are replayed (anything else is refused).
-const REPLAYED: &[&str] = &["CREATE", "ALTER", "DROP", "COMMENT", "REFRESH", "REINDEX"];
-
-/// Commands whose rows are written without passing through the change stream in order.
-const ROWS_ELSEWHERE: &[&str] = &["CREATE TABLE AS", "SELECT INTO"];
-
 /// Settings the replay takes from the source session.
 pub const CARRIED_SETTINGS: &[&str] = &["TimeZone", "DateStyle", "IntervalStyle"];
 
-/// Commands whose effect the replica does not take: privileges are not replicated.
-const NOT_REPLICATED: &[&str] = &[
-    "GRANT",
-    "REVOKE",
-    "ALTER DEFAULT PRIVILEGES",
-    "SECURITY LABEL",
-];
+/// What the replica does with a command, by its tag: every tag PostgreSQL's event triggers
+/// report (the event trigger firing matrix) is decided here, and an unknown one is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Run on the replica, if it touches the connector's schemas.
+    Replay,
+    /// Deliberately left out, for this reason.
+    NotReplicated(&'static str),
+    /// Stops the pipeline (if it touches the connector's schemas), for this reason.
+    Refuse(&'static str),
+}
+
+pub fn disposition(tag: &str) -> Disposition {
+    const PRIVILEGES: &str = "privileges are not replicated (the snapshot restores none)";
+    const REPLICATION: &str =
+        "publications and subscriptions are the source's own replication set-up";
+    match tag {
+        "GRANT" | "REVOKE" | "ALTER DEFAULT PRIVILEGES" | "SECURITY LABEL" => {
+            Disposition::NotReplicated(PRIVILEGES)
+        }
+        "CREATE PUBLICATION"
+        | "ALTER PUBLICATION"
+        | "DROP PUBLICATION"
+        | "CREATE SUBSCRIPTION"
+        | "ALTER SUBSCRIPTION"
+        | "DROP SUBSCRIPTION" => Disposition::NotReplicated(REPLICATION),
+        "ALTER LARGE OBJECT" => Disposition::NotReplicated("large objects are not replicated"),
+        "CREATE TABLE AS" | "SELECT INTO" => Disposition::Refuse(
+            "the rows it wrote are not in the change stream, and running it again on the \
+             replica would compute them from the replica's data",
+        ),
+        "DROP OWNED" => Disposition::Refuse(
+            "ownership is not replicated, so the replica cannot tell which objects it drops",
+        ),
+        _ if ["CREATE ", "ALTER ", "DROP "]
+            .iter()
+            .any(|verb| tag.starts_with(verb)) =>
+        {
+            Disposition::Replay
+        }
+        "COMMENT" | "REFRESH MATERIALIZED VIEW" | "REINDEX" | "IMPORT FOREIGN SCHEMA" => {
+            Disposition::Replay
+        }
+        _ => Disposition::Refuse("this tributary does not know the command"),
+    }
+}
 
 pub struct DdlTracker {
     /// The key capture messages are signed with; without it none is replayed.
@@ -127,13 +160,21 @@ impl DdlTracker {
         // Every command moves the cursor, replayed or not, so that the next one is looked
         // for after it.
         let statement = statement(&mut self.cursor, &message.query, &tag);
-        if NOT_REPLICATED.contains(&tag.as_str()) {
-            return Ok(None);
-        }
+        let refused = match disposition(&tag) {
+            Disposition::NotReplicated(why) => {
+                tracing::debug!(%tag, why, "schema change not replicated");
+                return Ok(None);
+            }
+            Disposition::Refuse(why) => Some(why),
+            Disposition::Replay => None,
+        };
         let ours = |schema: &str| self.schemas.iter().any(|s| s == schema);
         let relevant = objects.iter().any(|o| match (&o.schema, o.kind.as_str()) {
             (Some(schema), _) => ours(schema),
-            (None, "schema") => ours(&unquote_path(&o.identity).concat()),
+            (None, "schema") => o
+                .identity
+                .as_deref()
+                .is_some_and(|identity| ours(&unquote_path(identity).concat())),
             (None, _) => false,
         });
         if !relevant {
@@ -158,18 +199,8 @@ impl DdlTracker {
                 self.retry_setup.clone(),
             )
         };
-        if !REPLAYED
-            .iter()
-            .any(|first| tag.split(' ').next() == Some(first))
-        {
-            return Err(refuse("it is not a schema change command".to_owned()));
-        }
-        if ROWS_ELSEWHERE.contains(&tag.as_str()) {
-            return Err(refuse(
-                "the rows it wrote are not in the change stream, and running it again on the \
-                 replica would compute them from the replica's data"
-                    .to_owned(),
-            ));
+        if let Some(why) = refused {
+            return Err(refuse(why.to_owned()));
         }
         if message
             .settings
@@ -243,7 +274,7 @@ fn statement(cursor: &mut Option<(String, usize)>, query: &str, tag: &str) -> Op
 /// The table an object is or belongs to (a table, one of its columns, an index).
 fn object_table(object: &DdlObject) -> Option<TableName> {
     let path = match object.kind.as_str() {
-        "table" | "table column" => unquote_path(&object.identity),
+        "table" | "table column" => unquote_path(object.identity.as_deref()?),
         "index" => unquote_path(object.table.as_deref()?),
         _ => return None,
     };
@@ -305,7 +336,7 @@ mod tests {
         DdlObject {
             kind: kind.into(),
             schema: schema.map(Into::into),
-            identity: identity.into(),
+            identity: Some(identity.into()),
             oid: Some(7),
             in_extension: false,
             table: None,
@@ -451,6 +482,105 @@ mod tests {
             .settings
             .insert("standard_conforming_strings".into(), "off".into());
         assert!(tracker().on_message(legacy, None).is_err());
+    }
+
+    /// Every command tag of PostgreSQL 13–18's event trigger firing matrix has a
+    /// deliberate disposition.
+    #[test]
+    fn every_tag_of_the_event_trigger_matrix_is_decided() {
+        use Disposition::{NotReplicated, Refuse, Replay};
+        let objects = [
+            "ACCESS METHOD",
+            "AGGREGATE",
+            "CAST",
+            "COLLATION",
+            "CONVERSION",
+            "DOMAIN",
+            "EXTENSION",
+            "FOREIGN DATA WRAPPER",
+            "FOREIGN TABLE",
+            "FUNCTION",
+            "INDEX",
+            "LANGUAGE",
+            "MATERIALIZED VIEW",
+            "OPERATOR",
+            "OPERATOR CLASS",
+            "OPERATOR FAMILY",
+            "POLICY",
+            "PROCEDURE",
+            "ROUTINE",
+            "RULE",
+            "SCHEMA",
+            "SEQUENCE",
+            "SERVER",
+            "STATISTICS",
+            "TABLE",
+            "TEXT SEARCH CONFIGURATION",
+            "TEXT SEARCH DICTIONARY",
+            "TEXT SEARCH PARSER",
+            "TEXT SEARCH TEMPLATE",
+            "TRIGGER",
+            "TYPE",
+            "USER MAPPING",
+            "VIEW",
+        ];
+        for object in objects {
+            for verb in ["CREATE", "ALTER", "DROP"] {
+                assert_eq!(
+                    disposition(&format!("{verb} {object}")),
+                    Replay,
+                    "{verb} {object}"
+                );
+            }
+        }
+        for (tag, expected) in [
+            ("GRANT", "privileges"),
+            ("REVOKE", "privileges"),
+            ("ALTER DEFAULT PRIVILEGES", "privileges"),
+            ("SECURITY LABEL", "privileges"),
+            ("CREATE PUBLICATION", "publications"),
+            ("ALTER PUBLICATION", "publications"),
+            ("DROP PUBLICATION", "publications"),
+            ("CREATE SUBSCRIPTION", "subscriptions"),
+            ("ALTER SUBSCRIPTION", "subscriptions"),
+            ("DROP SUBSCRIPTION", "subscriptions"),
+            ("ALTER LARGE OBJECT", "large objects"),
+        ] {
+            match disposition(tag) {
+                NotReplicated(why) => assert!(why.contains(expected), "{tag}: {why}"),
+                other => panic!("{tag}: {other:?}"),
+            }
+        }
+        for tag in [
+            "COMMENT",
+            "REFRESH MATERIALIZED VIEW",
+            "REINDEX",
+            "IMPORT FOREIGN SCHEMA",
+        ] {
+            assert_eq!(disposition(tag), Replay, "{tag}");
+        }
+        for tag in [
+            "CREATE TABLE AS",
+            "SELECT INTO",
+            "DROP OWNED",
+            "COPY",
+            "VACUUM",
+            "",
+        ] {
+            assert!(matches!(disposition(tag), Refuse(_)), "{tag}");
+        }
+    }
+
+    #[test]
+    fn privilege_commands_with_objects_without_identity_are_left_out() {
+        // As tributary.emit describes `GRANT SELECT ON t TO r`: no schema, no identity.
+        let body = r#"{"v": 2, "tag": "GRANT", "event": "ddl_command_end", "query": "grant select on t to r", "objects": [{"type": "table", "schema": null, "identity": null, "oid": null, "in_extension": false, "table": null}], "search_path": ["public"]}"#;
+        let message = DdlMessage::parse(body).unwrap();
+        assert_eq!(message.objects[0].identity, None);
+        assert!(tracker().on_message(message, None).unwrap().is_none());
+        let body = r#"{"v": 2, "tag": "ALTER DEFAULT PRIVILEGES", "event": "ddl_command_end", "query": "alter default privileges grant select on tables to r", "objects": [{"type": "table", "schema": null, "identity": null, "oid": null, "in_extension": false, "table": null}], "search_path": ["public"]}"#;
+        let message = DdlMessage::parse(body).unwrap();
+        assert!(tracker().on_message(message, None).unwrap().is_none());
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::source::catalog::CatalogError;
 use crate::source::wal2json::PluginOptions;
 
 /// Version of the source-side objects this build installs and understands.
-pub const CAPTURE_VERSION: i32 = 1;
+pub const CAPTURE_VERSION: i32 = 2;
 
 /// Prefix of the logical messages the event triggers emit (`add-msg-prefixes`).
 pub const MESSAGE_PREFIX: &str = "tributary.ddl";
@@ -56,6 +56,10 @@ DO $check$ BEGIN
         RAISE EXCEPTION 'schema tributary exists and is not owned by a superuser: drop or rename it first';
     END IF;
 END $check$;
+-- The triggers go first, so that this script's own commands do not fire an older version's,
+-- and come back last.
+DROP EVENT TRIGGER IF EXISTS tributary_ddl_command_end;
+DROP EVENT TRIGGER IF EXISTS tributary_sql_drop;
 CREATE SCHEMA IF NOT EXISTS tributary;
 COMMENT ON SCHEMA tributary IS 'tributary schema change capture (see tributary connector source-sql)';
 GRANT USAGE ON SCHEMA tributary TO PUBLIC;
@@ -65,23 +69,69 @@ CREATE OR REPLACE FUNCTION tributary.capture_version() RETURNS integer
 GRANT EXECUTE ON FUNCTION tributary.capture_version() TO PUBLIC;
 
 -- Any role may emit logical messages, so each one is signed with a key only superusers and
--- tributary's role can read: a message without the right signature is not replayed.
-CREATE TABLE IF NOT EXISTS tributary.capture_key (key text NOT NULL);
-REVOKE ALL ON tributary.capture_key FROM PUBLIC;
-INSERT INTO tributary.capture_key
-    SELECT pg_catalog.gen_random_uuid()::text || pg_catalog.gen_random_uuid()::text
-     WHERE NOT EXISTS (SELECT FROM tributary.capture_key);
+-- tributary's role can read: a message without the right signature is not replayed. The key
+-- is kept in a materialized view, not a table: every FOR ALL TABLES publication would
+-- publish a table, and break its subscribers. Its definition names a setting of the
+-- installing transaction, so the key itself is in no catalog and a REFRESH cannot recreate
+-- it (tributary.emit also refuses one). Version 1 kept the key in a table: it carries over.
+DO $key$
+DECLARE
+    seed text;
+    readers text[] := '{{}}';
+    reader text;
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = 'tributary' AND c.relname = 'capture_key' AND c.relkind = 'r') THEN
+        SELECT k.key INTO seed FROM tributary.capture_key k LIMIT 1;
+        SELECT coalesce(pg_catalog.array_agg(r.rolname), '{{}}') INTO readers
+          FROM pg_catalog.pg_class c,
+               LATERAL pg_catalog.aclexplode(c.relacl) a
+          JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+         WHERE c.oid = 'tributary.capture_key'::pg_catalog.regclass
+           AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner;
+        DROP TABLE tributary.capture_key;
+    END IF;
+    IF pg_catalog.to_regclass('tributary.capture_key') IS NULL THEN
+        PERFORM pg_catalog.set_config('tributary.capture_seed', coalesce(seed,
+            pg_catalog.gen_random_uuid()::text || pg_catalog.gen_random_uuid()::text), true);
+        CREATE MATERIALIZED VIEW tributary.capture_key AS
+            SELECT pg_catalog.current_setting('tributary.capture_seed') AS key;
+        PERFORM pg_catalog.set_config('tributary.capture_seed', '', true);
+        REVOKE ALL ON tributary.capture_key FROM PUBLIC;
+        FOREACH reader IN ARRAY readers LOOP
+            EXECUTE pg_catalog.format('GRANT SELECT ON tributary.capture_key TO %I', reader);
+        END LOOP;
+    END IF;
+END
+$key$;
 
--- Describes the command it is called for (it refuses outside an event trigger), signs and
--- emits it. The caller passes only what its own session knows: the event, the tag, and the
--- schemas names resolve in (which SECURITY DEFINER would change).
+-- Describes the command it is called for, signs and emits it. Every role's DDL runs it, so
+-- every role may execute it; it refuses to run other than from tributary.capture_ddl()
+-- as an event trigger (the caller's frame, read with messages in English), so that code
+-- run inside a command (a function in CREATE TABLE AS, say) cannot emit what it likes.
+-- The caller passes only what its own session knows: the event, the tag, and the schemas
+-- names resolve in (which SECURITY DEFINER would change: "$user").
 CREATE OR REPLACE FUNCTION tributary.emit(event text, tag text, search_path jsonb) RETURNS void
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $emit$
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp SET lc_messages = 'C' AS $emit$
 DECLARE
     touched jsonb;
     body text;
     secret text;
+    stack text;
+    caller text;
 BEGIN
+    GET DIAGNOSTICS stack = PG_CONTEXT;
+    caller := split_part(stack, E'\n', 3);
+    IF NOT (caller LIKE 'PL/pgSQL function tributary.capture\_ddl() line % at PERFORM'
+            OR (caller LIKE 'PL/pgSQL function capture\_ddl() line % at PERFORM'
+                AND NOT EXISTS (SELECT FROM pg_proc p
+                                 WHERE p.proname = 'capture_ddl' AND p.pronargs = 0
+                                   AND p.pronamespace <> 'tributary'::regnamespace)))
+       OR split_part(stack, E'\n', 2) NOT LIKE 'SQL statement "SELECT tributary.emit(TG_EVENT, TG_TAG, %' THEN
+        RAISE EXCEPTION 'tributary.emit may only be called by tributary''s event triggers';
+    END IF;
     IF event = 'sql_drop' THEN
         SELECT coalesce(jsonb_agg(jsonb_build_object(
                    'type', d.object_type, 'schema', d.schema_name,
@@ -90,6 +140,12 @@ BEGIN
           FROM pg_event_trigger_dropped_objects() d
          WHERE NOT d.is_temporary;
     ELSE
+        IF tag = 'REFRESH MATERIALIZED VIEW' AND EXISTS (
+               SELECT FROM pg_event_trigger_ddl_commands() c
+                WHERE c.objid = 'tributary.capture_key'::regclass) THEN
+            RAISE EXCEPTION 'tributary.capture_key holds the key of tributary''s schema change '
+                'capture and must not be refreshed';
+        END IF;
         SELECT coalesce(jsonb_agg(jsonb_build_object(
                    'type', c.object_type, 'schema', c.schema_name,
                    'identity', c.object_identity, 'oid', c.objid::int8,
@@ -111,12 +167,17 @@ BEGIN
             'IntervalStyle', current_setting('IntervalStyle'),
             'standard_conforming_strings', current_setting('standard_conforming_strings')))::text;
     SELECT k.key INTO secret FROM tributary.capture_key k;
+    IF secret IS NULL OR secret = '' THEN
+        RAISE EXCEPTION 'tributary.capture_key holds no key'
+            USING HINT = 'Run the SQL of `tributary connector source-sql` again as a superuser.';
+    END IF;
     PERFORM pg_logical_emit_message(true, '{MESSAGE_PREFIX}',
         encode(sha256(convert_to(secret || encode(sha256(convert_to(secret || body, 'UTF8')), 'hex'), 'UTF8')), 'hex')
         || ' ' || body);
 END
 $emit$;
 REVOKE ALL ON FUNCTION tributary.emit(text, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tributary.emit(text, text, jsonb) TO PUBLIC;
 
 -- The event trigger function: names are qualified instead of SET search_path, which would
 -- hide the session's; and there is no EXCEPTION block, whose subtransaction would make
@@ -129,10 +190,8 @@ BEGIN
 END
 $capture$;
 
-DROP EVENT TRIGGER IF EXISTS tributary_ddl_command_end;
 CREATE EVENT TRIGGER tributary_ddl_command_end ON ddl_command_end
     EXECUTE FUNCTION tributary.capture_ddl();
-DROP EVENT TRIGGER IF EXISTS tributary_sql_drop;
 CREATE EVENT TRIGGER tributary_sql_drop ON sql_drop
     EXECUTE FUNCTION tributary.capture_ddl();
 COMMIT;
@@ -150,15 +209,24 @@ pub fn grant_key_sql(role: &str) -> String {
 
 /// The SQL that removes the capture objects (the schema only if nothing else is in it).
 pub fn uninstall_sql() -> &'static str {
-    "BEGIN;\n\
-     DROP EVENT TRIGGER IF EXISTS tributary_ddl_command_end;\n\
-     DROP EVENT TRIGGER IF EXISTS tributary_sql_drop;\n\
-     DROP FUNCTION IF EXISTS tributary.capture_ddl();\n\
-     DROP FUNCTION IF EXISTS tributary.emit(text, text, jsonb);\n\
-     DROP FUNCTION IF EXISTS tributary.capture_version();\n\
-     DROP TABLE IF EXISTS tributary.capture_key;\n\
-     DROP SCHEMA IF EXISTS tributary RESTRICT;\n\
-     COMMIT;\n"
+    "BEGIN;
+DROP EVENT TRIGGER IF EXISTS tributary_ddl_command_end;
+DROP EVENT TRIGGER IF EXISTS tributary_sql_drop;
+DROP FUNCTION IF EXISTS tributary.capture_ddl();
+DROP FUNCTION IF EXISTS tributary.emit(text, text, jsonb);
+DROP FUNCTION IF EXISTS tributary.capture_version();
+DO $drop$ BEGIN
+    -- A materialized view since version 2, a table before.
+    IF pg_catalog.to_regclass('tributary.capture_key') IS NOT NULL THEN
+        EXECUTE CASE (SELECT relkind FROM pg_catalog.pg_class
+                       WHERE oid = 'tributary.capture_key'::pg_catalog.regclass)
+            WHEN 'm' THEN 'DROP MATERIALIZED VIEW tributary.capture_key'
+            ELSE 'DROP TABLE tributary.capture_key' END;
+    END IF;
+END $drop$;
+DROP SCHEMA IF EXISTS tributary RESTRICT;
+COMMIT;
+"
 }
 
 /// What the source has of the capture objects.
@@ -343,12 +411,15 @@ pub enum DdlEvent {
 /// An object a command created, altered or dropped, in `pg_identify_object` terms.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct DdlObject {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default)]
     pub kind: String,
     /// `None` for objects outside schemas (a schema itself, an extension).
     pub schema: Option<String>,
-    /// Qualified and quoted as needed: `public.orders`, `"My S".t.col`, `billing`.
-    pub identity: String,
+    /// Qualified and quoted as needed: `public.orders`, `"My S".t.col`, `billing`. `None`
+    /// where PostgreSQL reports none (the objects of `GRANT`, `REVOKE` and `ALTER DEFAULT
+    /// PRIVILEGES`).
+    #[serde(default)]
+    pub identity: Option<String>,
     /// `objid`: for a table, its OID.
     #[serde(default)]
     pub oid: Option<u32>,
