@@ -327,7 +327,8 @@ impl Drop for Daemon {
     }
 }
 
-/// Row count and an order-independent checksum of every table in `schemas`, by name.
+/// Row count and an order-independent checksum of every table and materialized view in
+/// `schemas`, by name (a materialized view without data as such).
 pub fn content(cluster: &Cluster, db: &str, schemas: &[&str]) -> Vec<String> {
     let list = schemas
         .iter()
@@ -337,14 +338,18 @@ pub fn content(cluster: &Cluster, db: &str, schemas: &[&str]) -> Vec<String> {
     let tables = cluster.psql(
         db,
         &format!(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+            "SELECT format('%I.%I', n.nspname, c.relname) || CASE WHEN c.relispopulated
+                    THEN '' ELSE ' unpopulated' END FROM pg_class c
                JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind = 'r' AND n.nspname IN ({list}) ORDER BY 1"
+              WHERE c.relkind IN ('r', 'm') AND n.nspname IN ({list}) ORDER BY 1"
         ),
     );
     tables
         .lines()
         .map(|table| {
+            if table.ends_with(" unpopulated") {
+                return table.to_owned();
+            }
             let sum = cluster.psql(
                 db,
                 &format!(

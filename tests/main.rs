@@ -17,6 +17,7 @@ mod installation;
 mod large_transaction;
 mod leases;
 mod lifecycle;
+mod materialized_views;
 mod metrics;
 mod pipeline;
 mod preflight;

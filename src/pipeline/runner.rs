@@ -698,7 +698,11 @@ async fn snapshot(
     let stats = stats?;
     schema.restore(&job, Section::PostData).await?;
 
+    let source_sql = pg::connect(source).await?;
+    let views = catalog::populated_materialized_views(&source_sql, &connector.schemas).await?;
+    drop(source_sql);
     let mut sink = ReplicaSink::connect(store, &replica.dbname, ctx.lease).await?;
+    sink.populate_materialized_views(&views).await?;
     sink.record_source_tables(&oids, &[]).await?;
     sink.mark_applied(created.consistent_point).await?;
     tracing::info!(

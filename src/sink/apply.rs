@@ -81,7 +81,7 @@
 //! Session settings are described in `replica.rs`, statement shapes in `table.rs`.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::{poll_fn, Future};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::pin::Pin;
@@ -92,7 +92,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Statement;
 
 use crate::change::{Change, ChangeKind, TableName, Value};
-use crate::pg::{quote_ident, quote_literal, ConnInfo, PgClient};
+use crate::pg::{quote_ident, quote_literal, quote_table, ConnInfo, PgClient};
 use crate::types::{FencingToken, Lsn};
 
 use super::error::{DetailForDebug, SinkError};
@@ -153,6 +153,10 @@ pub struct ReplicaSink {
     in_flight_bytes: usize,
     /// Consecutive TRUNCATE records of one source TRUNCATE, sent as one statement.
     truncate: Option<TruncateGroup>,
+    /// Relations of the replica known to be materialized views.
+    materialized_views: HashSet<TableName>,
+    /// The materialized view refreshed for the run of changes being applied.
+    refreshed: Option<TableName>,
     state: TxState,
     /// What the progress row held when this transaction locked it; set once that reply is
     /// checked (always before anything else of the transaction).
@@ -400,6 +404,10 @@ enum Op {
         tables: String,
         lsn: Option<Lsn>,
     },
+    Refresh {
+        view: String,
+        lsn: Option<Lsn>,
+    },
     RecordProgress {
         lsn: Lsn,
     },
@@ -431,6 +439,8 @@ impl ReplicaSink {
             in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT + 1),
             in_flight_bytes: 0,
             truncate: None,
+            materialized_views: HashSet::new(),
+            refreshed: None,
             state: TxState::Idle,
             locked_progress: None,
             progress: None,
@@ -591,6 +601,40 @@ impl ReplicaSink {
             .map_err(setup(&self.database, "restoring the session's settings"))
     }
 
+    /// Computes the replica's materialized `views` (a snapshot restores them empty: a
+    /// materialized view cannot be loaded, only refreshed), outside any target transaction.
+    /// One may read another, so each round refreshes what it can until all are done.
+    pub async fn populate_materialized_views(
+        &mut self,
+        views: &[TableName],
+    ) -> Result<(), SinkError> {
+        if self.in_transaction() {
+            return Err(SinkError::Misuse(
+                "materialized views are populated outside a target transaction",
+            ));
+        }
+        let mut left: Vec<&TableName> = views.iter().collect();
+        while !left.is_empty() {
+            let mut failed = Vec::new();
+            for view in &left {
+                let sql = format!("REFRESH MATERIALIZED VIEW {}", quote_table(view));
+                if let Err(source) = self.client.batch_execute(&sql).await {
+                    failed.push((*view, source));
+                }
+            }
+            if failed.len() == left.len() {
+                let (view, source) = failed.swap_remove(0);
+                return Err(SinkError::Refresh {
+                    view: display_name(view),
+                    lsn: None,
+                    source,
+                });
+            }
+            left = failed.into_iter().map(|(view, _)| view).collect();
+        }
+        Ok(())
+    }
+
     /// Of `tables`, those the replica has (in the open transaction) without a primary key
     /// or replica identity: wal2json drops UPDATEs and DELETEs of such tables on the source.
     pub async fn tables_without_identity(
@@ -603,7 +647,9 @@ impl ReplicaSink {
         for table in tables {
             match TableMeta::load(&self.client, table).await {
                 Ok(meta) if !meta.has_usable_identity() => missing.push(table.clone()),
-                Ok(_) | Err(LoadError::Missing | LoadError::NotATable(_)) => {}
+                Ok(_)
+                | Err(LoadError::Missing | LoadError::MaterializedView | LoadError::NotATable(_)) =>
+                    {}
                 Err(LoadError::Sql(e)) => {
                     let error = setup(&self.database, "reading the replica's catalog")(e);
                     return Err(self.earlier_error_or(error).await);
@@ -699,6 +745,8 @@ impl ReplicaSink {
         debug_assert!(self.open_batches.is_empty() && self.in_flight.is_empty());
         self.tables.clear();
         self.table_index.clear();
+        self.materialized_views.clear();
+        self.refreshed = None;
         self.last_table = None;
     }
 
@@ -755,6 +803,7 @@ impl ReplicaSink {
         }
         self.buffered_bytes = 0;
         self.truncate = None;
+        self.refreshed = None;
         self.locked_progress = None;
     }
 
@@ -776,7 +825,10 @@ impl ReplicaSink {
         }
         self.flush_truncate().await?;
 
-        let table = self.table(&change.table, change.lsn).await?;
+        let Some(table) = self.relation(&change.table, change.lsn).await? else {
+            return self.refresh(&change.table, change.lsn).await.map(|()| None);
+        };
+        self.refreshed = None;
         let Some(shape) = self.shape(table, &change).await? else {
             return Ok(Some(Misfit { change }));
         };
@@ -973,20 +1025,44 @@ impl ReplicaSink {
 
     /// The index of the table in `self.tables`, loading its metadata on first use.
     async fn table(&mut self, name: &TableName, lsn: Option<Lsn>) -> Result<usize, SinkError> {
+        match self.relation(name, lsn).await? {
+            Some(index) => Ok(index),
+            None => Err(SinkError::NotATable {
+                table: display_name(name),
+                what: "materialized view",
+                lsn,
+                database: self.database.clone(),
+            }),
+        }
+    }
+
+    /// Like [`ReplicaSink::table`], `None` for a materialized view.
+    async fn relation(
+        &mut self,
+        name: &TableName,
+        lsn: Option<Lsn>,
+    ) -> Result<Option<usize>, SinkError> {
         if let Some(index) = self.last_table {
             if self.tables[index].name == *name {
-                return Ok(index);
+                return Ok(Some(index));
             }
         }
         if let Some(&index) = self.table_index.get(name) {
             self.last_table = Some(index);
-            return Ok(index);
+            return Ok(Some(index));
+        }
+        if self.materialized_views.contains(name) {
+            return Ok(None);
         }
         // tokio-postgres stops reading the socket while an earlier reply waits unread, so a
         // new request must not be awaited with replies in flight.
         self.drain().await?;
         let meta = match TableMeta::load(&self.client, name).await {
             Ok(meta) => meta,
+            Err(LoadError::MaterializedView) => {
+                self.materialized_views.insert(name.clone());
+                return Ok(None);
+            }
             Err(LoadError::Missing) => {
                 return Err(SinkError::MissingTable {
                     table: display_name(name),
@@ -1017,7 +1093,31 @@ impl ReplicaSink {
         });
         self.table_index.insert(name.clone(), index);
         self.last_table = Some(index);
-        Ok(index)
+        Ok(Some(index))
+    }
+
+    /// A change to a materialized view: the source refreshed it (`CONCURRENTLY` writes its
+    /// difference as row changes). The replica refreshes its own at the same place, from
+    /// tables that are then exactly as the source's were, once for the run of changes.
+    async fn refresh(&mut self, view: &TableName, lsn: Option<Lsn>) -> Result<(), SinkError> {
+        if self.refreshed.as_ref() == Some(view) {
+            return Ok(());
+        }
+        // Everything before the refresh goes first: the view is computed from it.
+        self.flush_truncate().await?;
+        self.flush_batches().await?;
+        let sql = format!("REFRESH MATERIALIZED VIEW {}", quote_table(view));
+        let client = Arc::clone(&self.client);
+        let bytes = ROW_BYTES + sql.len();
+        let request: Request =
+            Box::pin(async move { client.batch_execute(&sql).await.map(|()| Outcome::Rows(0)) });
+        let op = Op::Refresh {
+            view: display_name(view),
+            lsn,
+        };
+        self.push(request, op, bytes).await?;
+        self.refreshed = Some(view.clone());
+        Ok(())
     }
 
     /// The statements for the change's shape, prepared on first use; `None` when the change
@@ -1377,6 +1477,10 @@ impl ReplicaSink {
                     lsn,
                     source,
                 }
+            }),
+            Op::Refresh { view, lsn } => reply.map(drop).map_err(|source| {
+                tracing::debug!(%view, ?lsn, "refreshing failed: {}", DetailForDebug(&source));
+                SinkError::Refresh { view, lsn, source }
             }),
             Op::RecordProgress { lsn } => match reply {
                 Ok(Outcome::Rows(1)) => Ok(()),

@@ -71,6 +71,20 @@ pub enum SinkError {
     },
 
     #[error(
+        "refreshing materialized view {view} in the replica (the source refreshed it, change \
+         at {}) failed: {}; the replica computes it from its own tables, so an error here \
+         names what differs from the source",
+        at(.lsn),
+        describe(.source)
+    )]
+    Refresh {
+        view: String,
+        lsn: Option<Lsn>,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error(
         "column {column:?} of {table} (change at {}) does not exist in the replica: the \
          source's schema has probably changed (new or renamed column); take a new snapshot \
          with `tributary connector retry-setup`",
@@ -258,6 +272,7 @@ impl SinkError {
             | SinkError::Statement { source, .. }
             | SinkError::BatchStatement { source, .. }
             | SinkError::Ddl { source, .. }
+            | SinkError::Refresh { source, .. }
             | SinkError::Commit { source, .. } => is_transient(source),
             SinkError::Progress { source, .. } => source.as_ref().is_some_and(is_transient),
             SinkError::Aborted { transient, .. } => *transient,
@@ -281,6 +296,7 @@ impl SinkError {
             | SinkError::Statement { source, .. }
             | SinkError::BatchStatement { source, .. }
             | SinkError::Ddl { source, .. }
+            | SinkError::Refresh { source, .. }
             | SinkError::Commit { source, .. } => source,
             SinkError::Progress {
                 source: Some(source),

@@ -195,6 +195,8 @@ pub(crate) enum PlanError {
 #[derive(Debug)]
 pub(crate) enum LoadError {
     Missing,
+    /// Its rows are computed by the replica (`REFRESH`), not written.
+    MaterializedView,
     NotATable(&'static str),
     Sql(tokio_postgres::Error),
 }
@@ -236,7 +238,8 @@ impl TableMeta {
         let only = match relkind.as_str() {
             "r" => "ONLY ",
             "p" => "",
-            "v" | "m" => return Err(LoadError::NotATable("view")),
+            "m" => return Err(LoadError::MaterializedView),
+            "v" => return Err(LoadError::NotATable("view")),
             "f" => return Err(LoadError::NotATable("foreign table")),
             "S" => return Err(LoadError::NotATable("sequence")),
             _ => return Err(LoadError::NotATable("relation that is not a table")),

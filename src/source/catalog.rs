@@ -148,6 +148,34 @@ pub async fn table_oids(
         .collect())
 }
 
+/// The materialized views of `schemas` that hold data on the source (`REFRESH`ed, not
+/// `WITH NO DATA`).
+pub async fn populated_materialized_views(
+    client: &Client,
+    schemas: &[String],
+) -> Result<Vec<TableName>, CatalogError> {
+    const SQL: &str = "
+        SELECT n.nspname::text, c.relname::text
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'm' AND c.relispopulated AND n.nspname = ANY($1)
+         ORDER BY c.oid";
+    let rows = client
+        .query(SQL, &[&schemas])
+        .await
+        .map_err(|source| CatalogError::Query {
+            what: "the materialized views",
+            source,
+        })?;
+    Ok(rows
+        .iter()
+        .map(|row| TableName {
+            schema: row.get(0),
+            name: row.get(1),
+        })
+        .collect())
+}
+
 /// Every column's type (`format_type` with the modifier) of the tables in `schemas`, as
 /// `(table, column, type)`. Works on any server; the session's `search_path` must be empty
 /// for types outside `pg_catalog` to come out qualified.
