@@ -143,3 +143,62 @@ pub struct LogicalMessage {
     pub prefix: String,
     pub content: String,
 }
+
+/// How NaN, Infinity and -Infinity in `numeric`, `real` and `double precision` columns reach
+/// the sink. wal2json before 2.6 writes them as JSON `null`, indistinguishable from SQL
+/// NULL; 2.6 can send them as strings (`numeric-data-types-as-string`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NanPolicy {
+    /// The source sends them exactly.
+    Exact,
+    /// They arrive as NULL, and the operator accepted that for the connector.
+    AsNull,
+    /// They would arrive as NULL and nobody accepted it: tables with such columns are
+    /// refused.
+    Refuse,
+}
+
+impl NanPolicy {
+    /// The policy for a source that can (`numeric_as_string`) or cannot send them, and
+    /// the connector's decision.
+    pub fn new(numeric_as_string: bool, accepted: bool) -> NanPolicy {
+        match (numeric_as_string, accepted) {
+            (true, _) => NanPolicy::Exact,
+            (false, true) => NanPolicy::AsNull,
+            (false, false) => NanPolicy::Refuse,
+        }
+    }
+
+    /// Whether a column of this type can hold NaN or ±Infinity that wal2json before 2.6
+    /// sends as null: `numeric`, `float4`, `float8` themselves (domains and arrays over
+    /// them arrive as strings).
+    pub fn affects(type_oid: u32) -> bool {
+        matches!(type_oid, 700 | 701 | 1700)
+    }
+}
+
+#[cfg(test)]
+mod nan_tests {
+    use super::NanPolicy;
+
+    #[test]
+    fn nan_policy_from_the_source_and_the_decision() {
+        for (numeric_as_string, accepted, policy) in [
+            (true, false, NanPolicy::Exact),
+            (true, true, NanPolicy::Exact),
+            (false, true, NanPolicy::AsNull),
+            (false, false, NanPolicy::Refuse),
+        ] {
+            assert_eq!(NanPolicy::new(numeric_as_string, accepted), policy);
+        }
+        for (oid, affected) in [
+            (700, true),
+            (701, true),
+            (1700, true),
+            (20, false),
+            (1231, false),
+        ] {
+            assert_eq!(NanPolicy::affects(oid), affected, "{oid}");
+        }
+    }
+}

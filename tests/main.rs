@@ -19,6 +19,7 @@ mod leases;
 mod lifecycle;
 mod materialized_views;
 mod metrics;
+mod nan;
 mod pipeline;
 mod preflight;
 mod quickstart;

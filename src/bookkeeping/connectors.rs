@@ -49,6 +49,9 @@ pub struct Connector {
     pub drop_extensions: Vec<String>,
     /// Whether tables created later in the selected schemas are replicated.
     pub include_new_tables: bool,
+    /// The operator accepts that NaN and ±Infinity arrive as NULL where the source's
+    /// wal2json cannot send them (before 2.6); see `pipeline::nan`.
+    pub nan_as_null: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -197,7 +200,7 @@ pub struct StateChange {
 /// epoch (exact, and needs no sqlx feature for chrono).
 const CONNECTOR_COLUMNS: &str = "id, name, source_display, schemas, enabled, slot_name, \
      replica_database, state, last_error, next_step, system_id, timeline, source_database, \
-     resnapshot_requested, active, drop_extensions, include_new_tables, \
+     resnapshot_requested, active, drop_extensions, include_new_tables, nan_as_null, \
      (extract(epoch FROM created_at) * 1000000)::int8 AS created_us, \
      (extract(epoch FROM updated_at) * 1000000)::int8 AS updated_us";
 
@@ -220,6 +223,7 @@ struct ConnectorRow {
     active: bool,
     drop_extensions: Vec<String>,
     include_new_tables: bool,
+    nan_as_null: bool,
     created_us: i64,
     updated_us: i64,
 }
@@ -250,6 +254,7 @@ impl TryFrom<ConnectorRow> for Connector {
             active: row.active,
             drop_extensions: row.drop_extensions,
             include_new_tables: row.include_new_tables,
+            nan_as_null: row.nan_as_null,
             created_at: timestamp(row.created_us)?,
             updated_at: timestamp(row.updated_us)?,
         })
@@ -265,18 +270,19 @@ impl Bookkeeping {
         source_url: &str,
         schemas: &[String],
     ) -> Result<Connector, Error> {
-        self.create_connector_with_decisions(name, source_url, schemas, &[])
+        self.create_connector_with_decisions(name, source_url, schemas, &[], false)
             .await
     }
 
     /// [`Bookkeeping::create_connector`], recording in the same transaction the decisions
-    /// about tables without a usable replica identity.
+    /// about tables without a usable replica identity, and whether NaN may arrive as NULL.
     pub async fn create_connector_with_decisions(
         &self,
         name: &ConnectorName,
         source_url: &str,
         schemas: &[String],
         decisions: &[(TableName, TableDecision)],
+        nan_as_null: bool,
     ) -> Result<Connector, Error> {
         ConnInfo::parse(source_url)?;
         let ciphertext = self.cipher.seal(source_url.as_bytes(), SOURCE_URL_AAD);
@@ -291,10 +297,10 @@ impl Bookkeeping {
         let inserted = sqlx::query_as::<_, ConnectorRow>(&format!(
             "INSERT INTO tributary.connectors
                  (id, name, source_url_ciphertext, source_display, schemas, slot_name,
-                  replica_database, state, active)
+                  replica_database, state, active, nan_as_null)
              OVERRIDING SYSTEM VALUE
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending',
-                     NOT EXISTS (SELECT FROM tributary.connectors WHERE active))
+                     NOT EXISTS (SELECT FROM tributary.connectors WHERE active), $8)
              RETURNING {CONNECTOR_COLUMNS}"
         ))
         .bind(id.0)
@@ -304,6 +310,7 @@ impl Bookkeeping {
         .bind(schemas)
         .bind(name.slot_name(id).as_str())
         .bind(name.replica_database())
+        .bind(nan_as_null)
         .fetch_one(&mut *tx)
         .await;
         let row = match inserted {
@@ -523,16 +530,19 @@ impl Bookkeeping {
         id: ConnectorId,
         drop_extensions: Option<&[String]>,
         include_new_tables: Option<bool>,
+        nan_as_null: Option<bool>,
     ) -> Result<(), Error> {
         let updated = sqlx::query(
             "UPDATE tributary.connectors
              SET drop_extensions = coalesce($2, drop_extensions),
-                 include_new_tables = coalesce($3, include_new_tables)
+                 include_new_tables = coalesce($3, include_new_tables),
+                 nan_as_null = coalesce($4, nan_as_null)
              WHERE id = $1",
         )
         .bind(id.0)
         .bind(drop_extensions)
         .bind(include_new_tables)
+        .bind(nan_as_null)
         .execute(&self.pool)
         .await?;
         found(updated.rows_affected(), id)

@@ -202,6 +202,9 @@ struct ConnectorView<'a> {
     excluded_tables: Vec<ExcludedTable>,
     drop_extensions: &'a [String],
     include_new_tables: bool,
+    /// The operator accepted that NaN and ±Infinity arrive as NULL where the source's
+    /// wal2json predates 2.6 (`--nan-as-null accept`).
+    nan_as_null: bool,
     /// What needs attention, one sentence each.
     warnings: Vec<String>,
 }
@@ -298,6 +301,13 @@ async fn view<'a>(
     if let Some(error) = &source_error {
         warnings.push(format!("source not reachable: {error}"));
     }
+    if c.nan_as_null {
+        warnings.push(
+            "NaN, Infinity and -Infinity in numeric and float columns arrive as NULL while the \
+             source's wal2json predates 2.6 (accepted with --nan-as-null accept)"
+                .to_owned(),
+        );
+    }
     match &slot {
         None if source_error.is_none() && c.state == PipelineState::Streaming => {
             warnings.push(format!(
@@ -368,6 +378,7 @@ async fn view<'a>(
         excluded_tables,
         drop_extensions: &c.drop_extensions,
         include_new_tables: c.include_new_tables,
+        nan_as_null: c.nan_as_null,
         warnings,
     })
 }

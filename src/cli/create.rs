@@ -53,6 +53,38 @@ pub struct CreateArgs {
     schemas: Vec<String>,
     #[command(flatten)]
     decisions: DecisionArgs,
+    /// Where the source's wal2json predates 2.6, it sends NaN, Infinity and -Infinity in
+    /// numeric and float columns as null: `accept` that they arrive as NULL, or `refuse`
+    /// tables with such columns (the default: the connector is not created).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "accept|refuse",
+        default_value = "refuse"
+    )]
+    nan_as_null: NanAsNull,
+}
+
+/// The operator's decision about NaN and ±Infinity arriving as NULL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NanAsNull {
+    Accept,
+    Refuse,
+}
+
+/// The refusal of a source whose wal2json sends NaN and ±Infinity in `columns` as null.
+pub fn refuse_nan_as_null(columns: &[String], nothing_done: &str) -> Failure {
+    anyhow!(
+        "the source's wal2json is older than 2.6: it sends NaN, Infinity and -Infinity in \
+         numeric and float columns as null, so these {} column{} could differ silently on the \
+         replica: {}. Upgrade wal2json on the source to 2.6 or newer (packaged for PostgreSQL \
+         17 and 18 by Debian, or built from source), or accept that such values arrive as \
+         NULL with --nan-as-null accept. {nothing_done}",
+        columns.len(),
+        if columns.len() == 1 { "" } else { "s" },
+        columns.join(", ")
+    )
+    .into()
 }
 
 /// How a command learns what to do with tables without a usable replica identity.
@@ -199,9 +231,16 @@ pub async fn run(
     let decisions = args
         .decisions
         .decide(file, &report, &schemas, &[], "Nothing was created.")?;
+    let nan_as_null = args.nan_as_null == NanAsNull::Accept;
+    if !nan_as_null && !report.nan_as_null_columns.is_empty() {
+        return Err(refuse_nan_as_null(
+            &report.nan_as_null_columns,
+            &format!("Connector {name} not created."),
+        ));
+    }
 
     let connector = bookkeeping
-        .create_connector_with_decisions(&name, &args.url, &schemas, &decisions)
+        .create_connector_with_decisions(&name, &args.url, &schemas, &decisions, nan_as_null)
         .await?;
     say!(
         "✓ Created connector {} (id {}) for {info}\n  schemas: {}\n  slot: {}\n  replica \
@@ -213,6 +252,12 @@ pub async fn run(
         connector.replica_database
     );
     print_decisions(&decisions);
+    if nan_as_null && !report.nan_as_null_columns.is_empty() {
+        say!(
+            "  NaN, Infinity and -Infinity arrive as NULL in: {} (--nan-as-null accept)",
+            report.nan_as_null_columns.join(", ")
+        );
+    }
     let left_out: Vec<TableName> = decisions.iter().map(|(t, _)| t.clone()).collect();
     let dangling: Vec<_> = report
         .foreign_keys

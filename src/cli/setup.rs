@@ -22,7 +22,7 @@ use anyhow::anyhow;
 use clap::{Args, ValueEnum};
 
 use super::connector::{find, schema_list};
-use super::create::DecisionArgs;
+use super::create::{DecisionArgs, NanAsNull};
 use super::preflight::{known_source, require_passed};
 use super::Failure;
 use crate::bookkeeping::{
@@ -67,6 +67,11 @@ pub struct UpdateArgs {
     /// changes ignored (off). Takes effect when the pipeline restarts, which this does.
     #[arg(long, value_enum, value_name = "on|off")]
     include_new_tables: Option<Switch>,
+    /// Where the source's wal2json predates 2.6: `accept` that NaN, Infinity and -Infinity
+    /// in numeric and float columns arrive as NULL, or `refuse` tables with such columns.
+    /// Restarts the pipeline, which resumes where it was.
+    #[arg(long, value_enum, value_name = "accept|refuse")]
+    nan_as_null: Option<NanAsNull>,
     #[command(flatten)]
     decisions: DecisionArgs,
     /// With --schemas: wait until the connector streams again (exit 0) or fails (exit 1).
@@ -106,10 +111,14 @@ pub async fn update(
     bookkeeping: &Bookkeeping,
     settings: &Settings,
 ) -> Result<(), Failure> {
-    if args.drop_extensions.is_none() && args.schemas.is_none() && args.include_new_tables.is_none()
+    if args.drop_extensions.is_none()
+        && args.schemas.is_none()
+        && args.include_new_tables.is_none()
+        && args.nan_as_null.is_none()
     {
         return Err(Failure::usage(anyhow!(
-            "nothing to update: give --drop-extensions, --schemas or --include-new-tables"
+            "nothing to update: give --drop-extensions, --schemas, --include-new-tables or \
+             --nan-as-null"
         )));
     }
     if args.schemas.is_none() && args.decisions.given() {
@@ -143,9 +152,36 @@ pub async fn update(
     }
     let drop_extensions = args.drop_extensions.as_deref().map(extension_list);
     let include_new_tables = args.include_new_tables.map(|s| s == Switch::On);
+    let nan_as_null = args.nan_as_null.map(|n| n == NanAsNull::Accept);
     bookkeeping
-        .update_options(connector.id, drop_extensions.as_deref(), include_new_tables)
+        .update_options(
+            connector.id,
+            drop_extensions.as_deref(),
+            include_new_tables,
+            nan_as_null,
+        )
         .await?;
+    if let Some(accepted) = nan_as_null.filter(|a| *a != connector.nan_as_null) {
+        // The running pipeline applies under the old decision, and a connector it
+        // stopped waits for the operator: either way it starts again, from its slot.
+        if !restarted {
+            let change = SetupChange {
+                restart: true,
+                ..SetupChange::default()
+            };
+            bookkeeping.request_setup(connector.id, &change).await?;
+        }
+        say!(
+            "✓ {}: NaN, Infinity and -Infinity in numeric and float columns {} (where the \
+             source's wal2json predates 2.6); the pipeline restarts where it was",
+            connector.name,
+            if accepted {
+                "arrive as NULL"
+            } else {
+                "refuse their tables"
+            }
+        );
+    }
     if let Some(extensions) = &drop_extensions {
         if extensions.is_empty() {
             say!("✓ {}: branches keep every extension", connector.name);

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::bookkeeping::{Bookkeeping, Connector, TableDecision, TableSyncState};
-use crate::change::TableName;
+use crate::change::{NanPolicy, TableName};
 use crate::metrics::METRICS;
 use crate::pg::{self, ConnInfo, PgClient};
 use crate::pipeline::ddl::DdlTracker;
@@ -102,7 +102,10 @@ pub async fn run(
         retry_setup(connector),
     );
     let store = ctx.settings.store();
-    let sink = ReplicaSink::connect(&store, &connector.replica_database, ctx.lease).await?;
+    let nan = NanPolicy::new(stream.numeric_as_string(), connector.nan_as_null);
+    let sink = ReplicaSink::connect(&store, &connector.replica_database, ctx.lease)
+        .await?
+        .with_nan_policy(nan);
     let (cuts, cut_requests) = mpsc::channel(1);
     let target = Target {
         sink,
@@ -394,8 +397,10 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     {
         Err(e) if replication::rejects_numeric_as_string(&e) => {
             tracing::warn!(
+                nan_as_null_accepted = connector.nan_as_null,
                 "the source's wal2json predates 2.6: NaN and Infinity in numeric and float \
-                 columns arrive as NULL (see preflight)"
+                 columns would arrive as NULL; tables with such columns are refused unless \
+                 the connector accepts it (`connector update --nan-as-null accept`)"
             );
             ReplicationClient::connect(&source)
                 .await?

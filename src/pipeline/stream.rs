@@ -632,14 +632,14 @@ impl Applier {
     async fn cut(&mut self, request: CutRequest) -> Result<(), PipelineError> {
         self.commit().await?;
         let started = Instant::now();
-        let (database, token) = {
+        let (database, token, nan) = {
             let sink = self.sink()?;
-            (sink.database().to_owned(), sink.token())
+            (sink.database().to_owned(), sink.token(), sink.nan_policy())
         };
         self.sink = None;
         let copied = sink::copy_database(&self.store, &database, request.branch.as_str()).await;
         match ReplicaSink::connect(&self.store, &database, token).await {
-            Ok(sink) => self.sink = Some(sink),
+            Ok(sink) => self.sink = Some(sink.with_nan_policy(nan)),
             Err(e) => {
                 // Fenced: the copy may hold a newer owner's commits, not ours at `applied`.
                 if copied.is_ok() && matches!(e, SinkError::Fenced { .. }) {

@@ -91,7 +91,7 @@ use std::task::{Context, Poll};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Statement;
 
-use crate::change::{Change, ChangeKind, TableName, Value};
+use crate::change::{Change, ChangeKind, NanPolicy, TableName, Value};
 use crate::pg::{quote_ident, quote_literal, quote_table, ConnInfo, PgClient};
 use crate::types::{FencingToken, Lsn};
 
@@ -157,6 +157,7 @@ pub struct ReplicaSink {
     materialized_views: HashSet<TableName>,
     /// The materialized view refreshed for the run of changes being applied.
     refreshed: Option<TableName>,
+    nan: NanPolicy,
     state: TxState,
     /// What the progress row held when this transaction locked it; set once that reply is
     /// checked (always before anything else of the transaction).
@@ -441,6 +442,7 @@ impl ReplicaSink {
             truncate: None,
             materialized_views: HashSet::new(),
             refreshed: None,
+            nan: NanPolicy::Exact,
             state: TxState::Idle,
             locked_progress: None,
             progress: None,
@@ -467,6 +469,17 @@ impl ReplicaSink {
     }
 
     /// The fencing token this session claimed the replica with.
+    /// How NaN and ±Infinity arrive from this source ([`NanPolicy::Exact`] unless set):
+    /// under [`NanPolicy::Refuse`], a change to a table with a column that may hold them
+    /// fails ([`SinkError::NanAsNull`]).
+    pub fn with_nan_policy(self, nan: NanPolicy) -> ReplicaSink {
+        ReplicaSink { nan, ..self }
+    }
+
+    pub fn nan_policy(&self) -> NanPolicy {
+        self.nan
+    }
+
     pub fn token(&self) -> FencingToken {
         self.token
     }
@@ -1058,6 +1071,13 @@ impl ReplicaSink {
         // new request must not be awaited with replies in flight.
         self.drain().await?;
         let meta = match TableMeta::load(&self.client, name).await {
+            Ok(meta) if self.nan == NanPolicy::Refuse && !meta.nan_columns().is_empty() => {
+                return Err(SinkError::NanAsNull {
+                    table: display_name(name),
+                    columns: meta.nan_columns().join(", "),
+                    lsn,
+                });
+            }
             Ok(meta) => meta,
             Err(LoadError::MaterializedView) => {
                 self.materialized_views.insert(name.clone());
@@ -1413,6 +1433,45 @@ impl ReplicaSink {
 
     /// Checks a reply against what its request expected.
     fn check(&mut self, done: InFlight) -> Result<(), SinkError> {
+        self.check_reply(done).map_err(|error| self.diagnose(error))
+    }
+
+    /// `error` with its likely cause when the connector accepted NaN arriving as NULL: a
+    /// NULL that was NaN on the source breaks a NOT NULL column, and cannot find its row
+    /// under `REPLICA IDENTITY FULL`.
+    fn diagnose(&self, error: SinkError) -> SinkError {
+        if self.nan != NanPolicy::AsNull {
+            return error;
+        }
+        let meta = |name: &str| self.tables.iter().find(|t| &*t.meta.display == name);
+        let columns = match &error {
+            SinkError::RowNotFound { table, .. } => meta(table)
+                .filter(|t| t.meta.replica_identity == 'f')
+                .map(|t| t.meta.nan_columns()),
+            SinkError::Statement { table, source, .. }
+            | SinkError::BatchStatement { table, source, .. } => source
+                .as_db_error()
+                .filter(|db| db.code().code() == "23502")
+                .and_then(|db| {
+                    let column = db.column()?;
+                    meta(table).map(|t| {
+                        let mut columns = t.meta.nan_columns();
+                        columns.retain(|c| *c == column);
+                        columns
+                    })
+                }),
+            _ => None,
+        };
+        match columns {
+            Some(columns) if !columns.is_empty() => SinkError::NanArrivedAsNull {
+                columns: columns.join(", "),
+                error: Box::new(error),
+            },
+            _ => error,
+        }
+    }
+
+    fn check_reply(&mut self, done: InFlight) -> Result<(), SinkError> {
         self.in_flight_bytes -= done.bytes;
         let reply = done.reply.expect("only replied requests are checked");
         match done.op {

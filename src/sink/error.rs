@@ -71,6 +71,33 @@ pub enum SinkError {
     },
 
     #[error(
+        "{table} (change at {}) has numeric or float columns ({columns}) whose NaN, Infinity \
+         and -Infinity the source's wal2json (older than 2.6) sends as null, so the replica \
+         could silently differ; upgrade wal2json on the source to 2.6 or newer and restart \
+         the connector (`tributary connector retry-setup`), or accept that such values \
+         arrive as NULL with `tributary connector update <name> --nan-as-null accept`",
+        at(.lsn)
+    )]
+    NanAsNull {
+        table: String,
+        columns: String,
+        lsn: Option<Lsn>,
+    },
+
+    /// An error whose likely cause is a NaN or ±Infinity that arrived as NULL.
+    #[error(
+        "{error}. Likely cause: column {columns} probably holds NaN, Infinity or -Infinity on \
+         the source, which the source's wal2json (older than 2.6) sends as null, and this \
+         connector accepts that (--nan-as-null accept); upgrade wal2json on the source to 2.6 \
+         or newer, then take a new snapshot with `tributary connector retry-setup \
+         --resnapshot`"
+    )]
+    NanArrivedAsNull {
+        columns: String,
+        error: Box<SinkError>,
+    },
+
+    #[error(
         "refreshing materialized view {view} in the replica (the source refreshed it, change \
          at {}) failed: {}; the replica computes it from its own tables, so an error here \
          names what differs from the source",
@@ -276,9 +303,11 @@ impl SinkError {
             | SinkError::Commit { source, .. } => is_transient(source),
             SinkError::Progress { source, .. } => source.as_ref().is_some_and(is_transient),
             SinkError::Aborted { transient, .. } => *transient,
+            SinkError::NanArrivedAsNull { .. } => false,
             SinkError::Refused { .. }
             | SinkError::MissingTable { .. }
             | SinkError::NotATable { .. }
+            | SinkError::NanAsNull { .. }
             | SinkError::MissingColumn { .. }
             | SinkError::NoRowIdentity { .. }
             | SinkError::RowNotFound { .. }
@@ -306,6 +335,7 @@ impl SinkError {
                 source: ConnectError::Postgres { source, .. },
                 ..
             } => source,
+            SinkError::NanArrivedAsNull { error, .. } => return error.sqlstate(),
             _ => return None,
         };
         source.as_db_error().map(|db| db.code().code())

@@ -54,7 +54,7 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
-use crate::change::{ChangeKind, TableName};
+use crate::change::{ChangeKind, NanPolicy, TableName};
 use crate::pg::{quote_ident, quote_table};
 
 /// `bytea`: wal2json writes it as hex without `\x`.
@@ -144,7 +144,7 @@ pub(crate) struct TableMeta {
     /// the primary key; empty when there is neither.
     key: Vec<u16>,
     /// `relreplident`: d(efault), n(othing), f(ull), i(ndex).
-    replica_identity: char,
+    pub(crate) replica_identity: char,
     pub has_identity_always: bool,
     /// An immediate unique index or exclusion constraint besides the key: a multi-row
     /// UPDATE applies its rows in no particular order and is checked row by row, so a
@@ -340,6 +340,15 @@ impl TableMeta {
 
     /// Whether the source can send UPDATEs and DELETEs of this table (the replica's
     /// definition mirrors the source's): a primary key or identity index, or FULL.
+    /// The columns that may hold NaN or ±Infinity (see [`NanPolicy::affects`]).
+    pub(crate) fn nan_columns(&self) -> Vec<&str> {
+        self.columns
+            .iter()
+            .filter(|c| NanPolicy::affects(c.type_oid))
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
     pub(crate) fn has_usable_identity(&self) -> bool {
         match self.replica_identity {
             'f' => true,

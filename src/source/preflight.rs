@@ -189,6 +189,9 @@ pub struct Report {
     pub tables: Vec<TableIdentity>,
     /// The foreign keys of those tables.
     pub foreign_keys: Vec<ForeignKey>,
+    /// Columns (`schema.table.column (type)`) whose NaN and ±Infinity the source's wal2json
+    /// sends as null (it predates 2.6); empty when it can send them or none is affected.
+    pub nan_as_null_columns: Vec<String>,
 }
 
 /// One table of the selected schemas and its replica identity.
@@ -973,6 +976,15 @@ fn judge(info: &ConnInfo, schemas: &[String], gathered: &Gathered, known: &Known
         })
         .collect();
     report.foreign_keys = server.foreign_keys.clone();
+    if matches!(
+        probe,
+        Probe::Ran {
+            numeric_as_string: Ok(false),
+            ..
+        }
+    ) {
+        report.nan_as_null_columns = server.numeric_columns.clone();
+    }
     report
 }
 
@@ -1227,8 +1239,9 @@ fn judge_probe(server: &Server, probe: &Probe) -> [Check; 2] {
                 plural(server.numeric_columns.len()),
                 server.numeric_columns.join(", ")
             ),
-            "upgrade wal2json on the source to 2.6 or newer, or keep NaN and Infinity out of \
-             these columns",
+            "upgrade wal2json on the source to 2.6 or newer; until then `connector create` \
+             refuses these tables unless the operator accepts NaN and Infinity arriving as \
+             NULL with --nan-as-null accept",
         ),
         Err(error) => Check::warn(
             NUMERIC,
