@@ -260,8 +260,9 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `connector create postgresql <url> --name <name> --schemas <schemas>`, which must
-    /// succeed.
+    /// `connector create postgresql <url> --name <name> --schemas <schemas> --nan-as-null
+    /// accept`, which must succeed. With wal2json before 2.6 (Debian 12's), any numeric or
+    /// float column needs that decision; the tests of the refusal itself are in `nan.rs`.
     pub fn create_connector(&self, url: &str, name: &str, schemas: &str) -> String {
         self.cli_ok(&[
             "connector",
@@ -272,7 +273,32 @@ impl Daemon {
             name,
             "--schemas",
             schemas,
+            "--nan-as-null",
+            "accept",
         ])
+    }
+
+    /// Whether the source's wal2json sends NaN and the infinities as they are (2.6 or
+    /// newer), as `connector preflight` finds out for `schemas`.
+    pub fn wal2json_sends_nan(&self, url: &str, schemas: &str) -> bool {
+        let out = self.cli(&[
+            "connector",
+            "preflight",
+            "postgresql",
+            url,
+            "--schemas",
+            schemas,
+            "--format",
+            "json",
+        ]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let check = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "numeric-data-types-as-string")
+            .unwrap_or_else(|| panic!("no numeric check in {report}"));
+        check["value"].as_str().unwrap().starts_with("supported")
     }
 
     /// `connector list --format json` as JSON values.

@@ -152,7 +152,7 @@ async fn a_float_column_added_later_is_refused_at_its_next_change() {
         &owner,
         "ALTER TABLE ops.jobs ADD COLUMN score real; INSERT INTO ops.jobs VALUES (1, 'a', 'NaN');",
     );
-    if wal2json_sends_nan(&daemon, &url) {
+    if daemon.wal2json_sends_nan(&url, "ops") {
         wait_converged(
             &source,
             "postgres",
@@ -170,27 +170,4 @@ async fn a_float_column_added_later_is_refused_at_its_next_change() {
         error.contains("ops.jobs") && error.contains("score") && error.contains("NaN"),
         "{error}"
     );
-}
-
-/// Whether the source's wal2json sends NaN and the infinities as they are (2.6 or newer),
-/// as preflight finds out.
-fn wal2json_sends_nan(daemon: &Daemon, url: &str) -> bool {
-    let out = daemon.cli(&[
-        "connector",
-        "preflight",
-        "postgresql",
-        url,
-        "--schemas",
-        "ops",
-        "--format",
-        "json",
-    ]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let check = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "numeric-data-types-as-string")
-        .unwrap_or_else(|| panic!("no numeric check in {report}"));
-    check["value"].as_str().unwrap().starts_with("supported")
 }

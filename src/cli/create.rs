@@ -72,14 +72,15 @@ pub enum NanAsNull {
     Refuse,
 }
 
-/// The refusal of a source whose wal2json sends NaN and ±Infinity in `columns` as null.
-pub fn refuse_nan_as_null(columns: &[String], nothing_done: &str) -> Failure {
+/// The refusal of a source whose wal2json sends NaN and ±Infinity in `columns` as null;
+/// `accept` says how to accept it.
+pub fn refuse_nan_as_null(columns: &[String], accept: &str, nothing_done: &str) -> Failure {
     anyhow!(
         "the source's wal2json is older than 2.6: it sends NaN, Infinity and -Infinity in \
          numeric and float columns as null, so these {} column{} could differ silently on the \
          replica: {}. Upgrade wal2json on the source to 2.6 or newer (packaged for PostgreSQL \
          17 and 18 by Debian, or built from source), or accept that such values arrive as \
-         NULL with --nan-as-null accept. {nothing_done}",
+         NULL with {accept}. {nothing_done}",
         columns.len(),
         if columns.len() == 1 { "" } else { "s" },
         columns.join(", ")
@@ -235,6 +236,7 @@ pub async fn run(
     if !nan_as_null && !report.nan_as_null_columns.is_empty() {
         return Err(refuse_nan_as_null(
             &report.nan_as_null_columns,
+            "--nan-as-null accept",
             &format!("Connector {name} not created."),
         ));
     }

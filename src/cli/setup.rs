@@ -98,6 +98,7 @@ pub async fn retry(
         &args.decisions,
         None,
         args.resnapshot,
+        connector.nan_as_null,
     )
     .await?;
     if restarted && args.wait {
@@ -128,8 +129,16 @@ pub async fn update(
     }
     let connector = find(bookkeeping, &args.name).await?;
     let schemas = args.schemas.map(schema_list).transpose()?;
-    // The schemas first: when they cannot change (preflight, decisions, setup running),
-    // nothing does.
+    let nan_as_null = args.nan_as_null.map(|n| n == NanAsNull::Accept);
+    // The decision about NaN first: new schemas are checked against it, and a pipeline
+    // restarted for them must find it recorded.
+    if nan_as_null.is_some() {
+        bookkeeping
+            .update_options(connector.id, None, None, nan_as_null)
+            .await?;
+    }
+    // Then the schemas: when they cannot change (preflight, decisions, setup running),
+    // nothing else does.
     let mut restarted = false;
     if let Some(schemas) = schemas {
         if schemas == connector.schemas {
@@ -146,19 +155,19 @@ pub async fn update(
                 &args.decisions,
                 Some(schemas),
                 false,
+                nan_as_null.unwrap_or(connector.nan_as_null),
             )
             .await?;
         }
     }
     let drop_extensions = args.drop_extensions.as_deref().map(extension_list);
     let include_new_tables = args.include_new_tables.map(|s| s == Switch::On);
-    let nan_as_null = args.nan_as_null.map(|n| n == NanAsNull::Accept);
     bookkeeping
         .update_options(
             connector.id,
             drop_extensions.as_deref(),
             include_new_tables,
-            nan_as_null,
+            None,
         )
         .await?;
     if let Some(accepted) = nan_as_null.filter(|a| *a != connector.nan_as_null) {
@@ -232,6 +241,7 @@ async fn set_up_again(
     decision_args: &DecisionArgs,
     new_schemas: Option<Vec<String>>,
     force_snapshot: bool,
+    nan_as_null: bool,
 ) -> Result<bool, Failure> {
     let name = &connector.name;
     let file = decision_args.read_file()?;
@@ -261,6 +271,13 @@ async fn set_up_again(
         &report,
         &format!("Setup of {name} not restarted."),
     )?;
+    if !nan_as_null && !report.nan_as_null_columns.is_empty() {
+        return Err(super::create::refuse_nan_as_null(
+            &report.nan_as_null_columns,
+            &format!("`tributary connector update {name} --nan-as-null accept`"),
+            &format!("Setup of {name} not restarted."),
+        ));
+    }
 
     let existing = bookkeeping.table_decisions(connector.id).await?;
     let decisions =

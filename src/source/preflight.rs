@@ -94,8 +94,9 @@ const FOREIGN_KEYS: &str = "foreign keys";
 const DUPLICATE: &str = "duplicate source";
 const SLOT_WAL_KEEP: &str = "max_slot_wal_keep_size";
 const SENDER_TIMEOUT: &str = "wal_sender_timeout";
+const LARGE_OBJECTS: &str = "large objects";
 
-const ORDER: [&str; 20] = [
+const ORDER: [&str; 21] = [
     TCP,
     TLS,
     AUTH,
@@ -113,6 +114,7 @@ const ORDER: [&str; 20] = [
     EVENT_TRIGGERS,
     IDENTITY,
     FOREIGN_KEYS,
+    LARGE_OBJECTS,
     DUPLICATE,
     SLOT_WAL_KEEP,
     SENDER_TIMEOUT,
@@ -332,6 +334,8 @@ struct Server {
     max_wal_size_mb: i64,
     /// `wal_sender_timeout` as `SHOW` prints it.
     wal_sender_timeout: String,
+    /// Large objects in the database: logical decoding does not carry them.
+    large_objects: i64,
     /// In the order requested.
     schemas: Vec<Schema>,
     /// Tables (also partitioned and unlogged ones: `pg_dump` locks them, which needs
@@ -581,6 +585,7 @@ async fn read_server(
         slot_wal_keep_mb: i64,
         max_wal_size_mb: i64,
         wal_sender_timeout: String,
+        large_objects: i64,
     }
     // pg_settings gives both sizes in MB whatever unit they were set in. Roles without
     // pg_read_all_stats still see one pg_stat_replication row per WAL sender.
@@ -600,7 +605,8 @@ async fn read_server(
                 pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE'),
                 (SELECT setting FROM pg_catalog.pg_settings WHERE name = 'max_slot_wal_keep_size'),
                 (SELECT setting FROM pg_catalog.pg_settings WHERE name = 'max_wal_size'),
-                pg_catalog.current_setting('wal_sender_timeout')
+                pg_catalog.current_setting('wal_sender_timeout'),
+                (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)
            FROM pg_catalog.pg_roles r
           WHERE r.rolname = current_user",
         |row| {
@@ -622,6 +628,7 @@ async fn read_server(
                 slot_wal_keep_mb: row.number(12)?,
                 max_wal_size_mb: row.number(13)?,
                 wal_sender_timeout: row.text(14)?.to_owned(),
+                large_objects: row.number(15)?,
             })
         },
     )
@@ -817,6 +824,7 @@ async fn read_server(
         slot_wal_keep_mb: settings.slot_wal_keep_mb,
         max_wal_size_mb: settings.max_wal_size_mb,
         wal_sender_timeout: settings.wal_sender_timeout,
+        large_objects: settings.large_objects,
         schemas,
         relations,
         tables,
@@ -963,6 +971,7 @@ fn judge(info: &ConnInfo, schemas: &[String], gathered: &Gathered, known: &Known
     checks.push(judge_event_triggers(server));
     checks.extend(judge_identities(server));
     checks.push(judge_foreign_keys(server, schemas));
+    checks.push(judge_large_objects(server));
     checks.push(judge_duplicate(info, server, probe, known));
     checks.push(judge_slot_wal_keep(server));
     checks.push(judge_sender_timeout(server));
@@ -1250,6 +1259,26 @@ fn judge_probe(server: &Server, probe: &Probe) -> [Check; 2] {
         ),
     };
     [loaded, numeric]
+}
+
+/// Large objects live outside tables, and logical decoding carries none of them: an `oid`
+/// column that refers to one refers to nothing on the replica and its branches.
+fn judge_large_objects(server: &Server) -> Check {
+    match server.large_objects {
+        0 => Check::pass(LARGE_OBJECTS, "none"),
+        n => Check::warn(
+            LARGE_OBJECTS,
+            format!(
+                "{n} large object{} in database {}, not replicated: the replica and its \
+                 branches have none, and a column holding a large object's OID refers to \
+                 nothing there",
+                plural(n as usize),
+                server.database
+            ),
+            "store such content in bytea columns to have it replicated, or accept that \
+             branches lack it (lo_get and lo_open fail there)",
+        ),
+    }
 }
 
 fn judge_leftovers(server: &Server) -> Check {
@@ -1843,6 +1872,7 @@ mod tests {
             slot_wal_keep_mb: 10_240,
             max_wal_size_mb: 1024,
             wal_sender_timeout: "1min".into(),
+            large_objects: 0,
             schemas: vec![Schema {
                 name: "public".into(),
                 exists: true,
@@ -2251,6 +2281,29 @@ mod tests {
             value.contains("public.orders.total (numeric(10,2))"),
             "{value}"
         );
+        assert!(report.passed());
+        assert_eq!(
+            report.nan_as_null_columns,
+            ["public.orders.total (numeric(10,2))"]
+        );
+        let exact = judged(&ready_with(healthy(), true));
+        assert!(exact.nan_as_null_columns.is_empty());
+    }
+
+    #[test]
+    fn large_objects_are_counted_and_said_to_stay_behind() {
+        let report = judged(&ready(healthy()));
+        assert!(matches!(
+            check(&report, LARGE_OBJECTS),
+            Outcome::Pass { .. }
+        ));
+        let mut server = healthy();
+        server.large_objects = 3;
+        let report = judged(&ready(server));
+        let Outcome::Warn { value, .. } = check(&report, LARGE_OBJECTS) else {
+            panic!("{:?}", check(&report, LARGE_OBJECTS))
+        };
+        assert!(value.starts_with("3 large objects"), "{value}");
         assert!(report.passed());
     }
 
