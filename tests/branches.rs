@@ -385,3 +385,43 @@ async fn a_cut_left_half_done_is_cleaned_up_and_done_again() {
     );
     daemon.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_are_said_to_stay_behind_by_preflight_and_each_branch() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    bank(&source);
+    source.psql(
+        "bank",
+        "CREATE TABLE documents (id int PRIMARY KEY, body oid);
+         INSERT INTO documents SELECT g, lo_from_bytea(0, convert_to('page ' || g, 'UTF8')) FROM generate_series(1, 3) g;",
+    );
+    let mut daemon = Daemon::new(&store);
+    let preflight = daemon.cli(&[
+        "connector",
+        "preflight",
+        "postgresql",
+        &source.superuser_url("bank"),
+    ]);
+    let preflight = String::from_utf8_lossy(&preflight.stdout);
+    assert!(
+        preflight.contains("3 large objects in database bank, not replicated"),
+        "{preflight}"
+    );
+    create_connector(&daemon, &source);
+    daemon.start();
+    daemon.wait_for_state("bank", "streaming").await;
+    let out = daemon.cli_ok(&["branch", "create", "docs"]);
+    assert!(
+        out.contains("the source has 3 large objects, which are not replicated"),
+        "{out}"
+    );
+    assert_eq!(
+        store.psql(
+            "docs",
+            "SELECT source_large_objects_missing || ' ' || (SELECT count(*) FROM pg_largeobject_metadata)
+               FROM tributary.branch"
+        ),
+        "3 0"
+    );
+}

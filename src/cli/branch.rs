@@ -104,8 +104,9 @@ pub async fn run(
                 None,
             )
             .await?;
-            finish(bookkeeping, &store, &connector, &name, cut).await?;
+            let missing = finish(bookkeeping, &store, &connector, &name, cut).await?;
             report(&store, &name, &connector, cut, started, args.show_password);
+            report_missing(&missing);
             Ok(())
         }
         BranchCommand::List { format } => list(bookkeeping, &store, format).await,
@@ -167,7 +168,7 @@ pub async fn run(
                 Some(lock),
             )
             .await?;
-            finish(bookkeeping, &store, &connector, &branch.name, cut).await?;
+            let missing = finish(bookkeeping, &store, &connector, &branch.name, cut).await?;
             report(
                 &store,
                 &branch.name,
@@ -176,6 +177,7 @@ pub async fn run(
                 started,
                 show_password,
             );
+            report_missing(&missing);
             Ok(())
         }
     }
@@ -438,15 +440,21 @@ fn being_cut(name: &BranchName) -> Failure {
     .into()
 }
 
+/// What the source has that no branch gets.
+struct Missing {
+    /// Logical decoding carries no large objects.
+    large_objects: i64,
+}
+
 /// Makes a copied branch ready: extensions the connector drops, sequences from the
-/// source, the branch's own record. A failure drops the branch.
+/// source, the branch's own record (with what it lacks). A failure drops the branch.
 async fn finish(
     bookkeeping: &Bookkeeping,
     store: &ConnInfo,
     connector: &Connector,
     name: &BranchName,
     (lsn, _): (Lsn, Duration),
-) -> Result<(), Failure> {
+) -> Result<Missing, Failure> {
     let finished = async {
         let branch = pg::connect(&store.with_dbname(name.as_str())).await?;
         for extension in &connector.drop_extensions {
@@ -459,7 +467,16 @@ async fn finish(
                 .with_context(|| format!("dropping extension {extension}"))?;
         }
         let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
-        set_sequences(&pg::connect(&source).await?, &branch, &connector.schemas).await?;
+        let source = pg::connect(&source).await?;
+        set_sequences(&source, &branch, &connector.schemas).await?;
+        let large_objects: i64 = source
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata",
+                &[],
+            )
+            .await
+            .context("counting the source's large objects")?
+            .get(0);
         let size: i64 = branch
             .query_one(
                 "SELECT pg_catalog.pg_database_size(current_database())",
@@ -473,18 +490,23 @@ async fn finish(
                      name text NOT NULL, connector text NOT NULL, lsn pg_lsn NOT NULL,
                      size_bytes bigint NOT NULL,
                      created_at timestamptz NOT NULL DEFAULT now());
+                 ALTER TABLE tributary.branch
+                     ADD COLUMN IF NOT EXISTS source_large_objects_missing bigint;
+                 COMMENT ON COLUMN tributary.branch.source_large_objects_missing IS
+                     'large objects the source had when the branch was made: not replicated, not here';
                  TRUNCATE tributary.branch;
-                 INSERT INTO tributary.branch (name, connector, lsn, size_bytes)
-                 VALUES ({}, {}, '{lsn}', {size})",
+                 INSERT INTO tributary.branch
+                     (name, connector, lsn, size_bytes, source_large_objects_missing)
+                 VALUES ({}, {}, '{lsn}', {size}, {large_objects})",
                 pg::quote_literal(name.as_str()),
                 pg::quote_literal(connector.name.as_str()),
             ))
             .await
             .context("recording the branch in its own tributary.branch table")?;
-        anyhow::Ok(size)
+        anyhow::Ok((size, Missing { large_objects }))
     };
-    let size = match finished.await {
-        Ok(size) => size,
+    let (size, missing) = match finished.await {
+        Ok(done) => done,
         Err(e) => {
             let _ = sink::drop_database(store, name.as_str(), true).await;
             let _ = bookkeeping.forget_branch(name).await;
@@ -492,7 +514,18 @@ async fn finish(
         }
     };
     bookkeeping.branch_ready(name, size).await?;
-    Ok(())
+    Ok(missing)
+}
+
+fn report_missing(missing: &Missing) {
+    if missing.large_objects > 0 {
+        say!(
+            "  warning: the source has {} large object{}, which are not replicated: the branch \
+             has none (lo_get and lo_open fail on their OIDs)",
+            missing.large_objects,
+            if missing.large_objects == 1 { "" } else { "s" }
+        );
+    }
 }
 
 /// Sets every sequence of `schemas` in the branch to the source's current value, so that
