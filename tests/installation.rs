@@ -16,6 +16,7 @@ CREATE ROLE app_owner LOGIN PASSWORD 'owner pw';
 CREATE ROLE reporting LOGIN PASSWORD 'reporting pw';
 CREATE ROLE repl LOGIN REPLICATION PASSWORD 'repl pw';
 GRANT CREATE ON DATABASE postgres TO app_owner;
+GRANT CREATE ON SCHEMA public TO app_owner;
 GRANT CONNECT, CREATE ON DATABASE postgres TO repl;
 ";
 
@@ -46,6 +47,42 @@ const MIGRATION: &[&str] = &[
     "INSERT INTO app.items SELECT g, g, g % 7 FROM generate_series(1, 20) g",
     "UPDATE app.orders SET note = 'n' || id WHERE id % 3 = 0",
     "DROP FUNCTION app.double(numeric)",
+    // A command of most tags of the event trigger matrix a non-superuser can run.
+    "CREATE TYPE app.mood AS ENUM ('sad', 'ok')",
+    "ALTER TYPE app.mood ADD VALUE 'happy'",
+    "CREATE TYPE app.pair AS (a int, b text)",
+    "CREATE DOMAIN app.positive AS int CHECK (VALUE > 0)",
+    "ALTER DOMAIN app.positive SET DEFAULT 1",
+    "CREATE SEQUENCE app.ticket_seq START 100",
+    "ALTER SEQUENCE app.ticket_seq INCREMENT BY 5",
+    "CREATE TABLE app.tickets (id int PRIMARY KEY DEFAULT nextval('app.ticket_seq'),      mood app.mood, size app.positive, pair app.pair)",
+    "INSERT INTO app.tickets (mood, size, pair) VALUES ('happy', 3, ROW(1, 'x'))",
+    "CREATE VIEW app.big_orders AS SELECT id, amount FROM app.orders WHERE amount > 10",
+    "ALTER VIEW app.big_orders RENAME TO large_orders",
+    "CREATE MATERIALIZED VIEW app.order_count AS SELECT count(*) AS n FROM app.orders",
+    "REFRESH MATERIALIZED VIEW app.order_count",
+    "CREATE FUNCTION app.touch() RETURNS trigger LANGUAGE plpgsql AS      'BEGIN NEW.note := coalesce(NEW.note, ''touched''); RETURN NEW; END'",
+    "CREATE TRIGGER orders_touch BEFORE INSERT ON app.orders FOR EACH ROW      EXECUTE FUNCTION app.touch()",
+    "ALTER TRIGGER orders_touch ON app.orders RENAME TO orders_touched",
+    "CREATE POLICY own_orders ON app.orders USING (amount > 0)",
+    "ALTER POLICY own_orders ON app.orders RENAME TO positive_orders",
+    "CREATE STATISTICS app.orders_stats ON id, amount FROM app.orders",
+    "CREATE TEXT SEARCH CONFIGURATION app.english_copy (COPY = pg_catalog.english)",
+    "CREATE AGGREGATE app.total(numeric) (SFUNC = numeric_add, STYPE = numeric)",
+    "CREATE PROCEDURE app.noop() LANGUAGE sql AS 'SELECT 1'",
+    "ALTER PROCEDURE app.noop() RENAME TO nothing",
+    "CREATE RULE items_keep AS ON DELETE TO app.items WHERE old.qty < 0 DO INSTEAD NOTHING",
+    "COMMENT ON COLUMN app.orders.note IS 'free text'",
+    "ALTER TABLE app.items ADD CONSTRAINT qty_positive CHECK (qty >= 0) NOT VALID",
+    "ALTER TABLE app.items VALIDATE CONSTRAINT qty_positive",
+    "CREATE PUBLICATION app_pub FOR TABLE app.orders",
+    "ALTER PUBLICATION app_pub ADD TABLE app.items",
+    "DROP PUBLICATION app_pub",
+    "INSERT INTO app.orders (id, amount) VALUES (1000, 5)",
+    "DROP RULE items_keep ON app.items",
+    "DROP STATISTICS app.orders_stats",
+    "DROP POLICY positive_orders ON app.orders",
+    "DROP VIEW app.large_orders",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,28 @@ pub(crate) fn definitions(cluster: &Cluster, db: &str, schemas: &[&str]) -> Stri
                  FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
                 WHERE n.nspname IN ({list})
                UNION ALL
+               SELECT format('trigger %s %s %s', tgname, tgenabled, pg_get_triggerdef(g.oid))
+                 FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname IN ({list}) AND NOT tgisinternal
+               UNION ALL
+               SELECT format('policy %I.%I %s %s', schemaname, tablename, policyname, qual)
+                 FROM pg_policies WHERE schemaname IN ({list})
+               UNION ALL
+               SELECT format('rule %I.%I %s', schemaname, tablename, definition)
+                 FROM pg_rules WHERE schemaname IN ({list})
+               UNION ALL
+               SELECT format('matview %I.%I %s', schemaname, matviewname, definition)
+                 FROM pg_matviews WHERE schemaname IN ({list})
+               UNION ALL
+               SELECT format('sequence %I.%I %s %s', schemaname, sequencename, start_value, increment_by)
+                 FROM pg_sequences WHERE schemaname IN ({list})
+               UNION ALL
+               SELECT format('type %I.%I %s', n.nspname, t.typname, t.typtype)
+                 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                WHERE n.nspname IN ({list}) AND t.typtype IN ('c', 'd', 'e')
+                  AND NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind <> 'c')
+               UNION ALL
                SELECT format('enum %s %s', t.typname, string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder))
                  FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid
                  JOIN pg_namespace n ON n.oid = t.typnamespace

@@ -175,7 +175,7 @@ impl DdlTracker {
                 .identity
                 .as_deref()
                 .is_some_and(|identity| ours(&unquote_path(identity).concat())),
-            (None, _) => false,
+            (None, _) => object_table(o).is_some_and(|t| ours(&t.schema)),
         });
         if !relevant {
             tracing::debug!(%tag, "schema change outside the connector's schemas: not replayed");
@@ -271,11 +271,13 @@ fn statement(cursor: &mut Option<(String, usize)>, query: &str, tag: &str) -> Op
     Some(all[found].to_owned())
 }
 
-/// The table an object is or belongs to (a table, one of its columns, an index).
+/// The table an object is or belongs to (a table, one of its columns, an index, a
+/// trigger, policy or rule, which PostgreSQL places in no schema of their own).
 fn object_table(object: &DdlObject) -> Option<TableName> {
     let path = match object.kind.as_str() {
         "table" | "table column" => unquote_path(object.identity.as_deref()?),
         "index" => unquote_path(object.table.as_deref()?),
+        "trigger" | "policy" | "rule" => unquote_path(on_table(object.identity.as_deref()?)?),
         _ => return None,
     };
     match &path[..] {
@@ -285,6 +287,20 @@ fn object_table(object: &DdlObject) -> Option<TableName> {
         }),
         _ => None,
     }
+}
+
+/// The table of an identity `<name> on <schema>.<table>`: what follows the first ` on `
+/// outside double quotes (the name may be quoted and hold ` on ` itself).
+fn on_table(identity: &str) -> Option<&str> {
+    let mut quoted = false;
+    for (i, c) in identity.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted && identity[i..].starts_with(" on ") => return Some(&identity[i + 4..]),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// `"My S".t.col` as its parts, unquoted.
@@ -586,5 +602,42 @@ mod tests {
     #[test]
     fn quoted_paths_unquote() {
         assert_eq!(unquote_path("\"My S\".\"a\"\"b\".c"), ["My S", "a\"b", "c"]);
+    }
+
+    #[test]
+    fn triggers_policies_and_rules_belong_to_their_table() {
+        for (kind, identity, table) in [
+            ("policy", "own on app.orders", Some(("app", "orders"))),
+            (
+                "trigger",
+                "\"t on x\" on \"My S\".\"a b\"",
+                Some(("My S", "a b")),
+            ),
+            ("rule", "r on public.t", Some(("public", "t"))),
+            ("rule", "no table here", None),
+            ("function", "app.f()", None),
+        ] {
+            let found = object_table(&object(kind, None, identity));
+            let expected = table.map(|(schema, name)| TableName {
+                schema: schema.into(),
+                name: name.into(),
+            });
+            assert_eq!(found, expected, "{kind} {identity}");
+        }
+        let mut t = tracker();
+        let policy = vec![object("policy", None, "own on public.t")];
+        let create = command(
+            "CREATE POLICY",
+            "create policy own on t using (true)",
+            policy,
+        );
+        assert!(t.on_message(create, None).unwrap().is_some());
+        let elsewhere = vec![object("policy", None, "own on audit.t")];
+        let create = command(
+            "CREATE POLICY",
+            "create policy own on audit.t using (true)",
+            elsewhere,
+        );
+        assert!(t.on_message(create, None).unwrap().is_none());
     }
 }

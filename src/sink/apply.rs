@@ -123,6 +123,16 @@ pub struct ReplicaColumn {
     pub generated: bool,
 }
 
+/// What a change's relation is on the replica.
+enum Relation {
+    Table(usize),
+    /// Its rows are the replica's to compute.
+    MaterializedView,
+    /// Not (yet) there: `CREATE MATERIALIZED VIEW` writes its rows before the command's
+    /// capture message creates it on the replica.
+    Missing,
+}
+
 /// A change whose columns do not match its replica table (a schema change on the source
 /// that was not replayed): it names a column the table lacks, or it is an INSERT without
 /// one of the table's stored columns. Nothing of it was applied.
@@ -157,6 +167,10 @@ pub struct ReplicaSink {
     materialized_views: HashSet<TableName>,
     /// The materialized view refreshed for the run of changes being applied.
     refreshed: Option<TableName>,
+    /// Relations missing on the replica that changes of the open target transaction were
+    /// for, with the first change's LSN: placed when a replayed command creates them as a
+    /// materialized view (which computes those rows), else the transaction fails.
+    unplaced: Vec<(TableName, Option<Lsn>)>,
     nan: NanPolicy,
     state: TxState,
     /// What the progress row held when this transaction locked it; set once that reply is
@@ -442,6 +456,7 @@ impl ReplicaSink {
             truncate: None,
             materialized_views: HashSet::new(),
             refreshed: None,
+            unplaced: Vec::new(),
             nan: NanPolicy::Exact,
             state: TxState::Idle,
             locked_progress: None,
@@ -608,6 +623,7 @@ impl ReplicaSink {
             lsn,
             source,
         })?;
+        self.place_unplaced().await?;
         self.client
             .batch_execute(&restore)
             .await
@@ -646,6 +662,35 @@ impl ReplicaSink {
             left = failed.into_iter().map(|(view, _)| view).collect();
         }
         Ok(())
+    }
+
+    /// Forgets the unplaced changes of relations that are materialized views now: the
+    /// command that created them computed their rows.
+    async fn place_unplaced(&mut self) -> Result<(), SinkError> {
+        let mut left = Vec::new();
+        for (table, lsn) in std::mem::take(&mut self.unplaced) {
+            match self.relation(&table, lsn).await? {
+                Relation::MaterializedView => {}
+                Relation::Table(_) | Relation::Missing => left.push((table, lsn)),
+            }
+        }
+        self.unplaced = left;
+        Ok(())
+    }
+
+    /// The error for changes that found no relation by the end of their transaction.
+    async fn check_placed(&mut self) -> Result<(), SinkError> {
+        let Some((table, lsn)) = self.unplaced.first().cloned() else {
+            return Ok(());
+        };
+        self.drain().await?;
+        Err(match self.relation(&table, lsn).await? {
+            Relation::Missing => self.missing(&table, lsn),
+            _ => SinkError::Unplaced {
+                table: display_name(&table),
+                lsn,
+            },
+        })
     }
 
     /// Of `tables`, those the replica has (in the open transaction) without a primary key
@@ -817,6 +862,7 @@ impl ReplicaSink {
         self.buffered_bytes = 0;
         self.truncate = None;
         self.refreshed = None;
+        self.unplaced.clear();
         self.locked_progress = None;
     }
 
@@ -838,8 +884,17 @@ impl ReplicaSink {
         }
         self.flush_truncate().await?;
 
-        let Some(table) = self.relation(&change.table, change.lsn).await? else {
-            return self.refresh(&change.table, change.lsn).await.map(|()| None);
+        let table = match self.relation(&change.table, change.lsn).await? {
+            Relation::Table(table) => table,
+            Relation::MaterializedView => {
+                return self.refresh(&change.table, change.lsn).await.map(|()| None);
+            }
+            Relation::Missing => {
+                if !self.unplaced.iter().any(|(t, _)| *t == change.table) {
+                    self.unplaced.push((change.table, change.lsn));
+                }
+                return Ok(None);
+            }
         };
         self.refreshed = None;
         let Some(shape) = self.shape(table, &change).await? else {
@@ -942,6 +997,7 @@ impl ReplicaSink {
     /// Sends whatever is buffered, checks every reply, records `end_lsn` and commits.
     /// `strict`: refuse (rather than skip) an empty transaction that does not advance.
     async fn commit_at(&mut self, end_lsn: Lsn, strict: bool) -> Result<(), SinkError> {
+        self.check_placed().await?;
         self.begin().await?;
         self.flush_truncate().await?;
         self.flush_batches().await?;
@@ -1039,33 +1095,42 @@ impl ReplicaSink {
     /// The index of the table in `self.tables`, loading its metadata on first use.
     async fn table(&mut self, name: &TableName, lsn: Option<Lsn>) -> Result<usize, SinkError> {
         match self.relation(name, lsn).await? {
-            Some(index) => Ok(index),
-            None => Err(SinkError::NotATable {
+            Relation::Table(index) => Ok(index),
+            Relation::MaterializedView => Err(SinkError::NotATable {
                 table: display_name(name),
                 what: "materialized view",
                 lsn,
                 database: self.database.clone(),
             }),
+            Relation::Missing => Err(self.missing(name, lsn)),
         }
     }
 
-    /// Like [`ReplicaSink::table`], `None` for a materialized view.
+    fn missing(&self, name: &TableName, lsn: Option<Lsn>) -> SinkError {
+        SinkError::MissingTable {
+            table: display_name(name),
+            lsn,
+            database: self.database.clone(),
+        }
+    }
+
+    /// What the change's relation is, loading a table's metadata on first use.
     async fn relation(
         &mut self,
         name: &TableName,
         lsn: Option<Lsn>,
-    ) -> Result<Option<usize>, SinkError> {
+    ) -> Result<Relation, SinkError> {
         if let Some(index) = self.last_table {
             if self.tables[index].name == *name {
-                return Ok(Some(index));
+                return Ok(Relation::Table(index));
             }
         }
         if let Some(&index) = self.table_index.get(name) {
             self.last_table = Some(index);
-            return Ok(Some(index));
+            return Ok(Relation::Table(index));
         }
         if self.materialized_views.contains(name) {
-            return Ok(None);
+            return Ok(Relation::MaterializedView);
         }
         // tokio-postgres stops reading the socket while an earlier reply waits unread, so a
         // new request must not be awaited with replies in flight.
@@ -1081,15 +1146,9 @@ impl ReplicaSink {
             Ok(meta) => meta,
             Err(LoadError::MaterializedView) => {
                 self.materialized_views.insert(name.clone());
-                return Ok(None);
+                return Ok(Relation::MaterializedView);
             }
-            Err(LoadError::Missing) => {
-                return Err(SinkError::MissingTable {
-                    table: display_name(name),
-                    lsn,
-                    database: self.database.clone(),
-                })
-            }
+            Err(LoadError::Missing) => return Ok(Relation::Missing),
             Err(LoadError::NotATable(what)) => {
                 return Err(SinkError::NotATable {
                     table: display_name(name),
@@ -1113,7 +1172,7 @@ impl ReplicaSink {
         });
         self.table_index.insert(name.clone(), index);
         self.last_table = Some(index);
-        Ok(Some(index))
+        Ok(Relation::Table(index))
     }
 
     /// A change to a materialized view: the source refreshed it (`CONCURRENTLY` writes its

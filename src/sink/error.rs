@@ -84,6 +84,15 @@ pub enum SinkError {
         lsn: Option<Lsn>,
     },
 
+    #[error(
+        "rows of {table} arrived (change at {}) before the command that created it, which \
+         did not create it as a materialized view (CREATE TABLE AS or SELECT INTO?): they \
+         cannot be placed; take a new snapshot with `tributary connector retry-setup \
+         --resnapshot`",
+        at(.lsn)
+    )]
+    Unplaced { table: String, lsn: Option<Lsn> },
+
     /// An error whose likely cause is a NaN or ±Infinity that arrived as NULL.
     #[error(
         "{error}. Likely cause: column {columns} probably holds NaN, Infinity or -Infinity on \
@@ -308,6 +317,7 @@ impl SinkError {
             | SinkError::MissingTable { .. }
             | SinkError::NotATable { .. }
             | SinkError::NanAsNull { .. }
+            | SinkError::Unplaced { .. }
             | SinkError::MissingColumn { .. }
             | SinkError::NoRowIdentity { .. }
             | SinkError::RowNotFound { .. }
