@@ -164,7 +164,10 @@ async fn connectors_are_created_listed_found_and_deleted() {
     assert_eq!(sales.schemas, schemas(&["public", "billing"]));
     assert!(sales.enabled);
     assert_eq!(sales.state, PipelineState::Pending);
-    assert_eq!(sales.slot_name, name("sales").slot_name(sales.id));
+    assert_eq!(
+        sales.slot_name,
+        name("sales").slot_name(bookkeeping.installation(), sales.id)
+    );
     assert_eq!(sales.replica_database, "sales_replica");
     assert_eq!(
         (sales.last_error.as_ref(), sales.next_step.as_ref()),

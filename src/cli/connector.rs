@@ -18,8 +18,8 @@ use crate::pipeline::PipelineState;
 use crate::settings::Settings;
 use crate::sink;
 use crate::source::capture::{self, CaptureStatus};
-use crate::source::slot::{self, SlotInfo, WalStatus};
-use crate::types::ConnectorName;
+use crate::source::slot::{self, NotOurs, Ownership, SlotInfo, WalStatus};
+use crate::types::{ConnectorName, Lsn};
 
 /// How long `connector delete` waits for a running daemon to let go of the slot.
 const SLOT_RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -440,8 +440,19 @@ async fn delete(
         }
         say!("! {e:#}; deleting anyway (--force)");
     }
-    let slot_dropped = match drop_slot(&source, connector, force).await {
-        Ok(()) => true,
+    let applied = sink::replica_applied_lsn(&settings.store(), &connector.replica_database)
+        .await
+        .context("reading the replica's applied position (to tell whether the slot is ours)")?;
+    let slot_dropped = match drop_slot(bookkeeping, &source, connector, applied, force).await {
+        Ok(None) => true,
+        Ok(Some(not_ours)) => {
+            say!(
+                "! kept replication slot {slot_name} on the source: it is not this \
+                 installation's ({not_ours}). If no other tributary installation or client \
+                 uses it, drop it there, since it retains WAL: `{drop_sql}`"
+            );
+            false
+        }
         Err(e) if force => {
             say!(
                 "! could not drop replication slot {slot_name} on the source ({e:#}). It keeps \
@@ -597,8 +608,17 @@ async fn wait_stopped(bookkeeping: &Bookkeeping, connector: &Connector) -> anyho
 }
 
 /// Drops the slot once nothing streams from it (ending the session that does at once
-/// with `force`, else waiting up to [`SLOT_RELEASE_TIMEOUT`]), then checks it is gone.
-async fn drop_slot(source: &ConnInfo, connector: &Connector, force: bool) -> anyhow::Result<()> {
+/// with `force`, else waiting up to [`SLOT_RELEASE_TIMEOUT`]), then checks it is gone;
+/// returns why instead when the slot is not this installation's to drop (see
+/// `source::slot::ownership`; `applied` is the replica's applied position). A session
+/// streaming from a legacy-named slot is never ended: it may be another installation's.
+async fn drop_slot(
+    bookkeeping: &Bookkeeping,
+    source: &ConnInfo,
+    connector: &Connector,
+    applied: Option<Lsn>,
+    force: bool,
+) -> anyhow::Result<Option<NotOurs>> {
     let slot_name = &connector.slot_name;
     let client = tokio::time::timeout(SOURCE_TIMEOUT, pg::connect(source))
         .await
@@ -606,7 +626,19 @@ async fn drop_slot(source: &ConnInfo, connector: &Connector, force: bool) -> any
     let deadline = tokio::time::Instant::now() + SLOT_RELEASE_TIMEOUT;
     loop {
         let Some(info) = slot::inspect(&client, slot_name).await? else {
-            return Ok(()); // never created, or dropped already
+            return Ok(None); // never created, or dropped already
+        };
+        let ownership = slot::ownership(
+            bookkeeping.installation(),
+            slot_name,
+            connector.slot_created,
+            info.confirmed_flush,
+            applied,
+        );
+        let ours = match ownership {
+            Ownership::NotOurs(why) => return Ok(Some(why)),
+            Ownership::Ours => true,
+            Ownership::Legacy => false,
         };
         match info.active_pid {
             None => {
@@ -624,10 +656,10 @@ async fn drop_slot(source: &ConnInfo, connector: &Connector, force: bool) -> any
                     Ok(_) => {}
                 }
                 if slot::inspect(&client, slot_name).await?.is_none() {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
-            Some(pid) if force => {
+            Some(pid) if force && ours => {
                 client
                     .execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
                     .await
@@ -636,6 +668,7 @@ async fn drop_slot(source: &ConnInfo, connector: &Connector, force: bool) -> any
                     })?;
                 say!("! ended the source session {pid} that streamed from {slot_name} (--force)");
             }
+            Some(pid) if force => return Ok(Some(NotOurs::LegacyInUse(pid))),
             Some(pid) if tokio::time::Instant::now() >= deadline => {
                 anyhow::bail!(
                     "replication slot {slot_name} is still in use by source session {pid} after \
