@@ -178,6 +178,68 @@ pub fn ownership(
     }
 }
 
+/// A tributary connector's slot in a source database that no connector of this
+/// installation uses: it retains WAL for someone else, or for no one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stranger {
+    pub name: String,
+    pub active: bool,
+    pub whose: Whose,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Whose {
+    /// Another installation (branch store) replicating the same database.
+    Installation(InstallationId),
+    /// An installation from before installation ids: another one, or this one's connector
+    /// of an older version that was deleted without its slot.
+    Legacy,
+    /// This installation's, of a connector that no longer exists.
+    Gone,
+}
+
+impl fmt::Display for Stranger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whose = match &self.whose {
+            Whose::Installation(id) => format!("installation {id}"),
+            Whose::Legacy => "a tributary from before installation ids".to_owned(),
+            Whose::Gone => "a deleted connector of this installation".to_owned(),
+        };
+        let state = if self.active { "streaming" } else { "inactive" };
+        write!(f, "{} ({whose}, {state})", self.name)
+    }
+}
+
+/// The persistent slots of a source database (`(name, active)`) that are tributary
+/// connectors' slots but none of `ours`, this installation's (`installation`: `None` when
+/// its bookkeeping predates installation ids). Probes' temporary slots are not connectors'.
+pub fn strangers<'a>(
+    installation: Option<&InstallationId>,
+    ours: &[SlotName],
+    slots: impl IntoIterator<Item = (&'a str, bool)>,
+) -> Vec<Stranger> {
+    slots
+        .into_iter()
+        .filter_map(|(name, active)| {
+            let slot = SlotName::new(name).ok()?;
+            if ours.contains(&slot) {
+                return None;
+            }
+            let whose = match slot.owner() {
+                SlotOwner::Installation(id) if Some(&id) == installation => Whose::Gone,
+                SlotOwner::Installation(id) => Whose::Installation(id),
+                SlotOwner::Legacy => Whose::Legacy,
+                SlotOwner::Other => return None,
+            };
+            Some(Stranger {
+                name: name.to_owned(),
+                active,
+                whose,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +274,41 @@ mod tests {
                 "{slot} created={created} confirmed={confirmed:?} applied={applied:?}"
             );
         }
+    }
+
+    #[test]
+    fn strangers_are_other_connectors_slots_named_with_their_installation() {
+        let ours = InstallationId::new("k3x9qa7b").unwrap();
+        let mine = [
+            SlotName::new("tributary_k3x9qa7b_1_app").unwrap(),
+            SlotName::new("tributary_3_old").unwrap(),
+        ];
+        let slots = [
+            ("tributary_k3x9qa7b_1_app", true),
+            ("tributary_3_old", true),
+            ("tributary_k3x9qa7b_2_gone", false),
+            ("tributary_zz00aa11_1_app", true),
+            ("tributary_1_app", false),
+            ("tributary_preflight_1_2", true),
+            ("debezium", true),
+            ("Not A Slot Name", false),
+        ];
+        let found = strangers(Some(&ours), &mine, slots);
+        let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "tributary_k3x9qa7b_2_gone (a deleted connector of this installation, inactive)",
+                "tributary_zz00aa11_1_app (installation zz00aa11, streaming)",
+                "tributary_1_app (a tributary from before installation ids, inactive)",
+            ]
+        );
+        // A bookkeeping from before installation ids knows no slot of its own by name.
+        let found = strangers(None, &[], [("tributary_k3x9qa7b_1_app", true)]);
+        assert_eq!(
+            found[0].whose,
+            Whose::Installation(ours.clone()),
+            "{found:?}"
+        );
     }
 }
