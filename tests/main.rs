@@ -13,6 +13,7 @@ mod connect;
 mod create;
 mod faults;
 mod identifiers;
+mod installations;
 mod large_transaction;
 mod leases;
 mod lifecycle;
