@@ -129,3 +129,70 @@ async fn two_installations_on_one_source_keep_their_own_slots() {
     staging.terminate();
     production.terminate();
 }
+
+/// A connector whose slot is named as before installation ids (`tributary_<id>_<name>`):
+/// it keeps streaming from it without a new snapshot; once the slot is ahead of its
+/// replica (moved by someone else: another installation's connector of the same name and
+/// id), it is not used, and `delete` keeps it, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_slot_name_keeps_streaming_and_is_left_alone_once_someone_else_moved_it() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    source.psql("postgres", SOURCE);
+    let mut daemon = Daemon::new(&store);
+    daemon.create_connector(&source.superuser_url("postgres"), "app", "app");
+    daemon.start();
+    daemon.wait_for_state("app", "streaming").await;
+    daemon.terminate();
+    // As an older version named it: same slot (a copy at the same position), legacy name.
+    let slot = format!("tributary_{}_1_app", installation(&store));
+    source.psql(
+        "postgres",
+        &format!(
+            "SELECT pg_copy_logical_replication_slot('{slot}', 'tributary_1_app');
+             SELECT pg_drop_replication_slot('{slot}');"
+        ),
+    );
+    store.psql(
+        "postgres",
+        "UPDATE tributary.connectors SET slot_name = 'tributary_1_app'",
+    );
+
+    for round in 1..=10 {
+        write(&source, round);
+    }
+    daemon.start();
+    wait_converged(
+        &source,
+        "postgres",
+        &store,
+        "app_replica",
+        &["app"],
+        &daemon,
+    )
+    .await;
+    assert_eq!(slots(&source), ["tributary_1_app true"]);
+    let snapshots = "SELECT count(*) FROM tributary.state_history WHERE to_state = 'snapshotting'";
+    assert_eq!(store.psql("postgres", snapshots), "1");
+
+    // Someone else confirms changes the replica does not have.
+    daemon.terminate();
+    write(&source, 11);
+    source.psql(
+        "postgres",
+        "SELECT pg_replication_slot_advance('tributary_1_app', pg_current_wal_lsn())",
+    );
+    daemon.start();
+    daemon.wait_for_state("app", "failed").await;
+    let failed = daemon.connector("app").to_string();
+    assert!(failed.contains("not this installation's"), "{failed}");
+    assert_eq!(slots(&source), ["tributary_1_app false"]);
+
+    let deleted = daemon.cli_ok(&["connector", "delete", "app"]);
+    assert!(
+        deleted.contains("kept replication slot tributary_1_app"),
+        "{deleted}"
+    );
+    assert_eq!(slots(&source), ["tributary_1_app false"]);
+    daemon.terminate();
+}

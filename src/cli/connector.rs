@@ -555,7 +555,9 @@ async fn report_capture(source: &ConnInfo) {
 
 /// After the connector's slot is gone: removes the source's capture objects unless another
 /// tributary slot remains in that database (another connector, perhaps of another
-/// bookkeeping, still needs them). Best effort: what is left is said.
+/// installation, still needs them: every installation's slot names, legacy ones too,
+/// start with `tributary_`; so do probes', which only makes this more careful). Best
+/// effort: what is left is said.
 async fn remove_capture(source: &ConnInfo) {
     const OTHERS: &str = "SELECT count(*) FROM pg_catalog.pg_replication_slots \
         WHERE database = current_database() AND slot_name LIKE 'tributary\\_%'";

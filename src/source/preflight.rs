@@ -4,7 +4,8 @@
 //! Preflight changes nothing and stores nothing. It reads settings and the catalog over one
 //! plain SQL session, proves that wal2json loads by creating and dropping a uniquely named
 //! *temporary* logical slot over a replication connection, and compares the source's
-//! identity with the connectors the branch store already knows. A temporary slot belongs to
+//! identity with the connectors the branch store already knows, and the database's
+//! tributary slots with this installation's (other installations' are reported). A temporary slot belongs to
 //! its session: the server drops it when the session ends, however it ends (an error,
 //! Ctrl-C, a killed process), so the probe cannot leave behind a slot that retains WAL.
 //! Persistent slots with a probe's name prefix can only come from older tools or from
