@@ -326,7 +326,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
             start_over(ctx, found.as_ref(), why, (&source, &store, &replica), &mut repl).await?
         }
         (Some(_), Some(Found { ownership: Ownership::NotOurs(why), .. })) => {
-            return Err(slot::not_ours(&connector.slot_name, why))
+            return Err(slot::not_ours(connector, why))
         }
         (Some(applied), Some(found)) if !found.lost() => {
             found.wait_for_holder(&connector.slot_name)?;
@@ -543,7 +543,7 @@ async fn start_over(
              installation uses {current}, drop it on the source (SELECT \
              pg_drop_replication_slot('{current}');), since it retains WAL"
         ),
-        Err(not_ours) => return Err(slot::not_ours(current, &not_ours)),
+        Err(not_ours) => return Err(slot::not_ours(connector, &not_ours)),
     }
     bk.set_state(connector.id, ctx.lease, PipelineState::Snapshotting, None)
         .await?;

@@ -15,7 +15,7 @@ use crate::pg::{self, PgClient};
 use crate::pipeline::PipelineError;
 use crate::source::catalog::CatalogError;
 use crate::source::slot::{self, NotOurs, Ownership, SlotInfo, WalStatus};
-use crate::types::{InstallationId, Lsn, SlotName};
+use crate::types::{InstallationId, Lsn, SlotName, SlotOwner};
 
 /// How long a terminated walsender may take to let go of the slot.
 const SLOT_RELEASE: Duration = Duration::from_secs(10);
@@ -87,9 +87,7 @@ pub(super) enum Leftover {
 /// this installation, else (a legacy name) the name a connector created now gets.
 pub(super) fn new_slot_name(installation: &InstallationId, connector: &Connector) -> SlotName {
     match connector.slot_name.owner() {
-        crate::types::SlotOwner::Installation(owner) if owner == *installation => {
-            connector.slot_name.clone()
-        }
+        SlotOwner::Installation(owner) if owner == *installation => connector.slot_name.clone(),
         _ => connector.name.slot_name(installation, connector.id),
     }
 }
@@ -119,14 +117,30 @@ pub(super) fn leftover(
 }
 
 /// The error for a slot the connector's bookkeeping names that is not this installation's.
-pub(super) fn not_ours(slot: &SlotName, why: &NotOurs) -> PipelineError {
+pub(super) fn not_ours(connector: &Connector, why: &NotOurs) -> PipelineError {
+    let slot = &connector.slot_name;
+    let resnapshot = format!(
+        "tributary connector retry-setup {} --resnapshot",
+        connector.name
+    );
+    // A legacy name is left for a name of this installation at the next snapshot.
+    let next_step = if connector.slot_name.owner() == SlotOwner::Legacy {
+        format!(
+            "run `{resnapshot}`: the connector takes a new snapshot under a slot named for this \
+             installation, and {slot} is left to whoever uses it (pg_stat_replication on the \
+             source shows who; if nothing does, drop it there, since it retains WAL: SELECT \
+             pg_drop_replication_slot('{slot}');)"
+        )
+    } else {
+        format!(
+            "find out who uses it (pg_replication_slots, pg_stat_replication on the source); if \
+             nothing needs it, drop it there (SELECT pg_drop_replication_slot('{slot}');), then \
+             run `{resnapshot}`"
+        )
+    };
     PipelineError::definite(
         format!("replication slot {slot} on the source is not this installation's: {why}; it is left alone"),
-        format!(
-            "find out who uses it (pg_replication_slots, pg_stat_replication on the source); \
-             if nothing needs it, drop it there (SELECT pg_drop_replication_slot('{slot}');) \
-             and run `tributary connector retry-setup <connector> --resnapshot`"
-        ),
+        next_step,
     )
 }
 
