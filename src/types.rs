@@ -1,4 +1,4 @@
-//! Small value types that carry meaning across layers: `Lsn`, `SlotName`.
+//! Small value types that carry meaning across layers: `Lsn`, `SlotName`, `InstallationId`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -54,6 +54,9 @@ impl FromStr for Lsn {
     }
 }
 
+/// PostgreSQL's limit on a slot name (NAMEDATALEN - 1).
+const SLOT_NAME_MAX: usize = 63;
+
 /// The name of a replication slot: 1 to 63 characters of `a-z`, `0-9` and `_`.
 ///
 /// PostgreSQL enforces the same rule; checking it here means a slot name can be put in a
@@ -70,7 +73,7 @@ pub struct InvalidSlotName(String);
 impl SlotName {
     pub fn new(name: impl Into<String>) -> Result<SlotName, InvalidSlotName> {
         let name = name.into();
-        let ok = (1..=63).contains(&name.len())
+        let ok = (1..=SLOT_NAME_MAX).contains(&name.len())
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
@@ -84,9 +87,88 @@ impl SlotName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whose slot the name says this is (see [`SlotOwner`]).
+    pub fn owner(&self) -> SlotOwner {
+        let Some(rest) = self.0.strip_prefix("tributary_") else {
+            return SlotOwner::Other;
+        };
+        let Some((head, tail)) = rest.split_once('_') else {
+            return SlotOwner::Other;
+        };
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        // An installation id starts with a letter and a connector id is digits, so the
+        // two forms cannot be mistaken for each other (nor for the probes' names).
+        if digits(head) {
+            return if tail.starts_with(|c: char| c.is_ascii_lowercase()) {
+                SlotOwner::Legacy
+            } else {
+                SlotOwner::Other
+            };
+        }
+        match (InstallationId::new(head), tail.split_once('_')) {
+            (Ok(installation), Some((id, name))) if digits(id) && !name.is_empty() => {
+                SlotOwner::Installation(installation)
+            }
+            _ => SlotOwner::Other,
+        }
+    }
+}
+
+/// What a slot's name says about who made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotOwner {
+    /// A connector's slot of this tributary installation (branch store bookkeeping).
+    Installation(InstallationId),
+    /// `tributary_<id>_<name>`: a connector's slot named before names carried the
+    /// installation, so any installation's connector `<name>` with id `<id>` may own it.
+    Legacy,
+    /// Not a connector's slot: another client's, or one of tributary's short-lived probes.
+    Other,
 }
 
 impl fmt::Display for SlotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One tributary installation: a bookkeeping schema (a branch store's control database),
+/// whichever daemons share it. Drawn at random when the schema is first created
+/// (`migrations/0008_installation.sql`), and part of the slot names of its connectors, so
+/// that installations replicating one source never take each other's slots.
+///
+/// 8 characters: a lower-case letter, then letters and digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstallationId(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid installation id {0:?}: expected a lower-case letter and 7 lower-case letters or digits"
+)]
+pub struct InvalidInstallationId(String);
+
+impl InstallationId {
+    pub fn new(id: impl Into<String>) -> Result<InstallationId, InvalidInstallationId> {
+        let id = id.into();
+        let ok = id.len() == 8
+            && id.starts_with(|c: char| c.is_ascii_lowercase())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if ok {
+            Ok(InstallationId(id))
+        } else {
+            Err(InvalidInstallationId(id))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstallationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -147,11 +229,15 @@ impl ConnectorName {
         &self.0
     }
 
-    /// The connector's replication slot on the source. It carries the connector's id, so
-    /// a connector created again under an old name never resumes the old one's slot.
-    pub fn slot_name(&self, id: ConnectorId) -> SlotName {
-        SlotName::new(format!("tributary_{}_{}", id.0, self.0))
-            .expect("connector names make valid slot names")
+    /// The replication slot of a connector created now: `tributary_<installation>_<id>_<name>`.
+    /// The installation keeps two branch stores replicating one source from sharing (and
+    /// stealing) a slot; the id keeps a connector created again under an old name from
+    /// resuming the old one's slot. Both come before the name, which is cut at 63 bytes:
+    /// it is there for people reading `pg_replication_slots`.
+    pub fn slot_name(&self, installation: &InstallationId, id: ConnectorId) -> SlotName {
+        let mut name = format!("tributary_{installation}_{id}_{}", self.0);
+        name.truncate(SLOT_NAME_MAX);
+        SlotName::new(name).expect("installation ids and connector names make valid slot names")
     }
 
     /// The connector's replica database on the branch store.
@@ -278,8 +364,17 @@ mod tests {
     #[test]
     fn connector_names_derive_valid_slot_and_database_names() {
         let name = ConnectorName::new("a".repeat(32)).unwrap();
-        let slot = name.slot_name(ConnectorId(i64::MAX));
-        assert!(slot.as_str().len() <= 63, "{slot}");
+        let installation = InstallationId::new("k3x9qa7b").unwrap();
+        let slot = name.slot_name(&installation, ConnectorId(i64::MAX));
+        assert_eq!(slot.as_str().len(), 63, "{slot}");
+        assert_eq!(slot.owner(), SlotOwner::Installation(installation.clone()));
+        assert_eq!(
+            ConnectorName::new("app")
+                .unwrap()
+                .slot_name(&installation, ConnectorId(7))
+                .as_str(),
+            "tributary_k3x9qa7b_7_app"
+        );
         assert_eq!(
             ConnectorName::new("orders").unwrap().replica_database(),
             "orders_replica"
@@ -289,6 +384,41 @@ mod tests {
                 ConnectorName::new(bad).is_err(),
                 "{bad:?} should be rejected"
             );
+        }
+    }
+
+    #[test]
+    fn slot_names_say_which_installation_made_them() {
+        let ours = || SlotOwner::Installation(InstallationId::new("k3x9qa7b").unwrap());
+        for (name, owner) in [
+            ("tributary_k3x9qa7b_1_app", ours()),
+            ("tributary_k3x9qa7b_12_app_x", ours()),
+            ("tributary_k3x9qa7b_12_1", ours()),
+            ("tributary_1_app", SlotOwner::Legacy),
+            ("tributary_42_app_2", SlotOwner::Legacy),
+            ("tributary_preflight_1_2", SlotOwner::Other),
+            ("tributary_probe_8_8", SlotOwner::Other),
+            ("tributary_tail_8_8", SlotOwner::Other),
+            ("tributary_k3x9qa7b_app", SlotOwner::Other),
+            ("tributary_k3x9qa7b_1_", SlotOwner::Other),
+            ("tributary_12345678_1_app", SlotOwner::Other),
+            ("tributary_1_2_app", SlotOwner::Other),
+            ("tributary_1", SlotOwner::Other),
+            ("tributary_", SlotOwner::Other),
+            ("debezium", SlotOwner::Other),
+            ("tributary", SlotOwner::Other),
+        ] {
+            assert_eq!(SlotName::new(name).unwrap().owner(), owner, "{name}");
+        }
+        for bad in [
+            "",
+            "1abcdefg",
+            "abcdefg",
+            "abcdefghi",
+            "Abcdefgh",
+            "abcd_fgh",
+        ] {
+            assert!(InstallationId::new(bad).is_err(), "{bad:?}");
         }
     }
 

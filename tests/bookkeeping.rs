@@ -102,8 +102,8 @@ async fn migrations_create_the_schema_and_are_idempotent() {
     );
     assert_eq!(
         tables,
-        "_sqlx_migrations,apply_lag,branches,connector_tables,connectors,daemons,lease_history,\
-         leases,state_history,table_decisions"
+        "_sqlx_migrations,apply_lag,branches,connector_tables,connectors,daemons,installation,\
+         lease_history,leases,state_history,table_decisions"
     );
     // sqlx's own table sits in our schema, not in public.
     assert_eq!(
@@ -119,6 +119,12 @@ async fn migrations_create_the_schema_and_are_idempotent() {
         .create_connector(&name("orders"), SOURCE_URL, &schemas(&["public"]))
         .await
         .unwrap();
+    // The installation id is drawn once, at the first migration.
+    let installation = bookkeeping.installation().clone();
+    assert_eq!(
+        store.sql("SELECT id FROM tributary.installation"),
+        installation.as_str()
+    );
     drop(bookkeeping);
     let again = store.open().await;
     Bookkeeping::migrate(&store.info).await.unwrap();
@@ -127,6 +133,7 @@ async fn migrations_create_the_schema_and_are_idempotent() {
         applied
     );
     assert_eq!(again.connectors().await.unwrap().len(), 1);
+    assert_eq!(again.installation(), &installation);
 }
 
 #[tokio::test]
@@ -164,7 +171,10 @@ async fn connectors_are_created_listed_found_and_deleted() {
     assert_eq!(sales.schemas, schemas(&["public", "billing"]));
     assert!(sales.enabled);
     assert_eq!(sales.state, PipelineState::Pending);
-    assert_eq!(sales.slot_name, name("sales").slot_name(sales.id));
+    assert_eq!(
+        sales.slot_name,
+        name("sales").slot_name(bookkeeping.installation(), sales.id)
+    );
     assert_eq!(sales.replica_database, "sales_replica");
     assert_eq!(
         (sales.last_error.as_ref(), sales.next_step.as_ref()),

@@ -257,7 +257,7 @@ async fn a_full_branch_store_disk_fails_the_connector_and_it_resumes_once_space_
     );
     let confirmed = source.psql(
         "postgres",
-        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'tributary_1_shop'",
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name LIKE 'tributary_%_1_shop'",
     );
     let behind = store.psql(
         "shop_replica",
@@ -334,7 +334,7 @@ async fn a_slot_held_back_goes_extended_unreserved_lost_and_retry_setup_rebuilds
     let slot_status = || {
         source.psql(
             "postgres",
-            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'tributary_1_shop'",
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name LIKE 'tributary_%_1_shop'",
         )
     };
     let mut n = 100_000;

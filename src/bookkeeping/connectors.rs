@@ -30,6 +30,9 @@ pub struct Connector {
     pub schemas: Vec<String>,
     pub enabled: bool,
     pub slot_name: SlotName,
+    /// Whether this installation may have created the slot (it is set before the pipeline
+    /// creates it): a slot by that name that exists while this is false is someone else's.
+    pub slot_created: bool,
     pub replica_database: String,
     pub state: PipelineState,
     /// With `Failed` (or a transient error being retried): what went wrong…
@@ -199,8 +202,9 @@ pub struct StateChange {
 /// The columns of [`ConnectorRow`]. Timestamps are read as whole microseconds since the
 /// epoch (exact, and needs no sqlx feature for chrono).
 const CONNECTOR_COLUMNS: &str = "id, name, source_display, schemas, enabled, slot_name, \
-     replica_database, state, last_error, next_step, system_id, timeline, source_database, \
-     resnapshot_requested, active, drop_extensions, include_new_tables, nan_as_null, \
+     slot_created, replica_database, state, last_error, next_step, system_id, timeline, \
+     source_database, resnapshot_requested, active, drop_extensions, include_new_tables, \
+     nan_as_null, \
      (extract(epoch FROM created_at) * 1000000)::int8 AS created_us, \
      (extract(epoch FROM updated_at) * 1000000)::int8 AS updated_us";
 
@@ -212,6 +216,7 @@ struct ConnectorRow {
     schemas: Vec<String>,
     enabled: bool,
     slot_name: String,
+    slot_created: bool,
     replica_database: String,
     state: String,
     last_error: Option<String>,
@@ -240,6 +245,7 @@ impl TryFrom<ConnectorRow> for Connector {
             schemas: row.schemas,
             enabled: row.enabled,
             slot_name: SlotName::new(row.slot_name).map_err(|e| corrupt(e.to_string()))?,
+            slot_created: row.slot_created,
             replica_database: row.replica_database,
             state: parse_state(&row.state)?,
             last_error: row.last_error,
@@ -287,7 +293,7 @@ impl Bookkeeping {
         ConnInfo::parse(source_url)?;
         let ciphertext = self.cipher.seal(source_url.as_bytes(), SOURCE_URL_AAD);
         let mut tx = self.pool.begin().await?;
-        // The id first: the slot name carries it.
+        // The id first: the slot name carries it (and this installation's id).
         let id: i64 = sqlx::query_scalar(
             "SELECT nextval(pg_get_serial_sequence('tributary.connectors', 'id'))",
         )
@@ -308,7 +314,7 @@ impl Bookkeeping {
         .bind(ciphertext)
         .bind(mask_password(source_url))
         .bind(schemas)
-        .bind(name.slot_name(id).as_str())
+        .bind(name.slot_name(self.installation(), id).as_str())
         .bind(name.replica_database())
         .bind(nan_as_null)
         .fetch_one(&mut *tx)
@@ -676,6 +682,29 @@ impl Bookkeeping {
         .execute(&self.pool)
         .await?;
         found(updated.rows_affected(), id)
+    }
+
+    /// Records, before the pipeline creates it, that this installation may have created
+    /// the connector's slot, now named `slot` (a connector with a legacy slot name moves to
+    /// one carrying the installation when it needs a new slot). Under the lease, like
+    /// [`Bookkeeping::set_state`].
+    pub async fn prepare_slot(
+        &self,
+        id: ConnectorId,
+        lease: FencingToken,
+        slot: &SlotName,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        hold_lease(&mut tx, id, lease).await?;
+        sqlx::query(
+            "UPDATE tributary.connectors SET slot_name = $2, slot_created = true WHERE id = $1",
+        )
+        .bind(id.0)
+        .bind(slot.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Replaces the connector's table rows with `tables`, for a new snapshot: each

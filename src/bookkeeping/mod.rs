@@ -2,9 +2,11 @@
 //! database named in `store.url`): what the daemon knows about its connectors.
 //!
 //! ```text
+//! tributary.installation      one row: this installation's random id (in new slot names)
 //! tributary.connectors        one row per connector: name, encrypted source URL, schemas,
-//!    │                        enabled, slot and replica names, state + last error + next
-//!    │                        step, source identity            ── trigger: NOTIFY tributary_connectors
+//!    │                        enabled, slot (and whether we created it) and replica names,
+//!    │                        state + last error + next step, source identity
+//!    │                                                         ── trigger: NOTIFY tributary_connectors
 //!    ├─ connector_tables      per table of the current snapshot: decision, sync state, counters
 //!    ├─ table_decisions       tables without a usable replica identity: exclude, add_pk or
 //!    │                        replica_identity_full, as decided at `connector create`

@@ -12,6 +12,7 @@ use super::Error;
 use crate::pg::conninfo::{Host, RootCert};
 use crate::pg::{ConnInfo, SslMode};
 use crate::settings::SecretsSettings;
+use crate::types::InstallationId;
 
 /// The channel on which every insert, update and delete of a connector row is announced,
 /// with the connector's id as payload (a trigger does it, whoever changes the row).
@@ -36,6 +37,7 @@ const SCHEMA_LOCK_ID: i64 = i64::from_be_bytes(*b"tributar");
 pub struct Bookkeeping {
     pub(super) pool: PgPool,
     pub(super) cipher: Cipher,
+    installation: InstallationId,
     /// `host:port` of the store, for messages.
     target: String,
 }
@@ -44,6 +46,7 @@ impl fmt::Debug for Bookkeeping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bookkeeping")
             .field("store", &self.target)
+            .field("installation", &self.installation)
             .field("key", &self.cipher.source().to_string())
             .finish_non_exhaustive()
     }
@@ -59,12 +62,31 @@ impl Bookkeeping {
         Bookkeeping::migrate(store).await?;
         let cipher = Cipher::load(secrets, default_key_file)?;
         let pool = open_pool(store, POOL_MAX_CONNECTIONS).await?;
-        tracing::debug!(store = %store, key = %cipher.source(), "bookkeeping opened");
+        let installation = read_installation(&pool)
+            .await?
+            .ok_or_else(|| Error::Corrupt("tributary.installation has no row".to_owned()))?;
+        tracing::debug!(store = %store, key = %cipher.source(), %installation, "bookkeeping opened");
         Ok(Bookkeeping {
             pool,
             cipher,
+            installation,
             target: store.target(),
         })
+    }
+
+    /// This installation: the bookkeeping's id, part of its connectors' slot names.
+    pub fn installation(&self) -> &InstallationId {
+        &self.installation
+    }
+
+    /// The installation of the bookkeeping on `store`, read without migrating it (for
+    /// `connector preflight`); `None` when its schema predates installations, or does not
+    /// exist yet.
+    pub async fn peek_installation(store: &ConnInfo) -> Result<Option<InstallationId>, Error> {
+        let session = open_pool(store, 1).await?;
+        let installation = read_installation(&session).await;
+        session.close().await;
+        installation
     }
 
     /// Runs migrations only (for `tributary migrate`); no key needed.
@@ -224,4 +246,20 @@ async fn create_schema(session: &PgPool) -> Result<(), Error> {
         .map_err(as_migration)?;
     tx.commit().await?;
     Ok(())
+}
+
+/// The installation's id, `None` when its table does not exist (yet).
+async fn read_installation(pool: &PgPool) -> Result<Option<InstallationId>, Error> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT pg_catalog.to_regclass('tributary.installation') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let id: Option<String> = sqlx::query_scalar("SELECT id FROM tributary.installation")
+        .fetch_optional(pool)
+        .await?;
+    id.map(|id| InstallationId::new(id).map_err(|e| Error::Corrupt(e.to_string())))
+        .transpose()
 }

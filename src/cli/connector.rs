@@ -18,8 +18,8 @@ use crate::pipeline::PipelineState;
 use crate::settings::Settings;
 use crate::sink;
 use crate::source::capture::{self, CaptureStatus};
-use crate::source::slot::{self, SlotInfo, WalStatus};
-use crate::types::ConnectorName;
+use crate::source::slot::{self, NotOurs, Ownership, SlotInfo, WalStatus};
+use crate::types::{ConnectorName, Lsn};
 
 /// How long `connector delete` waits for a running daemon to let go of the slot.
 const SLOT_RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -451,8 +451,19 @@ async fn delete(
         }
         say!("! {e:#}; deleting anyway (--force)");
     }
-    let slot_dropped = match drop_slot(&source, connector, force).await {
-        Ok(()) => true,
+    let applied = sink::replica_applied_lsn(&settings.store(), &connector.replica_database)
+        .await
+        .context("reading the replica's applied position (to tell whether the slot is ours)")?;
+    let slot_dropped = match drop_slot(bookkeeping, &source, connector, applied, force).await {
+        Ok(None) => true,
+        Ok(Some(not_ours)) => {
+            say!(
+                "! kept replication slot {slot_name} on the source: it is not this \
+                 installation's ({not_ours}). If no other tributary installation or client \
+                 uses it, drop it there, since it retains WAL: `{drop_sql}`"
+            );
+            false
+        }
         Err(e) if force => {
             say!(
                 "! could not drop replication slot {slot_name} on the source ({e:#}). It keeps \
@@ -555,7 +566,9 @@ async fn report_capture(source: &ConnInfo) {
 
 /// After the connector's slot is gone: removes the source's capture objects unless another
 /// tributary slot remains in that database (another connector, perhaps of another
-/// bookkeeping, still needs them). Best effort: what is left is said.
+/// installation, still needs them: every installation's slot names, legacy ones too,
+/// start with `tributary_`; so do probes', which only makes this more careful). Best
+/// effort: what is left is said.
 async fn remove_capture(source: &ConnInfo) {
     const OTHERS: &str = "SELECT count(*) FROM pg_catalog.pg_replication_slots \
         WHERE database = current_database() AND slot_name LIKE 'tributary\\_%'";
@@ -608,8 +621,17 @@ async fn wait_stopped(bookkeeping: &Bookkeeping, connector: &Connector) -> anyho
 }
 
 /// Drops the slot once nothing streams from it (ending the session that does at once
-/// with `force`, else waiting up to [`SLOT_RELEASE_TIMEOUT`]), then checks it is gone.
-async fn drop_slot(source: &ConnInfo, connector: &Connector, force: bool) -> anyhow::Result<()> {
+/// with `force`, else waiting up to [`SLOT_RELEASE_TIMEOUT`]), then checks it is gone;
+/// returns why instead when the slot is not this installation's to drop (see
+/// `source::slot::ownership`; `applied` is the replica's applied position). A session
+/// streaming from a legacy-named slot is never ended: it may be another installation's.
+async fn drop_slot(
+    bookkeeping: &Bookkeeping,
+    source: &ConnInfo,
+    connector: &Connector,
+    applied: Option<Lsn>,
+    force: bool,
+) -> anyhow::Result<Option<NotOurs>> {
     let slot_name = &connector.slot_name;
     let client = tokio::time::timeout(SOURCE_TIMEOUT, pg::connect(source))
         .await
@@ -617,7 +639,19 @@ async fn drop_slot(source: &ConnInfo, connector: &Connector, force: bool) -> any
     let deadline = tokio::time::Instant::now() + SLOT_RELEASE_TIMEOUT;
     loop {
         let Some(info) = slot::inspect(&client, slot_name).await? else {
-            return Ok(()); // never created, or dropped already
+            return Ok(None); // never created, or dropped already
+        };
+        let ownership = slot::ownership(
+            bookkeeping.installation(),
+            slot_name,
+            connector.slot_created,
+            info.confirmed_flush,
+            applied,
+        );
+        let ours = match ownership {
+            Ownership::NotOurs(why) => return Ok(Some(why)),
+            Ownership::Ours => true,
+            Ownership::Legacy => false,
         };
         match info.active_pid {
             None => {
@@ -635,10 +669,10 @@ async fn drop_slot(source: &ConnInfo, connector: &Connector, force: bool) -> any
                     Ok(_) => {}
                 }
                 if slot::inspect(&client, slot_name).await?.is_none() {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
-            Some(pid) if force => {
+            Some(pid) if force && ours => {
                 client
                     .execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
                     .await
@@ -647,6 +681,7 @@ async fn drop_slot(source: &ConnInfo, connector: &Connector, force: bool) -> any
                     })?;
                 say!("! ended the source session {pid} that streamed from {slot_name} (--force)");
             }
+            Some(pid) if force => return Ok(Some(NotOurs::LegacyInUse(pid))),
             Some(pid) if tokio::time::Instant::now() >= deadline => {
                 anyhow::bail!(
                     "replication slot {slot_name} is still in use by source session {pid} after \

@@ -26,13 +26,13 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::connector::{schema_list, SourceKind};
-use super::preflight::{known_source, require_passed};
+use super::preflight::{known, require_passed};
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, TableDecision};
 use crate::change::TableName;
 use crate::pg::ConnInfo;
 use crate::source::preflight::{
-    self, describe_foreign_keys, replica_identity_full_sql, KnownSources, TableIdentity,
+    self, describe_foreign_keys, replica_identity_full_sql, TableIdentity,
 };
 use crate::types::ConnectorName;
 
@@ -220,7 +220,7 @@ pub async fn run(
     }
 
     let connectors = bookkeeping.connectors().await?;
-    let known = KnownSources::Known(connectors.iter().map(known_source).collect());
+    let known = known(Some(bookkeeping.installation()), &connectors, None);
     let report = preflight::run(&info, &schemas, &known).await;
     require_passed(
         &info,

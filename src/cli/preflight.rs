@@ -18,6 +18,7 @@ use crate::settings::Settings;
 use crate::source::preflight::{
     self, Check, KnownSource, KnownSources, Outcome, Report, SourceIdentity,
 };
+use crate::types::{ConnectorId, InstallationId};
 
 /// Check names longer than this push their value further right instead of widening the
 /// whole column.
@@ -68,15 +69,36 @@ async fn known_sources(config: Option<&Path>) -> Result<KnownSources, Failure> {
             )))
         }
     };
-    Ok(
-        match Bookkeeping::peek_connectors(&settings.store()).await {
-            Ok(connectors) => KnownSources::Known(connectors.iter().map(known_source).collect()),
-            Err(e) => KnownSources::Unavailable(format!("the branch store could not be read: {e}")),
-        },
-    )
+    let store = settings.store();
+    let read = async {
+        let installation = Bookkeeping::peek_installation(&store).await?;
+        let connectors = Bookkeeping::peek_connectors(&store).await?;
+        Ok::<_, crate::bookkeeping::Error>(known(installation.as_ref(), &connectors, None))
+    };
+    Ok(read.await.unwrap_or_else(|e| {
+        KnownSources::Unavailable(format!("the branch store could not be read: {e}"))
+    }))
 }
 
-pub(super) fn known_source(connector: &Connector) -> KnownSource {
+/// What preflight compares the source with: `connectors` of `installation`, all but
+/// `setting_up` (the one set up again, which is no duplicate of itself) as known sources.
+pub(super) fn known(
+    installation: Option<&InstallationId>,
+    connectors: &[Connector],
+    setting_up: Option<ConnectorId>,
+) -> KnownSources {
+    KnownSources::Known {
+        installation: installation.cloned(),
+        slots: connectors.iter().map(|c| c.slot_name.clone()).collect(),
+        connectors: connectors
+            .iter()
+            .filter(|c| Some(c.id) != setting_up)
+            .map(known_source)
+            .collect(),
+    }
+}
+
+fn known_source(connector: &Connector) -> KnownSource {
     let identity = connector
         .system_id
         .clone()

@@ -23,7 +23,7 @@ use clap::{Args, ValueEnum};
 
 use super::connector::{find, schema_list};
 use super::create::{DecisionArgs, NanAsNull};
-use super::preflight::{known_source, require_passed};
+use super::preflight::{known, require_passed};
 use super::Failure;
 use crate::bookkeeping::{
     Bookkeeping, Connector, SetupChange, SetupRequest, TableDecision, TableSyncState,
@@ -34,7 +34,7 @@ use crate::pipeline::PipelineState;
 use crate::settings::Settings;
 use crate::sink;
 use crate::source::catalog::ReplicaIdentity;
-use crate::source::preflight::{self, KnownSources};
+use crate::source::preflight;
 use crate::source::slot::{self, WalStatus};
 
 #[derive(Debug, Args)]
@@ -257,14 +257,13 @@ async fn set_up_again(
 
     let info = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
     let schemas = new_schemas.unwrap_or_else(|| connector.schemas.clone());
-    let others = bookkeeping
-        .connectors()
-        .await?
-        .iter()
-        .filter(|c| c.id != connector.id)
-        .map(known_source)
-        .collect();
-    let report = preflight::run(&info, &schemas, &KnownSources::Known(others)).await;
+    let connectors = bookkeeping.connectors().await?;
+    let known = known(
+        Some(bookkeeping.installation()),
+        &connectors,
+        Some(connector.id),
+    );
+    let report = preflight::run(&info, &schemas, &known).await;
     require_passed(
         &info,
         &schemas,

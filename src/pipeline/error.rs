@@ -8,6 +8,7 @@ use crate::sink::SinkError;
 use crate::source;
 use crate::source::catalog::CatalogError;
 use crate::source::wal2json::DecodeError;
+use crate::types::SlotName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -25,6 +26,14 @@ pub enum PipelineError {
     Snapshot(#[from] SnapshotError),
     #[error("bookkeeping: {0}")]
     Bookkeeping(#[from] bookkeeping::Error),
+    /// Another session streams from a slot whose name predates installation ids: it may be
+    /// another installation's daemon, so it is waited for, never ended.
+    #[error(
+        "replication slot {slot} is in use by source session {pid}, which may be another \
+         tributary installation's (the slot's name predates installation ids): waiting for it \
+         to end instead of ending it"
+    )]
+    SlotBusy { slot: SlotName, pid: i32 },
     /// A condition only the operator can resolve.
     #[error("{error}")]
     Definite { error: String, next_step: String },
@@ -77,7 +86,7 @@ impl PipelineError {
             PipelineError::Decode(_) => false,
             PipelineError::Sink(e) => e.is_transient(),
             PipelineError::Snapshot(e) => e.is_transient(),
-            PipelineError::Bookkeeping(_) => true,
+            PipelineError::Bookkeeping(_) | PipelineError::SlotBusy { .. } => true,
             PipelineError::Definite { .. } | PipelineError::LeaseLost => false,
             PipelineError::StreamEnded
             | PipelineError::GraceExpired
@@ -100,6 +109,12 @@ impl PipelineError {
     pub fn failure(&self) -> Failure {
         let next_step = match self {
             PipelineError::Definite { next_step, .. } => next_step.clone(),
+            PipelineError::SlotBusy { pid, .. } => format!(
+                "nothing, if it is a previous daemon of this installation (it lets go within \
+                 wal_sender_timeout); if it is another installation's, both use this slot: \
+                 run `tributary connector retry-setup <connector> --resnapshot` here to move \
+                 this connector to a slot of its own (session {pid} is left alone)"
+            ),
             _ if self.is_transient() => {
                 "nothing: tributary retries by itself; check connectivity if this persists".into()
             }

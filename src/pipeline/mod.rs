@@ -5,6 +5,7 @@ mod ddl;
 mod drift;
 mod error;
 pub mod runner;
+mod slot;
 pub mod snapshot;
 pub mod state;
 pub mod stream;

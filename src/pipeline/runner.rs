@@ -8,7 +8,8 @@
 //!      ├─ replica has an applied LSN, slot missing or lost ───► failed: re-snapshot needed
 //!      └─ no applied LSN (never snapshotted, or a snapshot was interrupted)
 //!             ▼
-//!  snapshotting: drop our slot and replica if left over, new slot with exported snapshot,
+//!  snapshotting: drop our slot (never another installation's: `slot.rs`) and replica if
+//!      left over, new slot with exported snapshot,
 //!      pre-data schema, parallel COPY, post-data schema, record the consistent point
 //!             ▼
 //!  streaming (pipeline/stream.rs) until shutdown or error
@@ -30,14 +31,14 @@ use crate::metrics::METRICS;
 use crate::pg::{self, ConnInfo, PgClient};
 use crate::pipeline::ddl::DdlTracker;
 use crate::pipeline::drift::{catalog_session, Reconciler};
+use crate::pipeline::slot::{self, Found, Leftover};
 use crate::pipeline::snapshot::{self, Section, SnapshotJob};
 use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
 use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::sink::{self, ReplicaSink};
 use crate::source::capture::{self, CaptureKey, CaptureStatus};
-use crate::source::catalog::CatalogError;
-use crate::source::slot::{self, SlotInfo, WalStatus};
+use crate::source::slot::Ownership;
 use crate::source::wal2json::PluginOptions;
 use crate::source::{catalog, replication, ReplicationClient, ReplicationStream, SnapshotAction};
 use crate::types::{FencingToken, Lsn, SlotName};
@@ -318,18 +319,23 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     let applied = sink::claim_replica(&store, &replica.dbname, ctx.lease).await?;
     let source_sql = pg::connect(&source).await?;
     let capture_key = prepare_capture(&source_sql, connector).await?;
-    take_over_slot(&source_sql, &connector.slot_name).await?;
-    let slot = slot_status(&source_sql, &connector.slot_name).await?;
+    let found = slot::inspect(&source_sql, bk.installation(), connector, applied).await?;
     drop(source_sql);
 
-    let applied = match (applied, slot) {
+    let (applied, slot) = match (applied, &found) {
         // `connector retry-setup` asked for a new snapshot.
-        (_, slot) if connector.resnapshot_requested => {
-            let dropping = (slot != SlotStatus::Missing).then_some("for a new snapshot");
-            start_over(ctx, dropping, (&source, &store, &replica), &mut repl).await?
+        (_, found) if connector.resnapshot_requested => {
+            let why = "for a new snapshot";
+            start_over(ctx, found.as_ref(), why, (&source, &store, &replica), &mut repl).await?
         }
-        (Some(applied), SlotStatus::Healthy) => applied,
-        (Some(applied), SlotStatus::Missing) => {
+        (Some(_), Some(Found { ownership: Ownership::NotOurs(why), .. })) => {
+            return Err(slot::not_ours(connector, why))
+        }
+        (Some(applied), Some(found)) if !found.lost() => {
+            found.wait_for_holder(&connector.slot_name)?;
+            (applied, connector.slot_name.clone())
+        }
+        (Some(applied), None) => {
             return Err(PipelineError::definite(
                 format!(
                     "replication slot {} is missing on the source; changes after {applied} cannot be streamed",
@@ -338,7 +344,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
                 retry_setup(connector),
             ))
         }
-        (Some(applied), SlotStatus::Lost) => {
+        (Some(applied), Some(_)) => {
             return Err(PipelineError::definite(
                 format!(
                     "replication slot {} was invalidated by the source (wal_status = lost): WAL after {applied} was removed",
@@ -350,7 +356,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
                 ),
             ))
         }
-        (None, slot) => {
+        (None, found) => {
             // A connector whose last snapshot completed must find its replica: a missing one
             // means the store is not the one it used (store.url changed?) or the replica was
             // dropped. Starting over would drop a slot that may still be needed.
@@ -377,8 +383,8 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
             }
             // A slot left over from an interrupted snapshot of this connector is never
             // reused.
-            let dropping = (slot != SlotStatus::Missing).then_some("of an interrupted snapshot");
-            start_over(ctx, dropping, (&source, &store, &replica), &mut repl).await?
+            let why = "of an interrupted snapshot";
+            start_over(ctx, found.as_ref(), why, (&source, &store, &replica), &mut repl).await?
         }
     };
 
@@ -390,7 +396,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
             ..PluginOptions::default()
         })
     };
-    let slot = &connector.slot_name;
+    let slot = &slot;
     let stream = match repl
         .start_replication(slot, applied, plugin(true), status_interval)
         .await
@@ -420,7 +426,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         wal_sender_timeout
     };
     stream.set_silence_limit(silence * (1 + ctx.failures.min(7)));
-    check_not_skipped(&pg::connect(&source).await?, connector, applied).await?;
+    check_not_skipped(&pg::connect(&source).await?, connector, slot, applied).await?;
     bk.set_state(connector.id, ctx.lease, PipelineState::Streaming, None)
         .await?;
     tracing::info!(from = %applied, capturing = capture_key.is_some(), "streaming");
@@ -475,68 +481,6 @@ async fn prepare_capture(
     Ok(None)
 }
 
-/// How long a terminated walsender may take to let go of the slot.
-const SLOT_RELEASE: Duration = Duration::from_secs(10);
-
-/// Ends the session streaming from the connector's slot, if any: this daemon holds the
-/// connector's lease, so that session belongs to a previous owner that is paused or cut
-/// off (the source would keep it until `wal_sender_timeout`), and the slot cannot be
-/// used or dropped while it is active. The previous owner cannot commit anything anyway:
-/// the replica is fenced against its token.
-async fn take_over_slot(source: &PgClient, slot: &SlotName) -> Result<(), PipelineError> {
-    let Some(pid) = read_slot(source, slot)
-        .await?
-        .and_then(|info| info.active_pid)
-    else {
-        return Ok(());
-    };
-    tracing::warn!(%slot, pid, "the slot is in use by another session (a previous owner of this connector): terminating it");
-    if let Err(e) = source
-        .execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
-        .await
-    {
-        // Another role's session: the slot stays busy, and START_REPLICATION says so.
-        tracing::warn!(%slot, pid, "could not terminate it: {}", pg::error_message(&e));
-        return Ok(());
-    }
-    let deadline = tokio::time::Instant::now() + SLOT_RELEASE;
-    while read_slot(source, slot)
-        .await?
-        .is_some_and(|info| info.active_pid.is_some())
-    {
-        if tokio::time::Instant::now() > deadline {
-            // The server's "slot is active" error at START_REPLICATION says the rest.
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotStatus {
-    Missing,
-    Healthy,
-    Lost,
-}
-
-async fn slot_status(source: &PgClient, slot: &SlotName) -> Result<SlotStatus, PipelineError> {
-    Ok(match read_slot(source, slot).await? {
-        None => SlotStatus::Missing,
-        Some(info) if info.wal_status == WalStatus::Lost => SlotStatus::Lost,
-        Some(_) => SlotStatus::Healthy,
-    })
-}
-
-async fn read_slot(source: &PgClient, slot: &SlotName) -> Result<Option<SlotInfo>, CatalogError> {
-    slot::inspect(source, slot)
-        .await
-        .map_err(|source| CatalogError::Query {
-            what: "the replication slot",
-            source,
-        })
-}
-
 /// The next step when only a new snapshot helps.
 fn retry_setup(connector: &Connector) -> String {
     format!(
@@ -550,10 +494,10 @@ fn retry_setup(connector: &Connector) -> String {
 async fn check_not_skipped(
     source: &PgClient,
     connector: &Connector,
+    slot: &SlotName,
     applied: Lsn,
 ) -> Result<(), PipelineError> {
-    let slot = &connector.slot_name;
-    match read_slot(source, slot)
+    match slot::read_slot(source, slot)
         .await?
         .and_then(|info| info.confirmed_flush)
     {
@@ -571,33 +515,54 @@ async fn check_not_skipped(
     }
 }
 
-/// Drops the connector's slot (when `dropping` says why) and takes a new snapshot. The
-/// lease is checked first: a daemon that lost it while setting up must not drop what its
-/// successor already uses.
+/// Takes a new snapshot under a new slot, dropping the slot `found` under the connector's
+/// name when it is ours (`why` says what it was left from), keeping it when it is not
+/// and the new slot has another name (see `slot::leftover`); returns the consistent point
+/// and the new slot. The lease is checked first: a daemon that lost it while setting up
+/// must not drop what its successor already uses.
 async fn start_over(
     ctx: &PipelineContext,
-    dropping: Option<&str>,
+    found: Option<&Found>,
+    why: &str,
     (source, store, replica): (&ConnInfo, &ConnInfo, &ConnInfo),
     repl: &mut ReplicationClient,
-) -> Result<Lsn, PipelineError> {
+) -> Result<(Lsn, SlotName), PipelineError> {
     let connector = &ctx.connector;
-    if !ctx.bookkeeping.holds_lease(connector.id, ctx.lease).await? {
+    let bk = &ctx.bookkeeping;
+    if !bk.holds_lease(connector.id, ctx.lease).await? {
         return Err(PipelineError::LeaseLost);
     }
-    if let Some(why) = dropping {
-        tracing::info!(slot = %connector.slot_name, "dropping the slot {why}");
-        repl.drop_slot(&connector.slot_name, false).await?;
+    let current = &connector.slot_name;
+    let new = slot::new_slot_name(bk.installation(), connector);
+    match slot::leftover(current, &new, found) {
+        Ok(Leftover::None) => {}
+        Ok(Leftover::Drop) => {
+            tracing::info!(slot = %current, "dropping the slot {why}");
+            repl.drop_slot(current, false).await?;
+        }
+        Ok(Leftover::Keep(not_ours)) => tracing::warn!(
+            slot = %current,
+            new = %new,
+            "keeping replication slot {current} on the source, which may not be this \
+             installation's ({not_ours}): the new snapshot uses slot {new}; if no other \
+             installation uses {current}, drop it on the source (SELECT \
+             pg_drop_replication_slot('{current}');), since it retains WAL"
+        ),
+        Err(not_ours) => return Err(slot::not_ours(connector, &not_ours)),
     }
-    ctx.bookkeeping
-        .set_state(connector.id, ctx.lease, PipelineState::Snapshotting, None)
+    bk.set_state(connector.id, ctx.lease, PipelineState::Snapshotting, None)
         .await?;
-    snapshot(ctx, source, store, replica, repl).await
+    // Recorded before it exists: a crash right after creating it must find it ours.
+    bk.prepare_slot(connector.id, ctx.lease, &new).await?;
+    let consistent_point = snapshot(ctx, &new, source, store, replica, repl).await?;
+    Ok((consistent_point, new))
 }
 
 /// A complete snapshot into a fresh replica; returns the consistent point, now recorded as
 /// the replica's applied LSN.
 async fn snapshot(
     ctx: &PipelineContext,
+    slot: &SlotName,
     source: &ConnInfo,
     store: &ConnInfo,
     replica: &ConnInfo,
@@ -612,7 +577,7 @@ async fn snapshot(
     sink::prepare_replica(store, &replica.dbname, ctx.lease).await?;
 
     let created = repl
-        .create_slot(&connector.slot_name, false, SnapshotAction::Export)
+        .create_slot(slot, false, SnapshotAction::Export)
         .await?;
     let snapshot_name = created.snapshot_name.ok_or_else(|| {
         PipelineError::definite(

@@ -4,7 +4,8 @@
 //! Preflight changes nothing and stores nothing. It reads settings and the catalog over one
 //! plain SQL session, proves that wal2json loads by creating and dropping a uniquely named
 //! *temporary* logical slot over a replication connection, and compares the source's
-//! identity with the connectors the branch store already knows. A temporary slot belongs to
+//! identity with the connectors the branch store already knows, and the database's
+//! tributary slots with this installation's (other installations' are reported). A temporary slot belongs to
 //! its session: the server drops it when the session ends, however it ends (an error,
 //! Ctrl-C, a killed process), so the probe cannot leave behind a slot that retains WAL.
 //! Persistent slots with a probe's name prefix can only come from older tools or from
@@ -31,7 +32,8 @@ use super::wire::{self, Connection, Encryption, TransportError};
 use crate::change::TableName;
 use crate::pg::{quote_ident, quote_literal, quote_table, ConnInfo, SslMode};
 use crate::source::capture::{self, CaptureStatus, CAPTURE_VERSION};
-use crate::types::SlotName;
+use crate::source::slot;
+use crate::types::{InstallationId, SlotName};
 
 /// Oldest supported source: the queries below and the replication commands assume it.
 const MIN_SERVER_VERSION: u32 = 130_000;
@@ -92,11 +94,12 @@ const EVENT_TRIGGERS: &str = "event triggers";
 const IDENTITY: &str = "replica identity";
 const FOREIGN_KEYS: &str = "foreign keys";
 const DUPLICATE: &str = "duplicate source";
+const INSTALLATIONS: &str = "other installations";
 const SLOT_WAL_KEEP: &str = "max_slot_wal_keep_size";
 const SENDER_TIMEOUT: &str = "wal_sender_timeout";
 const LARGE_OBJECTS: &str = "large objects";
 
-const ORDER: [&str; 21] = [
+const ORDER: [&str; 22] = [
     TCP,
     TLS,
     AUTH,
@@ -116,6 +119,7 @@ const ORDER: [&str; 21] = [
     FOREIGN_KEYS,
     LARGE_OBJECTS,
     DUPLICATE,
+    INSTALLATIONS,
     SLOT_WAL_KEEP,
     SENDER_TIMEOUT,
 ];
@@ -247,12 +251,20 @@ pub fn replica_identity_full_sql(table: &TableName) -> String {
     format!("ALTER TABLE {} REPLICA IDENTITY FULL;", quote_table(table))
 }
 
-/// The connectors the branch store already has, for the duplicate-source check.
+/// What the branch store knows, for the duplicate-source and other-installations checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KnownSources {
-    /// They could not be looked up; the reason is shown on the skipped check.
+    /// They could not be looked up; the reason is shown on the skipped checks.
     Unavailable(String),
-    Known(Vec<KnownSource>),
+    Known {
+        /// This installation; `None` when its bookkeeping predates installation ids or
+        /// does not exist yet.
+        installation: Option<InstallationId>,
+        /// The slots of this installation's connectors (the one being set up again too).
+        slots: Vec<SlotName>,
+        /// The other connectors.
+        connectors: Vec<KnownSource>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,6 +365,8 @@ struct Slot {
     name: String,
     active: bool,
     temporary: bool,
+    /// In the database checked (logical slots belong to one database).
+    here: bool,
 }
 
 #[derive(Debug)]
@@ -655,13 +669,15 @@ async fn read_server(
     let slots = rows(
         conn,
         "the replication slots",
-        "SELECT slot_name, active, temporary FROM pg_catalog.pg_replication_slots
+        "SELECT slot_name, active, temporary, database IS NOT DISTINCT FROM current_database()
+           FROM pg_catalog.pg_replication_slots
           ORDER BY slot_name",
         |row| {
             Ok(Slot {
                 name: row.text(0)?.to_owned(),
                 active: row.flag(1)?,
                 temporary: row.flag(2)?,
+                here: row.flag(3)?,
             })
         },
     )
@@ -973,6 +989,7 @@ fn judge(info: &ConnInfo, schemas: &[String], gathered: &Gathered, known: &Known
     checks.push(judge_foreign_keys(server, schemas));
     checks.push(judge_large_objects(server));
     checks.push(judge_duplicate(info, server, probe, known));
+    checks.push(judge_installations(server, known));
     checks.push(judge_slot_wal_keep(server));
     checks.push(judge_sender_timeout(server));
     report.grant_script = grant_script(server);
@@ -1542,7 +1559,7 @@ fn judge_missing_identity(table: &Table) -> Check {
 fn judge_duplicate(info: &ConnInfo, server: &Server, probe: &Probe, known: &KnownSources) -> Check {
     let connectors = match known {
         KnownSources::Unavailable(reason) => return Check::skip(DUPLICATE, reason.as_str()),
-        KnownSources::Known(connectors) => connectors,
+        KnownSources::Known { connectors, .. } => connectors,
     };
     let system_id = match probe {
         Probe::Ran { system_id, .. } => Some(system_id.as_str()),
@@ -1574,6 +1591,59 @@ fn judge_duplicate(info: &ConnInfo, server: &Server, probe: &Probe, known: &Know
             ),
         ),
     }
+}
+
+/// Other tributary installations (branch stores) replicating this database are fine
+/// (staging beside production), but each has its own slot, which retains WAL on the source
+/// until that installation confirms it: worth knowing, and a stopped or forgotten one
+/// fills the source's disk.
+fn judge_installations(server: &Server, known: &KnownSources) -> Check {
+    let (installation, ours) = match known {
+        KnownSources::Unavailable(reason) => return Check::skip(INSTALLATIONS, reason.as_str()),
+        KnownSources::Known {
+            installation,
+            slots,
+            ..
+        } => (installation.as_ref(), slots.as_slice()),
+    };
+    let here = server
+        .slots
+        .iter()
+        .filter(|s| s.here && !s.temporary)
+        .map(|s| (s.name.as_str(), s.active));
+    let strangers = slot::strangers(installation, ours, here);
+    if strangers.is_empty() {
+        return Check::pass(INSTALLATIONS, "no other tributary slot in this database");
+    }
+    let listed: Vec<String> = strangers.iter().map(ToString::to_string).collect();
+    let drops: Vec<String> = strangers
+        .iter()
+        .filter(|s| !s.active)
+        .map(|s| {
+            format!(
+                "SELECT pg_drop_replication_slot({});",
+                quote_literal(&s.name)
+            )
+        })
+        .collect();
+    let drops = if drops.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; an inactive slot whose installation or connector is gone is dropped with: {}",
+            drops.join(" ")
+        )
+    };
+    Check::warn(
+        INSTALLATIONS,
+        listed.join(", "),
+        format!(
+            "other tributary installations (branch stores) replicate this database, each from \
+             its own slot, and every slot retains WAL on the source until its installation \
+             confirms it: keep them running, or delete their connectors with that \
+             installation's configuration (tributary connector delete){drops}"
+        ),
+    )
 }
 
 /// A connector set up before is recognised by the system identifier and database it
@@ -1855,6 +1925,7 @@ mod tests {
                 name: "other".into(),
                 active: true,
                 temporary: false,
+                here: true,
             }],
             max_senders: 10,
             active_senders: 1,
@@ -1931,7 +2002,11 @@ mod tests {
             &info(),
             &["public".to_owned()],
             gathered,
-            &KnownSources::Known(vec![]),
+            &KnownSources::Known {
+                installation: None,
+                slots: vec![],
+                connectors: vec![],
+            },
         )
     }
 
@@ -2041,11 +2116,13 @@ mod tests {
                 name: "busy".into(),
                 active: true,
                 temporary: false,
+                here: true,
             },
             Slot {
                 name: "forgotten".into(),
                 active: false,
                 temporary: false,
+                here: true,
             },
         ];
         let report = judged(&ready(server));
@@ -2314,12 +2391,14 @@ mod tests {
             name: "tributary_preflight_9_9".into(),
             active: false,
             temporary: false,
+            here: true,
         });
         // A running probe's slot is temporary, and no leftover.
         server.slots.push(Slot {
             name: "tributary_probe_8_8".into(),
             active: true,
             temporary: true,
+            here: true,
         });
         let report = judged(&ready(server));
         let Outcome::Warn { value, fix } = check(&report, LEFTOVERS) else {
@@ -2329,6 +2408,63 @@ mod tests {
         assert_eq!(
             fix,
             "drop them: SELECT pg_drop_replication_slot('tributary_preflight_9_9');"
+        );
+    }
+
+    #[test]
+    fn other_installations_slots_here_are_warned_about_with_the_drops_of_inactive_ones() {
+        let mut server = healthy();
+        let slot = |name: &str, active, here| Slot {
+            name: name.into(),
+            active,
+            temporary: false,
+            here,
+        };
+        server.slots.extend([
+            slot("tributary_k3x9qa7b_1_app", true, true),
+            slot("tributary_zz00aa11_1_app", true, true),
+            slot("tributary_2_app", false, true),
+            // Another database's slots are that database's business.
+            slot("tributary_yy00aa11_1_app", false, false),
+        ]);
+        let known = |slots: Vec<SlotName>| KnownSources::Known {
+            installation: Some(InstallationId::new("k3x9qa7b").unwrap()),
+            slots,
+            connectors: vec![],
+        };
+        let ours = vec![SlotName::new("tributary_k3x9qa7b_1_app").unwrap()];
+        let report = judge(
+            &info(),
+            &["public".to_owned()],
+            &ready(server),
+            &known(ours),
+        );
+        assert!(report.passed(), "a warning only");
+        let Outcome::Warn { value, fix } = check(&report, INSTALLATIONS) else {
+            panic!("{:?}", check(&report, INSTALLATIONS))
+        };
+        assert_eq!(
+            value,
+            "tributary_zz00aa11_1_app (installation zz00aa11, streaming), tributary_2_app (a \
+             tributary from before installation ids, inactive)"
+        );
+        assert!(fix.contains("retains WAL"), "{fix}");
+        assert!(
+            fix.ends_with("dropped with: SELECT pg_drop_replication_slot('tributary_2_app');"),
+            "{fix}"
+        );
+
+        let report = judge(
+            &info(),
+            &["public".to_owned()],
+            &ready(healthy()),
+            &known(vec![]),
+        );
+        assert_eq!(
+            check(&report, INSTALLATIONS),
+            &Outcome::Pass {
+                value: "no other tributary slot in this database".into()
+            }
         );
     }
 
@@ -2367,7 +2503,11 @@ mod tests {
             &info,
             &["public".to_owned()],
             &ready(healthy()),
-            &KnownSources::Known(vec![by_identity]),
+            &KnownSources::Known {
+                installation: None,
+                slots: vec![],
+                connectors: vec![by_identity],
+            },
         );
         assert_fails(
             check(&report, DUPLICATE),
