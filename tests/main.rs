@@ -24,4 +24,5 @@ mod replication;
 mod schema_changes;
 mod sink;
 mod snapshot;
+mod snapshot_fidelity;
 mod value_fidelity;
