@@ -2,9 +2,11 @@
 //! (`regclass` and its kin, raw OIDs in binary) and `tsquery` (an empty query's binary
 //! form is not read back). The snapshot copies them so that the replica equals the source,
 //! as the application's owner wrote them and as a least-privilege source role reads them.
+//! And a snapshot held up by a prepared transaction says so, naming it.
 
 use crate::daemon::{content, wait_converged, Daemon};
 use crate::harness::Cluster;
+use crate::support::eventually;
 
 /// The application's objects, created and written by its owner role (not a superuser).
 /// Throwaway tables first, so that the source's OIDs are not the replica's.
@@ -149,5 +151,87 @@ async fn a_reference_to_a_role_the_store_lacks_fails_saying_what_to_do() {
     assert!(
         error.contains("create the role on the branch-store server"),
         "{error}"
+    );
+}
+
+/// A prepared transaction outlives its session: `pg_stat_activity` does not show it, yet
+/// creating a slot waits for it. `connector create` (its preflight probe) and `status`
+/// (while the daemon's slot waits) name it, with its owner and database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_prepared_transaction_is_named_by_create_and_status() {
+    let source = Cluster::builder()
+        .setting("max_prepared_transactions", 5)
+        .start();
+    let store = Cluster::start();
+    source.psql(
+        "postgres",
+        "CREATE ROLE app_owner NOLOGIN;
+         CREATE SCHEMA app AUTHORIZATION app_owner;
+         SET ROLE app_owner;
+         CREATE TABLE app.items (id int PRIMARY KEY);
+         INSERT INTO app.items VALUES (1);",
+    );
+    source.psql("postgres", SOURCE_ROLE);
+    let prepare = |gid: &str, id: i32| {
+        source.psql(
+            "postgres",
+            &format!(
+                "SET ROLE app_owner; BEGIN; INSERT INTO app.items VALUES ({id});
+                 PREPARE TRANSACTION '{gid}';"
+            ),
+        );
+    };
+    let url = source.url("repl", Some("repl pw"), "postgres");
+    let daemon = &mut Daemon::new(&store);
+
+    prepare("checkout-42", 2);
+    let create = daemon.cli(&[
+        "connector",
+        "create",
+        "postgresql",
+        &url,
+        "--name",
+        "app",
+        "--schemas",
+        "app",
+    ]);
+    let out = String::from_utf8_lossy(&create.stdout).into_owned()
+        + &String::from_utf8_lossy(&create.stderr);
+    assert!(!create.status.success(), "{out}");
+    for needle in [
+        "pg_prepared_xacts",
+        "'checkout-42' (owner app_owner, database postgres, prepared at ",
+        "COMMIT PREPARED 'checkout-42' or ROLLBACK PREPARED 'checkout-42'",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
+    }
+    source.psql("postgres", "COMMIT PREPARED 'checkout-42'");
+
+    // Created while nothing is pending; the daemon's slot then waits for one.
+    daemon.create_connector(&url, "app", "app");
+    prepare("refund-7", 3);
+    daemon.start();
+    let phase = eventually("status to say why the snapshot waits", || async {
+        let status: serde_json::Value =
+            serde_json::from_str(&daemon.cli_ok(&["status", "--format", "json"])).unwrap();
+        let phase = status[0]["phase"].as_str().unwrap_or_default().to_owned();
+        phase
+            .starts_with("waiting for the slot's consistent point")
+            .then_some(phase)
+    })
+    .await;
+    assert!(phase.contains("'refund-7' (owner app_owner"), "{phase}");
+    assert!(!phase.contains("0 of 0"), "{phase}");
+    assert_eq!(
+        daemon.connector_state("app").as_deref(),
+        Some("snapshotting")
+    );
+
+    source.psql("postgres", "COMMIT PREPARED 'refund-7'");
+    daemon.wait_for_state("app", "streaming").await;
+    wait_converged(&source, "postgres", &store, "app_replica", &["app"], daemon).await;
+    assert_eq!(
+        store.psql("app_replica", "SELECT count(*) FROM app.items"),
+        "3"
     );
 }
