@@ -25,4 +25,5 @@ mod schema_changes;
 mod sink;
 mod snapshot;
 mod snapshot_fidelity;
+mod triggers;
 mod value_fidelity;

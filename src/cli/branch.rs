@@ -438,8 +438,9 @@ fn being_cut(name: &BranchName) -> Failure {
     .into()
 }
 
-/// Makes a copied branch ready: extensions the connector drops, sequences from the
-/// source, the branch's own record. A failure drops the branch.
+/// Makes a copied branch ready: extensions the connector drops, the triggers the replica
+/// holds disabled enabled as on the source, sequences from the source, the branch's own
+/// record. A failure drops the branch.
 async fn finish(
     bookkeeping: &Bookkeeping,
     store: &ConnInfo,
@@ -458,6 +459,9 @@ async fn finish(
                 .await
                 .with_context(|| format!("dropping extension {extension}"))?;
         }
+        sink::release_triggers(&branch)
+            .await
+            .context("enabling the triggers the source enables ALWAYS or REPLICA")?;
         let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
         set_sequences(&pg::connect(&source).await?, &branch, &connector.schemas).await?;
         let size: i64 = branch
