@@ -446,8 +446,9 @@ struct Missing {
     large_objects: i64,
 }
 
-/// Makes a copied branch ready: extensions the connector drops, sequences from the
-/// source, the branch's own record (with what it lacks). A failure drops the branch.
+/// Makes a copied branch ready: extensions the connector drops, the triggers the replica
+/// holds disabled enabled as on the source, sequences from the source, the branch's own
+/// record (with what it lacks). A failure drops the branch.
 async fn finish(
     bookkeeping: &Bookkeeping,
     store: &ConnInfo,
@@ -466,6 +467,9 @@ async fn finish(
                 .await
                 .with_context(|| format!("dropping extension {extension}"))?;
         }
+        sink::release_triggers(&branch)
+            .await
+            .context("enabling the triggers the source enables ALWAYS or REPLICA")?;
         let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
         let source = pg::connect(&source).await?;
         set_sequences(&source, &branch, &connector.schemas).await?;

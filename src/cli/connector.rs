@@ -25,7 +25,7 @@ use crate::types::{ConnectorName, Lsn};
 const SLOT_RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long `connector list` waits for each source.
-const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Slot lag beyond which `connector list` warns: the daemon is down or cannot keep up.
 const HIGH_LAG_BYTES: u64 = 1 << 30;

@@ -368,7 +368,11 @@ async fn in_progress(
         "Setup of {name} is already in progress ({state}{}); nothing new was started. A \
          running daemon carries it on; follow it with `tributary connector list`.",
         if state == PipelineState::Snapshotting {
-            format!(": {copied} of {} tables copied", included.count())
+            let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+            match super::status::slot_wait(&source, &connector.slot_name).await {
+                Ok(Some(why)) => format!(": waiting for the slot's consistent point: {why}"),
+                _ => format!(": {copied} of {} tables copied", included.count()),
+            }
         } else {
             String::new()
         }

@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::connector::{inspect_slot, Format};
+use super::connector::{inspect_slot, Format, SOURCE_TIMEOUT};
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, TableSyncState};
+use crate::pg::{self, ConnInfo};
+use crate::source::{prepared, slot};
+use crate::types::SlotName;
 
 /// The contract of `status --format json`: one object per connector.
 #[derive(Serialize)]
@@ -113,10 +116,13 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
         };
         let lag = bookkeeping.apply_lag(c.id).await?;
         let phase = match c.state.as_str() {
-            "snapshotting" => format!(
-                "copying: {} of {} tables, {} rows",
-                snapshot.tables_copied, snapshot.tables_total, snapshot.rows_copied
-            ),
+            "snapshotting" => {
+                let source = ConnInfo::parse(&bookkeeping.source_url(&c).await?)?;
+                let waiting = slot_wait(&source, &c.slot_name)
+                    .await
+                    .unwrap_or_else(|e| Some(format!("(the source could not be asked: {e:#})")));
+                snapshot_phase(waiting.as_deref(), &snapshot)
+            }
             "streaming" if c.last_error.is_some() => "streaming, retrying an error".to_owned(),
             "streaming" => "streaming".to_owned(),
             "failed" => "stopped by an error: see next_step".to_owned(),
@@ -145,6 +151,40 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
         });
     }
     Ok(views)
+}
+
+/// What a new slot waits for while it is being created: `Some` when the connector's slot
+/// exists without a confirmed position yet (no consistent point), else `None`.
+pub(super) async fn slot_wait(
+    source: &ConnInfo,
+    slot_name: &SlotName,
+) -> anyhow::Result<Option<String>> {
+    tokio::time::timeout(SOURCE_TIMEOUT, async {
+        let client = pg::connect(source).await?;
+        let creating = slot::inspect(&client, slot_name)
+            .await?
+            .is_some_and(|s| s.confirmed_flush.is_none());
+        if !creating {
+            return Ok(None);
+        }
+        let pending = prepared::pending(&client).await?;
+        Ok(Some(prepared::slot_wait_reason(&pending)))
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {SOURCE_TIMEOUT:?}"))?
+}
+
+/// A snapshot's phase: waiting for its slot (`waiting` says why; the table list is not
+/// there yet, or is the last snapshot's), listing its tables, or copying them.
+fn snapshot_phase(waiting: Option<&str>, snapshot: &SnapshotView) -> String {
+    match waiting {
+        Some(why) => format!("waiting for the slot's consistent point: {why}"),
+        None if snapshot.tables_total == 0 => "preparing: no table listed yet".to_owned(),
+        None => format!(
+            "copying: {} of {} tables, {} rows",
+            snapshot.tables_copied, snapshot.tables_total, snapshot.rows_copied
+        ),
+    }
 }
 
 fn print(views: &[StatusView], format: Format, watching: bool) -> Result<(), Failure> {
@@ -213,4 +253,33 @@ fn print(views: &[StatusView], format: Format, watching: bool) -> Result<(), Fai
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_waiting_for_its_slot_says_so_rather_than_counting_tables() {
+        let view = |total, copied| SnapshotView {
+            tables_total: total,
+            tables_copied: copied,
+            rows_copied: 7,
+            bytes_copied: 0,
+        };
+        assert_eq!(
+            snapshot_phase(Some("1 prepared transaction is pending"), &view(0, 0)),
+            "waiting for the slot's consistent point: 1 prepared transaction is pending"
+        );
+        // A new snapshot's slot waits while the last snapshot's list is still recorded.
+        assert!(snapshot_phase(Some("why"), &view(3, 3)).starts_with("waiting"));
+        assert_eq!(
+            snapshot_phase(None, &view(0, 0)),
+            "preparing: no table listed yet"
+        );
+        assert_eq!(
+            snapshot_phase(None, &view(3, 1)),
+            "copying: 1 of 3 tables, 7 rows"
+        );
+    }
 }

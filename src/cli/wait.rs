@@ -203,6 +203,13 @@ async fn follow(
                     ),
                 }
             }
+            PipelineState::Snapshotting => {
+                let message = match super::status::slot_wait(&source, &now.slot_name).await {
+                    Ok(Some(why)) => format!("waiting for the slot's consistent point: {why}"),
+                    _ => format!("snapshotting, {rows} rows copied"),
+                };
+                display.show(name, copied, total, &message)
+            }
             state => display.show(name, copied, total, &format!("{state}, {rows} rows copied")),
         }
         tokio::time::sleep(POLL).await;

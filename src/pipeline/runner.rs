@@ -19,6 +19,7 @@
 //! starting over; it is written once the snapshot is complete and then only moves forward
 //! with the data it covers.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,7 @@ use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::sink::{self, ReplicaSink};
 use crate::source::capture::{self, CaptureKey, CaptureStatus};
+use crate::source::prepared;
 use crate::source::slot::Ownership;
 use crate::source::wal2json::PluginOptions;
 use crate::source::{catalog, replication, ReplicationClient, ReplicationStream, SnapshotAction};
@@ -576,9 +578,16 @@ async fn snapshot(
     sink::drop_database(store, &replica.dbname, true).await?;
     sink::prepare_replica(store, &replica.dbname, ctx.lease).await?;
 
-    let created = repl
-        .create_slot(slot, false, SnapshotAction::Export)
-        .await?;
+    let created = {
+        let explain = explain_slot_wait(source);
+        tokio::pin!(explain);
+        tokio::select! {
+            created = repl.create_slot(slot, false, SnapshotAction::Export) => {
+                created?
+            }
+            never = &mut explain => match never {},
+        }
+    };
     let snapshot_name = created.snapshot_name.ok_or_else(|| {
         PipelineError::definite(
             "the source did not export a snapshot",
@@ -683,6 +692,30 @@ async fn snapshot(
         "snapshot complete"
     );
     Ok(created.consistent_point)
+}
+
+/// When the log first says what a slot still being created waits for, and how often then.
+const SLOT_WAIT_FIRST: Duration = Duration::from_secs(10);
+const SLOT_WAIT_EVERY: Duration = Duration::from_secs(60);
+
+/// Logs what a new slot waits for while it looks for its consistent point (prepared
+/// transactions, which `pg_stat_activity` does not show, or long-running ones); `status`
+/// says the same. Runs until dropped.
+async fn explain_slot_wait(source: &ConnInfo) -> Infallible {
+    tokio::time::sleep(SLOT_WAIT_FIRST).await;
+    loop {
+        match pg::connect(source).await {
+            Ok(client) => match prepared::pending(&client).await {
+                Ok(pending) => tracing::warn!(
+                    "the new replication slot is still waiting for its consistent point: {}",
+                    prepared::slot_wait_reason(&pending)
+                ),
+                Err(e) => tracing::debug!("reading pg_prepared_xacts: {}", pg::error_message(&e)),
+            },
+            Err(e) => tracing::debug!("connecting to look at the slot's wait: {e}"),
+        }
+        tokio::time::sleep(SLOT_WAIT_EVERY).await;
+    }
 }
 
 /// Splits the snapshot's tables into those copied and those left out by the operator's

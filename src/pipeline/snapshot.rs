@@ -69,8 +69,11 @@
 //! table is loaded with `FREEZE` after a `TRUNCATE` in the same transaction, so its pages
 //! are all-frozen from the start.
 //! Tables whose binary form does not travel between servers
-//! ([`SourceTable::binary_copy`]: composites, arrays of enums or extension types) use
-//! `FORMAT text` on both sides instead.
+//! ([`SourceTable::binary_copy`]: composites, arrays of enums or extension types, object
+//! references such as `regclass`, `tsquery`) use `FORMAT text` on both sides instead.
+//! The decision is made up front from the column types, so a table always gets the same
+//! form; a value the replica still rejects stops the snapshot with
+//! [`SnapshotError::Value`], which says what to do.
 //! Generated columns are not copied; the replica computes them.
 
 use std::collections::{HashSet, VecDeque};
@@ -183,6 +186,19 @@ pub enum SnapshotError {
         source: tokio_postgres::Error,
     },
 
+    /// The replica rejected a value copied from the source.
+    #[error(
+        "replica: writing {table} failed on a value: {}; {}",
+        error_message(.source),
+        .remedy.advice(.table)
+    )]
+    Value {
+        table: String,
+        remedy: ValueRemedy,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
     #[error("source: {context} failed: {source}")]
     Source {
         context: String,
@@ -255,9 +271,57 @@ impl SnapshotError {
             SnapshotError::Catalog(e) => e.is_transient(),
             SnapshotError::ToolFailed { transient, .. } => *transient,
             SnapshotError::InvalidJob { .. }
+            | SnapshotError::Value { .. }
             | SnapshotError::ToolMissing { .. }
             | SnapshotError::ToolTooOld { .. }
             | SnapshotError::Io { .. } => false,
+        }
+    }
+}
+
+/// What the operator can do about a value the replica rejected during the copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueRemedy {
+    /// A `reg*` value names an object the replica's server lacks: a role (roles belong to
+    /// a server, not a database) or an object outside the replicated schemas.
+    CreateObject,
+    /// The value's copied form does not read back: a gap in the choice of COPY format.
+    Report,
+}
+
+impl ValueRemedy {
+    /// The remedy for a COPY into the replica that failed with `sqlstate`; `None` when
+    /// the failure is not about a value.
+    fn of(sqlstate: &str) -> Option<ValueRemedy> {
+        match sqlstate {
+            // undefined_object (roles, types, text search configurations), undefined
+            // table, function, schema.
+            "42704" | "42P01" | "42883" | "3F000" => Some(ValueRemedy::CreateObject),
+            // Data exceptions, and the internal errors of binary receive functions
+            // ("malformed tsquery").
+            code if code.starts_with("22") || code == "XX000" => Some(ValueRemedy::Report),
+            _ => None,
+        }
+    }
+
+    fn advice(self, table: &str) -> String {
+        let exclude = format!(
+            "or leave the table out: {{\"{table}\": \"exclude\"}} in a \
+             --replica-identity-decisions file for `tributary connector retry-setup`"
+        );
+        match self {
+            ValueRemedy::CreateObject => format!(
+                "a column of a reg* type (regrole, regclass, …) names an object the branch \
+                 store lacks: create the role on the branch-store server (roles are per \
+                 server), or replicate the schema that holds the object (`tributary \
+                 connector update --schemas`), then run `tributary connector retry-setup`; \
+                 {exclude}"
+            ),
+            ValueRemedy::Report => format!(
+                "the source stores a value whose copied form the replica cannot read back: \
+                 please report it to the tributary developers with the column's type; until \
+                 then {exclude}"
+            ),
         }
     }
 }
@@ -919,10 +983,13 @@ impl Drop for ScratchDir {
 const TID_RANGE_SCAN_VERSION: u32 = 140_000;
 
 /// Settings of every worker's source session: no timeouts cut a long read short, values
-/// copied as text come out in forms any server parses back exactly, and row-level
-/// security raises an error rather than silently hiding rows.
+/// copied as text come out in forms any server parses back exactly (an empty
+/// `search_path` qualifies the names `regclass` and its kin print, so that they resolve
+/// on the replica whatever its path), and row-level security raises an error rather than
+/// silently hiding rows.
 const SOURCE_SESSION: &str = "SET statement_timeout = 0; SET lock_timeout = 0; \
      SET idle_in_transaction_session_timeout = 0; SET row_security = off; \
+     SET search_path = ''; \
      SET datestyle = 'ISO, YMD'; SET intervalstyle = postgres; SET timezone = 'UTC'; \
      SET extra_float_digits = 3; SET bytea_output = hex";
 
@@ -1272,7 +1339,15 @@ async fn copy_chunk(
     chunk: &Chunk,
 ) -> Result<(u64, u64), SnapshotError> {
     let read_error = |e| source_error(&format!("reading {}", table.display), e);
-    let write_error = |e| query_error(Side::Replica, &format!("writing {}", table.display), e);
+    let write_error =
+        |e: tokio_postgres::Error| match e.code().and_then(|c| ValueRemedy::of(c.code())) {
+            Some(remedy) => SnapshotError::Value {
+                table: table.display.clone(),
+                remedy,
+                source: e,
+            },
+            None => query_error(Side::Replica, &format!("writing {}", table.display), e),
+        };
     let mut out = source
         .copy_out(&table.copy_out(chunk))
         .await
@@ -1467,6 +1542,30 @@ mod tests {
         assert_eq!(parse_tool_major("nonsense"), None);
         assert_eq!(pattern(&["My*Schema", "t\"x"]), "\"My*Schema\".\"t\"\"x\"");
         assert_eq!(conninfo_quote("it's"), "'it\\'s'");
+    }
+
+    #[test]
+    fn rejected_values_get_a_remedy() {
+        for (code, remedy) in [
+            ("42704", Some(ValueRemedy::CreateObject)),
+            ("42P01", Some(ValueRemedy::CreateObject)),
+            ("42883", Some(ValueRemedy::CreateObject)),
+            ("3F000", Some(ValueRemedy::CreateObject)),
+            ("22P02", Some(ValueRemedy::Report)),
+            ("22P03", Some(ValueRemedy::Report)),
+            ("XX000", Some(ValueRemedy::Report)),
+            ("23505", None),
+            ("53100", None),
+            ("08006", None),
+        ] {
+            assert_eq!(ValueRemedy::of(code), remedy, "{code}");
+        }
+        let advice = ValueRemedy::CreateObject.advice("app.t");
+        assert!(
+            advice.contains("create the role on the branch-store server"),
+            "{advice}"
+        );
+        assert!(advice.contains(r#"{"app.t": "exclude"}"#), "{advice}");
     }
 
     #[test]

@@ -613,6 +613,11 @@ impl ReplicaSink {
                 quote_literal(&current)
             ));
         }
+        // The statement meets the source's trigger states, and the triggers it leaves
+        // firing under apply are held again after it (see triggers.rs).
+        super::triggers::unhold(&self.client)
+            .await
+            .map_err(setup(&self.database, "enabling held triggers"))?;
         let preparing = setup(&self.database, "setting up a schema change");
         self.client.batch_execute(&set).await.map_err(preparing)?;
         let ran = self.client.batch_execute(statement).await;
@@ -627,7 +632,10 @@ impl ReplicaSink {
         self.client
             .batch_execute(&restore)
             .await
-            .map_err(setup(&self.database, "restoring the session's settings"))
+            .map_err(setup(&self.database, "restoring the session's settings"))?;
+        super::triggers::hold(&self.client, true)
+            .await
+            .map_err(setup(&self.database, "holding ALWAYS and REPLICA triggers"))
     }
 
     /// Computes the replica's materialized `views` (a snapshot restores them empty: a

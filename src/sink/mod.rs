@@ -5,6 +5,8 @@
 //!   (`tributary.applied`), and the settings of an apply session.
 //! - `apply.rs`: target transactions, pipelining, and how exactly-once holds.
 //! - `table.rs`: table metadata from the replica's catalog, and the SQL built from it.
+//! - `triggers.rs`: triggers enabled ALWAYS or REPLICA, held disabled in the replica (they
+//!   would fire under apply) and enabled again in branches.
 //! - `error.rs`: [`SinkError`], with [`SinkError::is_transient`] deciding retry or stop.
 //!
 //! **Invariants:** the sink never sees wal2json or JSON, only [`crate::change::Change`]s;
@@ -16,6 +18,7 @@ mod apply;
 mod error;
 mod replica;
 mod table;
+mod triggers;
 
 pub use apply::{Misfit, ReplicaColumn, ReplicaSink, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 pub use error::SinkError;
@@ -23,3 +26,4 @@ pub use replica::{
     claim_replica, copy_database, drop_database, prepare_replica, replica_applied_lsn,
     replica_exists, source_tables,
 };
+pub use triggers::release as release_triggers;

@@ -25,6 +25,7 @@ use crate::pg::{self, ConnInfo, PgClient};
 
 use super::apply::parse_lsn;
 use super::error::SinkError;
+use super::triggers;
 use crate::change::TableName;
 use crate::pg::quote_ident;
 use crate::types::{FencingToken, Lsn};
@@ -180,7 +181,8 @@ pub(crate) async fn claim(
     // Quietly: the tables exist but for replicas made before the lease table was.
     client
         .batch_execute(&format!(
-            "BEGIN; SET LOCAL client_min_messages = warning; {PROGRESS_DDL} COMMIT;"
+            "BEGIN; SET LOCAL client_min_messages = warning; {PROGRESS_DDL} {} COMMIT;",
+            triggers::TABLE_DDL
         ))
         .await
         .map_err(setup(database, "creating the lease table tributary.lease"))?;
@@ -231,6 +233,17 @@ pub(crate) async fn claim(
             token,
             current,
         });
+    }
+    // Triggers that would fire under apply: after a snapshot's post-data, and in replicas
+    // made before they were held.
+    let holding = async {
+        client.batch_execute("BEGIN").await?;
+        triggers::hold(client, false).await?;
+        client.batch_execute("COMMIT").await
+    };
+    if let Err(e) = holding.await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(setup(database, "holding ALWAYS and REPLICA triggers")(e));
     }
     Ok(())
 }

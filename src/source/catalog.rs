@@ -6,6 +6,7 @@
 //! they plan the copy, nothing relies on them being exact.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 
 use tokio_postgres::Client;
 
@@ -28,8 +29,10 @@ pub struct SourceTable {
     /// form, and types created after `initdb` (enums, domains, extension types) have
     /// other OIDs on the replica: older servers reject the mismatch ("wrong element
     /// type"); recent releases (15.18 accepts it) only check built-in OIDs. Types without
-    /// binary I/O functions cannot go binary at all. Such tables are copied as text, which
-    /// every version reads back exactly.
+    /// binary I/O functions cannot go binary at all. Object references (`regclass`, …)
+    /// are raw OIDs in binary form, naming other objects on the replica, and an empty
+    /// `tsquery` has a binary form no server reads back. Such tables are copied as text,
+    /// which every version reads back exactly (see [`TextReason`]).
     pub binary_copy: bool,
 }
 
@@ -376,7 +379,15 @@ pub async fn list_tables(
         })
         .collect::<HashMap<_, _>>();
     for (table, oids) in tables.iter_mut().zip(&column_types) {
-        table.binary_copy = oids.iter().all(|&oid| binary_portable(&types, oid, 0));
+        let text = table
+            .columns
+            .iter()
+            .zip(oids)
+            .find_map(|(column, &oid)| Some((column, text_reason(&types, oid, 0)?)));
+        if let Some((column, reason)) = text {
+            tracing::debug!(table = %table.name, column = %column, "copied as text: {reason}");
+            table.binary_copy = false;
+        }
     }
     Ok(tables)
 }
@@ -457,22 +468,66 @@ struct TypeInfo {
     binary_io: bool,
 }
 
-/// Whether values of type `oid` in binary form mean the same on another server. See
-/// [`SourceTable::binary_copy`].
-fn binary_portable(types: &HashMap<u32, TypeInfo>, oid: u32, depth: u32) -> bool {
+/// Why values of a type are copied as text rather than binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextReason {
+    /// No binary send or receive function (or a type the catalog did not describe).
+    NoBinaryIo,
+    /// A composite's binary form names its columns' type OIDs.
+    Composite,
+    /// An array's binary form names its element type's OID, which differs on the replica
+    /// for types created after `initdb`.
+    ArrayOfCreatedType,
+    /// `regclass`, `regtype`, …: binary sends the raw OID, which names another object (or
+    /// none) on the replica; text names the object.
+    ObjectReference,
+    /// `tsquery`: an empty query (`to_tsquery('english', 'the')`) is sent in a binary form
+    /// that the receiving side rejects ("malformed tsquery").
+    NoBinaryRoundTrip,
+}
+
+impl fmt::Display for TextReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TextReason::NoBinaryIo => "its type has no binary form",
+            TextReason::Composite => "a composite's binary form names type OIDs",
+            TextReason::ArrayOfCreatedType => "the binary form names the element type's OID",
+            TextReason::ObjectReference => "a reg* type's binary form is the source's raw OID",
+            TextReason::NoBinaryRoundTrip => "an empty tsquery's binary form is not read back",
+        })
+    }
+}
+
+/// Built-in types whose values are OIDs of other objects: `regproc`, `regprocedure`,
+/// `regoper`, `regoperator`, `regclass`, `regtype`, `regconfig`, `regdictionary`,
+/// `regnamespace`, `regrole`, `regcollation`. Built-in OIDs are the same on every server.
+const OBJECT_REFERENCE_TYPES: [u32; 11] = [
+    24, 2202, 2203, 2204, 2205, 2206, 3734, 3769, 4089, 4096, 4191,
+];
+/// `tsquery`.
+const TSQUERY: u32 = 3615;
+
+/// Why values of type `oid` must go as text; `None` when their binary form means the same
+/// on another server. See [`SourceTable::binary_copy`].
+fn text_reason(types: &HashMap<u32, TypeInfo>, oid: u32, depth: u32) -> Option<TextReason> {
     let Some(info) = types.get(&oid) else {
-        return false; // Unknown: be safe.
+        return Some(TextReason::NoBinaryIo); // Unknown: be safe.
     };
     if !info.binary_io || depth > 16 {
-        return false;
+        return Some(TextReason::NoBinaryIo);
+    }
+    if OBJECT_REFERENCE_TYPES.contains(&oid) {
+        return Some(TextReason::ObjectReference);
+    }
+    if oid == TSQUERY {
+        return Some(TextReason::NoBinaryRoundTrip);
     }
     match info.kind {
-        b'd' => binary_portable(types, info.base, depth + 1),
-        b'c' => false,
-        _ if info.is_array => {
-            info.element < FIRST_NORMAL_OID && binary_portable(types, info.element, depth + 1)
-        }
-        _ => true,
+        b'd' => text_reason(types, info.base, depth + 1),
+        b'c' => Some(TextReason::Composite),
+        _ if info.is_array => text_reason(types, info.element, depth + 1)
+            .or((info.element >= FIRST_NORMAL_OID).then_some(TextReason::ArrayOfCreatedType)),
+        _ => None,
     }
 }
 
@@ -491,10 +546,18 @@ mod tests {
     }
 
     #[test]
-    fn binary_portability_follows_domains_and_arrays() {
+    fn text_copy_follows_domains_and_arrays() {
+        use TextReason::*;
         let mut types = HashMap::new();
         types.insert(23, ty(b'b', 0, 0, false)); // int4
         types.insert(1007, ty(b'b', 0, 23, true)); // int4[]
+        types.insert(2205, ty(b'b', 0, 0, false)); // regclass
+        types.insert(2210, ty(b'b', 0, 2205, true)); // regclass[]
+        types.insert(4096, ty(b'b', 0, 0, false)); // regrole
+        types.insert(3734, ty(b'b', 0, 0, false)); // regconfig
+        types.insert(3615, ty(b'b', 0, 0, false)); // tsquery
+        types.insert(3645, ty(b'b', 0, 3615, true)); // tsquery[]
+        types.insert(3614, ty(b'b', 0, 0, false)); // tsvector
         types.insert(20000, ty(b'e', 0, 0, false)); // an enum
         types.insert(20001, ty(b'b', 0, 20000, true)); // its array
         types.insert(20002, ty(b'd', 1007, 0, false)); // domain over int4[]
@@ -504,20 +567,31 @@ mod tests {
         let mut no_io = ty(b'b', 0, 0, false);
         no_io.binary_io = false;
         types.insert(20006, no_io);
+        types.insert(20007, ty(b'd', 2205, 0, false)); // domain over regclass
+        types.insert(20008, ty(b'd', 3615, 0, false)); // domain over tsquery
 
-        for (oid, portable) in [
-            (23, true),
-            (1007, true),
-            (20000, true),
-            (20001, false),
-            (20002, true),
-            (20003, false),
-            (20004, false),
-            (20005, true),
-            (20006, false),
-            (99999, false),
+        for (oid, reason) in [
+            (23, None),
+            (1007, None),
+            (3614, None),
+            (20000, None),
+            (20002, None),
+            (20005, None),
+            (2205, Some(ObjectReference)),
+            (2210, Some(ObjectReference)),
+            (4096, Some(ObjectReference)),
+            (3734, Some(ObjectReference)),
+            (20007, Some(ObjectReference)),
+            (3615, Some(NoBinaryRoundTrip)),
+            (3645, Some(NoBinaryRoundTrip)),
+            (20008, Some(NoBinaryRoundTrip)),
+            (20001, Some(ArrayOfCreatedType)),
+            (20003, Some(ArrayOfCreatedType)),
+            (20004, Some(Composite)),
+            (20006, Some(NoBinaryIo)),
+            (99999, Some(NoBinaryIo)),
         ] {
-            assert_eq!(binary_portable(&types, oid, 0), portable, "type {oid}");
+            assert_eq!(text_reason(&types, oid, 0), reason, "type {oid}");
         }
     }
 }

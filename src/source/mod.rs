@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod copy;
 mod error;
 pub mod preflight;
+pub mod prepared;
 pub mod progress;
 pub mod replication;
 pub mod slot;

@@ -32,6 +32,7 @@ use super::wire::{self, Connection, Encryption, TransportError};
 use crate::change::TableName;
 use crate::pg::{quote_ident, quote_literal, quote_table, ConnInfo, SslMode};
 use crate::source::capture::{self, CaptureStatus, CAPTURE_VERSION};
+use crate::source::prepared::{self, PreparedXact};
 use crate::source::slot;
 use crate::types::{InstallationId, SlotName};
 
@@ -83,6 +84,7 @@ const WAL_LEVEL: &str = "wal_level";
 const SLOTS: &str = "replication slots";
 const SENDERS: &str = "wal senders";
 const REPLICATION: &str = "replication privilege";
+const PREPARED: &str = "prepared transactions";
 const WAL2JSON: &str = "wal2json";
 const NUMERIC: &str = "numeric-data-types-as-string";
 const LEFTOVERS: &str = "leftover probe slots";
@@ -99,7 +101,7 @@ const SLOT_WAL_KEEP: &str = "max_slot_wal_keep_size";
 const SENDER_TIMEOUT: &str = "wal_sender_timeout";
 const LARGE_OBJECTS: &str = "large objects";
 
-const ORDER: [&str; 22] = [
+const ORDER: [&str; 23] = [
     TCP,
     TLS,
     AUTH,
@@ -109,6 +111,7 @@ const ORDER: [&str; 22] = [
     SLOTS,
     SENDERS,
     REPLICATION,
+    PREPARED,
     WAL2JSON,
     NUMERIC,
     LEFTOVERS,
@@ -358,6 +361,8 @@ struct Server {
     /// `schema.table.column (type)` of every numeric, real and double precision column.
     numeric_columns: Vec<String>,
     foreign_keys: Vec<ForeignKey>,
+    /// Pending prepared transactions: a new slot waits for them.
+    prepared: Vec<PreparedXact>,
 }
 
 #[derive(Debug)]
@@ -446,7 +451,7 @@ async fn gather(info: &ConnInfo, schemas: &[String]) -> Gathered {
     };
     let read = read_server(&mut conn, schemas).await;
     conn.terminate().await;
-    let server = match read {
+    let mut server = match read {
         Ok(Ok(server)) => server,
         Ok(Err(version)) => {
             return Gathered::Unsupported {
@@ -460,6 +465,15 @@ async fn gather(info: &ConnInfo, schemas: &[String]) -> Gathered {
         Some(reason) => Probe::Blocked(reason),
         None => run_probe(info).await,
     };
+    if matches!(probe, Probe::TimedOut) {
+        // What held the probe is what is pending now, maybe prepared since the first look.
+        if let Ok(mut conn) = Connection::connect(info, SESSION_PARAMS).await {
+            if let Ok(pending) = read_prepared(&mut conn).await {
+                server.prepared = pending;
+            }
+            conn.terminate().await;
+        }
+    }
     Gathered::Ready {
         encryption,
         server,
@@ -558,6 +572,23 @@ async fn one_row<T>(
         (Some(row), true) => Ok(row),
         _ => Err(conn.protocol(format!("reading {what}: expected exactly one row"))),
     }
+}
+
+async fn read_prepared(conn: &mut Connection) -> Result<Vec<PreparedXact>> {
+    rows(
+        conn,
+        "the prepared transactions",
+        prepared::PENDING_SQL,
+        |row| {
+            Ok(PreparedXact {
+                gid: row.text(0)?.to_owned(),
+                owner: row.text(1)?.to_owned(),
+                database: row.text(2)?.to_owned(),
+                prepared: row.text(3)?.to_owned(),
+            })
+        },
+    )
+    .await
 }
 
 fn text_array(items: &[String]) -> String {
@@ -824,6 +855,8 @@ async fn read_server(
     )
     .await?;
 
+    let prepared = read_prepared(conn).await?;
+
     Ok(Ok(Box::new(Server {
         version,
         in_recovery: settings.in_recovery,
@@ -846,6 +879,7 @@ async fn read_server(
         tables,
         numeric_columns,
         foreign_keys,
+        prepared,
     })))
 }
 
@@ -980,6 +1014,7 @@ fn judge(info: &ConnInfo, schemas: &[String], gathered: &Gathered, known: &Known
     checks.push(judge_slots(server));
     checks.push(judge_senders(server));
     checks.push(judge_replication(server));
+    checks.push(judge_prepared(&server.prepared));
     checks.extend(judge_probe(server, probe));
     checks.push(judge_leftovers(server));
     checks.extend(server.schemas.iter().map(|s| judge_schema(server, s)));
@@ -1183,6 +1218,26 @@ fn judge_replication(server: &Server) -> Check {
     }
 }
 
+/// Pending prepared transactions hold up creating the connector's slot until they end:
+/// a warning, since one that commits in a moment does no harm.
+fn judge_prepared(pending: &[PreparedXact]) -> Check {
+    if pending.is_empty() {
+        return Check::pass(PREPARED, "none pending");
+    }
+    Check::warn(
+        PREPARED,
+        pending
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        format!(
+            "creating the connector's slot waits until they end: {}",
+            prepared::describe(pending)
+        ),
+    )
+}
+
 /// The wal2json line and the `numeric-data-types-as-string` line.
 fn judge_probe(server: &Server, probe: &Probe) -> [Check; 2] {
     let major = server.version.num / 10_000;
@@ -1207,10 +1262,10 @@ fn judge_probe(server: &Server, probe: &Probe) -> [Check; 2] {
                         "unverified: creating the probe slot took longer than {} s",
                         PROBE_TIMEOUT.as_secs()
                     ),
-                    "creating a logical slot waits until every transaction running on the \
-                     source has ended, and creating the connector will wait too: find the \
-                     long-running ones with SELECT pid, xact_start, state, query FROM \
-                     pg_stat_activity WHERE backend_xid IS NOT NULL ORDER BY xact_start",
+                    format!(
+                        "{}; creating the connector would wait too",
+                        prepared::slot_wait_reason(&server.prepared)
+                    ),
                 ),
                 Check::skip(NUMERIC, "the wal2json probe did not finish"),
             ]
@@ -1944,6 +1999,7 @@ mod tests {
             max_wal_size_mb: 1024,
             wal_sender_timeout: "1min".into(),
             large_objects: 0,
+            prepared: Vec::new(),
             schemas: vec![Schema {
                 name: "public".into(),
                 exists: true,
@@ -2062,6 +2118,39 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(warnings, [EVENT_TRIGGERS]);
+    }
+
+    #[test]
+    fn a_pending_prepared_transaction_is_named_where_the_slot_would_wait() {
+        let mut server = healthy();
+        server.prepared = vec![PreparedXact {
+            gid: "tx-1".into(),
+            owner: "app".into(),
+            database: "shop".into(),
+            prepared: "2024-05-01 10:00:00 UTC".into(),
+        }];
+        let gathered = Gathered::Ready {
+            encryption: Encryption::Plain,
+            server: Box::new(server),
+            probe: Probe::TimedOut,
+        };
+        let report = judged(&gathered);
+        assert_eq!(failed(&report), [WAL2JSON]);
+        let Outcome::Fail { fix, .. } = check(&report, WAL2JSON) else {
+            unreachable!()
+        };
+        assert!(
+            fix.contains("pg_prepared_xacts") && fix.contains("COMMIT PREPARED 'tx-1'"),
+            "{fix}"
+        );
+        assert!(!fix.contains("FROM pg_stat_activity"), "{fix}");
+        let Outcome::Warn { value, .. } = check(&report, PREPARED) else {
+            panic!("{:?}", check(&report, PREPARED))
+        };
+        assert_eq!(
+            value,
+            "'tx-1' (owner app, database shop, prepared at 2024-05-01 10:00:00 UTC)"
+        );
     }
 
     #[test]
