@@ -26,6 +26,15 @@ RESET ROLE;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refreshes_are_followed_without_capture() {
+    follow_without_capture(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_are_followed_without_capture_or_new_tables() {
+    follow_without_capture(false).await;
+}
+
+async fn follow_without_capture(include_new_tables: bool) {
     let source = Cluster::start();
     let store = Cluster::start();
     source.psql("postgres", SCHEMA);
@@ -33,6 +42,9 @@ async fn refreshes_are_followed_without_capture() {
     // No capture objects: the role is not a superuser and nobody installed them.
     let url = source.url("repl", Some("repl pw"), "postgres");
     daemon.create_connector(&url, "shop", "app");
+    if !include_new_tables {
+        daemon.cli_ok(&["connector", "update", "shop", "--include-new-tables", "off"]);
+    }
     daemon.start();
     daemon.wait_for_state("shop", "streaming").await;
     // The snapshot populated what the source has populated, and only that.

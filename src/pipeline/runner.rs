@@ -93,10 +93,19 @@ pub async fn run(
     let capturing = capture_key.is_some();
     // With schema changes captured, a table created later arrives with its CREATE TABLE
     // before its first row: new tables are always included then.
+    // Without new tables, the snapshot's tables and the materialized views, whose row
+    // changes say the source refreshed them.
+    let only = if !connector.include_new_tables && !capturing {
+        let source_sql = pg::connect(&source).await?;
+        let views = catalog::materialized_views(&source_sql, &connector.schemas, false).await?;
+        Some(names(true).chain(views).collect())
+    } else {
+        None
+    };
     let filter = TableFilter {
         schemas: connector.schemas.clone(),
         excluded: names(false).collect(),
-        only: (!connector.include_new_tables && !capturing).then(|| names(true).collect()),
+        only,
     };
     let ddl = DdlTracker::new(
         capture_key,
@@ -678,7 +687,7 @@ async fn snapshot(
     schema.restore(&job, Section::PostData).await?;
 
     let source_sql = pg::connect(source).await?;
-    let views = catalog::populated_materialized_views(&source_sql, &connector.schemas).await?;
+    let views = catalog::materialized_views(&source_sql, &connector.schemas, true).await?;
     drop(source_sql);
     let mut sink = ReplicaSink::connect(store, &replica.dbname, ctx.lease).await?;
     sink.populate_materialized_views(&views).await?;

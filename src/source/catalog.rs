@@ -151,20 +151,21 @@ pub async fn table_oids(
         .collect())
 }
 
-/// The materialized views of `schemas` that hold data on the source (`REFRESH`ed, not
-/// `WITH NO DATA`).
-pub async fn populated_materialized_views(
+/// The materialized views of `schemas`; with `populated`, only those that hold data on
+/// the source (`REFRESH`ed, not `WITH NO DATA`).
+pub async fn materialized_views(
     client: &Client,
     schemas: &[String],
+    populated: bool,
 ) -> Result<Vec<TableName>, CatalogError> {
     const SQL: &str = "
         SELECT n.nspname::text, c.relname::text
           FROM pg_catalog.pg_class c
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind = 'm' AND c.relispopulated AND n.nspname = ANY($1)
+         WHERE c.relkind = 'm' AND (c.relispopulated OR NOT $2) AND n.nspname = ANY($1)
          ORDER BY c.oid";
     let rows = client
-        .query(SQL, &[&schemas])
+        .query(SQL, &[&schemas, &populated])
         .await
         .map_err(|source| CatalogError::Query {
             what: "the materialized views",
