@@ -60,6 +60,8 @@ struct Running {
     /// `pending`) or another table filter restarts it.
     updated_at: chrono::DateTime<chrono::Utc>,
     include_new_tables: bool,
+    /// `Connector::nan_as_null` as the pipeline was started with.
+    nan_as_null: bool,
     /// Tells the pipeline that branches were requested.
     branch_poke: mpsc::Sender<()>,
 }
@@ -379,7 +381,8 @@ impl Supervisor {
                 Some(c) => {
                     c.updated_at != running.updated_at && c.state == PipelineState::Pending
                         || c.state == PipelineState::Streaming
-                            && c.include_new_tables != running.include_new_tables
+                            && (c.include_new_tables != running.include_new_tables
+                                || c.nan_as_null != running.nan_as_null)
                 }
             };
             if stale {
@@ -481,7 +484,11 @@ impl Supervisor {
         let cancel = self.shutdown.child_token();
         let (branch_poke, branch_pokes) = mpsc::channel(1);
         let (id, name) = (connector.id, connector.name.clone());
-        let (updated_at, include_new_tables) = (connector.updated_at, connector.include_new_tables);
+        let (updated_at, include_new_tables, nan_as_null) = (
+            connector.updated_at,
+            connector.include_new_tables,
+            connector.nan_as_null,
+        );
         METRICS.pipeline_started(name.as_str());
         let span = tracing::info_span!("connector", name = %connector.name);
         let ctx = PipelineContext {
@@ -509,6 +516,7 @@ impl Supervisor {
                 abort,
                 updated_at,
                 include_new_tables,
+                nan_as_null,
                 branch_poke,
             },
         );

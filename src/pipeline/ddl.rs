@@ -73,6 +73,9 @@ pub fn disposition(tag: &str) -> Disposition {
         | "ALTER SUBSCRIPTION"
         | "DROP SUBSCRIPTION" => Disposition::NotReplicated(REPLICATION),
         "ALTER LARGE OBJECT" => Disposition::NotReplicated("large objects are not replicated"),
+        // Rebuilds indexes: nothing a replica's content or schema shows (and REINDEX SCHEMA
+        // or DATABASE cannot run in the target transaction).
+        "REINDEX" => Disposition::NotReplicated("rebuilding indexes changes nothing replicated"),
         "CREATE TABLE AS" | "SELECT INTO" => Disposition::Refuse(
             "the rows it wrote are not in the change stream, and running it again on the \
              replica would compute them from the replica's data",
@@ -86,9 +89,7 @@ pub fn disposition(tag: &str) -> Disposition {
         {
             Disposition::Replay
         }
-        "COMMENT" | "REFRESH MATERIALIZED VIEW" | "REINDEX" | "IMPORT FOREIGN SCHEMA" => {
-            Disposition::Replay
-        }
+        "COMMENT" | "REFRESH MATERIALIZED VIEW" | "IMPORT FOREIGN SCHEMA" => Disposition::Replay,
         _ => Disposition::Refuse("this tributary does not know the command"),
     }
 }
@@ -561,6 +562,7 @@ mod tests {
             ("ALTER SUBSCRIPTION", "subscriptions"),
             ("DROP SUBSCRIPTION", "subscriptions"),
             ("ALTER LARGE OBJECT", "large objects"),
+            ("REINDEX", "indexes"),
         ] {
             match disposition(tag) {
                 NotReplicated(why) => assert!(why.contains(expected), "{tag}: {why}"),
@@ -570,7 +572,6 @@ mod tests {
         for tag in [
             "COMMENT",
             "REFRESH MATERIALIZED VIEW",
-            "REINDEX",
             "IMPORT FOREIGN SCHEMA",
         ] {
             assert_eq!(disposition(tag), Replay, "{tag}");

@@ -96,8 +96,10 @@ pub async fn run(
     // Without new tables, the snapshot's tables and the materialized views, whose row
     // changes say the source refreshed them.
     let only = if !connector.include_new_tables && !capturing {
-        let source_sql = pg::connect(&source).await?;
-        let views = catalog::materialized_views(&source_sql, &connector.schemas, false).await?;
+        // The replica's: a view created on the source since the snapshot is not there.
+        let store = ctx.settings.store();
+        let replica_sql = pg::connect(&store.with_dbname(&connector.replica_database)).await?;
+        let views = catalog::materialized_views(&replica_sql, &connector.schemas, false).await?;
         Some(names(true).chain(views).collect())
     } else {
         None
@@ -458,7 +460,9 @@ async fn prepare_capture(
     connector: &Connector,
 ) -> Result<Option<CaptureKey>, PipelineError> {
     let mut facts = capture::inspect(source).await?;
-    if facts.status != CaptureStatus::Installed && facts.can_install {
+    // Never over a newer version: another tributary on this source installed it.
+    let newer = matches!(facts.status, CaptureStatus::Outdated { found: Some(v) } if v > capture::CAPTURE_VERSION);
+    if facts.status != CaptureStatus::Installed && facts.can_install && !newer {
         capture::install(source).await?;
         tracing::info!(
             version = capture::CAPTURE_VERSION,

@@ -165,6 +165,8 @@ pub struct ReplicaSink {
     truncate: Option<TruncateGroup>,
     /// Relations of the replica known to be materialized views.
     materialized_views: HashSet<TableName>,
+    /// Relations known to be missing from the replica (until the next schema change).
+    missing: HashSet<TableName>,
     /// The materialized view refreshed for the run of changes being applied.
     refreshed: Option<TableName>,
     /// Relations missing on the replica that changes of the open target transaction were
@@ -455,6 +457,7 @@ impl ReplicaSink {
             in_flight_bytes: 0,
             truncate: None,
             materialized_views: HashSet::new(),
+            missing: HashSet::new(),
             refreshed: None,
             unplaced: Vec::new(),
             nan: NanPolicy::Exact,
@@ -628,7 +631,9 @@ impl ReplicaSink {
             lsn,
             source,
         })?;
-        self.place_unplaced().await?;
+        if tag == "CREATE MATERIALIZED VIEW" {
+            self.place_unplaced().await?;
+        }
         self.client
             .batch_execute(&restore)
             .await
@@ -650,7 +655,13 @@ impl ReplicaSink {
                 "materialized views are populated outside a target transaction",
             ));
         }
-        let mut left: Vec<&TableName> = views.iter().collect();
+        // A view created on the source during the copy is not in the replica's schema.
+        let mut left = Vec::new();
+        for view in views {
+            if let Relation::MaterializedView = self.relation(view, None).await? {
+                left.push(view);
+            }
+        }
         while !left.is_empty() {
             let mut failed = Vec::new();
             for view in &left {
@@ -672,8 +683,8 @@ impl ReplicaSink {
         Ok(())
     }
 
-    /// Forgets the unplaced changes of relations that are materialized views now: the
-    /// command that created them computed their rows.
+    /// After a `CREATE MATERIALIZED VIEW`: forgets the unplaced changes of relations that
+    /// are materialized views now, whose rows the command computed.
     async fn place_unplaced(&mut self) -> Result<(), SinkError> {
         let mut left = Vec::new();
         for (table, lsn) in std::mem::take(&mut self.unplaced) {
@@ -812,6 +823,7 @@ impl ReplicaSink {
         self.tables.clear();
         self.table_index.clear();
         self.materialized_views.clear();
+        self.missing.clear();
         self.refreshed = None;
         self.last_table = None;
     }
@@ -888,6 +900,7 @@ impl ReplicaSink {
             *changes += 1;
         }
         if change.kind == ChangeKind::Truncate {
+            self.refreshed = None;
             return self.truncate(&change).await.map(|()| None);
         }
         self.flush_truncate().await?;
@@ -1140,6 +1153,9 @@ impl ReplicaSink {
         if self.materialized_views.contains(name) {
             return Ok(Relation::MaterializedView);
         }
+        if self.missing.contains(name) {
+            return Ok(Relation::Missing);
+        }
         // tokio-postgres stops reading the socket while an earlier reply waits unread, so a
         // new request must not be awaited with replies in flight.
         self.drain().await?;
@@ -1156,7 +1172,10 @@ impl ReplicaSink {
                 self.materialized_views.insert(name.clone());
                 return Ok(Relation::MaterializedView);
             }
-            Err(LoadError::Missing) => return Ok(Relation::Missing),
+            Err(LoadError::Missing) => {
+                self.missing.insert(name.clone());
+                return Ok(Relation::Missing);
+            }
             Err(LoadError::NotATable(what)) => {
                 return Err(SinkError::NotATable {
                     table: display_name(name),

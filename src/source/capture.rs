@@ -60,6 +60,8 @@ END $check$;
 -- and come back last.
 DROP EVENT TRIGGER IF EXISTS tributary_ddl_command_end;
 DROP EVENT TRIGGER IF EXISTS tributary_sql_drop;
+DROP EVENT TRIGGER IF EXISTS tributary_a_note_ddl_command_end;
+DROP EVENT TRIGGER IF EXISTS tributary_a_note_sql_drop;
 CREATE SCHEMA IF NOT EXISTS tributary;
 COMMENT ON SCHEMA tributary IS 'tributary schema change capture (see tributary connector source-sql)';
 GRANT USAGE ON SCHEMA tributary TO PUBLIC;
@@ -92,6 +94,19 @@ BEGIN
            AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner;
         DROP TABLE tributary.capture_key;
     END IF;
+    -- A restored dump of the source has the view but not its key (its REFRESH fails): a
+    -- new key then, which tributary reads at its next start.
+    IF EXISTS (SELECT FROM pg_catalog.pg_class
+                WHERE oid = pg_catalog.to_regclass('tributary.capture_key')
+                  AND NOT relispopulated) THEN
+        SELECT coalesce(pg_catalog.array_agg(r.rolname), '{{}}') INTO readers
+          FROM pg_catalog.pg_class c,
+               LATERAL pg_catalog.aclexplode(c.relacl) a
+          JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+         WHERE c.oid = 'tributary.capture_key'::pg_catalog.regclass
+           AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner;
+        DROP MATERIALIZED VIEW tributary.capture_key;
+    END IF;
     IF pg_catalog.to_regclass('tributary.capture_key') IS NULL THEN
         PERFORM pg_catalog.set_config('tributary.capture_seed', coalesce(seed,
             pg_catalog.gen_random_uuid()::text || pg_catalog.gen_random_uuid()::text), true);
@@ -106,31 +121,20 @@ BEGIN
 END
 $key$;
 
--- Describes the command it is called for, signs and emits it. Every role's DDL runs it, so
--- every role may execute it; it refuses to run other than from tributary.capture_ddl()
--- as an event trigger (the caller's frame, read with messages in English), so that code
--- run inside a command (a function in CREATE TABLE AS, say) cannot emit what it likes.
--- The caller passes only what its own session knows: the event, the tag, and the schemas
--- names resolve in (which SECURITY DEFINER would change: "$user").
+-- Describes the command it is called for (it fails outside an event trigger), signs and
+-- emits it. Only tributary.capture_ddl(), run as its owner, calls it.
 CREATE OR REPLACE FUNCTION tributary.emit(event text, tag text, search_path jsonb) RETURNS void
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp SET lc_messages = 'C' AS $emit$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $emit$
 DECLARE
     touched jsonb;
     body text;
     secret text;
-    stack text;
-    caller text;
 BEGIN
-    GET DIAGNOSTICS stack = PG_CONTEXT;
-    caller := split_part(stack, E'\n', 3);
-    IF NOT (caller LIKE 'PL/pgSQL function tributary.capture\_ddl() line % at PERFORM'
-            OR (caller LIKE 'PL/pgSQL function capture\_ddl() line % at PERFORM'
-                AND NOT EXISTS (SELECT FROM pg_proc p
-                                 WHERE p.proname = 'capture_ddl' AND p.pronargs = 0
-                                   AND p.pronamespace <> 'tributary'::regnamespace)))
-       OR split_part(stack, E'\n', 2) NOT LIKE 'SQL statement "SELECT tributary.emit(TG_EVENT, TG_TAG, %' THEN
-        RAISE EXCEPTION 'tributary.emit may only be called by tributary''s event triggers';
+    -- A restored dump of the source has an empty key view until this script runs again;
+    -- nothing can follow it then, and its users' DDL must not fail.
+    IF NOT coalesce((SELECT relispopulated FROM pg_class
+                      WHERE oid = to_regclass('tributary.capture_key')), false) THEN
+        RETURN;
     END IF;
     IF event = 'sql_drop' THEN
         SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -177,19 +181,38 @@ BEGIN
 END
 $emit$;
 REVOKE ALL ON FUNCTION tributary.emit(text, text, jsonb) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION tributary.emit(text, text, jsonb) TO PUBLIC;
 
--- The event trigger function: names are qualified instead of SET search_path, which would
--- hide the session's; and there is no EXCEPTION block, whose subtransaction would make
--- logical decoding deliver the message after the changes that follow it. A command whose
--- message cannot be emitted fails rather than go unreplicated.
-CREATE OR REPLACE FUNCTION tributary.capture_ddl() RETURNS event_trigger
-    LANGUAGE plpgsql AS $capture$
+-- Two event triggers per event, fired in the order of their names. First
+-- tributary.note_search_path(), as the session's role, notes the schemas names resolve in
+-- ("$user" is the session's user only there). Then tributary.capture_ddl(), as its owner,
+-- emits the message with that note. No role's code runs between the two, and an event
+-- trigger function cannot be called other than as one: nobody can make tributary.emit say
+-- what they like. Names are qualified (the note runs under the session's search_path), and
+-- there is no EXCEPTION block, whose subtransaction would make logical decoding deliver the
+-- message after the changes that follow it: a command whose message cannot be emitted
+-- fails rather than go unreplicated.
+CREATE OR REPLACE FUNCTION tributary.note_search_path() RETURNS event_trigger
+    LANGUAGE plpgsql AS $note$
 BEGIN
-    PERFORM tributary.emit(TG_EVENT, TG_TAG, pg_catalog.to_jsonb(pg_catalog.current_schemas(false)));
+    PERFORM pg_catalog.set_config('tributary.search_path',
+        pg_catalog.format('%s', pg_catalog.to_jsonb(pg_catalog.current_schemas(false))), true);
+END
+$note$;
+GRANT EXECUTE ON FUNCTION tributary.note_search_path() TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION tributary.capture_ddl() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $capture$
+BEGIN
+    PERFORM tributary.emit(TG_EVENT, TG_TAG,
+        coalesce(nullif(current_setting('tributary.search_path', true), ''), '[]')::jsonb);
 END
 $capture$;
+GRANT EXECUTE ON FUNCTION tributary.capture_ddl() TO PUBLIC;
 
+CREATE EVENT TRIGGER tributary_a_note_ddl_command_end ON ddl_command_end
+    EXECUTE FUNCTION tributary.note_search_path();
+CREATE EVENT TRIGGER tributary_a_note_sql_drop ON sql_drop
+    EXECUTE FUNCTION tributary.note_search_path();
 CREATE EVENT TRIGGER tributary_ddl_command_end ON ddl_command_end
     EXECUTE FUNCTION tributary.capture_ddl();
 CREATE EVENT TRIGGER tributary_sql_drop ON sql_drop
@@ -212,7 +235,10 @@ pub fn uninstall_sql() -> &'static str {
     "BEGIN;
 DROP EVENT TRIGGER IF EXISTS tributary_ddl_command_end;
 DROP EVENT TRIGGER IF EXISTS tributary_sql_drop;
+DROP EVENT TRIGGER IF EXISTS tributary_a_note_ddl_command_end;
+DROP EVENT TRIGGER IF EXISTS tributary_a_note_sql_drop;
 DROP FUNCTION IF EXISTS tributary.capture_ddl();
+DROP FUNCTION IF EXISTS tributary.note_search_path();
 DROP FUNCTION IF EXISTS tributary.emit(text, text, jsonb);
 DROP FUNCTION IF EXISTS tributary.capture_version();
 DO $drop$ BEGIN
@@ -254,19 +280,31 @@ pub struct CaptureFacts {
 /// whether this role is a superuser, and whether it may read the signing key. The
 /// functions must belong to a superuser: anyone else could rewrite what every DDL runs.
 pub const INSPECT_SQL: &str = "\
-    SELECT (SELECT count(*) FROM pg_catalog.pg_event_trigger e \
-             WHERE e.evtname IN ('tributary_ddl_command_end', 'tributary_sql_drop') \
-               AND e.evtenabled <> 'D' \
-               AND e.evtfoid = pg_catalog.to_regprocedure('tributary.capture_ddl()') \
+    SELECT CASE WHEN coalesce((SELECT c.relispopulated FROM pg_catalog.pg_class c \
+                               WHERE c.oid = pg_catalog.to_regclass('tributary.capture_key')), \
+                              false) \
+           THEN (SELECT count(*) FROM pg_catalog.pg_event_trigger e \
+             WHERE e.evtenabled <> 'D' \
+               AND (e.evtname IN ('tributary_ddl_command_end', 'tributary_sql_drop') \
+                    AND e.evtfoid = pg_catalog.to_regprocedure('tributary.capture_ddl()') \
+                    OR e.evtname IN ('tributary_a_note_ddl_command_end', \
+                                     'tributary_a_note_sql_drop') \
+                    AND e.evtfoid = pg_catalog.to_regprocedure('tributary.note_search_path()')) \
                AND (SELECT bool_and(r.rolsuper) FROM pg_catalog.pg_proc p \
                       JOIN pg_catalog.pg_roles r ON r.oid = p.proowner \
                      WHERE p.oid IN (e.evtfoid, \
                            pg_catalog.to_regprocedure('tributary.emit(text, text, jsonb)'))) \
-               AND pg_catalog.to_regprocedure('tributary.emit(text, text, jsonb)') IS NOT NULL)::int, \
+               AND pg_catalog.to_regprocedure('tributary.emit(text, text, jsonb)') IS NOT NULL)::int \
+           ELSE 0 END, \
            pg_catalog.to_regprocedure('tributary.capture_version()') IS NOT NULL, \
            coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false), \
            pg_catalog.to_regclass('tributary.capture_key') IS NOT NULL \
-             AND pg_catalog.has_table_privilege('tributary.capture_key', 'SELECT')";
+             AND pg_catalog.has_table_privilege('tributary.capture_key', 'SELECT') \
+             AND (SELECT c.relispopulated FROM pg_catalog.pg_class c \
+                   WHERE c.oid = pg_catalog.to_regclass('tributary.capture_key'))";
+
+/// The event triggers of a complete installation: a note and an emit for each event.
+const TRIGGERS: i32 = 4;
 
 /// The installed version, once [`INSPECT_SQL`] found the function.
 pub const VERSION_SQL: &str = "SELECT tributary.capture_version()";
@@ -277,7 +315,7 @@ const KEY_SQL: &str = "SELECT key FROM tributary.capture_key";
 pub fn status(triggers: i32, found: Option<i32>) -> CaptureStatus {
     match (found, triggers) {
         (None, 0) => CaptureStatus::Missing,
-        (Some(CAPTURE_VERSION), 2) => CaptureStatus::Installed,
+        (Some(CAPTURE_VERSION), TRIGGERS) => CaptureStatus::Installed,
         (found, _) => CaptureStatus::Outdated { found },
     }
 }
@@ -503,6 +541,9 @@ mod tests {
         assert!(sql.contains(&format!("SELECT {CAPTURE_VERSION}")));
         assert!(sql.contains("DROP EVENT TRIGGER IF EXISTS tributary_ddl_command_end"));
         assert!(sql.contains("CREATE OR REPLACE FUNCTION tributary.capture_ddl()"));
+        // The note of the search path fires first: event triggers fire by name.
+        assert!("tributary_a_note_ddl_command_end" < "tributary_ddl_command_end");
+        assert!("tributary_a_note_sql_drop" < "tributary_sql_drop");
         assert!(!sql.contains("{MESSAGE_PREFIX}"));
         assert!(
             !sql.contains("EXCEPTION WHEN"),
