@@ -726,7 +726,7 @@ fn apply_decisions(
             .iter()
             .find(|(name, _)| *name == table.name)
             .map(|(_, d)| *d);
-        let usable = table.identity != catalog::ReplicaIdentity::Nothing;
+        let usable = table.identity.is_usable();
         let name = format!("{}.{}", table.name.schema, table.name.name);
         match decision {
             None => tables.push(table),
@@ -755,7 +755,7 @@ fn apply_decisions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::catalog::{ReplicaIdentity, SourceTable};
+    use crate::source::catalog::{Missing, ReplicaIdentity, SourceTable};
 
     fn table(name: &str, identity: ReplicaIdentity) -> SourceTable {
         SourceTable {
@@ -775,11 +775,11 @@ mod tests {
     fn decisions_exclude_tables_until_they_have_a_usable_identity() {
         let listed = vec![
             table("keyed", ReplicaIdentity::PrimaryKey),
-            table("dropped", ReplicaIdentity::Nothing),
-            table("later", ReplicaIdentity::Nothing),
+            table("dropped", ReplicaIdentity::Nothing(Missing::NoKey)),
+            table("later", ReplicaIdentity::Nothing(Missing::NoKey)),
             table("keyed_since", ReplicaIdentity::PrimaryKey),
             table("full_now", ReplicaIdentity::Full),
-            table("full_not_yet", ReplicaIdentity::Nothing),
+            table("full_not_yet", ReplicaIdentity::Nothing(Missing::NoKey)),
         ];
         let name = |n: &str| TableName {
             schema: "public".into(),

@@ -8,6 +8,7 @@ pub mod capture;
 pub mod catalog;
 pub mod copy;
 mod error;
+pub mod identity;
 pub mod preflight;
 pub mod progress;
 pub mod replication;
