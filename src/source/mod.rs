@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod copy;
 mod error;
 pub mod identity;
+pub mod notice;
 pub mod preflight;
 pub mod progress;
 pub mod replication;
