@@ -293,6 +293,7 @@ async fn idle_connector_acknowledges_wal_written_to_other_databases() {
                     "no change was made in the watched database, got {}",
                     String::from_utf8_lossy(&x.data)
                 ),
+                ReplicationMessage::Notice(n) => panic!("unexpected notice {n}"),
             }
         }
     };
@@ -347,6 +348,7 @@ async fn in_flight_transaction_is_not_acknowledged_by_keepalives() {
                     Message::Logical(_)
                 ));
             }
+            ReplicationMessage::Notice(n) => panic!("unexpected notice {n}"),
         }
     }
     stream.send_status().await.unwrap();

@@ -177,12 +177,16 @@ impl fmt::Display for TableDecision {
     }
 }
 
+/// [`TableStatus::decision`] of an unlogged table: its definition is in the replica, its
+/// rows never are (no change of an unlogged table is in the WAL).
+pub const UNLOGGED_TABLE: &str = "unlogged";
+
 /// One table of a connector's current snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableStatus {
     pub table: TableName,
     /// `include` for every table a snapshot copies; for a table it left out, the
-    /// [`TableDecision`] that excluded it.
+    /// [`TableDecision`] that excluded it, or [`UNLOGGED_TABLE`].
     pub decision: String,
     pub state: TableSyncState,
     pub rows: u64,
@@ -764,15 +768,21 @@ impl Bookkeeping {
     }
 
     /// Adds the tables the current snapshot leaves out to its table rows (after
-    /// [`Bookkeeping::set_snapshot_tables`]), each with the decision that excluded it.
-    /// Under the lease.
+    /// [`Bookkeeping::set_snapshot_tables`]), each with the decision that excluded it, and
+    /// its unlogged tables as [`UNLOGGED_TABLE`]. Under the lease.
     pub async fn set_excluded_tables(
         &self,
         id: ConnectorId,
         lease: FencingToken,
         excluded: &[(TableName, TableDecision)],
+        unlogged: &[TableName],
     ) -> Result<(), Error> {
-        let (schemas, names, decided) = decision_columns(excluded);
+        let (mut schemas, mut names, mut decided) = decision_columns(excluded);
+        for table in unlogged {
+            schemas.push(table.schema.as_str());
+            names.push(table.name.as_str());
+            decided.push(UNLOGGED_TABLE);
+        }
         let mut tx = self.pool.begin().await?;
         hold_lease(&mut tx, id, lease).await?;
         sqlx::query(

@@ -40,7 +40,7 @@ mod store;
 pub use branches::{Branch, BranchLock, BranchState};
 pub use connectors::{
     ApplyLag, Connector, Failure, SetupChange, SetupRequest, StateChange, TableDecision,
-    TableStatus, TableSyncState,
+    TableStatus, TableSyncState, UNLOGGED_TABLE,
 };
 pub use error::Error;
 pub use leases::Lease;

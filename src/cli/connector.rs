@@ -11,7 +11,7 @@ use clap::{Subcommand, ValueEnum};
 use serde::Serialize;
 
 use super::Failure;
-use crate::bookkeeping::{Bookkeeping, Connector};
+use crate::bookkeeping::{Bookkeeping, Connector, UNLOGGED_TABLE};
 use crate::change::TableName;
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
@@ -398,19 +398,19 @@ pub(super) async fn inspect_slot(
 }
 
 /// The decided tables the latest snapshot did not include (all of them before the first
-/// snapshot): a table whose key or replica identity was fixed in time is replicated.
+/// snapshot): a table whose key or replica identity was fixed in time is replicated. Then
+/// the snapshot's unlogged tables, whose rows are never replicated.
 async fn excluded_tables(
     bookkeeping: &Bookkeeping,
     connector: &Connector,
 ) -> Result<Vec<ExcludedTable>, Failure> {
-    let included: HashSet<TableName> = bookkeeping
-        .tables(connector.id)
-        .await?
-        .into_iter()
+    let tables = bookkeeping.tables(connector.id).await?;
+    let included: HashSet<&TableName> = tables
+        .iter()
         .filter(|t| t.decision == "include")
-        .map(|t| t.table)
+        .map(|t| &t.table)
         .collect();
-    Ok(bookkeeping
+    let decided = bookkeeping
         .table_decisions(connector.id)
         .await?
         .into_iter()
@@ -418,8 +418,15 @@ async fn excluded_tables(
         .map(|(table, decision)| ExcludedTable {
             table: table.to_string(),
             decision: decision.as_str(),
-        })
-        .collect())
+        });
+    let unlogged = tables
+        .iter()
+        .filter(|t| t.decision == UNLOGGED_TABLE)
+        .map(|t| ExcludedTable {
+            table: t.table.to_string(),
+            decision: UNLOGGED_TABLE,
+        });
+    Ok(decided.chain(unlogged).collect())
 }
 
 /// Stops the pipeline, drops the slot (checking it is gone), the replica database and the

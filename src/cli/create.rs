@@ -543,7 +543,7 @@ pub(super) fn print_decisions(decisions: &[(TableName, TableDecision)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::catalog::ReplicaIdentity;
+    use crate::source::catalog::{Missing, ReplicaIdentity};
 
     fn table(name: &str, identity: ReplicaIdentity) -> TableIdentity {
         TableIdentity {
@@ -592,8 +592,8 @@ mod tests {
     fn decisions_must_name_every_keyless_table_and_may_exclude_others() {
         let tables = [
             table("keyed", ReplicaIdentity::PrimaryKey),
-            table("k1", ReplicaIdentity::Nothing),
-            table("k2", ReplicaIdentity::Nothing),
+            table("k1", ReplicaIdentity::Nothing(Missing::NoKey)),
+            table("k2", ReplicaIdentity::Nothing(Missing::NoKey)),
         ];
         let keyless: Vec<&TableIdentity> = tables[1..].iter().collect();
         let schemas = ["public".to_owned()];

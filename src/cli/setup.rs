@@ -33,7 +33,6 @@ use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
 use crate::sink;
-use crate::source::catalog::ReplicaIdentity;
 use crate::source::preflight;
 use crate::source::slot::{self, WalStatus};
 
@@ -433,7 +432,7 @@ async fn resnapshot_reasons(
         .filter(
             |t| match decisions.iter().find(|(name, _)| *name == t.name) {
                 Some((_, TableDecision::Exclude)) => false,
-                Some(_) => t.identity != ReplicaIdentity::Nothing,
+                Some(_) => t.identity.is_usable(),
                 None => true,
             },
         )
@@ -446,7 +445,7 @@ async fn resnapshot_reasons(
         .tables
         .iter()
         .filter(|t| {
-            t.identity != ReplicaIdentity::Nothing
+            t.identity.is_usable()
                 && decisions
                     .iter()
                     .any(|(name, d)| *name == t.name && *d == TableDecision::Exclude)

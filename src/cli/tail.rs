@@ -95,6 +95,10 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
                     _ => {}
                 }
             }
+            // In its place among the changes: a WARNING here is a change wal2json left out.
+            ReplicationMessage::Notice(notice) => {
+                writeln!(stdout.lock(), "{notice}").context("writing to standard output")?;
+            }
         }
         stream.set_flushed(tracker.flushed());
     }

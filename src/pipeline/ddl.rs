@@ -16,6 +16,9 @@
 //!   block is not a statement of the query, and cannot be replayed faithfully: the
 //!   pipeline stops rather than guess.
 //! - `CONCURRENTLY` is dropped: the replay runs inside the target transaction.
+//! - A table made or created UNLOGGED, or made LOGGED, stops the pipeline: an unlogged
+//!   table's changes are not in the WAL, so the replica cannot follow it, and one made
+//!   logged starts from rows the replica never had.
 
 use std::collections::HashSet;
 
@@ -137,6 +140,18 @@ impl DdlTracker {
         self.cursor = None;
     }
 
+    /// The error for a change of a table that was unlogged when the snapshot ran: it has
+    /// been made logged since, and the replica has none of its rows.
+    pub fn logged_again(&self, table: &TableName) -> PipelineError {
+        PipelineError::definite(
+            format!(
+                "a change of {table} arrived, but {table} was UNLOGGED when the snapshot ran, so \
+                 the replica has none of its rows: it has been made LOGGED since"
+            ),
+            self.retry_setup.clone(),
+        )
+    }
+
     /// The statement to replay for this message, if any.
     pub fn on_message(
         &mut self,
@@ -232,6 +247,14 @@ impl DdlTracker {
         if words.windows(2).any(|w| w[0] == "OWNER" && w[1] == "TO") {
             return Ok(None);
         }
+        if let Some(change) = persistence_change(&tag, &statement) {
+            let table = objects
+                .iter()
+                .filter(|o| o.kind == "table")
+                .find_map(object_table)
+                .map_or_else(|| excerpt(&statement), |t| t.to_string());
+            return Err(change.failure(&table, &at, &self.retry_setup));
+        }
         let tables = objects
             .iter()
             .filter(|o| o.kind == "table" && o.schema.as_deref().is_some_and(ours))
@@ -252,6 +275,67 @@ impl DdlTracker {
             dropped,
             lsn,
         }))
+    }
+}
+
+/// A command that changes whether a table is in the WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Persistence {
+    /// `ALTER TABLE … SET UNLOGGED`.
+    Unlogged,
+    /// `ALTER TABLE … SET LOGGED`.
+    Logged,
+    /// `CREATE UNLOGGED TABLE`.
+    CreatedUnlogged,
+}
+
+impl Persistence {
+    fn failure(self, table: &str, at: &str, retry_setup: &str) -> PipelineError {
+        let unlogged = "PostgreSQL writes none of its changes to the WAL, so the replica \
+                        cannot follow them";
+        let kept = "a new snapshot keeps unlogged tables as definitions without rows, and \
+                    lists them as not replicated";
+        let (error, next_step) = match self {
+            Persistence::Unlogged => (
+                format!("table {table} was made UNLOGGED on the source{at}: {unlogged}"),
+                format!(
+                    "ALTER TABLE … SET LOGGED on the source (or leave it unlogged: {kept}); \
+                     then {retry_setup}"
+                ),
+            ),
+            Persistence::Logged => (
+                format!(
+                    "table {table} was made LOGGED on the source{at}: the rows it got while \
+                     unlogged never reached the replica"
+                ),
+                retry_setup.to_owned(),
+            ),
+            Persistence::CreatedUnlogged => (
+                format!("table {table} was created UNLOGGED on the source{at}: {unlogged}"),
+                format!("{retry_setup} ({kept}), or create the table as a logged one"),
+            ),
+        };
+        PipelineError::definite(error, next_step)
+    }
+}
+
+/// Whether `statement`, run as the command tagged `tag`, changes a table's persistence.
+fn persistence_change(tag: &str, statement: &str) -> Option<Persistence> {
+    match tag {
+        "CREATE TABLE" => statements::leading_words(statement, 3)
+            .contains(&"UNLOGGED".to_owned())
+            .then_some(Persistence::CreatedUnlogged),
+        "ALTER TABLE" => {
+            let words = statements::leading_words(statement, usize::MAX);
+            words
+                .windows(2)
+                .find_map(|w| match (w[0].as_str(), w[1].as_str()) {
+                    ("SET", "UNLOGGED") => Some(Persistence::Unlogged),
+                    ("SET", "LOGGED") => Some(Persistence::Logged),
+                    _ => None,
+                })
+        }
+        _ => None,
     }
 }
 
@@ -598,6 +682,60 @@ mod tests {
         let body = r#"{"v": 2, "tag": "ALTER DEFAULT PRIVILEGES", "event": "ddl_command_end", "query": "alter default privileges grant select on tables to r", "objects": [{"type": "table", "schema": null, "identity": null, "oid": null, "in_extension": false, "table": null}], "search_path": ["public"]}"#;
         let message = DdlMessage::parse(body).unwrap();
         assert!(tracker().on_message(message, None).unwrap().is_none());
+    }
+
+    #[test]
+    fn tables_made_unlogged_or_logged_stop_the_pipeline() {
+        for (tag, sql, expected) in [
+            (
+                "ALTER TABLE",
+                "alter table t set unlogged",
+                Some(Persistence::Unlogged),
+            ),
+            (
+                "ALTER TABLE",
+                "ALTER TABLE t ADD COLUMN c int, SET LOGGED",
+                Some(Persistence::Logged),
+            ),
+            (
+                "CREATE TABLE",
+                "create unlogged table t (a int)",
+                Some(Persistence::CreatedUnlogged),
+            ),
+            ("CREATE TABLE", "create table t (a int)", None),
+            (
+                "ALTER TABLE",
+                "alter table t add column c text default 'set unlogged'",
+                None,
+            ),
+            (
+                "ALTER TABLE",
+                "alter table t alter column c set not null",
+                None,
+            ),
+        ] {
+            assert_eq!(persistence_change(tag, sql), expected, "{sql}");
+        }
+
+        let table = || vec![object("table", Some("public"), "public.t")];
+        let message = command("ALTER TABLE", "alter table t set unlogged", table());
+        let Err(PipelineError::Definite { error, next_step }) =
+            tracker().on_message(message, Some(Lsn::new(16)))
+        else {
+            panic!("SET UNLOGGED was replayed");
+        };
+        assert!(
+            error.starts_with("table public.t was made UNLOGGED on the source at 0/10"),
+            "{error}"
+        );
+        assert!(next_step.contains("SET LOGGED"), "{next_step}");
+        assert!(next_step.ends_with("retry"), "{next_step}");
+        let message = command("CREATE TABLE", "create unlogged table t (a int)", table());
+        assert!(tracker().on_message(message, None).is_err());
+        // Outside the connector's schemas, nothing is replayed, so nothing stops.
+        let elsewhere = vec![object("table", Some("other"), "other.t")];
+        let message = command("ALTER TABLE", "alter table other.t set unlogged", elsewhere);
+        assert_eq!(tracker().on_message(message, None).unwrap(), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod ddl;
 mod drift;
 mod error;
+mod notices;
 pub mod runner;
 mod slot;
 pub mod snapshot;

@@ -26,12 +26,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::bookkeeping::{Bookkeeping, Connector, TableDecision, TableSyncState};
+use crate::bookkeeping::{Bookkeeping, Connector, TableDecision, TableSyncState, UNLOGGED_TABLE};
 use crate::change::{NanPolicy, TableName};
 use crate::metrics::METRICS;
 use crate::pg::{self, ConnInfo, PgClient};
 use crate::pipeline::ddl::DdlTracker;
 use crate::pipeline::drift::{catalog_session, Reconciler};
+use crate::pipeline::notices::Explainer;
 use crate::pipeline::slot::{self, Found, Leftover};
 use crate::pipeline::snapshot::{self, Section, SnapshotJob};
 use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
@@ -84,10 +85,10 @@ pub async fn run(
     // The tables as the snapshot recorded them: streaming follows the snapshot (a table
     // whose identity was fixed since is not in the replica).
     let tables = ctx.bookkeeping.tables(connector.id).await?;
-    let names = |include: bool| {
+    let names = |decision: fn(&str) -> bool| {
         tables
             .iter()
-            .filter(move |t| (t.decision == "include") == include)
+            .filter(move |t| decision(&t.decision))
             .map(|t| t.table.clone())
     };
     let capturing = capture_key.is_some();
@@ -100,14 +101,15 @@ pub async fn run(
         let store = ctx.settings.store();
         let replica_sql = pg::connect(&store.with_dbname(&connector.replica_database)).await?;
         let views = catalog::materialized_views(&replica_sql, &connector.schemas, false).await?;
-        Some(names(true).chain(views).collect())
+        Some(names(|d| d == "include").chain(views).collect())
     } else {
         None
     };
     let filter = TableFilter {
         schemas: connector.schemas.clone(),
-        excluded: names(false).collect(),
+        excluded: names(|d| d != "include" && d != UNLOGGED_TABLE).collect(),
         only,
+        unlogged: names(|d| d == UNLOGGED_TABLE).collect(),
     };
     let ddl = DdlTracker::new(
         capture_key,
@@ -126,7 +128,8 @@ pub async fn run(
         store: &store,
         cuts: cut_requests,
         metrics: METRICS.connector(connector.name.as_str()),
-        reconciler: Reconciler::new(source, retry_setup(connector)),
+        reconciler: Reconciler::new(source.clone(), retry_setup(connector)),
+        notices: Explainer::new(source, retry_setup(connector)),
     };
     let streaming = stream::run(
         stream,
@@ -142,7 +145,7 @@ pub async fn run(
             // Captured DDL keeps the replica's tables the source's.
             std::future::pending::<()>().await;
         }
-        watch_source_tables(ctx, &filter.schemas).await
+        watch_source_tables(ctx, &filter).await
     };
     tokio::select! {
         end = streaming => end,
@@ -155,14 +158,17 @@ pub async fn run(
 /// Without schema change capture, two changes on the source would go unnoticed, because
 /// the changes that follow them still fit the replica's tables: a table dropped and
 /// re-created under the same name (the replica keeps the old table's rows), and a column's
-/// new type (a wider numeric scale would be rounded to the old one). So every poll interval
-/// the source's table OIDs are compared with those the replica recorded, and the column
-/// types of both; ends with an error, naming the fix, when one differs. (The replica is
-/// connected to only briefly: a branch cut needs it without sessions.)
+/// new type (a wider numeric scale would be rounded to the old one). A table made
+/// UNLOGGED sends no changes at all. So every poll interval the source's table OIDs are
+/// compared with those the replica recorded, and the column types of both, and replicated
+/// tables are looked for among the unlogged ones; ends with an error, naming the fix, when
+/// one differs. (The replica is connected to only briefly: a branch cut needs it without
+/// sessions.)
 async fn watch_source_tables(
     ctx: &PipelineContext,
-    schemas: &[String],
+    filter: &TableFilter,
 ) -> Result<(), PipelineError> {
+    let schemas = &filter.schemas;
     let connector = &ctx.connector;
     let source = ConnInfo::parse(&ctx.bookkeeping.source_url(connector).await?).map_err(|e| {
         PipelineError::definite(e.to_string(), "correct the connector's source URL")
@@ -183,6 +189,25 @@ async fn watch_source_tables(
         let client = catalog_session(&source).await?;
         let now = catalog::table_oids(&client, schemas).await?;
         let source_types = catalog::column_types(&client, schemas).await?;
+        let unlogged = catalog::unlogged_tables(&client, schemas).await?;
+        if let Some(table) = unlogged.iter().find(|t| {
+            !filter.unlogged.contains(t)
+                && recorded.iter().any(|(r, _)| r == *t)
+                && filter.applies(t)
+        }) {
+            return Err(PipelineError::definite(
+                format!(
+                    "table {table} was made UNLOGGED on the source, and schema changes are not \
+                     captured: PostgreSQL writes none of its changes to the WAL any more, so \
+                     the replica misses those made since"
+                ),
+                format!(
+                    "ALTER TABLE … SET LOGGED on the source (or leave it unlogged: a new \
+                     snapshot keeps unlogged tables as definitions without rows); then {}",
+                    retry_setup(connector)
+                ),
+            ));
+        }
         let replica_client = catalog_session(&replica).await?;
         let replica_types = catalog::column_types(&replica_client, schemas).await?;
         drop(replica_client);
@@ -622,6 +647,7 @@ async fn snapshot(
             source,
         })?;
     let listed = catalog::list_tables(&source_sql, &connector.schemas, &[]).await?;
+    let unlogged = catalog::unlogged_tables(&source_sql, &connector.schemas).await?;
     let oids = catalog::table_oids(&source_sql, &connector.schemas).await?;
     drop(source_sql);
     let decisions = ctx.bookkeeping.table_decisions(connector.id).await?;
@@ -631,8 +657,16 @@ async fn snapshot(
         .set_snapshot_tables(connector.id, ctx.lease, &names)
         .await?;
     ctx.bookkeeping
-        .set_excluded_tables(connector.id, ctx.lease, &excluded)
+        .set_excluded_tables(connector.id, ctx.lease, &excluded, &unlogged)
         .await?;
+    if !unlogged.is_empty() {
+        let names: Vec<String> = unlogged.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            tables = %names.join(", "),
+            "unlogged tables are not replicated (their changes are not in the WAL): the \
+             replica gets their definitions without rows"
+        );
+    }
     let exclude: Vec<TableName> = excluded.iter().map(|(t, _)| t.clone()).collect();
     tracing::info!(
         tables = tables.len(),
@@ -746,7 +780,7 @@ fn apply_decisions(
             .iter()
             .find(|(name, _)| *name == table.name)
             .map(|(_, d)| *d);
-        let usable = table.identity != catalog::ReplicaIdentity::Nothing;
+        let usable = table.identity.is_usable();
         let name = format!("{}.{}", table.name.schema, table.name.name);
         match decision {
             None => tables.push(table),
@@ -775,7 +809,7 @@ fn apply_decisions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::catalog::{ReplicaIdentity, SourceTable};
+    use crate::source::catalog::{Missing, ReplicaIdentity, SourceTable};
 
     fn table(name: &str, identity: ReplicaIdentity) -> SourceTable {
         SourceTable {
@@ -795,11 +829,11 @@ mod tests {
     fn decisions_exclude_tables_until_they_have_a_usable_identity() {
         let listed = vec![
             table("keyed", ReplicaIdentity::PrimaryKey),
-            table("dropped", ReplicaIdentity::Nothing),
-            table("later", ReplicaIdentity::Nothing),
+            table("dropped", ReplicaIdentity::Nothing(Missing::NoKey)),
+            table("later", ReplicaIdentity::Nothing(Missing::NoKey)),
             table("keyed_since", ReplicaIdentity::PrimaryKey),
             table("full_now", ReplicaIdentity::Full),
-            table("full_not_yet", ReplicaIdentity::Nothing),
+            table("full_not_yet", ReplicaIdentity::Nothing(Missing::NoKey)),
         ];
         let name = |n: &str| TableName {
             schema: "public".into(),

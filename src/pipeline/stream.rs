@@ -43,6 +43,7 @@ use crate::metrics::ConnectorMetrics;
 use crate::pg::ConnInfo;
 use crate::pipeline::ddl::{DdlStatement, DdlTracker};
 use crate::pipeline::drift::Reconciler;
+use crate::pipeline::notices::{self, Explainer, Verdict};
 use crate::pipeline::PipelineError;
 use crate::settings::PipelineSettings;
 use crate::sink::{self, ReplicaSink, SinkError};
@@ -103,10 +104,13 @@ pub struct TableFilter {
     pub excluded: HashSet<TableName>,
     /// With `include_new_tables` off: the snapshot's tables, and no other.
     pub only: Option<HashSet<TableName>>,
+    /// Unlogged when the snapshot ran, so the replica has none of their rows: a change of
+    /// one means it is logged now, and the replica cannot catch up without a new snapshot.
+    pub unlogged: HashSet<TableName>,
 }
 
 impl TableFilter {
-    fn applies(&self, table: &TableName) -> bool {
+    pub fn applies(&self, table: &TableName) -> bool {
         self.schemas.contains(&table.schema)
             && (self.excluded.is_empty() || !self.excluded.contains(table))
             && self.only.as_ref().is_none_or(|only| only.contains(table))
@@ -123,6 +127,8 @@ pub struct Target<'a> {
     pub metrics: ConnectorMetrics,
     /// Brings a replica table in line when a change no longer fits it.
     pub reconciler: Reconciler,
+    /// Says what a notice that stops the pipeline means (the reader uses it).
+    pub notices: Explainer,
 }
 
 /// Copy the replica to a new database at the next source commit boundary.
@@ -158,6 +164,7 @@ pub async fn run(
         start: applied,
         filter,
         ddl,
+        notices: target.notices,
         commands,
         buffer: Arc::new(Semaphore::new(BUFFER_BYTES)),
         durable: durable_rx,
@@ -224,6 +231,7 @@ struct Reader<'a> {
     start: Lsn,
     filter: &'a TableFilter,
     ddl: DdlTracker,
+    notices: Explainer,
     commands: mpsc::Sender<Command>,
     /// What is left of [`BUFFER_BYTES`].
     buffer: Arc<Semaphore>,
@@ -397,6 +405,9 @@ impl Reader<'_> {
                             "report this to the tributary developers",
                         ));
                     }
+                    if !self.skipping && self.filter.unlogged.contains(&change.table) {
+                        return Err(self.ddl.logged_again(&change.table));
+                    }
                     if !self.skipping && self.filter.applies(&change.table) {
                         self.sent_in_tx += 1;
                         let budget = self.budget(change.approx_bytes()).await?;
@@ -453,6 +464,17 @@ impl Reader<'_> {
                 }
                 Message::Logical(_) => {}
             },
+            // Stopping here keeps this transaction's commit from the applier: nothing of it
+            // or after it is applied or acknowledged (see `notices`).
+            ReplicationMessage::Notice(notice) => {
+                match notices::judge(&notice, |t| self.filter.applies(t)) {
+                    Verdict::Log => tracing::info!(target: "tributary::source", "{notice}"),
+                    Verdict::Ignore => {
+                        tracing::debug!(target: "tributary::source", "not replicated: {notice}")
+                    }
+                    Verdict::Stop(notice) => return Err(self.notices.failure(&notice).await),
+                }
+            }
             ReplicationMessage::Keepalive(k) => {
                 if let Some(position) = self.tracker.idle_position(k.wal_end) {
                     // Best effort: a full channel means work in flight anyway.

@@ -10,6 +10,8 @@ use std::fmt;
 
 use tokio_postgres::Client;
 
+use super::identity::{self, FACTS_SQL};
+pub use super::identity::{Missing, ReplicaIdentity};
 use crate::change::TableName;
 
 /// One table whose rows the snapshot copies and the stream keeps in sync.
@@ -34,20 +36,6 @@ pub struct SourceTable {
     /// `tsquery` has a binary form no server reads back. Such tables are copied as text,
     /// which every version reads back exactly (see [`TextReason`]).
     pub binary_copy: bool,
-}
-
-/// Which old values an UPDATE or DELETE carries (`ALTER TABLE … REPLICA IDENTITY`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplicaIdentity {
-    /// The default, with a primary key: the key's columns.
-    PrimaryKey,
-    /// `USING INDEX`: the columns of this unique index (in the table's schema).
-    Index(String),
-    /// Every column of the old row.
-    Full,
-    /// No old values: `NOTHING`, or the default on a table without a primary key. UPDATE
-    /// and DELETE on such a table cannot be applied to a replica.
-    Nothing,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,15 +75,12 @@ const FIRST_NORMAL_OID: u32 = 16384;
 /// Tables are ordinary, permanent (`relkind 'r'`, `relpersistence 'p'`): leaf partitions
 /// are included, partitioned parents, views, foreign tables, temporary and unlogged tables
 /// are not (unlogged tables write no WAL, so no change of theirs could ever be streamed).
-const TABLES: &str = "
+fn tables_sql() -> String {
+    format!(
+        "
 SELECT n.nspname,
        c.relname,
-       c.relreplident::text,
-       EXISTS (SELECT 1 FROM pg_catalog.pg_index i
-                WHERE i.indrelid = c.oid AND i.indisprimary) AS has_primary_key,
-       (SELECT ic.relname FROM pg_catalog.pg_index i
-          JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-         WHERE i.indrelid = c.oid AND i.indisreplident) AS identity_index,
+       {FACTS_SQL},
        pg_catalog.pg_relation_size(c.oid) AS bytes,
        pg_catalog.pg_relation_size(c.oid)
          / pg_catalog.current_setting('block_size')::int8 AS pages,
@@ -119,7 +104,37 @@ SELECT n.nspname,
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND n.nspname = ANY($1)
- ORDER BY n.nspname, c.relname";
+ ORDER BY n.nspname, c.relname"
+    )
+}
+
+/// The unlogged tables of `schemas` (leaf or not partitioned): the snapshot restores their
+/// definitions but no rows, since no change of theirs is ever in the WAL.
+pub async fn unlogged_tables(
+    client: &Client,
+    schemas: &[String],
+) -> Result<Vec<TableName>, CatalogError> {
+    const SQL: &str = "
+        SELECT n.nspname::text, c.relname::text
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'r' AND c.relpersistence = 'u' AND n.nspname = ANY($1)
+         ORDER BY 1, 2";
+    let rows = client
+        .query(SQL, &[&schemas])
+        .await
+        .map_err(|source| CatalogError::Query {
+            what: "the unlogged tables",
+            source,
+        })?;
+    Ok(rows
+        .iter()
+        .map(|row| TableName {
+            schema: row.get(0),
+            name: row.get(1),
+        })
+        .collect())
+}
 
 /// The OID of every table in `schemas` (ordinary and partitioned): a table dropped and
 /// re-created under the same name has another.
@@ -307,7 +322,7 @@ pub async fn list_tables(
     exclude: &[TableName],
 ) -> Result<Vec<SourceTable>, CatalogError> {
     let rows = client
-        .query(TABLES, &[&schemas])
+        .query(&tables_sql(), &[&schemas])
         .await
         .map_err(|source| CatalogError::Query {
             what: "tables",
@@ -322,8 +337,8 @@ pub async fn list_tables(
             schema: row.get(0),
             name: row.get(1),
         };
-        let ancestor_schemas: Vec<String> = row.get(9);
-        let ancestor_names: Vec<String> = row.get(10);
+        let ancestor_schemas: Vec<String> = row.get(10);
+        let ancestor_names: Vec<String> = row.get(11);
         let ancestor_excluded = ancestor_schemas
             .into_iter()
             .zip(ancestor_names)
@@ -331,26 +346,22 @@ pub async fn list_tables(
         if excluded.contains(&name) || ancestor_excluded {
             continue;
         }
-        let identity = match (row.get::<_, String>(2).as_str(), row.get::<_, bool>(3)) {
-            ("d", true) => ReplicaIdentity::PrimaryKey,
-            ("f", _) => ReplicaIdentity::Full,
-            ("i", _) => match row.get::<_, Option<String>>(4) {
-                Some(index) => ReplicaIdentity::Index(index),
-                // The index was dropped: the server falls back to nothing.
-                None => ReplicaIdentity::Nothing,
-            },
-            _ => ReplicaIdentity::Nothing,
-        };
+        let identity = identity::classify(
+            row.get::<_, String>(2).as_str(),
+            row.get(3),
+            row.get(4),
+            row.get(5),
+        );
         let size = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
         tables.push(SourceTable {
             name,
             identity,
-            columns: row.get(7),
-            estimated_bytes: size(5),
-            pages: size(6),
+            columns: row.get(8),
+            estimated_bytes: size(6),
+            pages: size(7),
             binary_copy: true,
         });
-        column_types.push(row.get(8));
+        column_types.push(row.get(9));
     }
 
     let all_types: Vec<u32> = column_types

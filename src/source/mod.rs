@@ -8,6 +8,8 @@ pub mod capture;
 pub mod catalog;
 pub mod copy;
 mod error;
+pub mod identity;
+pub mod notice;
 pub mod preflight;
 pub mod prepared;
 pub mod progress;

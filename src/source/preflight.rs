@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::catalog::{self, ForeignKey, ReplicaIdentity};
 use super::error::{Error, Result};
+use super::identity;
 use super::replication::{self, parse_pg_duration, ReplicationClient, SnapshotAction};
 use super::wire::{self, Connection, Encryption, TransportError};
 use crate::change::TableName;
@@ -35,6 +36,9 @@ use crate::source::capture::{self, CaptureStatus, CAPTURE_VERSION};
 use crate::source::prepared::{self, PreparedXact};
 use crate::source::slot;
 use crate::types::{InstallationId, SlotName};
+use tables::{judge_missing_identity, judge_unlogged};
+
+mod tables;
 
 /// Oldest supported source: the queries below and the replication commands assume it.
 const MIN_SERVER_VERSION: u32 = 130_000;
@@ -94,6 +98,7 @@ const CREATE: &str = "create on database";
 const EVENT_TRIGGERS: &str = "event triggers";
 /// One line when every table has an identity, else one line per table without.
 const IDENTITY: &str = "replica identity";
+const UNLOGGED: &str = "unlogged tables";
 const FOREIGN_KEYS: &str = "foreign keys";
 const DUPLICATE: &str = "duplicate source";
 const INSTALLATIONS: &str = "other installations";
@@ -101,7 +106,7 @@ const SLOT_WAL_KEEP: &str = "max_slot_wal_keep_size";
 const SENDER_TIMEOUT: &str = "wal_sender_timeout";
 const LARGE_OBJECTS: &str = "large objects";
 
-const ORDER: [&str; 23] = [
+const ORDER: [&str; 24] = [
     TCP,
     TLS,
     AUTH,
@@ -119,6 +124,7 @@ const ORDER: [&str; 23] = [
     CREATE,
     EVENT_TRIGGERS,
     IDENTITY,
+    UNLOGGED,
     FOREIGN_KEYS,
     LARGE_OBJECTS,
     DUPLICATE,
@@ -237,9 +243,7 @@ impl Report {
     /// The tables without a usable replica identity: their UPDATEs and DELETEs cannot be
     /// replicated.
     pub fn without_identity(&self) -> impl Iterator<Item = &TableIdentity> {
-        self.tables
-            .iter()
-            .filter(|t| t.identity == ReplicaIdentity::Nothing)
+        self.tables.iter().filter(|t| !t.identity.is_usable())
     }
 }
 
@@ -410,14 +414,14 @@ struct Relation {
     kind: RelationKind,
     owner: String,
     can_select: bool,
+    /// An unlogged table: never in the WAL, so never streamed.
+    unlogged: bool,
 }
 
 #[derive(Debug)]
 struct Table {
     name: TableName,
     identity: ReplicaIdentity,
-    /// `REPLICA IDENTITY NOTHING` was set explicitly.
-    declared_nothing: bool,
     /// A unique index that `REPLICA IDENTITY USING INDEX` would accept: valid, not
     /// partial, not deferrable, no expressions, key columns NOT NULL.
     usable_index: Option<String>,
@@ -740,7 +744,8 @@ async fn read_server(
         "the tables and sequences",
         &format!(
             "SELECT n.nspname, c.relname, c.relkind, pg_catalog.pg_get_userbyid(c.relowner),
-                    pg_catalog.has_table_privilege(c.oid, 'SELECT')
+                    pg_catalog.has_table_privilege(c.oid, 'SELECT'),
+                    c.relkind = 'r' AND c.relpersistence = 'u'
                FROM pg_catalog.pg_class c
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = ANY ({selected}) AND c.relkind IN ('r', 'p', 'S')
@@ -755,6 +760,7 @@ async fn read_server(
                 },
                 owner: row.text(3)?.to_owned(),
                 can_select: row.flag(4)?,
+                unlogged: row.flag(5)?,
             })
         },
     )
@@ -766,12 +772,7 @@ async fn read_server(
         conn,
         "the replica identities",
         &format!(
-            "SELECT n.nspname, c.relname, c.relreplident,
-                    EXISTS (SELECT FROM pg_catalog.pg_index i
-                             WHERE i.indrelid = c.oid AND i.indisprimary),
-                    (SELECT ic.relname FROM pg_catalog.pg_index i
-                       JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-                      WHERE i.indrelid = c.oid AND i.indisreplident),
+            "SELECT n.nspname, c.relname, {},
                     (SELECT ic.relname FROM pg_catalog.pg_index i
                        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
                       WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid
@@ -787,23 +788,16 @@ async fn read_server(
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind = 'r' AND c.relpersistence = 'p'
                 AND n.nspname = ANY ({selected})
-              ORDER BY 1, 2"
+              ORDER BY 1, 2",
+            identity::FACTS_SQL
         ),
         |row| {
-            let declared = row.text(2)?;
-            let identity = match (declared, row.flag(3)?, row.optional(4)) {
-                ("d", true, _) => ReplicaIdentity::PrimaryKey,
-                ("f", _, _) => ReplicaIdentity::Full,
-                ("i", _, Some(index)) => ReplicaIdentity::Index(index),
-                // NOTHING, DEFAULT without a primary key, or an identity index that was
-                // dropped: the server logs no old key for any of them.
-                _ => ReplicaIdentity::Nothing,
-            };
+            let identity =
+                identity::classify(row.text(2)?, row.flag(3)?, row.flag(4)?, row.optional(5));
             Ok(Table {
                 name: table_name(row)?,
                 identity,
-                declared_nothing: declared == "n",
-                usable_index: row.optional(5),
+                usable_index: row.optional(6),
             })
         },
     )
@@ -1021,6 +1015,7 @@ fn judge(info: &ConnInfo, schemas: &[String], gathered: &Gathered, known: &Known
     checks.push(judge_create(server));
     checks.push(judge_event_triggers(server));
     checks.extend(judge_identities(server));
+    checks.push(judge_unlogged(server));
     checks.push(judge_foreign_keys(server, schemas));
     checks.push(judge_large_objects(server));
     checks.push(judge_duplicate(info, server, probe, known));
@@ -1517,7 +1512,7 @@ fn judge_identities(server: &Server) -> Vec<Check> {
     }
     let missing: Vec<Check> = tables
         .iter()
-        .filter(|t| t.identity == ReplicaIdentity::Nothing)
+        .filter(|t| !t.identity.is_usable())
         .map(judge_missing_identity)
         .collect();
     if !missing.is_empty() {
@@ -1574,41 +1569,6 @@ pub fn describe_foreign_keys(keys: &[&ForeignKey]) -> String {
         .map(|k| format!("{}.{} → {}", k.table, k.name, k.references))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn judge_missing_identity(table: &Table) -> Check {
-    let name = identity_check(&table.name);
-    let sql = quote_table(&table.name);
-    let alternatives = format!(
-        "add a primary key; or ALTER TABLE {sql} REPLICA IDENTITY FULL; (every UPDATE and \
-         DELETE then logs the whole old row); or exclude the table from the connector"
-    );
-    let dropped = "wal2json drops its UPDATEs and DELETEs without an error";
-    if table.declared_nothing {
-        return Check::fail(
-            name,
-            format!("REPLICA IDENTITY NOTHING: {dropped}"),
-            alternatives,
-        );
-    }
-    match &table.usable_index {
-        Some(index) => Check::fail(
-            name,
-            format!(
-                "none: no primary key and REPLICA IDENTITY DEFAULT ({dropped}), although unique \
-                 index {index} could serve"
-            ),
-            format!(
-                "ALTER TABLE {sql} REPLICA IDENTITY USING INDEX {};",
-                quote_ident(index)
-            ),
-        ),
-        None => Check::fail(
-            name,
-            format!("none: no primary key and no unique index on NOT NULL columns; {dropped}"),
-            alternatives,
-        ),
-    }
 }
 
 fn judge_duplicate(info: &ConnInfo, server: &Server, probe: &Probe, known: &KnownSources) -> Check {
@@ -1953,6 +1913,7 @@ fn plural(n: usize) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::identity::Missing;
 
     fn info() -> ConnInfo {
         ConnInfo::parse("postgresql://app:s3cret@db.example.com:5432/shop").unwrap()
@@ -2011,18 +1972,19 @@ mod tests {
                     kind: RelationKind::Table,
                     owner: "owner".into(),
                     can_select: true,
+                    unlogged: false,
                 },
                 Relation {
                     name: table("public", "orders_id_seq"),
                     kind: RelationKind::Sequence,
                     owner: "owner".into(),
                     can_select: true,
+                    unlogged: false,
                 },
             ],
             tables: vec![Table {
                 name: table("public", "orders"),
                 identity: ReplicaIdentity::PrimaryKey,
-                declared_nothing: false,
                 usable_index: None,
             }],
             numeric_columns: vec!["public.orders.total (numeric(10,2))".into()],
@@ -2269,6 +2231,7 @@ mod tests {
             kind: RelationKind::Table,
             owner: "billing owner".into(),
             can_select: false,
+            unlogged: false,
         });
         let schemas = [
             "public".to_owned(),
@@ -2362,25 +2325,21 @@ mod tests {
             Table {
                 name: table("public", "ok"),
                 identity: ReplicaIdentity::Full,
-                declared_nothing: false,
                 usable_index: None,
             },
             Table {
                 name: table("public", "keyless"),
-                identity: ReplicaIdentity::Nothing,
-                declared_nothing: false,
+                identity: ReplicaIdentity::Nothing(Missing::NoKey),
                 usable_index: None,
             },
             Table {
                 name: table("public", "coded"),
-                identity: ReplicaIdentity::Nothing,
-                declared_nothing: false,
+                identity: ReplicaIdentity::Nothing(Missing::NoKey),
                 usable_index: Some("coded_code_key".into()),
             },
             Table {
                 name: table("public", "silent"),
-                identity: ReplicaIdentity::Nothing,
-                declared_nothing: true,
+                identity: ReplicaIdentity::Nothing(Missing::Declared),
                 usable_index: None,
             },
         ];
@@ -2425,8 +2384,7 @@ mod tests {
         server.wal_level = "replica".into();
         server.tables = vec![Table {
             name: table("public", "keyless"),
-            identity: ReplicaIdentity::Nothing,
-            declared_nothing: false,
+            identity: ReplicaIdentity::Nothing(Missing::NoKey),
             usable_index: None,
         }];
         let report = judged(&ready(server));
@@ -2435,6 +2393,71 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(blocking, [WAL_LEVEL]);
+    }
+
+    #[test]
+    fn a_deferrable_key_or_a_dropped_identity_index_is_no_identity() {
+        let mut server = healthy();
+        let no_identity = |name: &str, missing: Missing, usable_index: Option<&str>| Table {
+            name: table("public", name),
+            identity: ReplicaIdentity::Nothing(missing),
+            usable_index: usable_index.map(Into::into),
+        };
+        server.tables = vec![
+            no_identity("deferred", Missing::DeferrableKey, None),
+            no_identity(
+                "reindexed",
+                Missing::IndexDropped,
+                Some("reindexed_code_key"),
+            ),
+            no_identity("unindexed", Missing::IndexDropped, None),
+        ];
+        let report = judged(&ready(server));
+        assert_fails(
+            check(&report, "replica identity public.deferred"),
+            "primary key is DEFERRABLE",
+            "re-create the primary key NOT DEFERRABLE; or ALTER TABLE \"public\".\"deferred\" \
+             REPLICA IDENTITY FULL;",
+        );
+        assert_fails(
+            check(&report, "replica identity public.reindexed"),
+            "USING INDEX was dropped",
+            "ALTER TABLE \"public\".\"reindexed\" REPLICA IDENTITY USING INDEX \
+             \"reindexed_code_key\";",
+        );
+        assert_fails(
+            check(&report, "replica identity public.unindexed"),
+            "USING INDEX was dropped",
+            "REPLICA IDENTITY FULL;",
+        );
+        // All three go to `connector create`'s decisions, as keyless tables do.
+        assert_eq!(report.without_identity().count(), 3);
+        assert_eq!(report.blocking_failures().count(), 0);
+    }
+
+    #[test]
+    fn unlogged_tables_are_listed_as_not_replicated() {
+        let report = judged(&ready(healthy()));
+        assert!(matches!(check(&report, UNLOGGED), Outcome::Pass { value } if value == "none"));
+        let mut server = healthy();
+        server.relations.push(Relation {
+            name: table("public", "scratch"),
+            kind: RelationKind::Table,
+            owner: "owner".into(),
+            can_select: true,
+            unlogged: true,
+        });
+        let report = judged(&ready(server));
+        match check(&report, UNLOGGED) {
+            Outcome::Warn { value, fix } => {
+                assert!(value.contains("1 not replicated"), "{value}");
+                assert!(value.contains("public.scratch"), "{value}");
+                assert!(fix.contains("its definition without rows"), "{fix}");
+                assert!(fix.contains("SET LOGGED"), "{fix}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(report.passed());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use super::error::Result;
+use super::error::{Result, ServerError};
 use super::wal2json::PluginOptions;
 use super::wire::{Connection, Frame, Rows};
 use crate::pg::ConnInfo;
@@ -80,6 +80,9 @@ pub struct CreatedSlot {
 pub enum ReplicationMessage {
     XLogData(XLogData),
     Keepalive(Keepalive),
+    /// A NoticeResponse, in its place among the others: wal2json reports a change it left
+    /// out only this way ([`super::notice`]).
+    Notice(ServerError),
 }
 
 /// One output-plugin message: for wal2json format 2, one JSON object.
@@ -493,7 +496,7 @@ impl ReplicationStream {
             return Ok(None);
         }
         let conn = &mut self.client.conn;
-        let Some(frame) = conn.try_frame()? else {
+        let Some(frame) = conn.try_frame_with_notices()? else {
             return Ok(None);
         };
         self.unanswered_since = None;
@@ -507,10 +510,13 @@ impl ReplicationStream {
                     ReplicationMessage::Keepalive(k) if k.reply_requested => {
                         self.queue_status(false)
                     }
-                    ReplicationMessage::Keepalive(_) => {}
+                    ReplicationMessage::Keepalive(_) | ReplicationMessage::Notice(_) => {}
                 }
                 Ok(Some(message))
             }
+            Frame::Other(Message::NoticeResponse(body)) => Ok(Some(ReplicationMessage::Notice(
+                Connection::fields(body.fields()),
+            ))),
             // A server shutting down ends streaming with CommandComplete and no CopyDone,
             // then exits.
             Frame::Other(Message::CopyDone | Message::CommandComplete(_)) => {

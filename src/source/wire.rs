@@ -315,11 +315,25 @@ impl Connection {
     /// Cuts the next frame from the read buffer without waiting, `None` if it is incomplete.
     /// Notices are logged and parameter changes recorded here, not returned.
     pub fn try_frame(&mut self) -> Result<Option<Frame>> {
+        self.try_frame_inner(false)
+    }
+
+    /// Like [`Connection::try_frame`], but notices are returned too, in their place among
+    /// the other frames: on a replication stream a notice can be about the data.
+    pub fn try_frame_with_notices(&mut self) -> Result<Option<Frame>> {
+        self.try_frame_inner(true)
+    }
+
+    fn try_frame_inner(&mut self, notices: bool) -> Result<Option<Frame>> {
         loop {
             let Some(frame) = self.cut_frame()? else {
                 return Ok(None);
             };
-            if let Some(frame) = self.absorb(frame) {
+            let frame = match frame {
+                frame @ Frame::Other(Message::NoticeResponse(_)) if notices => Some(frame),
+                frame => self.absorb(frame),
+            };
+            if let Some(frame) = frame {
                 return Ok(Some(frame));
             }
         }
@@ -330,7 +344,7 @@ impl Connection {
     fn absorb(&mut self, frame: Frame) -> Option<Frame> {
         match frame {
             Frame::Other(Message::NoticeResponse(body)) => {
-                let notice = self.server_error(body.fields());
+                let notice = Self::fields(body.fields());
                 tracing::info!(target: "tributary::source", server = %self.target, "{notice}");
                 None
             }
@@ -397,7 +411,15 @@ impl Connection {
         let _ = self.stream.shutdown().await;
     }
 
-    pub fn server_error(&self, mut fields: ErrorFields<'_>) -> Error {
+    pub fn server_error(&self, fields: ErrorFields<'_>) -> Error {
+        Error::Server {
+            target: self.target.clone(),
+            error: Box::new(Self::fields(fields)),
+        }
+    }
+
+    /// The fields of an ErrorResponse or NoticeResponse.
+    pub fn fields(mut fields: ErrorFields<'_>) -> ServerError {
         let mut error = ServerError {
             severity: "ERROR".into(),
             code: "XX000".into(),
@@ -416,10 +438,7 @@ impl Connection {
                 _ => {}
             }
         }
-        Error::Server {
-            target: self.target.clone(),
-            error: Box::new(error),
-        }
+        error
     }
 
     pub fn silent(&self, silence: std::time::Duration) -> Error {

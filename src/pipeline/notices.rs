@@ -1,0 +1,321 @@
+//! What the source's notices mean for the replica: a WARNING on the replication stream is
+//! a state, never only a log line.
+//!
+//! wal2json leaves a change out with nothing but a WARNING ([`crate::source::notice`]),
+//! which arrives inside the change's transaction, before its commit. A change of a
+//! replicated table left out or sent without its key, and any WARNING tributary does not
+//! know, stop the pipeline right there: the reader returns the error before that
+//! transaction's commit reaches the applier, so neither it nor anything after it is
+//! applied or acknowledged, and the operator reads which table, why, and what to do.
+//! Notices about tables the connector does not replicate are only logged (debug).
+
+use crate::change::TableName;
+use crate::pg::{quote_table, ConnInfo};
+use crate::pipeline::drift::catalog_session;
+use crate::pipeline::PipelineError;
+use crate::source::identity::{self, ReplicaIdentity};
+use crate::source::notice::{self, Action, DropCause, Notice, NoticeTable};
+use crate::source::ServerError;
+
+/// What a notice calls for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing went wrong (NOTICE, INFO, …): logged.
+    Log,
+    /// About a table the connector does not replicate.
+    Ignore,
+    /// The replica would miss something: the pipeline stops.
+    Stop(Notice),
+}
+
+/// The verdict on `notice`, given which tables the connector replicates. A table the
+/// notice does not name exactly might be one of them, so it stops the pipeline too.
+pub fn judge(notice: &ServerError, replicated: impl Fn(&TableName) -> bool) -> Verdict {
+    let notice = notice::classify(notice);
+    let table = match &notice {
+        Notice::Informational(_) => return Verdict::Log,
+        Notice::UnknownWarning(_) => return Verdict::Stop(notice),
+        Notice::Dropped { table, .. } | Notice::WithoutOldKey { table, .. } => table,
+    };
+    match table {
+        NoticeTable::Qualified(table) if !replicated(table) => Verdict::Ignore,
+        _ => Verdict::Stop(notice),
+    }
+}
+
+/// Turns the notices that stop the pipeline into its error, with the cause read from the
+/// source's catalog.
+pub struct Explainer {
+    source: ConnInfo,
+    /// What to tell the operator when only a new snapshot helps.
+    retry_setup: String,
+}
+
+impl Explainer {
+    pub fn new(source: ConnInfo, retry_setup: String) -> Explainer {
+        Explainer {
+            source,
+            retry_setup,
+        }
+    }
+
+    /// The pipeline's error for a notice [`judge`] stopped on.
+    pub async fn failure(&self, notice: &Notice) -> PipelineError {
+        let identity = match notice {
+            Notice::Dropped {
+                table: NoticeTable::Qualified(table),
+                cause: DropCause::NoIdentity,
+                ..
+            }
+            | Notice::WithoutOldKey {
+                table: NoticeTable::Qualified(table),
+                ..
+            } => Some(self.identity(table).await),
+            _ => None,
+        };
+        let (error, next_step) = explain(notice, identity, &self.retry_setup);
+        PipelineError::definite(error, next_step)
+    }
+
+    async fn identity(&self, table: &TableName) -> Result<Option<ReplicaIdentity>, String> {
+        let client = catalog_session(&self.source)
+            .await
+            .map_err(|e| e.to_string())?;
+        identity::current(&client, table)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The error and the next step for `notice`; `identity` is what the source's catalog
+/// says about the table now (or why it could not say), for notices about a missing key.
+fn explain(
+    notice: &Notice,
+    identity: Option<Result<Option<ReplicaIdentity>, String>>,
+    retry_setup: &str,
+) -> (String, String) {
+    let stopped = "the replica would silently miss it, so nothing from that source \
+                   transaction on is applied or acknowledged";
+    let give_identity = |table: &NoticeTable| {
+        let sql = match table {
+            NoticeTable::Qualified(table) => quote_table(table),
+            _ => "…".to_owned(),
+        };
+        format!(
+            "give {table} a usable replica identity on the source (a primary key that is not \
+             DEFERRABLE, REPLICA IDENTITY USING INDEX on a unique index of NOT NULL columns, \
+             or ALTER TABLE {sql} REPLICA IDENTITY FULL;), or exclude it with a replica \
+             identity decision; then {retry_setup} (what was left out reaches the replica \
+             only through a new snapshot)"
+        )
+    };
+    let cause = |table: &NoticeTable| match &identity {
+        Some(Ok(Some(ReplicaIdentity::Nothing(missing)))) => {
+            format!(
+                "{table} has no usable replica identity: {}",
+                missing.describe()
+            )
+        }
+        Some(Ok(Some(_))) => format!(
+            "{table} had no usable replica identity when the change was made (it has one now)"
+        ),
+        Some(Ok(None)) => {
+            format!("{table} had no usable replica identity (the table no longer exists)")
+        }
+        Some(Err(e)) => format!(
+            "{table} has no usable replica identity (the source's catalog could not be read \
+             for the cause: {e})"
+        ),
+        None => format!("{table} has no usable replica identity"),
+    };
+    match notice {
+        Notice::Dropped {
+            action,
+            table,
+            cause: DropCause::NoIdentity,
+        } => (
+            format!(
+                "wal2json left {} of {table} out of the change stream (\"{}\"): {}; {stopped}",
+                action_phrase(*action),
+                warning_text(notice),
+                cause(table)
+            ),
+            give_identity(table),
+        ),
+        Notice::Dropped {
+            action,
+            table,
+            cause: DropCause::NoTupleData,
+        } => (
+            format!(
+                "wal2json left {} of {table} out of the change stream: it carried no row data \
+                 (\"{}\"); {stopped}",
+                action_phrase(*action),
+                warning_text(notice)
+            ),
+            format!("{retry_setup}; please report the warning to the tributary developers"),
+        ),
+        Notice::WithoutOldKey { action, table } => (
+            format!(
+                "wal2json sent {} of {table} without the old key that finds its row (\"{}\"): \
+                 {}; {stopped}",
+                action_phrase(Some(*action)),
+                warning_text(notice),
+                cause(table)
+            ),
+            give_identity(table),
+        ),
+        Notice::UnknownWarning(warning) | Notice::Informational(warning) => (
+            format!(
+                "the source sent a warning tributary does not know while streaming: {warning}; \
+                 it may mean that a change is missing, so nothing from here on is applied or \
+                 acknowledged"
+            ),
+            format!(
+                "find out what the warning means for the replicated tables (the source's log \
+                 has it with its context); if it cost a change, {retry_setup}; please report it \
+                 to the tributary developers, so that it gets a definite meaning"
+            ),
+        ),
+    }
+}
+
+fn action_phrase(action: Option<Action>) -> &'static str {
+    match action {
+        Some(Action::Insert) => "an INSERT",
+        Some(Action::Update) => "an UPDATE",
+        Some(Action::Delete) => "a DELETE",
+        None => "an UPDATE or DELETE",
+    }
+}
+
+/// The warning's own words, for the error message.
+fn warning_text(notice: &Notice) -> String {
+    match notice {
+        Notice::Dropped {
+            action,
+            table,
+            cause,
+        } => {
+            let action = action.map_or("UPDATE/DELETE", Action::as_str);
+            match cause {
+                DropCause::NoIdentity => format!("no tuple identifier for {action} in {table}"),
+                DropCause::NoTupleData => format!("no tuple data for {action} in {table}"),
+            }
+        }
+        Notice::WithoutOldKey { action, table } => {
+            format!("no old tuple data for {} in {table}", action.as_str())
+        }
+        Notice::UnknownWarning(w) | Notice::Informational(w) => w.message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::identity::Missing;
+
+    fn warning(message: &str) -> ServerError {
+        ServerError {
+            severity: "WARNING".into(),
+            code: "01000".into(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    #[test]
+    fn warnings_about_replicated_tables_and_unknown_ones_stop() {
+        let replicated = |t: &TableName| t.schema == "app";
+        let verdict = |message: &str| judge(&warning(message), replicated);
+        assert!(matches!(
+            verdict(r#"no tuple identifier for UPDATE in table "app"."t""#),
+            Verdict::Stop(Notice::Dropped { .. })
+        ));
+        assert!(matches!(
+            verdict(r#"no old tuple data for DELETE in table "app"."t""#),
+            Verdict::Stop(Notice::WithoutOldKey { .. })
+        ));
+        assert_eq!(
+            verdict(r#"no tuple identifier for UPDATE in table "other"."t""#),
+            Verdict::Ignore
+        );
+        // Without a schema, the table may be a replicated one.
+        assert!(matches!(
+            verdict(r#"table "t" without primary key or replica identity is nothing"#),
+            Verdict::Stop(_)
+        ));
+        assert!(matches!(
+            verdict("something new"),
+            Verdict::Stop(Notice::UnknownWarning(_))
+        ));
+        let mut notice = warning("logical decoding found consistent point");
+        notice.severity = "NOTICE".into();
+        assert_eq!(judge(&notice, replicated), Verdict::Log);
+    }
+
+    #[test]
+    fn each_stop_names_the_table_the_cause_and_the_fix() {
+        let dropped = notice::classify(&warning(
+            r#"no tuple identifier for UPDATE in table "app"."t""#,
+        ));
+        let retry = "run retry-setup";
+        for (identity, cause) in [
+            (
+                Some(Ok(Some(ReplicaIdentity::Nothing(Missing::DeferrableKey)))),
+                "app.t has no usable replica identity: its primary key is DEFERRABLE",
+            ),
+            (
+                Some(Ok(Some(ReplicaIdentity::Nothing(Missing::IndexDropped)))),
+                "REPLICA IDENTITY USING INDEX was dropped",
+            ),
+            (
+                Some(Ok(Some(ReplicaIdentity::Nothing(Missing::NoKey)))),
+                "it has no primary key",
+            ),
+            (
+                Some(Ok(Some(ReplicaIdentity::Full))),
+                "had no usable replica identity when the change was made",
+            ),
+            (Some(Ok(None)), "no longer exists"),
+            (
+                Some(Err("timeout".into())),
+                "could not be read for the cause: timeout",
+            ),
+        ] {
+            let (error, next) = explain(&dropped, identity, retry);
+            assert!(
+                error.starts_with("wal2json left an UPDATE of app.t out"),
+                "{error}"
+            );
+            assert!(
+                error.contains("no tuple identifier for UPDATE in app.t"),
+                "{error}"
+            );
+            assert!(error.contains(cause), "{error}");
+            assert!(
+                error.contains("nothing from that source transaction on"),
+                "{error}"
+            );
+            assert!(
+                next.contains("ALTER TABLE \"app\".\"t\" REPLICA IDENTITY FULL;"),
+                "{next}"
+            );
+            assert!(next.contains(retry), "{next}");
+        }
+
+        let (error, next) = explain(
+            &Notice::UnknownWarning(warning("out of cheese")),
+            None,
+            retry,
+        );
+        assert!(error.contains("WARNING 01000: out of cheese"), "{error}");
+        assert!(next.contains(retry), "{next}");
+
+        let no_data = notice::classify(&warning(r#"no tuple data for INSERT in table "app"."t""#));
+        let (error, _) = explain(&no_data, None, retry);
+        assert!(error.contains("an INSERT of app.t"), "{error}");
+        assert!(error.contains("no row data"), "{error}");
+    }
+}
