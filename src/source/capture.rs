@@ -81,31 +81,25 @@ DECLARE
     seed text;
     readers text[] := '{{}}';
     reader text;
+    kind text;
 BEGIN
-    IF EXISTS (SELECT FROM pg_catalog.pg_class c
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                WHERE n.nspname = 'tributary' AND c.relname = 'capture_key' AND c.relkind = 'r') THEN
-        SELECT k.key INTO seed FROM tributary.capture_key k LIMIT 1;
+    -- Replaced: version 1's table (its key carries over), or the empty view a restored
+    -- dump of the source has (its REFRESH fails): a new key then, read at the next start.
+    SELECT c.relkind::text INTO kind FROM pg_catalog.pg_class c
+     WHERE c.oid = pg_catalog.to_regclass('tributary.capture_key')
+       AND (c.relkind = 'r' OR NOT c.relispopulated);
+    IF kind IS NOT NULL THEN
+        IF kind = 'r' THEN
+            SELECT k.key INTO seed FROM tributary.capture_key k LIMIT 1;
+        END IF;
         SELECT coalesce(pg_catalog.array_agg(r.rolname), '{{}}') INTO readers
           FROM pg_catalog.pg_class c,
                LATERAL pg_catalog.aclexplode(c.relacl) a
           JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
          WHERE c.oid = 'tributary.capture_key'::pg_catalog.regclass
            AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner;
-        DROP TABLE tributary.capture_key;
-    END IF;
-    -- A restored dump of the source has the view but not its key (its REFRESH fails): a
-    -- new key then, which tributary reads at its next start.
-    IF EXISTS (SELECT FROM pg_catalog.pg_class
-                WHERE oid = pg_catalog.to_regclass('tributary.capture_key')
-                  AND NOT relispopulated) THEN
-        SELECT coalesce(pg_catalog.array_agg(r.rolname), '{{}}') INTO readers
-          FROM pg_catalog.pg_class c,
-               LATERAL pg_catalog.aclexplode(c.relacl) a
-          JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
-         WHERE c.oid = 'tributary.capture_key'::pg_catalog.regclass
-           AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner;
-        DROP MATERIALIZED VIEW tributary.capture_key;
+        EXECUTE CASE kind WHEN 'r' THEN 'DROP TABLE tributary.capture_key'
+                          ELSE 'DROP MATERIALIZED VIEW tributary.capture_key' END;
     END IF;
     IF pg_catalog.to_regclass('tributary.capture_key') IS NULL THEN
         PERFORM pg_catalog.set_config('tributary.capture_seed', coalesce(seed,

@@ -120,13 +120,20 @@ pub async fn unlogged_tables(
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind = 'r' AND c.relpersistence = 'u' AND n.nspname = ANY($1)
          ORDER BY 1, 2";
+    relation_names(client, SQL, &[&schemas], "the unlogged tables").await
+}
+
+/// The `(schema, name)` rows of `sql` as table names.
+async fn relation_names(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &'static str,
+) -> Result<Vec<TableName>, CatalogError> {
     let rows = client
-        .query(SQL, &[&schemas])
+        .query(sql, params)
         .await
-        .map_err(|source| CatalogError::Query {
-            what: "the unlogged tables",
-            source,
-        })?;
+        .map_err(|source| CatalogError::Query { what, source })?;
     Ok(rows
         .iter()
         .map(|row| TableName {
@@ -179,20 +186,13 @@ pub async fn materialized_views(
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind = 'm' AND (c.relispopulated OR NOT $2) AND n.nspname = ANY($1)
          ORDER BY c.oid";
-    let rows = client
-        .query(SQL, &[&schemas, &populated])
-        .await
-        .map_err(|source| CatalogError::Query {
-            what: "the materialized views",
-            source,
-        })?;
-    Ok(rows
-        .iter()
-        .map(|row| TableName {
-            schema: row.get(0),
-            name: row.get(1),
-        })
-        .collect())
+    relation_names(
+        client,
+        SQL,
+        &[&schemas, &populated],
+        "the materialized views",
+    )
+    .await
 }
 
 /// Every column's type (`format_type` with the modifier) of the tables in `schemas`, as
