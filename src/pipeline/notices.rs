@@ -9,6 +9,8 @@
 //! applied or acknowledged, and the operator reads which table, why, and what to do.
 //! Notices about tables the connector does not replicate are only logged (debug).
 
+use std::collections::HashSet;
+
 use crate::change::TableName;
 use crate::pg::{quote_table, ConnInfo};
 use crate::pipeline::drift::catalog_session;
@@ -49,6 +51,8 @@ pub struct Explainer {
     source: ConnInfo,
     /// What to tell the operator when only a new snapshot helps.
     retry_setup: String,
+    /// Tables found to be materialized views.
+    views: HashSet<TableName>,
 }
 
 impl Explainer {
@@ -56,7 +60,38 @@ impl Explainer {
         Explainer {
             source,
             retry_setup,
+            views: HashSet::new(),
         }
+    }
+
+    /// The materialized view a stopping notice is about, if it is one: a materialized view
+    /// has no replica identity, so wal2json leaves out the UPDATEs and DELETEs that
+    /// `REFRESH … CONCURRENTLY` writes, with a warning. Nothing is lost: the replica
+    /// computes its own view at that place (`sink`).
+    pub async fn materialized_view(&mut self, notice: &Notice) -> Option<TableName> {
+        let table = match notice {
+            Notice::Dropped {
+                table: NoticeTable::Qualified(table),
+                cause: DropCause::NoIdentity,
+                ..
+            } => table,
+            _ => return None,
+        };
+        if !self.views.contains(table) {
+            const SQL: &str = "SELECT EXISTS (SELECT FROM pg_catalog.pg_class c \
+                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'm')";
+            let client = catalog_session(&self.source).await.ok()?;
+            let row = client
+                .query_one(SQL, &[&table.schema, &table.name])
+                .await
+                .ok()?;
+            if !row.get::<_, bool>(0) {
+                return None;
+            }
+            self.views.insert(table.clone());
+        }
+        Some(table.clone())
     }
 
     /// The pipeline's error for a notice [`judge`] stopped on.

@@ -409,9 +409,11 @@ impl Reader<'_> {
                         return Err(self.ddl.logged_again(&change.table));
                     }
                     if !self.skipping && self.filter.applies(&change.table) {
-                        self.sent_in_tx += 1;
-                        let budget = self.budget(change.approx_bytes()).await?;
-                        self.send(Command::Change(change, budget)).await?;
+                        if !self.skipping {
+                            self.sent_in_tx += 1;
+                            let budget = self.budget(change.approx_bytes()).await?;
+                            self.send(Command::Change(change, budget)).await?;
+                        }
                     }
                 }
                 Message::Commit(commit) => {
@@ -472,7 +474,25 @@ impl Reader<'_> {
                     Verdict::Ignore => {
                         tracing::debug!(target: "tributary::source", "not replicated: {notice}")
                     }
-                    Verdict::Stop(notice) => return Err(self.notices.failure(&notice).await),
+                    Verdict::Stop(notice) => {
+                        let Some(view) = self.notices.materialized_view(&notice).await else {
+                            return Err(self.notices.failure(&notice).await);
+                        };
+                        // Any change to a view makes the sink refresh it there.
+                        let change = Change {
+                            kind: ChangeKind::Delete,
+                            xid: None,
+                            lsn: None,
+                            table: view,
+                            columns: Vec::new(),
+                            identity: Vec::new(),
+                        };
+                        if !self.skipping {
+                            self.sent_in_tx += 1;
+                            let budget = self.budget(change.approx_bytes()).await?;
+                            self.send(Command::Change(change, budget)).await?;
+                        }
+                    }
                 }
             }
             ReplicationMessage::Keepalive(k) => {
