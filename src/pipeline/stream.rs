@@ -409,11 +409,9 @@ impl Reader<'_> {
                         return Err(self.ddl.logged_again(&change.table));
                     }
                     if !self.skipping && self.filter.applies(&change.table) {
-                        if !self.skipping {
-                            self.sent_in_tx += 1;
-                            let budget = self.budget(change.approx_bytes()).await?;
-                            self.send(Command::Change(change, budget)).await?;
-                        }
+                        self.sent_in_tx += 1;
+                        let budget = self.budget(change.approx_bytes()).await?;
+                        self.send(Command::Change(change, budget)).await?;
                     }
                 }
                 Message::Commit(commit) => {
