@@ -80,6 +80,8 @@
 //!
 //! Session settings are described in `replica.rs`, statement shapes in `table.rs`.
 
+mod views;
+
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::{poll_fn, Future};
@@ -92,7 +94,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Statement;
 
 use crate::change::{Change, ChangeKind, NanPolicy, TableName, Value};
-use crate::pg::{quote_ident, quote_literal, quote_table, ConnInfo, PgClient};
+use crate::pg::{quote_ident, quote_literal, ConnInfo, PgClient};
 use crate::types::{FencingToken, Lsn};
 
 use super::error::{DetailForDebug, SinkError};
@@ -643,75 +645,6 @@ impl ReplicaSink {
             .map_err(setup(&self.database, "holding ALWAYS and REPLICA triggers"))
     }
 
-    /// Computes the replica's materialized `views` (a snapshot restores them empty: a
-    /// materialized view cannot be loaded, only refreshed), outside any target transaction.
-    /// One may read another, so each round refreshes what it can until all are done.
-    pub async fn populate_materialized_views(
-        &mut self,
-        views: &[TableName],
-    ) -> Result<(), SinkError> {
-        if self.in_transaction() {
-            return Err(SinkError::Misuse(
-                "materialized views are populated outside a target transaction",
-            ));
-        }
-        // A view created on the source during the copy is not in the replica's schema.
-        let mut left = Vec::new();
-        for view in views {
-            if let Relation::MaterializedView = self.relation(view, None).await? {
-                left.push(view);
-            }
-        }
-        while !left.is_empty() {
-            let mut failed = Vec::new();
-            for view in &left {
-                let sql = format!("REFRESH MATERIALIZED VIEW {}", quote_table(view));
-                if let Err(source) = self.client.batch_execute(&sql).await {
-                    failed.push((*view, source));
-                }
-            }
-            if failed.len() == left.len() {
-                let (view, source) = failed.swap_remove(0);
-                return Err(SinkError::Refresh {
-                    view: display_name(view),
-                    lsn: None,
-                    source,
-                });
-            }
-            left = failed.into_iter().map(|(view, _)| view).collect();
-        }
-        Ok(())
-    }
-
-    /// After a `CREATE MATERIALIZED VIEW`: forgets the unplaced changes of relations that
-    /// are materialized views now, whose rows the command computed.
-    async fn place_unplaced(&mut self) -> Result<(), SinkError> {
-        let mut left = Vec::new();
-        for (table, lsn) in std::mem::take(&mut self.unplaced) {
-            match self.relation(&table, lsn).await? {
-                Relation::MaterializedView => {}
-                Relation::Table(_) | Relation::Missing => left.push((table, lsn)),
-            }
-        }
-        self.unplaced = left;
-        Ok(())
-    }
-
-    /// The error for changes that found no relation by the end of their transaction.
-    async fn check_placed(&mut self) -> Result<(), SinkError> {
-        let Some((table, lsn)) = self.unplaced.first().cloned() else {
-            return Ok(());
-        };
-        self.drain().await?;
-        Err(match self.relation(&table, lsn).await? {
-            Relation::Missing => self.missing(&table, lsn),
-            _ => SinkError::Unplaced {
-                table: display_name(&table),
-                lsn,
-            },
-        })
-    }
-
     /// Of `tables`, those the replica has (in the open transaction) without a primary key
     /// or replica identity: wal2json drops UPDATEs and DELETEs of such tables on the source.
     pub async fn tables_without_identity(
@@ -1200,30 +1133,6 @@ impl ReplicaSink {
         self.table_index.insert(name.clone(), index);
         self.last_table = Some(index);
         Ok(Relation::Table(index))
-    }
-
-    /// A change to a materialized view: the source refreshed it (`CONCURRENTLY` writes its
-    /// difference as row changes). The replica refreshes its own at the same place, from
-    /// tables that are then exactly as the source's were, once for the run of changes.
-    async fn refresh(&mut self, view: &TableName, lsn: Option<Lsn>) -> Result<(), SinkError> {
-        if self.refreshed.as_ref() == Some(view) {
-            return Ok(());
-        }
-        // Everything before the refresh goes first: the view is computed from it.
-        self.flush_truncate().await?;
-        self.flush_batches().await?;
-        let sql = format!("REFRESH MATERIALIZED VIEW {}", quote_table(view));
-        let client = Arc::clone(&self.client);
-        let bytes = ROW_BYTES + sql.len();
-        let request: Request =
-            Box::pin(async move { client.batch_execute(&sql).await.map(|()| Outcome::Rows(0)) });
-        let op = Op::Refresh {
-            view: display_name(view),
-            lsn,
-        };
-        self.push(request, op, bytes).await?;
-        self.refreshed = Some(view.clone());
-        Ok(())
     }
 
     /// The statements for the change's shape, prepared on first use; `None` when the change
