@@ -115,10 +115,10 @@ async fn always_and_replica_triggers_do_not_fire_on_the_replica_and_branches_hav
     )
     .await;
 
-    // Captured changes of trigger states are replayed, and held in turn. (As a superuser:
-    // the capture objects' emit function is not executable by other roles.)
-    source.psql(
-        "postgres",
+    // Captured changes of trigger states, made by the tables' owner, are replayed, and
+    // held in turn.
+    write(
+        &source,
         "ALTER TABLE app.notes ENABLE ALWAYS TRIGGER notes_plain;
          ALTER TABLE app.accounts DISABLE TRIGGER accounts_stamp;
          ALTER TABLE app.notes ENABLE REPLICA TRIGGER notes_off;",
