@@ -404,6 +404,19 @@ pub fn overlapping_leases(store: &Cluster) -> u64 {
         .unwrap()
 }
 
+/// [`wait_converged`] for the common case: the source's database `postgres` and
+/// `connector`'s replica.
+pub async fn wait_replica(
+    source: &Cluster,
+    store: &Cluster,
+    connector: &str,
+    schemas: &[&str],
+    daemon: &Daemon,
+) {
+    let replica = format!("{connector}_replica");
+    wait_converged(source, "postgres", store, &replica, schemas, daemon).await;
+}
+
 /// Waits until the replica's content equals the source's (the source must be quiet).
 pub async fn wait_converged(
     source: &Cluster,

@@ -3,7 +3,7 @@
 //! installation id; neither ends the other's stream or drops its slot; deleting one
 //! leaves the other streaming, with its slot and the shared capture objects.
 
-use crate::daemon::{wait_converged, Daemon};
+use crate::daemon::{wait_converged, wait_replica, Daemon};
 use crate::harness::Cluster;
 
 /// The source's schema `app`, and a role that may replicate it without being a superuser.
@@ -102,15 +102,7 @@ async fn two_installations_on_one_source_keep_their_own_slots() {
     for round in 21..=40 {
         write(&source, round);
     }
-    wait_converged(
-        &source,
-        "postgres",
-        &production_store,
-        "app_replica",
-        &["app"],
-        &production,
-    )
-    .await;
+    wait_replica(&source, &production_store, "app", &["app"], &production).await;
     // Production never lost its slot or its stream: one snapshot, no failure.
     assert_eq!(
         production.connector_state("app").as_deref(),
@@ -162,15 +154,7 @@ async fn a_legacy_slot_name_keeps_streaming_and_is_left_alone_once_someone_else_
         write(&source, round);
     }
     daemon.start();
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "app_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "app", &["app"], &daemon).await;
     assert_eq!(slots(&source), ["tributary_1_app true"]);
     let snapshots = "SELECT count(*) FROM tributary.state_history WHERE to_state = 'snapshotting'";
     assert_eq!(store.psql("postgres", snapshots), "1");

@@ -2,7 +2,7 @@
 //! restore them empty), and every refresh on the source followed at its place in the WAL,
 //! with and without schema change capture. `daemon::content` compares them like tables.
 
-use crate::daemon::{content, wait_converged, Daemon};
+use crate::daemon::{content, wait_replica, Daemon};
 use crate::harness::Cluster;
 
 const SCHEMA: &str = "
@@ -66,15 +66,7 @@ async fn follow_without_capture(include_new_tables: bool) {
          COMMIT;
          UPDATE app.sales SET amount = amount + 1 WHERE id < 10;",
     );
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "shop_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "shop", &["app"], &daemon).await;
     // A refresh that only removes rows: wal2json leaves its DELETEs out (a view has no
     // replica identity) with a warning, which is the refresh's only trace.
     source.psql_conninfo(
@@ -82,15 +74,7 @@ async fn follow_without_capture(include_new_tables: bool) {
         "DELETE FROM app.sales WHERE region = 'late';
          REFRESH MATERIALIZED VIEW CONCURRENTLY app.totals;",
     );
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "shop_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "shop", &["app"], &daemon).await;
     assert_eq!(daemon.connector_state("shop").as_deref(), Some("streaming"));
 }
 
@@ -118,15 +102,7 @@ async fn refreshes_are_followed_with_capture() {
          REFRESH MATERIALIZED VIEW CONCURRENTLY app.totals;
          DELETE FROM app.sales WHERE id > 210;",
     );
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "shop_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "shop", &["app"], &daemon).await;
     assert_eq!(daemon.connector_state("shop").as_deref(), Some("streaming"));
 
     // A branch has them too.

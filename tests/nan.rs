@@ -4,7 +4,7 @@
 //! at its table's next change, and an error they cause names them. With wal2json 2.6 or
 //! newer they replicate exactly.
 
-use crate::daemon::{wait_converged, Daemon};
+use crate::daemon::{wait_replica, Daemon};
 use crate::harness::Cluster;
 
 const SCHEMA: &str = "
@@ -61,15 +61,7 @@ async fn nan_never_silently_becomes_null() {
             &owner,
             "INSERT INTO app.readings VALUES (3, '-Infinity', 'NaN')",
         );
-        wait_converged(
-            &source,
-            "postgres",
-            &store,
-            "shop_replica",
-            &["app"],
-            &daemon,
-        )
-        .await;
+        wait_replica(&source, &store, "shop", &["app"], &daemon).await;
         return;
     }
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -94,15 +86,7 @@ async fn nan_never_silently_becomes_null() {
     assert!(listed["warnings"].to_string().contains("NaN"), "{listed}");
     daemon.start();
     daemon.wait_for_state("shop", "streaming").await;
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "shop_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "shop", &["app"], &daemon).await;
 
     // A streamed NaN in a NOT NULL column: the error names the likely cause.
     source.psql_conninfo(&owner, "INSERT INTO app.readings VALUES (3, 'NaN', 1)");
@@ -153,15 +137,7 @@ async fn a_float_column_added_later_is_refused_at_its_next_change() {
         "ALTER TABLE ops.jobs ADD COLUMN score real; INSERT INTO ops.jobs VALUES (1, 'a', 'NaN');",
     );
     if daemon.wal2json_sends_nan(&url, "ops") {
-        wait_converged(
-            &source,
-            "postgres",
-            &store,
-            "ops_replica",
-            &["ops"],
-            &daemon,
-        )
-        .await;
+        wait_replica(&source, &store, "ops", &["ops"], &daemon).await;
         return;
     }
     daemon.wait_for_state("ops", "failed").await;

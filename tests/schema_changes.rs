@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::daemon::{wait_converged, Daemon};
+use crate::daemon::{wait_converged, wait_replica, Daemon};
 use crate::harness::Cluster;
 
 /// Column definitions (type, nullability, default), indexes, views and functions of the
@@ -336,15 +336,7 @@ async fn capture_installed_once_by_a_superuser_serves_a_role_without_it() {
     }
     stop.store(true, Ordering::Relaxed);
     dml.await.unwrap();
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "shop_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "shop", &["app"], &daemon).await;
     assert_eq!(
         definitions(&store, "shop_replica", &["app"]),
         definitions(&source, "postgres", &["app"])
@@ -419,15 +411,7 @@ async fn without_capture_added_and_dropped_columns_are_reconciled_as_drift() {
     }
     stop.store(true, Ordering::Relaxed);
     dml.await.unwrap();
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "shop_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "shop", &["app"], &daemon).await;
     let columns = |cluster: &Cluster, db: &str| {
         cluster.psql(
             db,
@@ -457,15 +441,7 @@ async fn without_capture_added_and_dropped_columns_are_reconciled_as_drift() {
     );
     assert!(text.contains("retry-setup shop --resnapshot"), "{text}");
     daemon.cli_ok(&["connector", "retry-setup", "shop", "--resnapshot", "--wait"]);
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "shop_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "shop", &["app"], &daemon).await;
 
     // A rename cannot be told from a drop and an add: the connector stops and names the
     // statement, and nothing after it is applied.
@@ -492,15 +468,7 @@ async fn without_capture_added_and_dropped_columns_are_reconciled_as_drift() {
         r#"ALTER TABLE "app"."accounts" RENAME COLUMN "balance" TO "amount""#,
     );
     daemon.cli_ok(&["connector", "retry-setup", "shop"]);
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "shop_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "shop", &["app"], &daemon).await;
 
     // A table dropped and re-created with the same columns: its changes would fit the
     // replica's old table, so the source's OIDs are watched.
@@ -537,15 +505,7 @@ async fn capture_stops_where_a_replay_would_lose_changes() {
          ALTER TABLE app.keyed_later ADD PRIMARY KEY (id); COMMIT;
          INSERT INTO app.keyed_later VALUES (1, 'a');",
     );
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "shop_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "shop", &["app"], &daemon).await;
     source.psql(
         "postgres",
         "CREATE TABLE app.log (at timestamptz, line text);
@@ -566,15 +526,7 @@ async fn capture_stops_where_a_replay_would_lose_changes() {
     // Fixed on the source; a new snapshot takes it with its key.
     source.psql("postgres", "ALTER TABLE app.log REPLICA IDENTITY FULL");
     daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "shop_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "shop", &["app"], &daemon).await;
 
     // DDL run from a DO block is not a statement of the query: the connector stops rather
     // than guess, and nothing after it is applied.

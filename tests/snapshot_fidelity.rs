@@ -4,7 +4,7 @@
 //! as the application's owner wrote them and as a least-privilege source role reads them.
 //! And a snapshot held up by a prepared transaction says so, naming it.
 
-use crate::daemon::{content, wait_converged, Daemon};
+use crate::daemon::{content, wait_converged, wait_replica, Daemon};
 use crate::harness::Cluster;
 use crate::support::eventually;
 
@@ -71,15 +71,7 @@ async fn object_references_and_empty_tsqueries_copy_as_the_source_has_them() {
     );
     daemon.start();
     daemon.wait_for_state("app", "streaming").await;
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "app_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "app", &["app"], &daemon).await;
     // The names as the replica resolves them, not only their text.
     assert_eq!(
         store.psql(
@@ -98,15 +90,7 @@ async fn object_references_and_empty_tsqueries_copy_as_the_source_has_them() {
          INSERT INTO app.refs (id, c_class, c_role) VALUES (-1, 'app.plain', 'pg_monitor');
          INSERT INTO app.queries VALUES (4, to_tsquery('english', 'an'), NULL, NULL);",
     );
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "app_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "app", &["app"], &daemon).await;
     assert_eq!(
         content(&source, "postgres", &["app"]).len(),
         3,

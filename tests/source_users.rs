@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::daemon::{wait_converged, Daemon};
+use crate::daemon::{wait_replica, Daemon};
 use crate::harness::Cluster;
 use crate::schema_changes::definitions;
 use crate::support::PATIENCE;
@@ -186,15 +186,7 @@ async fn every_role_keeps_working_after_installation_and_nothing_it_does_stops_t
     );
     source.psql_conninfo(&owner_url, "DROP FUNCTION app.forge()");
 
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "shop_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "shop", &["app"], &daemon).await;
     assert_eq!(
         definitions(&store, "shop_replica", &["app"]),
         definitions(&source, "postgres", &["app"])

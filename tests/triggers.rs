@@ -3,7 +3,7 @@
 //! no timestamp rewritten) and a branch has them as the source does, schema changes to
 //! their states included.
 
-use crate::daemon::{wait_converged, Daemon};
+use crate::daemon::{wait_replica, Daemon};
 use crate::harness::Cluster;
 
 /// The application's schema, created and written by its owner role: an audit trigger and
@@ -87,15 +87,7 @@ async fn always_and_replica_triggers_do_not_fire_on_the_replica_and_branches_hav
     );
     daemon.start();
     daemon.wait_for_state("app", "streaming").await;
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "app_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "app", &["app"], &daemon).await;
 
     // Streamed rows: the source's triggers wrote the audit rows and stamps once.
     write(
@@ -105,15 +97,7 @@ async fn always_and_replica_triggers_do_not_fire_on_the_replica_and_branches_hav
          INSERT INTO app.notes VALUES (21, 'streamed');
          UPDATE app.notes SET note = 'changed' WHERE id = 1;",
     );
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "app_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "app", &["app"], &daemon).await;
 
     // Captured changes of trigger states, made by the tables' owner, are replayed, and
     // held in turn.
@@ -129,15 +113,7 @@ async fn always_and_replica_triggers_do_not_fire_on_the_replica_and_branches_hav
          UPDATE app.accounts SET balance = 0 WHERE id <= 5;
          INSERT INTO app.notes VALUES (22, 'late');",
     );
-    wait_converged(
-        &source,
-        "postgres",
-        &store,
-        "app_replica",
-        &["app"],
-        &daemon,
-    )
-    .await;
+    wait_replica(&source, &store, "app", &["app"], &daemon).await;
     let on_source = source.psql("postgres", STATES);
     assert_eq!(
         on_source,
