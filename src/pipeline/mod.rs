@@ -1,6 +1,7 @@
 //! One pipeline per connector: setup, snapshot, streaming. `runner.rs` holds the order
 //! of things, `snapshot.rs` the initial copy, `stream.rs` the apply loop.
 
+mod capture;
 mod ddl;
 mod drift;
 mod error;

@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::capture::prepare as prepare_capture;
 use crate::bookkeeping::{Bookkeeping, Connector, TableDecision, TableSyncState, UNLOGGED_TABLE};
 use crate::change::{NanPolicy, TableName};
 use crate::metrics::METRICS;
@@ -39,7 +40,7 @@ use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
 use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::sink::{self, ReplicaSink};
-use crate::source::capture::{self, CaptureKey, CaptureStatus};
+use crate::source::capture::{self, CaptureKey};
 use crate::source::prepared;
 use crate::source::slot::Ownership;
 use crate::source::wal2json::PluginOptions;
@@ -474,51 +475,6 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         capture_key,
         source,
     }))
-}
-
-/// Makes sure the source's schema change capture objects are current where this role may
-/// install them; returns the key their messages are signed with when schema changes are
-/// captured. Without it the pipeline still streams: changes that no longer fit the replica
-/// are reconciled as drift.
-async fn prepare_capture(
-    source: &PgClient,
-    connector: &Connector,
-) -> Result<Option<CaptureKey>, PipelineError> {
-    let mut facts = capture::inspect(source).await?;
-    // Never over a newer version: another tributary on this source installed it.
-    let newer = matches!(facts.status, CaptureStatus::Outdated { found: Some(v) } if v > capture::CAPTURE_VERSION);
-    if facts.status != CaptureStatus::Installed && facts.can_install && !newer {
-        capture::install(source).await?;
-        tracing::info!(
-            version = capture::CAPTURE_VERSION,
-            "installed the schema change capture objects on the source"
-        );
-        facts = capture::inspect(source).await?;
-    }
-    match facts.status {
-        CaptureStatus::Installed if facts.key.is_none() => tracing::warn!(
-            "the source's schema change capture objects are installed, but this role may not \
-             read their signing key: schema changes are not captured; run `GRANT SELECT ON \
-             tributary.capture_key TO <role>` as a superuser on the source"
-        ),
-        CaptureStatus::Installed => return Ok(facts.key),
-        CaptureStatus::Outdated { found } => tracing::warn!(
-            found = ?found,
-            wanted = capture::CAPTURE_VERSION,
-            "the source's schema change capture objects are outdated and this role cannot \
-             upgrade them: schema changes are not captured; run the SQL of `tributary connector \
-             source-sql {}` as a superuser on the source",
-            connector.name
-        ),
-        CaptureStatus::Missing => tracing::info!(
-            "schema changes are not captured (the source role cannot create event triggers): \
-             changes that no longer fit the replica are reconciled from the source's catalog; \
-             to capture DDL, run the SQL of `tributary connector source-sql {}` as a superuser \
-             on the source",
-            connector.name
-        ),
-    }
-    Ok(None)
 }
 
 /// The next step when only a new snapshot helps.
