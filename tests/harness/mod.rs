@@ -77,6 +77,8 @@ pub struct ClusterBuilder {
     hba: Vec<String>,
     tls: bool,
     password_auth: bool,
+    /// Leave `output_plugin_libraries` at the server's default, which refuses wal2json.
+    refuse_wal2json: bool,
 }
 
 impl ClusterBuilder {
@@ -104,6 +106,14 @@ impl ClusterBuilder {
     /// TCP with its own method (databases and replication), before the trust defaults.
     pub fn password_auth(mut self) -> Self {
         self.password_auth = true;
+        self
+    }
+
+    /// Leave `output_plugin_libraries` (current minor releases) at its default, which
+    /// refuses wal2json to every role, as on a source whose operator has not allowed it.
+    /// Without this, the harness allows wal2json wherever the server has the setting.
+    pub fn refuse_wal2json(mut self) -> Self {
+        self.refuse_wal2json = true;
         self
     }
 
@@ -186,6 +196,14 @@ impl ClusterBuilder {
             ("shared_buffers", "32MB".into()),
             ("log_line_prefix", "%m [%p] %q%u@%d ".into()),
         ];
+        if !self.refuse_wal2json && has_setting(pg_bindir(), "output_plugin_libraries") {
+            // In postgresql.conf a list is one string, split at commas (unlike ALTER
+            // SYSTEM, which takes one quoted string as one element).
+            settings.push((
+                "output_plugin_libraries",
+                "pgoutput, test_decoding, wal2json".into(),
+            ));
+        }
         if self.tls {
             settings.push(("ssl", "on".into()));
             settings.push(("ssl_cert_file", format!("{dir}/server.crt")));
@@ -662,6 +680,24 @@ fn find_bindir() -> PathBuf {
                  PostgreSQL that has wal2json."
             )
         })
+}
+
+/// Whether the server in `bindir` knows the setting `name` (`postgres --describe-config`).
+pub fn has_setting(bindir: &Path, name: &str) -> bool {
+    static KNOWN: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    if !known.iter().any(|(dir, _)| dir == bindir) {
+        let config = run(Command::new(bindir.join("postgres")).arg("--describe-config"))
+            .unwrap_or_else(|e| panic!("harness: listing the server's settings: {e}"));
+        known.push((bindir.to_owned(), config));
+    }
+    let (_, config) = known
+        .iter()
+        .find(|(dir, _)| dir == bindir)
+        .expect("just added");
+    config
+        .lines()
+        .any(|line| line.split('\t').next() == Some(name))
 }
 
 #[derive(Debug, Clone, Copy)]
