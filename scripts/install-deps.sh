@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what tributary's tests and benchmarks need from the distribution's packages:
+# Installs what tributary's tests and benchmarks need: from the distribution's packages
 #
 #   postgresql-<major>            server binaries under /usr/lib/postgresql/<major>/bin
 #   postgresql-<major>-wal2json   the logical decoding plugin (…/<major>/lib/wal2json.so)
@@ -15,6 +15,8 @@
 # Environment:
 #   PG_MAJOR   PostgreSQL major version (default: the distribution's, e.g. 15 on Debian 12)
 #   DRY_RUN=1  print the commands that would change the system instead of running them
+#   TRIBUTARY_PG_VERSIONS  the other majors of the test suite's version matrix, installed
+#              by scripts/install-pg-versions.sh (default "13 14 16 17 18"; empty: none)
 #
 # Usage: scripts/install-deps.sh   (as root, or as a user who may use sudo)
 set -euo pipefail
@@ -72,14 +74,27 @@ missing=()
 [ -f "$PREFIX/lib/wal2json.so" ] || missing+=("$WAL2JSON_PKG")
 [ -x "$PREFIX/bin/psql" ] || missing+=("$CLIENT_PKG")
 
+# The other majors of the test suite's version matrix (scripts/install-pg-versions.sh).
+install_versions() {
+    if [ "${TRIBUTARY_PG_VERSIONS-unset}" = "" ]; then
+        log "TRIBUTARY_PG_VERSIONS is empty: no other PostgreSQL versions"
+    elif [ "$DRY_RUN" = 1 ]; then
+        log "would run: scripts/install-pg-versions.sh"
+    else
+        "${SUDO[@]}" "$(dirname "$0")/install-pg-versions.sh"
+    fi
+}
+
+SUDO=()
 if [ "${#missing[@]}" -eq 0 ]; then
-    log "PostgreSQL $PG_MAJOR, wal2json and the client are already installed in $PREFIX; nothing to do"
+    log "PostgreSQL $PG_MAJOR, wal2json and the client are already installed in $PREFIX"
+    [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+    install_versions
     exit 0
 fi
 log "PostgreSQL $PG_MAJOR: missing ${missing[*]}"
 
 # Root, or sudo: only checked now that something has to change.
-SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null 2>&1 ||
         die "not running as root and sudo is not available; run this script as root"
@@ -195,3 +210,4 @@ if [ "$DRY_RUN" != 1 ]; then
     [ -x "$PREFIX/bin/psql" ] || die "$PREFIX/bin/psql is still missing after installing"
 fi
 log "done: PostgreSQL $PG_MAJOR with wal2json in $PREFIX"
+install_versions

@@ -21,9 +21,13 @@
 //! `runuser`, and the directory belongs to that user. Clients (`psql`, tokio-postgres, the
 //! daemon under test) keep running as the test's own user.
 //!
-//! The binaries come from `$TRIBUTARY_PG_BINDIR`, else from the newest
-//! `/usr/lib/postgresql/<N>/bin` whose `/usr/lib/postgresql/<N>/lib/wal2json.so` exists;
-//! `scripts/install-deps.sh` installs them.
+//! Which PostgreSQL: an [`Install`]. A cluster uses [`Install::default`] unless its builder
+//! names a major ([`ClusterBuilder::major`]): `$TRIBUTARY_PG_BINDIR` if set, else
+//! `$TRIBUTARY_PG_MAJOR` (run the whole suite on one other version), else the newest
+//! `/usr/lib/postgresql/<N>` with wal2json (the distribution's, from
+//! `scripts/install-deps.sh`). The other majors of the version matrix are under
+//! `$TRIBUTARY_PG_ROOT` (default `/opt/tributary-pg`), from `scripts/install-pg-versions.sh`;
+//! some run their server programs in a chroot, through wrappers started as root.
 
 // Each test module uses its own part of the harness.
 #![allow(dead_code)]
@@ -79,6 +83,8 @@ pub struct ClusterBuilder {
     password_auth: bool,
     /// Leave `output_plugin_libraries` at the server's default, which refuses wal2json.
     refuse_wal2json: bool,
+    /// `None`: [`Install::default`].
+    install: Option<&'static Install>,
 }
 
 impl ClusterBuilder {
@@ -117,6 +123,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// A server of PostgreSQL `major` (see [`install`]) instead of the default one.
+    pub fn major(mut self, major: u32) -> Self {
+        self.install = Some(install(major));
+        self
+    }
+
     /// Creates and starts the cluster; panics with the reason (and server log) if it cannot.
     #[must_use = "dropping the Cluster stops the server"]
     pub fn start(self) -> Cluster {
@@ -132,6 +144,7 @@ impl ClusterBuilder {
             data_dir: dir.path().join("data"),
             ca_cert: None,
             server_user: server_user(),
+            install: self.install.unwrap_or_else(Install::default),
             dir,
         };
         cluster.give_to_server_user(cluster.dir());
@@ -168,7 +181,8 @@ impl ClusterBuilder {
             cluster.create_password_roles();
         }
         eprintln!(
-            "harness: PostgreSQL on port {} in {} started in {} ms",
+            "harness: PostgreSQL {} on port {} in {} started in {} ms",
+            cluster.install.version,
             cluster.port,
             cluster.dir().display(),
             started.elapsed().as_millis()
@@ -196,7 +210,7 @@ impl ClusterBuilder {
             ("shared_buffers", "32MB".into()),
             ("log_line_prefix", "%m [%p] %q%u@%d ".into()),
         ];
-        if !self.refuse_wal2json && has_setting(pg_bindir(), "output_plugin_libraries") {
+        if !self.refuse_wal2json && cluster.install.has_setting("output_plugin_libraries") {
             // In postgresql.conf a list is one string, split at commas (unlike ALTER
             // SYSTEM, which takes one quoted string as one element).
             settings.push((
@@ -258,6 +272,7 @@ pub struct Cluster {
     ca_cert: Option<PathBuf>,
     /// `Some` when the tests run as root and the server runs as [`SERVER_OS_USER`].
     server_user: Option<OsUser>,
+    install: &'static Install,
     /// Declared last: removed only after `Drop::drop` has stopped the server.
     dir: TempDir,
 }
@@ -292,9 +307,20 @@ impl Cluster {
         &self.data_dir
     }
 
-    /// The directory of `postgres`, `psql`, `pg_dump`, … used for this cluster.
+    /// The directory of `postgres`, `psql`, `pg_dump`, … used for this cluster. Its client
+    /// programs run on this host whatever the server runs in.
     pub fn bindir(&self) -> &'static Path {
-        pg_bindir()
+        &self.install.bindir
+    }
+
+    /// The PostgreSQL installation this cluster runs.
+    pub fn install(&self) -> &'static Install {
+        self.install
+    }
+
+    /// The server's major version.
+    pub fn major(&self) -> u32 {
+        self.install.major
     }
 
     /// The CA certificate (PEM) that signed the server's certificate; `None` without TLS.
@@ -362,7 +388,7 @@ impl Cluster {
 
     /// Like [`Cluster::psql_conninfo`], returning psql's failure instead of panicking.
     pub fn try_psql_conninfo(&self, conninfo: &str, sql: &str) -> Result<String, String> {
-        let mut child = Command::new(pg_bindir().join("psql"))
+        let mut child = Command::new(self.bindir().join("psql"))
             // No psqlrc, no command tags, unaligned tuples only; script from stdin.
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .args(["-f", "-", "-d", conninfo])
@@ -430,6 +456,7 @@ impl Cluster {
             data_dir: dir.path().join("data"),
             ca_cert: None,
             server_user: server_user(),
+            install: self.install,
             dir,
         };
         standby.give_to_server_user(standby.dir());
@@ -454,7 +481,11 @@ impl Cluster {
         let conf_path = standby.data_dir.join("postgresql.conf");
         let conf = fs::read_to_string(&conf_path)
             .unwrap_or_else(|e| panic!("harness: reading {}: {e}", conf_path.display()));
-        let conf = conf + &ClusterBuilder::default().harness_conf(&standby);
+        let builder = ClusterBuilder {
+            install: Some(self.install),
+            ..ClusterBuilder::default()
+        };
+        let conf = conf + &builder.harness_conf(&standby);
         standby.write_file(&conf_path, &conf, 0o600);
         if let Err(err) = standby.pg_ctl_start() {
             standby.fail("starting the standby", &err);
@@ -564,8 +595,9 @@ impl Cluster {
 
     /// A command running one of the server programs as the server's OS user.
     fn server_command(&self, program: &str) -> Command {
-        let path = pg_bindir().join(program);
-        let mut cmd = if self.server_user.is_some() {
+        let path = self.install.bindir.join(program);
+        // A chroot's wrapper starts as root and becomes the server's user itself.
+        let mut cmd = if self.server_user.is_some() && !self.install.chroot {
             let mut cmd = Command::new("runuser");
             cmd.args(["-u", SERVER_OS_USER, "--"]).arg(path);
             cmd
@@ -643,61 +675,154 @@ impl Drop for Cluster {
     }
 }
 
-/// The newest PostgreSQL with wal2json on this machine; see the module docs.
-pub fn pg_bindir() -> &'static Path {
-    static BINDIR: OnceLock<PathBuf> = OnceLock::new();
-    BINDIR.get_or_init(find_bindir)
+/// One PostgreSQL installation the suite can start servers from; see the module docs.
+#[derive(Debug)]
+pub struct Install {
+    pub major: u32,
+    /// The server's full version, e.g. `17.12`.
+    pub version: String,
+    /// Server and client programs; the clients always run on this host.
+    pub bindir: PathBuf,
+    /// wal2json's version, where the server has it.
+    pub wal2json: Option<String>,
+    /// The server programs are wrappers that enter a chroot (started as root).
+    chroot: bool,
+    /// `postgres --describe-config`, read once.
+    settings: OnceLock<String>,
 }
 
-fn find_bindir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TRIBUTARY_PG_BINDIR") {
-        let dir = PathBuf::from(dir);
-        assert!(
-            dir.join("postgres").is_file(),
-            "harness: TRIBUTARY_PG_BINDIR={} has no `postgres` program",
-            dir.display()
-        );
-        return dir;
+impl Install {
+    /// The installation clusters use unless their builder names a major.
+    pub fn default() -> &'static Install {
+        static DEFAULT: OnceLock<&'static Install> = OnceLock::new();
+        DEFAULT.get_or_init(|| {
+            if let Some(dir) = std::env::var_os("TRIBUTARY_PG_BINDIR") {
+                let bindir = PathBuf::from(dir);
+                return Box::leak(Box::new(Install::at(bindir, false)));
+            }
+            if let Some(major) = std::env::var("TRIBUTARY_PG_MAJOR").ok().filter(|m| !m.is_empty()) {
+                let major = major.parse().unwrap_or_else(|_| {
+                    panic!("harness: TRIBUTARY_PG_MAJOR must be a major version such as 17, got {major:?}")
+                });
+                return install(major);
+            }
+            distribution_majors()
+                .into_iter()
+                .map(install)
+                .find(|install| install.wal2json.is_some())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "harness: no PostgreSQL server with wal2json found (looked for \
+                         /usr/lib/postgresql/<N>/bin/postgres with /usr/lib/postgresql/<N>/lib/wal2json.so). \
+                         Run scripts/install-deps.sh as root, or set TRIBUTARY_PG_BINDIR to the bin \
+                         directory of a PostgreSQL that has wal2json."
+                    )
+                })
+        })
     }
-    let root = Path::new("/usr/lib/postgresql");
-    let mut majors: Vec<u32> = fs::read_dir(root)
+
+    /// Reads what is in `bindir` (server version, wal2json beside it).
+    fn at(bindir: PathBuf, chroot: bool) -> Install {
+        assert!(
+            bindir.join("postgres").is_file(),
+            "harness: {} has no `postgres` program",
+            bindir.display()
+        );
+        let mut version_cmd = Command::new(bindir.join("postgres"));
+        version_cmd.arg("--version");
+        // "postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)" → 15.20
+        let version = run(&mut version_cmd)
+            .ok()
+            .and_then(|out| out.split_whitespace().nth(2).map(str::to_owned))
+            .unwrap_or_else(|| panic!("harness: `{} --version` failed", bindir.display()));
+        let major = version
+            .split(['.', 'b', 'r'])
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("harness: unreadable server version {version:?}"));
+        let prefix = bindir.parent().unwrap_or(&bindir);
+        let wal2json = fs::read_to_string(prefix.join("wal2json"))
+            .ok()
+            .map(|v| v.trim().to_owned())
+            .or_else(|| {
+                prefix
+                    .join("lib/wal2json.so")
+                    .is_file()
+                    .then(|| "installed".to_owned())
+            });
+        Install {
+            major,
+            version,
+            bindir,
+            wal2json,
+            chroot,
+            settings: OnceLock::new(),
+        }
+    }
+
+    /// Whether the server knows the setting `name`.
+    pub fn has_setting(&self, name: &str) -> bool {
+        let config = self.settings.get_or_init(|| {
+            let mut cmd = Command::new(self.bindir.join("postgres"));
+            cmd.arg("--describe-config");
+            run(&mut cmd).unwrap_or_else(|e| panic!("harness: listing the server's settings: {e}"))
+        });
+        config
+            .lines()
+            .any(|line| line.split('\t').next() == Some(name))
+    }
+}
+
+/// The installation of PostgreSQL `major`: the distribution's when it has wal2json, else the
+/// version matrix's under `$TRIBUTARY_PG_ROOT`. Panics saying how to install it.
+pub fn install(major: u32) -> &'static Install {
+    static INSTALLS: Mutex<Vec<&'static Install>> = Mutex::new(Vec::new());
+    let mut installs = INSTALLS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(found) = installs.iter().find(|i| i.major == major) {
+        return found;
+    }
+    let distribution = PathBuf::from(format!("/usr/lib/postgresql/{major}"));
+    let matrix = matrix_root().join(major.to_string());
+    let found = if distribution.join("bin/postgres").is_file()
+        && distribution.join("lib/wal2json.so").is_file()
+    {
+        Install::at(distribution.join("bin"), false)
+    } else if matrix.join("bin/postgres").exists() {
+        Install::at(matrix.join("bin"), matrix.join("chroot").exists())
+    } else {
+        panic!(
+            "harness: PostgreSQL {major} is not installed (looked in {} and {}). Run \
+             scripts/install-deps.sh as root, which installs every major of the version matrix.",
+            distribution.display(),
+            matrix.display()
+        )
+    };
+    assert_eq!(
+        found.major,
+        major,
+        "harness: {} holds another major",
+        found.bindir.display()
+    );
+    let found: &'static Install = Box::leak(Box::new(found));
+    installs.push(found);
+    found
+}
+
+fn matrix_root() -> PathBuf {
+    std::env::var_os("TRIBUTARY_PG_ROOT")
+        .map_or_else(|| PathBuf::from("/opt/tributary-pg"), PathBuf::from)
+}
+
+/// Majors under /usr/lib/postgresql, newest first.
+fn distribution_majors() -> Vec<u32> {
+    let mut majors: Vec<u32> = fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|major| Path::new(&format!("/usr/lib/postgresql/{major}/bin/postgres")).is_file())
         .collect();
     majors.sort_unstable_by(|a, b| b.cmp(a));
     majors
-        .into_iter()
-        .map(|major| root.join(major.to_string()))
-        .find(|prefix| prefix.join("bin/postgres").is_file() && prefix.join("lib/wal2json.so").is_file())
-        .map(|prefix| prefix.join("bin"))
-        .unwrap_or_else(|| {
-            panic!(
-                "harness: no PostgreSQL server with wal2json found (looked for \
-                 /usr/lib/postgresql/<N>/bin/postgres with /usr/lib/postgresql/<N>/lib/wal2json.so). \
-                 Run scripts/install-deps.sh as root to install postgresql-<N> and \
-                 postgresql-<N>-wal2json, or set TRIBUTARY_PG_BINDIR to the bin directory of a \
-                 PostgreSQL that has wal2json."
-            )
-        })
-}
-
-/// Whether the server in `bindir` knows the setting `name` (`postgres --describe-config`).
-pub fn has_setting(bindir: &Path, name: &str) -> bool {
-    static KNOWN: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
-    let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
-    if !known.iter().any(|(dir, _)| dir == bindir) {
-        let config = run(Command::new(bindir.join("postgres")).arg("--describe-config"))
-            .unwrap_or_else(|e| panic!("harness: listing the server's settings: {e}"));
-        known.push((bindir.to_owned(), config));
-    }
-    let (_, config) = known
-        .iter()
-        .find(|(dir, _)| dir == bindir)
-        .expect("just added");
-    config
-        .lines()
-        .any(|line| line.split('\t').next() == Some(name))
 }
 
 #[derive(Debug, Clone, Copy)]
