@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::harness::Cluster;
+use crate::harness::{Cluster, Install};
 use crate::support::PATIENCE;
 
 /// A `tributary run` process and the environment every CLI call shares with it.
@@ -52,6 +52,12 @@ impl Daemon {
             // Daemons of tests running side by side each take a free port.
             ("TRIBUTARY__METRICS__LISTEN".into(), "127.0.0.1:0".into()),
             ("TRIBUTARY__METRICS__SLOT_INTERVAL_SECS".into(), "1".into()),
+            // pg_dump and pg_restore of the suite's PostgreSQL (TRIBUTARY_PG_MAJOR), not the
+            // newest the machine has; a test of other majors sets its own.
+            (
+                "TRIBUTARY_PG_BINDIR".into(),
+                Install::default().bindir.display().to_string(),
+            ),
         ];
         Daemon {
             child: None,
