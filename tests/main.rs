@@ -32,3 +32,4 @@ mod snapshot_fidelity;
 mod source_users;
 mod triggers;
 mod value_fidelity;
+mod versions;

@@ -36,7 +36,9 @@ pub(crate) fn definitions(cluster: &Cluster, db: &str, schemas: &[&str]) -> Stri
                UNION ALL
                SELECT format('constraint %I %s', conname, pg_get_constraintdef(c.oid))
                  FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
-                WHERE n.nspname IN ({list})
+                -- PostgreSQL 18 records NOT NULL as constraints too; nullability is
+                -- compared with the columns, on every version.
+                WHERE n.nspname IN ({list}) AND c.contype <> 'n'
                UNION ALL
                SELECT format('trigger %s %s %s', tgname, tgenabled, pg_get_triggerdef(g.oid))
                  FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
