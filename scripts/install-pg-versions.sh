@@ -233,6 +233,18 @@ chroot_dir="$1"; shift
     flock 9
     mountpoint -q "$chroot_dir/proc" || mount -t proc proc "$chroot_dir/proc"
     mountpoint -q "$chroot_dir/dev" || { mount --rbind /dev "$chroot_dir/dev"; mount --make-rslave "$chroot_dir/dev"; }
+    # Mounts made under /tmp later (a test's small tmpfs for a tablespace) must appear in
+    # the chroot too: /tmp becomes a shared mount, the chroot's copy its slave.
+    if [ "$(findmnt -no PROPAGATION /tmp 2>/dev/null)" != shared ]; then
+        mountpoint -q /tmp || mount --bind /tmp /tmp
+        mount --make-shared /tmp
+    fi
+    if mountpoint -q "$chroot_dir/tmp"; then
+        case "$(findmnt -no PROPAGATION "$chroot_dir/tmp")" in
+            *slave*) ;;
+            *) umount -l "$chroot_dir/tmp" ;; # bound before /tmp was shared
+        esac
+    fi
     mountpoint -q "$chroot_dir/tmp" || { mount --rbind /tmp "$chroot_dir/tmp"; mount --make-rslave "$chroot_dir/tmp"; }
 ) 9>"$chroot_dir/.mount.lock"
 exec chroot --userspec=postgres:postgres "$chroot_dir" "$@"

@@ -70,6 +70,14 @@ echo "quickstart: starting a demo source on 127.0.0.1:$source_port and a branch 
 start_server source "$source_port"
 start_server store "$store_port"
 source_url="postgresql://postgres@127.0.0.1:$source_port/postgres"
+# Current minor releases (15.19, 16.15, 17.11, 18.6 and later) refuse wal2json until a
+# superuser adds it to output_plugin_libraries, as on any source: each list element quoted
+# on its own (one quoted string would be one element), then a reload.
+if "$bindir/postgres" --describe-config 2>/dev/null | grep -q '^output_plugin_libraries'; then
+    "$bindir/psql" -X -q "$source_url" \
+        -c "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'wal2json'" \
+        -c 'SELECT pg_reload_conf()' >/dev/null
+fi
 export TRIBUTARY__STORE__URL="postgresql://postgres@127.0.0.1:$store_port/postgres"
 export TRIBUTARY__SECRETS__KEY_FILE="$dir/tributary.key"
 "$bindir/pgbench" -i -s 1 -q "$source_url" >/dev/null 2>&1
