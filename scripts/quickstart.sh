@@ -73,10 +73,18 @@ source_url="postgresql://postgres@127.0.0.1:$source_port/postgres"
 # Current minor releases (15.19, 16.15, 17.11, 18.6 and later) refuse wal2json until a
 # superuser adds it to output_plugin_libraries, as on any source: each list element quoted
 # on its own (one quoted string would be one element), then a reload.
-if "$bindir/postgres" --describe-config 2>/dev/null | grep -q '^output_plugin_libraries'; then
+if "$bindir/postgres" --describe-config 2>/dev/null | grep '^output_plugin_libraries' >/dev/null; then
+    # (grep -q would quit early, and pipefail would count postgres's SIGPIPE as a failure)
     "$bindir/psql" -X -q "$source_url" \
         -c "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'wal2json'" \
         -c 'SELECT pg_reload_conf()' >/dev/null
+    # The postmaster rereads its configuration a moment later; new sessions then see it.
+    for _ in $(seq 100); do
+        case "$("$bindir/psql" -X -At "$source_url" -c 'SHOW output_plugin_libraries')" in
+            *wal2json*) break ;;
+        esac
+        sleep 0.1
+    done
 fi
 export TRIBUTARY__STORE__URL="postgresql://postgres@127.0.0.1:$store_port/postgres"
 export TRIBUTARY__SECRETS__KEY_FILE="$dir/tributary.key"

@@ -43,9 +43,15 @@ async fn every_password_method_authenticates() {
     ] {
         assert_connects(&cluster.url(user, Some(password), "postgres")).await;
     }
-    // The methods really are the ones named: the server logs each authentication.
+    // The methods really are the ones named: the server logs each authentication (from
+    // PostgreSQL 14 on; 13 logs no method).
     let log = cluster.log_contents();
-    for method in ["scram-sha-256", "md5", "password"] {
+    let methods: &[&str] = if cluster.major() >= 14 {
+        &["scram-sha-256", "md5", "password"]
+    } else {
+        &[]
+    };
+    for method in methods {
         assert!(
             log.contains(&format!("method={method} ")),
             "no {method} authentication in the server log:\n{}",

@@ -139,7 +139,7 @@ async fn snapshot_restores_schema_and_rows_of_exactly_the_exported_instant() {
     source.psql("shop", SOURCE_SCHEMA);
     // The connector's role reads everything but owns nothing, and logs in with a password:
     // pg_dump gets it from the environment.
-    source.psql("shop", &format!("GRANT pg_read_all_data TO {SCRAM_USER}"));
+    source.psql("shop", &read_all_data(&source, SCRAM_USER));
     let source_url = source.url(SCRAM_USER, Some(SCRAM_PASSWORD), "shop");
     let source_info = ConnInfo::parse(&source_url).unwrap();
 
@@ -283,7 +283,10 @@ async fn snapshot_restores_schema_and_rows_of_exactly_the_exported_instant() {
             .unwrap();
         let (pages, frozen): (i64, i64) = (row.get(0), row.get(1));
         assert!(pages > 0, "{t} has pages");
-        assert_eq!(frozen, pages, "{t}: every page all-frozen");
+        // COPY FREEZE sets the visibility map's bits from PostgreSQL 14 on; 13 freezes the
+        // rows and leaves the map to the first vacuum.
+        let expected = if store.major() >= 14 { pages } else { 0 };
+        assert_eq!(frozen, expected, "{t}: every page all-frozen");
     }
     replica
         .batch_execute("DROP EXTENSION pg_visibility")
@@ -370,10 +373,15 @@ async fn snapshot_restores_schema_and_rows_of_exactly_the_exported_instant() {
         assert_eq!(completes, &want, "{t}: complete exactly once, at the end");
     }
     let blob_chunks = per_table["\"app\".\"blobs\""].2 as u64;
-    assert!(
-        blob_chunks >= blobs.estimated_bytes / chunk_bytes,
-        "blobs copied in ctid ranges: {blob_chunks} chunks"
-    );
+    if source.major() >= 14 {
+        assert!(
+            blob_chunks >= blobs.estimated_bytes / chunk_bytes,
+            "blobs copied in ctid ranges: {blob_chunks} chunks"
+        );
+    } else {
+        // No TID Range Scan before 14: a range would read the whole table each time.
+        assert_eq!(blob_chunks, 1, "blobs copied whole on 13");
+    }
     assert_eq!(stats.tables, tables.len());
     assert_eq!(stats.rows, per_table.values().map(|v| v.0).sum::<u64>());
     assert_eq!(stats.bytes, per_table.values().map(|v| v.1).sum::<u64>());
@@ -742,4 +750,22 @@ async fn copy_data_arrives_whole_around_notices_and_errors() {
     };
     assert_eq!(error.sqlstate(), Some("22012"), "{error}");
     assert!(error.to_string().contains("division by zero"), "{error}");
+}
+
+/// Grants `role` reading every table and sequence: `pg_read_all_data` from PostgreSQL 14,
+/// before it the same grants schema by schema.
+fn read_all_data(cluster: &Cluster, role: &str) -> String {
+    if cluster.major() >= 14 {
+        return format!("GRANT pg_read_all_data TO {role}");
+    }
+    format!(
+        "DO $$ DECLARE s text; BEGIN
+           FOR s IN SELECT nspname FROM pg_namespace
+                     WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' LOOP
+             EXECUTE format('GRANT USAGE ON SCHEMA %I TO {role};
+                             GRANT SELECT ON ALL TABLES IN SCHEMA %I TO {role};
+                             GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO {role}', s, s, s);
+           END LOOP;
+         END $$"
+    )
 }

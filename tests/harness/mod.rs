@@ -209,6 +209,8 @@ impl ClusterBuilder {
             ("fsync", "off".into()),
             ("shared_buffers", "32MB".into()),
             ("log_line_prefix", "%m [%p] %q%u@%d ".into()),
+            // The default from PostgreSQL 14 on; 13's is md5.
+            ("password_encryption", "scram-sha-256".into()),
         ];
         if !self.refuse_wal2json && cluster.install.has_setting("output_plugin_libraries") {
             // In postgresql.conf a list is one string, split at commas (unlike ALTER
