@@ -14,7 +14,8 @@ GRANT CONNECT, CREATE ON DATABASE postgres TO repl;
 CREATE SCHEMA app AUTHORIZATION app_owner;
 SET ROLE app_owner;
 CREATE TABLE app.readings (id int PRIMARY KEY, v float8 NOT NULL, n numeric);
-INSERT INTO app.readings VALUES (1, 'NaN', 'Infinity'), (2, 1.5, 2);
+-- numeric has no infinities before PostgreSQL 14; float8 has.
+INSERT INTO app.readings VALUES (1, 'Infinity', 'NaN'), (2, 1.5, 2);
 CREATE TABLE app.plain (id int PRIMARY KEY, t text);
 ALTER DEFAULT PRIVILEGES IN SCHEMA app GRANT SELECT ON TABLES TO repl;
 GRANT USAGE ON SCHEMA app TO repl;
