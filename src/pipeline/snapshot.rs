@@ -97,7 +97,7 @@ use crate::pg::{
     self, error_message, quote_ident, quote_literal, ConnInfo, ConnectError, PgClient,
 };
 use crate::source::catalog::{self, CatalogError, SourceTable};
-use crate::source::copy::{OpenError, SnapshotSession};
+use crate::source::copy::{snapshot_unknown, OpenError, SnapshotSession};
 
 /// One snapshot of a connector: where from, where to, what.
 #[derive(Debug, Clone, Copy)]
@@ -1188,11 +1188,11 @@ async fn server_version_num(client: &PgClient, side: Side) -> Result<u32, Snapsh
     Ok(u32::try_from(row.get::<_, i32>(0)).unwrap_or(0))
 }
 
-/// `SET TRANSACTION SNAPSHOT` failed: an unknown snapshot (22023) is one whose exporting
+/// `SET TRANSACTION SNAPSHOT` failed: an unknown snapshot is one whose exporting
 /// connection has moved on.
 fn import_error(name: &str, error: tokio_postgres::Error) -> SnapshotError {
     match error.as_db_error() {
-        Some(db) if db.code().code() == "22023" => SnapshotError::SnapshotGone {
+        Some(db) if snapshot_unknown(db.code().code()) => SnapshotError::SnapshotGone {
             name: name.to_owned(),
             reason: db.message().to_owned(),
         },

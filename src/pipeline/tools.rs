@@ -256,7 +256,9 @@ fn tool_failure_transient(stderr: &str) -> bool {
         "too many clients",
         "invalid snapshot identifier",
     ];
-    TRANSIENT.iter().any(|needle| stderr.contains(needle))
+    // PostgreSQL 18 says of a snapshot that is gone: snapshot "…" does not exist.
+    let snapshot_gone = stderr.contains("ERROR:  snapshot \"") && stderr.contains("does not exist");
+    snapshot_gone || TRANSIENT.iter().any(|needle| stderr.contains(needle))
 }
 
 #[cfg(test)]
@@ -279,6 +281,13 @@ mod tests {
     fn failures_say_whether_a_retry_can_help() {
         assert!(tool_failure_transient(
             "pg_dump: error: query failed: ERROR:  invalid snapshot identifier: \"x\""
+        ));
+        assert!(tool_failure_transient(
+            "pg_dump: error: query failed: ERROR:  snapshot \"00000003-0000001B-1\" does not \
+             exist"
+        ));
+        assert!(!tool_failure_transient(
+            "pg_restore: error: could not execute query: ERROR:  schema \"x\" does not exist"
         ));
         assert!(!tool_failure_transient(
             "pg_dump: error: connection to server at \"h\" failed: FATAL:  password \
