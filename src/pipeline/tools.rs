@@ -104,8 +104,9 @@ impl Tools {
     }
 }
 
-/// The programs a snapshot runs; a directory must have both.
-const PROGRAMS: [&str; 2] = ["pg_dump", "pg_restore"];
+/// The programs a snapshot runs; a directory must have both. pg_restore first: the limit
+/// a store sets (`ToolProblem::SetsTransactionTimeout`) is about it.
+const PROGRAMS: [&str; 2] = ["pg_restore", "pg_dump"];
 
 /// The bin directory of the installed client programs that fit `range` best; `None` when
 /// the usual places have none (then `PATH` is used).

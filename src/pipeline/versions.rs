@@ -108,7 +108,7 @@ impl ToolRange {
         match problem {
             ToolProblem::OlderThanSource => format!(
                 "older than the source's PostgreSQL {} (pg_dump must be at least the source's \
-                 major version)",
+                 major version, and pg_restore at least pg_dump's)",
                 self.source
             ),
             ToolProblem::SetsTransactionTimeout => format!(

@@ -60,8 +60,8 @@ pub enum SinkError {
     #[error(
         "creating the branch database {database:?} failed: {}; the branch store copies files \
          with file_copy_method = clone, and its filesystem could not clone them: set \
-         file_copy_method = copy on the branch store (ALTER SYSTEM SET file_copy_method = \
-         copy; SELECT pg_reload_conf();), or keep its data directory on a filesystem that \
+         file_copy_method = copy on the branch store (`ALTER SYSTEM SET file_copy_method = \
+         copy; SELECT pg_reload_conf();`), or keep its data directory on a filesystem that \
          clones files (XFS with reflink=1, Btrfs)",
         describe(.source)
     )]
@@ -467,14 +467,14 @@ fn replication_role_advice(server_major: u32, role: &str) -> String {
     let role = crate::pg::quote_ident(role);
     if server_major >= 15 {
         format!(
-            "as a superuser on the branch store, run GRANT SET ON PARAMETER \
-             session_replication_role TO {role};"
+            "as a superuser on the branch store, run `GRANT SET ON PARAMETER \
+             session_replication_role TO {role};`"
         )
     } else {
         format!(
             "on PostgreSQL {server_major} only a superuser may set it (GRANT SET ON PARAMETER \
-             exists from PostgreSQL 15 on): make the role a superuser (ALTER ROLE {role} \
-             SUPERUSER;), or use a branch store of PostgreSQL 15 or newer"
+             exists from PostgreSQL 15 on): make the role a superuser (`ALTER ROLE {role} \
+             SUPERUSER;`), or use a branch store of PostgreSQL 15 or newer"
         )
     }
 }
@@ -589,7 +589,7 @@ mod tests {
         for (major, expected, not_expected) in [
             (
                 13,
-                "make the role a superuser (ALTER ROLE \"tributary\" SUPERUSER;)",
+                "make the role a superuser (`ALTER ROLE \"tributary\" SUPERUSER;`)",
                 "TO tributary",
             ),
             (
