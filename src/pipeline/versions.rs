@@ -11,8 +11,8 @@
 //! - **pg_restore 17 or newer only into a store of 17 or newer.** It starts every session
 //!   with `SET transaction_timeout = 0`, a setting servers before 17 do not have, so the
 //!   restore fails at once (checked: pg_restore 18 into 15, a dump of a 13 source). Older
-//!   programs restore into older stores: 16's into 13 and 15's into 14 are the version
-//!   matrix's round trips (`tests/versions.rs`).
+//!   programs restore into older stores: 16's into 13 and into 14 are round trips of the
+//!   version matrix (`tests/versions.rs`).
 //!
 //! PostgreSQL promises a dump only for servers of the dumping program's version or newer,
 //! so where the client programs are searched for, those of a version from the source's to
