@@ -332,7 +332,7 @@ async fn pg18_to_pg15_is_refused_up_front_with_the_reason() {
 
 /// The same pair at run time, for a connector whose source was upgraded after `create` (here
 /// recorded without the CLI): the snapshot fails before it creates anything, for good (no
-/// retry), with the reason.
+/// retry), with the reason; `retry-setup` refuses as `create` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg18_to_pg15_fails_at_run_time_before_anything_is_created() {
     let source = Cluster::builder().major(18).start();
@@ -390,6 +390,13 @@ async fn pg18_to_pg15_fails_at_run_time_before_anything_is_created() {
             "SELECT count(*) FROM pg_database WHERE datname = 'newer_replica'"
         ),
         "0"
+    );
+    let (code, text) = output(&daemon.cli(&["connector", "retry-setup", "newer"]));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("branch store of PostgreSQL 18 or newer")
+            && text.contains("Setup of newer not restarted."),
+        "{text}"
     );
     daemon.terminate();
 }
