@@ -18,7 +18,7 @@ use crate::pg::conninfo::{Host, RootCert};
 use crate::pg::ConnInfo;
 
 /// Where a snapshot's pg_dump and pg_restore are, checked to fit its servers.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Tools {
     /// `None`: found on `PATH`.
     bindir: Option<PathBuf>,
