@@ -118,7 +118,16 @@ pub struct PipelineSettings {
     /// On SIGTERM, how long to wait for the current target transaction to commit before
     /// giving up on it (it is rolled back and applied again after restart).
     pub shutdown_grace_secs: u64,
+    /// The directory of the pg_dump and pg_restore that snapshots run: the environment
+    /// variable [`PG_BINDIR_ENV`] (not a key of the file, as packages and images set it
+    /// beside the programs they install). `None`: the snapshot looks for suitable ones.
+    #[serde(skip)]
+    pub pg_bindir: Option<PathBuf>,
 }
+
+/// Names the directory of the client programs a snapshot runs; see
+/// [`PipelineSettings::pg_bindir`].
+pub const PG_BINDIR_ENV: &str = "TRIBUTARY_PG_BINDIR";
 
 impl Default for PipelineSettings {
     fn default() -> Self {
@@ -129,6 +138,7 @@ impl Default for PipelineSettings {
             batch_max_delay_ms: 200,
             status_interval_ms: 1_000,
             shutdown_grace_secs: 30,
+            pg_bindir: None,
         }
     }
 }
@@ -203,7 +213,7 @@ impl Settings {
     where
         F: config::Source + Send + Sync + 'static,
     {
-        let settings: Settings = config::Config::builder()
+        let mut settings: Settings = config::Config::builder()
             .add_source(file)
             .add_source(
                 config::Environment::with_prefix("TRIBUTARY")
@@ -212,6 +222,10 @@ impl Settings {
             )
             .build()?
             .try_deserialize()?;
+        // Empty is unset, as a shell's `TRIBUTARY_PG_BINDIR=` means.
+        settings.pipeline.pg_bindir = std::env::var_os(PG_BINDIR_ENV)
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from);
         settings.validate()?;
         Ok(settings)
     }
