@@ -6,6 +6,10 @@
 #
 #   docker build -t tributary .
 #   docker run --rm -e TRIBUTARY__STORE__URL=… -e TRIBUTARY__SECRETS__KEY=… tributary run
+#
+# Without TRIBUTARY__SECRETS__KEY the key is the file /var/lib/tributary/tributary.key (the
+# image's WORKDIR and the user's home): mount a volume there, or the key the first
+# `connector create` makes is lost with the container.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
