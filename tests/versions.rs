@@ -59,6 +59,23 @@ INSERT INTO app.items (name, price, ratio, weight) VALUES
     ('-inf', '-Infinity', '-Infinity', '-Infinity');
 ";
 
+/// The same values as keys: copied, then changed and deleted by key while streaming.
+const SPECIAL_KEYS: &str = "
+CREATE TABLE app.by_number (k numeric PRIMARY KEY, f double precision NOT NULL, note text);
+INSERT INTO app.by_number VALUES ('NaN', 'NaN', 'a'), ('Infinity', 'Infinity', 'b'),
+    ('-Infinity', '-Infinity', 'c'), (1, 1, 'd'), (2, 2, 'e');
+";
+const SPECIAL_KEY_CHANGES: &str = "
+UPDATE app.by_number SET note = 'changed' WHERE k = 'NaN';
+UPDATE app.by_number SET k = 'NaN', f = 'Infinity' WHERE k = 1 AND NOT EXISTS
+    (SELECT FROM app.by_number WHERE k = 'NaN');
+DELETE FROM app.by_number WHERE k = 'NaN';
+UPDATE app.by_number SET k = 'NaN', f = '-Infinity' WHERE k = 1;
+UPDATE app.by_number SET k = 3 WHERE k = 'Infinity';
+DELETE FROM app.by_number WHERE k = '-Infinity';
+INSERT INTO app.by_number VALUES ('-Infinity', 'NaN', 'again');
+";
+
 /// The main path on `source_major` → `store_major`: preflight, snapshot, streaming across a
 /// kill -9 of the daemon, DDL replay, a branch with working sequences, slot metrics. The
 /// branch store runs with `store_settings`.
@@ -80,6 +97,7 @@ async fn round_trip(source_major: u32, store_major: u32, store_settings: &[(&str
     source.psql_conninfo(&owner_url, APP);
     if exact_nan {
         source.psql_conninfo(&owner_url, SPECIAL_NUMBERS);
+        source.psql_conninfo(&owner_url, SPECIAL_KEYS);
     }
 
     let mut daemon = Daemon::new(&store);
@@ -139,6 +157,7 @@ async fn round_trip(source_major: u32, store_major: u32, store_settings: &[(&str
     source.psql_conninfo(&owner_url, &dml(2));
     if exact_nan {
         source.psql_conninfo(&owner_url, SPECIAL_NUMBERS);
+        source.psql_conninfo(&owner_url, SPECIAL_KEY_CHANGES);
     }
     daemon.start();
     wait_replica(&source, &store, "shop", &["app"], &daemon).await;
