@@ -25,9 +25,14 @@ fn shop(source: &Cluster) {
 /// Seeds `shop` on `source`, starts a branch store and a daemon (with `settings` as
 /// environment), and waits until connector `shop` streams.
 async fn streaming_shop(source: &Cluster, settings: &[(&str, &str)]) -> (Cluster, Daemon) {
-    let store = Cluster::start();
+    // A store and client programs of the source's version.
+    let store = Cluster::builder().major(source.major()).start();
     shop(source);
     let mut daemon = Daemon::new(&store);
+    daemon.set(
+        "TRIBUTARY_PG_BINDIR",
+        &source.bindir().display().to_string(),
+    );
     for (key, value) in settings {
         daemon.set(key, value);
     }
@@ -303,7 +308,22 @@ fn metric_wal_status(addr: std::net::SocketAddr) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slot_held_back_goes_extended_unreserved_lost_and_retry_setup_rebuilds() {
-    let source = Cluster::builder()
+    slot_held_back(None).await;
+}
+
+/// On 17 and 18 the source also says why it invalidated the slot.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg17_and_pg18_name_the_invalidation_reason() {
+    slot_held_back(Some(17)).await;
+    slot_held_back(Some(18)).await;
+}
+
+async fn slot_held_back(major: Option<u32>) {
+    let builder = match major {
+        Some(major) => Cluster::builder().major(major),
+        None => Cluster::builder(),
+    };
+    let source = builder
         .setting("max_wal_size", "32MB")
         .setting("min_wal_size", "32MB")
         .setting("max_slot_wal_keep_size", "64MB")
@@ -375,12 +395,22 @@ async fn a_slot_held_back_goes_extended_unreserved_lost_and_retry_setup_rebuilds
     drop(blocker);
     daemon.wait_for_state("shop", "failed").await;
     let connector = daemon.connector("shop");
+    let how = if source.major() >= 17 {
+        "invalidation_reason = wal_removed"
+    } else {
+        "wal_status = lost"
+    };
     assert!(
         connector["last_error"]
             .as_str()
             .unwrap()
-            .contains("invalidated by the source (wal_status = lost)"),
+            .contains(&format!("invalidated by the source ({how})")),
         "{connector}"
+    );
+    let listed = daemon.cli_ok(&["connector", "list"]);
+    assert!(
+        listed.contains(&format!("slot was invalidated by the source ({how})")),
+        "{listed}"
     );
     assert!(
         connector["next_step"]

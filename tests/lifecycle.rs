@@ -400,7 +400,7 @@ async fn a_slot_the_source_invalidated_is_listed_as_lost_and_retry_setup_rebuild
     let listed = daemon.cli_ok(&["connector", "list"]);
     assert!(
         listed.contains(
-            "warning: slot was invalidated by the source (wal_status lost): run `tributary \
+            "warning: slot was invalidated by the source (wal_status = lost): run `tributary \
              connector retry-setup shop` for a new snapshot"
         ),
         "{listed}"

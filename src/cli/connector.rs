@@ -320,6 +320,16 @@ async fn view<'a>(
             let retained = s.retained_bytes.map_or_else(String::new, |b| {
                 format!(" ({} retained)", ByteSize(b).display().iec())
             });
+            if let Some(how) = s.invalidation_reason.as_deref().and(s.invalidation()) {
+                // 17+: invalidated for a reason that may leave wal_status as it was.
+                if s.wal_status != WalStatus::Lost {
+                    warnings.push(format!(
+                        "slot was invalidated by the source ({how}): run `tributary connector \
+                         retry-setup {}` for a new snapshot",
+                        c.name
+                    ));
+                }
+            }
             match s.wal_status {
                 WalStatus::Reserved => {}
                 WalStatus::Extended => warnings.push(format!(
@@ -330,8 +340,9 @@ async fn view<'a>(
                      source invalidates it at its next checkpoint unless it catches up"
                 )),
                 WalStatus::Lost => warnings.push(format!(
-                    "slot was invalidated by the source (wal_status lost): run `tributary \
-                     connector retry-setup {}` for a new snapshot",
+                    "slot was invalidated by the source ({}): run `tributary connector \
+                     retry-setup {}` for a new snapshot",
+                    s.invalidation().unwrap_or_default(),
                     c.name
                 )),
             }

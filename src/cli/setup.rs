@@ -36,7 +36,7 @@ use crate::pipeline::PipelineState;
 use crate::settings::Settings;
 use crate::sink;
 use crate::source::preflight;
-use crate::source::slot::{self, WalStatus};
+use crate::source::slot;
 
 #[derive(Debug, Args)]
 pub struct RetryArgs {
@@ -418,8 +418,9 @@ async fn resnapshot_reasons(
         None if applied.is_some() => reasons.push(format!(
             "replication slot {slot_name} is missing on the source"
         )),
-        Some(info) if info.wal_status == WalStatus::Lost => reasons.push(format!(
-            "replication slot {slot_name} was invalidated by the source (wal_status = lost)"
+        Some(info) if info.invalidation().is_some() => reasons.push(format!(
+            "replication slot {slot_name} was invalidated by the source ({})",
+            info.invalidation().unwrap_or_default()
         )),
         _ => {}
     }

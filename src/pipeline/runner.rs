@@ -383,15 +383,19 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
                 retry_setup(connector),
             ))
         }
-        (Some(applied), Some(_)) => {
+        (Some(applied), Some(found)) => {
+            let how = found.info.invalidation().unwrap_or_default();
             return Err(PipelineError::definite(
                 format!(
-                    "replication slot {} was invalidated by the source (wal_status = lost): WAL after {applied} was removed",
+                    "replication slot {} was invalidated by the source ({how}): changes after {applied} cannot be streamed",
                     connector.slot_name
                 ),
                 format!(
-                    "{}; raise max_slot_wal_keep_size on the source to keep this from recurring",
-                    retry_setup(connector)
+                    "{}; {}",
+                    retry_setup(connector),
+                    crate::source::slot::invalidation_advice(
+                        found.info.invalidation_reason.as_deref()
+                    )
                 ),
             ))
         }

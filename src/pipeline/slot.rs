@@ -14,7 +14,7 @@ use crate::bookkeeping::Connector;
 use crate::pg::{self, PgClient};
 use crate::pipeline::PipelineError;
 use crate::source::catalog::CatalogError;
-use crate::source::slot::{self, NotOurs, Ownership, SlotInfo, WalStatus};
+use crate::source::slot::{self, NotOurs, Ownership, SlotInfo};
 use crate::types::{InstallationId, Lsn, SlotName, SlotOwner};
 
 /// How long a terminated walsender may take to let go of the slot.
@@ -29,7 +29,7 @@ pub(super) struct Found {
 
 impl Found {
     pub fn lost(&self) -> bool {
-        self.info.wal_status == WalStatus::Lost
+        self.info.invalidation().is_some()
     }
 
     /// Before streaming from it: a session still streaming from a legacy-named slot (not
@@ -188,6 +188,7 @@ pub(super) async fn read_slot(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::slot::WalStatus;
 
     #[test]
     fn a_new_snapshot_drops_only_our_slot_and_never_takes_a_name_that_is_not_ours() {
@@ -202,6 +203,7 @@ mod tests {
                 lag_bytes: None,
                 retained_bytes: None,
                 safe_wal_size: None,
+                invalidation_reason: None,
             },
             ownership,
         };

@@ -73,6 +73,43 @@ pub struct SlotInfo {
     /// Bytes that can still be written before the slot is invalidated; `None` without
     /// `max_slot_wal_keep_size` (negative once past it).
     pub safe_wal_size: Option<i64>,
+    /// Why the source invalidated the slot (PostgreSQL 17+: `wal_removed`, `rows_removed`,
+    /// `wal_level_insufficient`, 18's `idle_timeout`); `None` while it is valid, and always
+    /// on 13 to 16, where only `wal_status = lost` tells.
+    pub invalidation_reason: Option<String>,
+}
+
+impl SlotInfo {
+    /// Whether the slot can never stream again, and how the source says so.
+    pub fn invalidation(&self) -> Option<String> {
+        invalidation(self.wal_status, self.invalidation_reason.as_deref())
+    }
+}
+
+/// How the source says a slot is invalidated: `wal_status = lost` on every version, and
+/// from 17 on a reason, also for invalidations that leave its WAL in place (18's
+/// `idle_timeout`).
+pub fn invalidation(wal_status: WalStatus, reason: Option<&str>) -> Option<String> {
+    match (wal_status, reason) {
+        (_, Some(reason)) => Some(format!("invalidation_reason = {reason}")),
+        (WalStatus::Lost, None) => Some("wal_status = lost".to_owned()),
+        _ => None,
+    }
+}
+
+/// What keeps a slot from being invalidated again for `reason` (`None`: before 17).
+pub fn invalidation_advice(reason: Option<&str>) -> &'static str {
+    match reason {
+        Some("idle_timeout") => {
+            "raise or disable idle_replication_slot_timeout on the source, and keep a daemon \
+             running"
+        }
+        Some("wal_level_insufficient") => "keep wal_level = logical on the source",
+        Some("rows_removed") => {
+            "connect to the primary (a standby's slot conflicts with its primary's cleanup)"
+        }
+        _ => "raise max_slot_wal_keep_size on the source to keep this from recurring",
+    }
 }
 
 /// The slot's state, `None` when the source has no such slot.
@@ -87,8 +124,11 @@ pub async fn inspect(
                                                confirmed_flush_lsn)::int8,
                     pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(),
                                                restart_lsn)::int8,
-                    safe_wal_size
-               FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                    safe_wal_size,
+                    -- A column of 17+, NULL where the server has none: read through the
+                    -- row as JSON, so one query serves 13 to 18.
+                    pg_catalog.to_jsonb(s) ->> 'invalidation_reason'
+               FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1",
             &[&slot.as_str()],
         )
         .await?;
@@ -107,6 +147,7 @@ pub async fn inspect(
             lag_bytes: bytes(3),
             retained_bytes: bytes(4),
             safe_wal_size: row.get(5),
+            invalidation_reason: row.get(6),
         }
     }))
 }
@@ -243,6 +284,38 @@ pub fn strangers<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_is_invalidated_when_its_wal_is_lost_or_the_source_gives_a_reason() {
+        let cases = [
+            (WalStatus::Reserved, None, None),
+            (WalStatus::Unreserved, None, None),
+            (WalStatus::Lost, None, Some("wal_status = lost")),
+            (
+                WalStatus::Lost,
+                Some("wal_removed"),
+                Some("invalidation_reason = wal_removed"),
+            ),
+            // 18's idle timeout leaves the WAL reserved.
+            (
+                WalStatus::Reserved,
+                Some("idle_timeout"),
+                Some("invalidation_reason = idle_timeout"),
+            ),
+        ];
+        for (status, reason, expected) in cases {
+            assert_eq!(
+                invalidation(status, reason).as_deref(),
+                expected,
+                "{status} {reason:?}"
+            );
+        }
+        assert!(invalidation_advice(Some("idle_timeout")).contains("idle_replication_slot_timeout"));
+        assert!(invalidation_advice(Some("wal_removed")).contains("max_slot_wal_keep_size"));
+        assert!(invalidation_advice(None).contains("max_slot_wal_keep_size"));
+        assert!(invalidation_advice(Some("wal_level_insufficient")).contains("wal_level"));
+    }
+
 
     #[test]
     fn a_slot_is_ours_by_its_installation_or_a_legacy_position_that_fits() {
