@@ -72,7 +72,10 @@ fn failure(
     };
     let setting = match list {
         PluginList::Listed { value, .. } => {
-            format!("its output_plugin_libraries is {value:?}, without wal2json")
+            format!(
+                "its output_plugin_libraries is {}, without wal2json",
+                pg::quote_literal(value)
+            )
         }
         _ => "its output_plugin_libraries does not list wal2json (this role may not read the \
               setting)"
@@ -113,8 +116,8 @@ mod tests {
                 &listed,
                 Refused::Streaming,
                 "at START_REPLICATION (ERROR 42501: library \"wal2json\" may not be used as an \
-                 output plugin): its output_plugin_libraries is \"pgoutput, test_decoding, \
-                 decoder_raw\", without wal2json",
+                 output plugin): its output_plugin_libraries is 'pgoutput, test_decoding, \
+                 decoder_raw', without wal2json",
                 "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', \
                  'decoder_raw', 'wal2json'; SELECT pg_reload_conf(); Then run `tributary \
                  connector retry-setup shop`, which resumes from replication slot \

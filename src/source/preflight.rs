@@ -2370,7 +2370,7 @@ mod tests {
         assert_eq!(failed(&report), [WAL2JSON]);
         assert_fails(
             check(&report, WAL2JSON),
-            "refused: output_plugin_libraries is \"pgoutput, test_decoding, decoder_raw\", \
+            "refused: output_plugin_libraries is 'pgoutput, test_decoding, decoder_raw', \
              without wal2json (ERROR 42501: library \"wal2json\" may not be used",
             "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', \
              'decoder_raw', 'wal2json'; SELECT pg_reload_conf();",

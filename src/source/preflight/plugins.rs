@@ -3,6 +3,7 @@
 //! statements that allow it.
 
 use super::{one_row, Check, Connection, Probe, Server, WAL2JSON};
+use crate::pg::quote_literal;
 use crate::source::error::Result;
 use crate::source::output_plugins::{
     self, alter_system, PluginList, ADD_WAL2JSON, ADD_WAL2JSON_SQL, UNREADABLE,
@@ -73,7 +74,10 @@ pub(super) fn judge(server: &Server, probe: &Probe) -> Option<Check> {
     };
     let (value, fix) = match &server.plugins {
         PluginList::Listed { value, entries } => (
-            format!("refused: output_plugin_libraries is {value:?}, without wal2json ({why})"),
+            format!(
+                "refused: output_plugin_libraries is {}, without wal2json ({why})",
+                quote_literal(value)
+            ),
             format!(
                 "{ADD_WAL2JSON}{rds}: {} SELECT pg_reload_conf(); (in the grant script below; \
                  no restart needed)",
@@ -99,7 +103,8 @@ pub(super) fn script(server: &Server, need: Need) -> Vec<String> {
     let mut lines = vec![match (need, &server.plugins) {
         (Need::Refused, PluginList::Listed { value, .. }) => format!(
             "-- The source refuses wal2json as an output plugin: output_plugin_libraries is \
-             {value:?}."
+             {}.",
+            quote_literal(value)
         ),
         (Need::Refused, _) => "-- The source refuses wal2json as an output plugin: \
                                output_plugin_libraries does not list it."
