@@ -510,3 +510,48 @@ fn create_is_refused_where_the_source_refuses_wal2json() {
         "0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_refused_wal2json_fails_until_it_is_allowed() {
+    let source = Cluster::start();
+    if !has_output_plugin_libraries(&source) {
+        return;
+    }
+    shop(&source);
+    let store = Cluster::start();
+    let mut daemon = Daemon::new(&store);
+    let url = source.superuser_url("shop");
+    create(&daemon, &url, &["--accept-replica-identity-defaults"]).assert_code(0);
+
+    // Refused between create and the snapshot: the slot cannot be created.
+    let set = |list: &str| {
+        source.psql(
+            "postgres",
+            &format!("ALTER SYSTEM SET output_plugin_libraries = {list}; SELECT pg_reload_conf();"),
+        )
+    };
+    set("'pgoutput', 'test_decoding'");
+    daemon.start();
+    daemon.wait_for_state("shop", "failed").await;
+    let connector = daemon.connector("shop");
+    let error = connector["last_error"].as_str().unwrap();
+    let next_step = connector["next_step"].as_str().unwrap();
+    assert!(
+        error.contains("refuses wal2json as an output plugin at CREATE_REPLICATION_SLOT"),
+        "{connector}"
+    );
+    assert!(
+        next_step.contains(
+            "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', \
+             'wal2json'; SELECT pg_reload_conf(); Then run `tributary connector retry-setup \
+             shop`, which starts the snapshot again."
+        ),
+        "{connector}"
+    );
+
+    set("'pgoutput', 'test_decoding', 'wal2json'");
+    daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
+    source.psql("shop", "INSERT INTO items VALUES (51, 'after')");
+    wait_equal(&source, &store, &["keyless"], &daemon).await;
+    daemon.terminate();
+}
