@@ -53,6 +53,15 @@ SELECT 'ALTER SYSTEM SET output_plugin_libraries = '
         SELECT 'wal2json', true, 0) AS entries
 HAVING NOT pg_catalog.bool_or(entry = 'wal2json' AND NOT added)";
 
+/// What to do, in a sentence that the exact statements can follow.
+pub const ADD_WAL2JSON: &str = "as a superuser on the source, add wal2json to \
+     output_plugin_libraries, keeping every entry it lists, each quoted on its own (one quoted \
+     string 'a, b' would be a single entry), and reload the configuration";
+
+/// Why the statements cannot be written out.
+pub const UNREADABLE: &str =
+    "This role may not read the list (that needs superuser or pg_read_all_settings)";
+
 /// The setting as one role sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginList {
@@ -106,22 +115,14 @@ impl PluginList {
     }
 }
 
-/// What to do, in a sentence that the exact statements can follow.
-pub const ADD_WAL2JSON: &str = "as a superuser on the source, add wal2json to \
-     output_plugin_libraries, keeping every entry it lists, each quoted on its own (one quoted \
-     string 'a, b' would be a single entry), and reload the configuration";
-
-/// Why the statements cannot be written out.
-pub const UNREADABLE: &str =
-    "This role may not read the list (that needs superuser or pg_read_all_settings)";
-
 /// Whether `error`, returned to a role allowed to replicate when it created a wal2json slot
 /// or started streaming from one, is the server refusing wal2json as an output plugin.
 ///
-/// The rule is SQLSTATE 42501 plus what the server's settings say, not the message: the
-/// message is translated (`lc_messages`), the settings are not. 42501 at these two commands
-/// has no other cause for a role that may replicate, but on a server that has the setting,
-/// where it does not list wal2json (or this role cannot see whether it does).
+/// The rule is SQLSTATE 42501 plus what the server's settings say, never the message, which
+/// is translated (`lc_messages`). For a role that may replicate, these two commands fail
+/// with 42501 for no other reason than this setting: so it is a refusal where the server has
+/// the setting and it does not list wal2json, or this role cannot see whether it does
+/// ([`READ_SQL`] tells a server without the setting from a role that may not read it).
 pub fn refuses_wal2json(error: &Error, list: &PluginList) -> bool {
     error.sqlstate() == Some("42501") && list.allows_wal2json() != Some(true)
 }
@@ -160,7 +161,7 @@ pub struct ListSyntax {
 /// The entries of a list as the server splits it: separated by commas, whitespace around
 /// them ignored, each bare (up to a comma or whitespace, taken as written) or in double
 /// quotes (`""` stands for one). An empty value is an empty list.
-pub fn split(value: &str) -> Result<Vec<String>, ListSyntax> {
+fn split(value: &str) -> Result<Vec<String>, ListSyntax> {
     let fail = |reason| ListSyntax {
         value: value.to_owned(),
         reason,

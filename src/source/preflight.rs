@@ -2340,8 +2340,8 @@ mod tests {
         assert!(!script.contains("ALTER ROLE"), "{script}");
     }
 
-    /// What `gather` makes of `server` when the probe slot is refused with `code`.
-    fn probe_refused(server: Server, code: &str) -> Gathered {
+    /// What `gather` makes of `server` when the probe slot is refused with 42501.
+    fn probe_refused(server: Server) -> Gathered {
         Gathered::Ready {
             encryption: Encryption::Plain,
             server: Box::new(server),
@@ -2349,7 +2349,7 @@ mod tests {
                 target: "db.example.com:5432".into(),
                 error: Box::new(crate::source::ServerError {
                     severity: "ERROR".into(),
-                    code: code.into(),
+                    code: "42501".into(),
                     message: "library \"wal2json\" may not be used as an output plugin".into(),
                     detail: None,
                     hint: Some("add it to \"output_plugin_libraries\"".into()),
@@ -2366,7 +2366,7 @@ mod tests {
     fn a_refused_wal2json_names_the_setting_and_the_statement_that_keeps_its_entries() {
         let mut server = healthy();
         server.plugins = plugin_list("pgoutput, test_decoding, decoder_raw");
-        let report = judged(&probe_refused(server, "42501"));
+        let report = judged(&probe_refused(server));
         assert_eq!(failed(&report), [WAL2JSON]);
         assert_fails(
             check(&report, WAL2JSON),
@@ -2404,7 +2404,7 @@ mod tests {
     fn a_refusal_the_role_cannot_read_is_fixed_by_a_statement_the_server_computes() {
         let mut server = healthy();
         server.plugins = PluginList::Unreadable;
-        let report = judged(&probe_refused(server, "42501"));
+        let report = judged(&probe_refused(server));
         assert_fails(
             check(&report, WAL2JSON),
             "refused by the source's output_plugin_libraries, which does not list wal2json \
@@ -2467,7 +2467,7 @@ mod tests {
         for plugins in [PluginList::Absent, plugin_list("pgoutput, wal2json")] {
             let mut server = healthy();
             server.plugins = plugins.clone();
-            let report = judged(&probe_refused(server, "42501"));
+            let report = judged(&probe_refused(server));
             assert_fails(
                 check(&report, WAL2JSON),
                 "the probe slot could not be created",
@@ -2488,7 +2488,7 @@ mod tests {
         let mut server = healthy();
         server.role.on_rds = true;
         server.plugins = plugin_list("pgoutput, test_decoding");
-        let report = judged(&probe_refused(server, "42501"));
+        let report = judged(&probe_refused(server));
         assert_fails(check(&report, WAL2JSON), "refused", "DB parameter group");
         let script = report.grant_script.expect("a script");
         assert!(script.contains("in the DB parameter group"), "{script}");
