@@ -3,13 +3,31 @@
 //!
 //! Field docs here are the user documentation of each key (see `config/tributary.toml`).
 
+use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::pg::conninfo::mask_password;
 use crate::pg::ConnInfo;
+
+/// Where the key that encrypts source URLs is looked for when neither `secrets.key` nor
+/// `secrets.key_file` is set: the same file whatever the working directory, the
+/// configuration file or the command.
+///
+/// Why this path: it is the `StateDirectory=tributary` of `deploy/systemd/tributary.service`
+/// (made 0700 for the service's user, and writable under `ProtectSystem=strict`, which leaves
+/// `/etc` read-only), the home of the `tributary` user in `deploy/README.md` and in the
+/// `Dockerfile`, and where FHS puts a daemon's state. It is fixed rather than taken from
+/// `$STATE_DIRECTORY` or `$CREDENTIALS_DIRECTORY`, which exist only inside the service:
+/// commands an operator runs from a shell would look elsewhere and miss the daemon's key.
+/// Kubernetes pods get the key from their Secret (`TRIBUTARY__SECRETS__KEY`); with a
+/// read-only root filesystem none can be created there, and none should be, since each pod
+/// would make its own.
+pub const DEFAULT_KEY_FILE: &str = "/var/lib/tributary/tributary.key";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,7 +46,7 @@ pub struct Settings {
 }
 
 /// The branch store: the server that holds the bookkeeping and the replica databases.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     /// `postgresql://user:password@host:port/control_db`. The bookkeeping schema lives in
@@ -37,15 +55,35 @@ pub struct StoreSettings {
     pub url: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Both print their secret masked: the settings may end up in a log line.
+impl fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("url", &mask_password(&self.url))
+            .finish()
+    }
+}
+
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsSettings {
-    /// File holding the 32-byte key (64 hex characters) that encrypts source URLs at rest.
-    /// Created with mode 0600 on first use when neither this nor `key` is set, at
-    /// `tributary.key` beside the configuration file.
+    /// File holding the 32-byte key (64 hex characters) that encrypts source URLs at rest:
+    /// an absolute path, [`DEFAULT_KEY_FILE`] when not set. Only a command that stores the
+    /// bookkeeping's first source URL (`connector create`) creates it (mode 0600); every
+    /// other command, `run` included, only reads it.
     pub key_file: Option<PathBuf>,
-    /// The key itself, 64 hex characters; meant for `TRIBUTARY__SECRETS__KEY`.
+    /// The key itself, 64 hex characters; meant for `TRIBUTARY__SECRETS__KEY`. Wins over
+    /// `key_file`.
     pub key: Option<String>,
+}
+
+impl fmt::Debug for SecretsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretsSettings")
+            .field("key_file", &self.key_file)
+            .field("key", &self.key.as_ref().map(|_| "****"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,7 +156,16 @@ pub struct PipelineSettings {
     /// On SIGTERM, how long to wait for the current target transaction to commit before
     /// giving up on it (it is rolled back and applied again after restart).
     pub shutdown_grace_secs: u64,
+    /// The directory of the pg_dump and pg_restore that snapshots run: the environment
+    /// variable [`PG_BINDIR_ENV`] (not a key of the file, as packages and images set it
+    /// beside the programs they install). `None`: the snapshot looks for suitable ones.
+    #[serde(skip)]
+    pub pg_bindir: Option<PathBuf>,
 }
+
+/// Names the directory of the client programs a snapshot runs; see
+/// [`PipelineSettings::pg_bindir`].
+pub const PG_BINDIR_ENV: &str = "TRIBUTARY_PG_BINDIR";
 
 impl Default for PipelineSettings {
     fn default() -> Self {
@@ -129,6 +176,7 @@ impl Default for PipelineSettings {
             batch_max_delay_ms: 200,
             status_interval_ms: 1_000,
             shutdown_grace_secs: 30,
+            pg_bindir: None,
         }
     }
 }
@@ -180,10 +228,18 @@ impl Default for SupervisorSettings {
     }
 }
 
+/// What is wrong with the configuration. No variant quotes what failed to parse: a line of
+/// the file or a value may hold a password.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    #[error("cannot read the configuration file {}: {reason}", path.display())]
+    Read { path: PathBuf, reason: String },
+    #[error(
+        "{origin} is not valid TOML: {detail} (the line is not shown: it may hold a password)"
+    )]
+    Syntax { origin: String, detail: String },
     #[error("cannot read the configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(String),
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -191,27 +247,40 @@ pub enum SettingsError {
 impl Settings {
     /// Loads `file` (when it exists, or always when `required`) and the environment.
     pub fn load(file: &Path, required: bool) -> Result<Settings, SettingsError> {
-        Settings::from_file(config::File::from(file).required(required))
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !required => String::new(),
+            Err(e) => {
+                return Err(SettingsError::Read {
+                    path: file.to_owned(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        Settings::parse(&text, &file.display().to_string())
     }
 
     /// Parses `text` as the configuration file's TOML (the environment still applies).
     pub fn from_toml(text: &str) -> Result<Settings, SettingsError> {
-        Settings::from_file(config::File::from_str(text, config::FileFormat::Toml))
+        Settings::parse(text, "the configuration")
     }
 
-    fn from_file<F>(file: F) -> Result<Settings, SettingsError>
-    where
-        F: config::Source + Send + Sync + 'static,
-    {
-        let settings: Settings = config::Config::builder()
-            .add_source(file)
+    /// `origin` names the text in messages.
+    fn parse(text: &str, origin: &str) -> Result<Settings, SettingsError> {
+        let mut settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .add_source(
                 config::Environment::with_prefix("TRIBUTARY")
                     .prefix_separator("__")
                     .separator("__"),
             )
-            .build()?
-            .try_deserialize()?;
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| describe(e, text, origin))?;
+        // Empty is unset, as a shell's `TRIBUTARY_PG_BINDIR=` means.
+        settings.pipeline.pg_bindir = std::env::var_os(PG_BINDIR_ENV)
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from);
         settings.validate()?;
         Ok(settings)
     }
@@ -220,6 +289,13 @@ impl Settings {
         let invalid = |s: &str| Err(SettingsError::Invalid(s.to_owned()));
         ConnInfo::parse(&self.store.url)
             .map_err(|e| SettingsError::Invalid(format!("store.url: {e}")))?;
+        if let Some(path) = self.secrets.key_file.as_ref().filter(|p| p.is_relative()) {
+            return Err(SettingsError::Invalid(format!(
+                "secrets.key_file must be an absolute path, not {:?}: a relative one names \
+                 another file in each directory tributary is started from",
+                path.display().to_string()
+            )));
+        }
         if self.pipeline.snapshot_workers == 0 {
             return invalid("pipeline.snapshot_workers must be at least 1");
         }
@@ -239,6 +315,111 @@ impl Settings {
     pub fn store(&self) -> ConnInfo {
         ConnInfo::parse(&self.store.url).expect("validated at load")
     }
+}
+
+/// A `config` error as a [`SettingsError`] that shows no value that failed to parse, once:
+/// `config`'s own Display includes its cause, which is also its `source()`, so a chain of
+/// them printed everything twice.
+fn describe(error: config::ConfigError, text: &str, origin: &str) -> SettingsError {
+    match error {
+        config::ConfigError::FileParse { cause, .. } => {
+            let detail = match cause.downcast_ref::<toml::de::Error>() {
+                Some(syntax) => match syntax.span() {
+                    Some(span) => {
+                        let (line, column) = position(text, span.start);
+                        format!("line {line}, column {column}: {}", syntax.message())
+                    }
+                    None => syntax.message().to_owned(),
+                },
+                // A number out of range, say: no text of the file.
+                None => cause.to_string(),
+            };
+            SettingsError::Syntax {
+                origin: origin.to_owned(),
+                detail,
+            }
+        }
+        other => SettingsError::Load(redacted(&other)),
+    }
+}
+
+/// A value of the wrong type is named by its kind (`string`), never quoted; other messages
+/// (serde's, which quote an unknown variant, say) have any password masked.
+fn redacted(error: &config::ConfigError) -> String {
+    match error {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            key,
+            ..
+        } => {
+            let found = unexpected.to_string();
+            let kind = found.split(['`', '"']).next().unwrap_or_default().trim();
+            format!(
+                "{}: expected {expected}, found {kind}",
+                key.as_deref().unwrap_or("a value")
+            )
+        }
+        config::ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => format!("{key}: {}", redacted(error)),
+        config::ConfigError::At { error, .. } => redacted(error),
+        other => mask_quoted(&without_strings(&other.to_string())),
+    }
+}
+
+/// serde's `string "…"` (a value of the wrong type or an invalid one) as `a string`.
+fn without_strings(text: &str) -> String {
+    const QUOTED: &str = "string \"";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(QUOTED) {
+        out.push_str(&rest[..start]);
+        out.push_str("a string");
+        // The value is Debug-quoted: `\"` and `\\` inside it are escapes.
+        let value = &rest[start + QUOTED.len()..];
+        let mut escaped = false;
+        let end = value
+            .char_indices()
+            .find(|&(_, c)| {
+                let closes = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                closes
+            })
+            .map_or(value.len(), |(i, _)| i + 1);
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `text` with the password of every quoted (`` ` `` or `"`) or bare part masked.
+fn mask_quoted(text: &str) -> String {
+    let mut masked = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(quote) = rest.find(['`', '"']) {
+        masked.push_str(&mask_password(&rest[..quote]));
+        masked.push_str(&rest[quote..=quote]);
+        rest = &rest[quote + 1..];
+    }
+    masked.push_str(&mask_password(rest));
+    masked
+}
+
+/// Line and column (both from 1, columns in characters) of byte `offset` in `text`.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line_start = before.rfind('\n').map_or(0, |nl| nl + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }
 
 #[cfg(test)]
@@ -285,5 +466,97 @@ mod tests {
                 .unwrap_err();
         assert!(err.to_string().contains("snapshot_workers"), "{err}");
         assert!(load("").is_err(), "store.url is required");
+        let err = load("[store]\nurl = \"postgresql://u@h/db\"\n[secrets]\nkey_file = \"k.key\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("absolute path"), "{err}");
+    }
+
+    /// Whatever failed to parse, the message (with its whole chain, as the CLI prints it)
+    /// never shows the password, names where the mistake is, and says it once.
+    #[test]
+    fn configuration_errors_never_show_a_password_and_say_it_once() {
+        const URL: &str = "postgresql://u:hunter2@h/db";
+        for (text, needle) in [
+            (format!("[store]\nurl = \"{URL}\n"), "line 2, column 35"),
+            (format!("[store]\nurl = {URL}\n"), "line 2, column 7"),
+            (
+                format!("[store]\nurl = '{URL}'\nfoo bar\n"),
+                "line 3, column 5",
+            ),
+            (
+                format!("[store]\nurl = \"{URL}\"\n[log]\nlevel = 'info\n"),
+                "line 4",
+            ),
+            (
+                format!("store = \"{URL}\"\n"),
+                "store: invalid type: a string, expected",
+            ),
+            (
+                format!("[store]\nurl = \"{URL}\"\n[log]\nformat = \"{URL}\"\n"),
+                "format",
+            ),
+            (
+                format!("[store]\nurl = \"{URL}\"\n[metrics]\nlisten = \"{URL}\"\n"),
+                "listen",
+            ),
+            (
+                "[store]\nurl = \"repl:hunter2@h/db\"\n".into(),
+                "did you mean",
+            ),
+            (
+                "[store]\nurl = \"host=h password=hunter2\"\n".into(),
+                "key=value",
+            ),
+            (
+                "[store]\nurl = \"postgresql://u:hunter2#x@h/db\"\n".into(),
+                "%23",
+            ),
+        ] {
+            let err = load(&text).unwrap_err();
+            let shown = format!("{:#}", anyhow::Error::new(err));
+            assert!(!shown.contains("hunter2"), "{text:?}: {shown}");
+            assert!(shown.contains(needle), "{text:?}: {shown}");
+            assert_eq!(shown.matches(needle).count(), 1, "said once: {shown}");
+        }
+    }
+
+    #[test]
+    fn quoted_strings_are_left_out() {
+        for (text, without) in [
+            (
+                r#"invalid type: string "a:b@c", expected u64"#,
+                "invalid type: a string, expected u64",
+            ),
+            (r#"string "x\"y\\" and string "z""#, "a string and a string"),
+            (r#"string "unterminated"#, "a string"),
+            ("nothing quoted", "nothing quoted"),
+        ] {
+            assert_eq!(without_strings(text), without, "{text}");
+        }
+    }
+
+    #[test]
+    fn positions_count_lines_and_characters_from_one() {
+        for (text, offset, at) in [
+            ("", 0, (1, 1)),
+            ("abc", 2, (1, 3)),
+            ("a\nbc", 2, (2, 1)),
+            ("a\nbc", 99, (2, 3)),
+            ("é\nxé", 6, (2, 3)),
+            ("é\nxé", 5, (2, 2)),
+            ("éé", 1, (1, 1)),
+        ] {
+            assert_eq!(position(text, offset), at, "{text:?} at {offset}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_store_password_or_the_key() {
+        let settings =
+            load("[store]\nurl = \"postgresql://u:hunter2@h/db\"\n[secrets]\nkey = \"abcdef\"\n")
+                .unwrap();
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("abcdef"), "{debug}");
     }
 }

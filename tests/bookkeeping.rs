@@ -1,5 +1,6 @@
 //! The bookkeeping schema against a real server: migrations, connectors, encryption of
-//! source URLs at rest, the key file, states and history, table progress, notifications.
+//! source URLs at rest, the key file and its fingerprint, states and history, table
+//! progress, notifications.
 //! What is stored is checked with plain SQL, not only through the API.
 
 use std::fs;
@@ -339,8 +340,12 @@ async fn source_urls_are_encrypted_at_rest_and_never_shown() {
     assert_eq!(bookkeeping.source_url(&other).await.unwrap(), SOURCE_URL);
 }
 
+fn fingerprint(store: &Store) -> String {
+    store.sql("SELECT coalesce(key_fingerprint, 'none') FROM tributary.installation")
+}
+
 #[tokio::test]
-async fn another_key_cannot_decrypt_and_the_error_says_what_to_do() {
+async fn a_wrong_key_is_named_at_open_and_a_missing_one_is_never_replaced() {
     let store = Store::start();
     let connector = store
         .open_with(&key(1))
@@ -349,13 +354,24 @@ async fn another_key_cannot_decrypt_and_the_error_says_what_to_do() {
         .create_connector(&name("sales"), SOURCE_URL, &[])
         .await
         .unwrap();
+    let recorded = fingerprint(&store);
+    assert_eq!(
+        recorded.len(),
+        16,
+        "recorded with the first URL: {recorded}"
+    );
 
-    let wrong = store.open_with(&key(2)).await.unwrap();
-    let err = wrong.source_url(&connector).await.unwrap_err();
-    assert!(matches!(err, Error::Decrypt { .. }), "{err}");
+    let err = store.open_with(&key(2)).await.unwrap_err();
+    assert!(matches!(err, Error::WrongKey { .. }), "{err}");
     let message = err.to_string();
-    assert!(message.contains("sales"), "{message}");
-    assert!(message.contains("restore the original key"), "{message}");
+    assert!(
+        message.contains("this is not the key this bookkeeping was written with"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("expected {recorded})")),
+        "{message}"
+    );
     assert!(message.contains("TRIBUTARY__SECRETS__KEY"), "{message}");
     assert!(!message.contains("0202"), "the key never prints: {message}");
     assert!(!message.contains("hunter2"), "{message}");
@@ -364,52 +380,149 @@ async fn another_key_cannot_decrypt_and_the_error_says_what_to_do() {
         "no key file when the key is configured"
     );
 
-    // A lost key file is replaced by a new key, and the error says so.
+    // A key file that is not there is an error naming it and the key wanted, and is not
+    // created: a new key could not open what is stored.
     let key_file = store.keys.path().join("lost.key");
     let by_file = SecretsSettings {
         key_file: Some(key_file.clone()),
         key: None,
     };
-    let first = store.open_with(&by_file).await.unwrap();
-    let stored = first
-        .create_connector(&name("kept"), SOURCE_URL, &[])
-        .await
-        .unwrap();
-    fs::remove_file(&key_file).unwrap();
-    let after_loss = store.open_with(&by_file).await.unwrap();
-    let err = after_loss
-        .source_url(&stored)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("created new"), "{err}");
-    assert!(err.contains(&key_file.display().to_string()), "{err}");
+    let err = store.open_with(&by_file).await.unwrap_err();
+    assert!(matches!(err, Error::NoKey { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&key_file.display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains(&recorded), "{message}");
+    assert!(message.contains("No key was created"), "{message}");
+    assert!(!key_file.exists(), "no key file was created");
+
+    // The right key, from a file this time.
+    fs::write(&key_file, format!("{}\n", "01".repeat(32))).unwrap();
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
+    let by_file = store.open_with(&by_file).await.unwrap();
+    assert_eq!(by_file.source_url(&connector).await.unwrap(), SOURCE_URL);
+    assert_eq!(fingerprint(&store), recorded);
 }
 
 #[tokio::test]
-async fn the_key_file_is_created_private_then_reused_and_a_readable_one_is_refused() {
+async fn urls_stored_before_fingerprints_were_recorded_adopt_the_key_that_opens_them() {
+    let store = Store::start();
+    let bookkeeping = store.open_with(&key(1)).await.unwrap();
+    let sales = create_sales(&bookkeeping).await;
+    let orders = bookkeeping
+        .create_connector(&name("orders"), SOURCE_URL, &[])
+        .await
+        .unwrap();
+    let recorded = fingerprint(&store);
+    // As a bookkeeping migrated from a release without fingerprints.
+    store.sql("UPDATE tributary.installation SET key_fingerprint = NULL");
+
+    let err = store.open_with(&key(2)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::WrongKey { expected: None, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("was not recorded"), "{err}");
+    assert_eq!(fingerprint(&store), "none", "a wrong key is not recorded");
+
+    let adopted = store.open_with(&key(1)).await.unwrap();
+    assert_eq!(fingerprint(&store), recorded);
+    assert_eq!(adopted.source_url(&orders).await.unwrap(), SOURCE_URL);
+
+    // A key that opens some of them only (one was stored with another key): nothing is
+    // recorded, and the one that does not open says so by name.
+    store.sql("UPDATE tributary.installation SET key_fingerprint = NULL");
+    store.sql(
+        "UPDATE tributary.connectors SET source_url_ciphertext = \
+         set_byte(source_url_ciphertext, 20, get_byte(source_url_ciphertext, 20) # 1) \
+         WHERE name = 'sales'",
+    );
+    let partly = store.open_with(&key(1)).await.unwrap();
+    assert_eq!(fingerprint(&store), "none");
+    let err = partly.source_url(&sales).await.unwrap_err();
+    assert!(matches!(err, Error::Decrypt { .. }), "{err}");
+    assert!(err.to_string().contains("sales"), "{err}");
+    assert_eq!(partly.source_url(&orders).await.unwrap(), SOURCE_URL);
+}
+
+#[tokio::test]
+async fn two_first_connectors_sealed_with_different_keys_at_once_keep_one_key() {
+    let store = Store::start();
+    // Both open: nothing is sealed yet to tell which key is right.
+    let one = store.open_with(&key(1)).await.unwrap();
+    let two = store.open_with(&key(2)).await.unwrap();
+    assert_eq!(fingerprint(&store), "none");
+    let (sales, orders) = (name("sales"), name("orders"));
+    let (a, b) = tokio::join!(
+        one.create_connector(&sales, SOURCE_URL, &[]),
+        two.create_connector(&orders, SOURCE_URL, &[]),
+    );
+    let ((bookkeeping, kept), refused) = match (a, b) {
+        (Ok(kept), Err(refused)) => ((one, kept), refused),
+        (Err(refused), Ok(kept)) => ((two, kept), refused),
+        other => panic!("exactly one may be created: {other:?}"),
+    };
+    assert!(matches!(refused, Error::WrongKey { .. }), "{refused}");
+    assert_eq!(store.sql("SELECT count(*) FROM tributary.connectors"), "1");
+    assert_eq!(bookkeeping.source_url(&kept).await.unwrap(), SOURCE_URL);
+}
+
+#[tokio::test]
+async fn a_daemon_started_without_a_key_reads_the_one_the_first_connector_brought() {
+    let store = Store::start();
+    let none = SecretsSettings::default();
+    // Nothing sealed yet: the daemon starts without a key, and makes none.
+    let daemon = store.open_with(&none).await.unwrap();
+    assert!(!store.default_key_file().exists());
+    // `connector create` makes the key at the same place.
+    let created = create_sales(&store.open_with(&none).await.unwrap()).await;
+    assert_eq!(mode(&store.default_key_file()), 0o600);
+    assert_eq!(daemon.source_url(&created).await.unwrap(), SOURCE_URL);
+
+    // A daemon that found another key before anything was sealed is told, by fingerprint,
+    // once a URL sealed with the recorded key does not open.
+    let other_store = Store::start();
+    let early = other_store.open_with(&key(2)).await.unwrap();
+    let sealed = other_store
+        .open_with(&key(1))
+        .await
+        .unwrap()
+        .create_connector(&name("orders"), SOURCE_URL, &[])
+        .await
+        .unwrap();
+    let err = early.source_url(&sealed).await.unwrap_err();
+    assert!(matches!(err, Error::WrongKey { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn the_key_file_is_created_by_the_first_seal_only_private_then_reused() {
     let store = Store::start();
     let none = SecretsSettings::default();
     let path = store.default_key_file();
     let first = store.open_with(&none).await.unwrap();
+    first.connectors().await.unwrap();
+    assert!(!path.exists(), "opening and reading create no key");
+    let connector = create_sales(&first).await;
     assert_eq!(mode(&path), 0o600);
     let contents = fs::read_to_string(&path).unwrap();
     assert_eq!(contents.trim().len(), 64);
-    let connector = create_sales(&first).await;
 
     // The next start reads the same key.
     let second = store.open_with(&none).await.unwrap();
     assert_eq!(fs::read_to_string(&path).unwrap(), contents);
     assert_eq!(second.source_url(&connector).await.unwrap(), SOURCE_URL);
 
-    // A configured key file that does not exist yet is created the same way.
+    // A configured key file that does not exist is not created once URLs are stored.
     let configured = store.keys.path().join("conf/secret.key");
     let settings = SecretsSettings {
         key_file: Some(configured.clone()),
         key: None,
     };
-    store.open_with(&settings).await.unwrap();
-    assert_eq!(mode(&configured), 0o600);
+    let err = store.open_with(&settings).await.unwrap_err();
+    assert!(matches!(err, Error::NoKey { .. }), "{err}");
+    assert!(!configured.exists());
 
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     let err = store.open_with(&none).await.unwrap_err();

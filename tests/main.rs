@@ -25,6 +25,7 @@ mod preflight;
 mod quickstart;
 mod replication;
 mod schema_changes;
+mod secrets;
 mod silent_differences;
 mod sink;
 mod snapshot;

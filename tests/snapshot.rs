@@ -8,7 +8,9 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio_postgres::Client;
 use tributary::change::TableName;
-use tributary::pipeline::snapshot::{copy_data, SchemaDump, Section, SnapshotError, SnapshotJob};
+use tributary::pipeline::snapshot::{
+    copy_data, SchemaDump, Section, SnapshotError, SnapshotJob, Tools,
+};
 use tributary::source::catalog::{list_tables, ReplicaIdentity, SourceTable};
 use tributary::source::copy::SnapshotSession;
 use tributary::source::{ConnInfo, SnapshotAction};
@@ -21,6 +23,14 @@ fn table(schema: &str, name: &str) -> TableName {
         schema: schema.into(),
         name: name.into(),
     }
+}
+
+/// The source's own pg_dump and pg_restore, as the daemon's TRIBUTARY_PG_BINDIR names them in
+/// the tests (the suite's PostgreSQL, whatever the machine's newest is).
+async fn source_tools(source: &Cluster, store: &Cluster) -> Tools {
+    Tools::choose(Some(source.bindir()), source.major(), store.major())
+        .await
+        .unwrap_or_else(|e| panic!("choosing pg_dump and pg_restore: {e}"))
 }
 
 fn qualified(t: &TableName) -> String {
@@ -215,6 +225,7 @@ async fn snapshot_restores_schema_and_rows_of_exactly_the_exported_instant() {
     store.create_database("replica");
     let replica_info = ConnInfo::parse(&store.superuser_url("replica")).unwrap();
     let chunk_bytes = 64 * 1024;
+    let tools = source_tools(&source, &store).await;
     let job = SnapshotJob {
         source: &source_info,
         replica: &replica_info,
@@ -224,6 +235,7 @@ async fn snapshot_restores_schema_and_rows_of_exactly_the_exported_instant() {
         exclude: &exclude,
         workers: 3,
         chunk_bytes,
+        tools: &tools,
     };
     let schema = SchemaDump::create(&job)
         .await
@@ -407,6 +419,7 @@ async fn a_wrong_password_is_a_clear_error_without_the_password() {
         pages: 0,
         binary_copy: true,
     }];
+    let tools = source_tools(&source, &store).await;
     let job = SnapshotJob {
         source: &source_info,
         replica: &replica_info,
@@ -416,6 +429,7 @@ async fn a_wrong_password_is_a_clear_error_without_the_password() {
         exclude: &[],
         workers: 2,
         chunk_bytes: 0,
+        tools: &tools,
     };
 
     let schema_error = SchemaDump::create(&job).await.unwrap_err();
@@ -449,6 +463,7 @@ async fn a_dead_snapshot_or_a_pg_dump_failure_is_reported_precisely() {
     let schemas = vec!["public".to_owned()];
     let reader = source.connect("postgres").await;
     let tables = list_tables(&reader, &schemas, &[]).await.unwrap();
+    let tools = source_tools(&source, &store).await;
     let job = SnapshotJob {
         source: &source_info,
         replica: &replica_info,
@@ -458,6 +473,7 @@ async fn a_dead_snapshot_or_a_pg_dump_failure_is_reported_precisely() {
         exclude: &[],
         workers: 1,
         chunk_bytes: 0,
+        tools: &tools,
     };
 
     // A snapshot that is gone: reported before pg_dump runs, as a reason to start over.
@@ -551,6 +567,7 @@ async fn timing_pgbench_scale_10_against_pg_dump_and_pg_restore() {
             let db = format!("ours_{run}_{workers}");
             store.create_database(&db);
             let replica_info = ConnInfo::parse(&store.superuser_url(&db)).unwrap();
+            let tools = source_tools(&source, &store).await;
             let job = SnapshotJob {
                 source: &source_info,
                 replica: &replica_info,
@@ -560,6 +577,7 @@ async fn timing_pgbench_scale_10_against_pg_dump_and_pg_restore() {
                 exclude: &[],
                 workers,
                 chunk_bytes: 32 << 20,
+                tools: &tools,
             };
             let started = Instant::now();
             let schema = SchemaDump::create(&job).await.unwrap();
@@ -654,6 +672,7 @@ async fn the_first_error_stops_every_worker_and_closes_their_sessions() {
     source_info.application_name = "snapshot_worker".into();
     let mut replica_info = ConnInfo::parse(&store.superuser_url("postgres")).unwrap();
     replica_info.application_name = "snapshot_worker".into();
+    let tools = source_tools(&source, &store).await;
     let job = SnapshotJob {
         source: &source_info,
         replica: &replica_info,
@@ -663,6 +682,7 @@ async fn the_first_error_stops_every_worker_and_closes_their_sessions() {
         exclude: &[],
         workers: 4,
         chunk_bytes: 64 * 1024,
+        tools: &tools,
     };
     let error = copy_data(&job, &|_, _, _, _| {}).await.unwrap_err();
     let message = error.to_string();

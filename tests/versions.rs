@@ -10,8 +10,13 @@
 //!
 //! `cargo test --test integration versions::pg17` runs one major's tests.
 
+use tributary::bookkeeping::Bookkeeping;
+use tributary::pg::ConnInfo;
+use tributary::settings::SecretsSettings;
+use tributary::types::ConnectorName;
+
 use crate::daemon::{wait_replica, Daemon};
-use crate::harness::Cluster;
+use crate::harness::{install, Cluster};
 use crate::metrics::{get, value};
 use crate::schema_changes::definitions;
 
@@ -54,11 +59,37 @@ INSERT INTO app.items (name, price, ratio, weight) VALUES
     ('-inf', '-Infinity', '-Infinity', '-Infinity');
 ";
 
+/// The same values as keys: copied, then changed and deleted by key while streaming.
+const SPECIAL_KEYS: &str = "
+CREATE TABLE app.by_number (k numeric PRIMARY KEY, f double precision NOT NULL, note text);
+INSERT INTO app.by_number VALUES ('NaN', 'NaN', 'a'), ('Infinity', 'Infinity', 'b'),
+    ('-Infinity', '-Infinity', 'c'), (1, 1, 'd'), (2, 2, 'e');
+";
+const SPECIAL_KEY_CHANGES: &str = "
+UPDATE app.by_number SET note = 'changed' WHERE k = 'NaN';
+UPDATE app.by_number SET k = 'NaN', f = 'Infinity' WHERE k = 1 AND NOT EXISTS
+    (SELECT FROM app.by_number WHERE k = 'NaN');
+DELETE FROM app.by_number WHERE k = 'NaN';
+UPDATE app.by_number SET k = 'NaN', f = '-Infinity' WHERE k = 1;
+UPDATE app.by_number SET k = 3 WHERE k = 'Infinity';
+DELETE FROM app.by_number WHERE k = '-Infinity';
+INSERT INTO app.by_number VALUES ('-Infinity', 'NaN', 'again');
+";
+
 /// The main path on `source_major` → `store_major`: preflight, snapshot, streaming across a
-/// kill -9 of the daemon, DDL replay, a branch with working sequences, slot metrics.
-async fn round_trip(source_major: u32, store_major: u32) {
+/// kill -9 of the daemon, DDL replay, a branch with working sequences, slot metrics. The
+/// branch store runs with `store_settings`.
+async fn round_trip(source_major: u32, store_major: u32, store_settings: &[(&str, &str)]) {
     let source = Cluster::builder().major(source_major).start();
-    let store = Cluster::builder().major(store_major).start();
+    let store = store_settings
+        .iter()
+        .fold(Cluster::builder().major(store_major), |b, (name, value)| {
+            b.setting(name, value)
+        })
+        .start();
+    for (name, value) in store_settings {
+        assert_eq!(&store.psql("postgres", &format!("SHOW {name}")), value);
+    }
     let wal2json = source.install().wal2json.clone();
     let exact_nan = wal2json_at_least(wal2json.as_deref(), 2, 6);
     source.psql("postgres", ROLES);
@@ -66,6 +97,7 @@ async fn round_trip(source_major: u32, store_major: u32) {
     source.psql_conninfo(&owner_url, APP);
     if exact_nan {
         source.psql_conninfo(&owner_url, SPECIAL_NUMBERS);
+        source.psql_conninfo(&owner_url, SPECIAL_KEYS);
     }
 
     let mut daemon = Daemon::new(&store);
@@ -125,6 +157,7 @@ async fn round_trip(source_major: u32, store_major: u32) {
     source.psql_conninfo(&owner_url, &dml(2));
     if exact_nan {
         source.psql_conninfo(&owner_url, SPECIAL_NUMBERS);
+        source.psql_conninfo(&owner_url, SPECIAL_KEY_CHANGES);
     }
     daemon.start();
     wait_replica(&source, &store, "shop", &["app"], &daemon).await;
@@ -254,20 +287,23 @@ async fn wal2json_missing(major: u32) {
 }
 
 macro_rules! round_trips {
-    ($($name:ident: $source:expr => $store:expr;)*) => {$(
+    ($($name:ident: $source:expr => $store:expr $(, $setting:ident = $value:ident)*;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            round_trip($source, $store).await;
+            round_trip($source, $store, &[$((stringify!($setting), stringify!($value))),*]).await;
         }
     )*};
 }
 
 round_trips! {
     pg13_to_pg13: 13 => 13;
-    pg15_to_pg14: 15 => 14;
+    // A branch store older than the source is refused (see below): 14 as a store of 13.
+    pg13_to_pg14: 13 => 14;
     pg15_to_pg16: 15 => 16;
     pg17_to_pg17: 17 => 17;
-    pg18_to_pg18: 18 => 18;
+    // Branches with PostgreSQL 18's clone file copy, here on a filesystem without reflinks
+    // (the machine's /tmp): copy_file_range copies in the kernel, and the branch is whole.
+    pg18_to_pg18: 18 => 18, file_copy_method = clone;
     pg13_to_pg18: 13 => 18;
 }
 
@@ -311,6 +347,235 @@ async fn pg18_to_pg15_is_refused_up_front_with_the_reason() {
         ),
         "0"
     );
+}
+
+/// The same pair at run time, for a connector whose source was upgraded after `create` (here
+/// recorded without the CLI): the snapshot fails before it creates anything, for good (no
+/// retry), with the reason; `retry-setup` refuses as `create` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg18_to_pg15_fails_at_run_time_before_anything_is_created() {
+    let source = Cluster::builder().major(18).start();
+    let store = Cluster::builder().major(15).start();
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("tributary.key");
+    let secrets = SecretsSettings {
+        key_file: Some(key_file.clone()),
+        key: None,
+    };
+    let store_info = ConnInfo::parse(&store.superuser_url("postgres")).unwrap();
+    let bookkeeping = Bookkeeping::open(&store_info, &secrets, &key_file)
+        .await
+        .unwrap();
+    bookkeeping
+        .create_connector_with_decisions(
+            &ConnectorName::new("newer".to_owned()).unwrap(),
+            &source.superuser_url("postgres"),
+            &["public".to_owned()],
+            &[],
+            true,
+        )
+        .await
+        .unwrap();
+    let mut daemon = Daemon::new(&store);
+    daemon
+        .set(
+            "TRIBUTARY__SECRETS__KEY_FILE",
+            &key_file.display().to_string(),
+        )
+        .set(
+            "TRIBUTARY_PG_BINDIR",
+            &source.bindir().display().to_string(),
+        );
+    daemon.start();
+    daemon.wait_for_state("newer", "failed").await;
+    let connector = daemon.connector("newer");
+    let error = connector["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("PostgreSQL 15")
+            && error.contains("PostgreSQL 18")
+            && error.contains("branch store of PostgreSQL 18 or newer"),
+        "{connector}"
+    );
+    let next_step = connector["next_step"].as_str().unwrap();
+    assert!(!next_step.contains("retries"), "not retried: {connector}");
+    assert_eq!(
+        source.psql("postgres", "SELECT count(*) FROM pg_replication_slots"),
+        "0",
+        "no slot holds WAL for a snapshot that cannot be taken"
+    );
+    assert_eq!(
+        store.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'newer_replica'"
+        ),
+        "0"
+    );
+    let (code, text) = output(&daemon.cli(&["connector", "retry-setup", "newer"]));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("branch store of PostgreSQL 18 or newer")
+            && text.contains("Setup of newer not restarted."),
+        "{text}"
+    );
+    daemon.terminate();
+}
+
+/// pg_restore 17 and newer set transaction_timeout, which a branch store before 17 lacks:
+/// client programs of 18 for 13 → 15 fail the snapshot at once, naming the versions that
+/// fit; with those (the 13 install's own, which are 16's) it goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_restore_newer_than_16_is_refused_for_a_pg15_store_naming_the_programs_that_fit() {
+    let source = Cluster::builder().major(13).start();
+    let store = Cluster::builder().major(15).start();
+    source.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+    );
+    let mut daemon = Daemon::new(&store);
+    let newest = install(18).bindir.display().to_string();
+    daemon.set("TRIBUTARY_PG_BINDIR", &newest);
+    daemon.create_connector(&source.superuser_url("postgres"), "old", "public");
+    daemon.start();
+    daemon.wait_for_state("old", "failed").await;
+    let connector = daemon.connector("old");
+    let error = connector["last_error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("{newest}/pg_restore is from PostgreSQL 18")),
+        "names the program: {connector}"
+    );
+    assert!(
+        error.contains("branch store's PostgreSQL 15") && error.contains("transaction_timeout"),
+        "says why: {connector}"
+    );
+    assert!(
+        error.contains("client programs of PostgreSQL 13 to 16 (postgresql-client-15)")
+            && error.contains("TRIBUTARY_PG_BINDIR"),
+        "says what fits: {connector}"
+    );
+    assert!(
+        !connector["next_step"].as_str().unwrap().contains("retries"),
+        "not retried: {connector}"
+    );
+    assert_eq!(
+        source.psql("postgres", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+
+    daemon.terminate();
+    daemon.set(
+        "TRIBUTARY_PG_BINDIR",
+        &source.bindir().display().to_string(),
+    );
+    daemon.start();
+    crate::support::eventually("the restart to take the snapshot again", || async {
+        (daemon.connector_state("old").as_deref() != Some("failed")).then_some(())
+    })
+    .await;
+    daemon.wait_for_state("old", "streaming").await;
+    wait_replica(&source, &store, "old", &["public"], &daemon).await;
+    daemon.terminate();
+}
+
+/// The branch store's role needs CREATEDB and the right to set session_replication_role
+/// (every apply session does). `create` checks it up front, with the grant that gives it:
+/// on PostgreSQL 14 there is none, only superusers may.
+#[tokio::test]
+async fn a_pg14_store_role_must_be_a_superuser_to_apply() {
+    let source = Cluster::builder().major(13).start();
+    let store = Cluster::builder().major(14).start();
+    let daemon = store_role_daemon(&source, &store);
+    let text = output(&daemon.cli(&[
+        "connector",
+        "create",
+        "postgresql",
+        &source.superuser_url("postgres"),
+        "--name",
+        "app",
+    ]));
+    assert!(text.0 == Some(1), "{text:?}");
+    assert!(
+        text.1.contains("session_replication_role")
+            && text
+                .1
+                .contains("on PostgreSQL 14 only a superuser may set it")
+            && text.1.contains("ALTER ROLE \"tributary_store\" SUPERUSER;")
+            && text.1.contains("Connector app not created."),
+        "{text:?}"
+    );
+    assert!(!text.1.contains("TO \"tributary_store\""), "{text:?}");
+    assert_eq!(
+        store.psql("control", "SELECT count(*) FROM tributary.connectors"),
+        "0"
+    );
+}
+
+/// From PostgreSQL 15 on, a grant suffices: `create` names it, and with it a role that is
+/// no superuser runs the whole path: snapshot, streaming, a branch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pg15_store_role_needs_set_on_session_replication_role() {
+    let source = Cluster::builder().major(15).start();
+    let store = Cluster::builder().major(15).start();
+    source.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+    );
+    let mut daemon = store_role_daemon(&source, &store);
+    let url = source.superuser_url("postgres");
+    let create = ["connector", "create", "postgresql", &url, "--name", "app"];
+    let text = output(&daemon.cli(&create));
+    assert!(text.0 == Some(1), "{text:?}");
+    let grant = "GRANT SET ON PARAMETER session_replication_role TO \"tributary_store\";";
+    assert!(text.1.contains(grant), "{text:?}");
+    assert!(!text.1.contains("SUPERUSER"), "{text:?}");
+
+    store.psql("postgres", grant);
+    daemon.cli_ok(&create);
+    daemon.start();
+    daemon.wait_for_state("app", "streaming").await;
+    source.psql("postgres", "UPDATE t SET v = 'changed' WHERE id <= 10");
+    wait_replica(&source, &store, "app", &["public"], &daemon).await;
+    let out = daemon.cli_ok(&["branch", "create", "dev"]);
+    assert!(out.contains("✓ Branch dev"), "{out}");
+    assert_eq!(
+        store.psql("dev", "SELECT count(*) FROM t WHERE v = 'changed'"),
+        "10"
+    );
+    daemon.terminate();
+}
+
+/// A daemon whose branch-store role `tributary_store` has CREATEDB and owns the control
+/// database, and is no superuser; pg_dump and pg_restore are the source's.
+fn store_role_daemon(source: &Cluster, store: &Cluster) -> Daemon {
+    store.psql(
+        "postgres",
+        "CREATE ROLE tributary_store LOGIN CREATEDB PASSWORD 'store pw';
+         CREATE DATABASE control OWNER tributary_store;",
+    );
+    let mut daemon = Daemon::new(store);
+    daemon
+        .set(
+            "TRIBUTARY__STORE__URL",
+            &store.url("tributary_store", Some("store pw"), "control"),
+        )
+        .set(
+            "TRIBUTARY_PG_BINDIR",
+            &source.bindir().display().to_string(),
+        );
+    daemon
+}
+
+/// Exit code, and standard output and error together.
+fn output(out: &std::process::Output) -> (Option<i32>, String) {
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[tokio::test]

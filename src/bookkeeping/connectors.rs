@@ -295,8 +295,11 @@ impl Bookkeeping {
         nan_as_null: bool,
     ) -> Result<Connector, Error> {
         ConnInfo::parse(source_url)?;
-        let ciphertext = self.cipher.seal(source_url.as_bytes(), SOURCE_URL_AAD);
         let mut tx = self.pool.begin().await?;
+        let ciphertext = self
+            .keys
+            .seal_source_url(&self.pool, &mut tx, source_url)
+            .await?;
         // The id first: the slot name carries it (and this installation's id).
         let id: i64 = sqlx::query_scalar(
             "SELECT nextval(pg_get_serial_sequence('tributary.connectors', 'id'))",
@@ -414,13 +417,14 @@ impl Bookkeeping {
         .fetch_optional(&self.pool)
         .await?
         .ok_or(Error::NotFound(connector.id))?;
-        let plaintext =
-            self.cipher
-                .open(&ciphertext, SOURCE_URL_AAD)
-                .map_err(|_| Error::Decrypt {
-                    connector: connector.name.clone(),
-                    key_origin: self.cipher.source().to_string(),
-                })?;
+        let cipher = self.keys.opening(&self.pool).await?;
+        let Ok(plaintext) = cipher.open(&ciphertext, SOURCE_URL_AAD) else {
+            self.keys.recheck(&self.pool, cipher).await?;
+            return Err(Error::Decrypt {
+                connector: connector.name.clone(),
+                key_origin: cipher.source().to_string(),
+            });
+        };
         // Authentic plaintext is what create_connector sealed: a &str.
         String::from_utf8(plaintext)
             .map_err(|_| Error::Corrupt(format!("source URL of connector {}", connector.name)))

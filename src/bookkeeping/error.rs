@@ -65,19 +65,50 @@ pub enum Error {
     )]
     KeyFilePermissions { path: PathBuf, mode: u32 },
     #[error(
-        "cannot {action} the key file {}: {source}; check secrets.key_file and the \
-         permissions of its directory",
-        path.display()
+        "cannot {action} the key file {}: {cause}; make its directory writable for this \
+         user (`install -d -m 0700 -o USER {}`), or point secrets.key_file \
+         (TRIBUTARY__SECRETS__KEY_FILE) at another file, or give the key as \
+         TRIBUTARY__SECRETS__KEY",
+        path.display(),
+        path.parent().unwrap_or(path).display()
     )]
     KeyFile {
         path: PathBuf,
         action: &'static str,
-        #[source]
-        source: io::Error,
+        /// Not a `source`: the message says it already, and a chain would say it twice.
+        cause: io::Error,
+    },
+    /// No key where the settings say, while the bookkeeping holds source URLs sealed with one.
+    #[error(
+        "no key to open the stored source URLs with: {looked_at} does not exist, and the \
+         bookkeeping's source URLs were sealed with {sealed_with}. Put that key there (mode \
+         0600), or point secrets.key_file (TRIBUTARY__SECRETS__KEY_FILE) at it, or give it as \
+         TRIBUTARY__SECRETS__KEY. No key was created: only `connector create` makes one, for a \
+         bookkeeping that holds no source URL yet",
+        sealed_with = key_named(.expected.as_deref())
+    )]
+    NoKey {
+        looked_at: String,
+        expected: Option<String>,
+    },
+    /// The key is not the one the bookkeeping's source URLs were sealed with.
+    #[error(
+        "this is not the key this bookkeeping was written with (fingerprint {found}, expected \
+         {}): it is {origin}. Nothing was written. Give tributary {sealed_with}: put it there, \
+         or point secrets.key_file (TRIBUTARY__SECRETS__KEY_FILE) at it, or give it as \
+         TRIBUTARY__SECRETS__KEY",
+        expected.as_deref().unwrap_or("the key that opens the stored source URLs"),
+        sealed_with = key_named(.expected.as_deref())
+    )]
+    WrongKey {
+        found: String,
+        expected: Option<String>,
+        origin: String,
     },
     #[error(
-        "cannot decrypt the source URL of connector {connector}: the key from {key_origin} is \
-         not the one it was stored with; restore the original key (secrets.key_file or \
+        "cannot decrypt the source URL of connector {connector} with {key_origin}, the \
+         bookkeeping's key: the URL was stored with another key before key fingerprints were \
+         recorded, or its row was altered; restore the original key (secrets.key_file or \
          TRIBUTARY__SECRETS__KEY), or delete the connector and create it again"
     )]
     Decrypt {
@@ -86,6 +117,14 @@ pub enum Error {
     },
     #[error("the bookkeeping schema holds an invalid value ({0}); was it edited by hand?")]
     Corrupt(String),
+}
+
+/// "the key of fingerprint …", or what is known of a key recorded before fingerprints were.
+fn key_named(fingerprint: Option<&str>) -> String {
+    match fingerprint {
+        Some(fingerprint) => format!("the key of fingerprint {fingerprint}"),
+        None => "the key they were sealed with (its fingerprint was not recorded yet)".to_owned(),
+    }
 }
 
 impl Error {

@@ -2,7 +2,8 @@
 //! database named in `store.url`): what the daemon knows about its connectors.
 //!
 //! ```text
-//! tributary.installation      one row: this installation's random id (in new slot names)
+//! tributary.installation      one row: this installation's random id (in new slot names),
+//!                             and the fingerprint of the key its source URLs are sealed with
 //! tributary.connectors        one row per connector: name, encrypted source URL, schemas,
 //!    │                        enabled, slot (and whether we created it) and replica names,
 //!    │                        state + last error + next step, source identity
@@ -33,6 +34,7 @@
 mod branches;
 mod connectors;
 mod error;
+mod keys;
 mod leases;
 mod secrets;
 mod store;

@@ -14,12 +14,14 @@
 //! A random 96-bit nonce is safe for far more seals than a daemon ever makes with one key.
 //!
 //! The key is 32 bytes written as 64 hex characters. It comes from `secrets.key`
-//! (`TRIBUTARY__SECRETS__KEY`), else from the file `secrets.key_file`, else from the default
-//! file beside the configuration. A missing file is created with a new random key, mode
-//! 0600, appearing under its name only once complete (written to a temporary file, then
-//! hard-linked), so a crash or a second daemon starting at the same moment never sees half
-//! a key. A file that other users may read is refused rather than used. The key is never
-//! printed, and errors about it never quote it.
+//! (`TRIBUTARY__SECRETS__KEY`), else from the file `secrets.key_file`, else from
+//! [`DEFAULT_KEY_FILE`](crate::settings::DEFAULT_KEY_FILE): one place, whatever the working
+//! directory. Finding a key never creates one ([`Cipher::find`]); `keys.rs` decides when
+//! [`Cipher::create`] may. A new key file is mode 0600 and appears under its name only once
+//! complete (written to a temporary file, then hard-linked), so a crash or a second process
+//! creating it at the same moment never sees half a key, and both end up with the same one.
+//! A file that other users may read is refused rather than used. The key is never printed,
+//! and errors about it never quote it; its [`Fingerprint`] names it instead.
 
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -37,17 +39,39 @@ use crate::settings::SecretsSettings;
 /// Associated data of a sealed source URL.
 pub(crate) const SOURCE_URL_AAD: &[u8] = b"tributary/source_url/v1";
 
+/// What a key's fingerprint is the HMAC of. A MAC under the key of a constant cannot be
+/// turned back into the key, and the key is 256 random bits: no guessing either.
+const FINGERPRINT_INPUT: &[u8] = b"tributary/key-fingerprint/v1";
+
 const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
-/// Where the key came from, for messages (never the key itself).
+/// Where the key is (or would be), for messages: never the key itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum KeySource {
     /// `secrets.key`, usually `TRIBUTARY__SECRETS__KEY`.
     Setting,
-    /// A key file; `created` when this process created it because none existed.
-    File { path: PathBuf, created: bool },
+    /// A key file: `secrets.key_file` when `configured`, else the default location.
+    File { path: PathBuf, configured: bool },
+}
+
+impl KeySource {
+    /// Where `secrets` say the key is: the setting, else the configured file, else the
+    /// default file.
+    pub(crate) fn of(secrets: &SecretsSettings, default_key_file: &Path) -> KeySource {
+        match (&secrets.key, &secrets.key_file) {
+            (Some(_), _) => KeySource::Setting,
+            (None, Some(path)) => KeySource::File {
+                path: path.clone(),
+                configured: true,
+            },
+            (None, None) => KeySource::File {
+                path: default_key_file.to_owned(),
+                configured: false,
+            },
+        }
+    }
 }
 
 impl fmt::Display for KeySource {
@@ -56,17 +80,52 @@ impl fmt::Display for KeySource {
             KeySource::Setting => f.write_str("secrets.key (TRIBUTARY__SECRETS__KEY)"),
             KeySource::File {
                 path,
-                created: false,
-            } => write!(f, "the key file {}", path.display()),
+                configured: true,
+            } => write!(f, "the key file {} (secrets.key_file)", path.display()),
             KeySource::File {
                 path,
-                created: true,
+                configured: false,
             } => write!(
                 f,
-                "the key file {}, which was created new because it did not exist",
+                "the key file {} (the default location: secrets.key_file is not set)",
                 path.display()
             ),
         }
+    }
+}
+
+/// A key's name: 16 hex characters of an HMAC-SHA256 of a constant under the key. Equal
+/// fingerprints mean the same key; the fingerprint tells nothing about the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fingerprint(String);
+
+impl Fingerprint {
+    fn of(key: &[u8; KEY_LEN]) -> Fingerprint {
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+            FINGERPRINT_INPUT,
+        );
+        Fingerprint(
+            tag.as_ref()[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+
+    /// As the bookkeeping stores it (its CHECK constraint holds it to the same form).
+    pub(crate) fn stored(text: String) -> Fingerprint {
+        Fingerprint(text)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -75,6 +134,7 @@ impl fmt::Display for KeySource {
 pub(crate) struct Cipher {
     aead: ChaCha20Poly1305,
     source: KeySource,
+    fingerprint: Fingerprint,
 }
 
 impl fmt::Debug for Cipher {
@@ -82,6 +142,7 @@ impl fmt::Debug for Cipher {
         f.debug_struct("Cipher")
             .field("key", &"****")
             .field("source", &self.source)
+            .field("fingerprint", &self.fingerprint)
             .finish()
     }
 }
@@ -91,37 +152,82 @@ impl fmt::Debug for Cipher {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OpenFailed;
 
+/// What [`Cipher::find`] found.
+pub(crate) enum Lookup {
+    Found(Cipher),
+    /// The key file does not exist (a key setting always exists).
+    Missing {
+        path: PathBuf,
+        source: KeySource,
+    },
+}
+
 impl Cipher {
-    /// Loads the key as the module docs describe, creating the key file if needed.
-    pub(crate) fn load(
+    /// The key where `secrets` say (see the module docs). Creates nothing.
+    pub(crate) fn find(
         secrets: &SecretsSettings,
         default_key_file: &Path,
-    ) -> Result<Cipher, Error> {
-        if let Some(text) = &secrets.key {
-            let key = parse_key(text).map_err(|reason| Error::Key {
-                origin: KeySource::Setting.to_string(),
-                reason,
-            })?;
-            return Ok(Cipher::new(&key, KeySource::Setting));
-        }
-        let path = secrets.key_file.as_deref().unwrap_or(default_key_file);
-        let (key, created) = load_or_create_key_file(path)?;
-        let source = KeySource::File {
-            path: path.to_owned(),
-            created,
+    ) -> Result<Lookup, Error> {
+        let source = KeySource::of(secrets, default_key_file);
+        let path = match (&source, &secrets.key) {
+            (KeySource::File { path, .. }, _) => path,
+            (KeySource::Setting, text) => {
+                let key = parse_key(text.as_deref().unwrap_or_default()).map_err(|reason| {
+                    Error::Key {
+                        origin: source.to_string(),
+                        reason,
+                    }
+                })?;
+                return Ok(Lookup::Found(Cipher::new(&key, source)));
+            }
         };
-        Ok(Cipher::new(&key, source))
+        match read_key_file(path) {
+            Ok(key) => Ok(Lookup::Found(Cipher::new(&key, source))),
+            Err(Error::KeyFile { cause: e, .. }) if e.kind() == io::ErrorKind::NotFound => {
+                Ok(Lookup::Missing {
+                    path: path.clone(),
+                    source,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A new random key in the file at `path`, or the key another process created there
+    /// first.
+    pub(crate) fn create(path: &Path, source: KeySource) -> Result<Cipher, Error> {
+        match create_key_file(path) {
+            Ok(key) => {
+                let cipher = Cipher::new(&key, source);
+                tracing::warn!(
+                    path = %path.display(),
+                    fingerprint = %cipher.fingerprint,
+                    "created a new key for encrypting source URLs; back this file up: \
+                     without it the stored connectors cannot be used"
+                );
+                Ok(cipher)
+            }
+            Err(Error::KeyFile { cause: e, .. }) if e.kind() == io::ErrorKind::AlreadyExists => {
+                read_key_file(path).map(|key| Cipher::new(&key, source))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub(crate) fn new(key: &[u8; KEY_LEN], source: KeySource) -> Cipher {
         Cipher {
             aead: ChaCha20Poly1305::new(key.into()),
             source,
+            fingerprint: Fingerprint::of(key),
         }
     }
 
     pub(crate) fn source(&self) -> &KeySource {
         &self.source
+    }
+
+    pub(crate) fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
     }
 
     /// `nonce || ciphertext || tag`, with a fresh random nonce.
@@ -187,35 +293,12 @@ fn format_key(key: &[u8; KEY_LEN]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Reads the key file at `path`, or creates it when there is none. `true` when created.
-fn load_or_create_key_file(path: &Path) -> Result<([u8; KEY_LEN], bool), Error> {
-    match read_key_file(path) {
-        Err(Error::KeyFile { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-        other => return other.map(|key| (key, false)),
-    }
-    match create_key_file(path) {
-        Ok(key) => {
-            tracing::warn!(
-                path = %path.display(),
-                "created a new key for encrypting source URLs; back this file up: \
-                 without it the stored connectors cannot be used"
-            );
-            Ok((key, true))
-        }
-        // Another process created it first: use theirs.
-        Err(Error::KeyFile { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
-            read_key_file(path).map(|key| (key, false))
-        }
-        Err(e) => Err(e),
-    }
-}
-
 fn read_key_file(path: &Path) -> Result<[u8; KEY_LEN], Error> {
     let io_error = |action: &'static str| {
-        move |source: io::Error| Error::KeyFile {
+        move |cause: io::Error| Error::KeyFile {
             path: path.to_owned(),
             action,
-            source,
+            cause,
         }
     };
     let mut file = File::open(path).map_err(io_error("open"))?;
@@ -251,10 +334,10 @@ fn read_key_file(path: &Path) -> Result<[u8; KEY_LEN], Error> {
 fn create_key_file(path: &Path) -> Result<[u8; KEY_LEN], Error> {
     let io_error = |action: &'static str, at: &Path| {
         let at = at.to_owned();
-        move |source: io::Error| Error::KeyFile {
+        move |cause: io::Error| Error::KeyFile {
             path: at,
             action,
-            source,
+            cause,
         }
     };
     let dir = match path.parent() {
@@ -303,6 +386,10 @@ fn create_key_file(path: &Path) -> Result<[u8; KEY_LEN], Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// HMAC-SHA256 of `tributary/key-fingerprint/v1` under 32 zero bytes, cut to 8 bytes
+    /// (computed independently, with Python's `hmac`).
+    const PINNED_FINGERPRINT_OF_ZEROES: &str = "105c7e47179e981b";
 
     fn cipher(byte: u8) -> Cipher {
         Cipher::new(&[byte; KEY_LEN], KeySource::Setting)
@@ -370,18 +457,58 @@ mod tests {
         assert!(parse_key(&"é".repeat(32)).is_err());
     }
 
+    fn find(secrets: &SecretsSettings, default: &Path) -> Result<Option<Cipher>, Error> {
+        Cipher::find(secrets, default).map(|lookup| match lookup {
+            Lookup::Found(cipher) => Some(cipher),
+            Lookup::Missing { .. } => None,
+        })
+    }
+
+    fn file(path: &Path, configured: bool) -> KeySource {
+        KeySource::File {
+            path: path.to_owned(),
+            configured,
+        }
+    }
+
     #[test]
-    fn key_file_is_created_private_and_reused() {
+    fn the_key_is_looked_for_in_one_place_named_by_the_settings_alone() {
+        let default = Path::new("/var/lib/tributary/tributary.key");
+        let configured = Path::new("/etc/tributary/prod.key");
+        for (key, key_file, expected) in [
+            (None, None, file(default, false)),
+            (None, Some(configured), file(configured, true)),
+            (Some("k"), None, KeySource::Setting),
+            (Some("k"), Some(configured), KeySource::Setting),
+        ] {
+            let secrets = SecretsSettings {
+                key: key.map(str::to_owned),
+                key_file: key_file.map(Path::to_owned),
+            };
+            assert_eq!(KeySource::of(&secrets, default), expected, "{secrets:?}");
+        }
+    }
+
+    #[test]
+    fn finding_never_creates_and_creating_is_private_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/tributary.key");
         let settings = SecretsSettings::default();
-        let first = Cipher::load(&settings, &path).unwrap();
-        assert!(matches!(
-            first.source(),
-            KeySource::File { created: true, .. }
-        ));
+        assert!(find(&settings, &path).unwrap().is_none());
+        assert!(
+            !dir.path().join("nested").exists(),
+            "finding created nothing"
+        );
+
+        let first = Cipher::create(&path, file(&path, false)).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        let dir_mode = fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
         let text = fs::read_to_string(&path).unwrap();
         assert_eq!(text.len(), 65);
         assert!(
@@ -389,34 +516,26 @@ mod tests {
             "no temp file left"
         );
 
-        let second = Cipher::load(&settings, &path).unwrap();
-        assert!(matches!(
-            second.source(),
-            KeySource::File { created: false, .. }
-        ));
+        let second = find(&settings, &path).unwrap().unwrap();
+        assert_eq!(second.fingerprint(), first.fingerprint());
         let sealed = first.seal(b"x", SOURCE_URL_AAD);
         assert_eq!(second.open(&sealed, SOURCE_URL_AAD).unwrap(), b"x");
     }
 
     #[test]
-    fn daemons_starting_together_agree_on_one_new_key() {
+    fn processes_creating_together_agree_on_one_new_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tributary.key");
         let starts: Vec<_> = (0..8)
             .map(|_| {
                 let path = path.clone();
-                std::thread::spawn(move || Cipher::load(&SecretsSettings::default(), &path))
+                std::thread::spawn(move || Cipher::create(&path, file(&path, true)))
             })
             .collect();
         let ciphers: Vec<Cipher> = starts
             .into_iter()
             .map(|start| start.join().unwrap().unwrap())
             .collect();
-        let created = ciphers
-            .iter()
-            .filter(|c| matches!(c.source(), KeySource::File { created: true, .. }))
-            .count();
-        assert_eq!(created, 1);
         let sealed = ciphers[0].seal(b"x", SOURCE_URL_AAD);
         for c in &ciphers {
             assert_eq!(c.open(&sealed, SOURCE_URL_AAD).unwrap(), b"x");
@@ -435,7 +554,9 @@ mod tests {
             key_file: Some(dir.path().join("configured.key")),
             key: Some(format_key(&[1; KEY_LEN])),
         };
-        let c = Cipher::load(&settings, &dir.path().join("default.key")).unwrap();
+        let c = find(&settings, &dir.path().join("default.key"))
+            .unwrap()
+            .unwrap();
         assert_eq!(c.source(), &KeySource::Setting);
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
@@ -447,7 +568,7 @@ mod tests {
             key: Some("not a key".into()),
             ..settings
         };
-        let err = Cipher::load(&bad, &dir.path().join("default.key")).unwrap_err();
+        let err = find(&bad, &dir.path().join("default.key")).unwrap_err();
         assert!(matches!(err, Error::Key { .. }), "{err}");
         assert!(!err.to_string().contains("not a key"), "{err}");
     }
@@ -458,7 +579,7 @@ mod tests {
         let path = dir.path().join("k");
         fs::write(&path, format_key(&[2; KEY_LEN])).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = Cipher::load(&SecretsSettings::default(), &path).unwrap_err();
+        let err = find(&SecretsSettings::default(), &path).unwrap_err();
         assert!(
             matches!(err, Error::KeyFilePermissions { mode: 0o644, .. }),
             "{err}"
@@ -466,12 +587,30 @@ mod tests {
         assert!(err.to_string().contains("chmod 600"), "{err}");
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
-        assert!(Cipher::load(&SecretsSettings::default(), &path).is_ok());
+        assert!(find(&SecretsSettings::default(), &path).unwrap().is_some());
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(&path, "too short\n").unwrap();
-        let err = Cipher::load(&SecretsSettings::default(), &path).unwrap_err();
+        let err = find(&SecretsSettings::default(), &path).unwrap_err();
         assert!(matches!(err, Error::Key { .. }), "{err}");
+    }
+
+    #[test]
+    fn fingerprints_tell_keys_apart_and_show_nothing_of_them() {
+        let (a, b) = (cipher(7), cipher(8));
+        assert_eq!(a.fingerprint(), cipher(7).fingerprint());
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        let text = a.fingerprint().to_string();
+        assert_eq!(text.len(), 16);
+        assert!(text
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(!format_key(&[7; KEY_LEN]).contains(&text));
+        // Pinned: a fingerprint recorded by one release names the same key in the next.
+        assert_eq!(
+            cipher(0).fingerprint().as_str(),
+            PINNED_FINGERPRINT_OF_ZEROES
+        );
     }
 
     #[test]

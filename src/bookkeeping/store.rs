@@ -7,6 +7,7 @@ use std::path::Path;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgSslMode};
 
+use super::keys::Keys;
 use super::secrets::Cipher;
 use super::Error;
 use crate::pg::conninfo::{Host, RootCert};
@@ -36,7 +37,7 @@ const SCHEMA_LOCK_ID: i64 = i64::from_be_bytes(*b"tributar");
 #[derive(Clone)]
 pub struct Bookkeeping {
     pub(super) pool: PgPool,
-    pub(super) cipher: Cipher,
+    pub(super) keys: Keys,
     installation: InstallationId,
     /// `host:port` of the store, for messages.
     target: String,
@@ -47,28 +48,33 @@ impl fmt::Debug for Bookkeeping {
         f.debug_struct("Bookkeeping")
             .field("store", &self.target)
             .field("installation", &self.installation)
-            .field("key", &self.cipher.source().to_string())
+            .field("key", &self.keys.source().to_string())
             .finish_non_exhaustive()
     }
 }
 
 impl Bookkeeping {
-    /// Connects (small pool), runs migrations, loads or creates the key.
+    /// Reads the key (`secrets`, else `default_key_file`; never creates one), connects (small
+    /// pool), runs migrations, and checks the key against the bookkeeping before anything
+    /// else is written (`keys.rs`): a wrong key, or none while source URLs are stored, is an
+    /// error.
     pub async fn open(
         store: &ConnInfo,
         secrets: &SecretsSettings,
         default_key_file: &Path,
     ) -> Result<Bookkeeping, Error> {
+        // First, so that an unusable key file fails before the store is touched.
+        let found = Cipher::find(secrets, default_key_file)?;
         Bookkeeping::migrate(store).await?;
-        let cipher = Cipher::load(secrets, default_key_file)?;
         let pool = open_pool(store, POOL_MAX_CONNECTIONS).await?;
         let installation = read_installation(&pool)
             .await?
             .ok_or_else(|| Error::Corrupt("tributary.installation has no row".to_owned()))?;
-        tracing::debug!(store = %store, key = %cipher.source(), %installation, "bookkeeping opened");
+        let keys = Keys::open(&pool, secrets, default_key_file, found).await?;
+        tracing::debug!(store = %store, key = %keys.source(), %installation, "bookkeeping opened");
         Ok(Bookkeeping {
             pool,
-            cipher,
+            keys,
             installation,
             target: store.target(),
         })

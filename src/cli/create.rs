@@ -4,6 +4,8 @@
 //! ```text
 //!  arguments + decisions file (syntax, values)    ── bad ──► exit 2, nothing created
 //!  preflight (source/preflight.rs)                ── a required check failed ──► exit 1
+//!  branch store older than the source, or its role
+//!     cannot open apply sessions                  ──► exit 1
 //!  tables without a usable replica identity: a decision each
 //!     (file │ --accept-replica-identity-defaults │ prompt on a terminal)
 //!                                                 ── unknown or undecided ──► exit 2
@@ -31,6 +33,8 @@ use super::Failure;
 use crate::bookkeeping::{Bookkeeping, TableDecision};
 use crate::change::TableName;
 use crate::pg::ConnInfo;
+use crate::pipeline::versions;
+use crate::sink;
 use crate::source::preflight::{
     self, describe_foreign_keys, replica_identity_full_sql, TableIdentity,
 };
@@ -228,6 +232,7 @@ pub async fn run(
         &report,
         &format!("Connector {name} not created."),
     )?;
+    require_store(&report, store, &format!("Connector {name} not created.")).await?;
 
     let decisions = args
         .decisions
@@ -277,6 +282,25 @@ pub async fn run(
         "\nNext: start the daemon with `tributary run` (one already running picks the \
          connector up and starts the snapshot), then follow it with `tributary connector list`."
     );
+    Ok(())
+}
+
+/// Refuses a branch store that cannot serve the source of `report`: older than it
+/// (`pipeline/versions.rs`), or with a role that cannot open apply sessions. The daemon
+/// would find out only at the snapshot, after creating a slot (and, for the role, after
+/// the copy). `refused` says what was therefore not done.
+pub(super) async fn require_store(
+    report: &preflight::Report,
+    store: &ConnInfo,
+    refused: &str,
+) -> Result<(), Failure> {
+    let store_major = sink::server_major(store).await?;
+    if let Some(source_major) = report.server_major {
+        versions::check_store(source_major, store_major).map_err(|e| anyhow!("{e}. {refused}"))?;
+    }
+    sink::check_apply_session(store)
+        .await
+        .map_err(|e| anyhow!("{e}. {refused}"))?;
     Ok(())
 }
 

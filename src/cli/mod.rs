@@ -30,7 +30,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::settings::{LogFormat, Settings};
+use crate::settings::{LogFormat, Settings, DEFAULT_KEY_FILE};
 
 const DEFAULT_CONFIG: &str = "config/tributary.toml";
 
@@ -188,26 +188,47 @@ fn load_settings(explicit: Option<&Path>) -> Result<(Settings, PathBuf), Failure
         })
 }
 
-/// The bookkeeping, migrated, with the key for source URLs.
+/// The bookkeeping, migrated, with the key for source URLs (checked; never created here).
 async fn open_bookkeeping(
     settings: &Settings,
     config_path: &Path,
 ) -> Result<crate::bookkeeping::Bookkeeping, Failure> {
-    Ok(crate::bookkeeping::Bookkeeping::open(
+    crate::bookkeeping::Bookkeeping::open(
         &settings.store(),
         &settings.secrets,
-        &default_key_file(config_path),
+        Path::new(DEFAULT_KEY_FILE),
     )
-    .await?)
+    .await
+    .map_err(|e| match former_key_file(&e, settings, config_path) {
+        Some(former) => anyhow::anyhow!(
+            "{e}. An earlier tributary kept the key beside the configuration file, and {} \
+             exists: move it to {DEFAULT_KEY_FILE}, or set secrets.key_file to it",
+            former.display()
+        )
+        .into(),
+        None => e.into(),
+    })
 }
 
-/// The key file used when none is configured: beside the configuration file.
-fn default_key_file(config_path: &Path) -> PathBuf {
-    config_path
+/// When no key was found at the default location: the file where releases before it
+/// kept the key (`tributary.key` beside the configuration file), if there is one.
+fn former_key_file(
+    error: &crate::bookkeeping::Error,
+    settings: &Settings,
+    config_path: &Path,
+) -> Option<PathBuf> {
+    if !matches!(error, crate::bookkeeping::Error::NoKey { .. })
+        || settings.secrets.key_file.is_some()
+    {
+        return None;
+    }
+    let former = config_path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| Path::new("."))
-        .join("tributary.key")
+        .join("tributary.key");
+    let former = std::path::absolute(&former).unwrap_or(former);
+    former.is_file().then_some(former)
 }
 
 fn init_logging(level: &str, format: LogFormat) {

@@ -5,6 +5,8 @@
 //!  setup in progress (validating, snapshotting) ── decisions or schemas given ──► exit 1
 //!                                               └─ otherwise: joins it, starts nothing
 //!  preflight of the source                      ── a required check failed ──► exit 1
+//!  branch store older than the source, or its role
+//!     cannot open apply sessions                ──► exit 1
 //!  decisions about tables without a usable replica identity (as in create)
 //!  what the source and the replica say:
 //!     slot lost or missing, no complete snapshot, tables fixed or created since the
@@ -269,6 +271,12 @@ async fn set_up_again(
         &report,
         &format!("Setup of {name} not restarted."),
     )?;
+    super::create::require_store(
+        &report,
+        &settings.store(),
+        &format!("Setup of {name} not restarted."),
+    )
+    .await?;
     if !nan_as_null && !report.nan_as_null_columns.is_empty() {
         return Err(super::create::refuse_nan_as_null(
             &report.nan_as_null_columns,

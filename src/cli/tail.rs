@@ -1,6 +1,7 @@
 //! `tributary tail`: the source side of the pipeline, printed. Useful to check that a
 //! source is reachable, that wal2json works and what its changes look like.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Duration;
@@ -8,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::change::{Change, ChangeKind, Column, Message, Value};
+use crate::change::{Change, ChangeKind, Column, Message, TableName, Value};
+use crate::pg::{self, PgClient};
 use crate::source::wal2json::{self, PluginOptions};
 use crate::source::{
     replication, AckTracker, ConnInfo, ReplicationClient, ReplicationMessage, SnapshotAction,
@@ -54,6 +56,16 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         numeric_as_string,
         ..PluginOptions::default()
     };
+    // With numeric-data-types-as-string every number arrives as a JSON string: which
+    // columns are numbers is asked of the catalog, so they print the same on every wal2json.
+    let mut numbers = NumericColumns {
+        catalog: if numeric_as_string {
+            Some(pg::connect(&info).await?)
+        } else {
+            None
+        },
+        known: HashMap::new(),
+    };
     let interval = replication::status_interval(Duration::from_secs(1), timeout);
     let mut stream = client
         .start_replication(&slot, created.consistent_point, plugin, interval)
@@ -83,7 +95,11 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
             ReplicationMessage::XLogData(x) => {
                 let decoded = wal2json::decode(&x.data)?;
                 line.clear();
-                describe(&decoded, &mut line);
+                let numeric = match &decoded {
+                    Message::Change(change) => numbers.of(&change.table).await,
+                    _ => HashSet::new(),
+                };
+                describe(&decoded, &numeric, &mut line);
                 writeln!(stdout.lock(), "{line}").context("writing to standard output")?;
                 match decoded {
                     Message::Begin(_) => tracker.begin(),
@@ -107,7 +123,43 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn describe(message: &Message, out: &mut String) {
+/// The numeric columns of each table seen, from the source's catalog (asked once per
+/// table); without a catalog connection, none (numbers then come as JSON numbers).
+struct NumericColumns {
+    catalog: Option<PgClient>,
+    known: HashMap<TableName, HashSet<String>>,
+}
+
+impl NumericColumns {
+    async fn of(&mut self, table: &TableName) -> HashSet<String> {
+        let Some(catalog) = &self.catalog else {
+            return HashSet::new();
+        };
+        if let Some(columns) = self.known.get(table) {
+            return columns.clone();
+        }
+        // Category N is the numbers; money's text form ("$1.00") is not one.
+        let rows = catalog
+            .query(
+                "SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0
+                    AND t.typcategory = 'N' AND t.typname <> 'money'",
+                &[&table.schema, &table.name],
+            )
+            .await;
+        // A table dropped since, or a failed lookup: its values print as they came.
+        let columns: HashSet<String> = rows
+            .map(|rows| rows.iter().map(|row| row.get(0)).collect())
+            .unwrap_or_default();
+        self.known.insert(table.clone(), columns.clone());
+        columns
+    }
+}
+
+fn describe(message: &Message, numeric: &HashSet<String>, out: &mut String) {
     let _ = match message {
         Message::Begin(b) => write!(
             out,
@@ -122,7 +174,7 @@ fn describe(message: &Message, out: &mut String) {
             opt(&c.lsn),
             opt(&c.end_lsn)
         ),
-        Message::Change(change) => describe_change(change, out),
+        Message::Change(change) => describe_change(change, numeric, out),
         Message::Logical(m) => write!(
             out,
             "MESSAGE prefix={} transactional={} content={:?}",
@@ -131,7 +183,12 @@ fn describe(message: &Message, out: &mut String) {
     };
 }
 
-fn describe_change(change: &Change, out: &mut String) -> std::fmt::Result {
+/// A change on one line; `numeric` columns print bare, other text quoted.
+fn describe_change(
+    change: &Change,
+    numeric: &HashSet<String>,
+    out: &mut String,
+) -> std::fmt::Result {
     let kind = match change.kind {
         ChangeKind::Insert => "INSERT",
         ChangeKind::Update => "UPDATE",
@@ -149,6 +206,7 @@ fn describe_change(change: &Change, out: &mut String) -> std::fmt::Result {
                 Value::Null => write!(out, " {}=NULL", c.name)?,
                 Value::Bool(b) => write!(out, " {}={b}", c.name)?,
                 Value::Number(n) => write!(out, " {}={n}", c.name)?,
+                Value::Text(t) if numeric.contains(&c.name) => write!(out, " {}={t}", c.name)?,
                 Value::Text(t) => write!(out, " {}={t:?}", c.name)?,
             }
         }

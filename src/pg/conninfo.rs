@@ -101,13 +101,20 @@ pub struct ConnInfo {
     pub connect_timeout: Duration,
 }
 
+/// A connection URL that does not parse. It shows the input only with its password masked
+/// ([`mask_password`]), and not at all when the input is a key=value string, whose
+/// password a mask could miss.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid connection URL {url}: {reason}")]
+#[error("invalid connection URL{}: {reason}", shown.as_ref().map(|s| format!(" {s}")).unwrap_or_default())]
 pub struct InvalidUrl {
-    /// The URL with its password masked.
-    url: String,
+    shown: Option<String>,
     reason: String,
 }
+
+/// The shape every reason about a malformed URL points to.
+const URL_SHAPE: &str = "write postgresql://USER:PASSWORD@HOST:PORT/DBNAME?sslmode=…, with \
+                         `@`, `/`, `:`, `#`, `?` and `%` in the user name and password \
+                         percent-encoded (%40, %2F, %3A, %23, %3F, %25)";
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -119,10 +126,14 @@ impl ConnInfo {
     /// an absolute path (`?host=/var/run/postgresql`) is a unix socket directory.
     pub fn parse(text: &str) -> Result<ConnInfo, InvalidUrl> {
         let fail = |reason: String| InvalidUrl {
-            url: mask_password(text),
+            shown: Some(mask_password(text)),
             reason,
         };
-        let url = Url::parse(&with_default_host(text)).map_err(|e| fail(e.to_string()))?;
+        if let Some(misshapen) = misshapen(text) {
+            return Err(misshapen);
+        }
+        let url =
+            Url::parse(&with_default_host(text)).map_err(|e| fail(format!("{e}: {URL_SHAPE}")))?;
         if !matches!(url.scheme(), "postgresql" | "postgres") {
             return Err(fail(format!(
                 "scheme {:?} is not supported: start the URL with postgresql://",
@@ -130,17 +141,18 @@ impl ConnInfo {
             )));
         }
 
-        let decode = |part: &str| -> Result<String, InvalidUrl> {
+        // Named, never quoted: the part may be the password.
+        let decode = |part: &str, what: &str| -> Result<String, InvalidUrl> {
             percent_encoding_decode(part).ok_or_else(|| {
                 fail(format!(
-                    "{part:?} is not valid UTF-8 after percent-decoding"
+                    "the {what} is not valid UTF-8 after percent-decoding: {URL_SHAPE}"
                 ))
             })
         };
 
         let mut host = match url.host_str() {
             Some(h) if !h.is_empty() => {
-                let h = decode(h.trim_start_matches('[').trim_end_matches(']'))?;
+                let h = decode(h.trim_start_matches('[').trim_end_matches(']'), "host")?;
                 if h.contains(',') {
                     return Err(fail("several hosts in one URL are not supported".into()));
                 }
@@ -155,22 +167,28 @@ impl ConnInfo {
         };
         let mut port = url.port();
         let mut user = (!url.username().is_empty())
-            .then(|| decode(url.username()))
+            .then(|| decode(url.username(), "user name"))
             .transpose()?;
-        let mut password = url.password().map(decode).transpose()?.map(Password);
+        let mut password = url
+            .password()
+            .map(|p| decode(p, "password"))
+            .transpose()?
+            .map(Password);
         let mut dbname = url
             .path()
             .strip_prefix('/')
             .filter(|p| !p.is_empty())
-            .map(decode)
+            .map(|d| decode(d, "database name"))
             .transpose()?;
         let mut sslmode = SslMode::Prefer;
         let mut sslrootcert = None;
         let mut application_name = "tributary".to_owned();
         let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
 
+        let mut after_password = false;
         for (key, value) in url.query_pairs() {
             let value = value.into_owned();
+            let follows_password = std::mem::replace(&mut after_password, key == "password");
             match key.as_ref() {
                 "host" => {
                     if !valid_host(&value) {
@@ -212,10 +230,18 @@ impl ConnInfo {
                         Duration::from_secs(secs.max(2))
                     };
                 }
+                // Most likely the rest of a password that holds an `&`: not quoted.
+                _ if follows_password => {
+                    return Err(fail(
+                        "an unknown parameter follows password=: if the password holds `&`, \
+                         percent-encode it as %26 (and `%` as %25, `#` as %23)"
+                            .into(),
+                    ))
+                }
                 other => {
                     return Err(fail(format!(
-                        "unknown parameter {other:?}: supported are host, port, user, password, \
-                         dbname, sslmode, sslrootcert, application_name, connect_timeout"
+                        "unknown parameter {other:?}: supported are {}",
+                        PARAMETERS.join(", ")
                     )))
                 }
             }
@@ -370,44 +396,156 @@ fn percent_encoding_decode(text: &str) -> Option<String> {
         .map(|s| s.into_owned())
 }
 
-/// Replaces the password of a `scheme://user:password@…` URL with `****`, also when the
-/// URL does not otherwise parse, so that an error about a URL never shows its secret.
-pub fn mask_password(text: &str) -> String {
+/// The query parameters [`ConnInfo::parse`] understands.
+const PARAMETERS: [&str; 9] = [
+    "host",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "sslmode",
+    "sslrootcert",
+    "application_name",
+    "connect_timeout",
+];
+
+/// What makes `text` no URL at all, or one whose user name or password would be misread:
+/// checked before the `url` crate sees it, whose reading of such text differs from libpq's
+/// (it takes the last `@` of the authority, libpq the first) and whose errors ("invalid port
+/// number") would not say what is wrong. The reason never quotes the text.
+fn misshapen(text: &str) -> Option<InvalidUrl> {
     let Some(scheme_end) = text.find("://") else {
-        return text.to_owned();
+        if looks_like_conninfo(text) {
+            return Some(InvalidUrl {
+                shown: None,
+                reason: format!(
+                    "a key=value connection string (not shown: it may hold a password) is not \
+                     taken here; {URL_SHAPE}"
+                ),
+            });
+        }
+        // `postgres//…`, `postgresql:/…`, `postgresql:…` or no scheme at all.
+        let rest = text
+            .strip_prefix("postgresql")
+            .or_else(|| text.strip_prefix("postgres"))
+            .map_or(text, |rest| rest.trim_start_matches([':', '/']));
+        return Some(InvalidUrl {
+            shown: Some(mask_password(text)),
+            reason: format!(
+                "it does not start with postgresql:// (or postgres://): did you mean \
+                 postgresql://{}? Otherwise {URL_SHAPE}",
+                mask_password(rest)
+            ),
+        });
     };
     let rest = &text[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return mask_query_password(text);
+    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let reason = if authority.matches('@').count() > 1 {
+        "the user name or password holds an unencoded `@`: percent-encode it as %40".to_owned()
+    } else if !authority.contains('@') && rest.contains('@') && colon_without_port(authority) {
+        let reserved = rest[authority_end..].chars().next().unwrap_or('/');
+        format!(
+            "the password (or user name) holds an unencoded `{reserved}`, which ends the host \
+             part early: percent-encode it ({})",
+            percent_encoded(reserved)
+        )
+    } else if rest[authority_end..path_end].contains('@') {
+        "an unencoded `@` after the host: percent-encode it as %40 in a database name; if it \
+         ends a password, percent-encode the password's `/`, `?` and `#` (%2F, %3F, %23)"
+            .to_owned()
+    } else {
+        return None;
     };
-    let userinfo = &authority[..at];
-    let masked_userinfo = match userinfo.find(':') {
-        Some(colon) => format!("{}:****", &userinfo[..colon]),
-        None => userinfo.to_owned(),
-    };
-    mask_query_password(&format!(
-        "{}{}{}",
-        &text[..scheme_end + 3],
-        masked_userinfo,
-        &rest[at..]
-    ))
+    Some(InvalidUrl {
+        shown: Some(mask_password(text)),
+        reason,
+    })
 }
 
+fn percent_encoded(c: char) -> &'static str {
+    match c {
+        '/' => "`/` as %2F",
+        '?' => "`?` as %3F",
+        _ => "`#` as %23",
+    }
+}
+
+/// `host=db user=app …`: libpq's other connection string syntax.
+fn looks_like_conninfo(text: &str) -> bool {
+    let text = text.trim_start();
+    let key_len = text
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(text.len());
+    key_len > 0 && text[key_len..].trim_start().starts_with('=')
+}
+
+/// Whether an authority without `@` has a colon that no port follows (`user:pass`, where
+/// the password went on with `/`, `?` or `#`), rather than `host`, `host:5432` or `[::1]:5432`.
+fn colon_without_port(authority: &str) -> bool {
+    let after_host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.find(']').map_or("", |end| &bracketed[end + 1..]),
+        None => authority.find(':').map_or("", |colon| &authority[colon..]),
+    };
+    match after_host.strip_prefix(':') {
+        Some(port) => !port.bytes().all(|b| b.is_ascii_digit()),
+        None => !after_host.is_empty(),
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@…` URL with `****`, and every
+/// `password=` parameter's value, also when the text does not otherwise parse, so that an
+/// error about a URL never shows its secret.
+///
+/// In a well-formed URL the password ends at the authority's last `@`. In malformed text
+/// (no `://`, or a password holding `/`, `?` or `#`, which end the authority early) it is
+/// taken to end at the text's last `@`: that may hide more than the password, never less.
+pub fn mask_password(text: &str) -> String {
+    let (head, rest) = match text.find("://") {
+        Some(end) => text.split_at(end + 3),
+        None => ("", text),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let misread = head.is_empty()
+        || colon_without_port(authority)
+        || rest[authority_end..path_end].contains('@');
+    let userinfo_end = match authority.rfind('@') {
+        Some(at) => Some(at),
+        None if misread => rest.rfind('@'),
+        None => None,
+    };
+    let masked = match userinfo_end.and_then(|at| Some((rest[..at].find(':')?, at))) {
+        Some((colon, at)) => format!("{head}{}:****{}", &rest[..colon], &rest[at..]),
+        None => text.to_owned(),
+    };
+    mask_query_password(&masked)
+}
+
+/// Masks the value of every `password=` parameter: up to the next parameter tributary
+/// knows, so that a password holding an unencoded `&` is hidden whole.
 fn mask_query_password(text: &str) -> String {
     let Some(q) = text.find('?') else {
         return text.to_owned();
     };
     let (base, query) = text.split_at(q + 1);
-    let masked: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some(("password", _)) => "password=****".to_owned(),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{base}{}", masked.join("&"))
+    let mut pairs: Vec<&str> = Vec::new();
+    let mut in_password = false;
+    for pair in query.split('&') {
+        let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+        if key == "password" {
+            in_password = true;
+            pairs.push("password=****");
+        } else if in_password && !(pair.contains('=') && PARAMETERS.contains(&key)) {
+            // Still the password's value.
+        } else {
+            in_password = false;
+            pairs.push(pair);
+        }
+    }
+    format!("{base}{}", pairs.join("&"))
 }
 
 #[cfg(test)]
@@ -512,9 +650,113 @@ mod tests {
         let q = ConnInfo::parse("postgresql://u@h/db?password=hunter2&port=x").unwrap_err();
         assert!(!q.to_string().contains("hunter2"), "{q}");
         assert_eq!(
-            mask_password("postgresql://u:se:cret@h:5/db?password=x&a=b"),
-            "postgresql://u:****@h:5/db?password=****&a=b"
+            mask_password("postgresql://u:se:cret@h:5/db?password=x&sslmode=require"),
+            "postgresql://u:****@h:5/db?password=****&sslmode=require"
         );
         assert_eq!(mask_password("not a url hunter"), "not a url hunter");
+    }
+
+    /// Every malformed input an operator was seen to type, with a password `hunter2` in it
+    /// somewhere: the error never shows the password, and says what to do instead.
+    #[test]
+    fn malformed_urls_never_show_the_password_and_say_what_to_do() {
+        for (text, advice) in [
+            (
+                "repl:hunter2@host/db",
+                "did you mean postgresql://repl:****@host/db?",
+            ),
+            (
+                "postgres//repl:hunter2@host/db",
+                "did you mean postgresql://repl:****@host/db?",
+            ),
+            (
+                "postgresql:/repl:hunter2@host/db",
+                "did you mean postgresql://repl:****@host/db?",
+            ),
+            (
+                "postgresql:repl:hunter2@host/db",
+                "did you mean postgresql://repl:****@host/db?",
+            ),
+            (
+                "host=db user=repl password=hunter2 dbname=app",
+                "key=value connection string",
+            ),
+            (
+                " password = 'hunter2' host=db",
+                "key=value connection string",
+            ),
+            ("postgresql://repl:hunter2/x@host/db", "`/` as %2F"),
+            ("postgresql://repl:hunter2?x@host/db", "`?` as %3F"),
+            ("postgresql://repl:hunter2#x@host/db", "`#` as %23"),
+            ("postgresql://repl:hun@ter2@host/db", "%40"),
+            ("postgresql://repl:1234/hunter2@host/db", "%40"),
+            (
+                "postgresql://repl@host/db?password=hun&ter2&sslmode=require",
+                "%26",
+            ),
+            ("postgresql://repl@host/db?password=hunter2&frob=1", "%26"),
+            ("postgresql://repl:hunter2@host:99999/db", "percent-encoded"),
+            ("postgresql://repl:hunter2@[::1/db", "percent-encoded"),
+            (
+                "postgresql://repl:hunter2%ff@host/db",
+                "password is not valid UTF-8",
+            ),
+            (
+                "mysql://repl:hunter2@host/db",
+                "start the URL with postgresql://",
+            ),
+            (
+                "postgresql://repl:hunter2@host/db?sslmode=sometimes",
+                "use disable, prefer",
+            ),
+        ] {
+            let err = ConnInfo::parse(text).expect_err(text);
+            let message = err.to_string();
+            let debug = format!("{err:?}");
+            for secret in ["hunter2", "hun", "ter2", "1234"] {
+                assert!(!message.contains(secret), "{text}: {message}");
+                assert!(!debug.contains(secret), "{text}: {debug}");
+            }
+            assert!(message.contains(advice), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn well_formed_urls_with_at_signs_in_parameters_still_parse() {
+        let info =
+            ConnInfo::parse("postgresql://u:p%40ss@h:5433/db?application_name=me@laptop").unwrap();
+        assert_eq!(info.password.unwrap().expose(), "p@ss");
+        assert_eq!(info.application_name, "me@laptop");
+        let no_user = ConnInfo::parse("postgresql://h:5433/db?application_name=me@laptop&user=u");
+        assert!(no_user.is_ok(), "{no_user:?}");
+        assert!(ConnInfo::parse("postgresql://u@[::1]:5433/db").is_ok());
+    }
+
+    #[test]
+    fn masking_hides_the_password_of_well_formed_and_malformed_text() {
+        for (text, masked) in [
+            ("postgresql://u:pw@h/db", "postgresql://u:****@h/db"),
+            (
+                "postgresql://u@h/db?application_name=a@b",
+                "postgresql://u@h/db?application_name=a@b",
+            ),
+            (
+                "postgresql://h:5432/db?application_name=a@b",
+                "postgresql://h:5432/db?application_name=a@b",
+            ),
+            ("postgresql://u:p/w@h/db", "postgresql://u:****@h/db"),
+            ("postgresql://u:p#w@h/db", "postgresql://u:****@h/db"),
+            ("postgresql://u:p@w@h/db", "postgresql://u:****@h/db"),
+            ("repl:pw@host/db", "repl:****@host/db"),
+            ("postgres//repl:pw@host/db", "postgres//repl:****@host/db"),
+            ("postgresql:/repl:pw@host/db", "postgresql:****@host/db"),
+            (
+                "postgresql://u@h/db?password=a&b&port=1",
+                "postgresql://u@h/db?password=****&port=1",
+            ),
+            ("no password here", "no password here"),
+        ] {
+            assert_eq!(mask_password(text), masked, "{text}");
+        }
     }
 }

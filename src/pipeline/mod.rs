@@ -1,5 +1,6 @@
 //! One pipeline per connector: setup, snapshot, streaming. `runner.rs` holds the order
-//! of things, `snapshot.rs` the initial copy, `stream.rs` the apply loop.
+//! of things, `snapshot.rs` the initial copy (`tools.rs` its pg_dump and pg_restore),
+//! `stream.rs` the apply loop; `versions.rs` says which PostgreSQL versions work together.
 
 mod capture;
 mod ddl;
@@ -12,6 +13,8 @@ mod slot;
 pub mod snapshot;
 pub mod state;
 pub mod stream;
+mod tools;
+pub mod versions;
 
 pub use error::PipelineError;
 pub use runner::{run, PipelineContext};

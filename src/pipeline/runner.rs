@@ -36,7 +36,7 @@ use crate::pipeline::drift::{catalog_session, Reconciler};
 use crate::pipeline::notices::Explainer;
 use crate::pipeline::plugins::{self, Refused};
 use crate::pipeline::slot::{self, Found, Leftover};
-use crate::pipeline::snapshot::{self, Section, SnapshotJob};
+use crate::pipeline::snapshot::{self, Section, SnapshotJob, Tools};
 use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
 use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
@@ -533,6 +533,15 @@ async fn start_over(
     if !bk.holds_lease(connector.id, ctx.lease).await? {
         return Err(PipelineError::LeaseLost);
     }
+    // Before anything is dropped or created: versions, client programs or a branch-store
+    // role that cannot work need the operator, and no new slot should hold WAL meanwhile.
+    let tools = Tools::choose(
+        ctx.settings.pipeline.pg_bindir.as_deref(),
+        repl.server_major(),
+        sink::server_major(store).await?,
+    )
+    .await?;
+    sink::check_apply_session(store).await?;
     let current = &connector.slot_name;
     let new = slot::new_slot_name(bk.installation(), connector);
     match slot::leftover(current, &new, found) {
@@ -555,7 +564,7 @@ async fn start_over(
         .await?;
     // Recorded before it exists: a crash right after creating it must find it ours.
     bk.prepare_slot(connector.id, ctx.lease, &new).await?;
-    let consistent_point = snapshot(ctx, &new, source, store, replica, repl).await?;
+    let consistent_point = snapshot(ctx, &new, source, store, replica, &tools, repl).await?;
     Ok((consistent_point, new))
 }
 
@@ -567,6 +576,7 @@ async fn snapshot(
     source: &ConnInfo,
     store: &ConnInfo,
     replica: &ConnInfo,
+    tools: &Tools,
     repl: &mut ReplicationClient,
 ) -> Result<Lsn, PipelineError> {
     let connector = &ctx.connector;
@@ -649,6 +659,7 @@ async fn snapshot(
         exclude: &exclude,
         workers: settings.snapshot_workers,
         chunk_bytes: settings.snapshot_chunk_bytes,
+        tools,
     };
     let schema = snapshot::SchemaDump::create(&job).await?;
     schema.restore(&job, Section::PreData).await?;

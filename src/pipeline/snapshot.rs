@@ -81,7 +81,6 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -90,13 +89,15 @@ use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+pub use super::tools::Tools;
+use super::tools::{conninfo_quote, libpq_env, run_tool};
+use super::versions::{StoreTooOld, ToolProblem, ToolRange};
 use crate::change::TableName;
-use crate::pg::conninfo::{Host, RootCert};
 use crate::pg::{
     self, error_message, quote_ident, quote_literal, ConnInfo, ConnectError, PgClient,
 };
 use crate::source::catalog::{self, CatalogError, SourceTable};
-use crate::source::copy::{OpenError, SnapshotSession};
+use crate::source::copy::{snapshot_unknown, OpenError, SnapshotSession};
 
 /// One snapshot of a connector: where from, where to, what.
 #[derive(Debug, Clone, Copy)]
@@ -117,6 +118,8 @@ pub struct SnapshotJob<'a> {
     pub workers: usize,
     /// Tables larger than this are split into ranges of about this size; 0 never splits.
     pub chunk_bytes: u64,
+    /// pg_dump and pg_restore, chosen for the source and the branch store.
+    pub tools: &'a Tools,
 }
 
 /// Which part of the schema to restore.
@@ -221,16 +224,19 @@ pub enum SnapshotError {
     ToolMissing { program: String, detail: String },
 
     #[error(
-        "{path} is from PostgreSQL {tool_major}, older than the source server \
-         (PostgreSQL {server_major}); pg_dump must be at least the source's major version: \
-         install postgresql-client-{server_major} or newer, or set TRIBUTARY_PG_BINDIR to \
-         its bin directory"
+        "{path} is from PostgreSQL {tool}, {}; use {range}: set TRIBUTARY_PG_BINDIR to their \
+         bin directory",
+        .range.explain(*.problem)
     )]
-    ToolTooOld {
+    ToolUnfit {
         path: String,
-        tool_major: u32,
-        server_major: u32,
+        tool: u32,
+        range: ToolRange,
+        problem: ToolProblem,
     },
+
+    #[error(transparent)]
+    StoreTooOld(#[from] StoreTooOld),
 
     #[error("{program} failed ({status}): {stderr}")]
     ToolFailed {
@@ -256,8 +262,9 @@ pub enum SnapshotError {
 impl SnapshotError {
     /// Whether starting the snapshot over without anyone changing anything may succeed:
     /// lost connections, servers restarting, resource limits, a snapshot that died with
-    /// its replication connection. Bad credentials, missing extensions, too old a pg_dump,
-    /// and SQL the replica rejects need the operator.
+    /// its replication connection. Bad credentials, missing extensions, client programs or
+    /// a branch store of versions that do not fit, and SQL the replica rejects need the
+    /// operator.
     pub fn is_transient(&self) -> bool {
         match self {
             SnapshotError::Connect {
@@ -273,7 +280,8 @@ impl SnapshotError {
             SnapshotError::InvalidJob { .. }
             | SnapshotError::Value { .. }
             | SnapshotError::ToolMissing { .. }
-            | SnapshotError::ToolTooOld { .. }
+            | SnapshotError::ToolUnfit { .. }
+            | SnapshotError::StoreTooOld(_)
             | SnapshotError::Io { .. } => false,
         }
     }
@@ -376,7 +384,6 @@ fn connect_message(error: &ConnectError, side: Side) -> String {
 /// rows, of post-data after them.
 #[derive(Debug)]
 pub struct SchemaDump {
-    tools: Tools,
     /// Holds `schema.dump` (custom format) and `schema.list` (its filtered table of
     /// contents).
     scratch: ScratchDir,
@@ -395,17 +402,8 @@ impl SchemaDump {
             });
         }
         let started = Instant::now();
-        let tools = Tools::locate()?;
+        let tools = job.tools;
         let source = connect(Side::Source, job.source).await?;
-        let server_major = server_version_num(&source, Side::Source).await? / 10_000;
-        let tool_major = tools.pg_dump_major().await?;
-        if tool_major < server_major {
-            return Err(SnapshotError::ToolTooOld {
-                path: tools.program("pg_dump").display().to_string(),
-                tool_major,
-                server_major,
-            });
-        }
         // The catalog as the dump sees it: OIDs and names must match its table of contents.
         source
             .batch_execute(&format!(
@@ -482,7 +480,7 @@ impl SchemaDump {
         let mut list_cmd = tools.command("pg_restore");
         list_cmd.arg("--list").arg(&dump);
         let toc = run_tool(list_cmd, "pg_restore --list").await?;
-        let schema = SchemaDump { tools, scratch };
+        let schema = SchemaDump { scratch };
         let list = schema.list();
         std::fs::write(&list, filter_toc(&String::from_utf8_lossy(&toc), &skip)).map_err(
             |source| SnapshotError::Io {
@@ -514,7 +512,7 @@ impl SchemaDump {
         section: Section,
     ) -> Result<(), SnapshotError> {
         let started = Instant::now();
-        let mut pg_restore = self.tools.command("pg_restore");
+        let mut pg_restore = job.tools.command("pg_restore");
         libpq_env(&mut pg_restore, job.replica);
         pg_restore
             .args([
@@ -701,213 +699,6 @@ fn pattern(parts: &[&str]) -> String {
         .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join(".")
-}
-
-/// Where pg_dump and pg_restore come from: `$TRIBUTARY_PG_BINDIR`, else the newest
-/// `/usr/lib/postgresql/<N>/bin` (Debian, Ubuntu) or `/usr/pgsql-<N>/bin` (RHEL) that has
-/// both, else `PATH`.
-#[derive(Debug)]
-struct Tools {
-    bindir: Option<PathBuf>,
-}
-
-impl Tools {
-    fn locate() -> Result<Tools, SnapshotError> {
-        if let Some(dir) = std::env::var_os("TRIBUTARY_PG_BINDIR") {
-            let dir = PathBuf::from(dir);
-            for program in ["pg_dump", "pg_restore"] {
-                if !dir.join(program).is_file() {
-                    return Err(SnapshotError::ToolMissing {
-                        program: program.into(),
-                        detail: format!("TRIBUTARY_PG_BINDIR={} has no {program}", dir.display()),
-                    });
-                }
-            }
-            return Ok(Tools { bindir: Some(dir) });
-        }
-        let has_both =
-            |dir: &Path| dir.join("pg_dump").is_file() && dir.join("pg_restore").is_file();
-        let mut candidates: Vec<(u32, PathBuf)> = Vec::new();
-        if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-            for entry in entries.flatten() {
-                if let Some(major) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-                    candidates.push((major, entry.path().join("bin")));
-                }
-            }
-        }
-        if let Ok(entries) = std::fs::read_dir("/usr") {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let major = name
-                    .to_str()
-                    .and_then(|n| n.strip_prefix("pgsql-"))
-                    .and_then(|n| n.parse().ok());
-                if let Some(major) = major {
-                    candidates.push((major, entry.path().join("bin")));
-                }
-            }
-        }
-        candidates.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
-        let bindir = candidates
-            .into_iter()
-            .map(|(_, dir)| dir)
-            .find(|dir| has_both(dir));
-        Ok(Tools { bindir })
-    }
-
-    fn program(&self, name: &str) -> PathBuf {
-        match &self.bindir {
-            Some(dir) => dir.join(name),
-            None => PathBuf::from(name),
-        }
-    }
-
-    /// A command for `program` that cannot outlive its caller.
-    fn command(&self, program: &str) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(self.program(program));
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        cmd
-    }
-
-    async fn pg_dump_major(&self) -> Result<u32, SnapshotError> {
-        let mut cmd = self.command("pg_dump");
-        cmd.arg("--version");
-        let output = run_tool(cmd, "pg_dump --version").await?;
-        let text = String::from_utf8_lossy(&output);
-        parse_tool_major(&text).ok_or_else(|| SnapshotError::ToolFailed {
-            program: "pg_dump --version".into(),
-            status: "unreadable output".into(),
-            stderr: text.trim().to_owned(),
-            transient: false,
-        })
-    }
-}
-
-/// `pg_dump (PostgreSQL) 15.4 (Debian 15.4-1)` → 15; `pg_dump (PostgreSQL) 9.6.24` → 9.
-fn parse_tool_major(text: &str) -> Option<u32> {
-    let version = text
-        .split_whitespace()
-        .find(|word| word.starts_with(|c: char| c.is_ascii_digit()))?;
-    version
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Connection settings for a libpq program, in its environment: the password never
-/// appears on a command line (visible to every user in `ps`). Inherited `PG*` variables
-/// are removed so that they cannot redirect the program (`PGSERVICE`, `PGOPTIONS`, …).
-fn libpq_env(cmd: &mut tokio::process::Command, info: &ConnInfo) {
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(|k| k.starts_with("PG")) {
-            cmd.env_remove(key);
-        }
-    }
-    match &info.host {
-        Host::Tcp(host) => cmd.env("PGHOST", host),
-        Host::Unix(dir) => cmd.env("PGHOST", dir),
-    };
-    cmd.env("PGPORT", info.port.to_string())
-        .env("PGUSER", &info.user)
-        .env("PGDATABASE", &info.dbname)
-        .env("PGSSLMODE", info.sslmode.as_str())
-        .env("PGAPPNAME", &info.application_name)
-        .env(
-            "PGCONNECT_TIMEOUT",
-            info.connect_timeout.as_secs().max(2).to_string(),
-        );
-    match &info.sslrootcert {
-        Some(RootCert::File(path)) => {
-            cmd.env("PGSSLROOTCERT", path);
-        }
-        // libpq 16 and newer understand `system`.
-        Some(RootCert::System) => {
-            cmd.env("PGSSLROOTCERT", "system");
-        }
-        None => {}
-    }
-    if let Some(password) = &info.password {
-        cmd.env("PGPASSWORD", password.expose());
-    }
-}
-
-/// A value in a libpq `key=value` connection string.
-fn conninfo_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// Most of a program's error output kept in an error: the start says what failed.
-const STDERR_LIMIT: usize = 4000;
-
-/// Runs a prepared command to its end; its standard output, or an error with its standard
-/// error. Dropping the future kills the program.
-async fn run_tool(
-    mut cmd: tokio::process::Command,
-    program: &str,
-) -> Result<Vec<u8>, SnapshotError> {
-    let output = cmd.output().await.map_err(|source| {
-        if source.kind() == io::ErrorKind::NotFound {
-            SnapshotError::ToolMissing {
-                program: program.split(' ').next().unwrap_or(program).to_owned(),
-                detail: source.to_string(),
-            }
-        } else {
-            SnapshotError::Io {
-                context: format!("running {program}"),
-                source,
-            }
-        }
-    })?;
-    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-    if !output.status.success() {
-        let mut stderr = stderr;
-        if stderr.len() > STDERR_LIMIT {
-            let mut cut = STDERR_LIMIT;
-            while !stderr.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            stderr.truncate(cut);
-            stderr.push_str(" …");
-        }
-        let transient = tool_failure_transient(&stderr);
-        return Err(SnapshotError::ToolFailed {
-            program: program.to_owned(),
-            status: output.status.to_string(),
-            stderr: if stderr.is_empty() {
-                "no error output".into()
-            } else {
-                stderr
-            },
-            transient,
-        });
-    }
-    if !stderr.is_empty() {
-        tracing::warn!("{program}: {stderr}");
-    }
-    Ok(output.stdout)
-}
-
-/// Whether a pg_dump or pg_restore failure looks like a lost connection, a restarting or
-/// busy server, or a snapshot that died with its replication connection.
-fn tool_failure_transient(stderr: &str) -> bool {
-    const TRANSIENT: [&str; 11] = [
-        "server closed the connection unexpectedly",
-        "terminating connection",
-        "the database system is starting up",
-        "the database system is shutting down",
-        "the database system is in recovery mode",
-        "Connection refused",
-        "could not receive data from server",
-        "could not send data to server",
-        "timeout expired",
-        "too many clients",
-        "invalid snapshot identifier",
-    ];
-    TRANSIENT.iter().any(|needle| stderr.contains(needle))
 }
 
 /// A private (0700) temporary directory, removed with everything in it on drop.
@@ -1397,11 +1188,11 @@ async fn server_version_num(client: &PgClient, side: Side) -> Result<u32, Snapsh
     Ok(u32::try_from(row.get::<_, i32>(0)).unwrap_or(0))
 }
 
-/// `SET TRANSACTION SNAPSHOT` failed: an unknown snapshot (22023) is one whose exporting
+/// `SET TRANSACTION SNAPSHOT` failed: an unknown snapshot is one whose exporting
 /// connection has moved on.
 fn import_error(name: &str, error: tokio_postgres::Error) -> SnapshotError {
     match error.as_db_error() {
-        Some(db) if db.code().code() == "22023" => SnapshotError::SnapshotGone {
+        Some(db) if snapshot_unknown(db.code().code()) => SnapshotError::SnapshotGone {
             name: name.to_owned(),
             reason: db.message().to_owned(),
         },
@@ -1532,16 +1323,8 @@ mod tests {
     }
 
     #[test]
-    fn tool_versions_and_patterns() {
-        assert_eq!(
-            parse_tool_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
-            Some(15)
-        );
-        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 17beta1"), Some(17));
-        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
-        assert_eq!(parse_tool_major("nonsense"), None);
+    fn patterns_quote_every_part() {
         assert_eq!(pattern(&["My*Schema", "t\"x"]), "\"My*Schema\".\"t\"\"x\"");
-        assert_eq!(conninfo_quote("it's"), "'it\\'s'");
     }
 
     #[test]
@@ -1566,16 +1349,5 @@ mod tests {
             "{advice}"
         );
         assert!(advice.contains(r#"{"app.t": "exclude"}"#), "{advice}");
-    }
-
-    #[test]
-    fn failures_say_whether_a_retry_can_help() {
-        assert!(tool_failure_transient(
-            "pg_dump: error: query failed: ERROR:  invalid snapshot identifier: \"x\""
-        ));
-        assert!(!tool_failure_transient(
-            "pg_dump: error: connection to server at \"h\" failed: FATAL:  password \
-             authentication failed for user \"u\""
-        ));
     }
 }

@@ -40,6 +40,37 @@ pub enum SinkError {
         source: tokio_postgres::Error,
     },
 
+    /// The branch-store role may not set `session_replication_role`.
+    #[error(
+        "setting session_replication_role = replica in database {database:?} on the branch \
+         store failed: {}; every apply session needs it, so that triggers and foreign keys \
+         do not fire on replicated rows: {}",
+        describe(.source),
+        replication_role_advice(*.server_major, .role)
+    )]
+    ReplicationRole {
+        database: String,
+        role: String,
+        server_major: u32,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// `CREATE DATABASE … TEMPLATE` failed cloning files (`file_copy_method = clone`).
+    #[error(
+        "creating the branch database {database:?} failed: {}; the branch store copies files \
+         with file_copy_method = clone, and its filesystem could not clone them: set \
+         file_copy_method = copy on the branch store (`ALTER SYSTEM SET file_copy_method = \
+         copy; SELECT pg_reload_conf();`), or keep its data directory on a filesystem that \
+         clones files (XFS with reflink=1, Btrfs)",
+        describe(.source)
+    )]
+    CloneFailed {
+        database: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
     #[error("refusing to drop database {database:?}: {reason}")]
     Refused {
         database: String,
@@ -310,6 +341,7 @@ impl SinkError {
             | SinkError::Ddl { source, .. }
             | SinkError::Refresh { source, .. }
             | SinkError::Commit { source, .. } => is_transient(source),
+            SinkError::ReplicationRole { .. } | SinkError::CloneFailed { .. } => false,
             SinkError::Progress { source, .. } => source.as_ref().is_some_and(is_transient),
             SinkError::Aborted { transient, .. } => *transient,
             SinkError::NanArrivedAsNull { .. } => false,
@@ -332,6 +364,8 @@ impl SinkError {
     pub fn sqlstate(&self) -> Option<&str> {
         let source = match self {
             SinkError::Setup { source, .. }
+            | SinkError::ReplicationRole { source, .. }
+            | SinkError::CloneFailed { source, .. }
             | SinkError::Statement { source, .. }
             | SinkError::BatchStatement { source, .. }
             | SinkError::Ddl { source, .. }
@@ -427,6 +461,24 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     text
 }
 
+/// How the branch-store `role` comes to be allowed to set `session_replication_role`, on
+/// a server of `server_major`: a grant from PostgreSQL 15 on, superuser before.
+fn replication_role_advice(server_major: u32, role: &str) -> String {
+    let role = crate::pg::quote_ident(role);
+    if server_major >= 15 {
+        format!(
+            "as a superuser on the branch store, run `GRANT SET ON PARAMETER \
+             session_replication_role TO {role};`"
+        )
+    } else {
+        format!(
+            "on PostgreSQL {server_major} only a superuser may set it (GRANT SET ON PARAMETER \
+             exists from PostgreSQL 15 on): make the role a superuser (`ALTER ROLE {role} \
+             SUPERUSER;`), or use a branch store of PostgreSQL 15 or newer"
+        )
+    }
+}
+
 fn transient_advice() -> &'static str {
     "the branch store's connection was lost or the server is busy or restarting; the pipeline \
      retries from the replica's applied LSN"
@@ -438,9 +490,8 @@ fn setup_advice(error: &tokio_postgres::Error) -> &'static str {
     }
     match error.as_db_error().map(|db| db.code().code()) {
         Some("42501") => {
-            "the branch-store user lacks a privilege: it must be able to create databases, and \
-             to SET session_replication_role (superuser, or GRANT SET ON PARAMETER \
-             session_replication_role on PostgreSQL 15+)"
+            "the branch-store user lacks a privilege: it needs CREATEDB, and to own the \
+             replica and branch databases (it does when it created them)"
         }
         Some("55006") => {
             "other sessions are connected to that database: close them (see \
@@ -526,5 +577,41 @@ impl fmt::Display for DetailForDebug<'_> {
             }
             None => write!(f, "{}", self.0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replication_role_advice_matches_the_store_version() {
+        for (major, expected, not_expected) in [
+            (
+                13,
+                "make the role a superuser (`ALTER ROLE \"tributary\" SUPERUSER;`)",
+                "TO tributary",
+            ),
+            (
+                14,
+                "on PostgreSQL 14 only a superuser may set it",
+                "TO tributary",
+            ),
+            (
+                15,
+                "GRANT SET ON PARAMETER session_replication_role TO \"tributary\";",
+                "SUPERUSER",
+            ),
+            (
+                18,
+                "GRANT SET ON PARAMETER session_replication_role TO \"tributary\";",
+                "SUPERUSER",
+            ),
+        ] {
+            let advice = replication_role_advice(major, "tributary");
+            assert!(advice.contains(expected), "{major}: {advice}");
+            assert!(!advice.contains(not_expected), "{major}: {advice}");
+        }
+        assert!(replication_role_advice(16, "Store Role").contains("TO \"Store Role\";"));
     }
 }

@@ -23,7 +23,7 @@ mod triggers;
 pub use apply::{Misfit, ReplicaColumn, ReplicaSink, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 pub use error::SinkError;
 pub use replica::{
-    claim_replica, copy_database, drop_database, prepare_replica, replica_applied_lsn,
-    replica_exists, source_tables,
+    check_apply_session, claim_replica, copy_database, drop_database, prepare_replica,
+    replica_applied_lsn, replica_exists, server_major, source_tables,
 };
 pub use triggers::release as release_triggers;

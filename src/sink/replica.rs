@@ -326,13 +326,7 @@ pub async fn source_tables(replica: &ConnInfo) -> Result<Vec<(TableName, u32)>, 
 
 /// `CREATE DATABASE <name> TEMPLATE <template>` on the store server: a branch of a replica
 /// whose sessions are closed (the server refuses while any is open, after waiting up to five
-/// seconds for them to go).
-///
-/// `STRATEGY FILE_COPY` (the only way before PostgreSQL 15): it copies the files after a
-/// checkpoint, where the default, `WAL_LOG`, writes the whole database to WAL as well. On
-/// PostgreSQL 15 here it took 1.4 s for 1 GB against 2.3–4.0 s, and was as fast or faster
-/// from 20 MB up; with PostgreSQL 18's `file_copy_method = clone` on a filesystem with
-/// reflinks (XFS, Btrfs) it takes about the same time at any size.
+/// seconds for them to go). See [`CopyPlan`] for how the files are copied.
 pub async fn copy_database(store: &ConnInfo, template: &str, name: &str) -> Result<(), SinkError> {
     if name == store.dbname || name == template || matches!(name, "template0" | "template1") {
         return Err(SinkError::Refused {
@@ -341,28 +335,84 @@ pub async fn copy_database(store: &ConnInfo, template: &str, name: &str) -> Resu
         });
     }
     let control = connect(store).await?;
-    let strategy_clause: bool = control
+    let row = control
         .query_one(
-            "SELECT pg_catalog.current_setting('server_version_num')::int >= 150000",
+            "SELECT pg_catalog.current_setting('server_version_num')::int4, \
+                    pg_catalog.current_setting('file_copy_method', true)",
             &[],
         )
         .await
-        .map_err(setup(name, "reading the server version"))?
-        .get(0);
+        .map_err(setup(
+            name,
+            "reading the server version and file_copy_method",
+        ))?;
+    let plan = CopyPlan::of(row.get::<_, i32>(0) as u32, row.get(1));
     control
-        .batch_execute(&format!(
+        .batch_execute(&plan.sql(name, template))
+        .await
+        .map_err(|source| {
+            if plan.clone_failed(source.code().map(|code| code.code())) {
+                SinkError::CloneFailed {
+                    database: name.to_owned(),
+                    source,
+                }
+            } else {
+                setup(name, "creating the branch database")(source)
+            }
+        })?;
+    Ok(())
+}
+
+/// How `CREATE DATABASE … TEMPLATE` copies a replica on a server.
+///
+/// `STRATEGY FILE_COPY` from PostgreSQL 15 on (before, the only strategy, and no clause):
+/// it copies the files after a checkpoint, where the default, `WAL_LOG`, writes the whole
+/// database to WAL as well. On PostgreSQL 15 here it took 1.4 s for 1 GB against 2.3–4.0 s,
+/// and was as fast or faster from 20 MB up.
+///
+/// PostgreSQL 18's `file_copy_method = clone` (a server setting, left to the operator)
+/// makes FILE_COPY clone the files: with reflinks (XFS, Btrfs) about the same time at any
+/// size. On Linux it is `copy_file_range`, which copies inside the kernel where the
+/// filesystem has no reflinks (checked on ext4: branches are complete, at the time of a
+/// copy). Where the filesystem refuses (macOS outside APFS, some network filesystems) the
+/// copy fails with an error the server has no code for (XX000): that failure is reported
+/// with the fix rather than retried with `copy`, since the operator chose clone for
+/// constant-time branches, and a silent copy would make every branch cut pause the
+/// pipeline for as long as copying the replica takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CopyPlan {
+    strategy_clause: bool,
+    clone: bool,
+}
+
+impl CopyPlan {
+    /// For a server of `server_version_num` whose `file_copy_method` is as given (`None`
+    /// before PostgreSQL 18).
+    fn of(server_version_num: u32, file_copy_method: Option<&str>) -> CopyPlan {
+        let strategy_clause = server_version_num >= 150_000;
+        CopyPlan {
+            strategy_clause,
+            clone: strategy_clause && file_copy_method == Some("clone"),
+        }
+    }
+
+    fn sql(&self, name: &str, template: &str) -> String {
+        format!(
             "CREATE DATABASE {} TEMPLATE {}{}",
             quote_ident(name),
             quote_ident(template),
-            if strategy_clause {
+            if self.strategy_clause {
                 " STRATEGY FILE_COPY"
             } else {
                 ""
             }
-        ))
-        .await
-        .map_err(setup(name, "creating the branch database"))?;
-    Ok(())
+        )
+    }
+
+    /// Whether a CREATE DATABASE that failed with `sqlstate` failed cloning files.
+    fn clone_failed(&self, sqlstate: Option<&str>) -> bool {
+        self.clone && sqlstate == Some("XX000")
+    }
 }
 
 /// `DROP DATABASE IF EXISTS`, with `force` `WITH (FORCE)`, which ends the database's
@@ -402,15 +452,51 @@ pub(crate) async fn open_session(store: &ConnInfo, database: &str) -> Result<PgC
         .batch_execute(SESSION_SQL)
         .await
         .map_err(setup(database, "configuring the apply session"))?;
-    // Separately, for a precise message: it needs a privilege the other settings do not.
-    client
+    // Separately, for a precise message: it needs a privilege the other settings do not,
+    // granted in a way that depends on the server's version.
+    let Err(source) = client
         .batch_execute("SET session_replication_role = replica")
         .await
-        .map_err(setup(
+    else {
+        return Ok(client);
+    };
+    let denied = source.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
+    match version_num(&client, database).await {
+        Ok(version) if denied => Err(SinkError::ReplicationRole {
+            database: database.to_owned(),
+            role: store.user.clone(),
+            server_major: version / 10_000,
+            source,
+        }),
+        _ => Err(setup(
             database,
             "setting session_replication_role = replica",
-        ))?;
-    Ok(client)
+        )(source)),
+    }
+}
+
+/// Whether the branch-store role can open apply sessions (see [`open_session`]), tried on
+/// the control database: before a connector is created, and before a snapshot, rather
+/// than after the copy.
+pub async fn check_apply_session(store: &ConnInfo) -> Result<(), SinkError> {
+    open_session(store, &store.dbname).await.map(drop)
+}
+
+/// The branch-store server's major version (15 for 15.4).
+pub async fn server_major(store: &ConnInfo) -> Result<u32, SinkError> {
+    let control = connect(store).await?;
+    Ok(version_num(&control, &store.dbname).await? / 10_000)
+}
+
+async fn version_num(client: &PgClient, database: &str) -> Result<u32, SinkError> {
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::int4",
+            &[],
+        )
+        .await
+        .map_err(setup(database, "reading the server version"))?;
+    Ok(row.get::<_, i32>(0) as u32)
 }
 
 async fn connect(info: &ConnInfo) -> Result<PgClient, SinkError> {
@@ -431,5 +517,54 @@ pub(crate) fn setup<'a>(
         database: database.to_owned(),
         action,
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branches_copy_files_with_the_strategy_the_server_has() {
+        for (version, method, sql, clone) in [
+            (130_023, None, "CREATE DATABASE \"b\" TEMPLATE \"r\"", false),
+            (140_023, None, "CREATE DATABASE \"b\" TEMPLATE \"r\"", false),
+            (
+                150_020,
+                None,
+                "CREATE DATABASE \"b\" TEMPLATE \"r\" STRATEGY FILE_COPY",
+                false,
+            ),
+            (
+                180_006,
+                Some("copy"),
+                "CREATE DATABASE \"b\" TEMPLATE \"r\" STRATEGY FILE_COPY",
+                false,
+            ),
+            (
+                180_006,
+                Some("clone"),
+                "CREATE DATABASE \"b\" TEMPLATE \"r\" STRATEGY FILE_COPY",
+                true,
+            ),
+        ] {
+            let plan = CopyPlan::of(version, method);
+            assert_eq!(plan.sql("b", "r"), sql, "{version} {method:?}");
+            assert_eq!(plan.clone, clone, "{version} {method:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_clone_failure_is_blamed_on_cloning() {
+        let clone = CopyPlan::of(180_006, Some("clone"));
+        let copy = CopyPlan::of(180_006, Some("copy"));
+        assert!(clone.clone_failed(Some("XX000")));
+        assert!(!clone.clone_failed(Some("53100")), "disk full is disk full");
+        assert!(
+            !clone.clone_failed(Some("55006")),
+            "sessions on the template"
+        );
+        assert!(!clone.clone_failed(None), "a lost connection");
+        assert!(!copy.clone_failed(Some("XX000")));
     }
 }

@@ -12,6 +12,13 @@ use super::error::{Error, Result};
 use super::wire::Connection;
 use crate::pg::{quote_literal, ConnInfo};
 
+/// Whether `SET TRANSACTION SNAPSHOT` failed with `sqlstate` because no snapshot of that
+/// name exists (any more): invalid_parameter_value ("invalid snapshot identifier") up to
+/// PostgreSQL 17, undefined_object ("snapshot … does not exist") from 18 on.
+pub fn snapshot_unknown(sqlstate: &str) -> bool {
+    matches!(sqlstate, "22023" | "42704")
+}
+
 /// One `REPEATABLE READ READ ONLY` transaction on an exported snapshot.
 pub struct SnapshotSession {
     conn: Connection,
@@ -51,11 +58,12 @@ impl SnapshotSession {
             .await
         {
             Ok(_) => Ok(SnapshotSession { conn }),
-            // invalid_parameter_value: no snapshot of that name exists (any more).
-            Err(source) if source.sqlstate() == Some("22023") => Err(OpenError::SnapshotGone {
-                name: snapshot.to_owned(),
-                source,
-            }),
+            Err(source) if source.sqlstate().is_some_and(snapshot_unknown) => {
+                Err(OpenError::SnapshotGone {
+                    name: snapshot.to_owned(),
+                    source,
+                })
+            }
             Err(source) => Err(source.into()),
         }
     }
@@ -99,5 +107,22 @@ impl CopyOut<'_> {
             .await?;
         self.finished = !more;
         Ok(more)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_is_unknown_in_the_words_of_each_version() {
+        for (sqlstate, unknown) in [
+            ("22023", true),  // 13 to 17: invalid snapshot identifier
+            ("42704", true),  // 18: snapshot "…" does not exist
+            ("08006", false), // a lost connection: the session's problem
+            ("25001", false), // not in a transaction block
+        ] {
+            assert_eq!(snapshot_unknown(sqlstate), unknown, "{sqlstate}");
+        }
     }
 }

@@ -209,6 +209,8 @@ pub struct Report {
     /// Columns (`schema.table.column (type)`) whose NaN and ±Infinity the source's wal2json
     /// sends as null (it predates 2.6); empty when it can send them or none is affected.
     pub nan_as_null_columns: Vec<String>,
+    /// The source's major version (15 for 15.4), when it is a supported server.
+    pub server_major: Option<u32>,
 }
 
 /// One table of the selected schemas and its replica identity.
@@ -1009,6 +1011,7 @@ fn judge(info: &ConnInfo, schemas: &[String], gathered: &Gathered, known: &Known
         VERSION,
         format!("PostgreSQL {}", server.version.text),
     ));
+    report.server_major = Some(server.version.num / 10_000);
     checks.push(judge_primary(server));
     checks.push(judge_wal_level(server));
     checks.push(judge_slots(server));

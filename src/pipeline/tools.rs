@@ -1,0 +1,298 @@
+//! pg_dump and pg_restore: which ones a snapshot runs, and running them.
+//!
+//! [`Tools::choose`] is the one place that decides. The operator names a directory with
+//! `TRIBUTARY_PG_BINDIR` (the daemon passes it on from its settings); without it the
+//! newest suitable `/usr/lib/postgresql/<N>/bin` (Debian, Ubuntu) or `/usr/pgsql-<N>/bin`
+//! (RHEL) that has both programs is used, else `PATH`. Either way the programs' versions
+//! are checked against the source and the branch store (`versions.rs`) before the
+//! snapshot changes anything, so an unsuitable pair fails at once, saying which client
+//! programs fit, instead of in the middle of a restore.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use super::snapshot::SnapshotError;
+use super::versions::{self, ToolRange};
+use crate::pg::conninfo::{Host, RootCert};
+use crate::pg::ConnInfo;
+
+/// Where a snapshot's pg_dump and pg_restore are, checked to fit its servers.
+#[derive(Debug)]
+pub struct Tools {
+    /// `None`: found on `PATH`.
+    bindir: Option<PathBuf>,
+}
+
+impl Tools {
+    /// The programs for a snapshot of a PostgreSQL `source` server (major version) into a
+    /// `store` server: from `configured` (`TRIBUTARY_PG_BINDIR`), else the installed ones
+    /// that fit best (`ToolRange::choose`). Refuses a store older than the source, and
+    /// programs whose versions do not fit, naming the ones that would.
+    pub async fn choose(
+        configured: Option<&Path>,
+        source: u32,
+        store: u32,
+    ) -> Result<Tools, SnapshotError> {
+        versions::check_store(source, store)?;
+        let range = ToolRange::new(source, store);
+        let tools = match configured {
+            Some(dir) => {
+                for program in PROGRAMS {
+                    if !dir.join(program).is_file() {
+                        return Err(SnapshotError::ToolMissing {
+                            program: program.into(),
+                            detail: format!(
+                                "TRIBUTARY_PG_BINDIR={} has no {program}",
+                                dir.display()
+                            ),
+                        });
+                    }
+                }
+                Tools {
+                    bindir: Some(dir.to_owned()),
+                }
+            }
+            None => Tools {
+                bindir: installed(&range),
+            },
+        };
+        for program in PROGRAMS {
+            let tool = tools.major(program).await?;
+            range
+                .check(tool)
+                .map_err(|problem| SnapshotError::ToolUnfit {
+                    path: tools.program(program).display().to_string(),
+                    tool,
+                    range,
+                    problem,
+                })?;
+        }
+        Ok(tools)
+    }
+
+    fn program(&self, name: &str) -> PathBuf {
+        match &self.bindir {
+            Some(dir) => dir.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+
+    /// A command for `program` that cannot outlive its caller.
+    pub(super) fn command(&self, program: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(self.program(program));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// The major version `program --version` reports.
+    async fn major(&self, program: &str) -> Result<u32, SnapshotError> {
+        let label = format!("{program} --version");
+        let mut cmd = self.command(program);
+        cmd.arg("--version");
+        let output = run_tool(cmd, &label).await?;
+        let text = String::from_utf8_lossy(&output);
+        parse_tool_major(&text).ok_or_else(|| SnapshotError::ToolFailed {
+            program: label,
+            status: "unreadable output".into(),
+            stderr: text.trim().to_owned(),
+            transient: false,
+        })
+    }
+}
+
+/// The programs a snapshot runs; a directory must have both. pg_restore first: the limit
+/// a store sets (`ToolProblem::SetsTransactionTimeout`) is about it.
+const PROGRAMS: [&str; 2] = ["pg_restore", "pg_dump"];
+
+/// The bin directory of the installed client programs that fit `range` best; `None` when
+/// the usual places have none (then `PATH` is used).
+fn installed(range: &ToolRange) -> Option<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = Vec::new();
+    for (parent, prefix) in [("/usr/lib/postgresql", ""), ("/usr", "pgsql-")] {
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let major = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(prefix))
+                .and_then(|n| n.parse().ok());
+            let bin = entry.path().join("bin");
+            if let Some(major) = major.filter(|_| PROGRAMS.iter().all(|p| bin.join(p).is_file())) {
+                found.push((major, bin));
+            }
+        }
+    }
+    let majors: Vec<u32> = found.iter().map(|(major, _)| *major).collect();
+    let chosen = range.choose(&majors)?;
+    found
+        .into_iter()
+        .find(|(major, _)| *major == chosen)
+        .map(|(_, bin)| bin)
+}
+
+/// `pg_dump (PostgreSQL) 15.4 (Debian 15.4-1)` → 15; `pg_dump (PostgreSQL) 9.6.24` → 9.
+fn parse_tool_major(text: &str) -> Option<u32> {
+    let version = text
+        .split_whitespace()
+        .find(|word| word.starts_with(|c: char| c.is_ascii_digit()))?;
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Connection settings for a libpq program, in its environment: the password never
+/// appears on a command line (visible to every user in `ps`). Inherited `PG*` variables
+/// are removed so that they cannot redirect the program (`PGSERVICE`, `PGOPTIONS`, …).
+pub(super) fn libpq_env(cmd: &mut tokio::process::Command, info: &ConnInfo) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("PG")) {
+            cmd.env_remove(key);
+        }
+    }
+    match &info.host {
+        Host::Tcp(host) => cmd.env("PGHOST", host),
+        Host::Unix(dir) => cmd.env("PGHOST", dir),
+    };
+    cmd.env("PGPORT", info.port.to_string())
+        .env("PGUSER", &info.user)
+        .env("PGDATABASE", &info.dbname)
+        .env("PGSSLMODE", info.sslmode.as_str())
+        .env("PGAPPNAME", &info.application_name)
+        .env(
+            "PGCONNECT_TIMEOUT",
+            info.connect_timeout.as_secs().max(2).to_string(),
+        );
+    match &info.sslrootcert {
+        Some(RootCert::File(path)) => {
+            cmd.env("PGSSLROOTCERT", path);
+        }
+        // libpq 16 and newer understand `system`.
+        Some(RootCert::System) => {
+            cmd.env("PGSSLROOTCERT", "system");
+        }
+        None => {}
+    }
+    if let Some(password) = &info.password {
+        cmd.env("PGPASSWORD", password.expose());
+    }
+}
+
+/// A value in a libpq `key=value` connection string.
+pub(super) fn conninfo_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Most of a program's error output kept in an error: the start says what failed.
+const STDERR_LIMIT: usize = 4000;
+
+/// Runs a prepared command to its end; its standard output, or an error with its standard
+/// error. Dropping the future kills the program.
+pub(super) async fn run_tool(
+    mut cmd: tokio::process::Command,
+    program: &str,
+) -> Result<Vec<u8>, SnapshotError> {
+    let output = cmd.output().await.map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            SnapshotError::ToolMissing {
+                program: program.split(' ').next().unwrap_or(program).to_owned(),
+                detail: source.to_string(),
+            }
+        } else {
+            SnapshotError::Io {
+                context: format!("running {program}"),
+                source,
+            }
+        }
+    })?;
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    if !output.status.success() {
+        let mut stderr = stderr;
+        if stderr.len() > STDERR_LIMIT {
+            let mut cut = STDERR_LIMIT;
+            while !stderr.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            stderr.truncate(cut);
+            stderr.push_str(" …");
+        }
+        let transient = tool_failure_transient(&stderr);
+        return Err(SnapshotError::ToolFailed {
+            program: program.to_owned(),
+            status: output.status.to_string(),
+            stderr: if stderr.is_empty() {
+                "no error output".into()
+            } else {
+                stderr
+            },
+            transient,
+        });
+    }
+    if !stderr.is_empty() {
+        tracing::warn!("{program}: {stderr}");
+    }
+    Ok(output.stdout)
+}
+
+/// Whether a pg_dump or pg_restore failure looks like a lost connection, a restarting or
+/// busy server, or a snapshot that died with its replication connection.
+fn tool_failure_transient(stderr: &str) -> bool {
+    const TRANSIENT: [&str; 11] = [
+        "server closed the connection unexpectedly",
+        "terminating connection",
+        "the database system is starting up",
+        "the database system is shutting down",
+        "the database system is in recovery mode",
+        "Connection refused",
+        "could not receive data from server",
+        "could not send data to server",
+        "timeout expired",
+        "too many clients",
+        "invalid snapshot identifier",
+    ];
+    // PostgreSQL 18 says of a snapshot that is gone: snapshot "…" does not exist.
+    let snapshot_gone = stderr.contains("ERROR:  snapshot \"") && stderr.contains("does not exist");
+    snapshot_gone || TRANSIENT.iter().any(|needle| stderr.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_versions_and_quoting() {
+        assert_eq!(
+            parse_tool_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
+            Some(15)
+        );
+        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 17beta1"), Some(17));
+        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(parse_tool_major("nonsense"), None);
+        assert_eq!(conninfo_quote("it's"), "'it\\'s'");
+    }
+
+    #[test]
+    fn failures_say_whether_a_retry_can_help() {
+        assert!(tool_failure_transient(
+            "pg_dump: error: query failed: ERROR:  invalid snapshot identifier: \"x\""
+        ));
+        assert!(tool_failure_transient(
+            "pg_dump: error: query failed: ERROR:  snapshot \"00000003-0000001B-1\" does not \
+             exist"
+        ));
+        assert!(!tool_failure_transient(
+            "pg_restore: error: could not execute query: ERROR:  schema \"x\" does not exist"
+        ));
+        assert!(!tool_failure_transient(
+            "pg_dump: error: connection to server at \"h\" failed: FATAL:  password \
+             authentication failed for user \"u\""
+        ));
+    }
+}
