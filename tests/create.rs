@@ -7,7 +7,7 @@ use std::process::Output;
 
 use crate::daemon::{content, Daemon};
 use crate::harness::Cluster;
-use crate::support::eventually;
+use crate::support::{eventually, has_output_plugin_libraries};
 
 /// A finished CLI run: exit code and both streams.
 struct Run {
@@ -449,4 +449,109 @@ fn a_database_in_the_way_of_the_replica_is_never_replaced() {
     run.assert_code(1);
     run.assert_stderr("a database named shop_replica exists on the branch store already");
     assert_no_connectors(&daemon);
+}
+
+#[test]
+fn create_is_refused_where_the_source_refuses_wal2json() {
+    let cluster = Cluster::builder().refuse_wal2json().start();
+    if !has_output_plugin_libraries(&cluster) {
+        return;
+    }
+    shop(&cluster);
+    let daemon = Daemon::new(&cluster);
+    let run = create(
+        &daemon,
+        &cluster.superuser_url("shop"),
+        &["--accept-replica-identity-defaults"],
+    );
+    run.assert_code(1);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("✗ wal2json"))
+        .unwrap_or_else(|| panic!("no wal2json line in\n{}", run.stdout));
+    assert!(
+        lines[at].contains(
+            "refused: output_plugin_libraries is 'pgoutput, test_decoding', without wal2json"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines[at + 1]
+            .contains("fix: as a superuser on the source, add wal2json to output_plugin_libraries")
+            && lines[at + 1].contains(
+                "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', \
+             'wal2json'; SELECT pg_reload_conf();"
+            ),
+        "{}",
+        run.stdout
+    );
+    // The grant script has the statement that computes the list on the server.
+    assert!(
+        run.stdout
+            .contains("\n\\gexec\nSELECT pg_catalog.pg_reload_conf();\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("Connector shop not created"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("REPLICATION attribute"),
+        "{}",
+        run.stdout
+    );
+    assert_no_connectors(&daemon);
+    assert_eq!(
+        cluster.psql("postgres", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_refused_wal2json_fails_until_it_is_allowed() {
+    let source = Cluster::start();
+    if !has_output_plugin_libraries(&source) {
+        return;
+    }
+    shop(&source);
+    let store = Cluster::start();
+    let mut daemon = Daemon::new(&store);
+    let url = source.superuser_url("shop");
+    create(&daemon, &url, &["--accept-replica-identity-defaults"]).assert_code(0);
+
+    // Refused between create and the snapshot: the slot cannot be created.
+    let set = |list: &str| {
+        source.psql(
+            "postgres",
+            &format!("ALTER SYSTEM SET output_plugin_libraries = {list}; SELECT pg_reload_conf();"),
+        )
+    };
+    set("'pgoutput', 'test_decoding'");
+    daemon.start();
+    daemon.wait_for_state("shop", "failed").await;
+    let connector = daemon.connector("shop");
+    let error = connector["last_error"].as_str().unwrap();
+    let next_step = connector["next_step"].as_str().unwrap();
+    assert!(
+        error.contains("refuses wal2json as an output plugin at CREATE_REPLICATION_SLOT"),
+        "{connector}"
+    );
+    assert!(
+        next_step.contains(
+            "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', \
+             'wal2json'; SELECT pg_reload_conf(); Then run `tributary connector retry-setup \
+             shop`, which starts the snapshot again."
+        ),
+        "{connector}"
+    );
+
+    set("'pgoutput', 'test_decoding', 'wal2json'");
+    daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
+    source.psql("shop", "INSERT INTO items VALUES (51, 'after')");
+    wait_equal(&source, &store, &["keyless"], &daemon).await;
+    daemon.terminate();
 }

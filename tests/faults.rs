@@ -1,7 +1,8 @@
 //! Faults production throws at a running daemon, each against real servers and each ending
 //! with the replica equal to the source: a source or branch store that hangs for longer
-//! than `wal_sender_timeout`, a branch store out of disk space, and a slot the source
-//! invalidates while its WAL is held back (with the `wal_status` metric on the way).
+//! than `wal_sender_timeout`, a branch store out of disk space, a slot the source
+//! invalidates while its WAL is held back (with the `wal_status` metric on the way), and a
+//! source whose `output_plugin_libraries` stops allowing wal2json.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -421,4 +422,110 @@ async fn slot_held_back(major: Option<u32>) {
     );
     daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
     converged(&source, &store, &daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_that_starts_refusing_wal2json_fails_the_connector_until_it_is_allowed_again() {
+    let source = Cluster::start();
+    if !has_output_plugin_libraries(&source) {
+        return;
+    }
+    let (store, daemon) = streaming_shop(&source, &[]).await;
+    source.psql("shop", "UPDATE items SET qty = 1 WHERE id <= 10");
+    converged(&source, &store, &daemon).await;
+
+    // An administrator sets the list back to the default and reloads: the walsender that
+    // streams goes on, the next START_REPLICATION is refused. Changes keep coming meanwhile.
+    source.psql(
+        "postgres",
+        "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding';
+         SELECT pg_reload_conf();",
+    );
+    source.psql(
+        "shop",
+        "INSERT INTO items SELECT g, 'while refused', 2 FROM generate_series(201, 250) g;
+         DELETE FROM items WHERE id = 5;",
+    );
+    source.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'walsender'",
+    );
+    daemon.wait_for_state("shop", "failed").await;
+    let connector = daemon.connector("shop");
+    let error = connector["last_error"].as_str().unwrap();
+    let next_step = connector["next_step"].as_str().unwrap();
+    assert!(
+        error.contains(
+            "the source refuses wal2json as an output plugin at START_REPLICATION (ERROR 42501: \
+             library \"wal2json\" may not be used as an output plugin): its \
+             output_plugin_libraries is 'pgoutput, test_decoding', without wal2json"
+        ),
+        "{connector}"
+    );
+    assert!(!error.contains("REPLICATION attribute"), "{connector}");
+    let fix = "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', \
+               'wal2json'; SELECT pg_reload_conf();";
+    assert!(
+        next_step.contains(&format!(
+            "{fix} Then run `tributary connector retry-setup shop`, which resumes from \
+             replication slot {}, without a new snapshot.",
+            connector["slot_name"].as_str().unwrap()
+        )),
+        "{connector}"
+    );
+
+    // Failed for good: no retry, so the source is asked no more.
+    let refusals = || {
+        source
+            .log_contents()
+            .matches("may not be used as an output plugin")
+            .count()
+    };
+    let seen = refusals();
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(refusals(), seen, "the pipeline was retried");
+    assert_eq!(daemon.connector_state("shop").as_deref(), Some("failed"));
+    assert!(
+        !log(&daemon)
+            .lines()
+            .any(|l| l.contains("will retry") && l.contains("output plugin")),
+        "{}",
+        daemon.log_tail()
+    );
+
+    // Asked too early, retry-setup says what preflight says, and starts nothing.
+    let out = daemon.cli(&["connector", "retry-setup", "shop"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("output_plugin_libraries is 'pgoutput, test_decoding', without wal2json")
+            && stdout.contains(fix)
+            && stdout.contains("Setup of shop not restarted."),
+        "{stdout}"
+    );
+    assert_eq!(daemon.connector_state("shop").as_deref(), Some("failed"));
+
+    // The operator runs the fix as it was given, and asks the connector to go on.
+    source.psql("postgres", fix);
+    let out = daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
+    assert!(
+        out.contains("resumes from the replica's applied position"),
+        "{out}"
+    );
+    assert_eq!(
+        source.psql("postgres", "SHOW output_plugin_libraries"),
+        "pgoutput, test_decoding, wal2json"
+    );
+    source.psql("shop", "UPDATE items SET qty = qty + 1 WHERE id > 240");
+    converged(&source, &store, &daemon).await;
+    let snapshots = store.psql(
+        "postgres",
+        "SELECT count(*) FROM tributary.state_history WHERE to_state = 'snapshotting'",
+    );
+    assert_eq!(snapshots, "1", "resuming took a new snapshot");
+    let failures = store.psql(
+        "postgres",
+        "SELECT count(*) FROM tributary.state_history WHERE to_state = 'failed'",
+    );
+    assert_eq!(failures, "1");
 }

@@ -9,6 +9,7 @@ use tempfile::TempDir;
 
 use crate::daemon::Daemon;
 use crate::harness::*;
+use crate::support::has_output_plugin_libraries;
 
 /// The password of every role these tests create: it must never appear in any output.
 const PASSWORD: &str = "pf-s3cret-pw";
@@ -443,4 +444,125 @@ fn a_physical_standby_is_not_a_writable_primary() {
         Some("point the URL at the primary"),
     );
     assert_no_slots(&primary);
+}
+
+#[test]
+fn output_plugin_libraries_without_wal2json_is_named_and_the_script_adds_it_to_the_list() {
+    let cluster = Cluster::builder()
+        .refuse_wal2json()
+        .hba(&scram("app"))
+        .start();
+    if !has_output_plugin_libraries(&cluster) {
+        return;
+    }
+    cluster.create_database("shop");
+    cluster.psql(
+        "shop",
+        &format!(
+            "CREATE TABLE items (id int PRIMARY KEY, price numeric);
+             CREATE ROLE app LOGIN REPLICATION PASSWORD '{PASSWORD}';
+             GRANT CREATE ON DATABASE shop TO app;
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO app;"
+        ),
+    );
+
+    // The superuser reads the default list: the exact statement, no word of REPLICATION.
+    let run = preflight(&cluster.superuser_url("shop"), &[]);
+    run.assert_failed();
+    run.assert_line(
+        '✗',
+        "wal2json",
+        "refused: output_plugin_libraries is 'pgoutput, test_decoding', without wal2json \
+         (ERROR 42501: library \"wal2json\" may not be used as an output plugin)",
+        Some(
+            "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', \
+             'wal2json'; SELECT pg_reload_conf();",
+        ),
+    );
+    run.assert_line(
+        '-',
+        "numeric-data-types-as-string",
+        "skipped: the source refuses wal2json",
+        None,
+    );
+    assert!(
+        run.stdout.contains("1 required check failed"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("REPLICATION attribute"),
+        "{}",
+        run.stdout
+    );
+    let script = run.grant_script();
+    assert!(
+        script.contains(
+            "\n-- As preflight read it: ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', \
+             'test_decoding', 'wal2json';\n"
+        ),
+        "{script}"
+    );
+
+    // A list with more entries, one of them needing quotes; the replication role may not
+    // read it.
+    cluster.psql(
+        "postgres",
+        "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'decoder_raw', \
+         'test_decoding', 'My Plugin';
+         SELECT pg_reload_conf();",
+    );
+    let show = || cluster.psql("postgres", "SHOW output_plugin_libraries");
+    let before = r#"pgoutput, decoder_raw, test_decoding, "My Plugin""#;
+    eventually_equal(show, before);
+    let url = cluster.url("app", Some(PASSWORD), "shop");
+    let run = preflight(&url, &[]);
+    run.assert_failed();
+    run.assert_line(
+        '✗',
+        "wal2json",
+        "refused by the source's output_plugin_libraries, which does not list wal2json \
+         (ERROR 42501: library \"wal2json\" may not be used as an output plugin)",
+        Some(
+            "This role may not read the list (that needs superuser or pg_read_all_settings): \
+             the grant script below computes the statement from the server's list",
+        ),
+    );
+    assert!(
+        !run.stdout.contains("REPLICATION attribute"),
+        "{}",
+        run.stdout
+    );
+    let script = run.grant_script();
+    assert!(!script.contains("As preflight read it"), "{script}");
+
+    // As the operator would: run it as a superuser and check again; no restart.
+    cluster.psql("postgres", &script);
+    let after = format!("{before}, wal2json");
+    eventually_equal(show, &after);
+    let run = preflight(&url, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+    run.assert_line('✓', "wal2json", "created and dropped", None);
+    // Running it again adds nothing.
+    cluster.psql("postgres", &script);
+    eventually_equal(show, &after);
+    assert_no_slots(&cluster);
+}
+
+/// Waits briefly for `read` to say `expected`: a reload reaches the sessions that are
+/// started after it at once, but is applied by the postmaster asynchronously.
+#[track_caller]
+fn eventually_equal(read: impl Fn() -> String, expected: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = read();
+        if got == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{got:?} is not {expected:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -138,3 +138,16 @@ pub async fn current_wal_lsn(client: &Client) -> Lsn {
         .unwrap();
     row.get::<_, String>(0).parse().unwrap()
 }
+
+/// Whether `cluster`'s server has `output_plugin_libraries` (current minor releases); the
+/// tests of it have nothing to check on older ones, and say so.
+pub fn has_output_plugin_libraries(cluster: &crate::harness::Cluster) -> bool {
+    let has = cluster.install().has_setting("output_plugin_libraries");
+    if !has {
+        eprintln!(
+            "PostgreSQL {} predates output_plugin_libraries: nothing to check",
+            cluster.install().version
+        );
+    }
+    has
+}

@@ -34,6 +34,7 @@ use crate::pg::{self, ConnInfo, PgClient};
 use crate::pipeline::ddl::DdlTracker;
 use crate::pipeline::drift::{catalog_session, Reconciler};
 use crate::pipeline::notices::Explainer;
+use crate::pipeline::plugins::{self, Refused};
 use crate::pipeline::slot::{self, Found, Leftover};
 use crate::pipeline::snapshot::{self, Section, SnapshotJob, Tools};
 use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
@@ -456,7 +457,11 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
                 .start_replication(slot, applied, plugin(false), status_interval)
                 .await?
         }
-        started => started?,
+        Err(e) => {
+            let refused = Refused::Streaming;
+            return Err(plugins::explain(e, refused, &source, &connector.name, slot).await);
+        }
+        Ok(stream) => stream,
     };
     // A silent source is given up after `wal_sender_timeout`, as the source gives up on us.
     // Each failure in a row lengthens it: a huge transaction of tables outside the
@@ -590,9 +595,13 @@ async fn snapshot(
         let explain = explain_slot_wait(source);
         tokio::pin!(explain);
         tokio::select! {
-            created = repl.create_slot(slot, false, SnapshotAction::Export) => {
-                created?
-            }
+            created = repl.create_slot(slot, false, SnapshotAction::Export) => match created {
+                Ok(created) => created,
+                Err(e) => {
+                    let refused = Refused::CreatingSlot;
+                    return Err(plugins::explain(e, refused, source, &connector.name, slot).await);
+                }
+            },
             never = &mut explain => match never {},
         }
     };

@@ -26,6 +26,15 @@ impl ServerError {
                  address (logical replication connections are matched by database name, not \
                  by the 'replication' keyword), then reload the server"
             }
+            // The refusal names the setting in its hint: a setting's name is the same in
+            // every translation of the message.
+            "42501" if self.names(super::output_plugins::SETTING) => {
+                "the source's output_plugin_libraries does not list wal2json: a superuser adds \
+                 it after the entries listed now, each quoted on its own, and reloads (for the \
+                 default list: ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', \
+                 'test_decoding', 'wal2json'; SELECT pg_reload_conf();); `tributary connector \
+                 preflight` prints the statement for the source's list"
+            }
             "42501" => {
                 "grant the role the REPLICATION attribute (ALTER ROLE … REPLICATION) or the \
                  provider's equivalent"
@@ -42,6 +51,20 @@ impl ServerError {
             "3D000" => "check the database name in the source URL",
             _ => return None,
         })
+    }
+}
+
+impl ServerError {
+    /// Whether the message, its detail or its hint mention `word`.
+    fn names(&self, word: &str) -> bool {
+        [
+            Some(&self.message),
+            self.detail.as_ref(),
+            self.hint.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|text| text.contains(word))
     }
 }
 
@@ -156,3 +179,56 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advice_follows_the_cause_not_only_the_code() {
+        let error = |code: &str, message: &str, hint: Option<&str>| ServerError {
+            severity: "ERROR".into(),
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+            hint: hint.map(str::to_owned),
+        };
+        let cases = [
+            (
+                error(
+                    "42501",
+                    "library \"wal2json\" may not be used as an output plugin",
+                    Some(
+                        "If it is safe for all REPLICATION users to use this library as an \
+                         output plugin, add it to \"output_plugin_libraries\" and reload the \
+                         server configuration.",
+                    ),
+                ),
+                "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', \
+                 'wal2json'",
+            ),
+            // Translated, but for the setting's name.
+            (
+                error(
+                    "42501",
+                    "la bibliothèque « wal2json » ne peut pas être utilisée",
+                    Some("ajoutez-la à « output_plugin_libraries »"),
+                ),
+                "does not list wal2json",
+            ),
+            (
+                error("42501", "permission denied to use replication slots", None),
+                "grant the role the REPLICATION attribute",
+            ),
+        ];
+        for (error, advice) in cases {
+            let shown = error.to_string();
+            assert!(shown.contains(advice), "{shown}");
+            assert_eq!(
+                shown.contains("REPLICATION attribute"),
+                !error.names("output_plugin_libraries"),
+                "{shown}"
+            );
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod copy;
 mod error;
 pub mod identity;
 pub mod notice;
+pub mod output_plugins;
 pub mod preflight;
 pub mod prepared;
 pub mod progress;

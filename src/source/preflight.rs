@@ -33,11 +33,13 @@ use super::wire::{self, Connection, Encryption, TransportError};
 use crate::change::TableName;
 use crate::pg::{quote_ident, quote_literal, quote_table, ConnInfo, SslMode};
 use crate::source::capture::{self, CaptureStatus, CAPTURE_VERSION};
+use crate::source::output_plugins::PluginList;
 use crate::source::prepared::{self, PreparedXact};
 use crate::source::slot;
 use crate::types::{InstallationId, SlotName};
 use tables::{judge_missing_identity, judge_unlogged};
 
+mod plugins;
 mod tables;
 
 /// Oldest supported source: the queries below and the replication commands assume it.
@@ -369,6 +371,8 @@ struct Server {
     foreign_keys: Vec<ForeignKey>,
     /// Pending prepared transactions: a new slot waits for them.
     prepared: Vec<PreparedXact>,
+    /// `output_plugin_libraries` as this role sees it.
+    plugins: PluginList,
 }
 
 #[derive(Debug)]
@@ -852,6 +856,7 @@ async fn read_server(
     .await?;
 
     let prepared = read_prepared(conn).await?;
+    let plugins = plugins::read(conn).await?;
 
     Ok(Ok(Box::new(Server {
         version,
@@ -876,6 +881,7 @@ async fn read_server(
         numeric_columns,
         foreign_keys,
         prepared,
+        plugins,
     })))
 }
 
@@ -1025,7 +1031,7 @@ fn judge(info: &ConnInfo, schemas: &[String], gathered: &Gathered, known: &Known
     checks.push(judge_installations(server, known));
     checks.push(judge_slot_wal_keep(server));
     checks.push(judge_sender_timeout(server));
-    report.grant_script = grant_script(server);
+    report.grant_script = grant_script(server, plugins::need(server, probe));
     report.tables = server
         .tables
         .iter()
@@ -1238,6 +1244,9 @@ fn judge_prepared(pending: &[PreparedXact]) -> Check {
 
 /// The wal2json line and the `numeric-data-types-as-string` line.
 fn judge_probe(server: &Server, probe: &Probe) -> [Check; 2] {
+    if let Some(refused) = plugins::judge(server, probe) {
+        return [refused, Check::skip(NUMERIC, "the source refuses wal2json")];
+    }
     let major = server.version.num / 10_000;
     let (slot, dropped, numeric_as_string) = match probe {
         Probe::Ran {
@@ -1733,9 +1742,10 @@ fn judge_sender_timeout(server: &Server) -> Check {
     }
 }
 
-/// The psql script that grants what is missing and raises settings that are too low, or
-/// `None` when grants and settings are all fine. Meant for a superuser's psql session.
-fn grant_script(server: &Server) -> Option<String> {
+/// The psql script that grants what is missing, raises settings that are too low and allows
+/// wal2json as an output plugin (`plugins`), or `None` when all of that is fine. Meant for a
+/// superuser's psql session.
+fn grant_script(server: &Server, plugins: Option<plugins::Need>) -> Option<String> {
     let role = &server.role;
     let missing_grants = !role.superuser
         && (!server.can_create
@@ -1745,7 +1755,13 @@ fn grant_script(server: &Server) -> Option<String> {
     let raise_slots = free_slots(server) == 0;
     let raise_senders = free_senders(server) == 0;
     let grant_replication = !role.may_replicate();
-    if !(missing_grants || grant_replication || raise_wal_level || raise_slots || raise_senders) {
+    if !(missing_grants
+        || grant_replication
+        || raise_wal_level
+        || raise_slots
+        || raise_senders
+        || plugins.is_some())
+    {
         return None;
     }
 
@@ -1828,6 +1844,11 @@ fn grant_script(server: &Server) -> Option<String> {
         } else {
             format!("ALTER ROLE {who} REPLICATION;")
         });
+    }
+
+    if let Some(need) = plugins {
+        lines.push(String::new());
+        lines.extend(plugins::script(server, need));
     }
 
     if raise_wal_level || raise_slots || raise_senders {
@@ -1992,6 +2013,7 @@ mod tests {
             }],
             numeric_columns: vec!["public.orders.total (numeric(10,2))".into()],
             foreign_keys: vec![],
+            plugins: PluginList::from_setting(Some("pgoutput, test_decoding, wal2json")).unwrap(),
         }
     }
 
@@ -2319,6 +2341,162 @@ mod tests {
         assert!(script.contains("rds.logical_replication = 1"), "{script}");
         assert!(!script.contains("ALTER SYSTEM SET"), "{script}");
         assert!(!script.contains("ALTER ROLE"), "{script}");
+    }
+
+    /// What `gather` makes of `server` when the probe slot is refused with 42501.
+    fn probe_refused(server: Server) -> Gathered {
+        Gathered::Ready {
+            encryption: Encryption::Plain,
+            server: Box::new(server),
+            probe: Probe::Failed(Error::Server {
+                target: "db.example.com:5432".into(),
+                error: Box::new(crate::source::ServerError {
+                    severity: "ERROR".into(),
+                    code: "42501".into(),
+                    message: "library \"wal2json\" may not be used as an output plugin".into(),
+                    detail: None,
+                    hint: Some("add it to \"output_plugin_libraries\"".into()),
+                }),
+            }),
+        }
+    }
+
+    fn plugin_list(value: &str) -> PluginList {
+        PluginList::from_setting(Some(value)).unwrap()
+    }
+
+    #[test]
+    fn a_refused_wal2json_names_the_setting_and_the_statement_that_keeps_its_entries() {
+        let mut server = healthy();
+        server.plugins = plugin_list("pgoutput, test_decoding, decoder_raw");
+        let report = judged(&probe_refused(server));
+        assert_eq!(failed(&report), [WAL2JSON]);
+        assert_fails(
+            check(&report, WAL2JSON),
+            "refused: output_plugin_libraries is 'pgoutput, test_decoding, decoder_raw', \
+             without wal2json (ERROR 42501: library \"wal2json\" may not be used",
+            "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', \
+             'decoder_raw', 'wal2json'; SELECT pg_reload_conf();",
+        );
+        let Outcome::Fail { fix, .. } = check(&report, WAL2JSON) else {
+            unreachable!()
+        };
+        assert!(!fix.contains("REPLICATION"), "{fix}");
+        assert!(matches!(check(&report, NUMERIC), Outcome::Skip { .. }));
+        let script = report.grant_script.expect("a script");
+        assert!(
+            script.contains(&format!(
+                "{}\n\\gexec\nSELECT pg_catalog.pg_reload_conf();\n",
+                crate::source::output_plugins::ADD_WAL2JSON_SQL
+            )),
+            "{script}"
+        );
+        assert!(
+            script.contains(
+                "-- As preflight read it: ALTER SYSTEM SET output_plugin_libraries = \
+                 'pgoutput', 'test_decoding', 'decoder_raw', 'wal2json';"
+            ),
+            "{script}"
+        );
+        // Nothing else was missing: no REPLICATION, no restart.
+        assert!(!script.contains("REPLICATION;"), "{script}");
+        assert!(!script.contains("restart of the server"), "{script}");
+    }
+
+    #[test]
+    fn a_refusal_the_role_cannot_read_is_fixed_by_a_statement_the_server_computes() {
+        let mut server = healthy();
+        server.plugins = PluginList::Unreadable;
+        let report = judged(&probe_refused(server));
+        assert_fails(
+            check(&report, WAL2JSON),
+            "refused by the source's output_plugin_libraries, which does not list wal2json \
+             (ERROR 42501:",
+            "may not read the list (that needs superuser or pg_read_all_settings): the grant \
+             script below computes the statement",
+        );
+        let script = report.grant_script.expect("a script");
+        assert!(
+            script.contains(crate::source::output_plugins::ADD_WAL2JSON_SQL),
+            "{script}"
+        );
+        assert!(!script.contains("As preflight read it"), "{script}");
+    }
+
+    #[test]
+    fn the_list_read_fails_the_line_even_when_the_probe_could_not_run() {
+        let mut server = healthy();
+        server.role.replication = false;
+        server.plugins = plugin_list("pgoutput, test_decoding");
+        let report = judged(&ready(server));
+        assert_eq!(failed(&report), [REPLICATION, WAL2JSON]);
+        assert_fails(
+            check(&report, WAL2JSON),
+            "without wal2json (the probe did not run: needs the REPLICATION privilege)",
+            "'test_decoding', 'wal2json';",
+        );
+        let script = report.grant_script.expect("a script");
+        assert!(
+            script.contains("ALTER ROLE \"app\" REPLICATION;"),
+            "{script}"
+        );
+        assert!(
+            script.contains("\\gexec\nSELECT pg_catalog.pg_reload_conf();"),
+            "{script}"
+        );
+
+        // Unread and unprobed: unknown, so the line is skipped, and the script adds wal2json
+        // only where it is missing.
+        let mut server = healthy();
+        server.role.replication = false;
+        server.plugins = PluginList::Unreadable;
+        let report = judged(&ready(server));
+        assert_eq!(
+            check(&report, WAL2JSON),
+            &Outcome::Skip {
+                reason: "needs the REPLICATION privilege".into()
+            }
+        );
+        let script = report.grant_script.expect("a script");
+        assert!(
+            script.contains("whether it lists wal2json is not known"),
+            "{script}"
+        );
+        assert!(script.contains("pg_catalog.pg_reload_conf()"), "{script}");
+    }
+
+    #[test]
+    fn other_42501s_and_allowed_lists_are_not_called_refusals() {
+        for plugins in [PluginList::Absent, plugin_list("pgoutput, wal2json")] {
+            let mut server = healthy();
+            server.plugins = plugins.clone();
+            let report = judged(&probe_refused(server));
+            assert_fails(
+                check(&report, WAL2JSON),
+                "the probe slot could not be created",
+                "see the error",
+            );
+            assert_eq!(report.grant_script, None, "{plugins:?}");
+        }
+        // A probe that ran: whatever the list says, nothing to allow.
+        let mut server = healthy();
+        server.plugins = PluginList::Unreadable;
+        let report = judged(&ready(server));
+        assert!(report.passed(), "{:#?}", report.checks);
+        assert_eq!(report.grant_script, None);
+    }
+
+    #[test]
+    fn rds_is_told_to_use_its_parameter_group() {
+        let mut server = healthy();
+        server.role.on_rds = true;
+        server.plugins = plugin_list("pgoutput, test_decoding");
+        let report = judged(&probe_refused(server));
+        assert_fails(check(&report, WAL2JSON), "refused", "DB parameter group");
+        let script = report.grant_script.expect("a script");
+        assert!(script.contains("in the DB parameter group"), "{script}");
+        assert!(!script.contains("ALTER SYSTEM SET"), "{script}");
+        assert!(!script.contains("\\gexec"), "{script}");
     }
 
     #[test]
