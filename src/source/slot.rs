@@ -316,7 +316,6 @@ mod tests {
         assert!(invalidation_advice(Some("wal_level_insufficient")).contains("wal_level"));
     }
 
-
     #[test]
     fn a_slot_is_ours_by_its_installation_or_a_legacy_position_that_fits() {
         let ours = InstallationId::new("k3x9qa7b").unwrap();
