@@ -427,11 +427,7 @@ async fn pg18_to_pg15_fails_at_run_time_before_anything_is_created() {
 async fn pg_restore_newer_than_16_is_refused_for_a_pg15_store_naming_the_programs_that_fit() {
     let source = Cluster::builder().major(13).start();
     let store = Cluster::builder().major(15).start();
-    source.psql(
-        "postgres",
-        "CREATE TABLE t (id int PRIMARY KEY, v text);
-         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
-    );
+    one_table(&source);
     let mut daemon = Daemon::new(&store);
     let newest = install(18).bindir.display().to_string();
     daemon.set("TRIBUTARY_PG_BINDIR", &newest);
@@ -516,11 +512,7 @@ async fn a_pg14_store_role_must_be_a_superuser_to_apply() {
 async fn a_pg15_store_role_needs_set_on_session_replication_role() {
     let source = Cluster::builder().major(15).start();
     let store = Cluster::builder().major(15).start();
-    source.psql(
-        "postgres",
-        "CREATE TABLE t (id int PRIMARY KEY, v text);
-         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
-    );
+    one_table(&source);
     let mut daemon = store_role_daemon(&source, &store);
     let url = source.superuser_url("postgres");
     let create = ["connector", "create", "postgresql", &url, "--name", "app"];
@@ -595,4 +587,13 @@ fn wal2json_versions_compare_by_number() {
     assert!(!wal2json_at_least(Some("2.5"), 2, 6));
     assert!(!wal2json_at_least(Some("installed"), 2, 6));
     assert!(!wal2json_at_least(None, 2, 6));
+}
+
+/// A table of 100 rows in the source's database `postgres`.
+fn one_table(source: &Cluster) {
+    source.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+    );
 }
