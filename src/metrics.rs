@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bookkeeping::{Bookkeeping, Connector};
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
-use crate::source::slot::{self, WalStatus};
+use crate::source::slot::{self, Cause, WalStatus};
 
 const WAL_STATUSES: [WalStatus; 4] = [
     WalStatus::Reserved,
@@ -53,6 +53,7 @@ pub struct Metrics {
     slot_retained_wal_bytes: IntGaugeVec,
     slot_wal_status: IntGaugeVec,
     slot_safe_wal_size_bytes: IntGaugeVec,
+    slot_invalidated: IntGaugeVec,
     source_up: IntGaugeVec,
     pipeline_state: IntGaugeVec,
     apply_lag_seconds: prometheus::GaugeVec,
@@ -151,6 +152,14 @@ impl Metrics {
                 "WAL bytes that can still be written before the slot is invalidated \
                  (absent without max_slot_wal_keep_size)",
                 c,
+            ),
+            slot_invalidated: gauge(
+                &registry,
+                "tributary_slot_invalidated",
+                "1 for why the source invalidated the slot (wal_removed, rows_removed, \
+                 wal_level_insufficient, idle_timeout: PostgreSQL 17+'s invalidation_reason; \
+                 recovery_conflict: 16's conflicting; other), 0 for the rest",
+                &["connector", "cause"],
             ),
             source_up: gauge(
                 &registry,
@@ -286,11 +295,7 @@ impl Metrics {
         ] {
             let _ = vec.remove_label_values(&[connector]);
         }
-        for status in WAL_STATUSES {
-            let _ = self
-                .slot_wal_status
-                .remove_label_values(&[connector, status.as_str()]);
-        }
+        self.forget_slot_states(connector);
         for state in PipelineState::ALL {
             let _ = self
                 .pipeline_state
@@ -384,6 +389,12 @@ impl Metrics {
                         .with_label_values(&[name, status.as_str()])
                         .set(i64::from(info.wal_status == status));
                 }
+                let cause = info.invalidation().map(|i| i.cause);
+                for each in Cause::ALL {
+                    self.slot_invalidated
+                        .with_label_values(&[name, each.as_str()])
+                        .set(i64::from(cause == Some(each)));
+                }
                 match info.safe_wal_size {
                     Some(size) => self
                         .slot_safe_wal_size_bytes
@@ -403,12 +414,22 @@ impl Metrics {
                 ] {
                     let _ = vec.remove_label_values(&[name]);
                 }
-                for status in WAL_STATUSES {
-                    let _ = self
-                        .slot_wal_status
-                        .remove_label_values(&[name, status.as_str()]);
-                }
+                self.forget_slot_states(name);
             }
+        }
+    }
+
+    /// Removes the connector's series of the slot's states (`wal_status`, invalidation).
+    fn forget_slot_states(&self, connector: &str) {
+        for status in WAL_STATUSES {
+            let _ = self
+                .slot_wal_status
+                .remove_label_values(&[connector, status.as_str()]);
+        }
+        for cause in Cause::ALL {
+            let _ = self
+                .slot_invalidated
+                .remove_label_values(&[connector, cause.as_str()]);
         }
     }
 }

@@ -218,6 +218,12 @@ struct SlotView {
     lag_bytes: Option<u64>,
     /// WAL bytes the slot keeps on the source's disk.
     retained_wal_bytes: Option<u64>,
+    /// Why the source invalidated the slot (`wal_removed`, `idle_timeout`, …: see
+    /// `source::slot::Cause`); `null` while it is valid.
+    invalidation_cause: Option<&'static str>,
+    /// For how long nobody has streamed from it (PostgreSQL 17+; `null` before, and while
+    /// a session streams).
+    inactive_seconds: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -320,31 +326,22 @@ async fn view<'a>(
             let retained = s.retained_bytes.map_or_else(String::new, |b| {
                 format!(" ({} retained)", ByteSize(b).display().iec())
             });
-            if let Some(how) = s.invalidation_reason.as_deref().and(s.invalidation()) {
-                // 17+: invalidated for a reason that may leave wal_status as it was.
-                if s.wal_status != WalStatus::Lost {
-                    warnings.push(format!(
-                        "slot was invalidated by the source ({how}): run `tributary connector \
-                         retry-setup {}` for a new snapshot",
-                        c.name
-                    ));
-                }
-            }
-            match s.wal_status {
-                WalStatus::Reserved => {}
-                WalStatus::Extended => warnings.push(format!(
+            match (s.invalidation(), s.wal_status) {
+                (Some(how), _) => warnings.push(format!(
+                    "slot was invalidated by the source ({how}): run `tributary connector \
+                     retry-setup {}` for a new snapshot; then {}",
+                    c.name,
+                    how.cause.advice()
+                )),
+                (None, WalStatus::Extended) => warnings.push(format!(
                     "slot keeps WAL beyond max_wal_size (wal_status extended){retained}"
                 )),
-                WalStatus::Unreserved => warnings.push(format!(
+                (None, WalStatus::Unreserved) => warnings.push(format!(
                     "slot is past max_slot_wal_keep_size (wal_status unreserved){retained}: the \
                      source invalidates it at its next checkpoint unless it catches up"
                 )),
-                WalStatus::Lost => warnings.push(format!(
-                    "slot was invalidated by the source ({}): run `tributary connector \
-                     retry-setup {}` for a new snapshot",
-                    s.invalidation().unwrap_or_default(),
-                    c.name
-                )),
+                // A lost slot is an invalidation.
+                (None, WalStatus::Reserved | WalStatus::Lost) => {}
             }
             if let Some(lag) = s.lag_bytes.filter(|&lag| lag > HIGH_LAG_BYTES) {
                 warnings.push(format!(
@@ -384,6 +381,8 @@ async fn view<'a>(
             active: s.active_pid.is_some(),
             lag_bytes: s.lag_bytes,
             retained_wal_bytes: s.retained_bytes,
+            invalidation_cause: s.invalidation().map(|i| i.cause.as_str()),
+            inactive_seconds: s.inactive_seconds,
         }),
         source_error,
         excluded_tables,

@@ -414,13 +414,13 @@ async fn resnapshot_reasons(
     }
     let client = pg::connect(source).await?;
     let slot_name = &connector.slot_name;
-    match slot::inspect(&client, slot_name).await? {
+    let slot = slot::inspect(&client, slot_name).await?;
+    match slot.map(|info| info.invalidation()) {
         None if applied.is_some() => reasons.push(format!(
             "replication slot {slot_name} is missing on the source"
         )),
-        Some(info) if info.invalidation().is_some() => reasons.push(format!(
-            "replication slot {slot_name} was invalidated by the source ({})",
-            info.invalidation().unwrap_or_default()
+        Some(Some(how)) => reasons.push(format!(
+            "replication slot {slot_name} was invalidated by the source ({how})"
         )),
         _ => {}
     }

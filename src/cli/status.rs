@@ -1,6 +1,7 @@
 //! `tributary status`: per connector, where its pipeline is and how far behind: state,
-//! snapshot progress, slot lag, retained WAL, wal_status, apply lag, last error, and which
-//! daemon runs it (the holder of its lease).
+//! snapshot progress, slot lag, retained WAL, wal_status (and on 17+ why the source
+//! invalidated the slot and for how long nothing streamed from it), apply lag, last error,
+//! and which daemon runs it (the holder of its lease).
 //!
 //! The apply lag is the one the daemon running the pipeline last recorded in the
 //! bookkeeping (every `metrics.slot_interval_secs`).
@@ -36,6 +37,14 @@ struct StatusView {
     wal_status: Option<&'static str>,
     slot_lag_bytes: Option<u64>,
     retained_wal_bytes: Option<u64>,
+    /// How the source says it invalidated the slot (`invalidation_reason = idle_timeout`,
+    /// `wal_status = lost` before 17); `null` while it is valid.
+    slot_invalidation: Option<String>,
+    /// What keeps that from recurring.
+    slot_invalidation_advice: Option<&'static str>,
+    /// For how long nobody has streamed from the slot (PostgreSQL 17+; `null` before, and
+    /// while a session streams).
+    slot_inactive_seconds: Option<f64>,
     /// As the daemon last recorded it; `null` when no daemon has.
     apply_lag_seconds: Option<f64>,
     /// How old that measurement is.
@@ -114,6 +123,7 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
             Ok(slot) => (slot, None),
             Err(e) => (None, Some(format!("{e:#}"))),
         };
+        let invalidation = slot.as_ref().and_then(|s| s.invalidation());
         let lag = bookkeeping.apply_lag(c.id).await?;
         let phase = match c.state.as_str() {
             "snapshotting" => {
@@ -140,6 +150,9 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
             wal_status: slot.as_ref().map(|s| s.wal_status.as_str()),
             slot_lag_bytes: slot.as_ref().and_then(|s| s.lag_bytes),
             retained_wal_bytes: slot.as_ref().and_then(|s| s.retained_bytes),
+            slot_invalidation: invalidation.as_ref().map(ToString::to_string),
+            slot_invalidation_advice: invalidation.map(|i| i.cause.advice()),
+            slot_inactive_seconds: slot.as_ref().and_then(|s| s.inactive_seconds),
             apply_lag_seconds: lag.map(|l| l.seconds),
             apply_lag_age_seconds: lag.map(|l| l.age_seconds),
             changes_applied: lag.map(|l| l.changes),
@@ -240,6 +253,12 @@ fn print(views: &[StatusView], format: Format, watching: bool) -> Result<(), Fai
         }
         if let Some(next) = &v.next_step {
             say!("    next step: {next}");
+        }
+        if let (Some(how), Some(advice)) = (&v.slot_invalidation, v.slot_invalidation_advice) {
+            say!("    slot invalidated by the source ({how}): {advice}");
+        }
+        if let Some(seconds) = v.slot_inactive_seconds {
+            say!("    slot inactive for {seconds:.0} s: nothing streams from it");
         }
         match &v.owner {
             Some(owner) => say!("    run by: {owner}"),

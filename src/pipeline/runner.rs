@@ -371,10 +371,21 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         (Some(_), Some(Found { ownership: Ownership::NotOurs(why), .. })) => {
             return Err(slot::not_ours(connector, why))
         }
-        (Some(applied), Some(found)) if !found.lost() => {
-            found.wait_for_holder(&connector.slot_name)?;
-            (applied, connector.slot_name.clone())
-        }
+        (Some(applied), Some(found)) => match found.info.invalidation() {
+            None => {
+                found.wait_for_holder(&connector.slot_name)?;
+                (applied, connector.slot_name.clone())
+            }
+            Some(how) => {
+                return Err(PipelineError::definite(
+                    format!(
+                        "replication slot {} was invalidated by the source ({how}): changes after {applied} cannot be streamed",
+                        connector.slot_name
+                    ),
+                    format!("{}; {}", retry_setup(connector), how.cause.advice()),
+                ))
+            }
+        },
         (Some(applied), None) => {
             return Err(PipelineError::definite(
                 format!(
@@ -382,22 +393,6 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
                     connector.slot_name
                 ),
                 retry_setup(connector),
-            ))
-        }
-        (Some(applied), Some(found)) => {
-            let how = found.info.invalidation().unwrap_or_default();
-            return Err(PipelineError::definite(
-                format!(
-                    "replication slot {} was invalidated by the source ({how}): changes after {applied} cannot be streamed",
-                    connector.slot_name
-                ),
-                format!(
-                    "{}; {}",
-                    retry_setup(connector),
-                    crate::source::slot::invalidation_advice(
-                        found.info.invalidation_reason.as_deref()
-                    )
-                ),
             ))
         }
         (None, found) => {
@@ -415,7 +410,8 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
             if streamed {
                 return Err(PipelineError::definite(
                     format!(
-                        "the replica database {} on {} is missing or has no applied position,                          but this connector has streamed into it before",
+                        "the replica database {} on {} is missing or has no applied position, \
+                         but this connector has streamed into it before",
                         connector.replica_database,
                         store.target()
                     ),

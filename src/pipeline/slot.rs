@@ -28,10 +28,6 @@ pub(super) struct Found {
 }
 
 impl Found {
-    pub fn lost(&self) -> bool {
-        self.info.invalidation().is_some()
-    }
-
     /// Before streaming from it: a session still streaming from a legacy-named slot (not
     /// ended: it may be another installation's daemon) is waited for.
     pub fn wait_for_holder(&self, slot: &SlotName) -> Result<(), PipelineError> {
@@ -203,7 +199,9 @@ mod tests {
                 lag_bytes: None,
                 retained_bytes: None,
                 safe_wal_size: None,
+                conflicting: None,
                 invalidation_reason: None,
+                inactive_seconds: None,
             },
             ownership,
         };

@@ -59,7 +59,7 @@ impl fmt::Display for WalStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SlotInfo {
     pub wal_status: WalStatus,
     /// The backend streaming from the slot, if one is.
@@ -73,42 +73,187 @@ pub struct SlotInfo {
     /// Bytes that can still be written before the slot is invalidated; `None` without
     /// `max_slot_wal_keep_size` (negative once past it).
     pub safe_wal_size: Option<i64>,
+    /// Whether the slot was invalidated by a conflict with recovery on a standby
+    /// (PostgreSQL 16+; `None` before).
+    pub conflicting: Option<bool>,
     /// Why the source invalidated the slot (PostgreSQL 17+: `wal_removed`, `rows_removed`,
     /// `wal_level_insufficient`, 18's `idle_timeout`); `None` while it is valid, and always
-    /// on 13 to 16, where only `wal_status = lost` tells.
+    /// before 17.
     pub invalidation_reason: Option<String>,
+    /// For how long nobody has streamed from the slot, by the source's clock (PostgreSQL
+    /// 17+'s `inactive_since`); `None` while a session streams, and always before 17.
+    pub inactive_seconds: Option<f64>,
 }
 
 impl SlotInfo {
-    /// Whether the slot can never stream again, and how the source says so.
-    pub fn invalidation(&self) -> Option<String> {
-        invalidation(self.wal_status, self.invalidation_reason.as_deref())
+    /// Whether the slot can never stream again, and why as far as the source tells.
+    pub fn invalidation(&self) -> Option<Invalidation> {
+        invalidation(
+            self.wal_status,
+            self.conflicting,
+            self.invalidation_reason.as_deref(),
+        )
     }
 }
 
-/// How the source says a slot is invalidated: `wal_status = lost` on every version, and
-/// from 17 on a reason, also for invalidations that leave its WAL in place (18's
-/// `idle_timeout`).
-pub fn invalidation(wal_status: WalStatus, reason: Option<&str>) -> Option<String> {
-    match (wal_status, reason) {
-        (_, Some(reason)) => Some(format!("invalidation_reason = {reason}")),
-        (WalStatus::Lost, None) => Some("wal_status = lost".to_owned()),
-        _ => None,
+/// Why a slot was invalidated: 17+ says it (`invalidation_reason`); before, `wal_status =
+/// lost` means its WAL was removed (the only cause 13 to 15 know), and 16's `conflicting`
+/// tells the two causes of a standby's slot from that one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Past `max_slot_wal_keep_size`: the WAL it needs is gone.
+    WalRemoved,
+    /// A standby's slot whose catalog rows the primary's vacuum removed.
+    RowsRemoved,
+    /// `wal_level` below `logical` on the primary.
+    WalLevelInsufficient,
+    /// 18: idle for longer than `idle_replication_slot_timeout`.
+    IdleTimeout,
+    /// 16: `rows_removed` or `wal_level_insufficient`, which 16 does not tell apart.
+    RecoveryConflict,
+    /// A reason this tributary does not know (a later release's).
+    Other,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 6] = [
+        Cause::WalRemoved,
+        Cause::RowsRemoved,
+        Cause::WalLevelInsufficient,
+        Cause::IdleTimeout,
+        Cause::RecoveryConflict,
+        Cause::Other,
+    ];
+
+    fn of_reason(reason: &str) -> Cause {
+        match reason {
+            "wal_removed" => Cause::WalRemoved,
+            "rows_removed" => Cause::RowsRemoved,
+            "wal_level_insufficient" => Cause::WalLevelInsufficient,
+            "idle_timeout" => Cause::IdleTimeout,
+            _ => Cause::Other,
+        }
+    }
+
+    /// A fixed word for metrics labels: 17's reason where there is one.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::WalRemoved => "wal_removed",
+            Cause::RowsRemoved => "rows_removed",
+            Cause::WalLevelInsufficient => "wal_level_insufficient",
+            Cause::IdleTimeout => "idle_timeout",
+            Cause::RecoveryConflict => "recovery_conflict",
+            Cause::Other => "other",
+        }
+    }
+
+    /// What keeps a slot from being invalidated again for this cause.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Cause::WalRemoved => {
+                "raise max_slot_wal_keep_size on the source (or keep the daemon running and \
+                 caught up) to keep this from recurring"
+            }
+            Cause::IdleTimeout => {
+                "raise or disable idle_replication_slot_timeout on the source, and keep a daemon \
+                 running"
+            }
+            Cause::WalLevelInsufficient => "keep wal_level = logical on the primary",
+            Cause::RowsRemoved => {
+                "connect to the primary, or keep hot_standby_feedback on with a physical slot \
+                 between the standby and its primary (a standby's slot conflicts with the \
+                 primary's cleanup)"
+            }
+            Cause::RecoveryConflict => {
+                "keep wal_level = logical on the primary, and connect to the primary or keep \
+                 hot_standby_feedback on with a physical slot between the standby and its \
+                 primary"
+            }
+            Cause::Other => "see the source's log for why it invalidated the slot",
+        }
     }
 }
 
-/// What keeps a slot from being invalidated again for `reason` (`None`: before 17).
-pub fn invalidation_advice(reason: Option<&str>) -> &'static str {
-    match reason {
-        Some("idle_timeout") => {
-            "raise or disable idle_replication_slot_timeout on the source, and keep a daemon \
-             running"
+/// A slot the source invalidated: it can never stream again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidation {
+    pub cause: Cause,
+    /// How the source says so (`invalidation_reason = wal_removed`, `wal_status = lost`).
+    pub told: String,
+}
+
+impl fmt::Display for Invalidation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.told)
+    }
+}
+
+/// Whether the slot is invalidated, from what its server's version reports (`conflicting`:
+/// 16+, `reason`: 17+; `None` where the server has no such column or the slot is valid).
+/// From 16 on, every invalidated slot shows `wal_status = lost`, whatever the cause.
+pub fn invalidation(
+    wal_status: WalStatus,
+    conflicting: Option<bool>,
+    reason: Option<&str>,
+) -> Option<Invalidation> {
+    let (cause, told) = match (wal_status, conflicting, reason) {
+        (_, _, Some(reason)) => (
+            Cause::of_reason(reason),
+            format!("invalidation_reason = {reason}"),
+        ),
+        (_, Some(true), None) => (Cause::RecoveryConflict, "conflicting = true".to_owned()),
+        (WalStatus::Lost, _, None) => (Cause::WalRemoved, "wal_status = lost".to_owned()),
+        _ => return None,
+    };
+    Some(Invalidation { cause, told })
+}
+
+/// Which of `pg_replication_slots`' columns a server has, by its `server_version_num`: the
+/// one place that knows. A column the server lacks is read as NULL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotColumns {
+    /// `wal_status` and `safe_wal_size` (13+).
+    pub wal_status: bool,
+    /// `conflicting` (16+).
+    pub conflicting: bool,
+    /// `invalidation_reason` and `inactive_since` (17+).
+    pub invalidation_reason: bool,
+}
+
+impl SlotColumns {
+    pub fn of(server_version_num: u32) -> SlotColumns {
+        SlotColumns {
+            wal_status: server_version_num >= 130_000,
+            conflicting: server_version_num >= 160_000,
+            invalidation_reason: server_version_num >= 170_000,
         }
-        Some("wal_level_insufficient") => "keep wal_level = logical on the source",
-        Some("rows_removed") => {
-            "connect to the primary (a standby's slot conflicts with its primary's cleanup)"
-        }
-        _ => "raise max_slot_wal_keep_size on the source to keep this from recurring",
+    }
+
+    /// The query for one slot (`$1`: its name), in [`SlotInfo`]'s field order.
+    fn query(self) -> String {
+        let pick = |has: bool, column: &str, null: &str| if has { column } else { null }.to_owned();
+        let wal_status = pick(self.wal_status, "s.wal_status", "NULL::text");
+        let safe_wal_size = pick(self.wal_status, "s.safe_wal_size", "NULL::int8");
+        let conflicting = pick(self.conflicting, "s.conflicting", "NULL::bool");
+        let reason = pick(
+            self.invalidation_reason,
+            "s.invalidation_reason",
+            "NULL::text",
+        );
+        let inactive = pick(
+            self.invalidation_reason,
+            "extract(epoch FROM pg_catalog.now() - s.inactive_since)::float8",
+            "NULL::float8",
+        );
+        format!(
+            "SELECT coalesce({wal_status}, 'reserved'), s.active_pid, s.confirmed_flush_lsn::text,
+                    pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(),
+                                               s.confirmed_flush_lsn)::int8,
+                    pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(),
+                                               s.restart_lsn)::int8,
+                    {safe_wal_size}, {conflicting}, {reason}, {inactive}
+               FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1"
+        )
     }
 }
 
@@ -117,20 +262,16 @@ pub async fn inspect(
     client: &Client,
     slot: &SlotName,
 ) -> Result<Option<SlotInfo>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT coalesce(wal_status, 'reserved'), active_pid, confirmed_flush_lsn::text,
-                    pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(),
-                                               confirmed_flush_lsn)::int8,
-                    pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(),
-                                               restart_lsn)::int8,
-                    safe_wal_size,
-                    -- A column of 17+, NULL where the server has none: read through the
-                    -- row as JSON, so one query serves 13 to 18.
-                    pg_catalog.to_jsonb(s) ->> 'invalidation_reason'
-               FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1",
-            &[&slot.as_str()],
+    let version: i32 = client
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::int4",
+            &[],
         )
+        .await?
+        .get(0);
+    let columns = SlotColumns::of(u32::try_from(version).unwrap_or(0));
+    let row = client
+        .query_opt(&columns.query(), &[&slot.as_str()])
         .await?;
     Ok(row.map(|row| {
         let bytes = |i: usize| {
@@ -138,7 +279,7 @@ pub async fn inspect(
                 .map(|n| u64::try_from(n).unwrap_or(0))
         };
         SlotInfo {
-            // PostgreSQL 13 to 18 know these four; NULL (no WAL reserved yet) is coalesced.
+            // NULL (no WAL reserved yet, or a server before 13) is coalesced.
             wal_status: WalStatus::parse(row.get(0)).unwrap_or(WalStatus::Reserved),
             active_pid: row.get(1),
             confirmed_flush: row
@@ -147,7 +288,9 @@ pub async fn inspect(
             lag_bytes: bytes(3),
             retained_bytes: bytes(4),
             safe_wal_size: row.get(5),
-            invalidation_reason: row.get(6),
+            conflicting: row.get(6),
+            invalidation_reason: row.get(7),
+            inactive_seconds: row.get(8),
         }
     }))
 }
@@ -170,7 +313,8 @@ pub enum Ownership {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotOurs {
     #[error(
-        "it exists, but this installation never created it (made by hand, or by a copy of          this installation's bookkeeping)"
+        "it exists, but this installation never created it (made by hand, or by a copy of \
+         this installation's bookkeeping)"
     )]
     NeverCreated,
     #[error("its name is that of installation {0}, not this one")]
@@ -286,34 +430,99 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_slot_is_invalidated_when_its_wal_is_lost_or_the_source_gives_a_reason() {
+    fn each_version_reads_the_slot_columns_it_has() {
+        let has = |wal_status, conflicting, invalidation_reason| SlotColumns {
+            wal_status,
+            conflicting,
+            invalidation_reason,
+        };
         let cases = [
-            (WalStatus::Reserved, None, None),
-            (WalStatus::Unreserved, None, None),
-            (WalStatus::Lost, None, Some("wal_status = lost")),
-            (
-                WalStatus::Lost,
-                Some("wal_removed"),
-                Some("invalidation_reason = wal_removed"),
-            ),
-            // 18's idle timeout leaves the WAL reserved.
-            (
-                WalStatus::Reserved,
-                Some("idle_timeout"),
-                Some("invalidation_reason = idle_timeout"),
-            ),
+            (120_022, has(false, false, false)),
+            (130_000, has(true, false, false)),
+            (150_020, has(true, false, false)),
+            (160_000, has(true, true, false)),
+            (170_012, has(true, true, true)),
+            (180_006, has(true, true, true)),
         ];
-        for (status, reason, expected) in cases {
+        for (version, expected) in cases {
+            assert_eq!(SlotColumns::of(version), expected, "{version}");
+        }
+        // A column the server lacks is read as NULL, never named.
+        let query = SlotColumns::of(150_020).query();
+        for absent in ["conflicting", "invalidation_reason", "inactive_since"] {
+            assert!(!query.contains(&format!("s.{absent}")), "{query}");
+        }
+        let query = SlotColumns::of(180_006).query();
+        for present in [
+            "s.wal_status",
+            "s.conflicting",
+            "s.invalidation_reason",
+            "s.inactive_since",
+        ] {
+            assert!(query.contains(present), "{query}");
+        }
+    }
+
+    #[test]
+    fn a_slot_is_invalidated_when_its_wal_is_lost_or_the_source_gives_a_reason() {
+        use Cause::*;
+        #[rustfmt::skip]
+        let cases = [
+            // (wal_status, conflicting, invalidation_reason) => (cause, as told)
+            (WalStatus::Reserved, None, None, None),
+            (WalStatus::Unreserved, None, None, None),
+            (WalStatus::Reserved, Some(false), None, None),
+            // 13 to 15: only WAL removal invalidates.
+            (WalStatus::Lost, None, None, Some((WalRemoved, "wal_status = lost"))),
+            // 16: a conflict with recovery, or else WAL removal.
+            (WalStatus::Lost, Some(false), None, Some((WalRemoved, "wal_status = lost"))),
+            (WalStatus::Lost, Some(true), None, Some((RecoveryConflict, "conflicting = true"))),
+            // 17 and 18 say why.
+            (WalStatus::Lost, Some(false), Some("wal_removed"),
+             Some((WalRemoved, "invalidation_reason = wal_removed"))),
+            (WalStatus::Lost, Some(true), Some("rows_removed"),
+             Some((RowsRemoved, "invalidation_reason = rows_removed"))),
+            (WalStatus::Lost, Some(true), Some("wal_level_insufficient"),
+             Some((WalLevelInsufficient, "invalidation_reason = wal_level_insufficient"))),
+            (WalStatus::Lost, Some(false), Some("idle_timeout"),
+             Some((IdleTimeout, "invalidation_reason = idle_timeout"))),
+            (WalStatus::Lost, Some(false), Some("tomorrows_reason"),
+             Some((Other, "invalidation_reason = tomorrows_reason"))),
+        ];
+        for (status, conflicting, reason, expected) in cases {
+            let found = invalidation(status, conflicting, reason);
             assert_eq!(
-                invalidation(status, reason).as_deref(),
-                expected,
-                "{status} {reason:?}"
+                found.as_ref().map(|i| (i.cause, i.to_string())),
+                expected.map(|(cause, told)| (cause, told.to_owned())),
+                "{status} {conflicting:?} {reason:?}"
             );
         }
-        assert!(invalidation_advice(Some("idle_timeout")).contains("idle_replication_slot_timeout"));
-        assert!(invalidation_advice(Some("wal_removed")).contains("max_slot_wal_keep_size"));
-        assert!(invalidation_advice(None).contains("max_slot_wal_keep_size"));
-        assert!(invalidation_advice(Some("wal_level_insufficient")).contains("wal_level"));
+        for (cause, fix) in [
+            (WalRemoved, "max_slot_wal_keep_size"),
+            (IdleTimeout, "idle_replication_slot_timeout"),
+            (WalLevelInsufficient, "wal_level = logical"),
+            (RowsRemoved, "hot_standby_feedback"),
+            (RecoveryConflict, "wal_level = logical"),
+            (RecoveryConflict, "hot_standby_feedback"),
+        ] {
+            assert!(
+                cause.advice().contains(fix),
+                "{cause:?}: {}",
+                cause.advice()
+            );
+        }
+        let labels: Vec<&str> = Cause::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "wal_removed",
+                "rows_removed",
+                "wal_level_insufficient",
+                "idle_timeout",
+                "recovery_conflict",
+                "other"
+            ]
+        );
     }
 
     #[test]
