@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tributary::source::slot::Cause;
+
 use crate::daemon::{lock_replica_table, wait_converged, Daemon};
 use crate::harness::Cluster;
 use crate::metrics::{get, value};
@@ -312,11 +314,32 @@ async fn a_slot_held_back_goes_extended_unreserved_lost_and_retry_setup_rebuilds
     slot_held_back(None).await;
 }
 
-/// On 17 and 18 the source also says why it invalidated the slot.
-#[tokio::test(flavor = "multi_thread")]
-async fn pg17_and_pg18_name_the_invalidation_reason() {
-    slot_held_back(Some(17)).await;
-    slot_held_back(Some(18)).await;
+/// The same on the oldest major and on those whose `pg_replication_slots` says more: 17 and
+/// 18 name the reason (`invalidation_reason`) and how long nothing streamed from the slot.
+macro_rules! slot_held_back_on {
+    ($($name:ident: $major:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $name() {
+            slot_held_back(Some($major)).await;
+        }
+    )*};
+}
+
+slot_held_back_on! {
+    pg13_slot_held_back_is_invalidated_and_rebuilt: 13;
+    pg17_slot_held_back_is_invalidated_naming_the_reason: 17;
+    pg18_slot_held_back_is_invalidated_naming_the_reason: 18;
+}
+
+/// The cause whose `tributary_slot_invalidated` series is 1 for the connector, if one is.
+fn metric_invalidation_cause(addr: std::net::SocketAddr) -> Option<&'static str> {
+    let (_, body) = get(addr, "/metrics");
+    Cause::ALL.into_iter().map(Cause::as_str).find(|cause| {
+        value(
+            &body,
+            &format!(r#"tributary_slot_invalidated{{cause="{cause}",connector="shop"}}"#),
+        ) == Some(1.0)
+    })
 }
 
 async fn slot_held_back(major: Option<u32>) {
@@ -392,15 +415,12 @@ async fn slot_held_back(major: Option<u32>) {
     seen.push("lost".to_owned());
     assert_eq!(seen, ["reserved", "extended", "unreserved", "lost"]);
 
-    // The connector fails asking for a new snapshot; retry-setup takes it.
+    // The connector fails asking for a new snapshot, and everything that shows the slot
+    // says why it is gone and what keeps it from recurring; retry-setup takes it.
     drop(blocker);
     daemon.wait_for_state("shop", "failed").await;
     let connector = daemon.connector("shop");
-    let how = if source.major() >= 17 {
-        "invalidation_reason = wal_removed"
-    } else {
-        "wal_status = lost"
-    };
+    let how = wal_removed_as_told(source.major());
     assert!(
         connector["last_error"]
             .as_str()
@@ -408,18 +428,115 @@ async fn slot_held_back(major: Option<u32>) {
             .contains(&format!("invalidated by the source ({how})")),
         "{connector}"
     );
+    let next_step = connector["next_step"].as_str().unwrap();
+    assert!(
+        next_step.contains("retry-setup shop --resnapshot")
+            && next_step.contains("raise max_slot_wal_keep_size"),
+        "{connector}"
+    );
+    assert_eq!(connector["slot"]["invalidation_cause"], "wal_removed");
     let listed = daemon.cli_ok(&["connector", "list"]);
     assert!(
         listed.contains(&format!("slot was invalidated by the source ({how})")),
         "{listed}"
     );
+    let status = daemon.cli_ok(&["status"]);
     assert!(
-        connector["next_step"]
+        status.contains(&format!(
+            "slot invalidated by the source ({how}): raise max_slot_wal_keep_size"
+        )),
+        "{status}"
+    );
+    // The walsender was ended when the slot was invalidated: 17+ says since when.
+    let status: serde_json::Value =
+        serde_json::from_str(&daemon.cli_ok(&["status", "--format", "json"])).unwrap();
+    assert_eq!(
+        status[0]["slot_inactive_seconds"].is_number(),
+        source.major() >= 17,
+        "{status}"
+    );
+    eventually("the invalidation metric to name the cause", || async {
+        (metric_invalidation_cause(addr) == Some("wal_removed")).then_some(())
+    })
+    .await;
+    daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
+    converged(&source, &store, &daemon).await;
+}
+
+/// PostgreSQL 18 invalidates a slot nothing streamed from for longer than
+/// `idle_replication_slot_timeout` (at a checkpoint): while the daemon is down, status says
+/// for how long the slot is idle; then `list`, `status`, the
+/// connector's error and the metric name `idle_timeout` and the setting, and retry-setup
+/// takes a new snapshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg18_names_a_slot_invalidated_for_being_idle() {
+    let source = Cluster::builder().major(18).start();
+    let (store, mut daemon) = streaming_shop(&source, &[]).await;
+    daemon.terminate();
+    source.psql("shop", "UPDATE items SET qty = 7 WHERE id <= 10");
+    let status: serde_json::Value =
+        serde_json::from_str(&daemon.cli_ok(&["status", "--format", "json"])).unwrap();
+    assert!(status[0]["slot_inactive_seconds"].is_number(), "{status}");
+    assert!(
+        daemon.cli_ok(&["status"]).contains("slot inactive for"),
+        "{status}"
+    );
+
+    source.psql(
+        "postgres",
+        "ALTER SYSTEM SET idle_replication_slot_timeout = '1s'; SELECT pg_reload_conf();",
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    source.psql("postgres", "CHECKPOINT");
+    assert_eq!(
+        source.psql(
+            "postgres",
+            "SELECT invalidation_reason FROM pg_replication_slots WHERE slot_name LIKE 'tributary_%_1_shop'",
+        ),
+        "idle_timeout"
+    );
+    let how = "invalidation_reason = idle_timeout";
+    let fix = "raise or disable idle_replication_slot_timeout";
+    let listed = daemon.cli_ok(&["connector", "list"]);
+    assert!(
+        listed.contains(&format!("slot was invalidated by the source ({how})"))
+            && listed.contains(fix),
+        "{listed}"
+    );
+    assert_eq!(
+        daemon.connector("shop")["slot"]["invalidation_cause"],
+        "idle_timeout"
+    );
+    let status = daemon.cli_ok(&["status"]);
+    assert!(
+        status.contains(&format!("slot invalidated by the source ({how}): {fix}")),
+        "{status}"
+    );
+
+    source.psql(
+        "postgres",
+        "ALTER SYSTEM RESET idle_replication_slot_timeout; SELECT pg_reload_conf();",
+    );
+    daemon.start();
+    daemon.wait_for_state("shop", "failed").await;
+    let connector = daemon.connector("shop");
+    assert!(
+        connector["last_error"]
             .as_str()
             .unwrap()
-            .contains("retry-setup shop --resnapshot"),
+            .contains(&format!("invalidated by the source ({how})")),
         "{connector}"
     );
+    let next_step = connector["next_step"].as_str().unwrap();
+    assert!(
+        next_step.contains("retry-setup shop --resnapshot") && next_step.contains(fix),
+        "{connector}"
+    );
+    let addr = daemon.metrics_addr().await;
+    eventually("the invalidation metric to name the cause", || async {
+        (metric_invalidation_cause(addr) == Some("idle_timeout")).then_some(())
+    })
+    .await;
     daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
     converged(&source, &store, &daemon).await;
 }

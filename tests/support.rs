@@ -151,3 +151,13 @@ pub fn has_output_plugin_libraries(cluster: &crate::harness::Cluster) -> bool {
     }
     has
 }
+
+/// How the connector's error, `connector list` and `status` say that the source removed the
+/// WAL of a slot on `major`: 17+ names the reason, older majors only report the WAL as lost.
+pub fn wal_removed_as_told(major: u32) -> &'static str {
+    if major >= 17 {
+        "invalidation_reason = wal_removed"
+    } else {
+        "wal_status = lost"
+    }
+}
