@@ -1,7 +1,7 @@
 //! `tributary status`: per connector, where its pipeline is and how far behind: state,
-//! snapshot progress, slot lag, retained WAL, wal_status (and on 17+ why the source
-//! invalidated the slot and for how long nothing streamed from it), apply lag, last error,
-//! and which daemon runs it (the holder of its lease).
+//! snapshot progress, slot lag, retained WAL, wal_status (why the source invalidated the
+//! slot, with the fix, and on 17+ for how long nothing streamed from it), apply lag, last
+//! error, and which daemon runs it (the holder of its lease).
 //!
 //! The apply lag is the one the daemon running the pipeline last recorded in the
 //! bookkeeping (every `metrics.slot_interval_secs`).
