@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::Cluster;
+use crate::versions::wal2json_at_least;
 
 fn tributary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tributary"))
@@ -42,7 +43,7 @@ async fn tail_prints_changes_and_leaves_no_slot_behind() {
     let cluster = Cluster::start();
     cluster.psql(
         "postgres",
-        "CREATE TABLE items (id int PRIMARY KEY, name text)",
+        "CREATE TABLE items (id int PRIMARY KEY, name text, price double precision)",
     );
     let mut child = tributary()
         .arg("tail")
@@ -64,25 +65,48 @@ async fn tail_prints_changes_and_leaves_no_slot_behind() {
         (n == 1).then_some(())
     })
     .await;
-    sql.execute("INSERT INTO items VALUES (1, 'widget')", &[])
+    // A column added in the same transaction prints by its type too.
+    sql.execute("INSERT INTO items VALUES (1, 'widget', 'NaN')", &[])
         .await
         .unwrap();
+    sql.batch_execute(
+        "ALTER TABLE items ADD COLUMN qty int;
+         INSERT INTO items VALUES (2, '3', 2.5, 3);",
+    )
+    .await
+    .unwrap();
 
     let stdout = child.stdout.take().unwrap();
     let lines = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .take(3)
+            .take(6)
             .collect::<Vec<_>>()
     });
     let lines = tokio::time::timeout(Duration::from_secs(60), lines)
         .await
-        .expect("tail printed the transaction")
+        .expect("tail printed the transactions")
         .unwrap();
+    // Numbers print bare by their column's type, also where wal2json 2.6+ sends them as
+    // strings (numeric-data-types-as-string); before 2.6 it sends NaN as null.
+    let nan = if wal2json_at_least(cluster.install().wal2json.as_deref(), 2, 6) {
+        "NaN"
+    } else {
+        "NULL"
+    };
     assert!(lines[0].starts_with("BEGIN"), "{lines:?}");
-    assert_eq!(lines[1], r#"INSERT public.items new: id=1 name="widget""#);
+    assert_eq!(
+        lines[1],
+        format!(r#"INSERT public.items new: id=1 name="widget" price={nan}"#)
+    );
     assert!(lines[2].starts_with("COMMIT"), "{lines:?}");
+    assert!(lines[3].starts_with("BEGIN"), "{lines:?}");
+    assert_eq!(
+        lines[4],
+        r#"INSERT public.items new: id=2 name="3" price=2.5 qty=3"#
+    );
+    assert!(lines[5].starts_with("COMMIT"), "{lines:?}");
 
     // SIGTERM ends it cleanly, and the temporary slot goes with it.
     Command::new("kill")

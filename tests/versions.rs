@@ -231,7 +231,7 @@ async fn round_trip(source_major: u32, store_major: u32, store_settings: &[(&str
 }
 
 /// Whether wal2json `version` (`2.6`, or `installed` when unknown) is `major.minor` or newer.
-fn wal2json_at_least(version: Option<&str>, major: u32, minor: u32) -> bool {
+pub fn wal2json_at_least(version: Option<&str>, major: u32, minor: u32) -> bool {
     let Some(version) = version else {
         return false;
     };

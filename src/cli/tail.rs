@@ -96,10 +96,10 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
                 let decoded = wal2json::decode(&x.data)?;
                 line.clear();
                 let numeric = match &decoded {
-                    Message::Change(change) => numbers.of(&change.table).await,
-                    _ => HashSet::new(),
+                    Message::Change(change) => numbers.of(change).await,
+                    _ => None,
                 };
-                describe(&decoded, &numeric, &mut line);
+                describe(&decoded, numeric, &mut line);
                 writeln!(stdout.lock(), "{line}").context("writing to standard output")?;
                 match decoded {
                     Message::Begin(_) => tracker.begin(),
@@ -123,43 +123,60 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The numeric columns of each table seen, from the source's catalog (asked once per
-/// table); without a catalog connection, none (numbers then come as JSON numbers).
+/// The columns of each table seen whose type wal2json writes as a number
+/// ([`wal2json::sends_as_number`]), from the source's catalog. Without a catalog connection
+/// (wal2json before 2.6) there is nothing to ask: numbers come as JSON numbers, by the same
+/// rule.
 struct NumericColumns {
     catalog: Option<PgClient>,
-    known: HashMap<TableName, HashSet<String>>,
+    known: HashMap<TableName, TableColumns>,
+}
+
+#[derive(Default)]
+struct TableColumns {
+    all: HashSet<String>,
+    numeric: HashSet<String>,
 }
 
 impl NumericColumns {
-    async fn of(&mut self, table: &TableName) -> HashSet<String> {
-        let Some(catalog) = &self.catalog else {
-            return HashSet::new();
-        };
-        if let Some(columns) = self.known.get(table) {
-            return columns.clone();
+    /// The numeric columns of `change`'s table (`None` without a catalog), asked again
+    /// when the change has a column not seen before (added since).
+    async fn of(&mut self, change: &Change) -> Option<&HashSet<String>> {
+        let catalog = self.catalog.as_ref()?;
+        let seen = self.known.get(&change.table).is_some_and(|known| {
+            change
+                .columns
+                .iter()
+                .chain(&change.identity)
+                .all(|c| known.all.contains(&c.name))
+        });
+        if !seen {
+            let rows = catalog
+                .query(
+                    "SELECT a.attname::text, a.atttypid FROM pg_catalog.pg_attribute a
+                       JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0
+                        AND NOT a.attisdropped",
+                    &[&change.table.schema, &change.table.name],
+                )
+                .await;
+            // A table dropped since, or a failed lookup: its values print as they came.
+            let mut columns = TableColumns::default();
+            for row in rows.unwrap_or_default() {
+                let name: String = row.get(0);
+                if wal2json::sends_as_number(row.get(1)) {
+                    columns.numeric.insert(name.clone());
+                }
+                columns.all.insert(name);
+            }
+            self.known.insert(change.table.clone(), columns);
         }
-        // Category N is the numbers; money's text form ("$1.00") is not one.
-        let rows = catalog
-            .query(
-                "SELECT a.attname::text FROM pg_catalog.pg_attribute a
-                   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0
-                    AND t.typcategory = 'N' AND t.typname <> 'money'",
-                &[&table.schema, &table.name],
-            )
-            .await;
-        // A table dropped since, or a failed lookup: its values print as they came.
-        let columns: HashSet<String> = rows
-            .map(|rows| rows.iter().map(|row| row.get(0)).collect())
-            .unwrap_or_default();
-        self.known.insert(table.clone(), columns.clone());
-        columns
+        Some(&self.known[&change.table].numeric)
     }
 }
 
-fn describe(message: &Message, numeric: &HashSet<String>, out: &mut String) {
+fn describe(message: &Message, numeric: Option<&HashSet<String>>, out: &mut String) {
     let _ = match message {
         Message::Begin(b) => write!(
             out,
@@ -183,10 +200,11 @@ fn describe(message: &Message, numeric: &HashSet<String>, out: &mut String) {
     };
 }
 
-/// A change on one line; `numeric` columns print bare, other text quoted.
+/// A change on one line: numbers bare, other text quoted, by the column's type (`numeric`:
+/// the columns of number types) whether wal2json sent them as JSON numbers or strings.
 fn describe_change(
     change: &Change,
-    numeric: &HashSet<String>,
+    numeric: Option<&HashSet<String>>,
     out: &mut String,
 ) -> std::fmt::Result {
     let kind = match change.kind {
@@ -206,7 +224,9 @@ fn describe_change(
                 Value::Null => write!(out, " {}=NULL", c.name)?,
                 Value::Bool(b) => write!(out, " {}={b}", c.name)?,
                 Value::Number(n) => write!(out, " {}={n}", c.name)?,
-                Value::Text(t) if numeric.contains(&c.name) => write!(out, " {}={t}", c.name)?,
+                Value::Text(t) if numeric.is_some_and(|n| n.contains(&c.name)) => {
+                    write!(out, " {}={t}", c.name)?
+                }
                 Value::Text(t) => write!(out, " {}={t:?}", c.name)?,
             }
         }
@@ -218,4 +238,52 @@ fn describe_change(
 
 fn opt<T: std::fmt::Display>(value: &Option<T>) -> String {
     value.as_ref().map_or_else(|| "-".to_owned(), T::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_print_bare_by_column_type_whatever_json_type_they_came_as() {
+        let column = |name: &str, value: Value| Column {
+            name: name.to_owned(),
+            value,
+        };
+        let change = |id: Value, price: Value| Change {
+            kind: ChangeKind::Update,
+            xid: None,
+            lsn: None,
+            table: TableName {
+                schema: "app".to_owned(),
+                name: "items".to_owned(),
+            },
+            columns: vec![
+                column("id", id.clone()),
+                column("price", price),
+                column("name", Value::Text("7".to_owned())),
+                column("note", Value::Null),
+                column("on", Value::Bool(true)),
+            ],
+            identity: vec![column("id", id)],
+        };
+        let numeric: HashSet<String> = ["id", "price"].map(str::to_owned).into();
+        let text = |s: &str| Value::Text(s.to_owned());
+        let number = |s: &str| Value::Number(s.to_owned());
+        let printed = |id, price, numeric| {
+            let mut out = String::new();
+            describe_change(&change(id, price), numeric, &mut out).unwrap();
+            out
+        };
+        // numeric-data-types-as-string (2.6+): every number a string, typed by the catalog.
+        assert_eq!(
+            printed(text("1"), text("NaN"), Some(&numeric)),
+            "UPDATE app.items key: id=1 new: id=1 price=NaN name=\"7\" note=NULL on=true"
+        );
+        // Before 2.6: numbers are JSON numbers, and no catalog is asked.
+        assert_eq!(
+            printed(number("1"), number("2.5"), None),
+            "UPDATE app.items key: id=1 new: id=1 price=2.5 name=\"7\" note=NULL on=true"
+        );
+    }
 }

@@ -250,11 +250,13 @@ impl Shape {
         std::mem::replace(value, Value::Null).into_text()
     }
 
-    /// Whether `change` keeps its key (an UPDATE that changes it moves the row).
+    /// Whether `change` keeps its key (an UPDATE that changes it moves the row). Compared
+    /// as text, like [`Shape::key_hash`]: the JSON type a value came as is no type (with
+    /// `numeric-data-types-as-string` a number is a string).
     fn keeps_key(&self, change: &Change) -> bool {
-        self.key_pairs
-            .iter()
-            .all(|&(new, old)| change.columns[new].value == change.identity[old].value)
+        self.key_pairs.iter().all(|&(new, old)| {
+            change.columns[new].value.as_text() == change.identity[old].value.as_text()
+        })
     }
 
     /// A hash of the change's key. Equal keys have equal hashes; a collision only ends a

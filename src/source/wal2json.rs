@@ -58,8 +58,12 @@
 //! **NaN caveat.** wal2json 2.5 writes `NaN`, `Infinity` and `-Infinity` of those numeric
 //! types as `null`, so they cannot be told from SQL NULL. 2.6's
 //! `numeric-data-types-as-string` writes every numeric value as a JSON string (`"1.5"`,
-//! `"NaN"`). This decoder turns a JSON string into [`Value::Text`] whatever the column type
-//! (it is not told the type), and [`Value::as_text`] is the same either way.
+//! `"NaN"`; wal2json 2.7, PostgreSQL 18's, writes the same). This decoder turns a JSON
+//! string into [`Value::Text`] whatever the column type (it is not told the type), and
+//! [`Value::as_text`] is the same either way: so nothing after the decoder may read a
+//! column's type from the variant. The sink applies every value as text cast to its
+//! column's type; what shows values to people (`tributary tail`) asks the catalog which
+//! columns have the types of [`sends_as_number`].
 //!
 //! **TOAST.** An UPDATE omits columns whose value is an unchanged TOASTed datum. Such a
 //! column is simply absent from [`Change::columns`] (it must be left as it is), which is
@@ -449,6 +453,14 @@ fn value_from_raw(raw: &str) -> Result<Value, &'static str> {
         Some(b'[') => return Err("an array"),
         _ => return Err("not a JSON value"),
     })
+}
+
+/// Whether wal2json writes the values of the type `type_oid` as bare JSON numbers (as
+/// JSON strings under `numeric-data-types-as-string`): `int2`, `int4`, `int8`, `oid`,
+/// `float4`, `float8` and `numeric`, by the column's own type (a domain over one of them,
+/// or an array of them, is a string either way).
+pub fn sends_as_number(type_oid: u32) -> bool {
+    matches!(type_oid, 20 | 21 | 23 | 26 | 700 | 701 | 1700)
 }
 
 /// Options passed to START_REPLICATION.
@@ -959,6 +971,18 @@ mod tests {
         check(&one_value("01"), Expect::Err(&["I record"]));
         check(&one_value(r#""\ud83d""#), Expect::Err(&["column \"v\""]));
         check(&one_value(r#""\x""#), Expect::Err(&["I record", "escape"]));
+    }
+
+    #[test]
+    fn the_types_wal2json_writes_as_numbers() {
+        // int8, int2, int4, oid, float4, float8, numeric: wal2json's list, by type OID.
+        for oid in [20, 21, 23, 26, 700, 701, 1700] {
+            assert!(sends_as_number(oid), "{oid}");
+        }
+        // bool, text, money, regclass (a number category, written as text), _int4, jsonb.
+        for oid in [16, 25, 790, 2205, 1007, 3802] {
+            assert!(!sends_as_number(oid), "{oid}");
+        }
     }
 
     #[test]
