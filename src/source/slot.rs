@@ -12,6 +12,12 @@
 //! made it: it counts as ours while its confirmed position is not ahead of our replica's
 //! applied one (a pipeline never confirms more than its replica applied, so a slot ahead
 //! was moved by someone else), and even then a session streaming from it is never ended.
+//!
+//! The view grew over the supported versions: `wal_status` and `safe_wal_size` (13),
+//! `conflicting` (16), `invalidation_reason` and `inactive_since` (17). [`SlotColumns`]
+//! picks the ones the server has. From 16 on every invalidated slot reports `wal_status =
+//! lost`, whatever the cause (18's `idle_replication_slot_timeout`, in seconds and applied
+//! at a checkpoint, too: `tests/faults.rs`); only 17+ says which cause ([`Cause`]).
 
 use std::fmt;
 

@@ -57,13 +57,19 @@
 //!
 //! **NaN caveat.** wal2json 2.5 writes `NaN`, `Infinity` and `-Infinity` of those numeric
 //! types as `null`, so they cannot be told from SQL NULL. 2.6's
-//! `numeric-data-types-as-string` writes every numeric value as a JSON string (`"1.5"`,
-//! `"NaN"`; wal2json 2.7, PostgreSQL 18's, writes the same). This decoder turns a JSON
-//! string into [`Value::Text`] whatever the column type (it is not told the type), and
-//! [`Value::as_text`] is the same either way: so nothing after the decoder may read a
-//! column's type from the variant. The sink applies every value as text cast to its
-//! column's type; what shows values to people (`tributary tail`) asks the catalog which
-//! columns have the types of [`sends_as_number`].
+//! `numeric-data-types-as-string` writes every value of those types as a JSON string
+//! (`"1"`, `"1.5"`, `"NaN"`), in old keys and REPLICA IDENTITY FULL old rows too; `bool`
+//! stays `true`/`false`. wal2json 2.7 (PostgreSQL 18's) writes the same: its changes are to
+//! options tributary does not request (`include-types`, `include-default`), new options
+//! (`partition-root`; `include-empty-transaction`, on by default as before) and
+//! `output_plugin_libraries` support. Verified on 17 with 2.6 and on 18 with 2.7
+//! (`tests/nan.rs`).
+//!
+//! This decoder turns a JSON string into [`Value::Text`] whatever the column type (it is
+//! not told the type), and [`Value::as_text`] is the same either way: nothing after the
+//! decoder may read a column's type from the variant. The sink applies every value as text
+//! cast to its column's type; what shows values to people (`tributary tail`) asks the
+//! catalog which columns have the types of [`sends_as_number`].
 //!
 //! **TOAST.** An UPDATE omits columns whose value is an unchanged TOASTed datum. Such a
 //! column is simply absent from [`Change::columns`] (it must be left as it is), which is
