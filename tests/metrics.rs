@@ -128,6 +128,14 @@ async fn metrics_and_health_endpoints() {
         0.0
     );
     assert_eq!(at(r#"tributary_source_up{connector="shop"}"#), 1.0);
+    // A valid slot: no cause of invalidation is 1 (tests/faults.rs has the others).
+    for cause in tributary::source::slot::Cause::ALL {
+        let series = format!(
+            r#"tributary_slot_invalidated{{cause="{}",connector="shop"}}"#,
+            cause.as_str()
+        );
+        assert_eq!(at(&series), 0.0, "{series}");
+    }
     assert!(at(r#"tributary_slot_retained_wal_bytes{connector="shop"}"#) >= 0.0);
     assert!(at(r#"tributary_apply_lag_seconds{connector="shop"}"#) >= 0.0);
     assert!(body.contains("tributary_build_info{version=\""), "{body}");

@@ -184,8 +184,9 @@ impl Cause {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalidation {
     pub cause: Cause,
-    /// How the source says so (`invalidation_reason = wal_removed`, `wal_status = lost`).
-    pub told: String,
+    /// How the source says so (`invalidation_reason = wal_removed`, `wal_status = lost`):
+    /// the `Display`.
+    told: String,
 }
 
 impl fmt::Display for Invalidation {
