@@ -10,6 +10,7 @@ use tributary::types::Lsn;
 
 use crate::harness::Cluster;
 use crate::support::*;
+use crate::versions::wal2json_at_least;
 
 const COLUMNS: &[&str] = &[
     "id",
@@ -76,16 +77,21 @@ INSERT INTO v VALUES
   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
 "#;
 
+/// Plain, and with `numeric-data-types-as-string` where the server's wal2json has it (2.6+,
+/// PostgreSQL 17 and 18 here), which sends every number as a JSON string: the same text.
 #[tokio::test]
 async fn decoded_values_match_select_for_every_type() {
     let cluster = Cluster::start();
     let url = cluster.superuser_url("postgres");
     cluster.psql("postgres", SCHEMA);
-    let slot = slot("fidelity");
+    let plain = slot("fidelity");
+    let as_string = slot("fidelity_numeric_as_string");
     let mut repl = replication_client(&url).await;
-    repl.create_slot(&slot, false, SnapshotAction::NoExport)
-        .await
-        .unwrap();
+    for slot in [&plain, &as_string] {
+        repl.create_slot(slot, false, SnapshotAction::NoExport)
+            .await
+            .unwrap();
+    }
     cluster.psql("postgres", ROWS);
 
     // SELECT in a session with the walsender's settings: same output functions, same text.
@@ -95,48 +101,73 @@ async fn decoded_values_match_select_for_every_type() {
         .await
         .unwrap();
 
-    let mut stream = repl
-        .start_replication(&slot, Lsn::ZERO, Default::default(), Duration::from_secs(1))
+    let info = tributary::source::ConnInfo::parse(&url).unwrap();
+    let supported = tributary::source::replication::probe_numeric_as_string(&info)
         .await
         .unwrap();
-    let txs = read_transactions(&mut stream, 1).await;
-    let inserts: Vec<_> = txs[0].changes().collect();
-    assert_eq!(inserts.len(), expected.len());
-
-    for (change, row) in inserts.iter().zip(&expected) {
-        assert_eq!(change.kind, ChangeKind::Insert);
-        assert_eq!(
-            (change.table.schema.as_str(), change.table.name.as_str()),
-            ("public", "v")
-        );
-        assert_eq!(
-            change.columns.len(),
-            COLUMNS.len(),
-            "every column is present on INSERT"
-        );
-        for (column, want) in COLUMNS.iter().zip(row) {
-            let got = change
-                .new_value(column)
-                .unwrap_or_else(|| panic!("{column} missing"));
-            let mut got = got.as_text().map(str::to_owned);
-            if *column == "c_bytea" {
-                // wal2json writes bytea as bare hex, SELECT with its \x prefix.
-                got = got.map(|hex| format!("\\x{hex}"));
-            }
-            assert_eq!(&got, want, "row {:?}, column {column}", row[0]);
-        }
-        let numeric = change.new_value("c_numeric").unwrap();
-        if let Some(text) = numeric.as_text() {
-            assert!(
-                matches!(numeric, Value::Number(_)),
-                "numeric stays a number: {text}"
-            );
-        }
-    }
     assert_eq!(
-        inserts[1].new_value("c_numeric"),
-        Some(&Value::Number("12345678901234567890.123456789".into()))
+        supported,
+        wal2json_at_least(cluster.install().wal2json.as_deref(), 2, 6)
     );
+    for (slot, on) in [(&plain, false), (&as_string, true)] {
+        if on && !supported {
+            continue; // wal2json before 2.6: nothing to compare.
+        }
+        let mut stream = replication_client(&url)
+            .await
+            .start_replication(
+                slot,
+                Lsn::ZERO,
+                numeric_as_string(on),
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        let txs = read_transactions(&mut stream, 1).await;
+        let inserts: Vec<_> = txs[0].changes().collect();
+        assert_eq!(inserts.len(), expected.len());
+
+        for (change, row) in inserts.iter().zip(&expected) {
+            assert_eq!(change.kind, ChangeKind::Insert);
+            assert_eq!(
+                (change.table.schema.as_str(), change.table.name.as_str()),
+                ("public", "v")
+            );
+            assert_eq!(
+                change.columns.len(),
+                COLUMNS.len(),
+                "every column is present on INSERT"
+            );
+            for (column, want) in COLUMNS.iter().zip(row) {
+                let got = change
+                    .new_value(column)
+                    .unwrap_or_else(|| panic!("{column} missing"));
+                let mut got = got.as_text().map(str::to_owned);
+                if *column == "c_bytea" {
+                    // wal2json writes bytea as bare hex, SELECT with its \x prefix.
+                    got = got.map(|hex| format!("\\x{hex}"));
+                }
+                assert_eq!(
+                    &got, want,
+                    "row {:?}, column {column} (as string: {on})",
+                    row[0]
+                );
+            }
+            // The JSON type is the option's, never the decoder's guess.
+            let numeric = change.new_value("c_numeric").unwrap();
+            if let Some(text) = numeric.as_text() {
+                assert_eq!(
+                    matches!(numeric, Value::Number(_)),
+                    !on,
+                    "numeric {text} with numeric-data-types-as-string {on}"
+                );
+            }
+        }
+        assert_eq!(
+            inserts[1].new_value("c_numeric").and_then(Value::as_text),
+            Some("12345678901234567890.123456789")
+        );
+    }
 }
 
 fn numeric_as_string(on: bool) -> PluginOptions {
