@@ -397,6 +397,7 @@ async fn a_slot_the_source_invalidated_is_listed_as_lost_and_retry_setup_rebuild
         source.psql("postgres", "SELECT wal_status FROM pg_replication_slots"),
         "lost"
     );
+    // From 17 on the source says why.
     let how = wal_removed_as_told(source.major());
     let listed = daemon.cli_ok(&["connector", "list"]);
     assert!(
