@@ -197,16 +197,20 @@ impl fmt::Display for FencingToken {
     }
 }
 
-/// A connector's name: 1 to 32 characters of `a-z`, `0-9` and `_`, starting with a letter.
+/// A connector's name: 1 to 32 characters of `a-z`, `0-9`, `_` and `-`, starting with a
+/// letter.
 ///
-/// The name becomes part of the slot name and of the replica database's name, so it is
-/// restricted to what both accept without quoting.
+/// The name becomes part of the slot name and of the replica database's name as its
+/// [`identifier`](ConnectorName::identifier), with `-` as `_`: slot names allow only
+/// `a-z`, `0-9` and `_`. Two names with one identifier (`prod-db`, `prod_db`) would share
+/// a replica database, so a connector's name [`conflicts`](ConnectorName::conflicts_with)
+/// with every other of the same identifier.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectorName(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid connector name {0:?}: use 1 to 32 characters from lower-case letters, digits and '_', starting with a letter"
+    "invalid connector name {0:?}: use 1 to 32 characters from lower-case letters, digits, '_' and '-', starting with a letter"
 )]
 pub struct InvalidConnectorName(String);
 
@@ -217,7 +221,7 @@ impl ConnectorName {
             && name.starts_with(|c: char| c.is_ascii_lowercase())
             && name
                 .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if ok {
             Ok(ConnectorName(name))
         } else {
@@ -235,14 +239,25 @@ impl ConnectorName {
     /// resuming the old one's slot. Both come before the name, which is cut at 63 bytes:
     /// it is there for people reading `pg_replication_slots`.
     pub fn slot_name(&self, installation: &InstallationId, id: ConnectorId) -> SlotName {
-        let mut name = format!("tributary_{installation}_{id}_{}", self.0);
+        let mut name = format!("tributary_{installation}_{id}_{}", self.identifier());
         name.truncate(SLOT_NAME_MAX);
         SlotName::new(name).expect("installation ids and connector names make valid slot names")
     }
 
     /// The connector's replica database on the branch store.
     pub fn replica_database(&self) -> String {
-        format!("{}_replica", self.0)
+        format!("{}_replica", self.identifier())
+    }
+
+    /// The name as slot and database names carry it: `-` as `_`.
+    pub fn identifier(&self) -> String {
+        self.0.replace('-', "_")
+    }
+
+    /// Whether `other` is another name with the same [`identifier`](Self::identifier):
+    /// both connectors would claim one replica database.
+    pub fn conflicts_with(&self, other: &ConnectorName) -> bool {
+        self != other && self.identifier() == other.identifier()
     }
 }
 
@@ -379,7 +394,35 @@ mod tests {
             ConnectorName::new("orders").unwrap().replica_database(),
             "orders_replica"
         );
-        for bad in ["", "1abc", "_x", "Orders", "with-dash", &"a".repeat(33)] {
+        let dashed = ConnectorName::new("prod-db").unwrap();
+        assert_eq!(
+            dashed.slot_name(&installation, ConnectorId(7)).as_str(),
+            "tributary_k3x9qa7b_7_prod_db"
+        );
+        assert_eq!(dashed.replica_database(), "prod_db_replica");
+        for (a, b, conflict) in [
+            ("prod-db", "prod_db", true),
+            ("prod_db", "prod-db", true),
+            ("a-b_c", "a_b-c", true),
+            ("prod-db", "prod-db", false),
+            ("prod-db", "proddb", false),
+            ("prod-db", "prod-db2", false),
+        ] {
+            let (a, b) = (
+                ConnectorName::new(a).unwrap(),
+                ConnectorName::new(b).unwrap(),
+            );
+            assert_eq!(a.conflicts_with(&b), conflict, "{a} vs {b}");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "_x",
+            "-x",
+            "Orders",
+            "with space",
+            &"a".repeat(33),
+        ] {
             assert!(
                 ConnectorName::new(bad).is_err(),
                 "{bad:?} should be rejected"

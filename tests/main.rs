@@ -20,6 +20,7 @@ mod lifecycle;
 mod materialized_views;
 mod metrics;
 mod nan;
+mod operator_details;
 mod pipeline;
 mod preflight;
 mod quickstart;

@@ -49,7 +49,8 @@ pub struct CreateArgs {
     kind: SourceKind,
     /// Source URL: postgresql://user:password@host:port/dbname?sslmode=… (stored encrypted).
     url: String,
-    /// Connector name: lower-case letters, digits and '_'. [default: the database name]
+    /// Connector name: lower-case letters, digits, '_' and '-', starting with a letter.
+    /// [default: the database name]
     #[arg(long)]
     name: Option<String>,
     /// Schemas to replicate, comma-separated.
@@ -213,6 +214,16 @@ pub async fn run(
         )
         .into());
     }
+    let connectors = bookkeeping.connectors().await?;
+    if let Some(other) = connectors.iter().find(|c| name.conflicts_with(&c.name)) {
+        return Err(anyhow!(
+            "connector {name} would share its replica database {} with connector {} (slot \
+             and database names carry '-' as '_'): choose another --name",
+            name.replica_database(),
+            other.name
+        )
+        .into());
+    }
     // The first snapshot drops and re-creates the replica: never someone else's database.
     let replica = name.replica_database();
     if crate::sink::replica_exists(store, &replica).await? {
@@ -223,7 +234,6 @@ pub async fn run(
         .into());
     }
 
-    let connectors = bookkeeping.connectors().await?;
     let known = known(Some(bookkeeping.installation()), &connectors, None);
     let report = preflight::run(&info, &schemas, &known).await;
     require_passed(

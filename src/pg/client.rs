@@ -75,13 +75,36 @@ pub async fn connect(info: &ConnInfo) -> Result<PgClient, ConnectError> {
                 target: info.target(),
                 source,
             })?;
-    let target = info.target();
-    let connection = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(server = %target, "SQL session ended: {e}");
-        }
-    });
+    let connection = tokio::spawn(drive(connection, info.target()));
     Ok(PgClient { client, connection })
+}
+
+/// Runs the session's connection until it ends. Server notices are logged at DEBUG: the
+/// ones tributary's own statements cause ("… does not exist, skipping" from `DROP … IF
+/// EXISTS`) say nothing an operator must act on, and tokio-postgres's own `Connection`
+/// future would log every one at INFO.
+async fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>, target: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => tracing::debug!(
+                server = %target,
+                "{}: {}",
+                notice.severity(),
+                notice.message()
+            ),
+            // Notifications: no session of this kind LISTENs.
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!(server = %target, "SQL session ended: {e}");
+                return;
+            }
+            None => return,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
