@@ -66,3 +66,86 @@ async fn dashed_connector_names_create_stream_and_branch() {
     );
     assert!(!log.contains("skipping"), "{log}");
 }
+
+fn tributary() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+}
+
+/// `connector preflight` in an empty directory (no branch store), with `extra` arguments:
+/// exit code and stdout.
+fn preflight(url: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tributary()
+        .current_dir(dir.path())
+        .env_remove("TRIBUTARY__STORE__URL")
+        .args(["connector", "preflight", "postgresql", url])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), format!("{stdout}{stderr}"))
+}
+
+/// A "preflight must pass" gate can pass for a source with a table one means to exclude:
+/// preflight takes `connector create`'s decision flags and judges with them.
+#[test]
+fn preflight_passes_a_keyless_table_with_an_exclude_decision() {
+    let cluster = Cluster::start();
+    cluster.create_database("shop");
+    cluster.psql(
+        "shop",
+        "CREATE TABLE keyed (id int PRIMARY KEY);
+         CREATE TABLE keyless (a int, b text);",
+    );
+    let url = cluster.superuser_url("shop");
+    let (code, out) = preflight(&url, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("✗ replica identity public.keyless"), "{out}");
+
+    let (code, out) = preflight(&url, &["--accept-replica-identity-defaults"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("! replica identity public.keyless"), "{out}");
+    assert!(out.contains("decided: exclude"), "{out}");
+    assert!(
+        out.contains("--schemas public --accept-replica-identity-defaults"),
+        "the next command carries the flag: {out}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("decisions.json");
+    std::fs::write(&file, r#"{"public.keyless": "exclude"}"#).unwrap();
+    let file = file.display().to_string();
+    let (code, out) = preflight(
+        &url,
+        &["--replica-identity-decisions", &file, "--format", "json"],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ok"], true, "{out}");
+
+    // A file that leaves the table undecided is refused, as `connector create` refuses it.
+    std::fs::write(&file, "{}").unwrap();
+    let (code, out) = preflight(&url, &["--replica-identity-decisions", &file]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("undecided table"), "{out}");
+}
+
+/// REPLICA IDENTITY NOTHING on a table with a primary key: the fix is REPLICA IDENTITY
+/// DEFAULT, not a key to add.
+#[test]
+fn replica_identity_nothing_with_a_key_is_fixed_by_default() {
+    let cluster = Cluster::start();
+    cluster.psql(
+        "postgres",
+        "CREATE TABLE muted (id int PRIMARY KEY);
+         ALTER TABLE muted REPLICA IDENTITY NOTHING;",
+    );
+    let (code, out) = preflight(&cluster.superuser_url("postgres"), &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("fix: ALTER TABLE \"public\".\"muted\" REPLICA IDENTITY DEFAULT;"),
+        "{out}"
+    );
+    assert!(!out.contains("add a primary key"), "{out}");
+}

@@ -34,7 +34,8 @@ const HIGH_LAG_BYTES: u64 = 1 << 30;
 pub enum ConnectorCommand {
     /// Check whether a source database can be replicated: connection, settings, privileges,
     /// wal2json, replica identities. Changes and stores nothing; prints a grant script for
-    /// what is missing. Exit code 0 when every required check passes, 1 otherwise.
+    /// what is missing. Tables without a usable replica identity fail unless decided with
+    /// the flags `create` takes. Exit code 0 when every required check passes, 1 otherwise.
     Preflight(super::preflight::PreflightArgs),
     /// Register a source database after a preflight; a running daemon snapshots it and
     /// starts streaming. Tables without a usable replica identity need a decision

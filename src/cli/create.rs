@@ -114,6 +114,15 @@ pub struct DecisionArgs {
 pub struct DecisionFile(Vec<(String, TableDecision)>);
 
 impl DecisionArgs {
+    /// The flags as given, each with a leading space, for a command line to suggest.
+    pub fn flags(&self) -> String {
+        match &self.replica_identity_decisions {
+            Some(path) => format!(" --replica-identity-decisions '{}'", path.display()),
+            None if self.accept_replica_identity_defaults => format!(" {DEFAULTS_FLAG}"),
+            None => String::new(),
+        }
+    }
+
     /// Whether the command line says anything about decisions.
     pub fn given(&self) -> bool {
         self.replica_identity_decisions.is_some() || self.accept_replica_identity_defaults

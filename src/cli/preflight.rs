@@ -11,8 +11,10 @@ use clap::Args;
 use serde::Serialize;
 
 use super::connector::{schema_list, Format, SourceKind};
+use super::create::DecisionArgs;
 use super::{Failure, DEFAULT_CONFIG};
 use crate::bookkeeping::{Bookkeeping, Connector};
+use crate::control::decisions;
 use crate::pg::ConnInfo;
 use crate::settings::Settings;
 use crate::source::preflight::{
@@ -33,19 +35,30 @@ pub struct PreflightArgs {
     /// Schemas to check, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "public")]
     schemas: Vec<String>,
+    /// Output: a checklist for people, or one JSON object for scripts.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Judge tables without a usable replica identity with these decisions, as `connector
+    /// create` would take them: a decided table is a warning, not a failure.
+    #[command(flatten)]
+    decisions: DecisionArgs,
 }
 
 pub async fn run(args: PreflightArgs, config: Option<&Path>) -> Result<(), Failure> {
     let SourceKind::Postgresql = args.kind;
     let info = ConnInfo::parse(&args.url).map_err(Failure::usage)?;
     let schemas = schema_list(args.schemas)?;
+    let file = args.decisions.read_file()?;
     let known = known_sources(config).await?;
-    let report = preflight::run(&info, &schemas, &known).await;
+    let mut report = preflight::run(&info, &schemas, &known).await;
+    // Without decision flags preflight never asks: every table without an identity fails.
+    if args.decisions.given() {
+        let decisions = args.decisions.decide(file, &report, &schemas, &[], "")?;
+        report = decisions::judge(&report, &decisions);
+    }
     match args.format {
         Format::Json => say!("{}", serde_json::to_string_pretty(&view(&report))?),
-        Format::Text => print_text(&info, &schemas, &report),
+        Format::Text => print_text(&info, &schemas, &args.decisions, &report),
     }
     if report.passed() {
         Ok(())
@@ -118,12 +131,12 @@ fn known_source(connector: &Connector) -> KnownSource {
     }
 }
 
-fn print_text(info: &ConnInfo, schemas: &[String], report: &Report) {
+fn print_text(info: &ConnInfo, schemas: &[String], decisions: &DecisionArgs, report: &Report) {
     say!("Preflight of {info}, schemas {}", schemas.join(", "));
     say!();
     print_checks(report.checks.iter());
     say!();
-    say!("{}", summary(schemas, report));
+    say!("{}", summary(schemas, decisions, report));
     print_grant_script(report);
 }
 
@@ -200,7 +213,7 @@ pub(super) fn print_grant_script(report: &Report) {
     }
 }
 
-fn summary(schemas: &[String], report: &Report) -> String {
+fn summary(schemas: &[String], decisions: &DecisionArgs, report: &Report) -> String {
     let count =
         |status: fn(&Outcome) -> bool| report.checks.iter().filter(|c| status(&c.outcome)).count();
     let failed = count(|o| matches!(o, Outcome::Fail { .. }));
@@ -221,8 +234,9 @@ fn summary(schemas: &[String], report: &Report) -> String {
     if failed == 0 {
         format!(
             "✓ Preflight passed{notes}. Next: tributary connector create postgresql '<url>' \
-             --name <name> --schemas {}",
-            schemas.join(",")
+             --name <name> --schemas {}{}",
+            schemas.join(","),
+            decisions.flags()
         )
     } else {
         format!(

@@ -15,7 +15,7 @@ use crate::change::TableName;
 use crate::pg::{quote_table, ConnInfo};
 use crate::pipeline::drift::catalog_session;
 use crate::pipeline::PipelineError;
-use crate::source::identity::{self, ReplicaIdentity};
+use crate::source::identity::{self, Missing, ReplicaIdentity};
 use crate::source::notice::{self, Action, DropCause, Notice, NoticeTable};
 use crate::source::ServerError;
 
@@ -136,12 +136,20 @@ fn explain(
             NoticeTable::Qualified(table) => quote_table(table),
             _ => "…".to_owned(),
         };
+        let give = match &identity {
+            // The key is there: only the setting keeps it from serving.
+            Some(Ok(Some(ReplicaIdentity::Nothing(Missing::Declared { primary_key: true })))) => {
+                format!("run ALTER TABLE {sql} REPLICA IDENTITY DEFAULT; on the source (its primary key then serves)")
+            }
+            _ => format!(
+                "give {table} a usable replica identity on the source (a primary key that is \
+                 not DEFERRABLE, REPLICA IDENTITY USING INDEX on a unique index of NOT NULL \
+                 columns, or ALTER TABLE {sql} REPLICA IDENTITY FULL;)"
+            ),
+        };
         format!(
-            "give {table} a usable replica identity on the source (a primary key that is not \
-             DEFERRABLE, REPLICA IDENTITY USING INDEX on a unique index of NOT NULL columns, \
-             or ALTER TABLE {sql} REPLICA IDENTITY FULL;), or exclude it with a replica \
-             identity decision; then {retry_setup} (what was left out reaches the replica \
-             only through a new snapshot)"
+            "{give}, or exclude it with a replica identity decision; then {retry_setup} (what \
+             was left out reaches the replica only through a new snapshot)"
         )
     };
     let cause = |table: &NoticeTable| match &identity {
@@ -339,6 +347,19 @@ mod tests {
             );
             assert!(next.contains(retry), "{next}");
         }
+        // A key that only REPLICA IDENTITY NOTHING keeps from serving: no key to add.
+        let declared = Missing::Declared { primary_key: true };
+        let (error, next) = explain(
+            &dropped,
+            Some(Ok(Some(ReplicaIdentity::Nothing(declared)))),
+            retry,
+        );
+        assert!(error.contains("REPLICA IDENTITY NOTHING is set"), "{error}");
+        assert!(
+            next.starts_with("run ALTER TABLE \"app\".\"t\" REPLICA IDENTITY DEFAULT;"),
+            "{next}"
+        );
+        assert!(!next.contains("primary key that is"), "{next}");
 
         let (error, next) = explain(
             &Notice::UnknownWarning(warning("out of cheese")),

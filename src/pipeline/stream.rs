@@ -868,7 +868,7 @@ impl Applier {
             ),
             "on the source, give the table a primary key (ALTER TABLE … ADD PRIMARY KEY) or \
              REPLICA IDENTITY FULL, then take a new snapshot with `tributary connector \
-             retry-setup` (its --decisions can exclude the table instead)",
+             retry-setup` (its --replica-identity-decisions can exclude the table instead)",
         ))
     }
 

@@ -36,8 +36,9 @@ impl ReplicaIdentity {
 /// Why a table has no usable replica identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Missing {
-    /// `REPLICA IDENTITY NOTHING` was set.
-    Declared,
+    /// `REPLICA IDENTITY NOTHING` was set; `primary_key`: the table has a usable one,
+    /// which `REPLICA IDENTITY DEFAULT` would make its identity.
+    Declared { primary_key: bool },
     /// `REPLICA IDENTITY DEFAULT` and no primary key.
     NoKey,
     /// `REPLICA IDENTITY DEFAULT` and a DEFERRABLE primary key, which PostgreSQL ignores.
@@ -50,7 +51,7 @@ impl Missing {
     /// The cause, as the end of a sentence about the table.
     pub fn describe(self) -> &'static str {
         match self {
-            Missing::Declared => "REPLICA IDENTITY NOTHING is set",
+            Missing::Declared { .. } => "REPLICA IDENTITY NOTHING is set",
             Missing::NoKey => "it has no primary key (REPLICA IDENTITY DEFAULT)",
             Missing::DeferrableKey => {
                 "its primary key is DEFERRABLE, which PostgreSQL does not use as a replica \
@@ -90,7 +91,7 @@ pub fn classify(
         ("d", _) => ReplicaIdentity::Nothing(Missing::NoKey),
         ("i", Some(index)) => ReplicaIdentity::Index(index),
         ("i", None) => ReplicaIdentity::Nothing(Missing::IndexDropped),
-        _ => ReplicaIdentity::Nothing(Missing::Declared),
+        _ => ReplicaIdentity::Nothing(Missing::Declared { primary_key }),
     }
 }
 
@@ -140,7 +141,20 @@ mod tests {
             ("f", false, false, None, Full),
             ("i", true, false, ix(), Index("t_code_key".into())),
             ("i", true, false, None, Nothing(IndexDropped)),
-            ("n", true, false, None, Nothing(Declared)),
+            (
+                "n",
+                true,
+                false,
+                None,
+                Nothing(Declared { primary_key: true }),
+            ),
+            (
+                "n",
+                false,
+                false,
+                ix(),
+                Nothing(Declared { primary_key: false }),
+            ),
         ] {
             let identity = classify(replident, pk, deferrable, index.clone());
             assert_eq!(
@@ -156,6 +170,8 @@ mod tests {
         assert!(Missing::DeferrableKey.describe().contains("DEFERRABLE"));
         assert!(Missing::IndexDropped.describe().contains("dropped"));
         assert!(Missing::NoKey.describe().contains("no primary key"));
-        assert!(Missing::Declared.describe().contains("NOTHING"));
+        assert!(Missing::Declared { primary_key: true }
+            .describe()
+            .contains("NOTHING"));
     }
 }

@@ -252,7 +252,7 @@ impl Report {
 }
 
 /// The name of the check of one table without a usable replica identity.
-fn identity_check(table: &TableName) -> String {
+pub fn identity_check(table: &TableName) -> String {
     format!("{IDENTITY} {}", display(table))
 }
 
@@ -2520,8 +2520,13 @@ mod tests {
             },
             Table {
                 name: table("public", "silent"),
-                identity: ReplicaIdentity::Nothing(Missing::Declared),
+                identity: ReplicaIdentity::Nothing(Missing::Declared { primary_key: false }),
                 usable_index: None,
+            },
+            Table {
+                name: table("public", "muted"),
+                identity: ReplicaIdentity::Nothing(Missing::Declared { primary_key: true }),
+                usable_index: Some("muted_pkey".into()),
             },
         ];
         let report = judged(&ready(server));
@@ -2530,9 +2535,20 @@ mod tests {
             [
                 "replica identity public.keyless",
                 "replica identity public.coded",
-                "replica identity public.silent"
+                "replica identity public.silent",
+                "replica identity public.muted"
             ]
         );
+        // A key that only the setting keeps from serving: no primary key to add.
+        assert_fails(
+            check(&report, "replica identity public.muted"),
+            "NOTHING although it has a primary key",
+            "ALTER TABLE \"public\".\"muted\" REPLICA IDENTITY DEFAULT;",
+        );
+        let Outcome::Fail { fix, .. } = check(&report, "replica identity public.muted") else {
+            unreachable!()
+        };
+        assert!(!fix.contains("primary key;"), "{fix}");
         assert_fails(
             check(&report, "replica identity public.keyless"),
             "no primary key",
@@ -2555,7 +2571,15 @@ mod tests {
             .without_identity()
             .map(|t| display(&t.name))
             .collect();
-        assert_eq!(keyless, ["public.keyless", "public.coded", "public.silent"]);
+        assert_eq!(
+            keyless,
+            [
+                "public.keyless",
+                "public.coded",
+                "public.silent",
+                "public.muted"
+            ]
+        );
         assert_eq!(report.blocking_failures().count(), 0);
         assert_eq!(
             replica_identity_full_sql(&table("public", "keyless")),

@@ -18,7 +18,16 @@ pub(super) fn judge_missing_identity(table: &Table) -> Check {
         unreachable!("only tables without an identity are judged here")
     };
     match (missing, &table.usable_index) {
-        (Missing::Declared, _) => Check::fail(
+        // The key is there; only the setting keeps it from serving.
+        (Missing::Declared { primary_key: true }, _) => Check::fail(
+            name,
+            format!("REPLICA IDENTITY NOTHING although it has a primary key: {dropped}"),
+            format!(
+                "ALTER TABLE {sql} REPLICA IDENTITY DEFAULT; (its primary key becomes the \
+                 identity); or exclude the table from the connector"
+            ),
+        ),
+        (Missing::Declared { primary_key: false }, None) => Check::fail(
             name,
             format!("REPLICA IDENTITY NOTHING: {dropped}"),
             alternatives,
