@@ -41,11 +41,13 @@ pub enum BranchCommand {
     Create(CreateArgs),
     /// List branches.
     List {
+        /// Output: a table for people, or JSON for scripts.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
     /// Delete a branch's database. Refused while clients are connected, unless --force.
     Delete {
+        /// The branch's name (its database's).
         name: String,
         /// End the sessions connected to the branch.
         #[arg(long)]
@@ -53,6 +55,7 @@ pub enum BranchCommand {
     },
     /// Re-create a branch from the replica's current state, keeping its name.
     Reset {
+        /// The branch's name (its database's).
         name: String,
         /// End the sessions connected to the branch.
         #[arg(long)]

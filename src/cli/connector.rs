@@ -46,11 +46,15 @@ pub enum ConnectorCommand {
     /// List connectors: the active one marked (*), state, whether branches can be cut
     /// (ready), slot lag, and warnings (failures, tables not replicated, slot WAL at risk).
     List {
+        /// Output: a table for people, or JSON for scripts.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
     /// Make a connector the active one: the one commands use when --connector is omitted.
-    Switch { name: String },
+    Switch {
+        /// The connector's name.
+        name: String,
+    },
     /// Check the source again and restart a connector's setup, keeping the connector, its
     /// credentials, and its slot and replica while they are valid; takes a new snapshot
     /// when one is needed (lost slot, tables fixed or created since the snapshot). Safe to
@@ -66,6 +70,7 @@ pub enum ConnectorCommand {
     /// that a source role without superuser still has DDL captured. Idempotent; it also
     /// upgrades older versions. With a connector's name, also says what its source has.
     SourceSql {
+        /// A connector's name: also say what its source has installed (on stderr).
         name: Option<String>,
         /// The source role tributary connects as, to be granted the key capture messages
         /// are signed with (with a connector's name: the role of its URL).
@@ -80,6 +85,7 @@ pub enum ConnectorCommand {
     /// (ending sessions still connected to it), and removes its bookkeeping. The source's
     /// schema change capture objects go too when no other tributary slot is left there.
     Delete {
+        /// The connector's name.
         name: String,
         /// Do not wait for a session streaming from the slot to let go: end it. Also
         /// deletes when the source cannot be reached or the pipeline does not stop,

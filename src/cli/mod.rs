@@ -58,6 +58,7 @@ pub enum Command {
     /// Per connector: state, snapshot progress, slot lag, retained WAL, wal_status, apply
     /// lag and last error.
     Status {
+        /// Output: a table for people, or JSON for scripts.
         #[arg(long, value_enum, default_value_t = connector::Format::Text)]
         format: connector::Format,
         /// Show it again every this many seconds (changes/s between two looks), until
@@ -245,3 +246,6 @@ fn init_logging(level: &str, format: LogFormat) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -322,7 +322,7 @@ impl ValueRemedy {
                 "a column of a reg* type (regrole, regclass, …) names an object the branch \
                  store lacks: create the role on the branch-store server (roles are per \
                  server), or replicate the schema that holds the object (`tributary \
-                 connector update --schemas`), then run `tributary connector retry-setup`; \
+                 connector update <connector> --schemas <schemas>`), then run `tributary connector retry-setup`; \
                  {exclude}"
             ),
             ValueRemedy::Report => format!(
