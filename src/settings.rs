@@ -111,7 +111,7 @@ impl Default for MetricsSettings {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]
@@ -119,6 +119,23 @@ pub enum LogFormat {
     /// One JSON object per line.
     Json,
 }
+
+/// serde's own message for an unknown variant would quote the value, which may be a
+/// password put on the wrong line; this one names the choices only.
+impl TryFrom<String> for LogFormat {
+    type Error = &'static str;
+
+    fn try_from(text: String) -> Result<LogFormat, &'static str> {
+        match text.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("must be \"text\" or \"json\""),
+        }
+    }
+}
+
+/// The levels of `log.level` (and of each `target=level` directive of a filter).
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -240,6 +257,30 @@ pub enum SettingsError {
     Syntax { origin: String, detail: String },
     #[error("cannot read the configuration: {0}")]
     Load(String),
+    /// A key (or a section) the configuration does not have: a typo, or a key of another
+    /// version. `variable` is the environment variable that set it, if one did.
+    #[error(
+        "unknown key {key}{}: {}",
+        variable.as_ref().map_or_else(String::new, |v| format!(" (set by {v})")),
+        match section {
+            Some(section) => format!("the keys of [{section}] are {}", valid.join(", ")),
+            None => format!(
+                "the sections are {}",
+                valid.iter().map(|s| format!("[{s}]")).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    )]
+    UnknownKey {
+        key: String,
+        section: Option<String>,
+        valid: &'static [&'static str],
+        variable: Option<String>,
+    },
+    #[error(
+        "store.url is not set: set it in {origin} (--config names the file) or in \
+         TRIBUTARY__STORE__URL"
+    )]
+    NoStoreUrl { origin: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -267,7 +308,7 @@ impl Settings {
 
     /// `origin` names the text in messages.
     fn parse(text: &str, origin: &str) -> Result<Settings, SettingsError> {
-        let mut settings: Settings = config::Config::builder()
+        let config = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .add_source(
                 config::Environment::with_prefix("TRIBUTARY")
@@ -275,7 +316,20 @@ impl Settings {
                     .separator("__"),
             )
             .build()
-            .and_then(config::Config::try_deserialize)
+            .map_err(|e| describe(e, text, origin))?;
+        check_keys(&config)?;
+        // No [store], or one without url; a store of the wrong type is deserialization's.
+        let no_url = match config.get_table("store") {
+            Ok(store) => !store.contains_key("url"),
+            Err(e) => matches!(e, config::ConfigError::NotFound(_)),
+        };
+        if no_url {
+            return Err(SettingsError::NoStoreUrl {
+                origin: origin.to_owned(),
+            });
+        }
+        let mut settings: Settings = config
+            .try_deserialize()
             .map_err(|e| describe(e, text, origin))?;
         // Empty is unset, as a shell's `TRIBUTARY_PG_BINDIR=` means.
         settings.pipeline.pg_bindir = std::env::var_os(PG_BINDIR_ENV)
@@ -294,6 +348,20 @@ impl Settings {
                 "secrets.key_file must be an absolute path, not {:?}: a relative one names \
                  another file in each directory tributary is started from",
                 path.display().to_string()
+            )));
+        }
+        if let Some(directive) = self
+            .log
+            .level
+            .split(',')
+            .map(str::trim)
+            .find(|d| !log_directive_valid(d))
+        {
+            // The directive is shown: a filter holds target names and levels, no secret.
+            return Err(SettingsError::Invalid(format!(
+                "log.level: {directive:?} is not a level: use one of {}, or a filter such as \
+                 \"info,tributary=debug\"",
+                LOG_LEVELS.join(", ")
             )));
         }
         if self.pipeline.snapshot_workers == 0 {
@@ -315,6 +383,111 @@ impl Settings {
     pub fn store(&self) -> ConnInfo {
         ConnInfo::parse(&self.store.url).expect("validated at load")
     }
+}
+
+/// Whether `directive` of a `log.level` filter names a level: `info`, or `target=info`
+/// (an empty one, as in a trailing comma, is allowed). A bare word is taken by
+/// tracing as a target to log at every level, everything else off: `verbose` would
+/// silently turn all logging off.
+fn log_directive_valid(directive: &str) -> bool {
+    let level = directive
+        .rsplit_once('=')
+        .map_or(directive, |(_, level)| level);
+    directive.is_empty() || LOG_LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
+}
+
+/// The keys serde accepts for the struct `T`: its `deny_unknown_fields` list.
+fn keys_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    /// A deserializer that only records which fields the struct asks for.
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for Fields<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only structs have keys"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("only the keys were asked for"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
+}
+
+/// The keys of section `name` of [`Settings`].
+fn section_keys(name: &str) -> Option<&'static [&'static str]> {
+    Some(match name {
+        "store" => keys_of::<StoreSettings>(),
+        "secrets" => keys_of::<SecretsSettings>(),
+        "metrics" => keys_of::<MetricsSettings>(),
+        "log" => keys_of::<LogSettings>(),
+        "pipeline" => keys_of::<PipelineSettings>(),
+        "supervisor" => keys_of::<SupervisorSettings>(),
+        _ => return None,
+    })
+}
+
+/// Refuses the first key that no section has, naming the keys it could have meant and the
+/// environment variable that set it, if one did (before serde would, which names neither).
+fn check_keys(config: &config::Config) -> Result<(), SettingsError> {
+    let sections = keys_of::<Settings>();
+    let top: std::collections::BTreeMap<String, serde::de::IgnoredAny> =
+        config.clone().try_deserialize().unwrap_or_default();
+    for section in top.keys() {
+        let Some(valid) = section_keys(section) else {
+            return Err(SettingsError::UnknownKey {
+                key: section.clone(),
+                section: None,
+                valid: sections,
+                variable: variable(&[section]),
+            });
+        };
+        // Not a table: deserializing says what it should be.
+        let Ok(table) = config.get_table(section) else {
+            continue;
+        };
+        if let Some(key) = table.keys().find(|k| !valid.contains(&k.as_str())) {
+            return Err(SettingsError::UnknownKey {
+                key: format!("{section}.{key}"),
+                section: Some(section.clone()),
+                valid,
+                variable: variable(&[section, key]),
+            });
+        }
+    }
+    debug_assert!(sections.iter().all(|s| section_keys(s).is_some()));
+    Ok(())
+}
+
+/// The `TRIBUTARY__…` environment variable of the key at `path`, if one is set (`config`
+/// reads them case-insensitively).
+fn variable(path: &[&String]) -> Option<String> {
+    let prefix = std::iter::once("TRIBUTARY")
+        .chain(path.iter().map(|p| p.as_str()))
+        .collect::<Vec<_>>()
+        .join("__");
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .find(|name| {
+            let (head, tail) = name.split_at_checked(prefix.len()).unwrap_or_default();
+            head.eq_ignore_ascii_case(&prefix) && (tail.is_empty() || tail.starts_with("__"))
+        })
 }
 
 /// A `config` error as a [`SettingsError`] that shows no value that failed to parse, once:
@@ -517,6 +690,78 @@ mod tests {
             assert!(!shown.contains("hunter2"), "{text:?}: {shown}");
             assert!(shown.contains(needle), "{text:?}: {shown}");
             assert_eq!(shown.matches(needle).count(), 1, "said once: {shown}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_the_keys_of_their_section() {
+        const STORE: &str = "[store]\nurl = \"postgresql://u@h/db\"\n";
+        for (text, message) in [
+            (
+                format!("{STORE}[log]\nlevl = \"debug\"\n"),
+                "unknown key log.levl: the keys of [log] are level, format",
+            ),
+            (
+                format!("{STORE}[logs]\nlevel = \"debug\"\n"),
+                "unknown key logs: the sections are [store], [secrets], [metrics], [log], \
+                 [pipeline], [supervisor]",
+            ),
+            (
+                format!("{STORE}[pipeline]\npg_bindir = \"/usr/bin\"\n"),
+                "unknown key pipeline.pg_bindir: the keys of [pipeline] are snapshot_workers, \
+                 snapshot_chunk_bytes, batch_max_changes, batch_max_delay_ms, \
+                 status_interval_ms, shutdown_grace_secs",
+            ),
+            (
+                "url = \"postgresql://u@h/db\"\n".to_owned(),
+                "unknown key url: the sections are [store]",
+            ),
+        ] {
+            let err = load(&text).unwrap_err().to_string();
+            assert!(err.starts_with(message), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_a_missing_store_url_asks_for_one() {
+        for text in ["", "[store]\n", "[log]\nlevel = \"info\"\n"] {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.starts_with("store.url is not set"), "{text:?}: {err}");
+        }
+        let err = load("[store]\nurl = \"postgresql://u@h/db\"\n[log]\nformat = \"yaml\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("store.url"), "{err}");
+        assert!(
+            err.contains("log.format: must be \"text\" or \"json\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn log_levels_are_levels_or_filters() {
+        for (level, valid) in [
+            ("info", true),
+            ("DEBUG", true),
+            ("off", true),
+            ("info,tributary=debug", true),
+            ("warn,tokio_postgres=off,", true),
+            ("tributary::sink[apply]=trace", true),
+            ("verbose", false),
+            ("info,tributary", false),
+            ("tributary=loud", false),
+        ] {
+            let text =
+                format!("[store]\nurl = \"postgresql://u@h/db\"\n[log]\nlevel = {level:?}\n");
+            match load(&text) {
+                Ok(_) => assert!(valid, "{level} was taken"),
+                Err(e) => {
+                    assert!(!valid, "{level}: {e}");
+                    let e = e.to_string();
+                    assert!(e.contains("log.level"), "{e}");
+                    assert!(e.contains("off, error, warn, info, debug, trace"), "{e}");
+                }
+            }
         }
     }
 

@@ -149,3 +149,96 @@ fn replica_identity_nothing_with_a_key_is_fixed_by_default() {
     );
     assert!(!out.contains("add a primary key"), "{out}");
 }
+
+/// `tributary status` in an empty directory with the configuration file `toml` and the
+/// environment `env`: exit code, stderr, and how long it took.
+fn status_with(toml: &str, env: &[(&str, &str)]) -> (Option<i32>, String, std::time::Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tributary.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut command = tributary();
+    command
+        .current_dir(dir.path())
+        .env_remove("TRIBUTARY__STORE__URL")
+        .env_remove("RUST_LOG")
+        .arg("--config")
+        .arg(&config)
+        .arg("status");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let started = std::time::Instant::now();
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr, started.elapsed())
+}
+
+/// Configuration mistakes are refused (exit 2) naming the key and what it may be, and
+/// only a missing store.url asks for one.
+#[test]
+fn configuration_mistakes_name_the_key_and_the_choices() {
+    const STORE: &str = "[store]\nurl = \"postgresql://u@127.0.0.1:1/db\"\n";
+    for (toml, env, expected) in [
+        (
+            format!("{STORE}surprise = 1\n"),
+            &[][..],
+            "error: unknown key store.surprise: the keys of [store] are url",
+        ),
+        (
+            STORE.to_owned(),
+            &[("TRIBUTARY__LOG__LEVL", "debug")][..],
+            "error: unknown key log.levl (set by TRIBUTARY__LOG__LEVL): the keys of [log] are \
+             level, format",
+        ),
+        (
+            format!("{STORE}[log]\nlevel = \"verbose\"\n"),
+            &[][..],
+            "log.level: \"verbose\" is not a level: use one of off, error, warn, info, debug, \
+             trace",
+        ),
+        (
+            format!("{STORE}[log]\nformat = \"yaml\"\n"),
+            &[][..],
+            "log.format: must be \"text\" or \"json\"",
+        ),
+        (
+            "[log]\nlevel = \"info\"\n".to_owned(),
+            &[][..],
+            "error: store.url is not set",
+        ),
+    ] {
+        let (code, stderr, _) = status_with(&toml, env);
+        assert_eq!(code, Some(2), "{toml:?} {env:?}: {stderr}");
+        assert!(stderr.contains(expected), "{toml:?} {env:?}: {stderr}");
+        if !expected.contains("store.url") {
+            assert!(!stderr.contains("store.url"), "{stderr}");
+        }
+    }
+}
+
+/// A branch store whose port is closed answers at once with its address and what to
+/// check, not "pool timed out" after the connect timeout.
+#[test]
+fn a_closed_store_port_is_named_at_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = format!("[store]\nurl = \"postgresql://u@127.0.0.1:{port}/db\"\n");
+    let (code, stderr, took) = status_with(&toml, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot connect to the bookkeeping database at 127.0.0.1:{port}"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains("check store.url (or TRIBUTARY__STORE__URL) and that PostgreSQL is running"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("timed out"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
+}

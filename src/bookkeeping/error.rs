@@ -11,16 +11,12 @@ use crate::types::{ConnectorId, ConnectorName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The first connection at start failed.
+    /// The first connection at start failed; `reason` is the server's or the network's.
     #[error(
-        "cannot connect to the bookkeeping database at {target}: {source}; \
-         check store.url and that the server is running"
+        "cannot connect to the bookkeeping database at {target}: {reason}; check store.url \
+         (or TRIBUTARY__STORE__URL) and that PostgreSQL is running and listening there"
     )]
-    Connect {
-        target: String,
-        #[source]
-        source: sqlx::Error,
-    },
+    Connect { target: String, reason: String },
     /// The connection was lost or the server is shutting down or starting.
     #[error(
         "the bookkeeping database is unreachable: {0}; check store.url and that the server is running"

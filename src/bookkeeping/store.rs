@@ -5,7 +5,10 @@ use std::fmt;
 use std::path::Path;
 
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgSslMode,
+};
+use sqlx::Connection as _;
 
 use super::keys::Keys;
 use super::secrets::Cipher;
@@ -105,20 +108,13 @@ impl Bookkeeping {
         // A pool of one rather than a bare connection: `Migrator::run` on a `&mut
         // PgConnection` makes the future of every caller not `Send` (sqlx's "Acquire is
         // not general enough"), so `open` could not run in a spawned task.
-        let session = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(store.connect_timeout)
-            // sqlx's own `CREATE TABLE IF NOT EXISTS` would otherwise log a notice at
-            // every start.
-            .connect_with(connect_options(store).options([
-                ("search_path", "tributary"),
-                ("client_min_messages", "warning"),
-            ]))
-            .await
-            .map_err(|source| Error::Connect {
-                target: store.target(),
-                source,
-            })?;
+        // sqlx's own `CREATE TABLE IF NOT EXISTS` would otherwise log a notice at every
+        // start.
+        let options = connect_options(store).options([
+            ("search_path", "tributary"),
+            ("client_min_messages", "warning"),
+        ]);
+        let session = pool_with(store, options, 1).await?;
         create_schema(&session).await?;
         MIGRATOR.run(&session).await.map_err(Error::migrate)?;
         session.close().await;
@@ -185,15 +181,33 @@ pub(super) const DAEMON_NAME_LOCK_CLASS: i32 = 0x7472_6962;
 /// field by field, so the password never passes through a URL string.
 /// A pool of at most `max_connections` sessions to the control database.
 pub(crate) async fn open_pool(store: &ConnInfo, max_connections: u32) -> Result<PgPool, Error> {
+    pool_with(store, connect_options(store), max_connections).await
+}
+
+/// A pool of `options` sessions, after one session opened by itself within the URL's
+/// `connect_timeout`: the pool retries a refused connection until its acquire timeout and
+/// then says only "pool timed out", where one attempt fails at once with the reason.
+async fn pool_with(
+    store: &ConnInfo,
+    options: PgConnectOptions,
+    max_connections: u32,
+) -> Result<PgPool, Error> {
+    let failed = |reason: String| Error::Connect {
+        target: store.target(),
+        reason,
+    };
+    let first = tokio::time::timeout(store.connect_timeout, PgConnection::connect_with(&options))
+        .await
+        .map_err(|_| failed(format!("no answer within {:?}", store.connect_timeout)))?
+        .map_err(|e| failed(e.to_string()))?;
+    // Only a probe: its close is of no consequence.
+    let _ = first.close().await;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(store.connect_timeout)
-        .connect_with(connect_options(store))
+        .connect_with(options)
         .await
-        .map_err(|source| Error::Connect {
-            target: store.target(),
-            source,
-        })
+        .map_err(|e| failed(e.to_string()))
 }
 
 pub(crate) fn connect_options(info: &ConnInfo) -> PgConnectOptions {

@@ -177,16 +177,13 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
     }
 }
 
-/// Loads the configuration; a bad or missing one is a usage error (exit 2).
+/// Loads the configuration; a bad or missing one is a usage error (exit 2). Each error
+/// says which key is wrong (only a missing store.url asks for one).
 fn load_settings(explicit: Option<&Path>) -> Result<(Settings, PathBuf), Failure> {
     let path = explicit.map_or_else(|| PathBuf::from(DEFAULT_CONFIG), Path::to_path_buf);
     Settings::load(&path, explicit.is_some())
         .map(|settings| (settings, path))
-        .map_err(|e| {
-            Failure::usage(anyhow::Error::new(e).context(
-                "set store.url in the configuration file (--config) or TRIBUTARY__STORE__URL",
-            ))
-        })
+        .map_err(Failure::usage)
 }
 
 /// The bookkeeping, migrated, with the key for source URLs (checked; never created here).
