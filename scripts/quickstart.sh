@@ -2,8 +2,8 @@
 # Quickstart: two throw-away local PostgreSQL servers — a demo source (pgbench data, a
 # write workload, wal2json) and a branch store — and tributary keeping a replica of the
 # source on the store: the snapshot with a progress bar, a branch with its URL and psql
-# command, then a live status line (lag, changes/s). Ctrl-C stops everything and removes
-# both servers.
+# command, then a live status that redraws its own lines below them (lag, changes/s).
+# Ctrl-C stops everything and removes both servers.
 #
 #   scripts/quickstart.sh              # until Ctrl-C
 #   scripts/quickstart.sh --for 30     # 30 s of streaming, then a last branch checked
@@ -96,6 +96,7 @@ export TRIBUTARY__SECRETS__KEY_FILE="$dir/tributary.key"
 if [ -n "${TRIBUTARY_BIN:-}" ]; then
     tributary="$TRIBUTARY_BIN"
 else
+    echo "quickstart: building tributary in release mode (the first time takes about 8 minutes on 2 cores)"
     cargo build --release --locked --manifest-path "$here/Cargo.toml"
     tributary="$here/target/release/tributary"
 fi

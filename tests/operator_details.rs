@@ -242,3 +242,40 @@ fn a_closed_store_port_is_named_at_once() {
     assert!(!stderr.contains("timed out"), "{stderr}");
     assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
 }
+
+/// `status --watch` on a terminal redraws its own lines, leaving what was printed above
+/// it (the quickstart's branch URL and psql command) on the screen.
+#[test]
+fn status_watch_on_a_terminal_redraws_in_place_without_clearing_the_screen() {
+    let store = Cluster::start();
+    let daemon = Daemon::new(&store);
+    daemon.cli_ok(&["migrate"]);
+    let dir = tempfile::tempdir().unwrap();
+    let line = format!(
+        "echo above; timeout -s INT 3.5 {} status --watch 1",
+        env!("CARGO_BIN_EXE_tributary")
+    );
+    let out = std::process::Command::new("script")
+        .current_dir(dir.path())
+        .env("TRIBUTARY__STORE__URL", store.superuser_url("postgres"))
+        .env("RUST_LOG", "warn")
+        .args(["-q", "-c", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("util-linux script");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("above"), "{screen:?}");
+    assert!(
+        !screen.contains("\x1b[2J"),
+        "the screen was cleared: {screen:?}"
+    );
+    let looks = screen.matches("(every 1 s; Ctrl-C to stop)").count();
+    assert!(looks >= 2, "{screen:?}");
+    // Each look after the first goes back over the last one's rows (2: time, no
+    // connectors) and erases them.
+    assert_eq!(
+        screen.matches("\x1b[2F\x1b[J").count(),
+        looks - 1,
+        "{screen:?}"
+    );
+}

@@ -6,7 +6,7 @@
 //! The apply lag is the one the daemon running the pipeline last recorded in the
 //! bookkeeping (every `metrics.slot_interval_secs`).
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -79,6 +79,8 @@ pub async fn run(
         return print(&gather(bookkeeping).await?, format, false);
     };
     let mut previous: Vec<StatusView> = Vec::new();
+    // Rows the last look took on the terminal.
+    let mut rows = 0;
     loop {
         let mut views = gather(bookkeeping).await?;
         for view in &mut views {
@@ -97,7 +99,20 @@ pub async fn run(
                 _ => before.changes_per_second,
             };
         }
-        print(&views, format, true)?;
+        if format == Format::Text && std::io::stdout().is_terminal() {
+            let look = format!(
+                "{} (every {} s; Ctrl-C to stop)\n{}",
+                chrono::Utc::now().format("%H:%M:%S UTC"),
+                interval.as_secs(),
+                render(&views)
+            );
+            let mut stdout = std::io::stdout().lock();
+            let _ = write!(stdout, "{}", redraw(rows, &look));
+            let _ = stdout.flush();
+            rows = look.matches('\n').count();
+        } else {
+            print(&views, format, true)?;
+        }
         previous = views;
         tokio::time::sleep(interval).await;
     }
@@ -211,12 +226,36 @@ fn print(views: &[StatusView], format: Format, watching: bool) -> Result<(), Fai
         say!("{json}");
         return Ok(());
     }
-    if watching && std::io::stdout().is_terminal() {
-        say!("\x1b[2J\x1b[H{}", chrono::Utc::now().format("%H:%M:%S"));
+    say!("{}", render(views).trim_end_matches('\n'));
+    Ok(())
+}
+
+/// What `status --watch` writes to a terminal for each look: back to the first line of
+/// the last look (`rows` lines up) and erase from there down, then the look, with line
+/// wrapping off so that each line takes one row. What was printed above stays visible (the
+/// quickstart's branch URL and psql command), where clearing the screen wiped it.
+fn redraw(rows: usize, look: &str) -> String {
+    let up = if rows > 0 {
+        format!("\x1b[{rows}F\x1b[J")
+    } else {
+        String::new()
+    };
+    format!("{up}\x1b[?7l{look}\x1b[?7h")
+}
+
+/// The text view: a table, a line per connector and its details below it.
+fn render(views: &[StatusView]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    macro_rules! put {
+        ($($arg:tt)*) => {{
+            let _ = writeln!(out, $($arg)*);
+        }};
     }
     if views.is_empty() {
-        say!("no connectors; create one with `tributary connector create postgresql <url>`");
-        return Ok(());
+        put!("no connectors; create one with `tributary connector create postgresql <url>`");
+        return out;
     }
     let bytes = |b: Option<u64>| {
         b.map_or_else(
@@ -224,7 +263,7 @@ fn print(views: &[StatusView], format: Format, watching: bool) -> Result<(), Fai
             |b| bytesize::ByteSize(b).display().iec().to_string(),
         )
     };
-    say!(
+    put!(
         "{:<20} {:<13} {:<11} {:>10} {:>12} {:>10} {:>10}  PHASE",
         "CONNECTOR",
         "STATE",
@@ -235,7 +274,7 @@ fn print(views: &[StatusView], format: Format, watching: bool) -> Result<(), Fai
         "CHANGES/S"
     );
     for v in views {
-        say!(
+        put!(
             "{:<20} {:<13} {:<11} {:>10} {:>12} {:>10} {:>10}  {}",
             v.connector,
             v.state,
@@ -249,34 +288,46 @@ fn print(views: &[StatusView], format: Format, watching: bool) -> Result<(), Fai
             v.phase
         );
         if let Some(error) = &v.last_error {
-            say!("    error: {error}");
+            put!("    error: {error}");
         }
         if let Some(next) = &v.next_step {
-            say!("    next step: {next}");
+            put!("    next step: {next}");
         }
         if let (Some(how), Some(advice)) = (&v.slot_invalidation, v.slot_invalidation_advice) {
-            say!("    slot invalidated by the source ({how}): {advice}");
+            put!("    slot invalidated by the source ({how}): {advice}");
         }
         if let Some(seconds) = v.slot_inactive_seconds {
-            say!("    slot inactive for {seconds:.0} s: nothing streams from it");
+            put!("    slot inactive for {seconds:.0} s: nothing streams from it");
         }
         match &v.owner {
-            Some(owner) => say!("    run by: {owner}"),
+            Some(owner) => put!("    run by: {owner}"),
             None if v.state != "stopped" => {
-                say!("    run by: no daemon (none running, or none took it yet)")
+                put!("    run by: no daemon (none running, or none took it yet)")
             }
             None => {}
         }
         if let Some(error) = &v.source_error {
-            say!("    source not reachable: {error}");
+            put!("    source not reachable: {error}");
         }
     }
-    Ok(())
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watched_look_replaces_the_last_one_and_nothing_above_it() {
+        assert_eq!(redraw(0, "a\nb\n"), "\x1b[?7la\nb\n\x1b[?7h");
+        // Up to the start of the last look's first row, erase below, no wrapping.
+        assert_eq!(redraw(2, "c\n"), "\x1b[2F\x1b[J\x1b[?7lc\n\x1b[?7h");
+        let look = redraw(5, "x\n");
+        assert!(
+            !look.contains("\x1b[2J"),
+            "never the whole screen: {look:?}"
+        );
+    }
 
     #[test]
     fn a_snapshot_waiting_for_its_slot_says_so_rather_than_counting_tables() {
