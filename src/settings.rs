@@ -140,7 +140,8 @@ const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
-    /// `error`, `warn`, `info`, `debug`, `trace`, or a `RUST_LOG`-style filter. `RUST_LOG`
+    /// `off`, `error`, `warn`, `info`, `debug`, `trace`, or a `RUST_LOG`-style filter of
+    /// them (`info,tributary=debug`); a bare word that is not a level is refused. `RUST_LOG`
     /// wins when set.
     pub level: String,
     pub format: LogFormat,
