@@ -528,7 +528,13 @@ async fn cli_usage_and_configuration_errors_are_clear() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("store.url"));
+    // The file is the problem, not store.url.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read the configuration file /nonexistent/tributary.toml"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("store.url"), "{stderr}");
 
     // The global option is accepted after the subcommand too.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
