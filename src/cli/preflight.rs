@@ -38,8 +38,8 @@ pub struct PreflightArgs {
     /// Output: a checklist for people, or one JSON object for scripts.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
-    /// Judge tables without a usable replica identity with these decisions, as `connector
-    /// create` would take them: a decided table is a warning, not a failure.
+    // Tables without a usable replica identity judged with these decisions, as `connector
+    // create` takes them: a decided table is a warning, not a failure.
     #[command(flatten)]
     decisions: DecisionArgs,
 }
