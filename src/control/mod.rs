@@ -1,0 +1,7 @@
+//! Decisions the commands and the daemon's endpoints share, taken from facts in pure
+//! functions (table-tested), so that `cli/` only gathers arguments and renders.
+//!
+//! - `health.rs`: whether a connector is healthy, and if not why and what to do; the one
+//!   definition `status`, `connector list`, `branch create` and `/readyz` use.
+
+pub mod health;
