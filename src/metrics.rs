@@ -7,8 +7,18 @@
 //!     this process's apply lags                                  ──► bookkeeping (status)
 //!  GET /metrics   the registry in text format (apply lag computed at scrape time)
 //!  GET /healthz   200 while the process serves
-//!  GET /readyz    200 when the bookkeeping answers and the supervisor runs, else 503
+//!  GET /readyz    200 when the supervisor runs, the bookkeeping answers, and every
+//!                 connector whose lease this daemon holds is healthy; else 503 with one
+//!                 line per reason (`connector shop: stopped by an error: …`)
 //! ```
+//!
+//! Readiness is about this daemon doing its job, not about whether it is alive
+//! (`/healthz`): a Kubernetes readiness probe never restarts a pod, it marks it not ready
+//! (in `kubectl get pods`, for alerts on `kube_pod_status_ready`) and holds a rolling
+//! update until the new pod is ready, so `/readyz` fails exactly when a restart would not
+//! help and an operator must look: a failed or retrying connector this daemon holds, or a
+//! daemon that cannot run any. Connectors other daemons hold are theirs to report, and
+//! one no daemon holds is taken by whichever has room: neither makes this one unready.
 //!
 //! Every series is labelled `connector` (never with a URL: no secret reaches a label).
 
