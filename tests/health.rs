@@ -233,7 +233,11 @@ async fn a_failed_connector_fails_status_and_readyz_and_refuses_a_branch() {
         body.starts_with("connector shop: stopped by an error: "),
         "{body}"
     );
-    assert_eq!(get(addr, "/healthz").0, 200, "alive: a restart would not help");
+    assert_eq!(
+        get(addr, "/healthz").0,
+        200,
+        "alive: a restart would not help"
+    );
 
     let (ok, views) = daemon.status();
     let view = &views[0];
@@ -305,5 +309,8 @@ fn status_watch_ends_when_its_reader_goes() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     // The tests' RUST_LOG has debug lines; no error or warning.
-    assert!(!err.contains("ERROR") && !err.contains("WARN") && !err.contains("error:"), "{err}");
+    assert!(
+        !err.contains("ERROR") && !err.contains("WARN") && !err.contains("error:"),
+        "{err}"
+    );
 }

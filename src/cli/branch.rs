@@ -97,8 +97,8 @@ pub async fn run(
         BranchCommand::Create(args) => {
             let name = BranchName::new(args.name).map_err(Failure::usage)?;
             let connector = resolve_connector(bookkeeping, args.connector.as_deref()).await?;
-            check_current(bookkeeping, &connector, args.allow_stale).await?;
             check_name(bookkeeping, &store, &name).await?;
+            check_current(bookkeeping, &connector, args.allow_stale).await?;
             let started = Instant::now();
             let cutter = ready_to_branch(bookkeeping, &store, &connector).await?;
             let cut = cut(

@@ -65,7 +65,10 @@ pub enum Slot {
     Unknown,
     Missing,
     /// Invalidated by the source: how it says so, and what keeps it from recurring.
-    Invalidated { how: String, advice: &'static str },
+    Invalidated {
+        how: String,
+        advice: &'static str,
+    },
     Valid,
 }
 
@@ -267,7 +270,8 @@ pub fn judge(facts: &Facts<'_>) -> Health {
     } = *facts;
     let freshness = facts.lag.as_ref().map(Freshness::from_lag);
     let live = matches!(owner, Owner::Live(_));
-    let problem = |reason: String, next_step: String| Verdict::Unhealthy(Problem { reason, next_step });
+    let problem =
+        |reason: String, next_step: String| Verdict::Unhealthy(Problem { reason, next_step });
     let verdict = if !facts.enabled {
         Verdict::Disabled
     } else if state == PipelineState::Failed {
@@ -300,7 +304,9 @@ pub fn judge(facts: &Facts<'_>) -> Health {
     } else if let Slot::Invalidated { how, advice } = facts.slot {
         problem(
             format!("the source invalidated its replication slot ({how})"),
-            format!("run `tributary connector retry-setup {name}` for a new snapshot; then {advice}"),
+            format!(
+                "run `tributary connector retry-setup {name}` for a new snapshot; then {advice}"
+            ),
         )
     } else if let Some(error) = facts.last_error {
         problem(
@@ -326,7 +332,9 @@ pub fn judge(facts: &Facts<'_>) -> Health {
     let shown_state = match (&verdict, facts.enabled) {
         (_, false) if state != PipelineState::Stopped => format!("{state} (disabled)"),
         (_, true) if !live => format!("{state} (no daemon)"),
-        (Verdict::Unhealthy(_), true) if facts.last_error.is_some() && state != PipelineState::Failed => {
+        (Verdict::Unhealthy(_), true)
+            if facts.last_error.is_some() && state != PipelineState::Failed =>
+        {
             format!("{state} (retrying)")
         }
         _ => state.to_string(),
