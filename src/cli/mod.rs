@@ -56,7 +56,9 @@ pub enum Command {
     #[command(subcommand)]
     Connector(connector::ConnectorCommand),
     /// Per connector: state, snapshot progress, slot lag, retained WAL, wal_status, apply
-    /// lag and last error.
+    /// lag, last error, and whether it is healthy (streaming or being set up by a live
+    /// daemon). Exit code 0 only when every enabled connector is healthy, 1 otherwise
+    /// (with --watch: runs until interrupted or its output is closed).
     Status {
         #[arg(long, value_enum, default_value_t = connector::Format::Text)]
         format: connector::Format,
