@@ -234,8 +234,8 @@ async fn check_current(
     }
     let next = health
         .problem()
-        .map_or_else(String::new, |p| format!("{}; ", p.next_step));
-    Err(anyhow!("{stale}. {next}or pass --allow-stale to create it anyway").into())
+        .map_or_else(String::new, |p| format!(" Next step: {}.", p.next_step));
+    Err(anyhow!("{stale}.{next} Or pass --allow-stale to create it anyway.").into())
 }
 
 /// Refuses the names of the control, replica and template databases (exit 2) and names
