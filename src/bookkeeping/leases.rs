@@ -39,6 +39,8 @@ pub struct Lease {
     /// Whether the holder still has its session on the bookkeeping (a daemon that was
     /// killed has none, though its lease has not expired yet).
     pub holder_connected: bool,
+    /// Seconds since the holder took it: what was recorded before, an earlier holder did.
+    pub held_for: f64,
 }
 
 impl Lease {
@@ -222,26 +224,30 @@ impl Bookkeeping {
     /// The current lease of every connector that ever had one.
     pub async fn leases(&self) -> Result<HashMap<ConnectorId, Lease>, Error> {
         let gone = session_gone("l.owner");
-        let rows: Vec<(i64, String, i64, f64, bool)> = sqlx::query_as(&format!(
+        let rows: Vec<(i64, String, i64, f64, bool, f64)> = sqlx::query_as(&format!(
             "SELECT l.connector_id, l.owner, l.token,
-                    extract(epoch FROM l.expires_at - now())::float8, NOT {gone}
+                    extract(epoch FROM l.expires_at - now())::float8, NOT {gone},
+                    extract(epoch FROM now() - l.acquired_at)::float8
                FROM tributary.leases l"
         ))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, owner, token, expires_in, holder_connected)| {
-                (
-                    ConnectorId(id),
-                    Lease {
-                        owner,
-                        token: FencingToken(token),
-                        expires_in,
-                        holder_connected,
-                    },
-                )
-            })
+            .map(
+                |(id, owner, token, expires_in, holder_connected, held_for)| {
+                    (
+                        ConnectorId(id),
+                        Lease {
+                            owner,
+                            token: FencingToken(token),
+                            expires_in,
+                            holder_connected,
+                            held_for,
+                        },
+                    )
+                },
+            )
             .collect())
     }
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, Connector, Lease, UNLOGGED_TABLE};
 use crate::change::TableName;
-use crate::control::health::{self, Owner, Slot};
+use crate::control::health::{self, Slot};
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
@@ -400,7 +400,7 @@ async fn view<'a>(
         healthy: health.healthy(),
         reason: health.problem().map(|p| p.reason.clone()),
         owner: assessment.owner.name().map(str::to_owned),
-        live: matches!(assessment.owner, Owner::Live(_)),
+        live: assessment.owner.is_live(),
         enabled: c.enabled,
         source: &c.source_display,
         schemas: &c.schemas,

@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::connector::{inspect_slot, Format, SOURCE_TIMEOUT};
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, TableSyncState};
-use crate::control::health::{self, Owner, Slot, Verdict};
+use crate::control::health::{self, Slot, Verdict};
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
 use crate::source::{prepared, slot};
@@ -217,7 +217,7 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
                 .or_else(|| c.next_step.clone()),
             phase,
             owner: assessment.owner.name().map(str::to_owned),
-            live: matches!(assessment.owner, Owner::Live(_)),
+            live: assessment.owner.is_live(),
             lease_token: lease.map(|l| l.token.0),
             lease_expires_in_seconds: lease.map(|l| l.expires_in),
             snapshot,

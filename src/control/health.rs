@@ -31,8 +31,9 @@ use crate::source::slot::SlotInfo;
 /// Who runs the connector, from its lease.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Owner {
-    /// A daemon (`host:pid`) holds the lease and is connected to the bookkeeping.
-    Live(String),
+    /// A daemon (`host:pid`) holds the lease and is connected to the bookkeeping; it took
+    /// it `held_for` seconds ago.
+    Live { daemon: String, held_for: f64 },
     /// The lease has not expired but its holder's bookkeeping session is gone: the daemon
     /// crashed or was killed.
     Gone(String),
@@ -43,16 +44,23 @@ pub enum Owner {
 impl Owner {
     pub fn from_lease(lease: Option<&Lease>) -> Owner {
         match lease {
-            Some(l) if l.is_live() => Owner::Live(l.owner.clone()),
+            Some(l) if l.is_live() => Owner::Live {
+                daemon: l.owner.clone(),
+                held_for: l.held_for,
+            },
             Some(l) if l.is_held() => Owner::Gone(l.owner.clone()),
             _ => Owner::Nobody,
         }
     }
 
+    pub fn is_live(&self) -> bool {
+        matches!(self, Owner::Live { .. })
+    }
+
     /// The holder of an unexpired lease, live or gone.
     pub fn name(&self) -> Option<&str> {
         match self {
-            Owner::Live(name) | Owner::Gone(name) => Some(name),
+            Owner::Live { daemon: name, .. } | Owner::Gone(name) => Some(name),
             Owner::Nobody => None,
         }
     }
@@ -263,13 +271,14 @@ pub fn all_healthy<'h>(healths: impl IntoIterator<Item = &'h Health>) -> bool {
 
 /// The verdict. The order of the checks is the order of what the operator must fix first:
 /// a definite error outlives a daemon restart, no daemon means nothing else can change, a
-/// lost slot makes the pipeline fail at its next read.
+/// lost slot makes a streaming pipeline fail at its next read (during setup the pipeline
+/// replaces it, and records an error if it cannot).
 pub fn judge(facts: &Facts<'_>) -> Health {
     let Facts {
         name, state, owner, ..
     } = *facts;
     let freshness = facts.lag.as_ref().map(Freshness::from_lag);
-    let live = matches!(owner, Owner::Live(_));
+    let live = owner.is_live();
     let problem =
         |reason: String, next_step: String| Verdict::Unhealthy(Problem { reason, next_step });
     let verdict = if !facts.enabled {
@@ -301,7 +310,9 @@ pub fn judge(facts: &Facts<'_>) -> Health {
             "its replication slot is missing on the source".to_owned(),
             format!("run `tributary connector retry-setup {name}` for a new snapshot"),
         )
-    } else if let Slot::Invalidated { how, advice } = facts.slot {
+    } else if let (Slot::Invalidated { how, advice }, PipelineState::Streaming) =
+        (facts.slot, state)
+    {
         problem(
             format!("the source invalidated its replication slot ({how})"),
             format!(
@@ -339,8 +350,12 @@ pub fn judge(facts: &Facts<'_>) -> Health {
         }
         _ => state.to_string(),
     };
-    let apply_lag_seconds = match verdict {
-        Verdict::Streaming => facts.lag.map(|l| l.seconds),
+    // A lag measured before this daemon took the lease is its predecessor's last word.
+    let apply_lag_seconds = match (&verdict, owner) {
+        (Verdict::Streaming, Owner::Live { held_for, .. }) => facts
+            .lag
+            .filter(|l| l.age_seconds <= *held_for)
+            .map(|l| l.seconds),
         _ => None,
     };
     Health {
@@ -377,8 +392,12 @@ mod tests {
         lag: Option<f64>,
     }
 
+    /// A daemon that took the lease before the lag was measured (`LAG`'s age is 40 s).
     fn live() -> Owner {
-        Owner::Live("host:1".into())
+        Owner::Live {
+            daemon: "host:1".into(),
+            held_for: 60.0,
+        }
     }
 
     fn case(state: PipelineState, owner: Owner) -> Case {
@@ -459,10 +478,17 @@ mod tests {
                 slot: Slot::Missing,
                 ..case(Streaming, live())
             },
-            // Before the first snapshot there is no slot yet.
+            // Before the first snapshot there is no slot yet; setup replaces a lost one.
             Case {
                 slot: Slot::Missing,
                 ..case(Pending, live())
+            },
+            Case {
+                slot: Slot::Invalidated {
+                    how: "wal_status = lost".into(),
+                    advice: "",
+                },
+                ..case(Snapshotting, live())
             },
             Case {
                 healthy: Some(false),
@@ -560,6 +586,30 @@ mod tests {
                  apply lag was ever recorded)"
             )
         );
+    }
+
+    #[test]
+    fn a_lag_measured_before_the_lease_was_taken_is_not_shown() {
+        let facts = |owner| Facts {
+            name: "shop",
+            state: Streaming,
+            enabled: true,
+            resnapshot_requested: false,
+            last_error: None,
+            next_step: None,
+            owner,
+            slot: &Slot::Valid,
+            lag: Some(LAG),
+        };
+        let taken_over = Owner::Live {
+            daemon: "other:2".into(),
+            held_for: 5.0,
+        };
+        let health = judge(&facts(&taken_over));
+        assert_eq!(health.verdict, Verdict::Streaming);
+        assert_eq!(health.apply_lag_seconds, None);
+        assert_eq!(health.freshness.map(|f| f.age_seconds), Some(42.0));
+        assert_eq!(judge(&facts(&live())).apply_lag_seconds, Some(2.0));
     }
 
     #[test]
