@@ -84,6 +84,8 @@ struct StatusView {
     measured_at: Option<f64>,
     #[serde(skip)]
     freshness: Option<health::Freshness>,
+    #[serde(skip)]
+    health: health::Health,
     last_error: Option<String>,
     source_error: Option<String>,
 }
@@ -107,11 +109,7 @@ pub async fn run(
         let views = gather(bookkeeping).await?;
         // Nobody reading the output any more does not change the verdict.
         let _ = emit(&render(&views, format, false)?);
-        let unhealthy: Vec<&str> = views
-            .iter()
-            .filter(|v| v.healthy == Some(false))
-            .map(|v| v.connector.as_str())
-            .collect();
+        let unhealthy = health::unhealthy(views.iter().map(|v| (v.connector.as_str(), &v.health)));
         return match unhealthy.as_slice() {
             [] => Ok(()),
             [one] => Err(anyhow::anyhow!("connector {one} is not healthy").into()),
@@ -239,6 +237,7 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
             changes_per_second: None,
             measured_at: lag.map(|l| l.measured_at),
             freshness,
+            health: assessment.health.clone(),
             last_error: c.last_error.clone(),
             source_error,
         });

@@ -263,10 +263,14 @@ pub fn staleness(name: &str, health: &Health) -> Option<String> {
     ))
 }
 
-/// Whether every enabled connector is healthy (true for none): `tributary status`'s exit
-/// code.
-pub fn all_healthy<'h>(healths: impl IntoIterator<Item = &'h Health>) -> bool {
-    healths.into_iter().all(|h| h.healthy() != Some(false))
+/// The connectors that are not healthy, of `(name, health)`; disabled ones are not judged.
+/// `tributary status` exits 0 only when there are none.
+pub fn unhealthy<'h>(healths: impl IntoIterator<Item = (&'h str, &'h Health)>) -> Vec<&'h str> {
+    healths
+        .into_iter()
+        .filter(|(_, h)| h.healthy() == Some(false))
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// The verdict. The order of the checks is the order of what the operator must fix first:
@@ -665,9 +669,14 @@ mod tests {
         let snapshotting = health(Snapshotting, true, &owner);
         let disabled = health(Stopped, false, &nobody);
         let unowned = health(Streaming, true, &nobody);
-        assert!(all_healthy([]));
-        assert!(all_healthy([&streaming, &snapshotting, &disabled]));
-        assert!(!all_healthy([&streaming, &unowned]));
-        assert!(!all_healthy([&unowned]));
+        assert_eq!(unhealthy([]), Vec::<&str>::new());
+        assert_eq!(
+            unhealthy([("a", &streaming), ("b", &snapshotting), ("c", &disabled)]),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            unhealthy([("a", &streaming), ("b", &unowned), ("c", &unowned)]),
+            ["b", "c"]
+        );
     }
 }
