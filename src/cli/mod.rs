@@ -57,13 +57,12 @@ pub enum Command {
     Connector(connector::ConnectorCommand),
     /// Per connector: state, snapshot progress, slot lag, retained WAL, wal_status, apply
     /// lag, last error, and whether it is healthy (streaming or being set up by a live
-    /// daemon). Exit code 0 only when every enabled connector is healthy, 1 otherwise
-    /// (with --watch: runs until interrupted or its output is closed).
+    /// daemon). Exit code 0 only when every enabled connector is healthy, 1 otherwise.
     Status {
         #[arg(long, value_enum, default_value_t = connector::Format::Text)]
         format: connector::Format,
         /// Show it again every this many seconds (changes/s between two looks), until
-        /// interrupted.
+        /// interrupted or its output is closed (`| head`).
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2",
               value_parser = clap::value_parser!(u64).range(1..=3600))]
         watch: Option<u64>,
