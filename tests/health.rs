@@ -2,7 +2,7 @@
 //! (SIGTERM), killed (SIGKILL), and holding a failed connector: no command shows a
 //! connector better than it is; `status` says so by its exit code, `branch create` refuses
 //! a stale branch unless `--allow-stale`, `/readyz` fails while the daemon holds a failed
-//! connector. Also `status --watch` ends when its reader goes.
+//! connector or one retrying an error. Also `status --watch` ends when its reader goes.
 
 use std::io::{BufRead as _, BufReader};
 use std::time::{Duration, Instant};
@@ -205,13 +205,33 @@ async fn a_daemon_stopped_or_killed_leaves_no_connector_looking_streaming() {
 }
 
 #[tokio::test]
-async fn a_failed_connector_fails_status_and_readyz_and_refuses_a_branch() {
+async fn a_retrying_or_failed_connector_fails_status_and_readyz_and_a_branch() {
     let source = Cluster::start();
     let store = Cluster::start();
     shop(&source);
     let mut daemon = streaming(&source, &store).await;
     let addr = daemon.metrics_addr().await;
     assert_eq!(get(addr, "/readyz"), (200, "ok\n".to_owned()));
+
+    // A source that went away: the pipeline retries, and the daemon is not ready meanwhile.
+    source.stop();
+    let body = eventually("/readyz to fail while the pipeline retries", || async {
+        let (code, body) = get(addr, "/readyz");
+        (code == 503).then_some(body)
+    })
+    .await;
+    assert!(
+        body.starts_with("connector shop: retrying after an error: "),
+        "{body}"
+    );
+    let (ok, views) = daemon.status();
+    assert!(!ok, "{views:?}");
+    assert_eq!(views[0]["shown_state"], "streaming (retrying)", "{views:?}");
+    source.start_again();
+    eventually("/readyz to come back with the source", || async {
+        (get(addr, "/readyz").0 == 200).then_some(())
+    })
+    .await;
     daemon.terminate();
 
     // The slot goes while the daemon is down: the restarted pipeline fails for good.
