@@ -7,8 +7,18 @@
 //!     this process's apply lags                                  ──► bookkeeping (status)
 //!  GET /metrics   the registry in text format (apply lag computed at scrape time)
 //!  GET /healthz   200 while the process serves
-//!  GET /readyz    200 when the bookkeeping answers and the supervisor runs, else 503
+//!  GET /readyz    200 when the supervisor runs, the bookkeeping answers, and every
+//!                 connector whose lease this daemon holds is healthy; else 503 with one
+//!                 line per reason (`connector shop: stopped by an error: …`)
 //! ```
+//!
+//! Readiness is about this daemon doing its job, not about whether it is alive
+//! (`/healthz`): a Kubernetes readiness probe never restarts a pod, it marks it not ready
+//! (in `kubectl get pods`, for alerts on `kube_pod_status_ready`) and holds a rolling
+//! update until the new pod is ready, so `/readyz` fails exactly when a restart would not
+//! help and an operator must look: a failed or retrying connector this daemon holds, or a
+//! daemon that cannot run any. Connectors other daemons hold are theirs to report, and
+//! one no daemon holds is taken by whichever has room: neither makes this one unready.
 //!
 //! Every series is labelled `connector` (never with a URL: no secret reaches a label).
 
@@ -30,6 +40,7 @@ use prometheus::{
 use tokio_util::sync::CancellationToken;
 
 use crate::bookkeeping::{Bookkeeping, Connector};
+use crate::control::health::{self, Slot};
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
 use crate::source::slot::{self, Cause, WalStatus};
@@ -452,13 +463,27 @@ pub struct ConnectorMetrics {
     pub oldest_unapplied: Arc<AtomicI64>,
 }
 
-/// Whether the daemon is ready: set by the supervisor while it runs.
-#[derive(Clone, Default)]
+/// Whether the daemon is ready: the supervisor says while it runs; the connectors whose
+/// leases hold this daemon's name are judged at each request.
+#[derive(Clone)]
 pub struct Readiness {
     supervisor_running: Arc<AtomicBool>,
+    /// This daemon as its leases name it (`host:pid`).
+    daemon: Arc<str>,
 }
 
 impl Readiness {
+    pub fn new(daemon: String) -> Readiness {
+        Readiness {
+            supervisor_running: Arc::default(),
+            daemon: daemon.into(),
+        }
+    }
+
+    pub fn daemon(&self) -> &str {
+        &self.daemon
+    }
+
     pub fn set_running(&self, running: bool) {
         self.supervisor_running.store(running, Ordering::Relaxed);
     }
@@ -509,14 +534,48 @@ async fn metrics_endpoint() -> impl IntoResponse {
     )
 }
 
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+/// See the module doc: 200 only when the supervisor runs, the bookkeeping answers, and
+/// every connector whose lease this daemon holds is healthy (`control/health.rs`); else 503
+/// naming what is not. The sources are not asked: a pipeline that cannot reach its source
+/// records the error it retries, which is unhealthy.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    let unavailable = |why: String| (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
     if !state.readiness.supervisor_running.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "supervisor not running\n");
+        return unavailable("supervisor not running".to_owned());
     }
-    match tokio::time::timeout(SOURCE_TIMEOUT, state.bookkeeping.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ok\n"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "bookkeeping unreachable\n"),
+    let judged = tokio::time::timeout(
+        SOURCE_TIMEOUT,
+        unhealthy_held(&state.bookkeeping, state.readiness.daemon()),
+    )
+    .await;
+    match judged {
+        Ok(Ok(unhealthy)) if unhealthy.is_empty() => (StatusCode::OK, "ok\n".to_owned()),
+        Ok(Ok(unhealthy)) => unavailable(unhealthy.join("\n")),
+        _ => unavailable("bookkeeping unreachable".to_owned()),
     }
+}
+
+/// `connector <name>: <reason>` for each connector whose lease `daemon` holds and that is
+/// not healthy.
+async fn unhealthy_held(
+    bookkeeping: &Bookkeeping,
+    daemon: &str,
+) -> Result<Vec<String>, crate::bookkeeping::Error> {
+    let leases = bookkeeping.leases().await?;
+    let mut unhealthy = Vec::new();
+    for connector in bookkeeping.connectors().await? {
+        let held = leases
+            .get(&connector.id)
+            .is_some_and(|l| l.is_held() && l.owner == daemon);
+        if !held {
+            continue;
+        }
+        let assessed = health::assess(bookkeeping, &connector, &leases, &Slot::Unknown).await?;
+        if let Some(problem) = assessed.health.problem() {
+            unhealthy.push(format!("connector {}: {}", connector.name, problem.reason));
+        }
+    }
+    Ok(unhealthy)
 }
 
 /// Samples every connector's state and slot every `interval`, until `shutdown`.

@@ -110,6 +110,7 @@ impl Supervisor {
         readiness: Readiness,
     ) -> Supervisor {
         Supervisor {
+            owner: readiness.daemon().to_owned(),
             bookkeeping,
             settings,
             shutdown,
@@ -119,7 +120,6 @@ impl Supervisor {
             running: HashMap::new(),
             retries: HashMap::new(),
             given_up: HashSet::new(),
-            owner: daemon_name(),
             leases: HashMap::new(),
             lease_deadline: None,
             handing_off: HashSet::new(),
@@ -602,7 +602,7 @@ impl Supervisor {
 
 /// How the bookkeeping's leases name this daemon: `host:pid` (in Kubernetes the host name
 /// is the pod's).
-fn daemon_name() -> String {
+pub fn daemon_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

@@ -227,8 +227,14 @@ async fn names_are_checked_and_branches_deleted_reset_and_kept() {
         "pgcrypto",
     ]);
 
-    // Before the first snapshot there is nothing to branch from.
+    // Before the first snapshot there is nothing to branch from, stale or not.
     let (code, _, err) = run(&daemon, &["branch", "create", "early"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("connector bank is not streaming under a live daemon (no daemon runs it"),
+        "{err}"
+    );
+    let (code, _, err) = run(&daemon, &["branch", "create", "early", "--allow-stale"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("not ready to branch"), "{err}");
 
@@ -319,7 +325,7 @@ async fn names_are_checked_and_branches_deleted_reset_and_kept() {
 
     // Without a daemon the command cuts the branch itself, from the replica as it is.
     daemon.terminate();
-    let out = daemon.cli_ok(&["branch", "create", "offline"]);
+    let out = daemon.cli_ok(&["branch", "create", "offline", "--allow-stale"]);
     assert!(out.contains("✓ Branch offline"), "{out}");
     assert_eq!(
         store.psql("offline", "SELECT lsn FROM tributary.branch"),

@@ -266,6 +266,47 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Starts `tributary <args>` with the daemon's environment, stdout and stderr piped.
+    pub fn cli_spawn(&self, args: &[&str]) -> Child {
+        self.command()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Like [`Daemon::cli`] for a command that must exit 1 (a check that fails, such as
+    /// `status` with a connector not healthy): its stdout, panicking with the output
+    /// otherwise.
+    pub fn cli_fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "tributary {args:?} did not exit 1:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `status --format json` and whether it exited 0 (every enabled connector healthy).
+    pub fn status(&self) -> (bool, Vec<serde_json::Value>) {
+        let out = self.cli(&["status", "--format", "json"]);
+        let code = out.status.code();
+        assert!(
+            matches!(code, Some(0 | 1)),
+            "status exited {code:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let views = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
+        });
+        (code == Some(0), views)
+    }
+
     /// `connector create postgresql <url> --name <name> --schemas <schemas> --nan-as-null
     /// accept`, which must succeed. With wal2json before 2.6 (Debian 12's), any numeric or
     /// float column needs that decision; the tests of the refusal itself are in `nan.rs`.

@@ -441,7 +441,7 @@ async fn slot_held_back(major: Option<u32>) {
         listed.contains(&format!("slot was invalidated by the source ({how})")),
         "{listed}"
     );
-    let status = daemon.cli_ok(&["status"]);
+    let status = daemon.cli_fails(&["status"]);
     assert!(
         status.contains(&format!(
             "slot invalidated by the source ({how}): raise max_slot_wal_keep_size"
@@ -450,7 +450,7 @@ async fn slot_held_back(major: Option<u32>) {
     );
     // The walsender was ended when the slot was invalidated: 17+ says since when.
     let status: serde_json::Value =
-        serde_json::from_str(&daemon.cli_ok(&["status", "--format", "json"])).unwrap();
+        serde_json::from_str(&daemon.cli_fails(&["status", "--format", "json"])).unwrap();
     assert_eq!(
         status[0]["slot_inactive_seconds"].is_number(),
         source.major() >= 17,
@@ -476,10 +476,10 @@ async fn pg18_names_a_slot_invalidated_for_being_idle() {
     daemon.terminate();
     source.psql("shop", "UPDATE items SET qty = 7 WHERE id <= 10");
     let status: serde_json::Value =
-        serde_json::from_str(&daemon.cli_ok(&["status", "--format", "json"])).unwrap();
+        serde_json::from_str(&daemon.cli_fails(&["status", "--format", "json"])).unwrap();
     assert!(status[0]["slot_inactive_seconds"].is_number(), "{status}");
     assert!(
-        daemon.cli_ok(&["status"]).contains("slot inactive for"),
+        daemon.cli_fails(&["status"]).contains("slot inactive for"),
         "{status}"
     );
 
@@ -510,7 +510,7 @@ async fn pg18_names_a_slot_invalidated_for_being_idle() {
         daemon.connector("shop")["slot"]["invalidation_cause"],
         "idle_timeout"
     );
-    let status = daemon.cli_ok(&["status"]);
+    let status = daemon.cli_fails(&["status"]);
     assert!(
         status.contains(&format!("slot invalidated by the source ({how}): {fix}")),
         "{status}"

@@ -100,8 +100,8 @@ fn write_load(
 
 /// `status --format json`: connector name → owner (`host:pid`), for those owned.
 fn owners(daemon: &Daemon) -> Vec<(String, Option<String>, String)> {
-    let status: Vec<serde_json::Value> =
-        serde_json::from_str(&daemon.cli_ok(&["status", "--format", "json"])).unwrap();
+    // Exit 1 while a connector has no live daemon, which is what these tests bring about.
+    let (_, status) = daemon.status();
     status
         .iter()
         .map(|c| {

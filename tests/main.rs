@@ -12,6 +12,7 @@ mod cli;
 mod connect;
 mod create;
 mod faults;
+mod health;
 mod identifiers;
 mod installations;
 mod large_transaction;

@@ -181,7 +181,7 @@ async fn a_table_losing_its_identity_or_made_unlogged_stops_its_connector() {
         "10"
     );
     // The failure is a state everywhere the operator looks.
-    let status = daemon.cli_ok(&["status", "--format", "json"]);
+    let status = daemon.cli_fails(&["status", "--format", "json"]);
     assert_contains(&status, &["\"failed\""]);
     let addr = daemon.metrics_addr().await;
     crate::support::eventually("the failed state in the metrics", || async {

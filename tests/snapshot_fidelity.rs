@@ -196,8 +196,8 @@ async fn a_pending_prepared_transaction_is_named_by_create_and_status() {
     prepare("refund-7", 3);
     daemon.start();
     let phase = eventually("status to say why the snapshot waits", || async {
-        let status: serde_json::Value =
-            serde_json::from_str(&daemon.cli_ok(&["status", "--format", "json"])).unwrap();
+        // Exit 1 until the daemon has taken the connector.
+        let (_, status) = daemon.status();
         let phase = status[0]["phase"].as_str().unwrap_or_default().to_owned();
         phase
             .starts_with("waiting for the slot's consistent point")

@@ -36,12 +36,22 @@ pub struct Lease {
     pub token: FencingToken,
     /// Seconds until it expires; zero or less once it is free.
     pub expires_in: f64,
+    /// Whether the holder still has its session on the bookkeeping (a daemon that was
+    /// killed has none, though its lease has not expired yet).
+    pub holder_connected: bool,
+    /// Seconds since the holder took it: what was recorded before, an earlier holder did.
+    pub held_for: f64,
 }
 
 impl Lease {
     /// Whether a daemon holds it.
     pub fn is_held(&self) -> bool {
         self.expires_in > 0.0
+    }
+
+    /// Whether a daemon holds it and is still there: the connector runs, or will soon.
+    pub fn is_live(&self) -> bool {
+        self.is_held() && self.holder_connected
     }
 }
 
@@ -213,25 +223,31 @@ impl Bookkeeping {
 
     /// The current lease of every connector that ever had one.
     pub async fn leases(&self) -> Result<HashMap<ConnectorId, Lease>, Error> {
-        let rows: Vec<(i64, String, i64, f64)> = sqlx::query_as(
-            "SELECT connector_id, owner, token,
-                    extract(epoch FROM expires_at - now())::float8
-               FROM tributary.leases",
-        )
+        let gone = session_gone("l.owner");
+        let rows: Vec<(i64, String, i64, f64, bool, f64)> = sqlx::query_as(&format!(
+            "SELECT l.connector_id, l.owner, l.token,
+                    extract(epoch FROM l.expires_at - now())::float8, NOT {gone},
+                    extract(epoch FROM now() - l.acquired_at)::float8
+               FROM tributary.leases l"
+        ))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, owner, token, expires_in)| {
-                (
-                    ConnectorId(id),
-                    Lease {
-                        owner,
-                        token: FencingToken(token),
-                        expires_in,
-                    },
-                )
-            })
+            .map(
+                |(id, owner, token, expires_in, holder_connected, held_for)| {
+                    (
+                        ConnectorId(id),
+                        Lease {
+                            owner,
+                            token: FencingToken(token),
+                            expires_in,
+                            holder_connected,
+                            held_for,
+                        },
+                    )
+                },
+            )
             .collect())
     }
 }

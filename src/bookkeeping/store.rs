@@ -147,12 +147,6 @@ impl Bookkeeping {
         Ok(listener)
     }
 
-    /// Whether the bookkeeping answers (`/readyz`).
-    pub async fn ping(&self) -> Result<(), Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
     /// How many daemons are running on this bookkeeping: sessions holding [`DAEMON_LOCK`].
     /// Commands that need a daemon to act (or to stop acting) ask this first.
     pub async fn daemons_running(&self) -> Result<i64, Error> {

@@ -24,6 +24,7 @@ use serde::Serialize;
 use super::connector::{find, Format};
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, Branch, BranchLock, BranchState, Connector};
+use crate::control::health::{self, Slot};
 use crate::pg::{self, quote_ident, ConnInfo, PgClient, ShowPassword};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
@@ -82,6 +83,11 @@ pub struct CreateArgs {
     #[arg(long, default_value_t = 300, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
+    /// Create it also when the connector is not streaming under a live daemon (no daemon
+    /// runs it, or it failed): the branch then holds the replica as it is, and the command
+    /// says as of when. Without it such a connector is refused (exit 1).
+    #[arg(long)]
+    allow_stale: bool,
 }
 
 pub async fn run(
@@ -95,6 +101,7 @@ pub async fn run(
             let name = BranchName::new(args.name).map_err(Failure::usage)?;
             let connector = resolve_connector(bookkeeping, args.connector.as_deref()).await?;
             check_name(bookkeeping, &store, &name).await?;
+            check_current(bookkeeping, &connector, args.allow_stale).await?;
             let started = Instant::now();
             let cutter = ready_to_branch(bookkeeping, &store, &connector).await?;
             let cut = cut(
@@ -208,6 +215,30 @@ async fn resolve_connector(
              `tributary connector switch <name>`"
         ))),
     }
+}
+
+/// Refuses a connector a branch of which would not be current (`control/health.rs`),
+/// unless `allow_stale`; then says how stale it is (on stderr, apart from the output).
+async fn check_current(
+    bookkeeping: &Bookkeeping,
+    connector: &Connector,
+    allow_stale: bool,
+) -> Result<(), Failure> {
+    let leases = bookkeeping.leases().await?;
+    let health = health::assess(bookkeeping, connector, &leases, &Slot::Unknown)
+        .await?
+        .health;
+    let Some(stale) = health::staleness(connector.name.as_str(), &health) else {
+        return Ok(());
+    };
+    if allow_stale {
+        eprintln!("warning: {stale} (--allow-stale)");
+        return Ok(());
+    }
+    let next = health
+        .problem()
+        .map_or_else(String::new, |p| format!(" Next step: {}.", p.next_step));
+    Err(anyhow!("{stale}.{next} Or pass --allow-stale to create it anyway.").into())
 }
 
 /// Refuses the names of the control, replica and template databases (exit 2) and names

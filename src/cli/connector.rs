@@ -11,8 +11,9 @@ use clap::{Subcommand, ValueEnum};
 use serde::Serialize;
 
 use super::Failure;
-use crate::bookkeeping::{Bookkeeping, Connector, UNLOGGED_TABLE};
+use crate::bookkeeping::{Bookkeeping, Connector, Lease, UNLOGGED_TABLE};
 use crate::change::TableName;
+use crate::control::health::{self, Slot};
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
@@ -43,8 +44,11 @@ pub enum ConnectorCommand {
     /// on a terminal, asked per table. Exit code 1 when preflight fails, 2 for undecided
     /// tables or a bad decisions file; nothing is created then.
     Create(super::create::CreateArgs),
-    /// List connectors: the active one marked (*), state, whether branches can be cut
-    /// (ready), slot lag, and warnings (failures, tables not replicated, slot WAL at risk).
+    /// List connectors: the active one marked (*), state (qualified when no daemon runs
+    /// it: `streaming (no daemon)`), whether a branch cut now is current (ready: streaming
+    /// under a live daemon), slot lag, why one is not healthy, and warnings (tables not
+    /// replicated, slot WAL at risk). Exit code 0 whatever their state (`tributary status`
+    /// exits 1 when one is not healthy).
     List {
         /// Output: a table for people, or JSON for scripts.
         #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -191,16 +195,29 @@ struct ConnectorView<'a> {
     name: &'a str,
     /// The connector commands use when --connector is omitted.
     active: bool,
+    /// The pipeline's state as its daemon last recorded it (`live` says whether one runs
+    /// it now).
     state: &'a str,
-    /// Streaming from a complete snapshot: branches can be cut.
+    /// The state as the text output shows it (`streaming (no daemon)`, …).
+    shown_state: String,
+    /// Streaming from a complete snapshot under a live daemon: a branch cut now is current.
     ready: bool,
+    /// Whether it is healthy (`control/health.rs`); `null` for a disabled connector.
+    healthy: Option<bool>,
+    /// Why not, when not healthy.
+    reason: Option<String>,
+    /// The daemon holding its unexpired lease (`host:pid`); `null` when none.
+    owner: Option<String>,
+    /// Whether that daemon is still connected to the bookkeeping.
+    live: bool,
     enabled: bool,
     source: &'a str,
     schemas: &'a [String],
     slot_name: &'a str,
     replica_database: &'a str,
     last_error: Option<&'a str>,
-    next_step: Option<&'a str>,
+    /// What the operator does next: when not healthy, or the one recorded with the error.
+    next_step: Option<String>,
     /// The slot as the source reports it; `null` when the source could not be asked
     /// (`source_error` says why) or has no such slot.
     slot: Option<SlotView>,
@@ -241,9 +258,10 @@ struct ExcludedTable {
 
 async fn list(bookkeeping: &Bookkeeping, format: Format) -> Result<(), Failure> {
     let connectors = bookkeeping.connectors().await?;
+    let leases = bookkeeping.leases().await?;
     let mut views = Vec::with_capacity(connectors.len());
     for connector in &connectors {
-        views.push(view(bookkeeping, connector).await?);
+        views.push(view(bookkeeping, connector, &leases).await?);
     }
     if format == Format::Json {
         say!("{}", serde_json::to_string_pretty(&views)?);
@@ -256,8 +274,8 @@ async fn list(bookkeeping: &Bookkeeping, format: Format) -> Result<(), Failure> 
         return Ok(());
     }
     say!(
-        "  {:<20} {:<13} {:<6} {:>10}  {:<32} SOURCE",
-        "NAME",
+        "  {:<20} {:<22} {:<6} {:>10}  {:<32} SOURCE",
+        "CONNECTOR",
         "STATE",
         "READY",
         "LAG",
@@ -269,20 +287,22 @@ async fn list(bookkeeping: &Bookkeeping, format: Format) -> Result<(), Failure> 
             |b| ByteSize(b).display().iec().to_string(),
         );
         say!(
-            "{} {:<20} {:<13} {:<6} {:>10}  {:<32} {}",
+            "{} {:<20} {:<22} {:<6} {:>10}  {:<32} {}",
             if v.active { "*" } else { " " },
             v.name,
-            v.state,
+            v.shown_state,
             if v.ready { "yes" } else { "no" },
             lag,
             v.replica_database,
             v.source
         );
-        if let Some(error) = v.last_error {
-            say!("    error: {error}");
-            if let Some(next) = v.next_step {
-                say!("    next step: {next}");
-            }
+        match (&v.reason, v.last_error) {
+            (Some(reason), _) => say!("    not healthy: {reason}"),
+            (None, Some(error)) => say!("    error: {error}"),
+            (None, None) => {}
+        }
+        if let Some(next) = v.next_step.as_ref().filter(|_| v.healthy != Some(true)) {
+            say!("    next step: {next}");
         }
         for warning in &v.warnings {
             say!("    warning: {warning}");
@@ -297,12 +317,19 @@ async fn list(bookkeeping: &Bookkeeping, format: Format) -> Result<(), Failure> 
 async fn view<'a>(
     bookkeeping: &Bookkeeping,
     c: &'a Connector,
+    leases: &std::collections::HashMap<crate::types::ConnectorId, Lease>,
 ) -> Result<ConnectorView<'a>, Failure> {
     let excluded_tables = excluded_tables(bookkeeping, c).await?;
     let (slot, source_error) = match inspect_slot(bookkeeping, c).await {
         Ok(slot) => (slot, None),
         Err(e) => (None, Some(format!("{e:#}"))),
     };
+    let slot_fact = match &source_error {
+        Some(_) => Slot::Unknown,
+        None => Slot::from_info(slot.as_ref()),
+    };
+    let assessment = health::assess(bookkeeping, c, leases, &slot_fact).await?;
+    let health = &assessment.health;
     let mut warnings = Vec::new();
     if !c.enabled {
         warnings.push(format!(
@@ -375,14 +402,22 @@ async fn view<'a>(
         name: c.name.as_str(),
         active: c.active,
         state: c.state.as_str(),
-        ready: c.enabled && c.state == PipelineState::Streaming && !c.resnapshot_requested,
+        shown_state: health.shown_state.clone(),
+        ready: health.is_current(),
+        healthy: health.healthy(),
+        reason: health.problem().map(|p| p.reason.clone()),
+        owner: assessment.owner.name().map(str::to_owned),
+        live: assessment.owner.is_live(),
         enabled: c.enabled,
         source: &c.source_display,
         schemas: &c.schemas,
         slot_name: c.slot_name.as_str(),
         replica_database: &c.replica_database,
         last_error: c.last_error.as_deref(),
-        next_step: c.next_step.as_deref(),
+        next_step: health
+            .problem()
+            .map(|p| p.next_step.clone())
+            .or_else(|| c.next_step.clone()),
         slot: slot.map(|s| SlotView {
             wal_status: s.wal_status.as_str(),
             active: s.active_pid.is_some(),

@@ -56,13 +56,14 @@ pub enum Command {
     #[command(subcommand)]
     Connector(connector::ConnectorCommand),
     /// Per connector: state, snapshot progress, slot lag, retained WAL, wal_status, apply
-    /// lag and last error.
+    /// lag, last error, and whether it is healthy (streaming or being set up by a live
+    /// daemon). Exit code 0 only when every enabled connector is healthy, 1 otherwise.
     Status {
         /// Output: a table for people, or JSON for scripts.
         #[arg(long, value_enum, default_value_t = connector::Format::Text)]
         format: connector::Format,
         /// Show it again every this many seconds (changes/s between two looks), until
-        /// interrupted.
+        /// interrupted or its output is closed (`| head`).
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2",
               value_parser = clap::value_parser!(u64).range(1..=3600))]
         watch: Option<u64>,

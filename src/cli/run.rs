@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::Failure;
 use crate::metrics::{self, Readiness};
 use crate::settings::Settings;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{self, Supervisor};
 
 /// Time allowed on top of the pipelines' grace period for closing connections.
 const EXIT_SLACK: Duration = Duration::from_secs(10);
@@ -22,7 +22,7 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), Failure> 
     // The endpoints outlive the pipelines: during shutdown `/readyz` answers 503 (the
     // supervisor is stopping) while `/healthz` and `/metrics` still answer.
     let services_shutdown = CancellationToken::new();
-    let readiness = Readiness::default();
+    let readiness = Readiness::new(supervisor::daemon_name());
     let listen = settings.metrics.listen;
     let (bound, server) = metrics::bind(
         listen,

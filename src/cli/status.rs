@@ -1,12 +1,18 @@
 //! `tributary status`: per connector, where its pipeline is and how far behind: state,
 //! snapshot progress, slot lag, retained WAL, wal_status (why the source invalidated the
 //! slot, with the fix, and on 17+ for how long nothing streamed from it), apply lag, last
-//! error, and which daemon runs it (the holder of its lease).
+//! error, which daemon runs it (the holder of its lease), and whether it is healthy
+//! (`control/health.rs`, the one definition). Exit code 0 only when every enabled
+//! connector is healthy, 1 otherwise; `--watch` runs until interrupted or its output is
+//! closed.
 //!
 //! The apply lag is the one the daemon running the pipeline last recorded in the
-//! bookkeeping (every `metrics.slot_interval_secs`).
+//! bookkeeping (every `metrics.slot_interval_secs`), shown only while that daemon streams
+//! the connector; otherwise it is unknown, and status says since when the replica has
+//! held the source (which grows).
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
+use std::io::Write as _;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -14,7 +20,9 @@ use serde::Serialize;
 use super::connector::{inspect_slot, Format, SOURCE_TIMEOUT};
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, TableSyncState};
+use crate::control::health::{self, Slot, Verdict};
 use crate::pg::{self, ConnInfo};
+use crate::pipeline::PipelineState;
 use crate::source::{prepared, slot};
 use crate::types::SlotName;
 
@@ -22,12 +30,24 @@ use crate::types::SlotName;
 #[derive(Serialize)]
 struct StatusView {
     connector: String,
+    /// The pipeline's state as its daemon last recorded it (`live` says whether one runs
+    /// it now).
     state: &'static str,
-    /// What the state is doing: snapshot progress, streaming, the error.
+    /// The state as the text output shows it: qualified when it is not what happens
+    /// (`streaming (no daemon)`, `streaming (retrying)`).
+    shown_state: String,
+    /// Whether it is healthy (`control/health.rs`); `null` for a disabled connector.
+    healthy: Option<bool>,
+    /// Why not, when not healthy.
+    reason: Option<String>,
+    /// What the operator does next (when not healthy, or the recorded one).
+    next_step: Option<String>,
+    /// What the state is doing: snapshot progress, streaming, the reason it is not healthy.
     phase: String,
-    /// The daemon running the connector (`host:pid`, the holder of its lease); `null`
-    /// when none does.
+    /// The daemon holding the connector's unexpired lease (`host:pid`); `null` when none.
     owner: Option<String>,
+    /// Whether that daemon is still connected to the bookkeeping (a killed one is not).
+    live: bool,
     /// The fencing token of that lease.
     lease_token: Option<i64>,
     /// Seconds until that lease expires unless renewed.
@@ -45,10 +65,16 @@ struct StatusView {
     /// For how long nobody has streamed from the slot (PostgreSQL 17+; `null` before, and
     /// while a session streams).
     slot_inactive_seconds: Option<f64>,
-    /// As the daemon last recorded it; `null` when no daemon has.
+    /// As the daemon streaming the connector last recorded it; `null` when unknown (no
+    /// live daemon streams it).
     apply_lag_seconds: Option<f64>,
-    /// How old that measurement is.
+    /// How old the last recorded measurement is.
     apply_lag_age_seconds: Option<f64>,
+    /// The replica held every source transaction committed before this time (RFC 3339),
+    /// as of the last measurement; `null` when never measured.
+    replica_current_as_of: Option<String>,
+    /// How long ago that is: grows while nothing is applied.
+    replica_age_seconds: Option<f64>,
     /// Changes applied by the daemon's pipeline since it started, at that measurement.
     changes_applied: Option<u64>,
     /// With `--watch`: the rate between two measurements.
@@ -56,8 +82,11 @@ struct StatusView {
     changes_per_second: Option<f64>,
     #[serde(skip)]
     measured_at: Option<f64>,
+    #[serde(skip)]
+    freshness: Option<health::Freshness>,
+    #[serde(skip)]
+    health: health::Health,
     last_error: Option<String>,
-    next_step: Option<String>,
     source_error: Option<String>,
 }
 
@@ -69,14 +98,28 @@ struct SnapshotView {
     bytes_copied: u64,
 }
 
-/// `status`, once or (`watch`) every `interval` until interrupted.
+/// `status`, once or (`watch`) every `interval` until interrupted or stdout is closed
+/// (`status --watch | head -1`). Once: exit 1 unless every enabled connector is healthy.
 pub async fn run(
     bookkeeping: &Bookkeeping,
     format: Format,
     watch: Option<Duration>,
 ) -> Result<(), Failure> {
     let Some(interval) = watch else {
-        return print(&gather(bookkeeping).await?, format, false);
+        let views = gather(bookkeeping).await?;
+        // Nobody reading the output any more does not change the verdict.
+        let _ = emit(&render(&views, format, false)?);
+        let unhealthy = health::unhealthy(views.iter().map(|v| (v.connector.as_str(), &v.health)));
+        return match unhealthy.as_slice() {
+            [] => Ok(()),
+            [one] => Err(anyhow::anyhow!("connector {one} is not healthy").into()),
+            many => Err(anyhow::anyhow!(
+                "{} connectors are not healthy: {}",
+                many.len(),
+                many.join(", ")
+            )
+            .into()),
+        };
     };
     let mut previous: Vec<StatusView> = Vec::new();
     // Rows the last look took on the terminal.
@@ -99,23 +142,49 @@ pub async fn run(
                 _ => before.changes_per_second,
             };
         }
-        if format == Format::Text && std::io::stdout().is_terminal() {
+        let text = if format == Format::Text && std::io::stdout().is_terminal() {
             let look = format!(
                 "{} (every {} s; Ctrl-C to stop)\n{}",
                 chrono::Utc::now().format("%H:%M:%S UTC"),
                 interval.as_secs(),
-                render(&views)
+                render(&views, format, true)?
             );
-            let mut stdout = std::io::stdout().lock();
-            let _ = write!(stdout, "{}", redraw(rows, &look));
-            let _ = stdout.flush();
+            let text = redraw(rows, &look);
             rows = look.matches('\n').count();
+            text
         } else {
-            print(&views, format, true)?;
+            render(&views, format, true)?
+        };
+        if let Err(e) = emit(&text) {
+            // The reader has gone (`| head -1`): done, quietly.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(e.into());
         }
         previous = views;
         tokio::time::sleep(interval).await;
     }
+}
+
+/// What `status --watch` writes to a terminal for each look: back to the first line of
+/// the last look (`rows` lines up) and erase from there down, then the look, with line
+/// wrapping off so that each line takes one row. What was printed above stays visible (the
+/// quickstart's branch URL and psql command), where clearing the screen wiped it.
+fn redraw(rows: usize, look: &str) -> String {
+    let up = if rows > 0 {
+        format!("\x1b[{rows}F\x1b[J")
+    } else {
+        String::new()
+    };
+    format!("{up}\x1b[?7l{look}\x1b[?7h")
+}
+
+/// Writes one look to stdout at once, telling whether anyone reads it.
+fn emit(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }
 
 async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
@@ -138,26 +207,43 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
             Ok(slot) => (slot, None),
             Err(e) => (None, Some(format!("{e:#}"))),
         };
+        let slot_fact = match &source_error {
+            Some(_) => Slot::Unknown,
+            None => Slot::from_info(slot.as_ref()),
+        };
+        let assessment = health::assess(bookkeeping, &c, &leases, &slot_fact).await?;
+        let health = &assessment.health;
         let invalidation = slot.as_ref().and_then(|s| s.invalidation());
-        let lag = bookkeeping.apply_lag(c.id).await?;
-        let phase = match c.state.as_str() {
-            "snapshotting" => {
+        let lag = assessment.lag;
+        let phase = match (&health.verdict, c.state) {
+            (Verdict::Unhealthy(problem), _) => problem.reason.clone(),
+            (Verdict::SettingUp, PipelineState::Snapshotting) => {
                 let source = ConnInfo::parse(&bookkeeping.source_url(&c).await?)?;
                 let waiting = slot_wait(&source, &c.slot_name)
                     .await
                     .unwrap_or_else(|e| Some(format!("(the source could not be asked: {e:#})")));
                 snapshot_phase(waiting.as_deref(), &snapshot)
             }
-            "streaming" if c.last_error.is_some() => "streaming, retrying an error".to_owned(),
-            "streaming" => "streaming".to_owned(),
-            "failed" => "stopped by an error: see next_step".to_owned(),
-            other => other.to_owned(),
+            (Verdict::SettingUp, PipelineState::Streaming) => {
+                "a new snapshot is asked for".to_owned()
+            }
+            (Verdict::Disabled, _) => "disabled".to_owned(),
+            (_, state) => state.to_string(),
         };
+        let freshness = health.freshness;
         views.push(StatusView {
             connector: c.name.to_string(),
             state: c.state.as_str(),
+            shown_state: health.shown_state.clone(),
+            healthy: health.healthy(),
+            reason: health.problem().map(|p| p.reason.clone()),
+            next_step: health
+                .problem()
+                .map(|p| p.next_step.clone())
+                .or_else(|| c.next_step.clone()),
             phase,
-            owner: lease.map(|l| l.owner.clone()),
+            owner: assessment.owner.name().map(str::to_owned),
+            live: assessment.owner.is_live(),
             lease_token: lease.map(|l| l.token.0),
             lease_expires_in_seconds: lease.map(|l| l.expires_in),
             snapshot,
@@ -168,13 +254,19 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
             slot_invalidation: invalidation.as_ref().map(ToString::to_string),
             slot_invalidation_advice: invalidation.map(|i| i.cause.advice()),
             slot_inactive_seconds: slot.as_ref().and_then(|s| s.inactive_seconds),
-            apply_lag_seconds: lag.map(|l| l.seconds),
+            apply_lag_seconds: health.apply_lag_seconds,
             apply_lag_age_seconds: lag.map(|l| l.age_seconds),
+            replica_current_as_of: freshness.map(|f| {
+                f.current_as_of
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            }),
+            replica_age_seconds: freshness.map(|f| f.age_seconds),
             changes_applied: lag.map(|l| l.changes),
             changes_per_second: None,
             measured_at: lag.map(|l| l.measured_at),
+            freshness,
+            health: assessment.health.clone(),
             last_error: c.last_error.clone(),
-            next_step: c.next_step.clone(),
             source_error,
         });
     }
@@ -215,7 +307,9 @@ fn snapshot_phase(waiting: Option<&str>, snapshot: &SnapshotView) -> String {
     }
 }
 
-fn print(views: &[StatusView], format: Format, watching: bool) -> Result<(), Failure> {
+/// One look, as text or JSON.
+fn render(views: &[StatusView], format: Format, watching: bool) -> Result<String, Failure> {
+    use std::fmt::Write as _;
     if format == Format::Json {
         // One line per look when watching, each a JSON document of its own.
         let json = if watching {
@@ -223,39 +317,16 @@ fn print(views: &[StatusView], format: Format, watching: bool) -> Result<(), Fai
         } else {
             serde_json::to_string_pretty(views)?
         };
-        say!("{json}");
-        return Ok(());
+        return Ok(format!("{json}\n"));
     }
-    say!("{}", render(views).trim_end_matches('\n'));
-    Ok(())
-}
-
-/// What `status --watch` writes to a terminal for each look: back to the first line of
-/// the last look (`rows` lines up) and erase from there down, then the look, with line
-/// wrapping off so that each line takes one row. What was printed above stays visible (the
-/// quickstart's branch URL and psql command), where clearing the screen wiped it.
-fn redraw(rows: usize, look: &str) -> String {
-    let up = if rows > 0 {
-        format!("\x1b[{rows}F\x1b[J")
-    } else {
-        String::new()
-    };
-    format!("{up}\x1b[?7l{look}\x1b[?7h")
-}
-
-/// The text view: a table, a line per connector and its details below it.
-fn render(views: &[StatusView]) -> String {
-    use std::fmt::Write as _;
     let mut out = String::new();
     // Writing to a String cannot fail.
-    macro_rules! put {
-        ($($arg:tt)*) => {{
-            let _ = writeln!(out, $($arg)*);
-        }};
+    macro_rules! line {
+        ($($arg:tt)*) => {{ let _ = writeln!(out, $($arg)*); }};
     }
     if views.is_empty() {
-        put!("no connectors; create one with `tributary connector create postgresql <url>`");
-        return out;
+        line!("no connectors; create one with `tributary connector create postgresql <url>`");
+        return Ok(out);
     }
     let bytes = |b: Option<u64>| {
         b.map_or_else(
@@ -263,8 +334,8 @@ fn render(views: &[StatusView]) -> String {
             |b| bytesize::ByteSize(b).display().iec().to_string(),
         )
     };
-    put!(
-        "{:<20} {:<13} {:<11} {:>10} {:>12} {:>10} {:>10}  PHASE",
+    line!(
+        "{:<20} {:<22} {:<11} {:>10} {:>12} {:>10} {:>10}  PHASE",
         "CONNECTOR",
         "STATE",
         "WAL STATUS",
@@ -274,43 +345,53 @@ fn render(views: &[StatusView]) -> String {
         "CHANGES/S"
     );
     for v in views {
-        put!(
-            "{:<20} {:<13} {:<11} {:>10} {:>12} {:>10} {:>10}  {}",
+        let apply_lag = match (v.apply_lag_seconds, v.replica_age_seconds) {
+            (Some(s), _) => format!("{s:.1} s"),
+            (None, Some(_)) => "unknown".to_owned(),
+            (None, None) => "-".to_owned(),
+        };
+        line!(
+            "{:<20} {:<22} {:<11} {:>10} {:>12} {:>10} {:>10}  {}",
             v.connector,
-            v.state,
+            v.shown_state,
             v.wal_status.unwrap_or("-"),
             bytes(v.slot_lag_bytes),
             bytes(v.retained_wal_bytes),
-            v.apply_lag_seconds
-                .map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s")),
+            apply_lag,
             v.changes_per_second
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.0}")),
             v.phase
         );
-        if let Some(error) = &v.last_error {
-            put!("    error: {error}");
+        if let Some(error) = v.last_error.as_ref().filter(|e| !v.phase.contains(*e)) {
+            line!("    error: {error}");
         }
         if let Some(next) = &v.next_step {
-            put!("    next step: {next}");
+            line!("    next step: {next}");
+        }
+        if let (None, Some(freshness)) = (v.apply_lag_seconds, v.freshness) {
+            line!("    replica holds the source as of {freshness}; apply lag unknown");
         }
         if let (Some(how), Some(advice)) = (&v.slot_invalidation, v.slot_invalidation_advice) {
-            put!("    slot invalidated by the source ({how}): {advice}");
+            line!("    slot invalidated by the source ({how}): {advice}");
         }
         if let Some(seconds) = v.slot_inactive_seconds {
-            put!("    slot inactive for {seconds:.0} s: nothing streams from it");
+            line!("    slot inactive for {seconds:.0} s: nothing streams from it");
         }
-        match &v.owner {
-            Some(owner) => put!("    run by: {owner}"),
-            None if v.state != "stopped" => {
-                put!("    run by: no daemon (none running, or none took it yet)")
+        match (&v.owner, v.live) {
+            (Some(owner), true) => line!("    run by: {owner}"),
+            (Some(owner), false) => {
+                line!("    run by: {owner}, which is gone (its bookkeeping session ended)")
             }
-            None => {}
+            (None, _) if v.healthy.is_some() => {
+                line!("    run by: no daemon (none running, or none took it yet)")
+            }
+            (None, _) => {}
         }
         if let Some(error) = &v.source_error {
-            put!("    source not reachable: {error}");
+            line!("    source not reachable: {error}");
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
