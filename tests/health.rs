@@ -175,6 +175,17 @@ async fn a_daemon_stopped_or_killed_leaves_no_connector_looking_streaming() {
     );
     assert!(database_exists(&store, "stale"));
 
+    // retry-setup has nothing to set up, and does not call the connector healthy.
+    let out = daemon.cli(&["connector", "retry-setup", "shop"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs nothing")
+            && stderr(&out).contains("but it is not healthy: no daemon runs it")
+            && !String::from_utf8_lossy(&out.stdout).contains("is healthy"),
+        "{}",
+        stderr(&out)
+    );
+
     // Killed: its lease has not expired, but its bookkeeping session is gone.
     daemon.start();
     healthy(&daemon).await;

@@ -41,6 +41,9 @@ pub struct Lease {
     pub holder_connected: bool,
     /// Seconds since the holder took it: what was recorded before, an earlier holder did.
     pub held_for: f64,
+    /// Whether the holder has recorded a state since it took the lease: until then the
+    /// recorded state is an earlier holder's (a restarted daemon's pipeline is starting).
+    pub state_recorded: bool,
 }
 
 impl Lease {
@@ -224,10 +227,13 @@ impl Bookkeeping {
     /// The current lease of every connector that ever had one.
     pub async fn leases(&self) -> Result<HashMap<ConnectorId, Lease>, Error> {
         let gone = session_gone("l.owner");
-        let rows: Vec<(i64, String, i64, f64, bool, f64)> = sqlx::query_as(&format!(
+        let rows: Vec<(i64, String, i64, f64, bool, f64, bool)> = sqlx::query_as(&format!(
             "SELECT l.connector_id, l.owner, l.token,
                     extract(epoch FROM l.expires_at - now())::float8, NOT {gone},
-                    extract(epoch FROM now() - l.acquired_at)::float8
+                    extract(epoch FROM now() - l.acquired_at)::float8,
+                    coalesce((SELECT h.at FROM tributary.state_history h
+                               WHERE h.connector_id = l.connector_id
+                               ORDER BY h.id DESC LIMIT 1) >= l.acquired_at, false)
                FROM tributary.leases l"
         ))
         .fetch_all(&self.pool)
@@ -235,7 +241,7 @@ impl Bookkeeping {
         Ok(rows
             .into_iter()
             .map(
-                |(id, owner, token, expires_in, holder_connected, held_for)| {
+                |(id, owner, token, expires_in, holder_connected, held_for, state_recorded)| {
                     (
                         ConnectorId(id),
                         Lease {
@@ -244,6 +250,7 @@ impl Bookkeeping {
                             expires_in,
                             holder_connected,
                             held_for,
+                            state_recorded,
                         },
                     )
                 },

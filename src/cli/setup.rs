@@ -31,6 +31,7 @@ use crate::bookkeeping::{
     Bookkeeping, Connector, SetupChange, SetupRequest, TableDecision, TableSyncState,
 };
 use crate::change::TableName;
+use crate::control::health;
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
@@ -322,8 +323,23 @@ async fn set_up_again(
             return in_progress(bookkeeping, connector, state, true).await;
         }
         SetupRequest::Recorded => {
+            let leases = bookkeeping.leases().await?;
+            let health = health::assess(bookkeeping, connector, &leases, &health::Slot::Unknown)
+                .await?
+                .health;
+            if let Some(problem) = health.problem() {
+                return Err(anyhow!(
+                    "setup of {name} needs nothing (slot {} kept), but it is not healthy: {}. \
+                     Next step: {}",
+                    connector.slot_name,
+                    problem.reason,
+                    problem.next_step
+                )
+                .into());
+            }
             say!(
-                "✓ Setup of {name} is healthy (streaming from slot {}): nothing to do.",
+                "✓ Setup of {name} is healthy ({} from slot {}): nothing to do.",
+                health.shown_state,
                 connector.slot_name
             );
             return Ok(false);

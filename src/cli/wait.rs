@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::connector::find;
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, Connector, TableSyncState};
+use crate::control::health;
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
 use crate::source::slot;
@@ -156,6 +157,11 @@ async fn follow(
             .count() as u64;
         let rows: u64 = included.iter().map(|t| t.rows).sum();
         let total = included.len() as u64;
+        // Streaming counts only under a live daemon that recorded it, never a leftover row.
+        let leases = bookkeeping.leases().await?;
+        let health = health::assess(bookkeeping, &now, &leases, &health::Slot::Unknown)
+            .await?
+            .health;
         match now.state {
             PipelineState::Failed => {
                 return Err(anyhow!(
@@ -165,7 +171,7 @@ async fn follow(
                 )
                 .into())
             }
-            PipelineState::Streaming if !now.resnapshot_requested => {
+            PipelineState::Streaming if health.is_current() => {
                 if !caught_up {
                     say!("✓ {name} is streaming ({rows} rows in its snapshot)");
                     return Ok(());
@@ -210,7 +216,12 @@ async fn follow(
                 };
                 display.show(name, copied, total, &message)
             }
-            state => display.show(name, copied, total, &format!("{state}, {rows} rows copied")),
+            _ => display.show(
+                name,
+                copied,
+                total,
+                &format!("{}, {rows} rows copied", health.shown_state),
+            ),
         }
         tokio::time::sleep(POLL).await;
     }

@@ -32,8 +32,13 @@ use crate::source::slot::SlotInfo;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Owner {
     /// A daemon (`host:pid`) holds the lease and is connected to the bookkeeping; it took
-    /// it `held_for` seconds ago.
-    Live { daemon: String, held_for: f64 },
+    /// it `held_for` seconds ago, and has recorded a state since (`state_recorded`; until
+    /// then the recorded state is its predecessor's and its pipeline is starting).
+    Live {
+        daemon: String,
+        held_for: f64,
+        state_recorded: bool,
+    },
     /// The lease has not expired but its holder's bookkeeping session is gone: the daemon
     /// crashed or was killed.
     Gone(String),
@@ -47,6 +52,7 @@ impl Owner {
             Some(l) if l.is_live() => Owner::Live {
                 daemon: l.owner.clone(),
                 held_for: l.held_for,
+                state_recorded: l.state_recorded,
             },
             Some(l) if l.is_held() => Owner::Gone(l.owner.clone()),
             _ => Owner::Nobody,
@@ -333,7 +339,18 @@ pub fn judge(facts: &Facts<'_>) -> Health {
         )
     } else {
         match state {
-            PipelineState::Streaming if !facts.resnapshot_requested => Verdict::Streaming,
+            PipelineState::Streaming
+                if !facts.resnapshot_requested
+                    && matches!(
+                        owner,
+                        Owner::Live {
+                            state_recorded: true,
+                            ..
+                        }
+                    ) =>
+            {
+                Verdict::Streaming
+            }
             PipelineState::Streaming
             | PipelineState::Pending
             | PipelineState::Validating
@@ -347,6 +364,17 @@ pub fn judge(facts: &Facts<'_>) -> Health {
     let shown_state = match (&verdict, facts.enabled) {
         (_, false) if state != PipelineState::Stopped => format!("{state} (disabled)"),
         (_, true) if !live => format!("{state} (no daemon)"),
+        (Verdict::SettingUp, true)
+            if matches!(
+                owner,
+                Owner::Live {
+                    state_recorded: false,
+                    ..
+                }
+            ) =>
+        {
+            format!("{state} (starting)")
+        }
         (Verdict::Unhealthy(_), true)
             if facts.last_error.is_some() && state != PipelineState::Failed =>
         {
@@ -401,6 +429,16 @@ mod tests {
         Owner::Live {
             daemon: "host:1".into(),
             held_for: 60.0,
+            state_recorded: true,
+        }
+    }
+
+    /// A daemon that took the lease a moment ago; its pipeline has recorded no state yet.
+    fn starting() -> Owner {
+        Owner::Live {
+            daemon: "host:2".into(),
+            held_for: 0.1,
+            state_recorded: false,
         }
     }
 
@@ -501,6 +539,15 @@ mod tests {
                        raise max_slot_wal_keep_size",
                 slot: invalidated,
                 ..case(Streaming, live())
+            },
+            // A restarted daemon took the lease; `streaming` is its predecessor's word.
+            Case {
+                shown: "streaming (starting)",
+                ..case(Streaming, starting())
+            },
+            Case {
+                shown: "snapshotting (starting)",
+                ..case(Snapshotting, starting())
             },
             case(Snapshotting, live()),
             case(Validating, live()),
@@ -608,6 +655,7 @@ mod tests {
         let taken_over = Owner::Live {
             daemon: "other:2".into(),
             held_for: 5.0,
+            state_recorded: true,
         };
         let health = judge(&facts(&taken_over));
         assert_eq!(health.verdict, Verdict::Streaming);
