@@ -192,6 +192,7 @@ impl Supervisor {
             }
         }
         for (id, token) in std::mem::take(&mut self.leases) {
+            METRICS.unexport(id);
             if let Err(e) = self.bookkeeping.release_lease(id, token).await {
                 tracing::warn!(connector = %id, "releasing the lease: {e} (it expires by itself)");
             }
@@ -307,6 +308,7 @@ impl Supervisor {
     /// Forgets the lease of connector `id` and aborts its pipeline, if one runs.
     fn lose(&mut self, id: ConnectorId) {
         self.leases.remove(&id);
+        METRICS.unexport(id);
         self.handing_off.remove(&id);
         if self.leases.is_empty() {
             self.lease_deadline = None;
@@ -321,7 +323,8 @@ impl Supervisor {
 
     /// Takes the lease of `connector` unless this daemon holds it; `None` when another
     /// daemon does (or the bookkeeping did not answer).
-    async fn lease(&mut self, id: ConnectorId) -> Option<FencingToken> {
+    async fn lease(&mut self, connector: &Connector) -> Option<FencingToken> {
+        let id = connector.id;
         if let Some(token) = self.leases.get(&id) {
             return Some(*token);
         }
@@ -331,6 +334,7 @@ impl Supervisor {
             Ok(Some(token)) => {
                 tracing::info!(connector = %id, %token, "took the connector's lease");
                 self.leases.insert(id, token);
+                METRICS.export(connector);
                 // The leases held already were renewed earlier: the first to expire counts.
                 let deadline = sent + ttl * 3 / 4;
                 self.lease_deadline = Some(match self.lease_deadline {
@@ -349,6 +353,7 @@ impl Supervisor {
 
     async fn release(&mut self, id: ConnectorId) {
         if let Some(token) = self.leases.remove(&id) {
+            METRICS.unexport(id);
             if self.leases.is_empty() {
                 self.lease_deadline = None;
             }
@@ -398,15 +403,16 @@ impl Supervisor {
             {
                 continue;
             }
-            let Some(lease) = self.lease(connector.id).await else {
+            let Some(lease) = self.lease(connector).await else {
                 continue;
             };
-            if let Err(e) = self
+            match self
                 .bookkeeping
                 .set_state(connector.id, lease, PipelineState::Stopped, None)
                 .await
             {
-                tracing::warn!(connector = %connector.name, "recording the stop: {e}");
+                Ok(()) => METRICS.set_state(connector.id, PipelineState::Stopped),
+                Err(e) => tracing::warn!(connector = %connector.name, "recording the stop: {e}"),
             }
         }
         // Leases of connectors this daemon does not run (any more): disabled or deleted.
@@ -443,7 +449,7 @@ impl Supervisor {
             if !self.leases.contains_key(&connector.id) && self.leases.len() >= share {
                 continue;
             }
-            let Some(token) = self.lease(connector.id).await else {
+            let Some(token) = self.lease(connector).await else {
                 continue;
             };
             self.retries.entry(connector.id).or_default().not_before = None;
@@ -594,8 +600,13 @@ impl Supervisor {
             }
             None => self.bookkeeping.record_error(id, lease, &failure).await,
         };
-        if let Err(e) = record {
-            tracing::warn!(connector = %id, "recording the failure: {e}");
+        match record {
+            Ok(()) => {
+                if let Some(state) = state {
+                    METRICS.set_state(id, state);
+                }
+            }
+            Err(e) => tracing::warn!(connector = %id, "recording the failure: {e}"),
         }
     }
 }
