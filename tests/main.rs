@@ -6,6 +6,7 @@ mod harness;
 mod harness_tests;
 mod support;
 
+mod alert_rules;
 mod bookkeeping;
 mod branches;
 mod cli;
