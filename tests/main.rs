@@ -20,6 +20,7 @@ mod leases;
 mod lifecycle;
 mod materialized_views;
 mod metrics;
+mod metrics_export;
 mod nan;
 mod pipeline;
 mod preflight;
