@@ -64,6 +64,7 @@ async fn state_and_slot_are_exported_as_soon_as_streaming_begins() {
     assert!(at("process_virtual_memory_bytes") > 1e6);
     assert!(at("process_open_fds") > 0.0);
     assert!(at("process_max_fds") > 0.0);
+    assert!(at("process_threads") > 1.0);
     let started = at("process_start_time_seconds");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
