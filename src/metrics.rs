@@ -38,7 +38,7 @@ use crate::bookkeeping::{Bookkeeping, Connector};
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
 use crate::source::slot::{self, Cause, WalStatus};
-use crate::types::ConnectorId;
+use crate::types::{ConnectorId, ConnectorName};
 
 const WAL_STATUSES: [WalStatus; 4] = [
     WalStatus::Reserved,
@@ -76,8 +76,8 @@ pub struct Metrics {
     /// Per connector: the commit time (µs since 1970) of the oldest transaction read but
     /// not yet durable on the replica; 0 when there is none.
     oldest_unapplied: Mutex<HashMap<String, Arc<AtomicI64>>>,
-    /// The connectors whose lease this process holds, by name: only their state and slot
-    /// series are exported. Gauges of a connector are set and removed under this lock, so
+    /// The connectors whose lease this process holds, with their names: only their state
+    /// and slot series are exported. Gauges of a connector are set and removed under this lock, so
     /// that a pipeline recording late cannot bring back the series of a lost lease.
     exported: Mutex<HashMap<ConnectorId, String>>,
 }
@@ -302,11 +302,11 @@ impl Metrics {
     }
 
     /// This daemon took the connector's lease: it exports the connector's series from now
-    /// on, starting with the state the bookkeeping holds.
-    pub fn export(&self, connector: &Connector) {
+    /// on, starting with `state`, the one the bookkeeping holds.
+    pub fn export(&self, id: ConnectorId, name: &ConnectorName, state: PipelineState) {
         let mut exported = self.exported.lock().unwrap_or_else(PoisonError::into_inner);
-        exported.insert(connector.id, connector.name.to_string());
-        self.record_state(connector.name.as_str(), connector.state);
+        exported.insert(id, name.to_string());
+        self.record_state(name.as_str(), state);
     }
 
     /// This daemon released or lost the connector's lease: the new holder (if any) exports
@@ -645,4 +645,75 @@ async fn inspect(
     slot::inspect(&client, &connector.slot_name)
         .await
         .map_err(|e| pg::error_message(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines<'a>(text: &'a str, connector: &str) -> Vec<&'a str> {
+        let label = format!("connector=\"{connector}\"");
+        text.lines().filter(|l| l.contains(&label)).collect()
+    }
+
+    #[test]
+    fn only_exported_connectors_have_state_and_slot_series() {
+        let metrics = Metrics::new();
+        let (a, b) = (ConnectorId(1), ConnectorId(2));
+        let name = ConnectorName::new("a").unwrap();
+        metrics.export(a, &name, PipelineState::Pending);
+        let text = metrics.render();
+        assert!(text.contains(r#"tributary_pipeline_state{connector="a",state="pending"} 1"#));
+
+        // Entered states show at once; another daemon's connector shows nothing.
+        metrics.set_state(a, PipelineState::Streaming);
+        metrics.set_slot(a, Err(()));
+        metrics.set_state(b, PipelineState::Failed);
+        metrics.set_slot(b, Err(()));
+        let text = metrics.render();
+        for line in [
+            r#"tributary_pipeline_state{connector="a",state="pending"} 0"#,
+            r#"tributary_pipeline_state{connector="a",state="streaming"} 1"#,
+            r#"tributary_source_up{connector="a"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(lines(&text, "b").is_empty(), "{text}");
+        assert!(metrics.exports(a) && !metrics.exports(b));
+
+        // Lease gone: the series go, and a pipeline recording late brings none back.
+        let counted = metrics.connector("a");
+        counted.inserts.inc();
+        metrics.unexport(a);
+        metrics.set_state(a, PipelineState::Failed);
+        metrics.set_slot(a, Ok(None));
+        let text = metrics.render();
+        let left = lines(&text, "a");
+        assert!(
+            left.contains(&r#"tributary_changes_applied_total{connector="a",op="insert"} 1"#),
+            "{text}"
+        );
+        assert!(
+            left.iter()
+                .all(|l| ["_total{", "_bucket{", "_sum{", "_count{"]
+                    .iter()
+                    .any(|kind| l.contains(kind))),
+            "only counters and histograms stay:\n{text}"
+        );
+        assert!(!metrics.exports(a));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_process_metrics_are_exported() {
+        let text = Metrics::new().render();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+            "process_open_fds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name} in\n{text}");
+        }
+    }
 }

@@ -334,7 +334,7 @@ impl Supervisor {
             Ok(Some(token)) => {
                 tracing::info!(connector = %id, %token, "took the connector's lease");
                 self.leases.insert(id, token);
-                METRICS.export(connector);
+                METRICS.export(id, &connector.name, connector.state);
                 // The leases held already were renewed earlier: the first to expire counts.
                 let deadline = sent + ttl * 3 / 4;
                 self.lease_deadline = Some(match self.lease_deadline {
