@@ -4,6 +4,7 @@
 #   postgresql-<major>            server binaries under /usr/lib/postgresql/<major>/bin
 #   postgresql-<major>-wal2json   the logical decoding plugin (…/<major>/lib/wal2json.so)
 #   postgresql-client-<major>     psql, pg_dump, pg_restore
+#   prometheus (promtool only)    /usr/local/bin/promtool, for the alert rules' tests
 #
 # The test suite starts its own throw-away clusters (initdb + pg_ctl into temporary
 # directories), so no system cluster is wanted: before the server package is installed for
@@ -12,9 +13,16 @@
 #
 # Idempotent: when the binaries are already there, apt is not touched at all.
 #
+# promtool (`promtool check rules`, `promtool test rules` on deploy/prometheus) is extracted
+# from the distribution's `prometheus` package (Debian 12: 2.42) with `apt-get download` and
+# `dpkg-deb -x`: the package itself is never installed, so no Prometheus server is
+# installed, enabled or started.
+#
 # Environment:
 #   PG_MAJOR   PostgreSQL major version (default: the distribution's, e.g. 15 on Debian 12)
 #   DRY_RUN=1  print the commands that would change the system instead of running them
+#   PROMTOOL   where promtool goes (default /usr/local/bin/promtool; the tests look for
+#              promtool on PATH, or at TRIBUTARY_PROMTOOL)
 #   TRIBUTARY_PG_VERSIONS  the other majors of the test suite's version matrix, installed
 #              by scripts/install-pg-versions.sh (default "13 14 16 17 18"; empty: none)
 #
@@ -85,10 +93,47 @@ install_versions() {
     fi
 }
 
+# True when apt knows an installation candidate for every package given.
+have_candidates() {
+    local pkg candidate
+    for pkg in "$@"; do
+        candidate="$(apt-cache policy "$pkg" 2>/dev/null | sed -n 's/^ *Candidate: //p')"
+        if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
+            return 1
+        fi
+    done
+}
+
+PROMTOOL="${PROMTOOL:-/usr/local/bin/promtool}"
+
+# Only the promtool binary of the `prometheus` package: downloaded, unpacked into a
+# temporary directory, copied; dpkg never sees the package, so none of its maintainer
+# scripts (which enable and start the server) runs.
+install_promtool() {
+    if [ -x "$PROMTOOL" ]; then
+        log "promtool is already installed: $PROMTOOL"
+        return
+    fi
+    if [ "$DRY_RUN" = 1 ]; then
+        log "would extract promtool from the prometheus package into $PROMTOOL"
+        return
+    fi
+    have_candidates prometheus || "${SUDO[@]}" apt-get update
+    local tmp
+    tmp="$(mktemp -d)"
+    # As root, apt downloads as the user _apt, who cannot write into a private directory.
+    (cd "$tmp" && "${SUDO[@]}" apt-get download -o APT::Sandbox::User=root prometheus)
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/unpacked"
+    "${SUDO[@]}" install -D -m 0755 "$tmp/unpacked/usr/bin/promtool" "$PROMTOOL"
+    rm -rf "$tmp"
+    log "installed $("$PROMTOOL" --version 2>&1 | head -n1) as $PROMTOOL"
+}
+
 SUDO=()
 if [ "${#missing[@]}" -eq 0 ]; then
     log "PostgreSQL $PG_MAJOR, wal2json and the client are already installed in $PREFIX"
     [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+    install_promtool
     install_versions
     exit 0
 fi
@@ -169,17 +214,6 @@ EOF
     fi
 }
 
-# True when apt knows an installation candidate for every package given.
-have_candidates() {
-    local pkg candidate
-    for pkg in "$@"; do
-        candidate="$(apt-cache policy "$pkg" 2>/dev/null | sed -n 's/^ *Candidate: //p')"
-        if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
-            return 1
-        fi
-    done
-}
-
 apt_install() {
     run apt-get install -y --no-install-recommends \
         -o Dpkg::Options::=--force-confold "$@"
@@ -210,4 +244,5 @@ if [ "$DRY_RUN" != 1 ]; then
     [ -x "$PREFIX/bin/psql" ] || die "$PREFIX/bin/psql is still missing after installing"
 fi
 log "done: PostgreSQL $PG_MAJOR with wal2json in $PREFIX"
+install_promtool
 install_versions

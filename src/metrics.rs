@@ -2,8 +2,10 @@
 //!
 //! ```text
 //!  pipelines ──counters, gauges──► METRICS (one registry per process)
+//!  supervisor: lease taken ──► export (state as read)   lease lost/released ──► unexport
+//!  pipeline: each state as it is entered; the slot when streaming starts   ──► gauges
 //!  sample_slots, every metrics.slot_interval_secs:
-//!     bookkeeping → each connector's state, source → its slot   ──► gauges
+//!     source → the slot of each connector exported here         ──► gauges
 //!     this process's apply lags                                  ──► bookkeeping (status)
 //!  GET /metrics   the registry in text format (apply lag computed at scrape time)
 //!  GET /healthz   200 while the process serves
@@ -21,8 +23,11 @@
 //! one no daemon holds is taken by whichever has room: neither makes this one unready.
 //!
 //! Every series is labelled `connector` (never with a URL: no secret reaches a label).
+//! A connector's state and slot series come from the daemon holding its lease only, so
+//! that several daemons on one bookkeeping export each connector once and its alerts fire
+//! once; counters stay with the process that counted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
@@ -44,6 +49,7 @@ use crate::control::health::{self, Slot};
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
 use crate::source::slot::{self, Cause, WalStatus};
+use crate::types::{ConnectorId, ConnectorName};
 
 const WAL_STATUSES: [WalStatus; 4] = [
     WalStatus::Reserved,
@@ -81,6 +87,10 @@ pub struct Metrics {
     /// Per connector: the commit time (µs since 1970) of the oldest transaction read but
     /// not yet durable on the replica; 0 when there is none.
     oldest_unapplied: Mutex<HashMap<String, Arc<AtomicI64>>>,
+    /// The connectors whose lease this process holds, with their names: only their state
+    /// and slot series are exported. Gauges of a connector are set and removed under this lock, so
+    /// that a pipeline recording late cannot bring back the series of a lost lease.
+    exported: Mutex<HashMap<ConnectorId, String>>,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -137,6 +147,13 @@ impl Metrics {
             .set(1);
         registry
             .register(Box::new(build_info))
+            .expect("unique metric");
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
             .expect("unique metric");
         Metrics {
             slot_lag_bytes: gauge(
@@ -243,6 +260,7 @@ impl Metrics {
             ),
             branch_cut_seconds,
             oldest_unapplied: Mutex::new(HashMap::new()),
+            exported: Mutex::new(HashMap::new()),
             registry,
         }
     }
@@ -294,8 +312,50 @@ impl Metrics {
         let _ = self.apply_lag_seconds.remove_label_values(&[connector]);
     }
 
-    /// Removes every series of a connector that no longer exists.
-    fn forget(&self, connector: &str) {
+    /// This daemon took the connector's lease: it exports the connector's series from now
+    /// on, starting with `state`, the one the bookkeeping holds.
+    pub fn export(&self, id: ConnectorId, name: &ConnectorName, state: PipelineState) {
+        let mut exported = self.exported.lock().unwrap_or_else(PoisonError::into_inner);
+        exported.insert(id, name.to_string());
+        self.record_state(name.as_str(), state);
+    }
+
+    /// This daemon released or lost the connector's lease: the new holder (if any) exports
+    /// the connector's series.
+    pub fn unexport(&self, id: ConnectorId) {
+        let mut exported = self.exported.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(name) = exported.remove(&id) {
+            self.remove_series(&name);
+        }
+    }
+
+    /// Whether this daemon exports the connector's series.
+    pub fn exports(&self, id: ConnectorId) -> bool {
+        self.exported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&id)
+    }
+
+    /// The connector's pipeline entered `state` (as recorded in the bookkeeping).
+    pub fn set_state(&self, id: ConnectorId, state: PipelineState) {
+        let exported = self.exported.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(name) = exported.get(&id) {
+            self.record_state(name, state);
+        }
+    }
+
+    /// A look at the connector's slot: `Err` when the source could not be asked.
+    pub fn set_slot(&self, id: ConnectorId, slot: Result<Option<slot::SlotInfo>, ()>) {
+        let exported = self.exported.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(name) = exported.get(&id) {
+            self.record_slot(name, slot);
+        }
+    }
+
+    /// Removes the connector's state and slot series (and its apply lag: no pipeline of it
+    /// runs here any more).
+    fn remove_series(&self, connector: &str) {
         self.pipeline_stopped(connector);
         for vec in [
             &self.slot_lag_bytes,
@@ -365,12 +425,11 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    fn record_connector(&self, connector: &Connector) {
-        let name = connector.name.as_str();
+    fn record_state(&self, name: &str, current: PipelineState) {
         for state in PipelineState::ALL {
             self.pipeline_state
                 .with_label_values(&[name, state.as_str()])
-                .set(i64::from(connector.state == state));
+                .set(i64::from(current == state));
         }
     }
 
@@ -578,7 +637,7 @@ async fn unhealthy_held(
     Ok(unhealthy)
 }
 
-/// Samples every connector's state and slot every `interval`, until `shutdown`.
+/// Samples the slot of every connector exported here every `interval`, until `shutdown`.
 pub async fn sample_slots(
     bookkeeping: Arc<Bookkeeping>,
     interval: Duration,
@@ -586,7 +645,6 @@ pub async fn sample_slots(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut known: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -595,13 +653,13 @@ pub async fn sample_slots(
         // A slow source must not hold up the daemon's exit.
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            () = sample(&bookkeeping, &mut known) => {}
+            () = sample(&bookkeeping) => {}
         }
     }
 }
 
-/// One look at every connector.
-async fn sample(bookkeeping: &Bookkeeping, known: &mut HashSet<String>) {
+/// One look at every connector exported here.
+async fn sample(bookkeeping: &Bookkeeping) {
     let connectors = match bookkeeping.connectors().await {
         Ok(connectors) => connectors,
         Err(e) => {
@@ -609,13 +667,7 @@ async fn sample(bookkeeping: &Bookkeeping, known: &mut HashSet<String>) {
             return;
         }
     };
-    let names: HashSet<String> = connectors.iter().map(|c| c.name.to_string()).collect();
-    for gone in known.difference(&names) {
-        METRICS.forget(gone);
-    }
-    *known = names;
     for connector in &connectors {
-        METRICS.record_connector(connector);
         if let Some(lag) = METRICS.apply_lag(connector.name.as_str()) {
             let changes = METRICS.changes_applied(connector.name.as_str());
             if let Err(e) = bookkeeping
@@ -625,6 +677,9 @@ async fn sample(bookkeeping: &Bookkeeping, known: &mut HashSet<String>) {
                 tracing::debug!(connector = %connector.name, "metrics: recording the apply lag: {e}");
             }
         }
+        if !METRICS.exports(connector.id) {
+            continue;
+        }
         let slot = tokio::time::timeout(SOURCE_TIMEOUT, inspect(bookkeeping, connector))
             .await
             .map_err(|_| "no answer".to_owned())
@@ -632,7 +687,7 @@ async fn sample(bookkeeping: &Bookkeeping, known: &mut HashSet<String>) {
         if let Err(e) = &slot {
             tracing::debug!(connector = %connector.name, "metrics: reading the slot: {e}");
         }
-        METRICS.record_slot(connector.name.as_str(), slot.map_err(drop));
+        METRICS.set_slot(connector.id, slot.map_err(drop));
     }
 }
 
@@ -649,4 +704,75 @@ async fn inspect(
     slot::inspect(&client, &connector.slot_name)
         .await
         .map_err(|e| pg::error_message(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines<'a>(text: &'a str, connector: &str) -> Vec<&'a str> {
+        let label = format!("connector=\"{connector}\"");
+        text.lines().filter(|l| l.contains(&label)).collect()
+    }
+
+    #[test]
+    fn only_exported_connectors_have_state_and_slot_series() {
+        let metrics = Metrics::new();
+        let (a, b) = (ConnectorId(1), ConnectorId(2));
+        let name = ConnectorName::new("a").unwrap();
+        metrics.export(a, &name, PipelineState::Pending);
+        let text = metrics.render();
+        assert!(text.contains(r#"tributary_pipeline_state{connector="a",state="pending"} 1"#));
+
+        // Entered states show at once; another daemon's connector shows nothing.
+        metrics.set_state(a, PipelineState::Streaming);
+        metrics.set_slot(a, Err(()));
+        metrics.set_state(b, PipelineState::Failed);
+        metrics.set_slot(b, Err(()));
+        let text = metrics.render();
+        for line in [
+            r#"tributary_pipeline_state{connector="a",state="pending"} 0"#,
+            r#"tributary_pipeline_state{connector="a",state="streaming"} 1"#,
+            r#"tributary_source_up{connector="a"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(lines(&text, "b").is_empty(), "{text}");
+        assert!(metrics.exports(a) && !metrics.exports(b));
+
+        // Lease gone: the series go, and a pipeline recording late brings none back.
+        let counted = metrics.connector("a");
+        counted.inserts.inc();
+        metrics.unexport(a);
+        metrics.set_state(a, PipelineState::Failed);
+        metrics.set_slot(a, Ok(None));
+        let text = metrics.render();
+        let left = lines(&text, "a");
+        assert!(
+            left.contains(&r#"tributary_changes_applied_total{connector="a",op="insert"} 1"#),
+            "{text}"
+        );
+        assert!(
+            left.iter()
+                .all(|l| ["_total{", "_bucket{", "_sum{", "_count{"]
+                    .iter()
+                    .any(|kind| l.contains(kind))),
+            "only counters and histograms stay:\n{text}"
+        );
+        assert!(!metrics.exports(a));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_process_metrics_are_exported() {
+        let text = Metrics::new().render();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+            "process_open_fds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name} in\n{text}");
+        }
+    }
 }

@@ -100,6 +100,10 @@ pub struct Supervisor {
     /// Pipelines aborted because their lease was lost: another daemon runs the connector,
     /// so nothing about how they ended is recorded.
     lost: HashSet<ConnectorId>,
+    /// The listening session was lost and not yet replaced (the bookkeeping was down): the
+    /// old one reconnects by itself but without the daemon's locks, so this daemon would
+    /// look gone to `status` and to other daemons until a new one takes them.
+    listener_stale: bool,
 }
 
 impl Supervisor {
@@ -124,6 +128,7 @@ impl Supervisor {
             lease_deadline: None,
             handing_off: HashSet::new(),
             lost: HashSet::new(),
+            listener_stale: false,
             daemons: 1,
         }
     }
@@ -192,6 +197,7 @@ impl Supervisor {
             }
         }
         for (id, token) in std::mem::take(&mut self.leases) {
+            METRICS.unexport(id);
             if let Err(e) = self.bookkeeping.release_lease(id, token).await {
                 tracing::warn!(connector = %id, "releasing the lease: {e} (it expires by itself)");
             }
@@ -203,6 +209,9 @@ impl Supervisor {
     }
 
     async fn handle(&mut self, event: Event, listener: &mut PgListener) {
+        if self.listener_stale && !matches!(event, Event::Notification(Err(_))) {
+            self.listen_again(listener).await;
+        }
         match event {
             Event::Finished(done) => {
                 self.finished(done).await;
@@ -219,18 +228,40 @@ impl Supervisor {
                     );
                     // Without this session, other daemons may take the leases at once.
                     self.lose_all();
-                    // A new session takes the daemon locks again; the old one would
-                    // reconnect without them.
-                    match self.bookkeeping.listen(&self.owner).await {
-                        Ok(fresh) => *listener = fresh,
-                        Err(e) => tracing::warn!("listening again: {e}"),
-                    }
+                    self.listener_stale = true;
+                    self.listen_again(listener).await;
                 }
                 self.reconcile().await;
             }
-            Event::Renew => self.renew().await,
+            Event::Renew => {
+                // After a bookkeeping restart the listener came back without the locks.
+                if let Err(e) = self
+                    .bookkeeping
+                    .hold_daemon_locks(listener, &self.owner)
+                    .await
+                {
+                    tracing::warn!("taking the daemon's locks again: {e}");
+                    self.listener_stale = true;
+                }
+                self.renew().await
+            }
             Event::Reconcile => self.reconcile().await,
             Event::LeaseDeadline => self.lose_all(),
+        }
+    }
+
+    /// Replaces the listening session by a new one, which takes the daemon's locks again
+    /// (the old one would reconnect without them); tried again at every later event while
+    /// the bookkeeping cannot be reached.
+    async fn listen_again(&mut self, listener: &mut PgListener) {
+        match self.bookkeeping.listen(&self.owner).await {
+            Ok(fresh) => {
+                *listener = fresh;
+                if std::mem::take(&mut self.listener_stale) {
+                    tracing::info!("bookkeeping notifications resumed");
+                }
+            }
+            Err(e) => tracing::warn!("listening again: {e}; trying again at the next poll"),
         }
     }
 
@@ -307,6 +338,7 @@ impl Supervisor {
     /// Forgets the lease of connector `id` and aborts its pipeline, if one runs.
     fn lose(&mut self, id: ConnectorId) {
         self.leases.remove(&id);
+        METRICS.unexport(id);
         self.handing_off.remove(&id);
         if self.leases.is_empty() {
             self.lease_deadline = None;
@@ -321,7 +353,8 @@ impl Supervisor {
 
     /// Takes the lease of `connector` unless this daemon holds it; `None` when another
     /// daemon does (or the bookkeeping did not answer).
-    async fn lease(&mut self, id: ConnectorId) -> Option<FencingToken> {
+    async fn lease(&mut self, connector: &Connector) -> Option<FencingToken> {
+        let id = connector.id;
         if let Some(token) = self.leases.get(&id) {
             return Some(*token);
         }
@@ -331,6 +364,7 @@ impl Supervisor {
             Ok(Some(token)) => {
                 tracing::info!(connector = %id, %token, "took the connector's lease");
                 self.leases.insert(id, token);
+                METRICS.export(id, &connector.name, connector.state);
                 // The leases held already were renewed earlier: the first to expire counts.
                 let deadline = sent + ttl * 3 / 4;
                 self.lease_deadline = Some(match self.lease_deadline {
@@ -349,6 +383,7 @@ impl Supervisor {
 
     async fn release(&mut self, id: ConnectorId) {
         if let Some(token) = self.leases.remove(&id) {
+            METRICS.unexport(id);
             if self.leases.is_empty() {
                 self.lease_deadline = None;
             }
@@ -398,15 +433,16 @@ impl Supervisor {
             {
                 continue;
             }
-            let Some(lease) = self.lease(connector.id).await else {
+            let Some(lease) = self.lease(connector).await else {
                 continue;
             };
-            if let Err(e) = self
+            match self
                 .bookkeeping
                 .set_state(connector.id, lease, PipelineState::Stopped, None)
                 .await
             {
-                tracing::warn!(connector = %connector.name, "recording the stop: {e}");
+                Ok(()) => METRICS.set_state(connector.id, PipelineState::Stopped),
+                Err(e) => tracing::warn!(connector = %connector.name, "recording the stop: {e}"),
             }
         }
         // Leases of connectors this daemon does not run (any more): disabled or deleted.
@@ -443,7 +479,7 @@ impl Supervisor {
             if !self.leases.contains_key(&connector.id) && self.leases.len() >= share {
                 continue;
             }
-            let Some(token) = self.lease(connector.id).await else {
+            let Some(token) = self.lease(connector).await else {
                 continue;
             };
             self.retries.entry(connector.id).or_default().not_before = None;
@@ -594,8 +630,13 @@ impl Supervisor {
             }
             None => self.bookkeeping.record_error(id, lease, &failure).await,
         };
-        if let Err(e) = record {
-            tracing::warn!(connector = %id, "recording the failure: {e}");
+        match record {
+            Ok(()) => {
+                if let Some(state) = state {
+                    METRICS.set_state(id, state);
+                }
+            }
+            Err(e) => tracing::warn!(connector = %id, "recording the failure: {e}"),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::support::*;
 /// Short leases, so that takeovers happen within the test's patience.
 const LEASE_TTL_SECS: &str = "3";
 
-fn source_cluster() -> Cluster {
+pub(crate) fn source_cluster() -> Cluster {
     Cluster::builder()
         .setting("wal_sender_timeout", "10s")
         .start()
@@ -21,7 +21,7 @@ fn source_cluster() -> Cluster {
 
 /// One database per connector (`d1`, …), each with a keyed table and one without a key
 /// (replica identity FULL): a change applied twice shows there as an extra row.
-fn seed(source: &Cluster, connectors: usize) {
+pub(crate) fn seed(source: &Cluster, connectors: usize) {
     for i in 1..=connectors {
         source.create_database(&format!("d{i}"));
         source.psql(
@@ -35,7 +35,7 @@ fn seed(source: &Cluster, connectors: usize) {
     }
 }
 
-fn create_connectors(daemon: &Daemon, source: &Cluster, connectors: usize) {
+pub(crate) fn create_connectors(daemon: &Daemon, source: &Cluster, connectors: usize) {
     for i in 1..=connectors {
         daemon.create_connector(
             &source.superuser_url(&format!("d{i}")),
@@ -45,7 +45,7 @@ fn create_connectors(daemon: &Daemon, source: &Cluster, connectors: usize) {
     }
 }
 
-fn daemons(store: &Cluster, count: usize) -> Vec<Daemon> {
+pub(crate) fn daemons(store: &Cluster, count: usize) -> Vec<Daemon> {
     let mut first = Daemon::new(store);
     first.set("TRIBUTARY__SUPERVISOR__LEASE_TTL_SECS", LEASE_TTL_SECS);
     let mut all = vec![first];
@@ -99,7 +99,7 @@ fn write_load(
 }
 
 /// `status --format json`: connector name → owner (`host:pid`), for those owned.
-fn owners(daemon: &Daemon) -> Vec<(String, Option<String>, String)> {
+pub(crate) fn owners(daemon: &Daemon) -> Vec<(String, Option<String>, String)> {
     // Exit 1 while a connector has no live daemon, which is what these tests bring about.
     let (_, status) = daemon.status();
     status
@@ -123,7 +123,7 @@ fn owned_by(daemon: &Daemon, owners: &[(String, Option<String>, String)]) -> usi
 }
 
 /// Waits until every connector streams and each running daemon owns its fair share.
-async fn wait_spread(running: &[&Daemon], connectors: usize) {
+pub(crate) async fn wait_spread(running: &[&Daemon], connectors: usize) {
     let share = connectors.div_ceil(running.len());
     let deadline = Instant::now() + PATIENCE;
     loop {

@@ -6,6 +6,7 @@ mod harness;
 mod harness_tests;
 mod support;
 
+mod alert_rules;
 mod bookkeeping;
 mod branches;
 mod cli;
@@ -20,6 +21,7 @@ mod leases;
 mod lifecycle;
 mod materialized_views;
 mod metrics;
+mod metrics_export;
 mod nan;
 mod operator_details;
 mod pipeline;

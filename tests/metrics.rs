@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use crate::daemon::{lock_replica_table, Daemon};
 use crate::harness::{Cluster, SCRAM_PASSWORD, SCRAM_USER};
@@ -253,10 +254,24 @@ async fn metrics_and_health_endpoints() {
     assert_eq!(get(addr, "/readyz").0, 503);
     assert_eq!(get(addr, "/healthz").0, 200);
     store.start_again();
-    eventually("readiness to come back", || async {
-        (get(addr, "/readyz").0 == 200).then_some(())
+    let last = std::sync::Mutex::new(String::new());
+    let back = tokio::time::timeout(crate::support::PATIENCE, async {
+        loop {
+            let (code, body) = get(addr, "/readyz");
+            if code == 200 {
+                return;
+            }
+            *last.lock().unwrap() = body;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
+    assert!(
+        back.is_ok(),
+        "readiness did not come back: {}; status: {:?}",
+        last.lock().unwrap(),
+        daemon.status()
+    );
     daemon.terminate();
 }
 

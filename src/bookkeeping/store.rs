@@ -133,18 +133,41 @@ impl Bookkeeping {
         listener
             .listen_all([NOTIFY_CHANNEL, BRANCH_CHANNEL])
             .await?;
-        sqlx::query("SELECT pg_catalog.pg_advisory_lock_shared($1)")
-            .bind(DAEMON_LOCK)
-            .execute(&mut listener)
-            .await?;
-        // Not taken (another name with the same hash holds it): that daemon's lock then
-        // vouches for this one too, which only makes others wait for expiry.
-        sqlx::query("SELECT pg_catalog.pg_try_advisory_lock($1, pg_catalog.hashtext($2))")
-            .bind(DAEMON_NAME_LOCK_CLASS)
-            .bind(name)
-            .execute(&mut listener)
-            .await?;
+        self.hold_daemon_locks(&mut listener, name).await?;
         Ok(listener)
+    }
+
+    /// Takes the daemon's locks on `listener`'s session unless it holds them already. The
+    /// listener reconnects by itself after the bookkeeping restarted, silently and without
+    /// them, so the supervisor calls this at every renewal: until then the daemon would
+    /// look gone to `status` and to the other daemons.
+    pub async fn hold_daemon_locks(
+        &self,
+        listener: &mut PgListener,
+        name: &str,
+    ) -> Result<(), Error> {
+        // Conditional, so that calling it again does not stack lock counts. The name's
+        // lock not taken (another name with the same hash holds it): that daemon's lock
+        // then vouches for this one too, which only makes others wait for expiry.
+        sqlx::query(
+            "WITH mine AS (
+                 SELECT classid, objid, objsubid FROM pg_catalog.pg_locks
+                  WHERE locktype = 'advisory' AND granted AND pid = pg_catalog.pg_backend_pid())
+             SELECT (SELECT pg_catalog.pg_advisory_lock_shared($1)
+                      WHERE NOT EXISTS (SELECT FROM mine WHERE objsubid = 1
+                                           AND classid = ($1 >> 32)::oid
+                                           AND objid = ($1 & 4294967295)::oid)),
+                    (SELECT pg_catalog.pg_try_advisory_lock($2, pg_catalog.hashtext($3))
+                      WHERE NOT EXISTS (SELECT FROM mine WHERE objsubid = 2
+                                           AND classid = $2::oid
+                                           AND objid = pg_catalog.hashtext($3)::oid))",
+        )
+        .bind(DAEMON_LOCK)
+        .bind(DAEMON_NAME_LOCK_CLASS)
+        .bind(name)
+        .execute(&mut *listener)
+        .await?;
+        Ok(())
     }
 
     /// How many daemons are running on this bookkeeping: sessions holding [`DAEMON_LOCK`].

@@ -325,6 +325,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         tracing::debug!("the connector changed before its pipeline started: not starting");
         return Ok(None);
     }
+    METRICS.set_state(connector.id, PipelineState::Validating);
 
     let source = ConnInfo::parse(&bk.source_url(connector).await?).map_err(|e| {
         PipelineError::definite(e.to_string(), "correct the connector's source URL")
@@ -470,9 +471,13 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         wal_sender_timeout
     };
     stream.set_silence_limit(silence * (1 + ctx.failures.min(7)));
-    check_not_skipped(&pg::connect(&source).await?, connector, slot, applied).await?;
-    bk.set_state(connector.id, ctx.lease, PipelineState::Streaming, None)
-        .await?;
+    let source_sql = pg::connect(&source).await?;
+    check_not_skipped(&source_sql, connector, slot, applied).await?;
+    // The slot's series are there as soon as the state says streaming, not one sampling
+    // interval later.
+    let info = crate::source::slot::inspect(&source_sql, slot).await;
+    METRICS.set_slot(connector.id, info.map_err(drop));
+    enter(ctx, PipelineState::Streaming).await?;
     tracing::info!(from = %applied, capturing = capture_key.is_some(), "streaming");
     Ok(Some(Started {
         stream,
@@ -480,6 +485,16 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         capture_key,
         source,
     }))
+}
+
+/// Records that the pipeline entered `state`: in the bookkeeping, then in the metrics.
+async fn enter(ctx: &PipelineContext, state: PipelineState) -> Result<(), PipelineError> {
+    let id = ctx.connector.id;
+    ctx.bookkeeping
+        .set_state(id, ctx.lease, state, None)
+        .await?;
+    METRICS.set_state(id, state);
+    Ok(())
 }
 
 /// The next step when only a new snapshot helps.
@@ -560,8 +575,7 @@ async fn start_over(
         ),
         Err(not_ours) => return Err(slot::not_ours(connector, &not_ours)),
     }
-    bk.set_state(connector.id, ctx.lease, PipelineState::Snapshotting, None)
-        .await?;
+    enter(ctx, PipelineState::Snapshotting).await?;
     // Recorded before it exists: a crash right after creating it must find it ours.
     bk.prepare_slot(connector.id, ctx.lease, &new).await?;
     let consistent_point = snapshot(ctx, &new, source, store, replica, &tools, repl).await?;
