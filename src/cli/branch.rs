@@ -9,8 +9,9 @@
 //!                                             resumes (pipeline/stream.rs)
 //!          no pipeline uses the replica    ──► CREATE DATABASE … TEMPLATE from here
 //!    finish (here): drop the connector's drop-extensions, sequences from the source's
-//!                   current values, the branch's record in its own `tributary.branch`
-//!    ──► ready; a failure drops the half-made branch
+//!                   current values, the branch's record in its own `tributary.branch`,
+//!                   the branch given to its role (control/branch_access.rs)
+//!    ──► ready; a failure drops the half-made branch (and the role made for it)
 //! ```
 
 use std::io::IsTerminal as _;
@@ -23,12 +24,14 @@ use serde::Serialize;
 
 use super::connector::{find, Format};
 use super::Failure;
-use crate::bookkeeping::{Bookkeeping, Branch, BranchLock, BranchState, Connector};
+use crate::bookkeeping::{Bookkeeping, Branch, BranchAccess, BranchLock, BranchState, Connector};
+use crate::control::branch_access::{self, AccessRequest};
+use crate::pg::conninfo::Password;
 use crate::pg::{self, quote_ident, ConnInfo, PgClient, ShowPassword};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
 use crate::sink;
-use crate::types::{BranchName, Lsn};
+use crate::types::{BranchName, Lsn, RoleName};
 
 /// How often `branch create` looks whether the pipeline has cut the branch.
 const CUT_POLL: Duration = Duration::from_millis(50);
@@ -36,22 +39,31 @@ const CUT_POLL: Duration = Duration::from_millis(50);
 #[derive(Debug, Subcommand)]
 pub enum BranchCommand {
     /// Create a branch: a database on the branch store copied from the connector's
-    /// replica at a source commit boundary, with sequences set from the source. Prints a
-    /// connection URL and a psql command.
+    /// replica at a source commit boundary, with sequences set from the source, owned by a
+    /// login role of its own. Prints its connection URL (with the role's password) and a
+    /// psql command.
     Create(CreateArgs),
+    /// Print a branch's connection URL again, with its role's password.
+    Url {
+        name: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// List branches.
     List {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// Delete a branch's database. Refused while clients are connected, unless --force.
+    /// Delete a branch's database, and the role tributary created for it. Refused while
+    /// clients are connected, unless --force.
     Delete {
         name: String,
         /// End the sessions connected to the branch.
         #[arg(long)]
         force: bool,
     },
-    /// Re-create a branch from the replica's current state, keeping its name.
+    /// Re-create a branch from the replica's current state, keeping its name, its role and
+    /// its URL.
     Reset {
         name: String,
         /// End the sessions connected to the branch.
@@ -71,9 +83,12 @@ pub struct CreateArgs {
     /// The connector to branch from. [default: the active connector]
     #[arg(long)]
     connector: Option<String>,
-    /// Print the password in the URL instead of masking it.
-    #[arg(long)]
-    show_password: bool,
+    /// Have this existing role own the branch instead of a role created for it: tributary
+    /// neither creates nor drops it, and prints the URL without a password.
+    #[arg(long, value_name = "ROLE")]
+    owner: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
     /// How long to wait for the pipeline to reach a source commit boundary (the copy
     /// itself is always waited for).
     #[arg(long, default_value_t = 300, value_name = "SECONDS",
@@ -90,8 +105,13 @@ pub async fn run(
     match command {
         BranchCommand::Create(args) => {
             let name = BranchName::new(args.name).map_err(Failure::usage)?;
+            let request = match args.owner {
+                Some(role) => AccessRequest::Owner(RoleName::new(role).map_err(Failure::usage)?),
+                None => AccessRequest::OwnRole,
+            };
             let connector = resolve_connector(bookkeeping, args.connector.as_deref()).await?;
             check_name(bookkeeping, &store, &name).await?;
+            branch_access::check(&store, &name, &request).await?;
             let started = Instant::now();
             let cutter = ready_to_branch(bookkeeping, &store, &connector).await?;
             let cut = cut(
@@ -104,9 +124,48 @@ pub async fn run(
                 None,
             )
             .await?;
-            let missing = finish(bookkeeping, &store, &connector, &name, cut).await?;
-            report(&store, &name, &connector, cut, started, args.show_password);
-            report_missing(&missing);
+            let finished = finish(
+                bookkeeping,
+                &store,
+                &connector,
+                &name,
+                cut,
+                Handing::New(request),
+            )
+            .await?;
+            let view = UrlView::of(
+                &store,
+                &name,
+                &connector.name.to_string(),
+                cut.0,
+                &finished.given,
+            );
+            if args.format == Format::Json {
+                say!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                report(&view, &connector, cut, started, ShowPassword::Shown);
+            }
+            report_finished(&finished);
+            Ok(())
+        }
+        BranchCommand::Url { name, format } => {
+            let branch = recorded(bookkeeping, &store, &name).await?;
+            let lsn = match (branch.state, branch.lsn) {
+                (BranchState::Copied | BranchState::Ready, Some(lsn)) => lsn,
+                _ => return Err(being_cut(&branch.name)),
+            };
+            let password = bookkeeping.branch_password(&branch.name).await?;
+            let given = Given {
+                access: branch.access.clone(),
+                password,
+            };
+            let view = UrlView::of(&store, &branch.name, &branch.connector_name, lsn, &given);
+            if format == Format::Json {
+                say!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                say!("{}", view.url);
+                say_access(&view);
+            }
             Ok(())
         }
         BranchCommand::List { format } => list(bookkeeping, &store, format).await,
@@ -124,6 +183,10 @@ pub async fn run(
                 BranchState::Cutting => return Err(being_cut(&branch.name)),
                 // Its copy failed: there is no database of the branch's to drop.
                 BranchState::Failed => {}
+            }
+            // Only a role tributary made for the branch; never an --owner role.
+            if let BranchAccess::OwnRole(role) = &branch.access {
+                branch_access::drop_role(&store, role).await?;
             }
             bookkeeping.forget_branch(&branch.name).await?;
             say!("✓ Deleted branch {}", branch.name);
@@ -168,16 +231,30 @@ pub async fn run(
                 Some(lock),
             )
             .await?;
-            let missing = finish(bookkeeping, &store, &connector, &branch.name, cut).await?;
-            report(
+            let mut finished = finish(
+                bookkeeping,
+                &store,
+                &connector,
+                &branch.name,
+                cut,
+                Handing::Kept(branch.access.clone()),
+            )
+            .await?;
+            finished.given.password = bookkeeping.branch_password(&branch.name).await?;
+            let view = UrlView::of(
                 &store,
                 &branch.name,
-                &connector,
-                cut,
-                started,
-                show_password,
+                &connector.name.to_string(),
+                cut.0,
+                &finished.given,
             );
-            report_missing(&missing);
+            let shown = if show_password {
+                ShowPassword::Shown
+            } else {
+                ShowPassword::Masked
+            };
+            report(&view, &connector, cut, started, shown);
+            report_finished(&finished);
             Ok(())
         }
     }
@@ -446,16 +523,39 @@ struct Missing {
     large_objects: i64,
 }
 
+/// Who gets a branch being finished: asked for by `create`, or kept by `reset`.
+enum Handing {
+    New(AccessRequest),
+    Kept(BranchAccess),
+}
+
+/// Who a branch's URL logs in as, and the password of a role of its own (`None` until read
+/// from the bookkeeping, but right after the role is made).
+struct Given {
+    access: BranchAccess,
+    password: Option<Password>,
+}
+
+/// A branch made ready.
+struct Finished {
+    missing: Missing,
+    given: Given,
+    /// Databases of tributary's that branch roles may still connect to, with what to run.
+    advice: Vec<String>,
+}
+
 /// Makes a copied branch ready: extensions the connector drops, the triggers the replica
 /// holds disabled enabled as on the source, sequences from the source, the branch's own
-/// record (with what it lacks). A failure drops the branch.
+/// record (with what it lacks), then the branch given to its role and tributary's other
+/// databases closed to it. A failure drops the branch, and the role made for it.
 async fn finish(
     bookkeeping: &Bookkeeping,
     store: &ConnInfo,
     connector: &Connector,
     name: &BranchName,
     (lsn, _): (Lsn, Duration),
-) -> Result<Missing, Failure> {
+    handing: Handing,
+) -> Result<Finished, Failure> {
     let finished = async {
         let branch = pg::connect(&store.with_dbname(name.as_str())).await?;
         for extension in &connector.drop_extensions {
@@ -509,19 +609,60 @@ async fn finish(
             .context("recording the branch in its own tributary.branch table")?;
         anyhow::Ok((size, Missing { large_objects }))
     };
-    let (size, missing) = match finished.await {
+    let mut created = None;
+    let finished = async {
+        let done = finished.await?;
+        let given = match handing {
+            Handing::New(AccessRequest::OwnRole) => {
+                let (role, password) = branch_access::create_role(store, name).await?;
+                created = Some(role.clone());
+                Given {
+                    access: BranchAccess::OwnRole(role),
+                    password: Some(password),
+                }
+            }
+            Handing::New(AccessRequest::Owner(role)) => Given {
+                access: BranchAccess::Owner(role),
+                password: None,
+            },
+            Handing::Kept(access) => Given {
+                access,
+                password: None,
+            },
+        };
+        if created.is_some() || matches!(given.access, BranchAccess::Owner(_)) {
+            bookkeeping
+                .set_branch_access(name, &given.access, given.password.as_ref())
+                .await?;
+        }
+        branch_access::hand_over(store, name, &given.access).await?;
+        let advice = branch_access::close_databases(bookkeeping, store).await?;
+        anyhow::Ok((done, given, advice))
+    };
+    let ((size, missing), given, advice) = match finished.await {
         Ok(done) => done,
         Err(e) => {
             let _ = sink::drop_database(store, name.as_str(), true).await;
+            if let Some(role) = &created {
+                let _ = branch_access::drop_role(store, role).await;
+            }
             let _ = bookkeeping.forget_branch(name).await;
             return Err(anyhow!("branch {name} was not created: {e:#}").into());
         }
     };
     bookkeeping.branch_ready(name, size).await?;
-    Ok(missing)
+    Ok(Finished {
+        missing,
+        given,
+        advice,
+    })
 }
 
-fn report_missing(missing: &Missing) {
+fn report_finished(finished: &Finished) {
+    let missing = &finished.missing;
+    for advice in &finished.advice {
+        say!("  warning: {advice}");
+    }
     if missing.large_objects > 0 {
         say!(
             "  warning: the source has {} large object{}, which are not replicated: the branch \
@@ -590,38 +731,112 @@ async fn set_sequences(
     Ok(())
 }
 
+/// What `branch create --format json` and `branch url` print: the contract of DESIGN.md
+/// (`name`, `connector`, `database`, `lsn`, `url`), and who the URL logs in as.
+#[derive(Serialize)]
+struct UrlView {
+    name: String,
+    connector: String,
+    database: String,
+    lsn: String,
+    /// With the password of the branch's own role; without one for an `--owner` role; the
+    /// store's role, password masked, for a branch made before branches had roles.
+    url: String,
+    /// The role the URL logs in as.
+    role: String,
+    /// `own_role` (created for the branch, dropped with it), `owner` (`--owner`) or
+    /// `store_role` (made before branches had roles of their own).
+    access: &'static str,
+    #[serde(skip)]
+    info: ConnInfo,
+    #[serde(skip)]
+    given: BranchAccess,
+    /// The name as one word of a shell command, for hints.
+    #[serde(skip)]
+    word: String,
+}
+
+impl UrlView {
+    fn of(
+        store: &ConnInfo,
+        name: &BranchName,
+        connector: &str,
+        lsn: Lsn,
+        given: &Given,
+    ) -> UrlView {
+        let info = branch_access::branch_url(store, name, &given.access, given.password.clone());
+        // Never the store's password unasked.
+        let shown = match given.access {
+            BranchAccess::StoreRole => ShowPassword::Masked,
+            _ => ShowPassword::Shown,
+        };
+        UrlView {
+            name: name.to_string(),
+            connector: connector.to_owned(),
+            database: name.to_string(),
+            lsn: lsn.to_string(),
+            url: info.url(shown),
+            role: info.user.clone(),
+            access: access_word(&given.access),
+            info,
+            given: given.access.clone(),
+            word: name.shell_word(),
+        }
+    }
+}
+
 fn report(
-    store: &ConnInfo,
-    name: &BranchName,
+    view: &UrlView,
     connector: &Connector,
     (lsn, paused): (Lsn, Duration),
     started: Instant,
-    show_password: bool,
+    shown: ShowPassword,
 ) {
-    let info = store.with_dbname(name.as_str());
-    let shown = if show_password {
-        ShowPassword::Shown
-    } else {
-        ShowPassword::Masked
-    };
     say!(
-        "✓ Branch {name} of connector {} at source LSN {lsn}, ready in {:.1} s (replication \
+        "✓ Branch {} of connector {} at source LSN {lsn}, ready in {:.1} s (replication \
          paused {:.1} s)",
+        view.name,
         connector.name,
         started.elapsed().as_secs_f64(),
         paused.as_secs_f64()
     );
-    say!("  url:  {}", info.url(shown));
+    say!("  url:  {}", view.info.url(shown));
     say!(
         "  psql: psql '{}'",
-        info.url(if show_password {
-            ShowPassword::Shown
-        } else {
-            ShowPassword::Omitted
+        view.info.url(match shown {
+            ShowPassword::Masked => ShowPassword::Omitted,
+            other => other,
         })
     );
+    say_access(view);
 }
 
+fn access_word(access: &BranchAccess) -> &'static str {
+    match access {
+        BranchAccess::OwnRole(_) => "own_role",
+        BranchAccess::Owner(_) => "owner",
+        BranchAccess::StoreRole => "store_role",
+    }
+}
+
+/// Who the URL logs in as, and what that means.
+fn say_access(view: &UrlView) {
+    match &view.given {
+        BranchAccess::OwnRole(role) => say!(
+            "  role: {role}, made for this branch: it owns the branch and reaches no other \
+             database of tributary's; `tributary branch url {}` prints this URL again",
+            view.word
+        ),
+        BranchAccess::Owner(role) => say!(
+            "  role: {role} (--owner): tributary does not know its password, so the URL has none"
+        ),
+        BranchAccess::StoreRole => say!(
+            "  role: the branch store's own, which reaches every replica and branch: this branch \
+             was made before branches had roles of their own; delete it and create it again \
+             to give it one"
+        ),
+    }
+}
 /// The recorded branch called `name`; the replica and control databases are never one.
 async fn recorded(
     bookkeeping: &Bookkeeping,
@@ -706,6 +921,11 @@ struct BranchView {
     /// How long replication paused for the copy.
     pause_ms: Option<u128>,
     error: Option<String>,
+    /// The role its URL logs in as; `null` for a branch made before branches had roles of
+    /// their own (the store's role). Never a password: `branch url` prints that.
+    role: Option<String>,
+    /// `own_role`, `owner` or `store_role`, as in `branch url`.
+    access: &'static str,
 }
 
 async fn list(bookkeeping: &Bookkeeping, store: &ConnInfo, format: Format) -> Result<(), Failure> {
@@ -736,6 +956,8 @@ async fn list(bookkeeping: &Bookkeeping, store: &ConnInfo, format: Format) -> Re
             size_bytes: size,
             pause_ms: b.pause.map(|p| p.as_millis()),
             error: b.error,
+            role: b.access.role().map(RoleName::to_string),
+            access: access_word(&b.access),
         });
     }
     if format == Format::Json {
@@ -747,17 +969,18 @@ async fn list(bookkeeping: &Bookkeeping, store: &ConnInfo, format: Format) -> Re
         return Ok(());
     }
     say!(
-        "{:<24} {:<20} {:<9} {:<14} {:>10} {:>10}",
+        "{:<24} {:<20} {:<9} {:<14} {:>10} {:>10}  {}",
         "NAME",
         "CONNECTOR",
         "STATE",
         "LSN",
         "AGE",
-        "SIZE"
+        "SIZE",
+        "ROLE"
     );
     for v in &views {
         say!(
-            "{:<24} {:<20} {:<9} {:<14} {:>10} {:>10}",
+            "{:<24} {:<20} {:<9} {:<14} {:>10} {:>10}  {}",
             v.name,
             v.connector,
             v.state,
@@ -766,6 +989,11 @@ async fn list(bookkeeping: &Bookkeeping, store: &ConnInfo, format: Format) -> Re
             v.size_bytes
                 .and_then(|b| u64::try_from(b).ok())
                 .map_or_else(|| "-".into(), |b| ByteSize(b).display().iec().to_string()),
+            match (&v.role, v.access) {
+                (Some(role), "owner") => format!("{role} (--owner)"),
+                (Some(role), _) => role.clone(),
+                (None, _) => "(the store's: made before branch roles)".to_owned(),
+            },
         );
     }
     Ok(())
