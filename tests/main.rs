@@ -7,6 +7,7 @@ mod harness_tests;
 mod support;
 
 mod bookkeeping;
+mod branch_roles;
 mod branches;
 mod cli;
 mod connect;

@@ -68,7 +68,7 @@ pub enum AccessError {
     #[error(
         "the branch store's role {store_role} cannot act as role {role} ({reason}): as a \
          superuser, or a role with ADMIN on {role}, run {}",
-        membership_sql(role, *server_version_num)
+        membership_sql(role, store_role, *server_version_num)
     )]
     Membership {
         store_role: String,
@@ -137,9 +137,46 @@ pub async fn check(
             if !exists(role).await.map_err(sql("looking up the role"))? {
                 return Err(AccessError::NoSuchOwner { role: role.clone() });
             }
+            // Before the copy, so that a role the store's may not become is refused early.
+            act_as(&control, store, role).await?;
         }
     }
     Ok(())
+}
+
+/// Makes the store's role able to give objects to `role` and to drop what it owns (see
+/// [`acts_as_sql`]), unless it is already.
+async fn act_as(
+    control: &pg::PgClient,
+    store: &ConnInfo,
+    role: &RoleName,
+) -> Result<(), AccessError> {
+    let sql = |doing: &str| sql_error(doing, &store.dbname);
+    let version: i32 = control
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::int4",
+            &[],
+        )
+        .await
+        .map_err(sql("reading the server's version"))?
+        .get(0);
+    let acts_as: bool = control
+        .query_one(&acts_as_sql(version), &[&role.as_str()])
+        .await
+        .map_err(sql("looking up the store role's membership"))?
+        .get(0);
+    if acts_as {
+        return Ok(());
+    }
+    control
+        .batch_execute(&membership_sql(role, &store.user, version))
+        .await
+        .map_err(|e| AccessError::Membership {
+            store_role: store.user.clone(),
+            role: role.clone(),
+            server_version_num: version,
+            reason: error_message(&e),
+        })
 }
 
 /// A superuser, or a role with CREATEROLE, may create (and drop) branch roles.
@@ -205,30 +242,7 @@ pub async fn hand_over(
     let Some(role) = access.role() else {
         return Ok(());
     };
-    let version: i32 = control
-        .query_one(
-            "SELECT pg_catalog.current_setting('server_version_num')::int4",
-            &[],
-        )
-        .await
-        .map_err(sql("reading the server's version"))?
-        .get(0);
-    let acts_as: bool = control
-        .query_one(&acts_as_sql(version), &[&role.as_str()])
-        .await
-        .map_err(sql("looking up the store role's membership"))?
-        .get(0);
-    if !acts_as {
-        control
-            .batch_execute(&membership_sql(role, version))
-            .await
-            .map_err(|e| AccessError::Membership {
-                store_role: store.user.clone(),
-                role: role.clone(),
-                server_version_num: version,
-                reason: error_message(&e),
-            })?;
-    }
+    act_as(&control, store, role).await?;
     control
         .batch_execute(&format!(
             "ALTER DATABASE {database} OWNER TO {}",
@@ -296,20 +310,22 @@ fn acts_as_sql(server_version_num: i32) -> String {
     format!("SELECT pg_catalog.pg_has_role($1, 'USAGE') AND pg_catalog.pg_has_role($1, '{set}')")
 }
 
-/// Makes the session's role a member of `role` that may become it and use its privileges.
+/// Makes `store_role` (the session's) a member of `role` that may become it and use its
+/// privileges.
 /// From PostgreSQL 16 a CREATEROLE role gets ADMIN on the roles it creates but neither
 /// SET nor INHERIT (unless `createrole_self_grant` says so): it grants them to itself.
 /// Before 16, CREATEROLE may grant any role that is not a superuser, and a plain
 /// membership inherits (the store's role has the default INHERIT).
-fn membership_sql(role: &RoleName, server_version_num: i32) -> String {
+fn membership_sql(role: &RoleName, store_role: &str, server_version_num: i32) -> String {
     let options = if server_version_num >= 160_000 {
         " WITH INHERIT TRUE, SET TRUE"
     } else {
         ""
     };
     format!(
-        "GRANT {} TO CURRENT_USER{options};",
-        quote_ident(role.as_str())
+        "GRANT {} TO {}{options};",
+        quote_ident(role.as_str()),
+        quote_ident(store_role)
     )
 }
 
@@ -653,20 +669,20 @@ mod tests {
     fn the_store_role_joins_a_branch_role_as_its_server_version_wants() {
         let dev = role("tributary_branch_dev \"x\"");
         for (version, grant, privilege) in [
-            (130_023, "GRANT \"tributary_branch_dev \"\"x\"\"\" TO CURRENT_USER;", "MEMBER"),
-            (150_020, "GRANT \"tributary_branch_dev \"\"x\"\"\" TO CURRENT_USER;", "MEMBER"),
+            (130_023, "GRANT \"tributary_branch_dev \"\"x\"\"\" TO \"store\";", "MEMBER"),
+            (150_020, "GRANT \"tributary_branch_dev \"\"x\"\"\" TO \"store\";", "MEMBER"),
             (
                 160_000,
-                "GRANT \"tributary_branch_dev \"\"x\"\"\" TO CURRENT_USER WITH INHERIT TRUE, SET TRUE;",
+                "GRANT \"tributary_branch_dev \"\"x\"\"\" TO \"store\" WITH INHERIT TRUE, SET TRUE;",
                 "SET",
             ),
             (
                 180_001,
-                "GRANT \"tributary_branch_dev \"\"x\"\"\" TO CURRENT_USER WITH INHERIT TRUE, SET TRUE;",
+                "GRANT \"tributary_branch_dev \"\"x\"\"\" TO \"store\" WITH INHERIT TRUE, SET TRUE;",
                 "SET",
             ),
         ] {
-            assert_eq!(membership_sql(&dev, version), grant, "{version}");
+            assert_eq!(membership_sql(&dev, "store", version), grant, "{version}");
             let check = acts_as_sql(version);
             assert!(check.contains("'USAGE'"), "{check}");
             assert!(check.contains(&format!("'{privilege}'")), "{version}: {check}");
