@@ -145,7 +145,7 @@ pub async fn run(
             } else {
                 report(&view, &connector, cut, started, ShowPassword::Shown);
             }
-            report_finished(&finished);
+            report_finished(&finished, args.format);
             Ok(())
         }
         BranchCommand::Url { name, format } => {
@@ -254,7 +254,7 @@ pub async fn run(
                 ShowPassword::Masked
             };
             report(&view, &connector, cut, started, shown);
-            report_finished(&finished);
+            report_finished(&finished, Format::Text);
             Ok(())
         }
     }
@@ -658,18 +658,26 @@ async fn finish(
     })
 }
 
-fn report_finished(finished: &Finished) {
+/// The warnings of a finished branch: after the text on standard output, or on standard
+/// error beside JSON, which must stay one document.
+fn report_finished(finished: &Finished, format: Format) {
+    use std::io::Write as _;
     let missing = &finished.missing;
-    for advice in &finished.advice {
-        say!("  warning: {advice}");
-    }
+    let mut warnings: Vec<String> = finished.advice.clone();
     if missing.large_objects > 0 {
-        say!(
-            "  warning: the source has {} large object{}, which are not replicated: the branch \
-             has none (lo_get and lo_open fail on their OIDs)",
+        warnings.push(format!(
+            "the source has {} large object{}, which are not replicated: the branch has none \
+             (lo_get and lo_open fail on their OIDs)",
             missing.large_objects,
             if missing.large_objects == 1 { "" } else { "s" }
-        );
+        ));
+    }
+    for warning in warnings {
+        if format == Format::Json {
+            let _ = writeln!(std::io::stderr(), "warning: {warning}");
+        } else {
+            say!("  warning: {warning}");
+        }
     }
 }
 

@@ -22,6 +22,12 @@
 //! objects the store's role owns in the branch are read from the catalogs and given away
 //! one by one; see [`OWNED_SQL`].
 //!
+//! Once `CONNECT` is revoked, what else `PUBLIC` holds inside those databases (`CREATE` on
+//! the `public` schema before PostgreSQL 15, `EXECUTE` on functions) is out of a branch
+//! role's reach; inside its own branch the role is the only one (with the store's role and
+//! superusers) that connects. Databases tributary does not keep (`postgres` when it is not
+//! the bookkeeping's, `template1`) are left as their owners set them.
+//!
 //! The password reaches the server only as a SCRAM verifier, so that it is in no
 //! statement a server logs (`log_statement = ddl`) or a view shows.
 
