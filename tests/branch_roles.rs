@@ -390,3 +390,76 @@ async fn a_branch_url_grants_only_that_branch_on_15() {
 async fn a_branch_url_grants_only_that_branch_on_17() {
     a_branch_url_grants_only_that_branch(17).await;
 }
+
+/// A superuser store role whose bookkeeping lives in a database it does not own (`postgres`,
+/// the bootstrap superuser's): that database is left open, with the statement for its owner
+/// named; even connected there, a branch's role cannot read or touch the bookkeeping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bookkeeping_database_the_store_role_does_not_own_is_named_not_closed() {
+    let source = Cluster::start();
+    let store = store_cluster(crate::harness::Install::default().major);
+    source.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);",
+    );
+    store.psql(
+        "postgres",
+        "CREATE ROLE admin LOGIN SUPERUSER PASSWORD 'admin pw'",
+    );
+    let mut daemon = Daemon::new(&store);
+    daemon.set(
+        "TRIBUTARY__STORE__URL",
+        &store.url("admin", Some("admin pw"), "postgres"),
+    );
+    daemon.cli_ok(&[
+        "connector",
+        "create",
+        "postgresql",
+        &source.superuser_url("postgres"),
+        "--name",
+        "app",
+    ]);
+    daemon.start();
+    daemon.wait_for_state("app", "streaming").await;
+
+    let out = daemon.cli_ok(&["branch", "create", "dev"]);
+    assert!(
+        out.contains("warning: every role may connect to database postgres")
+            && out.contains("REVOKE CONNECT, TEMPORARY ON DATABASE \"postgres\" FROM PUBLIC;"),
+        "{out}"
+    );
+    assert_eq!(
+        store.psql(
+            "postgres",
+            "SELECT has_database_privilege('public', 'postgres', 'CONNECT')"
+        ),
+        "t"
+    );
+    let url = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("url:"))
+        .expect("create prints the branch's URL")
+        .trim()
+        .to_owned();
+    assert_eq!(as_url(&store, &url, "SELECT count(*) FROM t").unwrap(), "1");
+    let bookkeeping = with_database(&url, "postgres");
+    for sql in [
+        "SELECT count(*) FROM tributary.leases",
+        "DELETE FROM tributary.leases",
+        "UPDATE tributary.branches SET state = 'failed'",
+    ] {
+        refused(
+            &store,
+            &bookkeeping,
+            sql,
+            "permission denied for schema tributary",
+        );
+    }
+    refused(
+        &store,
+        &with_database(&url, "app_replica"),
+        "SELECT 1",
+        "permission denied for database",
+    );
+    daemon.terminate();
+}

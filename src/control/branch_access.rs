@@ -513,9 +513,11 @@ WHERE NOT EXISTS (SELECT FROM extension_members m
                    WHERE m.classid = owned.tableoid AND m.objid = owned.oid)";
 
 /// Closes to PUBLIC every database a branch's role must not reach: the replicas, the
-/// branches (older ones too) and the bookkeeping's. Returns what it could not close
-/// itself, as advice: a database the store's role does not own (it would have to decide
-/// for the other users of, say, a shared `postgres` database).
+/// branches made before branches had roles (the store's role owns them) and the
+/// bookkeeping's. Branches with roles were closed when they were handed over; who else may
+/// connect to them is their owners' business since. Returns what it could not close itself,
+/// as advice: a database the store's role does not own (it would have to decide for the
+/// other users of, say, a `postgres` database a superuser owns).
 pub async fn close_databases(
     bookkeeping: &Bookkeeping,
     store: &ConnInfo,
@@ -533,7 +535,10 @@ pub async fn close_databases(
             .branches(None)
             .await?
             .into_iter()
-            .filter(|b| matches!(b.state, BranchState::Copied | BranchState::Ready))
+            .filter(|b| {
+                b.access == BranchAccess::StoreRole
+                    && matches!(b.state, BranchState::Copied | BranchState::Ready)
+            })
             .map(|b| b.name.to_string()),
     );
     let control = pg::connect(store).await?;
