@@ -302,14 +302,13 @@ async fn a_branch_url_grants_only_that_branch(major: u32) {
         entry["role"].is_null() && entry["access"] == "store_role",
         "{entry}"
     );
-    // Its role is not tributary's any more as far as the bookkeeping knows: kept.
-    daemon.cli_ok(&["branch", "delete", "other", "--force"]);
-    assert_eq!(
-        store.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_roles WHERE rolname = 'tributary_branch_other'"
+    // As such a branch was made: the store's role owns it and PUBLIC may connect. The next
+    // branch created closes it.
+    store.psql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE other OWNER TO {STORE_ROLE}; GRANT CONNECT ON DATABASE other TO PUBLIC"
         ),
-        "1"
     );
 
     // --owner: a role the team manages owns the branch; no password is known or printed,
@@ -348,7 +347,24 @@ async fn a_branch_url_grants_only_that_branch(major: u32) {
         ),
         "team team"
     );
+    assert_eq!(
+        store.psql(
+            "postgres",
+            "SELECT has_database_privilege('public', 'other', 'CONNECT')"
+        ),
+        "f",
+        "a branch made before branch roles is closed to PUBLIC"
+    );
     daemon.cli_ok(&["branch", "delete", "shared"]);
+    // The bookkeeping does not know `other`'s role as tributary's any more: kept.
+    daemon.cli_ok(&["branch", "delete", "other", "--force"]);
+    assert_eq!(
+        store.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'tributary_branch_other'"
+        ),
+        "1"
+    );
     assert_eq!(
         store.psql(
             "postgres",
