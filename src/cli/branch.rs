@@ -216,7 +216,7 @@ pub async fn run(
                 return Err(being_cut(&branch.name));
             }
             drop_branch_database(&store, &branch.name, force).await?;
-            let cut = cut(
+            let cut = match cut(
                 bookkeeping,
                 &store,
                 &connector,
@@ -225,7 +225,21 @@ pub async fn run(
                 Duration::from_secs(300),
                 Some(lock),
             )
-            .await?;
+            .await
+            {
+                Ok(cut) => cut,
+                Err(e) => {
+                    // A failed copy forgets the branch: its own role goes with it.
+                    let _ = branch_access::drop_role_if_forgotten(
+                        bookkeeping,
+                        &store,
+                        &branch.name,
+                        &branch.access,
+                    )
+                    .await;
+                    return Err(e);
+                }
+            };
             let mut finished = finish(
                 bookkeeping,
                 &store,
@@ -604,13 +618,18 @@ async fn finish(
             .context("recording the branch in its own tributary.branch table")?;
         anyhow::Ok((size, Missing { large_objects }))
     };
-    let mut created = None;
+    // The role of its own a failure forgets with the branch: made here, or kept by a reset.
+    let mut own_role = match &handing {
+        Handing::Kept(BranchAccess::OwnRole(role)) => Some(role.clone()),
+        _ => None,
+    };
+    let new = matches!(handing, Handing::New(_));
     let finished = async {
         let done = finished.await?;
         let given = match handing {
             Handing::New(AccessRequest::OwnRole) => {
                 let (role, password) = branch_access::create_role(store, name).await?;
-                created = Some(role.clone());
+                own_role = Some(role.clone());
                 Given {
                     access: BranchAccess::OwnRole(role),
                     password: Some(password),
@@ -625,7 +644,7 @@ async fn finish(
                 password: None,
             },
         };
-        if created.is_some() || matches!(given.access, BranchAccess::Owner(_)) {
+        if new {
             bookkeeping
                 .set_branch_access(name, &given.access, given.password.as_ref())
                 .await?;
@@ -638,7 +657,7 @@ async fn finish(
         Ok(done) => done,
         Err(e) => {
             let _ = sink::drop_database(store, name.as_str(), true).await;
-            if let Some(role) = &created {
+            if let Some(role) = &own_role {
                 let _ = branch_access::drop_role(store, role).await;
             }
             let _ = bookkeeping.forget_branch(name).await;

@@ -615,6 +615,23 @@ pub async fn drop_role(store: &ConnInfo, role: &RoleName) -> Result<(), AccessEr
     Ok(())
 }
 
+/// After a failed `branch reset`: drops the branch's own role if the branch is no longer
+/// recorded (a failed copy forgets it), since its record is the only thing that names the
+/// role as tributary's. An --owner role, or the role of a branch still recorded, is kept.
+pub async fn drop_role_if_forgotten(
+    bookkeeping: &Bookkeeping,
+    store: &ConnInfo,
+    branch: &BranchName,
+    access: &BranchAccess,
+) -> Result<(), AccessError> {
+    match access {
+        BranchAccess::OwnRole(role) if bookkeeping.branch(branch).await?.is_none() => {
+            drop_role(store, role).await
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The URL a branch's user connects with: the store's server and settings, the branch's
 /// database, and its role with `password` (the role's own; `None` for an --owner role,
 /// whose password tributary does not know). A branch made before branches had roles keeps
