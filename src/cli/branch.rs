@@ -153,7 +153,15 @@ pub async fn run(
             let branch = recorded(bookkeeping, &store, &name).await?;
             let lsn = match (branch.state, branch.lsn) {
                 (BranchState::Copied | BranchState::Ready, Some(lsn)) => lsn,
-                _ => return Err(being_cut(&branch.name)),
+                (state, _) => {
+                    return Err(anyhow!(
+                        "branch {} is {}, not ready: it has no URL yet; `tributary branch list` \
+                         shows when it is",
+                        branch.name,
+                        state.as_str()
+                    )
+                    .into())
+                }
             };
             let password = bookkeeping.branch_password(&branch.name).await?;
             let given = Given {
