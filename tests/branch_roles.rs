@@ -2,7 +2,7 @@
 //! which can read, write and change its branch, and reaches no replica, no other branch and
 //! not the bookkeeping. Played with a store role that is no superuser (CREATEDB,
 //! CREATEROLE), logging in as the branch's role with its password (SCRAM), on PostgreSQL
-//! 15 and on 17 (where role membership works differently).
+//! 15, and on 16 and 17 (where role membership works differently).
 
 use crate::daemon::{wait_replica, Daemon};
 use crate::harness::Cluster;
@@ -400,6 +400,12 @@ async fn a_branch_url_grants_only_that_branch(major: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_branch_url_grants_only_that_branch_on_15() {
     a_branch_url_grants_only_that_branch(15).await;
+}
+
+// 16: the first with CREATEROLE's new rules (ADMIN, but neither SET nor INHERIT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_url_grants_only_that_branch_on_16() {
+    a_branch_url_grants_only_that_branch(16).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
