@@ -311,6 +311,62 @@ impl fmt::Display for BranchName {
     }
 }
 
+/// A PostgreSQL role name: 1 to 63 bytes (NAMEDATALEN - 1) without control characters,
+/// quoted wherever it is used.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoleName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid role name {0:?}: use 1 to 63 bytes without control characters")]
+pub struct InvalidRoleName(String);
+
+/// What every role tributary creates for a branch is called: this, then the branch's name.
+pub const BRANCH_ROLE_PREFIX: &str = "tributary_branch_";
+
+impl RoleName {
+    pub fn new(name: impl Into<String>) -> Result<RoleName, InvalidRoleName> {
+        let name = name.into();
+        let ok = (1..=63).contains(&name.len()) && !name.chars().any(char::is_control);
+        if ok {
+            Ok(RoleName(name))
+        } else {
+            Err(InvalidRoleName(name))
+        }
+    }
+
+    /// The login role tributary creates for `branch`: [`BRANCH_ROLE_PREFIX`] and the
+    /// branch's name. A name that would not fit in 63 bytes is cut (at a character
+    /// boundary) and ends in `_` and 8 hex digits of the SHA-256 of the whole branch name,
+    /// so that long names sharing their first bytes still get distinct roles.
+    pub fn for_branch(branch: &BranchName) -> RoleName {
+        const MAX: usize = 63;
+        let whole = format!("{BRANCH_ROLE_PREFIX}{}", branch.as_str());
+        if whole.len() <= MAX {
+            return RoleName(whole);
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, branch.as_str().as_bytes());
+        let suffix: String = digest.as_ref()[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut cut = MAX - 1 - suffix.len();
+        while !whole.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        RoleName(format!("{}_{suffix}", &whole[..cut]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl fmt::Display for ConnectorName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -320,6 +376,49 @@ impl fmt::Display for ConnectorName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn branch_roles_are_named_after_the_branch_within_63_bytes() {
+        let role = |name: &str| RoleName::for_branch(&BranchName::new(name).unwrap()).0;
+        let long = "x".repeat(63);
+        let long_other = format!("{}y", "x".repeat(62));
+        // 21 three-byte characters: 63 bytes, cut inside the prefix's budget.
+        let wide = "ブ".repeat(21);
+        for (branch, expected) in [
+            ("dev", "tributary_branch_dev".to_owned()),
+            ("Feature \"X\"", "tributary_branch_Feature \"X\"".to_owned()),
+            // 17 + 46 bytes: exactly the limit, not cut.
+            (
+                &"a".repeat(46),
+                format!("tributary_branch_{}", "a".repeat(46)),
+            ),
+            (
+                &"a".repeat(47),
+                format!("tributary_branch_{}_", "a".repeat(37)),
+            ),
+        ] {
+            let got = role(branch);
+            assert!(got.starts_with(&expected), "{branch}: {got}");
+            assert!(got.len() <= 63, "{branch}: {got}");
+        }
+        assert_eq!(role(&"a".repeat(46)).len(), 63);
+        assert_eq!(role(&long).len(), 63);
+        assert_ne!(
+            role(&long),
+            role(&long_other),
+            "distinct names, distinct roles"
+        );
+        assert_eq!(role(&long), role(&long), "the same name, the same role");
+        let cut = role(&wide);
+        assert!(
+            cut.len() <= 63 && cut.starts_with("tributary_branch_ブ"),
+            "{cut}"
+        );
+        assert!(RoleName::new(cut).is_ok());
+        for bad in ["", "a\nb", &"r".repeat(64)] {
+            assert!(RoleName::new(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn branch_names_are_any_database_name_without_control_characters() {

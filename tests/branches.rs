@@ -132,12 +132,20 @@ async fn branches_cut_mid_stream_are_consistent_isolated_and_have_sequences() {
             out.contains(&format!("✓ Branch {name} of connector bank at source LSN")),
             "{out}"
         );
+        // The URL logs in as the branch's own role (trusted here: branch_roles.rs logs in
+        // with the password).
         assert!(
             out.contains(&format!(
-                "psql: psql 'postgresql://postgres@127.0.0.1:{}/{name}",
-                store.port()
-            )),
+                "psql: psql 'postgresql://tributary_branch_{name}:"
+            )) && out.contains(&format!("@127.0.0.1:{}/{name}?", store.port())),
             "{out}"
+        );
+        assert_eq!(
+            store.psql(
+                &name,
+                "SELECT datdba::regrole::text FROM pg_database WHERE datname = current_database()"
+            ),
+            format!("tributary_branch_{name}")
         );
         seen.push(assert_consistent(&store, &name));
         // The LSN recorded in the bookkeeping is the one recorded in the branch itself.
@@ -257,7 +265,7 @@ async fn names_are_checked_and_branches_deleted_reset_and_kept() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("a database named taken exists"), "{err}");
 
-    let out = daemon.cli_ok(&["branch", "create", "feature", "--show-password"]);
+    let out = daemon.cli_ok(&["branch", "create", "feature"]);
     assert!(out.contains("/feature?sslmode="), "{out}");
     assert_eq!(
         store.psql(

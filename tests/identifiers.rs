@@ -109,8 +109,8 @@ async fn names_that_need_quoting_replicate_and_branch() {
         .expect("create prints the branch's URL")
         .trim();
     assert_eq!(
-        store.psql_conninfo(url, "SELECT current_database()"),
-        BRANCH,
+        store.psql_conninfo(url, "SELECT current_database(); SELECT current_user"),
+        format!("{BRANCH}\ntributary_branch_{BRANCH}"),
         "{out}"
     );
     let listed = daemon.cli_ok(&["branch", "list", "--format", "json"]);

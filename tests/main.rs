@@ -8,6 +8,7 @@ mod support;
 
 mod alert_rules;
 mod bookkeeping;
+mod branch_roles;
 mod branches;
 mod cli;
 mod connect;

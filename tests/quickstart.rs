@@ -37,7 +37,7 @@ fn the_quickstart_ends_with_a_branch_that_matches_the_source() {
     for line in [
         "✓ demo is streaming",
         "✓ Branch demo_dev of connector demo",
-        "psql: psql 'postgresql://postgres@127.0.0.1:",
+        "psql: psql 'postgresql://tributary_branch_demo_dev:",
         "CHANGES/S",
         "✓ Branch demo_final of connector demo",
         "quickstart: ✓ branch demo_final matches the source, table by table",

@@ -537,12 +537,13 @@ async fn a_pg15_store_role_needs_set_on_session_replication_role() {
     daemon.terminate();
 }
 
-/// A daemon whose branch-store role `tributary_store` has CREATEDB and owns the control
-/// database, and is no superuser; pg_dump and pg_restore are the source's.
+/// A daemon whose branch-store role `tributary_store` has CREATEDB and CREATEROLE (branches
+/// get roles of their own) and owns the control database, and is no superuser; pg_dump and
+/// pg_restore are the source's.
 fn store_role_daemon(source: &Cluster, store: &Cluster) -> Daemon {
     store.psql(
         "postgres",
-        "CREATE ROLE tributary_store LOGIN CREATEDB PASSWORD 'store pw';
+        "CREATE ROLE tributary_store LOGIN CREATEDB CREATEROLE PASSWORD 'store pw';
          CREATE DATABASE control OWNER tributary_store;",
     );
     let mut daemon = Daemon::new(store);

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::secrets::branch_password_aad;
 use super::{Bookkeeping, Error};
-use crate::types::{BranchName, ConnectorId, Lsn};
+use crate::pg::conninfo::Password;
+use crate::types::{BranchName, ConnectorId, Lsn, RoleName};
 
 /// Where a branch is in its life; stored as its lower-case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,30 @@ impl BranchState {
     }
 }
 
+/// Who a branch's URL logs in as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BranchAccess {
+    /// Made before branches had roles of their own: the store's role, which may do
+    /// everything tributary may.
+    StoreRole,
+    /// A login role tributary created for the branch and drops with it; its password is
+    /// sealed in the bookkeeping.
+    OwnRole(RoleName),
+    /// An existing role named with `--owner`: tributary neither created it nor drops it,
+    /// and does not know its password.
+    Owner(RoleName),
+}
+
+impl BranchAccess {
+    /// The role the branch's URL logs in as; `None` for the store's.
+    pub fn role(&self) -> Option<&RoleName> {
+        match self {
+            BranchAccess::StoreRole => None,
+            BranchAccess::OwnRole(role) | BranchAccess::Owner(role) => Some(role),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Branch {
     pub name: BranchName,
@@ -55,11 +81,12 @@ pub struct Branch {
     pub error: Option<String>,
     pub requested_at: DateTime<Utc>,
     pub created_at: Option<DateTime<Utc>>,
+    pub access: BranchAccess,
 }
 
 const BRANCH_COLUMNS: &str = "name, connector_id, connector_name, state, lsn::text, pause_ms, \
      size_bytes, error, (extract(epoch FROM requested_at) * 1000000)::int8, \
-     (extract(epoch FROM created_at) * 1000000)::int8";
+     (extract(epoch FROM created_at) * 1000000)::int8, role_name, role_created";
 
 type BranchRow = (
     String,
@@ -72,6 +99,8 @@ type BranchRow = (
     Option<String>,
     i64,
     Option<i64>,
+    Option<String>,
+    Option<bool>,
 );
 
 fn branch_names(names: Vec<String>) -> Result<Vec<BranchName>, Error> {
@@ -93,6 +122,8 @@ fn branch(row: BranchRow) -> Result<Branch, Error> {
         error,
         requested,
         created,
+        role_name,
+        role_created,
     ) = row;
     let time = |us: i64| {
         DateTime::from_timestamp_micros(us)
@@ -114,6 +145,17 @@ fn branch(row: BranchRow) -> Result<Branch, Error> {
         error,
         requested_at: time(requested)?,
         created_at: created.map(time).transpose()?,
+        access: match (role_name, role_created) {
+            (None, _) => BranchAccess::StoreRole,
+            (Some(role), created) => {
+                let role = RoleName::new(role).map_err(|e| Error::Corrupt(e.to_string()))?;
+                if created == Some(true) {
+                    BranchAccess::OwnRole(role)
+                } else {
+                    BranchAccess::Owner(role)
+                }
+            }
+        },
     })
 }
 
@@ -308,6 +350,72 @@ impl Bookkeeping {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(branch).collect()
+    }
+
+    /// Records who the branch's URL logs in as, with the password of a role of its own
+    /// (sealed: never stored in clear). Recorded once the role exists, so a role is only
+    /// ever dropped with its branch if tributary created it.
+    pub async fn set_branch_access(
+        &self,
+        name: &BranchName,
+        access: &BranchAccess,
+        password: Option<&Password>,
+    ) -> Result<(), Error> {
+        let sealed = match password {
+            Some(password) => Some(
+                self.keys
+                    .seal(
+                        &self.pool,
+                        password.expose().as_bytes(),
+                        &branch_password_aad(name.as_str()),
+                    )
+                    .await?,
+            ),
+            None => None,
+        };
+        let created = match access {
+            BranchAccess::StoreRole => None,
+            BranchAccess::OwnRole(_) => Some(true),
+            BranchAccess::Owner(_) => Some(false),
+        };
+        sqlx::query(
+            "UPDATE tributary.branches
+             SET role_name = $2, role_created = $3, password_ciphertext = $4
+             WHERE name = $1",
+        )
+        .bind(name.as_str())
+        .bind(access.role().map(RoleName::as_str))
+        .bind(created)
+        .bind(sealed)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The password of the branch's own role; `None` for other access. Hand it to the
+    /// branch's user and nowhere else.
+    pub async fn branch_password(&self, name: &BranchName) -> Result<Option<Password>, Error> {
+        let sealed: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT password_ciphertext FROM tributary.branches WHERE name = $1",
+        )
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten();
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let cipher = self.keys.opening(&self.pool).await?;
+        let Ok(plaintext) = cipher.open(&sealed, &branch_password_aad(name.as_str())) else {
+            self.keys.recheck(&self.pool, cipher).await?;
+            return Err(Error::DecryptBranchPassword {
+                branch: name.clone(),
+                key_origin: cipher.source().to_string(),
+            });
+        };
+        String::from_utf8(plaintext)
+            .map(|text| Some(Password::new(text)))
+            .map_err(|_| Error::Corrupt(format!("password of branch {name}")))
     }
 
     pub async fn forget_branch(&self, name: &BranchName) -> Result<(), Error> {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use sqlx::migrate::MigrateError;
 
 use crate::pg::InvalidUrl;
-use crate::types::{ConnectorId, ConnectorName};
+use crate::types::{BranchName, ConnectorId, ConnectorName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -109,6 +109,15 @@ pub enum Error {
     )]
     Decrypt {
         connector: ConnectorName,
+        key_origin: String,
+    },
+    #[error(
+        "cannot decrypt the password of branch {branch}'s role with {key_origin}, the \
+         bookkeeping's key: its row was altered, or sealed with another key; restore the \
+         original key, or set a new password (ALTER ROLE … PASSWORD) and hand it out yourself"
+    )]
+    DecryptBranchPassword {
+        branch: BranchName,
         key_origin: String,
     },
     #[error("the bookkeeping schema holds an invalid value ({0}); was it edited by hand?")]

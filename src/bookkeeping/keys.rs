@@ -85,6 +85,18 @@ impl Keys {
             .await
     }
 
+    /// Seals a secret other than a source URL (a branch role's password) with the
+    /// bookkeeping's key. Never creates a key: there is one whenever a connector exists,
+    /// and every branch has one.
+    pub(super) async fn seal(
+        &self,
+        pool: &PgPool,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        Ok(self.opening(pool).await?.seal(plaintext, aad))
+    }
+
     /// After a URL did not open with `cipher`: [`Error::WrongKey`] if the bookkeeping has
     /// recorded another key since `cipher` was checked (another command sealed the first URL
     /// with its own key while this process ran without a recorded one).
@@ -224,13 +236,14 @@ async fn recorded(pool: &PgPool) -> Result<Option<Fingerprint>, Error> {
     Ok(text.map(Fingerprint::stored))
 }
 
-/// How many source URLs are stored (sealed).
+/// How many secrets are stored (sealed): source URLs and branch passwords.
 async fn sealed(pool: &PgPool) -> Result<i64, Error> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM tributary.connectors")
-            .fetch_one(pool)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM tributary.connectors)
+              + (SELECT count(password_ciphertext) FROM tributary.branches)",
     )
+    .fetch_one(pool)
+    .await?)
 }
 
 async fn tally(pool: &PgPool, cipher: &Cipher) -> Result<Tally, Error> {

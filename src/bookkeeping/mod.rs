@@ -12,7 +12,8 @@
 //!    ├─ table_decisions       tables without a usable replica identity: exclude, add_pk or
 //!    │                        replica_identity_full, as decided at `connector create`
 //!    ├─ state_history         every state the pipeline was put in, with the error
-//!    ├─ branches              databases copied from the replica: state, source LSN
+//!    ├─ branches              databases copied from the replica: state, source LSN, the
+//!    │                        role its URL logs in as (password sealed)
 //!    │                                                         ── trigger: NOTIFY tributary_branches
 //!    ├─ apply_lag             the apply lag (and changes applied) its daemon last measured
 //!    ├─ leases                which daemon runs it, until when, with which fencing token
@@ -39,7 +40,7 @@ mod leases;
 mod secrets;
 mod store;
 
-pub use branches::{Branch, BranchLock, BranchState};
+pub use branches::{Branch, BranchAccess, BranchLock, BranchState};
 pub use connectors::{
     ApplyLag, Connector, Failure, SetupChange, SetupRequest, StateChange, TableDecision,
     TableStatus, TableSyncState, UNLOGGED_TABLE,

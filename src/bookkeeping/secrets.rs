@@ -39,6 +39,16 @@ use crate::settings::SecretsSettings;
 /// Associated data of a sealed source URL.
 pub(crate) const SOURCE_URL_AAD: &[u8] = b"tributary/source_url/v1";
 
+/// Associated data of a branch role's sealed password: bound to the branch's name, so a
+/// password copied onto another branch's row fails to open.
+pub(crate) fn branch_password_aad(branch: &str) -> Vec<u8> {
+    [
+        b"tributary/branch_password/v1:".as_slice(),
+        branch.as_bytes(),
+    ]
+    .concat()
+}
+
 /// What a key's fingerprint is the HMAC of. A MAC under the key of a constant cannot be
 /// turned back into the key, and the key is 256 random bits: no guessing either.
 const FINGERPRINT_INPUT: &[u8] = b"tributary/key-fingerprint/v1";

@@ -9,27 +9,31 @@
 //!                                             resumes (pipeline/stream.rs)
 //!          no pipeline uses the replica    ──► CREATE DATABASE … TEMPLATE from here
 //!    finish (here): drop the connector's drop-extensions, sequences from the source's
-//!                   current values, the branch's record in its own `tributary.branch`
-//!    ──► ready; a failure drops the half-made branch
+//!                   current values, the branch's record in its own `tributary.branch`,
+//!                   the branch given to its role (control/branch_access.rs)
+//!    ──► ready; a failure drops the half-made branch (and the role made for it)
 //! ```
 
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
-use bytesize::ByteSize;
 use clap::{Args, Subcommand};
-use serde::Serialize;
 
+use self::render::{list, print_url, report, report_finished, UrlView};
 use super::connector::{find, Format};
 use super::Failure;
-use crate::bookkeeping::{Bookkeeping, Branch, BranchLock, BranchState, Connector};
+use crate::bookkeeping::{Bookkeeping, Branch, BranchAccess, BranchLock, BranchState, Connector};
+use crate::control::branch_access::{self, AccessRequest};
 use crate::control::health::{self, Slot};
+use crate::pg::conninfo::Password;
 use crate::pg::{self, quote_ident, ConnInfo, PgClient, ShowPassword};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
 use crate::sink;
-use crate::types::{BranchName, Lsn};
+use crate::types::{BranchName, Lsn, RoleName};
+
+mod render;
 
 /// How often `branch create` looks whether the pipeline has cut the branch.
 const CUT_POLL: Duration = Duration::from_millis(50);
@@ -37,16 +41,24 @@ const CUT_POLL: Duration = Duration::from_millis(50);
 #[derive(Debug, Subcommand)]
 pub enum BranchCommand {
     /// Create a branch: a database on the branch store copied from the connector's
-    /// replica at a source commit boundary, with sequences set from the source. Prints a
-    /// connection URL and a psql command.
+    /// replica at a source commit boundary, with sequences set from the source, owned by a
+    /// login role of its own. Prints its connection URL (with the role's password) and a
+    /// psql command.
     Create(CreateArgs),
+    /// Print a branch's connection URL again, with its role's password.
+    Url {
+        name: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// List branches.
     List {
         /// Output: a table for people, or JSON for scripts.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// Delete a branch's database. Refused while clients are connected, unless --force.
+    /// Delete a branch's database, and the role tributary created for it. Refused while
+    /// clients are connected, unless --force.
     Delete {
         /// The branch's name (its database's).
         name: String,
@@ -54,7 +66,8 @@ pub enum BranchCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Re-create a branch from the replica's current state, keeping its name.
+    /// Re-create a branch from the replica's current state, keeping its name, its role and
+    /// its URL.
     Reset {
         /// The branch's name (its database's).
         name: String,
@@ -75,9 +88,12 @@ pub struct CreateArgs {
     /// The connector to branch from. [default: the active connector]
     #[arg(long)]
     connector: Option<String>,
-    /// Print the password in the URL instead of masking it.
-    #[arg(long)]
-    show_password: bool,
+    /// Have this existing role own the branch instead of a role created for it: tributary
+    /// neither creates nor drops it, and prints the URL without a password.
+    #[arg(long, value_name = "ROLE")]
+    owner: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
     /// How long to wait for the pipeline to reach a source commit boundary (the copy
     /// itself is always waited for).
     #[arg(long, default_value_t = 300, value_name = "SECONDS",
@@ -99,9 +115,14 @@ pub async fn run(
     match command {
         BranchCommand::Create(args) => {
             let name = BranchName::new(args.name).map_err(Failure::usage)?;
+            let request = match args.owner {
+                Some(role) => AccessRequest::Owner(RoleName::new(role).map_err(Failure::usage)?),
+                None => AccessRequest::OwnRole,
+            };
             let connector = resolve_connector(bookkeeping, args.connector.as_deref()).await?;
             check_name(bookkeeping, &store, &name).await?;
             check_current(bookkeeping, &connector, args.allow_stale).await?;
+            branch_access::check(&store, &name, &request).await?;
             let started = Instant::now();
             let cutter = ready_to_branch(bookkeeping, &store, &connector).await?;
             let cut = cut(
@@ -114,10 +135,51 @@ pub async fn run(
                 None,
             )
             .await?;
-            let missing = finish(bookkeeping, &store, &connector, &name, cut).await?;
-            report(&store, &name, &connector, cut, started, args.show_password);
-            report_missing(&missing);
+            let finished = finish(
+                bookkeeping,
+                &store,
+                &connector,
+                &name,
+                cut,
+                Handing::New(request),
+            )
+            .await?;
+            let view = UrlView::of(
+                &store,
+                &name,
+                &connector.name.to_string(),
+                cut.0,
+                &finished.given,
+            );
+            if args.format == Format::Json {
+                print_url(&view, Format::Json)?;
+            } else {
+                report(&view, &connector, cut, started, ShowPassword::Shown);
+            }
+            report_finished(&finished, args.format);
             Ok(())
+        }
+        BranchCommand::Url { name, format } => {
+            let branch = recorded(bookkeeping, &store, &name).await?;
+            let lsn = match (branch.state, branch.lsn) {
+                (BranchState::Copied | BranchState::Ready, Some(lsn)) => lsn,
+                (state, _) => {
+                    return Err(anyhow!(
+                        "branch {} is {}, not ready: it has no URL yet; `tributary branch list` \
+                         shows when it is",
+                        branch.name,
+                        state.as_str()
+                    )
+                    .into())
+                }
+            };
+            let password = bookkeeping.branch_password(&branch.name).await?;
+            let given = Given {
+                access: branch.access.clone(),
+                password,
+            };
+            let view = UrlView::of(&store, &branch.name, &branch.connector_name, lsn, &given);
+            print_url(&view, format)
         }
         BranchCommand::List { format } => list(bookkeeping, &store, format).await,
         BranchCommand::Delete { name, force } => {
@@ -134,6 +196,10 @@ pub async fn run(
                 BranchState::Cutting => return Err(being_cut(&branch.name)),
                 // Its copy failed: there is no database of the branch's to drop.
                 BranchState::Failed => {}
+            }
+            // Only a role tributary made for the branch; never an --owner role.
+            if let BranchAccess::OwnRole(role) = &branch.access {
+                branch_access::drop_role(&store, role).await?;
             }
             bookkeeping.forget_branch(&branch.name).await?;
             say!("✓ Deleted branch {}", branch.name);
@@ -168,7 +234,7 @@ pub async fn run(
                 return Err(being_cut(&branch.name));
             }
             drop_branch_database(&store, &branch.name, force).await?;
-            let cut = cut(
+            let cut = match cut(
                 bookkeeping,
                 &store,
                 &connector,
@@ -177,17 +243,45 @@ pub async fn run(
                 Duration::from_secs(300),
                 Some(lock),
             )
+            .await
+            {
+                Ok(cut) => cut,
+                Err(e) => {
+                    // A failed copy forgets the branch: its own role goes with it.
+                    let _ = branch_access::drop_role_if_forgotten(
+                        bookkeeping,
+                        &store,
+                        &branch.name,
+                        &branch.access,
+                    )
+                    .await;
+                    return Err(e);
+                }
+            };
+            let mut finished = finish(
+                bookkeeping,
+                &store,
+                &connector,
+                &branch.name,
+                cut,
+                Handing::Kept(branch.access.clone()),
+            )
             .await?;
-            let missing = finish(bookkeeping, &store, &connector, &branch.name, cut).await?;
-            report(
+            finished.given.password = bookkeeping.branch_password(&branch.name).await?;
+            let view = UrlView::of(
                 &store,
                 &branch.name,
-                &connector,
-                cut,
-                started,
-                show_password,
+                &connector.name.to_string(),
+                cut.0,
+                &finished.given,
             );
-            report_missing(&missing);
+            let shown = if show_password {
+                ShowPassword::Shown
+            } else {
+                ShowPassword::Masked
+            };
+            report(&view, &connector, cut, started, shown);
+            report_finished(&finished, Format::Text);
             Ok(())
         }
     }
@@ -480,16 +574,39 @@ struct Missing {
     large_objects: i64,
 }
 
+/// Who gets a branch being finished: asked for by `create`, or kept by `reset`.
+enum Handing {
+    New(AccessRequest),
+    Kept(BranchAccess),
+}
+
+/// Who a branch's URL logs in as, and the password of a role of its own (`None` until read
+/// from the bookkeeping, but right after the role is made).
+struct Given {
+    access: BranchAccess,
+    password: Option<Password>,
+}
+
+/// A branch made ready.
+struct Finished {
+    missing: Missing,
+    given: Given,
+    /// Databases of tributary's that branch roles may still connect to, with what to run.
+    advice: Vec<String>,
+}
+
 /// Makes a copied branch ready: extensions the connector drops, the triggers the replica
 /// holds disabled enabled as on the source, sequences from the source, the branch's own
-/// record (with what it lacks). A failure drops the branch.
+/// record (with what it lacks), then the branch given to its role and tributary's other
+/// databases closed to it. A failure drops the branch, and the role made for it.
 async fn finish(
     bookkeeping: &Bookkeeping,
     store: &ConnInfo,
     connector: &Connector,
     name: &BranchName,
     (lsn, _): (Lsn, Duration),
-) -> Result<Missing, Failure> {
+    handing: Handing,
+) -> Result<Finished, Failure> {
     let finished = async {
         let branch = pg::connect(&store.with_dbname(name.as_str())).await?;
         for extension in &connector.drop_extensions {
@@ -543,27 +660,58 @@ async fn finish(
             .context("recording the branch in its own tributary.branch table")?;
         anyhow::Ok((size, Missing { large_objects }))
     };
-    let (size, missing) = match finished.await {
+    // The role of its own a failure forgets with the branch: made here, or kept by a reset.
+    let mut own_role = match &handing {
+        Handing::Kept(BranchAccess::OwnRole(role)) => Some(role.clone()),
+        _ => None,
+    };
+    let new = matches!(handing, Handing::New(_));
+    let finished = async {
+        let done = finished.await?;
+        let given = match handing {
+            Handing::New(AccessRequest::OwnRole) => {
+                let (role, password) = branch_access::create_role(store, name).await?;
+                own_role = Some(role.clone());
+                Given {
+                    access: BranchAccess::OwnRole(role),
+                    password: Some(password),
+                }
+            }
+            Handing::New(AccessRequest::Owner(role)) => Given {
+                access: BranchAccess::Owner(role),
+                password: None,
+            },
+            Handing::Kept(access) => Given {
+                access,
+                password: None,
+            },
+        };
+        if new {
+            bookkeeping
+                .set_branch_access(name, &given.access, given.password.as_ref())
+                .await?;
+        }
+        branch_access::hand_over(store, name, &given.access).await?;
+        let advice = branch_access::close_databases(bookkeeping, store).await?;
+        anyhow::Ok((done, given, advice))
+    };
+    let ((size, missing), given, advice) = match finished.await {
         Ok(done) => done,
         Err(e) => {
             let _ = sink::drop_database(store, name.as_str(), true).await;
+            if let Some(role) = &own_role {
+                let _ = branch_access::drop_role(store, role).await;
+            }
             let _ = bookkeeping.forget_branch(name).await;
             return Err(anyhow!("branch {name} was not created: {e:#}").into());
         }
     };
     bookkeeping.branch_ready(name, size).await?;
-    Ok(missing)
-}
-
-fn report_missing(missing: &Missing) {
-    if missing.large_objects > 0 {
-        say!(
-            "  warning: the source has {} large object{}, which are not replicated: the branch \
-             has none (lo_get and lo_open fail on their OIDs)",
-            missing.large_objects,
-            if missing.large_objects == 1 { "" } else { "s" }
-        );
-    }
+    Ok(Finished {
+        missing,
+        given,
+        advice,
+    })
 }
 
 /// Sets every sequence of `schemas` in the branch to the source's current value, so that
@@ -622,38 +770,6 @@ async fn set_sequences(
             .with_context(|| format!("setting sequence {schema}.{name}"))?;
     }
     Ok(())
-}
-
-fn report(
-    store: &ConnInfo,
-    name: &BranchName,
-    connector: &Connector,
-    (lsn, paused): (Lsn, Duration),
-    started: Instant,
-    show_password: bool,
-) {
-    let info = store.with_dbname(name.as_str());
-    let shown = if show_password {
-        ShowPassword::Shown
-    } else {
-        ShowPassword::Masked
-    };
-    say!(
-        "✓ Branch {name} of connector {} at source LSN {lsn}, ready in {:.1} s (replication \
-         paused {:.1} s)",
-        connector.name,
-        started.elapsed().as_secs_f64(),
-        paused.as_secs_f64()
-    );
-    say!("  url:  {}", info.url(shown));
-    say!(
-        "  psql: psql '{}'",
-        info.url(if show_password {
-            ShowPassword::Shown
-        } else {
-            ShowPassword::Omitted
-        })
-    );
 }
 
 /// The recorded branch called `name`; the replica and control databases are never one.
@@ -722,95 +838,4 @@ async fn drop_branch_database(
         );
     }
     Ok(())
-}
-
-/// The contract of `branch list --format json`: one object per branch.
-#[derive(Serialize)]
-struct BranchView {
-    name: String,
-    connector: String,
-    database: String,
-    state: &'static str,
-    /// The source commit position the branch's data represents.
-    lsn: Option<String>,
-    created_at: Option<String>,
-    age_seconds: Option<i64>,
-    /// The database's current size; `null` when it does not exist.
-    size_bytes: Option<i64>,
-    /// How long replication paused for the copy.
-    pause_ms: Option<u128>,
-    error: Option<String>,
-}
-
-async fn list(bookkeeping: &Bookkeeping, store: &ConnInfo, format: Format) -> Result<(), Failure> {
-    let branches = bookkeeping.branches(None).await?;
-    let control = pg::connect(store).await?;
-    let now = chrono::Utc::now();
-    let mut views = Vec::with_capacity(branches.len());
-    for b in branches {
-        // A database dropped between the look and the size has none.
-        let size: Option<i64> = control
-            .query_opt(
-                "SELECT pg_catalog.pg_database_size(oid) FROM pg_catalog.pg_database
-                  WHERE datname = $1",
-                &[&b.name.as_str()],
-            )
-            .await
-            .ok()
-            .flatten()
-            .map(|row| row.get(0));
-        views.push(BranchView {
-            name: b.name.to_string(),
-            connector: b.connector_name.clone(),
-            database: b.name.to_string(),
-            state: b.state.as_str(),
-            lsn: b.lsn.map(|l| l.to_string()),
-            created_at: b.created_at.map(|t| t.to_rfc3339()),
-            age_seconds: b.created_at.map(|t| (now - t).num_seconds()),
-            size_bytes: size,
-            pause_ms: b.pause.map(|p| p.as_millis()),
-            error: b.error,
-        });
-    }
-    if format == Format::Json {
-        say!("{}", serde_json::to_string_pretty(&views)?);
-        return Ok(());
-    }
-    if views.is_empty() {
-        say!("no branches; create one with `tributary branch create <name>`");
-        return Ok(());
-    }
-    say!(
-        "{:<24} {:<20} {:<9} {:<14} {:>10} {:>10}",
-        "NAME",
-        "CONNECTOR",
-        "STATE",
-        "LSN",
-        "AGE",
-        "SIZE"
-    );
-    for v in &views {
-        say!(
-            "{:<24} {:<20} {:<9} {:<14} {:>10} {:>10}",
-            v.name,
-            v.connector,
-            v.state,
-            v.lsn.as_deref().unwrap_or("-"),
-            v.age_seconds.map_or_else(|| "-".into(), age),
-            v.size_bytes
-                .and_then(|b| u64::try_from(b).ok())
-                .map_or_else(|| "-".into(), |b| ByteSize(b).display().iec().to_string()),
-        );
-    }
-    Ok(())
-}
-
-/// `42 s`, `5 min`, `3 h`, `2 d`.
-fn age(seconds: i64) -> String {
-    match seconds {
-        s if s < 120 => format!("{s} s"),
-        s if s < 7_200 => format!("{} min", s / 60),
-        s if s < 172_800 => format!("{} h", s / 3_600),
-        s => format!("{} d", s / 86_400),
-    }
 }

@@ -1,9 +1,12 @@
 //! Decisions the commands and the daemon's endpoints share, taken from facts in pure
-//! functions (table-tested), so that `cli/` only gathers arguments and renders.
+//! functions (table-tested), and the work of commands that is more than one bookkeeping
+//! call, so that `cli/` only gathers arguments and renders.
 //!
 //! - `decisions.rs`: preflight judged with the operator's replica identity decisions.
 //! - `health.rs`: whether a connector is healthy, and if not why and what to do; the one
 //!   definition `status`, `connector list`, `branch create` and `/readyz` use.
+//! - `branch_access.rs`: each branch's own login role, and what it may reach.
 
+pub mod branch_access;
 pub mod decisions;
 pub mod health;

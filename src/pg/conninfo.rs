@@ -76,6 +76,10 @@ pub enum RootCert {
 pub struct Password(String);
 
 impl Password {
+    pub fn new(text: String) -> Password {
+        Password(text)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -279,7 +279,17 @@ pub async fn prepare_replica(
             ))
             .await;
         match created {
-            Ok(()) => tracing::info!(database, "created the replica database"),
+            Ok(()) => {
+                // Only the store's role (its owner) connects: branch roles must not.
+                control
+                    .batch_execute(&format!(
+                        "REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC",
+                        quote_ident(database)
+                    ))
+                    .await
+                    .map_err(setup(database, "closing the replica database to PUBLIC"))?;
+                tracing::info!(database, "created the replica database");
+            }
             // Created by someone else in the meantime: fine, it is prepared below.
             Err(e)
                 if e.as_db_error()
