@@ -11,6 +11,7 @@ mod branches;
 mod cli;
 mod connect;
 mod create;
+mod credentials;
 mod faults;
 mod identifiers;
 mod installations;

@@ -48,11 +48,7 @@ impl Keys {
         default_key_file: &Path,
         found: Lookup,
     ) -> Result<Keys, Error> {
-        let keys = Keys {
-            secrets: secrets.clone(),
-            default_key_file: default_key_file.to_owned(),
-            cipher: Arc::default(),
-        };
+        let keys = Keys::unchecked(secrets, default_key_file);
         match found {
             Lookup::Found(cipher) => {
                 check(pool, &cipher).await?;
@@ -66,6 +62,16 @@ impl Keys {
             }
         }
         Ok(keys)
+    }
+
+    /// No key yet, none checked: it is looked for, and checked, when a URL is opened or
+    /// sealed.
+    pub(super) fn unchecked(secrets: &SecretsSettings, default_key_file: &Path) -> Keys {
+        Keys {
+            secrets: secrets.clone(),
+            default_key_file: default_key_file.to_owned(),
+            cipher: Arc::default(),
+        }
     }
 
     /// Where the key is, or would be.

@@ -33,6 +33,7 @@
 
 mod branches;
 mod connectors;
+mod credentials;
 mod error;
 mod keys;
 mod leases;
@@ -44,6 +45,7 @@ pub use connectors::{
     ApplyLag, Connector, Failure, SetupChange, SetupRequest, StateChange, TableDecision,
     TableStatus, TableSyncState, UNLOGGED_TABLE,
 };
+pub use credentials::SourceSeen;
 pub use error::Error;
 pub use leases::Lease;
 pub use store::{Bookkeeping, BRANCH_CHANNEL, NOTIFY_CHANNEL};

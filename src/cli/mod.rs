@@ -210,6 +210,43 @@ async fn open_bookkeeping(
     })
 }
 
+/// For `connector delete`: with `force`, the bookkeeping even when the key is lost or
+/// wrong (the connector is then deleted without its source URL); without, such an error
+/// says that `--force` is the way out. Other errors as in [`open_bookkeeping`].
+async fn open_bookkeeping_for_delete(
+    settings: &Settings,
+    config_path: &Path,
+    name: &str,
+    force: bool,
+) -> Result<crate::bookkeeping::Bookkeeping, Failure> {
+    let failure = match open_bookkeeping(settings, config_path).await {
+        Ok(bookkeeping) => return Ok(bookkeeping),
+        Err(failure) => failure,
+    };
+    let key_problem = failure.error.as_ref().is_some_and(|e| {
+        e.downcast_ref::<crate::bookkeeping::Error>()
+            .is_some_and(crate::bookkeeping::Error::is_key_problem)
+    });
+    match (key_problem, force, failure.error) {
+        (true, true, _) => Ok(crate::bookkeeping::Bookkeeping::open_without_key(
+            &settings.store(),
+            &settings.secrets,
+            Path::new(DEFAULT_KEY_FILE),
+        )
+        .await?),
+        (true, false, Some(e)) => Err(anyhow::anyhow!(
+            "{e}. If the key is lost for good, `tributary connector delete {name} --force` \
+             deletes the connector without its source URL (the replica database and \
+             bookkeeping go; the SQL that drops its slot on the source is printed)"
+        )
+        .into()),
+        (_, _, error) => Err(Failure {
+            code: failure.code,
+            error,
+        }),
+    }
+}
+
 /// When no key was found at the default location: the file where releases before it
 /// kept the key (`tributary.key` beside the configuration file), if there is one.
 fn former_key_file(
