@@ -32,6 +32,7 @@ mod sink;
 mod snapshot;
 mod snapshot_fidelity;
 mod source_users;
+mod store;
 mod triggers;
 mod value_fidelity;
 mod versions;

@@ -298,10 +298,12 @@ pub(super) async fn require_store(
     if let Some(source_major) = report.server_major {
         versions::check_store(source_major, store_major).map_err(|e| anyhow!("{e}. {refused}"))?;
     }
-    sink::check_apply_session(store)
-        .await
-        .map_err(|e| anyhow!("{e}. {refused}"))?;
-    Ok(())
+    let sources: Vec<(String, u32)> = report
+        .server_major
+        .map(|major| ("the source".to_owned(), major))
+        .into_iter()
+        .collect();
+    super::store::require(store, &sources, refused).await
 }
 
 /// The connector name a database name suggests: lower-case, other characters as '_'.

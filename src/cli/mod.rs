@@ -22,6 +22,7 @@ mod preflight;
 mod run;
 mod setup;
 mod status;
+mod store;
 mod tail;
 mod wait;
 
@@ -66,6 +67,9 @@ pub enum Command {
               value_parser = clap::value_parser!(u64).range(1..=3600))]
         watch: Option<u64>,
     },
+    /// The branch store (store.url).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Manage branches: writable copies of a connector's replica.
     #[command(subcommand)]
     Branch(branch::BranchCommand),
@@ -168,6 +172,8 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
             let watch = watch.map(std::time::Duration::from_secs);
             status::run(&bookkeeping, format, watch).await
         }
+        // Checked as it is: no migration, no bookkeeping needed.
+        Command::Store(command) => store::run(command, &settings.store()).await,
         Command::Branch(command) => {
             let bookkeeping = open_bookkeeping(&settings, &config_path).await?;
             branch::run(command, &bookkeeping, &settings).await
