@@ -16,6 +16,10 @@
 //! only opens URLs, never create one. Until then there is nothing to open, so commands and
 //! the daemon start without a key; the daemon reads it when the first connector appears.
 //!
+//! Deleting the last connector clears the fingerprint (nothing sealed is left to protect):
+//! after a lost key, `connector delete --force` of every connector opens the way to a new
+//! one.
+//!
 //! URLs sealed before fingerprints were recorded: the first key that opens every one of
 //! them is recorded; a key that opens none of them is refused as wrong.
 

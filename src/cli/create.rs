@@ -286,9 +286,10 @@ pub async fn run(
 }
 
 /// Refuses a branch store that cannot serve the source of `report`: older than it
-/// (`pipeline/versions.rs`), or with a role that cannot open apply sessions. The daemon
-/// would find out only at the snapshot, after creating a slot (and, for the role, after
-/// the copy). `refused` says what was therefore not done.
+/// (`pipeline/versions.rs`), or failing the store check (`sink::store_check`: a role that
+/// cannot create databases or open apply sessions, …). The daemon would find out only at
+/// the snapshot, after creating a slot (and, for apply sessions, after the copy). `refused`
+/// says what was therefore not done.
 pub(super) async fn require_store(
     report: &preflight::Report,
     store: &ConnInfo,

@@ -1,12 +1,13 @@
 //! `tributary connector retry-setup` and `connector update`: set a connector up again,
-//! keeping its row, its credentials, and its slot and replica while they are still valid.
+//! keeping its row, its credentials (`update --url` replaces them: `control::credentials`),
+//! and its slot and replica while they are still valid.
 //!
 //! ```text
 //!  setup in progress (validating, snapshotting) ── decisions or schemas given ──► exit 1
 //!                                               └─ otherwise: joins it, starts nothing
 //!  preflight of the source                      ── a required check failed ──► exit 1
-//!  branch store older than the source, or its role
-//!     cannot open apply sessions                ──► exit 1
+//!  branch store older than the source, or failing
+//!     the store check (`store check`)           ──► exit 1
 //!  decisions about tables without a usable replica identity (as in create)
 //!  what the source and the replica say:
 //!     slot lost or missing, no complete snapshot, tables fixed or created since the
