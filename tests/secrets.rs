@@ -372,6 +372,14 @@ fn malformed_urls_never_show_their_password_wherever_they_are_given() {
                     .unwrap(),
             ),
             (
+                "update --url",
+                tributary()
+                    .env("TRIBUTARY__STORE__URL", store.superuser_url("postgres"))
+                    .args(["connector", "update", "x", "--url", url])
+                    .output()
+                    .unwrap(),
+            ),
+            (
                 "store.url",
                 tributary()
                     .env("TRIBUTARY__STORE__URL", url)

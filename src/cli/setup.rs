@@ -137,10 +137,16 @@ pub async fn update(
             "replica identity decisions go with --schemas (or `connector retry-setup`)"
         )));
     }
+    // Before anything is looked up: a URL that does not parse is refused as given.
+    let url = args
+        .url
+        .as_deref()
+        .map(credentials::NewUrl::parse)
+        .transpose()?;
     let connector = find(bookkeeping, &args.name).await?;
     // The credentials first: the other changes restart a pipeline that needs them.
     let mut restarted = false;
-    if let Some(url) = &args.url {
+    if let Some(url) = &url {
         restarted = update_url(bookkeeping, &connector, url).await?;
     }
     let schemas = args.schemas.map(schema_list).transpose()?;
@@ -240,7 +246,7 @@ pub async fn update(
 async fn update_url(
     bookkeeping: &Bookkeeping,
     connector: &Connector,
-    url: &str,
+    url: &credentials::NewUrl,
 ) -> Result<bool, Failure> {
     let updated = credentials::update_url(bookkeeping, connector, url).await?;
     let seen = &updated.checked.seen;

@@ -63,6 +63,28 @@ pub struct Checked {
     pub slot: Option<SlotInfo>,
 }
 
+/// A new source URL, parsed; the text (password included) is kept for sealing and never
+/// printed.
+pub struct NewUrl {
+    raw: String,
+    info: ConnInfo,
+}
+
+impl NewUrl {
+    pub fn parse(raw: &str) -> Result<NewUrl, Error> {
+        Ok(NewUrl {
+            info: ConnInfo::parse(raw)?,
+            raw: raw.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Debug for NewUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NewUrl({})", self.info)
+    }
+}
+
 /// What `connector update --url` did.
 #[derive(Debug)]
 pub struct Updated {
@@ -78,16 +100,15 @@ pub struct Updated {
 pub async fn update_url(
     bookkeeping: &Bookkeeping,
     connector: &Connector,
-    url: &str,
+    url: &NewUrl,
 ) -> Result<Updated, Error> {
-    let info = ConnInfo::parse(url)?;
     let recorded = Recorded {
         system_id: connector.system_id.as_deref(),
         database: connector.source_database.as_deref(),
     };
-    let checked = check_url(&info, &connector.name, recorded, &connector.slot_name).await?;
+    let checked = check_url(&url.info, &connector.name, recorded, &connector.slot_name).await?;
     bookkeeping
-        .replace_source_url(connector.id, url, &checked.seen)
+        .replace_source_url(connector.id, &url.raw, &checked.seen)
         .await?;
     let change = SetupChange {
         restart: true,
