@@ -201,6 +201,26 @@ async fn new_credentials_resume_the_connector_from_its_slot() {
         "INSERT INTO app.accounts SELECT g, 1 FROM generate_series(151, 160) g",
     );
     wait_replica(&source, &store, "shop", &["app"], &daemon).await;
+    // While it streams, too: the running pipeline starts again with the URL, from its slot.
+    let pendings = "SELECT count(*) FROM tributary.state_history WHERE to_state = 'pending'";
+    let before = store.psql("postgres", pendings);
+    let out = daemon.cli(&["connector", "update", "shop", "--url", &new_url, "--wait"]);
+    assert!(out.status.success(), "{}", shown(&out));
+    assert_ne!(
+        store.psql("postgres", pendings),
+        before,
+        "the pipeline restarted"
+    );
+    source.psql(
+        "postgres",
+        "UPDATE app.accounts SET balance = -1 WHERE id > 150",
+    );
+    wait_replica(&source, &store, "shop", &["app"], &daemon).await;
+    assert_eq!(
+        setup_marks(&store, &source),
+        marks,
+        "no new snapshot, same slot"
+    );
     let log = fs::read_to_string(daemon.log_path()).unwrap();
     for secret in [OLD_PASSWORD, NEW_PASSWORD] {
         assert!(!log.contains(secret), "the daemon logged a password");
