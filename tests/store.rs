@@ -202,3 +202,49 @@ async fn a_pg14_store_role_must_be_a_superuser() {
     assert_eq!(status(&report, "free disk"), "pass", "{report}");
     assert_eq!(status(&report, "branch copy"), "pass", "{report}");
 }
+
+/// On 18, `file_copy_method = clone` is judged by the data directory's filesystem, which a
+/// superuser's check on this machine can see; elsewhere it is said to be unknown.
+#[tokio::test]
+async fn a_pg18_store_with_clone_is_judged_by_its_filesystem() {
+    if !Path::new("/opt/tributary-pg/18").exists() && !Path::new("/usr/lib/postgresql/18").exists()
+    {
+        eprintln!("skipped: no PostgreSQL 18 installed");
+        return;
+    }
+    let store = Cluster::builder()
+        .major(18)
+        .setting("file_copy_method", "clone")
+        .start();
+    let daemon = Daemon::new(&store);
+    let (code, report) = check_json(&daemon);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(status(&report, "free disk"), "pass", "{report}");
+    let out = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(store.data_dir())
+        .output()
+        .unwrap();
+    let filesystem = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let copy = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "branch copy")
+        .unwrap()
+        .clone();
+    if matches!(filesystem.as_str(), "xfs" | "btrfs") {
+        assert_eq!(copy["status"], "pass", "{copy}");
+    } else {
+        assert_eq!(copy["status"], "warn", "{copy}");
+        let value = copy["value"].as_str().unwrap();
+        assert!(value.contains(&filesystem), "{filesystem}: {copy}");
+        assert!(
+            copy["fix"]
+                .as_str()
+                .unwrap()
+                .contains("file_copy_method = copy"),
+            "{copy}"
+        );
+    }
+}
