@@ -589,7 +589,7 @@ impl Supervisor {
             self.retries.remove(&id);
             return;
         };
-        let failure = error.failure();
+        let failure = error.failure(&name);
         METRICS.pipeline_ended(name.as_str(), error.is_transient());
         // What is recorded is recorded under the lease: a daemon that lost the connector
         // since cannot overwrite what the new owner wrote.

@@ -250,7 +250,8 @@ fn a_wrong_or_missing_key_is_named_before_anything_is_written() {
         &["status"],
         &["connector", "switch", "shop"],
         &["connector", "retry-setup", "shop", "--resnapshot"],
-        &["connector", "delete", "shop", "--force"],
+        // (`connector delete --force` deletes without the source: `credentials.rs`.)
+        &["connector", "delete", "shop"],
         &["branch", "create", "dev"],
     ] {
         let out = wrong.cli(args);
@@ -367,6 +368,14 @@ fn malformed_urls_never_show_their_password_wherever_they_are_given() {
                 tributary()
                     .env("TRIBUTARY__STORE__URL", store.superuser_url("postgres"))
                     .args(["connector", "create", "postgresql", url, "--name", "x"])
+                    .output()
+                    .unwrap(),
+            ),
+            (
+                "update --url",
+                tributary()
+                    .env("TRIBUTARY__STORE__URL", store.superuser_url("postgres"))
+                    .args(["connector", "update", "x", "--url", url])
                     .output()
                     .unwrap(),
             ),

@@ -431,15 +431,25 @@ impl Bookkeeping {
     }
 
     /// Removes the connector with its tables and history. The slot and the replica
-    /// database are the caller's to drop, before.
+    /// database are the caller's to drop, before. The last connector takes the key's
+    /// fingerprint with it: with no sealed URL left, the next `connector create` may seal
+    /// with a new key (the way out after a lost key, see `keys.rs`).
     pub async fn delete_connector(&self, id: ConnectorId) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM tributary.connectors WHERE id = $1")
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if deleted.rows_affected() == 0 {
             return Err(Error::NotFound(id));
         }
+        sqlx::query(
+            "UPDATE tributary.installation SET key_fingerprint = NULL
+              WHERE NOT EXISTS (SELECT FROM tributary.connectors)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         tracing::info!(id = %id, "connector deleted");
         Ok(())
     }
@@ -1006,7 +1016,7 @@ fn counter(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn found(rows_affected: u64, id: ConnectorId) -> Result<(), Error> {
+pub(super) fn found(rows_affected: u64, id: ConnectorId) -> Result<(), Error> {
     if rows_affected == 0 {
         Err(Error::NotFound(id))
     } else {

@@ -16,6 +16,10 @@
 //! only opens URLs, never create one. Until then there is nothing to open, so commands and
 //! the daemon start without a key; the daemon reads it when the first connector appears.
 //!
+//! Deleting the last connector clears the fingerprint (nothing sealed is left to protect):
+//! after a lost key, `connector delete --force` of every connector opens the way to a new
+//! one.
+//!
 //! URLs sealed before fingerprints were recorded: the first key that opens every one of
 //! them is recorded; a key that opens none of them is refused as wrong.
 
@@ -48,11 +52,7 @@ impl Keys {
         default_key_file: &Path,
         found: Lookup,
     ) -> Result<Keys, Error> {
-        let keys = Keys {
-            secrets: secrets.clone(),
-            default_key_file: default_key_file.to_owned(),
-            cipher: Arc::default(),
-        };
+        let keys = Keys::unchecked(secrets, default_key_file);
         match found {
             Lookup::Found(cipher) => {
                 check(pool, &cipher).await?;
@@ -66,6 +66,16 @@ impl Keys {
             }
         }
         Ok(keys)
+    }
+
+    /// No key yet, none checked: it is looked for, and checked, when a URL is opened or
+    /// sealed.
+    pub(super) fn unchecked(secrets: &SecretsSettings, default_key_file: &Path) -> Keys {
+        Keys {
+            secrets: secrets.clone(),
+            default_key_file: default_key_file.to_owned(),
+            cipher: Arc::default(),
+        }
     }
 
     /// Where the key is, or would be.

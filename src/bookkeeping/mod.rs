@@ -34,6 +34,7 @@
 
 mod branches;
 mod connectors;
+mod credentials;
 mod error;
 mod keys;
 mod leases;
@@ -45,6 +46,7 @@ pub use connectors::{
     ApplyLag, Connector, Failure, SetupChange, SetupRequest, StateChange, TableDecision,
     TableStatus, TableSyncState, UNLOGGED_TABLE,
 };
+pub use credentials::SourceSeen;
 pub use error::Error;
 pub use leases::Lease;
 pub use store::{Bookkeeping, BRANCH_CHANNEL, NOTIFY_CHANNEL};

@@ -83,6 +83,28 @@ impl Bookkeeping {
         })
     }
 
+    /// The bookkeeping with its key left unchecked, for `connector delete --force` when
+    /// [`Bookkeeping::open`] refuses the key (lost or wrong): opening a source URL then
+    /// fails with the key error, and sealing one still checks the key, so nothing can be
+    /// sealed with a key other than the recorded one.
+    pub async fn open_without_key(
+        store: &ConnInfo,
+        secrets: &SecretsSettings,
+        default_key_file: &Path,
+    ) -> Result<Bookkeeping, Error> {
+        Bookkeeping::migrate(store).await?;
+        let pool = open_pool(store, POOL_MAX_CONNECTIONS).await?;
+        let installation = read_installation(&pool)
+            .await?
+            .ok_or_else(|| Error::Corrupt("tributary.installation has no row".to_owned()))?;
+        Ok(Bookkeeping {
+            pool,
+            keys: Keys::unchecked(secrets, default_key_file),
+            installation,
+            target: store.target(),
+        })
+    }
+
     /// This installation: the bookkeeping's id, part of its connectors' slot names.
     pub fn installation(&self) -> &InstallationId {
         &self.installation

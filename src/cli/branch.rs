@@ -47,7 +47,9 @@ pub enum BranchCommand {
     Create(CreateArgs),
     /// Print a branch's connection URL again, with its role's password.
     Url {
+        /// The branch's name (its database's).
         name: String,
+        /// Output: the URL and a psql command for people, or JSON for scripts.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
@@ -92,6 +94,8 @@ pub struct CreateArgs {
     /// neither creates nor drops it, and prints the URL without a password.
     #[arg(long, value_name = "ROLE")]
     owner: Option<String>,
+    /// Output: the URL and a psql command for people, or a JSON object (with `url`) for
+    /// scripts.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
     /// How long to wait for the pipeline to reach a source commit boundary (the copy

@@ -93,7 +93,9 @@ pub enum ConnectorCommand {
         name: String,
         /// Do not wait for a session streaming from the slot to let go: end it. Also
         /// deletes when the source cannot be reached or the pipeline does not stop,
-        /// leaving the slot to drop by hand.
+        /// leaving the slot to drop by hand, and when the source URL cannot be decrypted
+        /// (the key is lost or wrong): then the source is not touched, and the SQL that
+        /// drops the slot there is printed.
         #[arg(long)]
         force: bool,
     },
@@ -115,7 +117,12 @@ pub async fn run(
     settings: Settings,
     config_path: &Path,
 ) -> Result<(), Failure> {
-    let bookkeeping = super::open_bookkeeping(&settings, config_path).await?;
+    let bookkeeping = match &command {
+        ConnectorCommand::Delete { name, force } => {
+            super::open_bookkeeping_for_delete(&settings, config_path, name, *force).await?
+        }
+        _ => super::open_bookkeeping(&settings, config_path).await?,
+    };
     match command {
         ConnectorCommand::Create(args) => {
             super::create::run(args, &bookkeeping, &settings.store()).await
@@ -493,7 +500,22 @@ async fn delete(
     let name = &connector.name;
     let slot_name = &connector.slot_name;
     let drop_sql = format!("SELECT pg_drop_replication_slot('{slot_name}');");
-    let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+    let source = match bookkeeping.source_url(connector).await {
+        Ok(url) => ConnInfo::parse(&url)?,
+        Err(e) if e.is_key_problem() && force => {
+            return delete_without_source(bookkeeping, settings, connector, &e).await;
+        }
+        Err(e) if e.is_key_problem() => {
+            return Err(anyhow::anyhow!(
+                "{e}. Nothing was deleted. If the key is lost for good, `tributary connector \
+                 delete {name} --force` deletes the connector without its source URL: the \
+                 replica database and bookkeeping go, and it prints the SQL that drops slot \
+                 {slot_name} on the source (`{drop_sql}`)"
+            )
+            .into())
+        }
+        Err(e) => return Err(e.into()),
+    };
     // A running daemon stops the pipeline when the connector is disabled (the current
     // target transaction commits first) and marks it `stopped`: from then on nothing
     // creates or uses the slot.
@@ -565,6 +587,59 @@ async fn delete(
         },
         connector.replica_database
     );
+    report_kept_branches(&branches);
+    Ok(())
+}
+
+/// `delete --force` when the source URL cannot be decrypted (`key_error`): the replica
+/// database and the bookkeeping go; the source is not touched, so its slot (and capture
+/// objects) are the operator's to drop, with the SQL printed. The pipeline is stopped first
+/// as in [`delete`] (a running daemon with the right key may still stream).
+async fn delete_without_source(
+    bookkeeping: &Bookkeeping,
+    settings: &Settings,
+    connector: &Connector,
+    key_error: &crate::bookkeeping::Error,
+) -> Result<(), Failure> {
+    let name = &connector.name;
+    let slot_name = &connector.slot_name;
+    say!("! cannot open the source URL of {name} ({key_error}); deleting without the source (--force)");
+    bookkeeping.set_enabled(connector.id, false).await?;
+    if let Err(e) = wait_stopped(bookkeeping, connector).await {
+        say!("! {e:#}; deleting anyway (--force)");
+    }
+    sink::drop_database(&settings.store(), &connector.replica_database, true)
+        .await
+        .with_context(|| {
+            format!(
+                "dropping the replica database {} (the connector is disabled); run delete again",
+                connector.replica_database
+            )
+        })?;
+    let branches = bookkeeping.branches(Some(connector.id)).await?;
+    bookkeeping.delete_connector(connector.id).await?;
+    say!(
+        "✓ Deleted connector {name}: replica database {} dropped, bookkeeping removed. The \
+         source was not touched.",
+        connector.replica_database
+    );
+    say!(
+        "  Its replication slot keeps WAL on the source until dropped: as a superuser (or \
+         the connector's replication role) on the source database{}, run\n    \
+         SELECT pg_drop_replication_slot('{slot_name}');\n  and, when no other tributary \
+         slot is left there, the SQL of `tributary connector source-sql --uninstall`.",
+        connector
+            .source_database
+            .as_deref()
+            .map(|db| format!(" {db:?} ({})", connector.source_display))
+            .unwrap_or_else(|| format!(" ({})", connector.source_display))
+    );
+    report_kept_branches(&branches);
+    Ok(())
+}
+
+/// Says which branches of a deleted connector were kept.
+fn report_kept_branches(branches: &[crate::bookkeeping::Branch]) {
     if !branches.is_empty() {
         let names: Vec<String> = branches.iter().map(|b| b.name.to_string()).collect();
         say!(
@@ -574,7 +649,6 @@ async fn delete(
             names.join(", ")
         );
     }
-    Ok(())
 }
 
 /// Prints the capture objects' SQL (to stdout, so that it can be piped into psql), with

@@ -305,9 +305,10 @@ pub async fn run(
 }
 
 /// Refuses a branch store that cannot serve the source of `report`: older than it
-/// (`pipeline/versions.rs`), or with a role that cannot open apply sessions. The daemon
-/// would find out only at the snapshot, after creating a slot (and, for the role, after
-/// the copy). `refused` says what was therefore not done.
+/// (`pipeline/versions.rs`), or failing the store check (`sink::store_check`: a role that
+/// cannot create databases or open apply sessions, …). The daemon would find out only at
+/// the snapshot, after creating a slot (and, for apply sessions, after the copy). `refused`
+/// says what was therefore not done.
 pub(super) async fn require_store(
     report: &preflight::Report,
     store: &ConnInfo,
@@ -317,10 +318,12 @@ pub(super) async fn require_store(
     if let Some(source_major) = report.server_major {
         versions::check_store(source_major, store_major).map_err(|e| anyhow!("{e}. {refused}"))?;
     }
-    sink::check_apply_session(store)
-        .await
-        .map_err(|e| anyhow!("{e}. {refused}"))?;
-    Ok(())
+    let sources: Vec<(String, u32)> = report
+        .server_major
+        .map(|major| ("the source".to_owned(), major))
+        .into_iter()
+        .collect();
+    super::store::require(store, &sources, refused).await
 }
 
 /// The connector name a database name suggests: lower-case, other characters as '_'.

@@ -22,6 +22,7 @@ mod preflight;
 mod run;
 mod setup;
 mod status;
+mod store;
 mod tail;
 mod wait;
 
@@ -68,6 +69,9 @@ pub enum Command {
               value_parser = clap::value_parser!(u64).range(1..=3600))]
         watch: Option<u64>,
     },
+    /// The branch store (store.url).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Manage branches: writable copies of a connector's replica.
     #[command(subcommand)]
     Branch(branch::BranchCommand),
@@ -170,6 +174,8 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
             let watch = watch.map(std::time::Duration::from_secs);
             status::run(&bookkeeping, format, watch).await
         }
+        // Checked as it is: no migration, no bookkeeping needed.
+        Command::Store(command) => store::run(command, &settings.store()).await,
         Command::Branch(command) => {
             let bookkeeping = open_bookkeeping(&settings, &config_path).await?;
             branch::run(command, &bookkeeping, &settings).await
@@ -207,6 +213,43 @@ async fn open_bookkeeping(
         .into(),
         None => e.into(),
     })
+}
+
+/// For `connector delete`: with `force`, the bookkeeping even when the key is lost or
+/// wrong (the connector is then deleted without its source URL); without, such an error
+/// says that `--force` is the way out. Other errors as in [`open_bookkeeping`].
+async fn open_bookkeeping_for_delete(
+    settings: &Settings,
+    config_path: &Path,
+    name: &str,
+    force: bool,
+) -> Result<crate::bookkeeping::Bookkeeping, Failure> {
+    let failure = match open_bookkeeping(settings, config_path).await {
+        Ok(bookkeeping) => return Ok(bookkeeping),
+        Err(failure) => failure,
+    };
+    let key_problem = failure.error.as_ref().is_some_and(|e| {
+        e.downcast_ref::<crate::bookkeeping::Error>()
+            .is_some_and(crate::bookkeeping::Error::is_key_problem)
+    });
+    match (key_problem, force, failure.error) {
+        (true, true, _) => Ok(crate::bookkeeping::Bookkeeping::open_without_key(
+            &settings.store(),
+            &settings.secrets,
+            Path::new(DEFAULT_KEY_FILE),
+        )
+        .await?),
+        (true, false, Some(e)) => Err(anyhow::anyhow!(
+            "{e}. If the key is lost for good, `tributary connector delete {name} --force` \
+             deletes the connector without its source URL (the replica database and \
+             bookkeeping go; the SQL that drops its slot on the source is printed)"
+        )
+        .into()),
+        (_, _, error) => Err(Failure {
+            code: failure.code,
+            error,
+        }),
+    }
 }
 
 /// When no key was found at the default location: the file where releases before it

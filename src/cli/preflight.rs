@@ -137,7 +137,7 @@ fn print_text(info: &ConnInfo, schemas: &[String], decisions: &DecisionArgs, rep
     print_checks(report.checks.iter());
     say!();
     say!("{}", summary(schemas, decisions, report));
-    print_grant_script(report);
+    print_grant_script(report, "preflight");
 }
 
 /// Before a command that sets a connector up: prints the failed required checks with the
@@ -158,7 +158,7 @@ pub(super) fn require_passed(
             if blocking.len() == 1 { "" } else { "s" }
         );
         print_checks(blocking.iter().copied());
-        print_grant_script(report);
+        print_grant_script(report, "preflight");
         say!(
             "\n✗ {refused} Fix the checks above (`tributary connector preflight` shows them \
              all) and run this again."
@@ -200,13 +200,14 @@ pub(super) fn print_checks<'a>(checks: impl Iterator<Item = &'a Check> + Clone) 
     }
 }
 
-/// The grant script with how to use it, when the report has one.
-pub(super) fn print_grant_script(report: &Report) {
+/// The grant script with how to use it, when the report has one; `check` is the command
+/// to run again after it.
+pub(super) fn print_grant_script(report: &Report, check: &str) {
     if let Some(script) = &report.grant_script {
         say!();
         say!(
             "Grant script: save it to a file, review it, run it as a superuser with psql, then \
-             run preflight again."
+             run {check} again."
         );
         say!();
         say!("{}", script.trim_end_matches('\n'));
@@ -257,7 +258,7 @@ fn plural(n: usize) -> &'static str {
 
 /// The contract of `connector preflight --format json`.
 #[derive(Serialize)]
-struct ReportView<'a> {
+pub(super) struct ReportView<'a> {
     ok: bool,
     checks: Vec<CheckView<'a>>,
     grant_script: Option<&'a str>,
@@ -273,7 +274,7 @@ struct CheckView<'a> {
     fix: Option<&'a str>,
 }
 
-fn view(report: &Report) -> ReportView<'_> {
+pub(super) fn view(report: &Report) -> ReportView<'_> {
     let checks = report
         .checks
         .iter()

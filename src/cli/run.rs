@@ -9,7 +9,36 @@ use tokio_util::sync::CancellationToken;
 use super::Failure;
 use crate::metrics::{self, Readiness};
 use crate::settings::Settings;
+use crate::sink::store_check;
+use crate::source::preflight::Outcome;
 use crate::supervisor::{self, Supervisor};
+
+/// The branch store's checklist at start: each failed check logged with its fix, and no
+/// start when one failed (the pipelines could not work); warnings logged.
+async fn check_store(settings: &Settings) -> Result<(), Failure> {
+    let report = store_check::check(&settings.store(), &[]).await;
+    for check in &report.checks {
+        match &check.outcome {
+            Outcome::Fail { value, fix } => {
+                tracing::error!(check = %check.name, fix = %fix, "branch store: {value}");
+            }
+            Outcome::Warn { value, fix } => {
+                tracing::warn!(check = %check.name, fix = %fix, "branch store: {value}");
+            }
+            Outcome::Pass { .. } | Outcome::Skip { .. } => {}
+        }
+    }
+    let failed = report.failures().count();
+    if failed > 0 {
+        return Err(anyhow::anyhow!(
+            "the branch store cannot serve tributary: {failed} check{} failed (logged above with \
+             the fix; `tributary store check` prints them with a grant script)",
+            if failed == 1 { "" } else { "s" }
+        )
+        .into());
+    }
+    Ok(())
+}
 
 /// Time allowed on top of the pipelines' grace period for closing connections.
 const EXIT_SLACK: Duration = Duration::from_secs(10);
@@ -17,6 +46,7 @@ const EXIT_SLACK: Duration = Duration::from_secs(10);
 pub async fn run(settings: Settings, config_path: &Path) -> Result<(), Failure> {
     let settings = Arc::new(settings);
     let bookkeeping = Arc::new(super::open_bookkeeping(&settings, config_path).await?);
+    check_store(&settings).await?;
     tracing::info!(store = %settings.store(), "tributary started");
     let shutdown = CancellationToken::new();
     // The endpoints outlive the pipelines: during shutdown `/readyz` answers 503 (the

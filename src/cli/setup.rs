@@ -1,12 +1,13 @@
 //! `tributary connector retry-setup` and `connector update`: set a connector up again,
-//! keeping its row, its credentials, and its slot and replica while they are still valid.
+//! keeping its row, its credentials (`update --url` replaces them: `control::credentials`),
+//! and its slot and replica while they are still valid.
 //!
 //! ```text
 //!  setup in progress (validating, snapshotting) ── decisions or schemas given ──► exit 1
 //!                                               └─ otherwise: joins it, starts nothing
 //!  preflight of the source                      ── a required check failed ──► exit 1
-//!  branch store older than the source, or its role
-//!     cannot open apply sessions                ──► exit 1
+//!  branch store older than the source, or failing
+//!     the store check (`store check`)           ──► exit 1
 //!  decisions about tables without a usable replica identity (as in create)
 //!  what the source and the replica say:
 //!     slot lost or missing, no complete snapshot, tables fixed or created since the
@@ -31,7 +32,7 @@ use crate::bookkeeping::{
     Bookkeeping, Connector, SetupChange, SetupRequest, TableDecision, TableSyncState,
 };
 use crate::change::TableName;
-use crate::control::health;
+use crate::control::{credentials, health};
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
@@ -58,6 +59,11 @@ pub struct RetryArgs {
 pub struct UpdateArgs {
     /// The connector.
     name: String,
+    /// A new source URL (new credentials) for the same source: checked to reach the same
+    /// PostgreSQL system and database over a working replication connection, stored
+    /// encrypted; the pipeline resumes from its slot, without a new snapshot.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
     /// Extensions that branches of this connector leave out, comma-separated; '' clears
     /// the list.
     #[arg(long, value_name = "EXTENSIONS")]
@@ -76,7 +82,8 @@ pub struct UpdateArgs {
     nan_as_null: Option<NanAsNull>,
     #[command(flatten)]
     decisions: DecisionArgs,
-    /// With --schemas: wait until the connector streams again (exit 0) or fails (exit 1).
+    /// With --schemas or --url: wait until the connector streams again (exit 0) or fails
+    /// (exit 1).
     #[arg(long)]
     wait: bool,
 }
@@ -114,14 +121,15 @@ pub async fn update(
     bookkeeping: &Bookkeeping,
     settings: &Settings,
 ) -> Result<(), Failure> {
-    if args.drop_extensions.is_none()
+    if args.url.is_none()
+        && args.drop_extensions.is_none()
         && args.schemas.is_none()
         && args.include_new_tables.is_none()
         && args.nan_as_null.is_none()
     {
         return Err(Failure::usage(anyhow!(
-            "nothing to update: give --drop-extensions, --schemas, --include-new-tables or \
-             --nan-as-null"
+            "nothing to update: give --url, --drop-extensions, --schemas, --include-new-tables \
+             or --nan-as-null"
         )));
     }
     if args.schemas.is_none() && args.decisions.given() {
@@ -129,7 +137,18 @@ pub async fn update(
             "replica identity decisions go with --schemas (or `connector retry-setup`)"
         )));
     }
+    // Before anything is looked up: a URL that does not parse is refused as given.
+    let url = args
+        .url
+        .as_deref()
+        .map(credentials::NewUrl::parse)
+        .transpose()?;
     let connector = find(bookkeeping, &args.name).await?;
+    // The credentials first: the other changes restart a pipeline that needs them.
+    let mut restarted = false;
+    if let Some(url) = &url {
+        restarted = update_url(bookkeeping, &connector, url).await?;
+    }
     let schemas = args.schemas.map(schema_list).transpose()?;
     let nan_as_null = args.nan_as_null.map(|n| n == NanAsNull::Accept);
     // The decision about NaN first: new schemas are checked against it, and a pipeline
@@ -141,7 +160,6 @@ pub async fn update(
     }
     // Then the schemas: when they cannot change (preflight, decisions, setup running),
     // nothing else does.
-    let mut restarted = false;
     if let Some(schemas) = schemas {
         if schemas == connector.schemas {
             say!(
@@ -221,6 +239,44 @@ pub async fn update(
         wait_for_streaming(bookkeeping, &connector).await?;
     }
     Ok(())
+}
+
+/// Checks and stores the new URL (`control::credentials`), saying what it reached; returns
+/// whether the pipeline starts again.
+async fn update_url(
+    bookkeeping: &Bookkeeping,
+    connector: &Connector,
+    url: &credentials::NewUrl,
+) -> Result<bool, Failure> {
+    let updated = credentials::update_url(bookkeeping, connector, url).await?;
+    let seen = &updated.checked.seen;
+    say!(
+        "✓ {}: the new URL reaches the same source (system {}, database {}) over a working \
+         replication connection; stored encrypted",
+        connector.name,
+        seen.system_id,
+        seen.database
+    );
+    match &updated.checked.slot {
+        Some(_) => say!(
+            "✓ {}: slot {} is there: the pipeline resumes from it, without a new snapshot",
+            connector.name,
+            connector.slot_name
+        ),
+        None => say!(
+            "! {}: slot {} is not on the source: the pipeline's next setup decides (a new \
+             snapshot if the connector had streamed)",
+            connector.name,
+            connector.slot_name
+        ),
+    }
+    if !updated.restarted {
+        say!(
+            "  Setup is running ({}): it uses the new URL at its next connection",
+            connector.state
+        );
+    }
+    Ok(updated.restarted)
 }
 
 /// `a, b,,c` → `[a, b, c]`, without repetitions; `''` → `[]`.

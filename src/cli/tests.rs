@@ -110,7 +110,8 @@ fn string_literals(text: &str) -> Vec<String> {
 /// The `tributary <subcommand> …` commands in `literal`, as written: each ends at a
 /// backtick, a closing parenthesis, a semicolon or the end of the literal.
 fn commands(literal: &str) -> Vec<String> {
-    const SUBCOMMANDS: [&str; 6] = ["run", "migrate", "connector", "status", "branch", "tail"];
+    let cli = Args::command();
+    let subcommands: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
     let mut found = Vec::new();
     let mut rest = literal;
     while let Some(at) = rest.find("tributary ") {
@@ -118,7 +119,7 @@ fn commands(literal: &str) -> Vec<String> {
         let end = after.find(['`', ')', ';', '\n']).unwrap_or(after.len());
         let command = after[..end].trim_end_matches(['.', ',', ' ']);
         let first = command.split_whitespace().next().unwrap_or_default();
-        if SUBCOMMANDS.contains(&first) {
+        if subcommands.contains(&first) {
             found.push(command.to_owned());
         }
         rest = after;
@@ -126,29 +127,35 @@ fn commands(literal: &str) -> Vec<String> {
     found
 }
 
-/// `command`'s words with placeholders (`<name>`, `{}`, `{name}`) as a value, and shell
-/// quotes removed.
+/// `command`'s words as a shell would split them, with placeholders (`<name>`, `<source
+/// URL>`, `{}`, `{name}`) as a value, and single quotes removed.
 fn words(command: &str) -> Vec<String> {
-    command
-        .split_whitespace()
-        .map(|word| {
-            let mut out = String::new();
-            let mut in_placeholder = None;
-            for c in word.chars() {
-                match (in_placeholder, c) {
-                    (None, '<') => in_placeholder = Some('>'),
-                    (None, '{') => in_placeholder = Some('}'),
-                    (Some(close), c) if c == close => {
-                        in_placeholder = None;
-                        out.push('x');
-                    }
-                    (Some(_), _) | (None, '\'') => {}
-                    (None, c) => out.push(c),
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_placeholder = None;
+    let mut quoted = false;
+    for c in command.chars() {
+        match (in_placeholder, c) {
+            (None, '<') => in_placeholder = Some('>'),
+            (None, '{') => in_placeholder = Some('}'),
+            (Some(close), c) if c == close => {
+                in_placeholder = None;
+                word.push('x');
+            }
+            (Some(_), _) => {}
+            (None, '\'') => quoted = !quoted,
+            (None, c) if c.is_whitespace() && !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
                 }
             }
-            out
-        })
-        .collect()
+            (None, c) => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
 }
 
 /// The long flags `literal` names (`--name`, `--format=json`), without their dashes.

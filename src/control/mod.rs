@@ -6,7 +6,10 @@
 //! - `health.rs`: whether a connector is healthy, and if not why and what to do; the one
 //!   definition `status`, `connector list`, `branch create` and `/readyz` use.
 //! - `branch_access.rs`: each branch's own login role, and what it may reach.
+//! - `credentials.rs`: a connector's new source URL, checked to reach the same system and
+//!   database before it replaces the old one.
 
 pub mod branch_access;
+pub mod credentials;
 pub mod decisions;
 pub mod health;

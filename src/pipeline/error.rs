@@ -8,7 +8,7 @@ use crate::sink::SinkError;
 use crate::source;
 use crate::source::catalog::CatalogError;
 use crate::source::wal2json::DecodeError;
-use crate::types::SlotName;
+use crate::types::{ConnectorName, SlotName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -105,14 +105,31 @@ impl PipelineError {
         )
     }
 
-    /// The error as recorded for the operator, with the next step.
-    pub fn failure(&self) -> Failure {
+    /// Whether the source refused the connector's credentials, on the replication
+    /// connection or an SQL session.
+    fn is_credentials(&self) -> bool {
+        match self {
+            PipelineError::Source(e) => e.is_credentials(),
+            PipelineError::Connect(ConnectError::Postgres { source, .. }) => {
+                source.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
+            }
+            _ => false,
+        }
+    }
+
+    /// The error as recorded for the operator, with the next step (naming `connector`).
+    pub fn failure(&self, connector: &ConnectorName) -> Failure {
         let next_step = match self {
+            _ if self.is_credentials() => format!(
+                "give the connector its new credentials: `tributary connector update \
+                 {connector} --url '<source URL>'` checks they reach the same source, and the \
+                 pipeline resumes where it was (slot and replica kept, no new snapshot)"
+            ),
             PipelineError::Definite { next_step, .. } => next_step.clone(),
             PipelineError::SlotBusy { pid, .. } => format!(
                 "nothing, if it is a previous daemon of this installation (it lets go within \
                  wal_sender_timeout); if it is another installation's, both use this slot: \
-                 run `tributary connector retry-setup <connector> --resnapshot` here to move \
+                 run `tributary connector retry-setup {connector} --resnapshot` here to move \
                  this connector to a slot of its own (session {pid} is left alone)"
             ),
             _ if self.is_transient() => {
@@ -134,6 +151,50 @@ impl PipelineError {
         Failure {
             error: self.to_string(),
             next_step,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::ServerError;
+
+    #[test]
+    fn refused_credentials_ask_for_a_new_url_and_nothing_else_does() {
+        let server = |code: &str| {
+            PipelineError::Source(source::Error::Server {
+                target: "db:5432".into(),
+                error: Box::new(ServerError {
+                    severity: "FATAL".into(),
+                    code: code.into(),
+                    message: "refused".into(),
+                    detail: None,
+                    hint: None,
+                }),
+            })
+        };
+        let shop = ConnectorName::new("shop").unwrap();
+        for (error, asks) in [
+            (server("28P01"), true),
+            (
+                PipelineError::Source(source::Error::Auth {
+                    target: "db:5432".into(),
+                    reason: "the server asked for a password and the URL has none".into(),
+                }),
+                true,
+            ),
+            (server("3D000"), false),
+            (server("57P01"), false),
+            (PipelineError::StreamEnded, false),
+        ] {
+            let next = error.failure(&shop).next_step;
+            assert_eq!(
+                next.contains("`tributary connector update shop --url '<source URL>'`"),
+                asks,
+                "{error}: {next}"
+            );
+            assert!(!next.contains("restart tributary") || !asks, "{next}");
         }
     }
 }

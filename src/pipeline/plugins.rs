@@ -137,7 +137,7 @@ mod tests {
         for (list, refused, error, next) in cases {
             let failure = failure(&server, list, refused, &connector, &slot);
             assert!(!failure.is_transient());
-            let recorded = failure.failure();
+            let recorded = failure.failure(&connector);
             assert!(recorded.error.contains(error), "{}", recorded.error);
             assert!(recorded.next_step.contains(next), "{}", recorded.next_step);
         }

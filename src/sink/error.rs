@@ -463,7 +463,7 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
 
 /// How the branch-store `role` comes to be allowed to set `session_replication_role`, on
 /// a server of `server_major`: a grant from PostgreSQL 15 on, superuser before.
-fn replication_role_advice(server_major: u32, role: &str) -> String {
+pub(crate) fn replication_role_advice(server_major: u32, role: &str) -> String {
     let role = crate::pg::quote_ident(role);
     if server_major >= 15 {
         format!(

@@ -17,6 +17,7 @@
 mod apply;
 mod error;
 mod replica;
+pub mod store_check;
 mod table;
 mod triggers;
 

@@ -509,7 +509,7 @@ async fn version_num(client: &PgClient, database: &str) -> Result<u32, SinkError
     Ok(row.get::<_, i32>(0) as u32)
 }
 
-async fn connect(info: &ConnInfo) -> Result<PgClient, SinkError> {
+pub(crate) async fn connect(info: &ConnInfo) -> Result<PgClient, SinkError> {
     pg::connect(info)
         .await
         .map_err(|source| SinkError::Connect {

@@ -152,6 +152,16 @@ impl Error {
         }
     }
 
+    /// Whether the source refused the credentials (a wrong password, or none where one is
+    /// needed): the connector needs new ones (`connector update --url`).
+    pub fn is_credentials(&self) -> bool {
+        match self {
+            Error::Auth { .. } => true,
+            Error::Server { error, .. } => error.code == "28P01",
+            _ => false,
+        }
+    }
+
     /// Whether retrying later may succeed without anyone changing anything: lost
     /// connections, timeouts, a server that is starting or shutting down, resource limits.
     /// Everything else (bad credentials, missing slot, invalid URL) needs the operator.

@@ -155,7 +155,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn pass(name: impl Into<String>, value: impl Into<String>) -> Check {
+    pub(crate) fn pass(name: impl Into<String>, value: impl Into<String>) -> Check {
         Check {
             name: name.into(),
             outcome: Outcome::Pass {
@@ -164,7 +164,11 @@ impl Check {
         }
     }
 
-    fn warn(name: impl Into<String>, value: impl Into<String>, fix: impl Into<String>) -> Check {
+    pub(crate) fn warn(
+        name: impl Into<String>,
+        value: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
         Check {
             name: name.into(),
             outcome: Outcome::Warn {
@@ -174,7 +178,11 @@ impl Check {
         }
     }
 
-    fn fail(name: impl Into<String>, value: impl Into<String>, fix: impl Into<String>) -> Check {
+    pub(crate) fn fail(
+        name: impl Into<String>,
+        value: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
         Check {
             name: name.into(),
             outcome: Outcome::Fail {
@@ -184,7 +192,7 @@ impl Check {
         }
     }
 
-    fn skip(name: impl Into<String>, reason: impl Into<String>) -> Check {
+    pub(crate) fn skip(name: impl Into<String>, reason: impl Into<String>) -> Check {
         Check {
             name: name.into(),
             outcome: Outcome::Skip {

@@ -1,0 +1,72 @@
+//! A connector's source URL replaced (`connector update --url`), and a connector removed
+//! when its URL can no longer be opened (the key is lost or wrong).
+//!
+//! The new URL is sealed like the first one ([`Keys::seal_source_url`](super::keys)): the
+//! bookkeeping never holds a URL in clear, and a URL sealed with another key than the
+//! recorded one is refused before anything is written.
+
+use super::connectors::found;
+use super::{Bookkeeping, Error};
+use crate::pg::conninfo::mask_password;
+use crate::pg::ConnInfo;
+use crate::types::ConnectorId;
+
+/// The source a new URL reaches, as `IDENTIFY_SYSTEM` and the server say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSeen {
+    pub system_id: String,
+    pub timeline: u32,
+    pub database: String,
+}
+
+impl Bookkeeping {
+    /// Replaces the connector's source URL (sealed with the bookkeeping's key) and its
+    /// masked copy, and records the source's identity where none was (a connector whose
+    /// pipeline never reached the source). The caller has checked that `seen` is the
+    /// recorded source; the slot, the replica and the progress are untouched.
+    pub async fn replace_source_url(
+        &self,
+        id: ConnectorId,
+        source_url: &str,
+        seen: &SourceSeen,
+    ) -> Result<(), Error> {
+        ConnInfo::parse(source_url)?;
+        let mut tx = self.pool.begin().await?;
+        let ciphertext = self
+            .keys
+            .seal_source_url(&self.pool, &mut tx, source_url)
+            .await?;
+        let updated = sqlx::query(
+            "UPDATE tributary.connectors
+             SET source_url_ciphertext = $2, source_display = $3,
+                 system_id = coalesce(system_id, $4),
+                 timeline = coalesce(timeline, $5),
+                 source_database = coalesce(source_database, $6)
+             WHERE id = $1",
+        )
+        .bind(id.0)
+        .bind(ciphertext)
+        .bind(mask_password(source_url))
+        .bind(&seen.system_id)
+        .bind(i64::from(seen.timeline))
+        .bind(&seen.database)
+        .execute(&mut *tx)
+        .await?;
+        found(updated.rows_affected(), id)?;
+        tx.commit().await?;
+        tracing::info!(id = %id, "source URL replaced");
+        Ok(())
+    }
+}
+
+impl Error {
+    /// Whether the error says the source URLs cannot be opened with the key at hand (none,
+    /// another one, or a URL that does not open with it): the case `connector delete
+    /// --force` handles without the source.
+    pub fn is_key_problem(&self) -> bool {
+        matches!(
+            self,
+            Error::NoKey { .. } | Error::WrongKey { .. } | Error::Decrypt { .. }
+        )
+    }
+}
