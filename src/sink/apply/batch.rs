@@ -39,23 +39,23 @@ use crate::sink::error::SinkError;
 use crate::types::Lsn;
 
 /// Rows in one batch, at most.
-pub(super) const MAX_BATCH_ROWS: usize = 1000;
+const MAX_BATCH_ROWS: usize = 1000;
 /// Parameter bytes held in open batches (all tables), at most.
-pub(super) const MAX_BUFFERED_BYTES: usize = 16 << 20;
+const MAX_BUFFERED_BYTES: usize = 16 << 20;
 
 /// Changes of one shape to one table, waiting to be sent as one statement.
 pub(super) struct Batch {
-    pub(super) shape: Arc<Shape>,
+    shape: Arc<Shape>,
     /// One array per statement parameter, one element per row.
-    pub(super) columns: Vec<Vec<Option<String>>>,
-    pub(super) lsns: Vec<Option<Lsn>>,
+    columns: Vec<Vec<Option<String>>>,
+    lsns: Vec<Option<Lsn>>,
     /// Key hashes of the rows (UPDATE, DELETE) and the row each belongs to.
-    pub(super) keys: HashMap<u64, usize, BuildHasherDefault<KeyHashHasher>>,
-    pub(super) bytes: usize,
+    keys: HashMap<u64, usize, BuildHasherDefault<KeyHashHasher>>,
+    bytes: usize,
 }
 
 impl Batch {
-    pub(super) fn new(shape: Arc<Shape>) -> Batch {
+    fn new(shape: Arc<Shape>) -> Batch {
         Batch {
             columns: vec![Vec::new(); shape.params.len()],
             shape,
@@ -66,7 +66,7 @@ impl Batch {
     }
 
     /// Adds the change's row, taking its values; returns the bytes it holds.
-    pub(super) fn push(&mut self, change: &mut Change, key: Option<u64>) -> usize {
+    fn push(&mut self, change: &mut Change, key: Option<u64>) -> usize {
         let mut bytes = ROW_BYTES;
         for (param, column) in self.columns.iter_mut().enumerate() {
             let text = self.shape.take(change, param);
@@ -82,7 +82,7 @@ impl Batch {
     }
 
     /// The row holding the same key as `change` (whose key hashes to `key`), if any.
-    pub(super) fn row_with_key(&self, change: &Change, key: u64) -> Option<usize> {
+    fn row_with_key(&self, change: &Change, key: u64) -> Option<usize> {
         let row = *self.keys.get(&key)?;
         let same = self.shape.key_params.iter().all(|&param| {
             self.columns[param][row].as_deref() == self.shape.value(change, param).as_text()
@@ -93,7 +93,7 @@ impl Batch {
     /// Overwrites `row` with the values of `change`, an UPDATE of the same shape and key
     /// (see the module docs); the row keeps the LSN of its first change, the one a missing
     /// row would fail. Returns the bytes the batch holds now minus before.
-    pub(super) fn replace(&mut self, row: usize, change: &mut Change) -> isize {
+    fn replace(&mut self, row: usize, change: &mut Change) -> isize {
         let mut delta = 0isize;
         for (param, column) in self.columns.iter_mut().enumerate() {
             let value = self.shape.take(change, param);
@@ -109,7 +109,7 @@ impl Batch {
 
 /// Key hashes are hashes already.
 #[derive(Default)]
-pub(super) struct KeyHashHasher(u64);
+struct KeyHashHasher(u64);
 
 impl Hasher for KeyHashHasher {
     fn finish(&self) -> u64 {
@@ -128,8 +128,60 @@ impl Hasher for KeyHashHasher {
 }
 
 impl ReplicaSink {
+    /// Sends `change`, which fits `shape`, into the table's open batch (see the module docs),
+    /// or as its single statement when the shape has no batch statement or the change moves
+    /// its row to another key.
+    pub(super) async fn send(
+        &mut self,
+        table: usize,
+        shape: Arc<Shape>,
+        mut change: Change,
+    ) -> Result<(), SinkError> {
+        if shape.batch.is_none() || !shape.keeps_key(&change) {
+            self.flush_batch(table).await?;
+            let params = (0..shape.params.len())
+                .map(|param| shape.take(&mut change, param))
+                .collect();
+            return self.send_single(table, &shape, change.lsn, params).await;
+        }
+
+        let key = (change.kind != ChangeKind::Insert).then(|| shape.key_hash(&change));
+        if let (Some(key), Some(batch)) = (key, &mut self.tables[table].open) {
+            if change.kind == ChangeKind::Update && Arc::ptr_eq(&batch.shape, &shape) {
+                if let Some(row) = batch.row_with_key(&change, key) {
+                    let delta = batch.replace(row, &mut change);
+                    self.buffered_bytes = self.buffered_bytes.saturating_add_signed(delta);
+                    return Ok(());
+                }
+            }
+        }
+        let fits = self.tables[table].open.as_ref().is_none_or(|batch| {
+            Arc::ptr_eq(&batch.shape, &shape)
+                && key.is_none_or(|key| !batch.keys.contains_key(&key))
+        });
+        if !fits {
+            self.flush_batch(table).await?;
+        }
+        let entry = &mut self.tables[table];
+        let batch = match &mut entry.open {
+            Some(batch) => batch,
+            None => {
+                self.open_batches.push(table);
+                entry.open.insert(Batch::new(shape))
+            }
+        };
+        self.buffered_bytes += batch.push(&mut change, key);
+        if batch.lsns.len() >= MAX_BATCH_ROWS {
+            self.flush_batch(table).await?;
+        }
+        if self.buffered_bytes > MAX_BUFFERED_BYTES {
+            self.flush_batches().await?;
+        }
+        Ok(())
+    }
+
     /// Sends one change as its single-row statement.
-    pub(super) async fn send_single(
+    async fn send_single(
         &mut self,
         table: usize,
         shape: &Shape,
@@ -156,7 +208,7 @@ impl ReplicaSink {
     }
 
     /// Sends the table's open batch, if any.
-    pub(super) async fn flush_batch(&mut self, table: usize) -> Result<(), SinkError> {
+    async fn flush_batch(&mut self, table: usize) -> Result<(), SinkError> {
         let Some(batch) = self.tables[table].open.take() else {
             return Ok(());
         };

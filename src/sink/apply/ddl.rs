@@ -1,6 +1,5 @@
 //! Captured schema changes, run at their place in the open target transaction.
 
-use super::transaction::TxState;
 use super::ReplicaSink;
 use crate::pg::{quote_ident, quote_literal};
 use crate::sink::error::SinkError;
@@ -37,42 +36,11 @@ impl ReplicaSink {
         lsn: Option<Lsn>,
     ) -> Result<(), SinkError> {
         self.begin().await?;
-        if let TxState::Open { changes } = &mut self.state {
-            *changes += 1;
-        }
+        self.count_change();
         self.flush_truncate().await?;
         self.flush_batches().await?;
         self.drain().await?;
-        let path = if search_path.is_empty() {
-            "''".to_owned()
-        } else {
-            search_path
-                .iter()
-                .map(|s| quote_ident(s))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        // Function bodies were checked on the source; here they may name objects outside
-        // the replicated schemas (pg_restore turns the check off for the same reason).
-        // Literals in the command are read with the source session's settings; the apply
-        // session's own come back afterwards (SET LOCAL would keep them to the commit).
-        let mut set =
-            format!("SET LOCAL search_path TO {path}; SET LOCAL check_function_bodies = off");
-        let mut restore = "SET LOCAL search_path TO ''".to_owned();
-        for (name, value) in settings {
-            let name = quote_ident(name);
-            let current: String = self
-                .client
-                .query_one(&format!("SHOW {name}"), &[])
-                .await
-                .map_err(setup(&self.database, "reading a setting"))?
-                .get(0);
-            set.push_str(&format!("; SET LOCAL {name} TO {}", quote_literal(value)));
-            restore.push_str(&format!(
-                "; SET LOCAL {name} TO {}",
-                quote_literal(&current)
-            ));
-        }
+        let (set, restore) = self.source_settings(search_path, settings).await?;
         // The statement meets the source's trigger states, and the triggers it leaves
         // firing under apply are held again after it (see triggers.rs).
         triggers::unhold(&self.client)
@@ -98,5 +66,45 @@ impl ReplicaSink {
         triggers::hold(&self.client, true)
             .await
             .map_err(setup(&self.database, "holding ALWAYS and REPLICA triggers"))
+    }
+
+    /// The SQL that gives the open transaction the source session's `search_path` and
+    /// `settings` for a schema change (literals in the command are read with them), and
+    /// the SQL that brings back the apply session's own afterwards (`SET LOCAL` would keep
+    /// the source's to the commit).
+    async fn source_settings(
+        &self,
+        search_path: &[String],
+        settings: &[(String, String)],
+    ) -> Result<(String, String), SinkError> {
+        let path = if search_path.is_empty() {
+            "''".to_owned()
+        } else {
+            search_path
+                .iter()
+                .map(|s| quote_ident(s))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // Function bodies were checked on the source; here they may name objects outside
+        // the replicated schemas (pg_restore turns the check off for the same reason).
+        let mut set =
+            format!("SET LOCAL search_path TO {path}; SET LOCAL check_function_bodies = off");
+        let mut restore = "SET LOCAL search_path TO ''".to_owned();
+        for (name, value) in settings {
+            let name = quote_ident(name);
+            let current: String = self
+                .client
+                .query_one(&format!("SHOW {name}"), &[])
+                .await
+                .map_err(setup(&self.database, "reading a setting"))?
+                .get(0);
+            set.push_str(&format!("; SET LOCAL {name} TO {}", quote_literal(value)));
+            restore.push_str(&format!(
+                "; SET LOCAL {name} TO {}",
+                quote_literal(&current)
+            ));
+        }
+        Ok((set, restore))
     }
 }

@@ -67,7 +67,6 @@ use crate::types::{FencingToken, Lsn};
 
 use super::error::SinkError;
 use super::replica::{claim, open_session};
-use batch::{Batch, MAX_BATCH_ROWS, MAX_BUFFERED_BYTES};
 use progress::ProgressStatements;
 use queue::InFlight;
 use tables::{Relation, TableEntry};
@@ -175,7 +174,6 @@ impl ReplicaSink {
         &self.database
     }
 
-    /// The fencing token this session claimed the replica with.
     /// How NaN and ±Infinity arrive from this source ([`NanPolicy::Exact`] unless set):
     /// under [`NanPolicy::Refuse`], a change to a table with a column that may hold them
     /// fails ([`SinkError::NanAsNull`]).
@@ -187,6 +185,7 @@ impl ReplicaSink {
         self.nan
     }
 
+    /// The fencing token this session claimed the replica with.
     pub fn token(&self) -> FencingToken {
         self.token
     }
@@ -203,11 +202,9 @@ impl ReplicaSink {
         self.note(result)
     }
 
-    async fn apply_change(&mut self, mut change: Change) -> Result<Option<Misfit>, SinkError> {
+    async fn apply_change(&mut self, change: Change) -> Result<Option<Misfit>, SinkError> {
         self.begin().await?;
-        if let TxState::Open { changes } = &mut self.state {
-            *changes += 1;
-        }
+        self.count_change();
         if change.kind == ChangeKind::Truncate {
             self.refreshed = None;
             return self.truncate(&change).await.map(|()| None);
@@ -230,50 +227,7 @@ impl ReplicaSink {
         let Some(shape) = self.shape(table, &change).await? else {
             return Ok(Some(Misfit { change }));
         };
-        if shape.batch.is_none() || !shape.keeps_key(&change) {
-            self.flush_batch(table).await?;
-            let params = (0..shape.params.len())
-                .map(|param| shape.take(&mut change, param))
-                .collect();
-            return self
-                .send_single(table, &shape, change.lsn, params)
-                .await
-                .map(|()| None);
-        }
-
-        let key = (change.kind != ChangeKind::Insert).then(|| shape.key_hash(&change));
-        if let (Some(key), Some(batch)) = (key, &mut self.tables[table].open) {
-            if change.kind == ChangeKind::Update && Arc::ptr_eq(&batch.shape, &shape) {
-                if let Some(row) = batch.row_with_key(&change, key) {
-                    let delta = batch.replace(row, &mut change);
-                    self.buffered_bytes = self.buffered_bytes.saturating_add_signed(delta);
-                    return Ok(None);
-                }
-            }
-        }
-        let fits = self.tables[table].open.as_ref().is_none_or(|batch| {
-            Arc::ptr_eq(&batch.shape, &shape)
-                && key.is_none_or(|key| !batch.keys.contains_key(&key))
-        });
-        if !fits {
-            self.flush_batch(table).await?;
-        }
-        let entry = &mut self.tables[table];
-        let batch = match &mut entry.open {
-            Some(batch) => batch,
-            None => {
-                self.open_batches.push(table);
-                entry.open.insert(Batch::new(shape))
-            }
-        };
-        self.buffered_bytes += batch.push(&mut change, key);
-        if batch.lsns.len() >= MAX_BATCH_ROWS {
-            self.flush_batch(table).await?;
-        }
-        if self.buffered_bytes > MAX_BUFFERED_BYTES {
-            self.flush_batches().await?;
-        }
-        Ok(None)
+        self.send(table, shape, change).await.map(|()| None)
     }
 }
 

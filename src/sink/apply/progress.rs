@@ -7,12 +7,12 @@ use std::sync::Arc;
 use tokio_postgres::types::Type;
 use tokio_postgres::Statement;
 
-use super::queue::{Op, Outcome, Request};
+use super::queue::{Op, Outcome, Reply, Request};
 use super::transaction::TxState;
-use super::{ReplicaSink, ROW_BYTES};
+use super::{parse_lsn, ReplicaSink, ROW_BYTES};
 use crate::sink::error::SinkError;
 use crate::sink::replica::{read_applied_lsn, setup, READ_PROGRESS_SQL, RECORD_PROGRESS_SQL};
-use crate::types::Lsn;
+use crate::types::{FencingToken, Lsn};
 
 pub(super) struct ProgressStatements {
     pub(super) read: Statement,
@@ -99,7 +99,7 @@ impl ReplicaSink {
 
     /// The progress statements, prepared on first use (outside any transaction), so that
     /// connecting works on a replica whose progress table does not exist yet.
-    pub(super) async fn progress_statements(&mut self) -> Result<&ProgressStatements, SinkError> {
+    async fn progress_statements(&mut self) -> Result<&ProgressStatements, SinkError> {
         if self.progress.is_none() {
             self.drain().await?;
             let preparing = || setup(&self.database, "preparing the progress statements");
@@ -120,7 +120,7 @@ impl ReplicaSink {
 
     /// Sends whatever is buffered, checks every reply, records `end_lsn` and commits.
     /// `strict`: refuse (rather than skip) an empty transaction that does not advance.
-    pub(super) async fn commit_at(&mut self, end_lsn: Lsn, strict: bool) -> Result<(), SinkError> {
+    async fn commit_at(&mut self, end_lsn: Lsn, strict: bool) -> Result<(), SinkError> {
         self.check_placed().await?;
         self.begin().await?;
         self.flush_truncate().await?;
@@ -135,17 +135,18 @@ impl ReplicaSink {
             .locked_progress
             .take()
             .expect("the progress row is read right after BEGIN and checked by drain()");
-        if let Some(applied) = recorded {
-            if end_lsn < applied || (end_lsn == applied && changes > 0) {
-                if changes == 0 && !strict {
-                    tracing::debug!(%end_lsn, %applied, "nothing to record: already applied");
-                    return self.rollback().await;
-                }
+        match advance(recorded, end_lsn, changes, strict) {
+            Advance::Record => {}
+            Advance::Skip { applied } => {
+                tracing::debug!(%end_lsn, %applied, "nothing to record: already applied");
+                return self.rollback().await;
+            }
+            Advance::Backwards { applied } => {
                 return Err(SinkError::ProgressBackwards {
                     database: self.database.clone(),
                     applied,
                     requested: end_lsn,
-                });
+                })
             }
         }
         let record = self.progress_statements().await?.record.clone();
@@ -171,5 +172,103 @@ impl ReplicaSink {
         self.state = TxState::Idle;
         tracing::debug!(%end_lsn, changes, "target transaction committed");
         Ok(())
+    }
+
+    /// Checks the progress row read at BEGIN: locked, and still this session's (the lease
+    /// row holds its fencing token, else a newer owner claimed the replica).
+    pub(super) fn lock_progress(&mut self, reply: Reply) -> Result<(), SinkError> {
+        match reply {
+            Ok(Outcome::Progress(Some((token, text)))) if token == self.token.0 => {
+                self.locked_progress = Some(text.as_deref().map(parse_lsn));
+                Ok(())
+            }
+            Ok(Outcome::Progress(found)) => Err(SinkError::Fenced {
+                database: self.database.clone(),
+                token: self.token,
+                current: FencingToken(found.map_or(0, |(token, _)| token)),
+            }),
+            Ok(_) => unreachable!("the progress read returns its row"),
+            Err(e) => Err(setup(&self.database, "reading the applied LSN")(e)),
+        }
+    }
+
+    /// Checks that the progress row took `lsn`.
+    pub(super) fn check_recorded(&self, lsn: Lsn, reply: Reply) -> Result<(), SinkError> {
+        match reply {
+            Ok(Outcome::Rows(1)) => Ok(()),
+            Ok(_) => Err(SinkError::Progress {
+                database: self.database.clone(),
+                lsn,
+                source: None,
+            }),
+            Err(source) => Err(SinkError::Progress {
+                database: self.database.clone(),
+                lsn,
+                source: Some(source),
+            }),
+        }
+    }
+}
+
+/// What committing at `end` does to the progress row, which holds `applied`, after
+/// `changes` changes (see [`ReplicaSink::commit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Advance {
+    Record,
+    /// An empty transaction that is already applied: nothing to do.
+    Skip {
+        applied: Lsn,
+    },
+    /// Recording `end` would apply changes twice, or move the progress backwards.
+    Backwards {
+        applied: Lsn,
+    },
+}
+
+/// `strict`: refuse (rather than skip) an empty transaction that does not advance.
+fn advance(applied: Option<Lsn>, end: Lsn, changes: u64, strict: bool) -> Advance {
+    match applied {
+        Some(applied) if end < applied || (end == applied && changes > 0) => {
+            if changes == 0 && !strict {
+                Advance::Skip { applied }
+            } else {
+                Advance::Backwards { applied }
+            }
+        }
+        _ => Advance::Record,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_never_moves_backwards_and_nothing_applies_twice() {
+        let at = Lsn::new;
+        let skip = Advance::Skip { applied: at(10) };
+        let backwards = Advance::Backwards { applied: at(10) };
+        // (recorded, end, changes, strict, verdict)
+        let cases = [
+            (None, at(5), 3, false, Advance::Record),
+            (None, at(5), 0, true, Advance::Record),
+            (Some(at(10)), at(11), 3, false, Advance::Record),
+            (Some(at(10)), at(11), 0, true, Advance::Record),
+            // An empty transaction at the recorded LSN rewrites it.
+            (Some(at(10)), at(10), 0, false, Advance::Record),
+            (Some(at(10)), at(10), 0, true, Advance::Record),
+            // Changes ending where the replica already is were applied already.
+            (Some(at(10)), at(10), 1, false, backwards),
+            (Some(at(10)), at(9), 0, false, skip),
+            (Some(at(10)), at(9), 0, true, backwards),
+            (Some(at(10)), at(9), 2, false, backwards),
+        ];
+        for (recorded, end, changes, strict, verdict) in cases {
+            assert_eq!(
+                advance(recorded, end, changes, strict),
+                verdict,
+                "recorded {recorded:?}, end {end}, {changes} changes, strict {strict}"
+            );
+        }
     }
 }

@@ -62,7 +62,7 @@ pub(super) struct InFlight {
 }
 
 impl InFlight {
-    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.reply.is_some() {
             return Poll::Ready(());
         }
@@ -166,7 +166,7 @@ impl ReplicaSink {
 
     /// The oldest request once it has its reply; `None` when the queue is empty, or when
     /// the reply has not arrived and `wait` is false.
-    pub(super) async fn next_reply(&mut self, wait: bool) -> Option<InFlight> {
+    async fn next_reply(&mut self, wait: bool) -> Option<InFlight> {
         let queue = &mut self.in_flight;
         poll_fn(|cx| {
             let Some(front) = queue.front_mut() else {

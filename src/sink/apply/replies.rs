@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use super::queue::{InFlight, Op, Outcome, Reply};
-use super::{parse_lsn, ReplicaSink};
+use super::ReplicaSink;
 use crate::change::{ChangeKind, NanPolicy};
 use crate::sink::error::{DetailForDebug, SinkError};
 use crate::sink::replica::setup;
-use crate::types::{FencingToken, Lsn};
+use crate::types::Lsn;
 
 impl ReplicaSink {
     /// Checks a reply against what its request expected.
@@ -19,7 +19,7 @@ impl ReplicaSink {
     /// `error` with its likely cause when the connector accepted NaN arriving as NULL: a
     /// NULL that was NaN on the source breaks a NOT NULL column, and cannot find its row
     /// under `REPLICA IDENTITY FULL`.
-    pub(super) fn diagnose(&self, error: SinkError) -> SinkError {
+    fn diagnose(&self, error: SinkError) -> SinkError {
         if self.nan != NanPolicy::AsNull {
             return error;
         }
@@ -51,57 +51,20 @@ impl ReplicaSink {
         }
     }
 
-    pub(super) fn check_reply(&mut self, done: InFlight) -> Result<(), SinkError> {
+    fn check_reply(&mut self, done: InFlight) -> Result<(), SinkError> {
         self.in_flight_bytes -= done.bytes;
         let reply = done.reply.expect("only replied requests are checked");
         match done.op {
             Op::Begin => reply
                 .map(drop)
                 .map_err(setup(&self.database, "starting the target transaction")),
-            Op::ReadProgress => match reply {
-                Ok(Outcome::Progress(Some((token, text)))) if token == self.token.0 => {
-                    self.locked_progress = Some(text.as_deref().map(parse_lsn));
-                    Ok(())
-                }
-                Ok(Outcome::Progress(found)) => Err(SinkError::Fenced {
-                    database: self.database.clone(),
-                    token: self.token,
-                    current: FencingToken(found.map_or(0, |(token, _)| token)),
-                }),
-                Ok(_) => unreachable!("the progress read returns its row"),
-                Err(e) => Err(setup(&self.database, "reading the applied LSN")(e)),
-            },
+            Op::ReadProgress => self.lock_progress(reply),
             Op::Change {
                 table,
                 kind,
                 lsn,
                 identity_always,
-            } => match reply {
-                Ok(Outcome::Rows(1)) => Ok(()),
-                Ok(Outcome::Rows(0)) if kind != ChangeKind::Insert => Err(SinkError::RowNotFound {
-                    table: table.to_string(),
-                    kind,
-                    lsn,
-                    identity_always,
-                }),
-                Ok(Outcome::Rows(affected)) => Err(SinkError::RowCount {
-                    table: table.to_string(),
-                    kind,
-                    lsn,
-                    affected,
-                    expected: 1,
-                }),
-                Ok(_) => unreachable!("a single change reports rows"),
-                Err(source) => {
-                    tracing::debug!(%table, ?lsn, "applying failed: {}", DetailForDebug(&source));
-                    Err(SinkError::Statement {
-                        table: table.to_string(),
-                        kind,
-                        lsn,
-                        source,
-                    })
-                }
-            },
+            } => check_change(table, kind, lsn, identity_always, reply),
             Op::Batch {
                 table,
                 kind,
@@ -121,19 +84,42 @@ impl ReplicaSink {
                 tracing::debug!(%view, ?lsn, "refreshing failed: {}", DetailForDebug(&source));
                 SinkError::Refresh { view, lsn, source }
             }),
-            Op::RecordProgress { lsn } => match reply {
-                Ok(Outcome::Rows(1)) => Ok(()),
-                Ok(_) => Err(SinkError::Progress {
-                    database: self.database.clone(),
-                    lsn,
-                    source: None,
-                }),
-                Err(source) => Err(SinkError::Progress {
-                    database: self.database.clone(),
-                    lsn,
-                    source: Some(source),
-                }),
-            },
+            Op::RecordProgress { lsn } => self.check_recorded(lsn, reply),
+        }
+    }
+}
+
+fn check_change(
+    table: Arc<str>,
+    kind: ChangeKind,
+    lsn: Option<Lsn>,
+    identity_always: bool,
+    reply: Reply,
+) -> Result<(), SinkError> {
+    match reply {
+        Ok(Outcome::Rows(1)) => Ok(()),
+        Ok(Outcome::Rows(0)) if kind != ChangeKind::Insert => Err(SinkError::RowNotFound {
+            table: table.to_string(),
+            kind,
+            lsn,
+            identity_always,
+        }),
+        Ok(Outcome::Rows(affected)) => Err(SinkError::RowCount {
+            table: table.to_string(),
+            kind,
+            lsn,
+            affected,
+            expected: 1,
+        }),
+        Ok(_) => unreachable!("a single change reports rows"),
+        Err(source) => {
+            tracing::debug!(%table, ?lsn, "applying failed: {}", DetailForDebug(&source));
+            Err(SinkError::Statement {
+                table: table.to_string(),
+                kind,
+                lsn,
+                source,
+            })
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio_postgres::types::Type;
 use tokio_postgres::Statement;
 
+use super::tables::TableEntry;
 use super::ReplicaSink;
 use crate::change::{Change, ChangeKind, Value};
 use crate::sink::error::{DetailForDebug, SinkError};
@@ -15,7 +16,7 @@ use crate::sink::table::{PlanError, Planned, Source, TableMeta};
 
 /// What decides a statement: the kind of change and which columns it carries, as the
 /// replica's column indexes in the change's order (new row, then identity).
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct ShapeKey {
     pub(super) kind: ChangeKind,
     pub(super) new: Box<[u16]>,
@@ -70,6 +71,42 @@ impl Shape {
     }
 }
 
+/// Where a change's shape was found.
+enum Lookup {
+    Known(Arc<Shape>),
+    /// The change does not fit the table.
+    Misfit,
+    /// Not seen yet: its statements are to be prepared.
+    New(ShapeKey),
+}
+
+impl TableEntry {
+    /// The shape of `change`, whose columns are the table's `new` and `old`, among those
+    /// known; a new INSERT shape without one of the table's stored columns is a misfit.
+    fn lookup(&mut self, change: &Change, new: &[u16], old: &[u16]) -> Lookup {
+        if let Some(shape) = &self.last_shape {
+            if shape.key.kind == change.kind && *shape.key.new == *new && *shape.key.old == *old {
+                return Lookup::Known(Arc::clone(shape));
+            }
+        }
+        let key = ShapeKey {
+            kind: change.kind,
+            new: new.into(),
+            old: old.into(),
+        };
+        match self.shapes.get(&key) {
+            Some(shape) => {
+                self.last_shape = Some(Arc::clone(shape));
+                Lookup::Known(Arc::clone(shape))
+            }
+            None if change.kind == ChangeKind::Insert && !self.meta.absent_from(new).is_empty() => {
+                Lookup::Misfit
+            }
+            None => Lookup::New(key),
+        }
+    }
+}
+
 impl ReplicaSink {
     /// The statements for the change's shape, prepared on first use; `None` when the change
     /// does not fit the table: it names a column the table lacks, or it is an INSERT without
@@ -82,56 +119,26 @@ impl ReplicaSink {
         let mut new = std::mem::take(&mut self.scratch_new);
         let mut old = std::mem::take(&mut self.scratch_old);
         let entry = &mut self.tables[table];
-        let resolved = entry
+        let found = entry
             .meta
             .resolve_into(change.columns.iter().map(|c| c.name.as_str()), &mut new)
             .and_then(|()| {
                 entry
                     .meta
                     .resolve_into(change.identity.iter().map(|c| c.name.as_str()), &mut old)
-            });
-        let found = match resolved {
-            Err(PlanError::MissingColumn(_)) => Ok(Ok(None)),
-            Err(error) => Err(plan_error(&entry.meta, change, error)),
-            Ok(()) => {
-                let same = |shape: &Shape| {
-                    shape.key.kind == change.kind
-                        && *shape.key.new == new[..]
-                        && *shape.key.old == old[..]
-                };
-                match &entry.last_shape {
-                    Some(shape) if same(shape) => Ok(Ok(Some(Arc::clone(shape)))),
-                    _ => {
-                        let key = ShapeKey {
-                            kind: change.kind,
-                            new: new.as_slice().into(),
-                            old: old.as_slice().into(),
-                        };
-                        match entry.shapes.get(&key) {
-                            Some(shape) => {
-                                entry.last_shape = Some(Arc::clone(shape));
-                                Ok(Ok(Some(Arc::clone(shape))))
-                            }
-                            None if change.kind == ChangeKind::Insert
-                                && !entry.meta.absent_from(&new).is_empty() =>
-                            {
-                                Ok(Ok(None))
-                            }
-                            None => Ok(Err(key)),
-                        }
-                    }
-                }
-            }
-        };
+            })
+            .map(|()| entry.lookup(change, &new, &old));
         self.scratch_new = new;
         self.scratch_old = old;
-        match found? {
-            Ok(shape) => Ok(shape),
-            Err(key) => self.prepare_shape(table, change, key).await.map(Some),
+        match found {
+            Ok(Lookup::Known(shape)) => Ok(Some(shape)),
+            Ok(Lookup::Misfit) | Err(PlanError::MissingColumn(_)) => Ok(None),
+            Ok(Lookup::New(key)) => self.prepare_shape(table, change, key).await.map(Some),
+            Err(error) => Err(plan_error(&self.tables[table].meta, change, error)),
         }
     }
 
-    pub(super) async fn prepare_shape(
+    async fn prepare_shape(
         &mut self,
         table: usize,
         change: &Change,
@@ -169,16 +176,11 @@ impl ReplicaSink {
         });
         let entry = &mut self.tables[table];
         entry.last_shape = Some(Arc::clone(&shape));
-        let key = ShapeKey {
-            kind: shape.key.kind,
-            new: shape.key.new.clone(),
-            old: shape.key.old.clone(),
-        };
-        entry.shapes.insert(key, Arc::clone(&shape));
+        entry.shapes.insert(shape.key.clone(), Arc::clone(&shape));
         Ok(shape)
     }
 
-    pub(super) async fn prepare(
+    async fn prepare(
         &mut self,
         meta: &TableMeta,
         change: &Change,

@@ -18,6 +18,13 @@ pub(super) enum TxState {
 }
 
 impl ReplicaSink {
+    /// Counts a change (or a schema change) in the open target transaction.
+    pub(super) fn count_change(&mut self) {
+        if let TxState::Open { changes } = &mut self.state {
+            *changes += 1;
+        }
+    }
+
     /// Abandons the open target transaction, including whatever is buffered or in flight.
     pub async fn rollback(&mut self) -> Result<(), SinkError> {
         self.forget_transaction();
@@ -61,7 +68,7 @@ impl ReplicaSink {
         result
     }
 
-    pub(super) fn forget_transaction(&mut self) {
+    fn forget_transaction(&mut self) {
         // Dropping a request whose reply is outstanding is fine: the connection discards
         // replies nobody waits for.
         self.in_flight.clear();
