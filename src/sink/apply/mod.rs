@@ -231,12 +231,6 @@ impl ReplicaSink {
     }
 }
 
-/// `pg_lsn` prints as `X/X`, which [`Lsn`] parses.
-pub(crate) fn parse_lsn(text: &str) -> Lsn {
-    text.parse()
-        .unwrap_or_else(|e| panic!("the server printed a pg_lsn tributary cannot read: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

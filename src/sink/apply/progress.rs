@@ -9,9 +9,11 @@ use tokio_postgres::Statement;
 
 use super::queue::{Op, Outcome, Reply, Request};
 use super::transaction::TxState;
-use super::{parse_lsn, ReplicaSink, ROW_BYTES};
+use super::{ReplicaSink, ROW_BYTES};
 use crate::sink::error::SinkError;
-use crate::sink::replica::{read_applied_lsn, setup, READ_PROGRESS_SQL, RECORD_PROGRESS_SQL};
+use crate::sink::replica::{
+    parse_lsn, read_applied_lsn, setup, READ_PROGRESS_SQL, RECORD_PROGRESS_SQL,
+};
 use crate::types::{FencingToken, Lsn};
 
 pub(super) struct ProgressStatements {
