@@ -21,9 +21,9 @@
 //! both statements would have found the same row, and the later one overwrites every column
 //! the earlier one set, so the row ends the same and the server does the work once. This is
 //! what keeps hot rows (a counter, pgbench's branches) from cutting batches short. Any other
-//! repeat (a DELETE, a different column set) sends the batch first. UPDATEs that change the key, and everything that finds its row by
-//! scan, are sent as single statements after the table's open batch. A batch of one row is
-//! sent as the single statement too.
+//! repeat (a DELETE, a different column set) sends the batch first. UPDATEs that change the
+//! key, and everything that finds its row by scan, are sent as single statements after the
+//! table's open batch. A batch of one row is sent as the single statement too.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
