@@ -3,7 +3,9 @@
 //! Everything after the decoder works with these types; none of them knows wal2json or
 //! JSON. They are deliberately not `Serialize`: a serialized type is a contract.
 
+// In `types`, so that `pg`'s SQL helpers need not know the change model.
 use crate::types::Lsn;
+pub use crate::types::TableName;
 
 /// One decoded message of the logical replication stream, in stream order.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,19 +47,6 @@ pub enum ChangeKind {
     Update,
     Delete,
     Truncate,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TableName {
-    pub schema: String,
-    pub name: String,
-}
-
-/// `schema.name`, unquoted: for messages and logs, not for SQL.
-impl std::fmt::Display for TableName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
-    }
 }
 
 /// A row change (or a TRUNCATE) on one table.

@@ -10,5 +10,9 @@ pub mod pipeline;
 pub mod settings;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod supervisor;
 pub mod types;
+
+#[cfg(test)]
+mod layering;

@@ -1,4 +1,5 @@
-//! Small value types that carry meaning across layers: `Lsn`, `SlotName`, `InstallationId`.
+//! Small value types that carry meaning across layers: `Lsn`, `SlotName`, `InstallationId`,
+//! `TableName`, ...
 
 use std::fmt;
 use std::str::FromStr;
@@ -370,6 +371,20 @@ impl fmt::Display for RoleName {
 impl fmt::Display for ConnectorName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A table by schema and name, as the source's catalog spells them (unquoted).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+/// `schema.name`, unquoted: for messages and logs, not for SQL.
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
     }
 }
 

@@ -15,7 +15,7 @@ use super::{Bookkeeping, Error};
 use crate::change::TableName;
 use crate::pg::conninfo::mask_password;
 use crate::pg::ConnInfo;
-use crate::pipeline::state::PipelineState;
+use crate::state::PipelineState;
 use crate::types::{ConnectorId, ConnectorName, FencingToken, SlotName};
 
 /// A connector as recorded. The source URL itself is not here (it is encrypted at rest):
@@ -1002,7 +1002,7 @@ fn decision_columns(
 
 fn parse_state(text: &str) -> Result<PipelineState, Error> {
     text.parse()
-        .map_err(|e: crate::pipeline::state::UnknownState| Error::Corrupt(e.to_string()))
+        .map_err(|e: crate::state::UnknownState| Error::Corrupt(e.to_string()))
 }
 
 fn timestamp(micros: i64) -> Result<DateTime<Utc>, Error> {

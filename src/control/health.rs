@@ -25,8 +25,8 @@
 use chrono::{DateTime, Utc};
 
 use crate::bookkeeping::{ApplyLag, Bookkeeping, Connector, Lease};
-use crate::pipeline::PipelineState;
 use crate::source::slot::SlotInfo;
+use crate::state::PipelineState;
 
 /// Who runs the connector, from its lease.
 #[derive(Debug, Clone, PartialEq)]

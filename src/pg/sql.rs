@@ -6,7 +6,7 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 /// `"schema"."table"`, for SQL.
-pub fn quote_table(table: &crate::change::TableName) -> String {
+pub fn quote_table(table: &crate::types::TableName) -> String {
     format!(
         "{}.{}",
         quote_ident(&table.schema),

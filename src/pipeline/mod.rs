@@ -11,11 +11,10 @@ mod plugins;
 pub mod runner;
 mod slot;
 pub mod snapshot;
-pub mod state;
 pub mod stream;
 mod tools;
 pub mod versions;
 
+pub use crate::state::PipelineState;
 pub use error::PipelineError;
 pub use runner::{run, PipelineContext};
-pub use state::PipelineState;

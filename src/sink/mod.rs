@@ -3,7 +3,8 @@
 //!
 //! - `replica.rs`: creating and dropping the replica database, its progress table
 //!   (`tributary.applied`), and the settings of an apply session.
-//! - `apply.rs`: target transactions, pipelining, and how exactly-once holds.
+//! - `apply/`: target transactions, batching, pipelining, and how exactly-once holds (its
+//!   `mod.rs` lists its parts).
 //! - `table.rs`: table metadata from the replica's catalog, and the SQL built from it.
 //! - `triggers.rs`: triggers enabled ALWAYS or REPLICA, held disabled in the replica (they
 //!   would fire under apply) and enabled again in branches.

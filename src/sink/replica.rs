@@ -23,7 +23,6 @@
 
 use crate::pg::{self, ConnInfo, PgClient};
 
-use super::apply::parse_lsn;
 use super::error::SinkError;
 use super::triggers;
 use crate::change::TableName;
@@ -142,6 +141,12 @@ pub async fn claim_replica(
     let replica = connect(&store.with_dbname(database)).await?;
     claim(&replica, database, token).await?;
     read_applied_lsn(&replica, database).await
+}
+
+/// `pg_lsn` prints as `X/X`, which [`Lsn`] parses.
+pub(super) fn parse_lsn(text: &str) -> Lsn {
+    text.parse()
+        .unwrap_or_else(|e| panic!("the server printed a pg_lsn tributary cannot read: {e}"))
 }
 
 /// The applied LSN as committed; `None` before the snapshot recorded one.

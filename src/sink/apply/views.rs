@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use super::{Op, Outcome, Relation, ReplicaSink, Request, ROW_BYTES};
+use super::queue::{Op, Outcome, Request};
+use super::tables::Relation;
+use super::{ReplicaSink, ROW_BYTES};
 use crate::change::TableName;
 use crate::pg::quote_table;
 use crate::sink::error::SinkError;

@@ -9,6 +9,9 @@
 //! Every state is persisted, with a row in the history, by the pipeline itself; only
 //! `pending` is set by whoever creates the connector (or asks for a new snapshot) and
 //! `stopped` by the supervisor when the connector is disabled.
+//!
+//! A module of its own, not part of `pipeline`: the bookkeeping stores these states and the
+//! commands judge them, and neither depends on the pipeline.
 
 use std::fmt;
 use std::str::FromStr;
