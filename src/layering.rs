@@ -20,7 +20,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "control",
-        &["bookkeeping", "change", "source", "state", "types"],
+        &[
+            "bookkeeping",
+            "change",
+            "pg",
+            "pipeline",
+            "settings",
+            "sink",
+            "source",
+            "state",
+            "types",
+        ],
     ),
 ];
 

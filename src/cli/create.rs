@@ -305,7 +305,7 @@ pub async fn run(
 }
 
 /// Refuses a branch store that cannot serve the source of `report`: older than it
-/// (`pipeline/versions.rs`), or failing the store check (`sink::store_check`: a role that
+/// (`pipeline/versions.rs`), or failing the store check (`control::store_check`: a role that
 /// cannot create databases or open apply sessions, …). The daemon would find out only at
 /// the snapshot, after creating a slot (and, for apply sessions, after the copy). `refused`
 /// says what was therefore not done.

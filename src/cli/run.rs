@@ -7,9 +7,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Failure;
+use crate::control::store_check;
 use crate::metrics::{self, Readiness};
 use crate::settings::Settings;
-use crate::sink::store_check;
 use crate::source::preflight::Outcome;
 use crate::supervisor::{self, Supervisor};
 

@@ -1,4 +1,4 @@
-//! `tributary store check`: the branch store's checklist (`sink::store_check`), rendered
+//! `tributary store check`: the branch store's checklist (`control::store_check`), rendered
 //! as preflight's.
 
 use clap::Subcommand;
@@ -6,8 +6,8 @@ use clap::Subcommand;
 use super::connector::Format;
 use super::preflight::{print_checks, print_grant_script, view};
 use super::Failure;
+use crate::control::store_check;
 use crate::pg::ConnInfo;
-use crate::sink::store_check;
 use crate::source::preflight::Report;
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,8 @@
 //! - `health.rs`: whether a connector is healthy, and if not why and what to do; the one
 //!   definition `status`, `connector list`, `branch create` and `/readyz` use.
 //! - `branch_access.rs`: each branch's own login role, and what it may reach.
+//! - `store_check.rs`: the branch store's checklist (`tributary store check`, `create`,
+//!   `run`), judged in a pure function like source preflight.
 //! - `credentials.rs`: a connector's new source URL, checked to reach the same system and
 //!   database before it replaces the old one.
 
@@ -13,3 +15,4 @@ pub mod branch_access;
 pub mod credentials;
 pub mod decisions;
 pub mod health;
+pub mod store_check;

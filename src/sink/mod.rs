@@ -18,14 +18,15 @@
 mod apply;
 mod error;
 mod replica;
-pub mod store_check;
 mod table;
 mod triggers;
 
 pub use apply::{Misfit, ReplicaColumn, ReplicaSink, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
+pub(crate) use error::replication_role_advice;
 pub use error::SinkError;
 pub use replica::{
     check_apply_session, claim_replica, copy_database, drop_database, prepare_replica,
     replica_applied_lsn, replica_exists, server_major, source_tables,
 };
+pub(crate) use replica::{connect, setup};
 pub use triggers::release as release_triggers;

@@ -17,12 +17,10 @@
 
 use std::process::Command;
 
-use super::error::replication_role_advice;
-use super::replica::{check_apply_session, connect, setup};
-use super::SinkError;
 use crate::pg::conninfo::Host;
 use crate::pg::{self, quote_ident, ConnInfo};
 use crate::pipeline::versions;
+use crate::sink::{check_apply_session, connect, replication_role_advice, setup, SinkError};
 use crate::source::preflight::{Check, Report};
 
 pub const LOGIN: &str = "login";
