@@ -1,0 +1,141 @@
+//! Retry or stop, as the daemon decides it for real failures: a condition that passes by
+//! itself (a source out of connection slots, SQLSTATE 53300) is retried until it passes,
+//! whichever connection meets it; one only the operator can clear (a source URL the
+//! bookkeeping's key cannot open) stops the connector in `failed` at once, with the next
+//! step naming the key.
+
+use std::time::Duration;
+
+use crate::daemon::{wait_converged, Daemon};
+use crate::harness::Cluster;
+use crate::support::eventually;
+
+const SCHEMA: &str = "
+CREATE ROLE app_owner LOGIN PASSWORD 'owner pw';
+CREATE ROLE repl LOGIN REPLICATION PASSWORD 'repl pw';
+CREATE DATABASE shop OWNER app_owner;
+GRANT CONNECT, CREATE ON DATABASE shop TO repl;
+";
+
+const TABLES: &str = "
+SET ROLE app_owner;
+CREATE TABLE items (id int PRIMARY KEY, name text);
+INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 20) g;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO repl;
+RESET ROLE;
+";
+
+/// `shop` owned by `app_owner`, readable by the replication role `repl`.
+fn shop(source: &Cluster) {
+    source.psql("postgres", SCHEMA);
+    source.psql("shop", TABLES);
+}
+
+fn log(daemon: &Daemon) -> String {
+    std::fs::read_to_string(daemon.log_path()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_source_url_the_key_cannot_open_fails_the_connector_naming_the_key() {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    shop(&source);
+    let mut daemon = Daemon::new(&store);
+    daemon.create_connector(&source.url("repl", Some("repl pw"), "shop"), "shop", "public");
+    // One bit of the sealed URL changes (after its 12-byte nonce): the key still fits the
+    // bookkeeping's fingerprint, but this row no longer opens with it.
+    store.psql(
+        "postgres",
+        "UPDATE tributary.connectors SET source_url_ciphertext = \
+         set_byte(source_url_ciphertext, 12, get_byte(source_url_ciphertext, 12) # 1)",
+    );
+    daemon.start();
+    daemon.wait_for_state("shop", "failed").await;
+    let connector = daemon.connector("shop");
+    let error = connector["last_error"].as_str().unwrap();
+    let next_step = connector["next_step"].as_str().unwrap();
+    assert!(
+        error.contains("cannot decrypt the source URL of connector shop"),
+        "{connector}"
+    );
+    assert!(
+        next_step.contains("key") && !next_step.contains("retries by itself"),
+        "{connector}"
+    );
+    // Stopped for good: not tried again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(daemon.connector_state("shop").as_deref(), Some("failed"));
+    assert!(
+        !log(&daemon).contains("will retry"),
+        "{}",
+        daemon.log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_out_of_connection_slots_at_start_is_retried_until_it_has_one() {
+    // Few slots, so that an application can take all that a non-superuser may use.
+    let source = Cluster::builder().setting("max_connections", 12).start();
+    let store = Cluster::start();
+    shop(&source);
+    let mut daemon = Daemon::new(&store);
+    daemon.create_connector(&source.url("repl", Some("repl pw"), "shop"), "shop", "public");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    daemon.terminate();
+
+    // The application takes every slot left to non-superusers. Replication connections
+    // have slots of their own (max_wal_senders): the restarted pipeline's walsender
+    // connects, and its SQL session to the source is refused with 53300.
+    let mut held = Vec::new();
+    let refused = loop {
+        match source
+            .try_connect_as("app_owner", Some("owner pw"), "shop")
+            .await
+        {
+            Ok(client) => held.push(client),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 20, "max_connections was not applied");
+    };
+    assert_eq!(
+        refused.code().map(|c| c.code()),
+        Some("53300"),
+        "{refused}"
+    );
+    source.psql("shop", "INSERT INTO items VALUES (100, 'while full')");
+    daemon.start();
+    eventually("the pipeline to meet the full source", || async {
+        let connector = daemon.connector("shop");
+        assert_ne!(connector["state"], "failed", "{connector}");
+        connector["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("53300"))
+            .then_some(())
+    })
+    .await;
+    // Retried, never given up on, while the slots stay taken.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let connector = daemon.connector("shop");
+    assert_ne!(connector["state"], "failed", "{connector}");
+    assert!(
+        connector["next_step"]
+            .as_str()
+            .unwrap()
+            .contains("retries by itself"),
+        "{connector}"
+    );
+    assert!(
+        log(&daemon)
+            .lines()
+            .filter(|l| l.contains("will retry") && l.contains("53300"))
+            .count()
+            > 1,
+        "{}",
+        daemon.log_tail()
+    );
+
+    drop(held);
+    daemon.wait_for_state("shop", "streaming").await;
+    wait_converged(&source, "shop", &store, "shop_replica", &["public"], &daemon).await;
+}
