@@ -449,7 +449,10 @@ async fn a_wrong_password_is_a_clear_error_without_the_password() {
             !format!("{error:?}").contains(wrong),
             "Debug leaks the password"
         );
-        assert!(!error.is_transient(), "bad credentials need the operator");
+        assert!(
+            !error.kind().is_transient(),
+            "bad credentials need the operator"
+        );
     }
 }
 
@@ -487,7 +490,10 @@ async fn a_dead_snapshot_or_a_pg_dump_failure_is_reported_precisely() {
         matches!(error, SnapshotError::SnapshotGone { .. }),
         "{error:?}"
     );
-    assert!(error.is_transient(), "a new slot brings a new snapshot");
+    assert!(
+        error.kind().is_transient(),
+        "a new slot brings a new snapshot"
+    );
     assert!(error.to_string().contains("new slot"), "{error}");
 
     // With a live snapshot: pg_dump runs with --strict-names, so an unknown schema is an
@@ -691,7 +697,7 @@ async fn the_first_error_stops_every_worker_and_closes_their_sessions() {
         "{message}"
     );
     assert!(
-        !error.is_transient(),
+        !error.kind().is_transient(),
         "a missing table needs the operator: {message}"
     );
 

@@ -2,6 +2,7 @@
 //! what the operator should do when it cannot.
 
 use crate::bookkeeping::{self, Failure};
+use crate::pg::retry::{self, ErrorKind, NextStep};
 use crate::pg::ConnectError;
 use crate::pipeline::snapshot::SnapshotError;
 use crate::sink::SinkError;
@@ -74,24 +75,32 @@ impl PipelineError {
         PipelineError::Panicked(message)
     }
 
-    /// Whether the supervisor should retry (with backoff) rather than stop in `failed`.
-    pub fn is_transient(&self) -> bool {
+    /// Retry (with backoff) or stop in `failed`: each layer's error says which, by the one
+    /// policy of [`crate::pg::retry`].
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            PipelineError::Source(e) => e.is_transient(),
-            PipelineError::Connect(ConnectError::Postgres { source, .. }) => {
-                source.as_db_error().is_none()
+            PipelineError::Source(e) => e.kind(),
+            PipelineError::Connect(e) => ErrorKind::of(e.is_transient(), NextStep::FixCause),
+            PipelineError::Catalog(e) => e.kind(),
+            PipelineError::Decode(_) => ErrorKind::Definite(NextStep::Report),
+            PipelineError::Sink(e) => e.kind(),
+            PipelineError::Snapshot(e) => e.kind(),
+            PipelineError::Bookkeeping(e) => e.kind(),
+            PipelineError::Definite { next_step, .. } => {
+                ErrorKind::Definite(NextStep::Explained(next_step.clone()))
             }
-            PipelineError::Connect(ConnectError::Tls { .. }) => false,
-            PipelineError::Catalog(e) => e.is_transient(),
-            PipelineError::Decode(_) => false,
-            PipelineError::Sink(e) => e.is_transient(),
-            PipelineError::Snapshot(e) => e.is_transient(),
-            PipelineError::Bookkeeping(_) | PipelineError::SlotBusy { .. } => true,
-            PipelineError::Definite { .. } | PipelineError::LeaseLost => false,
-            PipelineError::StreamEnded
+            PipelineError::LeaseLost => ErrorKind::Definite(NextStep::FixCause),
+            // A panic is a bug, but the progress is safe in the replica: the pipeline is
+            // retried rather than left stopped.
+            PipelineError::SlotBusy { .. }
+            | PipelineError::StreamEnded
             | PipelineError::GraceExpired
-            | PipelineError::Panicked(_) => true,
+            | PipelineError::Panicked(_) => ErrorKind::Transient,
         }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.kind().is_transient()
     }
 
     /// Whether the pipeline stopped because a newer owner of the connector claimed the
@@ -107,29 +116,15 @@ impl PipelineError {
 
     /// The error as recorded for the operator, with the next step.
     pub fn failure(&self) -> Failure {
-        let next_step = match self {
-            PipelineError::Definite { next_step, .. } => next_step.clone(),
-            PipelineError::SlotBusy { pid, .. } => format!(
+        let next_step = match (self, self.kind()) {
+            (PipelineError::SlotBusy { pid, .. }, _) => format!(
                 "nothing, if it is a previous daemon of this installation (it lets go within \
                  wal_sender_timeout); if it is another installation's, both use this slot: \
                  run `tributary connector retry-setup <connector> --resnapshot` here to move \
                  this connector to a slot of its own (session {pid} is left alone)"
             ),
-            _ if self.is_transient() => {
-                "nothing: tributary retries by itself; check connectivity if this persists".into()
-            }
-            PipelineError::Decode(_) => {
-                "report this record to the tributary developers; the pipeline stops so that \
-                 nothing is skipped"
-                    .into()
-            }
-            PipelineError::Sink(_) => {
-                "fix the cause on the branch store (see the error), then run `tributary \
-                 connector retry-setup` for this connector (or restart tributary); the change \
-                 is applied again from the last committed position"
-                    .into()
-            }
-            _ => "fix the cause named in the error, then restart tributary".into(),
+            (_, ErrorKind::Transient) => retry::RETRYING.to_owned(),
+            (_, ErrorKind::Definite(next)) => next.text(),
         };
         Failure {
             error: self.to_string(),
