@@ -2,13 +2,17 @@
 //! itself (a source out of connection slots, SQLSTATE 53300) is retried until it passes,
 //! whichever connection meets it; one only the operator can clear (a source URL the
 //! bookkeeping's key cannot open) stops the connector in `failed` at once, with the next
-//! step naming the key.
+//! step naming the key. A failed pg_dump or pg_restore is judged by asking the server.
 
 use std::time::Duration;
 
+use tributary::pg;
+use tributary::pipeline::snapshot::tool_failure_passes;
+use tributary::source::{ConnInfo, SnapshotAction};
+
 use crate::daemon::{wait_converged, Daemon};
 use crate::harness::Cluster;
-use crate::support::eventually;
+use crate::support::{eventually, replication_client, slot};
 
 const SCHEMA: &str = "
 CREATE ROLE app_owner LOGIN PASSWORD 'owner pw';
@@ -153,4 +157,61 @@ async fn a_source_out_of_connection_slots_at_start_is_retried_until_it_has_one()
         &daemon,
     )
     .await;
+}
+
+/// A pg_dump or pg_restore that failed is judged by what the server says, in SQLSTATEs,
+/// never by the program's (localized) error output: a session held beside the program, a
+/// new session, and the exported snapshot.
+#[tokio::test]
+async fn a_failed_dump_or_restore_is_judged_by_asking_the_server() {
+    let source = Cluster::builder().setting("max_connections", 12).start();
+    shop(&source);
+    let url = source.url("repl", Some("repl pw"), "shop");
+    let info = ConnInfo::parse(&url).unwrap();
+    let watch = pg::connect(&info).await.unwrap();
+    let mut repl = replication_client(&url).await;
+    let live = repl
+        .create_slot(&slot("judged"), true, SnapshotAction::Export)
+        .await
+        .unwrap()
+        .snapshot_name
+        .unwrap();
+
+    // All is well: the program failed on its own work, and would again.
+    assert!(!tool_failure_passes(&watch, &info, None).await);
+    assert!(!tool_failure_passes(&watch, &info, Some(&live)).await);
+    // The snapshot is gone (its replication connection moved on): a new slot brings one.
+    assert!(tool_failure_passes(&watch, &info, Some("00000003-0000001B-1")).await);
+    drop(repl);
+    eventually("the exporting connection to end", || async {
+        tool_failure_passes(&watch, &info, Some(&live))
+            .await
+            .then_some(())
+    })
+    .await;
+
+    // The source is out of slots for non-superusers: a new session meets it as the
+    // program's connection did.
+    let mut held = Vec::new();
+    while let Ok(client) = source
+        .try_connect_as("app_owner", Some("owner pw"), "shop")
+        .await
+    {
+        held.push(client);
+        assert!(held.len() < 20, "max_connections was not applied");
+    }
+    assert!(tool_failure_passes(&watch, &info, None).await);
+    drop(held);
+    eventually("a slot to be free again", || async {
+        (!tool_failure_passes(&watch, &info, None).await).then_some(())
+    })
+    .await;
+
+    // Whatever ended the program's session ended the held one too (a restart, a
+    // shutdown, an operator's pg_terminate_backend of every session of the role).
+    source.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'repl'",
+    );
+    assert!(tool_failure_passes(&watch, &info, None).await);
 }

@@ -522,6 +522,10 @@ async fn a_dead_snapshot_or_a_pg_dump_failure_is_reported_precisely() {
         message.contains("no matching schemas"),
         "pg_dump's own words: {message}"
     );
+    assert!(
+        !error.kind().is_transient(),
+        "the server is up and the snapshot alive: pg_dump would fail again: {message}"
+    );
 }
 
 /// Timing only, never asserted: `cargo test --release --test integration
