@@ -97,7 +97,8 @@ pub fn sqlstate(code: &str) -> bool {
         // disk_full: class 53, but no retry frees space.
         "53100" => false,
         // admin_shutdown, crash_shutdown, cannot_connect_now (starting up, in recovery),
-        // idle_session_timeout; query_canceled (by an operator or statement_timeout).
+        // idle_session_timeout; query_canceled (by an operator: tributary's sessions turn
+        // statement_timeout and lock_timeout off).
         "57P01" | "57P02" | "57P03" | "57P05" | "57014" => true,
         // serialization_failure, deadlock_detected, lock_not_available (lock_timeout),
         // object_in_use (a slot or database another session is still leaving).
