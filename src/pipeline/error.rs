@@ -132,3 +132,51 @@ impl PipelineError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::ConnectorName;
+
+    #[test]
+    fn each_layer_says_retry_or_stop_and_the_next_step_follows() {
+        let decrypt = bookkeeping::Error::Decrypt {
+            connector: ConnectorName::new("shop").unwrap(),
+            key_origin: "the key file k".into(),
+        };
+        let misuse = SinkError::Misuse("x");
+        let cases: [(PipelineError, bool, &str); 7] = [
+            (decrypt.into(), false, "TRIBUTARY__SECRETS__KEY"),
+            (
+                bookkeeping::Error::Corrupt("table sync state \"x\"".into()).into(),
+                false,
+                "restore the bookkeeping row",
+            ),
+            (
+                bookkeeping::Error::from(sqlx::Error::PoolTimedOut).into(),
+                true,
+                "retries by itself",
+            ),
+            (misuse.into(), false, "on the branch store"),
+            (PipelineError::definite("e", "do this"), false, "do this"),
+            (PipelineError::StreamEnded, true, "retries by itself"),
+            (
+                PipelineError::SlotBusy {
+                    slot: crate::types::SlotName::new("s").unwrap(),
+                    pid: 7,
+                },
+                true,
+                "session 7 is left alone",
+            ),
+        ];
+        for (error, transient, next) in cases {
+            assert_eq!(error.is_transient(), transient, "{error}");
+            let failure = error.failure();
+            assert!(
+                failure.next_step.contains(next),
+                "{error}: {}",
+                failure.next_step
+            );
+        }
+    }
+}
