@@ -11,6 +11,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use super::snapshot::{Side, SnapshotError};
 use super::versions::{self, ToolRange};
@@ -287,12 +288,21 @@ pub(super) async fn run_watched(
 /// When all three are fine, the program failed on its own work (an object the replica
 /// rejects, a schema that is not there), which it would fail on again. A condition that
 /// passed between the failure and these questions is judged definite: the operator's
-/// `retry-setup` then starts the snapshot over.
+/// `retry-setup` then starts the snapshot over. No answer within twice the connect
+/// timeout is a cut path, which may heal.
 pub async fn tool_failure_passes(
     watch: &PgClient,
     server: &ConnInfo,
     snapshot: Option<&str>,
 ) -> bool {
+    let patience = server.connect_timeout.max(Duration::from_secs(2)) * 2;
+    tokio::time::timeout(patience, ask(watch, server, snapshot))
+        .await
+        .unwrap_or(true)
+}
+
+/// [`tool_failure_passes`] without its time limit.
+async fn ask(watch: &PgClient, server: &ConnInfo, snapshot: Option<&str>) -> bool {
     if let Err(e) = watch.simple_query("SELECT 1").await {
         return retry::postgres(&e);
     }
