@@ -333,6 +333,8 @@ impl SinkError {
         ErrorKind::of(self.is_transient(), NextStep::FixBranchStore)
     }
 
+    /// Whether [`SinkError::kind`] is transient (the open transaction remembers it when it
+    /// is abandoned).
     pub fn is_transient(&self) -> bool {
         match self {
             SinkError::Connect { source, .. } => source.is_transient(),
