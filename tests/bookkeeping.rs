@@ -828,7 +828,7 @@ async fn an_unreachable_store_is_a_transient_error_without_the_password() {
     let err = Bookkeeping::open(&info, &SecretsSettings::default(), &default_key_file)
         .await
         .unwrap_err();
-    assert!(err.is_transient(), "{err}");
+    assert!(err.kind().is_transient(), "{err}");
     let message = err.to_string();
     assert!(message.contains("check store.url"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");

@@ -30,6 +30,7 @@ mod pipeline;
 mod preflight;
 mod quickstart;
 mod replication;
+mod retry_policy;
 mod schema_changes;
 mod secrets;
 mod silent_differences;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use sqlx::migrate::MigrateError;
 
+use crate::pg::retry::{self, ErrorKind, NextStep};
 use crate::pg::InvalidUrl;
 use crate::types::{BranchName, ConnectorId, ConnectorName};
 
@@ -17,9 +18,11 @@ pub enum Error {
          (or TRIBUTARY__STORE__URL) and that PostgreSQL is running and listening there"
     )]
     Connect { target: String, reason: String },
-    /// The connection was lost or the server is shutting down or starting.
+    /// The connection was lost, or the server is shutting down, starting or busy: what
+    /// the retry policy says may pass.
     #[error(
-        "the bookkeeping database is unreachable: {0}; check store.url and that the server is running"
+        "the bookkeeping database is unreachable or busy: {0}; check store.url and that the \
+         server is running"
     )]
     Unreachable(#[source] sqlx::Error),
     #[error("a bookkeeping query failed: {0}")]
@@ -133,10 +136,28 @@ fn key_named(fingerprint: Option<&str>) -> String {
 }
 
 impl Error {
-    /// Whether retrying later may succeed without the operator doing anything: the
-    /// database was unreachable or restarting.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Connect { .. } | Error::Unreachable(_))
+    /// Retry or stop ([`crate::pg::retry`]): an unreachable or busy database may pass.
+    /// A key that does not open the stored source URLs, or a row tributary never wrote,
+    /// does not: retrying would only meet them again.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Definite(match self {
+            Error::Connect { .. } | Error::Unreachable(_) => return ErrorKind::Transient,
+            Error::NoKey { .. }
+            | Error::WrongKey { .. }
+            | Error::Decrypt { .. }
+            | Error::DecryptBranchPassword { .. } => NextStep::RestoreKey,
+            Error::Corrupt(_) => NextStep::RepairBookkeeping,
+            Error::UnknownTable { .. } => NextStep::Report,
+            Error::Query(_)
+            | Error::Migrate { .. }
+            | Error::NameTaken(_)
+            | Error::NotFound(_)
+            | Error::LeaseLost(_)
+            | Error::InvalidSourceUrl(_)
+            | Error::Key { .. }
+            | Error::KeyFilePermissions { .. }
+            | Error::KeyFile { .. } => NextStep::FixCause,
+        })
     }
 
     /// A migration failure, unless it was the connection that failed.
@@ -171,19 +192,17 @@ impl Error {
 }
 
 impl From<sqlx::Error> for Error {
+    /// Unreachable when no answer came, or the answer's SQLSTATE may pass by itself.
     fn from(e: sqlx::Error) -> Error {
-        let lost = match &e {
+        let passes = match &e {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,
-            // Class 08: connection exception; 57P01-03: the server is shutting down or starting.
-            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
-            }),
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| retry::sqlstate(&code)),
             _ => false,
         };
-        if lost {
+        if passes {
             Error::Unreachable(e)
         } else {
             Error::Query(e)

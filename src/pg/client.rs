@@ -118,3 +118,14 @@ pub enum ConnectError {
         source: tokio_postgres::Error,
     },
 }
+
+impl ConnectError {
+    /// Retry or stop ([`super::retry`]): a refused or lost connection, a server starting up
+    /// or out of connection slots may pass; a TLS configuration or bad credentials do not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnectError::Tls { .. } => false,
+            ConnectError::Postgres { source, .. } => super::retry::postgres(source),
+        }
+    }
+}

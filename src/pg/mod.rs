@@ -6,6 +6,7 @@
 
 mod client;
 pub mod conninfo;
+pub mod retry;
 mod sql;
 pub mod statements;
 pub(crate) mod tls;

@@ -2,6 +2,7 @@
 //! what the operator should do when it cannot.
 
 use crate::bookkeeping::{self, Failure};
+use crate::pg::retry::{self, ErrorKind, NextStep};
 use crate::pg::ConnectError;
 use crate::pipeline::snapshot::SnapshotError;
 use crate::sink::SinkError;
@@ -74,24 +75,32 @@ impl PipelineError {
         PipelineError::Panicked(message)
     }
 
-    /// Whether the supervisor should retry (with backoff) rather than stop in `failed`.
-    pub fn is_transient(&self) -> bool {
+    /// Retry (with backoff) or stop in `failed`: each layer's error says which, by the one
+    /// policy of [`crate::pg::retry`].
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            PipelineError::Source(e) => e.is_transient(),
-            PipelineError::Connect(ConnectError::Postgres { source, .. }) => {
-                source.as_db_error().is_none()
+            PipelineError::Source(e) => e.kind(),
+            PipelineError::Connect(e) => ErrorKind::of(e.is_transient(), NextStep::FixCause),
+            PipelineError::Catalog(e) => e.kind(),
+            PipelineError::Decode(_) => ErrorKind::Definite(NextStep::Report),
+            PipelineError::Sink(e) => e.kind(),
+            PipelineError::Snapshot(e) => e.kind(),
+            PipelineError::Bookkeeping(e) => e.kind(),
+            PipelineError::Definite { next_step, .. } => {
+                ErrorKind::Definite(NextStep::Explained(next_step.clone()))
             }
-            PipelineError::Connect(ConnectError::Tls { .. }) => false,
-            PipelineError::Catalog(e) => e.is_transient(),
-            PipelineError::Decode(_) => false,
-            PipelineError::Sink(e) => e.is_transient(),
-            PipelineError::Snapshot(e) => e.is_transient(),
-            PipelineError::Bookkeeping(_) | PipelineError::SlotBusy { .. } => true,
-            PipelineError::Definite { .. } | PipelineError::LeaseLost => false,
-            PipelineError::StreamEnded
+            PipelineError::LeaseLost => ErrorKind::Definite(NextStep::FixCause),
+            // A panic is a bug, but the progress is safe in the replica: the pipeline is
+            // retried rather than left stopped.
+            PipelineError::SlotBusy { .. }
+            | PipelineError::StreamEnded
             | PipelineError::GraceExpired
-            | PipelineError::Panicked(_) => true,
+            | PipelineError::Panicked(_) => ErrorKind::Transient,
         }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.kind().is_transient()
     }
 
     /// Whether the pipeline stopped because a newer owner of the connector claimed the
@@ -119,34 +128,20 @@ impl PipelineError {
 
     /// The error as recorded for the operator, with the next step (naming `connector`).
     pub fn failure(&self, connector: &ConnectorName) -> Failure {
-        let next_step = match self {
+        let next_step = match (self, self.kind()) {
             _ if self.is_credentials() => format!(
                 "give the connector its new credentials: `tributary connector update \
                  {connector} --url '<source URL>'` checks they reach the same source, and the \
                  pipeline resumes where it was (slot and replica kept, no new snapshot)"
             ),
-            PipelineError::Definite { next_step, .. } => next_step.clone(),
-            PipelineError::SlotBusy { pid, .. } => format!(
+            (PipelineError::SlotBusy { pid, .. }, _) => format!(
                 "nothing, if it is a previous daemon of this installation (it lets go within \
                  wal_sender_timeout); if it is another installation's, both use this slot: \
                  run `tributary connector retry-setup {connector} --resnapshot` here to move \
                  this connector to a slot of its own (session {pid} is left alone)"
             ),
-            _ if self.is_transient() => {
-                "nothing: tributary retries by itself; check connectivity if this persists".into()
-            }
-            PipelineError::Decode(_) => {
-                "report this record to the tributary developers; the pipeline stops so that \
-                 nothing is skipped"
-                    .into()
-            }
-            PipelineError::Sink(_) => {
-                "fix the cause on the branch store (see the error), then run `tributary \
-                 connector retry-setup` for this connector (or restart tributary); the change \
-                 is applied again from the last committed position"
-                    .into()
-            }
-            _ => "fix the cause named in the error, then restart tributary".into(),
+            (_, ErrorKind::Transient) => retry::RETRYING.to_owned(),
+            (_, ErrorKind::Definite(next)) => next.text(),
         };
         Failure {
             error: self.to_string(),
@@ -195,6 +190,48 @@ mod tests {
                 "{error}: {next}"
             );
             assert!(!next.contains("restart tributary") || !asks, "{next}");
+        }
+    }
+
+    #[test]
+    fn each_layer_says_retry_or_stop_and_the_next_step_follows() {
+        let decrypt = bookkeeping::Error::Decrypt {
+            connector: ConnectorName::new("shop").unwrap(),
+            key_origin: "the key file k".into(),
+        };
+        let misuse = SinkError::Misuse("x");
+        let cases: [(PipelineError, bool, &str); 7] = [
+            (decrypt.into(), false, "TRIBUTARY__SECRETS__KEY"),
+            (
+                bookkeeping::Error::Corrupt("table sync state \"x\"".into()).into(),
+                false,
+                "restore the bookkeeping row",
+            ),
+            (
+                bookkeeping::Error::from(sqlx::Error::PoolTimedOut).into(),
+                true,
+                "retries by itself",
+            ),
+            (misuse.into(), false, "on the branch store"),
+            (PipelineError::definite("e", "do this"), false, "do this"),
+            (PipelineError::StreamEnded, true, "retries by itself"),
+            (
+                PipelineError::SlotBusy {
+                    slot: crate::types::SlotName::new("s").unwrap(),
+                    pid: 7,
+                },
+                true,
+                "session 7 is left alone",
+            ),
+        ];
+        for (error, transient, next) in cases {
+            assert_eq!(error.is_transient(), transient, "{error}");
+            let failure = error.failure(&ConnectorName::new("shop").unwrap());
+            assert!(
+                failure.next_step.contains(next),
+                "{error}: {}",
+                failure.next_step
+            );
         }
     }
 }

@@ -89,10 +89,12 @@ use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+pub use super::tools::tool_failure_passes;
 pub use super::tools::Tools;
-use super::tools::{conninfo_quote, libpq_env, run_tool};
+use super::tools::{conninfo_quote, libpq_env, run_tool, run_watched};
 use super::versions::{StoreTooOld, ToolProblem, ToolRange};
 use crate::change::TableName;
+use crate::pg::retry::{self, ErrorKind, NextStep};
 use crate::pg::{
     self, error_message, quote_ident, quote_literal, ConnInfo, ConnectError, PgClient,
 };
@@ -167,7 +169,7 @@ impl fmt::Display for Side {
 }
 
 /// Why a snapshot step failed. Every failure means the snapshot starts over from scratch
-/// (see the module docs); [`SnapshotError::is_transient`] says whether doing so
+/// (see the module docs); [`SnapshotError::kind`] says whether doing so
 /// automatically may succeed, or whether the operator must act first.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -260,22 +262,18 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
-    /// Whether starting the snapshot over without anyone changing anything may succeed:
-    /// lost connections, servers restarting, resource limits, a snapshot that died with
-    /// its replication connection. Bad credentials, missing extensions, client programs or
-    /// a branch store of versions that do not fit, and SQL the replica rejects need the
+    /// Retry or stop ([`crate::pg::retry`]): starting the snapshot over may succeed after
+    /// lost connections, servers restarting, resource limits, a snapshot that died with its
+    /// replication connection. Bad credentials, missing extensions, client programs or a
+    /// branch store of versions that do not fit, and SQL the replica rejects need the
     /// operator.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            SnapshotError::Connect {
-                source: ConnectError::Postgres { source, .. },
-                ..
-            } => postgres_transient(source),
-            SnapshotError::Connect { .. } => false,
-            SnapshotError::Query { source, .. } => postgres_transient(source),
-            SnapshotError::Source { source, .. } => source.is_transient(),
+    pub fn kind(&self) -> ErrorKind {
+        let transient = match self {
+            SnapshotError::Connect { source, .. } => source.is_transient(),
+            SnapshotError::Query { source, .. } => retry::postgres(source),
+            SnapshotError::Source { source, .. } => return source.kind(),
+            SnapshotError::Catalog(e) => return e.kind(),
             SnapshotError::SnapshotGone { .. } => true,
-            SnapshotError::Catalog(e) => e.is_transient(),
             SnapshotError::ToolFailed { transient, .. } => *transient,
             SnapshotError::InvalidJob { .. }
             | SnapshotError::Value { .. }
@@ -283,7 +281,8 @@ impl SnapshotError {
             | SnapshotError::ToolUnfit { .. }
             | SnapshotError::StoreTooOld(_)
             | SnapshotError::Io { .. } => false,
-        }
+        };
+        ErrorKind::of(transient, NextStep::FixCause)
     }
 }
 
@@ -331,23 +330,6 @@ impl ValueRemedy {
                  then {exclude}"
             ),
         }
-    }
-}
-
-/// Transient SQLSTATEs: connection exceptions (08), insufficient resources (53), shutdown
-/// and crash restart (57P01-03), serialization failures and deadlocks.
-fn transient_sqlstate(code: &str) -> bool {
-    // 53100 is disk full: retrying would only fill the disk again.
-    code.starts_with("08")
-        || code.starts_with("53") && code != "53100"
-        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
-}
-
-fn postgres_transient(error: &tokio_postgres::Error) -> bool {
-    match error.as_db_error() {
-        Some(db) => transient_sqlstate(db.code().code()),
-        // No answer from the server: the connection broke or timed out.
-        None => true,
     }
 }
 
@@ -458,7 +440,13 @@ impl SchemaDump {
                 pattern(&[&table.schema, &table.name])
             ));
         }
-        run_tool(pg_dump, "pg_dump").await?;
+        run_watched(
+            pg_dump,
+            "pg_dump",
+            (Side::Source, job.source),
+            Some(job.snapshot_name),
+        )
+        .await?;
 
         // The replica's existing schemas (`public`, those extensions were just created in)
         // are there already: keep pg_restore from trying to create them.
@@ -541,7 +529,7 @@ impl SchemaDump {
             Section::PostData => {}
         }
         pg_restore.arg(self.dump());
-        run_tool(pg_restore, "pg_restore").await?;
+        run_watched(pg_restore, "pg_restore", (Side::Replica, job.replica), None).await?;
         tracing::info!(
             section = section.as_arg(),
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -11,11 +11,13 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
-use super::snapshot::SnapshotError;
+use super::snapshot::{Side, SnapshotError};
 use super::versions::{self, ToolRange};
 use crate::pg::conninfo::{Host, RootCert};
-use crate::pg::ConnInfo;
+use crate::pg::{self, quote_literal, retry, ConnInfo, PgClient};
+use crate::source::copy::snapshot_unknown;
 
 /// Where a snapshot's pg_dump and pg_restore are, checked to fit its servers.
 #[derive(Debug)]
@@ -223,7 +225,6 @@ pub(super) async fn run_tool(
             stderr.truncate(cut);
             stderr.push_str(" …");
         }
-        let transient = tool_failure_transient(&stderr);
         return Err(SnapshotError::ToolFailed {
             program: program.to_owned(),
             status: output.status.to_string(),
@@ -232,7 +233,8 @@ pub(super) async fn run_tool(
             } else {
                 stderr
             },
-            transient,
+            // The caller that knows the program's server judges it (`run_watched`).
+            transient: false,
         });
     }
     if !stderr.is_empty() {
@@ -241,25 +243,85 @@ pub(super) async fn run_tool(
     Ok(output.stdout)
 }
 
-/// Whether a pg_dump or pg_restore failure looks like a lost connection, a restarting or
-/// busy server, or a snapshot that died with its replication connection.
-fn tool_failure_transient(stderr: &str) -> bool {
-    const TRANSIENT: [&str; 11] = [
-        "server closed the connection unexpectedly",
-        "terminating connection",
-        "the database system is starting up",
-        "the database system is shutting down",
-        "the database system is in recovery mode",
-        "Connection refused",
-        "could not receive data from server",
-        "could not send data to server",
-        "timeout expired",
-        "too many clients",
-        "invalid snapshot identifier",
-    ];
-    // PostgreSQL 18 says of a snapshot that is gone: snapshot "…" does not exist.
-    let snapshot_gone = stderr.contains("ERROR:  snapshot \"") && stderr.contains("does not exist");
-    snapshot_gone || TRANSIENT.iter().any(|needle| stderr.contains(needle))
+/// Runs a program that connects to `server` (the `side` of the snapshot) like
+/// [`run_tool`], with a session of tributary's own open to the same server meanwhile, and
+/// judges a failure by [`tool_failure_passes`].
+pub(super) async fn run_watched(
+    cmd: tokio::process::Command,
+    program: &str,
+    (side, server): (Side, &ConnInfo),
+    snapshot: Option<&str>,
+) -> Result<Vec<u8>, SnapshotError> {
+    let watch = pg::connect(server)
+        .await
+        .map_err(|source| SnapshotError::Connect { side, source })?;
+    match run_tool(cmd, program).await {
+        Err(SnapshotError::ToolFailed {
+            program,
+            status,
+            stderr,
+            ..
+        }) => Err(SnapshotError::ToolFailed {
+            program,
+            status,
+            stderr,
+            transient: tool_failure_passes(&watch, server, snapshot).await,
+        }),
+        result => result,
+    }
+}
+
+/// Whether a pg_dump or pg_restore that failed may succeed when the snapshot starts over.
+///
+/// Not judged by the program's error output: libpq and the server write it in their
+/// locale's language, and its exit status says only that it failed. Instead the server
+/// is asked, in SQLSTATEs, what the program met, and the one policy
+/// ([`crate::pg::retry`]) judges those:
+/// - `watch`, a session opened before the program started, shares its fate for whatever
+///   is about the server or the network: a restart, a shutdown, a crash, a cut path end
+///   it too;
+/// - a new session meets what the program's connection met: a server starting up, out of
+///   connection slots, refusing the role;
+/// - the exported `snapshot` pg_dump reads ends with the replication connection that
+///   exported it; a new slot brings a new one.
+///
+/// When all three are fine, the program failed on its own work (an object the replica
+/// rejects, a schema that is not there), which it would fail on again. A condition that
+/// passed between the failure and these questions is judged definite: the operator's
+/// `retry-setup` then starts the snapshot over. No answer within twice the connect
+/// timeout is a cut path, which may heal.
+pub async fn tool_failure_passes(
+    watch: &PgClient,
+    server: &ConnInfo,
+    snapshot: Option<&str>,
+) -> bool {
+    let patience = server.connect_timeout.max(Duration::from_secs(2)) * 2;
+    tokio::time::timeout(patience, ask(watch, server, snapshot))
+        .await
+        .unwrap_or(true)
+}
+
+/// [`tool_failure_passes`] without its time limit.
+async fn ask(watch: &PgClient, server: &ConnInfo, snapshot: Option<&str>) -> bool {
+    if let Err(e) = watch.simple_query("SELECT 1").await {
+        return retry::postgres(&e);
+    }
+    let probe = match pg::connect(server).await {
+        Ok(probe) => probe,
+        Err(e) => return e.is_transient(),
+    };
+    if let Some(name) = snapshot {
+        let imported = probe
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                quote_literal(name)
+            ))
+            .await;
+        if let Err(e) = imported {
+            return e.code().is_some_and(|c| snapshot_unknown(c.code())) || retry::postgres(&e);
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -276,23 +338,5 @@ mod tests {
         assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
         assert_eq!(parse_tool_major("nonsense"), None);
         assert_eq!(conninfo_quote("it's"), "'it\\'s'");
-    }
-
-    #[test]
-    fn failures_say_whether_a_retry_can_help() {
-        assert!(tool_failure_transient(
-            "pg_dump: error: query failed: ERROR:  invalid snapshot identifier: \"x\""
-        ));
-        assert!(tool_failure_transient(
-            "pg_dump: error: query failed: ERROR:  snapshot \"00000003-0000001B-1\" does not \
-             exist"
-        ));
-        assert!(!tool_failure_transient(
-            "pg_restore: error: could not execute query: ERROR:  schema \"x\" does not exist"
-        ));
-        assert!(!tool_failure_transient(
-            "pg_dump: error: connection to server at \"h\" failed: FATAL:  password \
-             authentication failed for user \"u\""
-        ));
     }
 }

@@ -2,17 +2,17 @@
 //!
 //! Every message says what failed — for a change: its table, LSN and statement kind, and
 //! the server's error with its SQLSTATE — and what the operator can do.
-//! [`SinkError::is_transient`] is the one place that decides retry or stop.
+//! [`SinkError::kind`] says whether to retry or stop, by the one policy of
+//! [`crate::pg::retry`].
 //!
 //! Messages never carry row values: a server error's DETAIL (`Key (id)=(5) already exists`,
 //! `Failing row contains (…)`) may hold personal data, so only its message, SQLSTATE,
 //! constraint and hint are shown; the detail is logged at debug level.
 
-use std::error::Error as _;
 use std::fmt;
-use std::io;
 
 use crate::change::ChangeKind;
+use crate::pg::retry::{self, ErrorKind, NextStep};
 use crate::pg::ConnectError;
 use crate::types::{FencingToken, Lsn};
 
@@ -325,24 +325,27 @@ pub enum SinkError {
 }
 
 impl SinkError {
-    /// Whether retrying later, from the replica's applied LSN, may succeed without anyone
-    /// changing anything: lost connections, a server shutting down or restarting, resource
-    /// limits, serialization failures. Constraint violations, missing rows, tables or
-    /// columns need the operator.
+    /// Retry or stop ([`crate::pg::retry`]), retrying from the replica's applied LSN: lost
+    /// connections, a server shutting down or restarting, resource limits, serialization
+    /// failures may pass. Constraint violations, missing rows, tables or columns need the
+    /// operator, on the branch store.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::of(self.is_transient(), NextStep::FixBranchStore)
+    }
+
+    /// Whether [`SinkError::kind`] is transient (the open transaction remembers it when it
+    /// is abandoned).
     pub fn is_transient(&self) -> bool {
         match self {
-            SinkError::Connect { source, .. } => match source {
-                ConnectError::Postgres { source, .. } => is_transient(source),
-                ConnectError::Tls { .. } => false,
-            },
+            SinkError::Connect { source, .. } => source.is_transient(),
             SinkError::Setup { source, .. }
             | SinkError::Statement { source, .. }
             | SinkError::BatchStatement { source, .. }
             | SinkError::Ddl { source, .. }
             | SinkError::Refresh { source, .. }
-            | SinkError::Commit { source, .. } => is_transient(source),
+            | SinkError::Commit { source, .. } => retry::postgres(source),
             SinkError::ReplicationRole { .. } | SinkError::CloneFailed { .. } => false,
-            SinkError::Progress { source, .. } => source.as_ref().is_some_and(is_transient),
+            SinkError::Progress { source, .. } => source.as_ref().is_some_and(retry::postgres),
             SinkError::Aborted { transient, .. } => *transient,
             SinkError::NanArrivedAsNull { .. } => false,
             SinkError::Refused { .. }
@@ -386,40 +389,8 @@ impl SinkError {
     }
 }
 
-/// Retry may help: the connection, the server's state or its resources, not the data.
-/// SQLSTATE `disk_full`: class 53, but no retry frees space. The connector stops in
-/// `failed` until the operator has made room.
+/// SQLSTATE `disk_full`: the connector stops in `failed` until the operator has made room.
 const DISK_FULL: &str = "53100";
-
-pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
-    if let Some(db) = error.as_db_error() {
-        let code = db.code().code();
-        if code == DISK_FULL {
-            return false;
-        }
-        // 08: connection exception; 53: insufficient resources (but disk full); 57P01-03: admin shutdown,
-        // crash shutdown, cannot connect now; 57014: statement cancelled (by an operator or
-        // a timeout); 40001/40P01: serialization failure, deadlock; 55P03: lock not available.
-        return code.starts_with("08")
-            || code.starts_with("53")
-            || matches!(
-                code,
-                "57P01" | "57P02" | "57P03" | "57014" | "40001" | "40P01" | "55P03"
-            );
-    }
-    if error.is_closed() {
-        return true;
-    }
-    // I/O errors (connection reset, timeouts) come as the error's source.
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if cause.is::<io::Error>() {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
-}
 
 /// `at LSN 0/16B3748`, or `at an unknown LSN`.
 fn at(lsn: &Option<Lsn>) -> String {
@@ -485,10 +456,13 @@ fn transient_advice() -> &'static str {
 }
 
 fn setup_advice(error: &tokio_postgres::Error) -> &'static str {
-    if is_transient(error) {
+    let code = error.as_db_error().map(|db| db.code().code());
+    // Retried by the pipeline like any object in use, but a command that drops a database
+    // says who holds it.
+    if code != Some("55006") && retry::postgres(error) {
         return transient_advice();
     }
-    match error.as_db_error().map(|db| db.code().code()) {
+    match code {
         Some("42501") => {
             "the branch-store user lacks a privilege: it needs CREATEDB, and to own the \
              replica and branch databases (it does when it created them)"
@@ -507,7 +481,7 @@ fn setup_advice(error: &tokio_postgres::Error) -> &'static str {
 
 /// What the operator can do about a failed change.
 fn statement_advice(error: &tokio_postgres::Error) -> &'static str {
-    if is_transient(error) {
+    if retry::postgres(error) {
         return transient_advice();
     }
     let Some(db) = error.as_db_error() else {
@@ -553,7 +527,7 @@ fn progress_problem(error: Option<&tokio_postgres::Error>) -> String {
 
 fn progress_advice(error: Option<&tokio_postgres::Error>) -> &'static str {
     match error {
-        Some(error) if is_transient(error) => transient_advice(),
+        Some(error) if retry::postgres(error) => transient_advice(),
         Some(error) => setup_advice(error),
         None => "another session moved the applied LSN ahead meanwhile: two connectors write into one replica database?",
     }

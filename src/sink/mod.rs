@@ -8,7 +8,7 @@
 //! - `table.rs`: table metadata from the replica's catalog, and the SQL built from it.
 //! - `triggers.rs`: triggers enabled ALWAYS or REPLICA, held disabled in the replica (they
 //!   would fire under apply) and enabled again in branches.
-//! - `error.rs`: [`SinkError`], with [`SinkError::is_transient`] deciding retry or stop.
+//! - `error.rs`: [`SinkError`], with [`SinkError::kind`] saying retry or stop (by `pg::retry`).
 //!
 //! **Invariants:** the sink never sees wal2json or JSON, only [`crate::change::Change`]s;
 //! nothing is skipped (a change that fails or matches no row fails the target

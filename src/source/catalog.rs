@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 use super::identity::{self, FACTS_SQL};
 pub use super::identity::{Missing, ReplicaIdentity};
 use crate::change::TableName;
+use crate::pg::retry::{self, ErrorKind, NextStep};
 
 /// One table whose rows the snapshot copies and the stream keeps in sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,19 +53,11 @@ pub enum CatalogError {
 }
 
 impl CatalogError {
-    /// Whether trying again later may succeed: a lost connection or a server that is
-    /// restarting. A query the server rejects will be rejected again.
-    pub fn is_transient(&self) -> bool {
+    /// Retry or stop ([`crate::pg::retry`]): a lost connection or a restarting server may
+    /// pass; a query the server rejects is rejected again.
+    pub fn kind(&self) -> ErrorKind {
         let CatalogError::Query { source, .. } = self;
-        match source.code() {
-            Some(code) => {
-                let code = code.code();
-                code.starts_with("08")
-                    || code.starts_with("53")
-                    || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
-            }
-            None => source.is_closed(),
-        }
+        ErrorKind::of(retry::postgres(source), NextStep::FixCause)
     }
 }
 

@@ -1,10 +1,13 @@
 //! The source layer's error type.
 //!
 //! Each variant says what happened and, where the operator can act, what to do. The
-//! pipeline decides retry or stop through [`Error::is_transient`] in one place.
+//! pipeline decides retry or stop through [`Error::kind`], by the one policy of
+//! [`crate::pg::retry`].
 
 use std::fmt;
 use std::io;
+
+use crate::pg::retry::{self, ErrorKind, NextStep};
 
 /// An error reported by the server (`ErrorResponse`), with its SQLSTATE.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,29 +165,20 @@ impl Error {
         }
     }
 
-    /// Whether retrying later may succeed without anyone changing anything: lost
-    /// connections, timeouts, a server that is starting or shutting down, resource limits.
-    /// Everything else (bad credentials, missing slot, invalid URL) needs the operator.
-    pub fn is_transient(&self) -> bool {
-        match self {
+    /// Retry or stop ([`crate::pg::retry`]): lost connections, timeouts and what the
+    /// server's SQLSTATE says may pass; bad credentials, TLS, an invalid URL and protocol
+    /// surprises need the operator.
+    pub fn kind(&self) -> ErrorKind {
+        let transient = match self {
             Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Closed { .. } => true,
             Error::Io { .. } | Error::Silent { .. } => true,
-            Error::Server { error, .. } => {
-                // 08: connection exception; 53: insufficient resources; 57P0x: shutdown,
-                // crash restart, cannot connect now; 55006: slot busy (previous session
-                // still exiting); 40001/40P01: serialization failure, deadlock.
-                error.code.starts_with("08")
-                    || error.code.starts_with("53")
-                    || matches!(
-                        error.code.as_str(),
-                        "57P01" | "57P02" | "57P03" | "55006" | "40001" | "40P01"
-                    )
-            }
+            Error::Server { error, .. } => retry::sqlstate(&error.code),
             Error::InvalidUrl(_)
             | Error::Tls { .. }
             | Error::Auth { .. }
             | Error::Protocol { .. } => false,
-        }
+        };
+        ErrorKind::of(transient, NextStep::FixCause)
     }
 }
 
