@@ -240,6 +240,8 @@ async fn a_connector_whose_key_is_lost_is_deleted_without_its_source() {
     );
     daemon.start();
     daemon.wait_for_state("shop", "streaming").await;
+    // A branch, whose role's password is sealed with the key too.
+    daemon.cli_ok(&["branch", "create", "kept"]);
     daemon.terminate();
     let slot = daemon.connector("shop")["slot_name"]
         .as_str()
@@ -271,15 +273,16 @@ async fn a_connector_whose_key_is_lost_is_deleted_without_its_source() {
         text.contains(&drop_sql) && text.contains("source was not touched"),
         "{text}"
     );
-    assert_eq!(
-        store.psql(
-            "postgres",
-            "SELECT (SELECT count(*) FROM tributary.connectors) || ' '
+    let left = "SELECT (SELECT count(*) FROM tributary.connectors) || ' '
                  || (SELECT count(*) FROM pg_database WHERE datname = 'shop_replica')
-                 || ' ' || coalesce((SELECT key_fingerprint FROM tributary.installation), 'none')",
-        ),
-        "0 0 none"
-    );
+                 || ' ' || coalesce((SELECT key_fingerprint FROM tributary.installation), 'none')";
+    // The branch's sealed password keeps the key's fingerprint: a new key now would leave
+    // `branch url kept` unable to open it.
+    assert!(store.psql("postgres", left).starts_with("0 0 "));
+    assert_ne!(store.psql("postgres", left), "0 0 none");
+    let out = lost.cli(&["branch", "delete", "kept"]);
+    assert!(out.status.success(), "{}", shown(&out));
+    assert_eq!(store.psql("postgres", left), "0 0 none");
     // The source was not touched: the slot is there until the operator runs the SQL.
     let slots = "SELECT count(*) FROM pg_replication_slots";
     assert_eq!(source.psql("postgres", slots), "1");

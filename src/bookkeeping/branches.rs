@@ -418,11 +418,16 @@ impl Bookkeeping {
             .map_err(|_| Error::Corrupt(format!("password of branch {name}")))
     }
 
+    /// Removes the branch's row; the last thing sealed with the key takes its fingerprint
+    /// with it (`connectors.rs`: `forget_key_if_unused`).
     pub async fn forget_branch(&self, name: &BranchName) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM tributary.branches WHERE name = $1")
             .bind(name.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        super::connectors::forget_key_if_unused(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -431,9 +431,8 @@ impl Bookkeeping {
     }
 
     /// Removes the connector with its tables and history. The slot and the replica
-    /// database are the caller's to drop, before. The last connector takes the key's
-    /// fingerprint with it: with no sealed URL left, the next `connector create` may seal
-    /// with a new key (the way out after a lost key, see `keys.rs`).
+    /// database are the caller's to drop, before. The last thing sealed with the key takes
+    /// its fingerprint with it ([`forget_key_if_unused`]).
     pub async fn delete_connector(&self, id: ConnectorId) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM tributary.connectors WHERE id = $1")
@@ -443,12 +442,7 @@ impl Bookkeeping {
         if deleted.rows_affected() == 0 {
             return Err(Error::NotFound(id));
         }
-        sqlx::query(
-            "UPDATE tributary.installation SET key_fingerprint = NULL
-              WHERE NOT EXISTS (SELECT FROM tributary.connectors)",
-        )
-        .execute(&mut *tx)
-        .await?;
+        forget_key_if_unused(&mut tx).await?;
         tx.commit().await?;
         tracing::info!(id = %id, "connector deleted");
         Ok(())
@@ -930,6 +924,24 @@ async fn hold_lease(
     .fetch_optional(&mut **tx)
     .await?;
     held.map(|_| ()).ok_or(Error::LeaseLost(id))
+}
+
+/// Within `tx`: forgets the key's fingerprint once nothing sealed with the key is left (no
+/// connector's source URL, no branch's password), so that the next `connector create` may
+/// seal with a new key: the way out after a lost key (see `keys.rs`). A branch password
+/// still sealed keeps it, or `branch url` could never open it again.
+pub(super) async fn forget_key_if_unused(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE tributary.installation SET key_fingerprint = NULL
+          WHERE NOT EXISTS (SELECT FROM tributary.connectors)
+            AND NOT EXISTS (SELECT FROM tributary.branches
+                             WHERE password_ciphertext IS NOT NULL)",
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Within `tx`, which has locked the row: moves the connector from `from` to `state`, sets

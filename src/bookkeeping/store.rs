@@ -84,7 +84,7 @@ impl Bookkeeping {
     }
 
     /// The bookkeeping with its key left unchecked, for `connector delete --force` when
-    /// [`Bookkeeping::open`] refuses the key (lost or wrong): opening a source URL then
+    /// [`Bookkeeping::open`] refuses the key (lost or wrong), and for `branch delete`: opening a source URL then
     /// fails with the key error, and sealing one still checks the key, so nothing can be
     /// sealed with a key other than the recorded one.
     pub async fn open_without_key(

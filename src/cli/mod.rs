@@ -176,6 +176,17 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
         }
         // Checked as it is: no migration, no bookkeeping needed.
         Command::Store(command) => store::run(command, &settings.store()).await,
+        // Deleting a branch opens nothing sealed: it works when the key is lost too, and
+        // the last sealed branch password it removes lets a new key be used.
+        Command::Branch(command @ branch::BranchCommand::Delete { .. }) => {
+            let bookkeeping = crate::bookkeeping::Bookkeeping::open_without_key(
+                &settings.store(),
+                &settings.secrets,
+                Path::new(DEFAULT_KEY_FILE),
+            )
+            .await?;
+            branch::run(command, &bookkeeping, &settings).await
+        }
         Command::Branch(command) => {
             let bookkeeping = open_bookkeeping(&settings, &config_path).await?;
             branch::run(command, &bookkeeping, &settings).await
