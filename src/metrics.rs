@@ -5,6 +5,7 @@
 //!  supervisor: lease taken ──► export (state as read)   lease lost/released ──► unexport
 //!  pipeline: each state as it is entered; the slot when streaming starts   ──► gauges
 //!  sample_slots, every metrics.slot_interval_secs:
+//!     bookkeeping → whether each enabled connector has a live lease holder ──► gauge
 //!     source → the slot of each connector exported here         ──► gauges
 //!     this process's apply lags                                  ──► bookkeeping (status)
 //!  GET /metrics   the registry in text format (apply lag computed at scrape time)
@@ -25,9 +26,11 @@
 //! Every series is labelled `connector` (never with a URL: no secret reaches a label).
 //! A connector's state and slot series come from the daemon holding its lease only, so
 //! that several daemons on one bookkeeping export each connector once and its alerts fire
-//! once; counters stay with the process that counted.
+//! once; counters stay with the process that counted. The one exception,
+//! `tributary_connector_unowned`, is what a holder cannot say: every daemon exports it for
+//! every enabled connector, the same value, so that a connector nobody runs still alerts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
@@ -73,6 +76,9 @@ pub struct Metrics {
     slot_invalidated: IntGaugeVec,
     source_up: IntGaugeVec,
     pipeline_state: IntGaugeVec,
+    connector_unowned: IntGaugeVec,
+    /// The connectors `connector_unowned` has a series for: those enabled at the last look.
+    unowned_exported: Mutex<HashSet<String>>,
     apply_lag_seconds: prometheus::GaugeVec,
     changes_applied: IntCounterVec,
     transactions_applied: IntCounterVec,
@@ -201,6 +207,14 @@ impl Metrics {
                 "The connector's state: 1 for the current one",
                 &["connector", "state"],
             ),
+            connector_unowned: gauge(
+                &registry,
+                "tributary_connector_unowned",
+                "1 when the connector is enabled and no live daemon holds its lease (nothing \
+                 runs it), 0 when one does; every daemon exports it for every enabled connector",
+                c,
+            ),
+            unowned_exported: Mutex::new(HashSet::new()),
             apply_lag_seconds,
             changes_applied: counter(
                 &registry,
@@ -351,6 +365,24 @@ impl Metrics {
         if let Some(name) = exported.get(&id) {
             self.record_slot(name, slot);
         }
+    }
+
+    /// Whether each enabled connector has no live lease holder, by name; the series of
+    /// connectors not in `unowned` (deleted or disabled since) go.
+    fn set_unowned(&self, unowned: HashMap<String, bool>) {
+        let mut exported = self
+            .unowned_exported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for gone in exported.iter().filter(|name| !unowned.contains_key(*name)) {
+            let _ = self.connector_unowned.remove_label_values(&[gone]);
+        }
+        for (name, value) in &unowned {
+            self.connector_unowned
+                .with_label_values(&[name])
+                .set(i64::from(*value));
+        }
+        *exported = unowned.into_keys().collect();
     }
 
     /// Removes the connector's state and slot series (and its apply lag: no pipeline of it
@@ -658,15 +690,26 @@ pub async fn sample_slots(
     }
 }
 
-/// One look at every connector exported here.
+/// One look at every connector: whether a live daemon holds it; and the slot of each
+/// exported here.
 async fn sample(bookkeeping: &Bookkeeping) {
-    let connectors = match bookkeeping.connectors().await {
-        Ok(connectors) => connectors,
-        Err(e) => {
-            tracing::warn!("metrics: reading connectors: {e}");
-            return;
-        }
-    };
+    let (connectors, leases) =
+        match tokio::try_join!(bookkeeping.connectors(), bookkeeping.leases()) {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!("metrics: reading connectors and leases: {e}");
+                return;
+            }
+        };
+    METRICS.set_unowned(
+        connectors
+            .iter()
+            .filter_map(|c| {
+                let owner = health::Owner::from_lease(leases.get(&c.id));
+                Some((c.name.to_string(), health::unowned(c.enabled, &owner)?))
+            })
+            .collect(),
+    );
     for connector in &connectors {
         if let Some(lag) = METRICS.apply_lag(connector.name.as_str()) {
             let changes = METRICS.changes_applied(connector.name.as_str());
@@ -760,6 +803,32 @@ mod tests {
             "only counters and histograms stay:\n{text}"
         );
         assert!(!metrics.exports(a));
+    }
+
+    #[test]
+    fn unowned_series_follow_the_enabled_connectors() {
+        let metrics = Metrics::new();
+        let look = |pairs: &[(&str, bool)]| {
+            metrics.set_unowned(pairs.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect());
+            let text = metrics.render();
+            let mut seen: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("tributary_connector_unowned{"))
+                .collect();
+            seen.sort_unstable();
+            seen.join("\n")
+        };
+        assert_eq!(
+            look(&[("a", true), ("b", false)]),
+            "tributary_connector_unowned{connector=\"a\"} 1\n\
+             tributary_connector_unowned{connector=\"b\"} 0"
+        );
+        // a taken, b deleted or disabled: its series goes.
+        assert_eq!(
+            look(&[("a", false)]),
+            "tributary_connector_unowned{connector=\"a\"} 0"
+        );
+        assert_eq!(look(&[]), "");
     }
 
     #[cfg(target_os = "linux")]

@@ -72,6 +72,14 @@ impl Owner {
     }
 }
 
+/// `tributary_connector_unowned`: `Some(true)` when the connector is enabled and no live
+/// daemon holds its lease (nothing applies its changes, and nothing else exports its
+/// series), `Some(false)` when one does, `None` when it is disabled (not run on purpose:
+/// no series).
+pub fn unowned(enabled: bool, owner: &Owner) -> Option<bool> {
+    enabled.then(|| !owner.is_live())
+}
+
 /// What the source says about the connector's slot.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Slot {
@@ -599,6 +607,22 @@ mod tests {
             assert!(reason.starts_with(c.reason), "{context}");
             assert!(next.starts_with(c.next), "{context}");
             assert_eq!(reason.is_empty(), c.healthy != Some(false), "{context}");
+        }
+    }
+
+    #[test]
+    fn a_connector_is_unowned_when_enabled_and_no_live_daemon_holds_it() {
+        let gone = Owner::Gone("host:9".into());
+        for (enabled, owner, expected) in [
+            (true, live(), Some(false)),
+            (true, starting(), Some(false)),
+            (true, gone.clone(), Some(true)),
+            (true, Owner::Nobody, Some(true)),
+            (false, live(), None),
+            (false, gone, None),
+            (false, Owner::Nobody, None),
+        ] {
+            assert_eq!(unowned(enabled, &owner), expected, "{enabled} {owner:?}");
         }
     }
 
