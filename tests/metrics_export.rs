@@ -194,3 +194,66 @@ async fn each_connector_is_exported_by_its_lease_holder_only() {
     assert_exported_by_holders(&[&daemons[1]], CONNECTORS).await;
     daemons[1].terminate();
 }
+
+/// `tributary_connector_unowned{connector}` at `addr`: `None` when absent.
+fn unowned(addr: SocketAddr, connector: &str) -> Option<f64> {
+    let series = format!(r#"tributary_connector_unowned{{connector="{connector}"}}"#);
+    value(&get(addr, "/metrics").1, &series)
+}
+
+/// Waits until every daemon at `addrs` says `expected` about `shop`.
+async fn wait_unowned(addrs: &[SocketAddr], expected: Option<f64>) {
+    let what = format!("every daemon to export unowned {expected:?} for shop");
+    eventually(&what, || async {
+        addrs
+            .iter()
+            .all(|addr| unowned(*addr, "shop") == expected)
+            .then_some(())
+    })
+    .await;
+}
+
+/// A connector no live daemon holds, while a daemon runs: its holder was killed and the
+/// survivor, which looks for connectors to take once an hour (`supervisor.poll_interval_secs`;
+/// a killed daemon sends no notification), leaves it. The holder-only series are gone with
+/// the holder; every daemon's `tributary_connector_unowned` says so, until a new daemon
+/// takes the connector. A deleted connector has no such series.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_daemon_says_when_no_live_daemon_holds_a_connector() {
+    let source = source_cluster();
+    let store = Cluster::start();
+    seed(&source, 1);
+    let mut holder = daemons(&store, 1).remove(0);
+    let mut survivor = holder.sibling();
+    survivor.set("TRIBUTARY__SUPERVISOR__POLL_INTERVAL_SECS", "3600");
+    let mut newcomer = holder.sibling();
+    holder.create_connector(&source.superuser_url("d1"), "shop", "app");
+    holder.start();
+    holder.cli_ok(&["connector", "wait", "shop", "--timeout", "120"]);
+    survivor.start();
+    let (holder_addr, survivor_addr) = (holder.metrics_addr().await, survivor.metrics_addr().await);
+
+    // Held: both daemons say 0, the one that holds nothing too.
+    wait_unowned(&[holder_addr, survivor_addr], Some(0.0)).await;
+    assert_eq!(exported(survivor_addr).0, BTreeSet::new());
+
+    // The holder is killed: the survivor says 1, and keeps saying it.
+    holder.kill9();
+    wait_unowned(&[survivor_addr], Some(1.0)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(unowned(survivor_addr, "shop"), Some(1.0));
+    let (healthy, status) = survivor.status();
+    assert!(!healthy && status[0]["live"] == false, "{status:?}");
+
+    // A new daemon takes it at its start: 0 from both.
+    newcomer.start();
+    let newcomer_addr = newcomer.metrics_addr().await;
+    newcomer.cli_ok(&["connector", "wait", "shop", "--timeout", "120"]);
+    wait_unowned(&[survivor_addr, newcomer_addr], Some(0.0)).await;
+
+    // Deleted: no daemon exports the series any more.
+    newcomer.cli_ok(&["connector", "delete", "shop"]);
+    wait_unowned(&[survivor_addr, newcomer_addr], None).await;
+    newcomer.terminate();
+    survivor.terminate();
+}
