@@ -12,6 +12,7 @@
 //!  connector list  shown state; READY = the verdict is `streaming`
 //!  branch create   refuses unless `streaming` (a branch would be stale), or --allow-stale
 //!  /readyz         503 when a connector this daemon holds is unhealthy
+//!  /metrics        tributary_connector_unowned: an enabled connector without a live daemon
 //! ```
 //!
 //! The recorded state is the pipeline's stage, written by the daemon that runs it. A daemon
