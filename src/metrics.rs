@@ -211,7 +211,8 @@ impl Metrics {
                 &registry,
                 "tributary_connector_unowned",
                 "1 when the connector is enabled and no live daemon holds its lease (nothing \
-                 runs it), 0 when one does; every daemon exports it for every enabled connector",
+                 runs it) or this daemon cannot read the bookkeeping, 0 when one does; every \
+                 daemon exports it for every enabled connector",
                 c,
             ),
             unowned_exported: Mutex::new(HashSet::new()),
@@ -383,6 +384,17 @@ impl Metrics {
                 .set(i64::from(*value));
         }
         *exported = unowned.into_keys().collect();
+    }
+
+    /// The bookkeeping could not be read: every connector last seen enabled says 1.
+    fn unowned_unknown(&self) {
+        let exported = self
+            .unowned_exported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for name in exported.iter() {
+            self.connector_unowned.with_label_values(&[name]).set(1);
+        }
     }
 
     /// Removes the connector's state and slot series (and its apply lag: no pipeline of it
@@ -698,6 +710,9 @@ async fn sample(bookkeeping: &Bookkeeping) {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!("metrics: reading connectors and leases: {e}");
+                // Unseen is not held: if no daemon can read the bookkeeping, none holds a
+                // lease for long, and a last 0 kept would hide it.
+                METRICS.unowned_unknown();
                 return;
             }
         };
@@ -828,6 +843,11 @@ mod tests {
             look(&[("a", false)]),
             "tributary_connector_unowned{connector=\"a\"} 0"
         );
+        // The bookkeeping unreadable: no daemon is seen holding a.
+        metrics.unowned_unknown();
+        assert!(metrics
+            .render()
+            .contains("tributary_connector_unowned{connector=\"a\"} 1\n"));
         assert_eq!(look(&[]), "");
     }
 

@@ -249,10 +249,17 @@ async fn metrics_and_health_endpoints() {
         "the daemon log has the password"
     );
 
-    // The bookkeeping goes away: not ready, still alive.
+    // The bookkeeping goes away: not ready, still alive, and no longer vouching that a
+    // live daemon holds shop.
+    let unowned = r#"tributary_connector_unowned{connector="shop"}"#;
+    assert_eq!(value(&get(addr, "/metrics").1, unowned), Some(0.0));
     store.stop();
     assert_eq!(get(addr, "/readyz").0, 503);
     assert_eq!(get(addr, "/healthz").0, 200);
+    eventually("unowned 1 while the bookkeeping is down", || async {
+        (value(&get(addr, "/metrics").1, unowned) == Some(1.0)).then_some(())
+    })
+    .await;
     store.start_again();
     let last = std::sync::Mutex::new(String::new());
     let back = tokio::time::timeout(crate::support::PATIENCE, async {
@@ -272,6 +279,10 @@ async fn metrics_and_health_endpoints() {
         last.lock().unwrap(),
         daemon.status()
     );
+    eventually("unowned 0 once the daemon holds shop again", || async {
+        (value(&get(addr, "/metrics").1, unowned) == Some(0.0)).then_some(())
+    })
+    .await;
     daemon.terminate();
 }
 
