@@ -213,11 +213,11 @@ async fn wait_unowned(addrs: &[SocketAddr], expected: Option<f64>) {
     .await;
 }
 
-/// A connector no live daemon holds, while a daemon runs: its holder was killed and the
-/// survivor, which looks for connectors to take once an hour (`supervisor.poll_interval_secs`;
-/// a killed daemon sends no notification), leaves it. The holder-only series are gone with
-/// the holder; every daemon's `tributary_connector_unowned` says so, until a new daemon
-/// takes the connector. A deleted connector has no such series.
+/// A connector no live daemon holds, while a daemon runs: its holder was killed, and the
+/// survivor, which looks for connectors to take once an hour
+/// (`supervisor.poll_interval_secs`; a killed daemon sends no notification), leaves it. The
+/// holder-only series went with the holder; every daemon's `tributary_connector_unowned`
+/// says so, until a new daemon takes the connector. A deleted connector has no such series.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_daemon_says_when_no_live_daemon_holds_a_connector() {
     let source = source_cluster();
