@@ -168,6 +168,24 @@ async fn new_credentials_resume_the_connector_from_its_slot() {
     );
     assert_eq!(daemon.connector_state("shop").as_deref(), Some("failed"));
 
+    // A password from PGPASSWORD would pass the check and not be stored: refused.
+    let mut from_env = daemon.sibling();
+    from_env.set("PGPASSWORD", NEW_PASSWORD);
+    let out = from_env.cli(&[
+        "connector",
+        "update",
+        "shop",
+        "--url",
+        &source.url("repl", None, "postgres"),
+    ]);
+    let text = shown(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("its password would come from PGPASSWORD") && !text.contains(NEW_PASSWORD),
+        "{text}"
+    );
+    assert_eq!(daemon.connector_state("shop").as_deref(), Some("failed"));
+
     // The new password: stored sealed, and the pipeline resumes where it was.
     let new_url = source.url("repl", Some(NEW_PASSWORD), "postgres");
     let out = daemon.cli(&["connector", "update", "shop", "--url", &new_url, "--wait"]);

@@ -209,7 +209,7 @@ pub async fn run(
     store: &ConnInfo,
 ) -> Result<(), Failure> {
     let SourceKind::Postgresql = args.kind;
-    let info = ConnInfo::parse(&args.url).map_err(Failure::usage)?;
+    let info = ConnInfo::parse_to_store(&args.url).map_err(Failure::usage)?;
     let name = match args.name {
         Some(name) => ConnectorName::new(name).map_err(Failure::usage)?,
         None => default_name(&info.dbname)?,

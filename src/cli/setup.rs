@@ -142,7 +142,8 @@ pub async fn update(
         .url
         .as_deref()
         .map(credentials::NewUrl::parse)
-        .transpose()?;
+        .transpose()
+        .map_err(Failure::usage)?;
     let connector = find(bookkeeping, &args.name).await?;
     // The credentials first: the other changes restart a pipeline that needs them.
     let mut restarted = false;

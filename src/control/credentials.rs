@@ -28,7 +28,7 @@ pub struct Recorded<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the new URL: {0}; nothing was changed")]
+    #[error("the new URL cannot be used, nothing was changed")]
     InvalidUrl(#[from] pg::InvalidUrl),
     #[error(transparent)]
     Bookkeeping(#[from] bookkeeping::Error),
@@ -42,13 +42,11 @@ pub enum Error {
         seen: String,
         recorded: String,
     },
-    #[error(
-        "the replication connection with the new URL does not work ({0}): nothing was changed"
-    )]
+    #[error("the replication connection with the new URL does not work, nothing was changed")]
     Replication(#[source] crate::source::Error),
-    #[error("an SQL session with the new URL does not work ({0}): nothing was changed")]
+    #[error("an SQL session with the new URL does not work, nothing was changed")]
     Sql(#[source] pg::ConnectError),
-    #[error("looking up slot {slot} with the new URL failed ({}): nothing was changed", pg::error_message(.source))]
+    #[error("looking up slot {slot} with the new URL failed, nothing was changed")]
     Slot {
         slot: SlotName,
         #[source]
@@ -73,7 +71,7 @@ pub struct NewUrl {
 impl NewUrl {
     pub fn parse(raw: &str) -> Result<NewUrl, Error> {
         Ok(NewUrl {
-            info: ConnInfo::parse(raw)?,
+            info: ConnInfo::parse_to_store(raw)?,
             raw: raw.to_owned(),
         })
     }

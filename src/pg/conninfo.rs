@@ -283,6 +283,27 @@ impl ConnInfo {
         })
     }
 
+    /// [`ConnInfo::parse`] for a URL tributary stores (a connector's source): refused when
+    /// its password would come from `$PGPASSWORD` rather than from the text. Only the text
+    /// is stored, so the daemon and later commands would connect without it.
+    pub fn parse_to_store(text: &str) -> Result<ConnInfo, InvalidUrl> {
+        let info = ConnInfo::parse(text)?;
+        let own_password = Url::parse(&with_default_host(text)).is_ok_and(|url| {
+            url.password().is_some() || url.query_pairs().any(|(key, _)| key == "password")
+        });
+        if info.password.is_some() && !own_password {
+            return Err(InvalidUrl {
+                shown: Some(mask_password(text)),
+                reason: "its password would come from PGPASSWORD, which tributary does not \
+                         store: the daemon and later commands would connect without it. Put \
+                         the password in the URL (percent-encoded), or unset PGPASSWORD if the \
+                         server needs none"
+                    .into(),
+            });
+        }
+        Ok(info)
+    }
+
     /// The same server and credentials, another database.
     pub fn with_dbname(&self, dbname: &str) -> ConnInfo {
         ConnInfo {
