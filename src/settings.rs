@@ -351,19 +351,10 @@ impl Settings {
                 path.display().to_string()
             )));
         }
-        if let Some(directive) = self
-            .log
-            .level
-            .split(',')
-            .map(str::trim)
-            .find(|d| !log_directive_valid(d))
-        {
-            // The directive is shown: a filter holds target names and levels, no secret.
-            return Err(SettingsError::Invalid(format!(
-                "log.level: {directive:?} is not a level: use one of {}, or a filter such as \
-                 \"info,tributary=debug\"",
-                LOG_LEVELS.join(", ")
-            )));
+        check_log_filter("log.level", &self.log.level)?;
+        // RUST_LOG wins over log.level, so it gets the same check.
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            check_log_filter("RUST_LOG", &filter)?;
         }
         if self.pipeline.snapshot_workers == 0 {
             return invalid("pipeline.snapshot_workers must be at least 1");
@@ -383,6 +374,24 @@ impl Settings {
     /// The branch store's connection settings (validated at load).
     pub fn store(&self) -> ConnInfo {
         ConnInfo::parse(&self.store.url).expect("validated at load")
+    }
+}
+
+/// A log filter (`log.level`, or `RUST_LOG` which wins over it) whose every directive
+/// names a level.
+fn check_log_filter(name: &str, filter: &str) -> Result<(), SettingsError> {
+    match filter
+        .split(',')
+        .map(str::trim)
+        .find(|d| !log_directive_valid(d))
+    {
+        // The directive is shown: a filter holds target names and levels, no secret.
+        Some(directive) => Err(SettingsError::Invalid(format!(
+            "{name}: {directive:?} is not a level: use one of {}, or a filter such as \
+             \"info,tributary=debug\"",
+            LOG_LEVELS.join(", ")
+        ))),
+        None => Ok(()),
     }
 }
 

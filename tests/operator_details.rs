@@ -196,6 +196,13 @@ fn configuration_mistakes_name_the_key_and_the_choices() {
             "log.level: \"verbose\" is not a level: use one of off, error, warn, info, debug, \
              trace",
         ),
+        // RUST_LOG wins over log.level: the same check.
+        (
+            STORE.to_owned(),
+            &[("RUST_LOG", "verbose")][..],
+            "RUST_LOG: \"verbose\" is not a level: use one of off, error, warn, info, debug, \
+             trace",
+        ),
         (
             format!("{STORE}[log]\nformat = \"yaml\"\n"),
             &[][..],
