@@ -19,8 +19,9 @@
 //! (`/healthz`): a Kubernetes readiness probe never restarts a pod, it marks it not ready
 //! (in `kubectl get pods`, for alerts on `kube_pod_status_ready`) and holds a rolling
 //! update until the new pod is ready, so `/readyz` fails exactly when a restart would not
-//! help and an operator must look: a failed or retrying connector this daemon holds, or a
-//! daemon that cannot run any. Connectors other daemons hold are theirs to report, and
+//! help: a failed connector this daemon holds, one retrying an error (not ready until it
+//! streams again, holding a rolling update meanwhile; an operator looks when it lasts), or
+//! a daemon that cannot run any. Connectors other daemons hold are theirs to report, and
 //! one no daemon holds is taken by whichever has room: neither makes this one unready.
 //!
 //! Every series is labelled `connector` (never with a URL: no secret reaches a label).

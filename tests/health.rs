@@ -175,6 +175,22 @@ async fn a_daemon_stopped_or_killed_leaves_no_connector_looking_streaming() {
     );
     assert!(database_exists(&store, "stale"));
 
+    // `connector wait` does not take the leftover row for streaming, and keeps its timeout
+    // while it waits for a daemon.
+    let started = Instant::now();
+    let out = daemon.cli(&["connector", "wait", "shop", "--timeout", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr(&out).contains("no daemon runs on this bookkeeping"),
+        "{}",
+        stderr(&out)
+    );
+
     // retry-setup has nothing to set up, and does not call the connector healthy.
     let out = daemon.cli(&["connector", "retry-setup", "shop"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

@@ -108,9 +108,18 @@ async fn wait(
     caught_up: bool,
     deadline: Option<Instant>,
 ) -> Result<(), Failure> {
-    // A daemon started a moment ago takes a few seconds to announce itself.
-    let started = Instant::now();
-    while bookkeeping.daemons_running().await? == 0 && started.elapsed() < DAEMON_START {
+    // A daemon started a moment ago takes a few seconds to announce itself; not longer
+    // than the caller's deadline.
+    let give_up = Instant::now() + DAEMON_START;
+    let give_up = deadline.map_or(give_up, |d| d.min(give_up));
+    let mut said = false;
+    while bookkeeping.daemons_running().await? == 0 && Instant::now() < give_up {
+        if !std::mem::replace(&mut said, true) {
+            say!(
+                "waiting for a daemon (`tributary run`) to take {}…",
+                connector.name
+            );
+        }
         tokio::time::sleep(POLL).await;
     }
     if bookkeeping.daemons_running().await? == 0 {
