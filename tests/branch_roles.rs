@@ -378,6 +378,31 @@ async fn a_branch_url_grants_only_that_branch(major: u32) {
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("the branch store's own role"), "{err}");
+    // A superuser owner would make the store's role one: refused, nothing granted.
+    let (code, _, err) = run(
+        &daemon,
+        &[
+            "branch",
+            "create",
+            "mine",
+            "--owner",
+            crate::harness::SUPERUSER,
+        ],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is a superuser"), "{err}");
+    assert_eq!(
+        store.psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member
+                  WHERE r.rolname = '{STORE_ROLE}'
+                    AND m.roleid = (SELECT oid FROM pg_roles WHERE rolname = '{}')",
+                crate::harness::SUPERUSER
+            )
+        ),
+        "0"
+    );
 
     // Delete drops the branch's role: the URL logs in no more.
     daemon.cli_ok(&["branch", "delete", "dev", "--force"]);

@@ -72,6 +72,12 @@ pub enum AccessError {
     )]
     OwnerIsStoreRole { role: RoleName },
     #[error(
+        "--owner {role} is a superuser: to give it the branch, the branch store's role would \
+         have to become a member of it, and with it a superuser. Give the branch to a role \
+         without SUPERUSER, or leave out --owner to give the branch a role of its own"
+    )]
+    OwnerIsSuperuser { role: RoleName },
+    #[error(
         "the branch store's role {store_role} cannot act as role {role} ({reason}): as a \
          superuser, or a role with ADMIN on {role}, run {}",
         membership_sql(role, store_role, *server_version_num)
@@ -142,6 +148,18 @@ pub async fn check(
             }
             if !exists(role).await.map_err(sql("looking up the role"))? {
                 return Err(AccessError::NoSuchOwner { role: role.clone() });
+            }
+            let superuser: bool = control
+                .query_one(
+                    "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = $1",
+                    &[&role.as_str()],
+                )
+                .await
+                .map_err(sql("looking up the role"))?
+                .get(0);
+            // Membership in a superuser makes one (16+: SET ROLE; before: inherited).
+            if superuser && !row.get::<_, bool>(0) {
+                return Err(AccessError::OwnerIsSuperuser { role: role.clone() });
             }
             // Before the copy, so that a role the store's may not become is refused early.
             act_as(&control, store, role).await?;
