@@ -174,6 +174,23 @@ async fn a_daemon_stopped_or_killed_leaves_no_connector_looking_streaming() {
         stderr(&out)
     );
     assert!(database_exists(&store, "stale"));
+    // Scripts read the staleness from the JSON too.
+    let out = daemon.cli(&[
+        "branch",
+        "create",
+        "stale2",
+        "--allow-stale",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        created["stale"]
+            .as_str()
+            .is_some_and(|s| s.contains("not streaming under a live daemon")),
+        "{created}"
+    );
 
     // `connector wait` does not take the leftover row for streaming, and keeps its timeout
     // while it waits for a daemon.

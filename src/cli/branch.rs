@@ -125,7 +125,7 @@ pub async fn run(
             };
             let connector = resolve_connector(bookkeeping, args.connector.as_deref()).await?;
             check_name(bookkeeping, &store, &name).await?;
-            check_current(bookkeeping, &connector, args.allow_stale).await?;
+            let stale = check_current(bookkeeping, &connector, args.allow_stale).await?;
             branch_access::check(&store, &name, &request).await?;
             let started = Instant::now();
             let cutter = ready_to_branch(bookkeeping, &store, &connector).await?;
@@ -154,7 +154,8 @@ pub async fn run(
                 &connector.name.to_string(),
                 cut.0,
                 &finished.given,
-            );
+            )
+            .stale(stale);
             if args.format == Format::Json {
                 print_url(&view, Format::Json)?;
             } else {
@@ -316,22 +317,23 @@ async fn resolve_connector(
 }
 
 /// Refuses a connector a branch of which would not be current (`control/health.rs`),
-/// unless `allow_stale`; then says how stale it is (on stderr, apart from the output).
+/// unless `allow_stale`; then says how stale it is (on stderr, apart from the output) and
+/// returns that, for the JSON output.
 async fn check_current(
     bookkeeping: &Bookkeeping,
     connector: &Connector,
     allow_stale: bool,
-) -> Result<(), Failure> {
+) -> Result<Option<String>, Failure> {
     let leases = bookkeeping.leases().await?;
     let health = health::assess(bookkeeping, connector, &leases, &Slot::Unknown)
         .await?
         .health;
     let Some(stale) = health::staleness(connector.name.as_str(), &health) else {
-        return Ok(());
+        return Ok(None);
     };
     if allow_stale {
         eprintln!("warning: {stale} (--allow-stale)");
-        return Ok(());
+        return Ok(Some(stale));
     }
     let next = health
         .problem()

@@ -53,6 +53,10 @@ pub(super) struct UrlView {
     /// `own_role` (created for the branch, dropped with it), `owner` (`--owner`) or
     /// `store_role` (made before branches had roles of their own).
     access: &'static str,
+    /// With `--allow-stale`: why the branch does not hold the source as it is, and as of
+    /// when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stale: Option<String>,
     #[serde(skip)]
     info: ConnInfo,
     #[serde(skip)]
@@ -63,6 +67,11 @@ pub(super) struct UrlView {
 }
 
 impl UrlView {
+    /// The view of a branch cut with `--allow-stale` from a connector that was not current.
+    pub(super) fn stale(self, stale: Option<String>) -> UrlView {
+        UrlView { stale, ..self }
+    }
+
     pub(super) fn of(
         store: &ConnInfo,
         name: &BranchName,
@@ -84,6 +93,7 @@ impl UrlView {
             url: info.url(shown),
             role: info.user.clone(),
             access: access_word(&given.access),
+            stale: None,
             info,
             given: given.access.clone(),
             word: name.shell_word(),
