@@ -71,9 +71,9 @@ pub async fn connect(info: &ConnInfo) -> Result<PgClient, ConnectError> {
         config
             .connect(MakeRustlsConnect::new(tls))
             .await
-            .map_err(|source| ConnectError::Postgres {
+            .map_err(|error| ConnectError::Postgres {
                 target: info.target(),
-                source,
+                error,
             })?;
     let connection = tokio::spawn(drive(connection, info.target()));
     Ok(PgClient { client, connection })
@@ -111,11 +111,12 @@ where
 pub enum ConnectError {
     #[error("TLS with {target}: {reason}")]
     Tls { target: String, reason: String },
-    #[error("connecting to {target}: {}", super::error_message(source))]
+    /// The message carries the cause's whole text, so the cause is not also a `source`
+    /// (reports that print the chain would say it twice).
+    #[error("connecting to {target}: {}", super::error_message(error))]
     Postgres {
         target: String,
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
 }
 
@@ -125,7 +126,7 @@ impl ConnectError {
     pub fn is_transient(&self) -> bool {
         match self {
             ConnectError::Tls { .. } => false,
-            ConnectError::Postgres { source, .. } => super::retry::postgres(source),
+            ConnectError::Postgres { error, .. } => super::retry::postgres(error),
         }
     }
 }

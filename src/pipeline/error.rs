@@ -119,7 +119,7 @@ impl PipelineError {
     fn is_credentials(&self) -> bool {
         match self {
             PipelineError::Source(e) => e.is_credentials(),
-            PipelineError::Connect(ConnectError::Postgres { source, .. }) => {
+            PipelineError::Connect(ConnectError::Postgres { error: source, .. }) => {
                 source.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
             }
             _ => false,

@@ -379,7 +379,7 @@ impl SinkError {
                 ..
             } => source,
             SinkError::Connect {
-                source: ConnectError::Postgres { source, .. },
+                source: ConnectError::Postgres { error: source, .. },
                 ..
             } => source,
             SinkError::NanArrivedAsNull { error, .. } => return error.sqlstate(),
@@ -411,7 +411,7 @@ pub(crate) fn kind_sql(kind: &ChangeKind) -> &'static str {
 
 fn connect_error(error: &ConnectError) -> String {
     match error {
-        ConnectError::Postgres { target, source } => format!("{target}: {}", describe(source)),
+        ConnectError::Postgres { target, error: source } => format!("{target}: {}", describe(source)),
         ConnectError::Tls { target, reason } => format!("TLS with {target}: {reason}"),
     }
 }
