@@ -82,12 +82,14 @@ pub enum NanAsNull {
 pub fn refuse_nan_as_null(columns: &[String], accept: &str, nothing_done: &str) -> Failure {
     anyhow!(
         "the source's wal2json is older than 2.6: it sends NaN, Infinity and -Infinity in \
-         numeric and float columns as null, so these {} column{} could differ silently on the \
+         numeric and float columns as null, so {} could differ silently on the \
          replica: {}. Upgrade wal2json on the source to 2.6 or newer (packaged for PostgreSQL \
          17 and 18 by Debian, or built from source), or accept that such values arrive as \
          NULL with {accept}. {nothing_done}",
-        columns.len(),
-        if columns.len() == 1 { "" } else { "s" },
+        match columns.len() {
+            1 => "this column".to_owned(),
+            n => format!("these {n} columns"),
+        },
         columns.join(", ")
     )
     .into()
