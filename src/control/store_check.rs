@@ -87,7 +87,8 @@ pub async fn check(store: &ConnInfo, sources: &[(String, u32)]) -> Report {
     }
 }
 
-/// The report when the role cannot log in: everything else is skipped.
+/// The report when no session with the store could be had (the server is not reachable,
+/// or the role cannot log in): everything else is skipped.
 fn login_failed(error: &str) -> Report {
     let mut checks = vec![Check::fail(
         LOGIN,
@@ -105,7 +106,7 @@ fn login_failed(error: &str) -> Report {
             DISK,
             BRANCH_COPY,
         ]
-        .map(|name| Check::skip(name, "the role cannot log in")),
+        .map(|name| Check::skip(name, "no session with the store (see login)")),
     );
     Report {
         checks,

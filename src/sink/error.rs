@@ -420,7 +420,8 @@ fn connect_error(error: &ConnectError) -> String {
 /// SQLSTATE, message, constraint and hint. Other errors as tokio-postgres prints them.
 pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     let Some(db) = error.as_db_error() else {
-        return error.to_string();
+        // With its causes: "error connecting to server" alone does not say why.
+        return crate::pg::error_message(error);
     };
     let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
     if let Some(constraint) = db.constraint() {
