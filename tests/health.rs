@@ -133,7 +133,7 @@ async fn a_daemon_stopped_or_killed_leaves_no_connector_looking_streaming() {
     assert!(
         text.contains("streaming (no daemon)")
             && text.contains("unknown")
-            && text.contains("replica holds the source as of")
+            && text.contains("replica holds the source at least as of")
             && !text.contains("0.0 s"),
         "{text}"
     );
@@ -160,7 +160,7 @@ async fn a_daemon_stopped_or_killed_leaves_no_connector_looking_streaming() {
     assert!(
         err.contains(
             "connector shop is not streaming under a live daemon (no daemon runs it: nothing \
-             is applied): a branch would hold the source as of "
+             is applied): a branch would hold the source at least as of "
         ) && err.contains(" s ago)")
             && err.contains("--allow-stale"),
         "{err}"

@@ -369,7 +369,7 @@ fn render(views: &[StatusView], format: Format, watching: bool) -> Result<String
             line!("    next step: {next}");
         }
         if let (None, Some(freshness)) = (v.apply_lag_seconds, v.freshness) {
-            line!("    replica holds the source as of {freshness}; apply lag unknown");
+            line!("    replica holds the source at least as of {freshness}; apply lag unknown");
         }
         if let (Some(how), Some(advice)) = (&v.slot_invalidation, v.slot_invalidation_advice) {
             line!("    slot invalidated by the source ({how}): {advice}");

@@ -270,7 +270,7 @@ pub fn staleness(name: &str, health: &Health) -> Option<String> {
     };
     let as_of = health.freshness.map_or_else(
         || "from a time unknown (no apply lag was ever recorded)".to_owned(),
-        |f| format!("as of {f}"),
+        |f| format!("at least as of {f}"),
     );
     Some(format!(
         "connector {name} is not streaming under a live daemon ({why}): a branch would hold \
@@ -646,7 +646,7 @@ mod tests {
             staleness("shop", &judge(&facts(Streaming, &nobody))).as_deref(),
             Some(
                 "connector shop is not streaming under a live daemon (no daemon runs it: \
-                 nothing is applied): a branch would hold the source as of 2001-09-09 \
+                 nothing is applied): a branch would hold the source at least as of 2001-09-09 \
                  01:46:38 UTC (42 s ago)"
             )
         );

@@ -338,7 +338,10 @@ impl ValueRemedy {
 fn connect_message(error: &ConnectError, side: Side) -> String {
     match error {
         ConnectError::Tls { target, reason } => format!("TLS with {target}: {reason}"),
-        ConnectError::Postgres { target, error: source } => {
+        ConnectError::Postgres {
+            target,
+            error: source,
+        } => {
             let which = match side {
                 Side::Source => "source",
                 Side::Replica => "branch store",

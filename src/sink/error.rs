@@ -411,7 +411,10 @@ pub(crate) fn kind_sql(kind: &ChangeKind) -> &'static str {
 
 fn connect_error(error: &ConnectError) -> String {
     match error {
-        ConnectError::Postgres { target, error: source } => format!("{target}: {}", describe(source)),
+        ConnectError::Postgres {
+            target,
+            error: source,
+        } => format!("{target}: {}", describe(source)),
         ConnectError::Tls { target, reason } => format!("TLS with {target}: {reason}"),
     }
 }
