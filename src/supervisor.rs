@@ -205,6 +205,7 @@ impl Supervisor {
         if let Err(e) = self.bookkeeping.sign_off(&self.owner).await {
             tracing::warn!("removing this daemon from the bookkeeping: {e}");
         }
+        tracing::info!(daemon = %self.owner, "pipelines stopped, leases released");
         Ok(())
     }
 
