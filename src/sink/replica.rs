@@ -275,7 +275,11 @@ pub async fn prepare_replica(
     database: &str,
     token: FencingToken,
 ) -> Result<(), SinkError> {
-    if !replica_exists(store, database).await? {
+    // A previous owner of the connector (a hand-over, a takeover) may be creating it at
+    // this moment: its CREATE DATABASE, not yet committed, makes ours fail with 23505 on
+    // pg_database's name index. Then wait for it to commit (or roll back) and look again.
+    let mut attempts = 0;
+    while !replica_exists(store, database).await? {
         let control = connect(store).await?;
         let created = control
             .batch_execute(&format!(
@@ -283,8 +287,13 @@ pub async fn prepare_replica(
                 quote_ident(database)
             ))
             .await;
-        match created {
-            Ok(()) => {
+        let code = created
+            .as_ref()
+            .err()
+            .and_then(|e| e.as_db_error())
+            .map(|db| db.code().code().to_owned());
+        match (created, code.as_deref()) {
+            (Ok(()), _) => {
                 // Only the store's role (its owner) connects: branch roles must not.
                 control
                     .batch_execute(&format!(
@@ -296,15 +305,21 @@ pub async fn prepare_replica(
                 tracing::info!(database, "created the replica database");
             }
             // Created by someone else in the meantime: fine, it is prepared below.
-            Err(e)
-                if e.as_db_error()
-                    .is_some_and(|db| db.code().code() == "42P04") => {}
-            Err(e) => return Err(setup(&store.dbname, "creating the replica database")(e)),
+            (Err(_), Some("42P04")) => {}
+            (Err(_), Some("23505")) if attempts < CONCURRENT_CREATE_ATTEMPTS => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            (Err(e), _) => return Err(setup(&store.dbname, "creating the replica database")(e)),
         }
     }
     let replica = connect(&store.with_dbname(database)).await?;
     claim(&replica, database, token).await
 }
+
+/// How often [`prepare_replica`] waits for a concurrent creation of the replica (200 ms
+/// each): a CREATE DATABASE copies `template0`, a matter of a second or two.
+const CONCURRENT_CREATE_ATTEMPTS: u32 = 150;
 
 /// The source table OIDs the replica recorded (empty for a replica made before they were).
 pub async fn source_tables(replica: &ConnInfo) -> Result<Vec<(TableName, u32)>, SinkError> {
