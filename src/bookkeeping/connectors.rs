@@ -1,17 +1,17 @@
-//! Connectors and what is recorded about them: state, source identity, snapshot progress
-//! per table, and the history of states.
+//! Connectors and what is recorded about them: state, source identity, apply lag, and the
+//! history of states (their tables are in `tables.rs`).
 //!
 //! Every change to a connector row is announced on [`super::NOTIFY_CHANNEL`] by a trigger,
 //! so nothing here notifies by hand. Counters and state changes that belong together are
 //! written in one transaction (`set_state` updates the row and appends the history).
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 
+use super::leases::hold_lease;
 use super::secrets::SOURCE_URL_AAD;
 use super::store::open_pool;
-use super::{Bookkeeping, Error};
+use super::tables::{insert_decisions, TableDecision};
+use super::{counter, Bookkeeping, Error};
 use crate::change::TableName;
 use crate::pg::conninfo::mask_password;
 use crate::pg::ConnInfo;
@@ -100,97 +100,6 @@ pub struct Failure {
     pub error: String,
     /// What the operator should do next, in one sentence.
     pub next_step: String,
-}
-
-/// How far the snapshot copy of one table got. Stored as its lower-case name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TableSyncState {
-    Pending,
-    Copying,
-    Copied,
-}
-
-impl TableSyncState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TableSyncState::Pending => "pending",
-            TableSyncState::Copying => "copying",
-            TableSyncState::Copied => "copied",
-        }
-    }
-
-    fn from_db(text: &str) -> Result<TableSyncState, Error> {
-        [
-            TableSyncState::Pending,
-            TableSyncState::Copying,
-            TableSyncState::Copied,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
-        .ok_or_else(|| Error::Corrupt(format!("table sync state {text:?}")))
-    }
-}
-
-impl fmt::Display for TableSyncState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What the operator decided about a table without a usable replica identity (see
-/// `migrations/0002_table_decisions.sql`). Stored as [`TableDecision::as_str`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TableDecision {
-    /// Never replicated.
-    Exclude,
-    /// The operator will add a primary key; excluded until then.
-    AddPk,
-    /// The operator sets `REPLICA IDENTITY FULL` on the source; excluded from a snapshot
-    /// that starts before they did.
-    ReplicaIdentityFull,
-}
-
-impl TableDecision {
-    pub const ALL: [TableDecision; 3] = [
-        TableDecision::Exclude,
-        TableDecision::AddPk,
-        TableDecision::ReplicaIdentityFull,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TableDecision::Exclude => "exclude",
-            TableDecision::AddPk => "add_pk",
-            TableDecision::ReplicaIdentityFull => "replica_identity_full",
-        }
-    }
-
-    /// The decision spelled `text`, as in a decisions file.
-    pub fn parse(text: &str) -> Option<TableDecision> {
-        TableDecision::ALL.into_iter().find(|d| d.as_str() == text)
-    }
-}
-
-impl fmt::Display for TableDecision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// [`TableStatus::decision`] of an unlogged table: its definition is in the replica, its
-/// rows never are (no change of an unlogged table is in the WAL).
-pub const UNLOGGED_TABLE: &str = "unlogged";
-
-/// One table of a connector's current snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableStatus {
-    pub table: TableName,
-    /// `include` for every table a snapshot copies; for a table it left out, the
-    /// [`TableDecision`] that excluded it, or [`UNLOGGED_TABLE`].
-    pub decision: String,
-    pub state: TableSyncState,
-    pub rows: u64,
-    pub bytes: u64,
 }
 
 /// One entry of a connector's history: the state it was put in, and from which.
@@ -719,160 +628,6 @@ impl Bookkeeping {
         Ok(())
     }
 
-    /// Replaces the connector's table rows with `tables`, for a new snapshot: each
-    /// `include`d, `pending`, with zero counters. Under the lease, like
-    /// [`Bookkeeping::set_state`].
-    pub async fn set_snapshot_tables(
-        &self,
-        id: ConnectorId,
-        lease: FencingToken,
-        tables: &[TableName],
-    ) -> Result<(), Error> {
-        let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
-        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-        let mut tx = self.pool.begin().await?;
-        // Also locks the connector against a concurrent delete while its rows are replaced.
-        hold_lease(&mut tx, id, lease).await?;
-        sqlx::query("DELETE FROM tributary.connector_tables WHERE connector_id = $1")
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO tributary.connector_tables
-                 (connector_id, schema_name, table_name, decision, sync_state)
-             SELECT $1, t.schema_name, t.table_name, 'include', 'pending'
-             FROM unnest($2::text[], $3::text[]) AS t (schema_name, table_name)",
-        )
-        .bind(id.0)
-        .bind(&schemas)
-        .bind(&names)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// The operator's decisions about the connector's tables without a usable replica
-    /// identity, ordered by schema and name.
-    pub async fn table_decisions(
-        &self,
-        id: ConnectorId,
-    ) -> Result<Vec<(TableName, TableDecision)>, Error> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT schema_name, table_name, decision FROM tributary.table_decisions
-             WHERE connector_id = $1
-             ORDER BY schema_name, table_name",
-        )
-        .bind(id.0)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(schema, name, decision)| {
-                let decision = TableDecision::parse(&decision)
-                    .ok_or_else(|| Error::Corrupt(format!("table decision {decision:?}")))?;
-                Ok((TableName { schema, name }, decision))
-            })
-            .collect()
-    }
-
-    /// Adds the tables the current snapshot leaves out to its table rows (after
-    /// [`Bookkeeping::set_snapshot_tables`]), each with the decision that excluded it, and
-    /// its unlogged tables as [`UNLOGGED_TABLE`]. Under the lease.
-    pub async fn set_excluded_tables(
-        &self,
-        id: ConnectorId,
-        lease: FencingToken,
-        excluded: &[(TableName, TableDecision)],
-        unlogged: &[TableName],
-    ) -> Result<(), Error> {
-        let (mut schemas, mut names, mut decided) = decision_columns(excluded);
-        for table in unlogged {
-            schemas.push(table.schema.as_str());
-            names.push(table.name.as_str());
-            decided.push(UNLOGGED_TABLE);
-        }
-        let mut tx = self.pool.begin().await?;
-        hold_lease(&mut tx, id, lease).await?;
-        sqlx::query(
-            "INSERT INTO tributary.connector_tables
-                 (connector_id, schema_name, table_name, decision, sync_state)
-             SELECT $1, t.schema_name, t.table_name, t.decision, 'pending'
-             FROM unnest($2::text[], $3::text[], $4::text[])
-                  AS t (schema_name, table_name, decision)",
-        )
-        .bind(id.0)
-        .bind(&schemas)
-        .bind(&names)
-        .bind(&decided)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Adds `rows` and `bytes` (increments, not totals) to the table's counters and sets
-    /// its state.
-    pub async fn table_progress(
-        &self,
-        id: ConnectorId,
-        table: &TableName,
-        rows: u64,
-        bytes: u64,
-        state: TableSyncState,
-    ) -> Result<(), Error> {
-        let updated = sqlx::query(
-            "UPDATE tributary.connector_tables
-             SET rows_copied = rows_copied + $4, bytes_copied = bytes_copied + $5,
-                 sync_state = $6
-             WHERE connector_id = $1 AND schema_name = $2 AND table_name = $3",
-        )
-        .bind(id.0)
-        .bind(&table.schema)
-        .bind(&table.name)
-        .bind(counter(rows))
-        .bind(counter(bytes))
-        .bind(state.as_str())
-        .execute(&self.pool)
-        .await?;
-        if updated.rows_affected() == 0 {
-            if self.connector_by_id(id).await?.is_none() {
-                return Err(Error::NotFound(id));
-            }
-            return Err(Error::UnknownTable {
-                connector: id,
-                table: format!("{}.{}", table.schema, table.name),
-            });
-        }
-        Ok(())
-    }
-
-    /// The tables of the connector's current snapshot, ordered by schema and name.
-    pub async fn tables(&self, id: ConnectorId) -> Result<Vec<TableStatus>, Error> {
-        let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT schema_name, table_name, decision, sync_state, rows_copied, bytes_copied
-             FROM tributary.connector_tables
-             WHERE connector_id = $1
-             ORDER BY schema_name, table_name",
-        )
-        .bind(id.0)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(schema, name, decision, state, rows, bytes)| {
-                let count = |n: i64| {
-                    u64::try_from(n).map_err(|_| Error::Corrupt(format!("negative counter {n}")))
-                };
-                Ok(TableStatus {
-                    table: TableName { schema, name },
-                    decision,
-                    state: TableSyncState::from_db(&state)?,
-                    rows: count(rows)?,
-                    bytes: count(bytes)?,
-                })
-            })
-            .collect()
-    }
-
     /// The connector's state changes, oldest first.
     pub async fn history(&self, id: ConnectorId) -> Result<Vec<StateChange>, Error> {
         let rows: Vec<(Option<String>, String, Option<String>, i64)> = sqlx::query_as(
@@ -895,35 +650,6 @@ impl Bookkeeping {
             })
             .collect()
     }
-}
-
-/// Locks connector `id` for the rest of `tx` if `lease` is its current token; otherwise
-/// [`Error::LeaseLost`] (or [`Error::NotFound`] for a deleted connector). The connector's
-/// row is locked first (`FOR NO KEY UPDATE`, as a delete would, so the two queue instead of
-/// deadlocking), then the lease row with `FOR KEY SHARE`: the lease cannot be taken over
-/// before `tx` ends, yet its holder can still renew it meanwhile.
-async fn hold_lease(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    id: ConnectorId,
-    lease: FencingToken,
-) -> Result<(), Error> {
-    sqlx::query_scalar::<_, i64>(
-        "SELECT id FROM tributary.connectors WHERE id = $1 FOR NO KEY UPDATE",
-    )
-    .bind(id.0)
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or(Error::NotFound(id))?;
-    let held: Option<i64> = sqlx::query_scalar(
-        "SELECT connector_id FROM tributary.leases
-          WHERE connector_id = $1 AND token = $2 AND expires_at > now()
-            FOR KEY SHARE",
-    )
-    .bind(id.0)
-    .bind(lease.0)
-    .fetch_optional(&mut **tx)
-    .await?;
-    held.map(|_| ()).ok_or(Error::LeaseLost(id))
 }
 
 /// Within `tx`: forgets the key's fingerprint once nothing sealed with the key is left (no
@@ -979,39 +705,6 @@ async fn record_state(
     Ok(())
 }
 
-/// Within `tx`: records the connector's decisions.
-async fn insert_decisions(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    id: ConnectorId,
-    decisions: &[(TableName, TableDecision)],
-) -> Result<(), Error> {
-    let (schemas, names, decided) = decision_columns(decisions);
-    sqlx::query(
-        "INSERT INTO tributary.table_decisions
-             (connector_id, schema_name, table_name, decision)
-         SELECT $1, d.schema_name, d.table_name, d.decision
-         FROM unnest($2::text[], $3::text[], $4::text[])
-              AS d (schema_name, table_name, decision)",
-    )
-    .bind(id.0)
-    .bind(&schemas)
-    .bind(&names)
-    .bind(&decided)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Decisions as the three parallel arrays an `unnest` insert binds.
-fn decision_columns(
-    decisions: &[(TableName, TableDecision)],
-) -> (Vec<&str>, Vec<&str>, Vec<&'static str>) {
-    let schemas = decisions.iter().map(|(t, _)| t.schema.as_str()).collect();
-    let names = decisions.iter().map(|(t, _)| t.name.as_str()).collect();
-    let decided = decisions.iter().map(|(_, d)| d.as_str()).collect();
-    (schemas, names, decided)
-}
-
 fn parse_state(text: &str) -> Result<PipelineState, Error> {
     text.parse()
         .map_err(|e: crate::state::UnknownState| Error::Corrupt(e.to_string()))
@@ -1020,12 +713,6 @@ fn parse_state(text: &str) -> Result<PipelineState, Error> {
 fn timestamp(micros: i64) -> Result<DateTime<Utc>, Error> {
     DateTime::from_timestamp_micros(micros)
         .ok_or_else(|| Error::Corrupt(format!("timestamp of {micros} µs since 1970")))
-}
-
-/// A counter increment as bigint. Beyond `i64::MAX` the sum fails in the database, which
-/// is as good as anything for a number that cannot occur.
-fn counter(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 pub(super) fn found(rows_affected: u64, id: ConnectorId) -> Result<(), Error> {

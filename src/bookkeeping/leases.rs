@@ -258,3 +258,32 @@ impl Bookkeeping {
             .collect())
     }
 }
+
+/// Locks connector `id` for the rest of `tx` if `lease` is its current token; otherwise
+/// [`Error::LeaseLost`] (or [`Error::NotFound`] for a deleted connector). The connector's
+/// row is locked first (`FOR NO KEY UPDATE`, as a delete would, so the two queue instead of
+/// deadlocking), then the lease row with `FOR KEY SHARE`: the lease cannot be taken over
+/// before `tx` ends, yet its holder can still renew it meanwhile.
+pub(super) async fn hold_lease(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: ConnectorId,
+    lease: FencingToken,
+) -> Result<(), Error> {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT id FROM tributary.connectors WHERE id = $1 FOR NO KEY UPDATE",
+    )
+    .bind(id.0)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(Error::NotFound(id))?;
+    let held: Option<i64> = sqlx::query_scalar(
+        "SELECT connector_id FROM tributary.leases
+          WHERE connector_id = $1 AND token = $2 AND expires_at > now()
+            FOR KEY SHARE",
+    )
+    .bind(id.0)
+    .bind(lease.0)
+    .fetch_optional(&mut **tx)
+    .await?;
+    held.map(|_| ()).ok_or(Error::LeaseLost(id))
+}

@@ -40,13 +40,18 @@ mod keys;
 mod leases;
 mod secrets;
 mod store;
+mod tables;
 
 pub use branches::{Branch, BranchAccess, BranchLock, BranchState};
-pub use connectors::{
-    ApplyLag, Connector, Failure, SetupChange, SetupRequest, StateChange, TableDecision,
-    TableStatus, TableSyncState, UNLOGGED_TABLE,
-};
+pub use connectors::{ApplyLag, Connector, Failure, SetupChange, SetupRequest, StateChange};
 pub use credentials::SourceSeen;
 pub use error::Error;
 pub use leases::Lease;
 pub use store::{Bookkeeping, BRANCH_CHANNEL, NOTIFY_CHANNEL};
+pub use tables::{TableDecision, TableStatus, TableSyncState, UNLOGGED_TABLE};
+
+/// A counter increment as bigint. Beyond `i64::MAX` the sum fails in the database, which
+/// is as good as anything for a number that cannot occur.
+fn counter(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
