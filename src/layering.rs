@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// Each constrained module with every module of the crate it may name.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("types", &[]),
+    ("crash", &[]),
     ("state", &[]),
     ("change", &["types"]),
     ("pg", &["types"]),
@@ -23,6 +24,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "bookkeeping",
             "change",
+            "crash",
             "pg",
             "pipeline",
             "settings",

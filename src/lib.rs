@@ -4,6 +4,7 @@ pub mod bookkeeping;
 pub mod change;
 pub mod cli;
 pub mod control;
+pub mod crash;
 pub mod metrics;
 pub mod pg;
 pub mod pipeline;

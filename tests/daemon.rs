@@ -101,6 +101,15 @@ impl Daemon {
         self
     }
 
+    /// Makes later starts and CLI calls kill themselves with SIGKILL at `point`
+    /// (`src/crash.rs`); `None` lets them run through it again.
+    pub fn crash_at(&mut self, point: Option<tributary::crash::CrashPoint>) -> &mut Daemon {
+        match point {
+            Some(point) => self.set(tributary::crash::ENV, point.name()),
+            None => self.unset(tributary::crash::ENV),
+        }
+    }
+
     /// Removes an environment variable, so that later starts use the setting's default.
     pub fn unset(&mut self, key: &str) -> &mut Daemon {
         self.env.retain(|(k, _)| k != key);

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::capture::prepare as prepare_capture;
 use crate::bookkeeping::{Bookkeeping, Connector, TableDecision, TableSyncState, UNLOGGED_TABLE};
 use crate::change::{NanPolicy, TableName};
+use crate::crash::{self, CrashPoint};
 use crate::metrics::METRICS;
 use crate::pg::{self, ConnInfo, PgClient};
 use crate::pipeline::ddl::DdlTracker;
@@ -615,6 +616,7 @@ async fn snapshot(
             never = &mut explain => match never {},
         }
     };
+    crash::reach(CrashPoint::AfterSlotBeforeFirstCommit);
     let snapshot_name = created.snapshot_name.ok_or_else(|| {
         PipelineError::definite(
             "the source did not export a snapshot",
@@ -697,6 +699,7 @@ async fn snapshot(
                 remaining = remaining.saturating_sub(1);
                 metrics.snapshot_tables_remaining.set(remaining as i64);
                 tracing::info!(table = %format!("{}.{}", table.schema, table.name), remaining, "table copied");
+                crash::reach(CrashPoint::AfterCopyBeforeProgress);
                 TableSyncState::Copied
             } else {
                 TableSyncState::Copying
