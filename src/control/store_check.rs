@@ -117,12 +117,36 @@ fn login_failed(error: &str) -> Report {
 /// Judges the facts (pure): the checks in order and the grant script.
 pub fn judge(facts: &StoreFacts) -> Report {
     let role = quote_ident(&facts.role);
-    let mut checks = vec![Check::pass(
-        LOGIN,
-        format!("as {} to database {:?}", facts.role, facts.database),
-    )];
     let mut script = Vec::new();
+    // In order: each check that fails adds its lines to the script as it is judged.
+    let checks = vec![
+        Check::pass(
+            LOGIN,
+            format!("as {} to database {:?}", facts.role, facts.database),
+        ),
+        version(facts),
+        createdb(facts, &role, &mut script),
+        apply_session(facts, &role, &mut script),
+        schema(facts, &role, &mut script),
+        createrole(facts, &role, &mut script),
+        free_disk(facts),
+        branch_copy(facts),
+    ];
+    Report {
+        checks,
+        grant_script: (!script.is_empty()).then(|| {
+            format!(
+                "-- Run as a superuser on the branch store, in database {}.\n{}\n",
+                quote_ident(&facts.database),
+                script.join("\n")
+            )
+        }),
+        ..Report::default()
+    }
+}
 
+/// The server's version: new enough, and at least every recorded source's.
+fn version(facts: &StoreFacts) -> Check {
     let too_old: Vec<String> = facts
         .sources
         .iter()
@@ -132,7 +156,7 @@ pub fn judge(facts: &StoreFacts) -> Report {
                 .map(|e| format!("{name}: {e}"))
         })
         .collect();
-    checks.push(if facts.server_major < MIN_MAJOR {
+    if facts.server_major < MIN_MAJOR {
         Check::fail(
             VERSION,
             format!("PostgreSQL {}", facts.server_major),
@@ -155,9 +179,12 @@ pub fn judge(facts: &StoreFacts) -> Report {
                 ),
             },
         )
-    });
+    }
+}
 
-    checks.push(if facts.createdb || facts.superuser {
+/// CREATEDB, for the replica and branch databases.
+fn createdb(facts: &StoreFacts, role: &str, script: &mut Vec<String>) -> Check {
+    if facts.createdb || facts.superuser {
         Check::pass(CREATEDB, "yes: creates the replica and branch databases")
     } else {
         script.push(format!("ALTER ROLE {role} CREATEDB;"));
@@ -166,9 +193,12 @@ pub fn judge(facts: &StoreFacts) -> Report {
             "no: the role cannot create replica and branch databases",
             format!("as a superuser: ALTER ROLE {role} CREATEDB;"),
         )
-    });
+    }
+}
 
-    checks.push(match &facts.apply_session {
+/// Whether apply sessions may set `session_replication_role`.
+fn apply_session(facts: &StoreFacts, role: &str, script: &mut Vec<String>) -> Check {
+    match &facts.apply_session {
         Ok(()) => Check::pass(APPLY, "may be set to replica (apply sessions)"),
         Err(error) if facts.apply_denied => {
             if facts.server_major >= 15 {
@@ -193,9 +223,12 @@ pub fn judge(facts: &StoreFacts) -> Report {
             format!("an apply session could not be opened: {error}"),
             "see the error",
         ),
-    });
+    }
+}
 
-    checks.push(match &facts.schema {
+/// The bookkeeping schema: owned by the role, or creatable by it.
+fn schema(facts: &StoreFacts, role: &str, script: &mut Vec<String>) -> Check {
+    match &facts.schema {
         SchemaAccess::Owns => Check::pass(SCHEMA, "schema tributary, owned by the role"),
         SchemaAccess::Absent { may_create: true } => Check::pass(
             SCHEMA,
@@ -221,9 +254,12 @@ pub fn judge(facts: &StoreFacts) -> Report {
                 format!("as a superuser: ALTER SCHEMA tributary OWNER TO {role};"),
             )
         }
-    });
+    }
+}
 
-    checks.push(if facts.createrole || facts.superuser {
+/// CREATEROLE, for the branches' login roles (a warning: replication works without).
+fn createrole(facts: &StoreFacts, role: &str, script: &mut Vec<String>) -> Check {
+    if facts.createrole || facts.superuser {
         Check::pass(CREATEROLE, "yes: may create per-branch login roles")
     } else {
         script.push(format!("ALTER ROLE {role} CREATEROLE;"));
@@ -232,9 +268,12 @@ pub fn judge(facts: &StoreFacts) -> Report {
             "no: branches cannot get login roles of their own",
             format!("as a superuser: ALTER ROLE {role} CREATEROLE;"),
         )
-    });
+    }
+}
 
-    checks.push(match &facts.disk {
+/// Free disk, where this machine can see the data directory.
+fn free_disk(facts: &StoreFacts) -> Check {
+    match &facts.disk {
         Disk::Known {
             directory,
             free_bytes,
@@ -244,20 +283,6 @@ pub fn judge(facts: &StoreFacts) -> Report {
             format!("{} free for {directory}", human_bytes(*free_bytes)),
         ),
         Disk::Unknown(why) => Check::skip(DISK, format!("unknown: {why}")),
-    });
-
-    checks.push(branch_copy(facts));
-
-    Report {
-        checks,
-        grant_script: (!script.is_empty()).then(|| {
-            format!(
-                "-- Run as a superuser on the branch store, in database {}.\n{}\n",
-                quote_ident(&facts.database),
-                script.join("\n")
-            )
-        }),
-        ..Report::default()
     }
 }
 
