@@ -125,3 +125,155 @@ async fn killed_between_slot_creation_and_the_first_commit() {
 async fn killed_after_a_table_is_copied_before_its_progress_row() {
     killed_at_then_recovers(CrashPoint::AfterCopyBeforeProgress).await;
 }
+
+/// The branch `name` exists complete: its content the source's (quiet since the replica
+/// converged), its own record at the copy's position, its sequences the source's, listed
+/// ready and alone.
+#[track_caller]
+fn assert_branch_complete(source: &Cluster, store: &Cluster, name: &str) {
+    assert_eq!(
+        crate::daemon::content(store, name, &["public"]),
+        crate::daemon::content(source, "shop", &["public"]),
+        "the branch holds the replica, which holds the source"
+    );
+    assert_eq!(
+        store.psql(name, "SELECT name || ' ' || lsn FROM tributary.branch"),
+        format!(
+            "{name} {}",
+            store.psql(name, "SELECT lsn FROM tributary.applied")
+        ),
+        "tributary.branch records the copy's own position"
+    );
+    assert_eq!(
+        store.psql(name, "SELECT last_value FROM orders_id_seq"),
+        source.psql("shop", "SELECT last_value FROM orders_id_seq"),
+        "sequences are set from the source"
+    );
+    assert_eq!(
+        store.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'")
+        ),
+        "1"
+    );
+}
+
+/// `branch list`: each branch's name and state.
+fn listed(daemon: &Daemon) -> Vec<(String, String)> {
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&daemon.cli_ok(&["branch", "list", "--format", "json"])).unwrap();
+    list.iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_owned(),
+                b["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A source whose replica has converged under a running daemon, quiet from then on.
+async fn converged(point: CrashPoint) -> (Cluster, Cluster, Daemon) {
+    let (source, store, mut daemon) = installation(point);
+    daemon.create_connector(&source.url("repl", None, "shop"), "shop", "public");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    source.psql(
+        "shop",
+        "SET ROLE app; INSERT INTO orders (item) VALUES (1);",
+    );
+    wait_converged(
+        &source,
+        "shop",
+        &store,
+        "shop_replica",
+        &["public"],
+        &daemon,
+    )
+    .await;
+    (source, store, daemon)
+}
+
+#[tokio::test]
+async fn killed_during_a_branch_cut_by_the_pipeline() {
+    let (source, store, mut daemon) = converged(CrashPoint::DuringBranchCut).await;
+    let waiting = daemon.cli_spawn(&["branch", "create", "b1"]);
+    let status = daemon.wait_exit();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the pipeline must die at the cut:\n{}",
+        daemon.log_tail()
+    );
+    assert!(daemon
+        .log_tail()
+        .contains(CrashPoint::DuringBranchCut.name()));
+
+    // The command waits for the copy; the restarted daemon cuts the branch again.
+    daemon.crash_at(None);
+    daemon.start();
+    let out = tokio::task::spawn_blocking(move || waiting.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log_tail()
+    );
+    assert_branch_complete(&source, &store, "b1");
+    assert_eq!(listed(&daemon), [("b1".to_owned(), "ready".to_owned())]);
+}
+
+#[tokio::test]
+async fn killed_during_a_branch_cut_by_the_command() {
+    let (source, store, mut daemon) = converged(CrashPoint::DuringBranchCut).await;
+    // Without a daemon the command copies the replica itself.
+    daemon.terminate();
+    let killed = |daemon: &Daemon| {
+        let out = daemon.cli(&["branch", "create", "b1", "--allow-stale"]);
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "the command must die at the cut:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains(CrashPoint::DuringBranchCut.name()));
+    };
+    killed(&daemon);
+    assert_eq!(listed(&daemon), [("b1".to_owned(), "cutting".to_owned())]);
+    daemon.crash_at(None);
+
+    // Deleted: the partial copy goes with the record, and the name is free again.
+    let out = daemon.cli_ok(&["branch", "delete", "b1"]);
+    assert!(out.contains("✓ Deleted branch b1"), "{out}");
+    assert_eq!(listed(&daemon), []);
+    assert_eq!(
+        store.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'b1'"
+        ),
+        "0"
+    );
+
+    // Or created again: the interrupted cut is cleaned up first.
+    daemon.crash_at(Some(CrashPoint::DuringBranchCut));
+    killed(&daemon);
+    daemon.crash_at(None);
+    let out = daemon.cli(&["branch", "create", "b1", "--allow-stale"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("last cut of branch b1 was interrupted"),
+        "says what it cleaned up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_branch_complete(&source, &store, "b1");
+    assert_eq!(listed(&daemon), [("b1".to_owned(), "ready".to_owned())]);
+}
