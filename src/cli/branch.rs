@@ -204,8 +204,8 @@ impl Spinner {
             }
             Progress::CleanedUp { branch } => {
                 eprintln!(
-                    "warning: the last cut of branch {branch} was interrupted (the process \
-                     copying it ended): its partial copy is dropped, the branch is made anew"
+                    "warning: an earlier `branch create` or `reset` of {branch} did not finish \
+                     (its process ended): what it left is dropped, the branch is made anew"
                 );
                 return;
             }

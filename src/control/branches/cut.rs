@@ -26,8 +26,8 @@ pub enum Progress {
         connector: ConnectorName,
         branch: BranchName,
     },
-    /// A cut of the branch's name whose cutter died was cleaned up: its partial copy
-    /// dropped, its record forgotten.
+    /// A branch of the name that a command which died left unfinished was cleaned up: its
+    /// database, the role made for it and its record dropped.
     CleanedUp { branch: BranchName },
     /// `--force` ended this many client sessions connected to the branch.
     EndedSessions { count: usize, branch: BranchName },

@@ -88,11 +88,13 @@ pub(super) fn delete_step(state: BranchState, lock_free: bool) -> DeleteStep {
     }
 }
 
-/// Whether a recorded branch of the name a new branch wants is a cut whose cutter died:
-/// `cutting` with nobody holding its lock. Its partial copy is dropped and the name is
-/// free again; anything else is a branch (or a cut) in its own right.
-pub(super) fn interrupted_cut(state: BranchState, lock_free: bool) -> bool {
-    state == BranchState::Cutting && lock_free
+/// Whether a recorded branch of the name a new branch wants was left unfinished by a
+/// command that died, judged by a caller holding the name's making lock (so no other
+/// command is making it): not ready, and nobody cutting it (a pipeline still cutting one
+/// leaves it `copied`, abandoned then). What it left is dropped and the name is free
+/// again.
+pub(super) fn abandoned(state: BranchState, cut_lock_free: bool) -> bool {
+    state != BranchState::Ready && cut_lock_free
 }
 
 /// The value and `is_called` to `setval` a branch's sequence to, from the source's
@@ -187,20 +189,23 @@ mod tests {
     }
 
     #[test]
-    fn interrupted_cuts() {
+    fn abandoned_branches() {
         use BranchState::*;
-        for (state, lock_free, expected) in [
+        for (state, cut_lock_free, expected) in [
+            (Requested, true, true),
+            // A pipeline claims it right now, or cuts it: it will be `copied` for nobody.
+            (Requested, false, false),
             (Cutting, true, true),
             (Cutting, false, false),
-            (Requested, true, false),
-            (Copied, true, false),
+            (Copied, true, true),
+            (Failed, true, true),
             (Ready, true, false),
-            (Failed, true, false),
+            (Ready, false, false),
         ] {
             assert_eq!(
-                interrupted_cut(state, lock_free),
+                abandoned(state, cut_lock_free),
                 expected,
-                "{state:?} {lock_free}"
+                "{state:?} {cut_lock_free}"
             );
         }
     }

@@ -6,7 +6,7 @@ use super::cut::{cut, ready_to_branch, Order, Progress};
 use super::decide::{self, Choice, DeleteStep};
 use super::finish::{finish, Finished, Given, Handing};
 use super::{store_error, BranchError};
-use crate::bookkeeping::{Bookkeeping, Branch, BranchAccess, BranchState, Connector};
+use crate::bookkeeping::{Bookkeeping, Branch, BranchAccess, BranchLock, BranchState, Connector};
 use crate::control::branch_access::{self, AccessRequest};
 use crate::control::health::{self, Slot};
 use crate::pg::{self, ConnInfo};
@@ -48,6 +48,7 @@ pub async fn create(
 ) -> Result<Created, BranchError> {
     let name = request.name;
     let connector = resolve_connector(bookkeeping, request.connector.as_deref()).await?;
+    let _making = making(bookkeeping, &name).await?;
     check_name(bookkeeping, store, &name, progress).await?;
     let stale = check_current(bookkeeping, &connector, request.allow_stale).await?;
     if let Some(stale) = &stale {
@@ -98,6 +99,7 @@ pub async fn reset(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Created, BranchError> {
     let branch = recorded(bookkeeping, store, name).await?;
+    let _making = making(bookkeeping, &branch.name).await?;
     let connector = match branch.connector_id {
         Some(id) => bookkeeping.connector_by_id(id).await?,
         None => None,
@@ -223,7 +225,7 @@ pub async fn url(
 ) -> Result<UrlFacts, BranchError> {
     let branch = recorded(bookkeeping, store, name).await?;
     let lsn = match (branch.state, branch.lsn) {
-        (BranchState::Copied | BranchState::Ready, Some(lsn)) => lsn,
+        (BranchState::Ready, Some(lsn)) => lsn,
         (state, _) => {
             return Err(BranchError::NoUrlYet {
                 name: branch.name,
@@ -311,8 +313,9 @@ async fn check_current(
 }
 
 /// Refuses the names of the control, replica and template databases and names taken by a
-/// branch or any other database. A cut of the name whose cutter died is cleaned up
-/// instead: its partial copy dropped, its record forgotten.
+/// branch or any other database. A branch of the name that a command which died left
+/// unfinished is cleaned up instead (`decide::abandoned`): its database, the role made for
+/// it and its record dropped. The caller holds the name's making lock.
 async fn check_name(
     bookkeeping: &Bookkeeping,
     store: &ConnInfo,
@@ -324,10 +327,17 @@ async fn check_name(
     }
     if let Some(branch) = bookkeeping.branch(name).await? {
         let lock = bookkeeping.try_lock_branch(name).await?;
-        if !decide::interrupted_cut(branch.state, lock.is_some()) {
-            return Err(BranchError::Exists { name: name.clone() });
+        if !decide::abandoned(branch.state, lock.is_some()) {
+            return Err(match branch.state {
+                BranchState::Ready => BranchError::Exists { name: name.clone() },
+                _ => BranchError::BeingCut { name: name.clone() },
+            });
         }
+        // Holding its lock: no pipeline claims or cuts it meanwhile.
         sink::drop_database(store, name.as_str(), true).await?;
+        if let BranchAccess::OwnRole(role) = &branch.access {
+            branch_access::drop_role(store, role).await?;
+        }
         bookkeeping.forget_branch(name).await?;
         progress(Progress::CleanedUp {
             branch: name.clone(),
@@ -337,6 +347,15 @@ async fn check_name(
         return Err(BranchError::DatabaseExists { name: name.clone() });
     }
     Ok(())
+}
+
+/// The making lock of the branch `name`, held by whoever creates or resets it until it is
+/// ready.
+async fn making(bookkeeping: &Bookkeeping, name: &BranchName) -> Result<BranchLock, BranchError> {
+    bookkeeping
+        .try_lock_branch_making(name)
+        .await?
+        .ok_or_else(|| BranchError::BeingCut { name: name.clone() })
 }
 
 async fn database_exists(store: &ConnInfo, name: &str) -> Result<bool, BranchError> {
