@@ -247,6 +247,14 @@ async fn killed_during_a_branch_cut_by_the_command() {
     assert_eq!(listed(&daemon), [("b1".to_owned(), "cutting".to_owned())]);
     daemon.crash_at(None);
 
+    let out = daemon.cli(&["branch", "reset", "b1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("left unfinished by a command that ended"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Deleted: the partial copy goes with the record, and the name is free again.
     let out = daemon.cli_ok(&["branch", "delete", "b1"]);
     assert!(out.contains("✓ Deleted branch b1"), "{out}");

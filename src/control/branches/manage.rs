@@ -118,8 +118,9 @@ pub async fn reset(
         .try_lock_branch(&branch.name)
         .await?
         .ok_or_else(being_cut)?;
+    // Holding both its locks: nobody makes or cuts it, whoever asked for it has ended.
     if matches!(branch.state, BranchState::Requested | BranchState::Cutting) {
-        return Err(being_cut());
+        return Err(BranchError::Abandoned { name: branch.name });
     }
     drop_branch_database(store, &branch.name, force, progress).await?;
     let (lsn, paused) = match cut(

@@ -92,6 +92,12 @@ pub enum BranchError {
     )]
     BeingCut { name: BranchName },
     #[error(
+        "branch {name} was left unfinished by a command that ended: `tributary branch create \
+         {word}` makes it anew, `tributary branch delete {word}` removes it",
+        word = name.shell_word()
+    )]
+    Abandoned { name: BranchName },
+    #[error(
         "connector {connector} is not ready to branch ({state}): a branch needs a complete \
          snapshot; wait until `tributary connector list` shows it ready"
     )]
