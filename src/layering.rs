@@ -14,7 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("pg", &["types"]),
     ("settings", &["pg", "types"]),
     ("source", &["change", "pg", "types"]),
-    ("sink", &["change", "pg", "types"]),
+    ("sink", &["change", "crash", "pg", "types"]),
     (
         "bookkeeping",
         &["change", "pg", "settings", "state", "types"],

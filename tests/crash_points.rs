@@ -1,7 +1,8 @@
 //! Named crash points (`src/crash.rs`): the daemon is killed with SIGKILL exactly inside a
 //! window a random kill -9 rarely hits, under a write load by the application's role, and
 //! a restarted daemon must end with the replica equal to the source and nothing left over
-//! on the source.
+//! on the source. A branch cut killed (in the daemon's pipeline, or in `branch create`)
+//! ends complete after a restart or a retry, or is deleted and made again, never half-made.
 
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,12 +11,12 @@ use std::time::Duration;
 
 use tributary::crash::CrashPoint;
 
-use crate::daemon::{wait_converged, Daemon};
+use crate::daemon::{lock_replica_table, wait_converged, Daemon};
 use crate::harness::Cluster;
 
 /// A source with an application owner writing two tables and a replication role reading
 /// them, a store, and a daemon that will die at `point`.
-fn installation(point: CrashPoint) -> (Cluster, Cluster, Daemon) {
+fn installation(point: Option<CrashPoint>) -> (Cluster, Cluster, Daemon) {
     let source = Cluster::start();
     let store = Cluster::builder().major(source.major()).start();
     source.create_database("shop");
@@ -39,7 +40,7 @@ fn installation(point: CrashPoint) -> (Cluster, Cluster, Daemon) {
         "TRIBUTARY_PG_BINDIR",
         &source.bindir().display().to_string(),
     );
-    daemon.crash_at(Some(point));
+    daemon.crash_at(point);
     (source, store, daemon)
 }
 
@@ -71,7 +72,7 @@ fn app_writes(source: &Cluster, stop: Arc<AtomicBool>) -> tokio::task::JoinHandl
 }
 
 async fn killed_at_then_recovers(point: CrashPoint) {
-    let (source, store, mut daemon) = installation(point);
+    let (source, store, mut daemon) = installation(Some(point));
     let stop = Arc::new(AtomicBool::new(false));
     let writes = app_writes(&source, stop.clone());
     daemon.create_connector(&source.url("repl", None, "shop"), "shop", "public");
@@ -124,4 +125,229 @@ async fn killed_between_slot_creation_and_the_first_commit() {
 #[tokio::test]
 async fn killed_after_a_table_is_copied_before_its_progress_row() {
     killed_at_then_recovers(CrashPoint::AfterCopyBeforeProgress).await;
+}
+
+/// The branch `name` exists complete: its content the source's (quiet since the replica
+/// converged), its own record at the copy's position, its sequences the source's, listed
+/// ready and alone.
+#[track_caller]
+fn assert_branch_complete(source: &Cluster, store: &Cluster, name: &str) {
+    assert_eq!(
+        crate::daemon::content(store, name, &["public"]),
+        crate::daemon::content(source, "shop", &["public"]),
+        "the branch holds the replica, which holds the source"
+    );
+    assert_eq!(
+        store.psql(name, "SELECT name || ' ' || lsn FROM tributary.branch"),
+        format!(
+            "{name} {}",
+            store.psql(name, "SELECT lsn FROM tributary.applied")
+        ),
+        "tributary.branch records the copy's own position"
+    );
+    assert_eq!(
+        store.psql(name, "SELECT last_value FROM orders_id_seq"),
+        source.psql("shop", "SELECT last_value FROM orders_id_seq"),
+        "sequences are set from the source"
+    );
+    assert_eq!(
+        store.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'")
+        ),
+        "1"
+    );
+}
+
+/// `branch list`: each branch's name and state.
+fn listed(daemon: &Daemon) -> Vec<(String, String)> {
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&daemon.cli_ok(&["branch", "list", "--format", "json"])).unwrap();
+    list.iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_owned(),
+                b["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A source whose replica has converged under a running daemon, quiet from then on.
+async fn converged(point: Option<CrashPoint>) -> (Cluster, Cluster, Daemon) {
+    let (source, store, mut daemon) = installation(point);
+    daemon.create_connector(&source.url("repl", None, "shop"), "shop", "public");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    source.psql(
+        "shop",
+        "SET ROLE app; INSERT INTO orders (item) VALUES (1);",
+    );
+    wait_converged(
+        &source,
+        "shop",
+        &store,
+        "shop_replica",
+        &["public"],
+        &daemon,
+    )
+    .await;
+    (source, store, daemon)
+}
+
+#[tokio::test]
+async fn killed_during_a_branch_cut_by_the_pipeline() {
+    let (source, store, mut daemon) = converged(Some(CrashPoint::DuringBranchCut)).await;
+    let waiting = daemon.cli_spawn(&["branch", "create", "b1"]);
+    let status = daemon.wait_exit();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the pipeline must die at the cut:\n{}",
+        daemon.log_tail()
+    );
+    assert!(daemon
+        .log_tail()
+        .contains(CrashPoint::DuringBranchCut.name()));
+
+    // The command waits for the copy; the restarted daemon cuts the branch again.
+    daemon.crash_at(None);
+    daemon.start();
+    let out = tokio::task::spawn_blocking(move || waiting.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log_tail()
+    );
+    assert_branch_complete(&source, &store, "b1");
+    assert_eq!(listed(&daemon), [("b1".to_owned(), "ready".to_owned())]);
+}
+
+#[tokio::test]
+async fn killed_during_a_branch_cut_by_the_command() {
+    let (source, store, mut daemon) = converged(Some(CrashPoint::DuringBranchCut)).await;
+    // Without a daemon the command copies the replica itself.
+    daemon.terminate();
+    let killed = |daemon: &Daemon| {
+        let out = daemon.cli(&["branch", "create", "b1", "--allow-stale"]);
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "the command must die at the cut:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains(CrashPoint::DuringBranchCut.name()));
+    };
+    killed(&daemon);
+    assert_eq!(listed(&daemon), [("b1".to_owned(), "cutting".to_owned())]);
+    daemon.crash_at(None);
+
+    let out = daemon.cli(&["branch", "reset", "b1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("left unfinished by a command that ended"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Deleted: the partial copy goes with the record, and the name is free again.
+    let out = daemon.cli_ok(&["branch", "delete", "b1"]);
+    assert!(out.contains("✓ Deleted branch b1"), "{out}");
+    assert_eq!(listed(&daemon), []);
+    assert_eq!(
+        store.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'b1'"
+        ),
+        "0"
+    );
+
+    // Or created again: the interrupted cut is cleaned up first.
+    daemon.crash_at(Some(CrashPoint::DuringBranchCut));
+    killed(&daemon);
+    daemon.crash_at(None);
+    let out = daemon.cli(&["branch", "create", "b1", "--allow-stale"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("earlier `branch create` or `reset` of b1 did not finish"),
+        "says what it cleaned up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_branch_complete(&source, &store, "b1");
+    assert_eq!(listed(&daemon), [("b1".to_owned(), "ready".to_owned())]);
+}
+
+/// Not a crash point: `branch create` killed while its request waits for the pipeline to
+/// reach a commit boundary. The pipeline still cuts the branch, which nobody finishes: it gets no URL, and the next
+/// `branch create` of the name drops it and makes it anew.
+#[tokio::test]
+async fn a_branch_create_killed_while_waiting_leaves_nothing_half_made() {
+    let (source, store, daemon) = converged(None).await;
+    // The applier blocks inside a source transaction: no commit boundary to cut at.
+    let blocker = lock_replica_table(&store, "shop", "items").await;
+    source.psql(
+        "shop",
+        "SET ROLE app; UPDATE items SET qty = qty + 1 WHERE id = 1;",
+    );
+    let mut waiting = daemon.cli_spawn(&["branch", "create", "b1"]);
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    // Claimed by the pipeline (`cutting`) before it reaches a boundary.
+    while listed(&daemon) != [("b1".to_owned(), "cutting".to_owned())] {
+        if let Some(status) = waiting.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(waiting.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("branch create ended ({status}) before it was killed: {err}");
+        }
+        if std::time::Instant::now() > deadline {
+            waiting.kill().unwrap();
+            let out = waiting.wait_with_output().unwrap();
+            panic!(
+                "the branch was never claimed: {:?}\n{}",
+                listed(&daemon),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    waiting.kill().unwrap();
+    waiting.wait().unwrap();
+    drop(blocker);
+    crate::support::eventually("the pipeline to cut the branch", || async {
+        (listed(&daemon) == [("b1".to_owned(), "copied".to_owned())]).then_some(())
+    })
+    .await;
+    let out = daemon.cli(&["branch", "url", "b1"]);
+    assert_eq!(out.status.code(), Some(1), "a half-made branch has no URL");
+
+    wait_converged(
+        &source,
+        "shop",
+        &store,
+        "shop_replica",
+        &["public"],
+        &daemon,
+    )
+    .await;
+    let out = daemon.cli(&["branch", "create", "b1"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("earlier `branch create` or `reset` of b1 did not finish"));
+    assert_branch_complete(&source, &store, "b1");
+    assert_eq!(listed(&daemon), [("b1".to_owned(), "ready".to_owned())]);
 }

@@ -249,11 +249,30 @@ impl Bookkeeping {
     /// Takes the lock whoever cuts a branch holds, on a session of its own: released when
     /// the [`BranchLock`] is dropped, or when its holder dies. `None` when another holds it.
     pub async fn try_lock_branch(&self, name: &BranchName) -> Result<Option<BranchLock>, Error> {
+        self.try_advisory_lock("tributary.branch:", name).await
+    }
+
+    /// Takes the lock a command making a branch (`create`, `reset`) holds from its first
+    /// look until the branch is ready, as [`Bookkeeping::try_lock_branch`]: a branch not
+    /// ready whose maker's lock is free will never be finished by it.
+    pub async fn try_lock_branch_making(
+        &self,
+        name: &BranchName,
+    ) -> Result<Option<BranchLock>, Error> {
+        self.try_advisory_lock("tributary.branch-making:", name)
+            .await
+    }
+
+    async fn try_advisory_lock(
+        &self,
+        prefix: &str,
+        name: &BranchName,
+    ) -> Result<Option<BranchLock>, Error> {
         let mut session = self.pool.acquire().await?.detach();
         let locked: bool = sqlx::query_scalar(
-            "SELECT pg_catalog.pg_try_advisory_lock(
-                        pg_catalog.hashtext('tributary.branch:' || $1))",
+            "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext($1 || $2))",
         )
+        .bind(prefix)
         .bind(name.as_str())
         .fetch_one(&mut session)
         .await?;

@@ -32,6 +32,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::settings::{LogFormat, Settings, DEFAULT_KEY_FILE};
+// `connector::Format` is every command's: named here so that `branch` needs not `connector`.
+use connector::Format;
 
 const DEFAULT_CONFIG: &str = "config/tributary.toml";
 

@@ -5,6 +5,7 @@
 //! - `decisions.rs`: preflight judged with the operator's replica identity decisions.
 //! - `health.rs`: whether a connector is healthy, and if not why and what to do; the one
 //!   definition `status`, `connector list`, `branch create` and `/readyz` use.
+//! - `branches/`: branches made, reset, deleted, listed; their decisions in `decide.rs`.
 //! - `branch_access.rs`: each branch's own login role, and what it may reach.
 //! - `store_check.rs`: the branch store's checklist (`tributary store check`, `create`,
 //!   `run`), judged in a pure function like source preflight.
@@ -12,6 +13,7 @@
 //!   database before it replaces the old one.
 
 pub mod branch_access;
+pub mod branches;
 pub mod credentials;
 pub mod decisions;
 pub mod health;

@@ -390,6 +390,10 @@ pub async fn copy_database(store: &ConnInfo, template: &str, name: &str) -> Resu
                 setup(name, "creating the branch database")(source)
             }
         })?;
+    // The branch's database exists, nothing records it as copied, nothing finished it:
+    // whichever process cuts (the pipeline, or `branch create` when none streams) dies
+    // here leaving the most to recover, a whole copy its record calls `cutting`.
+    crate::crash::reach(crate::crash::CrashPoint::DuringBranchCut);
     Ok(())
 }
 

@@ -1,17 +1,14 @@
 //! What `branch` commands print: a branch's URL and who it logs in as, the warnings of a
 //! new branch, and the list.
 
-use std::time::{Duration, Instant};
-
 use bytesize::ByteSize;
 use serde::Serialize;
 
-use super::{Finished, Given};
-use crate::bookkeeping::{Bookkeeping, BranchAccess, Connector};
-use crate::cli::connector::Format;
-use crate::cli::Failure;
+use crate::bookkeeping::BranchAccess;
+use crate::cli::{Failure, Format};
 use crate::control::branch_access;
-use crate::pg::{self, ConnInfo, ShowPassword};
+use crate::control::branches::{Created, Finished, Given, Listed};
+use crate::pg::{ConnInfo, ShowPassword};
 use crate::types::{BranchName, Lsn, RoleName};
 
 /// The warnings of a finished branch: after the text on standard output, or on standard
@@ -101,20 +98,15 @@ impl UrlView {
     }
 }
 
-pub(super) fn report(
-    view: &UrlView,
-    connector: &Connector,
-    (lsn, paused): (Lsn, Duration),
-    started: Instant,
-    shown: ShowPassword,
-) {
+pub(super) fn report(view: &UrlView, created: &Created, shown: ShowPassword) {
     say!(
-        "✓ Branch {} of connector {} at source LSN {lsn}, ready in {:.1} s (replication \
+        "✓ Branch {} of connector {} at source LSN {}, ready in {:.1} s (replication \
          paused {:.1} s)",
         view.name,
-        connector.name,
-        started.elapsed().as_secs_f64(),
-        paused.as_secs_f64()
+        created.connector.name,
+        created.lsn,
+        created.started.elapsed().as_secs_f64(),
+        created.paused.as_secs_f64()
     );
     say!("  url:  {}", view.info.url(shown));
     say!(
@@ -187,42 +179,30 @@ struct BranchView {
     access: &'static str,
 }
 
-pub(super) async fn list(
-    bookkeeping: &Bookkeeping,
-    store: &ConnInfo,
-    format: Format,
-) -> Result<(), Failure> {
-    let branches = bookkeeping.branches(None).await?;
-    let control = pg::connect(store).await?;
+pub(super) fn list(listed: Vec<Listed>, format: Format) -> Result<(), Failure> {
     let now = chrono::Utc::now();
-    let mut views = Vec::with_capacity(branches.len());
-    for b in branches {
-        // A database dropped between the look and the size has none.
-        let size: Option<i64> = control
-            .query_opt(
-                "SELECT pg_catalog.pg_database_size(oid) FROM pg_catalog.pg_database
-                  WHERE datname = $1",
-                &[&b.name.as_str()],
-            )
-            .await
-            .ok()
-            .flatten()
-            .map(|row| row.get(0));
-        views.push(BranchView {
-            name: b.name.to_string(),
-            connector: b.connector_name.clone(),
-            database: b.name.to_string(),
-            state: b.state.as_str(),
-            lsn: b.lsn.map(|l| l.to_string()),
-            created_at: b.created_at.map(|t| t.to_rfc3339()),
-            age_seconds: b.created_at.map(|t| (now - t).num_seconds()),
-            size_bytes: size,
-            pause_ms: b.pause.map(|p| p.as_millis()),
-            error: b.error,
-            role: b.access.role().map(RoleName::to_string),
-            access: access_word(&b.access),
-        });
-    }
+    let views: Vec<BranchView> = listed
+        .into_iter()
+        .map(
+            |Listed {
+                 branch: b,
+                 size_bytes,
+             }| BranchView {
+                name: b.name.to_string(),
+                connector: b.connector_name.clone(),
+                database: b.name.to_string(),
+                state: b.state.as_str(),
+                lsn: b.lsn.map(|l| l.to_string()),
+                created_at: b.created_at.map(|t| t.to_rfc3339()),
+                age_seconds: b.created_at.map(|t| (now - t).num_seconds()),
+                size_bytes,
+                pause_ms: b.pause.map(|p| p.as_millis()),
+                error: b.error,
+                role: b.access.role().map(RoleName::to_string),
+                access: access_word(&b.access),
+            },
+        )
+        .collect();
     if format == Format::Json {
         say!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(());
