@@ -3,16 +3,47 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
-
 use super::decide::sequence_value;
 use super::BranchError;
-use crate::bookkeeping::{Bookkeeping, BranchAccess, Connector};
-use crate::control::branch_access::{self, AccessRequest};
-use crate::pg::conninfo::Password;
-use crate::pg::{self, quote_ident, ConnInfo, PgClient};
+use crate::bookkeeping::{self, Bookkeeping, BranchAccess, Connector};
+use crate::control::branch_access::{self, AccessError, AccessRequest};
+use crate::pg::conninfo::{InvalidUrl, Password};
+use crate::pg::{self, quote_ident, ConnInfo, ConnectError, PgClient};
 use crate::sink;
 use crate::types::{BranchName, Lsn};
+
+/// Why a copied branch could not be made ready (it is then dropped).
+#[derive(Debug, thiserror::Error)]
+pub enum FinishError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{what}: {}", pg::error_message(.source))]
+    Query {
+        what: String,
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "the source role may not read sequence {schema}.{name}: GRANT SELECT ON SEQUENCE \
+         {qualified} TO the connector's role (the preflight grant script includes it)"
+    )]
+    SequenceUnreadable {
+        schema: String,
+        name: String,
+        qualified: String,
+    },
+    #[error("the connector's source URL: {0}")]
+    SourceUrl(#[from] InvalidUrl),
+    #[error(transparent)]
+    Bookkeeping(#[from] bookkeeping::Error),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+}
+
+/// Names what a failed statement was doing.
+fn doing(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> FinishError {
+    let what = what.into();
+    move |source| FinishError::Query { what, source }
+}
 
 /// What the source has that no branch gets.
 #[derive(Debug)]
@@ -89,7 +120,7 @@ pub(super) async fn finish(
         }
         branch_access::hand_over(store, name, &given.access).await?;
         let advice = branch_access::close_databases(bookkeeping, store).await?;
-        anyhow::Ok((done, given, advice))
+        Ok::<_, FinishError>((done, given, advice))
     };
     let ((size, missing), given, advice) = match finished.await {
         Ok(done) => done,
@@ -101,7 +132,7 @@ pub(super) async fn finish(
             let _ = bookkeeping.forget_branch(name).await;
             return Err(BranchError::NotCreated {
                 name: name.clone(),
-                reason: format!("{e:#}"),
+                reason: e.to_string(),
             });
         }
     };
@@ -121,7 +152,7 @@ async fn prepare(
     connector: &Connector,
     name: &BranchName,
     lsn: Lsn,
-) -> anyhow::Result<(i64, Missing)> {
+) -> Result<(i64, Missing), FinishError> {
     let branch = pg::connect(&store.with_dbname(name.as_str())).await?;
     for extension in &connector.drop_extensions {
         branch
@@ -130,11 +161,11 @@ async fn prepare(
                 quote_ident(extension)
             ))
             .await
-            .with_context(|| format!("dropping extension {extension}"))?;
+            .map_err(doing(format!("dropping extension {extension}")))?;
     }
-    sink::release_triggers(&branch)
-        .await
-        .context("enabling the triggers the source enables ALWAYS or REPLICA")?;
+    sink::release_triggers(&branch).await.map_err(doing(
+        "enabling the triggers the source enables ALWAYS or REPLICA",
+    ))?;
     let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
     let source = pg::connect(&source).await?;
     set_sequences(&source, &branch, &connector.schemas).await?;
@@ -144,14 +175,15 @@ async fn prepare(
             &[],
         )
         .await
-        .context("counting the source's large objects")?
+        .map_err(doing("counting the source's large objects"))?
         .get(0);
     let size: i64 = branch
         .query_one(
             "SELECT pg_catalog.pg_database_size(current_database())",
             &[],
         )
-        .await?
+        .await
+        .map_err(doing("reading the branch's size"))?
         .get(0);
     branch
         .batch_execute(&format!(
@@ -171,7 +203,9 @@ async fn prepare(
             pg::quote_literal(connector.name.as_str()),
         ))
         .await
-        .context("recording the branch in its own tributary.branch table")?;
+        .map_err(doing(
+            "recording the branch in its own tributary.branch table",
+        ))?;
     Ok((size, Missing { large_objects }))
 }
 
@@ -182,7 +216,7 @@ async fn set_sequences(
     source: &PgClient,
     branch: &PgClient,
     schemas: &[String],
-) -> anyhow::Result<()> {
+) -> Result<(), FinishError> {
     let rows = source
         .query(
             "SELECT schemaname::text, sequencename::text, last_value, start_value,
@@ -192,7 +226,7 @@ async fn set_sequences(
             &[&schemas],
         )
         .await
-        .context("reading the source's sequences")?;
+        .map_err(doing("reading the source's sequences"))?;
     for row in rows {
         let (schema, name): (String, String) = (row.get(0), row.get(1));
         let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
@@ -203,17 +237,20 @@ async fn set_sequences(
                   WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'S'",
                 &[&schema, &name],
             )
-            .await?
+            .await
+            .map_err(doing(format!(
+                "looking for sequence {schema}.{name} in the branch"
+            )))?
             .is_some();
         if !in_branch {
             continue; // of an excluded table
         }
         if !row.get::<_, bool>(4) {
-            anyhow::bail!(
-                "the source role may not read sequence {schema}.{name}: GRANT SELECT ON \
-                 SEQUENCE {qualified} TO the connector's role (the preflight grant script \
-                 includes it)"
-            );
+            return Err(FinishError::SequenceUnreadable {
+                schema,
+                name,
+                qualified,
+            });
         }
         let (value, called) = sequence_value(row.get(2), row.get(3));
         branch
@@ -225,7 +262,7 @@ async fn set_sequences(
                 &[&value, &called],
             )
             .await
-            .with_context(|| format!("setting sequence {schema}.{name}"))?;
+            .map_err(doing(format!("setting sequence {schema}.{name}")))?;
     }
     Ok(())
 }
