@@ -16,7 +16,7 @@ use tributary::bookkeeping::{
 use tributary::change::TableName;
 use tributary::pg::ConnInfo;
 use tributary::pipeline::PipelineState;
-use tributary::settings::SecretsSettings;
+use tributary::settings::{Secret, SecretsSettings};
 use tributary::types::{ConnectorId, ConnectorName, FencingToken};
 
 use crate::harness::*;
@@ -70,7 +70,7 @@ impl Store {
 fn key(byte: u8) -> SecretsSettings {
     SecretsSettings {
         key_file: None,
-        key: Some(format!("{byte:02x}").repeat(32)),
+        key: Some(Secret::new(format!("{byte:02x}").repeat(32))),
     }
 }
 

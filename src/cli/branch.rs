@@ -115,7 +115,7 @@ pub async fn run(
     bookkeeping: &Bookkeeping,
     settings: &Settings,
 ) -> Result<(), Failure> {
-    let store = settings.store();
+    let store = settings.store().clone();
     match command {
         BranchCommand::Create(args) => {
             let name = BranchName::new(args.name).map_err(Failure::usage)?;

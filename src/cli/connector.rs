@@ -125,7 +125,7 @@ pub async fn run(
     };
     match command {
         ConnectorCommand::Create(args) => {
-            super::create::run(args, &bookkeeping, &settings.store()).await
+            super::create::run(args, &bookkeeping, settings.store()).await
         }
         ConnectorCommand::List { format } => list(&bookkeeping, format).await,
         ConnectorCommand::Switch { name } => {
@@ -532,7 +532,7 @@ async fn delete(
         }
         say!("! {e:#}; deleting anyway (--force)");
     }
-    let applied = sink::replica_applied_lsn(&settings.store(), &connector.replica_database)
+    let applied = sink::replica_applied_lsn(settings.store(), &connector.replica_database)
         .await
         .context("reading the replica's applied position (to tell whether the slot is ours)")?;
     let slot_dropped = match drop_slot(bookkeeping, &source, connector, applied, force).await {
@@ -563,7 +563,7 @@ async fn delete(
             .into());
         }
     };
-    sink::drop_database(&settings.store(), &connector.replica_database, true)
+    sink::drop_database(settings.store(), &connector.replica_database, true)
         .await
         .with_context(|| {
             format!(
@@ -608,7 +608,7 @@ async fn delete_without_source(
     if let Err(e) = wait_stopped(bookkeeping, connector).await {
         say!("! {e:#}; deleting anyway (--force)");
     }
-    sink::drop_database(&settings.store(), &connector.replica_database, true)
+    sink::drop_database(settings.store(), &connector.replica_database, true)
         .await
         .with_context(|| {
             format!(

@@ -331,7 +331,7 @@ async fn set_up_again(
     )?;
     super::create::require_store(
         &report,
-        &settings.store(),
+        settings.store(),
         &format!("Setup of {name} not restarted."),
     )
     .await?;
@@ -478,7 +478,7 @@ async fn resnapshot_reasons(
             schemas.join(", ")
         ));
     }
-    let applied = sink::replica_applied_lsn(&settings.store(), &connector.replica_database).await?;
+    let applied = sink::replica_applied_lsn(settings.store(), &connector.replica_database).await?;
     if applied.is_none() {
         reasons.push(format!(
             "the replica {} has no complete snapshot",

@@ -122,13 +122,13 @@ pub async fn run(
     );
     let store = ctx.settings.store();
     let nan = NanPolicy::new(stream.numeric_as_string(), connector.nan_as_null);
-    let sink = ReplicaSink::connect(&store, &connector.replica_database, ctx.lease)
+    let sink = ReplicaSink::connect(store, &connector.replica_database, ctx.lease)
         .await?
         .with_nan_policy(nan);
     let (cuts, cut_requests) = mpsc::channel(1);
     let target = Target {
         sink,
-        store: &store,
+        store,
         cuts: cut_requests,
         metrics: METRICS.connector(connector.name.as_str()),
         reconciler: Reconciler::new(source.clone(), retry_setup(connector)),
@@ -274,7 +274,7 @@ async fn cut_branches(
                 continue; // being cut right now
             };
             tracing::info!(%branch, "cutting the branch again: its last cut was interrupted");
-            sink::drop_database(&store, branch.as_str(), true).await?;
+            sink::drop_database(store, branch.as_str(), true).await?;
             bk.requeue_branch(&branch).await?;
         }
         for branch in bk.requested_branches(ctx.connector.id).await? {
@@ -301,7 +301,7 @@ async fn cut_branches(
                 .await?;
             if copied && !recorded {
                 tracing::info!(%branch, "the branch was deleted while it was cut: dropping the copy");
-                sink::drop_database(&store, branch.as_str(), true).await?;
+                sink::drop_database(store, branch.as_str(), true).await?;
             }
         }
     }
@@ -358,7 +358,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         replication::status_interval(ctx.settings.pipeline.status_interval(), wal_sender_timeout);
 
     // The replica first: from here on a previous owner can neither commit nor move it.
-    let applied = sink::claim_replica(&store, &replica.dbname, ctx.lease).await?;
+    let applied = sink::claim_replica(store, &replica.dbname, ctx.lease).await?;
     let source_sql = pg::connect(&source).await?;
     let capture_key = prepare_capture(&source_sql, connector).await?;
     let found = slot::inspect(&source_sql, bk.installation(), connector, applied).await?;
@@ -368,7 +368,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         // `connector retry-setup` asked for a new snapshot.
         (_, found) if connector.resnapshot_requested => {
             let why = "for a new snapshot";
-            start_over(ctx, found.as_ref(), why, (&source, &store, &replica), &mut repl).await?
+            start_over(ctx, found.as_ref(), why, (&source, store, &replica), &mut repl).await?
         }
         (Some(_), Some(Found { ownership: Ownership::NotOurs(why), .. })) => {
             return Err(slot::not_ours(connector, why))
@@ -426,7 +426,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
             // A slot left over from an interrupted snapshot of this connector is never
             // reused.
             let why = "of an interrupted snapshot";
-            start_over(ctx, found.as_ref(), why, (&source, &store, &replica), &mut repl).await?
+            start_over(ctx, found.as_ref(), why, (&source, store, &replica), &mut repl).await?
         }
     };
 
