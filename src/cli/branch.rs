@@ -439,7 +439,7 @@ async fn finish(
         sink::release_triggers(&branch)
             .await
             .context("enabling the triggers the source enables ALWAYS or REPLICA")?;
-        let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+        let source = bookkeeping.source(connector).await?;
         let source = pg::connect(&source).await?;
         set_sequences(&source, &branch, &connector.schemas).await?;
         let large_objects: i64 = source

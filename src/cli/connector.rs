@@ -162,7 +162,7 @@ pub async fn run(
             let mut role = role;
             if let Some(name) = name {
                 let connector = find(&bookkeeping, &name).await?;
-                let source = ConnInfo::parse(&bookkeeping.source_url(&connector).await?)?;
+                let source = bookkeeping.source(&connector).await?;
                 report_capture(&source).await;
                 role.get_or_insert(source.user.clone());
             }
@@ -447,7 +447,7 @@ pub(super) async fn inspect_slot(
     bookkeeping: &Bookkeeping,
     connector: &Connector,
 ) -> anyhow::Result<Option<SlotInfo>> {
-    let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+    let source = bookkeeping.source(connector).await?;
     tokio::time::timeout(SOURCE_TIMEOUT, async {
         let client = pg::connect(&source).await?;
         Ok(slot::inspect(&client, &connector.slot_name).await?)
@@ -500,8 +500,8 @@ async fn delete(
     let name = &connector.name;
     let slot_name = &connector.slot_name;
     let drop_sql = format!("SELECT pg_drop_replication_slot('{slot_name}');");
-    let source = match bookkeeping.source_url(connector).await {
-        Ok(url) => ConnInfo::parse(&url)?,
+    let source = match bookkeeping.source(connector).await {
+        Ok(source) => source,
         Err(e) if e.is_key_problem() && force => {
             return delete_without_source(bookkeeping, settings, connector, &e).await;
         }

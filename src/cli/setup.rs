@@ -314,7 +314,7 @@ async fn set_up_again(
         .await;
     }
 
-    let info = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+    let info = bookkeeping.source(connector).await?;
     let schemas = new_schemas.unwrap_or_else(|| connector.schemas.clone());
     let connectors = bookkeeping.connectors().await?;
     let known = known(
@@ -448,7 +448,7 @@ async fn in_progress(
         "Setup of {name} is already in progress ({state}{}); nothing new was started. A \
          running daemon carries it on; follow it with `tributary connector list`.",
         if state == PipelineState::Snapshotting {
-            let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+            let source = bookkeeping.source(connector).await?;
             match super::status::slot_wait(&source, &connector.slot_name).await {
                 Ok(Some(why)) => format!(": waiting for the slot's consistent point: {why}"),
                 _ => format!(": {copied} of {} tables copied", included.count()),

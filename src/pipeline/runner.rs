@@ -132,7 +132,7 @@ pub async fn run(
         cuts: cut_requests,
         metrics: METRICS.connector(connector.name.as_str()),
         reconciler: Reconciler::new(source.clone(), retry_setup(connector)),
-        notices: Explainer::new(source, retry_setup(connector)),
+        notices: Explainer::new(source.clone(), retry_setup(connector)),
     };
     let streaming = stream::run(
         stream,
@@ -148,7 +148,7 @@ pub async fn run(
             // Captured DDL keeps the replica's tables the source's.
             std::future::pending::<()>().await;
         }
-        watch_source_tables(ctx, &filter).await
+        watch_source_tables(ctx, &source, &filter).await
     };
     tokio::select! {
         end = streaming => end,
@@ -169,13 +169,11 @@ pub async fn run(
 /// sessions.)
 async fn watch_source_tables(
     ctx: &PipelineContext,
+    source: &ConnInfo,
     filter: &TableFilter,
 ) -> Result<(), PipelineError> {
     let schemas = &filter.schemas;
     let connector = &ctx.connector;
-    let source = ConnInfo::parse(&ctx.bookkeeping.source_url(connector).await?).map_err(|e| {
-        PipelineError::definite(e.to_string(), "correct the connector's source URL")
-    })?;
     let replica = ctx
         .settings
         .store()
@@ -189,7 +187,7 @@ async fn watch_source_tables(
         if recorded.is_empty() {
             continue;
         }
-        let client = catalog_session(&source).await?;
+        let client = catalog_session(source).await?;
         let now = catalog::table_oids(&client, schemas).await?;
         let source_types = catalog::column_types(&client, schemas).await?;
         let unlogged = catalog::unlogged_tables(&client, schemas).await?;
@@ -328,9 +326,8 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     }
     METRICS.set_state(connector.id, PipelineState::Validating);
 
-    let source = ConnInfo::parse(&bk.source_url(connector).await?).map_err(|e| {
-        PipelineError::definite(e.to_string(), "correct the connector's source URL")
-    })?;
+    // Read once per run: the stream, the catalog watch and the explainers share it.
+    let source = bk.source(connector).await?;
     let store = ctx.settings.store();
     let replica = store.with_dbname(&connector.replica_database);
 
