@@ -39,6 +39,7 @@ use crate::pipeline::plugins::{self, Refused};
 use crate::pipeline::slot::{self, Found, Leftover};
 use crate::pipeline::snapshot::{self, Section, SnapshotJob, Tools};
 use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
+use crate::pipeline::timeline;
 use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::sink::{self, ReplicaSink};
@@ -348,14 +349,16 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         .dbname
         .clone()
         .unwrap_or_else(|| source.dbname.clone());
-    bk.record_source(connector.id, &system.system_id, system.timeline, &source_db)
-        .await?;
     let wal_sender_timeout = repl.wal_sender_timeout().await?;
     let status_interval =
         replication::status_interval(ctx.settings.pipeline.status_interval(), wal_sender_timeout);
 
     // The replica first: from here on a previous owner can neither commit nor move it.
     let applied = sink::claim_replica(store, &replica.dbname, ctx.lease).await?;
+    // Recorded only once accepted: a new timeline is followed, never silently.
+    timeline::check(&mut repl, connector, system.timeline, applied).await?;
+    bk.record_source(connector.id, &system.system_id, system.timeline, &source_db)
+        .await?;
     let source_sql = pg::connect(&source).await?;
     let capture_key = prepare_capture(&source_sql, connector).await?;
     let found = slot::inspect(&source_sql, bk.installation(), connector, applied).await?;
@@ -496,7 +499,7 @@ async fn enter(ctx: &PipelineContext, state: PipelineState) -> Result<(), Pipeli
 }
 
 /// The next step when only a new snapshot helps.
-fn retry_setup(connector: &Connector) -> String {
+pub(super) fn retry_setup(connector: &Connector) -> String {
     format!(
         "a new snapshot is needed: run `tributary connector retry-setup {} --resnapshot`",
         connector.name
