@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bookkeeping::{Bookkeeping, Connector};
 use crate::control::health::{self, Slot};
-use crate::pg::{self, ConnInfo};
+use crate::pg;
 use crate::pipeline::PipelineState;
 use crate::source::slot::{self, Cause, WalStatus};
 use crate::types::{ConnectorId, ConnectorName};
@@ -754,11 +754,10 @@ async fn inspect(
     bookkeeping: &Bookkeeping,
     connector: &Connector,
 ) -> Result<Option<slot::SlotInfo>, String> {
-    let url = bookkeeping
-        .source_url(connector)
+    let source = bookkeeping
+        .source(connector)
         .await
         .map_err(|e| e.to_string())?;
-    let source = ConnInfo::parse(&url).map_err(|e| e.to_string())?;
     let client = pg::connect(&source).await.map_err(|e| e.to_string())?;
     slot::inspect(&client, &connector.slot_name)
         .await

@@ -46,25 +46,49 @@ pub struct Settings {
 }
 
 /// The branch store: the server that holds the bookkeeping and the replica databases.
-#[derive(Clone, Deserialize)]
+/// Its `Debug` shows no password ([`ConnInfo`] keeps it in a
+/// [`Password`](crate::pg::conninfo::Password)).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     /// `postgresql://user:password@host:port/control_db`. The bookkeeping schema lives in
     /// `control_db`; replica and branch databases are created on the same server, so the
-    /// role needs CREATEDB.
-    pub url: String,
+    /// role needs CREATEDB. Parsed once, at load: a URL that does not parse is a
+    /// configuration error, never a failure later.
+    #[serde(deserialize_with = "store_url")]
+    url: ConnInfo,
 }
 
-/// Both print their secret masked: the settings may end up in a log line.
-impl fmt::Debug for StoreSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreSettings")
-            .field("url", &mask_password(&self.url))
-            .finish()
+/// `store.url`, parsed. Its error shows no more than
+/// [`InvalidUrl`](crate::pg::conninfo::InvalidUrl) does (the password
+/// masked); `config` puts the key in front.
+fn store_url<'de, D: serde::Deserializer<'de>>(value: D) -> Result<ConnInfo, D::Error> {
+    let text = String::deserialize(value)?;
+    ConnInfo::parse(&text).map_err(serde::de::Error::custom)
+}
+
+/// Text that never prints: `Debug` shows `****`, and there is no `Display`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: String) -> Secret {
+        Secret(text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 }
 
-#[derive(Clone, Default, Deserialize)]
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsSettings {
     /// File holding the 32-byte key (64 hex characters) that encrypts source URLs at rest:
@@ -74,16 +98,7 @@ pub struct SecretsSettings {
     pub key_file: Option<PathBuf>,
     /// The key itself, 64 hex characters; meant for `TRIBUTARY__SECRETS__KEY`. Wins over
     /// `key_file`.
-    pub key: Option<String>,
-}
-
-impl fmt::Debug for SecretsSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretsSettings")
-            .field("key_file", &self.key_file)
-            .field("key", &self.key.as_ref().map(|_| "****"))
-            .finish()
-    }
+    pub key: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -342,8 +357,6 @@ impl Settings {
 
     fn validate(&self) -> Result<(), SettingsError> {
         let invalid = |s: &str| Err(SettingsError::Invalid(s.to_owned()));
-        ConnInfo::parse(&self.store.url)
-            .map_err(|e| SettingsError::Invalid(format!("store.url: {e}")))?;
         if let Some(path) = self.secrets.key_file.as_ref().filter(|p| p.is_relative()) {
             return Err(SettingsError::Invalid(format!(
                 "secrets.key_file must be an absolute path, not {:?}: a relative one names \
@@ -371,9 +384,9 @@ impl Settings {
         Ok(())
     }
 
-    /// The branch store's connection settings (validated at load).
-    pub fn store(&self) -> ConnInfo {
-        ConnInfo::parse(&self.store.url).expect("validated at load")
+    /// The branch store's connection settings.
+    pub fn store(&self) -> &ConnInfo {
+        &self.store.url
     }
 }
 
@@ -522,6 +535,16 @@ fn describe(error: config::ConfigError, text: &str, origin: &str) -> SettingsErr
                 detail,
             }
         }
+        // [`store_url`]'s own error, which masks the password itself and whose advice the
+        // mask of `redacted` would take for a URL (a value that is not a string is a
+        // `Type` error, handled there).
+        config::ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } if key == "store.url" && matches!(*error, config::ConfigError::Message(_)) => {
+            SettingsError::Invalid(format!("store.url: {error}"))
+        }
         other => SettingsError::Load(redacted(&other)),
     }
 }
@@ -608,6 +631,7 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::conninfo::Password;
 
     fn load(text: &str) -> Result<Settings, SettingsError> {
         Settings::from_toml(text)
@@ -642,7 +666,11 @@ mod tests {
         let err = load("[store]\nurl = \"postgresql://u@h/db\"\nsurprise = 1\n").unwrap_err();
         assert!(err.to_string().contains("surprise"), "{err}");
         let err = load("[store]\nurl = \"mysql://u:hunter2@h/db\"\n").unwrap_err();
-        assert!(err.to_string().contains("store.url"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid configuration: store.url: invalid connection URL"),
+            "{err}"
+        );
         assert!(!err.to_string().contains("hunter2"), "{err}");
         let err =
             load("[store]\nurl = \"postgresql://u@h/db\"\n[pipeline]\nsnapshot_workers = 0\n")
@@ -807,11 +835,26 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_store_password_or_the_key() {
-        let settings =
-            load("[store]\nurl = \"postgresql://u:hunter2@h/db\"\n[secrets]\nkey = \"abcdef\"\n")
-                .unwrap();
-        let debug = format!("{settings:?}");
-        assert!(!debug.contains("hunter2"), "{debug}");
-        assert!(!debug.contains("abcdef"), "{debug}");
+        for url in [
+            "postgresql://u:hunter2@h/db",
+            "postgresql://u@h/db?password=hunter2&sslmode=disable",
+        ] {
+            let settings = load(&format!(
+                "[store]\nurl = \"{url}\"\n[secrets]\nkey = \"abcdef\"\n"
+            ))
+            .unwrap();
+            assert_eq!(
+                settings.store().password.as_ref().map(Password::expose),
+                Some("hunter2")
+            );
+            assert_eq!(
+                settings.secrets.key.as_ref().map(Secret::expose),
+                Some("abcdef")
+            );
+            let debug = format!("{settings:?}");
+            assert!(debug.contains("dbname: \"db\""), "{debug}");
+            assert!(!debug.contains("hunter2"), "{debug}");
+            assert!(!debug.contains("abcdef"), "{debug}");
+        }
     }
 }

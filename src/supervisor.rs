@@ -654,12 +654,25 @@ pub fn daemon_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// `initial · 2^(failures-1)`, capped at `max`.
+/// A delay drawn at random from the upper half of [`backoff_ceiling`]: connectors that
+/// failed together (the source restarted) do not all retry at the same instant.
 fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
+    jittered(backoff_ceiling(initial, max, failures), rand::random())
+}
+
+/// `initial · 2^(failures-1)`, capped at `max`.
+fn backoff_ceiling(initial: Duration, max: Duration, failures: u32) -> Duration {
     let factor = 1u32
         .checked_shl(failures.saturating_sub(1))
         .unwrap_or(u32::MAX);
     initial.saturating_mul(factor).min(max)
+}
+
+/// `ceiling · (1 + fraction) / 2` for `fraction` in `[0, 1)`: between half the ceiling and
+/// the ceiling, so the delay still doubles with each failure.
+fn jittered(ceiling: Duration, fraction: f64) -> Duration {
+    let half = ceiling / 2;
+    half + (ceiling - half).mul_f64(fraction.clamp(0.0, 1.0))
 }
 
 #[cfg(test)]
@@ -670,9 +683,32 @@ mod tests {
     fn backoff_doubles_up_to_the_cap() {
         let ms = Duration::from_millis;
         let cap = Duration::from_secs(60);
-        assert_eq!(backoff(ms(500), cap, 1), ms(500));
-        assert_eq!(backoff(ms(500), cap, 2), ms(1000));
-        assert_eq!(backoff(ms(500), cap, 4), ms(4000));
-        assert_eq!(backoff(ms(500), cap, 40), cap);
+        for (failures, ceiling) in [
+            (0, ms(500)),
+            (1, ms(500)),
+            (2, ms(1000)),
+            (4, ms(4000)),
+            (8, ms(60_000)),
+            (40, cap),
+        ] {
+            assert_eq!(
+                backoff_ceiling(ms(500), cap, failures),
+                ceiling,
+                "{failures}"
+            );
+            assert_eq!(jittered(ceiling, 0.0), ceiling / 2, "{failures}");
+            assert_eq!(jittered(ceiling, 1.0), ceiling, "{failures}");
+            let delays: Vec<Duration> = (0..64).map(|_| backoff(ms(500), cap, failures)).collect();
+            for delay in &delays {
+                assert!(
+                    ceiling / 2 <= *delay && *delay <= ceiling,
+                    "{failures}: {delay:?}"
+                );
+            }
+            assert!(
+                delays.iter().any(|d| *d != delays[0]),
+                "{failures}: no jitter"
+            );
+        }
     }
 }

@@ -14,9 +14,9 @@ use tributary::bookkeeping::{
     Bookkeeping, Connector, Error, Failure, StateChange, TableSyncState, NOTIFY_CHANNEL,
 };
 use tributary::change::TableName;
-use tributary::pg::ConnInfo;
+use tributary::pg::{ConnInfo, ShowPassword};
 use tributary::pipeline::PipelineState;
-use tributary::settings::SecretsSettings;
+use tributary::settings::{Secret, SecretsSettings};
 use tributary::types::{ConnectorId, ConnectorName, FencingToken};
 
 use crate::harness::*;
@@ -70,7 +70,7 @@ impl Store {
 fn key(byte: u8) -> SecretsSettings {
     SecretsSettings {
         key_file: None,
-        key: Some(format!("{byte:02x}").repeat(32)),
+        key: Some(Secret::new(format!("{byte:02x}").repeat(32))),
     }
 }
 
@@ -311,7 +311,11 @@ async fn source_urls_are_encrypted_at_rest_and_never_shown() {
     assert_eq!(ciphertext.len(), 12 + SOURCE_URL.len() + 16);
 
     assert_eq!(
-        bookkeeping.source_url(&connector).await.unwrap(),
+        bookkeeping
+            .source(&connector)
+            .await
+            .unwrap()
+            .url(ShowPassword::Shown),
         SOURCE_URL
     );
     assert_eq!(
@@ -337,7 +341,14 @@ async fn source_urls_are_encrypted_at_rest_and_never_shown() {
         store.sql("SELECT count(DISTINCT source_url_ciphertext) FROM tributary.connectors"),
         "2"
     );
-    assert_eq!(bookkeeping.source_url(&other).await.unwrap(), SOURCE_URL);
+    assert_eq!(
+        bookkeeping
+            .source(&other)
+            .await
+            .unwrap()
+            .url(ShowPassword::Shown),
+        SOURCE_URL
+    );
 }
 
 fn fingerprint(store: &Store) -> String {
@@ -402,7 +413,14 @@ async fn a_wrong_key_is_named_at_open_and_a_missing_one_is_never_replaced() {
     fs::write(&key_file, format!("{}\n", "01".repeat(32))).unwrap();
     fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
     let by_file = store.open_with(&by_file).await.unwrap();
-    assert_eq!(by_file.source_url(&connector).await.unwrap(), SOURCE_URL);
+    assert_eq!(
+        by_file
+            .source(&connector)
+            .await
+            .unwrap()
+            .url(ShowPassword::Shown),
+        SOURCE_URL
+    );
     assert_eq!(fingerprint(&store), recorded);
 }
 
@@ -429,7 +447,14 @@ async fn urls_stored_before_fingerprints_were_recorded_adopt_the_key_that_opens_
 
     let adopted = store.open_with(&key(1)).await.unwrap();
     assert_eq!(fingerprint(&store), recorded);
-    assert_eq!(adopted.source_url(&orders).await.unwrap(), SOURCE_URL);
+    assert_eq!(
+        adopted
+            .source(&orders)
+            .await
+            .unwrap()
+            .url(ShowPassword::Shown),
+        SOURCE_URL
+    );
 
     // A key that opens some of them only (one was stored with another key): nothing is
     // recorded, and the one that does not open says so by name.
@@ -441,10 +466,17 @@ async fn urls_stored_before_fingerprints_were_recorded_adopt_the_key_that_opens_
     );
     let partly = store.open_with(&key(1)).await.unwrap();
     assert_eq!(fingerprint(&store), "none");
-    let err = partly.source_url(&sales).await.unwrap_err();
+    let err = partly.source(&sales).await.unwrap_err();
     assert!(matches!(err, Error::Decrypt { .. }), "{err}");
     assert!(err.to_string().contains("sales"), "{err}");
-    assert_eq!(partly.source_url(&orders).await.unwrap(), SOURCE_URL);
+    assert_eq!(
+        partly
+            .source(&orders)
+            .await
+            .unwrap()
+            .url(ShowPassword::Shown),
+        SOURCE_URL
+    );
 }
 
 #[tokio::test]
@@ -466,7 +498,14 @@ async fn two_first_connectors_sealed_with_different_keys_at_once_keep_one_key() 
     };
     assert!(matches!(refused, Error::WrongKey { .. }), "{refused}");
     assert_eq!(store.sql("SELECT count(*) FROM tributary.connectors"), "1");
-    assert_eq!(bookkeeping.source_url(&kept).await.unwrap(), SOURCE_URL);
+    assert_eq!(
+        bookkeeping
+            .source(&kept)
+            .await
+            .unwrap()
+            .url(ShowPassword::Shown),
+        SOURCE_URL
+    );
 }
 
 #[tokio::test]
@@ -479,7 +518,14 @@ async fn a_daemon_started_without_a_key_reads_the_one_the_first_connector_brough
     // `connector create` makes the key at the same place.
     let created = create_sales(&store.open_with(&none).await.unwrap()).await;
     assert_eq!(mode(&store.default_key_file()), 0o600);
-    assert_eq!(daemon.source_url(&created).await.unwrap(), SOURCE_URL);
+    assert_eq!(
+        daemon
+            .source(&created)
+            .await
+            .unwrap()
+            .url(ShowPassword::Shown),
+        SOURCE_URL
+    );
 
     // A daemon that found another key before anything was sealed is told, by fingerprint,
     // once a URL sealed with the recorded key does not open.
@@ -492,7 +538,7 @@ async fn a_daemon_started_without_a_key_reads_the_one_the_first_connector_brough
         .create_connector(&name("orders"), SOURCE_URL, &[])
         .await
         .unwrap();
-    let err = early.source_url(&sealed).await.unwrap_err();
+    let err = early.source(&sealed).await.unwrap_err();
     assert!(matches!(err, Error::WrongKey { .. }), "{err}");
 }
 
@@ -512,7 +558,14 @@ async fn the_key_file_is_created_by_the_first_seal_only_private_then_reused() {
     // The next start reads the same key.
     let second = store.open_with(&none).await.unwrap();
     assert_eq!(fs::read_to_string(&path).unwrap(), contents);
-    assert_eq!(second.source_url(&connector).await.unwrap(), SOURCE_URL);
+    assert_eq!(
+        second
+            .source(&connector)
+            .await
+            .unwrap()
+            .url(ShowPassword::Shown),
+        SOURCE_URL
+    );
 
     // A configured key file that does not exist is not created once URLs are stored.
     let configured = store.keys.path().join("conf/secret.key");

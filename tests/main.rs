@@ -40,6 +40,7 @@ mod snapshot;
 mod snapshot_fidelity;
 mod source_users;
 mod store;
+mod timeline;
 mod triggers;
 mod value_fidelity;
 mod versions;

@@ -316,9 +316,9 @@ impl Bookkeeping {
         .transpose()
     }
 
-    /// The connector's source URL, password included: hand it to the connection and
-    /// nowhere else.
-    pub async fn source_url(&self, connector: &Connector) -> Result<String, Error> {
+    /// The connector's source URL, password included, as sealed ([`Bookkeeping::source`]
+    /// hands it out parsed).
+    pub(super) async fn source_url(&self, connector: &Connector) -> Result<String, Error> {
         let ciphertext: Vec<u8> = sqlx::query_scalar(
             "SELECT source_url_ciphertext FROM tributary.connectors WHERE id = $1",
         )

@@ -1,12 +1,12 @@
-//! A connector's source URL replaced (`connector update --url`), and a connector removed
-//! when its URL can no longer be opened (the key is lost or wrong).
+//! A connector's source handed out parsed, its URL replaced (`connector update --url`),
+//! and a connector removed when its URL can no longer be opened (the key is lost or wrong).
 //!
 //! The new URL is sealed like the first one ([`Keys::seal_source_url`](super::keys)): the
 //! bookkeeping never holds a URL in clear, and a URL sealed with another key than the
 //! recorded one is refused before anything is written.
 
 use super::connectors::found;
-use super::{Bookkeeping, Error};
+use super::{Bookkeeping, Connector, Error};
 use crate::pg::conninfo::mask_password;
 use crate::pg::ConnInfo;
 use crate::types::ConnectorId;
@@ -20,6 +20,19 @@ pub struct SourceSeen {
 }
 
 impl Bookkeeping {
+    /// The connector's source, password included: hand it to the connections and nowhere
+    /// else. Read once per pipeline run (or command) and passed down.
+    pub async fn source(&self, connector: &Connector) -> Result<ConnInfo, Error> {
+        // Every URL is parsed before it is sealed: one that no longer parses was not
+        // written by tributary (or by another version's parser).
+        ConnInfo::parse(&self.source_url(connector).await?).map_err(|reason| {
+            Error::StoredSourceUrl {
+                connector: connector.name.clone(),
+                reason,
+            }
+        })
+    }
+
     /// Replaces the connector's source URL (sealed with the bookkeeping's key) and its
     /// masked copy, and records the source's identity where none was (a connector whose
     /// pipeline never reached the source). The caller has checked that `seen` is the
@@ -68,5 +81,34 @@ impl Error {
             self,
             Error::NoKey { .. } | Error::WrongKey { .. } | Error::Decrypt { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::retry::{ErrorKind, NextStep};
+    use crate::types::ConnectorName;
+
+    /// A stored URL that no longer parses stops the connector and names the command that
+    /// stores a new one; neither says the password.
+    #[test]
+    fn a_stored_url_that_does_not_parse_is_definite_and_names_the_fix() {
+        let reason =
+            ConnInfo::parse("postgresql://app:hunter2@db/shop?sslmode=sometimes").unwrap_err();
+        let error = Error::StoredSourceUrl {
+            connector: ConnectorName::new("orders").unwrap(),
+            reason,
+        };
+        let message = error.to_string();
+        assert!(message.contains("connector orders"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        match error.kind() {
+            ErrorKind::Definite(NextStep::Explained(next)) => assert_eq!(
+                next,
+                "store the source URL again: tributary connector update orders --url URL"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -125,6 +125,15 @@ pub enum Error {
     },
     #[error("the bookkeeping schema holds an invalid value ({0}); was it edited by hand?")]
     Corrupt(String),
+    /// A stored source URL that opens but does not parse (its text is masked).
+    #[error(
+        "the stored source URL of connector {connector} does not parse ({reason}); was the \
+         bookkeeping edited by hand, or written by another tributary version?"
+    )]
+    StoredSourceUrl {
+        connector: ConnectorName,
+        reason: InvalidUrl,
+    },
 }
 
 /// "the key of fingerprint …", or what is known of a key recorded before fingerprints were.
@@ -147,6 +156,9 @@ impl Error {
             | Error::Decrypt { .. }
             | Error::DecryptBranchPassword { .. } => NextStep::RestoreKey,
             Error::Corrupt(_) => NextStep::RepairBookkeeping,
+            Error::StoredSourceUrl { connector, .. } => NextStep::Explained(format!(
+                "store the source URL again: tributary connector update {connector} --url URL"
+            )),
             Error::UnknownTable { .. } => NextStep::Report,
             Error::Query(_)
             | Error::Migrate { .. }

@@ -34,7 +34,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use rand::Rng;
 
 use super::Error;
-use crate::settings::SecretsSettings;
+use crate::settings::{Secret, SecretsSettings};
 
 /// Associated data of a sealed source URL.
 pub(crate) const SOURCE_URL_AAD: &[u8] = b"tributary/source_url/v1";
@@ -182,12 +182,13 @@ impl Cipher {
         let path = match (&source, &secrets.key) {
             (KeySource::File { path, .. }, _) => path,
             (KeySource::Setting, text) => {
-                let key = parse_key(text.as_deref().unwrap_or_default()).map_err(|reason| {
-                    Error::Key {
-                        origin: source.to_string(),
-                        reason,
-                    }
-                })?;
+                let key =
+                    parse_key(text.as_ref().map_or("", Secret::expose)).map_err(|reason| {
+                        Error::Key {
+                            origin: source.to_string(),
+                            reason,
+                        }
+                    })?;
                 return Ok(Lookup::Found(Cipher::new(&key, source)));
             }
         };
@@ -492,7 +493,7 @@ mod tests {
             (Some("k"), Some(configured), KeySource::Setting),
         ] {
             let secrets = SecretsSettings {
-                key: key.map(str::to_owned),
+                key: key.map(|k| Secret::new(k.to_owned())),
                 key_file: key_file.map(Path::to_owned),
             };
             assert_eq!(KeySource::of(&secrets, default), expected, "{secrets:?}");
@@ -562,7 +563,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let settings = SecretsSettings {
             key_file: Some(dir.path().join("configured.key")),
-            key: Some(format_key(&[1; KEY_LEN])),
+            key: Some(Secret::new(format_key(&[1; KEY_LEN]))),
         };
         let c = find(&settings, &dir.path().join("default.key"))
             .unwrap()
@@ -575,7 +576,7 @@ mod tests {
         );
 
         let bad = SecretsSettings {
-            key: Some("not a key".into()),
+            key: Some(Secret::new("not a key".into())),
             ..settings
         };
         let err = find(&bad, &dir.path().join("default.key")).unwrap_err();

@@ -111,11 +111,11 @@ pub async fn run(
                 timeout: Duration::from_secs(args.timeout),
                 allow_stale: args.allow_stale,
             };
-            let created = branches::create(bookkeeping, &store, request, &progress).await;
+            let created = branches::create(bookkeeping, store, request, &progress).await;
             spinner.clear();
             let created = created.map_err(failure)?;
             let view = UrlView::of(
-                &store,
+                store,
                 &created.name,
                 created.connector.name.as_str(),
                 created.lsn,
@@ -131,11 +131,11 @@ pub async fn run(
             Ok(())
         }
         BranchCommand::Url { name, format } => {
-            let url = branches::url(bookkeeping, &store, &name)
+            let url = branches::url(bookkeeping, store, &name)
                 .await
                 .map_err(failure)?;
             let view = UrlView::of(
-                &store,
+                store,
                 &url.branch.name,
                 &url.branch.connector_name,
                 url.lsn,
@@ -144,11 +144,11 @@ pub async fn run(
             print_url(&view, format)
         }
         BranchCommand::List { format } => {
-            let listed = branches::list(bookkeeping, &store).await.map_err(failure)?;
+            let listed = branches::list(bookkeeping, store).await.map_err(failure)?;
             list(listed, format)
         }
         BranchCommand::Delete { name, force } => {
-            let deleted = branches::delete(bookkeeping, &store, &name, force, &progress)
+            let deleted = branches::delete(bookkeeping, store, &name, force, &progress)
                 .await
                 .map_err(failure)?;
             say!("✓ Deleted branch {}", deleted.name);
@@ -159,11 +159,11 @@ pub async fn run(
             force,
             show_password,
         } => {
-            let created = branches::reset(bookkeeping, &store, &name, force, &progress).await;
+            let created = branches::reset(bookkeeping, store, &name, force, &progress).await;
             spinner.clear();
             let created = created.map_err(failure)?;
             let view = UrlView::of(
-                &store,
+                store,
                 &created.name,
                 created.connector.name.as_str(),
                 created.lsn,

@@ -125,7 +125,7 @@ pub async fn run(
     };
     match command {
         ConnectorCommand::Create(args) => {
-            super::create::run(args, &bookkeeping, &settings.store()).await
+            super::create::run(args, &bookkeeping, settings.store()).await
         }
         ConnectorCommand::List { format } => list(&bookkeeping, format).await,
         ConnectorCommand::Switch { name } => {
@@ -162,7 +162,7 @@ pub async fn run(
             let mut role = role;
             if let Some(name) = name {
                 let connector = find(&bookkeeping, &name).await?;
-                let source = ConnInfo::parse(&bookkeeping.source_url(&connector).await?)?;
+                let source = bookkeeping.source(&connector).await?;
                 report_capture(&source).await;
                 role.get_or_insert(source.user.clone());
             }
@@ -447,7 +447,7 @@ pub(super) async fn inspect_slot(
     bookkeeping: &Bookkeeping,
     connector: &Connector,
 ) -> anyhow::Result<Option<SlotInfo>> {
-    let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+    let source = bookkeeping.source(connector).await?;
     tokio::time::timeout(SOURCE_TIMEOUT, async {
         let client = pg::connect(&source).await?;
         Ok(slot::inspect(&client, &connector.slot_name).await?)
@@ -500,8 +500,8 @@ async fn delete(
     let name = &connector.name;
     let slot_name = &connector.slot_name;
     let drop_sql = format!("SELECT pg_drop_replication_slot('{slot_name}');");
-    let source = match bookkeeping.source_url(connector).await {
-        Ok(url) => ConnInfo::parse(&url)?,
+    let source = match bookkeeping.source(connector).await {
+        Ok(source) => source,
         Err(e) if e.is_key_problem() && force => {
             return delete_without_source(bookkeeping, settings, connector, &e).await;
         }
@@ -532,7 +532,7 @@ async fn delete(
         }
         say!("! {e:#}; deleting anyway (--force)");
     }
-    let applied = sink::replica_applied_lsn(&settings.store(), &connector.replica_database)
+    let applied = sink::replica_applied_lsn(settings.store(), &connector.replica_database)
         .await
         .context("reading the replica's applied position (to tell whether the slot is ours)")?;
     let slot_dropped = match drop_slot(bookkeeping, &source, connector, applied, force).await {
@@ -563,7 +563,7 @@ async fn delete(
             .into());
         }
     };
-    sink::drop_database(&settings.store(), &connector.replica_database, true)
+    sink::drop_database(settings.store(), &connector.replica_database, true)
         .await
         .with_context(|| {
             format!(
@@ -608,7 +608,7 @@ async fn delete_without_source(
     if let Err(e) = wait_stopped(bookkeeping, connector).await {
         say!("! {e:#}; deleting anyway (--force)");
     }
-    sink::drop_database(&settings.store(), &connector.replica_database, true)
+    sink::drop_database(settings.store(), &connector.replica_database, true)
         .await
         .with_context(|| {
             format!(

@@ -166,7 +166,7 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
     match args.command {
         Command::Run => run::run(settings, &config_path).await,
         Command::Migrate => {
-            crate::bookkeeping::Bookkeeping::migrate(&settings.store()).await?;
+            crate::bookkeeping::Bookkeeping::migrate(settings.store()).await?;
             say!("bookkeeping schema is up to date");
             Ok(())
         }
@@ -177,12 +177,12 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
             status::run(&bookkeeping, format, watch).await
         }
         // Checked as it is: no migration, no bookkeeping needed.
-        Command::Store(command) => store::run(command, &settings.store()).await,
+        Command::Store(command) => store::run(command, settings.store()).await,
         // Deleting a branch opens nothing sealed: it works when the key is lost too, and
         // the last sealed branch password it removes lets a new key be used.
         Command::Branch(command @ branch::BranchCommand::Delete { .. }) => {
             let bookkeeping = crate::bookkeeping::Bookkeeping::open_without_key(
-                &settings.store(),
+                settings.store(),
                 &settings.secrets,
                 Path::new(DEFAULT_KEY_FILE),
             )
@@ -212,7 +212,7 @@ async fn open_bookkeeping(
     config_path: &Path,
 ) -> Result<crate::bookkeeping::Bookkeeping, Failure> {
     crate::bookkeeping::Bookkeeping::open(
-        &settings.store(),
+        settings.store(),
         &settings.secrets,
         Path::new(DEFAULT_KEY_FILE),
     )
@@ -247,7 +247,7 @@ async fn open_bookkeeping_for_delete(
     });
     match (key_problem, force, failure.error) {
         (true, true, _) => Ok(crate::bookkeeping::Bookkeeping::open_without_key(
-            &settings.store(),
+            settings.store(),
             &settings.secrets,
             Path::new(DEFAULT_KEY_FILE),
         )

@@ -84,8 +84,8 @@ async fn known_sources(config: Option<&Path>) -> Result<KnownSources, Failure> {
     };
     let store = settings.store();
     let read = async {
-        let installation = Bookkeeping::peek_installation(&store).await?;
-        let connectors = Bookkeeping::peek_connectors(&store).await?;
+        let installation = Bookkeeping::peek_installation(store).await?;
+        let connectors = Bookkeeping::peek_connectors(store).await?;
         Ok::<_, crate::bookkeeping::Error>(known(installation.as_ref(), &connectors, None))
     };
     Ok(read.await.unwrap_or_else(|e| {

@@ -16,7 +16,7 @@ use crate::supervisor::{self, Supervisor};
 /// The branch store's checklist at start: each failed check logged with its fix, and no
 /// start when one failed (the pipelines could not work); warnings logged.
 async fn check_store(settings: &Settings) -> Result<(), Failure> {
-    let report = store_check::check(&settings.store(), &[]).await;
+    let report = store_check::check(settings.store(), &[]).await;
     for check in &report.checks {
         match &check.outcome {
             Outcome::Fail { value, fix } => {

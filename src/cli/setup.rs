@@ -314,7 +314,7 @@ async fn set_up_again(
         .await;
     }
 
-    let info = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+    let info = bookkeeping.source(connector).await?;
     let schemas = new_schemas.unwrap_or_else(|| connector.schemas.clone());
     let connectors = bookkeeping.connectors().await?;
     let known = known(
@@ -331,7 +331,7 @@ async fn set_up_again(
     )?;
     super::create::require_store(
         &report,
-        &settings.store(),
+        settings.store(),
         &format!("Setup of {name} not restarted."),
     )
     .await?;
@@ -448,7 +448,7 @@ async fn in_progress(
         "Setup of {name} is already in progress ({state}{}); nothing new was started. A \
          running daemon carries it on; follow it with `tributary connector list`.",
         if state == PipelineState::Snapshotting {
-            let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+            let source = bookkeeping.source(connector).await?;
             match super::status::slot_wait(&source, &connector.slot_name).await {
                 Ok(Some(why)) => format!(": waiting for the slot's consistent point: {why}"),
                 _ => format!(": {copied} of {} tables copied", included.count()),
@@ -478,7 +478,7 @@ async fn resnapshot_reasons(
             schemas.join(", ")
         ));
     }
-    let applied = sink::replica_applied_lsn(&settings.store(), &connector.replica_database).await?;
+    let applied = sink::replica_applied_lsn(settings.store(), &connector.replica_database).await?;
     if applied.is_none() {
         reasons.push(format!(
             "the replica {} has no complete snapshot",

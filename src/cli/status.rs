@@ -218,7 +218,7 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
         let phase = match (&health.verdict, c.state) {
             (Verdict::Unhealthy(problem), _) => problem.reason.clone(),
             (Verdict::SettingUp, PipelineState::Snapshotting) => {
-                let source = ConnInfo::parse(&bookkeeping.source_url(&c).await?)?;
+                let source = bookkeeping.source(&c).await?;
                 let waiting = slot_wait(&source, &c.slot_name)
                     .await
                     .unwrap_or_else(|e| Some(format!("(the source could not be asked: {e:#})")));

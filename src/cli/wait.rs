@@ -13,7 +13,7 @@ use super::connector::find;
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, Connector, TableSyncState};
 use crate::control::health;
-use crate::pg::{self, ConnInfo};
+use crate::pg;
 use crate::pipeline::PipelineState;
 use crate::source::slot;
 use crate::types::Lsn;
@@ -146,7 +146,7 @@ async fn follow(
     let name = connector.name.as_str();
     let started = Instant::now();
     let mut target: Option<Lsn> = None;
-    let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+    let source = bookkeeping.source(connector).await?;
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(anyhow!(

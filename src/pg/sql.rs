@@ -14,9 +14,11 @@ pub fn quote_table(table: &crate::types::TableName) -> String {
     )
 }
 
-/// `text` as a quoted SQL string literal (standard_conforming_strings).
+/// `text` as a quoted SQL string literal that reads the same whatever the server's
+/// `standard_conforming_strings`: text with a backslash becomes ` E'…'` (libpq's
+/// `PQescapeLiteral`, with its leading space that keeps it apart from a preceding word).
 pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    postgres_protocol::escape::escape_literal(text)
 }
 
 /// A tokio-postgres error with what the server said: its `Display` alone prints only
@@ -42,6 +44,14 @@ mod tests {
     #[test]
     fn quotes_identifiers_and_literals() {
         assert_eq!(quote_ident(r#"My "odd" table"#), r#""My ""odd"" table""#);
-        assert_eq!(quote_literal("it's"), "'it''s'");
+        for (text, literal) in [
+            ("plain", "'plain'"),
+            ("", "''"),
+            ("it's", "'it''s'"),
+            (r"C:\dir", r" E'C:\\dir'"),
+            (r"it's \ and '", r" E'it''s \\ and '''"),
+        ] {
+            assert_eq!(quote_literal(text), literal, "{text}");
+        }
     }
 }

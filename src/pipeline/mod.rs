@@ -12,6 +12,7 @@ pub mod runner;
 mod slot;
 pub mod snapshot;
 pub mod stream;
+mod timeline;
 mod tools;
 pub mod versions;
 

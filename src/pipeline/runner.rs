@@ -39,6 +39,7 @@ use crate::pipeline::plugins::{self, Refused};
 use crate::pipeline::slot::{self, Found, Leftover};
 use crate::pipeline::snapshot::{self, Section, SnapshotJob, Tools};
 use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
+use crate::pipeline::timeline;
 use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::sink::{self, ReplicaSink};
@@ -122,17 +123,17 @@ pub async fn run(
     );
     let store = ctx.settings.store();
     let nan = NanPolicy::new(stream.numeric_as_string(), connector.nan_as_null);
-    let sink = ReplicaSink::connect(&store, &connector.replica_database, ctx.lease)
+    let sink = ReplicaSink::connect(store, &connector.replica_database, ctx.lease)
         .await?
         .with_nan_policy(nan);
     let (cuts, cut_requests) = mpsc::channel(1);
     let target = Target {
         sink,
-        store: &store,
+        store,
         cuts: cut_requests,
         metrics: METRICS.connector(connector.name.as_str()),
         reconciler: Reconciler::new(source.clone(), retry_setup(connector)),
-        notices: Explainer::new(source, retry_setup(connector)),
+        notices: Explainer::new(source.clone(), retry_setup(connector)),
     };
     let streaming = stream::run(
         stream,
@@ -148,7 +149,7 @@ pub async fn run(
             // Captured DDL keeps the replica's tables the source's.
             std::future::pending::<()>().await;
         }
-        watch_source_tables(ctx, &filter).await
+        watch_source_tables(ctx, &source, &filter).await
     };
     tokio::select! {
         end = streaming => end,
@@ -169,13 +170,11 @@ pub async fn run(
 /// sessions.)
 async fn watch_source_tables(
     ctx: &PipelineContext,
+    source: &ConnInfo,
     filter: &TableFilter,
 ) -> Result<(), PipelineError> {
     let schemas = &filter.schemas;
     let connector = &ctx.connector;
-    let source = ConnInfo::parse(&ctx.bookkeeping.source_url(connector).await?).map_err(|e| {
-        PipelineError::definite(e.to_string(), "correct the connector's source URL")
-    })?;
     let replica = ctx
         .settings
         .store()
@@ -189,7 +188,7 @@ async fn watch_source_tables(
         if recorded.is_empty() {
             continue;
         }
-        let client = catalog_session(&source).await?;
+        let client = catalog_session(source).await?;
         let now = catalog::table_oids(&client, schemas).await?;
         let source_types = catalog::column_types(&client, schemas).await?;
         let unlogged = catalog::unlogged_tables(&client, schemas).await?;
@@ -274,7 +273,7 @@ async fn cut_branches(
                 continue; // being cut right now
             };
             tracing::info!(%branch, "cutting the branch again: its last cut was interrupted");
-            sink::drop_database(&store, branch.as_str(), true).await?;
+            sink::drop_database(store, branch.as_str(), true).await?;
             bk.requeue_branch(&branch).await?;
         }
         for branch in bk.requested_branches(ctx.connector.id).await? {
@@ -301,7 +300,7 @@ async fn cut_branches(
                 .await?;
             if copied && !recorded {
                 tracing::info!(%branch, "the branch was deleted while it was cut: dropping the copy");
-                sink::drop_database(&store, branch.as_str(), true).await?;
+                sink::drop_database(store, branch.as_str(), true).await?;
             }
         }
     }
@@ -328,9 +327,8 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     }
     METRICS.set_state(connector.id, PipelineState::Validating);
 
-    let source = ConnInfo::parse(&bk.source_url(connector).await?).map_err(|e| {
-        PipelineError::definite(e.to_string(), "correct the connector's source URL")
-    })?;
+    // Read once per run: the stream, the catalog watch and the explainers share it.
+    let source = bk.source(connector).await?;
     let store = ctx.settings.store();
     let replica = store.with_dbname(&connector.replica_database);
 
@@ -351,14 +349,16 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         .dbname
         .clone()
         .unwrap_or_else(|| source.dbname.clone());
-    bk.record_source(connector.id, &system.system_id, system.timeline, &source_db)
-        .await?;
     let wal_sender_timeout = repl.wal_sender_timeout().await?;
     let status_interval =
         replication::status_interval(ctx.settings.pipeline.status_interval(), wal_sender_timeout);
 
     // The replica first: from here on a previous owner can neither commit nor move it.
-    let applied = sink::claim_replica(&store, &replica.dbname, ctx.lease).await?;
+    let applied = sink::claim_replica(store, &replica.dbname, ctx.lease).await?;
+    // Recorded only once accepted: a new timeline is followed, never silently.
+    timeline::check(&mut repl, connector, system.timeline, applied).await?;
+    bk.record_source(connector.id, &system.system_id, system.timeline, &source_db)
+        .await?;
     let source_sql = pg::connect(&source).await?;
     let capture_key = prepare_capture(&source_sql, connector).await?;
     let found = slot::inspect(&source_sql, bk.installation(), connector, applied).await?;
@@ -368,7 +368,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         // `connector retry-setup` asked for a new snapshot.
         (_, found) if connector.resnapshot_requested => {
             let why = "for a new snapshot";
-            start_over(ctx, found.as_ref(), why, (&source, &store, &replica), &mut repl).await?
+            start_over(ctx, found.as_ref(), why, (&source, store, &replica), &mut repl).await?
         }
         (Some(_), Some(Found { ownership: Ownership::NotOurs(why), .. })) => {
             return Err(slot::not_ours(connector, why))
@@ -426,7 +426,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
             // A slot left over from an interrupted snapshot of this connector is never
             // reused.
             let why = "of an interrupted snapshot";
-            start_over(ctx, found.as_ref(), why, (&source, &store, &replica), &mut repl).await?
+            start_over(ctx, found.as_ref(), why, (&source, store, &replica), &mut repl).await?
         }
     };
 
@@ -499,7 +499,7 @@ async fn enter(ctx: &PipelineContext, state: PipelineState) -> Result<(), Pipeli
 }
 
 /// The next step when only a new snapshot helps.
-fn retry_setup(connector: &Connector) -> String {
+pub(super) fn retry_setup(connector: &Connector) -> String {
     format!(
         "a new snapshot is needed: run `tributary connector retry-setup {} --resnapshot`",
         connector.name

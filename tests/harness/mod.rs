@@ -511,6 +511,17 @@ impl Cluster {
         }
     }
 
+    /// Promotes a standby to a primary on a new timeline (`pg_ctl promote`), waiting until
+    /// it accepts writes.
+    pub fn promote(&self) {
+        let mut cmd = self.server_command("pg_ctl");
+        cmd.args(["promote", "-w", "-t", PG_CTL_TIMEOUT_SECS, "-D"])
+            .arg(&self.data_dir);
+        if let Err(err) = run(&mut cmd) {
+            self.fail("promoting the standby", &err);
+        }
+    }
+
     /// Starts a stopped server again, with the same port and data.
     pub fn start_again(&self) {
         if let Err(err) = self.pg_ctl_start() {

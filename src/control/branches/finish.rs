@@ -7,7 +7,7 @@ use super::decide::sequence_value;
 use super::BranchError;
 use crate::bookkeeping::{self, Bookkeeping, BranchAccess, Connector};
 use crate::control::branch_access::{self, AccessError, AccessRequest};
-use crate::pg::conninfo::{InvalidUrl, Password};
+use crate::pg::conninfo::Password;
 use crate::pg::{self, quote_ident, ConnInfo, ConnectError, PgClient};
 use crate::sink;
 use crate::types::{BranchName, Lsn};
@@ -31,8 +31,6 @@ pub enum FinishError {
         name: String,
         qualified: String,
     },
-    #[error("the connector's source URL: {0}")]
-    SourceUrl(#[from] InvalidUrl),
     #[error(transparent)]
     Bookkeeping(#[from] bookkeeping::Error),
     #[error(transparent)]
@@ -166,7 +164,7 @@ async fn prepare(
     sink::release_triggers(&branch).await.map_err(doing(
         "enabling the triggers the source enables ALWAYS or REPLICA",
     ))?;
-    let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
+    let source = bookkeeping.source(connector).await?;
     let source = pg::connect(&source).await?;
     set_sequences(&source, &branch, &connector.schemas).await?;
     let large_objects: i64 = source
