@@ -1,5 +1,5 @@
 //! One pipeline per connector: setup, snapshot, streaming. `runner.rs` holds the order
-//! of things, `snapshot/` the initial copy (`tools.rs` its pg_dump and pg_restore),
+//! of things, `snapshot/` the initial copy (`snapshot/tools.rs` its pg_dump and pg_restore),
 //! `stream.rs` the apply loop; `versions.rs` says which PostgreSQL versions work together.
 
 mod capture;
@@ -12,7 +12,6 @@ pub mod runner;
 mod slot;
 pub mod snapshot;
 pub mod stream;
-mod tools;
 pub mod versions;
 
 pub use crate::state::PipelineState;

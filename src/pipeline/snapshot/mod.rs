@@ -80,8 +80,8 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-pub use super::tools::tool_failure_passes;
-pub use super::tools::Tools;
+pub use tools::tool_failure_passes;
+pub use tools::Tools;
 use super::versions::{StoreTooOld, ToolProblem, ToolRange};
 use crate::change::TableName;
 use crate::pg::retry::{self, ErrorKind, NextStep};
@@ -91,6 +91,7 @@ use crate::source::copy::snapshot_unknown;
 
 mod data;
 mod schema;
+mod tools;
 
 pub use data::copy_data;
 pub use schema::SchemaDump;
