@@ -18,6 +18,23 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "bookkeeping",
         &["change", "pg", "settings", "state", "types"],
     ),
+    // The declarations only: serving them and sampling slots is `monitor`'s, which reads
+    // the bookkeeping and `control::health` (above the pipeline that records into these).
+    ("metrics", &["source", "state", "types"]),
+    (
+        "pipeline",
+        &[
+            "bookkeeping",
+            "change",
+            "metrics",
+            "pg",
+            "settings",
+            "sink",
+            "source",
+            "state",
+            "types",
+        ],
+    ),
     (
         "control",
         &[

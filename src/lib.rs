@@ -5,6 +5,7 @@ pub mod change;
 pub mod cli;
 pub mod control;
 pub mod metrics;
+pub mod monitor;
 pub mod pg;
 pub mod pipeline;
 pub mod settings;
