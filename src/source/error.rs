@@ -92,6 +92,10 @@ pub enum Error {
     #[error(transparent)]
     InvalidUrl(#[from] crate::pg::conninfo::InvalidUrl),
 
+    /// A record the decoder does not understand: retrying reads the same record again.
+    #[error(transparent)]
+    Decode(#[from] super::wal2json::DecodeError),
+
     #[error(
         "could not connect to {target}: {source}; check that the server is running and reachable"
     )]
@@ -170,6 +174,7 @@ impl Error {
     /// surprises need the operator.
     pub fn kind(&self) -> ErrorKind {
         let transient = match self {
+            Error::Decode(_) => return ErrorKind::Definite(NextStep::Report),
             Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Closed { .. } => true,
             Error::Io { .. } | Error::Silent { .. } => true,
             Error::Server { error, .. } => retry::sqlstate(&error.code),
