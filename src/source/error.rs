@@ -194,6 +194,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_record_the_decoder_does_not_understand_is_reported_not_retried() {
+        let error = Error::from(super::super::wal2json::decode(b"{}").unwrap_err());
+        assert_eq!(error.kind(), ErrorKind::Definite(NextStep::Report));
+        assert!(
+            error.to_string().contains("invalid wal2json record"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn advice_follows_the_cause_not_only_the_code() {
         let error = |code: &str, message: &str, hint: Option<&str>| ServerError {
             severity: "ERROR".into(),
