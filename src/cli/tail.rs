@@ -279,4 +279,32 @@ mod tests {
             "UPDATE app.items key: id=1 new: id=1 price=2.5 name=\"7\" note=NULL on=true"
         );
     }
+
+    #[test]
+    fn transactions_print_their_positions_and_commit_time() {
+        let time = chrono::DateTime::from_timestamp_micros(1_732_219_959_022_360).unwrap();
+        let printed = |message: Message| {
+            let mut out = String::new();
+            describe(&message, None, &mut out);
+            out
+        };
+        assert_eq!(
+            printed(Message::Begin(crate::change::Begin {
+                xid: 731,
+                commit_lsn: Lsn::new(0x1541608),
+                end_lsn: Lsn::new(0x1541638),
+                commit_time: time,
+            })),
+            "BEGIN xid=731 commit_time=2024-11-21T20:12:39.022360Z"
+        );
+        assert_eq!(
+            printed(Message::Commit(crate::change::Commit {
+                xid: 731,
+                lsn: Lsn::new(0x1541608),
+                end_lsn: Lsn::new(0x1541638),
+                commit_time: time,
+            })),
+            "COMMIT xid=731 lsn=0/1541608 end_lsn=0/1541638"
+        );
+    }
 }
