@@ -210,9 +210,15 @@ impl Applier {
             }
             Command::Ddl(ddl) => {
                 self.in_source_tx = true;
-                tracing::info!(tag = %ddl.tag, lsn = ?ddl.lsn, "replaying a schema change");
+                tracing::info!(tag = %ddl.tag, lsn = %ddl.lsn, "replaying a schema change");
                 self.sink()?
-                    .execute_ddl(&ddl.sql, &ddl.search_path, &ddl.settings, &ddl.tag, ddl.lsn)
+                    .execute_ddl(
+                        &ddl.sql,
+                        &ddl.search_path,
+                        &ddl.settings,
+                        &ddl.tag,
+                        Some(ddl.lsn),
+                    )
                     .await?;
                 self.sink()?
                     .record_source_tables(&ddl.tables, &ddl.dropped)
@@ -265,7 +271,7 @@ impl Applier {
         let statements = self.reconciler.reconcile(sink, &change).await?;
         tracing::warn!(
             table = %change.table,
-            lsn = ?change.lsn,
+            lsn = %change.lsn,
             ?statements,
             "schema drift: the replica table was brought in line with the source"
         );
