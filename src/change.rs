@@ -1,7 +1,9 @@
 //! tributary's own representation of decoded changes.
 //!
 //! Everything after the decoder works with these types; none of them knows wal2json or
-//! JSON. They are deliberately not `Serialize`: a serialized type is a contract.
+//! JSON: positions are always there (`Lsn`, never optional) and commit times are times,
+//! whatever options the format has. They are deliberately not `Serialize`: a serialized
+//! type is a contract.
 
 // In `types`, so that `pg`'s SQL helpers need not know the change model.
 use crate::types::Lsn;
@@ -17,28 +19,30 @@ pub enum Message {
     Logical(LogicalMessage),
 }
 
+/// When a source transaction committed, as the source's clock said.
+pub type CommitTime = chrono::DateTime<chrono::Utc>;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Begin {
-    pub xid: Option<u32>,
+    pub xid: u32,
     /// LSN of the transaction's commit record: transactions are decoded at commit, so BEGIN
     /// already knows where the transaction ends.
-    pub commit_lsn: Option<Lsn>,
+    pub commit_lsn: Lsn,
     /// LSN just past the commit record, as on [`Commit::end_lsn`]. A sink whose applied
     /// position is at or past it has this transaction already.
-    pub end_lsn: Option<Lsn>,
-    /// Commit time as the source rendered it (ISO, UTC).
-    pub commit_time: Option<String>,
+    pub end_lsn: Lsn,
+    pub commit_time: CommitTime,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Commit {
-    pub xid: Option<u32>,
+    pub xid: u32,
     /// LSN of the commit record.
-    pub lsn: Option<Lsn>,
+    pub lsn: Lsn,
     /// LSN just past the commit record: the position to acknowledge once the transaction is
     /// durable on the branch store, and the position a restart resumes after.
-    pub end_lsn: Option<Lsn>,
-    pub commit_time: Option<String>,
+    pub end_lsn: Lsn,
+    pub commit_time: CommitTime,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,8 +57,8 @@ pub enum ChangeKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     pub kind: ChangeKind,
-    pub xid: Option<u32>,
-    pub lsn: Option<Lsn>,
+    /// Where the change's WAL record starts.
+    pub lsn: Lsn,
     pub table: TableName,
     /// New row values (INSERT, UPDATE). An UPDATE omits unchanged TOASTed columns: a column
     /// that is absent here is "not present" and must be left as it is, which is different
@@ -128,7 +132,8 @@ impl Value {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogicalMessage {
     pub transactional: bool,
-    pub lsn: Option<Lsn>,
+    /// Where the message's WAL record ends (what `pg_logical_emit_message` returned).
+    pub lsn: Lsn,
     pub prefix: String,
     pub content: String,
 }

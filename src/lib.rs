@@ -6,6 +6,7 @@ pub mod cli;
 pub mod control;
 pub mod crash;
 pub mod metrics;
+pub mod monitor;
 pub mod pg;
 pub mod pipeline;
 pub mod settings;

@@ -1,28 +1,8 @@
-//! Prometheus metrics, the health endpoints, and the sampler of the sources' slots.
-//!
-//! ```text
-//!  pipelines ──counters, gauges──► METRICS (one registry per process)
-//!  supervisor: lease taken ──► export (state as read)   lease lost/released ──► unexport
-//!  pipeline: each state as it is entered; the slot when streaming starts   ──► gauges
-//!  sample_slots, every metrics.slot_interval_secs:
-//!     bookkeeping → whether each enabled connector has a live lease holder ──► gauge
-//!     source → the slot of each connector exported here         ──► gauges
-//!     this process's apply lags                                  ──► bookkeeping (status)
-//!  GET /metrics   the registry in text format (apply lag computed at scrape time)
-//!  GET /healthz   200 while the process serves
-//!  GET /readyz    200 when the supervisor runs, the bookkeeping answers, and every
-//!                 connector whose lease this daemon holds is healthy; else 503 with one
-//!                 line per reason (`connector shop: stopped by an error: …`)
-//! ```
-//!
-//! Readiness is about this daemon doing its job, not about whether it is alive
-//! (`/healthz`): a Kubernetes readiness probe never restarts a pod, it marks it not ready
-//! (in `kubectl get pods`, for alerts on `kube_pod_status_ready`) and holds a rolling
-//! update until the new pod is ready, so `/readyz` fails exactly when a restart would not
-//! help: a failed connector this daemon holds, one retrying an error (not ready until it
-//! streams again, holding a rolling update meanwhile; an operator looks when it lasts), or
-//! a daemon that cannot run any. Connectors other daemons hold are theirs to report, and
-//! one no daemon holds is taken by whichever has room: neither makes this one unready.
+//! The process's Prometheus metrics: their declarations and the handles the pipelines,
+//! the supervisor and the slot sampler record into (`METRICS`, one registry per process).
+//! Serving them (`/metrics`, `/healthz`, `/readyz`) and sampling the sources' slots is
+//! `monitor/`'s: this module names nothing above the source's slot model, so every layer
+//! may record into it without an import cycle.
 //!
 //! Every series is labelled `connector` (never with a URL: no secret reaches a label).
 //! A connector's state and slot series come from the daemon holding its lease only, so
@@ -32,27 +12,16 @@
 //! every enabled connector, the same value, so that a connector nobody runs still alerts.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tokio_util::sync::CancellationToken;
 
-use crate::bookkeeping::{Bookkeeping, Connector};
-use crate::control::health::{self, Slot};
-use crate::pg;
-use crate::pipeline::PipelineState;
 use crate::source::slot::{self, Cause, WalStatus};
+use crate::state::PipelineState;
 use crate::types::{ConnectorId, ConnectorName};
 
 const WAL_STATUSES: [WalStatus; 4] = [
@@ -61,9 +30,6 @@ const WAL_STATUSES: [WalStatus; 4] = [
     WalStatus::Unreserved,
     WalStatus::Lost,
 ];
-
-/// How long the sampler waits for one source.
-const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -371,7 +337,7 @@ impl Metrics {
 
     /// Whether each enabled connector has no live lease holder, by name; the series of
     /// connectors not in `unowned` (deleted or disabled since) go.
-    fn set_unowned(&self, unowned: HashMap<String, bool>) {
+    pub fn set_unowned(&self, unowned: HashMap<String, bool>) {
         let mut exported = self
             .unowned_exported
             .lock()
@@ -388,7 +354,7 @@ impl Metrics {
     }
 
     /// The bookkeeping could not be read: every connector last seen enabled says 1.
-    fn unowned_unknown(&self) {
+    pub fn unowned_unknown(&self) {
         let exported = self
             .unowned_exported
             .lock()
@@ -565,203 +531,6 @@ pub struct ConnectorMetrics {
     pub schema_drift: IntCounter,
     /// See [`Metrics`]: set by the reader, read at scrape time.
     pub oldest_unapplied: Arc<AtomicI64>,
-}
-
-/// Whether the daemon is ready: the supervisor says while it runs; the connectors whose
-/// leases hold this daemon's name are judged at each request.
-#[derive(Clone)]
-pub struct Readiness {
-    supervisor_running: Arc<AtomicBool>,
-    /// This daemon as its leases name it (`host:pid`).
-    daemon: Arc<str>,
-}
-
-impl Readiness {
-    pub fn new(daemon: String) -> Readiness {
-        Readiness {
-            supervisor_running: Arc::default(),
-            daemon: daemon.into(),
-        }
-    }
-
-    pub fn daemon(&self) -> &str {
-        &self.daemon
-    }
-
-    pub fn set_running(&self, running: bool) {
-        self.supervisor_running.store(running, Ordering::Relaxed);
-    }
-}
-
-#[derive(Clone)]
-struct AppState {
-    bookkeeping: Arc<Bookkeeping>,
-    readiness: Readiness,
-}
-
-/// Binds the endpoint now (so that a taken address is an error at start), and returns the
-/// server to run until `shutdown`.
-pub async fn bind(
-    listen: SocketAddr,
-    bookkeeping: Arc<Bookkeeping>,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-) -> std::io::Result<(
-    SocketAddr,
-    impl std::future::Future<Output = std::io::Result<()>>,
-)> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let bound = listener.local_addr()?;
-    let app = Router::new()
-        .route("/metrics", get(metrics_endpoint))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(AppState {
-            bookkeeping,
-            readiness,
-        });
-    let server = async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    };
-    Ok((bound, server))
-}
-
-async fn metrics_endpoint() -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        METRICS.render(),
-    )
-}
-
-/// See the module doc: 200 only when the supervisor runs, the bookkeeping answers, and
-/// every connector whose lease this daemon holds is healthy (`control/health.rs`); else 503
-/// naming what is not. The sources are not asked: a pipeline that cannot reach its source
-/// records the error it retries, which is unhealthy.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
-    let unavailable = |why: String| (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
-    if !state.readiness.supervisor_running.load(Ordering::Relaxed) {
-        return unavailable("supervisor not running".to_owned());
-    }
-    let judged = tokio::time::timeout(
-        SOURCE_TIMEOUT,
-        unhealthy_held(&state.bookkeeping, state.readiness.daemon()),
-    )
-    .await;
-    match judged {
-        Ok(Ok(unhealthy)) if unhealthy.is_empty() => (StatusCode::OK, "ok\n".to_owned()),
-        Ok(Ok(unhealthy)) => unavailable(unhealthy.join("\n")),
-        _ => unavailable("bookkeeping unreachable".to_owned()),
-    }
-}
-
-/// `connector <name>: <reason>` for each connector whose lease `daemon` holds and that is
-/// not healthy.
-async fn unhealthy_held(
-    bookkeeping: &Bookkeeping,
-    daemon: &str,
-) -> Result<Vec<String>, crate::bookkeeping::Error> {
-    let leases = bookkeeping.leases().await?;
-    let mut unhealthy = Vec::new();
-    for connector in bookkeeping.connectors().await? {
-        let held = leases
-            .get(&connector.id)
-            .is_some_and(|l| l.is_held() && l.owner == daemon);
-        if !held {
-            continue;
-        }
-        let assessed = health::assess(bookkeeping, &connector, &leases, &Slot::Unknown).await?;
-        if let Some(problem) = assessed.health.problem() {
-            unhealthy.push(format!("connector {}: {}", connector.name, problem.reason));
-        }
-    }
-    Ok(unhealthy)
-}
-
-/// Samples the slot of every connector exported here every `interval`, until `shutdown`.
-pub async fn sample_slots(
-    bookkeeping: Arc<Bookkeeping>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        // A slow source must not hold up the daemon's exit.
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            () = sample(&bookkeeping) => {}
-        }
-    }
-}
-
-/// One look at every connector: whether a live daemon holds it; and the slot of each
-/// exported here.
-async fn sample(bookkeeping: &Bookkeeping) {
-    let (connectors, leases) =
-        match tokio::try_join!(bookkeeping.connectors(), bookkeeping.leases()) {
-            Ok(read) => read,
-            Err(e) => {
-                tracing::warn!("metrics: reading connectors and leases: {e}");
-                // Unseen is not held: if no daemon can read the bookkeeping, none holds a
-                // lease for long, and a last 0 kept would hide it.
-                METRICS.unowned_unknown();
-                return;
-            }
-        };
-    METRICS.set_unowned(
-        connectors
-            .iter()
-            .filter_map(|c| {
-                let owner = health::Owner::from_lease(leases.get(&c.id));
-                Some((c.name.to_string(), health::unowned(c.enabled, &owner)?))
-            })
-            .collect(),
-    );
-    for connector in &connectors {
-        if let Some(lag) = METRICS.apply_lag(connector.name.as_str()) {
-            let changes = METRICS.changes_applied(connector.name.as_str());
-            if let Err(e) = bookkeeping
-                .record_apply_lag(connector.id, lag, changes)
-                .await
-            {
-                tracing::debug!(connector = %connector.name, "metrics: recording the apply lag: {e}");
-            }
-        }
-        if !METRICS.exports(connector.id) {
-            continue;
-        }
-        let slot = tokio::time::timeout(SOURCE_TIMEOUT, inspect(bookkeeping, connector))
-            .await
-            .map_err(|_| "no answer".to_owned())
-            .and_then(|r| r);
-        if let Err(e) = &slot {
-            tracing::debug!(connector = %connector.name, "metrics: reading the slot: {e}");
-        }
-        METRICS.set_slot(connector.id, slot.map_err(drop));
-    }
-}
-
-async fn inspect(
-    bookkeeping: &Bookkeeping,
-    connector: &Connector,
-) -> Result<Option<slot::SlotInfo>, String> {
-    let source = bookkeeping
-        .source(connector)
-        .await
-        .map_err(|e| e.to_string())?;
-    let client = pg::connect(&source).await.map_err(|e| e.to_string())?;
-    slot::inspect(&client, &connector.slot_name)
-        .await
-        .map_err(|e| pg::error_message(&e))
 }
 
 #[cfg(test)]

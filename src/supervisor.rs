@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::bookkeeping::{Bookkeeping, Connector, BRANCH_CHANNEL};
-use crate::metrics::{Readiness, METRICS};
+use crate::metrics::METRICS;
+use crate::monitor::Readiness;
 use crate::pipeline::{self, PipelineContext, PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::types::{ConnectorId, ConnectorName, FencingToken};

@@ -7,8 +7,7 @@
 use std::process::Command;
 
 use tributary::change::Message;
-use tributary::source::wal2json;
-use tributary::source::{ReplicationMessage, SnapshotAction};
+use tributary::source::{SnapshotAction, StreamEvent};
 use tributary::types::Lsn;
 
 use crate::harness::Cluster;
@@ -106,14 +105,16 @@ async fn child_streams_the_transaction() {
             .expect("the stream stalled")
             .unwrap()
             .expect("stream ended");
-        let ReplicationMessage::XLogData(x) = message else {
+        let StreamEvent::Message(message) = message else {
             continue;
         };
-        bytes += x.data.len() as u64;
-        match wal2json::decode(&x.data).unwrap() {
-            Message::Change(_) => rows += 1,
+        match message {
+            Message::Change(change) => {
+                rows += 1;
+                bytes += change.approx_bytes() as u64;
+            }
             Message::Commit(c) => {
-                stream.set_flushed(c.end_lsn.unwrap_or(x.wal_start));
+                stream.set_flushed(c.end_lsn);
                 break;
             }
             _ => {}

@@ -291,7 +291,7 @@ async fn a_missing_row_fails_the_transaction_naming_table_and_lsn() {
         assert!(!err.is_transient());
         assert!(text.contains("row not found"), "{text}");
         assert!(text.contains(&format!("{kind} on public.t")), "{text}");
-        let lsn = failing.lsn.unwrap().to_string();
+        let lsn = failing.lsn.to_string();
         assert!(text.contains(&lsn), "{text} should name {lsn}");
     }
     // Nothing of the failed transactions was committed: not even the first UPDATE.
@@ -388,7 +388,7 @@ async fn a_merged_update_of_a_missing_row_fails_naming_its_first_change() {
             ],
         )
         .await;
-    let first = txs[0].changes().last().unwrap().lsn.unwrap().to_string();
+    let first = txs[0].changes().last().unwrap().lsn.to_string();
     let mut sink = env.sink().await;
     let err = apply_grouped(&mut sink, &txs).await.unwrap_err();
     assert!(matches!(err, SinkError::RowNotFound { .. }), "{err:?}");
@@ -421,7 +421,7 @@ async fn a_duplicate_insert_is_an_error_naming_the_failing_change_among_many() {
     assert!(!err.is_transient());
     assert!(text.contains("INSERT on public.t"), "{text}");
     assert!(text.contains("23505"), "{text}");
-    let lsn = failing.lsn.unwrap().to_string();
+    let lsn = failing.lsn.to_string();
     assert!(
         text.contains(&format!("LSN {lsn} ")),
         "{text} should name {lsn}"
@@ -668,7 +668,7 @@ async fn a_missing_table_is_a_clear_definite_error() {
     assert!(matches!(err, SinkError::MissingTable { .. }), "{err:?}");
     assert!(!err.is_transient());
     assert!(text.contains(r#"public."Not There""#), "{text}");
-    assert!(text.contains(&failing.lsn.unwrap().to_string()), "{text}");
+    assert!(text.contains(&failing.lsn.to_string()), "{text}");
     assert!(text.contains("snapshot"), "{text}");
     assert_eq!(env.cluster.psql(REPLICA, "SELECT count(*) FROM here"), "0");
 }

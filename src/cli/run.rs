@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Failure;
 use crate::control::store_check;
-use crate::metrics::{self, Readiness};
+use crate::monitor::{self, Readiness};
 use crate::settings::Settings;
 use crate::source::preflight::Outcome;
 use crate::supervisor::{self, Supervisor};
@@ -54,7 +54,7 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), Failure> 
     let services_shutdown = CancellationToken::new();
     let readiness = Readiness::new(supervisor::daemon_name());
     let listen = settings.metrics.listen;
-    let (bound, server) = metrics::bind(
+    let (bound, server) = monitor::bind(
         listen,
         bookkeeping.clone(),
         readiness.clone(),
@@ -75,7 +75,7 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), Failure> 
             tracing::error!("metrics endpoint: {e}");
         }
     });
-    services.spawn(metrics::sample_slots(
+    services.spawn(monitor::sample_slots(
         bookkeeping.clone(),
         settings.metrics.slot_interval(),
         services_shutdown.clone(),

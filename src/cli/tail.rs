@@ -13,7 +13,7 @@ use crate::change::{Change, ChangeKind, Column, Message, TableName, Value};
 use crate::pg::{self, PgClient};
 use crate::source::wal2json::{self, PluginOptions};
 use crate::source::{
-    replication, AckTracker, ConnInfo, ReplicationClient, ReplicationMessage, SnapshotAction,
+    replication, AckTracker, ConnInfo, ReplicationClient, SnapshotAction, StreamEvent,
 };
 use crate::types::SlotName;
 
@@ -87,13 +87,12 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         };
         let Some(message) = message else { break };
         match message {
-            ReplicationMessage::Keepalive(k) => {
+            StreamEvent::Keepalive(k) => {
                 if let Some(position) = tracker.idle_position(k.wal_end) {
                     tracker.applied(position);
                 }
             }
-            ReplicationMessage::XLogData(x) => {
-                let decoded = wal2json::decode(&x.data)?;
+            StreamEvent::Message(decoded) => {
                 line.clear();
                 let numeric = match &decoded {
                     Message::Change(change) => numbers.of(change).await,
@@ -104,15 +103,14 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
                 match decoded {
                     Message::Begin(_) => tracker.begin(),
                     Message::Commit(c) => {
-                        let end = c.end_lsn.unwrap_or(x.wal_start);
-                        tracker.commit(end);
-                        tracker.applied(end);
+                        tracker.commit(c.end_lsn);
+                        tracker.applied(c.end_lsn);
                     }
                     _ => {}
                 }
             }
             // In its place among the changes: a WARNING here is a change wal2json left out.
-            ReplicationMessage::Notice(notice) => {
+            StreamEvent::Notice(notice) => {
                 writeln!(stdout.lock(), "{notice}").context("writing to standard output")?;
             }
         }
@@ -181,15 +179,14 @@ fn describe(message: &Message, numeric: Option<&HashSet<String>>, out: &mut Stri
         Message::Begin(b) => write!(
             out,
             "BEGIN xid={} commit_time={}",
-            opt(&b.xid),
-            b.commit_time.as_deref().unwrap_or("-")
+            b.xid,
+            b.commit_time
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         ),
         Message::Commit(c) => write!(
             out,
             "COMMIT xid={} lsn={} end_lsn={}",
-            opt(&c.xid),
-            opt(&c.lsn),
-            opt(&c.end_lsn)
+            c.xid, c.lsn, c.end_lsn
         ),
         Message::Change(change) => describe_change(change, numeric, out),
         Message::Logical(m) => write!(
@@ -236,13 +233,10 @@ fn describe_change(
     columns(out, "new", &change.columns)
 }
 
-fn opt<T: std::fmt::Display>(value: &Option<T>) -> String {
-    value.as_ref().map_or_else(|| "-".to_owned(), T::to_string)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Lsn;
 
     #[test]
     fn numbers_print_bare_by_column_type_whatever_json_type_they_came_as() {
@@ -252,8 +246,7 @@ mod tests {
         };
         let change = |id: Value, price: Value| Change {
             kind: ChangeKind::Update,
-            xid: None,
-            lsn: None,
+            lsn: Lsn::new(0x16),
             table: TableName {
                 schema: "app".to_owned(),
                 name: "items".to_owned(),
@@ -284,6 +277,34 @@ mod tests {
         assert_eq!(
             printed(number("1"), number("2.5"), None),
             "UPDATE app.items key: id=1 new: id=1 price=2.5 name=\"7\" note=NULL on=true"
+        );
+    }
+
+    #[test]
+    fn transactions_print_their_positions_and_commit_time() {
+        let time = chrono::DateTime::from_timestamp_micros(1_732_219_959_022_360).unwrap();
+        let printed = |message: Message| {
+            let mut out = String::new();
+            describe(&message, None, &mut out);
+            out
+        };
+        assert_eq!(
+            printed(Message::Begin(crate::change::Begin {
+                xid: 731,
+                commit_lsn: Lsn::new(0x1541608),
+                end_lsn: Lsn::new(0x1541638),
+                commit_time: time,
+            })),
+            "BEGIN xid=731 commit_time=2024-11-21T20:12:39.022360Z"
+        );
+        assert_eq!(
+            printed(Message::Commit(crate::change::Commit {
+                xid: 731,
+                lsn: Lsn::new(0x1541608),
+                end_lsn: Lsn::new(0x1541638),
+                commit_time: time,
+            })),
+            "COMMIT xid=731 lsn=0/1541608 end_lsn=0/1541638"
         );
     }
 }

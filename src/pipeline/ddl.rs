@@ -43,7 +43,7 @@ pub struct DdlStatement {
     /// OIDs of the tables it dropped.
     pub dropped: Vec<u32>,
     /// For messages: wal2json reports a position near the command (the next change's).
-    pub lsn: Option<Lsn>,
+    pub lsn: Lsn,
 }
 
 /// Settings the replay takes from the source session.
@@ -156,9 +156,9 @@ impl DdlTracker {
     pub fn on_message(
         &mut self,
         message: DdlMessage,
-        lsn: Option<Lsn>,
+        lsn: Lsn,
     ) -> Result<Option<DdlStatement>, PipelineError> {
-        let at = lsn.map_or_else(String::new, |lsn| format!(" at {lsn}"));
+        let at = format!(" at {lsn}");
         if message.event == DdlEvent::SqlDrop {
             self.dropped.extend(message.objects);
             return Ok(None);
@@ -462,12 +462,12 @@ mod tests {
         let query = "create table t (id int primary key); insert into t values (1); \
                      alter table t add b int; create index concurrently i on t (b)";
         let table = || vec![object("table", Some("public"), "public.t")];
-        let first = t.on_message(command("CREATE TABLE", query, table()), None);
+        let first = t.on_message(command("CREATE TABLE", query, table()), Lsn::new(16));
         assert_eq!(
             first.unwrap().unwrap().sql,
             "create table t (id int primary key)"
         );
-        let second = t.on_message(command("ALTER TABLE", query, table()), None);
+        let second = t.on_message(command("ALTER TABLE", query, table()), Lsn::new(16));
         let second = second.unwrap().unwrap();
         assert_eq!(second.sql, "alter table t add b int");
         assert_eq!(
@@ -481,7 +481,7 @@ mod tests {
             )
         );
         let index = vec![object("index", Some("public"), "public.i")];
-        let third = t.on_message(command("CREATE INDEX", query, index), None);
+        let third = t.on_message(command("CREATE INDEX", query, index), Lsn::new(16));
         assert_eq!(third.unwrap().unwrap().sql, "create index  i on t (b)");
     }
 
@@ -492,20 +492,23 @@ mod tests {
         assert!(t
             .on_message(
                 command("CREATE TABLE", "create table audit.log ()", other),
-                None
+                Lsn::new(16)
             )
             .unwrap()
             .is_none());
         let grant = vec![object("table", Some("public"), "public.t")];
         assert!(t
-            .on_message(command("GRANT", "grant select on t to x", grant), None)
+            .on_message(
+                command("GRANT", "grant select on t to x", grant),
+                Lsn::new(16)
+            )
             .unwrap()
             .is_none());
         let owner = vec![object("table", Some("public"), "public.t")];
         assert!(t
             .on_message(
                 command("ALTER TABLE", "alter table t owner to x", owner),
-                None
+                Lsn::new(16)
             )
             .unwrap()
             .is_none());
@@ -513,7 +516,7 @@ mod tests {
         assert!(t
             .on_message(
                 command("ALTER TABLE", "alter table no_key add a int", column),
-                None
+                Lsn::new(16)
             )
             .unwrap()
             .is_none());
@@ -528,15 +531,15 @@ mod tests {
             vec![object("table", Some("My S"), "\"My S\".t")],
         );
         drop.event = DdlEvent::SqlDrop;
-        assert!(t.on_message(drop, None).unwrap().is_none());
+        assert!(t.on_message(drop, Lsn::new(16)).unwrap().is_none());
         let end = command("DROP TABLE", "drop table \"My S\".t", vec![]);
         assert_eq!(
-            t.on_message(end, None).unwrap().unwrap().sql,
+            t.on_message(end, Lsn::new(16)).unwrap().unwrap().sql,
             "drop table \"My S\".t"
         );
         let schema = vec![object("schema", None, "\"My S\"")];
         let create = command("CREATE SCHEMA", "create schema \"My S\"", schema);
-        assert!(t.on_message(create, None).unwrap().is_some());
+        assert!(t.on_message(create, Lsn::new(16)).unwrap().is_some());
     }
 
     #[test]
@@ -548,7 +551,7 @@ mod tests {
             "do $$ begin execute 'alter table t add c int'; end $$",
             table,
         );
-        let error = t.on_message(nested, None).unwrap_err().to_string();
+        let error = t.on_message(nested, Lsn::new(16)).unwrap_err().to_string();
         assert!(error.contains("DO"), "{error}");
     }
 
@@ -559,11 +562,11 @@ mod tests {
         // The first DROP found nothing: no object, nothing replayed, but its statement is
         // used up.
         assert!(t
-            .on_message(command("DROP TABLE", query, vec![]), None)
+            .on_message(command("DROP TABLE", query, vec![]), Lsn::new(16))
             .unwrap()
             .is_none());
         let b = vec![object("table", Some("public"), "public.b")];
-        let second = t.on_message(command("DROP TABLE", query, b), None);
+        let second = t.on_message(command("DROP TABLE", query, b), Lsn::new(16));
         assert_eq!(second.unwrap().unwrap().sql, "drop table public.b");
     }
 
@@ -571,9 +574,9 @@ mod tests {
     fn commands_whose_rows_bypass_the_stream_or_are_no_ddl_stop_the_pipeline() {
         let table = || vec![object("table", Some("public"), "public.t")];
         let ctas = command("CREATE TABLE AS", "create table t as select 1", table());
-        assert!(tracker().on_message(ctas, None).is_err());
+        assert!(tracker().on_message(ctas, Lsn::new(16)).is_err());
         let copy = command("COPY", "copy t from program 'x'", table());
-        assert!(tracker().on_message(copy, None).is_err());
+        assert!(tracker().on_message(copy, Lsn::new(16)).is_err());
         let mut legacy = command(
             "ALTER TABLE",
             "alter table t add c text default 'a\\'",
@@ -582,7 +585,7 @@ mod tests {
         legacy
             .settings
             .insert("standard_conforming_strings".into(), "off".into());
-        assert!(tracker().on_message(legacy, None).is_err());
+        assert!(tracker().on_message(legacy, Lsn::new(16)).is_err());
     }
 
     /// Every command tag of PostgreSQL 13–18's event trigger firing matrix has a
@@ -678,10 +681,16 @@ mod tests {
         let body = r#"{"v": 2, "tag": "GRANT", "event": "ddl_command_end", "query": "grant select on t to r", "objects": [{"type": "table", "schema": null, "identity": null, "oid": null, "in_extension": false, "table": null}], "search_path": ["public"]}"#;
         let message = DdlMessage::parse(body).unwrap();
         assert_eq!(message.objects[0].identity, None);
-        assert!(tracker().on_message(message, None).unwrap().is_none());
+        assert!(tracker()
+            .on_message(message, Lsn::new(16))
+            .unwrap()
+            .is_none());
         let body = r#"{"v": 2, "tag": "ALTER DEFAULT PRIVILEGES", "event": "ddl_command_end", "query": "alter default privileges grant select on tables to r", "objects": [{"type": "table", "schema": null, "identity": null, "oid": null, "in_extension": false, "table": null}], "search_path": ["public"]}"#;
         let message = DdlMessage::parse(body).unwrap();
-        assert!(tracker().on_message(message, None).unwrap().is_none());
+        assert!(tracker()
+            .on_message(message, Lsn::new(16))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -720,7 +729,7 @@ mod tests {
         let table = || vec![object("table", Some("public"), "public.t")];
         let message = command("ALTER TABLE", "alter table t set unlogged", table());
         let Err(PipelineError::Definite { error, next_step }) =
-            tracker().on_message(message, Some(Lsn::new(16)))
+            tracker().on_message(message, Lsn::new(16))
         else {
             panic!("SET UNLOGGED was replayed");
         };
@@ -731,11 +740,11 @@ mod tests {
         assert!(next_step.contains("SET LOGGED"), "{next_step}");
         assert!(next_step.ends_with("retry"), "{next_step}");
         let message = command("CREATE TABLE", "create unlogged table t (a int)", table());
-        assert!(tracker().on_message(message, None).is_err());
+        assert!(tracker().on_message(message, Lsn::new(16)).is_err());
         // Outside the connector's schemas, nothing is replayed, so nothing stops.
         let elsewhere = vec![object("table", Some("other"), "other.t")];
         let message = command("ALTER TABLE", "alter table other.t set unlogged", elsewhere);
-        assert_eq!(tracker().on_message(message, None).unwrap(), None);
+        assert_eq!(tracker().on_message(message, Lsn::new(16)).unwrap(), None);
     }
 
     #[test]
@@ -770,13 +779,13 @@ mod tests {
             "create policy own on t using (true)",
             policy,
         );
-        assert!(t.on_message(create, None).unwrap().is_some());
+        assert!(t.on_message(create, Lsn::new(16)).unwrap().is_some());
         let elsewhere = vec![object("policy", None, "own on audit.t")];
         let create = command(
             "CREATE POLICY",
             "create policy own on audit.t using (true)",
             elsewhere,
         );
-        assert!(t.on_message(create, None).unwrap().is_none());
+        assert!(t.on_message(create, Lsn::new(16)).unwrap().is_none());
     }
 }

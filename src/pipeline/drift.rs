@@ -75,7 +75,7 @@ impl Reconciler {
             )
         })?;
         for statement in &statements {
-            sink.execute_ddl(statement, &[], &[], "schema drift", change.lsn)
+            sink.execute_ddl(statement, &[], &[], "schema drift", Some(change.lsn))
                 .await?;
         }
         Ok(statements)
@@ -230,6 +230,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::change::{Column, Value};
+    use crate::types::Lsn;
 
     fn table() -> TableName {
         TableName {
@@ -264,8 +265,7 @@ mod tests {
     fn insert(columns: &[&str]) -> Change {
         Change {
             kind: ChangeKind::Insert,
-            xid: None,
-            lsn: None,
+            lsn: Lsn::new(0x16),
             table: table(),
             columns: columns
                 .iter()

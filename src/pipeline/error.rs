@@ -8,7 +8,6 @@ use crate::pipeline::snapshot::SnapshotError;
 use crate::sink::SinkError;
 use crate::source;
 use crate::source::catalog::CatalogError;
-use crate::source::wal2json::DecodeError;
 use crate::types::{ConnectorName, SlotName};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,8 +18,6 @@ pub enum PipelineError {
     Connect(#[from] ConnectError),
     #[error("source catalog: {0}")]
     Catalog(#[from] CatalogError),
-    #[error("{0}")]
-    Decode(#[from] DecodeError),
     #[error("branch store: {0}")]
     Sink(#[from] SinkError),
     #[error("snapshot: {0}")]
@@ -82,7 +79,6 @@ impl PipelineError {
             PipelineError::Source(e) => e.kind(),
             PipelineError::Connect(e) => ErrorKind::of(e.is_transient(), NextStep::FixCause),
             PipelineError::Catalog(e) => e.kind(),
-            PipelineError::Decode(_) => ErrorKind::Definite(NextStep::Report),
             PipelineError::Sink(e) => e.kind(),
             PipelineError::Snapshot(e) => e.kind(),
             PipelineError::Bookkeeping(e) => e.kind(),

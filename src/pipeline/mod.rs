@@ -1,6 +1,6 @@
 //! One pipeline per connector: setup, snapshot, streaming. `runner.rs` holds the order
-//! of things, `snapshot/` the initial copy (`tools.rs` its pg_dump and pg_restore),
-//! `stream.rs` the apply loop; `versions.rs` says which PostgreSQL versions work together.
+//! of things, `snapshot/` the initial copy (`snapshot/tools.rs` its pg_dump and pg_restore),
+//! `stream/` the apply loop; `versions.rs` says which PostgreSQL versions work together.
 
 mod capture;
 mod ddl;
@@ -13,7 +13,6 @@ mod slot;
 pub mod snapshot;
 pub mod stream;
 mod timeline;
-mod tools;
 pub mod versions;
 
 pub use crate::state::PipelineState;

@@ -12,7 +12,7 @@
 //!      left over, new slot with exported snapshot,
 //!      pre-data schema, parallel COPY, post-data schema, record the consistent point
 //!             ▼
-//!  streaming (pipeline/stream.rs) until shutdown or error
+//!  streaming (pipeline/stream/) until shutdown or error
 //! ```
 //!
 //! The applied LSN in the replica is the single fact that decides between resuming and

@@ -92,6 +92,10 @@ pub enum Error {
     #[error(transparent)]
     InvalidUrl(#[from] crate::pg::conninfo::InvalidUrl),
 
+    /// A record the decoder does not understand: retrying reads the same record again.
+    #[error(transparent)]
+    Decode(#[from] super::wal2json::DecodeError),
+
     #[error(
         "could not connect to {target}: {source}; check that the server is running and reachable"
     )]
@@ -170,6 +174,7 @@ impl Error {
     /// surprises need the operator.
     pub fn kind(&self) -> ErrorKind {
         let transient = match self {
+            Error::Decode(_) => return ErrorKind::Definite(NextStep::Report),
             Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Closed { .. } => true,
             Error::Io { .. } | Error::Silent { .. } => true,
             Error::Server { error, .. } => retry::sqlstate(&error.code),
@@ -187,6 +192,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_the_decoder_does_not_understand_is_reported_not_retried() {
+        let error = Error::from(super::super::wal2json::decode(b"{}").unwrap_err());
+        assert_eq!(error.kind(), ErrorKind::Definite(NextStep::Report));
+        assert!(
+            error.to_string().contains("invalid wal2json record"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn advice_follows_the_cause_not_only_the_code() {

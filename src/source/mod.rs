@@ -2,7 +2,9 @@
 //! client, and the wal2json decoder.
 //!
 //! **Invariant:** nothing outside this module sees the replication wire protocol or
-//! wal2json's JSON; the rest of the daemon receives [`crate::change::Message`]s.
+//! wal2json's JSON; the rest of the daemon (the pipeline and `tail` alike) receives
+//! [`StreamEvent`]s of decoded [`crate::change::Message`]s, with positions as `Lsn`s and
+//! commit times as times (`layering::the_wal2json_format_stops_at_source`).
 
 pub mod capture;
 pub mod catalog;
@@ -23,6 +25,6 @@ pub use crate::pg::{ConnInfo, SslMode};
 pub use error::{Error, ServerError};
 pub use progress::AckTracker;
 pub use replication::{
-    CreatedSlot, Keepalive, ReplicationClient, ReplicationMessage, ReplicationStream,
-    SnapshotAction, SystemInfo, XLogData,
+    CreatedSlot, Keepalive, ReplicationClient, ReplicationStream, SnapshotAction, StreamEvent,
+    SystemInfo,
 };

@@ -3,7 +3,7 @@
 //! # Progress and acknowledgement
 //!
 //! ```text
-//!   server ── XLogData(wal_start, data) ─────────► ReplicationStream::next ──► decoder ──► sink
+//!   server ── XLogData(wal_start, data) ──► ReplicationStream::next: decoded ──► StreamEvent ──► sink
 //!          ◄── StandbyStatusUpdate(write, flush) ──  set_flushed(lsn) ◄── durable commit ──┘
 //! ```
 //!
@@ -28,8 +28,9 @@ use postgres_protocol::message::frontend;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::error::{Result, ServerError};
-use super::wal2json::PluginOptions;
+use super::wal2json::{self, PluginOptions};
 use super::wire::{Connection, Frame, Rows};
+use crate::change;
 use crate::pg::ConnInfo;
 use crate::types::{Lsn, SlotName};
 
@@ -75,27 +76,32 @@ pub struct CreatedSlot {
     pub output_plugin: String,
 }
 
-/// A message of the CopyBoth stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplicationMessage {
-    XLogData(XLogData),
+/// What the stream delivers, decoded: the replication protocol and wal2json's JSON end
+/// here, and the pipeline and `tail` see positions as [`Lsn`]s and times as times.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// One wal2json record, decoded ([`super::wal2json::decode`]).
+    Message(change::Message),
     Keepalive(Keepalive),
     /// A NoticeResponse, in its place among the others: wal2json reports a change it left
     /// out only this way ([`super::notice`]).
     Notice(ServerError),
 }
 
+/// A CopyData message of the stream, as the protocol frames it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CopyMessage {
+    XLogData(XLogData),
+    Keepalive(Keepalive),
+}
+
 /// One output-plugin message: for wal2json format 2, one JSON object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct XLogData {
+struct XLogData {
     /// Position of the WAL record this message was decoded from; for a commit, the end of
     /// the commit record.
-    pub wal_start: Lsn,
-    /// The server's current end of WAL.
-    pub wal_end: Lsn,
-    /// Server clock when sent, microseconds since 2000-01-01.
-    pub server_time: i64,
-    pub data: Bytes,
+    wal_start: Lsn,
+    data: Bytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +114,7 @@ pub struct Keepalive {
 }
 
 /// Parses one CopyData payload of the stream. Never panics, whatever the input.
-pub fn parse_copy_data(mut payload: Bytes) -> Result<ReplicationMessage, String> {
+fn parse_copy_data(mut payload: Bytes) -> Result<CopyMessage, String> {
     let Some(&kind) = payload.first() else {
         return Err("empty CopyData message".into());
     };
@@ -122,12 +128,10 @@ pub fn parse_copy_data(mut payload: Bytes) -> Result<ReplicationMessage, String>
             }
             payload.advance(1);
             let wal_start = Lsn::new(payload.get_u64());
-            let wal_end = Lsn::new(payload.get_u64());
-            let server_time = payload.get_i64();
-            Ok(ReplicationMessage::XLogData(XLogData {
+            // The server's end of WAL and clock: keepalives say them too.
+            payload.advance(16);
+            Ok(CopyMessage::XLogData(XLogData {
                 wal_start,
-                wal_end,
-                server_time,
                 data: payload,
             }))
         }
@@ -136,7 +140,7 @@ pub fn parse_copy_data(mut payload: Bytes) -> Result<ReplicationMessage, String>
                 return Err(format!("keepalive of {} bytes, expected 18", payload.len()));
             }
             payload.advance(1);
-            Ok(ReplicationMessage::Keepalive(Keepalive {
+            Ok(CopyMessage::Keepalive(Keepalive {
                 wal_end: Lsn::new(payload.get_u64()),
                 server_time: payload.get_i64(),
                 reply_requested: payload.get_u8() != 0,
@@ -449,12 +453,12 @@ impl ReplicationStream {
         self.numeric_as_string
     }
 
-    /// The next message; `None` when the server ended the stream. Answers keepalives and
-    /// sends periodic status updates while waiting. Cancel-safe.
-    pub async fn next(&mut self) -> Result<Option<ReplicationMessage>> {
+    /// The next message, decoded; `None` when the server ended the stream. Answers
+    /// keepalives and sends periodic status updates while waiting. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Option<StreamEvent>> {
         loop {
             if let Some(message) = self.try_next()? {
-                if matches!(&message, ReplicationMessage::Keepalive(k) if k.reply_requested) {
+                if matches!(&message, StreamEvent::Keepalive(k) if k.reply_requested) {
                     self.client.conn.flush().await?;
                 }
                 return Ok(Some(message));
@@ -491,7 +495,7 @@ impl ReplicationStream {
     /// take a run of messages without going back to its `select!` for each. A keepalive
     /// asking for a reply gets it queued; the next [`ReplicationStream::next`] (or status
     /// update) sends it. `None` also once the server ended the stream.
-    pub fn try_next(&mut self) -> Result<Option<ReplicationMessage>> {
+    pub fn try_next(&mut self) -> Result<Option<StreamEvent>> {
         if self.server_done {
             return Ok(None);
         }
@@ -502,21 +506,22 @@ impl ReplicationStream {
         self.unanswered_since = None;
         match frame {
             Frame::CopyData(payload) => {
-                let message = parse_copy_data(payload).map_err(|r| conn.protocol(r))?;
-                match &message {
-                    ReplicationMessage::XLogData(x) => {
-                        self.received = self.received.max(x.wal_start)
+                match parse_copy_data(payload).map_err(|r| conn.protocol(r))? {
+                    CopyMessage::XLogData(x) => {
+                        self.received = self.received.max(x.wal_start);
+                        Ok(Some(StreamEvent::Message(wal2json::decode(&x.data)?)))
                     }
-                    ReplicationMessage::Keepalive(k) if k.reply_requested => {
-                        self.queue_status(false)
+                    CopyMessage::Keepalive(k) => {
+                        if k.reply_requested {
+                            self.queue_status(false);
+                        }
+                        Ok(Some(StreamEvent::Keepalive(k)))
                     }
-                    ReplicationMessage::Keepalive(_) | ReplicationMessage::Notice(_) => {}
                 }
-                Ok(Some(message))
             }
-            Frame::Other(Message::NoticeResponse(body)) => Ok(Some(ReplicationMessage::Notice(
-                Connection::fields(body.fields()),
-            ))),
+            Frame::Other(Message::NoticeResponse(body)) => {
+                Ok(Some(StreamEvent::Notice(Connection::fields(body.fields()))))
+            }
             // A server shutting down ends streaming with CommandComplete and no CopyDone,
             // then exits.
             Frame::Other(Message::CopyDone | Message::CommandComplete(_)) => {
@@ -607,11 +612,10 @@ mod tests {
         w.extend(0x1_0000_0020u64.to_be_bytes());
         w.extend(7i64.to_be_bytes());
         w.extend(b"{}");
-        let ReplicationMessage::XLogData(x) = parse_copy_data(Bytes::from(w)).unwrap() else {
+        let CopyMessage::XLogData(x) = parse_copy_data(Bytes::from(w)).unwrap() else {
             panic!("not XLogData")
         };
         assert_eq!(x.wal_start.to_string(), "1/10");
-        assert_eq!(x.wal_end.to_string(), "1/20");
         assert_eq!(&x.data[..], b"{}");
 
         let mut k = vec![b'k'];
@@ -620,7 +624,7 @@ mod tests {
         k.push(1);
         assert_eq!(
             parse_copy_data(Bytes::from(k)).unwrap(),
-            ReplicationMessage::Keepalive(Keepalive {
+            CopyMessage::Keepalive(Keepalive {
                 wal_end: Lsn::new(5),
                 server_time: 9,
                 reply_requested: true

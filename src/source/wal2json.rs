@@ -29,7 +29,10 @@
 //!   [`Begin`] carries the commit LSN and its end. wal2json decodes a transaction at its commit,
 //!   so transactions arrive whole, one after another, in commit order. `timestamp` on every
 //!   record of a transaction is its commit time, always ISO but in the walsender session's
-//!   `TimeZone`; it is kept as text.
+//!   `TimeZone`; B and C carry it as a [`CommitTime`].
+//! - The decoded types have no optional fields for wal2json's options: the options
+//!   tributary asks for always give B and C their positions, xid and time, and every change
+//!   and message its `lsn`; a record without them is an error.
 //! - `lsn` on I/U/D/T is the start of that change's WAL record; on M it is the *end* of the
 //!   message record (what `pg_logical_emit_message` returned).
 //! - A non-transactional M has `"xid":null` and `"timestamp":null`. M `content` is the
@@ -89,7 +92,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::change::{
-    Begin, Change, ChangeKind, Column, Commit, LogicalMessage, Message, TableName, Value,
+    Begin, Change, ChangeKind, Column, Commit, CommitTime, LogicalMessage, Message, TableName,
+    Value,
 };
 use crate::types::Lsn;
 
@@ -238,32 +242,41 @@ impl Record<'_> {
         let missing = |field: &str| {
             DecodeError::new(input, format!("{action} record has no \"{field}\" field"))
         };
-        let lsn = |field: &str, value: Option<Str<'_>>| -> Result<Option<Lsn>, DecodeError> {
-            match value {
-                None => Ok(None),
-                Some(text) => text.0.parse().map(Some).map_err(|_| {
-                    DecodeError::new(
-                        input,
-                        format!("{action} record: \"{field}\" is not an LSN: {:?}", text.0),
-                    )
-                }),
-            }
+        // tributary always asks for include-lsn, -xids and -timestamp (`to_options`): a
+        // record without them is not one it asked for, and the pipeline needs them all.
+        let lsn = |field: &str, value: Option<Str<'_>>| -> Result<Lsn, DecodeError> {
+            let text = value.ok_or_else(|| missing(field))?;
+            text.0.parse().map_err(|_| {
+                DecodeError::new(
+                    input,
+                    format!("{action} record: \"{field}\" is not an LSN: {:?}", text.0),
+                )
+            })
+        };
+        let time = |value: Option<Str<'_>>| -> Result<CommitTime, DecodeError> {
+            let text = value.ok_or_else(|| missing("timestamp"))?;
+            commit_time(&text.0).ok_or_else(|| {
+                DecodeError::new(
+                    input,
+                    format!("{action} record: \"timestamp\" is not a time: {:?}", text.0),
+                )
+            })
         };
         let kind = match &*action {
             "B" => {
                 return Ok(Message::Begin(Begin {
-                    xid: self.xid,
-                    commit_lsn: lsn("lsn", self.lsn)?,
                     end_lsn: lsn("nextlsn", self.nextlsn)?,
-                    commit_time: self.timestamp.map(Str::into_string),
+                    commit_lsn: lsn("lsn", self.lsn)?,
+                    xid: self.xid.ok_or_else(|| missing("xid"))?,
+                    commit_time: time(self.timestamp)?,
                 }))
             }
             "C" => {
                 return Ok(Message::Commit(Commit {
-                    xid: self.xid,
-                    lsn: lsn("lsn", self.lsn)?,
                     end_lsn: lsn("nextlsn", self.nextlsn)?,
-                    commit_time: self.timestamp.map(Str::into_string),
+                    lsn: lsn("lsn", self.lsn)?,
+                    xid: self.xid.ok_or_else(|| missing("xid"))?,
+                    commit_time: time(self.timestamp)?,
                 }))
             }
             "M" => {
@@ -304,7 +317,6 @@ impl Record<'_> {
         };
         Ok(Message::Change(Change {
             kind,
-            xid: self.xid,
             lsn: lsn("lsn", self.lsn)?,
             table: TableName {
                 schema: schema.into_string(),
@@ -314,6 +326,14 @@ impl Record<'_> {
             identity: identity.map(|c| c.0).unwrap_or_default(),
         }))
     }
+}
+
+/// wal2json's commit time (`2024-11-21 20:12:39.02236+00`): always ISO
+/// (`timestamptz_to_str`), with the offset of the walsender session's `TimeZone`.
+fn commit_time(text: &str) -> Option<CommitTime> {
+    chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .ok()
+        .map(|t| t.to_utc())
 }
 
 /// A JSON string, borrowed from the input unless it contained escapes.
@@ -579,8 +599,6 @@ mod tests {
     const MESSAGE_TX: &str = r#"{"action":"M","xid":748,"timestamp":"2026-11-21 20:12:39.039857+00","lsn":"0/15546F0","transactional":true,"prefix":"tributary","content":"hello \"x\"\n"}"#;
     const MESSAGE_NON_TX: &str = r#"{"action":"M","xid":null,"timestamp":null,"lsn":"0/15547A0","transactional":false,"prefix":"other","content":"non-tx"}"#;
     const SPECIAL_NAMES: &str = r#"{"action":"I","xid":746,"timestamp":"2026-11-21 20:12:39.036054+00","lsn":"0/1552C08","schema":"My Schema","table":"Tab,le.x","columns":[{"name":"Col \"q\"","type":"integer","value":1},{"name":"é","type":"text","value":"v"}]}"#;
-    // Without include-xids/-timestamp/-lsn: only what the format always has.
-    const BARE_BEGIN: &str = r#"{"action":"B"}"#;
     const PGBENCH_ACCOUNTS: &str = r#"{"action":"U","xid":769,"timestamp":"2026-11-21 20:13:31.464009+00","lsn":"0/21CAC38","schema":"public","table":"pgbench_accounts","columns":[{"name":"aid","type":"integer","value":13599},{"name":"bid","type":"integer","value":1},{"name":"abalance","type":"integer","value":-4482},{"name":"filler","type":"character(84)","value":"                                                                                    "}],"identity":[{"name":"aid","type":"integer","value":13599}]}"#;
 
     const REAL_RECORDS: &[&str] = &[
@@ -595,7 +613,6 @@ mod tests {
         MESSAGE_TX,
         MESSAGE_NON_TX,
         SPECIAL_NAMES,
-        BARE_BEGIN,
         PGBENCH_ACCOUNTS,
     ];
 
@@ -624,12 +641,13 @@ mod tests {
         }
     }
 
-    fn lsn(text: &str) -> Option<Lsn> {
-        Some(text.parse().unwrap())
+    fn lsn(text: &str) -> Lsn {
+        text.parse().unwrap()
     }
 
-    fn ts(text: &str) -> Option<String> {
-        Some(text.to_owned())
+    /// A commit time from µs since 1970.
+    fn micros(us: i64) -> CommitTime {
+        chrono::DateTime::from_timestamp_micros(us).unwrap()
     }
 
     fn col(name: &str, value: Value) -> Column {
@@ -650,7 +668,6 @@ mod tests {
     #[allow(clippy::too_many_arguments)]
     fn change(
         kind: ChangeKind,
-        xid: Option<u32>,
         at: &str,
         schema: &str,
         table: &str,
@@ -659,7 +676,6 @@ mod tests {
     ) -> Expect {
         Expect::Ok(Message::Change(Change {
             kind,
-            xid,
             lsn: lsn(at),
             table: TableName {
                 schema: schema.to_owned(),
@@ -672,43 +688,76 @@ mod tests {
 
     #[test]
     fn begin_and_commit_carry_the_commit_lsn_and_its_end() {
-        let time = "2026-11-21 20:12:39.02236+00";
+        // 2026-11-21 20:12:39.02236 UTC.
+        let time = micros(1_795_291_959_022_360);
         check(
             BEGIN,
             Expect::Ok(Message::Begin(Begin {
-                xid: Some(731),
+                xid: 731,
                 commit_lsn: lsn("0/1541608"),
                 end_lsn: lsn("0/1541638"),
-                commit_time: ts(time),
+                commit_time: time,
             })),
         );
         check(
             COMMIT,
             Expect::Ok(Message::Commit(Commit {
-                xid: Some(731),
+                xid: 731,
                 lsn: lsn("0/1541608"),
                 end_lsn: lsn("0/1541638"),
-                commit_time: ts(time),
+                commit_time: time,
             })),
         );
-        check(
-            BARE_BEGIN,
-            Expect::Ok(Message::Begin(Begin {
-                xid: None,
-                commit_lsn: None,
-                end_lsn: None,
-                commit_time: None,
-            })),
-        );
-        check(
-            r#"{"action":"C"}"#,
-            Expect::Ok(Message::Commit(Commit {
-                xid: None,
-                lsn: None,
-                end_lsn: None,
-                commit_time: None,
-            })),
-        );
+    }
+
+    #[test]
+    fn commit_times_as_wal2json_writes_them_in_any_time_zone() {
+        for (text, us) in [
+            ("2024-11-21 20:12:39.02236+00", Some(1_732_219_959_022_360)),
+            ("2024-11-21 21:12:39+01", Some(1_732_219_959_000_000)),
+            ("2024-11-22 01:42:39.5+05:30", Some(1_732_219_959_500_000)),
+            ("2024-11-21 15:12:39-05", Some(1_732_219_959_000_000)),
+            ("yesterday", None),
+            ("2024-11-21 20:12:39", None),
+        ] {
+            assert_eq!(commit_time(text), us.map(micros), "{text}");
+        }
+    }
+
+    #[test]
+    fn positions_xids_and_times_are_required() {
+        // tributary always asks for include-lsn, -xids and -timestamp: a record without
+        // them is not one it asked for.
+        let cases: &[(&str, &[&str])] = &[
+            (r#"{"action":"B"}"#, &["B record has no \"nextlsn\" field"]),
+            (
+                r#"{"action":"C","nextlsn":"0/2"}"#,
+                &["C record has no \"lsn\" field"],
+            ),
+            (
+                r#"{"action":"B","lsn":"0/1","nextlsn":"0/2","timestamp":"2024-11-21 20:12:39+00"}"#,
+                &["B record has no \"xid\" field"],
+            ),
+            (
+                r#"{"action":"C","xid":1,"lsn":"0/1","nextlsn":"0/2"}"#,
+                &["C record has no \"timestamp\" field"],
+            ),
+            (
+                r#"{"action":"C","xid":1,"lsn":"0/1","nextlsn":"0/2","timestamp":"soon"}"#,
+                &["C record: \"timestamp\" is not a time: \"soon\""],
+            ),
+            (
+                r#"{"action":"I","schema":"s","table":"t","columns":[]}"#,
+                &["I record has no \"lsn\" field"],
+            ),
+            (
+                r#"{"action":"M","transactional":false,"prefix":"p","content":""}"#,
+                &["M record has no \"lsn\" field"],
+            ),
+        ];
+        for (input, fragments) in cases {
+            check(input, Expect::Err(fragments));
+        }
     }
 
     #[test]
@@ -718,7 +767,6 @@ mod tests {
             INSERT_ALL_TYPES,
             change(
                 ChangeKind::Insert,
-                Some(731),
                 "0/1541470",
                 "public",
                 "t",
@@ -750,7 +798,6 @@ mod tests {
             UPDATE_PK,
             change(
                 ChangeKind::Update,
-                Some(736),
                 "0/15419B0",
                 "public",
                 "t",
@@ -768,7 +815,6 @@ mod tests {
     fn update_leaves_out_unchanged_toast_columns() {
         let expected = change(
             ChangeKind::Update,
-            Some(739),
             "0/15528B8",
             "public",
             "toasty",
@@ -796,7 +842,6 @@ mod tests {
             UPDATE_FULL,
             change(
                 ChangeKind::Update,
-                Some(744),
                 "0/1552B08",
                 "public",
                 "full_ri",
@@ -808,7 +853,6 @@ mod tests {
             PGBENCH_ACCOUNTS,
             change(
                 ChangeKind::Update,
-                Some(769),
                 "0/21CAC38",
                 "public",
                 "pgbench_accounts",
@@ -829,7 +873,6 @@ mod tests {
             DELETE,
             change(
                 ChangeKind::Delete,
-                Some(737),
                 "0/1541AA0",
                 "public",
                 "t",
@@ -841,7 +884,6 @@ mod tests {
             TRUNCATE,
             change(
                 ChangeKind::Truncate,
-                Some(747),
                 "0/15543D8",
                 "public",
                 "toasty",
@@ -899,7 +941,6 @@ mod tests {
             SPECIAL_NAMES,
             change(
                 ChangeKind::Insert,
-                Some(746),
                 "0/1552C08",
                 "My Schema",
                 "Tab,le.x",
@@ -912,15 +953,14 @@ mod tests {
     /// An INSERT of one column `v` with the given raw JSON value.
     fn one_value(raw: &str) -> String {
         format!(
-            r#"{{"action":"I","schema":"s","table":"t","columns":[{{"name":"v","value":{raw}}}]}}"#
+            r#"{{"action":"I","lsn":"0/16","schema":"s","table":"t","columns":[{{"name":"v","value":{raw}}}]}}"#
         )
     }
 
     fn expect_value(value: Value) -> Expect {
         Expect::Ok(Message::Change(Change {
             kind: ChangeKind::Insert,
-            xid: None,
-            lsn: None,
+            lsn: lsn("0/16"),
             table: TableName {
                 schema: "s".to_owned(),
                 name: "t".to_owned(),
@@ -994,7 +1034,7 @@ mod tests {
     #[test]
     fn type_is_ignored_value_is_required() {
         // Ignored, even when repeated.
-        let typed = r#"{"action":"I","schema":"s","table":"t","columns":[{"name":"v","type":"integer","type":"x","value":1}]}"#;
+        let typed = r#"{"action":"I","lsn":"0/16","schema":"s","table":"t","columns":[{"name":"v","type":"integer","type":"x","value":1}]}"#;
         check(typed, expect_value(num("1")));
         check(
             r#"{"action":"I","schema":"s","table":"t","columns":[{"name":"v","type":"int"}]}"#,
@@ -1005,7 +1045,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_ignored() {
         // include-pk, include-type-oids, include-not-null, include-origin output.
-        let input = r#"{"action":"I","origin":0,"schema":"s","table":"t","columns":[{"name":"v","type":"x","typeoid":23,"value":true,"optional":false,"position":1}],"pk":[{"name":"v","type":"x","typeoid":23}]}"#;
+        let input = r#"{"action":"I","origin":0,"lsn":"0/16","schema":"s","table":"t","columns":[{"name":"v","type":"x","typeoid":23,"value":true,"optional":false,"position":1}],"pk":[{"name":"v","type":"x","typeoid":23}]}"#;
         check(input, expect_value(Value::Bool(true)));
     }
 

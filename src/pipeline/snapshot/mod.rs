@@ -80,17 +80,18 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-pub use super::tools::tool_failure_passes;
-pub use super::tools::Tools;
 use super::versions::{StoreTooOld, ToolProblem, ToolRange};
 use crate::change::TableName;
 use crate::pg::retry::{self, ErrorKind, NextStep};
 use crate::pg::{self, error_message, ConnInfo, ConnectError, PgClient};
 use crate::source::catalog::{CatalogError, SourceTable};
 use crate::source::copy::snapshot_unknown;
+pub use tools::tool_failure_passes;
+pub use tools::Tools;
 
 mod data;
 mod schema;
+mod tools;
 
 pub use data::copy_data;
 pub use schema::SchemaDump;

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::super::tools::{conninfo_quote, libpq_env, run_tool, run_watched};
+use super::tools::{conninfo_quote, libpq_env, run_tool, run_watched};
 use crate::change::TableName;
 use crate::pg::{quote_ident, quote_literal, PgClient};
 use crate::source::catalog::{self};

@@ -76,7 +76,7 @@ impl Batch {
         if let Some(key) = key {
             self.keys.insert(key, self.lsns.len());
         }
-        self.lsns.push(change.lsn);
+        self.lsns.push(Some(change.lsn));
         self.bytes += bytes;
         bytes
     }
@@ -142,7 +142,9 @@ impl ReplicaSink {
             let params = (0..shape.params.len())
                 .map(|param| shape.take(&mut change, param))
                 .collect();
-            return self.send_single(table, &shape, change.lsn, params).await;
+            return self
+                .send_single(table, &shape, Some(change.lsn), params)
+                .await;
         }
 
         let key = (change.kind != ChangeKind::Insert).then(|| shape.key_hash(&change));

@@ -211,14 +211,17 @@ impl ReplicaSink {
         }
         self.flush_truncate().await?;
 
-        let table = match self.relation(&change.table, change.lsn).await? {
+        let table = match self.relation(&change.table, Some(change.lsn)).await? {
             Relation::Table(table) => table,
             Relation::MaterializedView => {
-                return self.refresh(&change.table, change.lsn).await.map(|()| None);
+                return self
+                    .refresh(&change.table, Some(change.lsn))
+                    .await
+                    .map(|()| None);
             }
             Relation::Missing => {
                 if !self.unplaced.iter().any(|(t, _)| *t == change.table) {
-                    self.unplaced.push((change.table, change.lsn));
+                    self.unplaced.push((change.table, Some(change.lsn)));
                 }
                 return Ok(None);
             }

@@ -200,7 +200,7 @@ impl ReplicaSink {
                 let error = SinkError::Statement {
                     table: meta.display.to_string(),
                     kind: change.kind,
-                    lsn: change.lsn,
+                    lsn: Some(change.lsn),
                     source,
                 };
                 Err(self.earlier_error_or(error).await)
@@ -214,12 +214,12 @@ fn plan_error(meta: &TableMeta, change: &Change, error: PlanError) -> SinkError 
         PlanError::MissingColumn(column) => SinkError::MissingColumn {
             table: meta.display.to_string(),
             column,
-            lsn: change.lsn,
+            lsn: Some(change.lsn),
         },
         PlanError::NoRowIdentity(reason) => SinkError::NoRowIdentity {
             table: meta.display.to_string(),
             kind: change.kind,
-            lsn: change.lsn,
+            lsn: Some(change.lsn),
             reason,
         },
     }

@@ -20,10 +20,10 @@ impl ReplicaSink {
     /// on the source must be truncated together here: foreign keys between them forbid
     /// anything else.
     pub(super) async fn truncate(&mut self, change: &Change) -> Result<(), SinkError> {
-        let table = self.table(&change.table, change.lsn).await?;
+        let table = self.table(&change.table, Some(change.lsn)).await?;
         let meta = Arc::clone(&self.tables[table].meta);
         if let Some(group) = &mut self.truncate {
-            if group.lsn == change.lsn {
+            if group.lsn == Some(change.lsn) {
                 if !group.tables.iter().any(|t| Arc::ptr_eq(t, &meta)) {
                     group.tables.push(meta);
                 }
@@ -34,7 +34,7 @@ impl ReplicaSink {
         // Everything before the TRUNCATE goes first.
         self.flush_batches().await?;
         self.truncate = Some(TruncateGroup {
-            lsn: change.lsn,
+            lsn: Some(change.lsn),
             tables: vec![meta],
         });
         Ok(())

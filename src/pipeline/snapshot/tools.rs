@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use super::snapshot::{Side, SnapshotError};
-use super::versions::{self, ToolRange};
+use super::super::versions::{self, ToolRange};
+use super::{Side, SnapshotError};
 use crate::pg::conninfo::{Host, RootCert};
 use crate::pg::{self, quote_literal, retry, ConnInfo, PgClient};
 use crate::source::copy::snapshot_unknown;
