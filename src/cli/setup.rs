@@ -19,8 +19,6 @@
 //! The command only records the request (`Bookkeeping::request_setup`); the daemon's
 //! pipeline does the work, so running it twice never does the work twice.
 
-use std::collections::HashSet;
-
 use anyhow::anyhow;
 use clap::{Args, ValueEnum};
 
@@ -34,6 +32,7 @@ use crate::bookkeeping::{
 use crate::change::TableName;
 use crate::control::{credentials, health};
 use crate::pg::{self, ConnInfo};
+use crate::pipeline::plan::{self, AskedBy, Reason, SlotFound, Start, TableFacts};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
 use crate::sink;
@@ -347,7 +346,7 @@ async fn set_up_again(
     let decisions =
         decision_args.decide(file, &report, &schemas, &existing, "Nothing was changed.")?;
 
-    let mut reasons = resnapshot_reasons(
+    let reasons = resnapshot_reasons(
         bookkeeping,
         settings,
         connector,
@@ -355,11 +354,9 @@ async fn set_up_again(
         &schemas,
         &report,
         &decisions,
+        force_snapshot,
     )
     .await?;
-    if force_snapshot {
-        reasons.push("asked for with --resnapshot".to_owned());
-    }
     let unhealthy = connector.state != PipelineState::Streaming || connector.last_error.is_some();
     let restart = !reasons.is_empty() || unhealthy;
     let decisions_changed = decisions != existing;
@@ -460,7 +457,8 @@ async fn in_progress(
     Ok(false)
 }
 
-/// Why the replica must be rebuilt; empty when it can be kept.
+/// Why the replica must be rebuilt (`pipeline::plan` decides); empty when it can be kept.
+#[allow(clippy::too_many_arguments)]
 async fn resnapshot_reasons(
     bookkeeping: &Bookkeeping,
     settings: &Settings,
@@ -469,70 +467,34 @@ async fn resnapshot_reasons(
     schemas: &[String],
     report: &preflight::Report,
     decisions: &[(TableName, TableDecision)],
-) -> Result<Vec<String>, Failure> {
-    let mut reasons = Vec::new();
-    if schemas != connector.schemas {
-        reasons.push(format!(
-            "the schemas change from {} to {}",
-            connector.schemas.join(", "),
-            schemas.join(", ")
-        ));
-    }
+    resnapshot: bool,
+) -> Result<Vec<Reason>, Failure> {
     let applied = sink::replica_applied_lsn(&settings.store(), &connector.replica_database).await?;
-    if applied.is_none() {
-        reasons.push(format!(
-            "the replica {} has no complete snapshot",
-            connector.replica_database
-        ));
-    }
     let client = pg::connect(source).await?;
-    let slot_name = &connector.slot_name;
-    let slot = slot::inspect(&client, slot_name).await?;
-    match slot.map(|info| info.invalidation()) {
-        None if applied.is_some() => reasons.push(format!(
-            "replication slot {slot_name} is missing on the source"
-        )),
-        Some(Some(how)) => reasons.push(format!(
-            "replication slot {slot_name} was invalidated by the source ({how})"
-        )),
-        _ => {}
-    }
+    let slot = match slot::inspect(&client, &connector.slot_name).await? {
+        None => SlotFound::Missing,
+        Some(info) => info
+            .invalidation()
+            .map_or(SlotFound::Valid, SlotFound::Invalidated),
+    };
     drop(client);
-
-    // The tables the next snapshot would copy (as pipeline/runner.rs applies decisions)
-    // that the current one did not: fixed, no longer excluded, or created since.
     let snapshot = bookkeeping.tables(connector.id).await?;
-    let included: HashSet<&TableName> = snapshot
-        .iter()
-        .filter(|t| t.decision == "include")
-        .map(|t| &t.table)
-        .collect();
-    let known: HashSet<&TableName> = snapshot.iter().map(|t| &t.table).collect();
-    let missing: Vec<String> = report
+    let listed: Vec<(TableName, bool)> = report
         .tables
         .iter()
-        .filter(
-            |t| match decisions.iter().find(|(name, _)| *name == t.name) {
-                Some((_, TableDecision::Exclude)) => false,
-                Some(_) => t.identity.is_usable(),
-                None => true,
-            },
-        )
-        .filter(|t| {
-            !included.contains(&t.name) && (connector.include_new_tables || known.contains(&t.name))
-        })
-        .map(|t| t.name.to_string())
+        .map(|t| (t.name.clone(), t.identity.is_usable()))
         .collect();
-    let excluded_with_identity: Vec<String> = report
-        .tables
+    let tables = TableFacts {
+        listed: &listed,
+        decisions,
+        snapshot: &snapshot,
+        include_new_tables: connector.include_new_tables,
+    };
+    let excluded_with_identity: Vec<String> = plan::split_tables(&listed, decisions)
+        .excluded
         .iter()
-        .filter(|t| {
-            t.identity.is_usable()
-                && decisions
-                    .iter()
-                    .any(|(name, d)| *name == t.name && *d == TableDecision::Exclude)
-        })
-        .map(|t| t.name.to_string())
+        .filter(|e| e.usable && e.decision == TableDecision::Exclude)
+        .map(|e| e.table.to_string())
         .collect();
     if !excluded_with_identity.is_empty() {
         say!(
@@ -541,18 +503,22 @@ async fn resnapshot_reasons(
             excluded_with_identity.join(", ")
         );
     }
-    if !missing.is_empty() && !snapshot.is_empty() {
-        reasons.push(format!(
-            "{} to replicate that the snapshot left out: {}",
-            plural(missing.len(), "table"),
-            missing.join(", ")
-        ));
-    }
-    Ok(reasons)
-}
-
-fn plural(n: usize, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+    let facts = plan::Facts {
+        asked_by: AskedBy::Operator,
+        slot_name: &connector.slot_name,
+        replica: &connector.replica_database,
+        slot,
+        applied,
+        streamed_since_snapshot: false,
+        resnapshot,
+        schemas_recorded: &connector.schemas,
+        schemas_wanted: schemas,
+        tables: Some(tables),
+    };
+    Ok(match plan::decide(&facts) {
+        Start::Snapshot { reasons } => reasons,
+        Start::Resume { .. } | Start::Blocked(_) => Vec::new(),
+    })
 }
 
 /// Follows the connector until it streams without a pending snapshot (Ok) or fails.

@@ -7,6 +7,7 @@ mod ddl;
 mod drift;
 mod error;
 mod notices;
+pub mod plan;
 mod plugins;
 pub mod runner;
 mod slot;

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::capture::prepare as prepare_capture;
+use super::plan::{self, AskedBy, Blocker, Excluded, SlotFound, Start, Why};
 use crate::bookkeeping::{Bookkeeping, Connector, TableDecision, TableSyncState, UNLOGGED_TABLE};
 use crate::change::{NanPolicy, TableName};
 use crate::crash::{self, CrashPoint};
@@ -364,70 +365,44 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     let found = slot::inspect(&source_sql, bk.installation(), connector, applied).await?;
     drop(source_sql);
 
-    let (applied, slot) = match (applied, &found) {
-        // `connector retry-setup` asked for a new snapshot.
-        (_, found) if connector.resnapshot_requested => {
-            let why = "for a new snapshot";
-            start_over(ctx, found.as_ref(), why, (&source, &store, &replica), &mut repl).await?
-        }
-        (Some(_), Some(Found { ownership: Ownership::NotOurs(why), .. })) => {
-            return Err(slot::not_ours(connector, why))
-        }
-        (Some(applied), Some(found)) => match found.info.invalidation() {
-            None => {
+    let streamed = applied.is_none() && streamed_since_snapshot(bk, connector).await?;
+    let facts = plan::Facts {
+        asked_by: AskedBy::Daemon,
+        slot_name: &connector.slot_name,
+        replica: &connector.replica_database,
+        slot: slot_found(found.as_ref()),
+        applied,
+        streamed_since_snapshot: streamed,
+        resnapshot: connector.resnapshot_requested,
+        schemas_recorded: &connector.schemas,
+        schemas_wanted: &connector.schemas,
+        tables: None,
+    };
+    let (applied, slot) = match plan::decide(&facts) {
+        Start::Resume { from } => {
+            if let Some(found) = &found {
                 found.wait_for_holder(&connector.slot_name)?;
-                (applied, connector.slot_name.clone())
             }
-            Some(how) => {
-                return Err(PipelineError::definite(
-                    format!(
-                        "replication slot {} was invalidated by the source ({how}): changes after {applied} cannot be streamed",
-                        connector.slot_name
-                    ),
-                    format!("{}; {}", retry_setup(connector), how.cause.advice()),
-                ))
-            }
-        },
-        (Some(applied), None) => {
-            return Err(PipelineError::definite(
-                format!(
-                    "replication slot {} is missing on the source; changes after {applied} cannot be streamed",
-                    connector.slot_name
-                ),
-                retry_setup(connector),
-            ))
+            (from, connector.slot_name.clone())
         }
-        (None, found) => {
-            // A connector whose last snapshot completed must find its replica: a missing one
-            // means the store is not the one it used (store.url changed?) or the replica was
-            // dropped. Starting over would drop a slot that may still be needed.
-            let history = bk.history(connector.id).await?;
-            let since_snapshot = history
-                .iter()
-                .rposition(|change| change.to == PipelineState::Snapshotting)
-                .map_or(&history[..], |i| &history[i..]);
-            let streamed = since_snapshot
-                .iter()
-                .any(|change| change.to == PipelineState::Streaming);
-            if streamed {
-                return Err(PipelineError::definite(
-                    format!(
-                        "the replica database {} on {} is missing or has no applied position, \
-                         but this connector has streamed into it before",
-                        connector.replica_database,
-                        store.target()
-                    ),
-                    format!(
-                        "check store.url; if the replica is really gone, {}",
-                        retry_setup(connector)
-                    ),
-                ));
-            }
+        Start::Snapshot { .. } => {
             // A slot left over from an interrupted snapshot of this connector is never
             // reused.
-            let why = "of an interrupted snapshot";
-            start_over(ctx, found.as_ref(), why, (&source, &store, &replica), &mut repl).await?
+            let why = if connector.resnapshot_requested {
+                "for a new snapshot"
+            } else {
+                "of an interrupted snapshot"
+            };
+            start_over(
+                ctx,
+                found.as_ref(),
+                why,
+                (&source, &store, &replica),
+                &mut repl,
+            )
+            .await?
         }
+        Start::Blocked(blocker) => return Err(blocked(connector, &store, &blocker)),
     };
 
     // wal2json 2.6 keeps NaN and Infinity apart from NULL; older versions refuse the
@@ -504,6 +479,73 @@ fn retry_setup(connector: &Connector) -> String {
         "a new snapshot is needed: run `tributary connector retry-setup {} --resnapshot`",
         connector.name
     )
+}
+
+/// Whether the connector streamed since its last snapshot started: a connector whose last
+/// snapshot completed must find its replica.
+async fn streamed_since_snapshot(
+    bk: &Bookkeeping,
+    connector: &Connector,
+) -> Result<bool, PipelineError> {
+    let history = bk.history(connector.id).await?;
+    let since_snapshot = history
+        .iter()
+        .rposition(|change| change.to == PipelineState::Snapshotting)
+        .map_or(&history[..], |i| &history[i..]);
+    Ok(since_snapshot
+        .iter()
+        .any(|change| change.to == PipelineState::Streaming))
+}
+
+/// The slot as the plan sees it: whose it is first, then whether it can stream.
+fn slot_found(found: Option<&Found>) -> SlotFound {
+    match found {
+        None => SlotFound::Missing,
+        Some(Found {
+            ownership: Ownership::NotOurs(why),
+            ..
+        }) => SlotFound::NotOurs(why.clone()),
+        Some(found) => match found.info.invalidation() {
+            Some(how) => SlotFound::Invalidated(how),
+            None => SlotFound::Valid,
+        },
+    }
+}
+
+/// The error that stops the pipeline where only the operator may decide on a new snapshot.
+fn blocked(connector: &Connector, store: &ConnInfo, blocker: &Blocker) -> PipelineError {
+    let slot = &connector.slot_name;
+    match blocker {
+        Blocker::SlotNotOurs(why) => slot::not_ours(connector, why),
+        Blocker::SlotInvalidated { applied, how } => PipelineError::definite(
+            format!(
+                "replication slot {slot} was invalidated by the source ({how}): changes after \
+                 {applied} cannot be streamed"
+            ),
+            format!("{}; {}", retry_setup(connector), how.cause.advice()),
+        ),
+        Blocker::SlotMissing { applied } => PipelineError::definite(
+            format!(
+                "replication slot {slot} is missing on the source; changes after {applied} \
+                 cannot be streamed"
+            ),
+            retry_setup(connector),
+        ),
+        // The store is not the one it used (store.url changed?) or the replica was
+        // dropped. Starting over would drop a slot that may still be needed.
+        Blocker::ReplicaGone => PipelineError::definite(
+            format!(
+                "the replica database {} on {} is missing or has no applied position, but \
+                 this connector has streamed into it before",
+                connector.replica_database,
+                store.target()
+            ),
+            format!(
+                "check store.url; if the replica is really gone, {}",
+                retry_setup(connector)
+            ),
+        ),
+    }
 }
 
 /// After START_REPLICATION: the slot must not be ahead of where we asked to start, or the
@@ -758,97 +800,45 @@ async fn explain_slot_wait(source: &ConnInfo) -> Infallible {
     }
 }
 
-/// Splits the snapshot's tables into those copied and those left out by the operator's
-/// replica identity decisions: `exclude` always; `add_pk` and `replica_identity_full` while
-/// the table still has no usable identity on the source (excluded until fixed, which a
-/// later snapshot then sees).
+/// Splits the snapshot's tables as the plan decides ([`plan::split_tables`]), saying so
+/// in the log.
 fn apply_decisions(
     listed: Vec<catalog::SourceTable>,
     decisions: &[(TableName, TableDecision)],
 ) -> (Vec<catalog::SourceTable>, Vec<(TableName, TableDecision)>) {
-    let mut tables = Vec::with_capacity(listed.len());
-    let mut excluded = Vec::new();
-    for table in listed {
-        let decision = decisions
-            .iter()
-            .find(|(name, _)| *name == table.name)
-            .map(|(_, d)| *d);
-        let usable = table.identity.is_usable();
-        let name = format!("{}.{}", table.name.schema, table.name.name);
-        match decision {
-            None => tables.push(table),
-            Some(TableDecision::AddPk | TableDecision::ReplicaIdentityFull) if usable => {
-                tracing::info!(table = %name, "table has a usable replica identity now: included");
-                tables.push(table);
-            }
-            Some(TableDecision::ReplicaIdentityFull) => {
-                tracing::warn!(
-                    table = %name,
-                    "decided replica_identity_full, but the table's replica identity on the \
-                     source is not FULL yet: it is excluded from this snapshot until fixed (run \
-                     ALTER TABLE … REPLICA IDENTITY FULL on the source, then take a new snapshot)"
-                );
-                excluded.push((table.name, TableDecision::ReplicaIdentityFull));
-            }
-            Some(decision) => {
-                tracing::info!(table = %name, %decision, "table excluded");
-                excluded.push((table.name, decision));
-            }
+    let identities: Vec<(TableName, bool)> = listed
+        .iter()
+        .map(|t| (t.name.clone(), t.identity.is_usable()))
+        .collect();
+    let split = plan::split_tables(&identities, decisions);
+    for table in &split.fixed {
+        tracing::info!(table = %table, "table has a usable replica identity now: included");
+    }
+    for Excluded {
+        table,
+        decision,
+        why,
+        ..
+    } in &split.excluded
+    {
+        match why {
+            Why::NotFullYet => tracing::warn!(
+                table = %table,
+                "decided replica_identity_full, but the table's replica identity on the \
+                 source is not FULL yet: it is excluded from this snapshot until fixed (run \
+                 ALTER TABLE … REPLICA IDENTITY FULL on the source, then take a new snapshot)"
+            ),
+            Why::Decided => tracing::info!(table = %table, %decision, "table excluded"),
         }
     }
+    let tables = listed
+        .into_iter()
+        .filter(|t| split.copied.contains(&t.name))
+        .collect();
+    let excluded = split
+        .excluded
+        .into_iter()
+        .map(|e| (e.table, e.decision))
+        .collect();
     (tables, excluded)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::source::catalog::{Missing, ReplicaIdentity, SourceTable};
-
-    fn table(name: &str, identity: ReplicaIdentity) -> SourceTable {
-        SourceTable {
-            name: TableName {
-                schema: "public".into(),
-                name: name.into(),
-            },
-            identity,
-            columns: vec!["a".into()],
-            estimated_bytes: 0,
-            pages: 0,
-            binary_copy: true,
-        }
-    }
-
-    #[test]
-    fn decisions_exclude_tables_until_they_have_a_usable_identity() {
-        let listed = vec![
-            table("keyed", ReplicaIdentity::PrimaryKey),
-            table("dropped", ReplicaIdentity::Nothing(Missing::NoKey)),
-            table("later", ReplicaIdentity::Nothing(Missing::NoKey)),
-            table("keyed_since", ReplicaIdentity::PrimaryKey),
-            table("full_now", ReplicaIdentity::Full),
-            table("full_not_yet", ReplicaIdentity::Nothing(Missing::NoKey)),
-        ];
-        let name = |n: &str| TableName {
-            schema: "public".into(),
-            name: n.into(),
-        };
-        let decisions = [
-            (name("dropped"), TableDecision::Exclude),
-            (name("later"), TableDecision::AddPk),
-            (name("keyed_since"), TableDecision::AddPk),
-            (name("full_now"), TableDecision::ReplicaIdentityFull),
-            (name("full_not_yet"), TableDecision::ReplicaIdentityFull),
-        ];
-        let (tables, excluded) = apply_decisions(listed, &decisions);
-        let copied: Vec<&str> = tables.iter().map(|t| t.name.name.as_str()).collect();
-        assert_eq!(copied, ["keyed", "keyed_since", "full_now"]);
-        assert_eq!(
-            excluded,
-            [
-                (name("dropped"), TableDecision::Exclude),
-                (name("later"), TableDecision::AddPk),
-                (name("full_not_yet"), TableDecision::ReplicaIdentityFull),
-            ]
-        );
-    }
 }
