@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytesize::ByteSize;
 use clap::{Subcommand, ValueEnum};
 use serde::Serialize;
@@ -13,17 +12,15 @@ use serde::Serialize;
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, Connector, Lease, UNLOGGED_TABLE};
 use crate::change::TableName;
+use crate::control::chain;
+use crate::control::connectors::delete::{self, Step};
+use crate::control::connectors::{self, FindError};
 use crate::control::health::{self, Slot};
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
-use crate::sink;
 use crate::source::capture::{self, CaptureStatus};
-use crate::source::slot::{self, NotOurs, Ownership, SlotInfo, WalStatus};
-use crate::types::{ConnectorName, Lsn};
-
-/// How long `connector delete` waits for a running daemon to let go of the slot.
-const SLOT_RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::source::slot::{self, SlotInfo, WalStatus};
 
 /// How long `connector list` waits for each source.
 pub(super) const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -175,10 +172,12 @@ pub async fn run(
 
 /// The connector called `name`; exit 2 for an invalid name, 1 for an unknown one.
 pub(super) async fn find(bookkeeping: &Bookkeeping, name: &str) -> Result<Connector, Failure> {
-    let name = ConnectorName::new(name.to_owned()).map_err(Failure::usage)?;
-    bookkeeping.connector(&name).await?.ok_or_else(|| {
-        anyhow::anyhow!("no connector named {name}; `tributary connector list` shows them").into()
-    })
+    connectors::find(bookkeeping, name)
+        .await
+        .map_err(|e| match e {
+            FindError::InvalidName(e) => Failure::usage(e),
+            e => e.into(),
+        })
 }
 
 /// `--schemas` as given, trimmed, without empty entries and repetitions.
@@ -488,9 +487,7 @@ async fn excluded_tables(
     Ok(decided.chain(unlogged).collect())
 }
 
-/// Stops the pipeline, drops the slot (checking it is gone), the replica database and the
-/// bookkeeping, in that order: whatever fails leaves the connector listed, with what is
-/// left to do.
+/// `connector delete`: the work is `control::connectors::delete`; this says what it did.
 async fn delete(
     bookkeeping: &Bookkeeping,
     settings: &Settings,
@@ -499,142 +496,68 @@ async fn delete(
 ) -> Result<(), Failure> {
     let name = &connector.name;
     let slot_name = &connector.slot_name;
-    let drop_sql = format!("SELECT pg_drop_replication_slot('{slot_name}');");
-    let source = match bookkeeping.source_url(connector).await {
-        Ok(url) => ConnInfo::parse(&url)?,
-        Err(e) if e.is_key_problem() && force => {
-            return delete_without_source(bookkeeping, settings, connector, &e).await;
+    let drop_sql = delete::drop_sql(slot_name);
+    let mut step = |step: Step<'_>| match step {
+        Step::WithoutSource(e) => say!(
+            "! cannot open the source URL of {name} ({e}); deleting without the source (--force)"
+        ),
+        Step::NotStopped(e) => say!("! {}; deleting anyway (--force)", chain(e)),
+        Step::SessionEnded { pid, slot } => {
+            say!("! ended the source session {pid} that streamed from {slot} (--force)")
         }
-        Err(e) if e.is_key_problem() => {
-            return Err(anyhow::anyhow!(
-                "{e}. Nothing was deleted. If the key is lost for good, `tributary connector \
-                 delete {name} --force` deletes the connector without its source URL: the \
-                 replica database and bookkeeping go, and it prints the SQL that drops slot \
-                 {slot_name} on the source (`{drop_sql}`)"
-            )
-            .into())
+        Step::SlotKept(not_ours) => say!(
+            "! kept replication slot {slot_name} on the source: it is not this \
+             installation's ({not_ours}). If no other tributary installation or client \
+             uses it, drop it there, since it retains WAL: `{drop_sql}`"
+        ),
+        Step::SlotNotDropped(e) => say!(
+            "! could not drop replication slot {slot_name} on the source ({}). It keeps \
+             WAL until dropped: run on the source `{drop_sql}`",
+            chain(e)
+        ),
+        Step::CaptureRemoved => {
+            say!("  Removed the schema change capture objects from the source.")
         }
-        Err(e) => return Err(e.into()),
+        Step::CaptureNotRemoved(e) => say!(
+            "! could not remove the schema change capture objects from the source ({}); no \
+             other tributary slot uses them: `tributary connector source-sql --uninstall` \
+             prints the SQL to run as a superuser",
+            chain(e)
+        ),
     };
-    // A running daemon stops the pipeline when the connector is disabled (the current
-    // target transaction commits first) and marks it `stopped`: from then on nothing
-    // creates or uses the slot.
-    bookkeeping.set_enabled(connector.id, false).await?;
-    if let Err(e) = wait_stopped(bookkeeping, connector).await {
-        if !force {
-            bookkeeping
-                .set_enabled(connector.id, connector.enabled)
-                .await?;
-            return Err(anyhow::anyhow!(
-                "{e:#}. Nothing was deleted and {name} runs on; run delete again, or use --force"
-            )
-            .into());
-        }
-        say!("! {e:#}; deleting anyway (--force)");
-    }
-    let applied = sink::replica_applied_lsn(&settings.store(), &connector.replica_database)
-        .await
-        .context("reading the replica's applied position (to tell whether the slot is ours)")?;
-    let slot_dropped = match drop_slot(bookkeeping, &source, connector, applied, force).await {
-        Ok(None) => true,
-        Ok(Some(not_ours)) => {
+    let deleted =
+        delete::delete(bookkeeping, &settings.store(), connector, force, &mut step).await?;
+    match deleted.slot_dropped {
+        Some(dropped) => say!(
+            "✓ Deleted connector {name}: {}replica database {} dropped, bookkeeping removed.",
+            if dropped {
+                format!("replication slot {slot_name} dropped on the source (checked), ")
+            } else {
+                String::new()
+            },
+            connector.replica_database
+        ),
+        None => {
             say!(
-                "! kept replication slot {slot_name} on the source: it is not this \
-                 installation's ({not_ours}). If no other tributary installation or client \
-                 uses it, drop it there, since it retains WAL: `{drop_sql}`"
-            );
-            false
-        }
-        Err(e) if force => {
-            say!(
-                "! could not drop replication slot {slot_name} on the source ({e:#}). It keeps \
-                 WAL until dropped: run on the source `{drop_sql}`"
-            );
-            false
-        }
-        Err(e) => {
-            bookkeeping
-                .set_enabled(connector.id, connector.enabled)
-                .await?;
-            return Err(anyhow::anyhow!(
-                "{e:#}. Nothing was deleted and {name} runs on. Fix this and run delete again, or \
-                 use --force to delete anyway (the slot is then yours to drop: `{drop_sql}`)."
-            )
-            .into());
-        }
-    };
-    sink::drop_database(&settings.store(), &connector.replica_database, true)
-        .await
-        .with_context(|| {
-            format!(
-                "dropping the replica database {} (the connector is disabled, its slot {}); run \
-                 delete again",
-                connector.replica_database,
-                if slot_dropped { "dropped" } else { "kept" }
-            )
-        })?;
-    if slot_dropped {
-        remove_capture(&source).await;
-    }
-    let branches = bookkeeping.branches(Some(connector.id)).await?;
-    bookkeeping.delete_connector(connector.id).await?;
-    say!(
-        "✓ Deleted connector {name}: {}replica database {} dropped, bookkeeping removed.",
-        if slot_dropped {
-            format!("replication slot {slot_name} dropped on the source (checked), ")
-        } else {
-            String::new()
-        },
-        connector.replica_database
-    );
-    report_kept_branches(&branches);
-    Ok(())
-}
-
-/// `delete --force` when the source URL cannot be decrypted (`key_error`): the replica
-/// database and the bookkeeping go; the source is not touched, so its slot (and capture
-/// objects) are the operator's to drop, with the SQL printed. The pipeline is stopped first
-/// as in [`delete`] (a running daemon with the right key may still stream).
-async fn delete_without_source(
-    bookkeeping: &Bookkeeping,
-    settings: &Settings,
-    connector: &Connector,
-    key_error: &crate::bookkeeping::Error,
-) -> Result<(), Failure> {
-    let name = &connector.name;
-    let slot_name = &connector.slot_name;
-    say!("! cannot open the source URL of {name} ({key_error}); deleting without the source (--force)");
-    bookkeeping.set_enabled(connector.id, false).await?;
-    if let Err(e) = wait_stopped(bookkeeping, connector).await {
-        say!("! {e:#}; deleting anyway (--force)");
-    }
-    sink::drop_database(&settings.store(), &connector.replica_database, true)
-        .await
-        .with_context(|| {
-            format!(
-                "dropping the replica database {} (the connector is disabled); run delete again",
+                "✓ Deleted connector {name}: replica database {} dropped, bookkeeping removed. \
+                 The source was not touched.",
                 connector.replica_database
-            )
-        })?;
-    let branches = bookkeeping.branches(Some(connector.id)).await?;
-    bookkeeping.delete_connector(connector.id).await?;
-    say!(
-        "✓ Deleted connector {name}: replica database {} dropped, bookkeeping removed. The \
-         source was not touched.",
-        connector.replica_database
-    );
-    say!(
-        "  Its replication slot keeps WAL on the source until dropped: as a superuser (or \
-         the connector's replication role) on the source database{}, run\n    \
-         SELECT pg_drop_replication_slot('{slot_name}');\n  and, when no other tributary \
-         slot is left there, the SQL of `tributary connector source-sql --uninstall`.",
-        connector
-            .source_database
-            .as_deref()
-            .map(|db| format!(" {db:?} ({})", connector.source_display))
-            .unwrap_or_else(|| format!(" ({})", connector.source_display))
-    );
-    report_kept_branches(&branches);
+            );
+            say!(
+                "  Its replication slot keeps WAL on the source until dropped: as a superuser \
+                 (or the connector's replication role) on the source database{}, run\n    \
+                 SELECT pg_drop_replication_slot('{slot_name}');\n  and, when no other \
+                 tributary slot is left there, the SQL of `tributary connector source-sql \
+                 --uninstall`.",
+                connector
+                    .source_database
+                    .as_deref()
+                    .map(|db| format!(" {db:?} ({})", connector.source_display))
+                    .unwrap_or_else(|| format!(" ({})", connector.source_display))
+            );
+        }
+    }
+    report_kept_branches(&deleted.branches);
     Ok(())
 }
 
@@ -695,135 +618,4 @@ async fn report_capture(source: &ConnInfo) {
         Err(e) => format!("could not be inspected ({e:#})"),
     };
     eprintln!("-- The source's schema change capture objects are {line}.");
-}
-
-/// After the connector's slot is gone: removes the source's capture objects unless another
-/// tributary slot remains in that database (another connector, perhaps of another
-/// installation, still needs them: every installation's slot names, legacy ones too,
-/// start with `tributary_`; so do probes', which only makes this more careful). Best
-/// effort: what is left is said.
-async fn remove_capture(source: &ConnInfo) {
-    const OTHERS: &str = "SELECT count(*) FROM pg_catalog.pg_replication_slots \
-        WHERE database = current_database() AND slot_name LIKE 'tributary\\_%'";
-    let removed = async {
-        let client = pg::connect(source).await?;
-        if capture::inspect(&client).await?.status == CaptureStatus::Missing {
-            return anyhow::Ok(false);
-        }
-        let others: i64 = client.query_one(OTHERS, &[]).await?.get(0);
-        if others > 0 {
-            return Ok(false);
-        }
-        capture::uninstall(&client).await?;
-        Ok(true)
-    };
-    match removed.await {
-        Ok(true) => say!("  Removed the schema change capture objects from the source."),
-        Ok(false) => {}
-        Err(e) => say!(
-            "! could not remove the schema change capture objects from the source ({e:#}); no \
-             other tributary slot uses them: `tributary connector source-sql --uninstall` \
-             prints the SQL to run as a superuser"
-        ),
-    }
-}
-
-/// Waits until no daemon runs the connector's pipeline: at once when no daemon is running,
-/// else until the supervisor marks the disabled connector `stopped`.
-async fn wait_stopped(bookkeeping: &Bookkeeping, connector: &Connector) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + SLOT_RELEASE_TIMEOUT;
-    loop {
-        if bookkeeping.daemons_running().await? == 0 {
-            return Ok(());
-        }
-        let state = bookkeeping
-            .connector_by_id(connector.id)
-            .await?
-            .map(|c| c.state);
-        if matches!(state, None | Some(PipelineState::Stopped)) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!(
-                "the running daemon did not stop the pipeline of {} within {SLOT_RELEASE_TIMEOUT:?}",
-                connector.name
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Drops the slot once nothing streams from it (ending the session that does at once
-/// with `force`, else waiting up to [`SLOT_RELEASE_TIMEOUT`]), then checks it is gone;
-/// returns why instead when the slot is not this installation's to drop (see
-/// `source::slot::ownership`; `applied` is the replica's applied position). A session
-/// streaming from a legacy-named slot is never ended: it may be another installation's.
-async fn drop_slot(
-    bookkeeping: &Bookkeeping,
-    source: &ConnInfo,
-    connector: &Connector,
-    applied: Option<Lsn>,
-    force: bool,
-) -> anyhow::Result<Option<NotOurs>> {
-    let slot_name = &connector.slot_name;
-    let client = tokio::time::timeout(SOURCE_TIMEOUT, pg::connect(source))
-        .await
-        .map_err(|_| anyhow::anyhow!("the source did not answer within {SOURCE_TIMEOUT:?}"))??;
-    let deadline = tokio::time::Instant::now() + SLOT_RELEASE_TIMEOUT;
-    loop {
-        let Some(info) = slot::inspect(&client, slot_name).await? else {
-            return Ok(None); // never created, or dropped already
-        };
-        let ownership = slot::ownership(
-            bookkeeping.installation(),
-            slot_name,
-            connector.slot_created,
-            info.confirmed_flush,
-            applied,
-        );
-        let ours = match ownership {
-            Ownership::NotOurs(why) => return Ok(Some(why)),
-            Ownership::Ours => true,
-            Ownership::Legacy => false,
-        };
-        match info.active_pid {
-            None => {
-                let dropped = client
-                    .execute(
-                        "SELECT pg_catalog.pg_drop_replication_slot($1)",
-                        &[&slot_name.as_str()],
-                    )
-                    .await;
-                match dropped {
-                    // Taken again between the look and the drop (55006): look again.
-                    Err(e) if e.code().is_some_and(|c| c.code() == "55006") => {}
-                    Err(e) if e.code().is_some_and(|c| c.code() == "42704") => {}
-                    Err(e) => return Err(e).context(format!("dropping slot {slot_name}")),
-                    Ok(_) => {}
-                }
-                if slot::inspect(&client, slot_name).await?.is_none() {
-                    return Ok(None);
-                }
-            }
-            Some(pid) if force && ours => {
-                client
-                    .execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
-                    .await
-                    .with_context(|| {
-                        format!("ending session {pid}, which streams from {slot_name}")
-                    })?;
-                say!("! ended the source session {pid} that streamed from {slot_name} (--force)");
-            }
-            Some(pid) if force => return Ok(Some(NotOurs::LegacyInUse(pid))),
-            Some(pid) if tokio::time::Instant::now() >= deadline => {
-                anyhow::bail!(
-                    "replication slot {slot_name} is still in use by source session {pid} after \
-                     {SLOT_RELEASE_TIMEOUT:?}: a daemon whose bookkeeping is elsewhere, or another \
-                     client, streams from it"
-                )
-            }
-            Some(_) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
