@@ -22,8 +22,8 @@ use anyhow::{anyhow, Context as _};
 use clap::{Args, Subcommand};
 
 use self::render::{list, print_url, report, report_finished, UrlView};
-use super::connector::{find, Format};
 use super::Failure;
+use super::{args::find, render::Format};
 use crate::bookkeeping::{Bookkeeping, Branch, BranchAccess, BranchState, Connector};
 use crate::control::branch_access::{self, AccessRequest};
 use crate::control::health::{self, Slot};

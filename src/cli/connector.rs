@@ -3,27 +3,25 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::Duration;
 
 use bytesize::ByteSize;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use serde::Serialize;
 
+use super::args::find;
+use super::render::Format;
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, Connector, Lease, UNLOGGED_TABLE};
 use crate::change::TableName;
 use crate::control::chain;
 use crate::control::connectors::delete::{self, Step};
-use crate::control::connectors::{self, FindError};
+use crate::control::connectors::slot as source_slot;
 use crate::control::health::{self, Slot};
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
 use crate::source::capture::{self, CaptureStatus};
-use crate::source::slot::{self, SlotInfo, WalStatus};
-
-/// How long `connector list` waits for each source.
-pub(super) const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::source::slot::WalStatus;
 
 /// Slot lag beyond which `connector list` warns: the daemon is down or cannot keep up.
 const HIGH_LAG_BYTES: u64 = 1 << 30;
@@ -98,17 +96,6 @@ pub enum ConnectorCommand {
     },
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SourceKind {
-    Postgresql,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-}
-
 pub async fn run(
     command: ConnectorCommand,
     settings: Settings,
@@ -168,31 +155,6 @@ pub async fn run(
         }
         ConnectorCommand::Preflight(_) => unreachable!("handled by cli::dispatch"),
     }
-}
-
-/// The connector called `name`; exit 2 for an invalid name, 1 for an unknown one.
-pub(super) async fn find(bookkeeping: &Bookkeeping, name: &str) -> Result<Connector, Failure> {
-    connectors::find(bookkeeping, name)
-        .await
-        .map_err(|e| match e {
-            FindError::InvalidName(e) => Failure::usage(e),
-            e => e.into(),
-        })
-}
-
-/// `--schemas` as given, trimmed, without empty entries and repetitions.
-pub(super) fn schema_list(raw: Vec<String>) -> Result<Vec<String>, Failure> {
-    let mut schemas: Vec<String> = Vec::with_capacity(raw.len());
-    for schema in raw {
-        let schema = schema.trim();
-        if !schema.is_empty() && !schemas.iter().any(|s| s == schema) {
-            schemas.push(schema.to_owned());
-        }
-    }
-    if schemas.is_empty() {
-        return Err(Failure::usage(anyhow::anyhow!("--schemas names no schema")));
-    }
-    Ok(schemas)
 }
 
 /// The contract of `connector list --format json`: one object per connector.
@@ -326,9 +288,9 @@ async fn view<'a>(
     leases: &std::collections::HashMap<crate::types::ConnectorId, Lease>,
 ) -> Result<ConnectorView<'a>, Failure> {
     let excluded_tables = excluded_tables(bookkeeping, c).await?;
-    let (slot, source_error) = match inspect_slot(bookkeeping, c).await {
+    let (slot, source_error) = match source_slot::inspect(bookkeeping, c).await {
         Ok(slot) => (slot, None),
-        Err(e) => (None, Some(format!("{e:#}"))),
+        Err(e) => (None, Some(chain(&e))),
     };
     let slot_fact = match &source_error {
         Some(_) => Slot::Unknown,
@@ -439,20 +401,6 @@ async fn view<'a>(
         nan_as_null: c.nan_as_null,
         warnings,
     })
-}
-
-/// The connector's slot as its source reports it, asked within [`SOURCE_TIMEOUT`].
-pub(super) async fn inspect_slot(
-    bookkeeping: &Bookkeeping,
-    connector: &Connector,
-) -> anyhow::Result<Option<SlotInfo>> {
-    let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
-    tokio::time::timeout(SOURCE_TIMEOUT, async {
-        let client = pg::connect(&source).await?;
-        Ok(slot::inspect(&client, &connector.slot_name).await?)
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("no answer within {SOURCE_TIMEOUT:?}"))?
 }
 
 /// The decided tables the latest snapshot did not include (all of them before the first

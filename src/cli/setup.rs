@@ -22,15 +22,15 @@
 use anyhow::anyhow;
 use clap::{Args, ValueEnum};
 
-use super::connector::{find, schema_list};
-use super::create::{DecisionArgs, NanAsNull};
-use super::preflight::{known, require_passed};
+use super::args::{find, schema_list};
+use super::decisions::{refuse_nan_as_null, DecisionArgs, NanAsNull};
+use super::render::{print_decisions, require_passed, store_refused};
 use super::Failure;
 use crate::bookkeeping::{
     Bookkeeping, Connector, SetupChange, SetupRequest, TableDecision, TableSyncState,
 };
 use crate::change::TableName;
-use crate::control::{credentials, health};
+use crate::control::{connectors, credentials, health};
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::plan::{self, AskedBy, Reason, SlotFound, Start, TableFacts};
 use crate::pipeline::PipelineState;
@@ -316,7 +316,7 @@ async fn set_up_again(
     let info = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
     let schemas = new_schemas.unwrap_or_else(|| connector.schemas.clone());
     let connectors = bookkeeping.connectors().await?;
-    let known = known(
+    let known = connectors::known(
         Some(bookkeeping.installation()),
         &connectors,
         Some(connector.id),
@@ -328,14 +328,12 @@ async fn set_up_again(
         &report,
         &format!("Setup of {name} not restarted."),
     )?;
-    super::create::require_store(
-        &report,
-        &settings.store(),
-        &format!("Setup of {name} not restarted."),
-    )
-    .await?;
+    let store = settings.store();
+    connectors::check_store(report.server_major, &store)
+        .await
+        .map_err(|e| store_refused(&store, e, &format!("Setup of {name} not restarted.")))?;
     if !nan_as_null && !report.nan_as_null_columns.is_empty() {
-        return Err(super::create::refuse_nan_as_null(
+        return Err(refuse_nan_as_null(
             &report.nan_as_null_columns,
             &format!("`tributary connector update {name} --nan-as-null accept`"),
             &format!("Setup of {name} not restarted."),
@@ -370,7 +368,7 @@ async fn set_up_again(
         say!("✓ No table needs a replica identity decision any more.");
     } else if decisions_changed {
         say!("Replica identity decisions:");
-        super::create::print_decisions(&decisions);
+        print_decisions(&decisions);
     }
     match bookkeeping.request_setup(connector.id, &change).await? {
         SetupRequest::InProgress(state) => {
@@ -446,7 +444,7 @@ async fn in_progress(
          running daemon carries it on; follow it with `tributary connector list`.",
         if state == PipelineState::Snapshotting {
             let source = ConnInfo::parse(&bookkeeping.source_url(connector).await?)?;
-            match super::status::slot_wait(&source, &connector.slot_name).await {
+            match connectors::slot::creation_wait(&source, &connector.slot_name).await {
                 Ok(Some(why)) => format!(": waiting for the slot's consistent point: {why}"),
                 _ => format!(": {copied} of {} tables copied", included.count()),
             }

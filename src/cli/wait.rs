@@ -9,9 +9,10 @@ use anyhow::anyhow;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::connector::find;
+use super::args::find;
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, Connector, TableSyncState};
+use crate::control::connectors::slot as source_slot;
 use crate::control::health;
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
@@ -219,7 +220,7 @@ async fn follow(
                 }
             }
             PipelineState::Snapshotting => {
-                let message = match super::status::slot_wait(&source, &now.slot_name).await {
+                let message = match source_slot::creation_wait(&source, &now.slot_name).await {
                     Ok(Some(why)) => format!("waiting for the slot's consistent point: {why}"),
                     _ => format!("snapshotting, {rows} rows copied"),
                 };

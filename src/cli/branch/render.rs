@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{Finished, Given};
 use crate::bookkeeping::{Bookkeeping, BranchAccess, Connector};
-use crate::cli::connector::Format;
+use crate::cli::render::Format;
 use crate::cli::Failure;
 use crate::control::branch_access;
 use crate::pg::{self, ConnInfo, ShowPassword};
