@@ -365,45 +365,14 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     let found = slot::inspect(&source_sql, bk.installation(), connector, applied).await?;
     drop(source_sql);
 
-    let streamed = applied.is_none() && streamed_since_snapshot(bk, connector).await?;
-    let facts = plan::Facts {
-        asked_by: AskedBy::Daemon,
-        slot_name: &connector.slot_name,
-        replica: &connector.replica_database,
-        slot: slot_found(found.as_ref()),
+    let (applied, slot) = resume_or_start_over(
+        ctx,
         applied,
-        streamed_since_snapshot: streamed,
-        resnapshot: connector.resnapshot_requested,
-        schemas_recorded: &connector.schemas,
-        schemas_wanted: &connector.schemas,
-        tables: None,
-    };
-    let (applied, slot) = match plan::decide(&facts) {
-        Start::Resume { from } => {
-            if let Some(found) = &found {
-                found.wait_for_holder(&connector.slot_name)?;
-            }
-            (from, connector.slot_name.clone())
-        }
-        Start::Snapshot { .. } => {
-            // A slot left over from an interrupted snapshot of this connector is never
-            // reused.
-            let why = if connector.resnapshot_requested {
-                "for a new snapshot"
-            } else {
-                "of an interrupted snapshot"
-            };
-            start_over(
-                ctx,
-                found.as_ref(),
-                why,
-                (&source, &store, &replica),
-                &mut repl,
-            )
-            .await?
-        }
-        Start::Blocked(blocker) => return Err(blocked(connector, &store, &blocker)),
-    };
+        found.as_ref(),
+        (&source, &store, &replica),
+        &mut repl,
+    )
+    .await?;
 
     // wal2json 2.6 keeps NaN and Infinity apart from NULL; older versions refuse the
     // option at START_REPLICATION, which a persistent slot survives.
@@ -461,6 +430,53 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         capture_key,
         source,
     }))
+}
+
+/// Where streaming starts, as `pipeline::plan` decides from what the source and the
+/// replica say: the replica's applied position with the connector's slot, or a new
+/// snapshot's consistent point with its new slot; an error when only the operator may
+/// decide (`Start::Blocked`).
+async fn resume_or_start_over(
+    ctx: &PipelineContext,
+    applied: Option<Lsn>,
+    found: Option<&Found>,
+    (source, store, replica): (&ConnInfo, &ConnInfo, &ConnInfo),
+    repl: &mut ReplicationClient,
+) -> Result<(Lsn, SlotName), PipelineError> {
+    let connector = &ctx.connector;
+    let bk = &ctx.bookkeeping;
+    let streamed = applied.is_none() && streamed_since_snapshot(bk, connector).await?;
+    let facts = plan::Facts {
+        asked_by: AskedBy::Daemon,
+        slot_name: &connector.slot_name,
+        replica: &connector.replica_database,
+        slot: slot_found(found),
+        applied,
+        streamed_since_snapshot: streamed,
+        resnapshot: connector.resnapshot_requested,
+        schemas_recorded: &connector.schemas,
+        schemas_wanted: &connector.schemas,
+        tables: None,
+    };
+    Ok(match plan::decide(&facts) {
+        Start::Resume { from } => {
+            if let Some(found) = found {
+                found.wait_for_holder(&connector.slot_name)?;
+            }
+            (from, connector.slot_name.clone())
+        }
+        Start::Snapshot { .. } => {
+            // A slot left over from an interrupted snapshot of this connector is never
+            // reused.
+            let why = if connector.resnapshot_requested {
+                "for a new snapshot"
+            } else {
+                "of an interrupted snapshot"
+            };
+            start_over(ctx, found, why, (source, store, replica), repl).await?
+        }
+        Start::Blocked(blocker) => return Err(blocked(connector, store, &blocker)),
+    })
 }
 
 /// Records that the pipeline entered `state`: in the bookkeeping, then in the metrics.
