@@ -26,18 +26,13 @@ use super::args::{find, schema_list};
 use super::decisions::{refuse_nan_as_null, DecisionArgs, NanAsNull};
 use super::render::{print_decisions, require_passed, store_refused};
 use super::Failure;
-use crate::bookkeeping::{
-    Bookkeeping, Connector, SetupChange, SetupRequest, TableDecision, TableSyncState,
-};
-use crate::change::TableName;
-use crate::control::{connectors, credentials, health};
-use crate::pg::{self, ConnInfo};
-use crate::pipeline::plan::{self, AskedBy, Reason, SlotFound, Start, TableFacts};
+use crate::bookkeeping::{Bookkeeping, Connector, SetupChange, TableSyncState};
+use crate::control::connectors::setup::{self, Requested, Wanted};
+use crate::control::{connectors, credentials};
+use crate::pg::ConnInfo;
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
-use crate::sink;
 use crate::source::preflight;
-use crate::source::slot;
 
 #[derive(Debug, Args)]
 pub struct RetryArgs {
@@ -344,41 +339,53 @@ async fn set_up_again(
     let decisions =
         decision_args.decide(file, &report, &schemas, &existing, "Nothing was changed.")?;
 
-    let reasons = resnapshot_reasons(
+    let plan = setup::plan(
         bookkeeping,
-        settings,
+        &store,
         connector,
         &info,
-        &schemas,
         &report,
-        &decisions,
-        force_snapshot,
+        Wanted {
+            schemas: &schemas,
+            decisions: &decisions,
+            resnapshot: force_snapshot,
+        },
     )
     .await?;
-    let unhealthy = connector.state != PipelineState::Streaming || connector.last_error.is_some();
-    let restart = !reasons.is_empty() || unhealthy;
+    if !plan.excluded_with_identity.is_empty() {
+        let names: Vec<String> = plan
+            .excluded_with_identity
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        say!(
+            "Note: excluded by decision although they have a usable replica identity: {}. To \
+             replicate them, run retry-setup with a decisions file that leaves them out.",
+            names.join(", ")
+        );
+    }
     let decisions_changed = decisions != existing;
-    let change = SetupChange {
-        decisions: decisions_changed.then_some(&decisions[..]),
-        schemas: (schemas != connector.schemas).then_some(&schemas[..]),
-        restart,
-        resnapshot: !reasons.is_empty(),
-    };
     if decisions_changed && decisions.is_empty() {
         say!("✓ No table needs a replica identity decision any more.");
     } else if decisions_changed {
         say!("Replica identity decisions:");
         print_decisions(&decisions);
     }
-    match bookkeeping.request_setup(connector.id, &change).await? {
-        SetupRequest::InProgress(state) => {
+    let new_schemas = (schemas != connector.schemas).then_some(&schemas[..]);
+    let changed_decisions = decisions_changed.then_some(&decisions[..]);
+    match setup::request(
+        bookkeeping,
+        connector,
+        &plan,
+        changed_decisions,
+        new_schemas,
+    )
+    .await?
+    {
+        Requested::InProgress(state) => {
             return in_progress(bookkeeping, connector, state, true).await;
         }
-        SetupRequest::Recorded => {
-            let leases = bookkeeping.leases().await?;
-            let health = health::assess(bookkeeping, connector, &leases, &health::Slot::Unknown)
-                .await?
-                .health;
+        Requested::Kept(health) => {
             if let Some(problem) = health.problem() {
                 return Err(anyhow!(
                     "setup of {name} needs nothing (slot {} kept), but it is not healthy: {}. \
@@ -396,8 +403,9 @@ async fn set_up_again(
             );
             return Ok(false);
         }
-        SetupRequest::Restarted => {}
+        Requested::Restarted => {}
     }
+    let reasons = plan.reasons;
     if reasons.is_empty() {
         say!(
             "✓ Setup of {name} restarts: it resumes from the replica's applied position with \
@@ -453,70 +461,6 @@ async fn in_progress(
         }
     );
     Ok(false)
-}
-
-/// Why the replica must be rebuilt (`pipeline::plan` decides); empty when it can be kept.
-#[allow(clippy::too_many_arguments)]
-async fn resnapshot_reasons(
-    bookkeeping: &Bookkeeping,
-    settings: &Settings,
-    connector: &Connector,
-    source: &ConnInfo,
-    schemas: &[String],
-    report: &preflight::Report,
-    decisions: &[(TableName, TableDecision)],
-    resnapshot: bool,
-) -> Result<Vec<Reason>, Failure> {
-    let applied = sink::replica_applied_lsn(&settings.store(), &connector.replica_database).await?;
-    let client = pg::connect(source).await?;
-    let slot = match slot::inspect(&client, &connector.slot_name).await? {
-        None => SlotFound::Missing,
-        Some(info) => info
-            .invalidation()
-            .map_or(SlotFound::Valid, SlotFound::Invalidated),
-    };
-    drop(client);
-    let snapshot = bookkeeping.tables(connector.id).await?;
-    let listed: Vec<(TableName, bool)> = report
-        .tables
-        .iter()
-        .map(|t| (t.name.clone(), t.identity.is_usable()))
-        .collect();
-    let tables = TableFacts {
-        listed: &listed,
-        decisions,
-        snapshot: &snapshot,
-        include_new_tables: connector.include_new_tables,
-    };
-    let excluded_with_identity: Vec<String> = plan::split_tables(&listed, decisions)
-        .excluded
-        .iter()
-        .filter(|e| e.usable && e.decision == TableDecision::Exclude)
-        .map(|e| e.table.to_string())
-        .collect();
-    if !excluded_with_identity.is_empty() {
-        say!(
-            "Note: excluded by decision although they have a usable replica identity: {}. To \
-             replicate them, run retry-setup with a decisions file that leaves them out.",
-            excluded_with_identity.join(", ")
-        );
-    }
-    let facts = plan::Facts {
-        asked_by: AskedBy::Operator,
-        slot_name: &connector.slot_name,
-        replica: &connector.replica_database,
-        slot,
-        applied,
-        streamed_since_snapshot: false,
-        resnapshot,
-        schemas_recorded: &connector.schemas,
-        schemas_wanted: schemas,
-        tables: Some(tables),
-    };
-    Ok(match plan::decide(&facts) {
-        Start::Snapshot { reasons } => reasons,
-        Start::Resume { .. } | Start::Blocked(_) => Vec::new(),
-    })
 }
 
 /// Follows the connector until it streams without a pending snapshot (Ok) or fails.
