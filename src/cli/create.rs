@@ -25,7 +25,7 @@ use super::decisions::{refuse_nan_as_null, DecisionArgs, NanAsNull};
 use super::render::{print_decisions, require_passed, store_refused};
 use super::Failure;
 use crate::bookkeeping::Bookkeeping;
-use crate::change::TableName;
+use crate::control::connectors::create::{self, NewConnector};
 use crate::control::connectors::{check_store, known};
 use crate::pg::ConnInfo;
 use crate::source::preflight::{self, describe_foreign_keys};
@@ -71,33 +71,8 @@ pub async fn run(
     };
     let schemas = schema_list(args.schemas)?;
     let file = args.decisions.read_file()?;
-    if bookkeeping.connector(&name).await?.is_some() {
-        return Err(anyhow!(
-            "a connector named {name} exists already; choose another --name, or see \
-             `tributary connector list`"
-        )
-        .into());
-    }
+    create::check_name(bookkeeping, store, &name).await?;
     let connectors = bookkeeping.connectors().await?;
-    if let Some(other) = connectors.iter().find(|c| name.conflicts_with(&c.name)) {
-        return Err(anyhow!(
-            "connector {name} would share its replica database {} with connector {} (slot \
-             and database names carry '-' as '_'): choose another --name",
-            name.replica_database(),
-            other.name
-        )
-        .into());
-    }
-    // The first snapshot drops and re-creates the replica: never someone else's database.
-    let replica = name.replica_database();
-    if crate::sink::replica_exists(store, &replica).await? {
-        return Err(anyhow!(
-            "a database named {replica} exists on the branch store already; connector {name} \
-             would replace it: choose another --name, or drop or rename that database"
-        )
-        .into());
-    }
-
     let known = known(Some(bookkeeping.installation()), &connectors, None);
     let report = preflight::run(&info, &schemas, &known).await;
     require_passed(
@@ -122,9 +97,14 @@ pub async fn run(
         ));
     }
 
-    let connector = bookkeeping
-        .create_connector_with_decisions(&name, &args.url, &schemas, &decisions, nan_as_null)
-        .await?;
+    let new = NewConnector {
+        name: &name,
+        url: &args.url,
+        schemas: &schemas,
+        decisions: &decisions,
+        nan_as_null,
+    };
+    let connector = create::record(bookkeeping, &new).await?;
     say!(
         "✓ Created connector {} (id {}) for {info}\n  schemas: {}\n  slot: {}\n  replica \
          database: {}",
@@ -141,12 +121,7 @@ pub async fn run(
             report.nan_as_null_columns.join(", ")
         );
     }
-    let left_out: Vec<TableName> = decisions.iter().map(|(t, _)| t.clone()).collect();
-    let dangling: Vec<_> = report
-        .foreign_keys
-        .iter()
-        .filter(|k| !k.dangles(&schemas, &[]) && k.dangles(&schemas, &left_out))
-        .collect();
+    let dangling = create::dangling_foreign_keys(&report, &schemas, &decisions);
     if !dangling.is_empty() {
         say!(
             "  warning: foreign keys into tables that are not replicated are left out of the \

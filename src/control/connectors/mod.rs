@@ -1,8 +1,10 @@
-//! A connector's lifecycle, as the CLI (and tests) drive it: finding one by name, what a
+//! A connector's lifecycle, as the CLI (and tests) drive it: creating one (`create.rs`),
+//! finding one by name, what a
 //! source is compared with and whether the branch store can serve it before one is
 //! created or set up again, its slot as the source reports it (`slot.rs`), setting one
 //! up again (`setup.rs`), and deleting one (`delete.rs`).
 
+pub mod create;
 pub mod delete;
 pub mod setup;
 pub mod slot;
