@@ -181,7 +181,15 @@ async fn delete_killed_after_the_slot_is_dropped_finishes_when_run_again() {
 
     // The name is free again: a new connector of the same name snapshots and streams.
     daemon.create_connector(&source.url("repl", None, "shop"), "shop", "public");
-    daemon.wait_for_state("shop", "streaming").await;
+    let out = daemon.cli_ok(&[
+        "connector",
+        "wait",
+        "shop",
+        "--caught-up",
+        "--timeout",
+        "120",
+    ]);
+    assert!(out.contains("shop has applied everything up to"), "{out}");
     wait_converged(
         &source,
         "shop",

@@ -2,12 +2,14 @@
 //! finding one by name, what a
 //! source is compared with and whether the branch store can serve it before one is
 //! created or set up again, its slot as the source reports it (`slot.rs`), setting one
-//! up again (`setup.rs`), and deleting one (`delete.rs`).
+//! up again (`setup.rs`), following one to streaming (`wait.rs`), and deleting one
+//! (`delete.rs`).
 
 pub mod create;
 pub mod delete;
 pub mod setup;
 pub mod slot;
+pub mod wait;
 
 use crate::bookkeeping::{self, Bookkeeping, Connector};
 use crate::control::store_check;
