@@ -26,8 +26,10 @@ use super::args::{find, schema_list};
 use super::decisions::{refuse_nan_as_null, DecisionArgs, NanAsNull};
 use super::render::{print_decisions, require_passed, store_refused};
 use super::Failure;
-use crate::bookkeeping::{Bookkeeping, Connector, SetupChange, TableSyncState};
-use crate::control::connectors::setup::{self, Requested, Wanted};
+use crate::bookkeeping::{Bookkeeping, Connector, SetupChange, TableDecision, TableSyncState};
+use crate::change::TableName;
+use crate::control::connectors::setup::{self, Requested, SetupPlan, Wanted};
+use crate::control::health::Health;
 use crate::control::{connectors, credentials};
 use crate::pg::ConnInfo;
 use crate::pipeline::PipelineState;
@@ -206,7 +208,20 @@ pub async fn update(
             }
         );
     }
-    if let Some(extensions) = &drop_extensions {
+    say_options(&connector, drop_extensions.as_deref(), include_new_tables);
+    if restarted && args.wait {
+        wait_for_streaming(bookkeeping, &connector).await?;
+    }
+    Ok(())
+}
+
+/// Says the options `update` changed.
+fn say_options(
+    connector: &Connector,
+    drop_extensions: Option<&[String]>,
+    include_new_tables: Option<bool>,
+) {
+    if let Some(extensions) = drop_extensions {
         if extensions.is_empty() {
             say!("✓ {}: branches keep every extension", connector.name);
         } else {
@@ -230,10 +245,6 @@ pub async fn update(
             }
         );
     }
-    if restarted && args.wait {
-        wait_for_streaming(bookkeeping, &connector).await?;
-    }
-    Ok(())
 }
 
 /// Checks and stores the new URL (`control::credentials`), saying what it reached; returns
@@ -352,25 +363,8 @@ async fn set_up_again(
         },
     )
     .await?;
-    if !plan.excluded_with_identity.is_empty() {
-        let names: Vec<String> = plan
-            .excluded_with_identity
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        say!(
-            "Note: excluded by decision although they have a usable replica identity: {}. To \
-             replicate them, run retry-setup with a decisions file that leaves them out.",
-            names.join(", ")
-        );
-    }
     let decisions_changed = decisions != existing;
-    if decisions_changed && decisions.is_empty() {
-        say!("✓ No table needs a replica identity decision any more.");
-    } else if decisions_changed {
-        say!("Replica identity decisions:");
-        print_decisions(&decisions);
-    }
+    say_plan(&plan, decisions_changed.then_some(&decisions[..]));
     let new_schemas = (schemas != connector.schemas).then_some(&schemas[..]);
     let changed_decisions = decisions_changed.then_some(&decisions[..]);
     match setup::request(
@@ -385,24 +379,7 @@ async fn set_up_again(
         Requested::InProgress(state) => {
             return in_progress(bookkeeping, connector, state, true).await;
         }
-        Requested::Kept(health) => {
-            if let Some(problem) = health.problem() {
-                return Err(anyhow!(
-                    "setup of {name} needs nothing (slot {} kept), but it is not healthy: {}. \
-                     Next step: {}",
-                    connector.slot_name,
-                    problem.reason,
-                    problem.next_step
-                )
-                .into());
-            }
-            say!(
-                "✓ Setup of {name} is healthy ({} from slot {}): nothing to do.",
-                health.shown_state,
-                connector.slot_name
-            );
-            return Ok(false);
-        }
+        Requested::Kept(health) => return kept(connector, &health).map(|()| false),
         Requested::Restarted => {}
     }
     let reasons = plan.reasons;
@@ -423,6 +400,52 @@ async fn set_up_again(
          `tributary connector list`."
     );
     Ok(true)
+}
+
+/// What the plan says before it is recorded: tables excluded although they could be
+/// replicated, and the decisions when they `changed`.
+fn say_plan(plan: &SetupPlan, changed: Option<&[(TableName, TableDecision)]>) {
+    if !plan.excluded_with_identity.is_empty() {
+        let names: Vec<String> = plan
+            .excluded_with_identity
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        say!(
+            "Note: excluded by decision although they have a usable replica identity: {}. To \
+             replicate them, run retry-setup with a decisions file that leaves them out.",
+            names.join(", ")
+        );
+    }
+    match changed {
+        Some([]) => say!("✓ No table needs a replica identity decision any more."),
+        Some(decisions) => {
+            say!("Replica identity decisions:");
+            print_decisions(decisions);
+        }
+        None => {}
+    }
+}
+
+/// Nothing was restarted: fine when the connector is healthy, else why not and what to do.
+fn kept(connector: &Connector, health: &Health) -> Result<(), Failure> {
+    let name = &connector.name;
+    if let Some(problem) = health.problem() {
+        return Err(anyhow!(
+            "setup of {name} needs nothing (slot {} kept), but it is not healthy: {}. Next \
+             step: {}",
+            connector.slot_name,
+            problem.reason,
+            problem.next_step
+        )
+        .into());
+    }
+    say!(
+        "✓ Setup of {name} is healthy ({} from slot {}): nothing to do.",
+        health.shown_state,
+        connector.slot_name
+    );
+    Ok(())
 }
 
 /// Setup is running already: join it, or refuse a change to what it is working from.
