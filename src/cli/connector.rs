@@ -1,7 +1,6 @@
 //! `tributary connector …`: preflight (`preflight.rs`), create (`create.rs`), retry-setup
 //! and update (`setup.rs`), and here list, switch and delete.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use bytesize::ByteSize;
@@ -11,20 +10,15 @@ use serde::Serialize;
 use super::args::find;
 use super::render::Format;
 use super::Failure;
-use crate::bookkeeping::{Bookkeeping, Connector, Lease, UNLOGGED_TABLE};
-use crate::change::TableName;
+use crate::bookkeeping::{Bookkeeping, Connector, Lease};
 use crate::control::chain;
+use crate::control::connectors::attention::{self, Facts};
 use crate::control::connectors::delete::{self, Step};
 use crate::control::connectors::slot as source_slot;
 use crate::control::health::{self, Slot};
 use crate::pg::{self, ConnInfo};
-use crate::pipeline::PipelineState;
 use crate::settings::Settings;
 use crate::source::capture::{self, CaptureStatus};
-use crate::source::slot::WalStatus;
-
-/// Slot lag beyond which `connector list` warns: the daemon is down or cannot keep up.
-const HIGH_LAG_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectorCommand {
@@ -287,7 +281,14 @@ async fn view<'a>(
     c: &'a Connector,
     leases: &std::collections::HashMap<crate::types::ConnectorId, Lease>,
 ) -> Result<ConnectorView<'a>, Failure> {
-    let excluded_tables = excluded_tables(bookkeeping, c).await?;
+    let excluded_tables: Vec<ExcludedTable> = attention::excluded_tables(bookkeeping, c)
+        .await?
+        .into_iter()
+        .map(|(table, decision)| ExcludedTable {
+            table: table.to_string(),
+            decision,
+        })
+        .collect();
     let (slot, source_error) = match source_slot::inspect(bookkeeping, c).await {
         Ok(slot) => (slot, None),
         Err(e) => (None, Some(chain(&e))),
@@ -298,74 +299,16 @@ async fn view<'a>(
     };
     let assessment = health::assess(bookkeeping, c, leases, &slot_fact).await?;
     let health = &assessment.health;
-    let mut warnings = Vec::new();
-    if !c.enabled {
-        warnings.push(format!(
-            "disabled: an interrupted `connector delete`? Run `tributary connector delete {}` \
-             again",
-            c.name
-        ));
-    }
-    if let Some(error) = &source_error {
-        warnings.push(format!("source not reachable: {error}"));
-    }
-    if c.nan_as_null {
-        warnings.push(
-            "NaN, Infinity and -Infinity in numeric and float columns arrive as NULL while the \
-             source's wal2json predates 2.6 (accepted with --nan-as-null accept)"
-                .to_owned(),
-        );
-    }
-    match &slot {
-        None if source_error.is_none() && c.state == PipelineState::Streaming => {
-            warnings.push(format!(
-                "replication slot {} is missing on the source: run `tributary connector \
-                 retry-setup {}` for a new snapshot",
-                c.slot_name, c.name
-            ))
-        }
-        Some(s) => {
-            let retained = s.retained_bytes.map_or_else(String::new, |b| {
-                format!(" ({} retained)", ByteSize(b).display().iec())
-            });
-            match (s.invalidation(), s.wal_status) {
-                (Some(how), _) => warnings.push(format!(
-                    "slot was invalidated by the source ({how}): run `tributary connector \
-                     retry-setup {}` for a new snapshot; then {}",
-                    c.name,
-                    how.cause.advice()
-                )),
-                (None, WalStatus::Extended) => warnings.push(format!(
-                    "slot keeps WAL beyond max_wal_size (wal_status extended){retained}"
-                )),
-                (None, WalStatus::Unreserved) => warnings.push(format!(
-                    "slot is past max_slot_wal_keep_size (wal_status unreserved){retained}: the \
-                     source invalidates it at its next checkpoint unless it catches up"
-                )),
-                // A lost slot is an invalidation.
-                (None, WalStatus::Reserved | WalStatus::Lost) => {}
-            }
-            if let Some(lag) = s.lag_bytes.filter(|&lag| lag > HIGH_LAG_BYTES) {
-                warnings.push(format!(
-                    "slot lag {}: is the daemon running and keeping up?",
-                    ByteSize(lag).display().iec()
-                ));
-            }
-        }
-        None => {}
-    }
-    if !excluded_tables.is_empty() {
-        let tables: Vec<String> = excluded_tables
-            .iter()
-            .map(|t| format!("{} ({})", t.table, t.decision))
-            .collect();
-        warnings.push(format!(
-            "{} table{} not replicated: {}",
-            tables.len(),
-            if tables.len() == 1 { "" } else { "s" },
-            tables.join(", ")
-        ));
-    }
+    let excluded: Vec<(String, &str)> = excluded_tables
+        .iter()
+        .map(|t| (t.table.clone(), t.decision))
+        .collect();
+    let warnings = attention::warnings(&Facts {
+        connector: c,
+        slot: slot.as_ref(),
+        source_error: source_error.as_deref(),
+        excluded: &excluded,
+    });
     Ok(ConnectorView {
         name: c.name.as_str(),
         active: c.active,
@@ -401,38 +344,6 @@ async fn view<'a>(
         nan_as_null: c.nan_as_null,
         warnings,
     })
-}
-
-/// The decided tables the latest snapshot did not include (all of them before the first
-/// snapshot): a table whose key or replica identity was fixed in time is replicated. Then
-/// the snapshot's unlogged tables, whose rows are never replicated.
-async fn excluded_tables(
-    bookkeeping: &Bookkeeping,
-    connector: &Connector,
-) -> Result<Vec<ExcludedTable>, Failure> {
-    let tables = bookkeeping.tables(connector.id).await?;
-    let included: HashSet<&TableName> = tables
-        .iter()
-        .filter(|t| t.decision == "include")
-        .map(|t| &t.table)
-        .collect();
-    let decided = bookkeeping
-        .table_decisions(connector.id)
-        .await?
-        .into_iter()
-        .filter(|(table, _)| !included.contains(table))
-        .map(|(table, decision)| ExcludedTable {
-            table: table.to_string(),
-            decision: decision.as_str(),
-        });
-    let unlogged = tables
-        .iter()
-        .filter(|t| t.decision == UNLOGGED_TABLE)
-        .map(|t| ExcludedTable {
-            table: t.table.to_string(),
-            decision: UNLOGGED_TABLE,
-        });
-    Ok(decided.chain(unlogged).collect())
 }
 
 /// `connector delete`: the work is `control::connectors::delete`; this says what it did.

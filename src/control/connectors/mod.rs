@@ -1,10 +1,12 @@
 //! A connector's lifecycle, as the CLI (and tests) drive it: creating one (`create.rs`),
+//! what needs attention in one (`attention.rs`),
 //! finding one by name, what a
 //! source is compared with and whether the branch store can serve it before one is
 //! created or set up again, its slot as the source reports it (`slot.rs`), setting one
 //! up again (`setup.rs`), following one to streaming (`wait.rs`), and deleting one
 //! (`delete.rs`).
 
+pub mod attention;
 pub mod create;
 pub mod delete;
 pub mod setup;
