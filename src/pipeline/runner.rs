@@ -15,9 +15,10 @@
 //!  streaming (pipeline/stream.rs) until shutdown or error
 //! ```
 //!
-//! The applied LSN in the replica is the single fact that decides between resuming and
-//! starting over; it is written once the snapshot is complete and then only moves forward
-//! with the data it covers.
+//! The applied LSN in the replica is the fact that decides between resuming and starting
+//! over; it is written once the snapshot is complete and then only moves forward with the
+//! data it covers. The decision itself, with the slot and the history, is `plan.rs`'s,
+//! which `connector retry-setup` asks too.
 
 use std::convert::Infallible;
 use std::sync::Arc;
