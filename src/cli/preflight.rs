@@ -13,8 +13,7 @@ use super::args::{schema_list, SourceKind};
 use super::decisions::DecisionArgs;
 use super::render::{print_checks, print_grant_script, view, Format};
 use super::{Failure, DEFAULT_CONFIG};
-use crate::bookkeeping::Bookkeeping;
-use crate::control::connectors::known;
+use crate::control::connectors::peek_known;
 use crate::control::decisions;
 use crate::pg::ConnInfo;
 use crate::settings::Settings;
@@ -76,13 +75,7 @@ async fn known_sources(config: Option<&Path>) -> Result<KnownSources, Failure> {
             )))
         }
     };
-    let store = settings.store();
-    let read = async {
-        let installation = Bookkeeping::peek_installation(&store).await?;
-        let connectors = Bookkeeping::peek_connectors(&store).await?;
-        Ok::<_, crate::bookkeeping::Error>(known(installation.as_ref(), &connectors, None))
-    };
-    Ok(read.await.unwrap_or_else(|e| {
+    Ok(peek_known(&settings.store()).await.unwrap_or_else(|e| {
         KnownSources::Unavailable(format!("the branch store could not be read: {e}"))
     }))
 }

@@ -80,6 +80,14 @@ fn known_source(connector: &Connector) -> KnownSource {
     }
 }
 
+/// The known sources of the branch store `store`, read without changing anything there
+/// (preflight runs before any migration).
+pub async fn peek_known(store: &ConnInfo) -> Result<KnownSources, bookkeeping::Error> {
+    let installation = Bookkeeping::peek_installation(store).await?;
+    let connectors = Bookkeeping::peek_connectors(store).await?;
+    Ok(known(installation.as_ref(), &connectors, None))
+}
+
 /// Why a branch store cannot serve a source.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreRefusal {
