@@ -684,39 +684,11 @@ async fn snapshot(
     })?;
     // From here until START_REPLICATION, `repl` must stay idle: its next command ends the
     // exported snapshot.
-    // The table list comes from the snapshot too, so that it matches the rows copied.
-    let source_sql = pg::connect(source).await?;
-    source_sql
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            pg::quote_literal(&snapshot_name)
-        ))
-        .await
-        .map_err(|source| catalog::CatalogError::Query {
-            what: "opening a transaction on the exported snapshot",
-            source,
-        })?;
-    let listed = catalog::list_tables(&source_sql, &connector.schemas, &[]).await?;
-    let unlogged = catalog::unlogged_tables(&source_sql, &connector.schemas).await?;
-    let oids = catalog::table_oids(&source_sql, &connector.schemas).await?;
-    drop(source_sql);
-    let decisions = ctx.bookkeeping.table_decisions(connector.id).await?;
-    let (tables, excluded) = apply_decisions(listed, &decisions);
-    let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
-    ctx.bookkeeping
-        .set_snapshot_tables(connector.id, ctx.lease, &names)
-        .await?;
-    ctx.bookkeeping
-        .set_excluded_tables(connector.id, ctx.lease, &excluded, &unlogged)
-        .await?;
-    if !unlogged.is_empty() {
-        let names: Vec<String> = unlogged.iter().map(ToString::to_string).collect();
-        tracing::warn!(
-            tables = %names.join(", "),
-            "unlogged tables are not replicated (their changes are not in the WAL): the \
-             replica gets their definitions without rows"
-        );
-    }
+    let SnapshotTables {
+        tables,
+        excluded,
+        oids,
+    } = snapshot_tables(ctx, source, &snapshot_name).await?;
     let exclude: Vec<TableName> = excluded.iter().map(|(t, _)| t.clone()).collect();
     tracing::info!(
         tables = tables.len(),
@@ -791,6 +763,63 @@ async fn snapshot(
         "snapshot complete"
     );
     Ok(created.consistent_point)
+}
+
+/// The tables of a snapshot, as seen in it.
+struct SnapshotTables {
+    /// Copied.
+    tables: Vec<catalog::SourceTable>,
+    /// Left out by a decision.
+    excluded: Vec<(TableName, TableDecision)>,
+    oids: Vec<(TableName, u32)>,
+}
+
+/// Lists the tables in the exported snapshot `snapshot_name` (so that the list matches the
+/// rows copied), splits them by the operator's decisions (`plan::split_tables`) and
+/// records the split; unlogged tables are recorded as such (definitions without rows).
+async fn snapshot_tables(
+    ctx: &PipelineContext,
+    source: &ConnInfo,
+    snapshot_name: &str,
+) -> Result<SnapshotTables, PipelineError> {
+    let connector = &ctx.connector;
+    let source_sql = pg::connect(source).await?;
+    source_sql
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            pg::quote_literal(snapshot_name)
+        ))
+        .await
+        .map_err(|source| catalog::CatalogError::Query {
+            what: "opening a transaction on the exported snapshot",
+            source,
+        })?;
+    let listed = catalog::list_tables(&source_sql, &connector.schemas, &[]).await?;
+    let unlogged = catalog::unlogged_tables(&source_sql, &connector.schemas).await?;
+    let oids = catalog::table_oids(&source_sql, &connector.schemas).await?;
+    drop(source_sql);
+    let decisions = ctx.bookkeeping.table_decisions(connector.id).await?;
+    let (tables, excluded) = apply_decisions(listed, &decisions);
+    let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
+    ctx.bookkeeping
+        .set_snapshot_tables(connector.id, ctx.lease, &names)
+        .await?;
+    ctx.bookkeeping
+        .set_excluded_tables(connector.id, ctx.lease, &excluded, &unlogged)
+        .await?;
+    if !unlogged.is_empty() {
+        let names: Vec<String> = unlogged.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            tables = %names.join(", "),
+            "unlogged tables are not replicated (their changes are not in the WAL): the \
+             replica gets their definitions without rows"
+        );
+    }
+    Ok(SnapshotTables {
+        tables,
+        excluded,
+        oids,
+    })
 }
 
 /// When the log first says what a slot still being created waits for, and how often then.
