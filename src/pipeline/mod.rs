@@ -13,6 +13,7 @@ pub mod runner;
 mod slot;
 pub mod snapshot;
 pub mod stream;
+mod tables;
 mod tools;
 pub mod versions;
 

@@ -28,8 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::capture::prepare as prepare_capture;
-use super::plan::{self, AskedBy, Blocker, Excluded, SlotFound, Start, Why};
-use crate::bookkeeping::{Bookkeeping, Connector, TableDecision, TableSyncState, UNLOGGED_TABLE};
+use super::plan::{self, AskedBy, Blocker, SlotFound, Start};
+use super::tables;
+use crate::bookkeeping::{Bookkeeping, Connector, TableSyncState, UNLOGGED_TABLE};
 use crate::change::{NanPolicy, TableName};
 use crate::crash::{self, CrashPoint};
 use crate::metrics::METRICS;
@@ -684,11 +685,16 @@ async fn snapshot(
     })?;
     // From here until START_REPLICATION, `repl` must stay idle: its next command ends the
     // exported snapshot.
-    let SnapshotTables {
+    let tables::SnapshotTables {
         tables,
         excluded,
         oids,
-    } = snapshot_tables(ctx, source, &snapshot_name).await?;
+    } = tables::snapshot_tables(
+        (&ctx.bookkeeping, connector, ctx.lease),
+        source,
+        &snapshot_name,
+    )
+    .await?;
     let exclude: Vec<TableName> = excluded.iter().map(|(t, _)| t.clone()).collect();
     tracing::info!(
         tables = tables.len(),
@@ -765,63 +771,6 @@ async fn snapshot(
     Ok(created.consistent_point)
 }
 
-/// The tables of a snapshot, as seen in it.
-struct SnapshotTables {
-    /// Copied.
-    tables: Vec<catalog::SourceTable>,
-    /// Left out by a decision.
-    excluded: Vec<(TableName, TableDecision)>,
-    oids: Vec<(TableName, u32)>,
-}
-
-/// Lists the tables in the exported snapshot `snapshot_name` (so that the list matches the
-/// rows copied), splits them by the operator's decisions (`plan::split_tables`) and
-/// records the split; unlogged tables are recorded as such (definitions without rows).
-async fn snapshot_tables(
-    ctx: &PipelineContext,
-    source: &ConnInfo,
-    snapshot_name: &str,
-) -> Result<SnapshotTables, PipelineError> {
-    let connector = &ctx.connector;
-    let source_sql = pg::connect(source).await?;
-    source_sql
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            pg::quote_literal(snapshot_name)
-        ))
-        .await
-        .map_err(|source| catalog::CatalogError::Query {
-            what: "opening a transaction on the exported snapshot",
-            source,
-        })?;
-    let listed = catalog::list_tables(&source_sql, &connector.schemas, &[]).await?;
-    let unlogged = catalog::unlogged_tables(&source_sql, &connector.schemas).await?;
-    let oids = catalog::table_oids(&source_sql, &connector.schemas).await?;
-    drop(source_sql);
-    let decisions = ctx.bookkeeping.table_decisions(connector.id).await?;
-    let (tables, excluded) = apply_decisions(listed, &decisions);
-    let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
-    ctx.bookkeeping
-        .set_snapshot_tables(connector.id, ctx.lease, &names)
-        .await?;
-    ctx.bookkeeping
-        .set_excluded_tables(connector.id, ctx.lease, &excluded, &unlogged)
-        .await?;
-    if !unlogged.is_empty() {
-        let names: Vec<String> = unlogged.iter().map(ToString::to_string).collect();
-        tracing::warn!(
-            tables = %names.join(", "),
-            "unlogged tables are not replicated (their changes are not in the WAL): the \
-             replica gets their definitions without rows"
-        );
-    }
-    Ok(SnapshotTables {
-        tables,
-        excluded,
-        oids,
-    })
-}
-
 /// When the log first says what a slot still being created waits for, and how often then.
 const SLOT_WAIT_FIRST: Duration = Duration::from_secs(10);
 const SLOT_WAIT_EVERY: Duration = Duration::from_secs(60);
@@ -844,47 +793,4 @@ async fn explain_slot_wait(source: &ConnInfo) -> Infallible {
         }
         tokio::time::sleep(SLOT_WAIT_EVERY).await;
     }
-}
-
-/// Splits the snapshot's tables as the plan decides ([`plan::split_tables`]), saying so
-/// in the log.
-fn apply_decisions(
-    listed: Vec<catalog::SourceTable>,
-    decisions: &[(TableName, TableDecision)],
-) -> (Vec<catalog::SourceTable>, Vec<(TableName, TableDecision)>) {
-    let identities: Vec<(TableName, bool)> = listed
-        .iter()
-        .map(|t| (t.name.clone(), t.identity.is_usable()))
-        .collect();
-    let split = plan::split_tables(&identities, decisions);
-    for table in &split.fixed {
-        tracing::info!(table = %table, "table has a usable replica identity now: included");
-    }
-    for Excluded {
-        table,
-        decision,
-        why,
-        ..
-    } in &split.excluded
-    {
-        match why {
-            Why::NotFullYet => tracing::warn!(
-                table = %table,
-                "decided replica_identity_full, but the table's replica identity on the \
-                 source is not FULL yet: it is excluded from this snapshot until fixed (run \
-                 ALTER TABLE … REPLICA IDENTITY FULL on the source, then take a new snapshot)"
-            ),
-            Why::Decided => tracing::info!(table = %table, %decision, "table excluded"),
-        }
-    }
-    let tables = listed
-        .into_iter()
-        .filter(|t| split.copied.contains(&t.name))
-        .collect();
-    let excluded = split
-        .excluded
-        .into_iter()
-        .map(|e| (e.table, e.decision))
-        .collect();
-    (tables, excluded)
 }
