@@ -351,3 +351,78 @@ async fn a_branch_create_killed_while_waiting_leaves_nothing_half_made() {
     assert_branch_complete(&source, &store, "b1");
     assert_eq!(listed(&daemon), [("b1".to_owned(), "ready".to_owned())]);
 }
+
+/// `connector delete` killed after it dropped the slot, before the replica and the
+/// bookkeeping rows: the connector stays listed (disabled), running delete again finishes
+/// the job, and a connector of the same name can be created and streams afterwards.
+#[tokio::test]
+async fn delete_killed_after_the_slot_is_dropped_finishes_when_run_again() {
+    let (source, store, mut daemon) = installation(None);
+    daemon.create_connector(&source.url("repl", None, "shop"), "shop", "public");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    let slots = || {
+        source.psql(
+            "shop",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'",
+        )
+    };
+    let replicas = || {
+        store.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'shop_replica'",
+        )
+    };
+    assert_eq!(slots().trim(), "1");
+
+    daemon.crash_at(Some(CrashPoint::DuringDelete));
+    let killed = daemon.cli(&["connector", "delete", "shop"]);
+    let stderr = String::from_utf8_lossy(&killed.stderr);
+    assert_eq!(
+        killed.status.signal(),
+        Some(9),
+        "delete must die by SIGKILL at the crash point: {stderr}"
+    );
+    assert!(stderr.contains(CrashPoint::DuringDelete.name()), "{stderr}");
+    // Killed in the window: the slot is gone, the replica and the rows are not.
+    assert_eq!(slots().trim(), "0");
+    assert_eq!(replicas().trim(), "1");
+    let listed = daemon.connectors();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["enabled"], serde_json::json!(false));
+
+    daemon.crash_at(None);
+    let out = daemon.cli_ok(&["connector", "delete", "shop"]);
+    assert!(out.contains("Deleted connector shop"), "{out}");
+    assert_eq!(slots().trim(), "0");
+    assert_eq!(replicas().trim(), "0");
+    assert!(daemon.connectors().is_empty());
+    let rows = store.psql(
+        "postgres",
+        "SELECT (SELECT count(*) FROM tributary.connectors) \
+              + (SELECT count(*) FROM tributary.connector_tables)",
+    );
+    assert_eq!(rows.trim(), "0", "no bookkeeping rows left");
+
+    // The name is free again: a new connector of the same name snapshots and streams.
+    daemon.create_connector(&source.url("repl", None, "shop"), "shop", "public");
+    let out = daemon.cli_ok(&[
+        "connector",
+        "wait",
+        "shop",
+        "--caught-up",
+        "--timeout",
+        "120",
+    ]);
+    assert!(out.contains("shop has applied everything up to"), "{out}");
+    wait_converged(
+        &source,
+        "shop",
+        &store,
+        "shop_replica",
+        &["public"],
+        &daemon,
+    )
+    .await;
+    assert_eq!(slots().trim(), "1");
+}

@@ -74,12 +74,15 @@ impl Bookkeeping {
 
 impl Error {
     /// Whether the error says the source URLs cannot be opened with the key at hand (none,
-    /// another one, or a URL that does not open with it): the case `connector delete
-    /// --force` handles without the source.
+    /// another one, or a URL that does not open with it) or opened into one that no longer
+    /// parses: the cases `connector delete --force` handles without the source.
     pub fn is_key_problem(&self) -> bool {
         matches!(
             self,
-            Error::NoKey { .. } | Error::WrongKey { .. } | Error::Decrypt { .. }
+            Error::NoKey { .. }
+                | Error::WrongKey { .. }
+                | Error::Decrypt { .. }
+                | Error::StoredSourceUrl { .. }
         )
     }
 }

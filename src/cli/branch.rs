@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use self::render::{list, print_url, report, report_finished, UrlView};
-use super::{Failure, Format};
+use super::render::Format;
+use super::Failure;
 use crate::bookkeeping::Bookkeeping;
 use crate::control::branch_access::AccessRequest;
 use crate::control::branches::{self, BranchError, CreateRequest, Progress};

@@ -1,35 +1,24 @@
 //! `tributary connector …`: preflight (`preflight.rs`), create (`create.rs`), retry-setup
 //! and update (`setup.rs`), and here list, switch and delete.
 
-use std::collections::HashSet;
 use std::path::Path;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use bytesize::ByteSize;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use serde::Serialize;
 
+use super::args::find;
+use super::render::Format;
 use super::Failure;
-use crate::bookkeeping::{Bookkeeping, Connector, Lease, UNLOGGED_TABLE};
-use crate::change::TableName;
+use crate::bookkeeping::{Bookkeeping, Connector, Lease};
+use crate::control::chain;
+use crate::control::connectors::attention::{self, Facts};
+use crate::control::connectors::delete::{self, Step};
+use crate::control::connectors::slot as source_slot;
 use crate::control::health::{self, Slot};
 use crate::pg::{self, ConnInfo};
-use crate::pipeline::PipelineState;
 use crate::settings::Settings;
-use crate::sink;
 use crate::source::capture::{self, CaptureStatus};
-use crate::source::slot::{self, NotOurs, Ownership, SlotInfo, WalStatus};
-use crate::types::{ConnectorName, Lsn};
-
-/// How long `connector delete` waits for a running daemon to let go of the slot.
-const SLOT_RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long `connector list` waits for each source.
-pub(super) const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Slot lag beyond which `connector list` warns: the daemon is down or cannot keep up.
-const HIGH_LAG_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectorCommand {
@@ -101,17 +90,6 @@ pub enum ConnectorCommand {
     },
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SourceKind {
-    Postgresql,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-}
-
 pub async fn run(
     command: ConnectorCommand,
     settings: Settings,
@@ -171,29 +149,6 @@ pub async fn run(
         }
         ConnectorCommand::Preflight(_) => unreachable!("handled by cli::dispatch"),
     }
-}
-
-/// The connector called `name`; exit 2 for an invalid name, 1 for an unknown one.
-pub(super) async fn find(bookkeeping: &Bookkeeping, name: &str) -> Result<Connector, Failure> {
-    let name = ConnectorName::new(name.to_owned()).map_err(Failure::usage)?;
-    bookkeeping.connector(&name).await?.ok_or_else(|| {
-        anyhow::anyhow!("no connector named {name}; `tributary connector list` shows them").into()
-    })
-}
-
-/// `--schemas` as given, trimmed, without empty entries and repetitions.
-pub(super) fn schema_list(raw: Vec<String>) -> Result<Vec<String>, Failure> {
-    let mut schemas: Vec<String> = Vec::with_capacity(raw.len());
-    for schema in raw {
-        let schema = schema.trim();
-        if !schema.is_empty() && !schemas.iter().any(|s| s == schema) {
-            schemas.push(schema.to_owned());
-        }
-    }
-    if schemas.is_empty() {
-        return Err(Failure::usage(anyhow::anyhow!("--schemas names no schema")));
-    }
-    Ok(schemas)
 }
 
 /// The contract of `connector list --format json`: one object per connector.
@@ -326,10 +281,17 @@ async fn view<'a>(
     c: &'a Connector,
     leases: &std::collections::HashMap<crate::types::ConnectorId, Lease>,
 ) -> Result<ConnectorView<'a>, Failure> {
-    let excluded_tables = excluded_tables(bookkeeping, c).await?;
-    let (slot, source_error) = match inspect_slot(bookkeeping, c).await {
+    let excluded_tables: Vec<ExcludedTable> = attention::excluded_tables(bookkeeping, c)
+        .await?
+        .into_iter()
+        .map(|(table, decision)| ExcludedTable {
+            table: table.to_string(),
+            decision,
+        })
+        .collect();
+    let (slot, source_error) = match source_slot::inspect(bookkeeping, c).await {
         Ok(slot) => (slot, None),
-        Err(e) => (None, Some(format!("{e:#}"))),
+        Err(e) => (None, Some(chain(&e))),
     };
     let slot_fact = match &source_error {
         Some(_) => Slot::Unknown,
@@ -337,74 +299,16 @@ async fn view<'a>(
     };
     let assessment = health::assess(bookkeeping, c, leases, &slot_fact).await?;
     let health = &assessment.health;
-    let mut warnings = Vec::new();
-    if !c.enabled {
-        warnings.push(format!(
-            "disabled: an interrupted `connector delete`? Run `tributary connector delete {}` \
-             again",
-            c.name
-        ));
-    }
-    if let Some(error) = &source_error {
-        warnings.push(format!("source not reachable: {error}"));
-    }
-    if c.nan_as_null {
-        warnings.push(
-            "NaN, Infinity and -Infinity in numeric and float columns arrive as NULL while the \
-             source's wal2json predates 2.6 (accepted with --nan-as-null accept)"
-                .to_owned(),
-        );
-    }
-    match &slot {
-        None if source_error.is_none() && c.state == PipelineState::Streaming => {
-            warnings.push(format!(
-                "replication slot {} is missing on the source: run `tributary connector \
-                 retry-setup {}` for a new snapshot",
-                c.slot_name, c.name
-            ))
-        }
-        Some(s) => {
-            let retained = s.retained_bytes.map_or_else(String::new, |b| {
-                format!(" ({} retained)", ByteSize(b).display().iec())
-            });
-            match (s.invalidation(), s.wal_status) {
-                (Some(how), _) => warnings.push(format!(
-                    "slot was invalidated by the source ({how}): run `tributary connector \
-                     retry-setup {}` for a new snapshot; then {}",
-                    c.name,
-                    how.cause.advice()
-                )),
-                (None, WalStatus::Extended) => warnings.push(format!(
-                    "slot keeps WAL beyond max_wal_size (wal_status extended){retained}"
-                )),
-                (None, WalStatus::Unreserved) => warnings.push(format!(
-                    "slot is past max_slot_wal_keep_size (wal_status unreserved){retained}: the \
-                     source invalidates it at its next checkpoint unless it catches up"
-                )),
-                // A lost slot is an invalidation.
-                (None, WalStatus::Reserved | WalStatus::Lost) => {}
-            }
-            if let Some(lag) = s.lag_bytes.filter(|&lag| lag > HIGH_LAG_BYTES) {
-                warnings.push(format!(
-                    "slot lag {}: is the daemon running and keeping up?",
-                    ByteSize(lag).display().iec()
-                ));
-            }
-        }
-        None => {}
-    }
-    if !excluded_tables.is_empty() {
-        let tables: Vec<String> = excluded_tables
-            .iter()
-            .map(|t| format!("{} ({})", t.table, t.decision))
-            .collect();
-        warnings.push(format!(
-            "{} table{} not replicated: {}",
-            tables.len(),
-            if tables.len() == 1 { "" } else { "s" },
-            tables.join(", ")
-        ));
-    }
+    let excluded: Vec<(String, &str)> = excluded_tables
+        .iter()
+        .map(|t| (t.table.clone(), t.decision))
+        .collect();
+    let warnings = attention::warnings(&Facts {
+        connector: c,
+        slot: slot.as_ref(),
+        source_error: source_error.as_deref(),
+        excluded: &excluded,
+    });
     Ok(ConnectorView {
         name: c.name.as_str(),
         active: c.active,
@@ -442,55 +346,7 @@ async fn view<'a>(
     })
 }
 
-/// The connector's slot as its source reports it, asked within [`SOURCE_TIMEOUT`].
-pub(super) async fn inspect_slot(
-    bookkeeping: &Bookkeeping,
-    connector: &Connector,
-) -> anyhow::Result<Option<SlotInfo>> {
-    let source = bookkeeping.source(connector).await?;
-    tokio::time::timeout(SOURCE_TIMEOUT, async {
-        let client = pg::connect(&source).await?;
-        Ok(slot::inspect(&client, &connector.slot_name).await?)
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("no answer within {SOURCE_TIMEOUT:?}"))?
-}
-
-/// The decided tables the latest snapshot did not include (all of them before the first
-/// snapshot): a table whose key or replica identity was fixed in time is replicated. Then
-/// the snapshot's unlogged tables, whose rows are never replicated.
-async fn excluded_tables(
-    bookkeeping: &Bookkeeping,
-    connector: &Connector,
-) -> Result<Vec<ExcludedTable>, Failure> {
-    let tables = bookkeeping.tables(connector.id).await?;
-    let included: HashSet<&TableName> = tables
-        .iter()
-        .filter(|t| t.decision == "include")
-        .map(|t| &t.table)
-        .collect();
-    let decided = bookkeeping
-        .table_decisions(connector.id)
-        .await?
-        .into_iter()
-        .filter(|(table, _)| !included.contains(table))
-        .map(|(table, decision)| ExcludedTable {
-            table: table.to_string(),
-            decision: decision.as_str(),
-        });
-    let unlogged = tables
-        .iter()
-        .filter(|t| t.decision == UNLOGGED_TABLE)
-        .map(|t| ExcludedTable {
-            table: t.table.to_string(),
-            decision: UNLOGGED_TABLE,
-        });
-    Ok(decided.chain(unlogged).collect())
-}
-
-/// Stops the pipeline, drops the slot (checking it is gone), the replica database and the
-/// bookkeeping, in that order: whatever fails leaves the connector listed, with what is
-/// left to do.
+/// `connector delete`: the work is `control::connectors::delete`; this says what it did.
 async fn delete(
     bookkeeping: &Bookkeeping,
     settings: &Settings,
@@ -499,142 +355,68 @@ async fn delete(
 ) -> Result<(), Failure> {
     let name = &connector.name;
     let slot_name = &connector.slot_name;
-    let drop_sql = format!("SELECT pg_drop_replication_slot('{slot_name}');");
-    let source = match bookkeeping.source(connector).await {
-        Ok(source) => source,
-        Err(e) if e.is_key_problem() && force => {
-            return delete_without_source(bookkeeping, settings, connector, &e).await;
+    let drop_sql = delete::drop_sql(slot_name);
+    let mut step = |step: Step<'_>| match step {
+        Step::WithoutSource(e) => say!(
+            "! cannot open the source URL of {name} ({e}); deleting without the source (--force)"
+        ),
+        Step::NotStopped(e) => say!("! {}; deleting anyway (--force)", chain(e)),
+        Step::SessionEnded { pid, slot } => {
+            say!("! ended the source session {pid} that streamed from {slot} (--force)")
         }
-        Err(e) if e.is_key_problem() => {
-            return Err(anyhow::anyhow!(
-                "{e}. Nothing was deleted. If the key is lost for good, `tributary connector \
-                 delete {name} --force` deletes the connector without its source URL: the \
-                 replica database and bookkeeping go, and it prints the SQL that drops slot \
-                 {slot_name} on the source (`{drop_sql}`)"
-            )
-            .into())
+        Step::SlotKept(not_ours) => say!(
+            "! kept replication slot {slot_name} on the source: it is not this \
+             installation's ({not_ours}). If no other tributary installation or client \
+             uses it, drop it there, since it retains WAL: `{drop_sql}`"
+        ),
+        Step::SlotNotDropped(e) => say!(
+            "! could not drop replication slot {slot_name} on the source ({}). It keeps \
+             WAL until dropped: run on the source `{drop_sql}`",
+            chain(e)
+        ),
+        Step::CaptureRemoved => {
+            say!("  Removed the schema change capture objects from the source.")
         }
-        Err(e) => return Err(e.into()),
+        Step::CaptureNotRemoved(e) => say!(
+            "! could not remove the schema change capture objects from the source ({}); no \
+             other tributary slot uses them: `tributary connector source-sql --uninstall` \
+             prints the SQL to run as a superuser",
+            chain(e)
+        ),
     };
-    // A running daemon stops the pipeline when the connector is disabled (the current
-    // target transaction commits first) and marks it `stopped`: from then on nothing
-    // creates or uses the slot.
-    bookkeeping.set_enabled(connector.id, false).await?;
-    if let Err(e) = wait_stopped(bookkeeping, connector).await {
-        if !force {
-            bookkeeping
-                .set_enabled(connector.id, connector.enabled)
-                .await?;
-            return Err(anyhow::anyhow!(
-                "{e:#}. Nothing was deleted and {name} runs on; run delete again, or use --force"
-            )
-            .into());
-        }
-        say!("! {e:#}; deleting anyway (--force)");
-    }
-    let applied = sink::replica_applied_lsn(settings.store(), &connector.replica_database)
-        .await
-        .context("reading the replica's applied position (to tell whether the slot is ours)")?;
-    let slot_dropped = match drop_slot(bookkeeping, &source, connector, applied, force).await {
-        Ok(None) => true,
-        Ok(Some(not_ours)) => {
+    let deleted =
+        delete::delete(bookkeeping, settings.store(), connector, force, &mut step).await?;
+    match deleted.slot_dropped {
+        Some(dropped) => say!(
+            "✓ Deleted connector {name}: {}replica database {} dropped, bookkeeping removed.",
+            if dropped {
+                format!("replication slot {slot_name} dropped on the source (checked), ")
+            } else {
+                String::new()
+            },
+            connector.replica_database
+        ),
+        None => {
             say!(
-                "! kept replication slot {slot_name} on the source: it is not this \
-                 installation's ({not_ours}). If no other tributary installation or client \
-                 uses it, drop it there, since it retains WAL: `{drop_sql}`"
-            );
-            false
-        }
-        Err(e) if force => {
-            say!(
-                "! could not drop replication slot {slot_name} on the source ({e:#}). It keeps \
-                 WAL until dropped: run on the source `{drop_sql}`"
-            );
-            false
-        }
-        Err(e) => {
-            bookkeeping
-                .set_enabled(connector.id, connector.enabled)
-                .await?;
-            return Err(anyhow::anyhow!(
-                "{e:#}. Nothing was deleted and {name} runs on. Fix this and run delete again, or \
-                 use --force to delete anyway (the slot is then yours to drop: `{drop_sql}`)."
-            )
-            .into());
-        }
-    };
-    sink::drop_database(settings.store(), &connector.replica_database, true)
-        .await
-        .with_context(|| {
-            format!(
-                "dropping the replica database {} (the connector is disabled, its slot {}); run \
-                 delete again",
-                connector.replica_database,
-                if slot_dropped { "dropped" } else { "kept" }
-            )
-        })?;
-    if slot_dropped {
-        remove_capture(&source).await;
-    }
-    let branches = bookkeeping.branches(Some(connector.id)).await?;
-    bookkeeping.delete_connector(connector.id).await?;
-    say!(
-        "✓ Deleted connector {name}: {}replica database {} dropped, bookkeeping removed.",
-        if slot_dropped {
-            format!("replication slot {slot_name} dropped on the source (checked), ")
-        } else {
-            String::new()
-        },
-        connector.replica_database
-    );
-    report_kept_branches(&branches);
-    Ok(())
-}
-
-/// `delete --force` when the source URL cannot be decrypted (`key_error`): the replica
-/// database and the bookkeeping go; the source is not touched, so its slot (and capture
-/// objects) are the operator's to drop, with the SQL printed. The pipeline is stopped first
-/// as in [`delete`] (a running daemon with the right key may still stream).
-async fn delete_without_source(
-    bookkeeping: &Bookkeeping,
-    settings: &Settings,
-    connector: &Connector,
-    key_error: &crate::bookkeeping::Error,
-) -> Result<(), Failure> {
-    let name = &connector.name;
-    let slot_name = &connector.slot_name;
-    say!("! cannot open the source URL of {name} ({key_error}); deleting without the source (--force)");
-    bookkeeping.set_enabled(connector.id, false).await?;
-    if let Err(e) = wait_stopped(bookkeeping, connector).await {
-        say!("! {e:#}; deleting anyway (--force)");
-    }
-    sink::drop_database(settings.store(), &connector.replica_database, true)
-        .await
-        .with_context(|| {
-            format!(
-                "dropping the replica database {} (the connector is disabled); run delete again",
+                "✓ Deleted connector {name}: replica database {} dropped, bookkeeping removed. \
+                 The source was not touched.",
                 connector.replica_database
-            )
-        })?;
-    let branches = bookkeeping.branches(Some(connector.id)).await?;
-    bookkeeping.delete_connector(connector.id).await?;
-    say!(
-        "✓ Deleted connector {name}: replica database {} dropped, bookkeeping removed. The \
-         source was not touched.",
-        connector.replica_database
-    );
-    say!(
-        "  Its replication slot keeps WAL on the source until dropped: as a superuser (or \
-         the connector's replication role) on the source database{}, run\n    \
-         SELECT pg_drop_replication_slot('{slot_name}');\n  and, when no other tributary \
-         slot is left there, the SQL of `tributary connector source-sql --uninstall`.",
-        connector
-            .source_database
-            .as_deref()
-            .map(|db| format!(" {db:?} ({})", connector.source_display))
-            .unwrap_or_else(|| format!(" ({})", connector.source_display))
-    );
-    report_kept_branches(&branches);
+            );
+            say!(
+                "  Its replication slot keeps WAL on the source until dropped: as a superuser \
+                 (or the connector's replication role) on the source database{}, run\n    \
+                 SELECT pg_drop_replication_slot('{slot_name}');\n  and, when no other \
+                 tributary slot is left there, the SQL of `tributary connector source-sql \
+                 --uninstall`.",
+                connector
+                    .source_database
+                    .as_deref()
+                    .map(|db| format!(" {db:?} ({})", connector.source_display))
+                    .unwrap_or_else(|| format!(" ({})", connector.source_display))
+            );
+        }
+    }
+    report_kept_branches(&deleted.branches);
     Ok(())
 }
 
@@ -695,135 +477,4 @@ async fn report_capture(source: &ConnInfo) {
         Err(e) => format!("could not be inspected ({e:#})"),
     };
     eprintln!("-- The source's schema change capture objects are {line}.");
-}
-
-/// After the connector's slot is gone: removes the source's capture objects unless another
-/// tributary slot remains in that database (another connector, perhaps of another
-/// installation, still needs them: every installation's slot names, legacy ones too,
-/// start with `tributary_`; so do probes', which only makes this more careful). Best
-/// effort: what is left is said.
-async fn remove_capture(source: &ConnInfo) {
-    const OTHERS: &str = "SELECT count(*) FROM pg_catalog.pg_replication_slots \
-        WHERE database = current_database() AND slot_name LIKE 'tributary\\_%'";
-    let removed = async {
-        let client = pg::connect(source).await?;
-        if capture::inspect(&client).await?.status == CaptureStatus::Missing {
-            return anyhow::Ok(false);
-        }
-        let others: i64 = client.query_one(OTHERS, &[]).await?.get(0);
-        if others > 0 {
-            return Ok(false);
-        }
-        capture::uninstall(&client).await?;
-        Ok(true)
-    };
-    match removed.await {
-        Ok(true) => say!("  Removed the schema change capture objects from the source."),
-        Ok(false) => {}
-        Err(e) => say!(
-            "! could not remove the schema change capture objects from the source ({e:#}); no \
-             other tributary slot uses them: `tributary connector source-sql --uninstall` \
-             prints the SQL to run as a superuser"
-        ),
-    }
-}
-
-/// Waits until no daemon runs the connector's pipeline: at once when no daemon is running,
-/// else until the supervisor marks the disabled connector `stopped`.
-async fn wait_stopped(bookkeeping: &Bookkeeping, connector: &Connector) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + SLOT_RELEASE_TIMEOUT;
-    loop {
-        if bookkeeping.daemons_running().await? == 0 {
-            return Ok(());
-        }
-        let state = bookkeeping
-            .connector_by_id(connector.id)
-            .await?
-            .map(|c| c.state);
-        if matches!(state, None | Some(PipelineState::Stopped)) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!(
-                "the running daemon did not stop the pipeline of {} within {SLOT_RELEASE_TIMEOUT:?}",
-                connector.name
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Drops the slot once nothing streams from it (ending the session that does at once
-/// with `force`, else waiting up to [`SLOT_RELEASE_TIMEOUT`]), then checks it is gone;
-/// returns why instead when the slot is not this installation's to drop (see
-/// `source::slot::ownership`; `applied` is the replica's applied position). A session
-/// streaming from a legacy-named slot is never ended: it may be another installation's.
-async fn drop_slot(
-    bookkeeping: &Bookkeeping,
-    source: &ConnInfo,
-    connector: &Connector,
-    applied: Option<Lsn>,
-    force: bool,
-) -> anyhow::Result<Option<NotOurs>> {
-    let slot_name = &connector.slot_name;
-    let client = tokio::time::timeout(SOURCE_TIMEOUT, pg::connect(source))
-        .await
-        .map_err(|_| anyhow::anyhow!("the source did not answer within {SOURCE_TIMEOUT:?}"))??;
-    let deadline = tokio::time::Instant::now() + SLOT_RELEASE_TIMEOUT;
-    loop {
-        let Some(info) = slot::inspect(&client, slot_name).await? else {
-            return Ok(None); // never created, or dropped already
-        };
-        let ownership = slot::ownership(
-            bookkeeping.installation(),
-            slot_name,
-            connector.slot_created,
-            info.confirmed_flush,
-            applied,
-        );
-        let ours = match ownership {
-            Ownership::NotOurs(why) => return Ok(Some(why)),
-            Ownership::Ours => true,
-            Ownership::Legacy => false,
-        };
-        match info.active_pid {
-            None => {
-                let dropped = client
-                    .execute(
-                        "SELECT pg_catalog.pg_drop_replication_slot($1)",
-                        &[&slot_name.as_str()],
-                    )
-                    .await;
-                match dropped {
-                    // Taken again between the look and the drop (55006): look again.
-                    Err(e) if e.code().is_some_and(|c| c.code() == "55006") => {}
-                    Err(e) if e.code().is_some_and(|c| c.code() == "42704") => {}
-                    Err(e) => return Err(e).context(format!("dropping slot {slot_name}")),
-                    Ok(_) => {}
-                }
-                if slot::inspect(&client, slot_name).await?.is_none() {
-                    return Ok(None);
-                }
-            }
-            Some(pid) if force && ours => {
-                client
-                    .execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
-                    .await
-                    .with_context(|| {
-                        format!("ending session {pid}, which streams from {slot_name}")
-                    })?;
-                say!("! ended the source session {pid} that streamed from {slot_name} (--force)");
-            }
-            Some(pid) if force => return Ok(Some(NotOurs::LegacyInUse(pid))),
-            Some(pid) if tokio::time::Instant::now() >= deadline => {
-                anyhow::bail!(
-                    "replication slot {slot_name} is still in use by source session {pid} after \
-                     {SLOT_RELEASE_TIMEOUT:?}: a daemon whose bookkeeping is elsewhere, or another \
-                     client, streams from it"
-                )
-            }
-            Some(_) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

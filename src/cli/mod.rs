@@ -15,10 +15,13 @@ macro_rules! say {
     }};
 }
 
+mod args;
 mod branch;
 mod connector;
 mod create;
+mod decisions;
 mod preflight;
+mod render;
 mod run;
 mod setup;
 mod status;
@@ -32,8 +35,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::settings::{LogFormat, Settings, DEFAULT_KEY_FILE};
-// `connector::Format` is every command's: named here so that `branch` needs not `connector`.
-use connector::Format;
 
 const DEFAULT_CONFIG: &str = "config/tributary.toml";
 
@@ -63,8 +64,8 @@ pub enum Command {
     /// daemon). Exit code 0 only when every enabled connector is healthy, 1 otherwise.
     Status {
         /// Output: a table for people, or JSON for scripts.
-        #[arg(long, value_enum, default_value_t = connector::Format::Text)]
-        format: connector::Format,
+        #[arg(long, value_enum, default_value_t = render::Format::Text)]
+        format: render::Format,
         /// Show it again every this many seconds (changes/s between two looks), until
         /// interrupted or its output is closed (`| head`).
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2",

@@ -8,23 +8,16 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use serde::Serialize;
 
-use super::connector::{schema_list, Format, SourceKind};
-use super::create::DecisionArgs;
+use super::args::{schema_list, SourceKind};
+use super::decisions::DecisionArgs;
+use super::render::{print_checks, print_grant_script, view, Format};
 use super::{Failure, DEFAULT_CONFIG};
-use crate::bookkeeping::{Bookkeeping, Connector};
+use crate::control::connectors::peek_known;
 use crate::control::decisions;
 use crate::pg::ConnInfo;
 use crate::settings::Settings;
-use crate::source::preflight::{
-    self, Check, KnownSource, KnownSources, Outcome, Report, SourceIdentity,
-};
-use crate::types::{ConnectorId, InstallationId};
-
-/// Check names longer than this push their value further right instead of widening the
-/// whole column.
-const NAME_COLUMN_MAX: usize = 30;
+use crate::source::preflight::{self, KnownSources, Outcome, Report};
 
 #[derive(Debug, Args)]
 pub struct PreflightArgs {
@@ -82,53 +75,9 @@ async fn known_sources(config: Option<&Path>) -> Result<KnownSources, Failure> {
             )))
         }
     };
-    let store = settings.store();
-    let read = async {
-        let installation = Bookkeeping::peek_installation(store).await?;
-        let connectors = Bookkeeping::peek_connectors(store).await?;
-        Ok::<_, crate::bookkeeping::Error>(known(installation.as_ref(), &connectors, None))
-    };
-    Ok(read.await.unwrap_or_else(|e| {
+    Ok(peek_known(settings.store()).await.unwrap_or_else(|e| {
         KnownSources::Unavailable(format!("the branch store could not be read: {e}"))
     }))
-}
-
-/// What preflight compares the source with: `connectors` of `installation`, all but
-/// `setting_up` (the one set up again, which is no duplicate of itself) as known sources.
-pub(super) fn known(
-    installation: Option<&InstallationId>,
-    connectors: &[Connector],
-    setting_up: Option<ConnectorId>,
-) -> KnownSources {
-    KnownSources::Known {
-        installation: installation.cloned(),
-        slots: connectors.iter().map(|c| c.slot_name.clone()).collect(),
-        connectors: connectors
-            .iter()
-            .filter(|c| Some(c.id) != setting_up)
-            .map(known_source)
-            .collect(),
-    }
-}
-
-fn known_source(connector: &Connector) -> KnownSource {
-    let identity = connector
-        .system_id
-        .clone()
-        .zip(connector.source_database.clone())
-        .map(|(system_id, database)| SourceIdentity {
-            system_id,
-            database,
-        });
-    // The display URL has its password masked, which does not change where it points.
-    let address = ConnInfo::parse(&connector.source_display)
-        .ok()
-        .map(|source| (source.target(), source.dbname));
-    KnownSource {
-        connector: connector.name.to_string(),
-        identity,
-        address,
-    }
 }
 
 fn print_text(info: &ConnInfo, schemas: &[String], decisions: &DecisionArgs, report: &Report) {
@@ -138,80 +87,6 @@ fn print_text(info: &ConnInfo, schemas: &[String], decisions: &DecisionArgs, rep
     say!();
     say!("{}", summary(schemas, decisions, report));
     print_grant_script(report, "preflight");
-}
-
-/// Before a command that sets a connector up: prints the failed required checks with the
-/// grant script and `refused` (what was not done), and exits 1; otherwise prints the
-/// warnings, if any.
-pub(super) fn require_passed(
-    info: &ConnInfo,
-    schemas: &[String],
-    report: &Report,
-    refused: &str,
-) -> Result<(), Failure> {
-    let blocking: Vec<_> = report.blocking_failures().collect();
-    if !blocking.is_empty() {
-        say!(
-            "Preflight of {info}, schemas {}: {} required check{} failed\n",
-            schemas.join(", "),
-            blocking.len(),
-            if blocking.len() == 1 { "" } else { "s" }
-        );
-        print_checks(blocking.iter().copied());
-        print_grant_script(report, "preflight");
-        say!(
-            "\n✗ {refused} Fix the checks above (`tributary connector preflight` shows them \
-             all) and run this again."
-        );
-        return Err(Failure::quiet(1));
-    }
-    let warnings: Vec<_> = report
-        .checks
-        .iter()
-        .filter(|c| matches!(c.outcome, Outcome::Warn { .. }))
-        .collect();
-    if !warnings.is_empty() {
-        say!("Preflight passed with warnings:");
-        print_checks(warnings.iter().copied());
-        say!();
-    }
-    Ok(())
-}
-
-/// The checklist lines of `checks`: a mark, the name, what was found, and the fix.
-pub(super) fn print_checks<'a>(checks: impl Iterator<Item = &'a Check> + Clone) {
-    let width = checks
-        .clone()
-        .map(|c| c.name.chars().count())
-        .max()
-        .unwrap_or(0)
-        .min(NAME_COLUMN_MAX);
-    for check in checks {
-        let (mark, value, fix) = match &check.outcome {
-            Outcome::Pass { value } => ('✓', value.clone(), None),
-            Outcome::Warn { value, fix } => ('!', value.clone(), Some(fix)),
-            Outcome::Fail { value, fix } => ('✗', value.clone(), Some(fix)),
-            Outcome::Skip { reason } => ('-', format!("skipped: {reason}"), None),
-        };
-        say!("  {mark} {:<width$}  {value}", check.name);
-        if let Some(fix) = fix {
-            say!("      fix: {fix}");
-        }
-    }
-}
-
-/// The grant script with how to use it, when the report has one; `check` is the command
-/// to run again after it.
-pub(super) fn print_grant_script(report: &Report, check: &str) {
-    if let Some(script) = &report.grant_script {
-        say!();
-        say!(
-            "Grant script: save it to a file, review it, run it as a superuser with psql, then \
-             run {check} again."
-        );
-        say!();
-        say!("{}", script.trim_end_matches('\n'));
-    }
 }
 
 fn summary(schemas: &[String], decisions: &DecisionArgs, report: &Report) -> String {
@@ -253,49 +128,5 @@ fn plural(n: usize) -> &'static str {
         ""
     } else {
         "s"
-    }
-}
-
-/// The contract of `connector preflight --format json`.
-#[derive(Serialize)]
-pub(super) struct ReportView<'a> {
-    ok: bool,
-    checks: Vec<CheckView<'a>>,
-    grant_script: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct CheckView<'a> {
-    name: &'a str,
-    /// `pass`, `warn`, `fail` or `skip`.
-    status: &'static str,
-    /// What was found; for a skipped check, why it was skipped.
-    value: &'a str,
-    fix: Option<&'a str>,
-}
-
-pub(super) fn view(report: &Report) -> ReportView<'_> {
-    let checks = report
-        .checks
-        .iter()
-        .map(|check| {
-            let (status, value, fix) = match &check.outcome {
-                Outcome::Pass { value } => ("pass", value, None),
-                Outcome::Warn { value, fix } => ("warn", value, Some(fix.as_str())),
-                Outcome::Fail { value, fix } => ("fail", value, Some(fix.as_str())),
-                Outcome::Skip { reason } => ("skip", reason, None),
-            };
-            CheckView {
-                name: &check.name,
-                status,
-                value,
-                fix,
-            }
-        })
-        .collect();
-    ReportView {
-        ok: report.passed(),
-        checks,
-        grant_script: report.grant_script.as_deref(),
     }
 }

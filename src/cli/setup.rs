@@ -19,26 +19,21 @@
 //! The command only records the request (`Bookkeeping::request_setup`); the daemon's
 //! pipeline does the work, so running it twice never does the work twice.
 
-use std::collections::HashSet;
-
 use anyhow::anyhow;
 use clap::{Args, ValueEnum};
 
-use super::connector::{find, schema_list};
-use super::create::{DecisionArgs, NanAsNull};
-use super::preflight::{known, require_passed};
+use super::args::{find, schema_list};
+use super::decisions::{refuse_nan_as_null, DecisionArgs, NanAsNull};
+use super::render::{print_decisions, require_passed, store_refused};
 use super::Failure;
-use crate::bookkeeping::{
-    Bookkeeping, Connector, SetupChange, SetupRequest, TableDecision, TableSyncState,
-};
+use crate::bookkeeping::{Bookkeeping, Connector, SetupChange, TableDecision, TableSyncState};
 use crate::change::TableName;
-use crate::control::{credentials, health};
-use crate::pg::{self, ConnInfo};
+use crate::control::connectors::setup::{self, Requested, SetupPlan, Wanted};
+use crate::control::health::Health;
+use crate::control::{connectors, credentials};
 use crate::pipeline::PipelineState;
 use crate::settings::Settings;
-use crate::sink;
 use crate::source::preflight;
-use crate::source::slot;
 
 #[derive(Debug, Args)]
 pub struct RetryArgs {
@@ -212,7 +207,20 @@ pub async fn update(
             }
         );
     }
-    if let Some(extensions) = &drop_extensions {
+    say_options(&connector, drop_extensions.as_deref(), include_new_tables);
+    if restarted && args.wait {
+        wait_for_streaming(bookkeeping, &connector).await?;
+    }
+    Ok(())
+}
+
+/// Says the options `update` changed.
+fn say_options(
+    connector: &Connector,
+    drop_extensions: Option<&[String]>,
+    include_new_tables: Option<bool>,
+) {
+    if let Some(extensions) = drop_extensions {
         if extensions.is_empty() {
             say!("✓ {}: branches keep every extension", connector.name);
         } else {
@@ -236,10 +244,6 @@ pub async fn update(
             }
         );
     }
-    if restarted && args.wait {
-        wait_for_streaming(bookkeeping, &connector).await?;
-    }
-    Ok(())
 }
 
 /// Checks and stores the new URL (`control::credentials`), saying what it reached; returns
@@ -317,7 +321,7 @@ async fn set_up_again(
     let info = bookkeeping.source(connector).await?;
     let schemas = new_schemas.unwrap_or_else(|| connector.schemas.clone());
     let connectors = bookkeeping.connectors().await?;
-    let known = known(
+    let known = connectors::known(
         Some(bookkeeping.installation()),
         &connectors,
         Some(connector.id),
@@ -329,14 +333,12 @@ async fn set_up_again(
         &report,
         &format!("Setup of {name} not restarted."),
     )?;
-    super::create::require_store(
-        &report,
-        settings.store(),
-        &format!("Setup of {name} not restarted."),
-    )
-    .await?;
+    let store = settings.store();
+    connectors::check_store(report.server_major, store)
+        .await
+        .map_err(|e| store_refused(store, e, &format!("Setup of {name} not restarted.")))?;
     if !nan_as_null && !report.nan_as_null_columns.is_empty() {
-        return Err(super::create::refuse_nan_as_null(
+        return Err(refuse_nan_as_null(
             &report.nan_as_null_columns,
             &format!("`tributary connector update {name} --nan-as-null accept`"),
             &format!("Setup of {name} not restarted."),
@@ -347,62 +349,39 @@ async fn set_up_again(
     let decisions =
         decision_args.decide(file, &report, &schemas, &existing, "Nothing was changed.")?;
 
-    let mut reasons = resnapshot_reasons(
+    let plan = setup::plan(
         bookkeeping,
-        settings,
+        store,
         connector,
         &info,
-        &schemas,
         &report,
-        &decisions,
+        Wanted {
+            schemas: &schemas,
+            decisions: &decisions,
+            resnapshot: force_snapshot,
+        },
     )
     .await?;
-    if force_snapshot {
-        reasons.push("asked for with --resnapshot".to_owned());
-    }
-    let unhealthy = connector.state != PipelineState::Streaming || connector.last_error.is_some();
-    let restart = !reasons.is_empty() || unhealthy;
     let decisions_changed = decisions != existing;
-    let change = SetupChange {
-        decisions: decisions_changed.then_some(&decisions[..]),
-        schemas: (schemas != connector.schemas).then_some(&schemas[..]),
-        restart,
-        resnapshot: !reasons.is_empty(),
-    };
-    if decisions_changed && decisions.is_empty() {
-        say!("✓ No table needs a replica identity decision any more.");
-    } else if decisions_changed {
-        say!("Replica identity decisions:");
-        super::create::print_decisions(&decisions);
-    }
-    match bookkeeping.request_setup(connector.id, &change).await? {
-        SetupRequest::InProgress(state) => {
+    say_plan(&plan, decisions_changed.then_some(&decisions[..]));
+    let new_schemas = (schemas != connector.schemas).then_some(&schemas[..]);
+    let changed_decisions = decisions_changed.then_some(&decisions[..]);
+    match setup::request(
+        bookkeeping,
+        connector,
+        &plan,
+        changed_decisions,
+        new_schemas,
+    )
+    .await?
+    {
+        Requested::InProgress(state) => {
             return in_progress(bookkeeping, connector, state, true).await;
         }
-        SetupRequest::Recorded => {
-            let leases = bookkeeping.leases().await?;
-            let health = health::assess(bookkeeping, connector, &leases, &health::Slot::Unknown)
-                .await?
-                .health;
-            if let Some(problem) = health.problem() {
-                return Err(anyhow!(
-                    "setup of {name} needs nothing (slot {} kept), but it is not healthy: {}. \
-                     Next step: {}",
-                    connector.slot_name,
-                    problem.reason,
-                    problem.next_step
-                )
-                .into());
-            }
-            say!(
-                "✓ Setup of {name} is healthy ({} from slot {}): nothing to do.",
-                health.shown_state,
-                connector.slot_name
-            );
-            return Ok(false);
-        }
-        SetupRequest::Restarted => {}
+        Requested::Kept(health) => return kept(connector, &health).map(|()| false),
+        Requested::Restarted => {}
     }
+    let reasons = plan.reasons;
     if reasons.is_empty() {
         say!(
             "✓ Setup of {name} restarts: it resumes from the replica's applied position with \
@@ -420,6 +399,52 @@ async fn set_up_again(
          `tributary connector list`."
     );
     Ok(true)
+}
+
+/// What the plan says before it is recorded: tables excluded although they could be
+/// replicated, and the decisions when they `changed`.
+fn say_plan(plan: &SetupPlan, changed: Option<&[(TableName, TableDecision)]>) {
+    if !plan.excluded_with_identity.is_empty() {
+        let names: Vec<String> = plan
+            .excluded_with_identity
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        say!(
+            "Note: excluded by decision although they have a usable replica identity: {}. To \
+             replicate them, run retry-setup with a decisions file that leaves them out.",
+            names.join(", ")
+        );
+    }
+    match changed {
+        Some([]) => say!("✓ No table needs a replica identity decision any more."),
+        Some(decisions) => {
+            say!("Replica identity decisions:");
+            print_decisions(decisions);
+        }
+        None => {}
+    }
+}
+
+/// Nothing was restarted: fine when the connector is healthy, else why not and what to do.
+fn kept(connector: &Connector, health: &Health) -> Result<(), Failure> {
+    let name = &connector.name;
+    if let Some(problem) = health.problem() {
+        return Err(anyhow!(
+            "setup of {name} needs nothing (slot {} kept), but it is not healthy: {}. Next \
+             step: {}",
+            connector.slot_name,
+            problem.reason,
+            problem.next_step
+        )
+        .into());
+    }
+    say!(
+        "✓ Setup of {name} is healthy ({} from slot {}): nothing to do.",
+        health.shown_state,
+        connector.slot_name
+    );
+    Ok(())
 }
 
 /// Setup is running already: join it, or refuse a change to what it is working from.
@@ -449,7 +474,7 @@ async fn in_progress(
          running daemon carries it on; follow it with `tributary connector list`.",
         if state == PipelineState::Snapshotting {
             let source = bookkeeping.source(connector).await?;
-            match super::status::slot_wait(&source, &connector.slot_name).await {
+            match connectors::slot::creation_wait(&source, &connector.slot_name).await {
                 Ok(Some(why)) => format!(": waiting for the slot's consistent point: {why}"),
                 _ => format!(": {copied} of {} tables copied", included.count()),
             }
@@ -458,101 +483,6 @@ async fn in_progress(
         }
     );
     Ok(false)
-}
-
-/// Why the replica must be rebuilt; empty when it can be kept.
-async fn resnapshot_reasons(
-    bookkeeping: &Bookkeeping,
-    settings: &Settings,
-    connector: &Connector,
-    source: &ConnInfo,
-    schemas: &[String],
-    report: &preflight::Report,
-    decisions: &[(TableName, TableDecision)],
-) -> Result<Vec<String>, Failure> {
-    let mut reasons = Vec::new();
-    if schemas != connector.schemas {
-        reasons.push(format!(
-            "the schemas change from {} to {}",
-            connector.schemas.join(", "),
-            schemas.join(", ")
-        ));
-    }
-    let applied = sink::replica_applied_lsn(settings.store(), &connector.replica_database).await?;
-    if applied.is_none() {
-        reasons.push(format!(
-            "the replica {} has no complete snapshot",
-            connector.replica_database
-        ));
-    }
-    let client = pg::connect(source).await?;
-    let slot_name = &connector.slot_name;
-    let slot = slot::inspect(&client, slot_name).await?;
-    match slot.map(|info| info.invalidation()) {
-        None if applied.is_some() => reasons.push(format!(
-            "replication slot {slot_name} is missing on the source"
-        )),
-        Some(Some(how)) => reasons.push(format!(
-            "replication slot {slot_name} was invalidated by the source ({how})"
-        )),
-        _ => {}
-    }
-    drop(client);
-
-    // The tables the next snapshot would copy (as pipeline/runner.rs applies decisions)
-    // that the current one did not: fixed, no longer excluded, or created since.
-    let snapshot = bookkeeping.tables(connector.id).await?;
-    let included: HashSet<&TableName> = snapshot
-        .iter()
-        .filter(|t| t.decision == "include")
-        .map(|t| &t.table)
-        .collect();
-    let known: HashSet<&TableName> = snapshot.iter().map(|t| &t.table).collect();
-    let missing: Vec<String> = report
-        .tables
-        .iter()
-        .filter(
-            |t| match decisions.iter().find(|(name, _)| *name == t.name) {
-                Some((_, TableDecision::Exclude)) => false,
-                Some(_) => t.identity.is_usable(),
-                None => true,
-            },
-        )
-        .filter(|t| {
-            !included.contains(&t.name) && (connector.include_new_tables || known.contains(&t.name))
-        })
-        .map(|t| t.name.to_string())
-        .collect();
-    let excluded_with_identity: Vec<String> = report
-        .tables
-        .iter()
-        .filter(|t| {
-            t.identity.is_usable()
-                && decisions
-                    .iter()
-                    .any(|(name, d)| *name == t.name && *d == TableDecision::Exclude)
-        })
-        .map(|t| t.name.to_string())
-        .collect();
-    if !excluded_with_identity.is_empty() {
-        say!(
-            "Note: excluded by decision although they have a usable replica identity: {}. To \
-             replicate them, run retry-setup with a decisions file that leaves them out.",
-            excluded_with_identity.join(", ")
-        );
-    }
-    if !missing.is_empty() && !snapshot.is_empty() {
-        reasons.push(format!(
-            "{} to replicate that the snapshot left out: {}",
-            plural(missing.len(), "table"),
-            missing.join(", ")
-        ));
-    }
-    Ok(reasons)
-}
-
-fn plural(n: usize, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Follows the connector until it streams without a pending snapshot (Ok) or fails.

@@ -17,14 +17,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::connector::{inspect_slot, Format, SOURCE_TIMEOUT};
+use super::render::Format;
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, TableSyncState};
+use crate::control::chain;
+use crate::control::connectors::slot as source_slot;
 use crate::control::health::{self, Slot, Verdict};
-use crate::pg::{self, ConnInfo};
 use crate::pipeline::PipelineState;
-use crate::source::{prepared, slot};
-use crate::types::SlotName;
 
 /// The contract of `status --format json`: one object per connector.
 #[derive(Serialize)]
@@ -203,9 +202,9 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
             rows_copied: included.iter().map(|t| t.rows).sum(),
             bytes_copied: included.iter().map(|t| t.bytes).sum(),
         };
-        let (slot, source_error) = match inspect_slot(bookkeeping, &c).await {
+        let (slot, source_error) = match source_slot::inspect(bookkeeping, &c).await {
             Ok(slot) => (slot, None),
-            Err(e) => (None, Some(format!("{e:#}"))),
+            Err(e) => (None, Some(chain(&e))),
         };
         let slot_fact = match &source_error {
             Some(_) => Slot::Unknown,
@@ -219,9 +218,11 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
             (Verdict::Unhealthy(problem), _) => problem.reason.clone(),
             (Verdict::SettingUp, PipelineState::Snapshotting) => {
                 let source = bookkeeping.source(&c).await?;
-                let waiting = slot_wait(&source, &c.slot_name)
+                let waiting = source_slot::creation_wait(&source, &c.slot_name)
                     .await
-                    .unwrap_or_else(|e| Some(format!("(the source could not be asked: {e:#})")));
+                    .unwrap_or_else(|e| {
+                        Some(format!("(the source could not be asked: {})", chain(&e)))
+                    });
                 snapshot_phase(waiting.as_deref(), &snapshot)
             }
             (Verdict::SettingUp, PipelineState::Streaming) => {
@@ -271,27 +272,6 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
         });
     }
     Ok(views)
-}
-
-/// What a new slot waits for while it is being created: `Some` when the connector's slot
-/// exists without a confirmed position yet (no consistent point), else `None`.
-pub(super) async fn slot_wait(
-    source: &ConnInfo,
-    slot_name: &SlotName,
-) -> anyhow::Result<Option<String>> {
-    tokio::time::timeout(SOURCE_TIMEOUT, async {
-        let client = pg::connect(source).await?;
-        let creating = slot::inspect(&client, slot_name)
-            .await?
-            .is_some_and(|s| s.confirmed_flush.is_none());
-        if !creating {
-            return Ok(None);
-        }
-        let pending = prepared::pending(&client).await?;
-        Ok(Some(prepared::slot_wait_reason(&pending)))
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("no answer within {SOURCE_TIMEOUT:?}"))?
 }
 
 /// A snapshot's phase: waiting for its slot (`waiting` says why; the table list is not

@@ -3,8 +3,7 @@
 
 use clap::Subcommand;
 
-use super::connector::Format;
-use super::preflight::{print_checks, print_grant_script, view};
+use super::render::{print_checks, print_grant_script, view, Format};
 use super::Failure;
 use crate::control::store_check;
 use crate::pg::ConnInfo;
@@ -55,23 +54,4 @@ fn summary(report: &Report) -> String {
             if failed == 1 { "it" } else { "them" }
         )
     }
-}
-
-/// Before a connector is created, and at daemon start: the failed checks with their fixes
-/// and the grant script, then `refused`; `Err` when one failed.
-pub(super) async fn require(
-    store: &ConnInfo,
-    sources: &[(String, u32)],
-    refused: &str,
-) -> Result<(), Failure> {
-    let report = store_check::check(store, sources).await;
-    let failed: Vec<_> = report.failures().collect();
-    if failed.is_empty() {
-        return Ok(());
-    }
-    say!("Branch store check of {store}: the branch store cannot serve tributary\n");
-    print_checks(failed.iter().copied());
-    print_grant_script(&report, "`tributary store check`");
-    say!("\n✗ {refused} Fix the checks above (`tributary store check` shows them all) and run this again.");
-    Err(Failure::quiet(1))
 }

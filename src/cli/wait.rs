@@ -9,14 +9,10 @@ use anyhow::anyhow;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::connector::find;
+use super::args::find;
 use super::Failure;
-use crate::bookkeeping::{Bookkeeping, Connector, TableSyncState};
-use crate::control::health;
-use crate::pg;
-use crate::pipeline::PipelineState;
-use crate::source::slot;
-use crate::types::Lsn;
+use crate::bookkeeping::{Bookkeeping, Connector};
+use crate::control::connectors::wait::{Follower, Look};
 
 const POLL: Duration = Duration::from_millis(500);
 /// How long to wait for a daemon to appear (one started just before the command).
@@ -145,8 +141,7 @@ async fn follow(
 ) -> Result<(), Failure> {
     let name = connector.name.as_str();
     let started = Instant::now();
-    let mut target: Option<Lsn> = None;
-    let source = bookkeeping.source(connector).await?;
+    let mut follower = Follower::new(bookkeeping, connector, caught_up).await?;
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(anyhow!(
@@ -154,82 +149,52 @@ async fn follow(
             )
             .into());
         }
-        let now = bookkeeping
-            .connector_by_id(connector.id)
-            .await?
-            .ok_or_else(|| anyhow!("connector {name} was deleted meanwhile"))?;
-        let tables = bookkeeping.tables(now.id).await?;
-        let included: Vec<_> = tables.iter().filter(|t| t.decision == "include").collect();
-        let copied = included
-            .iter()
-            .filter(|t| t.state == TableSyncState::Copied)
-            .count() as u64;
-        let rows: u64 = included.iter().map(|t| t.rows).sum();
-        let total = included.len() as u64;
-        // Streaming counts only under a live daemon that recorded it, never a leftover row.
-        let leases = bookkeeping.leases().await?;
-        let health = health::assess(bookkeeping, &now, &leases, &health::Slot::Unknown)
-            .await?
-            .health;
-        match now.state {
-            PipelineState::Failed => {
-                return Err(anyhow!(
-                    "{name} failed: {}; next step: {}",
-                    now.last_error.as_deref().unwrap_or("(no error recorded)"),
-                    now.next_step.as_deref().unwrap_or("see the daemon's log")
-                )
-                .into())
+        match follower.look().await? {
+            Look::Streaming(progress) => {
+                say!(
+                    "✓ {name} is streaming ({} rows in its snapshot)",
+                    progress.rows
+                );
+                return Ok(());
             }
-            PipelineState::Streaming if health.is_current() => {
-                if !caught_up {
-                    say!("✓ {name} is streaming ({rows} rows in its snapshot)");
-                    return Ok(());
-                }
-                let client = pg::connect(&source).await?;
-                let target = match target {
-                    Some(target) => target,
-                    None => {
-                        let current: String = client
-                            .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
-                            .await?
-                            .get(0);
-                        *target.insert(current.parse().map_err(|_| {
-                            anyhow!("the source reported an unreadable WAL position {current}")
-                        })?)
-                    }
-                };
-                let info = slot::inspect(&client, &now.slot_name).await?;
-                match info.and_then(|i| i.confirmed_flush) {
-                    Some(confirmed) if confirmed >= target => {
-                        say!(
-                            "✓ {name} has applied everything up to {target} ({:.1} s)",
-                            started.elapsed().as_secs_f64()
-                        );
-                        return Ok(());
-                    }
-                    confirmed => display.show(
-                        name,
-                        total,
-                        total,
-                        &format!(
-                            "catching up to {target} (at {})",
-                            confirmed.map_or_else(|| "-".to_owned(), |c| c.to_string())
-                        ),
-                    ),
-                }
+            Look::CaughtUp { target } => {
+                say!(
+                    "✓ {name} has applied everything up to {target} ({:.1} s)",
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
             }
-            PipelineState::Snapshotting => {
-                let message = match super::status::slot_wait(&source, &now.slot_name).await {
-                    Ok(Some(why)) => format!("waiting for the slot's consistent point: {why}"),
-                    _ => format!("snapshotting, {rows} rows copied"),
-                };
-                display.show(name, copied, total, &message)
-            }
-            _ => display.show(
+            Look::CatchingUp {
+                target,
+                confirmed,
+                progress,
+            } => display.show(
                 name,
-                copied,
-                total,
-                &format!("{}, {rows} rows copied", health.shown_state),
+                progress.total,
+                progress.total,
+                &format!(
+                    "catching up to {target} (at {})",
+                    confirmed.map_or_else(|| "-".to_owned(), |c| c.to_string())
+                ),
+            ),
+            Look::Snapshotting {
+                progress,
+                slot_wait,
+            } => {
+                let message = match slot_wait {
+                    Some(why) => format!("waiting for the slot's consistent point: {why}"),
+                    None => format!("snapshotting, {} rows copied", progress.rows),
+                };
+                display.show(name, progress.copied, progress.total, &message)
+            }
+            Look::Other {
+                shown_state,
+                progress,
+            } => display.show(
+                name,
+                progress.copied,
+                progress.total,
+                &format!("{shown_state}, {} rows copied", progress.rows),
             ),
         }
         tokio::time::sleep(POLL).await;

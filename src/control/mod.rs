@@ -9,12 +9,27 @@
 //! - `branch_access.rs`: each branch's own login role, and what it may reach.
 //! - `store_check.rs`: the branch store's checklist (`tributary store check`, `create`,
 //!   `run`), judged in a pure function like source preflight.
+//! - `connectors/`: a connector's lifecycle (delete), with typed errors the CLI renders.
 //! - `credentials.rs`: a connector's new source URL, checked to reach the same system and
 //!   database before it replaces the old one.
 
 pub mod branch_access;
 pub mod branches;
+pub mod connectors;
 pub mod credentials;
 pub mod decisions;
 pub mod health;
 pub mod store_check;
+
+/// An error with its causes, `: `-separated (as `anyhow`'s `{:#}` shows it): for messages
+/// that carry another error's whole story.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
+}

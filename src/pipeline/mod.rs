@@ -7,11 +7,13 @@ mod ddl;
 mod drift;
 mod error;
 mod notices;
+pub mod plan;
 mod plugins;
 pub mod runner;
 mod slot;
 pub mod snapshot;
 pub mod stream;
+mod tables;
 mod timeline;
 pub mod versions;
 

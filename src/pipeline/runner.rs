@@ -15,9 +15,10 @@
 //!  streaming (pipeline/stream/) until shutdown or error
 //! ```
 //!
-//! The applied LSN in the replica is the single fact that decides between resuming and
-//! starting over; it is written once the snapshot is complete and then only moves forward
-//! with the data it covers.
+//! The applied LSN in the replica is the fact that decides between resuming and starting
+//! over; it is written once the snapshot is complete and then only moves forward with the
+//! data it covers. The decision itself, with the slot and the history, is `plan.rs`'s,
+//! which `connector retry-setup` asks too.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,7 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::capture::prepare as prepare_capture;
-use crate::bookkeeping::{Bookkeeping, Connector, TableDecision, TableSyncState, UNLOGGED_TABLE};
+use super::plan::{self, AskedBy, Blocker, SlotFound, Start};
+use super::tables;
+use crate::bookkeeping::{Bookkeeping, Connector, TableSyncState, UNLOGGED_TABLE};
 use crate::change::{NanPolicy, TableName};
 use crate::crash::{self, CrashPoint};
 use crate::metrics::METRICS;
@@ -364,71 +367,14 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     let found = slot::inspect(&source_sql, bk.installation(), connector, applied).await?;
     drop(source_sql);
 
-    let (applied, slot) = match (applied, &found) {
-        // `connector retry-setup` asked for a new snapshot.
-        (_, found) if connector.resnapshot_requested => {
-            let why = "for a new snapshot";
-            start_over(ctx, found.as_ref(), why, (&source, store, &replica), &mut repl).await?
-        }
-        (Some(_), Some(Found { ownership: Ownership::NotOurs(why), .. })) => {
-            return Err(slot::not_ours(connector, why))
-        }
-        (Some(applied), Some(found)) => match found.info.invalidation() {
-            None => {
-                found.wait_for_holder(&connector.slot_name)?;
-                (applied, connector.slot_name.clone())
-            }
-            Some(how) => {
-                return Err(PipelineError::definite(
-                    format!(
-                        "replication slot {} was invalidated by the source ({how}): changes after {applied} cannot be streamed",
-                        connector.slot_name
-                    ),
-                    format!("{}; {}", retry_setup(connector), how.cause.advice()),
-                ))
-            }
-        },
-        (Some(applied), None) => {
-            return Err(PipelineError::definite(
-                format!(
-                    "replication slot {} is missing on the source; changes after {applied} cannot be streamed",
-                    connector.slot_name
-                ),
-                retry_setup(connector),
-            ))
-        }
-        (None, found) => {
-            // A connector whose last snapshot completed must find its replica: a missing one
-            // means the store is not the one it used (store.url changed?) or the replica was
-            // dropped. Starting over would drop a slot that may still be needed.
-            let history = bk.history(connector.id).await?;
-            let since_snapshot = history
-                .iter()
-                .rposition(|change| change.to == PipelineState::Snapshotting)
-                .map_or(&history[..], |i| &history[i..]);
-            let streamed = since_snapshot
-                .iter()
-                .any(|change| change.to == PipelineState::Streaming);
-            if streamed {
-                return Err(PipelineError::definite(
-                    format!(
-                        "the replica database {} on {} is missing or has no applied position, \
-                         but this connector has streamed into it before",
-                        connector.replica_database,
-                        store.target()
-                    ),
-                    format!(
-                        "check store.url; if the replica is really gone, {}",
-                        retry_setup(connector)
-                    ),
-                ));
-            }
-            // A slot left over from an interrupted snapshot of this connector is never
-            // reused.
-            let why = "of an interrupted snapshot";
-            start_over(ctx, found.as_ref(), why, (&source, store, &replica), &mut repl).await?
-        }
-    };
+    let (applied, slot) = resume_or_start_over(
+        ctx,
+        applied,
+        found.as_ref(),
+        (&source, store, &replica),
+        &mut repl,
+    )
+    .await?;
 
     // wal2json 2.6 keeps NaN and Infinity apart from NULL; older versions refuse the
     // option at START_REPLICATION, which a persistent slot survives.
@@ -488,6 +434,53 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     }))
 }
 
+/// Where streaming starts, as `pipeline::plan` decides from what the source and the
+/// replica say: the replica's applied position with the connector's slot, or a new
+/// snapshot's consistent point with its new slot; an error when only the operator may
+/// decide (`Start::Blocked`).
+async fn resume_or_start_over(
+    ctx: &PipelineContext,
+    applied: Option<Lsn>,
+    found: Option<&Found>,
+    (source, store, replica): (&ConnInfo, &ConnInfo, &ConnInfo),
+    repl: &mut ReplicationClient,
+) -> Result<(Lsn, SlotName), PipelineError> {
+    let connector = &ctx.connector;
+    let bk = &ctx.bookkeeping;
+    let streamed = applied.is_none() && streamed_since_snapshot(bk, connector).await?;
+    let facts = plan::Facts {
+        asked_by: AskedBy::Daemon,
+        slot_name: &connector.slot_name,
+        replica: &connector.replica_database,
+        slot: slot_found(found),
+        applied,
+        streamed_since_snapshot: streamed,
+        resnapshot: connector.resnapshot_requested,
+        schemas_recorded: &connector.schemas,
+        schemas_wanted: &connector.schemas,
+        tables: None,
+    };
+    Ok(match plan::decide(&facts) {
+        Start::Resume { from } => {
+            if let Some(found) = found {
+                found.wait_for_holder(&connector.slot_name)?;
+            }
+            (from, connector.slot_name.clone())
+        }
+        Start::Snapshot { .. } => {
+            // A slot left over from an interrupted snapshot of this connector is never
+            // reused.
+            let why = if connector.resnapshot_requested {
+                "for a new snapshot"
+            } else {
+                "of an interrupted snapshot"
+            };
+            start_over(ctx, found, why, (source, store, replica), repl).await?
+        }
+        Start::Blocked(blocker) => return Err(blocked(connector, store, &blocker)),
+    })
+}
+
 /// Records that the pipeline entered `state`: in the bookkeeping, then in the metrics.
 async fn enter(ctx: &PipelineContext, state: PipelineState) -> Result<(), PipelineError> {
     let id = ctx.connector.id;
@@ -504,6 +497,73 @@ pub(super) fn retry_setup(connector: &Connector) -> String {
         "a new snapshot is needed: run `tributary connector retry-setup {} --resnapshot`",
         connector.name
     )
+}
+
+/// Whether the connector streamed since its last snapshot started: a connector whose last
+/// snapshot completed must find its replica.
+async fn streamed_since_snapshot(
+    bk: &Bookkeeping,
+    connector: &Connector,
+) -> Result<bool, PipelineError> {
+    let history = bk.history(connector.id).await?;
+    let since_snapshot = history
+        .iter()
+        .rposition(|change| change.to == PipelineState::Snapshotting)
+        .map_or(&history[..], |i| &history[i..]);
+    Ok(since_snapshot
+        .iter()
+        .any(|change| change.to == PipelineState::Streaming))
+}
+
+/// The slot as the plan sees it: whose it is first, then whether it can stream.
+fn slot_found(found: Option<&Found>) -> SlotFound {
+    match found {
+        None => SlotFound::Missing,
+        Some(Found {
+            ownership: Ownership::NotOurs(why),
+            ..
+        }) => SlotFound::NotOurs(why.clone()),
+        Some(found) => match found.info.invalidation() {
+            Some(how) => SlotFound::Invalidated(how),
+            None => SlotFound::Valid,
+        },
+    }
+}
+
+/// The error that stops the pipeline where only the operator may decide on a new snapshot.
+fn blocked(connector: &Connector, store: &ConnInfo, blocker: &Blocker) -> PipelineError {
+    let slot = &connector.slot_name;
+    match blocker {
+        Blocker::SlotNotOurs(why) => slot::not_ours(connector, why),
+        Blocker::SlotInvalidated { applied, how } => PipelineError::definite(
+            format!(
+                "replication slot {slot} was invalidated by the source ({how}): changes after \
+                 {applied} cannot be streamed"
+            ),
+            format!("{}; {}", retry_setup(connector), how.cause.advice()),
+        ),
+        Blocker::SlotMissing { applied } => PipelineError::definite(
+            format!(
+                "replication slot {slot} is missing on the source; changes after {applied} \
+                 cannot be streamed"
+            ),
+            retry_setup(connector),
+        ),
+        // The store is not the one it used (store.url changed?) or the replica was
+        // dropped. Starting over would drop a slot that may still be needed.
+        Blocker::ReplicaGone => PipelineError::definite(
+            format!(
+                "the replica database {} on {} is missing or has no applied position, but \
+                 this connector has streamed into it before",
+                connector.replica_database,
+                store.target()
+            ),
+            format!(
+                "check store.url; if the replica is really gone, {}",
+                retry_setup(connector)
+            ),
+        ),
+    }
 }
 
 /// After START_REPLICATION: the slot must not be ahead of where we asked to start, or the
@@ -625,39 +685,16 @@ async fn snapshot(
     })?;
     // From here until START_REPLICATION, `repl` must stay idle: its next command ends the
     // exported snapshot.
-    // The table list comes from the snapshot too, so that it matches the rows copied.
-    let source_sql = pg::connect(source).await?;
-    source_sql
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            pg::quote_literal(&snapshot_name)
-        ))
-        .await
-        .map_err(|source| catalog::CatalogError::Query {
-            what: "opening a transaction on the exported snapshot",
-            source,
-        })?;
-    let listed = catalog::list_tables(&source_sql, &connector.schemas, &[]).await?;
-    let unlogged = catalog::unlogged_tables(&source_sql, &connector.schemas).await?;
-    let oids = catalog::table_oids(&source_sql, &connector.schemas).await?;
-    drop(source_sql);
-    let decisions = ctx.bookkeeping.table_decisions(connector.id).await?;
-    let (tables, excluded) = apply_decisions(listed, &decisions);
-    let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
-    ctx.bookkeeping
-        .set_snapshot_tables(connector.id, ctx.lease, &names)
-        .await?;
-    ctx.bookkeeping
-        .set_excluded_tables(connector.id, ctx.lease, &excluded, &unlogged)
-        .await?;
-    if !unlogged.is_empty() {
-        let names: Vec<String> = unlogged.iter().map(ToString::to_string).collect();
-        tracing::warn!(
-            tables = %names.join(", "),
-            "unlogged tables are not replicated (their changes are not in the WAL): the \
-             replica gets their definitions without rows"
-        );
-    }
+    let tables::SnapshotTables {
+        tables,
+        excluded,
+        oids,
+    } = tables::snapshot_tables(
+        (&ctx.bookkeeping, connector, ctx.lease),
+        source,
+        &snapshot_name,
+    )
+    .await?;
     let exclude: Vec<TableName> = excluded.iter().map(|(t, _)| t.clone()).collect();
     tracing::info!(
         tables = tables.len(),
@@ -755,100 +792,5 @@ async fn explain_slot_wait(source: &ConnInfo) -> Infallible {
             Err(e) => tracing::debug!("connecting to look at the slot's wait: {e}"),
         }
         tokio::time::sleep(SLOT_WAIT_EVERY).await;
-    }
-}
-
-/// Splits the snapshot's tables into those copied and those left out by the operator's
-/// replica identity decisions: `exclude` always; `add_pk` and `replica_identity_full` while
-/// the table still has no usable identity on the source (excluded until fixed, which a
-/// later snapshot then sees).
-fn apply_decisions(
-    listed: Vec<catalog::SourceTable>,
-    decisions: &[(TableName, TableDecision)],
-) -> (Vec<catalog::SourceTable>, Vec<(TableName, TableDecision)>) {
-    let mut tables = Vec::with_capacity(listed.len());
-    let mut excluded = Vec::new();
-    for table in listed {
-        let decision = decisions
-            .iter()
-            .find(|(name, _)| *name == table.name)
-            .map(|(_, d)| *d);
-        let usable = table.identity.is_usable();
-        let name = format!("{}.{}", table.name.schema, table.name.name);
-        match decision {
-            None => tables.push(table),
-            Some(TableDecision::AddPk | TableDecision::ReplicaIdentityFull) if usable => {
-                tracing::info!(table = %name, "table has a usable replica identity now: included");
-                tables.push(table);
-            }
-            Some(TableDecision::ReplicaIdentityFull) => {
-                tracing::warn!(
-                    table = %name,
-                    "decided replica_identity_full, but the table's replica identity on the \
-                     source is not FULL yet: it is excluded from this snapshot until fixed (run \
-                     ALTER TABLE … REPLICA IDENTITY FULL on the source, then take a new snapshot)"
-                );
-                excluded.push((table.name, TableDecision::ReplicaIdentityFull));
-            }
-            Some(decision) => {
-                tracing::info!(table = %name, %decision, "table excluded");
-                excluded.push((table.name, decision));
-            }
-        }
-    }
-    (tables, excluded)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::source::catalog::{Missing, ReplicaIdentity, SourceTable};
-
-    fn table(name: &str, identity: ReplicaIdentity) -> SourceTable {
-        SourceTable {
-            name: TableName {
-                schema: "public".into(),
-                name: name.into(),
-            },
-            identity,
-            columns: vec!["a".into()],
-            estimated_bytes: 0,
-            pages: 0,
-            binary_copy: true,
-        }
-    }
-
-    #[test]
-    fn decisions_exclude_tables_until_they_have_a_usable_identity() {
-        let listed = vec![
-            table("keyed", ReplicaIdentity::PrimaryKey),
-            table("dropped", ReplicaIdentity::Nothing(Missing::NoKey)),
-            table("later", ReplicaIdentity::Nothing(Missing::NoKey)),
-            table("keyed_since", ReplicaIdentity::PrimaryKey),
-            table("full_now", ReplicaIdentity::Full),
-            table("full_not_yet", ReplicaIdentity::Nothing(Missing::NoKey)),
-        ];
-        let name = |n: &str| TableName {
-            schema: "public".into(),
-            name: n.into(),
-        };
-        let decisions = [
-            (name("dropped"), TableDecision::Exclude),
-            (name("later"), TableDecision::AddPk),
-            (name("keyed_since"), TableDecision::AddPk),
-            (name("full_now"), TableDecision::ReplicaIdentityFull),
-            (name("full_not_yet"), TableDecision::ReplicaIdentityFull),
-        ];
-        let (tables, excluded) = apply_decisions(listed, &decisions);
-        let copied: Vec<&str> = tables.iter().map(|t| t.name.name.as_str()).collect();
-        assert_eq!(copied, ["keyed", "keyed_since", "full_now"]);
-        assert_eq!(
-            excluded,
-            [
-                (name("dropped"), TableDecision::Exclude),
-                (name("later"), TableDecision::AddPk),
-                (name("full_not_yet"), TableDecision::ReplicaIdentityFull),
-            ]
-        );
     }
 }

@@ -5,7 +5,8 @@ use bytesize::ByteSize;
 use serde::Serialize;
 
 use crate::bookkeeping::BranchAccess;
-use crate::cli::{Failure, Format};
+use crate::cli::render::Format;
+use crate::cli::Failure;
 use crate::control::branch_access;
 use crate::control::branches::{Created, Finished, Given, Listed};
 use crate::pg::{ConnInfo, ShowPassword};
