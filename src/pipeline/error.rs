@@ -1,7 +1,7 @@
 //! The pipeline's error: what went wrong in which layer, whether retrying can help, and
 //! what the operator should do when it cannot.
 
-use crate::bookkeeping::{self, Failure};
+use crate::bookkeeping::{self, Connector, Failure};
 use crate::pg::retry::{self, ErrorKind, NextStep};
 use crate::pg::ConnectError;
 use crate::pipeline::snapshot::SnapshotError;
@@ -144,6 +144,14 @@ impl PipelineError {
             next_step,
         }
     }
+}
+
+/// The next step when only a new snapshot helps.
+pub(super) fn retry_setup(connector: &Connector) -> String {
+    format!(
+        "a new snapshot is needed: run `tributary connector retry-setup {} --resnapshot`",
+        connector.name
+    )
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use crate::change::TableName;
 use crate::pg::{quote_table, ConnInfo};
 use crate::pipeline::drift::catalog_session;
 use crate::pipeline::PipelineError;
-use crate::source::identity::{self, Missing, ReplicaIdentity};
+use crate::source::catalog;
+use crate::source::identity::{Missing, ReplicaIdentity};
 use crate::source::notice::{self, Action, DropCause, Notice, NoticeTable};
 use crate::source::ServerError;
 
@@ -116,7 +117,7 @@ impl Explainer {
         let client = catalog_session(&self.source)
             .await
             .map_err(|e| e.to_string())?;
-        identity::current(&client, table)
+        catalog::replica_identity(&client, table)
             .await
             .map_err(|e| e.to_string())
     }

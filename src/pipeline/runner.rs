@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::capture::prepare as prepare_capture;
+use super::error::retry_setup;
 use super::plan::{self, AskedBy, Blocker, SlotFound, Start};
 use super::tables;
 use crate::bookkeeping::{Bookkeeping, Connector, TableSyncState, UNLOGGED_TABLE};
@@ -489,14 +490,6 @@ async fn enter(ctx: &PipelineContext, state: PipelineState) -> Result<(), Pipeli
         .await?;
     METRICS.set_state(id, state);
     Ok(())
-}
-
-/// The next step when only a new snapshot helps.
-pub(super) fn retry_setup(connector: &Connector) -> String {
-    format!(
-        "a new snapshot is needed: run `tributary connector retry-setup {} --resnapshot`",
-        connector.name
-    )
 }
 
 /// Whether the connector streamed since its last snapshot started: a connector whose last

@@ -13,7 +13,7 @@
 //! recorded timeline, as after a restore of an older backup) is a definite error: the
 //! replica holds changes the source no longer has, and only a new snapshot fixes it.
 
-use super::runner::retry_setup;
+use super::error::retry_setup;
 use super::PipelineError;
 use crate::bookkeeping::Connector;
 use crate::source::ReplicationClient;

@@ -536,6 +536,34 @@ fn text_reason(types: &HashMap<u32, TypeInfo>, oid: u32, depth: u32) -> Option<T
     }
 }
 
+/// The identity `table` has on the source now; `None` when there is no such table.
+pub async fn replica_identity(
+    client: &Client,
+    table: &TableName,
+) -> Result<Option<ReplicaIdentity>, CatalogError> {
+    let sql = format!(
+        "SELECT {FACTS_SQL}
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'r'"
+    );
+    let row = client
+        .query_opt(&sql, &[&table.schema, &table.name])
+        .await
+        .map_err(|source| CatalogError::Query {
+            what: "a table's replica identity",
+            source,
+        })?;
+    Ok(row.map(|row| {
+        identity::classify(
+            row.get::<_, String>(0).as_str(),
+            row.get(1),
+            row.get(2),
+            row.get(3),
+        )
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

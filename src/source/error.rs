@@ -19,6 +19,10 @@ pub struct ServerError {
     pub hint: Option<String>,
 }
 
+/// The setting that may refuse wal2json (`output_plugins.rs` is about it); named here so
+/// that an error can recognise it without this module naming that one.
+pub(super) const OUTPUT_PLUGIN_LIBRARIES: &str = "output_plugin_libraries";
+
 impl ServerError {
     /// What the operator can do about this error, where we know better than the server.
     fn advice(&self) -> Option<&'static str> {
@@ -31,7 +35,7 @@ impl ServerError {
             }
             // The refusal names the setting in its hint: a setting's name is the same in
             // every translation of the message.
-            "42501" if self.names(super::output_plugins::SETTING) => {
+            "42501" if self.names(OUTPUT_PLUGIN_LIBRARIES) => {
                 "the source's output_plugin_libraries does not list wal2json: a superuser adds \
                  it after the entries listed now, each quoted on its own, and reloads (for the \
                  default list: ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', \

@@ -7,11 +7,6 @@
 //! the table's UPDATEs and DELETEs with only a WARNING. Preflight, the snapshot and the
 //! running pipeline all classify through [`classify`], over the columns of [`FACTS_SQL`].
 
-use tokio_postgres::Client;
-
-use super::catalog::CatalogError;
-use crate::change::TableName;
-
 /// Which old values an UPDATE or DELETE carries (`ALTER TABLE … REPLICA IDENTITY`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicaIdentity {
@@ -93,34 +88,6 @@ pub fn classify(
         ("i", None) => ReplicaIdentity::Nothing(Missing::IndexDropped),
         _ => ReplicaIdentity::Nothing(Missing::Declared { primary_key }),
     }
-}
-
-/// The identity `table` has on the source now; `None` when there is no such table.
-pub async fn current(
-    client: &Client,
-    table: &TableName,
-) -> Result<Option<ReplicaIdentity>, CatalogError> {
-    let sql = format!(
-        "SELECT {FACTS_SQL}
-           FROM pg_catalog.pg_class c
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'r'"
-    );
-    let row = client
-        .query_opt(&sql, &[&table.schema, &table.name])
-        .await
-        .map_err(|source| CatalogError::Query {
-            what: "a table's replica identity",
-            source,
-        })?;
-    Ok(row.map(|row| {
-        classify(
-            row.get::<_, String>(0).as_str(),
-            row.get(1),
-            row.get(2),
-            row.get(3),
-        )
-    }))
 }
 
 #[cfg(test)]

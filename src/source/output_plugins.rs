@@ -21,7 +21,7 @@ use super::error::Error;
 use crate::pg::{quote_literal, PgClient};
 
 /// The setting's name.
-pub const SETTING: &str = "output_plugin_libraries";
+pub const SETTING: &str = super::error::OUTPUT_PLUGIN_LIBRARIES;
 
 /// The output plugin tributary needs listed.
 const PLUGIN: &str = "wal2json";
