@@ -27,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "bookkeeping",
             "change",
+            "crash",
             "metrics",
             "pg",
             "settings",
