@@ -35,7 +35,7 @@ pub(super) fn report_finished(finished: &Finished, format: Format) {
     }
 }
 
-/// What `branch create --format json` and `branch url` print: the contract of DESIGN.md
+/// What `branch create --format json` and `branch url` print: the fields the README documents
 /// (`name`, `connector`, `database`, `lsn`, `url`), and who the URL logs in as.
 #[derive(Serialize)]
 pub(super) struct UrlView {
