@@ -74,16 +74,20 @@ impl Bookkeeping {
 
 impl Error {
     /// Whether the error says the source URLs cannot be opened with the key at hand (none,
-    /// another one, or a URL that does not open with it) or opened into one that no longer
-    /// parses: the cases `connector delete --force` handles without the source.
+    /// another one, or a URL that does not open with it): the case `connector delete`
+    /// explains as a lost key.
     pub fn is_key_problem(&self) -> bool {
         matches!(
             self,
-            Error::NoKey { .. }
-                | Error::WrongKey { .. }
-                | Error::Decrypt { .. }
-                | Error::StoredSourceUrl { .. }
+            Error::NoKey { .. } | Error::WrongKey { .. } | Error::Decrypt { .. }
         )
+    }
+
+    /// Whether the connector's source cannot be reached from what is stored: a key
+    /// problem, or a URL that opens but no longer parses. `connector delete --force` then
+    /// deletes without touching the source.
+    pub fn source_unusable(&self) -> bool {
+        self.is_key_problem() || matches!(self, Error::StoredSourceUrl { .. })
     }
 }
 
@@ -113,5 +117,9 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+        // Not a lost key (its advice would be wrong), but `delete --force` may go on
+        // without the source.
+        assert!(!error.is_key_problem());
+        assert!(error.source_unusable());
     }
 }

@@ -15,10 +15,15 @@ pub fn quote_table(table: &crate::types::TableName) -> String {
 }
 
 /// `text` as a quoted SQL string literal that reads the same whatever the server's
-/// `standard_conforming_strings`: text with a backslash becomes ` E'…'` (libpq's
-/// `PQescapeLiteral`, with its leading space that keeps it apart from a preceding word).
+/// `standard_conforming_strings`: text with a backslash becomes `E'…'` (libpq's
+/// `PQescapeLiteral`, without the leading space it adds, which would show in the messages
+/// that quote a value; every caller puts the literal after a space, `=`, `(` or `,`).
 pub fn quote_literal(text: &str) -> String {
-    postgres_protocol::escape::escape_literal(text)
+    let literal = postgres_protocol::escape::escape_literal(text);
+    match literal.strip_prefix(' ') {
+        Some(literal) => literal.to_owned(),
+        None => literal,
+    }
 }
 
 /// A tokio-postgres error with what the server said: its `Display` alone prints only
@@ -48,8 +53,8 @@ mod tests {
             ("plain", "'plain'"),
             ("", "''"),
             ("it's", "'it''s'"),
-            (r"C:\dir", r" E'C:\\dir'"),
-            (r"it's \ and '", r" E'it''s \\ and '''"),
+            (r"C:\dir", r"E'C:\\dir'"),
+            (r"it's \ and '", r"E'it''s \\ and '''"),
         ] {
             assert_eq!(quote_literal(text), literal, "{text}");
         }

@@ -163,8 +163,8 @@ pub fn drop_sql(slot: &SlotName) -> String {
 }
 
 /// Deletes `connector`. With `force`: also when the pipeline does not stop, the slot
-/// cannot be dropped, or the source URL cannot be decrypted (then the source is not
-/// touched). `step` hears what the operator should know, as it happens.
+/// cannot be dropped, or the source URL cannot be decrypted or parsed (then the source is
+/// not touched). `step` hears what the operator should know, as it happens.
 pub async fn delete(
     bookkeeping: &Bookkeeping,
     store: &ConnInfo,
@@ -174,7 +174,7 @@ pub async fn delete(
 ) -> Result<Deleted, Error> {
     let source = match bookkeeping.source(connector).await {
         Ok(source) => source,
-        Err(e) if e.is_key_problem() && force => {
+        Err(e) if e.source_unusable() && force => {
             step(Step::WithoutSource(&e));
             return delete_without_source(bookkeeping, store, connector, step).await;
         }
