@@ -178,6 +178,12 @@ pub struct PipelineSettings {
     pub snapshot_workers: usize,
     /// Tables larger than this many bytes are copied in ctid ranges of about this size.
     pub snapshot_chunk_bytes: u64,
+    /// How long one source transaction of a snapshot may stay open, in seconds: once it
+    /// is this old, no table is started under it any more, and the remaining tables are
+    /// copied under a new snapshot. Bounds how long the snapshot holds back vacuum on the
+    /// source, except for a single table that takes longer to copy (a table is always
+    /// copied under one snapshot). 0: one snapshot for everything.
+    pub snapshot_max_transaction_secs: u64,
     /// A target transaction is committed, at the next source commit, once it holds this
     /// many changes…
     pub batch_max_changes: usize,
@@ -205,6 +211,7 @@ impl Default for PipelineSettings {
         PipelineSettings {
             snapshot_workers: 4,
             snapshot_chunk_bytes: 256 << 20,
+            snapshot_max_transaction_secs: 300,
             batch_max_changes: 10_000,
             batch_max_delay_ms: 200,
             status_interval_ms: 1_000,
@@ -225,6 +232,12 @@ impl PipelineSettings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// [`PipelineSettings::snapshot_max_transaction_secs`]; `None` for no bound.
+    pub fn snapshot_max_transaction(&self) -> Option<Duration> {
+        (self.snapshot_max_transaction_secs > 0)
+            .then(|| Duration::from_secs(self.snapshot_max_transaction_secs))
     }
 }
 
@@ -649,6 +662,10 @@ mod tests {
         assert_eq!(
             example.pipeline.snapshot_chunk_bytes,
             defaults.pipeline.snapshot_chunk_bytes
+        );
+        assert_eq!(
+            example.pipeline.snapshot_max_transaction_secs,
+            defaults.pipeline.snapshot_max_transaction_secs
         );
         assert_eq!(
             example.supervisor.backoff_max_secs,

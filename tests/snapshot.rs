@@ -9,13 +9,19 @@ use bytes::BytesMut;
 use tokio_postgres::Client;
 use tributary::change::TableName;
 use tributary::pipeline::snapshot::{
-    copy_data, SchemaDump, Section, SnapshotError, SnapshotJob, Tools,
+    copy_data, Progress, SchemaDump, Section, SnapshotError, SnapshotJob, Tools,
 };
 use tributary::source::catalog::{list_tables, ReplicaIdentity, SourceTable};
 use tributary::source::copy::SnapshotSession;
 use tributary::source::{ConnInfo, SnapshotAction};
 
+use tributary::sink::prepare_replica;
+use tributary::types::{FencingToken, Lsn};
+
 use crate::harness::{Cluster, SCRAM_PASSWORD, SCRAM_USER};
+
+/// The lease token the copies here hold the replica with.
+const TOKEN: FencingToken = FencingToken(1);
 use crate::support::*;
 
 fn table(schema: &str, name: &str) -> TableName {
@@ -222,7 +228,10 @@ async fn snapshot_restores_schema_and_rows_of_exactly_the_exported_instant() {
         "not the late row"
     );
 
-    store.create_database("replica");
+    let store_info = ConnInfo::parse(&store.superuser_url("postgres")).unwrap();
+    prepare_replica(&store_info, "replica", TOKEN)
+        .await
+        .unwrap();
     let replica_info = ConnInfo::parse(&store.superuser_url("replica")).unwrap();
     let chunk_bytes = 64 * 1024;
     let tools = source_tools(&source, &store).await;
@@ -232,6 +241,9 @@ async fn snapshot_restores_schema_and_rows_of_exactly_the_exported_instant() {
         snapshot_name: &snapshot,
         schemas: &schemas,
         tables: &tables,
+        copied_at: Lsn::new(0x100),
+        token: TOKEN,
+        deadline: None,
         exclude: &exclude,
         workers: 3,
         chunk_bytes,
@@ -245,11 +257,11 @@ async fn snapshot_restores_schema_and_rows_of_exactly_the_exported_instant() {
         .await
         .unwrap_or_else(|e| panic!("pre-data: {e}"));
     let events = Mutex::new(Vec::new());
-    let progress = |t: &TableName, rows: u64, bytes: u64, complete: bool| {
+    let progress = |p: Progress<'_>| {
         events
             .lock()
             .unwrap()
-            .push((t.clone(), rows, bytes, complete));
+            .push((p.table.clone(), p.rows, p.bytes, p.copies.is_some()));
     };
     let stats = copy_data(&job, &progress)
         .await
@@ -426,6 +438,9 @@ async fn a_wrong_password_is_a_clear_error_without_the_password() {
         snapshot_name: "00000003-00000002-1",
         schemas: &schemas,
         tables: &tables,
+        copied_at: Lsn::new(0x100),
+        token: TOKEN,
+        deadline: None,
         exclude: &[],
         workers: 2,
         chunk_bytes: 0,
@@ -433,7 +448,7 @@ async fn a_wrong_password_is_a_clear_error_without_the_password() {
     };
 
     let schema_error = SchemaDump::create(&job).await.unwrap_err();
-    let copy_error = copy_data(&job, &|_, _, _, _| {}).await.unwrap_err();
+    let copy_error = copy_data(&job, &|_| {}).await.unwrap_err();
     for error in [schema_error, copy_error] {
         let message = error.to_string();
         assert!(
@@ -473,6 +488,9 @@ async fn a_dead_snapshot_or_a_pg_dump_failure_is_reported_precisely() {
         snapshot_name: "00000003-0000001B-1",
         schemas: &schemas,
         tables: &tables,
+        copied_at: Lsn::new(0x100),
+        token: TOKEN,
+        deadline: None,
         exclude: &[],
         workers: 1,
         chunk_bytes: 0,
@@ -485,7 +503,7 @@ async fn a_dead_snapshot_or_a_pg_dump_failure_is_reported_precisely() {
         matches!(error, SnapshotError::SnapshotGone { .. }),
         "{error:?}"
     );
-    let error = copy_data(&job, &|_, _, _, _| {}).await.unwrap_err();
+    let error = copy_data(&job, &|_| {}).await.unwrap_err();
     assert!(
         matches!(error, SnapshotError::SnapshotGone { .. }),
         "{error:?}"
@@ -575,7 +593,8 @@ async fn timing_pgbench_scale_10_against_pg_dump_and_pg_restore() {
             on_snapshot(&reader, &snapshot).await;
             let tables = list_tables(&reader, &schemas, &[]).await.unwrap();
             let db = format!("ours_{run}_{workers}");
-            store.create_database(&db);
+            let store_info = ConnInfo::parse(&store.superuser_url("postgres")).unwrap();
+            prepare_replica(&store_info, &db, TOKEN).await.unwrap();
             let replica_info = ConnInfo::parse(&store.superuser_url(&db)).unwrap();
             let tools = source_tools(&source, &store).await;
             let job = SnapshotJob {
@@ -584,6 +603,9 @@ async fn timing_pgbench_scale_10_against_pg_dump_and_pg_restore() {
                 snapshot_name: &snapshot,
                 schemas: &schemas,
                 tables: &tables,
+                copied_at: Lsn::new(0x100),
+                token: TOKEN,
+                deadline: None,
                 exclude: &[],
                 workers,
                 chunk_bytes: 32 << 20,
@@ -593,7 +615,7 @@ async fn timing_pgbench_scale_10_against_pg_dump_and_pg_restore() {
             let schema = SchemaDump::create(&job).await.unwrap();
             schema.restore(&job, Section::PreData).await.unwrap();
             let pre = started.elapsed().as_secs_f64();
-            let stats = copy_data(&job, &|_, _, _, _| {}).await.unwrap();
+            let stats = copy_data(&job, &|_| {}).await.unwrap();
             let copied = started.elapsed().as_secs_f64();
             schema.restore(&job, Section::PostData).await.unwrap();
             let total = started.elapsed().as_secs_f64();
@@ -681,6 +703,9 @@ async fn the_first_error_stops_every_worker_and_closes_their_sessions() {
     let mut source_info = ConnInfo::parse(&source_url).unwrap();
     source_info.application_name = "snapshot_worker".into();
     let mut replica_info = ConnInfo::parse(&store.superuser_url("postgres")).unwrap();
+    prepare_replica(&replica_info, "postgres", TOKEN)
+        .await
+        .unwrap();
     replica_info.application_name = "snapshot_worker".into();
     let tools = source_tools(&source, &store).await;
     let job = SnapshotJob {
@@ -689,12 +714,15 @@ async fn the_first_error_stops_every_worker_and_closes_their_sessions() {
         snapshot_name: &snapshot,
         schemas: &schemas,
         tables: &tables,
+        copied_at: Lsn::new(0x100),
+        token: TOKEN,
+        deadline: None,
         exclude: &[],
         workers: 4,
         chunk_bytes: 64 * 1024,
         tools: &tools,
     };
-    let error = copy_data(&job, &|_, _, _, _| {}).await.unwrap_err();
+    let error = copy_data(&job, &|_| {}).await.unwrap_err();
     let message = error.to_string();
     assert!(
         message.contains("writing public.small") && message.contains("does not exist"),

@@ -7,14 +7,26 @@ use std::fmt;
 use super::leases::hold_lease;
 use super::{counter, Bookkeeping, Error};
 use crate::change::TableName;
-use crate::types::{ConnectorId, FencingToken};
+use crate::types::{ConnectorId, FencingToken, Lsn};
 
-/// How far the snapshot copy of one table got. Stored as its lower-case name.
+/// Where one table of a snapshot is. Stored as its lower-case name.
+///
+/// ```text
+///  pending ──► copying ──► copied at L ──► streaming (the replica's applied position ≥ L)
+///                 ▲            │
+///                 └────────────┘ interrupted before its copy committed: copied again
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TableSyncState {
+    /// Waiting for its copy.
     Pending,
+    /// Being copied; an interruption copies it again from the start.
     Copying,
+    /// Copied, exact at its copy position; the stream has not passed that position yet,
+    /// so the table is ahead of the others.
     Copied,
+    /// Kept in sync by the stream.
+    Streaming,
 }
 
 impl TableSyncState {
@@ -23,6 +35,7 @@ impl TableSyncState {
             TableSyncState::Pending => "pending",
             TableSyncState::Copying => "copying",
             TableSyncState::Copied => "copied",
+            TableSyncState::Streaming => "streaming",
         }
     }
 
@@ -31,6 +44,7 @@ impl TableSyncState {
             TableSyncState::Pending,
             TableSyncState::Copying,
             TableSyncState::Copied,
+            TableSyncState::Streaming,
         ]
         .into_iter()
         .find(|s| s.as_str() == text)
@@ -96,8 +110,14 @@ pub struct TableStatus {
     /// [`TableDecision`] that excluded it, or [`UNLOGGED_TABLE`].
     pub decision: String,
     pub state: TableSyncState,
+    /// Counters of the copies of the table, interrupted ones included.
     pub rows: u64,
     pub bytes: u64,
+    /// The source position its last complete copy is exact at.
+    pub copied_at: Option<Lsn>,
+    /// Complete copies of the table since its snapshot started: 1 once copied, more only
+    /// when it was copied again (a resync).
+    pub copies: u32,
 }
 
 impl Bookkeeping {
@@ -228,10 +248,80 @@ impl Bookkeeping {
         Ok(())
     }
 
+    /// Records that the table's copy completed, exact at source position `at` (the
+    /// replica recorded it first, in the copy's own transaction).
+    pub async fn table_copied(
+        &self,
+        id: ConnectorId,
+        table: &TableName,
+        at: Lsn,
+        copies: u32,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE tributary.connector_tables
+             SET sync_state = 'copied', copied_lsn = $4::text::pg_lsn, copies = $5
+             WHERE connector_id = $1 AND schema_name = $2 AND table_name = $3",
+        )
+        .bind(id.0)
+        .bind(&table.schema)
+        .bind(&table.name)
+        .bind(at.to_string())
+        .bind(i32::try_from(copies).unwrap_or(i32::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks `streaming` every copied table whose copy position the replica's applied
+    /// position `applied` has reached; returns how many changed.
+    pub async fn tables_streaming(&self, id: ConnectorId, applied: Lsn) -> Result<u64, Error> {
+        let updated = sqlx::query(
+            "UPDATE tributary.connector_tables SET sync_state = 'streaming'
+             WHERE connector_id = $1 AND sync_state = 'copied'
+               AND copied_lsn <= $2::text::pg_lsn",
+        )
+        .bind(id.0)
+        .bind(applied.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected())
+    }
+
+    /// Sets every included table that is not copied back to `pending` (its copy was
+    /// interrupted and starts again), keeping its counters.
+    pub async fn tables_unfinished(
+        &self,
+        id: ConnectorId,
+        lease: FencingToken,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        hold_lease(&mut tx, id, lease).await?;
+        sqlx::query(
+            "UPDATE tributary.connector_tables SET sync_state = 'pending'
+             WHERE connector_id = $1 AND sync_state = 'copying'",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The tables of the connector's current snapshot, ordered by schema and name.
     pub async fn tables(&self, id: ConnectorId) -> Result<Vec<TableStatus>, Error> {
-        let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT schema_name, table_name, decision, sync_state, rows_copied, bytes_copied
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            Option<String>,
+            i32,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT schema_name, table_name, decision, sync_state, rows_copied, bytes_copied,
+                    copied_lsn::text, copies
              FROM tributary.connector_tables
              WHERE connector_id = $1
              ORDER BY schema_name, table_name",
@@ -240,18 +330,30 @@ impl Bookkeeping {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(schema, name, decision, state, rows, bytes)| {
-                let count = |n: i64| {
-                    u64::try_from(n).map_err(|_| Error::Corrupt(format!("negative counter {n}")))
-                };
-                Ok(TableStatus {
-                    table: TableName { schema, name },
-                    decision,
-                    state: TableSyncState::from_db(&state)?,
-                    rows: count(rows)?,
-                    bytes: count(bytes)?,
-                })
-            })
+            .map(
+                |(schema, name, decision, state, rows, bytes, copied_at, copies)| {
+                    let count = |n: i64| {
+                        u64::try_from(n)
+                            .map_err(|_| Error::Corrupt(format!("negative counter {n}")))
+                    };
+                    Ok(TableStatus {
+                        table: TableName { schema, name },
+                        decision,
+                        state: TableSyncState::from_db(&state)?,
+                        rows: count(rows)?,
+                        bytes: count(bytes)?,
+                        copied_at: copied_at
+                            .map(|lsn| {
+                                lsn.parse().map_err(|e| {
+                                    Error::Corrupt(format!("copy position {lsn:?}: {e}"))
+                                })
+                            })
+                            .transpose()?,
+                        copies: u32::try_from(copies)
+                            .map_err(|_| Error::Corrupt(format!("negative copy count {copies}")))?,
+                    })
+                },
+            )
             .collect()
     }
 }

@@ -1,5 +1,6 @@
 //! One pipeline per connector: setup, snapshot, streaming. `runner.rs` holds the order
-//! of things, `snapshot/` the initial copy (`snapshot/tools.rs` its pg_dump and pg_restore),
+//! of things, `sync.rs` the snapshot table by table (groups, resuming), `snapshot/` the
+//! copy itself (`snapshot/tools.rs` its pg_dump and pg_restore),
 //! `stream/` the apply loop; `versions.rs` says which PostgreSQL versions work together.
 
 mod capture;
@@ -13,6 +14,7 @@ pub mod runner;
 mod slot;
 pub mod snapshot;
 pub mod stream;
+mod sync;
 mod tables;
 mod timeline;
 pub mod versions;

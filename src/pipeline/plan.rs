@@ -14,7 +14,9 @@
 //!  no applied position:
 //!     the connector streamed since its snapshot     ──► the daemon stops: the replica is
 //!                                                       gone (store.url changed?)
-//!     otherwise (never snapshotted, or interrupted) ──► new snapshot
+//!     an interrupted snapshot under the slot, which ──► the snapshot goes on: tables
+//!       is there and valid, schemas unchanged             copied stay copied
+//!     otherwise (never snapshotted, slot gone)      ──► new snapshot
 //! ```
 //!
 //! The daemon never replaces a replica that has streamed on its own: only the operator's
@@ -72,6 +74,8 @@ pub struct Facts<'a> {
     pub applied: Option<Lsn>,
     /// Whether the connector streamed since its last snapshot started.
     pub streamed_since_snapshot: bool,
+    /// The replica records an unfinished snapshot taken with the connector's slot.
+    pub interrupted_snapshot: bool,
     /// A new snapshot is asked for (`retry-setup --resnapshot`, or recorded by an earlier
     /// retry-setup for the daemon).
     pub resnapshot: bool,
@@ -161,6 +165,8 @@ pub enum Start {
     Resume {
         from: Lsn,
     },
+    /// Go on with the interrupted snapshot (only the tables it has not copied).
+    Continue,
     /// Never empty.
     Snapshot {
         reasons: Vec<Reason>,
@@ -202,6 +208,16 @@ pub fn decide(facts: &Facts<'_>) -> Start {
     }
     if facts.resnapshot {
         reasons.push(Reason::Requested);
+    }
+    // The slot still streams from the snapshot's start, and nothing else calls for a new
+    // one: its copied tables are good.
+    let only_unfinished = matches!(&reasons[..], [Reason::NoCompleteSnapshot { .. }]);
+    if only_unfinished
+        && facts.interrupted_snapshot
+        && facts.slot == SlotFound::Valid
+        && !facts.streamed_since_snapshot
+    {
+        return Start::Continue;
     }
     match (facts.asked_by, facts.applied) {
         (AskedBy::Operator, Some(from)) if reasons.is_empty() => Start::Resume { from },

@@ -13,9 +13,11 @@ fn recorded(n: &str, decision: &str) -> TableStatus {
     TableStatus {
         table: name(n),
         decision: decision.into(),
-        state: TableSyncState::Copied,
+        state: TableSyncState::Streaming,
         rows: 0,
         bytes: 0,
+        copied_at: Some(APPLIED),
+        copies: 1,
     }
 }
 
@@ -31,6 +33,8 @@ struct Row {
     slot: SlotFound,
     applied: Option<Lsn>,
     streamed: bool,
+    /// The replica records an unfinished snapshot under the slot.
+    interrupted: bool,
     resnapshot: bool,
     schemas: &'static [&'static str],
     /// `t_new` on the source, left out by the snapshot (new, or fixed since).
@@ -45,6 +49,7 @@ fn row(asked_by: AskedBy) -> Row {
         slot: SlotFound::Valid,
         applied: Some(APPLIED),
         streamed: true,
+        interrupted: false,
         resnapshot: false,
         schemas: &["public"],
         new_table: false,
@@ -69,6 +74,7 @@ fn check(row: Row) {
         slot: row.slot.clone(),
         applied: row.applied,
         streamed_since_snapshot: row.streamed,
+        interrupted_snapshot: row.interrupted,
         resnapshot: row.resnapshot,
         schemas_recorded: &recorded_schemas,
         schemas_wanted: &wanted,
@@ -161,7 +167,68 @@ fn the_daemon_resumes_snapshots_or_stops_for_the_operator() {
             streamed: false,
             slot: SlotFound::Missing,
             expected: Start::Snapshot {
-                reasons: vec![no_snapshot],
+                reasons: vec![no_snapshot.clone()],
+            },
+            ..row(Daemon)
+        },
+        // An interrupted snapshot goes on while its slot still streams from its start…
+        Row {
+            applied: None,
+            streamed: false,
+            interrupted: true,
+            expected: Start::Continue,
+            ..row(Daemon)
+        },
+        // …and starts over when the slot is gone, or a new snapshot is asked for.
+        Row {
+            applied: None,
+            streamed: false,
+            interrupted: true,
+            slot: SlotFound::Missing,
+            expected: Start::Snapshot {
+                reasons: vec![no_snapshot.clone()],
+            },
+            ..row(Daemon)
+        },
+        Row {
+            applied: None,
+            streamed: false,
+            interrupted: true,
+            slot: SlotFound::Invalidated(lost()),
+            expected: Start::Snapshot {
+                reasons: vec![
+                    no_snapshot.clone(),
+                    Reason::SlotInvalidated {
+                        slot: slot.clone(),
+                        how: lost(),
+                    },
+                ],
+            },
+            ..row(Daemon)
+        },
+        Row {
+            applied: None,
+            streamed: false,
+            interrupted: true,
+            resnapshot: true,
+            expected: Start::Snapshot {
+                reasons: vec![no_snapshot.clone(), Reason::Requested],
+            },
+            ..row(Daemon)
+        },
+        Row {
+            applied: None,
+            streamed: false,
+            interrupted: true,
+            schemas: &["public", "sales"],
+            expected: Start::Snapshot {
+                reasons: vec![
+                    Reason::SchemasChanged {
+                        from: vec!["public".into()],
+                        to: vec!["public".into(), "sales".into()],
+                    },
+                    no_snapshot,
+                ],
             },
             ..row(Daemon)
         },
@@ -212,6 +279,14 @@ fn retry_setup_resumes_unless_something_needs_a_new_snapshot() {
                     replica: "replica_x".into(),
                 }],
             },
+            ..row(Operator)
+        },
+        // An interrupted snapshot: retry-setup lets it go on.
+        Row {
+            applied: None,
+            streamed: false,
+            interrupted: true,
+            expected: Start::Continue,
             ..row(Operator)
         },
         Row {

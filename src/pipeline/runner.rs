@@ -20,6 +20,7 @@
 //! data it covers. The decision itself, with the slot and the history, is `plan.rs`'s,
 //! which `connector retry-setup` asks too.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,10 +31,9 @@ use tokio_util::sync::CancellationToken;
 use super::capture::prepare as prepare_capture;
 use super::error::retry_setup;
 use super::plan::{self, AskedBy, Blocker, SlotFound, Start};
-use super::tables;
-use crate::bookkeeping::{Bookkeeping, Connector, TableSyncState, UNLOGGED_TABLE};
+use super::sync;
+use crate::bookkeeping::{Bookkeeping, Connector, UNLOGGED_TABLE};
 use crate::change::{NanPolicy, TableName};
-use crate::crash::{self, CrashPoint};
 use crate::metrics::METRICS;
 use crate::pg::{self, ConnInfo, PgClient};
 use crate::pipeline::ddl::DdlTracker;
@@ -41,17 +41,16 @@ use crate::pipeline::drift::{catalog_session, Reconciler};
 use crate::pipeline::notices::Explainer;
 use crate::pipeline::plugins::{self, Refused};
 use crate::pipeline::slot::{self, Found, Leftover};
-use crate::pipeline::snapshot::{self, Section, SnapshotJob, Tools};
+use crate::pipeline::snapshot::Tools;
 use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
 use crate::pipeline::timeline;
 use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
 use crate::sink::{self, ReplicaSink};
 use crate::source::capture::{self, CaptureKey};
-use crate::source::prepared;
 use crate::source::slot::Ownership;
 use crate::source::wal2json::PluginOptions;
-use crate::source::{catalog, replication, ReplicationClient, ReplicationStream, SnapshotAction};
+use crate::source::{catalog, replication, ReplicationClient, ReplicationStream};
 use crate::types::{FencingToken, Lsn, SlotName};
 
 /// Everything a pipeline needs, shared with the supervisor.
@@ -75,7 +74,7 @@ pub async fn run(
     branch_pokes: mpsc::Receiver<()>,
 ) -> Result<StreamEnd, PipelineError> {
     // Setup and snapshot stop at once on shutdown: dropping them kills pg_dump and the copy
-    // workers, and an unfinished snapshot is discarded on the next start anyway.
+    // workers; the next start goes on with the tables whose copy did not complete.
     let Started {
         stream,
         applied,
@@ -113,11 +112,20 @@ pub async fn run(
     } else {
         None
     };
+    let store = ctx.settings.store();
+    let replica = store.with_dbname(&connector.replica_database);
+    let copied_at: HashMap<TableName, Lsn> = sink::sync::table_copies(&replica)
+        .await?
+        .into_iter()
+        .filter_map(|t| Some((t.table, t.copied_at?)))
+        .filter(|(_, at)| *at > applied)
+        .collect();
     let filter = TableFilter {
         schemas: connector.schemas.clone(),
         excluded: names(|d| d != "include" && d != UNLOGGED_TABLE).collect(),
         only,
         unlogged: names(|d| d == UNLOGGED_TABLE).collect(),
+        copied_at,
     };
     let ddl = DdlTracker::new(
         capture_key,
@@ -125,7 +133,6 @@ pub async fn run(
         filter.excluded.clone(),
         retry_setup(connector),
     );
-    let store = ctx.settings.store();
     let nan = NanPolicy::new(stream.numeric_as_string(), connector.nan_as_null);
     let sink = ReplicaSink::connect(store, &connector.replica_database, ctx.lease)
         .await?
@@ -160,6 +167,30 @@ pub async fn run(
         // Ends only with an error, or when the applier is gone (then so is the stream).
         Err(e) = cut_branches(ctx, cuts, branch_pokes) => Err(e),
         Err(e) = watching => Err(e),
+        Err(e) = tables_joining(ctx, &replica, filter.in_sync_at(applied)) => Err(e),
+    }
+}
+
+/// Marks tables `streaming` in the bookkeeping as the replica's applied position passes
+/// their copy positions, until it reaches `in_sync_at`; then waits forever. Ends only
+/// with an error.
+async fn tables_joining(
+    ctx: &PipelineContext,
+    replica: &ConnInfo,
+    in_sync_at: Lsn,
+) -> Result<Infallible, PipelineError> {
+    let id = ctx.connector.id;
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        poll.tick().await;
+        // Briefly connected: a branch cut needs the replica without sessions.
+        let applied = sink::replica_applied_lsn(ctx.settings.store(), &replica.dbname).await?;
+        let Some(applied) = applied else { continue };
+        ctx.bookkeeping.tables_streaming(id, applied).await?;
+        if applied >= in_sync_at {
+            tracing::info!(%applied, "every table is streaming");
+            return std::future::pending().await;
+        }
     }
 }
 
@@ -449,6 +480,13 @@ async fn resume_or_start_over(
     let connector = &ctx.connector;
     let bk = &ctx.bookkeeping;
     let streamed = applied.is_none() && streamed_since_snapshot(bk, connector).await?;
+    let interrupted = match applied {
+        Some(_) => None,
+        None => {
+            let database = &replica.dbname;
+            sink::sync::interrupted_snapshot(store, database, &connector.slot_name).await?
+        }
+    };
     let facts = plan::Facts {
         asked_by: AskedBy::Daemon,
         slot_name: &connector.slot_name,
@@ -456,6 +494,7 @@ async fn resume_or_start_over(
         slot: slot_found(found),
         applied,
         streamed_since_snapshot: streamed,
+        interrupted_snapshot: interrupted.is_some(),
         resnapshot: connector.resnapshot_requested,
         schemas_recorded: &connector.schemas,
         schemas_wanted: &connector.schemas,
@@ -467,6 +506,22 @@ async fn resume_or_start_over(
                 found.wait_for_holder(&connector.slot_name)?;
             }
             (from, connector.slot_name.clone())
+        }
+        Start::Continue => {
+            let record = interrupted.expect("decided from the record");
+            if let Some(found) = found {
+                found.wait_for_holder(&connector.slot_name)?;
+            }
+            let tools = snapshot_tools(ctx, store, repl.server_major()).await?;
+            enter(ctx, PipelineState::Snapshotting).await?;
+            let run = sync::Copying {
+                ctx,
+                source,
+                store,
+                replica,
+                tools: &tools,
+            };
+            (sync::resume(&run, &record).await?, record.slot)
         }
         Start::Snapshot { .. } => {
             // A slot left over from an interrupted snapshot of this connector is never
@@ -585,6 +640,23 @@ async fn check_not_skipped(
     }
 }
 
+/// The client programs a snapshot runs, once the branch store's apply session is known to
+/// work.
+async fn snapshot_tools(
+    ctx: &PipelineContext,
+    store: &ConnInfo,
+    source_major: u32,
+) -> Result<Tools, PipelineError> {
+    let tools = Tools::choose(
+        ctx.settings.pipeline.pg_bindir.as_deref(),
+        source_major,
+        sink::server_major(store).await?,
+    )
+    .await?;
+    sink::check_apply_session(store).await?;
+    Ok(tools)
+}
+
 /// Takes a new snapshot under a new slot, dropping the slot `found` under the connector's
 /// name when it is ours (`why` says what it was left from), keeping it when it is not
 /// and the new slot has another name (see `slot::leftover`); returns the consistent point
@@ -604,13 +676,7 @@ async fn start_over(
     }
     // Before anything is dropped or created: versions, client programs or a branch-store
     // role that cannot work need the operator, and no new slot should hold WAL meanwhile.
-    let tools = Tools::choose(
-        ctx.settings.pipeline.pg_bindir.as_deref(),
-        repl.server_major(),
-        sink::server_major(store).await?,
-    )
-    .await?;
-    sink::check_apply_session(store).await?;
+    let tools = snapshot_tools(ctx, store, repl.server_major()).await?;
     let current = &connector.slot_name;
     let new = slot::new_slot_name(bk.installation(), connector);
     match slot::leftover(current, &new, found) {
@@ -632,158 +698,13 @@ async fn start_over(
     enter(ctx, PipelineState::Snapshotting).await?;
     // Recorded before it exists: a crash right after creating it must find it ours.
     bk.prepare_slot(connector.id, ctx.lease, &new).await?;
-    let consistent_point = snapshot(ctx, &new, source, store, replica, &tools, repl).await?;
-    Ok((consistent_point, new))
-}
-
-/// A complete snapshot into a fresh replica; returns the consistent point, now recorded as
-/// the replica's applied LSN.
-async fn snapshot(
-    ctx: &PipelineContext,
-    slot: &SlotName,
-    source: &ConnInfo,
-    store: &ConnInfo,
-    replica: &ConnInfo,
-    tools: &Tools,
-    repl: &mut ReplicationClient,
-) -> Result<Lsn, PipelineError> {
-    let connector = &ctx.connector;
-    let settings = &ctx.settings.pipeline;
-    let started = std::time::Instant::now();
-    // Claimed again just before it goes: a newer owner's replica is never dropped.
-    sink::claim_replica(store, &replica.dbname, ctx.lease).await?;
-    sink::drop_database(store, &replica.dbname, true).await?;
-    sink::prepare_replica(store, &replica.dbname, ctx.lease).await?;
-
-    let created = {
-        let explain = explain_slot_wait(source);
-        tokio::pin!(explain);
-        tokio::select! {
-            created = repl.create_slot(slot, false, SnapshotAction::Export) => match created {
-                Ok(created) => created,
-                Err(e) => {
-                    let refused = Refused::CreatingSlot;
-                    return Err(plugins::explain(e, refused, source, &connector.name, slot).await);
-                }
-            },
-            never = &mut explain => match never {},
-        }
-    };
-    crash::reach(CrashPoint::AfterSlotBeforeFirstCommit);
-    let snapshot_name = created.snapshot_name.ok_or_else(|| {
-        PipelineError::definite(
-            "the source did not export a snapshot",
-            "check the source's version (13 or newer)",
-        )
-    })?;
-    // From here until START_REPLICATION, `repl` must stay idle: its next command ends the
-    // exported snapshot.
-    let tables::SnapshotTables {
-        tables,
-        excluded,
-        oids,
-    } = tables::snapshot_tables(
-        (&ctx.bookkeeping, connector, ctx.lease),
+    let run = sync::Copying {
+        ctx,
         source,
-        &snapshot_name,
-    )
-    .await?;
-    let exclude: Vec<TableName> = excluded.iter().map(|(t, _)| t.clone()).collect();
-    tracing::info!(
-        tables = tables.len(),
-        excluded = exclude.len(),
-        consistent_point = %created.consistent_point,
-        "snapshot started"
-    );
-
-    let job = SnapshotJob {
-        source,
+        store,
         replica,
-        snapshot_name: &snapshot_name,
-        schemas: &connector.schemas,
-        tables: &tables,
-        exclude: &exclude,
-        workers: settings.snapshot_workers,
-        chunk_bytes: settings.snapshot_chunk_bytes,
-        tools,
+        tools: &tools,
     };
-    let schema = snapshot::SchemaDump::create(&job).await?;
-    schema.restore(&job, Section::PreData).await?;
-
-    // Progress goes to the bookkeeping from beside the copy, never from inside it; the
-    // channel closes when the copy (which owns the sender) is done.
-    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
-    let copy = async {
-        let report = move |table: &TableName, rows: u64, bytes: u64, done: bool| {
-            let _ = progress_tx.send((table.clone(), rows, bytes, done));
-        };
-        snapshot::copy_data(&job, &report).await
-    };
-    let metrics = METRICS.connector(connector.name.as_str());
-    metrics.snapshot_tables_remaining.set(tables.len() as i64);
-    let record = async {
-        let mut remaining = tables.len();
-        while let Some((table, rows, bytes, done)) = progress_rx.recv().await {
-            metrics.snapshot_rows.inc_by(rows);
-            let state = if done {
-                remaining = remaining.saturating_sub(1);
-                metrics.snapshot_tables_remaining.set(remaining as i64);
-                tracing::info!(table = %format!("{}.{}", table.schema, table.name), remaining, "table copied");
-                crash::reach(CrashPoint::AfterCopyBeforeProgress);
-                TableSyncState::Copied
-            } else {
-                TableSyncState::Copying
-            };
-            if let Err(e) = ctx
-                .bookkeeping
-                .table_progress(connector.id, &table, rows, bytes, state)
-                .await
-            {
-                tracing::warn!("recording snapshot progress: {e}");
-            }
-        }
-    };
-    let (stats, ()) = tokio::join!(copy, record);
-    let stats = stats?;
-    schema.restore(&job, Section::PostData).await?;
-
-    let source_sql = pg::connect(source).await?;
-    let views = catalog::materialized_views(&source_sql, &connector.schemas, true).await?;
-    drop(source_sql);
-    let mut sink = ReplicaSink::connect(store, &replica.dbname, ctx.lease).await?;
-    sink.populate_materialized_views(&views).await?;
-    sink.record_source_tables(&oids, &[]).await?;
-    sink.mark_applied(created.consistent_point).await?;
-    tracing::info!(
-        rows = stats.rows,
-        bytes = stats.bytes,
-        copy_seconds = stats.elapsed.as_secs_f64(),
-        seconds = started.elapsed().as_secs_f64(),
-        "snapshot complete"
-    );
-    Ok(created.consistent_point)
-}
-
-/// When the log first says what a slot still being created waits for, and how often then.
-const SLOT_WAIT_FIRST: Duration = Duration::from_secs(10);
-const SLOT_WAIT_EVERY: Duration = Duration::from_secs(60);
-
-/// Logs what a new slot waits for while it looks for its consistent point (prepared
-/// transactions, which `pg_stat_activity` does not show, or long-running ones); `status`
-/// says the same. Runs until dropped.
-async fn explain_slot_wait(source: &ConnInfo) -> Infallible {
-    tokio::time::sleep(SLOT_WAIT_FIRST).await;
-    loop {
-        match pg::connect(source).await {
-            Ok(client) => match prepared::pending(&client).await {
-                Ok(pending) => tracing::warn!(
-                    "the new replication slot is still waiting for its consistent point: {}",
-                    prepared::slot_wait_reason(&pending)
-                ),
-                Err(e) => tracing::debug!("reading pg_prepared_xacts: {}", pg::error_message(&e)),
-            },
-            Err(e) => tracing::debug!("connecting to look at the slot's wait: {e}"),
-        }
-        tokio::time::sleep(SLOT_WAIT_EVERY).await;
-    }
+    let consistent_point = sync::take(&run, &new, repl).await?;
+    Ok((consistent_point, new))
 }

@@ -5,7 +5,7 @@ use super::plan::{self, Excluded, Why};
 use super::PipelineError;
 use crate::bookkeeping::{Bookkeeping, Connector, TableDecision};
 use crate::change::TableName;
-use crate::pg::{self, ConnInfo};
+use crate::pg::{self, ConnInfo, PgClient};
 use crate::source::catalog;
 use crate::types::FencingToken;
 
@@ -15,7 +15,6 @@ pub(super) struct SnapshotTables {
     pub tables: Vec<catalog::SourceTable>,
     /// Left out by a decision.
     pub excluded: Vec<(TableName, TableDecision)>,
-    pub oids: Vec<(TableName, u32)>,
 }
 
 /// Lists the tables in the exported snapshot `snapshot_name` (so that the list matches the
@@ -26,20 +25,9 @@ pub(super) async fn snapshot_tables(
     source: &ConnInfo,
     snapshot_name: &str,
 ) -> Result<SnapshotTables, PipelineError> {
-    let source_sql = pg::connect(source).await?;
-    source_sql
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            pg::quote_literal(snapshot_name)
-        ))
-        .await
-        .map_err(|source| catalog::CatalogError::Query {
-            what: "opening a transaction on the exported snapshot",
-            source,
-        })?;
+    let source_sql = open_snapshot(source, snapshot_name).await?;
     let listed = catalog::list_tables(&source_sql, &connector.schemas, &[]).await?;
     let unlogged = catalog::unlogged_tables(&source_sql, &connector.schemas).await?;
-    let oids = catalog::table_oids(&source_sql, &connector.schemas).await?;
     drop(source_sql);
     let decisions = bookkeeping.table_decisions(connector.id).await?;
     let (tables, excluded) = apply_decisions(listed, &decisions);
@@ -58,11 +46,33 @@ pub(super) async fn snapshot_tables(
              replica gets their definitions without rows"
         );
     }
-    Ok(SnapshotTables {
-        tables,
-        excluded,
-        oids,
-    })
+    Ok(SnapshotTables { tables, excluded })
+}
+
+/// The tables of `schemas` as the exported snapshot `snapshot_name` sees them.
+pub(super) async fn list_in_snapshot(
+    source: &ConnInfo,
+    snapshot_name: &str,
+    schemas: &[String],
+) -> Result<Vec<catalog::SourceTable>, PipelineError> {
+    let source_sql = open_snapshot(source, snapshot_name).await?;
+    Ok(catalog::list_tables(&source_sql, schemas, &[]).await?)
+}
+
+/// A source session in a transaction on the exported snapshot `snapshot_name`.
+async fn open_snapshot(source: &ConnInfo, snapshot_name: &str) -> Result<PgClient, PipelineError> {
+    let source_sql = pg::connect(source).await?;
+    source_sql
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            pg::quote_literal(snapshot_name)
+        ))
+        .await
+        .map_err(|source| catalog::CatalogError::Query {
+            what: "opening a transaction on the exported snapshot",
+            source,
+        })?;
+    Ok(source_sql)
 }
 
 /// Splits the snapshot's tables as the plan decides ([`plan::split_tables`]), saying so

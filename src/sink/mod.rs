@@ -5,6 +5,8 @@
 //!   (`tributary.applied`), and the settings of an apply session.
 //! - `apply/`: target transactions, batching, pipelining, and how exactly-once holds (its
 //!   `mod.rs` lists its parts).
+//! - `sync.rs`: the replica's record of its snapshot, table by table, which lets an
+//!   interrupted snapshot resume.
 //! - `table.rs`: table metadata from the replica's catalog, and the SQL built from it.
 //! - `triggers.rs`: triggers enabled ALWAYS or REPLICA, held disabled in the replica (they
 //!   would fire under apply) and enabled again in branches.
@@ -18,6 +20,7 @@
 mod apply;
 mod error;
 mod replica;
+pub mod sync;
 mod table;
 mod triggers;
 

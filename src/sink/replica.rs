@@ -8,7 +8,9 @@
 //!        ├─ the source's tables  restored by the snapshot, kept in sync by ReplicaSink
 //!        ├─ tributary.applied    one row: the source LSN the replica holds everything up to
 //!        ├─ tributary.lease      one row: the fencing token of the pipeline that owns it
-//!        └─ tributary.source_tables   each table's OID on the source, as of that LSN
+//!        ├─ tributary.source_tables   each table's OID on the source, as of that LSN
+//!        ├─ tributary.snapshot   one row: the snapshot's slot and start (`sync.rs`)
+//!        └─ tributary.table_sync      per table: the position its copy is exact at
 //! ```
 //!
 //! The progress row is written in the same transaction as the data it covers, so after any
@@ -57,7 +59,29 @@ const PROGRESS_DDL: &str = "\
     );\n\
     COMMENT ON TABLE tributary.lease IS \
         'tributary: the fencing token of the connector lease whose pipeline writes here; \
-         a transaction of a smaller token is refused';";
+         a transaction of a smaller token is refused';\n\
+    CREATE TABLE IF NOT EXISTS tributary.snapshot (\n\
+        singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),\n\
+        slot_name text NOT NULL,\n\
+        consistent_point pg_lsn NOT NULL,\n\
+        schema_dump bytea,\n\
+        schema_list text,\n\
+        post_data_restored bool NOT NULL DEFAULT false,\n\
+        started_at timestamptz NOT NULL DEFAULT now()\n\
+    );\n\
+    COMMENT ON TABLE tributary.snapshot IS \
+        'tributary: the snapshot this replica was made by: its slot, the position streaming \
+         starts from, and the schema archive until its post-data is restored';\n\
+    CREATE TABLE IF NOT EXISTS tributary.table_sync (\n\
+        schema_name text NOT NULL,\n\
+        table_name text NOT NULL,\n\
+        copied_lsn pg_lsn,\n\
+        copies integer NOT NULL DEFAULT 0,\n\
+        PRIMARY KEY (schema_name, table_name)\n\
+    );\n\
+    COMMENT ON TABLE tributary.table_sync IS \
+        'tributary: per table, the source position its copy is exact at (null until the \
+         copy committed, in the same transaction) and how often it was copied';";
 
 /// Locks the lease row for the rest of the transaction and reads the fencing token and the
 /// applied LSN: a claim by a newer owner (or a second writer, such as two connectors on one

@@ -59,6 +59,10 @@ pub async fn plan(
         resnapshot,
     } = wanted;
     let applied = sink::replica_applied_lsn(store, &connector.replica_database).await?;
+    let replica = &connector.replica_database;
+    let interrupted = sink::sync::interrupted_snapshot(store, replica, &connector.slot_name)
+        .await?
+        .is_some();
     let client = pg::connect(source).await?;
     let slot = match slot::inspect(&client, &connector.slot_name).await? {
         None => SlotFound::Missing,
@@ -86,6 +90,7 @@ pub async fn plan(
         slot,
         applied,
         streamed_since_snapshot: false,
+        interrupted_snapshot: interrupted,
         resnapshot,
         schemas_recorded: &connector.schemas,
         schemas_wanted: schemas,
@@ -98,7 +103,7 @@ pub async fn plan(
     };
     let reasons = match plan::decide(&facts) {
         Start::Snapshot { reasons } => reasons,
-        Start::Resume { .. } | Start::Blocked(_) => Vec::new(),
+        Start::Resume { .. } | Start::Continue | Start::Blocked(_) => Vec::new(),
     };
     Ok(SetupPlan {
         reasons,

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,10 @@ use tokio::task::JoinSet;
 
 use crate::change::TableName;
 use crate::pg::{quote_ident, ConnInfo, PgClient};
+use crate::sink::sync;
 use crate::source::catalog::SourceTable;
 use crate::source::copy::{OpenError, SnapshotSession};
+use crate::types::{FencingToken, Lsn};
 
 use super::{
     connect, query_error, server_version_num, source_error, Side, SnapshotError, SnapshotJob,
@@ -42,15 +45,20 @@ const REPLICA_SESSION: &str = "SET statement_timeout = 0; SET lock_timeout = 0; 
      SET idle_in_transaction_session_timeout = 0; SET synchronous_commit = off; \
      SET datestyle = 'ISO, YMD'; SET intervalstyle = postgres";
 
-/// Parallel copy of every table of the job from the snapshot into the replica, which must
-/// have its pre-data schema. `workers` tasks, each with its own source and replica session,
+/// Parallel copy of the job's tables from its snapshot into the replica, which must have
+/// its pre-data schema. `workers` tasks, each with its own source and replica session,
 /// take chunks largest first; the first error stops the others and is returned.
 ///
-/// `progress` is called after each chunk is committed on the replica with the table, the
-/// rows and bytes of that chunk, and whether the table is now complete.
+/// Once `job.deadline` has passed no table is started any more (the chunks of tables
+/// already started are finished: a table is exact at one snapshot): those tables are left
+/// for the next snapshot, which keeps each source transaction short. A table whose copy
+/// completes is recorded in the replica as copied at `job.copied_at`, in the transaction
+/// of its last chunk or right after it.
+///
+/// `progress` is called after each chunk is committed on the replica.
 pub async fn copy_data(
     job: &SnapshotJob<'_>,
-    progress: &(dyn Fn(&TableName, u64, u64, bool) + Send + Sync),
+    progress: &(dyn Fn(Progress<'_>) + Send + Sync),
 ) -> Result<SnapshotStats, SnapshotError> {
     let started = Instant::now();
     let version = {
@@ -62,9 +70,9 @@ pub async fn copy_data(
         job.chunk_bytes,
         version >= TID_RANGE_SCAN_VERSION,
     );
-    let mut remaining = vec![0usize; job.tables.len()];
+    let remaining: Vec<AtomicUsize> = (0..job.tables.len()).map(|_| AtomicUsize::new(0)).collect();
     for chunk in &chunks {
-        remaining[chunk.table] += 1;
+        remaining[chunk.table].fetch_add(1, Ordering::Relaxed);
     }
     let workers = job.workers.max(1).min(chunks.len());
     tracing::info!(
@@ -79,7 +87,14 @@ pub async fn copy_data(
         replica: job.replica.clone(),
         snapshot_name: job.snapshot_name.to_owned(),
         tables: job.tables.iter().map(TablePlan::new).collect(),
-        queue: Mutex::new(chunks.into()),
+        queue: Mutex::new(Queue {
+            started: vec![false; job.tables.len()],
+            chunks: chunks.into(),
+        }),
+        remaining,
+        deadline: job.deadline,
+        copied_at: job.copied_at,
+        token: job.token,
     });
 
     let (events, mut received) = mpsc::unbounded_channel::<ChunkDone>();
@@ -98,15 +113,14 @@ pub async fn copy_data(
         elapsed: Duration::ZERO,
     };
     let mut report = |done: ChunkDone| {
-        remaining[done.table] -= 1;
         stats.rows += done.rows;
         stats.bytes += done.bytes;
-        progress(
-            &job.tables[done.table].name,
-            done.rows,
-            done.bytes,
-            remaining[done.table] == 0,
-        );
+        progress(Progress {
+            table: &job.tables[done.table].name,
+            rows: done.rows,
+            bytes: done.bytes,
+            copies: done.copies,
+        });
     };
     loop {
         tokio::select! {
@@ -136,6 +150,11 @@ pub async fn copy_data(
     while let Ok(done) = received.try_recv() {
         report(done);
     }
+    stats.tables = context
+        .remaining
+        .iter()
+        .filter(|left| left.load(Ordering::Acquire) == 0)
+        .count();
     stats.elapsed = started.elapsed();
     tracing::info!(
         rows = stats.rows,
@@ -211,27 +230,60 @@ fn plan_chunks(tables: &[SourceTable], chunk_bytes: u64, ranges: bool) -> Vec<Ch
     chunks
 }
 
+/// One chunk copied, as [`copy_data`] reports it.
+#[derive(Debug)]
+pub struct Progress<'a> {
+    pub table: &'a TableName,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Set when this completed the table's copy: how many complete copies of it the
+    /// replica has recorded now.
+    pub copies: Option<u32>,
+}
+
 /// What every worker shares.
 struct CopyContext {
     source: ConnInfo,
     replica: ConnInfo,
     snapshot_name: String,
     tables: Vec<TablePlan>,
-    queue: Mutex<VecDeque<Chunk>>,
+    queue: Mutex<Queue>,
+    /// Per table, its chunks not yet committed.
+    remaining: Vec<AtomicUsize>,
+    deadline: Option<Instant>,
+    copied_at: Lsn,
+    token: FencingToken,
+}
+
+struct Queue {
+    chunks: VecDeque<Chunk>,
+    /// Per table, whether a chunk of it was handed out.
+    started: Vec<bool>,
 }
 
 impl CopyContext {
+    /// The next chunk, largest first; past the deadline only chunks of tables already
+    /// started.
     fn next_chunk(&self) -> Option<Chunk> {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop_front()
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let late = self.deadline.is_some_and(|at| Instant::now() >= at);
+        let index = if late {
+            let started = &queue.started;
+            queue.chunks.iter().position(|c| started[c.table])?
+        } else {
+            0
+        };
+        let chunk = queue.chunks.remove(index)?;
+        queue.started[chunk.table] = true;
+        Some(chunk)
     }
 }
 
 /// The SQL of one table, written once.
 struct TablePlan {
     display: String,
+    schema: String,
+    name: String,
     /// `"schema"."table"`.
     qualified: String,
     /// `"a", "b"`: the stored columns, in order.
@@ -252,6 +304,8 @@ impl TablePlan {
             .join(", ");
         TablePlan {
             display: format!("{}.{}", table.name.schema, table.name.name),
+            schema: table.name.schema.clone(),
+            name: table.name.name.clone(),
             qualified: format!(
                 "{}.{}",
                 quote_ident(&table.name.schema),
@@ -304,10 +358,10 @@ impl TablePlan {
         )
     }
 
-    /// Opens the transaction of a whole-table load (see [`TablePlan::copy_in`]); the table
-    /// is empty already.
+    /// Empties the table in the transaction of a whole-table load (see
+    /// [`TablePlan::copy_in`]): it may hold an interrupted copy's rows.
     fn truncate(&self) -> String {
-        format!("BEGIN; TRUNCATE ONLY {}", self.qualified)
+        format!("TRUNCATE ONLY {}", self.qualified)
     }
 
     fn format(&self) -> &'static str {
@@ -325,6 +379,7 @@ struct ChunkDone {
     table: usize,
     rows: u64,
     bytes: u64,
+    copies: Option<u32>,
 }
 
 /// One copy worker: opens its sessions, then copies chunks until the queue is empty.
@@ -347,15 +402,35 @@ async fn worker(
         .await
         .map_err(|e| query_error(Side::Replica, "setting up the session", e))?;
 
+    let fence = Fence {
+        database: &context.replica.dbname,
+        token: context.token,
+        copied_at: context.copied_at,
+    };
     while let Some(chunk) = context.next_chunk() {
         let table = &context.tables[chunk.table];
-        let (rows, bytes) = copy_chunk(&mut source, &replica, table, &chunk).await?;
+        let (rows, bytes, mut copies) =
+            copy_chunk(&mut source, &replica, table, &chunk, &fence).await?;
         tracing::debug!(table = %table.display, rows, bytes, start = chunk.start, "chunk copied");
+        // The last range of a table committed: every range is in, so the copy is.
+        let last = context.remaining[chunk.table].fetch_sub(1, Ordering::AcqRel) == 1;
+        if last && copies.is_none() {
+            replica
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|e| query_error(Side::Replica, "recording a table's copy", e))?;
+            copies = Some(fence.record(&replica, table).await?);
+            replica
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| query_error(Side::Replica, "recording a table's copy", e))?;
+        }
         if events
             .send(ChunkDone {
                 table: chunk.table,
                 rows,
                 bytes,
+                copies,
             })
             .is_err()
         {
@@ -372,15 +447,46 @@ async fn worker(
 /// vanish, small enough to stay in the CPU caches.
 const COPY_BLOCK: usize = 64 * 1024;
 
+/// What every write of a copy worker to the replica checks and records.
+struct Fence<'a> {
+    database: &'a str,
+    token: FencingToken,
+    /// The position of the job's snapshot.
+    copied_at: Lsn,
+}
+
+impl Fence<'_> {
+    /// In the open transaction: the replica is still ours (see `sink::sync`).
+    async fn check(&self, replica: &PgClient) -> Result<(), SnapshotError> {
+        Ok(sync::check_fence(replica, self.database, self.token).await?)
+    }
+
+    /// In the open transaction: `table` is copied at the job's position; returns its
+    /// complete copies so far.
+    async fn record(&self, replica: &PgClient, table: &TablePlan) -> Result<u32, SnapshotError> {
+        self.check(replica).await?;
+        let row = replica
+            .query_one(
+                sync::RECORD_COPIED_SQL,
+                &[&table.schema, &table.name, &self.copied_at.to_string()],
+            )
+            .await
+            .map_err(|e| query_error(Side::Replica, "recording a table's copy", e))?;
+        Ok(u32::try_from(row.get::<_, i32>(0)).unwrap_or(0))
+    }
+}
+
 /// One chunk: `COPY … TO STDOUT` on the snapshot piped into `COPY … FROM STDIN` on the
-/// replica in blocks of [`COPY_BLOCK`] bytes, committed on its own. Returns the rows the
-/// replica took and the bytes of COPY data.
+/// replica in blocks of [`COPY_BLOCK`] bytes, committed on its own after the fence is
+/// checked; a whole table records its copy in the same transaction. Returns the rows the
+/// replica took, the bytes of COPY data, and the table's copies when it recorded one.
 async fn copy_chunk(
     source: &mut SnapshotSession,
     replica: &PgClient,
     table: &TablePlan,
     chunk: &Chunk,
-) -> Result<(u64, u64), SnapshotError> {
+    fence: &Fence<'_>,
+) -> Result<(u64, u64, Option<u32>), SnapshotError> {
     let read_error = |e| source_error(&format!("reading {}", table.display), e);
     let write_error =
         |e: tokio_postgres::Error| match e.code().and_then(|c| ValueRemedy::of(c.code())) {
@@ -395,6 +501,8 @@ async fn copy_chunk(
         .copy_out(&table.copy_out(chunk))
         .await
         .map_err(read_error)?;
+    replica.batch_execute("BEGIN").await.map_err(write_error)?;
+    fence.check(replica).await?;
     if chunk.is_whole() {
         replica
             .batch_execute(&table.truncate())
@@ -416,10 +524,13 @@ async fn copy_chunk(
         block.reserve(COPY_BLOCK);
     }
     let rows = sink.as_mut().finish().await.map_err(write_error)?;
-    if chunk.is_whole() {
-        replica.batch_execute("COMMIT").await.map_err(write_error)?;
-    }
-    Ok((rows, bytes))
+    let copies = if chunk.is_whole() {
+        Some(fence.record(replica, table).await?)
+    } else {
+        None
+    };
+    replica.batch_execute("COMMIT").await.map_err(write_error)?;
+    Ok((rows, bytes, copies))
 }
 
 #[cfg(test)]

@@ -84,8 +84,10 @@ use super::versions::{StoreTooOld, ToolProblem, ToolRange};
 use crate::change::TableName;
 use crate::pg::retry::{self, ErrorKind, NextStep};
 use crate::pg::{self, error_message, ConnInfo, ConnectError, PgClient};
+use crate::sink::SinkError;
 use crate::source::catalog::{CatalogError, SourceTable};
 use crate::source::copy::snapshot_unknown;
+use crate::types::{FencingToken, Lsn};
 pub use tools::tool_failure_passes;
 pub use tools::Tools;
 
@@ -93,7 +95,7 @@ mod data;
 mod schema;
 mod tools;
 
-pub use data::copy_data;
+pub use data::{copy_data, Progress};
 pub use schema::SchemaDump;
 
 /// One snapshot of a connector: where from, where to, what.
@@ -108,6 +110,13 @@ pub struct SnapshotJob<'a> {
     pub schemas: &'a [String],
     /// The tables to copy, from [`crate::source::catalog::list_tables`] on the snapshot.
     pub tables: &'a [SourceTable],
+    /// The source position the snapshot is exact at (its slot's consistent point): what
+    /// each table copied is recorded as exact at.
+    pub copied_at: Lsn,
+    /// The lease's fencing token: every write to the replica checks it.
+    pub token: FencingToken,
+    /// No table is started after this (see [`copy_data`]).
+    pub deadline: Option<std::time::Instant>,
     /// Tables left out entirely, schema and rows (partitions of a partitioned table too).
     pub exclude: &'a [TableName],
     /// Parallel copy workers (each holds one source and one replica session); also the
@@ -140,6 +149,7 @@ impl Section {
 /// What [`copy_data`] moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotStats {
+    /// Tables whose copy completed (the others were not started before the deadline).
     pub tables: usize,
     pub rows: u64,
     /// Bytes of column values, as the source sent them.
@@ -248,6 +258,10 @@ pub enum SnapshotError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
 
+    /// Writing the replica's records, or a newer owner claimed the replica (fenced).
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -268,6 +282,7 @@ impl SnapshotError {
             SnapshotError::Query { source, .. } => retry::postgres(source),
             SnapshotError::Source { source, .. } => return source.kind(),
             SnapshotError::Catalog(e) => return e.kind(),
+            SnapshotError::Sink(e) => return e.kind(),
             SnapshotError::SnapshotGone { .. } => true,
             SnapshotError::ToolFailed { transient, .. } => *transient,
             SnapshotError::InvalidJob { .. }

@@ -19,6 +19,8 @@ pub struct SchemaDump {
     /// Holds `schema.dump` (custom format) and `schema.list` (its filtered table of
     /// contents).
     scratch: ScratchDir,
+    /// Restored from an archive of an interrupted snapshot: post-data may be half there.
+    resumed: bool,
 }
 
 impl SchemaDump {
@@ -118,7 +120,10 @@ impl SchemaDump {
         let mut list_cmd = tools.command("pg_restore");
         list_cmd.arg("--list").arg(&dump);
         let toc = run_tool(list_cmd, "pg_restore --list").await?;
-        let schema = SchemaDump { scratch };
+        let schema = SchemaDump {
+            scratch,
+            resumed: false,
+        };
         let list = schema.list();
         std::fs::write(&list, filter_toc(&String::from_utf8_lossy(&toc), &skip)).map_err(
             |source| SnapshotError::Io {
@@ -130,6 +135,34 @@ impl SchemaDump {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "schema dumped"
         );
+        Ok(schema)
+    }
+
+    /// The dump and its filtered table of contents, to keep beside the replica until
+    /// post-data is restored ([`SchemaDump::from_archive`]).
+    pub fn archive(&self) -> Result<(Vec<u8>, String), SnapshotError> {
+        let read = |path: PathBuf| {
+            std::fs::read(&path).map_err(|source| SnapshotError::Io {
+                context: format!("reading {}", path.display()),
+                source,
+            })
+        };
+        let list = String::from_utf8_lossy(&read(self.list())?).into_owned();
+        Ok((read(self.dump())?, list))
+    }
+
+    /// The dump of an interrupted snapshot, from its [`SchemaDump::archive`].
+    pub fn from_archive(dump: &[u8], list: &str) -> Result<SchemaDump, SnapshotError> {
+        let schema = SchemaDump {
+            scratch: ScratchDir::create()?,
+            resumed: true,
+        };
+        for (path, bytes) in [(schema.dump(), dump), (schema.list(), list.as_bytes())] {
+            std::fs::write(&path, bytes).map_err(|source| SnapshotError::Io {
+                context: format!("writing {}", path.display()),
+                source,
+            })?;
+        }
         Ok(schema)
     }
 
@@ -177,6 +210,10 @@ impl SchemaDump {
                 pg_restore.arg(format!("--jobs={}", job.workers));
             }
             Section::PostData => {}
+        }
+        if section == Section::PostData && self.resumed {
+            // An interrupted restore may have built some of it already.
+            pg_restore.args(["--clean", "--if-exists"]);
         }
         pg_restore.arg(self.dump());
         run_watched(pg_restore, "pg_restore", (Side::Replica, job.replica), None).await?;

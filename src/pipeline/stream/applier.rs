@@ -74,6 +74,9 @@ pub(super) struct Applier {
     pub(super) durable: watch::Sender<Lsn>,
     /// Durable on the replica: its progress row holds this.
     pub(super) applied: Lsn,
+    /// No branch is cut before `applied` reaches it: until then some tables' copies are
+    /// ahead of the others (`TableFilter::in_sync_at`).
+    pub(super) in_sync_at: Lsn,
     /// End of the last source commit inside the open target transaction.
     pub(super) pending_commit: Option<Lsn>,
     /// Changes received after the last commit.
@@ -98,6 +101,11 @@ impl Applier {
             let _ = sink.rollback().await;
         }
         result.map(|()| self.applied)
+    }
+
+    /// Whether the replica is one instant of the source (see [`Applier::in_sync_at`]).
+    fn in_sync(&self) -> bool {
+        self.applied >= self.in_sync_at
     }
 
     fn sink(&mut self) -> Result<&mut ReplicaSink, PipelineError> {
@@ -172,7 +180,7 @@ impl Applier {
                 _ = tokio::time::sleep_until(batch_due) => self.commit().await?,
                 _ = tokio::time::sleep_until(idle_due) => self.persist_idle().await?,
                 // Only at a source commit boundary.
-                request = self.cuts.recv(), if self.cuts_open && !self.in_source_tx => match request {
+                request = self.cuts.recv(), if self.cuts_open && !self.in_source_tx && self.in_sync() => match request {
                     Some(request) => self.cut(request).await?,
                     None => self.cuts_open = false,
                 },
@@ -244,7 +252,7 @@ impl Applier {
                     self.commit().await?;
                 }
                 // A commit boundary: a waiting cut takes it, however busy the stream is.
-                if self.cuts_open {
+                if self.cuts_open && self.in_sync() {
                     match self.cuts.try_recv() {
                         Ok(request) => self.cut(request).await?,
                         Err(mpsc::error::TryRecvError::Empty) => {}

@@ -31,7 +31,7 @@
 mod applier;
 mod reader;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,9 +109,25 @@ pub struct TableFilter {
     /// Unlogged when the snapshot ran, so the replica has none of their rows: a change of
     /// one means it is logged now, and the replica cannot catch up without a new snapshot.
     pub unlogged: HashSet<TableName>,
+    /// Tables whose copy is exact at a position the stream has not reached yet (see
+    /// `pipeline/sync.rs`): a change is theirs only from a transaction whose commit record
+    /// is at or after it, as the earlier ones are in the copy.
+    pub copied_at: HashMap<TableName, Lsn>,
 }
 
 impl TableFilter {
+    /// Whether the changes of a transaction whose commit record is at `commit` are new to
+    /// `table`: not in its copy.
+    pub fn after_copy(&self, table: &TableName, commit: Lsn) -> bool {
+        self.copied_at.get(table).is_none_or(|at| commit >= *at)
+    }
+
+    /// Where every table is at the same source position: from there on the replica is
+    /// one instant of the source, and branches may be cut.
+    pub fn in_sync_at(&self, applied: Lsn) -> Lsn {
+        self.copied_at.values().copied().fold(applied, Lsn::max)
+    }
+
     pub fn applies(&self, table: &TableName) -> bool {
         self.schemas.contains(&table.schema)
             && (self.excluded.is_empty() || !self.excluded.contains(table))
@@ -192,6 +208,7 @@ pub async fn run(
         inbox,
         durable: durable_tx,
         applied,
+        in_sync_at: filter.in_sync_at(applied),
         pending_commit: None,
         in_source_tx: false,
         batch_changes: 0,

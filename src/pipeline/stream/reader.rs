@@ -220,7 +220,10 @@ impl Reader<'_> {
                 if !self.skipping && self.filter.unlogged.contains(&change.table) {
                     return Err(self.ddl.logged_again(&change.table));
                 }
-                if !self.skipping && self.filter.applies(&change.table) {
+                if !self.skipping
+                    && self.filter.applies(&change.table)
+                    && self.filter.after_copy(&change.table, self.tx_commit)
+                {
                     self.send_change(change).await?;
                 }
             }
