@@ -40,15 +40,17 @@ impl CrashPoint {
     }
 }
 
-/// The environment variable naming the crash point to stop at.
+/// The environment variable naming the crash point to stop at: `<name>` stops the first
+/// time the point is reached, `<name>:<n>` the n-th time.
 pub const ENV: &str = "TRIBUTARY_CRASH_AT";
 
 /// Kills this process with SIGKILL, as an operator's `kill -9` would, when `ENV` names
-/// `point`: no destructor, no graceful shutdown, no flushed buffer runs.
+/// `point` (and this is the n-th time it is reached): no destructor, no graceful
+/// shutdown, no flushed buffer runs.
 #[inline]
 pub fn reach(point: CrashPoint) {
     #[cfg(feature = "crash-points")]
-    if std::env::var(ENV).as_deref() == Ok(point.name()) {
+    if is_due(point, std::env::var(ENV).as_deref().unwrap_or("")) {
         eprintln!("crash point {} reached: killing the process", point.name());
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &std::process::id().to_string()])
@@ -58,6 +60,27 @@ pub fn reach(point: CrashPoint) {
     }
     #[cfg(not(feature = "crash-points"))]
     let _ = point;
+}
+
+/// Whether `point` is due now under the setting `wanted`; counts the times each point was
+/// reached in this process.
+#[cfg(feature = "crash-points")]
+fn is_due(point: CrashPoint, wanted: &str) -> bool {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static REACHED: [AtomicU32; CrashPoint::ALL.len()] =
+        [const { AtomicU32::new(0) }; CrashPoint::ALL.len()];
+    let (name, nth) = match wanted.split_once(':') {
+        Some((name, n)) => (name, n.parse().unwrap_or(1)),
+        None => (wanted, 1),
+    };
+    if name != point.name() {
+        return false;
+    }
+    let index = CrashPoint::ALL
+        .iter()
+        .position(|p| *p == point)
+        .unwrap_or(0);
+    REACHED[index].fetch_add(1, Ordering::Relaxed) + 1 == nth
 }
 
 #[cfg(test)]
@@ -72,6 +95,16 @@ mod tests {
         assert!(names
             .iter()
             .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '-')));
+    }
+
+    #[test]
+    fn a_point_is_due_the_nth_time_it_is_reached() {
+        let point = CrashPoint::DuringDelete;
+        let wanted = "during-delete:3";
+        let due: Vec<bool> = (0..4).map(|_| is_due(point, wanted)).collect();
+        assert_eq!(due, [false, false, true, false]);
+        assert!(!is_due(CrashPoint::DuringBranchCut, wanted));
+        assert!(!is_due(CrashPoint::DuringBranchCut, ""));
     }
 
     #[test]

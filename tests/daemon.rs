@@ -110,6 +110,11 @@ impl Daemon {
         }
     }
 
+    /// Like [`Daemon::crash_at`], the `nth` time the point is reached.
+    pub fn crash_at_nth(&mut self, point: tributary::crash::CrashPoint, nth: u32) -> &mut Daemon {
+        self.set(tributary::crash::ENV, &format!("{}:{nth}", point.name()))
+    }
+
     /// Removes an environment variable, so that later starts use the setting's default.
     pub fn unset(&mut self, key: &str) -> &mut Daemon {
         self.env.retain(|(k, _)| k != key);

@@ -31,6 +31,7 @@ mod pipeline;
 mod preflight;
 mod quickstart;
 mod replication;
+mod resumable_snapshot;
 mod retry_policy;
 mod schema_changes;
 mod secrets;

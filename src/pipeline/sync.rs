@@ -156,11 +156,23 @@ pub(super) async fn resume(
     run: &Copying<'_>,
     record: &SnapshotRecord,
 ) -> Result<Lsn, PipelineError> {
+    let ctx = run.ctx;
+    let copies = replica_sync::table_copies(run.replica).await?;
+    let copied: Vec<_> = copies.iter().filter(|t| t.copied_at.is_some()).collect();
     tracing::info!(
         slot = %record.slot,
         consistent_point = %record.consistent_point,
+        copied = copied.len(),
+        left = copies.len() - copied.len(),
         "resuming the interrupted snapshot: tables already copied stay copied"
     );
+    // The replica is the record; the bookkeeping may have missed the last copies.
+    for table in copied {
+        let at = table.copied_at.unwrap_or(record.consistent_point);
+        ctx.bookkeeping
+            .table_copied(ctx.connector.id, &table.table, at, table.copies)
+            .await?;
+    }
     finish(run, record, None).await
 }
 

@@ -1,0 +1,315 @@
+//! Snapshots that resume (`src/pipeline/sync.rs`): a snapshot interrupted by kill -9,
+//! SIGTERM, a lease takeover or a source restart goes on with the tables it had not
+//! copied; tables copied before the interruption are never copied again (their copy count
+//! stays 1 and their copy position does not move), and the replica ends equal to the
+//! source, which the application's role writes throughout, in transactions that touch
+//! every table (tables already copied and tables being copied alike), with UPDATEs that
+//! change keys.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tributary::crash::CrashPoint;
+
+use crate::daemon::{wait_converged, Daemon};
+use crate::harness::Cluster;
+use crate::support::PATIENCE;
+
+const TABLES: usize = 8;
+const ROWS: usize = 40_000;
+
+/// A source whose application role owns `TABLES` tables of `ROWS` rows each (a few MB, so
+/// the largest are copied in page ranges), read by a replication role; a store; a daemon
+/// that copies with one worker and starts a new snapshot every second (so a snapshot has
+/// several groups).
+fn installation() -> (Cluster, Cluster, Daemon) {
+    let source = Cluster::start();
+    let store = Cluster::builder().major(source.major()).start();
+    source.create_database("shop");
+    let mut sql = String::from(
+        "CREATE ROLE app LOGIN;
+         CREATE ROLE repl LOGIN REPLICATION;
+         GRANT CREATE ON SCHEMA public TO app;
+         SET ROLE app;",
+    );
+    for t in 0..TABLES {
+        // Different sizes, so that groups and ranges differ.
+        let rows = ROWS / (t % 3 + 1);
+        sql.push_str(&format!(
+            "CREATE TABLE t{t} (id bigint PRIMARY KEY, v int NOT NULL, pad text NOT NULL);
+             INSERT INTO t{t} SELECT g, 0, repeat('x', 60) FROM generate_series(1, {rows}) g;"
+        ));
+    }
+    sql.push_str(
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO repl;
+         RESET ROLE;
+         GRANT CREATE ON DATABASE shop TO repl;",
+    );
+    source.psql("shop", &sql);
+    let mut daemon = Daemon::new(&store);
+    daemon
+        .set(
+            "TRIBUTARY_PG_BINDIR",
+            &source.bindir().display().to_string(),
+        )
+        .set("TRIBUTARY__PIPELINE__SNAPSHOT_WORKERS", "1")
+        .set("TRIBUTARY__PIPELINE__SNAPSHOT_MAX_TRANSACTION_SECS", "1")
+        .set("TRIBUTARY__SUPERVISOR__LEASE_TTL_SECS", "3");
+    (source, store, daemon)
+}
+
+/// The application's writes until `stop`: each transaction updates a row of every table,
+/// and moves one row of one table to a new key and back over time.
+fn app_writes(source: &Cluster, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    let url = source.url("app", None, "shop");
+    tokio::spawn(async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("the application connects");
+        tokio::spawn(connection);
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let mut sql = String::from("BEGIN;");
+            for t in 0..TABLES {
+                sql.push_str(&format!(
+                    "UPDATE t{t} SET v = v + 1 WHERE id = {};",
+                    n % 1000 + 1
+                ));
+            }
+            let moved = n % TABLES as u64;
+            let key = n % 500 + 2000;
+            sql.push_str(&format!(
+                "UPDATE t{moved} SET id = CASE WHEN id > 0 THEN -id ELSE -id END \
+                 WHERE id IN ({key}, -{key});
+                 INSERT INTO t{moved} VALUES ({}, 1, 'new') ON CONFLICT DO NOTHING;
+                 COMMIT;",
+                1_000_000 + n
+            ));
+            // The source restarting (one of the tests) interrupts the application too.
+            if client.batch_execute(&sql).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        n
+    })
+}
+
+/// The replica's record of its tables: copy position and complete copies, by name.
+fn copies(store: &Cluster) -> BTreeMap<String, (String, i32)> {
+    let rows = store.psql(
+        "shop_replica",
+        "SELECT table_name || ' ' || coalesce(copied_lsn::text, '-') || ' ' || copies
+           FROM tributary.table_sync ORDER BY 1",
+    );
+    rows.lines()
+        .map(|line| {
+            let parts: Vec<&str> = line.split(' ').collect();
+            (
+                parts[0].to_owned(),
+                (parts[1].to_owned(), parts[2].parse().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// The tables whose copy completed.
+fn copied(store: &Cluster) -> BTreeMap<String, (String, i32)> {
+    let exists = store.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname = 'shop_replica'",
+    );
+    if exists.trim() != "1" {
+        return BTreeMap::new();
+    }
+    let has_table = store.psql(
+        "shop_replica",
+        "SELECT to_regclass('tributary.table_sync') IS NOT NULL",
+    );
+    if has_table.trim() != "t" {
+        return BTreeMap::new();
+    }
+    copies(store)
+        .into_iter()
+        .filter(|(_, (at, _))| at != "-")
+        .collect()
+}
+
+/// Waits until at least `n` tables, but not all, are copied; returns them.
+async fn wait_partly_copied(
+    store: &Cluster,
+    n: usize,
+    daemon: &Daemon,
+) -> BTreeMap<String, (String, i32)> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let done = copied(store);
+        if done.len() >= n {
+            assert!(
+                done.len() < TABLES,
+                "the snapshot finished before it could be interrupted: make it slower\n{}",
+                daemon.log_tail()
+            );
+            return done;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no table copied in time:\n{}",
+            daemon.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// After the interruption: the snapshot finishes, the replica equals the source, every
+/// table was copied exactly once, and those copied before the interruption kept their
+/// copy position; the bookkeeping says the same, and every table streams.
+async fn finishes_without_copying_again(
+    source: &Cluster,
+    store: &Cluster,
+    daemon: &Daemon,
+    before: &BTreeMap<String, (String, i32)>,
+    stop: Arc<AtomicBool>,
+    writes: tokio::task::JoinHandle<u64>,
+) {
+    daemon.wait_for_state("shop", "streaming").await;
+    stop.store(true, Ordering::Relaxed);
+    let written = writes.await.unwrap();
+    assert!(written > 10, "the application wrote throughout ({written})");
+    wait_converged(source, "shop", store, "shop_replica", &["public"], daemon).await;
+    let after = copies(store);
+    assert_eq!(after.len(), TABLES, "{after:?}");
+    for (table, (at, n)) in &after {
+        assert_eq!(
+            *n,
+            1,
+            "{table} was copied {n} times:\n{}",
+            daemon.log_tail()
+        );
+        if let Some((before_at, _)) = before.get(table) {
+            assert_eq!(at, before_at, "{table}'s copy must be kept, not redone");
+        }
+    }
+    let log = std::fs::read_to_string(daemon.log_path()).unwrap();
+    assert!(
+        log.contains("resuming the interrupted snapshot"),
+        "{}",
+        daemon.log_tail()
+    );
+    assert!(
+        log.contains("copying tables under a new snapshot"),
+        "the rest was copied under new snapshots"
+    );
+    // The bookkeeping's view, as `connector tables` shows it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let states = store.psql(
+            "postgres",
+            "SELECT string_agg(DISTINCT sync_state || ':' || copies, ',') \
+               FROM tributary.connector_tables",
+        );
+        if states.trim() == "streaming:1" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tables not all streaming with one copy each: {states}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing left on the source: no temporary slot, no second slot.
+    let slots = source.psql(
+        "shop",
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'",
+    );
+    assert_eq!(slots.trim(), "1");
+}
+
+async fn killed_after_nth_table(nth: u32) {
+    let (source, store, mut daemon) = installation();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = app_writes(&source, stop.clone());
+    daemon.crash_at_nth(CrashPoint::AfterCopyBeforeProgress, nth);
+    daemon.create_connector(&source.url("repl", None, "shop"), "shop", "public");
+    daemon.start();
+    let status = daemon.wait_exit();
+    assert_eq!(status.signal(), Some(9), "{}", daemon.log_tail());
+    let before = copied(&store);
+    assert_eq!(
+        before.len(),
+        nth as usize,
+        "the replica records exactly the copies that committed: {before:?}"
+    );
+    daemon.crash_at(None);
+    daemon.start();
+    finishes_without_copying_again(&source, &store, &daemon, &before, stop, writes).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_first_table_resumes_with_the_others() {
+    killed_after_nth_table(1).await;
+}
+
+#[tokio::test]
+async fn killed_after_five_tables_resumes_with_the_others() {
+    killed_after_nth_table(5).await;
+}
+
+#[tokio::test]
+async fn sigterm_during_a_snapshot_resumes_after_the_restart() {
+    let (source, store, mut daemon) = installation();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = app_writes(&source, stop.clone());
+    daemon.create_connector(&source.url("repl", None, "shop"), "shop", "public");
+    daemon.start();
+    wait_partly_copied(&store, 2, &daemon).await;
+    // As a rolling update does.
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}\n{}", daemon.log_tail());
+    let before = copied(&store);
+    daemon.start();
+    finishes_without_copying_again(&source, &store, &daemon, &before, stop, writes).await;
+}
+
+#[tokio::test]
+async fn a_lease_takeover_mid_snapshot_resumes_and_fences_the_old_owner() {
+    let (source, store, mut first) = installation();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = app_writes(&source, stop.clone());
+    first.create_connector(&source.url("repl", None, "shop"), "shop", "public");
+    first.start();
+    wait_partly_copied(&store, 2, &first).await;
+    // Paused (a node freeze, a long GC pause): its lease runs out, a second daemon takes
+    // the connector over and goes on with the snapshot.
+    first.signal("STOP");
+    let before = copied(&store);
+    let mut second = first.sibling();
+    second.start();
+    second.wait_for_state("shop", "streaming").await;
+    // The first wakes up: anything it still writes is refused by the replica's lease.
+    first.signal("CONT");
+    finishes_without_copying_again(&source, &store, &second, &before, stop, writes).await;
+    assert_eq!(crate::daemon::overlapping_leases(&store), 0);
+}
+
+#[tokio::test]
+async fn a_source_restart_mid_snapshot_resumes() {
+    let (source, store, mut daemon) = installation();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = app_writes(&source, stop.clone());
+    daemon.create_connector(&source.url("repl", None, "shop"), "shop", "public");
+    daemon.start();
+    wait_partly_copied(&store, 2, &daemon).await;
+    let before = copied(&store);
+    source.restart();
+    // The application reconnects after the restart and writes on.
+    stop.store(true, Ordering::Relaxed);
+    let _ = writes.await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = app_writes(&source, stop.clone());
+    finishes_without_copying_again(&source, &store, &daemon, &before, stop, writes).await;
+}
