@@ -6,13 +6,17 @@
 //!      ├─ `connector retry-setup` asked for a new snapshot ──► snapshotting (slot dropped)
 //!      ├─ replica has an applied LSN and the slot is healthy ──► streaming from it
 //!      ├─ replica has an applied LSN, slot missing or lost ───► failed: re-snapshot needed
-//!      └─ no applied LSN (never snapshotted, or a snapshot was interrupted)
+//!      ├─ no applied LSN, an interrupted snapshot under the slot ──► snapshotting: the
+//!      │     tables not copied yet (`sync.rs`)
+//!      └─ no applied LSN (never snapshotted, or the slot is gone)
 //!             ▼
 //!  snapshotting: drop our slot (never another installation's: `slot.rs`) and replica if
-//!      left over, new slot with exported snapshot,
-//!      pre-data schema, parallel COPY, post-data schema, record the consistent point
+//!      left over, new slot with exported snapshot, pre-data schema, tables copied in
+//!      groups under short snapshots (`sync.rs`), post-data schema, record the consistent
+//!      point
 //!             ▼
-//!  streaming (pipeline/stream/) until shutdown or error
+//!  streaming (pipeline/stream/) until shutdown or error; each table's changes from its
+//!  copy's position on
 //! ```
 //!
 //! The applied LSN in the replica is the fact that decides between resuming and starting

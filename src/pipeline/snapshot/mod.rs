@@ -1,47 +1,43 @@
-//! The initial copy: schema and rows of the source as of the slot's exported snapshot.
+//! The copy itself: schema and rows of the source as of one exported snapshot. Which
+//! tables are copied under which snapshot, and how an interrupted snapshot goes on, is
+//! `pipeline/sync.rs`'s.
 //!
 //! ```text
 //!  CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')  ──►  snapshot S, consistent point C
-//!        │ (the replication connection stays idle from here until the rows are copied)
-//!        ├─► SchemaDump::create        pg_dump --snapshot=S → file
+//!        ├─► SchemaDump::create        pg_dump --snapshot=S → file (kept in the replica)
 //!        ├─► restore(PreData)          pg_restore: tables, types, functions, …
-//!        ├─► copy_data                 N workers: source session on S ──COPY──► replica
-//!        ├─► restore(PostData)         indexes, constraints, triggers (after the rows)
-//!        └─► the pipeline records C beside the replica, then streams from C
+//!        ├─► copy_data                 N workers: source session on S ──COPY──► replica,
+//!        │                             each table recorded "copied at C" as it completes
+//!        └─► restore(PostData)         indexes, constraints, triggers (after the rows)
 //! ```
 //!
-//! Schema and rows both come from S, so they are the same instant, and the slot's stream
-//! starts exactly after S: one cut, nothing lost, nothing applied twice. Post-data comes
-//! last because building indexes and checking constraints once over loaded tables is far
-//! cheaper than maintaining them row by row.
+//! Schema and rows of a table both come from one snapshot, the same instant, and its
+//! slot's stream starts exactly after it: one cut per table, nothing lost, nothing applied
+//! twice. Post-data comes last because building indexes and checking constraints once
+//! over loaded tables is far cheaper than maintaining them row by row.
 //!
 //! # Crash windows
 //!
-//! S lives only as long as the replication connection that exported it stays open and
-//! idle, so no step here can be resumed after a crash, a lost connection or a restart of
-//! either server: S is gone, and a new snapshot is a different instant. Resuming a partial
-//! copy under a new snapshot would mix rows of two instants, and the new slot's stream
-//! would start after the new instant only — rows changed in between would be lost or
-//! doubled. Hence one rule for every window up to the moment the pipeline records C:
+//! S lives only as long as the session that exported it stays open and idle, so a copy
+//! cannot go on under S after a crash: what survives is what the replica recorded.
 //!
-//! | crash during                          | state left behind                | recovery     |
-//! |---------------------------------------|----------------------------------|--------------|
-//! | slot creation                         | maybe a slot, no replica         | start over   |
-//! | pre-data restore (single transaction) | empty replica database           | start over   |
-//! | copy_data                             | some tables full, some partial   | start over   |
-//! | post-data restore (parallel)          | some indexes and constraints     | start over   |
-//! | before C is recorded                  | a complete replica, C unknown    | start over   |
+//! | crash during                          | state left behind                | recovery            |
+//! |---------------------------------------|----------------------------------|---------------------|
+//! | slot creation, pre-data               | no snapshot record               | start over          |
+//! | copy_data                             | tables copied (recorded), others | the others again,   |
+//! |                                       | empty or partial (not recorded)  | under a new snapshot|
+//! | post-data restore (parallel)          | some indexes and constraints     | again, `--clean`    |
+//! | before C is recorded as applied       | a complete replica               | record it           |
 //!
-//! "Start over" is the pipeline's job: drop the replica database and the slot, create a
-//! new slot with a new snapshot, and run every step again. This module keeps no state
-//! between calls and records nothing in the bookkeeping (progress goes to the caller's
-//! callback), so running it again from scratch on a fresh replica database is always
-//! correct. Once C is recorded the snapshot is complete and restarts resume streaming
-//! from the replica's applied position instead.
+//! A table's rows and the record "copied at C" commit in one transaction (a table copied
+//! in page ranges: after its last range), and every write checks the lease's fencing
+//! token first, so a daemon that lost the connector cannot add to a table its successor
+//! copies. A table without a record is emptied before it is copied again.
 //!
-//! Replica sessions commit with `synchronous_commit = off`: a crash before C is recorded
-//! starts over anyway, and the later synchronous commit that records C flushes the WAL
-//! before it, which includes every row copied here (same server, one WAL).
+//! Replica sessions commit with `synchronous_commit = off`: the later synchronous commit
+//! that records the applied position flushes the WAL before it, which includes every row
+//! copied here (same server, one WAL); a table whose copy was lost with an unflushed WAL
+//! has lost its record with it, and is copied again.
 //!
 //! # Schema
 //!
@@ -173,9 +169,9 @@ impl fmt::Display for Side {
     }
 }
 
-/// Why a snapshot step failed. Every failure means the snapshot starts over from scratch
-/// (see the module docs); [`SnapshotError::kind`] says whether doing so
-/// automatically may succeed, or whether the operator must act first.
+/// Why a snapshot step failed. The tables whose copy did not complete are copied again
+/// (see the module docs); [`SnapshotError::kind`] says whether doing so automatically may
+/// succeed, or whether the operator must act first.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("the snapshot job is invalid: {reason}")]
@@ -218,8 +214,8 @@ pub enum SnapshotError {
 
     #[error(
         "the exported snapshot {name} can no longer be used ({reason}): the replication \
-         connection that exported it has run another command or closed; the snapshot must \
-         start over with a new slot"
+         connection that exported it has run another command or closed; the tables not \
+         copied yet are copied again under a new snapshot"
     )]
     SnapshotGone { name: String, reason: String },
 
