@@ -70,6 +70,8 @@ pub struct SetupChange<'a> {
     pub restart: bool,
     /// The next setup takes a new snapshot (drops the slot and rebuilds the replica).
     pub resnapshot: bool,
+    /// Tables the next setup copies again (`connector resync`), the others streaming on.
+    pub resync: &'a [TableName],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,6 +431,22 @@ impl Bookkeeping {
         .bind(change.resnapshot)
         .execute(&mut *tx)
         .await?;
+        if !change.resync.is_empty() {
+            let schemas: Vec<&str> = change.resync.iter().map(|t| t.schema.as_str()).collect();
+            let names: Vec<&str> = change.resync.iter().map(|t| t.name.as_str()).collect();
+            sqlx::query(
+                "UPDATE tributary.connector_tables t
+                 SET sync_state = 'pending', problem = NULL, next_step = NULL
+                 FROM unnest($2::text[], $3::text[]) AS r (schema_name, table_name)
+                 WHERE t.connector_id = $1
+                   AND (t.schema_name, t.table_name) = (r.schema_name, r.table_name)",
+            )
+            .bind(id.0)
+            .bind(&schemas)
+            .bind(&names)
+            .execute(&mut *tx)
+            .await?;
+        }
         record_state(&mut tx, id, &from, PipelineState::Pending, None).await?;
         tx.commit().await?;
         tracing::info!(id = %id, resnapshot = change.resnapshot, "setup requested");

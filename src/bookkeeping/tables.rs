@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use sqlx::Row;
+
 use super::leases::hold_lease;
 use super::{counter, Bookkeeping, Error};
 use crate::change::TableName;
@@ -13,8 +15,11 @@ use crate::types::{ConnectorId, FencingToken, Lsn};
 ///
 /// ```text
 ///  pending ──► copying ──► copied at L ──► streaming (the replica's applied position ≥ L)
-///                 ▲            │
-///                 └────────────┘ interrupted before its copy committed: copied again
+///     ▲           ▲            │                 │
+///     │           └────────────┘ interrupted     ├──► needs_decision: no usable replica
+///     │                                          │    identity (its INSERTs still apply;
+///     │                                          │    back to streaming once it has one)
+///     └── `connector resync` ◄── failed ◄────────┘    a change of it was lost: held out
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TableSyncState {
@@ -27,6 +32,12 @@ pub enum TableSyncState {
     Copied,
     /// Kept in sync by the stream.
     Streaming,
+    /// Streaming, but without a usable replica identity: an UPDATE or DELETE of it would
+    /// be lost (and then the table fails).
+    NeedsDecision,
+    /// Held out of the stream: a change of it could not be replicated. Copied again by
+    /// `connector resync`.
+    Failed,
 }
 
 impl TableSyncState {
@@ -36,6 +47,8 @@ impl TableSyncState {
             TableSyncState::Copying => "copying",
             TableSyncState::Copied => "copied",
             TableSyncState::Streaming => "streaming",
+            TableSyncState::NeedsDecision => "needs_decision",
+            TableSyncState::Failed => "failed",
         }
     }
 
@@ -45,6 +58,8 @@ impl TableSyncState {
             TableSyncState::Copying,
             TableSyncState::Copied,
             TableSyncState::Streaming,
+            TableSyncState::NeedsDecision,
+            TableSyncState::Failed,
         ]
         .into_iter()
         .find(|s| s.as_str() == text)
@@ -118,6 +133,9 @@ pub struct TableStatus {
     /// Complete copies of the table since its snapshot started: 1 once copied, more only
     /// when it was copied again (a resync).
     pub copies: u32,
+    /// What is wrong with it (`needs_decision`, `failed`), and what the operator should do.
+    pub problem: Option<String>,
+    pub next_step: Option<String>,
 }
 
 impl Bookkeeping {
@@ -287,6 +305,35 @@ impl Bookkeeping {
         Ok(updated.rows_affected())
     }
 
+    /// Records that `table` is in trouble on its own (`needs_decision` or `failed`, with the
+    /// problem and the next step), or out of it again (`streaming`). A table created on
+    /// the source since the snapshot gets its row here.
+    pub async fn set_table_state(
+        &self,
+        id: ConnectorId,
+        table: &TableName,
+        state: TableSyncState,
+        problem: Option<(&str, &str)>,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO tributary.connector_tables AS t
+                 (connector_id, schema_name, table_name, decision, sync_state, problem, next_step)
+             VALUES ($1, $2, $3, 'include', $4, $5, $6)
+             ON CONFLICT (connector_id, schema_name, table_name) DO UPDATE
+             SET sync_state = EXCLUDED.sync_state, problem = EXCLUDED.problem,
+                 next_step = EXCLUDED.next_step",
+        )
+        .bind(id.0)
+        .bind(&table.schema)
+        .bind(&table.name)
+        .bind(state.as_str())
+        .bind(problem.map(|(p, _)| p))
+        .bind(problem.map(|(_, n)| n))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Sets every included table that is not copied back to `pending` (its copy was
     /// interrupted and starts again), keeping its counters.
     pub async fn tables_unfinished(
@@ -307,21 +354,23 @@ impl Bookkeeping {
         Ok(())
     }
 
+    /// The connector's tables held out of the stream (`failed`): a branch would hold them
+    /// as they were before a lost change.
+    pub async fn held_out_tables(&self, id: ConnectorId) -> Result<Vec<TableName>, Error> {
+        Ok(self
+            .tables(id)
+            .await?
+            .into_iter()
+            .filter(|t| t.state == TableSyncState::Failed)
+            .map(|t| t.table)
+            .collect())
+    }
+
     /// The tables of the connector's current snapshot, ordered by schema and name.
     pub async fn tables(&self, id: ConnectorId) -> Result<Vec<TableStatus>, Error> {
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            Option<String>,
-            i32,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows = sqlx::query(
             "SELECT schema_name, table_name, decision, sync_state, rows_copied, bytes_copied,
-                    copied_lsn::text, copies
+                    copied_lsn::text AS copied_lsn, copies, problem, next_step
              FROM tributary.connector_tables
              WHERE connector_id = $1
              ORDER BY schema_name, table_name",
@@ -329,33 +378,38 @@ impl Bookkeeping {
         .bind(id.0)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(
-                |(schema, name, decision, state, rows, bytes, copied_at, copies)| {
-                    let count = |n: i64| {
-                        u64::try_from(n)
-                            .map_err(|_| Error::Corrupt(format!("negative counter {n}")))
-                    };
-                    Ok(TableStatus {
-                        table: TableName { schema, name },
-                        decision,
-                        state: TableSyncState::from_db(&state)?,
-                        rows: count(rows)?,
-                        bytes: count(bytes)?,
-                        copied_at: copied_at
-                            .map(|lsn| {
-                                lsn.parse().map_err(|e| {
-                                    Error::Corrupt(format!("copy position {lsn:?}: {e}"))
-                                })
-                            })
-                            .transpose()?,
-                        copies: u32::try_from(copies)
-                            .map_err(|_| Error::Corrupt(format!("negative copy count {copies}")))?,
-                    })
-                },
-            )
-            .collect()
+        rows.iter().map(table_status).collect()
     }
+}
+
+/// One row of `tributary.connector_tables`.
+fn table_status(row: &sqlx::postgres::PgRow) -> Result<TableStatus, Error> {
+    let count = |column: &str| -> Result<u64, Error> {
+        let n: i64 = row.try_get(column)?;
+        u64::try_from(n).map_err(|_| Error::Corrupt(format!("negative counter {n}")))
+    };
+    let copied_at: Option<String> = row.try_get("copied_lsn")?;
+    let copies: i32 = row.try_get("copies")?;
+    Ok(TableStatus {
+        table: TableName {
+            schema: row.try_get("schema_name")?,
+            name: row.try_get("table_name")?,
+        },
+        decision: row.try_get("decision")?,
+        state: TableSyncState::from_db(row.try_get("sync_state")?)?,
+        rows: count("rows_copied")?,
+        bytes: count("bytes_copied")?,
+        copied_at: copied_at
+            .map(|lsn| {
+                lsn.parse()
+                    .map_err(|e| Error::Corrupt(format!("copy position {lsn:?}: {e}")))
+            })
+            .transpose()?,
+        copies: u32::try_from(copies)
+            .map_err(|_| Error::Corrupt(format!("negative copy count {copies}")))?,
+        problem: row.try_get("problem")?,
+        next_step: row.try_get("next_step")?,
+    })
 }
 
 /// Within `tx`: records the connector's decisions.

@@ -14,6 +14,7 @@ use crate::bookkeeping::{Bookkeeping, Connector, Lease};
 use crate::control::chain;
 use crate::control::connectors::attention::{self, Facts};
 use crate::control::connectors::delete::{self, Step};
+use crate::control::connectors::resync;
 use crate::control::connectors::slot as source_slot;
 use crate::control::health::{self, Slot};
 use crate::pg::{self, ConnInfo};
@@ -55,6 +56,19 @@ pub enum ConnectorCommand {
     RetrySetup(super::setup::RetryArgs),
     /// Change a connector's options.
     Update(super::setup::UpdateArgs),
+    /// Copy some tables of a streaming connector again (a suspected divergence, or a table
+    /// held out of the stream after a lost change, once its cause is fixed), the others
+    /// untouched: the daemon copies them under a new snapshot and each joins the stream
+    /// from its copy's position. Streaming pauses while they are copied. Exit code 2 for a
+    /// table the connector does not replicate.
+    Resync {
+        /// The connector's name.
+        name: String,
+        /// A table to copy again: schema.name, or the name alone when no other schema has
+        /// it. Repeat for several.
+        #[arg(long = "table", value_name = "TABLE", required = true)]
+        tables: Vec<String>,
+    },
     /// Wait until a connector streams (a progress bar on a terminal), or with --caught-up
     /// until it has applied what the source had written by then. Exit 1 if it fails.
     Wait(super::wait::WaitArgs),
@@ -128,6 +142,27 @@ pub async fn run(
         }
         ConnectorCommand::Update(args) => super::setup::update(args, &bookkeeping, &settings).await,
         ConnectorCommand::Wait(args) => super::wait::run(args, &bookkeeping).await,
+        ConnectorCommand::Resync { name, tables } => {
+            let connector = find(&bookkeeping, &name).await?;
+            let chosen = resync::request(&bookkeeping, &connector, &tables)
+                .await
+                .map_err(|e| {
+                    if e.is_usage() {
+                        Failure::usage(e)
+                    } else {
+                        e.into()
+                    }
+                })?;
+            let names: Vec<String> = chosen.iter().map(ToString::to_string).collect();
+            say!(
+                "✓ {}: {} will be copied again; the other tables stay as they are. \
+                 `tributary connector wait {}` follows it.",
+                connector.name,
+                names.join(", "),
+                connector.name
+            );
+            Ok(())
+        }
         ConnectorCommand::Delete { name, force } => {
             let connector = find(&bookkeeping, &name).await?;
             delete(&bookkeeping, &settings, &connector, force).await

@@ -19,6 +19,7 @@ use crate::source::catalog;
 use crate::source::identity::{Missing, ReplicaIdentity};
 use crate::source::notice::{self, Action, DropCause, Notice, NoticeTable};
 use crate::source::ServerError;
+use crate::types::ConnectorName;
 
 /// What a notice calls for.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,15 +53,18 @@ pub struct Explainer {
     source: ConnInfo,
     /// What to tell the operator when only a new snapshot helps.
     retry_setup: String,
+    /// The connector, for the command that copies one table again.
+    connector: ConnectorName,
     /// Tables found to be materialized views.
     views: HashSet<TableName>,
 }
 
 impl Explainer {
-    pub fn new(source: ConnInfo, retry_setup: String) -> Explainer {
+    pub fn new(source: ConnInfo, retry_setup: String, connector: ConnectorName) -> Explainer {
         Explainer {
             source,
             retry_setup,
+            connector,
             views: HashSet::new(),
         }
     }
@@ -109,7 +113,12 @@ impl Explainer {
             } => Some(self.identity(table).await),
             _ => None,
         };
-        let (error, next_step) = explain(notice, identity, &self.retry_setup);
+        let consequence = match notice.table() {
+            // Only that table stops (the reader holds it out of the stream).
+            Some(table) => Consequence::table(&self.connector, table),
+            None => Consequence::pipeline(&self.retry_setup),
+        };
+        let (error, next_step) = explain(notice, identity, &consequence);
         PipelineError::definite(error, next_step)
     }
 
@@ -123,15 +132,49 @@ impl Explainer {
     }
 }
 
+/// What a notice that stops streaming means for the replica, and how what was left out
+/// gets there.
+struct Consequence {
+    stopped: String,
+    recover: String,
+}
+
+impl Consequence {
+    /// A notice about no table in particular: the whole stream stops.
+    fn pipeline(retry_setup: &str) -> Consequence {
+        Consequence {
+            stopped: "the replica would silently miss it, so nothing from that source \
+                      transaction on is applied or acknowledged"
+                .into(),
+            recover: format!(
+                "{retry_setup} (what was left out reaches the replica only through a new \
+                 snapshot)"
+            ),
+        }
+    }
+
+    /// A notice about one table: that table stops, the others stream on.
+    fn table(connector: &ConnectorName, table: &TableName) -> Consequence {
+        Consequence {
+            stopped: format!(
+                "the replica would silently miss it, so {table} is held out of the stream \
+                 from here on, as it was before that change (the other tables stream on)"
+            ),
+            recover: format!(
+                "copy it again: `tributary connector resync {connector} --table {table}`"
+            ),
+        }
+    }
+}
+
 /// The error and the next step for `notice`; `identity` is what the source's catalog
 /// says about the table now (or why it could not say), for notices about a missing key.
 fn explain(
     notice: &Notice,
     identity: Option<Result<Option<ReplicaIdentity>, String>>,
-    retry_setup: &str,
+    consequence: &Consequence,
 ) -> (String, String) {
-    let stopped = "the replica would silently miss it, so nothing from that source \
-                   transaction on is applied or acknowledged";
+    let Consequence { stopped, recover } = consequence;
     let give_identity = |table: &NoticeTable| {
         let sql = match table {
             NoticeTable::Qualified(table) => quote_table(table),
@@ -148,10 +191,7 @@ fn explain(
                  columns, or ALTER TABLE {sql} REPLICA IDENTITY FULL;)"
             ),
         };
-        format!(
-            "{give}, or exclude it with a replica identity decision; then {retry_setup} (what \
-             was left out reaches the replica only through a new snapshot)"
-        )
+        format!("{give}, or exclude it with a replica identity decision; then {recover}")
     };
     let cause = |table: &NoticeTable| match &identity {
         Some(Ok(Some(ReplicaIdentity::Nothing(missing)))) => {
@@ -197,7 +237,7 @@ fn explain(
                 action_phrase(*action),
                 warning_text(notice)
             ),
-            format!("{retry_setup}; please report the warning to the tributary developers"),
+            format!("{recover}; please report the warning to the tributary developers"),
         ),
         Notice::WithoutOldKey { action, table } => (
             format!(
@@ -217,7 +257,7 @@ fn explain(
             ),
             format!(
                 "find out what the warning means for the replicated tables (the source's log \
-                 has it with its context); if it cost a change, {retry_setup}; please report it \
+                 has it with its context); if it cost a change, {recover}; please report it \
                  to the tributary developers, so that it gets a definite meaning"
             ),
         ),
@@ -328,7 +368,7 @@ mod tests {
                 "could not be read for the cause: timeout",
             ),
         ] {
-            let (error, next) = explain(&dropped, identity, retry);
+            let (error, next) = explain(&dropped, identity, &Consequence::pipeline(retry));
             assert!(
                 error.starts_with("wal2json left an UPDATE of app.t out"),
                 "{error}"
@@ -353,7 +393,7 @@ mod tests {
         let (error, next) = explain(
             &dropped,
             Some(Ok(Some(ReplicaIdentity::Nothing(declared)))),
-            retry,
+            &Consequence::pipeline(retry),
         );
         assert!(error.contains("REPLICA IDENTITY NOTHING is set"), "{error}");
         assert!(
@@ -365,14 +405,28 @@ mod tests {
         let (error, next) = explain(
             &Notice::UnknownWarning(warning("out of cheese")),
             None,
-            retry,
+            &Consequence::pipeline(retry),
         );
         assert!(error.contains("WARNING 01000: out of cheese"), "{error}");
         assert!(next.contains(retry), "{next}");
 
         let no_data = notice::classify(&warning(r#"no tuple data for INSERT in table "app"."t""#));
-        let (error, _) = explain(&no_data, None, retry);
+        let (error, _) = explain(&no_data, None, &Consequence::pipeline(retry));
         assert!(error.contains("an INSERT of app.t"), "{error}");
         assert!(error.contains("no row data"), "{error}");
+
+        // About one table: that table stops, and a resync brings it back.
+        let table = TableName {
+            schema: "app".into(),
+            name: "t".into(),
+        };
+        let shop = ConnectorName::new("shop".to_owned()).unwrap();
+        let (error, next) = explain(&dropped, None, &Consequence::table(&shop, &table));
+        assert!(error.contains("app.t is held out of the stream"), "{error}");
+        assert!(error.contains("(the other tables stream on)"), "{error}");
+        assert!(
+            next.ends_with("then copy it again: `tributary connector resync shop --table app.t`"),
+            "{next}"
+        );
     }
 }

@@ -18,6 +18,8 @@ fn recorded(n: &str, decision: &str) -> TableStatus {
         bytes: 0,
         copied_at: Some(APPLIED),
         copies: 1,
+        problem: None,
+        next_step: None,
     }
 }
 

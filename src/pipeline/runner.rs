@@ -36,7 +36,7 @@ use super::capture::prepare as prepare_capture;
 use super::error::retry_setup;
 use super::plan::{self, AskedBy, Blocker, SlotFound, Start};
 use super::sync;
-use crate::bookkeeping::{Bookkeeping, Connector, UNLOGGED_TABLE};
+use crate::bookkeeping::{Bookkeeping, Connector, TableSyncState, UNLOGGED_TABLE};
 use crate::change::{NanPolicy, TableName};
 use crate::metrics::METRICS;
 use crate::pg::{self, ConnInfo, PgClient};
@@ -46,7 +46,7 @@ use crate::pipeline::notices::Explainer;
 use crate::pipeline::plugins::{self, Refused};
 use crate::pipeline::slot::{self, Found, Leftover};
 use crate::pipeline::snapshot::Tools;
-use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableFilter, Target};
+use crate::pipeline::stream::{self, CutRequest, StreamEnd, TableEvent, TableFilter, Target};
 use crate::pipeline::timeline;
 use crate::pipeline::{PipelineError, PipelineState};
 use crate::settings::Settings;
@@ -124,9 +124,16 @@ pub async fn run(
         .filter_map(|t| Some((t.table, t.copied_at?)))
         .filter(|(_, at)| *at > applied)
         .collect();
+    // Held out of the stream since a change of them was lost, until copied again.
+    let failed = tables
+        .iter()
+        .filter(|t| t.state == TableSyncState::Failed)
+        .map(|t| t.table.clone());
     let filter = TableFilter {
         schemas: connector.schemas.clone(),
-        excluded: names(|d| d != "include" && d != UNLOGGED_TABLE).collect(),
+        excluded: names(|d| d != "include" && d != UNLOGGED_TABLE)
+            .chain(failed)
+            .collect(),
         only,
         unlogged: names(|d| d == UNLOGGED_TABLE).collect(),
         copied_at,
@@ -142,13 +149,19 @@ pub async fn run(
         .await?
         .with_nan_policy(nan);
     let (cuts, cut_requests) = mpsc::channel(1);
+    let (table_events, table_troubles) = mpsc::unbounded_channel();
     let target = Target {
         sink,
         store,
         cuts: cut_requests,
         metrics: METRICS.connector(connector.name.as_str()),
         reconciler: Reconciler::new(source.clone(), retry_setup(connector)),
-        notices: Explainer::new(source.clone(), retry_setup(connector)),
+        notices: Explainer::new(
+            source.clone(),
+            retry_setup(connector),
+            connector.name.clone(),
+        ),
+        table_events,
     };
     let streaming = stream::run(
         stream,
@@ -172,7 +185,47 @@ pub async fn run(
         Err(e) = cut_branches(ctx, cuts, branch_pokes) => Err(e),
         Err(e) = watching => Err(e),
         Err(e) = tables_joining(ctx, &replica, filter.in_sync_at(applied)) => Err(e),
+        Err(e) = record_table_troubles(ctx, table_troubles) => Err(e),
     }
+}
+
+/// Records each table's own trouble as the stream reports it (`stream::TableEvent`);
+/// ends only with an error.
+async fn record_table_troubles(
+    ctx: &PipelineContext,
+    mut events: mpsc::UnboundedReceiver<TableEvent>,
+) -> Result<Infallible, PipelineError> {
+    let id = ctx.connector.id;
+    let bk = &ctx.bookkeeping;
+    while let Some(event) = events.recv().await {
+        match event {
+            TableEvent::NoIdentity { table, problem } => {
+                let next_step = format!(
+                    "give {table} a primary key (ALTER TABLE … ADD PRIMARY KEY) or ALTER TABLE \
+                     … REPLICA IDENTITY FULL on the source before its rows are updated or \
+                     deleted; nothing else is needed then"
+                );
+                let problem = Some((problem.as_str(), next_step.as_str()));
+                bk.set_table_state(id, &table, TableSyncState::NeedsDecision, problem)
+                    .await?;
+            }
+            TableEvent::IdentityBack(table) => {
+                bk.set_table_state(id, &table, TableSyncState::Streaming, None)
+                    .await?;
+            }
+            TableEvent::Stopped {
+                table,
+                problem,
+                next_step,
+            } => {
+                let problem = Some((problem.as_str(), next_step.as_str()));
+                bk.set_table_state(id, &table, TableSyncState::Failed, problem)
+                    .await?;
+            }
+        }
+    }
+    // The stream is over; so is this.
+    std::future::pending().await
 }
 
 /// Marks tables `streaming` in the bookkeeping as the replica's applied position passes
@@ -321,6 +374,17 @@ async fn cut_branches(
             };
             if !bk.claim_branch(&branch).await? {
                 continue; // withdrawn meanwhile
+            }
+            let held_out = bk.held_out_tables(ctx.connector.id).await?;
+            if !held_out.is_empty() {
+                let names: Vec<String> = held_out.iter().map(ToString::to_string).collect();
+                let refused = format!(
+                    "tables held out of the stream ({}): the replica is not the source at one \
+                     instant; resync them (`tributary connector resync`)",
+                    names.join(", ")
+                );
+                bk.branch_cut(&branch, Err(refused)).await?;
+                continue;
             }
             let (reply, answer) = oneshot::channel();
             let request = CutRequest {
@@ -508,6 +572,19 @@ async fn resume_or_start_over(
         Start::Resume { from } => {
             if let Some(found) = found {
                 found.wait_for_holder(&connector.slot_name)?;
+            }
+            let requested = sync::requested_copies(ctx).await?;
+            if !requested.is_empty() {
+                let tools = snapshot_tools(ctx, store, repl.server_major()).await?;
+                enter(ctx, PipelineState::Snapshotting).await?;
+                let run = sync::Copying {
+                    ctx,
+                    source,
+                    store,
+                    replica,
+                    tools: &tools,
+                };
+                sync::recopy(&run, &requested).await?;
             }
             (from, connector.slot_name.clone())
         }

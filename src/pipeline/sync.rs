@@ -176,6 +176,32 @@ pub(super) async fn resume(
     finish(run, record, None).await
 }
 
+/// The tables the operator asked to copy again (`connector resync`): `pending` in the
+/// bookkeeping once the snapshot is complete.
+pub(super) async fn requested_copies(
+    ctx: &PipelineContext,
+) -> Result<Vec<TableName>, PipelineError> {
+    Ok(ctx
+        .bookkeeping
+        .tables(ctx.connector.id)
+        .await?
+        .into_iter()
+        .filter(|t| t.state == TableSyncState::Pending && t.decision == "include")
+        .map(|t| t.table)
+        .collect())
+}
+
+/// Copies `tables` again into the complete replica, under new snapshots, before streaming
+/// goes on from the replica's applied position: the stream then takes each from its
+/// copy's position (their earlier changes are in the copy), the others as before.
+pub(super) async fn recopy(run: &Copying<'_>, tables: &[TableName]) -> Result<(), PipelineError> {
+    let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+    tracing::info!(tables = %names.join(", "), "copying tables again, as asked");
+    replica_sync::forget_copies(run.replica, run.ctx.lease, tables).await?;
+    while copy_left(run).await? {}
+    Ok(())
+}
+
 /// Copies the tables left, restores post-data, and records the consistent point as the
 /// replica's applied position.
 async fn finish(

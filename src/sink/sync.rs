@@ -189,7 +189,29 @@ pub async fn table_copies(replica: &ConnInfo) -> Result<Vec<TableCopy>, SinkErro
         .collect())
 }
 
-/// Empties `tables` (copies that did not complete), under the fence.
+/// In the open transaction: `TRUNCATE ONLY qualified`, which a table with rows of another
+/// copy needs before `COPY … FREEZE`; `false` when a foreign key references the table
+/// (then nothing changed: the caller emptied it before, see [`empty_tables`]).
+pub async fn try_truncate(
+    client: &PgClient,
+    qualified: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    match client
+        .batch_execute(&format!("SAVEPOINT whole; TRUNCATE ONLY {qualified}"))
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED) => {
+            client.batch_execute("ROLLBACK TO SAVEPOINT whole").await?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Empties `tables` (copies that did not complete, or that are done again), under the
+/// fence; a table a foreign key references (a complete replica has its constraints) is
+/// emptied with DELETE, its triggers not firing.
 pub async fn empty_tables(
     replica: &ConnInfo,
     token: FencingToken,
@@ -201,13 +223,47 @@ pub async fn empty_tables(
     let database = &replica.dbname;
     let client = connect(replica).await?;
     let emptying = || setup(database, "emptying tables whose copy was interrupted");
-    client.batch_execute("BEGIN").await.map_err(emptying())?;
-    check_fence(&client, database, token).await?;
-    let names: Vec<String> = tables.iter().map(qualified).collect();
     client
-        .batch_execute(&format!("TRUNCATE ONLY {}; COMMIT", names.join(", ")))
+        .batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
         .await
-        .map_err(emptying())
+        .map_err(emptying())?;
+    check_fence(&client, database, token).await?;
+    for table in tables {
+        let name = qualified(table);
+        if !try_truncate(&client, &name).await.map_err(emptying())? {
+            client
+                .batch_execute(&format!("DELETE FROM ONLY {name}"))
+                .await
+                .map_err(emptying())?;
+        }
+    }
+    client.batch_execute("COMMIT").await.map_err(emptying())
+}
+
+/// Records `tables` as not copied (the operator asked for them to be copied again),
+/// under the fence.
+pub async fn forget_copies(
+    replica: &ConnInfo,
+    token: FencingToken,
+    tables: &[TableName],
+) -> Result<(), SinkError> {
+    let database = &replica.dbname;
+    let client = connect(replica).await?;
+    let writing = || setup(database, "recording the tables to copy again");
+    client.batch_execute("BEGIN").await.map_err(writing())?;
+    check_fence(&client, database, token).await?;
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    client
+        .execute(
+            "INSERT INTO tributary.table_sync (schema_name, table_name) \
+             SELECT * FROM unnest($1::text[], $2::text[]) \
+             ON CONFLICT (schema_name, table_name) DO UPDATE SET copied_lsn = NULL",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(writing())?;
+    client.batch_execute("COMMIT").await.map_err(writing())
 }
 
 /// Records `tables`, which the caller emptied, as copied at `at`: they no longer exist on

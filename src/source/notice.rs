@@ -28,6 +28,23 @@ pub enum Notice {
     Informational(ServerError),
 }
 
+impl Notice {
+    /// The one table the notice is about, when it names it with its schema.
+    pub fn table(&self) -> Option<&TableName> {
+        match self {
+            Notice::Dropped {
+                table: NoticeTable::Qualified(table),
+                ..
+            }
+            | Notice::WithoutOldKey {
+                table: NoticeTable::Qualified(table),
+                ..
+            } => Some(table),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Insert,

@@ -39,6 +39,13 @@ pub(super) async fn ready_to_branch(
     store: &ConnInfo,
     connector: &Connector,
 ) -> Result<Cutter, BranchError> {
+    let held_out = bookkeeping.held_out_tables(connector.id).await?;
+    if !held_out.is_empty() {
+        return Err(BranchError::TablesHeldOut {
+            connector: connector.name.clone(),
+            tables: held_out.iter().map(ToString::to_string).collect(),
+        });
+    }
     let facts = CutFacts {
         enabled: connector.enabled,
         state: connector.state,

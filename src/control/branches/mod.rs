@@ -105,6 +105,18 @@ pub enum BranchError {
         connector: ConnectorName,
         state: PipelineState,
     },
+    #[error(
+        "connector {connector} holds {} out of the stream (a change of {} was lost), so its \
+         replica is not the source at one instant: `tributary connector tables {connector}` \
+         says why and what to do; `tributary connector resync {connector} --table <table>` \
+         copies a table again",
+        tables.join(", "),
+        if tables.len() == 1 { "it" } else { "each" }
+    )]
+    TablesHeldOut {
+        connector: ConnectorName,
+        tables: Vec<String>,
+    },
     #[error("{stale}.{next} Or pass --allow-stale to create it anyway.")]
     Stale { stale: String, next: String },
     #[error(

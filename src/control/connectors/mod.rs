@@ -3,12 +3,13 @@
 //! finding one by name, what a
 //! source is compared with and whether the branch store can serve it before one is
 //! created or set up again, its slot as the source reports it (`slot.rs`), setting one
-//! up again (`setup.rs`), following one to streaming (`wait.rs`), and deleting one
-//! (`delete.rs`).
+//! up again (`setup.rs`), copying some of its tables again (`resync.rs`), following one to
+//! streaming (`wait.rs`), and deleting one (`delete.rs`).
 
 pub mod attention;
 pub mod create;
 pub mod delete;
+pub mod resync;
 pub mod setup;
 pub mod slot;
 pub mod wait;

@@ -138,6 +138,7 @@ pub async fn request(
         schemas,
         restart: !plan.reasons.is_empty() || unhealthy,
         resnapshot: !plan.reasons.is_empty(),
+        resync: &[],
     };
     Ok(
         match bookkeeping.request_setup(connector.id, &change).await? {

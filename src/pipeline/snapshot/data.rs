@@ -40,10 +40,12 @@ const SOURCE_SESSION: &str = "SET statement_timeout = 0; SET lock_timeout = 0; \
      SET extra_float_digits = 3; SET bytea_output = hex";
 
 /// Settings of every worker's replica session; see the module docs on
-/// `synchronous_commit`.
+/// `synchronous_commit`. A table copied again into a complete replica (a resync) has its
+/// triggers and foreign keys: as in an apply session, they do not fire.
 const REPLICA_SESSION: &str = "SET statement_timeout = 0; SET lock_timeout = 0; \
      SET idle_in_transaction_session_timeout = 0; SET synchronous_commit = off; \
-     SET datestyle = 'ISO, YMD'; SET intervalstyle = postgres";
+     SET datestyle = 'ISO, YMD'; SET intervalstyle = postgres; \
+     SET session_replication_role = replica";
 
 /// Parallel copy of the job's tables from its snapshot into the replica, which must have
 /// its pre-data schema. `workers` tasks, each with its own source and replica session,
@@ -347,21 +349,16 @@ impl TablePlan {
     /// copy nor the first readers of the replica and its branches rewrite every page to
     /// set hint bits, and no anti-wraparound vacuum has to visit them later. That frozen
     /// rows are visible to older snapshots does not matter: nothing reads the replica
-    /// before the snapshot is complete.
-    fn copy_in(&self, chunk: &Chunk) -> String {
-        let freeze = if chunk.is_whole() { ", FREEZE" } else { "" };
+    /// before the table is in sync. `frozen` says whether the truncate could be done (a
+    /// table a foreign key references cannot be truncated; it was emptied before).
+    fn copy_in(&self, frozen: bool) -> String {
+        let freeze = if frozen { ", FREEZE" } else { "" };
         format!(
             "COPY {}{} FROM STDIN (FORMAT {}{freeze})",
             self.qualified,
             self.column_list,
             self.format()
         )
-    }
-
-    /// Empties the table in the transaction of a whole-table load (see
-    /// [`TablePlan::copy_in`]): it may hold an interrupted copy's rows.
-    fn truncate(&self) -> String {
-        format!("TRUNCATE ONLY {}", self.qualified)
     }
 
     fn format(&self) -> &'static str {
@@ -503,14 +500,12 @@ async fn copy_chunk(
         .map_err(read_error)?;
     replica.batch_execute("BEGIN").await.map_err(write_error)?;
     fence.check(replica).await?;
-    if chunk.is_whole() {
-        replica
-            .batch_execute(&table.truncate())
+    let frozen = chunk.is_whole()
+        && sync::try_truncate(replica, &table.qualified)
             .await
             .map_err(write_error)?;
-    }
     let sink = replica
-        .copy_in::<_, Bytes>(&table.copy_in(chunk))
+        .copy_in::<_, Bytes>(&table.copy_in(frozen))
         .await
         .map_err(write_error)?;
     let mut sink = pin!(sink);
@@ -584,7 +579,7 @@ mod tests {
             r#"COPY "s"."small" ("id") TO STDOUT (FORMAT binary)"#
         );
         assert_eq!(
-            small.copy_in(&chunks[4]),
+            small.copy_in(chunks[4].is_whole()),
             r#"COPY "s"."small" ("id") FROM STDIN (FORMAT binary, FREEZE)"#
         );
         let big = TablePlan::new(&tables[1]);
@@ -593,7 +588,7 @@ mod tests {
             r#"COPY (SELECT "id" FROM ONLY "s"."big" WHERE ctid >= '(3,0)' AND ctid < '(6,0)') TO STDOUT (FORMAT binary)"#
         );
         assert_eq!(
-            big.copy_in(&chunks[1]),
+            big.copy_in(chunks[1].is_whole()),
             r#"COPY "s"."big" ("id") FROM STDIN (FORMAT binary)"#
         );
     }

@@ -1,12 +1,13 @@
 //! The applier: commands from the reader applied in target transactions that end at
 //! source commits, each recording its position; branches cut between them.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{BranchCut, Command, CutRequest, IDLE_PERSIST_INTERVAL, RUN_LENGTH};
+use super::{BranchCut, Command, CutRequest, TableEvent, IDLE_PERSIST_INTERVAL, RUN_LENGTH};
 use crate::change::{Change, ChangeKind, TableName};
 use crate::metrics::ConnectorMetrics;
 use crate::pg::ConnInfo;
@@ -68,6 +69,10 @@ pub(super) struct Applier {
     pub(super) cuts_open: bool,
     pub(super) metrics: ConnectorMetrics,
     pub(super) reconciler: Reconciler,
+    pub(super) table_events: mpsc::UnboundedSender<TableEvent>,
+    /// Tables a schema change left without a usable replica identity (see
+    /// `check_identities`).
+    pub(super) without_identity: HashSet<TableName>,
     /// Counted in the open target transaction; added to the metrics when it commits.
     pub(super) counted: Counted,
     pub(super) inbox: mpsc::Receiver<Command>,
@@ -299,29 +304,35 @@ impl Applier {
         Ok(())
     }
 
-    /// At the end of a source transaction with schema changes: every table they created
-    /// or altered must still have a replica identity, or the source's UPDATEs and DELETEs
-    /// of it never reach the stream (wal2json drops them without a word).
+    /// At the end of a source transaction with schema changes: a table they created or
+    /// altered without a usable replica identity needs the operator's decision, since the
+    /// source cannot send its UPDATEs and DELETEs (wal2json leaves them out with a warning,
+    /// which then stops that table). Its INSERTs still apply, and it is fine again once a
+    /// later schema change gives it an identity: reported either way, never an error for
+    /// the other tables. A key added in the same transaction is no problem at all.
     async fn check_identities(&mut self, end: Lsn) -> Result<(), PipelineError> {
         let mut tables = std::mem::take(&mut self.ddl_tables);
         tables.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
         tables.dedup();
         let missing = self.sink()?.tables_without_identity(&tables).await?;
-        if missing.is_empty() {
-            return Ok(());
+        for table in tables {
+            let lacks = missing.contains(&table);
+            if lacks && self.without_identity.insert(table.clone()) {
+                let problem = format!(
+                    "a schema change in the source transaction ending at {end} left {table} \
+                     without a primary key or replica identity: the source cannot send its \
+                     UPDATEs and DELETEs (its INSERTs are replicated)"
+                );
+                tracing::warn!(%table, "{problem}");
+                let _ = self
+                    .table_events
+                    .send(TableEvent::NoIdentity { table, problem });
+            } else if !lacks && self.without_identity.remove(&table) {
+                tracing::info!(%table, "the table has a usable replica identity again");
+                let _ = self.table_events.send(TableEvent::IdentityBack(table));
+            }
         }
-        let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
-        Err(PipelineError::definite(
-            format!(
-                "a schema change in the source transaction ending at {end} left {} without a \
-                 primary key or replica identity: the source cannot send its UPDATEs and \
-                 DELETEs, so the replica would silently miss them",
-                names.join(", ")
-            ),
-            "on the source, give the table a primary key (ALTER TABLE … ADD PRIMARY KEY) or \
-             REPLICA IDENTITY FULL, then take a new snapshot with `tributary connector \
-             retry-setup` (its --replica-identity-decisions can exclude the table instead)",
-        ))
+        Ok(())
     }
 
     /// Commits the open target transaction at the last source commit.

@@ -135,6 +135,24 @@ impl TableFilter {
     }
 }
 
+/// A table's own trouble, noticed while streaming, for the pipeline to record: one
+/// table's problem stays with that table while the others stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableEvent {
+    /// A schema change left the table without a usable replica identity: its INSERTs
+    /// still apply, an UPDATE or DELETE of it would be lost (and stop it).
+    NoIdentity { table: TableName, problem: String },
+    /// A later schema change gave it one before any change of it was lost.
+    IdentityBack(TableName),
+    /// A change of it was lost (wal2json said so): it is held out of the stream from here
+    /// on, until copied again.
+    Stopped {
+        table: TableName,
+        problem: String,
+        next_step: String,
+    },
+}
+
 /// Where the changes go: the replica's apply session, and what a branch cut needs.
 pub struct Target<'a> {
     pub sink: ReplicaSink,
@@ -147,6 +165,8 @@ pub struct Target<'a> {
     pub reconciler: Reconciler,
     /// Says what a notice that stops the pipeline means (the reader uses it).
     pub notices: Explainer,
+    /// Where a table's own trouble is reported.
+    pub table_events: mpsc::UnboundedSender<TableEvent>,
 }
 
 /// Copy the replica to a new database at the next source commit boundary.
@@ -183,6 +203,8 @@ pub async fn run(
         filter,
         ddl,
         notices: target.notices,
+        table_events: target.table_events.clone(),
+        stopped: HashSet::new(),
         commands,
         buffer: Arc::new(Semaphore::new(BUFFER_BYTES)),
         durable: durable_rx,
@@ -204,6 +226,8 @@ pub async fn run(
         cuts_open: true,
         metrics: target.metrics,
         reconciler: target.reconciler,
+        table_events: target.table_events,
+        without_identity: HashSet::new(),
         counted: Counted::default(),
         inbox,
         durable: durable_tx,

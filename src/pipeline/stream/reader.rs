@@ -2,7 +2,7 @@
 //! applier, acknowledgements of what it made durable sent back to the source (the module
 //! doc of `stream` has the picture).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Command, TableFilter, BUFFER_BYTES, RUN_LENGTH, STOP_TIMEOUT};
-use crate::change::{Change, ChangeKind, LogicalMessage, Message};
+use super::{Command, TableEvent, TableFilter, BUFFER_BYTES, RUN_LENGTH, STOP_TIMEOUT};
+use crate::change::{Change, ChangeKind, LogicalMessage, Message, TableName};
 use crate::pipeline::ddl::DdlTracker;
 use crate::pipeline::notices::{self, Explainer, Verdict};
 use crate::pipeline::PipelineError;
@@ -30,6 +30,9 @@ pub(super) struct Reader<'a> {
     pub(super) filter: &'a TableFilter,
     pub(super) ddl: DdlTracker,
     pub(super) notices: Explainer,
+    pub(super) table_events: mpsc::UnboundedSender<TableEvent>,
+    /// Tables held out of the stream since a change of them was lost.
+    pub(super) stopped: HashSet<TableName>,
     pub(super) commands: mpsc::Sender<Command>,
     /// What is left of [`BUFFER_BYTES`].
     pub(super) buffer: Arc<Semaphore>,
@@ -223,6 +226,7 @@ impl Reader<'_> {
                 if !self.skipping
                     && self.filter.applies(&change.table)
                     && self.filter.after_copy(&change.table, self.tx_commit)
+                    && !self.stopped.contains(&change.table)
                 {
                     self.send_change(change).await?;
                 }
@@ -283,14 +287,23 @@ impl Reader<'_> {
     /// Stopping here keeps this transaction's commit from the applier: nothing of it or
     /// after it is applied or acknowledged (see `notices`).
     async fn on_notice(&mut self, notice: ServerError) -> Result<(), PipelineError> {
-        match notices::judge(&notice, |t| self.filter.applies(t)) {
+        let stopped = &self.stopped;
+        match notices::judge(&notice, |t| self.filter.applies(t) && !stopped.contains(t)) {
             Verdict::Log => tracing::info!(target: "tributary::source", "{notice}"),
             Verdict::Ignore => {
                 tracing::debug!(target: "tributary::source", "not replicated: {notice}")
             }
             Verdict::Stop(notice) => {
                 let Some(view) = self.notices.materialized_view(&notice).await else {
-                    return Err(self.notices.failure(&notice).await);
+                    let failure = self.notices.failure(&notice).await;
+                    return match (notice.table(), failure) {
+                        // About one table: that table stops, the others stream on.
+                        (Some(table), PipelineError::Definite { error, next_step }) => {
+                            self.stop_table(table.clone(), error, next_step);
+                            Ok(())
+                        }
+                        (_, failure) => Err(failure),
+                    };
                 };
                 // Any change to a view makes the sink refresh it there.
                 let change = Change {
@@ -306,6 +319,18 @@ impl Reader<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Holds `table` out of the stream from here on (in the replica it stays as it was
+    /// before the lost change), and reports it.
+    fn stop_table(&mut self, table: TableName, problem: String, next_step: String) {
+        tracing::error!(%table, next_step, "table held out of the stream: {problem}");
+        self.stopped.insert(table.clone());
+        let _ = self.table_events.send(TableEvent::Stopped {
+            table,
+            problem,
+            next_step,
+        });
     }
 
     async fn send_change(&mut self, change: Change) -> Result<(), PipelineError> {
