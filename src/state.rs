@@ -12,6 +12,9 @@
 //!
 //! A module of its own, not part of `pipeline`: the bookkeeping stores these states and the
 //! commands judge them, and neither depends on the pipeline.
+//!
+//! Also the state of one of a connector's tables as operators see it ([`TableState`]): the
+//! commands show it and the metrics label by it, and `metrics` names nothing above this.
 
 use std::fmt;
 use std::str::FromStr;
@@ -82,6 +85,55 @@ impl FromStr for PipelineState {
             .into_iter()
             .find(|state| state.as_str() == s)
             .ok_or_else(|| UnknownState(s.to_owned()))
+    }
+}
+
+/// One of a connector's tables as operators see it (`connector tables`, `status`, the
+/// `tributary_tables` metric): its sync state in the bookkeeping (`TableSyncState`), or
+/// `excluded` when the snapshot leaves it out (a replica identity decision, or unlogged).
+/// `control::connectors::tables` tells which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TableState {
+    Pending,
+    Copying,
+    /// Copied, exact at its copy position, which the stream has not reached yet.
+    Copied,
+    Streaming,
+    /// Streaming without a usable replica identity.
+    NeedsDecision,
+    /// Held out of the stream after a change of it was lost.
+    Failed,
+    /// Never replicated.
+    Excluded,
+}
+
+impl TableState {
+    pub const ALL: [TableState; 7] = [
+        TableState::Pending,
+        TableState::Copying,
+        TableState::Copied,
+        TableState::Streaming,
+        TableState::NeedsDecision,
+        TableState::Failed,
+        TableState::Excluded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableState::Pending => "pending",
+            TableState::Copying => "copying",
+            TableState::Copied => "copied",
+            TableState::Streaming => "streaming",
+            TableState::NeedsDecision => "needs_decision",
+            TableState::Failed => "failed",
+            TableState::Excluded => "excluded",
+        }
+    }
+}
+
+impl fmt::Display for TableState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

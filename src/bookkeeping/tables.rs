@@ -52,6 +52,18 @@ impl TableSyncState {
         }
     }
 
+    /// Whether the table's copy is complete and still holds: copied, or streaming (with a
+    /// usable replica identity or not). Snapshot progress counts these. A failed table
+    /// lost a change since its copy: it is copied again.
+    pub fn is_copied(self) -> bool {
+        match self {
+            TableSyncState::Copied | TableSyncState::Streaming | TableSyncState::NeedsDecision => {
+                true
+            }
+            TableSyncState::Pending | TableSyncState::Copying | TableSyncState::Failed => false,
+        }
+    }
+
     fn from_db(text: &str) -> Result<TableSyncState, Error> {
         [
             TableSyncState::Pending,
@@ -443,4 +455,27 @@ fn decision_columns(
     let names = decisions.iter().map(|(t, _)| t.name.as_str()).collect();
     let decided = decisions.iter().map(|(_, d)| d.as_str()).collect();
     (schemas, names, decided)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TableSyncState::{self, *};
+
+    #[test]
+    fn a_table_past_its_copy_counts_as_copied() {
+        let cases: [(TableSyncState, bool); 6] = [
+            (Pending, false),
+            (Copying, false),
+            (Copied, true),
+            // Streaming tables were copied first: progress must not fall back once the
+            // stream reaches their copy position.
+            (Streaming, true),
+            (NeedsDecision, true),
+            // Its copy lost a change: it is copied again.
+            (Failed, false),
+        ];
+        for (state, copied) in cases {
+            assert_eq!(state.is_copied(), copied, "{state}");
+        }
+    }
 }

@@ -250,7 +250,7 @@ struct SlotView {
 #[derive(Serialize)]
 struct ExcludedTable {
     table: String,
-    decision: &'static str,
+    decision: String,
 }
 
 async fn list(bookkeeping: &Bookkeeping, format: Format) -> Result<(), Failure> {
@@ -336,7 +336,7 @@ async fn view<'a>(
     let health = &assessment.health;
     let excluded: Vec<(String, &str)> = excluded_tables
         .iter()
-        .map(|t| (t.table.clone(), t.decision))
+        .map(|t| (t.table.clone(), t.decision.as_str()))
         .collect();
     let warnings = attention::warnings(&Facts {
         connector: c,

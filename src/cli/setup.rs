@@ -26,7 +26,7 @@ use super::args::{find, schema_list};
 use super::decisions::{refuse_nan_as_null, DecisionArgs, NanAsNull};
 use super::render::{print_decisions, require_passed, store_refused};
 use super::Failure;
-use crate::bookkeeping::{Bookkeeping, Connector, SetupChange, TableDecision, TableSyncState};
+use crate::bookkeeping::{Bookkeeping, Connector, SetupChange, TableDecision};
 use crate::change::TableName;
 use crate::control::connectors::setup::{self, Requested, SetupPlan, Wanted};
 use crate::control::health::Health;
@@ -463,12 +463,7 @@ async fn in_progress(
         )
         .into());
     }
-    let tables = bookkeeping.tables(connector.id).await?;
-    let included = tables.iter().filter(|t| t.decision == "include");
-    let copied = included
-        .clone()
-        .filter(|t| t.state == TableSyncState::Copied)
-        .count();
+    let progress = connectors::tables::progress(&bookkeeping.tables(connector.id).await?);
     say!(
         "Setup of {name} is already in progress ({state}{}); nothing new was started. A \
          running daemon carries it on; follow it with `tributary connector list`.",
@@ -476,7 +471,7 @@ async fn in_progress(
             let source = bookkeeping.source(connector).await?;
             match connectors::slot::creation_wait(&source, &connector.slot_name).await {
                 Ok(Some(why)) => format!(": waiting for the slot's consistent point: {why}"),
-                _ => format!(": {copied} of {} tables copied", included.count()),
+                _ => format!(": {} of {} tables copied", progress.copied, progress.total),
             }
         } else {
             String::new()

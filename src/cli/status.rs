@@ -19,9 +19,10 @@ use serde::Serialize;
 
 use super::render::Format;
 use super::Failure;
-use crate::bookkeeping::{Bookkeeping, TableSyncState};
+use crate::bookkeeping::Bookkeeping;
 use crate::control::chain;
 use crate::control::connectors::slot as source_slot;
+use crate::control::connectors::tables;
 use crate::control::health::{self, Slot, Verdict};
 use crate::pipeline::PipelineState;
 
@@ -91,8 +92,8 @@ struct StatusView {
 
 #[derive(Serialize)]
 struct SnapshotView {
-    tables_total: usize,
-    tables_copied: usize,
+    tables_total: u64,
+    tables_copied: u64,
     rows_copied: u64,
     bytes_copied: u64,
 }
@@ -191,16 +192,12 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
     let leases = bookkeeping.leases().await?;
     for c in bookkeeping.connectors().await? {
         let lease = leases.get(&c.id).filter(|l| l.is_held());
-        let tables = bookkeeping.tables(c.id).await?;
-        let included: Vec<_> = tables.iter().filter(|t| t.decision == "include").collect();
+        let progress = tables::progress(&bookkeeping.tables(c.id).await?);
         let snapshot = SnapshotView {
-            tables_total: included.len(),
-            tables_copied: included
-                .iter()
-                .filter(|t| t.state == TableSyncState::Copied)
-                .count(),
-            rows_copied: included.iter().map(|t| t.rows).sum(),
-            bytes_copied: included.iter().map(|t| t.bytes).sum(),
+            tables_total: progress.total,
+            tables_copied: progress.copied,
+            rows_copied: progress.rows,
+            bytes_copied: progress.bytes,
         };
         let (slot, source_error) = match source_slot::inspect(bookkeeping, &c).await {
             Ok(slot) => (slot, None),

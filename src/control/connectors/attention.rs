@@ -1,14 +1,14 @@
 //! What needs attention in a connector, one sentence each (`connector list`'s warnings),
 //! decided from facts in a pure function, and which of its tables are not replicated.
 
-use std::collections::HashSet;
-
 use bytesize::ByteSize;
 
-use crate::bookkeeping::{self, Bookkeeping, Connector, UNLOGGED_TABLE};
+use super::tables;
+use crate::bookkeeping::{self, Bookkeeping, Connector};
 use crate::change::TableName;
 use crate::pipeline::PipelineState;
 use crate::source::slot::{SlotInfo, WalStatus};
+use crate::state::TableState;
 
 /// Slot lag beyond which a connector needs attention: the daemon is down or cannot keep up.
 const HIGH_LAG_BYTES: u64 = 1 << 30;
@@ -101,30 +101,18 @@ pub fn warnings(facts: &Facts<'_>) -> Vec<String> {
     warnings
 }
 
-/// The decided tables the latest snapshot did not include (all of them before the first
-/// snapshot): a table whose key or replica identity was fixed in time is replicated. Then
-/// the snapshot's unlogged tables, whose rows are never replicated.
+/// The tables not replicated, each with the decision why (`unlogged` for an unlogged
+/// table): see [`tables::merge`].
 pub async fn excluded_tables(
     bookkeeping: &Bookkeeping,
     connector: &Connector,
-) -> Result<Vec<(TableName, &'static str)>, bookkeeping::Error> {
-    let tables = bookkeeping.tables(connector.id).await?;
-    let included: HashSet<&TableName> = tables
-        .iter()
-        .filter(|t| t.decision == "include")
-        .map(|t| &t.table)
-        .collect();
-    let decided = bookkeeping
-        .table_decisions(connector.id)
+) -> Result<Vec<(TableName, String)>, bookkeeping::Error> {
+    Ok(tables::list(bookkeeping, connector)
         .await?
         .into_iter()
-        .filter(|(table, _)| !included.contains(table))
-        .map(|(table, decision)| (table, decision.as_str()));
-    let unlogged = tables
-        .iter()
-        .filter(|t| t.decision == UNLOGGED_TABLE)
-        .map(|t| (t.table.clone(), UNLOGGED_TABLE));
-    Ok(decided.chain(unlogged).collect())
+        .filter(|t| t.state == TableState::Excluded)
+        .map(|t| (t.table, t.decision))
+        .collect())
 }
 
 #[cfg(test)]

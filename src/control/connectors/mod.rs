@@ -3,8 +3,9 @@
 //! finding one by name, what a
 //! source is compared with and whether the branch store can serve it before one is
 //! created or set up again, its slot as the source reports it (`slot.rs`), setting one
-//! up again (`setup.rs`), copying some of its tables again (`resync.rs`), following one to
-//! streaming (`wait.rs`), and deleting one (`delete.rs`).
+//! up again (`setup.rs`), copying some of its tables again (`resync.rs`), its tables as
+//! operators see them (`tables.rs`), following one to streaming (`wait.rs`), and deleting
+//! one (`delete.rs`).
 
 pub mod attention;
 pub mod create;
@@ -12,6 +13,7 @@ pub mod delete;
 pub mod resync;
 pub mod setup;
 pub mod slot;
+pub mod tables;
 pub mod wait;
 
 use crate::bookkeeping::{self, Bookkeeping, Connector};

@@ -2,8 +2,9 @@
 //! way to streaming, or to having applied what the source had written; the command polls
 //! and shows it.
 
-use crate::bookkeeping::{self, Bookkeeping, Connector, TableSyncState};
+use crate::bookkeeping::{self, Bookkeeping, Connector};
 use crate::control::connectors::slot::{self as source_slot, SourceError};
+use crate::control::connectors::tables::{self, Progress};
 use crate::control::health;
 use crate::pg::{self, ConnInfo, ConnectError};
 use crate::pipeline::PipelineState;
@@ -29,14 +30,6 @@ pub enum Error {
     },
     #[error("the source reported an unreadable WAL position {0}")]
     UnreadablePosition(String),
-}
-
-/// The snapshot's tables as copied so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Progress {
-    pub copied: u64,
-    pub total: u64,
-    pub rows: u64,
 }
 
 /// Where the connector is.
@@ -98,16 +91,7 @@ impl<'a> Follower<'a> {
             .connector_by_id(self.connector.id)
             .await?
             .ok_or_else(|| Error::Deleted(name.clone()))?;
-        let tables = bookkeeping.tables(now.id).await?;
-        let included: Vec<_> = tables.iter().filter(|t| t.decision == "include").collect();
-        let progress = Progress {
-            copied: included
-                .iter()
-                .filter(|t| t.state == TableSyncState::Copied)
-                .count() as u64,
-            total: included.len() as u64,
-            rows: included.iter().map(|t| t.rows).sum(),
-        };
+        let progress = tables::progress(&bookkeeping.tables(now.id).await?);
         // Streaming counts only under a live daemon that recorded it, never a leftover row.
         let leases = bookkeeping.leases().await?;
         let health = health::assess(bookkeeping, &now, &leases, &health::Slot::Unknown)
