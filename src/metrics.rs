@@ -21,7 +21,7 @@ use prometheus::{
 };
 
 use crate::source::slot::{self, Cause, WalStatus};
-use crate::state::PipelineState;
+use crate::state::{PipelineState, TableState};
 use crate::types::{ConnectorId, ConnectorName};
 
 const WAL_STATUSES: [WalStatus; 4] = [
@@ -52,6 +52,7 @@ pub struct Metrics {
     applied_bytes: IntCounterVec,
     snapshot_rows: IntCounterVec,
     snapshot_tables_remaining: IntGaugeVec,
+    tables: IntGaugeVec,
     schema_changes_applied: IntCounterVec,
     schema_drift: IntCounterVec,
     pipeline_errors: IntCounterVec,
@@ -214,6 +215,13 @@ impl Metrics {
                 "Tables the running snapshot has still to copy",
                 c,
             ),
+            tables: gauge(
+                &registry,
+                "tributary_tables",
+                "The connector's tables in each state: pending, copying, copied (ahead of the \
+                 stream), streaming, needs_decision, failed, excluded (never replicated)",
+                &["connector", "state"],
+            ),
             schema_changes_applied: counter(
                 &registry,
                 "tributary_schema_changes_applied_total",
@@ -335,6 +343,18 @@ impl Metrics {
         }
     }
 
+    /// A look at the connector's tables: how many are in each state (every state).
+    pub fn set_tables(&self, id: ConnectorId, counts: &[(TableState, usize)]) {
+        let exported = self.exported.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(name) = exported.get(&id) {
+            for (state, n) in counts {
+                self.tables
+                    .with_label_values(&[name.as_str(), state.as_str()])
+                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
     /// Whether each enabled connector has no live lease holder, by name; the series of
     /// connectors not in `unowned` (deleted or disabled since) go.
     pub fn set_unowned(&self, unowned: HashMap<String, bool>) {
@@ -381,6 +401,11 @@ impl Metrics {
         for state in PipelineState::ALL {
             let _ = self
                 .pipeline_state
+                .remove_label_values(&[connector, state.as_str()]);
+        }
+        for state in TableState::ALL {
+            let _ = self
+                .tables
                 .remove_label_values(&[connector, state.as_str()]);
         }
     }
@@ -556,11 +581,16 @@ mod tests {
         metrics.set_slot(a, Err(()));
         metrics.set_state(b, PipelineState::Failed);
         metrics.set_slot(b, Err(()));
+        let tables = [(TableState::Streaming, 3), (TableState::Excluded, 1)];
+        metrics.set_tables(a, &tables);
+        metrics.set_tables(b, &tables);
         let text = metrics.render();
         for line in [
             r#"tributary_pipeline_state{connector="a",state="pending"} 0"#,
             r#"tributary_pipeline_state{connector="a",state="streaming"} 1"#,
             r#"tributary_source_up{connector="a"} 0"#,
+            r#"tributary_tables{connector="a",state="streaming"} 3"#,
+            r#"tributary_tables{connector="a",state="excluded"} 1"#,
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
@@ -573,6 +603,7 @@ mod tests {
         metrics.unexport(a);
         metrics.set_state(a, PipelineState::Failed);
         metrics.set_slot(a, Ok(None));
+        metrics.set_tables(a, &tables);
         let text = metrics.render();
         let left = lines(&text, "a");
         assert!(

@@ -1,5 +1,5 @@
 //! `tributary connector …`: preflight (`preflight.rs`), create (`create.rs`), retry-setup
-//! and update (`setup.rs`), and here list, switch and delete.
+//! and update (`setup.rs`), tables (`tables.rs`), and here list, switch and delete.
 
 use std::path::Path;
 
@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::args::find;
 use super::render::Format;
+use super::tables::TablesView;
 use super::Failure;
 use crate::bookkeeping::{Bookkeeping, Connector, Lease};
 use crate::control::chain;
@@ -16,10 +17,12 @@ use crate::control::connectors::attention::{self, Facts};
 use crate::control::connectors::delete::{self, Step};
 use crate::control::connectors::resync;
 use crate::control::connectors::slot as source_slot;
+use crate::control::connectors::tables;
 use crate::control::health::{self, Slot};
 use crate::pg::{self, ConnInfo};
 use crate::settings::Settings;
 use crate::source::capture::{self, CaptureStatus};
+use crate::state::TableState;
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectorCommand {
@@ -68,6 +71,18 @@ pub enum ConnectorCommand {
         /// it. Repeat for several.
         #[arg(long = "table", value_name = "TABLE", required = true)]
         tables: Vec<String>,
+    },
+    /// List a connector's tables: state (pending, copying, copied, streaming,
+    /// needs_decision, failed; an excluded table with its decision, or unlogged), the
+    /// source position its copy is exact at, complete copies, rows copied, and for a table
+    /// in trouble the problem and the next step; then how many tables are in each state.
+    /// Exit code 0 whatever their state.
+    Tables {
+        /// The connector's name.
+        name: String,
+        /// Output: a table for people, or JSON for scripts.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Wait until a connector streams (a progress bar on a terminal), or with --caught-up
     /// until it has applied what the source had written by then. Exit 1 if it fails.
@@ -142,6 +157,9 @@ pub async fn run(
         }
         ConnectorCommand::Update(args) => super::setup::update(args, &bookkeeping, &settings).await,
         ConnectorCommand::Wait(args) => super::wait::run(args, &bookkeeping).await,
+        ConnectorCommand::Tables { name, format } => {
+            super::tables::run(&bookkeeping, &name, format).await
+        }
         ConnectorCommand::Resync { name, tables } => {
             let connector = find(&bookkeeping, &name).await?;
             let chosen = resync::request(&bookkeeping, &connector, &tables)
@@ -221,6 +239,8 @@ struct ConnectorView<'a> {
     source_error: Option<String>,
     /// Tables of the selected schemas that are not replicated, with the decision why.
     excluded_tables: Vec<ExcludedTable>,
+    /// Its tables per state, and how many replicated ones are not streaming.
+    tables: TablesView,
     drop_extensions: &'a [String],
     include_new_tables: bool,
     /// The operator accepted that NaN and ±Infinity arrive as NULL where the source's
@@ -301,6 +321,9 @@ async fn list(bookkeeping: &Bookkeeping, format: Format) -> Result<(), Failure> 
         if let Some(next) = v.next_step.as_ref().filter(|_| v.healthy != Some(true)) {
             say!("    next step: {next}");
         }
+        if let Some(line) = v.tables.line() {
+            say!("    {line}");
+        }
         for warning in &v.warnings {
             say!("    warning: {warning}");
         }
@@ -316,12 +339,13 @@ async fn view<'a>(
     c: &'a Connector,
     leases: &std::collections::HashMap<crate::types::ConnectorId, Lease>,
 ) -> Result<ConnectorView<'a>, Failure> {
-    let excluded_tables: Vec<ExcludedTable> = attention::excluded_tables(bookkeeping, c)
-        .await?
-        .into_iter()
-        .map(|(table, decision)| ExcludedTable {
-            table: table.to_string(),
-            decision,
+    let listed = tables::list(bookkeeping, c).await?;
+    let excluded_tables: Vec<ExcludedTable> = listed
+        .iter()
+        .filter(|t| t.state == TableState::Excluded)
+        .map(|t| ExcludedTable {
+            table: t.table.to_string(),
+            decision: t.decision.clone(),
         })
         .collect();
     let (slot, source_error) = match source_slot::inspect(bookkeeping, c).await {
@@ -374,6 +398,7 @@ async fn view<'a>(
         }),
         source_error,
         excluded_tables,
+        tables: TablesView::counted(c.name.as_str(), &listed),
         drop_extensions: &c.drop_extensions,
         include_new_tables: c.include_new_tables,
         nan_as_null: c.nan_as_null,

@@ -26,6 +26,7 @@ mod run;
 mod setup;
 mod status;
 mod store;
+mod tables;
 mod tail;
 mod wait;
 

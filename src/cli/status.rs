@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::render::Format;
+use super::tables::TablesView;
 use super::Failure;
 use crate::bookkeeping::Bookkeeping;
 use crate::control::chain;
@@ -53,6 +54,8 @@ struct StatusView {
     /// Seconds until that lease expires unless renewed.
     lease_expires_in_seconds: Option<f64>,
     snapshot: SnapshotView,
+    /// Its tables per state, and the replicated ones not streaming (the first by name).
+    tables: TablesView,
     slot_name: String,
     wal_status: Option<&'static str>,
     slot_lag_bytes: Option<u64>,
@@ -193,6 +196,7 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
     for c in bookkeeping.connectors().await? {
         let lease = leases.get(&c.id).filter(|l| l.is_held());
         let progress = tables::progress(&bookkeeping.tables(c.id).await?);
+        let listed = TablesView::named(c.name.as_str(), &tables::list(bookkeeping, &c).await?);
         let snapshot = SnapshotView {
             tables_total: progress.total,
             tables_copied: progress.copied,
@@ -245,6 +249,7 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
             lease_token: lease.map(|l| l.token.0),
             lease_expires_in_seconds: lease.map(|l| l.expires_in),
             snapshot,
+            tables: listed,
             slot_name: c.slot_name.to_string(),
             wal_status: slot.as_ref().map(|s| s.wal_status.as_str()),
             slot_lag_bytes: slot.as_ref().and_then(|s| s.lag_bytes),
@@ -344,6 +349,9 @@ fn render(views: &[StatusView], format: Format, watching: bool) -> Result<String
         }
         if let Some(next) = &v.next_step {
             line!("    next step: {next}");
+        }
+        if let Some(tables) = v.tables.line() {
+            line!("    {tables}");
         }
         if let (None, Some(freshness)) = (v.apply_lag_seconds, v.freshness) {
             line!("    replica holds the source at least as of {freshness}; apply lag unknown");

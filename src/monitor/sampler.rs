@@ -1,6 +1,6 @@
 //! The sampler: every `metrics.slot_interval_secs`, whether each enabled connector has a
-//! live lease holder, the slot of each connector exported here, and this process's apply
-//! lags into the bookkeeping (for `status`).
+//! live lease holder, the slot and the tables' states of each connector exported here, and
+//! this process's apply lags into the bookkeeping (for `status`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SOURCE_TIMEOUT;
 use crate::bookkeeping::{Bookkeeping, Connector};
+use crate::control::connectors::tables;
 use crate::control::health;
 use crate::metrics::METRICS;
 use crate::pg;
@@ -35,8 +36,8 @@ pub async fn sample_slots(
     }
 }
 
-/// One look at every connector: whether a live daemon holds it; and the slot of each
-/// exported here.
+/// One look at every connector: whether a live daemon holds it; and the slot and the
+/// tables of each exported here.
 async fn sample(bookkeeping: &Bookkeeping) {
     let (connectors, leases) =
         match tokio::try_join!(bookkeeping.connectors(), bookkeeping.leases()) {
@@ -79,6 +80,16 @@ async fn sample(bookkeeping: &Bookkeeping) {
             tracing::debug!(connector = %connector.name, "metrics: reading the slot: {e}");
         }
         METRICS.set_slot(connector.id, slot.map_err(drop));
+        match tables::list(bookkeeping, connector).await {
+            Ok(listed) => {
+                let counts: Vec<_> = tables::Counts::of(&listed).iter().collect();
+                METRICS.set_tables(connector.id, &counts);
+            }
+            // The last counts stay; the next look tries again.
+            Err(e) => {
+                tracing::debug!(connector = %connector.name, "metrics: reading the tables: {e}")
+            }
+        }
     }
 }
 

@@ -1,14 +1,12 @@
 //! What needs attention in a connector, one sentence each (`connector list`'s warnings),
-//! decided from facts in a pure function, and which of its tables are not replicated.
+//! decided from facts in a pure function (which tables are not replicated is
+//! `tables.rs`'s).
 
 use bytesize::ByteSize;
 
-use super::tables;
-use crate::bookkeeping::{self, Bookkeeping, Connector};
-use crate::change::TableName;
+use crate::bookkeeping::Connector;
 use crate::pipeline::PipelineState;
 use crate::source::slot::{SlotInfo, WalStatus};
-use crate::state::TableState;
 
 /// Slot lag beyond which a connector needs attention: the daemon is down or cannot keep up.
 const HIGH_LAG_BYTES: u64 = 1 << 30;
@@ -99,20 +97,6 @@ pub fn warnings(facts: &Facts<'_>) -> Vec<String> {
         ));
     }
     warnings
-}
-
-/// The tables not replicated, each with the decision why (`unlogged` for an unlogged
-/// table): see [`tables::merge`].
-pub async fn excluded_tables(
-    bookkeeping: &Bookkeeping,
-    connector: &Connector,
-) -> Result<Vec<(TableName, String)>, bookkeeping::Error> {
-    Ok(tables::list(bookkeeping, connector)
-        .await?
-        .into_iter()
-        .filter(|t| t.state == TableState::Excluded)
-        .map(|t| (t.table, t.decision))
-        .collect())
 }
 
 #[cfg(test)]
