@@ -3,6 +3,7 @@
 //! copy itself (`snapshot/tools.rs` its pg_dump and pg_restore),
 //! `stream/` the apply loop; `versions.rs` says which PostgreSQL versions work together.
 
+mod additions;
 mod capture;
 mod ddl;
 mod drift;

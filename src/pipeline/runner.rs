@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::capture::prepare as prepare_capture;
 use super::error::retry_setup;
 use super::plan::{self, AskedBy, Blocker, SlotFound, Start};
-use super::sync;
+use super::{additions, sync};
 use crate::bookkeeping::{Bookkeeping, Connector, TableSyncState, UNLOGGED_TABLE};
 use crate::change::{NanPolicy, TableName};
 use crate::metrics::METRICS;
@@ -569,12 +569,14 @@ async fn resume_or_start_over(
         tables: None,
     };
     Ok(match plan::decide(&facts) {
-        Start::Resume { from } => {
+        // (`Add` is the operator's: the daemon finds what to add itself.)
+        Start::Resume { from } | Start::Add { from, .. } => {
             if let Some(found) = found {
                 found.wait_for_holder(&connector.slot_name)?;
             }
+            let adding = additions::find(ctx, source, replica).await?;
             let requested = sync::requested_copies(ctx).await?;
-            if !requested.is_empty() {
+            if !adding.is_empty() || !requested.is_empty() {
                 let tools = snapshot_tools(ctx, store, repl.server_major()).await?;
                 enter(ctx, PipelineState::Snapshotting).await?;
                 let run = sync::Copying {
@@ -584,7 +586,17 @@ async fn resume_or_start_over(
                     replica,
                     tools: &tools,
                 };
-                sync::recopy(&run, &requested).await?;
+                if !adding.is_empty() {
+                    additions::add(&run, &adding).await?;
+                }
+                // What the operator asked to copy again, but for what was just added.
+                let requested: Vec<TableName> = requested
+                    .into_iter()
+                    .filter(|t| !adding.tables.contains(t))
+                    .collect();
+                if !requested.is_empty() {
+                    sync::recopy(&run, &requested).await?;
+                }
             }
             (from, connector.slot_name.clone())
         }
