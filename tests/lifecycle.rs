@@ -334,7 +334,7 @@ async fn update_schemas_copies_only_the_new_schema_then_streams_it() {
         store.psql(
             "shop_replica",
             "SELECT string_agg(schema_name || '.' || table_name || ' ' || copied_lsn || ' ' \
-                    || copies, ', ' ORDER BY 1) FROM tributary.table_sync",
+                    || copies, ', ' ORDER BY schema_name, table_name) FROM tributary.table_sync",
         )
     };
     let public_before = copies();
@@ -365,6 +365,24 @@ async fn update_schemas_copies_only_the_new_schema_then_streams_it() {
     assert!(
         out.contains("the schemas change from public to public, billing"),
         "{out}"
+    );
+    assert!(out.contains("the replica is kept"), "{out}");
+    // The replica was kept: the public tables were not copied again, the slot is the same,
+    // and the new schema's tables were copied once, with their foreign key into public.
+    assert_eq!(daemon.connectors()[0]["slot_name"], slot);
+    let after = copies();
+    assert!(after.starts_with("billing.invoices "), "{after}");
+    assert!(after.contains("billing.lines "), "{after}");
+    assert!(
+        after.ends_with(&public_before),
+        "{after}\nbefore: {public_before}"
+    );
+    assert_eq!(
+        store.psql(
+            "shop_replica",
+            "SELECT count(*) FROM pg_constraint WHERE conname = 'lines_item_fkey'"
+        ),
+        "1"
     );
     assert_eq!(
         daemon.connectors()[0]["schemas"],
