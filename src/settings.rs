@@ -764,7 +764,8 @@ mod tests {
             (
                 format!("{STORE}[pipeline]\npg_bindir = \"/usr/bin\"\n"),
                 "unknown key pipeline.pg_bindir: the keys of [pipeline] are snapshot_workers, \
-                 snapshot_chunk_bytes, batch_max_changes, batch_max_delay_ms, \
+                 snapshot_chunk_bytes, snapshot_max_transaction_secs, batch_max_changes, \
+                 batch_max_delay_ms, \
                  status_interval_ms, shutdown_grace_secs",
             ),
             (

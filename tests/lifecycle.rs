@@ -315,7 +315,7 @@ async fn update_switch_and_delete() {
 }
 
 #[tokio::test]
-async fn update_schemas_snapshots_the_new_schema_then_streams_it() {
+async fn update_schemas_copies_only_the_new_schema_then_streams_it() {
     let source = Cluster::start();
     let store = Cluster::start();
     shop(&source);
@@ -323,11 +323,22 @@ async fn update_schemas_snapshots_the_new_schema_then_streams_it() {
         "shop",
         "CREATE SCHEMA billing;
          CREATE TABLE billing.invoices (id int PRIMARY KEY, total numeric);
-         INSERT INTO billing.invoices SELECT g, g * 1.5 FROM generate_series(1, 30) g;",
+         INSERT INTO billing.invoices SELECT g, g * 1.5 FROM generate_series(1, 30) g;
+         CREATE TABLE billing.lines (id int PRIMARY KEY, item int REFERENCES public.items (id));
+         INSERT INTO billing.lines SELECT g, g FROM generate_series(1, 5) g;",
     );
     let mut daemon = Daemon::new(&store);
     stream_shop(&mut daemon, &source).await;
     assert!(!exists(&store, "shop_replica", "billing.invoices"));
+    let copies = || {
+        store.psql(
+            "shop_replica",
+            "SELECT string_agg(schema_name || '.' || table_name || ' ' || copied_lsn || ' ' \
+                    || copies, ', ' ORDER BY schema_name, table_name) FROM tributary.table_sync",
+        )
+    };
+    let public_before = copies();
+    let slot = daemon.connectors()[0]["slot_name"].clone();
 
     // wal2json before 2.6 would send a NaN in billing.invoices.total as null: the new
     // schema needs that decision, and nothing changes without it.
@@ -354,6 +365,24 @@ async fn update_schemas_snapshots_the_new_schema_then_streams_it() {
     assert!(
         out.contains("the schemas change from public to public, billing"),
         "{out}"
+    );
+    assert!(out.contains("the replica is kept"), "{out}");
+    // The replica was kept: the public tables were not copied again, the slot is the same,
+    // and the new schema's tables were copied once, with their foreign key into public.
+    assert_eq!(daemon.connectors()[0]["slot_name"], slot);
+    let after = copies();
+    assert!(after.starts_with("billing.invoices "), "{after}");
+    assert!(after.contains("billing.lines "), "{after}");
+    assert!(
+        after.ends_with(&public_before),
+        "{after}\nbefore: {public_before}"
+    );
+    assert_eq!(
+        store.psql(
+            "shop_replica",
+            "SELECT count(*) FROM pg_constraint WHERE conname = 'lines_item_fkey'"
+        ),
+        "1"
     );
     assert_eq!(
         daemon.connectors()[0]["schemas"],

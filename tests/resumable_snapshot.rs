@@ -313,3 +313,42 @@ async fn a_source_restart_mid_snapshot_resumes() {
     let writes = app_writes(&source, stop.clone());
     finishes_without_copying_again(&source, &store, &daemon, &before, stop, writes).await;
 }
+
+#[tokio::test]
+async fn a_resync_under_writes_copies_one_table_again_and_it_rejoins_exactly() {
+    let (source, store, mut daemon) = installation();
+    daemon.create_connector(&source.url("repl", None, "shop"), "shop", "public");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    let before = copies(&store);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = app_writes(&source, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Copied again while the application writes to it and to every other table, in the
+    // same transactions: the stream resumes from the replica's position for the others
+    // and from the new copy's position for t3.
+    daemon.cli_ok(&["connector", "resync", "shop", "--table", "t3"]);
+    daemon.cli_ok(&["connector", "wait", "shop"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    writes.await.unwrap();
+    wait_converged(
+        &source,
+        "shop",
+        &store,
+        "shop_replica",
+        &["public"],
+        &daemon,
+    )
+    .await;
+    let after = copies(&store);
+    for (table, (at, n)) in &after {
+        if table == "t3" {
+            assert_eq!(*n, 2, "t3 copied once more");
+            let lsn = |text: &str| text.parse::<tributary::types::Lsn>().unwrap();
+            assert!(lsn(at) > lsn(&before[table].0), "t3's copy is newer: {at}");
+        } else {
+            assert_eq!((at, *n), (&before[table].0, 1), "{table} untouched");
+        }
+    }
+}

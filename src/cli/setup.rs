@@ -63,7 +63,8 @@ pub struct UpdateArgs {
     /// the list.
     #[arg(long, value_name = "EXTENSIONS")]
     drop_extensions: Option<String>,
-    /// The schemas to replicate, comma-separated. A change takes a new snapshot.
+    /// The schemas to replicate, comma-separated. A schema added is copied into the
+    /// replica, which is kept; a schema removed takes a new snapshot.
     #[arg(long, value_delimiter = ',')]
     schemas: Option<Vec<String>>,
     /// Whether tables created later in the selected schemas are replicated (on) or their
@@ -382,7 +383,15 @@ async fn set_up_again(
         Requested::Restarted => {}
     }
     let reasons = plan.reasons;
-    if reasons.is_empty() {
+    if reasons.is_empty() && !plan.additions.is_empty() {
+        say!(
+            "✓ Setup of {name} restarts: the replica is kept, and only what it lacks is copied \
+             into it while its other tables stay as they are:"
+        );
+        for addition in &plan.additions {
+            say!("    - {addition}");
+        }
+    } else if reasons.is_empty() {
         say!(
             "✓ Setup of {name} restarts: it resumes from the replica's applied position with \
              slot {} (kept).",

@@ -10,7 +10,9 @@
 //!     slot missing, invalidated or not ours         ──► the daemon stops (failed) and
 //!                                                       names retry-setup; retry-setup
 //!                                                       takes a new snapshot
-//!     schemas or tables changed since the snapshot  ──► retry-setup takes a new snapshot
+//!     schemas added or tables to replicate since    ──► retry-setup keeps the replica and
+//!       the snapshot, nothing else                      the daemon copies only those
+//!     a schema removed, with other reasons          ──► retry-setup takes a new snapshot
 //!  no applied position:
 //!     the connector streamed since its snapshot     ──► the daemon stops: the replica is
 //!                                                       gone (store.url changed?)
@@ -167,6 +169,15 @@ pub enum Start {
     },
     /// Go on with the interrupted snapshot (only the tables it has not copied).
     Continue,
+    /// Keep the replica and copy into it only what the connector now replicates in
+    /// addition (a schema added, tables no longer excluded or created since), the others
+    /// streaming on; only for [`AskedBy::Operator`], whose change the daemon then finds.
+    Add {
+        /// Where streaming resumes, as with [`Start::Resume`].
+        from: Lsn,
+        /// Never empty.
+        additions: Vec<Reason>,
+    },
     /// Never empty.
     Snapshot {
         reasons: Vec<Reason>,
@@ -218,6 +229,21 @@ pub fn decide(facts: &Facts<'_>) -> Start {
         && !facts.streamed_since_snapshot
     {
         return Start::Continue;
+    }
+    let additive = |reason: &Reason| match reason {
+        Reason::SchemasChanged { from, to } => from.iter().all(|s| to.contains(s)),
+        Reason::TablesLeftOut(_) => true,
+        _ => false,
+    };
+    if let (AskedBy::Operator, Some(from), SlotFound::Valid) =
+        (facts.asked_by, facts.applied, &facts.slot)
+    {
+        if !reasons.is_empty() && reasons.iter().all(additive) {
+            return Start::Add {
+                from,
+                additions: reasons,
+            };
+        }
     }
     match (facts.asked_by, facts.applied) {
         (AskedBy::Operator, Some(from)) if reasons.is_empty() => Start::Resume { from },

@@ -291,17 +291,30 @@ fn retry_setup_resumes_unless_something_needs_a_new_snapshot() {
             expected: Start::Continue,
             ..row(Operator)
         },
+        // A schema added: the replica is kept, and only its tables are copied.
         Row {
             schemas: &["public", "sales"],
-            expected: Start::Snapshot {
-                reasons: vec![Reason::SchemasChanged {
+            expected: Start::Add {
+                from: APPLIED,
+                additions: vec![Reason::SchemasChanged {
                     from: vec!["public".into()],
                     to: vec!["public".into(), "sales".into()],
                 }],
             },
             ..row(Operator)
         },
-        // A table created since: only with new tables included.
+        // A schema replaced: a new snapshot.
+        Row {
+            schemas: &["sales"],
+            expected: Start::Snapshot {
+                reasons: vec![Reason::SchemasChanged {
+                    from: vec!["public".into()],
+                    to: vec!["sales".into()],
+                }],
+            },
+            ..row(Operator)
+        },
+        // A table created since: only with new tables included, and then alone.
         Row {
             new_table: true,
             ..row(Operator)
@@ -309,8 +322,19 @@ fn retry_setup_resumes_unless_something_needs_a_new_snapshot() {
         Row {
             new_table: true,
             include_new_tables: true,
+            expected: Start::Add {
+                from: APPLIED,
+                additions: vec![left_out.clone()],
+            },
+            ..row(Operator)
+        },
+        // Additions on a slot that is gone: a new snapshot after all.
+        Row {
+            new_table: true,
+            include_new_tables: true,
+            slot: SlotFound::Missing,
             expected: Start::Snapshot {
-                reasons: vec![left_out.clone()],
+                reasons: vec![Reason::SlotMissing { slot: slot.clone() }, left_out.clone()],
             },
             ..row(Operator)
         },

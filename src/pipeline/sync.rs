@@ -58,7 +58,7 @@ pub(super) struct Copying<'a> {
 }
 
 impl Copying<'_> {
-    fn job<'a>(
+    pub(super) fn job<'a>(
         &'a self,
         snapshot_name: &'a str,
         tables: &'a [catalog::SourceTable],
@@ -71,6 +71,8 @@ impl Copying<'_> {
             replica: self.replica,
             snapshot_name,
             schemas: &self.ctx.connector.schemas,
+            only: None,
+            replicated: &[],
             tables,
             exclude,
             copied_at,
@@ -360,7 +362,7 @@ async fn copy_group(run: &Copying<'_>, job: &SnapshotJob<'_>) -> Result<(), Pipe
 
 /// Creates `slot` with an exported snapshot, saying in the log what it waits for while it
 /// looks for its consistent point.
-async fn create_slot(
+pub(super) async fn create_slot(
     run: &Copying<'_>,
     repl: &mut ReplicationClient,
     slot: &SlotName,
@@ -381,7 +383,7 @@ async fn create_slot(
     }
 }
 
-fn exported(created: &CreatedSlot) -> Result<&str, PipelineError> {
+pub(super) fn exported(created: &CreatedSlot) -> Result<&str, PipelineError> {
     created.snapshot_name.as_deref().ok_or_else(|| {
         PipelineError::definite(
             "the source did not export a snapshot",
@@ -392,7 +394,7 @@ fn exported(created: &CreatedSlot) -> Result<&str, PipelineError> {
 
 /// A temporary slot's name: unique, so that a previous owner's group still running (a
 /// lease takeover) cannot collide with it; it disappears with its connection.
-fn group_slot_name() -> SlotName {
+pub(super) fn group_slot_name() -> SlotName {
     SlotName::new(format!("tributary_group_{:016x}", rand::random::<u64>()))
         .expect("lower-case hex is a valid slot name")
 }

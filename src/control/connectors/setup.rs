@@ -29,6 +29,9 @@ pub enum Error {
 pub struct SetupPlan {
     /// Why a new snapshot replaces the replica; empty when it is kept.
     pub reasons: Vec<Reason>,
+    /// What the kept replica gets copied into it (schemas added, tables to replicate
+    /// since the snapshot), the other tables streaming on.
+    pub additions: Vec<Reason>,
     /// Tables excluded by decision although they have a usable replica identity (the
     /// operator may have meant to replicate them).
     pub excluded_with_identity: Vec<TableName>,
@@ -101,12 +104,14 @@ pub async fn plan(
             include_new_tables: connector.include_new_tables,
         }),
     };
-    let reasons = match plan::decide(&facts) {
-        Start::Snapshot { reasons } => reasons,
-        Start::Resume { .. } | Start::Continue | Start::Blocked(_) => Vec::new(),
+    let (reasons, additions) = match plan::decide(&facts) {
+        Start::Snapshot { reasons } => (reasons, Vec::new()),
+        Start::Add { additions, .. } => (Vec::new(), additions),
+        Start::Resume { .. } | Start::Continue | Start::Blocked(_) => (Vec::new(), Vec::new()),
     };
     Ok(SetupPlan {
         reasons,
+        additions,
         excluded_with_identity,
     })
 }
@@ -136,7 +141,7 @@ pub async fn request(
     let change = SetupChange {
         decisions,
         schemas,
-        restart: !plan.reasons.is_empty() || unhealthy,
+        restart: !plan.reasons.is_empty() || !plan.additions.is_empty() || unhealthy,
         resnapshot: !plan.reasons.is_empty(),
         resync: &[],
     };

@@ -102,8 +102,14 @@ pub struct SnapshotJob<'a> {
     pub replica: &'a ConnInfo,
     /// `snapshot_name` of the slot's `CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')`.
     pub snapshot_name: &'a str,
-    /// Schemas to replicate (at least one).
+    /// Schemas to replicate (at least one): whole, or only the tables `only` names.
     pub schemas: &'a [String],
+    /// Only these tables' definitions are dumped (tables added to a complete replica,
+    /// whose schemas it has); `None`: the whole `schemas`.
+    pub only: Option<&'a [TableName]>,
+    /// Schemas the replica has already (a schema added to a complete replica): a foreign
+    /// key into them is kept.
+    pub replicated: &'a [String],
     /// The tables to copy, from [`crate::source::catalog::list_tables`] on the snapshot.
     pub tables: &'a [SourceTable],
     /// The source position the snapshot is exact at (its slot's consistent point): what

@@ -52,7 +52,8 @@ impl SchemaDump {
         let schema_oids = source_schema_oids(&source, job.schemas).await?;
         let mut skip = Vec::new();
         let keys = catalog::foreign_keys(&source, job.schemas).await?;
-        for key in keys.iter().filter(|k| k.dangles(job.schemas, &exclude)) {
+        let replicated: Vec<String> = job.schemas.iter().chain(job.replicated).cloned().collect();
+        for key in keys.iter().filter(|k| k.dangles(&replicated, &exclude)) {
             tracing::warn!(
                 table = %key.table,
                 constraint = %key.name,
@@ -83,8 +84,20 @@ impl SchemaDump {
             .arg(format!("--snapshot={}", job.snapshot_name))
             .arg("--file")
             .arg(&dump);
-        for schema in job.schemas {
-            pg_dump.arg(format!("--schema={}", pattern(&[schema])));
+        match job.only {
+            Some(tables) => {
+                for table in tables {
+                    pg_dump.arg(format!(
+                        "--table={}",
+                        pattern(&[&table.schema, &table.name])
+                    ));
+                }
+            }
+            None => {
+                for schema in job.schemas {
+                    pg_dump.arg(format!("--schema={}", pattern(&[schema])));
+                }
+            }
         }
         for table in &exclude {
             pg_dump.arg(format!(
