@@ -591,6 +591,67 @@ async fn capture_stops_where_a_replay_would_lose_changes() {
         "kept",
         "held as it was before the lost change"
     );
+    // Operators see it everywhere they look: the table list, status (not healthy, exit
+    // 1), connector wait (exit 1 rather than waiting forever), /readyz and the metric.
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&daemon.cli_ok(&["connector", "tables", "shop", "--format", "json"]))
+            .unwrap();
+    let state_of = |name: &str| {
+        let t = listed.iter().find(|t| t["table"] == name).unwrap();
+        (t["state"].as_str().unwrap().to_owned(), t.clone())
+    };
+    let (log_state, log) = state_of("app.log");
+    assert_eq!(log_state, "failed", "{log}");
+    assert!(
+        log["problem"].as_str().unwrap().contains("app.log"),
+        "{log}"
+    );
+    assert!(
+        log["next_step"]
+            .as_str()
+            .unwrap()
+            .contains("connector resync"),
+        "{log}"
+    );
+    let (accounts_state, accounts_row) = state_of("app.accounts");
+    assert_eq!(accounts_state, "streaming", "{accounts_row}");
+    assert!(accounts_row["copied_at"].is_string(), "{accounts_row}");
+    let (healthy, views) = daemon.status();
+    assert!(!healthy, "{views:?}");
+    let view = &views[0];
+    assert_eq!(view["tables"]["by_state"]["failed"], 1, "{view}");
+    assert_eq!(
+        view["tables"]["not_streaming_tables"][0]["table"], "app.log",
+        "{view}"
+    );
+    assert!(
+        view["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("app.log"),
+        "{view}"
+    );
+    let text = daemon.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("tables not streaming: 1 of"), "{text}");
+    let waited = daemon.cli(&["connector", "wait", "shop", "--timeout", "20"]);
+    assert_eq!(waited.status.code(), Some(1), "{waited:?}");
+    assert!(
+        String::from_utf8_lossy(&waited.stderr).contains("app.log"),
+        "{waited:?}"
+    );
+    let addr = daemon.metrics_addr().await;
+    crate::support::eventually("tributary_tables to count app.log failed", || async {
+        let (_, body) = crate::metrics::get(addr, "/metrics");
+        (crate::metrics::value(
+            &body,
+            r#"tributary_tables{connector="shop",state="failed"}"#,
+        ) == Some(1.0))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(crate::metrics::get(addr, "/readyz").0, 503);
+
     // A branch would hold app.log as it was: refused, naming it and the fix.
     let refused = daemon.cli(&["branch", "create", "during_trouble"]);
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");

@@ -25,7 +25,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::bookkeeping::{ApplyLag, Bookkeeping, Connector, Lease};
+use crate::bookkeeping::{ApplyLag, Bookkeeping, Connector, Lease, TableStatus, TableSyncState};
 use crate::source::slot::SlotInfo;
 use crate::state::PipelineState;
 
@@ -144,6 +144,31 @@ impl std::fmt::Display for Freshness {
     }
 }
 
+/// The connector's tables held out of the stream (`failed`): the replica no longer equals
+/// the source there, whatever the pipeline's state says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldOut {
+    pub count: usize,
+    /// The first by name, with its problem and next step as the daemon recorded them.
+    pub first: String,
+    pub problem: Option<String>,
+    pub next_step: Option<String>,
+}
+
+impl HeldOut {
+    /// From the bookkeeping's tables; `None` when none is held out.
+    pub fn of(tables: &[TableStatus]) -> Option<HeldOut> {
+        let mut failed = tables.iter().filter(|t| t.state == TableSyncState::Failed);
+        let first = failed.next()?;
+        Some(HeldOut {
+            count: 1 + failed.count(),
+            first: first.table.to_string(),
+            problem: first.problem.clone(),
+            next_step: first.next_step.clone(),
+        })
+    }
+}
+
 /// What is known about one connector.
 #[derive(Debug, Clone)]
 pub struct Facts<'a> {
@@ -158,6 +183,7 @@ pub struct Facts<'a> {
     pub slot: &'a Slot,
     /// The apply lag its daemon last recorded.
     pub lag: Option<ApplyLag>,
+    pub held_out: Option<&'a HeldOut>,
 }
 
 impl<'a> Facts<'a> {
@@ -166,6 +192,7 @@ impl<'a> Facts<'a> {
         owner: &'a Owner,
         slot: &'a Slot,
         lag: Option<ApplyLag>,
+        held_out: Option<&'a HeldOut>,
     ) -> Facts<'a> {
         Facts {
             name: connector.name.as_str(),
@@ -177,6 +204,7 @@ impl<'a> Facts<'a> {
             owner,
             slot,
             lag,
+            held_out,
         }
     }
 }
@@ -254,7 +282,8 @@ pub async fn assess(
 ) -> Result<Assessment, crate::bookkeeping::Error> {
     let owner = Owner::from_lease(leases.get(&connector.id));
     let lag = bookkeeping.apply_lag(connector.id).await?;
-    let health = judge(&Facts::of(connector, &owner, slot, lag));
+    let held_out = HeldOut::of(&bookkeeping.tables(connector.id).await?);
+    let health = judge(&Facts::of(connector, &owner, slot, lag, held_out.as_ref()));
     Ok(Assessment { owner, lag, health })
 }
 
@@ -291,7 +320,8 @@ pub fn unhealthy<'h>(healths: impl IntoIterator<Item = (&'h str, &'h Health)>) -
 /// The verdict. The order of the checks is the order of what the operator must fix first:
 /// a definite error outlives a daemon restart, no daemon means nothing else can change, a
 /// lost slot makes a streaming pipeline fail at its next read (during setup the pipeline
-/// replaces it, and records an error if it cannot).
+/// replaces it, and records an error if it cannot), a table held out of the stream stays
+/// out until the operator acts.
 pub fn judge(facts: &Facts<'_>) -> Health {
     let Facts {
         name, state, owner, ..
@@ -346,6 +376,27 @@ pub fn judge(facts: &Facts<'_>) -> Health {
                 str::to_owned,
             ),
         )
+    } else if let Some(held) = facts.held_out {
+        let more = match held.count {
+            1 => String::new(),
+            n => format!(
+                " ({} more: `tributary connector tables {name}` lists them)",
+                n - 1
+            ),
+        };
+        problem(
+            format!(
+                "table {} is held out of the stream{more}: {}",
+                held.first,
+                held.problem.as_deref().unwrap_or("(cause not recorded)")
+            ),
+            held.next_step.clone().unwrap_or_else(|| {
+                format!(
+                    "fix the cause, then run `tributary connector resync {name} --table {}`",
+                    held.first
+                )
+            }),
+        )
     } else {
         match state {
             PipelineState::Streaming
@@ -389,6 +440,11 @@ pub fn judge(facts: &Facts<'_>) -> Health {
         {
             format!("{state} (retrying)")
         }
+        (Verdict::Unhealthy(_), true) if facts.last_error.is_none() => match facts.held_out {
+            Some(HeldOut { count: 1, .. }) => format!("{state} (1 table held out)"),
+            Some(held) => format!("{state} ({} tables held out)", held.count),
+            None => state.to_string(),
+        },
         _ => state.to_string(),
     };
     // A lag measured before this daemon took the lease is its predecessor's last word.
@@ -425,6 +481,7 @@ mod tests {
         error: Option<&'static str>,
         owner: Owner,
         slot: Slot,
+        held_out: Option<HeldOut>,
         /// Expected: healthy, shown state, reason (start), next step (start), lag shown.
         healthy: Option<bool>,
         shown: &'static str,
@@ -451,6 +508,15 @@ mod tests {
         }
     }
 
+    fn held_out(count: usize) -> HeldOut {
+        HeldOut {
+            count,
+            first: "app.log".into(),
+            problem: Some("wal2json skipped a change".into()),
+            next_step: Some("run `tributary connector resync shop --table app.log`".into()),
+        }
+    }
+
     fn case(state: PipelineState, owner: Owner) -> Case {
         Case {
             state,
@@ -458,6 +524,7 @@ mod tests {
             error: None,
             owner,
             slot: Slot::Unknown,
+            held_out: None,
             healthy: Some(true),
             shown: state.as_str(),
             reason: "",
@@ -583,6 +650,32 @@ mod tests {
                 reason: "stopped although enabled",
                 ..case(Stopped, live())
             },
+            // One table held out: the others stream, but the replica is not the source.
+            Case {
+                healthy: Some(false),
+                shown: "streaming (1 table held out)",
+                reason: "table app.log is held out of the stream: wal2json skipped a change",
+                next: "run `tributary connector resync shop --table app.log`",
+                held_out: Some(held_out(1)),
+                ..case(Streaming, live())
+            },
+            Case {
+                healthy: Some(false),
+                shown: "streaming (3 tables held out)",
+                reason: "table app.log is held out of the stream (2 more: `tributary connector \
+                         tables shop` lists them): wal2json",
+                held_out: Some(held_out(3)),
+                ..case(Streaming, live())
+            },
+            // An error outranks it: the error is what stops everything.
+            Case {
+                healthy: Some(false),
+                reason: "stopped by an error: boom",
+                error: Some("boom"),
+                next: "do this",
+                held_out: Some(held_out(1)),
+                ..case(Failed, live())
+            },
         ];
         for c in cases {
             let facts = Facts {
@@ -595,6 +688,7 @@ mod tests {
                 owner: &c.owner,
                 slot: &c.slot,
                 lag: Some(LAG),
+                held_out: c.held_out.as_ref(),
             };
             let health = judge(&facts);
             let context = format!("{:?} {:?} {:?}: {health:?}", c.state, c.owner, c.slot);
@@ -639,6 +733,7 @@ mod tests {
             owner,
             slot: &Slot::Unknown,
             lag: Some(LAG),
+            held_out: None,
         };
         let (live, nobody) = (live(), Owner::Nobody);
         assert_eq!(staleness("shop", &judge(&facts(Streaming, &live))), None);
@@ -676,6 +771,7 @@ mod tests {
             owner,
             slot: &Slot::Valid,
             lag: Some(LAG),
+            held_out: None,
         };
         let taken_over = Owner::Live {
             daemon: "other:2".into(),
@@ -702,6 +798,7 @@ mod tests {
             owner: &owner,
             slot: &Slot::Valid,
             lag: None,
+            held_out: None,
         };
         let health = judge(&facts);
         assert_eq!(health.verdict, Verdict::SettingUp);
@@ -736,6 +833,7 @@ mod tests {
                 owner,
                 slot: &Slot::Unknown,
                 lag: None,
+                held_out: None,
             })
         };
         let streaming = health(Streaming, true, &owner);

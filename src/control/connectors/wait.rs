@@ -91,7 +91,8 @@ impl<'a> Follower<'a> {
             .connector_by_id(self.connector.id)
             .await?
             .ok_or_else(|| Error::Deleted(name.clone()))?;
-        let progress = tables::progress(&bookkeeping.tables(now.id).await?);
+        let listed = bookkeeping.tables(now.id).await?;
+        let progress = tables::progress(&listed);
         // Streaming counts only under a live daemon that recorded it, never a leftover row.
         let leases = bookkeeping.leases().await?;
         let health = health::assess(bookkeeping, &now, &leases, &health::Slot::Unknown)
@@ -108,6 +109,16 @@ impl<'a> Follower<'a> {
                         .next_step
                         .unwrap_or_else(|| "see the daemon's log".to_owned()),
                 })
+            }
+            // A table held out of the stream stays out until the operator acts: waiting
+            // would never end.
+            PipelineState::Streaming if health::HeldOut::of(&listed).is_some() => {
+                let problem = health.problem();
+                return Err(Error::Failed {
+                    name: name.clone(),
+                    error: problem.map_or_else(String::new, |p| p.reason.clone()),
+                    next_step: problem.map_or_else(String::new, |p| p.next_step.clone()),
+                });
             }
             PipelineState::Streaming if health.is_current() => {
                 if !self.caught_up {
