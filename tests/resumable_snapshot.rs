@@ -352,3 +352,120 @@ async fn a_resync_under_writes_copies_one_table_again_and_it_rejoins_exactly() {
         }
     }
 }
+
+/// The states of the connector's tables, by name, from `connector tables --format json`.
+fn table_states(daemon: &Daemon) -> BTreeMap<String, serde_json::Value> {
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&daemon.cli_ok(&["connector", "tables", "shop", "--format", "json"]))
+            .unwrap();
+    listed
+        .into_iter()
+        .map(|t| (t["name"].as_str().unwrap().to_owned(), t))
+        .collect()
+}
+
+/// `count(*)` and `sum(v)` of `table`.
+fn summary(cluster: &Cluster, db: &str, table: &str) -> String {
+    cluster.psql(db, &format!("SELECT count(*), sum(v) FROM {table}"))
+}
+
+#[tokio::test]
+async fn a_table_whose_change_cannot_be_applied_is_held_out_while_the_others_stream() {
+    let (source, store, mut daemon) = installation();
+    daemon.create_connector(&source.url("repl", None, "shop"), "shop", "public");
+    daemon.start();
+    daemon.wait_for_state("shop", "streaming").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = app_writes(&source, stop.clone());
+
+    // Rows changed on the replica behind tributary's back: a row t2's next UPDATE will
+    // not find, and a key t5's next INSERT will collide with. Each is a definite error of
+    // that table alone.
+    store.psql(
+        "shop_replica",
+        "DELETE FROM t2 WHERE id = 5; INSERT INTO t5 VALUES (9000000, 0, 'planted');",
+    );
+    source.psql(
+        "shop",
+        "UPDATE t2 SET v = v + 100 WHERE id = 5; INSERT INTO t5 VALUES (9000000, 1, 'source');",
+    );
+    let states = crate::support::eventually("t2 and t5 held out", || async {
+        let states = table_states(&daemon);
+        (states["t2"]["state"] == "failed" && states["t5"]["state"] == "failed").then_some(states)
+    })
+    .await;
+    assert!(
+        states["t2"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("row not found"),
+        "{}",
+        states["t2"]
+    );
+    assert!(
+        states["t5"]["problem"].as_str().unwrap().contains("23505"),
+        "{}",
+        states["t5"]
+    );
+    for held in ["t2", "t5"] {
+        let next = states[held]["next_step"].as_str().unwrap();
+        assert!(
+            next.contains(&format!("connector resync shop --table public.{held}")),
+            "{next}"
+        );
+    }
+    // The others stream on under the writes, the connector never failed, and no row of
+    // another table was lost or applied twice by the rolled-back target transaction.
+    let (healthy, views) = daemon.status();
+    assert!(!healthy, "a held-out table is not healthy: {views:?}");
+    assert_eq!(views[0]["state"], "streaming", "{views:?}");
+    let progressed = summary(&store, "shop_replica", "t0");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    writes.await.unwrap();
+    for t in (0..TABLES).filter(|t| ![2, 5].contains(t)) {
+        let table = format!("t{t}");
+        crate::support::eventually(&format!("{table} to match the source"), || async {
+            (summary(&store, "shop_replica", &table) == summary(&source, "shop", &table))
+                .then_some(())
+        })
+        .await;
+    }
+    assert_ne!(
+        summary(&store, "shop_replica", "t0"),
+        progressed,
+        "t0 kept streaming"
+    );
+    assert_eq!(
+        store.psql("shop_replica", "SELECT count(*) FROM t2 WHERE id = 5"),
+        "0",
+        "t2 stays as it was when it was held out"
+    );
+
+    // Copied again, both rejoin: the replica equals the source, and only they were copied.
+    daemon.cli_ok(&[
+        "connector",
+        "resync",
+        "shop",
+        "--table",
+        "t2",
+        "--table",
+        "t5",
+    ]);
+    daemon.cli_ok(&["connector", "wait", "shop"]);
+    wait_converged(
+        &source,
+        "shop",
+        &store,
+        "shop_replica",
+        &["public"],
+        &daemon,
+    )
+    .await;
+    for (table, (_, n)) in copies(&store) {
+        let expected = if table == "t2" || table == "t5" { 2 } else { 1 };
+        assert_eq!(n, expected, "{table}");
+    }
+    let (healthy, views) = daemon.status();
+    assert!(healthy, "{views:?}");
+}

@@ -24,7 +24,7 @@
 //! data it covers. The decision itself, with the slot and the history, is `plan.rs`'s,
 //! which `connector retry-setup` asks too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 use super::capture::prepare as prepare_capture;
 use super::error::retry_setup;
 use super::plan::{self, AskedBy, Blocker, SlotFound, Start};
-use super::watchers::{cut_branches, record_table_troubles, tables_joining, watch_source_tables};
+use super::watchers::{
+    cut_branches, hold_out_failed_table, record_table_troubles, tables_joining, watch_source_tables,
+};
 use super::{additions, sync};
 use crate::bookkeeping::{Bookkeeping, Connector, TableSyncState, UNLOGGED_TABLE};
 use crate::change::{NanPolicy, TableName};
@@ -114,11 +116,14 @@ pub async fn run(
         .iter()
         .filter(|t| t.state == TableSyncState::Failed)
         .map(|t| t.table.clone());
+    // Left out by a decision: not in the replica at all, so neither are their schema
+    // changes. A held-out table is in the replica: its schema changes are replayed, so
+    // that copying it again copies it into the source's definition.
+    let decided_out: HashSet<TableName> =
+        names(|d| d != "include" && d != UNLOGGED_TABLE).collect();
     let filter = TableFilter {
         schemas: connector.schemas.clone(),
-        excluded: names(|d| d != "include" && d != UNLOGGED_TABLE)
-            .chain(failed)
-            .collect(),
+        excluded: decided_out.iter().cloned().chain(failed).collect(),
         only,
         unlogged: names(|d| d == UNLOGGED_TABLE).collect(),
         copied_at,
@@ -126,7 +131,7 @@ pub async fn run(
     let ddl = DdlTracker::new(
         capture_key,
         filter.schemas.clone(),
-        filter.excluded.clone(),
+        decided_out,
         retry_setup(connector),
     );
     let nan = NanPolicy::new(stream.numeric_as_string(), connector.nan_as_null);
@@ -165,7 +170,11 @@ pub async fn run(
         watch_source_tables(ctx, &source, &filter).await
     };
     tokio::select! {
-        end = streaming => end,
+        end = streaming => match end {
+            // A definite error of one table's: that table is held out, the others go on.
+            Err(PipelineError::Sink(error)) => hold_out_failed_table(ctx, error).await,
+            end => end,
+        },
         // Ends only with an error, or when the applier is gone (then so is the stream).
         Err(e) = cut_branches(ctx, cuts, branch_pokes) => Err(e),
         Err(e) = watching => Err(e),

@@ -1,7 +1,8 @@
 //! What runs beside the stream, each ending only with an error: the source's tables
 //! watched where schema changes are not captured, branch requests handed to the applier,
 //! tables marked `streaming` as the stream reaches their copies, and each table's own
-//! trouble recorded.
+//! trouble recorded; and once the stream ended with one table's error, that table held
+//! out.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -13,9 +14,9 @@ use crate::bookkeeping::TableSyncState;
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::drift::catalog_session;
 use crate::pipeline::error::retry_setup;
-use crate::pipeline::stream::{CutRequest, TableEvent, TableFilter};
+use crate::pipeline::stream::{CutRequest, StreamEnd, TableEvent, TableFilter};
 use crate::pipeline::PipelineError;
-use crate::sink;
+use crate::sink::{self, SinkError};
 use crate::source::catalog;
 use crate::types::Lsn;
 
@@ -56,6 +57,45 @@ pub(super) async fn record_table_troubles(
     }
     // The stream is over; so is this.
     std::future::pending().await
+}
+
+/// The stream ended with `error`: when it is a definite error of one replicated table's
+/// (`SinkError::table_at_fault`), that table is recorded `failed`, with the error and the
+/// next step, and the run ends so that the next one streams without it (the target
+/// transaction that failed was rolled back, so the others lose nothing). Otherwise, or
+/// when the name is not one table's for sure, the error stops the pipeline as before.
+pub(super) async fn hold_out_failed_table(
+    ctx: &PipelineContext,
+    error: SinkError,
+) -> Result<StreamEnd, PipelineError> {
+    let Some(name) = error.table_at_fault() else {
+        return Err(error.into());
+    };
+    let id = ctx.connector.id;
+    let tables = ctx.bookkeeping.tables(id).await?;
+    let mut named = tables.iter().filter(|t| {
+        t.table.to_string() == name && t.decision == "include" && t.state != TableSyncState::Failed
+    });
+    let (Some(table), None) = (named.next(), named.next()) else {
+        return Err(error.into());
+    };
+    let table = table.table.clone();
+    let next_step = format!(
+        "the other tables stream on; fix what the error names (on the branch store, or the \
+         source), then copy the table again: `tributary connector resync {} --table {table}`",
+        ctx.connector.name
+    );
+    let problem = error.to_string();
+    tracing::error!(%table, %next_step, "holding the table out of the stream: {problem}");
+    ctx.bookkeeping
+        .set_table_state(
+            id,
+            &table,
+            TableSyncState::Failed,
+            Some((problem.as_str(), next_step.as_str())),
+        )
+        .await?;
+    Ok(StreamEnd::HeldOut(table))
 }
 
 /// Marks tables `streaming` in the bookkeeping as the replica's applied position passes

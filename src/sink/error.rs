@@ -363,6 +363,31 @@ impl SinkError {
         }
     }
 
+    /// The table a definite error belongs to, alone: its rows no longer match the source's
+    /// (a row not found, a duplicate key), or a value of it cannot be stored as the source
+    /// has it (a data exception, a NaN its wal2json cannot send). Copying that table again
+    /// repairs it, so the pipeline holds it out and streams the others. `None` for what
+    /// concerns the whole replica: connections, the store's settings and privileges,
+    /// schema changes, a missing table or column (a new snapshot), and every transient
+    /// error. Named as [`crate::change::TableName`] displays it.
+    pub fn table_at_fault(&self) -> Option<&str> {
+        if self.is_transient() {
+            return None;
+        }
+        match self {
+            SinkError::RowNotFound { table, .. }
+            | SinkError::RowCount { table, .. }
+            | SinkError::NoRowIdentity { table, .. }
+            | SinkError::NanAsNull { table, .. } => Some(table),
+            SinkError::Statement { table, .. } | SinkError::BatchStatement { table, .. } => self
+                .sqlstate()
+                .filter(|code| one_tables_data(code))
+                .map(|_| table.as_str()),
+            SinkError::NanArrivedAsNull { error, .. } => error.table_at_fault(),
+            _ => None,
+        }
+    }
+
     /// The server's SQLSTATE, when the server reported the error.
     pub fn sqlstate(&self) -> Option<&str> {
         let source = match self {
@@ -387,6 +412,13 @@ impl SinkError {
         };
         source.as_db_error().map(|db| db.code().code())
     }
+}
+
+/// SQLSTATE classes of errors about the rows of the table written: data exceptions (a
+/// value out of range, an invalid text representation), integrity constraint violations
+/// (a duplicate key, a NOT NULL or CHECK violated) and WITH CHECK OPTION violations.
+fn one_tables_data(sqlstate: &str) -> bool {
+    matches!(sqlstate.get(..2), Some("22" | "23" | "44"))
 }
 
 /// SQLSTATE `disk_full`: the connector stops in `failed` until the operator has made room.
@@ -591,5 +623,54 @@ mod tests {
             assert!(!advice.contains(not_expected), "{major}: {advice}");
         }
         assert!(replication_role_advice(16, "Store Role").contains("TO \"Store Role\";"));
+    }
+
+    #[test]
+    fn only_definite_errors_of_one_tables_rows_hold_that_table_out() {
+        for (sqlstate, one_table) in [
+            ("23505", true),  // unique_violation: a duplicate row
+            ("23502", true),  // not_null_violation
+            ("22003", true),  // numeric_value_out_of_range
+            ("22P02", true),  // invalid_text_representation
+            ("44000", true),  // with_check_option_violation
+            ("42703", false), // undefined_column: the schema, a new snapshot
+            ("42501", false), // insufficient_privilege: the store's role
+            ("53100", false), // disk_full: the whole store
+            ("40001", false), // serialization_failure: transient
+            ("08006", false), // connection_failure
+            ("2", false),
+        ] {
+            assert_eq!(one_tables_data(sqlstate), one_table, "{sqlstate}");
+        }
+        let not_found = SinkError::RowNotFound {
+            table: "app.log".into(),
+            kind: ChangeKind::Update,
+            lsn: None,
+            identity_always: false,
+        };
+        assert_eq!(not_found.table_at_fault(), Some("app.log"));
+        let nan = SinkError::NanArrivedAsNull {
+            columns: "x".into(),
+            error: Box::new(not_found),
+        };
+        assert_eq!(nan.table_at_fault(), Some("app.log"));
+        for whole in [
+            SinkError::MissingColumn {
+                table: "app.log".into(),
+                column: "c".into(),
+                lsn: None,
+            },
+            SinkError::MissingTable {
+                table: "app.log".into(),
+                lsn: None,
+                database: "r".into(),
+            },
+            SinkError::Aborted {
+                first: "x".into(),
+                transient: false,
+            },
+        ] {
+            assert_eq!(whole.table_at_fault(), None, "{whole}");
+        }
     }
 }

@@ -82,6 +82,10 @@ pub enum StreamEnd {
     /// Shutdown was requested before streaming started; an unfinished snapshot is
     /// discarded and starts over next time.
     Interrupted,
+    /// A definite error of one table's ended the run (its target transaction rolled
+    /// back): that table is held out now, and the next run, at once, streams the others
+    /// from the replica's applied position.
+    HeldOut(TableName),
 }
 
 enum Command {
