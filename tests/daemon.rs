@@ -382,6 +382,45 @@ impl Daemon {
             .map(|c| c["state"].as_str().unwrap().to_owned())
     }
 
+    /// The connector's tables as `connector tables --format json` shows them, by
+    /// `schema.name`.
+    pub fn tables(&self, connector: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let listed: Vec<serde_json::Value> = serde_json::from_str(&self.cli_ok(&[
+            "connector",
+            "tables",
+            connector,
+            "--format",
+            "json",
+        ]))
+        .unwrap();
+        listed
+            .into_iter()
+            .map(|t| (t["table"].as_str().unwrap().to_owned(), t))
+            .collect()
+    }
+
+    /// Waits until the connector's `table` (`schema.name`) is in `state`; its row.
+    pub async fn wait_for_table(
+        &self,
+        connector: &str,
+        table: &str,
+        state: &str,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+        loop {
+            let now = self.tables(connector).remove(table);
+            if let Some(row) = now.as_ref().filter(|t| t["state"] == state) {
+                return row.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{table} of {connector} never reached {state}: {now:?}\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Waits until the connector reports `state`, failing early when it reports `failed`.
     pub async fn wait_for_state(&self, name: &str, state: &str) {
         let deadline = tokio::time::Instant::now() + PATIENCE * 3;

@@ -68,22 +68,25 @@ pub(super) async fn hold_out_failed_table(
     ctx: &PipelineContext,
     error: SinkError,
 ) -> Result<StreamEnd, PipelineError> {
-    let Some(name) = error.table_at_fault() else {
+    let Some(at_fault) = error.table_at_fault() else {
         return Err(error.into());
     };
     let id = ctx.connector.id;
     let tables = ctx.bookkeeping.tables(id).await?;
     let mut named = tables.iter().filter(|t| {
-        t.table.to_string() == name && t.decision == "include" && t.state != TableSyncState::Failed
+        t.table.to_string() == at_fault
+            && t.decision == "include"
+            && t.state != TableSyncState::Failed
     });
     let (Some(table), None) = (named.next(), named.next()) else {
         return Err(error.into());
     };
     let table = table.table.clone();
+    let name = &ctx.connector.name;
     let next_step = format!(
-        "the other tables stream on; fix what the error names (on the branch store, or the \
-         source), then copy the table again: `tributary connector resync {} --table {table}`",
-        ctx.connector.name
+        "{}; then copy the table again: `tributary connector resync {name} --table {table}` \
+         (the other tables stream on meanwhile)",
+        error.table_fix().replace("<name>", name.as_str())
     );
     let problem = error.to_string();
     tracing::error!(%table, %next_step, "holding the table out of the stream: {problem}");

@@ -388,6 +388,33 @@ impl SinkError {
         }
     }
 
+    /// For an error of [`SinkError::table_at_fault`]: what the operator fixes before that
+    /// table is copied again (copying it again then repairs the replica).
+    pub fn table_fix(&self) -> &'static str {
+        match self {
+            SinkError::NanAsNull { .. } => {
+                "upgrade wal2json on the source to 2.6 or newer, or accept that NaN and \
+                 ±Infinity arrive as NULL (`tributary connector update <name> --nan-as-null \
+                 accept`)"
+            }
+            SinkError::NanArrivedAsNull { .. } => {
+                "upgrade wal2json on the source to 2.6 or newer (with it NaN and ±Infinity \
+                 arrive as they are)"
+            }
+            SinkError::RowCount { .. } => {
+                "remove the trigger enabled for replicas (ENABLE REPLICA or ALWAYS) on the \
+                 replica table"
+            }
+            SinkError::RowNotFound { .. } | SinkError::NoRowIdentity { .. } => {
+                "find what wrote to the replica table directly (only tributary may)"
+            }
+            _ => {
+                "make the replica table's definition the source's again, and find what wrote \
+                 to it directly (only tributary may)"
+            }
+        }
+    }
+
     /// The server's SQLSTATE, when the server reported the error.
     pub fn sqlstate(&self) -> Option<&str> {
         let source = match self {
