@@ -100,10 +100,19 @@ async fn retry_setup_after_adding_a_key_replicates_the_table() {
 
     source.psql("shop", "ALTER TABLE keyless ADD PRIMARY KEY (a)");
     let out = daemon.cli_ok(&["connector", "retry-setup", "shop", "--wait"]);
+    // Only that table is copied: the replica and its other tables are kept.
     assert!(
-        out.contains("restarts with a new snapshot")
+        out.contains("the replica is kept")
             && out.contains("1 table to replicate that the snapshot left out: public.keyless"),
         "{out}"
+    );
+    assert_eq!(
+        store.psql(
+            "shop_replica",
+            "SELECT string_agg(table_name || ':' || copies, ',' ORDER BY table_name) \
+               FROM tributary.table_sync WHERE table_name IN ('items', 'keyless')"
+        ),
+        "items:1,keyless:1"
     );
     assert!(out.contains("is streaming"), "{out}");
     // The same connector, under the same slot name, now with the table.

@@ -319,7 +319,8 @@ impl Bookkeeping {
 
     /// Records that `table` is in trouble on its own (`needs_decision` or `failed`, with the
     /// problem and the next step), or out of it again (`streaming`). A table created on
-    /// the source since the snapshot gets its row here.
+    /// the source since the snapshot gets its row here, and one the snapshot left out by a
+    /// decision is included from now on (every state here is a replicated table's).
     pub async fn set_table_state(
         &self,
         id: ConnectorId,
@@ -333,7 +334,7 @@ impl Bookkeeping {
              VALUES ($1, $2, $3, 'include', $4, $5, $6)
              ON CONFLICT (connector_id, schema_name, table_name) DO UPDATE
              SET sync_state = EXCLUDED.sync_state, problem = EXCLUDED.problem,
-                 next_step = EXCLUDED.next_step",
+                 next_step = EXCLUDED.next_step, decision = 'include'",
         )
         .bind(id.0)
         .bind(&table.schema)

@@ -162,7 +162,8 @@ pub(super) async fn add(run: &Copying<'_>, additions: &Additions) -> Result<(), 
     for table in &additions.excluded {
         tracing::info!(%table, "table of an added schema excluded by decision");
     }
-    sync::recopy(run, &additions.tables).await?;
+    // Their schema changes from before the definitions' snapshot are in them already.
+    sync::recopy(run, &additions.tables, Some(created.consistent_point)).await?;
     for dump in &dumps {
         dump.restore(&base, Section::PostData).await?;
     }

@@ -20,7 +20,7 @@
 //!   table's changes are not in the WAL, so the replica cannot follow it, and one made
 //!   logged starts from rows the replica never had.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::change::TableName;
 use crate::pg::statements;
@@ -102,6 +102,9 @@ pub struct DdlTracker {
     key: Option<CaptureKey>,
     schemas: Vec<String>,
     excluded: HashSet<TableName>,
+    /// Tables added to a kept replica, defined from a dump at this position: a schema
+    /// change of theirs that committed before it is in the definition already.
+    defined_at: HashMap<TableName, Lsn>,
     /// What to tell the operator when only a new snapshot helps.
     retry_setup: String,
     /// Objects from `sql_drop` messages, waiting for their command's `ddl_command_end`.
@@ -116,12 +119,14 @@ impl DdlTracker {
         key: Option<CaptureKey>,
         schemas: Vec<String>,
         excluded: HashSet<TableName>,
+        defined_at: HashMap<TableName, Lsn>,
         retry_setup: String,
     ) -> DdlTracker {
         DdlTracker {
             key,
             schemas,
             excluded,
+            defined_at,
             retry_setup,
             dropped: Vec::new(),
             cursor: None,
@@ -157,6 +162,7 @@ impl DdlTracker {
         &mut self,
         message: DdlMessage,
         lsn: Lsn,
+        commit: Lsn,
     ) -> Result<Option<DdlStatement>, PipelineError> {
         let at = format!(" at {lsn}");
         if message.event == DdlEvent::SqlDrop {
@@ -206,6 +212,16 @@ impl DdlTracker {
                 %tag,
                 table = %table,
                 "schema change on a table left out of the replica: not replayed"
+            );
+            return Ok(None);
+        }
+        let mut tables = objects.iter().filter_map(object_table).peekable();
+        if tables.peek().is_some()
+            && tables.all(|t| self.defined_at.get(&t).is_some_and(|at| commit < *at))
+        {
+            tracing::debug!(
+                %tag,
+                "schema change of tables defined after it (added to the replica): not replayed"
             );
             return Ok(None);
         }
@@ -429,6 +445,7 @@ mod tests {
             None,
             vec!["public".into(), "My S".into()],
             excluded,
+            HashMap::new(),
             "retry".into(),
         )
     }
@@ -457,17 +474,75 @@ mod tests {
     }
 
     #[test]
+    fn schema_changes_before_a_tables_definition_are_not_replayed_onto_it() {
+        let added = TableName {
+            schema: "public".into(),
+            name: "added".into(),
+        };
+        let mut t = tracker();
+        t.defined_at = HashMap::from([(added, Lsn::new(100))]);
+        let on = |identity: &str| vec![object("table", Some("public"), identity)];
+        let mut index = object("index", Some("public"), "public.i");
+        index.table = Some("public.added".into());
+        let alter = "alter table added add b int";
+        let both = "alter table added add c int references kept";
+        for (objects, query, commit, replayed) in [
+            // Committed before the dump the table was defined from: in the definition.
+            (on("public.added"), alter, 99, false),
+            (
+                vec![index.clone()],
+                "create index i on added (b)",
+                99,
+                false,
+            ),
+            // At or after it: replayed, like its rows.
+            (on("public.added"), alter, 100, true),
+            (vec![index], "create index i on added (b)", 150, true),
+            // A command that also touches a table defined before it is replayed.
+            (
+                [on("public.added"), on("public.kept")].concat(),
+                both,
+                99,
+                true,
+            ),
+            (on("public.kept"), "alter table kept add d int", 99, true),
+        ] {
+            let tag = if query.starts_with("create") {
+                "CREATE INDEX"
+            } else {
+                "ALTER TABLE"
+            };
+            let statement = t
+                .on_message(command(tag, query, objects), Lsn::new(90), Lsn::new(commit))
+                .unwrap();
+            assert_eq!(
+                statement.is_some(),
+                replayed,
+                "{query} committed at {commit}"
+            );
+        }
+    }
+
+    #[test]
     fn each_command_of_a_multi_statement_query_replays_its_own_statement() {
         let mut t = tracker();
         let query = "create table t (id int primary key); insert into t values (1); \
                      alter table t add b int; create index concurrently i on t (b)";
         let table = || vec![object("table", Some("public"), "public.t")];
-        let first = t.on_message(command("CREATE TABLE", query, table()), Lsn::new(16));
+        let first = t.on_message(
+            command("CREATE TABLE", query, table()),
+            Lsn::new(16),
+            Lsn::new(16),
+        );
         assert_eq!(
             first.unwrap().unwrap().sql,
             "create table t (id int primary key)"
         );
-        let second = t.on_message(command("ALTER TABLE", query, table()), Lsn::new(16));
+        let second = t.on_message(
+            command("ALTER TABLE", query, table()),
+            Lsn::new(16),
+            Lsn::new(16),
+        );
         let second = second.unwrap().unwrap();
         assert_eq!(second.sql, "alter table t add b int");
         assert_eq!(
@@ -481,7 +556,11 @@ mod tests {
             )
         );
         let index = vec![object("index", Some("public"), "public.i")];
-        let third = t.on_message(command("CREATE INDEX", query, index), Lsn::new(16));
+        let third = t.on_message(
+            command("CREATE INDEX", query, index),
+            Lsn::new(16),
+            Lsn::new(16),
+        );
         assert_eq!(third.unwrap().unwrap().sql, "create index  i on t (b)");
     }
 
@@ -492,7 +571,8 @@ mod tests {
         assert!(t
             .on_message(
                 command("CREATE TABLE", "create table audit.log ()", other),
-                Lsn::new(16)
+                Lsn::new(16),
+                Lsn::new(16),
             )
             .unwrap()
             .is_none());
@@ -500,7 +580,8 @@ mod tests {
         assert!(t
             .on_message(
                 command("GRANT", "grant select on t to x", grant),
-                Lsn::new(16)
+                Lsn::new(16),
+                Lsn::new(16),
             )
             .unwrap()
             .is_none());
@@ -508,7 +589,8 @@ mod tests {
         assert!(t
             .on_message(
                 command("ALTER TABLE", "alter table t owner to x", owner),
-                Lsn::new(16)
+                Lsn::new(16),
+                Lsn::new(16),
             )
             .unwrap()
             .is_none());
@@ -516,7 +598,8 @@ mod tests {
         assert!(t
             .on_message(
                 command("ALTER TABLE", "alter table no_key add a int", column),
-                Lsn::new(16)
+                Lsn::new(16),
+                Lsn::new(16),
             )
             .unwrap()
             .is_none());
@@ -531,15 +614,24 @@ mod tests {
             vec![object("table", Some("My S"), "\"My S\".t")],
         );
         drop.event = DdlEvent::SqlDrop;
-        assert!(t.on_message(drop, Lsn::new(16)).unwrap().is_none());
+        assert!(t
+            .on_message(drop, Lsn::new(16), Lsn::new(16))
+            .unwrap()
+            .is_none());
         let end = command("DROP TABLE", "drop table \"My S\".t", vec![]);
         assert_eq!(
-            t.on_message(end, Lsn::new(16)).unwrap().unwrap().sql,
+            t.on_message(end, Lsn::new(16), Lsn::new(16))
+                .unwrap()
+                .unwrap()
+                .sql,
             "drop table \"My S\".t"
         );
         let schema = vec![object("schema", None, "\"My S\"")];
         let create = command("CREATE SCHEMA", "create schema \"My S\"", schema);
-        assert!(t.on_message(create, Lsn::new(16)).unwrap().is_some());
+        assert!(t
+            .on_message(create, Lsn::new(16), Lsn::new(16))
+            .unwrap()
+            .is_some());
     }
 
     #[test]
@@ -551,7 +643,10 @@ mod tests {
             "do $$ begin execute 'alter table t add c int'; end $$",
             table,
         );
-        let error = t.on_message(nested, Lsn::new(16)).unwrap_err().to_string();
+        let error = t
+            .on_message(nested, Lsn::new(16), Lsn::new(16))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("DO"), "{error}");
     }
 
@@ -562,11 +657,15 @@ mod tests {
         // The first DROP found nothing: no object, nothing replayed, but its statement is
         // used up.
         assert!(t
-            .on_message(command("DROP TABLE", query, vec![]), Lsn::new(16))
+            .on_message(
+                command("DROP TABLE", query, vec![]),
+                Lsn::new(16),
+                Lsn::new(16)
+            )
             .unwrap()
             .is_none());
         let b = vec![object("table", Some("public"), "public.b")];
-        let second = t.on_message(command("DROP TABLE", query, b), Lsn::new(16));
+        let second = t.on_message(command("DROP TABLE", query, b), Lsn::new(16), Lsn::new(16));
         assert_eq!(second.unwrap().unwrap().sql, "drop table public.b");
     }
 
@@ -574,9 +673,13 @@ mod tests {
     fn commands_whose_rows_bypass_the_stream_or_are_no_ddl_stop_the_pipeline() {
         let table = || vec![object("table", Some("public"), "public.t")];
         let ctas = command("CREATE TABLE AS", "create table t as select 1", table());
-        assert!(tracker().on_message(ctas, Lsn::new(16)).is_err());
+        assert!(tracker()
+            .on_message(ctas, Lsn::new(16), Lsn::new(16))
+            .is_err());
         let copy = command("COPY", "copy t from program 'x'", table());
-        assert!(tracker().on_message(copy, Lsn::new(16)).is_err());
+        assert!(tracker()
+            .on_message(copy, Lsn::new(16), Lsn::new(16))
+            .is_err());
         let mut legacy = command(
             "ALTER TABLE",
             "alter table t add c text default 'a\\'",
@@ -585,7 +688,9 @@ mod tests {
         legacy
             .settings
             .insert("standard_conforming_strings".into(), "off".into());
-        assert!(tracker().on_message(legacy, Lsn::new(16)).is_err());
+        assert!(tracker()
+            .on_message(legacy, Lsn::new(16), Lsn::new(16))
+            .is_err());
     }
 
     /// Every command tag of PostgreSQL 13–18's event trigger firing matrix has a
@@ -682,13 +787,13 @@ mod tests {
         let message = DdlMessage::parse(body).unwrap();
         assert_eq!(message.objects[0].identity, None);
         assert!(tracker()
-            .on_message(message, Lsn::new(16))
+            .on_message(message, Lsn::new(16), Lsn::new(16))
             .unwrap()
             .is_none());
         let body = r#"{"v": 2, "tag": "ALTER DEFAULT PRIVILEGES", "event": "ddl_command_end", "query": "alter default privileges grant select on tables to r", "objects": [{"type": "table", "schema": null, "identity": null, "oid": null, "in_extension": false, "table": null}], "search_path": ["public"]}"#;
         let message = DdlMessage::parse(body).unwrap();
         assert!(tracker()
-            .on_message(message, Lsn::new(16))
+            .on_message(message, Lsn::new(16), Lsn::new(16))
             .unwrap()
             .is_none());
     }
@@ -729,7 +834,7 @@ mod tests {
         let table = || vec![object("table", Some("public"), "public.t")];
         let message = command("ALTER TABLE", "alter table t set unlogged", table());
         let Err(PipelineError::Definite { error, next_step }) =
-            tracker().on_message(message, Lsn::new(16))
+            tracker().on_message(message, Lsn::new(16), Lsn::new(16))
         else {
             panic!("SET UNLOGGED was replayed");
         };
@@ -740,11 +845,18 @@ mod tests {
         assert!(next_step.contains("SET LOGGED"), "{next_step}");
         assert!(next_step.ends_with("retry"), "{next_step}");
         let message = command("CREATE TABLE", "create unlogged table t (a int)", table());
-        assert!(tracker().on_message(message, Lsn::new(16)).is_err());
+        assert!(tracker()
+            .on_message(message, Lsn::new(16), Lsn::new(16))
+            .is_err());
         // Outside the connector's schemas, nothing is replayed, so nothing stops.
         let elsewhere = vec![object("table", Some("other"), "other.t")];
         let message = command("ALTER TABLE", "alter table other.t set unlogged", elsewhere);
-        assert_eq!(tracker().on_message(message, Lsn::new(16)).unwrap(), None);
+        assert_eq!(
+            tracker()
+                .on_message(message, Lsn::new(16), Lsn::new(16))
+                .unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -779,13 +891,19 @@ mod tests {
             "create policy own on t using (true)",
             policy,
         );
-        assert!(t.on_message(create, Lsn::new(16)).unwrap().is_some());
+        assert!(t
+            .on_message(create, Lsn::new(16), Lsn::new(16))
+            .unwrap()
+            .is_some());
         let elsewhere = vec![object("policy", None, "own on audit.t")];
         let create = command(
             "CREATE POLICY",
             "create policy own on audit.t using (true)",
             elsewhere,
         );
-        assert!(t.on_message(create, Lsn::new(16)).unwrap().is_none());
+        assert!(t
+            .on_message(create, Lsn::new(16), Lsn::new(16))
+            .unwrap()
+            .is_none());
     }
 }

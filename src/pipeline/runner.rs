@@ -49,6 +49,7 @@ use crate::pipeline::snapshot::Tools;
 use crate::pipeline::stream::{self, StreamEnd, TableFilter, Target};
 use crate::pipeline::timeline;
 use crate::pipeline::{PipelineContext, PipelineError, PipelineState};
+use crate::sink::sync::TableCopy;
 use crate::sink::{self, ReplicaSink};
 use crate::source::capture::{self, CaptureKey};
 use crate::source::slot::Ownership;
@@ -105,12 +106,16 @@ pub async fn run(
     };
     let store = ctx.settings.store();
     let replica = store.with_dbname(&connector.replica_database);
-    let copied_at: HashMap<TableName, Lsn> = sink::sync::table_copies(&replica)
-        .await?
-        .into_iter()
-        .filter_map(|t| Some((t.table, t.copied_at?)))
-        .filter(|(_, at)| *at > applied)
-        .collect();
+    let copies = sink::sync::table_copies(&replica).await?;
+    let ahead = |at: fn(&TableCopy) -> Option<Lsn>| -> HashMap<TableName, Lsn> {
+        copies
+            .iter()
+            .filter_map(|t| Some((t.table.clone(), at(t)?)))
+            .filter(|(_, at)| *at > applied)
+            .collect()
+    };
+    let copied_at = ahead(|t| t.copied_at);
+    let defined_at = ahead(|t| t.defined_at);
     // Held out of the stream since a change of them was lost, until copied again.
     let failed = tables
         .iter()
@@ -132,6 +137,7 @@ pub async fn run(
         capture_key,
         filter.schemas.clone(),
         decided_out,
+        defined_at,
         retry_setup(connector),
     );
     let nan = NanPolicy::new(stream.numeric_as_string(), connector.nan_as_null);
@@ -369,7 +375,7 @@ async fn resume_or_start_over(
                     .filter(|t| !adding.tables.contains(t))
                     .collect();
                 if !requested.is_empty() {
-                    sync::recopy(&run, &requested).await?;
+                    sync::recopy(&run, &requested, None).await?;
                 }
             }
             (from, connector.slot_name.clone())

@@ -44,6 +44,7 @@ use crate::pipeline::snapshot::{self, Progress, SchemaDump, Section, SnapshotJob
 use crate::pipeline::PipelineError;
 use crate::sink::sync::{self as replica_sync, SnapshotRecord};
 use crate::sink::{self, ReplicaSink};
+use crate::source::catalog::SourceTable;
 use crate::source::{catalog, prepared, CreatedSlot, ReplicationClient, SnapshotAction};
 use crate::types::{Lsn, SlotName};
 
@@ -195,11 +196,16 @@ pub(super) async fn requested_copies(
 
 /// Copies `tables` again into the complete replica, under new snapshots, before streaming
 /// goes on from the replica's applied position: the stream then takes each from its
-/// copy's position (their earlier changes are in the copy), the others as before.
-pub(super) async fn recopy(run: &Copying<'_>, tables: &[TableName]) -> Result<(), PipelineError> {
+/// copy's position (their earlier changes are in the copy), the others as before. Tables
+/// just added come with the position their definitions were dumped at (`defined_at`).
+pub(super) async fn recopy(
+    run: &Copying<'_>,
+    tables: &[TableName],
+    defined_at: Option<Lsn>,
+) -> Result<(), PipelineError> {
     let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
-    tracing::info!(tables = %names.join(", "), "copying tables again, as asked");
-    replica_sync::forget_copies(run.replica, run.ctx.lease, tables).await?;
+    tracing::info!(tables = %names.join(", "), "copying tables");
+    replica_sync::forget_copies(run.replica, run.ctx.lease, tables, defined_at).await?;
     while copy_left(run).await? {}
     Ok(())
 }
@@ -246,10 +252,12 @@ async fn finish(
 /// when none was left.
 async fn copy_left(run: &Copying<'_>) -> Result<bool, PipelineError> {
     let ctx = run.ctx;
+    // A table held out (`failed`) waits for `connector resync`, which sets it pending.
+    let held_out = ctx.bookkeeping.held_out_tables(ctx.connector.id).await?;
     let left: Vec<TableName> = replica_sync::table_copies(run.replica)
         .await?
         .into_iter()
-        .filter(|t| t.copied_at.is_none())
+        .filter(|t| t.copied_at.is_none() && !held_out.contains(&t.table))
         .map(|t| t.table)
         .collect();
     if left.is_empty() {
@@ -271,6 +279,7 @@ async fn copy_left(run: &Copying<'_>) -> Result<bool, PipelineError> {
         .filter(|t| left.contains(&t.name))
         .collect::<Vec<_>>();
     let at = created.consistent_point;
+    let listed = hold_out_redefined(run, listed).await?;
     let gone: Vec<&TableName> = left
         .iter()
         .filter(|t| !listed.iter().any(|l| &l.name == *t))
@@ -296,6 +305,55 @@ async fn copy_left(run: &Copying<'_>) -> Result<bool, PipelineError> {
     // Dropping the connection drops the temporary slot and ends its snapshot.
     drop(repl);
     Ok(true)
+}
+
+/// The tables of `listed` whose columns under the group's snapshot are the replica's;
+/// the others are held out. The replica's definition of a table is as of the position its
+/// schema was taken at (the snapshot's start, or the applied position for a resync); a
+/// schema change since, before the group's position, would be replayed by the stream onto
+/// rows copied after it (an added column backfilled with UPDATEs would keep its default),
+/// so the table is held out instead, its schema changes replayed, and copying it again
+/// once the replica has them (`connector resync`) is exact. (Compared: the stored columns'
+/// names and order, so a column dropped and added again under its name shows too.)
+async fn hold_out_redefined(
+    run: &Copying<'_>,
+    listed: Vec<SourceTable>,
+) -> Result<Vec<SourceTable>, PipelineError> {
+    let ctx = run.ctx;
+    let names: Vec<TableName> = listed.iter().map(|t| t.name.clone()).collect();
+    let replica_columns = replica_sync::stored_columns(run.replica, &names).await?;
+    let mut same = Vec::with_capacity(listed.len());
+    for table in listed {
+        if replica_columns.get(&table.name) == Some(&table.columns) {
+            same.push(table);
+            continue;
+        }
+        let problem = format!(
+            "{} changed on the source while it waited to be copied (its columns are now: {}; \
+             the replica's: {}): its copy would not match the schema changes the stream \
+             replays onto it",
+            table.name,
+            table.columns.join(", "),
+            replica_columns
+                .get(&table.name)
+                .map_or_else(|| "none".to_owned(), |c| c.join(", "))
+        );
+        let next_step = format!(
+            "nothing to fix: copy it again with `tributary connector resync {} --table {}` \
+             once the connector streams (the replica has the schema change by then)",
+            ctx.connector.name, table.name
+        );
+        tracing::warn!(table = %table.name, "holding the table out: {problem}");
+        ctx.bookkeeping
+            .set_table_state(
+                ctx.connector.id,
+                &table.name,
+                TableSyncState::Failed,
+                Some((problem.as_str(), next_step.as_str())),
+            )
+            .await?;
+    }
+    Ok(same)
 }
 
 /// Copies the job's tables (as many as its deadline allows), recording progress in the

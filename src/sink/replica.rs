@@ -77,11 +77,13 @@ const PROGRESS_DDL: &str = "\
         table_name text NOT NULL,\n\
         copied_lsn pg_lsn,\n\
         copies integer NOT NULL DEFAULT 0,\n\
+        defined_lsn pg_lsn,\n\
         PRIMARY KEY (schema_name, table_name)\n\
     );\n\
     COMMENT ON TABLE tributary.table_sync IS \
         'tributary: per table, the source position its copy is exact at (null until the \
-         copy committed, in the same transaction) and how often it was copied';";
+         copy committed, in the same transaction), how often it was copied, and for a table \
+         added to a kept replica the position its definition was dumped at';";
 
 /// Locks the lease row for the rest of the transaction and reads the fencing token and the
 /// applied LSN: a claim by a newer owner (or a second writer, such as two connectors on one

@@ -11,6 +11,8 @@
 //! ([`FENCE_SQL`]) and checks the token: a daemon that lost the connector cannot add rows
 //! to a table its successor is copying.
 
+use std::collections::HashMap;
+
 use super::error::SinkError;
 use super::replica::{connect, parse_lsn, read_applied_lsn, setup};
 use crate::change::TableName;
@@ -71,6 +73,9 @@ pub struct TableCopy {
     /// Where its last complete copy is exact; `None` while it has none.
     pub copied_at: Option<Lsn>,
     pub copies: u32,
+    /// For a table added to a kept replica: the position its definition was dumped at;
+    /// the stream replays none of its schema changes from before it.
+    pub defined_at: Option<Lsn>,
 }
 
 /// Records a new snapshot in a fresh replica: its slot, start, schema archive and tables,
@@ -170,7 +175,7 @@ pub async fn table_copies(replica: &ConnInfo) -> Result<Vec<TableCopy>, SinkErro
     let client = connect(replica).await?;
     let rows = client
         .query(
-            "SELECT schema_name, table_name, copied_lsn::text, copies \
+            "SELECT schema_name, table_name, copied_lsn::text, copies, defined_lsn::text \
              FROM tributary.table_sync ORDER BY schema_name, table_name",
             &[],
         )
@@ -185,8 +190,48 @@ pub async fn table_copies(replica: &ConnInfo) -> Result<Vec<TableCopy>, SinkErro
             },
             copied_at: row.get::<_, Option<String>>(2).map(|l| parse_lsn(&l)),
             copies: u32::try_from(row.get::<_, i32>(3)).unwrap_or(0),
+            defined_at: row.get::<_, Option<String>>(4).map(|l| parse_lsn(&l)),
         })
         .collect())
+}
+
+/// The stored (non-generated) columns of each of `tables` in the replica, in `attnum`
+/// order, as `source::catalog::SourceTable::columns` lists the source's; a table the
+/// replica does not have is left out.
+pub async fn stored_columns(
+    replica: &ConnInfo,
+    tables: &[TableName],
+) -> Result<HashMap<TableName, Vec<String>>, SinkError> {
+    let client = connect(replica).await?;
+    let (schemas, names): (Vec<&str>, Vec<&str>) = tables
+        .iter()
+        .map(|t| (t.schema.as_str(), t.name.as_str()))
+        .unzip();
+    let rows = client
+        .query(
+            "SELECT n.nspname, c.relname, a.attname \
+             FROM unnest($1::text[], $2::text[]) AS t(schema_name, table_name) \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+             WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+             ORDER BY n.nspname, c.relname, a.attnum",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(setup(
+            &replica.dbname,
+            "reading the replica tables' columns",
+        ))?;
+    let mut columns: HashMap<TableName, Vec<String>> = HashMap::new();
+    for row in &rows {
+        let table = TableName {
+            schema: row.get(0),
+            name: row.get(1),
+        };
+        columns.entry(table).or_default().push(row.get(2));
+    }
+    Ok(columns)
 }
 
 /// In the open transaction: `TRUNCATE ONLY qualified`, which a table with rows of another
@@ -240,12 +285,13 @@ pub async fn empty_tables(
     client.batch_execute("COMMIT").await.map_err(emptying())
 }
 
-/// Records `tables` as not copied (the operator asked for them to be copied again),
-/// under the fence.
+/// Records `tables` as not copied (the operator asked for them to be copied again, or
+/// they were just added, with their definitions dumped at `defined_at`), under the fence.
 pub async fn forget_copies(
     replica: &ConnInfo,
     token: FencingToken,
     tables: &[TableName],
+    defined_at: Option<Lsn>,
 ) -> Result<(), SinkError> {
     let database = &replica.dbname;
     let client = connect(replica).await?;
@@ -256,10 +302,11 @@ pub async fn forget_copies(
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     client
         .execute(
-            "INSERT INTO tributary.table_sync (schema_name, table_name) \
-             SELECT * FROM unnest($1::text[], $2::text[]) \
-             ON CONFLICT (schema_name, table_name) DO UPDATE SET copied_lsn = NULL",
-            &[&schemas, &names],
+            "INSERT INTO tributary.table_sync (schema_name, table_name, defined_lsn) \
+             SELECT t.*, $3::text::pg_lsn FROM unnest($1::text[], $2::text[]) AS t \
+             ON CONFLICT (schema_name, table_name) DO UPDATE SET copied_lsn = NULL, \
+                 defined_lsn = coalesce(EXCLUDED.defined_lsn, table_sync.defined_lsn)",
+            &[&schemas, &names, &defined_at.map(|l| l.to_string())],
         )
         .await
         .map_err(writing())?;

@@ -277,7 +277,7 @@ impl Reader<'_> {
                  or report this message to the tributary developers",
             )
         })?;
-        if let Some(statement) = self.ddl.on_message(parsed, message.lsn)? {
+        if let Some(statement) = self.ddl.on_message(parsed, message.lsn, self.tx_commit)? {
             self.sent_in_tx += 1;
             self.send(Command::Ddl(statement)).await?;
         }
