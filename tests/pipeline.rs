@@ -409,61 +409,71 @@ async fn idle_connector_beside_a_busy_database_does_not_pin_wal() {
 }
 
 #[tokio::test]
-async fn an_apply_error_stops_the_pipeline_and_skips_nothing() {
-    let (source, store, mut daemon) = streaming("strict").await;
+async fn an_apply_error_holds_its_table_out_and_skips_nothing() {
+    let (source, store, daemon) = streaming("strict").await;
     converged(&source, &store, "strict", &daemon).await;
 
-    // Someone writes into the replica; the source then inserts the same key.
+    // Someone writes into the replica; the source then inserts the same key, in one
+    // transaction with a change to another table.
     store.psql(
         "strict_replica",
         "INSERT INTO app.accounts VALUES (777777, 'intruder', 0)",
     );
     source.psql(
         "postgres",
-        "INSERT INTO app.accounts VALUES (777777, 'real', 1)",
+        "BEGIN; INSERT INTO app.accounts VALUES (777777, 'real', 1);
+         INSERT INTO app.docs VALUES (777777, 'beside it', 'b'); COMMIT;",
     );
-    daemon.wait_for_state("strict", "failed").await;
-    let connector = daemon.connector("strict");
-    let error = connector["last_error"].as_str().unwrap();
-    assert!(
-        error.contains("app") && error.contains("accounts"),
-        "names the table: {error}"
-    );
+    let held = daemon
+        .wait_for_table("strict", "app.accounts", "failed")
+        .await;
+    let error = held["problem"].as_str().unwrap();
+    assert!(error.contains("app.accounts"), "names the table: {error}");
     assert!(
         error.contains("23505") || error.contains("duplicate key"),
         "has the SQL error: {error}"
     );
     assert!(error.contains("/"), "names the LSN: {error}");
-    assert!(connector["next_step"]
-        .as_str()
-        .is_some_and(|s| !s.is_empty()));
-    // A later change waits behind the failed one rather than being applied past it.
+    assert!(
+        held["next_step"]
+            .as_str()
+            .is_some_and(|s| s.contains("connector resync strict --table app.accounts")),
+        "{held}"
+    );
+    // The other table's change of that transaction arrives once, and later ones too; a
+    // later change of the held-out table waits rather than being applied past the
+    // failed one.
     source.psql(
         "postgres",
-        "INSERT INTO app.accounts VALUES (777778, 'later', 1)",
+        "INSERT INTO app.accounts VALUES (777778, 'later', 1);
+         INSERT INTO app.docs VALUES (777778, 'after it', 'b');",
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let docs = "SELECT count(*) FROM app.docs WHERE id IN (777777, 777778)";
+    crate::support::eventually("app.docs to stream on", || async {
+        (store.psql("strict_replica", docs) == "2").then_some(())
+    })
+    .await;
     assert_eq!(
         store.psql(
             "strict_replica",
-            "SELECT count(*) FROM app.accounts WHERE id = 777778"
+            "SELECT owner FROM app.accounts WHERE id >= 777777"
         ),
-        "0"
+        "intruder"
     );
-
-    // The operator removes the intruder and restarts tributary: the failed change is
-    // applied, then everything after it.
-    store.psql(
-        "strict_replica",
-        "DELETE FROM app.accounts WHERE id = 777777",
-    );
-    daemon.kill9();
-    daemon.start();
-    converged(&source, &store, "strict", &daemon).await;
     assert_eq!(
         daemon.connector_state("strict").as_deref(),
         Some("streaming")
     );
+
+    // The operator removes the intruder and copies the table again: it rejoins with
+    // every change the source made.
+    store.psql(
+        "strict_replica",
+        "DELETE FROM app.accounts WHERE id = 777777",
+    );
+    daemon.cli_ok(&["connector", "resync", "strict", "--table", "app.accounts"]);
+    daemon.cli_ok(&["connector", "wait", "strict"]);
+    converged(&source, &store, "strict", &daemon).await;
 }
 
 #[tokio::test]
