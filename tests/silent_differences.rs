@@ -55,7 +55,7 @@ fn assert_contains(text: &str, parts: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_losing_its_identity_or_made_unlogged_stops_its_connector() {
+async fn a_table_losing_its_identity_is_held_out_and_one_made_unlogged_stops_its_connector() {
     let source = Cluster::start();
     let store = Cluster::start();
     let mut urls = std::collections::HashMap::new();
@@ -145,7 +145,16 @@ async fn a_table_losing_its_identity_or_made_unlogged_stops_its_connector() {
         "ALTER TABLE app.hot SET UNLOGGED; INSERT INTO app.hot VALUES (100, 100);",
     );
 
-    let (error, next) = failure(&daemon, "coded").await;
+    // The table whose change was lost is held out; its connector streams on.
+    let held = |name: &'static str, table: &'static str| {
+        let daemon = &daemon;
+        async move {
+            let row = daemon.wait_for_table(name, table, "failed").await;
+            let text = |key: &str| row[key].as_str().unwrap_or_default().to_owned();
+            (text("problem"), text("next_step"))
+        }
+    };
+    let (error, next) = held("coded", "app.coded").await;
     assert_contains(
         &error,
         &[
@@ -158,15 +167,18 @@ async fn a_table_losing_its_identity_or_made_unlogged_stops_its_connector() {
         &next,
         &[
             "ALTER TABLE \"app\".\"coded\" REPLICA IDENTITY FULL;",
-            "retry-setup coded",
+            "resync coded --table app.coded",
         ],
     );
-    let (error, next) = failure(&daemon, "later").await;
+    let (error, next) = held("later", "app.later").await;
     assert_contains(
         &error,
         &["a DELETE of app.later", "primary key is DEFERRABLE"],
     );
-    assert_contains(&next, &["retry-setup later"]);
+    assert_contains(&next, &["resync later --table app.later"]);
+    for name in ["coded", "later"] {
+        assert_eq!(daemon.connector_state(name).as_deref(), Some("streaming"));
+    }
     let (error, next) = failure(&daemon, "hot").await;
     assert_contains(&error, &["app.hot was made UNLOGGED"]);
     assert_contains(&next, &["SET LOGGED", "retry-setup hot"]);
@@ -180,15 +192,15 @@ async fn a_table_losing_its_identity_or_made_unlogged_stops_its_connector() {
         store.psql("later_replica", "SELECT count(*) FROM app.later"),
         "10"
     );
-    // The failure is a state everywhere the operator looks.
+    // Each is a state everywhere the operator looks.
     let status = daemon.cli_fails(&["status", "--format", "json"]);
-    assert_contains(&status, &["\"failed\""]);
+    assert_contains(&status, &["\"failed\"", "1 table held out"]);
     let addr = daemon.metrics_addr().await;
     crate::support::eventually("the failed state in the metrics", || async {
         let (_, metrics) = crate::metrics::get(addr, "/metrics");
-        metrics
-            .contains("tributary_pipeline_state{connector=\"coded\",state=\"failed\"} 1")
-            .then_some(())
+        (metrics.contains("tributary_pipeline_state{connector=\"hot\",state=\"failed\"} 1")
+            && metrics.contains("tributary_tables{connector=\"coded\",state=\"failed\"} 1"))
+        .then_some(())
     })
     .await;
 }

@@ -518,7 +518,7 @@ async fn a_dead_snapshot_or_a_pg_dump_failure_is_reported_precisely() {
         error.kind().is_transient(),
         "a new slot brings a new snapshot"
     );
-    assert!(error.to_string().contains("new slot"), "{error}");
+    assert!(error.to_string().contains("new snapshot"), "{error}");
 
     // With a live snapshot: pg_dump runs with --strict-names, so an unknown schema is an
     // error, not an empty dump.
