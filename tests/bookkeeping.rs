@@ -732,11 +732,11 @@ async fn table_progress_accumulates_and_a_new_snapshot_starts_over() {
     }
 
     bookkeeping
-        .table_progress(id, &orders, 1000, 64_000, TableSyncState::Copying)
+        .table_progress(id, token, &orders, 1000, 64_000, TableSyncState::Copying)
         .await
         .unwrap();
     bookkeeping
-        .table_progress(id, &orders, 500, 36_000, TableSyncState::Copied)
+        .table_progress(id, token, &orders, 500, 36_000, TableSyncState::Copied)
         .await
         .unwrap();
     let tables = bookkeeping.tables(id).await.unwrap();
@@ -752,7 +752,14 @@ async fn table_progress_accumulates_and_a_new_snapshot_starts_over() {
     );
 
     let err = bookkeeping
-        .table_progress(id, &table("public", "ghost"), 1, 1, TableSyncState::Copying)
+        .table_progress(
+            id,
+            token,
+            &table("public", "ghost"),
+            1,
+            1,
+            TableSyncState::Copying,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::UnknownTable { .. }), "{err}");
@@ -810,7 +817,14 @@ async fn connector_changes_are_notified() {
         .await
         .unwrap();
     other
-        .table_progress(id, &table("public", "t"), 1, 1, TableSyncState::Copying)
+        .table_progress(
+            id,
+            token,
+            &table("public", "t"),
+            1,
+            1,
+            TableSyncState::Copying,
+        )
         .await
         .unwrap();
     other.delete_connector(id).await.unwrap();

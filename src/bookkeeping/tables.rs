@@ -247,11 +247,14 @@ impl Bookkeeping {
     pub async fn table_progress(
         &self,
         id: ConnectorId,
+        lease: FencingToken,
         table: &TableName,
         rows: u64,
         bytes: u64,
         state: TableSyncState,
     ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        hold_lease(&mut tx, id, lease).await?;
         let updated = sqlx::query(
             "UPDATE tributary.connector_tables
              SET rows_copied = rows_copied + $4, bytes_copied = bytes_copied + $5,
@@ -264,17 +267,15 @@ impl Bookkeeping {
         .bind(counter(rows))
         .bind(counter(bytes))
         .bind(state.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
-            if self.connector_by_id(id).await?.is_none() {
-                return Err(Error::NotFound(id));
-            }
             return Err(Error::UnknownTable {
                 connector: id,
                 table: format!("{}.{}", table.schema, table.name),
             });
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -283,10 +284,13 @@ impl Bookkeeping {
     pub async fn table_copied(
         &self,
         id: ConnectorId,
+        lease: FencingToken,
         table: &TableName,
         at: Lsn,
         copies: u32,
     ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        hold_lease(&mut tx, id, lease).await?;
         sqlx::query(
             "UPDATE tributary.connector_tables
              SET sync_state = 'copied', copied_lsn = $4::text::pg_lsn, copies = $5
@@ -297,8 +301,9 @@ impl Bookkeeping {
         .bind(&table.name)
         .bind(at.to_string())
         .bind(i32::try_from(copies).unwrap_or(i32::MAX))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -324,10 +329,13 @@ impl Bookkeeping {
     pub async fn set_table_state(
         &self,
         id: ConnectorId,
+        lease: FencingToken,
         table: &TableName,
         state: TableSyncState,
         problem: Option<(&str, &str)>,
     ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        hold_lease(&mut tx, id, lease).await?;
         sqlx::query(
             "INSERT INTO tributary.connector_tables AS t
                  (connector_id, schema_name, table_name, decision, sync_state, problem, next_step)
@@ -342,8 +350,9 @@ impl Bookkeeping {
         .bind(state.as_str())
         .bind(problem.map(|(p, _)| p))
         .bind(problem.map(|(_, n)| n))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -156,7 +156,13 @@ pub(super) async fn add(run: &Copying<'_>, additions: &Additions) -> Result<(), 
     }
     for table in &additions.tables {
         ctx.bookkeeping
-            .set_table_state(connector.id, table, TableSyncState::Pending, None)
+            .set_table_state(
+                connector.id,
+                ctx.lease,
+                table,
+                TableSyncState::Pending,
+                None,
+            )
             .await?;
     }
     for table in &additions.excluded {

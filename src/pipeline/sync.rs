@@ -173,7 +173,7 @@ pub(super) async fn resume(
     for table in copied {
         let at = table.copied_at.unwrap_or(record.consistent_point);
         ctx.bookkeeping
-            .table_copied(ctx.connector.id, &table.table, at, table.copies)
+            .table_copied(ctx.connector.id, ctx.lease, &table.table, at, table.copies)
             .await?;
     }
     finish(run, record, None).await
@@ -347,6 +347,7 @@ async fn hold_out_redefined(
         ctx.bookkeeping
             .set_table_state(
                 ctx.connector.id,
+                ctx.lease,
                 &table.name,
                 TableSyncState::Failed,
                 Some((problem.as_str(), next_step.as_str())),
@@ -385,19 +386,33 @@ async fn copy_group(run: &Copying<'_>, job: &SnapshotJob<'_>) -> Result<(), Pipe
                     tracing::info!(table = %table, remaining, at = %job.copied_at, "table copied");
                     crash::reach(CrashPoint::AfterCopyBeforeProgress);
                     match bk
-                        .table_progress(connector.id, &table, rows, bytes, TableSyncState::Copied)
+                        .table_progress(
+                            connector.id,
+                            ctx.lease,
+                            &table,
+                            rows,
+                            bytes,
+                            TableSyncState::Copied,
+                        )
                         .await
                     {
                         Ok(()) => {
-                            bk.table_copied(connector.id, &table, job.copied_at, copies)
+                            bk.table_copied(connector.id, ctx.lease, &table, job.copied_at, copies)
                                 .await
                         }
                         Err(e) => Err(e),
                     }
                 }
                 None => {
-                    bk.table_progress(connector.id, &table, rows, bytes, TableSyncState::Copying)
-                        .await
+                    bk.table_progress(
+                        connector.id,
+                        ctx.lease,
+                        &table,
+                        rows,
+                        bytes,
+                        TableSyncState::Copying,
+                    )
+                    .await
                 }
             };
             if let Err(e) = recorded {

@@ -37,11 +37,17 @@ pub(super) async fn record_table_troubles(
                      deleted; nothing else is needed then"
                 );
                 let problem = Some((problem.as_str(), next_step.as_str()));
-                bk.set_table_state(id, &table, TableSyncState::NeedsDecision, problem)
-                    .await?;
+                bk.set_table_state(
+                    id,
+                    ctx.lease,
+                    &table,
+                    TableSyncState::NeedsDecision,
+                    problem,
+                )
+                .await?;
             }
             TableEvent::IdentityBack(table) => {
-                bk.set_table_state(id, &table, TableSyncState::Streaming, None)
+                bk.set_table_state(id, ctx.lease, &table, TableSyncState::Streaming, None)
                     .await?;
             }
             TableEvent::Stopped {
@@ -50,7 +56,7 @@ pub(super) async fn record_table_troubles(
                 next_step,
             } => {
                 let problem = Some((problem.as_str(), next_step.as_str()));
-                bk.set_table_state(id, &table, TableSyncState::Failed, problem)
+                bk.set_table_state(id, ctx.lease, &table, TableSyncState::Failed, problem)
                     .await?;
             }
         }
@@ -93,6 +99,7 @@ pub(super) async fn hold_out_failed_table(
     ctx.bookkeeping
         .set_table_state(
             id,
+            ctx.lease,
             &table,
             TableSyncState::Failed,
             Some((problem.as_str(), next_step.as_str())),
