@@ -303,9 +303,30 @@ async fn a_source_restart_mid_snapshot_resumes() {
     let writes = app_writes(&source, stop.clone());
     daemon.create_connector(&source.url("repl", None, "shop"), "shop", "public");
     daemon.start();
+    // Once pg_dump is done (it locks every table), the two tables copied last wait
+    // behind a lock until the restart: it interrupts the snapshot however fast the
+    // machine copies.
+    crate::support::eventually("the schema restored", || async {
+        let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
+        log.contains("section=\"pre-data\"").then_some(())
+    })
+    .await;
+    let (locker, connection) =
+        tokio_postgres::connect(&source.superuser_url("shop"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    // The smallest tables, t2 and t5, come last (largest first).
+    let locking = tokio::spawn(async move {
+        locker
+            .batch_execute("BEGIN; LOCK TABLE t2, t5 IN ACCESS EXCLUSIVE MODE")
+            .await
+    });
     wait_partly_copied(&store, 2, &daemon).await;
     let before = copied(&store);
     source.restart();
+    let _ = locking.await;
+    connection.abort();
     // The application reconnects after the restart and writes on.
     stop.store(true, Ordering::Relaxed);
     let _ = writes.await;

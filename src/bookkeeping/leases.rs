@@ -264,6 +264,14 @@ impl Bookkeeping {
 /// row is locked first (`FOR NO KEY UPDATE`, as a delete would, so the two queue instead of
 /// deadlocking), then the lease row with `FOR KEY SHARE`: the lease cannot be taken over
 /// before `tx` ends, yet its holder can still renew it meanwhile.
+/// In one statement, with `$1` the connector and `$2` the token: whether that lease is
+/// still held. The lease row is share-locked until the statement's transaction ends, so
+/// a takeover waits for a write under it, and a write after a takeover sees the new
+/// token. A write that is one statement holds no lock between round trips: a daemon
+/// frozen mid-way cannot keep its successor waiting.
+pub(super) const LEASE_HELD: &str = "EXISTS (SELECT 1 FROM tributary.leases
+      WHERE connector_id = $1 AND token = $2 AND expires_at > now() FOR SHARE)";
+
 pub(super) async fn hold_lease(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     id: ConnectorId,

@@ -6,7 +6,7 @@ use std::fmt;
 
 use sqlx::Row;
 
-use super::leases::hold_lease;
+use super::leases::{hold_lease, LEASE_HELD};
 use super::{counter, Bookkeeping, Error};
 use crate::change::TableName;
 use crate::types::{ConnectorId, FencingToken, Lsn};
@@ -243,7 +243,7 @@ impl Bookkeeping {
     }
 
     /// Adds `rows` and `bytes` (increments, not totals) to the table's counters and sets
-    /// its state.
+    /// its state; under the lease.
     pub async fn table_progress(
         &self,
         id: ConnectorId,
@@ -253,34 +253,28 @@ impl Bookkeeping {
         bytes: u64,
         state: TableSyncState,
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
-        hold_lease(&mut tx, id, lease).await?;
-        let updated = sqlx::query(
+        let updated = sqlx::query(&format!(
             "UPDATE tributary.connector_tables
-             SET rows_copied = rows_copied + $4, bytes_copied = bytes_copied + $5,
-                 sync_state = $6
-             WHERE connector_id = $1 AND schema_name = $2 AND table_name = $3",
-        )
+             SET rows_copied = rows_copied + $5, bytes_copied = bytes_copied + $6,
+                 sync_state = $7
+             WHERE connector_id = $1 AND schema_name = $3 AND table_name = $4
+               AND {LEASE_HELD}"
+        ))
         .bind(id.0)
+        .bind(lease.0)
         .bind(&table.schema)
         .bind(&table.name)
         .bind(counter(rows))
         .bind(counter(bytes))
         .bind(state.as_str())
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        if updated.rows_affected() == 0 {
-            return Err(Error::UnknownTable {
-                connector: id,
-                table: format!("{}.{}", table.schema, table.name),
-            });
-        }
-        tx.commit().await?;
-        Ok(())
+        self.fenced_write(id, lease, table, updated.rows_affected())
+            .await
     }
 
     /// Records that the table's copy completed, exact at source position `at` (the
-    /// replica recorded it first, in the copy's own transaction).
+    /// replica recorded it first, in the copy's own transaction); under the lease.
     pub async fn table_copied(
         &self,
         id: ConnectorId,
@@ -289,22 +283,48 @@ impl Bookkeeping {
         at: Lsn,
         copies: u32,
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
-        hold_lease(&mut tx, id, lease).await?;
-        sqlx::query(
+        let updated = sqlx::query(&format!(
             "UPDATE tributary.connector_tables
-             SET sync_state = 'copied', copied_lsn = $4::text::pg_lsn, copies = $5
-             WHERE connector_id = $1 AND schema_name = $2 AND table_name = $3",
-        )
+             SET sync_state = 'copied', copied_lsn = $5::text::pg_lsn, copies = $6
+             WHERE connector_id = $1 AND schema_name = $3 AND table_name = $4
+               AND {LEASE_HELD}"
+        ))
         .bind(id.0)
+        .bind(lease.0)
         .bind(&table.schema)
         .bind(&table.name)
         .bind(at.to_string())
         .bind(i32::try_from(copies).unwrap_or(i32::MAX))
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(())
+        self.fenced_write(id, lease, table, updated.rows_affected())
+            .await
+    }
+
+    /// After a write under [`LEASE_HELD`] that changed `rows`: none means the lease is
+    /// gone, or the table is not the connector's.
+    async fn fenced_write(
+        &self,
+        id: ConnectorId,
+        lease: FencingToken,
+        table: &TableName,
+        rows: u64,
+    ) -> Result<(), Error> {
+        if rows > 0 {
+            return Ok(());
+        }
+        let held: bool = sqlx::query_scalar(&format!("SELECT {LEASE_HELD}"))
+            .bind(id.0)
+            .bind(lease.0)
+            .fetch_one(&self.pool)
+            .await?;
+        if !held {
+            return Err(Error::LeaseLost(id));
+        }
+        Err(Error::UnknownTable {
+            connector: id,
+            table: format!("{}.{}", table.schema, table.name),
+        })
     }
 
     /// Marks `streaming` every copied table whose copy position the replica's applied
@@ -334,26 +354,25 @@ impl Bookkeeping {
         state: TableSyncState,
         problem: Option<(&str, &str)>,
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
-        hold_lease(&mut tx, id, lease).await?;
-        sqlx::query(
+        let written = sqlx::query(&format!(
             "INSERT INTO tributary.connector_tables AS t
                  (connector_id, schema_name, table_name, decision, sync_state, problem, next_step)
-             VALUES ($1, $2, $3, 'include', $4, $5, $6)
+             SELECT $1, $3, $4, 'include', $5, $6, $7 WHERE {LEASE_HELD}
              ON CONFLICT (connector_id, schema_name, table_name) DO UPDATE
              SET sync_state = EXCLUDED.sync_state, problem = EXCLUDED.problem,
-                 next_step = EXCLUDED.next_step, decision = 'include'",
-        )
+                 next_step = EXCLUDED.next_step, decision = 'include'"
+        ))
         .bind(id.0)
+        .bind(lease.0)
         .bind(&table.schema)
         .bind(&table.name)
         .bind(state.as_str())
         .bind(problem.map(|(p, _)| p))
         .bind(problem.map(|(_, n)| n))
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(())
+        self.fenced_write(id, lease, table, written.rows_affected())
+            .await
     }
 
     /// Sets every included table that is not copied back to `pending` (its copy was

@@ -193,8 +193,10 @@ impl Chunk {
 }
 
 /// Splits tables above `chunk_bytes` into page ranges of about that size (when `ranges`
-/// are efficient on the source), and orders everything largest first so that the longest
-/// pieces start early and small tables fill the gaps at the end.
+/// are efficient on the source), and orders them table by table, largest table first: the
+/// longest tables start early and small ones fill the gaps at the end, and tables complete
+/// one after the other (the workers share the ranges of one table), so an interruption
+/// leaves about one unfinished table per worker to copy again, not every table.
 fn plan_chunks(tables: &[SourceTable], chunk_bytes: u64, ranges: bool) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     for (index, table) in tables.iter().enumerate() {
@@ -223,9 +225,10 @@ fn plan_chunks(tables: &[SourceTable], chunk_bytes: u64, ranges: bool) -> Vec<Ch
             start = end;
         }
     }
+    let size = |c: &Chunk| tables[c.table].estimated_bytes;
     chunks.sort_by(|a, b| {
-        b.estimated_bytes
-            .cmp(&a.estimated_bytes)
+        size(b)
+            .cmp(&size(a))
             .then(a.table.cmp(&b.table))
             .then(a.start.cmp(&b.start))
     });
@@ -565,6 +568,19 @@ mod tests {
             ]
         );
         assert_eq!(chunks[0].filter(), " WHERE ctid < '(3,0)'");
+
+        // Table by table, the largest first: one table's ranges are never interleaved
+        // with another's, so tables complete one after the other.
+        let three = [
+            table("a", 6 * 8192, 6),
+            table("b", 9 * 8192, 9),
+            table("c", 100, 1),
+        ];
+        let order: Vec<(usize, u64)> = plan_chunks(&three, 3 * 8192, true)
+            .iter()
+            .map(|c| (c.table, c.start))
+            .collect();
+        assert_eq!(order, [(1, 0), (1, 3), (1, 6), (0, 0), (0, 3), (2, 0)]);
         assert_eq!(
             chunks[1].filter(),
             " WHERE ctid >= '(3,0)' AND ctid < '(6,0)'"
