@@ -230,20 +230,11 @@ mod tests {
     use crate::change::TableName;
 
     fn table(name: &str, state: TableState, decision: &str) -> Table {
-        Table {
-            table: TableName {
-                schema: "public".to_owned(),
-                name: name.to_owned(),
-            },
-            state,
-            decision: decision.to_owned(),
-            copied_at: None,
-            copies: 0,
-            rows_copied: 0,
-            bytes_copied: 0,
-            problem: None,
-            next_step: None,
-        }
+        let name = TableName {
+            schema: "public".to_owned(),
+            name: name.to_owned(),
+        };
+        Table::new(name, state, decision)
     }
 
     #[test]

@@ -40,6 +40,23 @@ pub struct Table {
     pub next_step: Option<String>,
 }
 
+impl Table {
+    /// A table with nothing copied and no trouble recorded.
+    pub fn new(table: TableName, state: TableState, decision: &str) -> Table {
+        Table {
+            table,
+            state,
+            decision: decision.to_owned(),
+            copied_at: None,
+            copies: 0,
+            rows_copied: 0,
+            bytes_copied: 0,
+            problem: None,
+            next_step: None,
+        }
+    }
+}
+
 /// The connector's tables, ordered by schema and name.
 pub async fn list(
     bookkeeping: &Bookkeeping,
@@ -92,17 +109,11 @@ pub fn merge(statuses: Vec<TableStatus>, decisions: Vec<(TableName, TableDecisio
             }
         })
         .collect();
-    tables.extend(decided.into_iter().map(|(table, decision)| Table {
-        table,
-        state: TableState::Excluded,
-        decision: decision.as_str().to_owned(),
-        copied_at: None,
-        copies: 0,
-        rows_copied: 0,
-        bytes_copied: 0,
-        problem: None,
-        next_step: None,
-    }));
+    tables.extend(
+        decided
+            .into_iter()
+            .map(|(table, decision)| Table::new(table, TableState::Excluded, decision.as_str())),
+    );
     tables.sort_by(|a, b| (&a.table.schema, &a.table.name).cmp(&(&b.table.schema, &b.table.name)));
     tables
 }
