@@ -27,6 +27,7 @@
 //!
 //! Prints each figure, the medians and the ratios. Timings are never asserted.
 
+mod common;
 #[path = "../tests/daemon.rs"]
 mod daemon;
 #[path = "../tests/harness/mod.rs"]
@@ -37,62 +38,9 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{copy_pipe, env_or, median, poll, quiet, ratio, sh, tuned};
 use daemon::Daemon;
 use harness::Cluster;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn sh(script: &str) {
-    let status = Command::new("sh")
-        .args(["-c", script])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "failed: {script}");
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
-
-/// Runs `query` (one value) on `db` every `interval` until `done` accepts the value, and
-/// returns it. One connection for the whole wait: a psql process per poll would load the
-/// machine during the measurement it waits for (about a tenth of both cores at 50 polls/s).
-fn poll(
-    cluster: &Cluster,
-    db: &str,
-    query: &str,
-    interval: Duration,
-    done: impl Fn(&str) -> bool,
-) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = cluster.connect(db).await;
-        loop {
-            let rows = client.simple_query(query).await.unwrap();
-            let value = rows
-                .iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            if done(&value) {
-                return value;
-            }
-            tokio::time::sleep(interval).await;
-        }
-    })
-}
 
 fn wait_lsn(source: &Cluster, slot: &str, target: &str) {
     let reached = format!(
@@ -123,13 +71,6 @@ fn phases(daemon: &Daemon, name: &str) -> String {
         .join("\n")
 }
 
-/// Every timed scenario starts from quiet servers: the previous one's dirty pages are
-/// written out first, so the order of the scenarios does not decide who pays for them.
-fn quiet(source: &Cluster, store: &Cluster) {
-    source.psql("bench", "CHECKPOINT");
-    store.psql("postgres", "CHECKPOINT");
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` probes benchmarks; there are none to list by name.
@@ -142,12 +83,6 @@ fn main() {
     let big_tx_mb: u64 = env_or("TRIBUTARY_BENCH_BIG_TX_MB", 1024);
     let scaling: u32 = env_or("TRIBUTARY_BENCH_SCALING", 0);
 
-    let tuned = |b: harness::ClusterBuilder| {
-        b.setting("max_wal_size", "8GB")
-            .setting("checkpoint_timeout", "30min")
-            .setting("shared_buffers", "512MB")
-            .setting("max_worker_processes", "16")
-    };
     let source = tuned(Cluster::builder()).start();
     let store = tuned(Cluster::builder()).start();
     let bin = source.bindir().to_owned();
@@ -225,28 +160,11 @@ fn main() {
         let db = format!("pipe_{run}");
         store.create_database(&db);
         quiet(&source, &store);
-        let started = Instant::now();
-        sh(&format!(
-            "{pg_dump} --schema-only --section=pre-data {src} | {psql} -q -X {}",
-            dst(&db)
-        ));
-        let pre_data = started.elapsed().as_secs_f64();
-        for table in tables {
-            sh(&format!(
-                "{psql} -X -c 'COPY {table} TO STDOUT (FORMAT binary)' {src} | {psql} -X -c 'COPY {table} FROM STDIN (FORMAT binary)' {}",
-                dst(&db)
-            ));
-        }
-        let copied = started.elapsed().as_secs_f64();
-        sh(&format!(
-            "{pg_dump} --schema-only --section=post-data {src} | {psql} -q -X {}",
-            dst(&db)
-        ));
-        pipe.push(started.elapsed().as_secs_f64());
+        let steps = copy_pipe(&bin, &src, &dst(&db), "public", &tables);
+        pipe.push(steps.total());
         eprintln!(
-            "run {run}: copy pipe phases: pre-data {pre_data:.2}s, rows {:.2}s, post-data {:.2}s",
-            copied - pre_data,
-            pipe[run] - copied
+            "run {run}: copy pipe phases: pre-data {:.2}s, rows {:.2}s, post-data {:.2}s",
+            steps.pre_data, steps.rows, steps.post_data
         );
 
         // Native: full schema first, then the subscription's initial copy.
@@ -378,12 +296,7 @@ fn main() {
     });
     let _ = daemon.terminate();
 
-    // Ratios of each run's own figures, whose median resists the drift of a shared
-    // machine better than the ratio of medians (printed too).
-    let ratio = |a: &[f64], b: &[f64]| {
-        let mut per_run: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
-        median(&mut per_run)
-    };
+    // Ratios of each run's own figures (`common::ratio`); the ratio of medians is printed too.
     let (snapshot_pipe, snapshot_native) = (ratio(&ours, &pipe), ratio(&native, &ours));
     let catchup = ratio(&ours_catchup, &native_catchup);
     let decode_ratio = ratio(&ours_catchup, &decode_catchup);
