@@ -64,7 +64,9 @@ pub struct StoreSettings {
 /// masked); `config` puts the key in front.
 fn store_url<'de, D: serde::Deserializer<'de>>(value: D) -> Result<ConnInfo, D::Error> {
     let text = String::deserialize(value)?;
-    ConnInfo::parse(&text).map_err(serde::de::Error::custom)
+    let info = ConnInfo::parse(&text).map_err(serde::de::Error::custom)?;
+    crate::bookkeeping::store_support(&info).map_err(serde::de::Error::custom)?;
+    Ok(info)
 }
 
 /// Text that never prints: `Debug` shows `****`, and there is no `Display`.

@@ -13,7 +13,8 @@ use sqlx::Connection as _;
 use super::keys::Keys;
 use super::secrets::Cipher;
 use super::Error;
-use crate::pg::conninfo::{Host, RootCert};
+use crate::pg::conninfo::{ChannelBinding, Endpoint, Host, Keepalives, RootCert, TlsVersion};
+use crate::pg::hosts::{self, ServerRole};
 use crate::pg::{ConnInfo, SslMode};
 use crate::settings::SecretsSettings;
 use crate::types::InstallationId;
@@ -132,10 +133,12 @@ impl Bookkeeping {
         // not general enough"), so `open` could not run in a spawned task.
         // sqlx's own `CREATE TABLE IF NOT EXISTS` would otherwise log a notice at every
         // start.
-        let options = connect_options(store).options([
-            ("search_path", "tributary"),
-            ("client_min_messages", "warning"),
-        ]);
+        let options = |options: PgConnectOptions| {
+            options.options([
+                ("search_path", "tributary"),
+                ("client_min_messages", "warning"),
+            ])
+        };
         let session = pool_with(store, options, 1).await?;
         create_schema(&session).await?;
         MIGRATOR.run(&session).await.map_err(Error::migrate)?;
@@ -220,49 +223,112 @@ pub(super) const DAEMON_NAME_LOCK_CLASS: i32 = 0x7472_6962;
 /// field by field, so the password never passes through a URL string.
 /// A pool of at most `max_connections` sessions to the control database.
 pub(crate) async fn open_pool(store: &ConnInfo, max_connections: u32) -> Result<PgPool, Error> {
-    pool_with(store, connect_options(store), max_connections).await
+    pool_with(store, |options| options, max_connections).await
 }
 
-/// A pool of `options` sessions, after one session opened by itself within the URL's
-/// `connect_timeout`: the pool retries a refused connection until its acquire timeout and
-/// then says only "pool timed out", where one attempt fails at once with the reason.
+/// A pool of sessions to the first server of `store` that `target_session_attrs`
+/// allows, `adjust` applied to their options. One session is opened by itself first,
+/// within the URL's `connect_timeout`: the pool retries a refused connection until its
+/// acquire timeout and then says only "pool timed out", where one attempt fails at once
+/// with the reason. The pool stays on that server; a new pool (the daemon's next start)
+/// looks again.
 async fn pool_with(
     store: &ConnInfo,
-    options: PgConnectOptions,
+    adjust: impl Fn(PgConnectOptions) -> PgConnectOptions,
     max_connections: u32,
 ) -> Result<PgPool, Error> {
-    let failed = |reason: String| Error::Connect {
+    let timeout = store.connect_timeout;
+    let (first, endpoint) = hosts::first_accepted(store, |endpoint, check| {
+        let options = adjust(connect_options(store, &endpoint));
+        async move {
+            let mut session = tokio::time::timeout(timeout, PgConnection::connect_with(&options))
+                .await
+                .map_err(|_| format!("no answer within {timeout:?}"))?
+                .map_err(|e| e.to_string())?;
+            let role = match check {
+                false => None,
+                true => {
+                    let (in_recovery, read_only): (bool, bool) = sqlx::query_as(hosts::ROLE_QUERY)
+                        .fetch_one(&mut session)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Some(ServerRole {
+                        in_recovery,
+                        read_only,
+                    })
+                }
+            };
+            Ok::<_, String>((session, role))
+        }
+    })
+    .await
+    .map_err(|none| Error::Connect {
         target: store.target(),
-        reason,
-    };
-    let first = tokio::time::timeout(store.connect_timeout, PgConnection::connect_with(&options))
-        .await
-        .map_err(|_| failed(format!("no answer within {:?}", store.connect_timeout)))?
-        .map_err(|e| failed(e.to_string()))?;
+        reason: match none.into_single() {
+            Ok(single) => single,
+            Err(none) => none.reasons(),
+        },
+    })?;
     // Only a probe: its close is of no consequence.
     let _ = first.close().await;
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(store.connect_timeout)
-        .connect_with(options)
+        .acquire_timeout(timeout)
+        .connect_with(adjust(connect_options(store, &endpoint)))
         .await
-        .map_err(|e| failed(e.to_string()))
+        .map_err(|e| Error::Connect {
+            target: endpoint.target(),
+            reason: e.to_string(),
+        })
 }
 
-pub(crate) fn connect_options(info: &ConnInfo) -> PgConnectOptions {
+/// What the branch store's sessions (sqlx) cannot do that a connection string may ask
+/// for: refused when the settings are read, rather than connecting otherwise than asked.
+pub fn store_support(info: &ConnInfo) -> Result<(), String> {
+    let tls = &info.tls;
+    let refused = [
+        (tls.crl.is_some() || tls.crldir.is_some(), "sslcrl and sslcrldir"),
+        (!tls.sni, "sslsni=0"),
+        (
+            tls.min_version != TlsVersion::V1_2 || tls.max_version != TlsVersion::V1_3,
+            "ssl_min_protocol_version and ssl_max_protocol_version",
+        ),
+        (info.channel_binding == ChannelBinding::Require, "channel_binding=require"),
+        (
+            info.endpoints.iter().any(|e| e.hostaddr.is_some()),
+            "hostaddr",
+        ),
+        (!tls.send_cert, "sslcertmode=disable"),
+        (
+            info.keepalives != Keepalives::default(),
+            "keepalives, keepalives_idle, keepalives_interval, keepalives_count and tcp_user_timeout",
+        ),
+    ];
+    match refused.iter().find(|(given, _)| *given) {
+        Some((_, what)) => Err(format!(
+            "the branch store's connection string uses {what}, which tributary supports for \
+             sources only: remove it from store.url"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The options of one server of `info`, its password found for that server.
+pub(crate) fn connect_options(info: &ConnInfo, endpoint: &Endpoint) -> PgConnectOptions {
     let mut options = PgConnectOptions::new_without_pgpass()
-        .port(info.port)
+        .port(endpoint.port)
         .username(&info.user)
         .database(&info.dbname)
         .application_name(&info.application_name);
-    options = match &info.host {
+    options = match &endpoint.host {
         Host::Tcp(host) => options.host(host),
         Host::Unix(dir) => options.socket(dir),
     };
-    if let Some(password) = &info.password {
+    if let Some(password) = info.password_for(endpoint) {
         options = options.password(password.expose());
     }
-    let ssl_mode = match (info.sslmode, &info.sslrootcert) {
+    let tls = &info.tls;
+    let ssl_mode = match (info.sslmode, &tls.rootcert) {
         (SslMode::Disable, _) => PgSslMode::Disable,
         (SslMode::Prefer, _) => PgSslMode::Prefer,
         // libpq (and pg/tls.rs) check the chain under `require` when a root is given.
@@ -273,8 +339,23 @@ pub(crate) fn connect_options(info: &ConnInfo) -> PgConnectOptions {
     };
     options = options.ssl_mode(ssl_mode);
     // `sslrootcert=system` leaves sqlx's default roots (webpki's, built in).
-    if let Some(RootCert::File(path)) = &info.sslrootcert {
+    if let Some(RootCert::File(path)) = &tls.rootcert {
         options = options.ssl_root_cert(path);
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        options = options.ssl_client_cert(cert);
+        // Read (and decrypted) here, under libpq's permission rule; a key that cannot be
+        // read is left to the handshake, whose error names the file.
+        options = match crate::pg::tls::key_pem(key, tls.key_password.as_ref()) {
+            Ok(pem) => options.ssl_client_key_from_pem(pem),
+            Err(reason) => {
+                tracing::warn!("{reason}");
+                options.ssl_client_key(key)
+            }
+        };
+    }
+    if !info.options.is_empty() {
+        options = options.options(info.options.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     }
     options
 }

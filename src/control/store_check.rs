@@ -414,10 +414,10 @@ fn pg_error_text(error: &SinkError) -> String {
 /// The data directory's free space and filesystem type, when the directory is known and
 /// the server is on this machine (a Unix socket or a loopback address).
 fn disk(store: &ConnInfo, directory: Option<String>) -> Disk {
-    let local = match &store.host {
+    let local = store.endpoints.iter().all(|e| match &e.host {
         Host::Unix(_) => true,
         Host::Tcp(host) => matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1"),
-    };
+    });
     let Some(directory) = directory else {
         return Disk::Unknown(
             "the data directory is shown only to superusers and pg_read_all_settings".into(),

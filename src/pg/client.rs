@@ -5,7 +5,8 @@ use std::ops::Deref;
 use tokio::task::JoinHandle;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::conninfo::{ConnInfo, Host, SslMode};
+use super::conninfo::{ChannelBinding, ConnInfo, Endpoint, Host, SslMode};
+use super::hosts::{self, ServerRole};
 use super::tls;
 
 /// A tokio-postgres client that owns its connection task: dropping it closes the session
@@ -36,20 +37,78 @@ impl Drop for PgClient {
     }
 }
 
-/// Opens a SQL session. Errors carry the server's SQLSTATE where there is one; the caller's
-/// layer decides what they mean.
+/// Opens a SQL session on the first server of `info` that `target_session_attrs` allows.
+/// Errors carry the server's SQLSTATE where there is one; the caller's layer decides
+/// what they mean.
 pub async fn connect(info: &ConnInfo) -> Result<PgClient, ConnectError> {
+    connect_endpoint(info).await.map(|(client, _)| client)
+}
+
+/// [`connect`], and which server it reached.
+pub async fn connect_endpoint(info: &ConnInfo) -> Result<(PgClient, Endpoint), ConnectError> {
+    let tls = tls::client_config(info.sslmode, &info.tls).map_err(|reason| ConnectError::Tls {
+        target: info.target(),
+        reason,
+    })?;
+    let tls = MakeRustlsConnect::new(tls);
+    hosts::first_accepted(info, |endpoint, check| {
+        let tls = tls.clone();
+        async move {
+            let client = connect_one(info, &endpoint, tls).await?;
+            let role = match check {
+                false => None,
+                true => {
+                    let row = client
+                        .query_one(hosts::ROLE_QUERY, &[])
+                        .await
+                        .map_err(|error| ConnectError::Postgres {
+                            target: endpoint.target(),
+                            error,
+                        })?;
+                    Some(ServerRole {
+                        in_recovery: row.get(0),
+                        read_only: row.get(1),
+                    })
+                }
+            };
+            Ok((client, role))
+        }
+    })
+    .await
+    .map_err(|none| match none.into_single() {
+        Ok(single) => single,
+        Err(none) => ConnectError::NoServer {
+            transient: none.is_transient(ConnectError::is_transient),
+            reasons: none.reasons(),
+        },
+    })
+}
+
+async fn connect_one(
+    info: &ConnInfo,
+    endpoint: &Endpoint,
+    tls: MakeRustlsConnect,
+) -> Result<PgClient, ConnectError> {
     let mut config = tokio_postgres::Config::new();
-    match &info.host {
-        Host::Tcp(host) => config.host(host),
+    match &endpoint.host {
+        Host::Tcp(_) => config.host(endpoint.server_name()),
         Host::Unix(dir) => config.host_path(dir),
     };
+    if let Some(addr) = endpoint.hostaddr {
+        config.hostaddr(addr);
+    }
     config
-        .port(info.port)
+        .port(endpoint.port)
         .user(&info.user)
         .dbname(&info.dbname)
         .application_name(&info.application_name)
         .connect_timeout(info.connect_timeout)
+        .keepalives(info.keepalives.enabled)
+        .channel_binding(match info.channel_binding {
+            ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+            ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+            ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
+        })
         .ssl_mode(match info.sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -58,24 +117,34 @@ pub async fn connect(info: &ConnInfo) -> Result<PgClient, ConnectError> {
                 tokio_postgres::config::SslMode::Require
             }
         });
-    if let Some(password) = &info.password {
+    let keepalives = &info.keepalives;
+    if let Some(idle) = keepalives.idle {
+        config.keepalives_idle(idle);
+    }
+    if let Some(interval) = keepalives.interval {
+        config.keepalives_interval(interval);
+    }
+    if let Some(count) = keepalives.count {
+        config.keepalives_retries(count);
+    }
+    if let Some(timeout) = keepalives.user_timeout {
+        config.tcp_user_timeout(timeout);
+    }
+    if !info.options.is_empty() {
+        config.options(super::conninfo::options_text(&info.options));
+    }
+    if let Some(password) = info.password_for(endpoint) {
         config.password(password.expose());
     }
-    let tls = tls::client_config(info.sslmode, info.sslrootcert.as_ref()).map_err(|reason| {
-        ConnectError::Tls {
-            target: info.target(),
-            reason,
-        }
-    })?;
     let (client, connection) =
         config
-            .connect(MakeRustlsConnect::new(tls))
+            .connect(tls)
             .await
             .map_err(|error| ConnectError::Postgres {
-                target: info.target(),
+                target: endpoint.target(),
                 error,
             })?;
-    let connection = tokio::spawn(drive(connection, info.target()));
+    let connection = tokio::spawn(drive(connection, endpoint.target()));
     Ok(PgClient { client, connection })
 }
 
@@ -118,6 +187,8 @@ pub enum ConnectError {
         target: String,
         error: tokio_postgres::Error,
     },
+    #[error("no server of the connection string could be used: {reasons}")]
+    NoServer { reasons: String, transient: bool },
 }
 
 impl ConnectError {
@@ -127,6 +198,7 @@ impl ConnectError {
         match self {
             ConnectError::Tls { .. } => false,
             ConnectError::Postgres { error, .. } => super::retry::postgres(error),
+            ConnectError::NoServer { transient, .. } => *transient,
         }
     }
 }

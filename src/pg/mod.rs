@@ -6,11 +6,12 @@
 
 mod client;
 pub mod conninfo;
+pub mod hosts;
 pub mod retry;
 mod sql;
 pub mod statements;
 pub(crate) mod tls;
 
-pub use client::{connect, ConnectError, PgClient};
-pub use conninfo::{ConnInfo, InvalidUrl, ShowPassword, SslMode};
+pub use client::{connect, connect_endpoint, ConnectError, PgClient};
+pub use conninfo::{ConnInfo, Endpoint, InvalidUrl, ShowPassword, SslMode};
 pub use sql::{error_message, quote_ident, quote_literal, quote_table};

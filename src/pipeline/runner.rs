@@ -216,6 +216,9 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     let replica = store.with_dbname(&connector.replica_database);
 
     let mut repl = ReplicationClient::connect(&source).await?;
+    // Every session of this run on the server found: a snapshot exported there is
+    // unknown elsewhere. The next run looks through the whole list again (a failover).
+    let source = source.pinned(repl.endpoint());
     let system = repl.identify_system().await?;
     if let Some(known) = &connector.system_id {
         if *known != system.system_id {

@@ -475,6 +475,7 @@ fn connect_error(error: &ConnectError) -> String {
             error: source,
         } => format!("{target}: {}", describe(source)),
         ConnectError::Tls { target, reason } => format!("TLS with {target}: {reason}"),
+        ConnectError::NoServer { .. } => error.to_string(),
     }
 }
 

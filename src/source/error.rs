@@ -115,6 +115,11 @@ pub enum Error {
     #[error("TLS with {target}: {reason}")]
     Tls { target: String, reason: String },
 
+    /// Several servers were named and none could be used; `transient` when one may become
+    /// usable by itself (a standby being promoted, a server restarting).
+    #[error("no server of the connection string could be used: {reasons}")]
+    NoServer { reasons: String, transient: bool },
+
     #[error("authentication with {target} failed: {reason}")]
     Auth { target: String, reason: String },
 
@@ -182,6 +187,7 @@ impl Error {
             Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Closed { .. } => true,
             Error::Io { .. } | Error::Silent { .. } => true,
             Error::Server { error, .. } => retry::sqlstate(&error.code),
+            Error::NoServer { transient, .. } => *transient,
             Error::InvalidUrl(_)
             | Error::Tls { .. }
             | Error::Auth { .. }

@@ -31,7 +31,7 @@ use super::error::{Result, ServerError};
 use super::wal2json::{self, PluginOptions};
 use super::wire::{Connection, Frame, Rows};
 use crate::change;
-use crate::pg::ConnInfo;
+use crate::pg::{ConnInfo, Endpoint};
 use crate::types::{Lsn, SlotName};
 
 /// Session settings that make wal2json render values in one stable, parseable form.
@@ -189,11 +189,13 @@ pub fn status_interval(configured: Duration, wal_sender_timeout: Duration) -> Du
 pub struct ReplicationClient {
     conn: Connection,
     server_major: u32,
+    endpoint: Endpoint,
 }
 
 impl ReplicationClient {
+    /// Connects to the first server of `info` that its `target_session_attrs` allows.
     pub async fn connect(info: &ConnInfo) -> Result<ReplicationClient> {
-        let conn = Connection::connect(
+        let (conn, endpoint) = Connection::connect_endpoint(
             info,
             &[("replication", "database"), ("options", SESSION_OPTIONS)],
         )
@@ -204,7 +206,16 @@ impl ReplicationClient {
             .next()
             .and_then(|major| major.parse().ok())
             .ok_or_else(|| conn.protocol(format!("cannot read server_version {version:?}")))?;
-        Ok(ReplicationClient { conn, server_major })
+        Ok(ReplicationClient {
+            conn,
+            server_major,
+            endpoint,
+        })
+    }
+
+    /// The server this session reached: a run's other sessions must reach the same one.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// The server's major version (15 for 15.4).

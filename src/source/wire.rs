@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::authentication::sasl::{self, ScramSha256};
 use postgres_protocol::message::backend::{self, ErrorFields, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -19,7 +19,10 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
 use super::error::{Error, Result, ServerError};
-use crate::pg::conninfo::{ConnInfo, Host, SslMode};
+use crate::pg::conninfo::{
+    options_text, ChannelBinding, ConnInfo, Endpoint, Host, Password, SslMode,
+};
+use crate::pg::hosts::{self, ServerRole};
 use crate::pg::tls;
 
 /// Largest frame accepted: a row of several 1 GB values can legitimately come close.
@@ -63,40 +66,71 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects, negotiates TLS, starts up with `params` and authenticates.
+    /// Connects to the first server of `info` that `target_session_attrs` allows,
+    /// negotiates TLS, starts up with `params` and authenticates.
     pub async fn connect(info: &ConnInfo, params: &[(&str, &str)]) -> Result<Connection> {
-        let target = info.target();
-        let timeout = info.connect_timeout;
-        tokio::time::timeout(timeout, Self::connect_inner(info, params, target.clone()))
+        Self::connect_endpoint(info, params)
             .await
-            .map_err(|_| Error::ConnectTimeout {
-                target,
-                seconds: timeout.as_secs(),
-            })?
+            .map(|(conn, _)| conn)
+    }
+
+    /// [`Connection::connect`], and which server it reached.
+    pub async fn connect_endpoint(
+        info: &ConnInfo,
+        params: &[(&str, &str)],
+    ) -> Result<(Connection, Endpoint)> {
+        hosts::first_accepted(info, |endpoint, check| async move {
+            let mut conn = Self::connect_one(info, &endpoint, params).await?;
+            let role = match check {
+                false => None,
+                true => {
+                    let rows = conn.simple_query(hosts::ROLE_QUERY).await?;
+                    let value = |i: usize| {
+                        rows.rows
+                            .first()
+                            .and_then(|row| row.get(i).cloned().flatten())
+                            .unwrap_or_default()
+                    };
+                    Some(ServerRole::from_text(&value(0), &value(1)))
+                }
+            };
+            Ok((conn, role))
+        })
+        .await
+        .map_err(|none| match none.into_single() {
+            Ok(single) => single,
+            Err(none) => Error::NoServer {
+                transient: none.is_transient(|e: &Error| e.kind().is_transient()),
+                reasons: none.reasons(),
+            },
+        })
+    }
+
+    async fn connect_one(
+        info: &ConnInfo,
+        endpoint: &Endpoint,
+        params: &[(&str, &str)],
+    ) -> Result<Connection> {
+        let target = endpoint.target();
+        let timeout = info.connect_timeout;
+        tokio::time::timeout(
+            timeout,
+            Self::connect_inner(info, endpoint, params, target.clone()),
+        )
+        .await
+        .map_err(|_| Error::ConnectTimeout {
+            target,
+            seconds: timeout.as_secs(),
+        })?
     }
 
     async fn connect_inner(
         info: &ConnInfo,
+        endpoint: &Endpoint,
         params: &[(&str, &str)],
         target: String,
     ) -> Result<Connection> {
-        let connect_err = |source| Error::Connect {
-            target: target.clone(),
-            source,
-        };
-        let stream: Box<dyn Transport> = match &info.host {
-            Host::Unix(dir) => {
-                let path = dir.join(format!(".s.PGSQL.{}", info.port));
-                Box::new(UnixStream::connect(path).await.map_err(connect_err)?)
-            }
-            Host::Tcp(host) => {
-                let tcp = TcpStream::connect((host.as_str(), info.port))
-                    .await
-                    .map_err(connect_err)?;
-                tcp.set_nodelay(true).map_err(connect_err)?;
-                negotiate_tls(tcp, info, host, &target).await?
-            }
-        };
+        let (stream, binding) = open_transport(info, endpoint, &target).await?;
         let mut conn = Connection {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
@@ -104,23 +138,46 @@ impl Connection {
             target,
             parameters: HashMap::new(),
         };
-        conn.startup(info, params).await?;
+        let password = info.password_for(endpoint);
+        conn.startup(info, password.as_ref(), binding, params)
+            .await?;
         Ok(conn)
     }
 
-    async fn startup(&mut self, info: &ConnInfo, params: &[(&str, &str)]) -> Result<()> {
+    async fn startup(
+        &mut self,
+        info: &ConnInfo,
+        password: Option<&Password>,
+        binding: Option<Vec<u8>>,
+        params: &[(&str, &str)],
+    ) -> Result<()> {
+        // One `options` for both: the string's settings first, tributary's own after
+        // them, so that those it depends on win.
+        let options = std::iter::once(options_text(&info.options))
+            .chain(
+                params
+                    .iter()
+                    .filter(|(key, _)| *key == "options")
+                    .map(|(_, value)| (*value).to_owned()),
+            )
+            .filter(|o| !o.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
         let mut all = vec![
             ("user", info.user.as_str()),
             ("database", info.dbname.as_str()),
             ("application_name", info.application_name.as_str()),
             ("client_encoding", "UTF8"),
         ];
-        all.extend_from_slice(params);
+        if !options.is_empty() {
+            all.push(("options", options.as_str()));
+        }
+        all.extend(params.iter().filter(|(key, _)| *key != "options"));
         frontend::startup_message(all.iter().copied(), &mut self.write_buf)
             .map_err(|e| self.protocol(format!("cannot encode startup message: {e}")))?;
         self.flush().await?;
 
-        self.authenticate(info).await?;
+        self.authenticate(info, password, binding).await?;
         loop {
             match self.read_frame().await? {
                 Frame::Other(Message::ReadyForQuery(_)) => return Ok(()),
@@ -136,23 +193,43 @@ impl Connection {
         }
     }
 
-    async fn authenticate(&mut self, info: &ConnInfo) -> Result<()> {
+    async fn authenticate(
+        &mut self,
+        info: &ConnInfo,
+        password: Option<&Password>,
+        binding: Option<Vec<u8>>,
+    ) -> Result<()> {
         let target = self.target.clone();
+        let require_binding = info.channel_binding == ChannelBinding::Require;
+        let unbound = |what: &str| Error::Auth {
+            target: target.clone(),
+            reason: format!(
+                "channel_binding=require, but {what}: use SCRAM-SHA-256 over TLS (sslmode \
+                 require or stricter, scram-sha-256 in pg_hba.conf), or drop channel_binding"
+            ),
+        };
         let password = || {
-            info.password
-                .as_ref()
+            password
                 .map(|p| p.expose().as_bytes())
                 .ok_or_else(|| Error::Auth {
                     target: target.clone(),
                     reason: format!(
                     "the server asks for a password for user {:?} but none was given: put it in \
-                     the URL (postgresql://user:password@…) or in PGPASSWORD",
+                     the connection string, in PGPASSWORD or in the password file (~/.pgpass)",
                     info.user
                 ),
                 })
         };
         match self.read_frame().await? {
+            Frame::Other(Message::AuthenticationOk) if require_binding => {
+                return Err(unbound("the server let the session in without SCRAM"))
+            }
             Frame::Other(Message::AuthenticationOk) => return Ok(()),
+            Frame::Other(
+                Message::AuthenticationCleartextPassword | Message::AuthenticationMd5Password(_),
+            ) if require_binding => {
+                return Err(unbound("the server asks for a plain or MD5 password"))
+            }
             Frame::Other(Message::AuthenticationCleartextPassword) => {
                 let pw = password()?.to_vec();
                 frontend::password_message(&pw, &mut self.write_buf)
@@ -169,14 +246,15 @@ impl Connection {
             }
             Frame::Other(Message::AuthenticationSasl(body)) => {
                 let mut mechanisms = body.mechanisms();
-                let mut scram = false;
+                let (mut scram, mut plus) = (false, false);
                 while let Some(m) = mechanisms
                     .next()
                     .map_err(|e| self.protocol(e.to_string()))?
                 {
                     scram |= m == sasl::SCRAM_SHA_256;
+                    plus |= m == sasl::SCRAM_SHA_256_PLUS;
                 }
-                if !scram {
+                if !scram && !plus {
                     return Err(Error::Auth {
                         target: self.target.clone(),
                         reason:
@@ -185,15 +263,26 @@ impl Connection {
                     });
                 }
                 let pw = password()?.to_vec();
-                // Channel binding is not offered ("n"): the server accepts plain
-                // SCRAM-SHA-256 also over TLS, where certificates already bind the session.
-                let mut scram = ScramSha256::new(&pw, ChannelBinding::unsupported());
-                frontend::sasl_initial_response(
-                    sasl::SCRAM_SHA_256,
-                    scram.message(),
-                    &mut self.write_buf,
-                )
-                .map_err(|e| self.protocol(e.to_string()))?;
+                // Bound to the server's certificate (tls-server-end-point) whenever the
+                // server offers it over TLS, as libpq's channel_binding=prefer does.
+                let (mechanism, binding) = match (plus, binding, info.channel_binding) {
+                    (true, Some(hash), ChannelBinding::Prefer | ChannelBinding::Require) => (
+                        sasl::SCRAM_SHA_256_PLUS,
+                        sasl::ChannelBinding::tls_server_end_point(hash),
+                    ),
+                    (_, _, ChannelBinding::Require) => {
+                        return Err(unbound(
+                            "the server offers no SCRAM-SHA-256-PLUS on this session",
+                        ))
+                    }
+                    (_, Some(_), ChannelBinding::Prefer) => {
+                        (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested())
+                    }
+                    _ => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+                };
+                let mut scram = ScramSha256::new(&pw, binding);
+                frontend::sasl_initial_response(mechanism, scram.message(), &mut self.write_buf)
+                    .map_err(|e| self.protocol(e.to_string()))?;
                 self.flush().await?;
                 match self.read_frame().await? {
                     Frame::Other(Message::AuthenticationSaslContinue(body)) => {
@@ -657,38 +746,27 @@ pub(crate) enum TransportError {
     Tls(Error),
 }
 
-/// Opens the transport as [`Connection::connect`] does (socket, then TLS as `sslmode` asks)
-/// and closes it again before any startup message, which the server does not even log.
-/// Tells an unreachable server from a TLS problem before credentials come into play.
+/// Opens the transport to the first server of `info` as [`Connection::connect`] does
+/// (socket, then TLS as `sslmode` asks) and closes it again before any startup message,
+/// which the server does not even log. Tells an unreachable server from a TLS problem
+/// before credentials come into play.
 pub(crate) async fn probe_transport(info: &ConnInfo) -> Result<Encryption, TransportError> {
-    let target = info.target();
+    let endpoint = info.primary_endpoint();
+    let target = endpoint.target();
     let deadline = tokio::time::Instant::now() + info.connect_timeout;
     let timed_out = || Error::ConnectTimeout {
         target: target.clone(),
         seconds: info.connect_timeout.as_secs(),
     };
-    let unreachable = |source| {
-        TransportError::Unreachable(Error::Connect {
-            target: target.clone(),
-            source,
-        })
-    };
-    let host = match &info.host {
-        Host::Unix(dir) => {
-            let path = dir.join(format!(".s.PGSQL.{}", info.port));
-            tokio::time::timeout_at(deadline, UnixStream::connect(path))
-                .await
-                .map_err(|_| TransportError::Unreachable(timed_out()))?
-                .map_err(unreachable)?;
-            return Ok(Encryption::UnixSocket);
-        }
-        Host::Tcp(host) => host,
-    };
-    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect((host.as_str(), info.port)))
+    let tcp = match tokio::time::timeout_at(deadline, dial(info, endpoint, &target))
         .await
         .map_err(|_| TransportError::Unreachable(timed_out()))?
-        .map_err(unreachable)?;
-    let secured = tokio::time::timeout_at(deadline, secure(tcp, info, host, &target))
+        .map_err(TransportError::Unreachable)?
+    {
+        Dialed::Unix(_) => return Ok(Encryption::UnixSocket),
+        Dialed::Tcp(tcp) => tcp,
+    };
+    let secured = tokio::time::timeout_at(deadline, secure(tcp, info, endpoint, &target))
         .await
         .map_err(|_| TransportError::Tls(timed_out()))?
         .map_err(TransportError::Tls)?;
@@ -709,26 +787,90 @@ pub(crate) async fn probe_transport(info: &ConnInfo) -> Result<Encryption, Trans
     })
 }
 
+enum Dialed {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+/// The socket to one server, with the TCP keepalives the connection string asks for.
+async fn dial(info: &ConnInfo, endpoint: &Endpoint, target: &str) -> Result<Dialed> {
+    let connect_err = |source| Error::Connect {
+        target: target.to_owned(),
+        source,
+    };
+    let host = match (&endpoint.host, endpoint.dial()) {
+        (Host::Unix(dir), None) => {
+            let path = dir.join(format!(".s.PGSQL.{}", endpoint.port));
+            return Ok(Dialed::Unix(
+                UnixStream::connect(path).await.map_err(connect_err)?,
+            ));
+        }
+        (_, dial) => dial.unwrap_or_default(),
+    };
+    let tcp = TcpStream::connect((host.as_str(), endpoint.port))
+        .await
+        .map_err(connect_err)?;
+    tcp.set_nodelay(true).map_err(connect_err)?;
+    let keepalives = &info.keepalives;
+    let socket = socket2::SockRef::from(&tcp);
+    if keepalives.enabled {
+        let mut settings = socket2::TcpKeepalive::new();
+        if let Some(idle) = keepalives.idle {
+            settings = settings.with_time(idle);
+        }
+        if let Some(interval) = keepalives.interval {
+            settings = settings.with_interval(interval);
+        }
+        if let Some(count) = keepalives.count {
+            settings = settings.with_retries(count);
+        }
+        socket.set_tcp_keepalive(&settings).map_err(connect_err)?;
+    }
+    if let Some(timeout) = keepalives.user_timeout {
+        socket
+            .set_tcp_user_timeout(Some(timeout))
+            .map_err(connect_err)?;
+    }
+    Ok(Dialed::Tcp(tcp))
+}
+
 /// A TCP stream after the TLS negotiation `sslmode` asks for.
 enum Secured {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-async fn negotiate_tls(
-    tcp: TcpStream,
+/// The transport of a session, and the hash of the server's certificate that SCRAM
+/// channel binding (`tls-server-end-point`) uses, when TLS is on and the certificate's
+/// signature names a hash.
+async fn open_transport(
     info: &ConnInfo,
-    host: &str,
+    endpoint: &Endpoint,
     target: &str,
-) -> Result<Box<dyn Transport>> {
-    let stream: Box<dyn Transport> = match secure(tcp, info, host, target).await? {
-        Secured::Plain(tcp) => Box::new(tcp),
-        Secured::Tls(tls) => tls,
-    };
-    Ok(stream)
+) -> Result<(Box<dyn Transport>, Option<Vec<u8>>)> {
+    Ok(match dial(info, endpoint, target).await? {
+        Dialed::Unix(unix) => (Box::new(unix), None),
+        Dialed::Tcp(tcp) => match secure(tcp, info, endpoint, target).await? {
+            Secured::Plain(tcp) => (Box::new(tcp), None),
+            Secured::Tls(tls) => {
+                let hash = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(|cert| tls::server_end_point(cert));
+                (tls as Box<dyn Transport>, hash)
+            }
+        },
+    })
 }
 
-async fn secure(mut tcp: TcpStream, info: &ConnInfo, host: &str, target: &str) -> Result<Secured> {
+async fn secure(
+    mut tcp: TcpStream,
+    info: &ConnInfo,
+    endpoint: &Endpoint,
+    target: &str,
+) -> Result<Secured> {
     if info.sslmode == SslMode::Disable {
         return Ok(Secured::Plain(tcp));
     }
@@ -742,7 +884,7 @@ async fn secure(mut tcp: TcpStream, info: &ConnInfo, host: &str, target: &str) -
     };
     // Build the configuration first: a missing root certificate is reported even when the
     // server turns out not to speak TLS.
-    let config = tls::client_config(info.sslmode, info.sslrootcert.as_ref()).map_err(tls_err)?;
+    let config = tls::client_config(info.sslmode, &info.tls).map_err(tls_err)?;
 
     let mut request = BytesMut::new();
     frontend::ssl_request(&mut request);
@@ -767,7 +909,8 @@ async fn secure(mut tcp: TcpStream, info: &ConnInfo, host: &str, target: &str) -
             )))
         }
     }
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+    let host = endpoint.server_name();
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
         .map_err(|e| tls_err(format!("{host:?} is not a valid host name for TLS: {e}")))?;
     let stream = TlsConnector::from(Arc::new(config))
         .connect(name, tcp)

@@ -350,6 +350,7 @@ impl ValueRemedy {
 fn connect_message(error: &ConnectError, side: Side) -> String {
     match error {
         ConnectError::Tls { target, reason } => format!("TLS with {target}: {reason}"),
+        ConnectError::NoServer { .. } => error.to_string(),
         ConnectError::Postgres {
             target,
             error: source,

@@ -73,7 +73,11 @@ impl SchemaDump {
         let scratch = ScratchDir::create()?;
         let dump = scratch.path().join("schema.dump");
         let mut pg_dump = tools.command("pg_dump");
-        libpq_env(&mut pg_dump, job.source);
+        let _key_password =
+            libpq_env(&mut pg_dump, job.source).map_err(|source| SnapshotError::Io {
+                context: "writing the client key's password for pg_dump".into(),
+                source,
+            })?;
         pg_dump
             .args([
                 "--schema-only",
@@ -197,7 +201,11 @@ impl SchemaDump {
     ) -> Result<(), SnapshotError> {
         let started = Instant::now();
         let mut pg_restore = job.tools.command("pg_restore");
-        libpq_env(&mut pg_restore, job.replica);
+        let _key_password =
+            libpq_env(&mut pg_restore, job.replica).map_err(|source| SnapshotError::Io {
+                context: "writing the client key's password for pg_restore".into(),
+                source,
+            })?;
         pg_restore
             .args([
                 "--no-owner",

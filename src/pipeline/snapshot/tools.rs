@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::super::versions::{self, ToolRange};
 use super::{Side, SnapshotError};
-use crate::pg::conninfo::{Host, RootCert};
+use crate::pg::conninfo::{options_text, Endpoint, Host, RootCert};
 use crate::pg::{self, quote_literal, retry, ConnInfo, PgClient};
 use crate::source::copy::snapshot_unknown;
 
@@ -153,26 +153,49 @@ fn parse_tool_major(text: &str) -> Option<u32> {
 /// Connection settings for a libpq program, in its environment: the password never
 /// appears on a command line (visible to every user in `ps`). Inherited `PG*` variables
 /// are removed so that they cannot redirect the program (`PGSERVICE`, `PGOPTIONS`, …).
-pub(super) fn libpq_env(cmd: &mut tokio::process::Command, info: &ConnInfo) {
+/// The client key's password, which libpq takes from no variable, goes into a service
+/// file readable by this user alone; the returned directory holds it until dropped.
+pub(super) fn libpq_env(
+    cmd: &mut tokio::process::Command,
+    info: &ConnInfo,
+) -> std::io::Result<Option<tempfile::TempDir>> {
     for (key, _) in std::env::vars_os() {
         if key.to_str().is_some_and(|k| k.starts_with("PG")) {
             cmd.env_remove(key);
         }
     }
-    match &info.host {
-        Host::Tcp(host) => cmd.env("PGHOST", host),
-        Host::Unix(dir) => cmd.env("PGHOST", dir),
+    let list = |each: &dyn Fn(&Endpoint) -> String| {
+        info.endpoints
+            .iter()
+            .map(each)
+            .collect::<Vec<_>>()
+            .join(",")
     };
-    cmd.env("PGPORT", info.port.to_string())
-        .env("PGUSER", &info.user)
-        .env("PGDATABASE", &info.dbname)
-        .env("PGSSLMODE", info.sslmode.as_str())
-        .env("PGAPPNAME", &info.application_name)
-        .env(
-            "PGCONNECT_TIMEOUT",
-            info.connect_timeout.as_secs().max(2).to_string(),
+    cmd.env(
+        "PGHOST",
+        list(&|e| match &e.host {
+            Host::Tcp(host) => host.clone(),
+            Host::Unix(dir) => dir.display().to_string(),
+        }),
+    )
+    .env("PGPORT", list(&|e| e.port.to_string()))
+    .env("PGUSER", &info.user)
+    .env("PGDATABASE", &info.dbname)
+    .env("PGSSLMODE", info.sslmode.as_str())
+    .env("PGAPPNAME", &info.application_name)
+    .env("PGTARGETSESSIONATTRS", info.session_attrs.as_str())
+    .env(
+        "PGCONNECT_TIMEOUT",
+        info.connect_timeout.as_secs().max(2).to_string(),
+    );
+    if info.endpoints.iter().any(|e| e.hostaddr.is_some()) {
+        cmd.env(
+            "PGHOSTADDR",
+            list(&|e| e.hostaddr.map(|a| a.to_string()).unwrap_or_default()),
         );
-    match &info.sslrootcert {
+    }
+    let tls = &info.tls;
+    match &tls.rootcert {
         Some(RootCert::File(path)) => {
             cmd.env("PGSSLROOTCERT", path);
         }
@@ -182,9 +205,50 @@ pub(super) fn libpq_env(cmd: &mut tokio::process::Command, info: &ConnInfo) {
         }
         None => {}
     }
+    for (var, path) in [
+        ("PGSSLCERT", &tls.cert),
+        ("PGSSLKEY", &tls.key),
+        ("PGSSLCRL", &tls.crl),
+        ("PGSSLCRLDIR", &tls.crldir),
+    ] {
+        if let Some(path) = path {
+            cmd.env(var, path);
+        }
+    }
+    if !tls.sni {
+        cmd.env("PGSSLSNI", "0");
+    }
+    if tls.cert.is_some() && !tls.send_cert {
+        cmd.env("PGSSLCERTMODE", "disable");
+    }
+    if !info.options.is_empty() {
+        cmd.env("PGOPTIONS", options_text(&info.options));
+    }
     if let Some(password) = &info.password {
         cmd.env("PGPASSWORD", password.expose());
+    } else if let Some(passfile) = &info.passfile {
+        cmd.env("PGPASSFILE", passfile);
     }
+    let Some(key_password) = &tls.key_password else {
+        return Ok(None);
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("tributary-libpq-")
+        .tempdir()?;
+    let path = dir.path().join("pg_service.conf");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        writeln!(file, "[tributary]\nsslpassword={}", key_password.expose())?;
+    }
+    cmd.env("PGSERVICEFILE", &path)
+        .env("PGSERVICE", "tributary");
+    Ok(Some(dir))
 }
 
 /// A value in a libpq `key=value` connection string.

@@ -158,7 +158,7 @@ pub(super) fn judge_tls(info: &ConnInfo, encryption: Encryption) -> Check {
              unencrypted connection is refused",
         ),
         Encryption::Tls(version) => {
-            let verified = match (info.sslmode, &info.sslrootcert) {
+            let verified = match (info.sslmode, &info.tls.rootcert) {
                 (SslMode::VerifyFull, _) => "certificate and host name verified",
                 (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => {
                     "certificate chain verified"
