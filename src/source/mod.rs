@@ -18,6 +18,7 @@ pub mod prepared;
 pub mod progress;
 pub mod replication;
 pub mod slot;
+mod transport;
 pub mod wal2json;
 mod wire;
 
