@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::pg::conninfo::mask_password;
+use crate::pg::conninfo::{mask_password, ChannelBinding, Keepalives, TlsVersion};
 use crate::pg::ConnInfo;
 
 /// Where the key that encrypts source URLs is looked for when neither `secrets.key` nor
@@ -65,8 +65,39 @@ pub struct StoreSettings {
 fn store_url<'de, D: serde::Deserializer<'de>>(value: D) -> Result<ConnInfo, D::Error> {
     let text = String::deserialize(value)?;
     let info = ConnInfo::parse(&text).map_err(serde::de::Error::custom)?;
-    crate::bookkeeping::store_support(&info).map_err(serde::de::Error::custom)?;
+    store_support(&info).map_err(serde::de::Error::custom)?;
     Ok(info)
+}
+
+/// What the branch store's sessions (sqlx) cannot do that a connection string may ask
+/// for (the driver of `bookkeeping::store`): refused when the settings are read, rather than connecting otherwise than asked.
+fn store_support(info: &ConnInfo) -> Result<(), String> {
+    let tls = &info.tls;
+    let refused = [
+        (tls.crl.is_some() || tls.crldir.is_some(), "sslcrl and sslcrldir"),
+        (!tls.sni, "sslsni=0"),
+        (
+            tls.min_version != TlsVersion::V1_2 || tls.max_version != TlsVersion::V1_3,
+            "ssl_min_protocol_version and ssl_max_protocol_version",
+        ),
+        (info.channel_binding == ChannelBinding::Require, "channel_binding=require"),
+        (
+            info.endpoints.iter().any(|e| e.hostaddr.is_some()),
+            "hostaddr",
+        ),
+        (!tls.send_cert, "sslcertmode=disable"),
+        (
+            info.keepalives != Keepalives::default(),
+            "keepalives, keepalives_idle, keepalives_interval, keepalives_count and tcp_user_timeout",
+        ),
+    ];
+    match refused.iter().find(|(given, _)| *given) {
+        Some((_, what)) => Err(format!(
+            "the branch store's connection string uses {what}, which tributary supports for \
+             sources only: remove it from store.url"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Text that never prints: `Debug` shows `****`, and there is no `Display`.
@@ -687,7 +718,7 @@ mod tests {
         let err = load("[store]\nurl = \"mysql://u:hunter2@h/db\"\n").unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("invalid configuration: store.url: invalid connection URL"),
+                .starts_with("invalid configuration: store.url: invalid connection string"),
             "{err}"
         );
         assert!(!err.to_string().contains("hunter2"), "{err}");
@@ -734,7 +765,7 @@ mod tests {
                 "did you mean",
             ),
             (
-                "[store]\nurl = \"host=h password=hunter2\"\n".into(),
+                "[store]\nurl = \"host=h password='hunter2\"\n".into(),
                 "key=value",
             ),
             (

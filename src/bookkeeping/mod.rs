@@ -47,7 +47,7 @@ pub use connectors::{ApplyLag, Connector, Failure, SetupChange, SetupRequest, St
 pub use credentials::SourceSeen;
 pub use error::Error;
 pub use leases::Lease;
-pub use store::{store_support, Bookkeeping, BRANCH_CHANNEL, NOTIFY_CHANNEL};
+pub use store::{Bookkeeping, BRANCH_CHANNEL, NOTIFY_CHANNEL};
 pub use tables::{TableDecision, TableStatus, TableSyncState, UNLOGGED_TABLE};
 
 /// A counter increment as bigint. Beyond `i64::MAX` the sum fails in the database, which

@@ -13,7 +13,7 @@ use sqlx::Connection as _;
 use super::keys::Keys;
 use super::secrets::Cipher;
 use super::Error;
-use crate::pg::conninfo::{ChannelBinding, Endpoint, Host, Keepalives, RootCert, TlsVersion};
+use crate::pg::conninfo::{Endpoint, Host, RootCert};
 use crate::pg::hosts::{self, ServerRole};
 use crate::pg::{ConnInfo, SslMode};
 use crate::settings::SecretsSettings;
@@ -280,37 +280,6 @@ async fn pool_with(
             target: endpoint.target(),
             reason: e.to_string(),
         })
-}
-
-/// What the branch store's sessions (sqlx) cannot do that a connection string may ask
-/// for: refused when the settings are read, rather than connecting otherwise than asked.
-pub fn store_support(info: &ConnInfo) -> Result<(), String> {
-    let tls = &info.tls;
-    let refused = [
-        (tls.crl.is_some() || tls.crldir.is_some(), "sslcrl and sslcrldir"),
-        (!tls.sni, "sslsni=0"),
-        (
-            tls.min_version != TlsVersion::V1_2 || tls.max_version != TlsVersion::V1_3,
-            "ssl_min_protocol_version and ssl_max_protocol_version",
-        ),
-        (info.channel_binding == ChannelBinding::Require, "channel_binding=require"),
-        (
-            info.endpoints.iter().any(|e| e.hostaddr.is_some()),
-            "hostaddr",
-        ),
-        (!tls.send_cert, "sslcertmode=disable"),
-        (
-            info.keepalives != Keepalives::default(),
-            "keepalives, keepalives_idle, keepalives_interval, keepalives_count and tcp_user_timeout",
-        ),
-    ];
-    match refused.iter().find(|(given, _)| *given) {
-        Some((_, what)) => Err(format!(
-            "the branch store's connection string uses {what}, which tributary supports for \
-             sources only: remove it from store.url"
-        )),
-        None => Ok(()),
-    }
 }
 
 /// The options of one server of `info`, its password found for that server.

@@ -88,6 +88,8 @@ pub(super) fn is_keyword(key: &str) -> bool {
 /// in tests).
 pub(super) trait Environment {
     fn var(&self, name: &str) -> Option<String>;
+    /// The name of the user the process runs as: libpq's default user name.
+    fn os_user(&self) -> Option<String>;
 }
 
 pub(super) struct ProcessEnvironment;
@@ -96,11 +98,21 @@ impl Environment for ProcessEnvironment {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.is_empty())
     }
+
+    fn os_user(&self) -> Option<String> {
+        // The password database, as libpq reads it: a daemon under systemd or in a
+        // container often has no USER variable.
+        whoami::fallible::username().ok()
+    }
 }
 
 impl Environment for HashMap<&str, &str> {
     fn var(&self, name: &str) -> Option<String> {
         self.get(name).map(|v| (*v).to_owned())
+    }
+
+    fn os_user(&self) -> Option<String> {
+        self.var("USER")
     }
 }
 
@@ -203,7 +215,7 @@ fn interpret<'a>(get: &Get<'a>, env: &dyn Environment) -> Result<ConnInfo, Strin
     let endpoints = endpoints(get)?;
     let user = match get("user") {
         Some(u) => u.to_owned(),
-        None => env.var("USER").ok_or(
+        None => env.os_user().ok_or(
             "no user name: add user=NAME (or put it in the URL, postgresql://USER@host/db)",
         )?,
     };
