@@ -12,6 +12,7 @@ mod branch_roles;
 mod branches;
 mod cli;
 mod connect;
+mod conninfo;
 mod crash_points;
 mod create;
 mod credentials;

@@ -332,7 +332,7 @@ const MALFORMED: [(&str, &str); 8] = [
         "did you mean postgresql://repl:****@",
     ),
     (
-        "host=127.0.0.1 user=repl password=hunter2 dbname=db",
+        "host=127.0.0.1 user=repl password='hunter2 dbname=db",
         "key=value connection string",
     ),
     ("postgresql://repl:hunter2/x@127.0.0.1/db", "%2F"),

@@ -728,7 +728,7 @@ fn parse_state(text: &str) -> Result<PipelineState, Error> {
         .map_err(|e: crate::state::UnknownState| Error::Corrupt(e.to_string()))
 }
 
-fn timestamp(micros: i64) -> Result<DateTime<Utc>, Error> {
+pub(super) fn timestamp(micros: i64) -> Result<DateTime<Utc>, Error> {
     DateTime::from_timestamp_micros(micros)
         .ok_or_else(|| Error::Corrupt(format!("timestamp of {micros} µs since 1970")))
 }

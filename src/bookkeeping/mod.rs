@@ -12,6 +12,7 @@
 //!    ├─ table_decisions       tables without a usable replica identity: exclude, add_pk or
 //!    │                        replica_identity_full, as decided at `connector create`
 //!    ├─ state_history         every state the pipeline was put in, with the error
+//!    ├─ timeline_changes      every new timeline of the source followed (a failover)
 //!    ├─ branches              databases copied from the replica: state, source LSN, the
 //!    │                        role its URL logs in as (password sealed)
 //!    │                                                         ── trigger: NOTIFY tributary_branches
@@ -41,6 +42,7 @@ mod leases;
 mod secrets;
 mod store;
 mod tables;
+mod timelines;
 
 pub use branches::{Branch, BranchAccess, BranchLock, BranchState};
 pub use connectors::{ApplyLag, Connector, Failure, SetupChange, SetupRequest, StateChange};
@@ -49,6 +51,7 @@ pub use error::Error;
 pub use leases::Lease;
 pub use store::{Bookkeeping, BRANCH_CHANNEL, NOTIFY_CHANNEL};
 pub use tables::{TableDecision, TableStatus, TableSyncState, UNLOGGED_TABLE};
+pub use timelines::TimelineChange;
 
 /// A counter increment as bigint. Beyond `i64::MAX` the sum fails in the database, which
 /// is as good as anything for a number that cannot occur.

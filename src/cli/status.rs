@@ -91,6 +91,23 @@ struct StatusView {
     health: health::Health,
     last_error: Option<String>,
     source_error: Option<String>,
+    /// The source's timeline as last recorded; `null` before the first setup.
+    source_timeline: Option<u32>,
+    /// The last new timeline of the source the pipeline followed (a failover or a restore
+    /// that kept everything the replica applied); `null` when none.
+    timeline_change: Option<TimelineChangeView>,
+}
+
+#[derive(Serialize)]
+struct TimelineChangeView {
+    from: u32,
+    to: u32,
+    /// Where the new timeline's history left the old one.
+    fork_lsn: String,
+    /// The server on the new timeline (`host:port`).
+    server: String,
+    /// When the pipeline followed it (RFC 3339).
+    followed_at: String,
 }
 
 #[derive(Serialize)]
@@ -271,6 +288,18 @@ async fn gather(bookkeeping: &Bookkeeping) -> Result<Vec<StatusView>, Failure> {
             health: assessment.health.clone(),
             last_error: c.last_error.clone(),
             source_error,
+            source_timeline: c.timeline,
+            timeline_change: bookkeeping.last_timeline_change(c.id).await?.map(|change| {
+                TimelineChangeView {
+                    from: change.from,
+                    to: change.to,
+                    fork_lsn: change.fork.to_string(),
+                    server: change.server,
+                    followed_at: change
+                        .followed_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                }
+            }),
         });
     }
     Ok(views)
@@ -358,6 +387,17 @@ fn render(views: &[StatusView], format: Format, watching: bool) -> Result<String
         }
         if let (Some(how), Some(advice)) = (&v.slot_invalidation, v.slot_invalidation_advice) {
             line!("    slot invalidated by the source ({how}): {advice}");
+        }
+        if let Some(change) = &v.timeline_change {
+            line!(
+                "    source on timeline {} since {}: followed from timeline {} (forked at {}) \
+                 on {}, a promoted standby or a restore",
+                change.to,
+                change.followed_at,
+                change.from,
+                change.fork_lsn,
+                change.server
+            );
         }
         if let Some(seconds) = v.slot_inactive_seconds {
             line!("    slot inactive for {seconds:.0} s: nothing streams from it");

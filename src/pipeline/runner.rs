@@ -242,9 +242,14 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     // The replica first: from here on a previous owner can neither commit nor move it.
     let applied = sink::claim_replica(store, &replica.dbname, ctx.lease).await?;
     // Recorded only once accepted: a new timeline is followed, never silently.
-    timeline::check(&mut repl, connector, system.timeline, applied).await?;
+    let followed = timeline::check(&mut repl, connector, system.timeline, applied).await?;
     bk.record_source(connector.id, &system.system_id, system.timeline, &source_db)
         .await?;
+    if let Some((from, fork)) = followed {
+        let server = repl.endpoint().target();
+        bk.record_timeline_change(connector.id, (from, system.timeline), fork, &server)
+            .await?;
+    }
     let source_sql = pg::connect(&source).await?;
     let capture_key = prepare_capture(&source_sql, connector).await?;
     let found = slot::inspect(&source_sql, bk.installation(), connector, applied).await?;
@@ -256,6 +261,7 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
         found.as_ref(),
         (&source, store, &replica),
         &mut repl,
+        system.timeline,
     )
     .await?;
 
@@ -320,13 +326,14 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
 /// Where streaming starts, as `pipeline::plan` decides from what the source and the
 /// replica say: the replica's applied position with the connector's slot, or a new
 /// snapshot's consistent point with its new slot; an error when only the operator may
-/// decide (`Start::Blocked`).
+/// decide (`Start::Blocked`). `timeline` is the source's current one.
 async fn resume_or_start_over(
     ctx: &PipelineContext,
     applied: Option<Lsn>,
     found: Option<&Found>,
     (source, store, replica): (&ConnInfo, &ConnInfo, &ConnInfo),
     repl: &mut ReplicationClient,
+    timeline: u32,
 ) -> Result<(Lsn, SlotName), PipelineError> {
     let connector = &ctx.connector;
     let bk = &ctx.bookkeeping;
@@ -409,7 +416,14 @@ async fn resume_or_start_over(
             };
             start_over(ctx, found, why, (source, store, replica), repl).await?
         }
-        Start::Blocked(blocker) => return Err(blocked(connector, store, &blocker)),
+        Start::Blocked(blocker) => {
+            let moved = connector
+                .timeline
+                .filter(|&recorded| recorded != timeline)
+                .map(|recorded| (recorded, timeline));
+            let source_seen = (repl.server_major(), moved);
+            return Err(blocked(connector, store, source_seen, &blocker));
+        }
     })
 }
 
@@ -455,7 +469,14 @@ fn slot_found(found: Option<&Found>) -> SlotFound {
 }
 
 /// The error that stops the pipeline where only the operator may decide on a new snapshot.
-fn blocked(connector: &Connector, store: &ConnInfo, blocker: &Blocker) -> PipelineError {
+/// `(server_major, moved)`: the source's version and, when this run found it on a new
+/// timeline, the recorded and the current one.
+fn blocked(
+    connector: &Connector,
+    store: &ConnInfo,
+    (server_major, moved): (u32, Option<(u32, u32)>),
+    blocker: &Blocker,
+) -> PipelineError {
     let slot = &connector.slot_name;
     match blocker {
         Blocker::SlotNotOurs(why) => slot::not_ours(connector, why),
@@ -469,7 +490,8 @@ fn blocked(connector: &Connector, store: &ConnInfo, blocker: &Blocker) -> Pipeli
         Blocker::SlotMissing { applied } => PipelineError::definite(
             format!(
                 "replication slot {slot} is missing on the source; changes after {applied} \
-                 cannot be streamed"
+                 cannot be streamed: {}",
+                slot::missing_slot_cause(server_major, moved)
             ),
             retry_setup(connector),
         ),

@@ -181,10 +181,72 @@ pub(super) async fn read_slot(
         })
 }
 
+/// Why a slot the replica streamed from may be missing, and how to keep it next time:
+/// from the source's major version and, when this run found the source on a new timeline,
+/// the timelines (`from`, `to`).
+pub(super) fn missing_slot_cause(server_major: u32, moved: Option<(u32, u32)>) -> String {
+    let event = match moved {
+        Some((from, to)) => format!(
+            "the source moved from timeline {from} to {to}: it is a promoted standby or a \
+             restored backup, and "
+        ),
+        None => "if the source failed over to a standby or was restored from a backup, ".to_owned(),
+    };
+    if server_major < 17 {
+        format!(
+            "{event}PostgreSQL {server_major} does not carry logical slots to a standby or \
+             into a backup, so a failover always costs a new snapshot (PostgreSQL 17 \
+             synchronizes failover slots to standbys); otherwise someone dropped the slot"
+        )
+    } else {
+        format!(
+            "{event}the server it became had no synchronized copy of the slot: a standby \
+             keeps one only with sync_replication_slots = on, hot_standby_feedback = on, \
+             primary_slot_name set and a dbname in primary_conninfo, and only once it has \
+             synchronized the slot (tributary creates slots with the failover property from \
+             PostgreSQL 17 on; `tributary connector preflight` checks the standbys); \
+             otherwise someone dropped the slot"
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::source::slot::WalStatus;
+
+    #[test]
+    fn a_missing_slot_is_explained_by_what_the_version_keeps_across_a_failover() {
+        for (major, moved, expected, not_expected) in [
+            (
+                16,
+                Some((1, 2)),
+                "moved from timeline 1 to 2",
+                "sync_replication_slots",
+            ),
+            (
+                16,
+                None,
+                "PostgreSQL 16 does not carry logical slots",
+                "moved from",
+            ),
+            (
+                17,
+                Some((3, 4)),
+                "sync_replication_slots = on",
+                "does not carry",
+            ),
+            (18, None, "if the source failed over", "moved from"),
+        ] {
+            let cause = missing_slot_cause(major, moved);
+            assert!(cause.contains(expected), "{major} {moved:?}: {cause}");
+            assert!(!cause.contains(not_expected), "{major} {moved:?}: {cause}");
+            assert!(
+                cause.ends_with("otherwise someone dropped the slot"),
+                "{cause}"
+            );
+        }
+    }
 
     #[test]
     fn a_new_snapshot_drops_only_our_slot_and_never_takes_a_name_that_is_not_ours() {

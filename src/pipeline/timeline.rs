@@ -67,13 +67,14 @@ pub(super) fn fork_point(history: &str, from: u32) -> Option<Lsn> {
 }
 
 /// Compares the source's `current` timeline with the connector's recorded one; `Ok` when
-/// the pipeline may go on (the caller then records `current`).
+/// the pipeline may go on (the caller then records `current`), with the timeline left and
+/// the fork point when it follows a new one.
 pub(super) async fn check(
     repl: &mut ReplicationClient,
     connector: &Connector,
     current: u32,
     applied: Option<Lsn>,
-) -> Result<(), PipelineError> {
+) -> Result<Option<(u32, Lsn)>, PipelineError> {
     let decide = |fork| {
         verdict(
             connector.timeline,
@@ -96,13 +97,14 @@ pub(super) async fn check(
     };
     let applied = applied.unwrap_or(Lsn::ZERO);
     match verdict {
-        Verdict::GoOn => Ok(()),
+        Verdict::GoOn => Ok(None),
         Verdict::Follow { from, fork } => {
             tracing::warn!(
+                server = %repl.endpoint().target(),
                 "the source moved from timeline {from} to {current} at {fork} (it was promoted \
                  or restored), after everything the replica applied ({applied}): following it"
             );
-            Ok(())
+            Ok(Some((from, fork)))
         }
         Verdict::Diverged { from, fork } => Err(PipelineError::definite(
             format!(

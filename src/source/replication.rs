@@ -274,18 +274,13 @@ impl ReplicationClient {
         temporary: bool,
         snapshot: SnapshotAction,
     ) -> Result<CreatedSlot> {
-        let temporary = if temporary { " TEMPORARY" } else { "" };
-        // PostgreSQL 15 introduced the option list; 13 and 14 know only the keywords.
-        let snapshot = match (self.server_major >= 15, snapshot) {
-            (true, SnapshotAction::Export) => " (SNAPSHOT 'export')",
-            (true, SnapshotAction::NoExport) => " (SNAPSHOT 'nothing')",
-            (false, SnapshotAction::Export) => " EXPORT_SNAPSHOT",
-            (false, SnapshotAction::NoExport) => " NOEXPORT_SNAPSHOT",
-        };
         let rows = self
             .conn
-            .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {slot}{temporary} LOGICAL wal2json{snapshot}"
+            .simple_query(&create_slot_command(
+                slot,
+                temporary,
+                snapshot,
+                self.server_major,
             ))
             .await?;
         let field = |name: &str| {
@@ -611,6 +606,41 @@ impl ReplicationStream {
     }
 }
 
+/// `CREATE_REPLICATION_SLOT` as each version takes it. A persistent slot has the failover
+/// property from PostgreSQL 17 on, so that standbys with slot synchronization keep a copy
+/// of it and a promotion does not cost a new snapshot; a temporary slot cannot have it.
+fn create_slot_command(
+    slot: &SlotName,
+    temporary: bool,
+    snapshot: SnapshotAction,
+    server_major: u32,
+) -> String {
+    let mut options = Vec::new();
+    // PostgreSQL 15 introduced the option list; 13 and 14 know only the keywords.
+    let keyword = match (server_major >= 15, snapshot) {
+        (true, SnapshotAction::Export) => {
+            options.push("SNAPSHOT 'export'");
+            ""
+        }
+        (true, SnapshotAction::NoExport) => {
+            options.push("SNAPSHOT 'nothing'");
+            ""
+        }
+        (false, SnapshotAction::Export) => " EXPORT_SNAPSHOT",
+        (false, SnapshotAction::NoExport) => " NOEXPORT_SNAPSHOT",
+    };
+    if server_major >= 17 && !temporary {
+        options.push("FAILOVER true");
+    }
+    let temporary = if temporary { " TEMPORARY" } else { "" };
+    let options = if options.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", options.join(", "))
+    };
+    format!("CREATE_REPLICATION_SLOT {slot}{temporary} LOGICAL wal2json{keyword}{options}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,6 +696,52 @@ mod tests {
             status_interval(Duration::from_secs(10), Duration::ZERO),
             Duration::from_secs(10)
         );
+    }
+
+    #[test]
+    fn slots_are_created_as_each_version_takes_it_failover_from_17_on() {
+        let slot = SlotName::new("tributary_x".to_owned()).unwrap();
+        let cases = [
+            (13, false, SnapshotAction::Export, "EXPORT_SNAPSHOT"),
+            (
+                14,
+                true,
+                SnapshotAction::NoExport,
+                "TEMPORARY LOGICAL wal2json NOEXPORT_SNAPSHOT",
+            ),
+            (
+                15,
+                false,
+                SnapshotAction::Export,
+                "wal2json (SNAPSHOT 'export')",
+            ),
+            (
+                16,
+                false,
+                SnapshotAction::NoExport,
+                "wal2json (SNAPSHOT 'nothing')",
+            ),
+            (
+                17,
+                false,
+                SnapshotAction::Export,
+                "wal2json (SNAPSHOT 'export', FAILOVER true)",
+            ),
+            (
+                18,
+                true,
+                SnapshotAction::Export,
+                "TEMPORARY LOGICAL wal2json (SNAPSHOT 'export')",
+            ),
+        ];
+        for (major, temporary, snapshot, expected) in cases {
+            let command = create_slot_command(&slot, temporary, snapshot, major);
+            assert!(
+                command.starts_with("CREATE_REPLICATION_SLOT tributary_x ")
+                    && command.ends_with(expected),
+                "{major}: {command}"
+            );
+        }
     }
 
     proptest! {

@@ -9,6 +9,7 @@
 //!   server.log                     the server's log
 //!   .s.PGSQL.<port>                the unix socket
 //!   ca.crt server.crt server.key   only with ClusterBuilder::tls()
+//!   client-<role>.crt/.key         ClusterBuilder::client_certificate(role), owned by the tests
 //! ```
 //!
 //! The server listens on 127.0.0.1 at a port chosen at random (never one this process has
@@ -80,6 +81,8 @@ pub struct ClusterBuilder {
     settings: Vec<(String, String)>,
     hba: Vec<String>,
     tls: bool,
+    /// Roles that get a client certificate (implies `tls`).
+    client_certificates: Vec<String>,
     password_auth: bool,
     /// Leave `output_plugin_libraries` at the server's default, which refuses wal2json.
     refuse_wal2json: bool,
@@ -105,6 +108,15 @@ impl ClusterBuilder {
     /// signed by a fresh CA whose certificate is at [`Cluster::ca_cert_path`].
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// [`ClusterBuilder::tls`], with the CA also trusted for client certificates
+    /// (`ssl_ca_file`), and a certificate whose common name is `role` at
+    /// [`Cluster::client_certificate`].
+    pub fn client_certificate(mut self, role: &str) -> Self {
+        self.tls = true;
+        self.client_certificates.push(role.to_owned());
         self
     }
 
@@ -154,7 +166,7 @@ impl ClusterBuilder {
         let initdb_conf = fs::read_to_string(&conf_path)
             .unwrap_or_else(|e| panic!("harness: reading {}: {e}", conf_path.display()));
         if self.tls {
-            cluster.write_certificates();
+            cluster.write_certificates(&self.client_certificates);
         }
         cluster.write_file(&cluster.data_dir.join("pg_hba.conf"), &self.pg_hba(), 0o600);
 
@@ -224,6 +236,7 @@ impl ClusterBuilder {
             settings.push(("ssl", "on".into()));
             settings.push(("ssl_cert_file", format!("{dir}/server.crt")));
             settings.push(("ssl_key_file", format!("{dir}/server.key")));
+            settings.push(("ssl_ca_file", format!("{dir}/ca.crt")));
         }
         let mut conf = String::from("\n# Added by tributary's test harness.\n");
         let builder_settings = self.settings.iter().map(|(n, v)| (n.as_str(), v.clone()));
@@ -328,6 +341,15 @@ impl Cluster {
     /// The CA certificate (PEM) that signed the server's certificate; `None` without TLS.
     pub fn ca_cert_path(&self) -> Option<&Path> {
         self.ca_cert.as_deref()
+    }
+
+    /// Where [`ClusterBuilder::client_certificate`] put `role`'s certificate and key (PEM).
+    pub fn client_certificate(&self, role: &str) -> (PathBuf, PathBuf) {
+        let dir = self.dir.path();
+        (
+            dir.join(format!("client-{role}.crt")),
+            dir.join(format!("client-{role}.key")),
+        )
     }
 
     /// `postgresql://user:password@127.0.0.1:<port>/dbname`, percent-encoded.
@@ -622,14 +644,23 @@ impl Cluster {
         cmd
     }
 
-    fn write_certificates(&mut self) {
-        let certificates = tls::generate();
+    fn write_certificates(&mut self, clients: &[String]) {
+        let certificates = tls::generate(clients);
         let dir = self.dir.path();
         self.write_file(&dir.join("ca.crt"), &certificates.ca_cert, 0o644);
         self.write_file(&dir.join("server.crt"), &certificates.server_cert, 0o644);
         // PostgreSQL refuses a key that others may read.
         self.write_file(&dir.join("server.key"), &certificates.server_key, 0o600);
         self.ca_cert = Some(dir.join("ca.crt"));
+        // Read by the client (the tests, the daemon and pg_dump), which refuses a key that
+        // others may read: owned by whoever runs the tests.
+        for (role, cert, key) in &certificates.clients {
+            let (cert_path, key_path) = self.client_certificate(role);
+            fs::write(&cert_path, cert).expect("writing a client certificate");
+            fs::write(&key_path, key).expect("writing a client key");
+            fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600))
+                .expect("restricting a client key");
+        }
     }
 
     fn create_password_roles(&self) {

@@ -1,4 +1,5 @@
-//! Certificates for TLS clusters: a throw-away CA and a server certificate it signs.
+//! Certificates for TLS clusters: a throw-away CA, a server certificate it signs, and
+//! client certificates (for `cert` and `clientcert=verify-full` in pg_hba.conf).
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -10,11 +11,14 @@ pub(super) struct Certificates {
     pub ca_cert: String,
     pub server_cert: String,
     pub server_key: String,
+    /// Per role: a certificate whose common name is the role, and its key.
+    pub clients: Vec<(String, String, String)>,
 }
 
 /// A fresh CA and a server certificate for `localhost` and `127.0.0.1`, signed by that CA, so
-/// clients can verify the server fully (`sslmode=verify-full`) against the CA alone.
-pub(super) fn generate() -> Certificates {
+/// clients can verify the server fully (`sslmode=verify-full`) against the CA alone; and a
+/// client certificate for each of `clients`, signed by the same CA.
+pub(super) fn generate(clients: &[String]) -> Certificates {
     let mut ca_params = CertificateParams::new(Vec::new()).expect("CA parameters");
     ca_params
         .distinguished_name
@@ -46,9 +50,26 @@ pub(super) fn generate() -> Certificates {
         .signed_by(&server_key, &issuer)
         .expect("signing the server certificate");
 
+    let clients = clients
+        .iter()
+        .map(|role| {
+            let mut params = CertificateParams::new(Vec::new()).expect("client parameters");
+            params.distinguished_name.push(DnType::CommonName, role);
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            params.use_authority_key_identifier_extension = true;
+            let key = KeyPair::generate().expect("generating a client key");
+            let cert = params
+                .signed_by(&key, &issuer)
+                .expect("signing a client certificate");
+            (role.clone(), cert.pem(), key.serialize_pem())
+        })
+        .collect();
+
     Certificates {
         ca_cert: ca_cert.pem(),
         server_cert: server_cert.pem(),
         server_key: server_key.serialize_pem(),
+        clients,
     }
 }

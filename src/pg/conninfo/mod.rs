@@ -17,6 +17,12 @@ use std::time::Duration;
 
 pub use syntax::mask_password;
 
+/// Whether a connection string (either form) gives `keyword` a non-empty value, as read
+/// from a server setting such as `primary_conninfo`; `false` when it does not parse.
+pub fn names_keyword(text: &str, keyword: &str) -> bool {
+    syntax::pairs(text).is_ok_and(|pairs| pairs.iter().any(|(k, v)| k == keyword && !v.is_empty()))
+}
+
 /// How TLS is negotiated, with libpq's meaning for each mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {

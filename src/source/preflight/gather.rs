@@ -75,6 +75,8 @@ pub(super) struct Server {
     pub(super) prepared: Vec<PreparedXact>,
     /// `output_plugin_libraries` as this role sees it.
     pub(super) plugins: PluginList,
+    /// Standbys and slot synchronization (its `standbys` read from the URL's other hosts).
+    pub(super) failover: failover::Failover,
 }
 
 #[derive(Debug)]
@@ -157,8 +159,8 @@ pub(super) async fn gather(info: &ConnInfo, schemas: &[String]) -> Gathered {
         Err(TransportError::Unreachable(error)) => return Gathered::Unreachable(error),
         Err(TransportError::Tls(error)) => return Gathered::TlsFailed(error),
     };
-    let mut conn = match Connection::connect(info, SESSION_PARAMS).await {
-        Ok(conn) => conn,
+    let (mut conn, endpoint) = match Connection::connect_endpoint(info, SESSION_PARAMS).await {
+        Ok(connected) => connected,
         Err(error) => return Gathered::LoginFailed { encryption, error },
     };
     let read = read_server(&mut conn, schemas).await;
@@ -173,6 +175,11 @@ pub(super) async fn gather(info: &ConnInfo, schemas: &[String]) -> Gathered {
         }
         Err(error) => return Gathered::ReadFailed { encryption, error },
     };
+    if server.version.num >= 170_000 {
+        server.failover.standbys = failover::look_at_standbys(info, &endpoint).await;
+    }
+    // Every later session on the server the first one found.
+    let info = &info.pinned(&endpoint);
     let probe = match probe_blocker(&server) {
         Some(reason) => Probe::Blocked(reason),
         None => run_probe(info).await,
@@ -352,6 +359,7 @@ pub(super) async fn read_server(
 
     let catalog = read_catalog(conn, schemas).await?;
     let prepared = read_prepared(conn).await?;
+    let failover = failover::read_primary(conn, version.num / 10_000).await?;
     let plugins = plugins::read(conn).await?;
 
     Ok(Ok(Box::new(Server {
@@ -378,6 +386,7 @@ pub(super) async fn read_server(
         foreign_keys: catalog.foreign_keys,
         prepared,
         plugins,
+        failover,
     })))
 }
 

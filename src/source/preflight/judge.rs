@@ -113,6 +113,8 @@ pub(super) fn judge(
     checks.push(judge_installations(server, known));
     checks.push(judge_slot_wal_keep(server));
     checks.push(judge_sender_timeout(server));
+    let major = server.version.num / 10_000;
+    checks.push(failover::judge_failover(major, &server.failover));
     report.grant_script = grant_script(server, plugins::need(server, probe));
     report.tables = server
         .tables

@@ -39,6 +39,7 @@ use crate::source::slot;
 use crate::types::{InstallationId, SlotName};
 use tables::{judge_missing_identity, judge_unlogged};
 
+mod failover;
 mod gather;
 mod judge;
 mod judge_schema;
@@ -119,8 +120,9 @@ const INSTALLATIONS: &str = "other installations";
 const SLOT_WAL_KEEP: &str = "max_slot_wal_keep_size";
 const SENDER_TIMEOUT: &str = "wal_sender_timeout";
 const LARGE_OBJECTS: &str = "large objects";
+const FAILOVER: &str = "failover";
 
-const ORDER: [&str; 24] = [
+const ORDER: [&str; 25] = [
     TCP,
     TLS,
     AUTH,
@@ -145,6 +147,7 @@ const ORDER: [&str; 24] = [
     INSTALLATIONS,
     SLOT_WAL_KEEP,
     SENDER_TIMEOUT,
+    FAILOVER,
 ];
 
 /// How one check came out.

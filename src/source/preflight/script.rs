@@ -16,12 +16,18 @@ pub(super) fn grant_script(server: &Server, plugins: Option<plugins::Need>) -> O
     let raise_slots = free_slots(server) == 0;
     let raise_senders = free_senders(server) == 0;
     let grant_replication = !role.may_replicate();
+    let failover = failover::failover_script(
+        server.version.num / 10_000,
+        &server.database,
+        &server.failover,
+    );
     if !(missing_grants
         || grant_replication
         || raise_wal_level
         || raise_slots
         || raise_senders
-        || plugins.is_some())
+        || plugins.is_some()
+        || !failover.is_empty())
     {
         return None;
     }
@@ -128,6 +134,10 @@ pub(super) fn grant_script(server: &Server, plugins: Option<plugins::Need>) -> O
                 raise_senders,
             ));
         }
+    }
+    if !failover.is_empty() {
+        lines.push(String::new());
+        lines.extend(failover);
     }
     lines.push(String::new());
     Some(lines.join("\n"))

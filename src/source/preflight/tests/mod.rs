@@ -78,6 +78,7 @@ fn healthy() -> Server {
         numeric_columns: vec!["public.orders.total (numeric(10,2))".into()],
         foreign_keys: vec![],
         plugins: PluginList::from_setting(Some("pgoutput, test_decoding, wal2json")).unwrap(),
+        failover: Default::default(),
     }
 }
 
@@ -144,6 +145,7 @@ fn assert_fails(outcome: &Outcome, value: &str, fix: &str) {
     assert!(f.contains(fix), "{f:?} lacks {fix:?}");
 }
 
+mod failover;
 mod plugins;
 mod server;
 mod tables;
