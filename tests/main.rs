@@ -16,6 +16,7 @@ mod conninfo;
 mod crash_points;
 mod create;
 mod credentials;
+mod failover;
 mod faults;
 mod health;
 mod identifiers;

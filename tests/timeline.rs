@@ -1,8 +1,9 @@
 //! A source that moves to a new timeline is detected and explained, not silently followed:
 //! a standby promoted after the replica had applied changes its history never received is
 //! refused with the next step (a new snapshot), and that snapshot records the new timeline;
-//! a PostgreSQL 17 standby holding the connector's slot as a failover slot, promoted with
-//! everything the replica applied, is followed from that slot without a new snapshot.
+//! a PostgreSQL 17 standby holding the connector's failover slot, promoted with everything
+//! the replica applied and given to the connector as its new URL, is followed from that
+//! slot without a new snapshot (`failover.rs` has the multi-host URL and a kill -9).
 
 use crate::daemon::{wait_replica, Daemon};
 use crate::harness::Cluster;
@@ -138,20 +139,18 @@ async fn a_standby_promoted_with_the_failover_slot_is_followed_without_a_new_sna
     );
     daemon.start();
     daemon.wait_for_state("shop", "streaming").await;
-    // tributary makes no failover slots; the operator marks its slot as one (PostgreSQL 17).
-    daemon.terminate();
+    // tributary creates its slot as a failover slot (PostgreSQL 17).
     let slot = store.psql(
         "postgres",
         "SELECT slot_name FROM tributary.connectors WHERE name = 'shop'",
     );
-    source.psql_conninfo(
-        &format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres replication=database",
-            source.port()
+    assert_eq!(
+        source.psql(
+            "postgres",
+            &format!("SELECT failover FROM pg_replication_slots WHERE slot_name = '{slot}'")
         ),
-        &format!("ALTER_REPLICATION_SLOT {slot} (FAILOVER true);"),
+        "t"
     );
-    daemon.start();
     source.psql(
         "postgres",
         "INSERT INTO app.accounts SELECT g, g FROM generate_series(101, 150) g;",

@@ -544,6 +544,14 @@ impl Cluster {
         }
     }
 
+    /// Kills the postmaster and every server process with SIGKILL, as a machine or
+    /// container dying would: no shutdown, no checkpoint, connections cut.
+    pub fn kill9(&self) {
+        self.signal_all("KILL");
+        // Nothing is left to stop: `Drop` must not wait for a shutdown that cannot come.
+        let _ = fs::remove_file(self.data_dir.join("postmaster.pid"));
+    }
+
     /// Starts a stopped server again, with the same port and data.
     pub fn start_again(&self) {
         if let Err(err) = self.pg_ctl_start() {
