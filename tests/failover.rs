@@ -224,7 +224,7 @@ async fn the_connector_follows_a_promoted_standby_without_a_new_snapshot(major: 
     );
     let status = daemon.cli_ok(&["status"]);
     assert!(
-        status.contains(&format!("source on timeline 2 since"))
+        status.contains("source on timeline 2 since")
             && status.contains(&format!("on 127.0.0.1:{}", standby.port())),
         "{status}"
     );
