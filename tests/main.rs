@@ -42,6 +42,7 @@ mod sink;
 mod snapshot;
 mod snapshot_fidelity;
 mod source_users;
+mod standby_source;
 mod store;
 mod timeline;
 mod triggers;

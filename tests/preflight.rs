@@ -431,7 +431,7 @@ fn a_second_connector_on_the_same_database_is_a_duplicate() {
 }
 
 #[test]
-fn a_physical_standby_is_not_a_writable_primary() {
+fn a_physical_standby_before_16_is_refused_as_a_source() {
     let primary = Cluster::start();
     let standby = primary.start_standby();
     assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()"), "t");
@@ -439,8 +439,9 @@ fn a_physical_standby_is_not_a_writable_primary() {
     run.assert_failed();
     run.assert_line(
         '✗',
-        "writable primary",
-        "no: this server is a standby (pg_is_in_recovery() is true)",
+        "primary or standby",
+        "no: this server is a standby, and PostgreSQL 15 decodes only on a primary (16 and \
+         newer decode on standbys too)",
         Some("point the URL at the primary"),
     );
     assert_no_slots(&primary);

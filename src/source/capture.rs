@@ -271,7 +271,8 @@ pub struct CaptureFacts {
 }
 
 /// Enabled capture triggers calling our function, whether the version function exists,
-/// whether this role is a superuser, and whether it may read the signing key. The
+/// whether this role may install them (a superuser, on a primary: a standby source gets
+/// them from its primary), and whether it may read the signing key. The
 /// functions must belong to a superuser: anyone else could rewrite what every DDL runs.
 pub const INSPECT_SQL: &str = "\
     SELECT CASE WHEN coalesce((SELECT c.relispopulated FROM pg_catalog.pg_class c \
@@ -291,7 +292,8 @@ pub const INSPECT_SQL: &str = "\
                AND pg_catalog.to_regprocedure('tributary.emit(text, text, jsonb)') IS NOT NULL)::int \
            ELSE 0 END, \
            pg_catalog.to_regprocedure('tributary.capture_version()') IS NOT NULL, \
-           coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false), \
+           coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false) \
+             AND NOT pg_catalog.pg_is_in_recovery(), \
            pg_catalog.to_regclass('tributary.capture_key') IS NOT NULL \
              AND pg_catalog.has_table_privilege('tributary.capture_key', 'SELECT') \
              AND (SELECT c.relispopulated FROM pg_catalog.pg_class c \

@@ -213,6 +213,12 @@ impl ReplicationClient {
         })
     }
 
+    /// Whether the server is a hot standby (as it reports `in_hot_standby`, 14+): a source
+    /// from PostgreSQL 16 on.
+    pub fn is_standby(&self) -> bool {
+        self.conn.parameter("in_hot_standby") == Some("on")
+    }
+
     /// The server this session reached: a run's other sessions must reach the same one.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
@@ -280,7 +286,7 @@ impl ReplicationClient {
                 slot,
                 temporary,
                 snapshot,
-                self.server_major,
+                (self.server_major, self.is_standby()),
             ))
             .await?;
         let field = |name: &str| {
@@ -606,14 +612,15 @@ impl ReplicationStream {
     }
 }
 
-/// `CREATE_REPLICATION_SLOT` as each version takes it. A persistent slot has the failover
-/// property from PostgreSQL 17 on, so that standbys with slot synchronization keep a copy
-/// of it and a promotion does not cost a new snapshot; a temporary slot cannot have it.
+/// `CREATE_REPLICATION_SLOT` as each version takes it, on a server of `server_major` that
+/// is or is not a standby. A persistent slot has the failover property from PostgreSQL 17
+/// on, so that standbys with slot synchronization keep a copy of it and a promotion does
+/// not cost a new snapshot; a temporary slot, or one made on a standby, cannot have it.
 fn create_slot_command(
     slot: &SlotName,
     temporary: bool,
     snapshot: SnapshotAction,
-    server_major: u32,
+    (server_major, standby): (u32, bool),
 ) -> String {
     let mut options = Vec::new();
     // PostgreSQL 15 introduced the option list; 13 and 14 know only the keywords.
@@ -629,7 +636,7 @@ fn create_slot_command(
         (false, SnapshotAction::Export) => " EXPORT_SNAPSHOT",
         (false, SnapshotAction::NoExport) => " NOEXPORT_SNAPSHOT",
     };
-    if server_major >= 17 && !temporary {
+    if server_major >= 17 && !temporary && !standby {
         options.push("FAILOVER true");
     }
     let temporary = if temporary { " TEMPORARY" } else { "" };
@@ -735,7 +742,7 @@ mod tests {
             ),
         ];
         for (major, temporary, snapshot, expected) in cases {
-            let command = create_slot_command(&slot, temporary, snapshot, major);
+            let command = create_slot_command(&slot, temporary, snapshot, (major, false));
             assert!(
                 command.starts_with("CREATE_REPLICATION_SLOT tributary_x ")
                     && command.ends_with(expected),

@@ -254,15 +254,18 @@ impl SlotColumns {
         );
         format!(
             "SELECT coalesce({wal_status}, 'reserved'), s.active_pid, s.confirmed_flush_lsn::text,
-                    pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(),
-                                               s.confirmed_flush_lsn)::int8,
-                    pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(),
-                                               s.restart_lsn)::int8,
+                    pg_catalog.pg_wal_lsn_diff({SERVER_LSN}, s.confirmed_flush_lsn)::int8,
+                    pg_catalog.pg_wal_lsn_diff({SERVER_LSN}, s.restart_lsn)::int8,
                     {safe_wal_size}, {conflicting}, {reason}, {inactive}
                FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1"
         )
     }
 }
+
+/// The end of the server's WAL: written on a primary, replayed on a standby (a source from
+/// PostgreSQL 16 on), where `pg_current_wal_lsn()` is an error.
+pub const SERVER_LSN: &str = "CASE WHEN pg_catalog.pg_is_in_recovery() \
+     THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END";
 
 /// The slot's state, `None` when the source has no such slot.
 pub async fn inspect(

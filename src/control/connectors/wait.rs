@@ -146,7 +146,7 @@ impl<'a> Follower<'a> {
             Some(target) => target,
             None => {
                 let current: String = client
-                    .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+                    .query_one(&format!("SELECT ({})::text", slot::SERVER_LSN), &[])
                     .await?
                     .get(0);
                 *self.target.insert(

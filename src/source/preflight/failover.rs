@@ -28,6 +28,9 @@ pub(super) struct Failover {
     pub(super) physical_slots: Vec<PhysicalSlot>,
     /// The other hosts of the URL, as found.
     pub(super) standbys: Vec<StandbyLook>,
+    /// When the server checked is itself a standby (a source on PostgreSQL 16+):
+    /// `hot_standby_feedback` and `primary_slot_name`.
+    pub(super) own: Option<(bool, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,12 +91,23 @@ impl Standby {
 
 /// Reads the primary's side over the preflight session.
 pub(super) async fn read_primary(conn: &mut Connection, major: u32) -> Result<Failover> {
-    let (streaming, synchronized) = one_row(
+    let (streaming, synchronized, in_recovery, feedback, slot) = one_row(
         conn,
         "the standbys",
         "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_replication),
-                pg_catalog.current_setting('synchronized_standby_slots', true)",
-        |row| Ok((row.number(0)?, row.optional(1).unwrap_or_default())),
+                pg_catalog.current_setting('synchronized_standby_slots', true),
+                pg_catalog.pg_is_in_recovery(),
+                pg_catalog.current_setting('hot_standby_feedback'),
+                pg_catalog.current_setting('primary_slot_name')",
+        |row| {
+            Ok((
+                row.number(0)?,
+                row.optional(1).unwrap_or_default(),
+                row.flag(2)?,
+                row.text(3)? == "on",
+                row.text(4)?.to_owned(),
+            ))
+        },
     )
     .await?;
     let physical_slots = rows(
@@ -121,6 +135,7 @@ pub(super) async fn read_primary(conn: &mut Connection, major: u32) -> Result<Fa
         },
         physical_slots,
         standbys: Vec::new(),
+        own: in_recovery.then_some((feedback, slot)),
     })
 }
 
@@ -204,6 +219,15 @@ pub(super) fn judge_failover(major: u32, failover: &Failover) -> Check {
             _ => None,
         })
         .collect();
+    if failover.own.is_some() {
+        return Check::warn(
+            FAILOVER,
+            "the slot lives on this standby: it survives this server's promotion, but not \
+             its loss or replacement (a slot made on a standby cannot be a failover slot)",
+            "to keep the slot through a failover, replicate from the primary (PostgreSQL 17+ \
+             with slot synchronization), listing the standbys in the URL",
+        );
+    }
     let no_standby = failover.streaming == 0 && standbys.is_empty();
     if major < 17 {
         return if no_standby {

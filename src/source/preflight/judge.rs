@@ -206,15 +206,47 @@ pub(super) fn judge_login_failure(error: &Error) -> Check {
 }
 
 pub(super) fn judge_primary(server: &Server) -> Check {
-    if server.in_recovery {
-        Check::fail(
-            PRIMARY,
-            "no: this server is a standby (pg_is_in_recovery() is true)",
-            "point the URL at the primary: tributary's slot and snapshot live there",
-        )
-    } else {
-        Check::pass(PRIMARY, "yes (pg_is_in_recovery() is false)")
+    let major = server.version.num / 10_000;
+    if !server.in_recovery {
+        return Check::pass(PRIMARY, "yes (pg_is_in_recovery() is false)");
     }
+    let Some((feedback, slot)) = server.failover.own.as_ref().filter(|_| major >= 16) else {
+        return Check::fail(
+            PRIMARY,
+            format!(
+                "no: this server is a standby, and PostgreSQL {major} decodes only on a \
+                 primary (16 and newer decode on standbys too)"
+            ),
+            "point the URL at the primary; a URL that lists the primary and its standbys with \
+             target_session_attrs=read-write also follows a failover",
+        );
+    };
+    let mut missing = Vec::new();
+    if !feedback {
+        missing.push("hot_standby_feedback = on");
+    }
+    if slot.is_empty() {
+        missing.push("primary_slot_name (a physical slot on the primary)");
+    }
+    if missing.is_empty() {
+        return Check::pass(
+            PRIMARY,
+            "no: a standby, which decodes from PostgreSQL 16 on (with hot_standby_feedback \
+             and a physical slot on the primary); tributary's schema change capture must be \
+             installed on the primary, and a failover does not keep a standby's slot",
+        );
+    }
+    Check::fail(
+        PRIMARY,
+        format!(
+            "a standby without {}: the primary would remove catalog rows its slot needs, and \
+             the standby would invalidate the slot",
+            missing.join(" and ")
+        ),
+        "on the standby set hot_standby_feedback = on and primary_slot_name to a physical \
+         slot created on the primary (pg_create_physical_replication_slot), then reload it; \
+         or point the URL at the primary",
+    )
 }
 
 pub(super) fn judge_wal_level(server: &Server) -> Check {

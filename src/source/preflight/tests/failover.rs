@@ -34,6 +34,7 @@ fn primary(standbys: Vec<StandbyLook>, synchronized: &[&str]) -> Failover {
             feedback: true,
         }],
         standbys,
+        own: None,
     }
 }
 
@@ -125,4 +126,34 @@ fn the_script_sets_what_is_missing_on_the_primary_then_on_each_standby() {
             && !script.contains("\\connect"),
         "{script}"
     );
+}
+
+#[test]
+fn a_standby_is_a_source_from_16_on_with_feedback_and_a_physical_slot() {
+    let standby = |num: u32, own: Option<(bool, &str)>| {
+        let mut server = healthy();
+        server.version.num = num;
+        server.in_recovery = true;
+        server.failover.own = own.map(|(feedback, slot)| (feedback, slot.to_owned()));
+        server
+    };
+    #[rustfmt::skip]
+    let cases = [
+        (healthy(), "pass", "yes"),
+        (standby(150_004, Some((true, "sb1"))), "fail", "PostgreSQL 15 decodes only on a primary"),
+        (standby(160_002, Some((true, "sb1"))), "pass", "a standby, which decodes from PostgreSQL 16 on"),
+        (standby(170_000, Some((false, "sb1"))), "fail", "without hot_standby_feedback = on"),
+        (standby(180_000, Some((true, ""))), "fail", "without primary_slot_name"),
+        (standby(170_000, Some((false, ""))), "fail", "hot_standby_feedback = on and primary_slot_name"),
+    ];
+    for (server, kind, needle) in cases {
+        let check = judge_primary(&server);
+        let (got, text) = outcome(&check);
+        assert_eq!(
+            (got, check.name.as_str()),
+            (kind, "primary or standby"),
+            "{text}"
+        );
+        assert!(text.contains(needle), "{text}");
+    }
 }
