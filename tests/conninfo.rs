@@ -74,6 +74,18 @@ async fn replicates(source: &Cluster, url: &str, name: &str) {
     }
 }
 
+/// The user an SQL session (tokio-postgres, as preflight and the pipeline open them) of
+/// `conninfo` logs in as.
+async fn sql_session_user(conninfo: &str) -> String {
+    let sql = tributary::pg::connect(&ConnInfo::parse(conninfo).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    sql.query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 fn path_text(path: &Path) -> &str {
     path.to_str().expect("temporary paths are UTF-8")
 }
@@ -150,16 +162,7 @@ async fn client_certificates_required_by_pg_hba_are_presented_by_every_client() 
         .unwrap();
     assert_eq!(rows[0][0].as_deref(), Some("/CN=certonly"));
     drop(client);
-    let sql = tributary::pg::connect(&ConnInfo::parse(&url).unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let user: String = sql
-        .query_one("SELECT current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(user, "certonly");
-    drop(sql);
+    assert_eq!(sql_session_user(&url).await, "certonly");
     replicates(&source, &url, "cert_only").await;
 
     // key=value form: a password, and a certificate whose key is encrypted (sslpassword).
@@ -244,16 +247,7 @@ async fn password_files_and_service_files_supply_what_the_string_leaves_out() {
         0o644,
     );
     let conninfo = format!("service=shop servicefile={}", path_text(&services));
-    let sql = tributary::pg::connect(&ConnInfo::parse(&conninfo).unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let user: String = sql
-        .query_one("SELECT current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(user, "repl");
-    drop(sql);
+    assert_eq!(sql_session_user(&conninfo).await, "repl");
     replicates(&source, &conninfo, "from_service").await;
 }
 
