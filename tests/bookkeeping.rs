@@ -104,7 +104,7 @@ async fn migrations_create_the_schema_and_are_idempotent() {
     assert_eq!(
         tables,
         "_sqlx_migrations,apply_lag,branches,connector_tables,connectors,daemons,installation,\
-         lease_history,leases,state_history,table_decisions"
+         lease_history,leases,state_history,table_decisions,timeline_changes"
     );
     // sqlx's own table sits in our schema, not in public.
     assert_eq!(
@@ -631,6 +631,18 @@ async fn set_state_writes_history_and_sets_or_clears_the_error() {
     let retried = bookkeeping.connector_by_id(id).await.unwrap().unwrap();
     assert_eq!(retried.state, PipelineState::Pending);
     assert_eq!(retried.last_error.as_deref(), Some(failure.error.as_str()));
+    // The run that retries it starts in validating still showing the error, so that the
+    // connector never looks healthy between two attempts.
+    assert!(bookkeeping.begin_run(&retried).await.unwrap());
+    let rerun = bookkeeping.connector_by_id(id).await.unwrap().unwrap();
+    assert_eq!(rerun.state, PipelineState::Validating);
+    assert_eq!(
+        (rerun.last_error.as_deref(), rerun.next_step.as_deref()),
+        (
+            Some(failure.error.as_str()),
+            Some(failure.next_step.as_str())
+        )
+    );
 
     // Once the lease is gone, its holder can neither change the state nor record errors.
     bookkeeping.release_lease(id, token).await.unwrap();
@@ -658,7 +670,7 @@ async fn set_state_writes_history_and_sets_or_clears_the_error() {
     ));
     assert!(bookkeeping.tables(id).await.unwrap().is_empty());
     let unchanged = bookkeeping.connector_by_id(id).await.unwrap().unwrap();
-    assert_eq!(unchanged.state, PipelineState::Pending);
+    assert_eq!(unchanged.state, PipelineState::Validating);
     assert_eq!(
         unchanged.last_error.as_deref(),
         Some(failure.error.as_str())
@@ -683,12 +695,13 @@ async fn set_state_writes_history_and_sets_or_clears_the_error() {
             (Some(Pending), Validating, None),
             (Some(Validating), Failed, Some(failure.error.clone())),
             (Some(Failed), Pending, None),
+            (Some(Pending), Validating, None),
         ]
     );
     assert!(history.windows(2).all(|w| w[0].at <= w[1].at));
     assert_eq!(
         store.sql("SELECT count(*) FROM tributary.state_history"),
-        "4"
+        "5"
     );
 
     let missing = ConnectorId(id.0 + 1000);

@@ -499,20 +499,39 @@ impl Bookkeeping {
     /// from the current row if it should run.
     pub async fn begin_run(&self, seen: &Connector) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(String, bool, i64)> = sqlx::query_as(
-            "SELECT state, enabled, (extract(epoch FROM updated_at) * 1000000)::int8
+        type Row = (String, bool, i64, Option<String>, Option<String>);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT state, enabled, (extract(epoch FROM updated_at) * 1000000)::int8,
+                    last_error, next_step
                FROM tributary.connectors WHERE id = $1 FOR UPDATE",
         )
         .bind(seen.id.0)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((from, enabled, updated_us)) = row else {
+        let Some((from, enabled, updated_us, last_error, next_step)) = row else {
             return Ok(false);
         };
         if !enabled || timestamp(updated_us)? != seen.updated_at {
             return Ok(false);
         }
+        // A run that retries after an error keeps showing it until the run gets further
+        // (or fails again): `status` must not call a retrying connector healthy meanwhile.
+        let retrying = last_error.map(|error| Failure {
+            error,
+            next_step: next_step.unwrap_or_default(),
+        });
         record_state(&mut tx, seen.id, &from, PipelineState::Validating, None).await?;
+        if let Some(failure) = retrying {
+            sqlx::query(
+                "UPDATE tributary.connectors SET last_error = $2, next_step = NULLIF($3, '')
+                 WHERE id = $1",
+            )
+            .bind(seen.id.0)
+            .bind(&failure.error)
+            .bind(&failure.next_step)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(true)
     }

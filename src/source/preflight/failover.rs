@@ -290,7 +290,8 @@ pub(super) fn judge_failover(major: u32, failover: &Failover) -> Check {
         problems.push(
             "the standbys' settings are not known: list them in the URL \
              (host=primary,standby target_session_attrs=read-write) so that preflight can \
-             read them and the connector follows a promotion"
+             read them (a single address that moves to the new primary, a virtual IP or a \
+             proxy, also lets the connector follow a promotion)"
                 .to_owned(),
         );
     }
