@@ -283,17 +283,32 @@ pub(super) fn judge_failover(major: u32, failover: &Failover) -> Check {
                         s.server()
                     ));
                 }
+                if let Some(problem) = physical_slot_problem(s, &failover.physical_slots) {
+                    problems.push(problem);
+                }
             }
         }
     }
     if failover.standbys.is_empty() {
-        problems.push(
-            "the standbys' settings are not known: list them in the URL \
+        let in_use: Vec<&str> = failover
+            .physical_slots
+            .iter()
+            .filter(|p| p.active)
+            .map(|p| p.name.as_str())
+            .collect();
+        problems.push(format!(
+            "{} standby connection(s) stream from this server (physical slots in use: {}), \
+             but their settings are not known: list them in the URL \
              (host=primary,standby target_session_attrs=read-write) so that preflight can \
              read them (a single address that moves to the new primary, a virtual IP or a \
-             proxy, also lets the connector follow a promotion)"
-                .to_owned(),
-        );
+             proxy, also lets the connector follow a promotion)",
+            failover.streaming,
+            if in_use.is_empty() {
+                "none".to_owned()
+            } else {
+                in_use.join(", ")
+            }
+        ));
     }
     // The physical slots that synchronizing standbys stream through.
     let syncing: Vec<&Standby> = standbys
@@ -336,6 +351,27 @@ pub(super) fn judge_failover(major: u32, failover: &Failover) -> Check {
         "apply the failover part of the grant script (it sets what is missing on the \
          primary and, through \\connect, on each standby)",
     )
+}
+
+/// What is wrong with the primary's physical slot that `standby` streams through.
+fn physical_slot_problem(standby: &Standby, slots: &[PhysicalSlot]) -> Option<String> {
+    if standby.primary_slot_name.is_empty() {
+        return None; // named among what the standby lacks
+    }
+    let name = &standby.primary_slot_name;
+    match slots.iter().find(|p| p.name == *name) {
+        None => Some(format!(
+            "standby {}'s primary_slot_name {name} is no physical slot on the primary",
+            standby.server()
+        )),
+        Some(p) if !p.active => Some(format!(
+            "the primary's slot {name} is not in use: its standby does not stream"
+        )),
+        Some(p) if !p.feedback => Some(format!(
+            "the primary's slot {name} gets no hot_standby_feedback from its standby"
+        )),
+        Some(_) => None,
+    }
 }
 
 /// The psql lines that make a failover keep the slot: on the primary, a physical slot for

@@ -55,6 +55,12 @@ fn a_failover_keeps_the_slot_only_with_a_synchronizing_standby_the_primary_waits
         StandbyLook::Standby(s)
     };
     let alone = Failover::default();
+    let with_slot = |active: bool, feedback: bool| {
+        let mut failover = primary(vec![StandbyLook::Standby(syncing())], &["sb1"]);
+        failover.physical_slots[0].active = active;
+        failover.physical_slots[0].feedback = feedback;
+        failover
+    };
     #[rustfmt::skip]
     let cases: Vec<(u32, Failover, &str, &str)> = vec![
         // Nothing to fail over to.
@@ -73,8 +79,12 @@ fn a_failover_keeps_the_slot_only_with_a_synchronizing_standby_the_primary_waits
         // The primary does not wait for the standby: the replica could get ahead of it.
         (17, primary(vec![StandbyLook::Standby(syncing())], &[]), "warn", "synchronized_standby_slots names no"),
         (17, primary(vec![StandbyLook::Standby(syncing())], &["other"]), "warn", "synchronized_standby_slots names no"),
+        // The physical slot the standby names: missing, unused, without feedback.
+        (17, primary(vec![standby(|s| s.primary_slot_name = "sb2".into())], &["sb2"]), "warn", "primary_slot_name sb2 is no physical slot on the primary"),
+        (17, with_slot(false, true), "warn", "slot sb1 is not in use"),
+        (17, with_slot(true, false), "warn", "slot sb1 gets no hot_standby_feedback"),
         // Standbys stream, but the URL lists none: their settings are unknown.
-        (17, primary(vec![], &["sb1"]), "warn", "list them in the URL"),
+        (17, primary(vec![], &["sb1"]), "warn", "1 standby connection(s) stream from this server (physical slots in use: sb1)"),
         (17, primary(vec![StandbyLook::Unreachable { server: "10.0.0.3:5432".into(), reason: "refused".into() }, StandbyLook::Standby(syncing())], &["sb1"]), "warn", "10.0.0.3:5432 could not be checked: refused"),
         (17, primary(vec![StandbyLook::NotAStandby { server: "10.0.0.3:5432".into() }], &["sb1"]), "warn", "10.0.0.3:5432 is not a standby"),
     ];
