@@ -129,11 +129,27 @@ install_promtool() {
     log "installed $("$PROMTOOL" --version 2>&1 | head -n1) as $PROMTOOL"
 }
 
+# mkfs.xfs, for the branch store on a loop-mounted XFS with reflinks (tests/clone_branches.rs).
+install_xfsprogs() {
+    if command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || [ -x /sbin/mkfs.xfs ]; then
+        log "xfsprogs is already installed"
+        return
+    fi
+    if [ "$DRY_RUN" = 1 ]; then
+        log "would install xfsprogs"
+        return
+    fi
+    have_candidates xfsprogs || "${SUDO[@]}" apt-get update
+    "${SUDO[@]}" apt-get install -y --no-install-recommends xfsprogs
+    log "installed xfsprogs"
+}
+
 SUDO=()
 if [ "${#missing[@]}" -eq 0 ]; then
     log "PostgreSQL $PG_MAJOR, wal2json and the client are already installed in $PREFIX"
     [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
     install_promtool
+    install_xfsprogs
     install_versions
     exit 0
 fi
@@ -245,4 +261,5 @@ if [ "$DRY_RUN" != 1 ]; then
 fi
 log "done: PostgreSQL $PG_MAJOR with wal2json in $PREFIX"
 install_promtool
+install_xfsprogs
 install_versions

@@ -11,6 +11,7 @@ mod bookkeeping;
 mod branch_roles;
 mod branches;
 mod cli;
+mod clone_branches;
 mod connect;
 mod conninfo;
 mod crash_points;

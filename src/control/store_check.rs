@@ -288,13 +288,13 @@ fn free_disk(facts: &StoreFacts) -> Check {
 
 /// How `CREATE DATABASE … TEMPLATE` copies a replica into a branch on this server.
 fn branch_copy(facts: &StoreFacts) -> Check {
-    if facts.server_major < 15 {
+    let major = facts.server_major;
+    if major < 18 {
         return Check::pass(
             BRANCH_COPY,
             format!(
-                "PostgreSQL {}: CREATE DATABASE copies the replica's files (STRATEGY FILE_COPY \
-                 is 15+)",
-                facts.server_major
+                "branches copy the replica's files (PostgreSQL {major}): the pause grows with \
+                 its size; PostgreSQL 18 can clone them"
             ),
         );
     }
@@ -302,36 +302,47 @@ fn branch_copy(facts: &StoreFacts) -> Check {
         Disk::Known { filesystem, .. } => Some(filesystem.as_str()),
         Disk::Unknown(_) => None,
     };
-    match facts.file_copy_method.as_deref() {
-        None => Check::pass(
-            BRANCH_COPY,
-            "STRATEGY FILE_COPY: the pause grows with the replica's size (cloning is 18+)",
-        ),
-        Some("clone") => match filesystem {
-            Some("btrfs") => Check::pass(BRANCH_COPY, "file_copy_method = clone on btrfs"),
-            Some("xfs") => Check::pass(
-                BRANCH_COPY,
-                "file_copy_method = clone on xfs: clones if it was made with reflink=1 \
-                 (`xfs_info` says; unknown here)",
-            ),
-            // Replication works; branches would fail (with this fix): a warning.
-            Some(other) => Check::warn(
-                BRANCH_COPY,
-                format!("file_copy_method = clone, but the data directory is on {other}"),
-                "set file_copy_method = copy (ALTER SYSTEM SET file_copy_method = copy; SELECT \
-                 pg_reload_conf();), or move the data directory to XFS (reflink=1) or Btrfs",
-            ),
-            None => Check::pass(
-                BRANCH_COPY,
-                "file_copy_method = clone; whether the filesystem can clone is unknown from \
-                 here (a branch fails with the fix if it cannot)",
-            ),
-        },
-        Some(method) => Check::pass(
+    let reflinks = matches!(filesystem, Some("xfs" | "btrfs"));
+    match (facts.file_copy_method.as_deref(), filesystem) {
+        (Some("clone"), Some(fs)) if reflinks => Check::pass(
             BRANCH_COPY,
             format!(
-                "file_copy_method = {method}: branches copy files; on XFS (reflink=1) or Btrfs, \
-                 clone makes them near-constant time"
+                "branches clone (file_copy_method = clone on {fs}{})",
+                if fs == "xfs" {
+                    ", made with reflink=1 by default since xfsprogs 5.1; `xfs_info` shows it"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (Some("clone"), Some(fs)) => Check::warn(
+            BRANCH_COPY,
+            format!(
+                "branches copy: file_copy_method = clone, but the data directory is on {fs}, \
+                 which has no reflinks, so the kernel copies the files (no faster than copy)"
+            ),
+            "for branches in constant time, put the data directory on XFS (reflink=1) or \
+             Btrfs; otherwise set file_copy_method = copy (ALTER SYSTEM SET file_copy_method = \
+             copy; SELECT pg_reload_conf();)",
+        ),
+        (Some("clone"), None) => Check::pass(
+            BRANCH_COPY,
+            "file_copy_method = clone: branches clone where the data directory's filesystem \
+             has reflinks (XFS with reflink=1, Btrfs), which is unknown from here",
+        ),
+        (_, Some(fs)) if reflinks => Check::warn(
+            BRANCH_COPY,
+            format!("branches copy, though the data directory's filesystem ({fs}) can clone"),
+            "ALTER SYSTEM SET file_copy_method = clone; SELECT pg_reload_conf(); (branches \
+             then take about the same time at any size)",
+        ),
+        (method, fs) => Check::pass(
+            BRANCH_COPY,
+            format!(
+                "branches copy (file_copy_method = {}; the data directory is on {}): cloning \
+                 needs XFS with reflink=1 or Btrfs, and file_copy_method = clone",
+                method.unwrap_or("copy"),
+                fs.unwrap_or("an unknown filesystem")
             ),
         ),
     }
@@ -582,6 +593,20 @@ mod tests {
                     };
                 },
                 vec![],
+                None,
+            ),
+            // 18 copying on a filesystem that could clone: the setting is the fix.
+            (
+                |f| {
+                    f.server_major = 18;
+                    f.file_copy_method = Some("copy".into());
+                    f.disk = Disk::Known {
+                        directory: "/srv/pg".into(),
+                        free_bytes: 5 << 30,
+                        filesystem: "btrfs".into(),
+                    };
+                },
+                vec![(BRANCH_COPY, '!')],
                 None,
             ),
         ];

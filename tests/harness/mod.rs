@@ -88,6 +88,8 @@ pub struct ClusterBuilder {
     refuse_wal2json: bool,
     /// `None`: [`Install::default`].
     install: Option<&'static Install>,
+    /// The data directory on a loop-mounted XFS made with reflink=1.
+    reflink_storage: bool,
 }
 
 impl ClusterBuilder {
@@ -135,6 +137,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// The data directory on a loop-mounted XFS image made with `mkfs.xfs -m reflink=1`
+    /// (xfsprogs), where PostgreSQL 18's `file_copy_method = clone` clones files. Needs
+    /// root (to mount); the image is unmounted when the cluster is dropped.
+    pub fn reflink_storage(mut self) -> Self {
+        self.reflink_storage = true;
+        self
+    }
+
     /// A server of PostgreSQL `major` (see [`install`]) instead of the default one.
     pub fn major(mut self, major: u32) -> Self {
         self.install = Some(install(major));
@@ -157,9 +167,13 @@ impl ClusterBuilder {
             ca_cert: None,
             server_user: server_user(),
             install: self.install.unwrap_or_else(Install::default),
+            mount: None,
             dir,
         };
         cluster.give_to_server_user(cluster.dir());
+        if self.reflink_storage {
+            cluster.mount_reflink_storage();
+        }
         cluster.initdb();
 
         let conf_path = cluster.data_dir.join("postgresql.conf");
@@ -288,6 +302,8 @@ pub struct Cluster {
     /// `Some` when the tests run as root and the server runs as [`SERVER_OS_USER`].
     server_user: Option<OsUser>,
     install: &'static Install,
+    /// A filesystem mounted for the data directory, unmounted after the server stops.
+    mount: Option<PathBuf>,
     /// Declared last: removed only after `Drop::drop` has stopped the server.
     dir: TempDir,
 }
@@ -481,6 +497,7 @@ impl Cluster {
             ca_cert: None,
             server_user: server_user(),
             install: self.install,
+            mount: None,
             dir,
         };
         standby.give_to_server_user(standby.dir());
@@ -604,6 +621,48 @@ impl Cluster {
         )
     }
 
+    /// A 4 GB sparse image, `mkfs.xfs -m reflink=1`, loop-mounted at `<dir>/xfs`, which
+    /// then holds the data directory.
+    fn mount_reflink_storage(&mut self) {
+        let image = self.dir().join("xfs.img");
+        let mount = self.dir().join("xfs");
+        fs::create_dir(&mount).expect("creating the mount point");
+        let steps: [(&str, Vec<&std::ffi::OsStr>); 3] = [
+            (
+                "truncate",
+                vec!["-s".as_ref(), "4G".as_ref(), image.as_os_str()],
+            ),
+            (
+                "mkfs.xfs",
+                vec![
+                    "-q".as_ref(),
+                    "-m".as_ref(),
+                    "reflink=1".as_ref(),
+                    image.as_os_str(),
+                ],
+            ),
+            (
+                "mount",
+                vec![
+                    "-o".as_ref(),
+                    "loop".as_ref(),
+                    image.as_os_str(),
+                    mount.as_os_str(),
+                ],
+            ),
+        ];
+        for (program, args) in steps {
+            if let Err(err) = run(Command::new(program).args(args)) {
+                panic!("harness: reflink storage (needs root and xfsprogs): {err}");
+            }
+            if program == "mount" {
+                self.mount = Some(mount.clone());
+            }
+        }
+        self.give_to_server_user(&mount);
+        self.data_dir = mount.join("data");
+    }
+
     fn initdb(&self) {
         let mut cmd = self.server_command("initdb");
         cmd.arg("-D").arg(&self.data_dir).args([
@@ -706,6 +765,16 @@ impl Cluster {
 impl Drop for Cluster {
     /// Stops the server if it runs. Must not panic: it also runs while a test unwinds.
     fn drop(&mut self) {
+        self.stop_for_good();
+        if let Some(mount) = &self.mount {
+            // Lazily: a server process still dying keeps files open.
+            let _ = Command::new("umount").arg("-l").arg(mount).status();
+        }
+    }
+}
+
+impl Cluster {
+    fn stop_for_good(&self) {
         let pid_file = self.data_dir.join("postmaster.pid");
         if !pid_file.exists() {
             return;
