@@ -5,8 +5,13 @@
 # judged: the machine decides them.
 #
 #   cargo build --release && scripts/bench-branch.sh
+#   # PostgreSQL 18's clone on XFS with reflinks (as root), against its plain copy:
+#   BENCH_STORE_BINDIR=/opt/tributary-pg/18/bin BENCH_XFS=1 BENCH_FILE_COPY_METHOD=clone scripts/bench-branch.sh
 #
-# Environment: BENCH_SCALE (pgbench scale, 70 ≈ 1 GB), BENCH_BRANCHES (3), BENCH_TPS (200).
+# Environment: BENCH_SCALE (pgbench scale, 70 ≈ 1 GB), BENCH_BRANCHES (3), BENCH_TPS (200),
+# BENCH_STORE_BINDIR (the branch store's server; default the newest in /usr/lib/postgresql),
+# BENCH_XFS=1 (the store's data directory on a loop-mounted XFS made with reflink=1; root),
+# BENCH_FILE_COPY_METHOD (the store's file_copy_method, PostgreSQL 18).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -17,25 +22,38 @@ tps="${BENCH_TPS:-200}"
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 
 bindir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)"
+store_bindir="${BENCH_STORE_BINDIR:-$bindir}"
 dir="$(mktemp -d /tmp/tributary-bench-branch-XXXXXX)"
 as_server() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 [ "$(id -u)" = 0 ] && chown postgres "$dir"
 pids=()
+server_bindir() { if [ "$1" = store ]; then echo "$store_bindir"; else echo "$bindir"; fi; }
+data_dir() { if [ "$1" = store ] && [ "${BENCH_XFS:-0}" = 1 ]; then echo "$dir/xfs/store"; else echo "$dir/$1"; fi; }
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for n in source store; do
-        [ -f "$dir/$n/postmaster.pid" ] && as_server "$bindir/pg_ctl" -D "$dir/$n" -m immediate stop >/dev/null
+        [ -f "$(data_dir $n)/postmaster.pid" ] && as_server "$(server_bindir $n)/pg_ctl" -D "$(data_dir $n)" -m immediate stop >/dev/null
     done
+    mountpoint -q "$dir/xfs" && umount -l "$dir/xfs"
     rm -rf "$dir"
 }
 trap cleanup EXIT
 
+if [ "${BENCH_XFS:-0}" = 1 ]; then
+    truncate -s "$((scale / 10 + 8))G" "$dir/xfs.img"
+    mkfs.xfs -q -m reflink=1 "$dir/xfs.img"
+    mkdir "$dir/xfs" && mount -o loop "$dir/xfs.img" "$dir/xfs"
+    [ "$(id -u)" = 0 ] && chown postgres "$dir/xfs"
+fi
 port=55621
 for n in source store; do
-    as_server "$bindir/initdb" -D "$dir/$n" -U postgres --auth=trust --no-sync >/dev/null
-    as_server "$bindir/pg_ctl" -D "$dir/$n" -l "$dir/$n.log" -w -o "-c port=$port \
+    as_server "$(server_bindir $n)/initdb" -D "$(data_dir $n)" -U postgres --auth=trust --no-sync >/dev/null
+    if [ "$n" = store ] && [ -n "${BENCH_FILE_COPY_METHOD:-}" ]; then
+        echo "file_copy_method = $BENCH_FILE_COPY_METHOD" >>"$(data_dir $n)/postgresql.conf"
+    fi
+    as_server "$(server_bindir $n)/pg_ctl" -D "$(data_dir $n)" -l "$dir/$n.log" -w -o "-c port=$port \
         -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c wal_level=logical \
         -c max_wal_size=8GB -c shared_buffers=512MB -c checkpoint_timeout=30min" start >/dev/null
     port=$((port + 1))
@@ -43,7 +61,8 @@ done
 psql=("$bindir/psql" -XAtq)
 src=postgresql://postgres@127.0.0.1:55621/postgres
 store=postgresql://postgres@127.0.0.1:55622/postgres
-export TRIBUTARY__STORE__URL="$store" TRIBUTARY__SECRETS__KEY_FILE="$dir/key" RUST_LOG=warn,tributary::pipeline::stream=info
+export TRIBUTARY__STORE__URL="$store" TRIBUTARY__SECRETS__KEY_FILE="$dir/key" RUST_LOG=warn,tributary::pipeline::stream=info \
+    TRIBUTARY_PG_BINDIR="$bindir"
 
 echo "pgbench scale $scale on the source…"
 "$bindir/pgbench" -i -q -s "$scale" "$src" >/dev/null 2>&1
