@@ -25,7 +25,9 @@ bindir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)"
 store_bindir="${BENCH_STORE_BINDIR:-$bindir}"
 dir="$(mktemp -d /tmp/tributary-bench-branch-XXXXXX)"
 as_server() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    # The version matrix's wrappers (scripts/install-pg-versions.sh) start as root and
+    # become postgres inside their chroot themselves.
+    if [ "$(id -u)" = 0 ] && ! grep -qs chroot-run "$1"; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 [ "$(id -u)" = 0 ] && chown postgres "$dir"
 pids=()

@@ -266,6 +266,7 @@ pub(super) async fn cut_branches(
                 bk.branch_cut(&branch, Err(refused)).await?;
                 continue;
             }
+            sink::checkpoint_ahead(store).await;
             let (reply, answer) = oneshot::channel();
             let request = CutRequest {
                 branch: branch.clone(),

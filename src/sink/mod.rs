@@ -28,8 +28,8 @@ pub use apply::{Misfit, ReplicaColumn, ReplicaSink, MAX_IN_FLIGHT, MAX_IN_FLIGHT
 pub(crate) use error::replication_role_advice;
 pub use error::SinkError;
 pub use replica::{
-    check_apply_session, claim_replica, copy_database, drop_database, prepare_replica,
-    replica_applied_lsn, replica_exists, server_major, source_tables,
+    check_apply_session, checkpoint_ahead, claim_replica, copy_database, drop_database,
+    prepare_replica, replica_applied_lsn, replica_exists, server_major, source_tables,
 };
 pub(crate) use replica::{connect, setup};
 pub use triggers::release as release_triggers;

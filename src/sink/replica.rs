@@ -475,6 +475,27 @@ impl CopyPlan {
     }
 }
 
+/// A `CHECKPOINT` before a branch is cut, outside the pause: `CREATE DATABASE … STRATEGY
+/// FILE_COPY` checkpoints first, and what a snapshot or a burst of changes left dirty would
+/// otherwise be flushed while replication stands still. Best effort: the store role needs
+/// `pg_checkpoint` (PostgreSQL 15+) or superuser, and without it the pause only includes
+/// that flush.
+pub async fn checkpoint_ahead(store: &ConnInfo) {
+    let done = match connect(store).await {
+        Ok(control) => control
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(why) = done {
+        tracing::debug!(
+            "no checkpoint ahead of the branch cut ({why}): its pause includes the server's \
+             checkpoint; GRANT pg_checkpoint TO the store role to shorten it"
+        );
+    }
+}
+
 /// `DROP DATABASE IF EXISTS`, with `force` `WITH (FORCE)`, which ends the database's
 /// sessions first (without it the server refuses while any is open). Refuses to drop the
 /// control database named in `store`, and the template databases.
