@@ -42,6 +42,7 @@ cleanup() {
     rm -rf "$dir"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 if [ "${BENCH_XFS:-0}" = 1 ]; then
     truncate -s "$((scale / 10 + 8))G" "$dir/xfs.img"
