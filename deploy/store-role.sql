@@ -6,4 +6,7 @@ CREATE ROLE tributary_store LOGIN CREATEDB CREATEROLE PASSWORD 'change-me';
 -- PostgreSQL 15 and newer. On 13 and 14 there is no such grant: only a superuser may set
 -- session_replication_role, so the role must be one (ALTER ROLE tributary_store SUPERUSER;).
 GRANT SET ON PARAMETER session_replication_role TO tributary_store;
+-- Optional (15+): a checkpoint ahead of each branch cut, so that replication does not stand
+-- still while the server flushes what the snapshot or recent changes left dirty.
+GRANT pg_checkpoint TO tributary_store;
 CREATE DATABASE tributary OWNER tributary_store;

@@ -567,3 +567,36 @@ fn eventually_equal(read: impl Fn() -> String, expected: &str) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// A logical walsender streaming from the source (another tool's, or tributary's own) is
+/// not a standby: the failover line does not warn about standbys that do not exist.
+#[test]
+fn logical_walsenders_are_not_taken_for_standbys() {
+    let cluster = Cluster::start();
+    let url = cluster.superuser_url("postgres");
+    let mut receiver = Command::new(cluster.bindir().join("pg_recvlogical"))
+        .args([
+            "--create-slot",
+            "--start",
+            "--if-not-exists",
+            "-S",
+            "other_tool",
+        ])
+        .args(["-P", "test_decoding", "-f", "/dev/null", "-d", &url])
+        .spawn()
+        .expect("pg_recvlogical");
+    eventually_equal(
+        || {
+            cluster.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s \
+                 ON s.active_pid = r.pid WHERE s.slot_name = 'other_tool'",
+            )
+        },
+        "1",
+    );
+    let run = preflight(&url, &[]);
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    run.assert_line('✓', "failover", "no standby streams from this server", None);
+}

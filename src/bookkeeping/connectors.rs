@@ -72,6 +72,10 @@ pub struct SetupChange<'a> {
     pub resnapshot: bool,
     /// Tables the next setup copies again (`connector resync`), the others streaming on.
     pub resync: &'a [TableName],
+    /// The NaN decision (`--nan-as-null`), recorded in the request's transaction: written
+    /// before it, the change alone would restart the pipeline, and the request would then
+    /// find setup in progress.
+    pub nan_as_null: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,6 +412,13 @@ impl Bookkeeping {
         let state = parse_state(&from)?;
         if state.is_setting_up() && !failing {
             return Ok(SetupRequest::InProgress(state));
+        }
+        if let Some(accepted) = change.nan_as_null {
+            sqlx::query("UPDATE tributary.connectors SET nan_as_null = $2 WHERE id = $1")
+                .bind(id.0)
+                .bind(accepted)
+                .execute(&mut *tx)
+                .await?;
         }
         if let Some(decisions) = change.decisions {
             sqlx::query("DELETE FROM tributary.table_decisions WHERE connector_id = $1")

@@ -148,9 +148,11 @@ pub async fn update(
     }
     let schemas = args.schemas.map(schema_list).transpose()?;
     let nan_as_null = args.nan_as_null.map(|n| n == NanAsNull::Accept);
-    // The decision about NaN first: new schemas are checked against it, and a pipeline
-    // restarted for them must find it recorded.
-    if nan_as_null.is_some() {
+    // New schemas are checked against the NaN decision, and the request that restarts the
+    // pipeline for them records it (a pipeline restarted for them must find it); alone, it
+    // is recorded here.
+    let schemas_change = schemas.as_ref().is_some_and(|s| *s != connector.schemas);
+    if nan_as_null.is_some() && !schemas_change {
         bookkeeping
             .update_options(connector.id, None, None, nan_as_null)
             .await?;
@@ -367,12 +369,13 @@ async fn set_up_again(
     say_plan(&plan, decisions_changed.then_some(&decisions[..]));
     let new_schemas = (schemas != connector.schemas).then_some(&schemas[..]);
     let changed_decisions = decisions_changed.then_some(&decisions[..]);
+    let new_nan_as_null = (nan_as_null != connector.nan_as_null).then_some(nan_as_null);
     match setup::request(
         bookkeeping,
         connector,
         &plan,
         changed_decisions,
-        new_schemas,
+        (new_schemas, new_nan_as_null),
     )
     .await?
     {

@@ -128,14 +128,14 @@ pub enum Requested {
     Restarted,
 }
 
-/// Records the plan: new decisions and schemas, and a restart (with a new snapshot when
+/// Records the plan: new decisions, schemas and NaN decision, and a restart (with a new snapshot when
 /// the plan has reasons) when there is one or the connector is not healthy.
 pub async fn request(
     bookkeeping: &Bookkeeping,
     connector: &Connector,
     plan: &SetupPlan,
     decisions: Option<&[(TableName, TableDecision)]>,
-    schemas: Option<&[String]>,
+    (schemas, nan_as_null): (Option<&[String]>, Option<bool>),
 ) -> Result<Requested, Error> {
     let unhealthy = connector.state != PipelineState::Streaming || connector.last_error.is_some();
     let change = SetupChange {
@@ -144,6 +144,7 @@ pub async fn request(
         restart: !plan.reasons.is_empty() || !plan.additions.is_empty() || unhealthy,
         resnapshot: !plan.reasons.is_empty(),
         resync: &[],
+        nan_as_null,
     };
     Ok(
         match bookkeeping.request_setup(connector.id, &change).await? {

@@ -21,7 +21,8 @@ use crate::source::wire::Connection;
 /// What the primary says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Failover {
-    /// Standbys (and other physical clients) streaming from the primary now.
+    /// Standbys (and other physical clients) streaming from the primary now; logical
+    /// walsenders (tributary's own among them) do not count.
     pub(super) streaming: usize,
     /// `synchronized_standby_slots` (17+), split at commas; empty when unset or older.
     pub(super) synchronized_standby_slots: Vec<String>,
@@ -94,7 +95,9 @@ pub(super) async fn read_primary(conn: &mut Connection, major: u32) -> Result<Fa
     let (streaming, synchronized, in_recovery, feedback, slot) = one_row(
         conn,
         "the standbys",
-        "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_replication),
+        "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_replication r
+                  WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots s
+                                     WHERE s.active_pid = r.pid AND s.slot_type = 'logical')),
                 pg_catalog.current_setting('synchronized_standby_slots', true),
                 pg_catalog.pg_is_in_recovery(),
                 pg_catalog.current_setting('hot_standby_feedback'),
