@@ -11,31 +11,22 @@ use std::time::{Duration, Instant};
 
 use crate::daemon::{wait_replica, Daemon};
 use crate::harness::Cluster;
+use crate::support::repl_source;
 
 const PASSWORD: &str = "Failover-Secret-5821";
 /// The physical slot the standby streams through.
 const STANDBY_SLOT: &str = "standby1";
 
-/// A primary of `major` with `app.accounts` and the role `repl` (REPLICATION, SELECT).
+/// A primary of `major` with `app.accounts` and the role `repl` (REPLICATION, SELECT; it
+/// may read the standbys' `primary_conninfo` for preflight).
 fn primary(major: u32) -> Cluster {
-    let primary = Cluster::builder()
-        .major(major)
-        .hba("host all repl 127.0.0.1/32 scram-sha-256")
-        .hba("host replication repl 127.0.0.1/32 scram-sha-256")
-        .start();
-    primary.psql(
-        "postgres",
-        &format!(
-            "CREATE SCHEMA app;
-             CREATE TABLE app.accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
-             INSERT INTO app.accounts SELECT g, 0 FROM generate_series(1, 100) g;
-             CREATE ROLE repl LOGIN REPLICATION PASSWORD '{PASSWORD}';
-             GRANT CONNECT, CREATE ON DATABASE postgres TO repl;
-             GRANT USAGE ON SCHEMA app TO repl;
-             GRANT SELECT ON ALL TABLES IN SCHEMA app TO repl;
-             GRANT pg_read_all_settings TO repl;"
-        ),
+    let primary = repl_source(
+        Some(major),
+        PASSWORD,
+        "CREATE TABLE app.accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+         INSERT INTO app.accounts SELECT g, 0 FROM generate_series(1, 100) g;",
     );
+    primary.psql("postgres", "GRANT pg_read_all_settings TO repl;");
     primary
 }
 

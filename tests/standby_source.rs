@@ -7,27 +7,20 @@ use std::time::Duration;
 
 use crate::daemon::{wait_replica, Daemon};
 use crate::harness::Cluster;
+use crate::support::repl_source;
 
 const PASSWORD: &str = "Standby-Secret-7719";
 
 async fn a_standby_is_a_source(major: u32) {
-    let primary = Cluster::builder()
-        .major(major)
-        .hba("host all repl 127.0.0.1/32 scram-sha-256")
-        .hba("host replication repl 127.0.0.1/32 scram-sha-256")
-        .start();
+    let primary = repl_source(
+        Some(major),
+        PASSWORD,
+        "CREATE TABLE app.items (id bigint PRIMARY KEY, label text NOT NULL);
+         INSERT INTO app.items SELECT g, 'item ' || g FROM generate_series(1, 200) g;",
+    );
     primary.psql(
         "postgres",
-        &format!(
-            "CREATE SCHEMA app;
-             CREATE TABLE app.items (id bigint PRIMARY KEY, label text NOT NULL);
-             INSERT INTO app.items SELECT g, 'item ' || g FROM generate_series(1, 200) g;
-             CREATE ROLE repl LOGIN REPLICATION PASSWORD '{PASSWORD}';
-             GRANT CONNECT, CREATE ON DATABASE postgres TO repl;
-             GRANT USAGE ON SCHEMA app TO repl;
-             GRANT SELECT ON ALL TABLES IN SCHEMA app TO repl;
-             SELECT pg_create_physical_replication_slot('standby1');"
-        ),
+        "SELECT pg_create_physical_replication_slot('standby1');",
     );
     let standby = primary.start_standby();
     standby.psql(

@@ -156,3 +156,28 @@ pub fn wal_removed_as_told(major: u32) -> &'static str {
         "wal_status = lost"
     }
 }
+
+/// A source of `major` (the default one when `None`) as the tests of failover and of
+/// standbys use it: schema `app` made by `tables` (SQL), and the role `repl` (LOGIN
+/// REPLICATION, SELECT on `app`, SCRAM over TCP with `password`; no superuser).
+pub fn repl_source(major: Option<u32>, password: &str, tables: &str) -> crate::harness::Cluster {
+    let mut builder = crate::harness::Cluster::builder()
+        .hba("host all repl 127.0.0.1/32 scram-sha-256")
+        .hba("host replication repl 127.0.0.1/32 scram-sha-256");
+    if let Some(major) = major {
+        builder = builder.major(major);
+    }
+    let source = builder.start();
+    source.psql(
+        "postgres",
+        &format!(
+            "CREATE SCHEMA app;
+             {tables}
+             CREATE ROLE repl LOGIN REPLICATION PASSWORD '{password}';
+             GRANT CONNECT, CREATE ON DATABASE postgres TO repl;
+             GRANT USAGE ON SCHEMA app TO repl;
+             GRANT SELECT ON ALL TABLES IN SCHEMA app TO repl;"
+        ),
+    );
+    source
+}
