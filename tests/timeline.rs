@@ -7,31 +7,18 @@
 
 use crate::daemon::{wait_replica, Daemon};
 use crate::harness::Cluster;
+use crate::support::repl_source;
 
 const PASSWORD: &str = "Repl-Secret-2231";
 
 /// A source of `major` whose role `repl` (REPLICATION, SELECT) owns nothing.
 fn source(major: Option<u32>) -> Cluster {
-    let mut builder = Cluster::builder()
-        .hba("host all repl 127.0.0.1/32 scram-sha-256")
-        .hba("host replication repl 127.0.0.1/32 scram-sha-256");
-    if let Some(major) = major {
-        builder = builder.major(major);
-    }
-    let source = builder.start();
-    source.psql(
-        "postgres",
-        &format!(
-            "CREATE SCHEMA app;
-             CREATE TABLE app.accounts (id int PRIMARY KEY, balance bigint NOT NULL);
-             INSERT INTO app.accounts SELECT g, 0 FROM generate_series(1, 100) g;
-             CREATE ROLE repl LOGIN REPLICATION PASSWORD '{PASSWORD}';
-             GRANT CONNECT, CREATE ON DATABASE postgres TO repl;
-             GRANT USAGE ON SCHEMA app TO repl;
-             GRANT SELECT ON ALL TABLES IN SCHEMA app TO repl;"
-        ),
-    );
-    source
+    repl_source(
+        major,
+        PASSWORD,
+        "CREATE TABLE app.accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+         INSERT INTO app.accounts SELECT g, 0 FROM generate_series(1, 100) g;",
+    )
 }
 
 const RECORDED: &str = "SELECT timeline FROM tributary.connectors WHERE name = 'shop'";
