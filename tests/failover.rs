@@ -1,6 +1,7 @@
 //! A source that fails over (PostgreSQL 17 and 18). The connector's URL lists the primary
-//! and its physical standby (`target_session_attrs=read-write`); the standby synchronizes
-//! the connector's failover slot and the primary waits for it (`synchronized_standby_slots`).
+//! and its physical standby (`target_session_attrs=read-write`); preflight's grant script,
+//! run as printed, makes the standby synchronize the connector's failover slot and the
+//! primary wait for it (`synchronized_standby_slots`).
 //! Under a write load the primary is killed with SIGKILL and the standby promoted: the
 //! connector finds the new primary, follows its timeline from the synchronized slot, and
 //! the replica equals the new primary without a new snapshot. Without slot
@@ -30,42 +31,41 @@ fn primary(major: u32) -> Cluster {
     primary
 }
 
-/// A physical standby of `primary` streaming through [`STANDBY_SLOT`]; with `sync`, set up
-/// as an HA tool sets it up for failover slots (slot synchronization, feedback, a database
-/// in its conninfo, and the primary waiting for it).
-fn standby(primary: &Cluster, sync: bool) -> Cluster {
+/// A physical standby of `primary` streaming through [`STANDBY_SLOT`], with a database in
+/// its `primary_conninfo`, but neither slot synchronization nor feedback: what the grant
+/// script of preflight adds is left to it.
+fn standby(primary: &Cluster) -> Cluster {
     primary.psql(
         "postgres",
         &format!("SELECT pg_create_physical_replication_slot('{STANDBY_SLOT}');"),
     );
     let standby = primary.start_standby();
     let conninfo = standby.psql("postgres", "SHOW primary_conninfo");
-    let sync_settings = if sync {
-        "ALTER SYSTEM SET hot_standby_feedback = on;
-         ALTER SYSTEM SET sync_replication_slots = on;"
-    } else {
-        ""
-    };
     standby.psql(
         "postgres",
         &format!(
             "ALTER SYSTEM SET primary_conninfo = '{} dbname=postgres';
              ALTER SYSTEM SET primary_slot_name = '{STANDBY_SLOT}';
-             {sync_settings}
              SELECT pg_reload_conf();",
             conninfo.replace('\'', "''")
         ),
     );
-    if sync {
-        primary.psql(
-            "postgres",
-            &format!(
-                "ALTER SYSTEM SET synchronized_standby_slots = '{STANDBY_SLOT}';
-                 SELECT pg_reload_conf();"
-            ),
-        );
-    }
     standby
+}
+
+/// The failover line of preflight on `url`, and the grant script it printed.
+fn preflight_failover(daemon: &Daemon, url: &str) -> (String, String) {
+    let out = daemon.cli_ok(&["connector", "preflight", "postgresql", url]);
+    let line = out
+        .lines()
+        .find(|l| l.contains(" failover "))
+        .unwrap_or_else(|| panic!("no failover check:\n{out}"))
+        .to_owned();
+    let script = out
+        .split_once("then run preflight again.\n\n")
+        .map(|(_, script)| script.to_owned())
+        .unwrap_or_default();
+    (line, script)
 }
 
 /// The two-host URL, the standby last.
@@ -101,20 +101,26 @@ const SNAPSHOTS: &str =
 
 async fn the_connector_follows_a_promoted_standby_without_a_new_snapshot(major: u32) {
     let primary = primary(major);
-    let standby = standby(&primary, true);
+    let standby = standby(&primary);
     let (store, mut daemon) = store_and_daemon(&primary, major);
     let url = url(&primary, &standby);
 
-    // Preflight sees that a failover would keep the slot.
-    let preflight = daemon.cli_ok(&["connector", "preflight", "postgresql", &url]);
-    let failover_line = preflight
-        .lines()
-        .find(|l| l.contains("failover"))
-        .unwrap_or_else(|| panic!("no failover check:\n{preflight}"));
-    assert!(
-        failover_line.contains(&format!("kept: standby 127.0.0.1:{}", standby.port())),
-        "{preflight}"
-    );
+    // Preflight says a failover would lose the slot; its grant script, run by a superuser
+    // as printed (on the primary, then on the standby through \connect), sets up slot
+    // synchronization, and preflight then says the slot would be kept.
+    let (line, script) = preflight_failover(&daemon, &url);
+    assert!(line.contains("a failover may lose the slot"), "{line}");
+    primary.psql("postgres", &script);
+    let kept = format!("kept: standby 127.0.0.1:{}", standby.port());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (line, _) = preflight_failover(&daemon, &url);
+        if line.contains(&kept) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after the grant script: {line}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     daemon.create_connector(&url, "shop", "app");
     daemon.start();
@@ -243,7 +249,7 @@ async fn pg18_the_connector_follows_a_promoted_standby_without_a_new_snapshot() 
 async fn without_slot_synchronization_a_failover_stops_the_connector_with_the_reason() {
     let major = 17;
     let primary = primary(major);
-    let standby = standby(&primary, false);
+    let standby = standby(&primary);
     let (store, mut daemon) = store_and_daemon(&primary, major);
     let url = url(&primary, &standby);
     let preflight = daemon.cli_ok(&["connector", "preflight", "postgresql", &url]);
