@@ -243,13 +243,14 @@ async fn start(ctx: &PipelineContext) -> Result<Option<Started>, PipelineError> 
     let applied = sink::claim_replica(store, &replica.dbname, ctx.lease).await?;
     // Recorded only once accepted: a new timeline is followed, never silently.
     let followed = timeline::check(&mut repl, connector, system.timeline, applied).await?;
-    bk.record_source(connector.id, &system.system_id, system.timeline, &source_db)
-        .await?;
+    // The change first: once the new timeline is recorded, the next run sees nothing new.
     if let Some((from, fork)) = followed {
         let server = repl.endpoint().target();
         bk.record_timeline_change(connector.id, (from, system.timeline), fork, &server)
             .await?;
     }
+    bk.record_source(connector.id, &system.system_id, system.timeline, &source_db)
+        .await?;
     let source_sql = pg::connect(&source).await?;
     let capture_key = prepare_capture(&source_sql, connector).await?;
     let found = slot::inspect(&source_sql, bk.installation(), connector, applied).await?;

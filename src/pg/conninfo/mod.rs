@@ -339,6 +339,23 @@ impl ConnInfo {
     /// (with their own environment) would connect without it.
     pub fn parse_to_store(text: &str) -> Result<ConnInfo, InvalidUrl> {
         let (info, origins) = Self::parse_in(text, &resolve::ProcessEnvironment)?;
+        let mut from_env: Vec<&str> = origins
+            .iter()
+            .filter(|(key, origin)| **origin == resolve::Origin::Environment && **key != "password")
+            .map(|(key, _)| *key)
+            .collect();
+        if !from_env.is_empty() {
+            from_env.sort_unstable();
+            return Err(InvalidUrl {
+                shown: shown(text),
+                reason: format!(
+                    "{} would come from PG* environment variables, which tributary does not \
+                     store: the daemon and later commands would connect otherwise. Write them \
+                     in the connection string (or a service file), or unset the variables",
+                    from_env.join(", ")
+                ),
+            });
+        }
         if origins.get("password") == Some(&resolve::Origin::Environment) {
             return Err(InvalidUrl {
                 shown: shown(text),

@@ -16,7 +16,7 @@ pub(super) fn pairs(text: &str) -> Result<Vec<(String, String)>, InvalidUrl> {
         // libpq's empty string: every setting from the environment and the defaults.
         return Ok(Vec::new());
     }
-    if text.contains("://") || !looks_like_keywords(text) {
+    if is_url(text) || !looks_like_keywords(text) {
         url_pairs(text)
     } else {
         keyword_pairs(text)
@@ -282,6 +282,13 @@ fn percent_encoded(c: char) -> &'static str {
 }
 
 /// `host=db user=app …`: libpq's other connection string syntax.
+/// libpq's rule: a URL starts with its scheme. A key=value string may hold `://` in a
+/// value (`application_name=http://…`) and is still read, and masked, as key=value.
+fn is_url(text: &str) -> bool {
+    let text = text.trim_start();
+    text.starts_with("postgresql://") || text.starts_with("postgres://")
+}
+
 fn looks_like_keywords(text: &str) -> bool {
     let text = text.trim_start();
     let key_len = text
@@ -308,7 +315,7 @@ fn colon_without_port(authority: &str) -> bool {
 /// taken to end at the text's last `@`: that may hide more than the password, never less.
 /// A key=value string that does not read is not shown at all.
 pub fn mask_password(text: &str) -> String {
-    if !text.contains("://") && looks_like_keywords(text) {
+    if !is_url(text) && looks_like_keywords(text) {
         return mask_keywords(text);
     }
     let (head, rest) = match text.find("://") {

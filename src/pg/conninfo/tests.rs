@@ -232,9 +232,21 @@ fn masking_hides_the_password_of_well_formed_and_malformed_text() {
             "postgresql://u@h/db?password=****&port=1",
         ),
         ("no password here", "no password here"),
+        // key=value with a URL in a value: still key=value (libpq's rule), masked as such.
+        (
+            "host=db password=secret application_name=http://x",
+            "host=db password=**** application_name=http://x",
+        ),
     ] {
         assert_eq!(mask_password(text), masked, "{text}");
     }
+    let info = ConnInfo::parse_in(
+        "host=db user=u password=secret application_name=http://x",
+        &env(&[]),
+    )
+    .unwrap()
+    .0;
+    assert_eq!(info.application_name, "http://x");
 }
 
 fn env(pairs: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static str> {
