@@ -324,6 +324,22 @@ pub(super) fn judge_failover(major: u32, failover: &Failover) -> Check {
         .iter()
         .filter(|slot| syncing.is_empty() || syncing.iter().any(|s| s.primary_slot_name == **slot))
         .collect();
+    let unguarded: Vec<String> = syncing
+        .iter()
+        .filter(|s| {
+            !failover
+                .synchronized_standby_slots
+                .contains(&s.primary_slot_name)
+        })
+        .map(|s| s.server())
+        .collect();
+    if !guarded.is_empty() && !unguarded.is_empty() {
+        problems.push(format!(
+            "synchronized_standby_slots does not name the slot of standby {}: the replica \
+             could be ahead of it after its promotion",
+            unguarded.join(", ")
+        ));
+    }
     if guarded.is_empty() {
         problems.push(
             "the primary's synchronized_standby_slots names no synchronizing standby's \
@@ -398,8 +414,10 @@ pub(super) fn failover_script(major: u32, database: &str, failover: &Failover) -
         })
         .collect();
     let mut lines = Vec::new();
-    for (standby, slot) in &standbys {
-        if standby.primary_slot_name.is_empty() {
+    for (_, slot) in &standbys {
+        // Named by the standby or new: made where the primary lacks it, since
+        // synchronized_standby_slots may name only slots that exist.
+        if !failover.physical_slots.iter().any(|p| p.name == *slot) {
             lines.push(format!(
                 "SELECT pg_catalog.pg_create_physical_replication_slot({slot}) \
                  WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots \

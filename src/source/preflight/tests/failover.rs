@@ -83,6 +83,8 @@ fn a_failover_keeps_the_slot_only_with_a_synchronizing_standby_the_primary_waits
         (17, primary(vec![standby(|s| s.primary_slot_name = "sb2".into())], &["sb2"]), "warn", "primary_slot_name sb2 is no physical slot on the primary"),
         (17, with_slot(false, true), "warn", "slot sb1 is not in use"),
         (17, with_slot(true, false), "warn", "slot sb1 gets no hot_standby_feedback"),
+        // Two synchronizing standbys, only one waited for.
+        (17, primary(vec![StandbyLook::Standby(syncing()), standby(|s| { s.endpoint.port = 5434; s.primary_slot_name = "sb2".into(); })], &["sb1"]), "warn", "does not name the slot of standby 10.0.0.2:5434"),
         // Standbys stream, but the URL lists none: their settings are unknown.
         (17, primary(vec![], &["sb1"]), "warn", "1 standby connection(s) stream from this server (physical slots in use: sb1)"),
         (17, primary(vec![StandbyLook::Unreachable { server: "10.0.0.3:5432".into(), reason: "refused".into() }, StandbyLook::Standby(syncing())], &["sb1"]), "warn", "10.0.0.3:5432 could not be checked: refused"),
