@@ -51,8 +51,9 @@ fn passfile_fields(line: &str) -> Vec<String> {
     while let Some(c) = chars.next() {
         match c {
             '\\' => fields.last_mut().unwrap().extend(chars.next()),
-            // The password is the rest of the line, colons included.
             ':' if fields.len() < 5 => fields.push(String::new()),
+            // As libpq: an unescaped colon ends the password.
+            ':' => break,
             c => fields.last_mut().unwrap().push(c),
         }
     }
@@ -196,7 +197,7 @@ mod tests {
         };
         assert_eq!(find("db1", 5432, "shop", "app").as_deref(), Some("first"));
         assert_eq!(find("db:x", 1, "x", "app").as_deref(), Some("esc:aped\\"));
-        assert_eq!(find("h", 6432, "x", "bob").as_deref(), Some("with:colons"));
+        assert_eq!(find("h", 6432, "x", "bob").as_deref(), Some("with"));
         assert_eq!(find("db1", 5432, "other", "app").as_deref(), Some("any"));
         assert_eq!(find("db1", 5432, "shop", "bob"), None);
 

@@ -12,7 +12,7 @@ mod tests;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use syntax::mask_password;
@@ -186,10 +186,14 @@ impl Endpoint {
         }
     }
 
-    /// The host field a password file line is matched against: `localhost` for a socket.
+    /// The host field a password file line is matched against: as libpq, `localhost` for
+    /// the default socket directory, any other directory as it is written.
     fn passfile_host(&self) -> String {
         match &self.host {
-            Host::Unix(_) => "localhost".to_owned(),
+            Host::Unix(dir) if dir == Path::new(resolve::DEFAULT_SOCKET_DIR) => {
+                "localhost".to_owned()
+            }
+            Host::Unix(dir) => dir.display().to_string(),
             Host::Tcp(h) if h.is_empty() => self.server_name(),
             Host::Tcp(h) => h.clone(),
         }

@@ -118,7 +118,7 @@ impl Environment for HashMap<&str, &str> {
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Debian's libpq looks for the server's socket here when no host is given.
-const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+pub(super) const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 
 /// Where each value came from, for the one rule that depends on it (a stored string
 /// must carry its own password).

@@ -404,3 +404,14 @@ fn key_value_secrets_are_masked_and_unreadable_strings_not_shown() {
     assert!(!shown.contains("kp") && !shown.contains(":p@"), "{shown}");
     assert!(!format!("{info:?}").contains("kp"));
 }
+
+#[test]
+fn password_file_lines_name_a_socket_as_libpq_does() {
+    let socket = |dir: &str| Endpoint {
+        host: Host::Unix(dir.into()),
+        hostaddr: None,
+        port: 5432,
+    };
+    assert_eq!(socket("/var/run/postgresql").passfile_host(), "localhost");
+    assert_eq!(socket("/tmp").passfile_host(), "/tmp");
+}
