@@ -220,7 +220,13 @@ fn interpret<'a>(get: &Get<'a>, env: &dyn Environment) -> Result<ConnInfo, Strin
         )?,
     };
     let dbname = get("dbname").unwrap_or(&user).to_owned();
-    let sslmode = SslMode::parse(get("sslmode").unwrap_or("prefer"))?;
+    // libpq (16+): with the system's roots and no sslmode, verify-full is the default.
+    let default_mode = if get("sslrootcert") == Some("system") {
+        "verify-full"
+    } else {
+        "prefer"
+    };
+    let sslmode = SslMode::parse(get("sslmode").unwrap_or(default_mode))?;
     // libpq's defaults under ~/.postgresql, each taken only where the file exists.
     let home_file = |name: &str| {
         env.var("HOME")

@@ -90,7 +90,10 @@ fn rejects_bad_input_with_reasons() {
         ("postgresql://u@h/db?sslmode=sometimes", "unknown sslmode"),
         ("postgresql://u@h/db?port=abc", "port"),
         ("postgresql://u@h/db?frobnicate=1", "unknown parameter"),
-        ("postgresql://u@h/db?sslrootcert=system", "verify-full"),
+        (
+            "postgresql://u@h/db?sslrootcert=system&sslmode=require",
+            "verify-full",
+        ),
         ("postgresql://u@h1,h2/db?port=1,2,3", "3 ports"),
         ("host=h user=u replication=database", "remove replication="),
         ("host=h user=u sslcert=/c", "both sslcert and sslkey"),
@@ -403,6 +406,13 @@ fn key_value_secrets_are_masked_and_unreadable_strings_not_shown() {
     let shown = info.url(ShowPassword::Masked);
     assert!(!shown.contains("kp") && !shown.contains(":p@"), "{shown}");
     assert!(!format!("{info:?}").contains("kp"));
+}
+
+#[test]
+fn the_system_roots_alone_mean_verify_full() {
+    let (info, _) =
+        ConnInfo::parse_in("postgresql://u@h/db?sslrootcert=system", &env(&[])).unwrap();
+    assert_eq!(info.sslmode, SslMode::VerifyFull);
 }
 
 #[test]
