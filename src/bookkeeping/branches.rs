@@ -159,6 +159,15 @@ fn branch(row: BranchRow) -> Result<Branch, Error> {
     })
 }
 
+/// A branch cut at a position its requester names: the pipeline holds at a source commit
+/// boundary (`held_at`), the requester takes a source snapshot at or after it and names
+/// its position (`cut_at`), and the pipeline cuts exactly there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub held_at: Option<Lsn>,
+    pub cut_at: Option<Lsn>,
+}
+
 /// Held while a branch is cut (see [`Bookkeeping::try_lock_branch`]): a cut whose holder
 /// is gone is abandoned, and can be cleaned up and done again.
 pub struct BranchLock {
@@ -186,6 +195,77 @@ impl Bookkeeping {
         .execute(&self.pool)
         .await?;
         Ok(inserted.rows_affected() == 1)
+    }
+
+    /// Records a branch whose cut waits for a position its requester names (see
+    /// [`Hold`]); `false` when a branch of that name is recorded already.
+    pub async fn request_held_branch(
+        &self,
+        name: &BranchName,
+        connector: ConnectorId,
+        connector_name: &str,
+    ) -> Result<bool, Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO tributary.branches (name, connector_id, connector_name, hold)
+             VALUES ($1, $2, $3, true) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name.as_str())
+        .bind(connector.0)
+        .bind(connector_name)
+        .execute(&self.pool)
+        .await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    /// Where a held cut stands; `None` when the branch is gone or was not requested so.
+    pub async fn branch_hold(&self, name: &BranchName) -> Result<Option<Hold>, Error> {
+        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT held_at::text, cut_at::text FROM tributary.branches
+             WHERE name = $1 AND hold",
+        )
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let lsn = |text: Option<String>| {
+            text.map(|t| {
+                t.parse()
+                    .map_err(|_| Error::Corrupt(format!("branch hold LSN {t:?}")))
+            })
+            .transpose()
+        };
+        row.map(|(held_at, cut_at)| {
+            Ok(Hold {
+                held_at: lsn(held_at)?,
+                cut_at: lsn(cut_at)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The pipeline stands still at `lsn` for a held cut.
+    pub async fn branch_held(&self, name: &BranchName, lsn: Lsn) -> Result<(), Error> {
+        self.set_hold_position(name, "held_at", lsn).await
+    }
+
+    /// The requester names the position to cut a held branch at.
+    pub async fn cut_held_branch_at(&self, name: &BranchName, lsn: Lsn) -> Result<(), Error> {
+        self.set_hold_position(name, "cut_at", lsn).await
+    }
+
+    async fn set_hold_position(
+        &self,
+        name: &BranchName,
+        column: &str,
+        lsn: Lsn,
+    ) -> Result<(), Error> {
+        sqlx::query(&format!(
+            "UPDATE tributary.branches SET {column} = $2::pg_lsn WHERE name = $1 AND hold"
+        ))
+        .bind(name.as_str())
+        .bind(lsn.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Claims a requested branch for cutting; `false` when it is no longer requested

@@ -44,7 +44,7 @@ mod store;
 mod tables;
 mod timelines;
 
-pub use branches::{Branch, BranchAccess, BranchLock, BranchState};
+pub use branches::{Branch, BranchAccess, BranchLock, BranchState, Hold};
 pub use connectors::{ApplyLag, Connector, Failure, SetupChange, SetupRequest, StateChange};
 pub use credentials::SourceSeen;
 pub use error::Error;

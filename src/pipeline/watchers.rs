@@ -14,11 +14,11 @@ use crate::bookkeeping::TableSyncState;
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::drift::catalog_session;
 use crate::pipeline::error::retry_setup;
-use crate::pipeline::stream::{CutRequest, StreamEnd, TableEvent, TableFilter};
+use crate::pipeline::stream::{CutAt, CutRequest, StreamEnd, TableEvent, TableFilter};
 use crate::pipeline::PipelineError;
 use crate::sink::{self, SinkError};
 use crate::source::catalog;
-use crate::types::Lsn;
+use crate::types::{BranchName, Lsn};
 
 /// Records each table's own trouble as the stream reports it (`stream::TableEvent`);
 /// ends only with an error.
@@ -222,6 +222,44 @@ pub(super) async fn watch_source_tables(
     }
 }
 
+/// How long the pipeline stands still, at most, for a held cut's requester to name its
+/// position (`tributary verify` takes a source snapshot meanwhile).
+const HOLD_LIMIT: Duration = Duration::from_secs(60);
+
+/// How often a held cut's record is looked at for its position.
+const HOLD_POLL: Duration = Duration::from_millis(20);
+
+/// The position a held cut's requester names; `None` when it withdrew (the record is
+/// gone), died (its making lock is free) or took longer than [`HOLD_LIMIT`].
+async fn hold_target(
+    ctx: &PipelineContext,
+    branch: &BranchName,
+) -> Result<Option<Lsn>, PipelineError> {
+    let bk = &ctx.bookkeeping;
+    let deadline = tokio::time::Instant::now() + HOLD_LIMIT;
+    let mut checked_requester = tokio::time::Instant::now();
+    loop {
+        let Some(hold) = bk.branch_hold(branch).await? else {
+            return Ok(None);
+        };
+        if let Some(at) = hold.cut_at {
+            return Ok(Some(at));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(%branch, "no position named for the held cut in {HOLD_LIMIT:?}: streaming on");
+            return Ok(None);
+        }
+        if checked_requester.elapsed() >= Duration::from_secs(1) {
+            checked_requester = tokio::time::Instant::now();
+            if bk.try_lock_branch_making(branch).await?.is_some() {
+                tracing::warn!(%branch, "the held cut's requester is gone: streaming on");
+                return Ok(None);
+            }
+        }
+        tokio::time::sleep(HOLD_POLL).await;
+    }
+}
+
 /// Hands the connector's requested branches to the applier, one at a time, and records
 /// each outcome. A cut holds the branch's lock; one left `cutting` by a run that ended is
 /// cleaned up and done again. Returns when the applier no longer takes requests.
@@ -267,15 +305,42 @@ pub(super) async fn cut_branches(
                 continue;
             }
             sink::checkpoint_ahead(store).await;
-            let (reply, answer) = oneshot::channel();
+            let (reply, mut answer) = oneshot::channel();
+            let (at, hold) = match bk.branch_hold(&branch).await? {
+                None => (CutAt::Next, None),
+                Some(_) => {
+                    let (held, held_at) = oneshot::channel();
+                    let (release, target) = oneshot::channel();
+                    (CutAt::Held { held, target }, Some((held_at, release)))
+                }
+            };
             let request = CutRequest {
                 branch: branch.clone(),
+                at,
                 reply,
             };
             if cuts.send(request).await.is_err() {
                 return Ok(());
             }
-            let Ok(outcome) = answer.await else {
+            let answered = match hold {
+                None => answer.await,
+                Some((held_at, release)) => {
+                    tokio::select! {
+                        // The applier answered without holding (it gave up or failed).
+                        answered = &mut answer => answered,
+                        held_at = held_at => {
+                            if let Ok(held_at) = held_at {
+                                bk.branch_held(&branch, held_at).await?;
+                                if let Some(at) = hold_target(ctx, &branch).await? {
+                                    let _ = release.send(at);
+                                }
+                            }
+                            answer.await
+                        }
+                    }
+                }
+            };
+            let Ok(outcome) = answered else {
                 return Ok(());
             };
             let copied = outcome.is_ok();

@@ -4,10 +4,12 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::{BranchCut, Command, CutRequest, TableEvent, IDLE_PERSIST_INTERVAL, RUN_LENGTH};
+use super::{
+    BranchCut, Command, CutAt, CutRequest, TableEvent, IDLE_PERSIST_INTERVAL, RUN_LENGTH,
+};
 use crate::change::{Change, ChangeKind, TableName};
 use crate::metrics::ConnectorMetrics;
 use crate::pg::ConnInfo;
@@ -15,7 +17,7 @@ use crate::pipeline::drift::Reconciler;
 use crate::pipeline::PipelineError;
 use crate::settings::PipelineSettings;
 use crate::sink::{self, ReplicaSink, SinkError};
-use crate::types::Lsn;
+use crate::types::{BranchName, Lsn};
 
 /// What one target transaction applied, for the metrics.
 #[derive(Default)]
@@ -95,6 +97,18 @@ pub(super) struct Applier {
     pub(super) ddl_in_tx: bool,
     pub(super) idle_candidate: Option<Lsn>,
     pub(super) last_idle_persist: Option<Instant>,
+    /// A held cut given its position, waiting for the stream to reach it; no other cut is
+    /// taken meanwhile.
+    pub(super) held_cut: Option<HeldCut>,
+}
+
+/// A cut at the boundary before the first source transaction committed at or after `at`.
+pub(super) struct HeldCut {
+    branch: BranchName,
+    at: Lsn,
+    reply: oneshot::Sender<Result<BranchCut, String>>,
+    /// How long applying stood still while the requester looked for its position.
+    held: Duration,
 }
 
 impl Applier {
@@ -113,14 +127,73 @@ impl Applier {
         self.applied >= self.in_sync_at
     }
 
+    /// Whether a cut request may be taken now: at a source commit boundary, with the
+    /// replica one instant of the source, and no held cut under way.
+    fn takes_cuts(&self) -> bool {
+        self.cuts_open && !self.in_source_tx && self.in_sync() && self.held_cut.is_none()
+    }
+
     fn sink(&mut self) -> Result<&mut ReplicaSink, PipelineError> {
         self.sink.as_mut().ok_or_else(no_session)
     }
 
+    /// Takes a cut request at a source commit boundary: cuts now, or holds for a held
+    /// cut's position (see [`CutAt::Held`]).
+    async fn take(&mut self, request: CutRequest) -> Result<(), PipelineError> {
+        let CutRequest { branch, at, reply } = request;
+        let CutAt::Held { held, target } = at else {
+            return self.cut(branch, reply, Duration::ZERO).await;
+        };
+        self.commit().await?;
+        let started = Instant::now();
+        let _ = held.send(self.applied);
+        // Bounded by the requester's side (`watchers::cut_branches`), which drops
+        // `target` when the requester is gone or takes too long.
+        let refused = match target.await {
+            Ok(at) if at >= self.applied => {
+                self.held_cut = Some(HeldCut {
+                    branch,
+                    at,
+                    reply,
+                    held: started.elapsed(),
+                });
+                // A position with nothing in flight before it may be known already.
+                if let Some(idle) = self.idle_candidate {
+                    self.reached(idle).await?;
+                }
+                return Ok(());
+            }
+            Ok(at) => format!(
+                "the replica had applied the source up to {} already, past the position \
+                 asked for ({at})",
+                self.applied
+            ),
+            Err(_) => "the requester gave up before naming a position".to_owned(),
+        };
+        tracing::info!(%branch, "held cut not made: {refused}");
+        let _ = reply.send(Err(refused));
+        Ok(())
+    }
+
+    /// The stream is at `position` with every source transaction committed before it
+    /// applied and none after: a held cut whose position this is, or is past, is cut now.
+    async fn reached(&mut self, position: Lsn) -> Result<(), PipelineError> {
+        if self.held_cut.as_ref().is_some_and(|cut| position >= cut.at) {
+            let cut = self.held_cut.take().expect("checked above");
+            self.cut(cut.branch, cut.reply, cut.held).await?;
+        }
+        Ok(())
+    }
+
     /// Commits what is open, closes the replica's session, copies the replica into the
     /// branch's database, and opens a session again. A failed copy is the branch's
-    /// failure, not the pipeline's.
-    async fn cut(&mut self, request: CutRequest) -> Result<(), PipelineError> {
+    /// failure, not the pipeline's. `held`: how long applying stood still before.
+    async fn cut(
+        &mut self,
+        branch: BranchName,
+        reply: oneshot::Sender<Result<BranchCut, String>>,
+        held: Duration,
+    ) -> Result<(), PipelineError> {
         self.commit().await?;
         let started = Instant::now();
         let (database, token, nan) = {
@@ -128,37 +201,35 @@ impl Applier {
             (sink.database().to_owned(), sink.token(), sink.nan_policy())
         };
         self.sink = None;
-        let copied = sink::copy_database(&self.store, &database, request.branch.as_str()).await;
+        let copied = sink::copy_database(&self.store, &database, branch.as_str()).await;
         match ReplicaSink::connect(&self.store, &database, token).await {
             Ok(sink) => self.sink = Some(sink.with_nan_policy(nan)),
             Err(e) => {
                 // Fenced: the copy may hold a newer owner's commits, not ours at `applied`.
                 if copied.is_ok() && matches!(e, SinkError::Fenced { .. }) {
-                    let _ = sink::drop_database(&self.store, request.branch.as_str(), true).await;
+                    let _ = sink::drop_database(&self.store, branch.as_str(), true).await;
                 }
                 return Err(e.into());
             }
         }
         let cut = BranchCut {
             lsn: self.applied,
-            paused: started.elapsed(),
+            paused: held + started.elapsed(),
         };
         if copied.is_ok() {
             self.metrics.branch_cut.observe(cut.paused.as_secs_f64());
         }
         match &copied {
             Ok(()) => tracing::info!(
-                branch = %request.branch,
+                %branch,
                 lsn = %cut.lsn,
                 paused_ms = cut.paused.as_millis() as u64,
                 "branch cut"
             ),
-            Err(e) => tracing::warn!(branch = %request.branch, "branch cut failed: {e}"),
+            Err(e) => tracing::warn!(%branch, "branch cut failed: {e}"),
         }
         // The requester may have given up; the branch is recorded either way by it.
-        let _ = request
-            .reply
-            .send(copied.map(|()| cut).map_err(|e| e.to_string()));
+        let _ = reply.send(copied.map(|()| cut).map_err(|e| e.to_string()));
         Ok(())
     }
 
@@ -185,8 +256,8 @@ impl Applier {
                 _ = tokio::time::sleep_until(batch_due) => self.commit().await?,
                 _ = tokio::time::sleep_until(idle_due) => self.persist_idle().await?,
                 // Only at a source commit boundary.
-                request = self.cuts.recv(), if self.cuts_open && !self.in_source_tx && self.in_sync() => match request {
-                    Some(request) => self.cut(request).await?,
+                request = self.cuts.recv(), if self.takes_cuts() => match request {
+                    Some(request) => self.take(request).await?,
                     None => self.cuts_open = false,
                 },
                 received = self.inbox.recv_many(&mut commands, RUN_LENGTH) => {
@@ -211,6 +282,7 @@ impl Applier {
         settings: &PipelineSettings,
     ) -> Result<Flow, PipelineError> {
         match command {
+            Command::Begin(commit) => self.reached(commit).await?,
             Command::Change(change, budget) => {
                 self.in_source_tx = true;
                 self.counted.count(&change);
@@ -257,9 +329,9 @@ impl Applier {
                     self.commit().await?;
                 }
                 // A commit boundary: a waiting cut takes it, however busy the stream is.
-                if self.cuts_open && self.in_sync() {
+                if self.takes_cuts() {
                     match self.cuts.try_recv() {
-                        Ok(request) => self.cut(request).await?,
+                        Ok(request) => self.take(request).await?,
                         Err(mpsc::error::TryRecvError::Empty) => {}
                         Err(mpsc::error::TryRecvError::Disconnected) => self.cuts_open = false,
                     }
@@ -268,6 +340,7 @@ impl Applier {
             Command::Idle(position) => {
                 self.idle_candidate =
                     Some(self.idle_candidate.map_or(position, |c| c.max(position)));
+                self.reached(position).await?;
             }
             Command::Stop => {
                 self.commit().await?;

@@ -89,6 +89,9 @@ pub enum StreamEnd {
 }
 
 enum Command {
+    /// A source transaction whose changes follow; its commit record is at this position
+    /// (a held cut stops before the first transaction at or after its position).
+    Begin(Lsn),
     /// A change, with its share of [`BUFFER_BYTES`], given back when it is applied.
     Change(Change, OwnedSemaphorePermit),
     /// The end of a source transaction whose changes were sent.
@@ -173,11 +176,26 @@ pub struct Target<'a> {
     pub table_events: mpsc::UnboundedSender<TableEvent>,
 }
 
-/// Copy the replica to a new database at the next source commit boundary.
+/// Copy the replica to a new database at a source commit boundary.
 pub struct CutRequest {
     pub branch: BranchName,
+    pub at: CutAt,
     /// The copy's source position and how long applying stood still, or why it failed.
     pub reply: oneshot::Sender<Result<BranchCut, String>>,
+}
+
+/// Which source commit boundary a cut takes.
+pub enum CutAt {
+    /// The next one.
+    Next,
+    /// Stand still at the next one and say where (`held`); then, given a position L
+    /// (`target`), stream on and cut where every source transaction committed before L
+    /// is applied and none after: the replica is then exactly what a snapshot exported at
+    /// L sees. Dropping `target` gives the cut up.
+    Held {
+        held: oneshot::Sender<Lsn>,
+        target: oneshot::Receiver<Lsn>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -245,6 +263,7 @@ pub async fn run(
         ddl_in_tx: false,
         idle_candidate: None,
         last_idle_persist: None,
+        held_cut: None,
     };
     // When the shutdown grace is over, an applier still waiting on the branch store is
     // dropped: its session closes, the server rolls its open transaction back, and the

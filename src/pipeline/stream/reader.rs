@@ -278,6 +278,7 @@ impl Reader<'_> {
             )
         })?;
         if let Some(statement) = self.ddl.on_message(parsed, message.lsn, self.tx_commit)? {
+            self.open_transaction().await?;
             self.sent_in_tx += 1;
             self.send(Command::Ddl(statement)).await?;
         }
@@ -334,9 +335,18 @@ impl Reader<'_> {
     }
 
     async fn send_change(&mut self, change: Change) -> Result<(), PipelineError> {
+        self.open_transaction().await?;
         self.sent_in_tx += 1;
         let budget = self.budget(change.approx_bytes()).await?;
         self.send(Command::Change(change, budget)).await
+    }
+
+    /// Before the first command of a source transaction: where its commit record is.
+    async fn open_transaction(&mut self) -> Result<(), PipelineError> {
+        if self.sent_in_tx == 0 {
+            self.send(Command::Begin(self.tx_commit)).await?;
+        }
+        Ok(())
     }
 
     /// Takes `bytes` of the buffer budget, waiting (and keeping the replication connection
