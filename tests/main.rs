@@ -48,4 +48,5 @@ mod store;
 mod timeline;
 mod triggers;
 mod value_fidelity;
+mod verify;
 mod versions;

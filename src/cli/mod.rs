@@ -28,6 +28,7 @@ mod status;
 mod store;
 mod tables;
 mod tail;
+mod verify;
 mod wait;
 
 use std::path::{Path, PathBuf};
@@ -82,6 +83,12 @@ pub enum Command {
     /// Stream a source database's changes to the terminal, decoded, through a temporary
     /// replication slot that disappears when the command ends. Stores nothing.
     Tail(tail::TailArgs),
+    /// Compare the source and the replica exactly, at one source position: the pipeline
+    /// stands still briefly while a snapshot of the source is taken, then cuts a branch at
+    /// exactly that position; each table's row count and content checksum are computed on
+    /// both, by key ranges in parallel, and differing ranges are read row by row. Read-only
+    /// on the source. Exit 0 when every table is equal, 1 otherwise.
+    Verify(verify::VerifyArgs),
 }
 
 /// A failure with the exit code it maps to.
@@ -194,6 +201,10 @@ async fn dispatch(args: Args) -> Result<(), Failure> {
         Command::Branch(command) => {
             let bookkeeping = open_bookkeeping(&settings, &config_path).await?;
             branch::run(command, &bookkeeping, &settings).await
+        }
+        Command::Verify(args) => {
+            let bookkeeping = open_bookkeeping(&settings, &config_path).await?;
+            verify::run(args, &bookkeeping, &settings).await
         }
         Command::Tail(_) => unreachable!("handled above"),
     }

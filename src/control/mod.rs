@@ -20,6 +20,7 @@ pub mod credentials;
 pub mod decisions;
 pub mod health;
 pub mod store_check;
+pub mod verify;
 
 /// An error with its causes, `: `-separated (as `anyhow`'s `{:#}` shows it): for messages
 /// that carry another error's whole story.

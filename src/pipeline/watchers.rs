@@ -14,7 +14,7 @@ use crate::bookkeeping::TableSyncState;
 use crate::pg::{self, ConnInfo};
 use crate::pipeline::drift::catalog_session;
 use crate::pipeline::error::retry_setup;
-use crate::pipeline::stream::{CutAt, CutRequest, StreamEnd, TableEvent, TableFilter};
+use crate::pipeline::stream::{CutAt, CutRequest, StreamEnd, TableEvent, TableFilter, HOLD_LIMIT};
 use crate::pipeline::PipelineError;
 use crate::sink::{self, SinkError};
 use crate::source::catalog;
@@ -222,10 +222,6 @@ pub(super) async fn watch_source_tables(
     }
 }
 
-/// How long the pipeline stands still, at most, for a held cut's requester to name its
-/// position (`tributary verify` takes a source snapshot meanwhile).
-const HOLD_LIMIT: Duration = Duration::from_secs(60);
-
 /// How often a held cut's record is looked at for its position.
 const HOLD_POLL: Duration = Duration::from_millis(20);
 
@@ -331,8 +327,12 @@ pub(super) async fn cut_branches(
                         held_at = held_at => {
                             if let Ok(held_at) = held_at {
                                 bk.branch_held(&branch, held_at).await?;
-                                if let Some(at) = hold_target(ctx, &branch).await? {
-                                    let _ = release.send(at);
+                                match hold_target(ctx, &branch).await? {
+                                    Some(at) => {
+                                        let _ = release.send(at);
+                                    }
+                                    // Dropped: the applier gives the cut up and streams on.
+                                    None => drop(release),
                                 }
                             }
                             answer.await

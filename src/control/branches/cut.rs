@@ -60,6 +60,16 @@ pub(super) async fn ready_to_branch(
     })
 }
 
+/// Whether the connector's running pipeline would cut its branches now (rather than the
+/// caller, copying a replica no pipeline uses), or why none can be cut.
+pub async fn cut_by_pipeline(
+    bookkeeping: &Bookkeeping,
+    store: &ConnInfo,
+    connector: &Connector,
+) -> Result<bool, BranchError> {
+    Ok(ready_to_branch(bookkeeping, store, connector).await? == Cutter::Pipeline)
+}
+
 /// How a branch is to be cut.
 pub(super) struct Order {
     pub cutter: Cutter,

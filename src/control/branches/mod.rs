@@ -34,7 +34,7 @@ mod decide;
 mod finish;
 mod manage;
 
-pub use cut::Progress;
+pub use cut::{cut_by_pipeline, Progress};
 pub use finish::{Finished, Given, Missing};
 pub use manage::{
     create, delete, list, reset, url, CreateRequest, Created, Deleted, Listed, UrlFacts,

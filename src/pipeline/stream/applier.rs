@@ -8,7 +8,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::{
-    BranchCut, Command, CutAt, CutRequest, TableEvent, IDLE_PERSIST_INTERVAL, RUN_LENGTH,
+    BranchCut, Command, CutAt, CutRequest, TableEvent, HOLD_LIMIT, IDLE_PERSIST_INTERVAL,
+    RUN_LENGTH,
 };
 use crate::change::{Change, ChangeKind, TableName};
 use crate::metrics::ConnectorMetrics;
@@ -148,8 +149,13 @@ impl Applier {
         let started = Instant::now();
         let _ = held.send(self.applied);
         // Bounded by the requester's side (`watchers::cut_branches`), which drops
-        // `target` when the requester is gone or takes too long.
-        let refused = match target.await {
+        // `target` when the requester is gone or takes too long; and here too.
+        let named = match tokio::time::timeout(HOLD_LIMIT + Duration::from_secs(5), target).await {
+            Ok(Ok(at)) => Ok(at),
+            Ok(Err(_)) => Err("the requester gave up before naming a position".to_owned()),
+            Err(_) => Err("no position was named in time".to_owned()),
+        };
+        let refused = match named {
             Ok(at) if at >= self.applied => {
                 self.held_cut = Some(HeldCut {
                     branch,
@@ -168,7 +174,7 @@ impl Applier {
                  asked for ({at})",
                 self.applied
             ),
-            Err(_) => "the requester gave up before naming a position".to_owned(),
+            Err(reason) => reason,
         };
         tracing::info!(%branch, "held cut not made: {refused}");
         let _ = reply.send(Err(refused));

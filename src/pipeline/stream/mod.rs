@@ -57,6 +57,10 @@ use reader::Reader;
 /// else is applied, at most.
 const IDLE_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long the pipeline stands still, at most, for a held cut's requester to name its
+/// position (`tributary verify` takes a source snapshot meanwhile).
+pub const HOLD_LIMIT: Duration = Duration::from_secs(60);
+
 /// Commands between reader and applier: enough to overlap a few source transactions
 /// without holding much in memory.
 const CHANNEL_CAPACITY: usize = 1024;

@@ -1,0 +1,498 @@
+//! `tributary verify`: the source and the replica compared exactly, at one source position.
+//!
+//! ```text
+//!  held branch requested ──► the pipeline stands still at a commit boundary P
+//!  temporary slot on the source, snapshot exported at L ≥ P; the workers' source
+//!    sessions import it; the slot goes with its connection
+//!  L named ──► the pipeline streams on and cuts a branch before the first source
+//!              transaction committed at or after L: the branch is the source at L
+//!  every table's key ranges summarized on both (count, sum of row hashes), in parallel;
+//!    a differing range read row by row ──► report; the branch dropped
+//! ```
+//!
+//! The pipeline stands still only from P until L is named (the slot's creation, which
+//! waits for the transactions running on the source) and for the cut itself. Nothing is
+//! written on the source: the slot is temporary and the sessions are read-only.
+//!
+//! - `plan.rs`: the queries, the ranges and the row comparison (pure, table-tested).
+//! - `compare.rs`: the workers.
+
+mod compare;
+mod plan;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::try_join_all;
+
+use crate::bookkeeping::{self, Bookkeeping, BranchState, Connector};
+use crate::control::branches::{self, BranchError};
+use crate::control::connectors::resync::{find_table, ResyncError};
+use crate::pg::{self, quote_literal, ConnInfo, PgClient};
+use crate::source::{self, ReplicationClient, SnapshotAction};
+use crate::types::{BranchName, ConnectorName, Lsn, SlotName, TableName};
+
+pub use compare::ROWS_SHOWN;
+pub use plan::{show_key, Range, RowDifference, RowKind};
+
+/// Names of the branches verify cuts: `tributary_verify_` and 16 hex digits.
+const BRANCH_PREFIX: &str = "tributary_verify_";
+
+/// How often verify looks at its branch's record while the pipeline holds or cuts.
+const POLL: Duration = Duration::from_millis(20);
+
+/// What `tributary verify` asks for.
+pub struct VerifyRequest {
+    /// Tables to compare, as `connector resync --table` takes them; empty for all.
+    pub tables: Vec<String>,
+    /// How long the pipeline may take to stand still, and the source to give a snapshot.
+    pub timeout: Duration,
+    /// Sessions on each server.
+    pub jobs: usize,
+}
+
+/// What a person waiting may want to see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// A branch left by an interrupted verify was dropped.
+    CleanedUp(BranchName),
+    /// Waiting for the pipeline to stand still at a source commit boundary.
+    Holding,
+    /// The pipeline stands still; a snapshot of the source is being taken.
+    Snapshot {
+        held_at: Lsn,
+    },
+    /// The pipeline streams on to the snapshot's position and cuts there.
+    Cutting {
+        at: Lsn,
+    },
+    /// The comparison starts.
+    Planned {
+        tables: usize,
+        ranges: usize,
+    },
+    Compared {
+        done: usize,
+        total: usize,
+    },
+}
+
+/// Which server a query failed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Replica,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Source => "the source",
+            Side::Replica => "the replica's branch",
+        })
+    }
+}
+
+/// One table compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableReport {
+    pub table: TableName,
+    /// Whether it has a key (else one range, rows told apart by content).
+    pub keyed: bool,
+    pub ranges: usize,
+    pub source_rows: u64,
+    pub replica_rows: u64,
+    /// Key ranges whose rows differ.
+    pub differing_ranges: Vec<Range>,
+    /// Rows that differ, at most [`ROWS_SHOWN`] of them; `more_rows` beyond.
+    pub rows: Vec<RowDifference>,
+    pub more_rows: usize,
+}
+
+impl TableReport {
+    pub fn equal(&self) -> bool {
+        self.source_rows == self.replica_rows
+            && self.differing_ranges.is_empty()
+            && self.rows.is_empty()
+    }
+}
+
+/// The comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub connector: ConnectorName,
+    /// The source position compared at: the snapshot's.
+    pub position: Lsn,
+    /// The replica's applied position in the branch compared (the last source commit
+    /// before `position`, or an idle position after it).
+    pub branch_lsn: Lsn,
+    /// How long the pipeline stood still.
+    pub paused: Duration,
+    pub tables: Vec<TableReport>,
+    pub took: Duration,
+}
+
+impl Report {
+    pub fn equal(&self) -> bool {
+        self.tables.iter().all(TableReport::equal)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Bookkeeping(#[from] bookkeeping::Error),
+    #[error(transparent)]
+    Branch(#[from] BranchError),
+    #[error(transparent)]
+    Table(#[from] ResyncError),
+    #[error(
+        "connector {connector} is not streamed by a running daemon, so no pipeline can stop \
+         at the source position verify compares at: start `tributary run` (or enable the \
+         connector) and run verify again"
+    )]
+    NotStreamed { connector: ConnectorName },
+    #[error(
+        "the pipeline of {connector} did not stand still at a source commit boundary within \
+         {timeout:?} (it may be copying a snapshot, or busy with a long source transaction): \
+         see `tributary status`, or give verify more time with --timeout"
+    )]
+    NotHeld {
+        connector: ConnectorName,
+        timeout: Duration,
+    },
+    #[error(
+        "the source gave no snapshot within {timeout:?}: creating its temporary replication \
+         slot waits for every transaction running on the source to end. Look for old open \
+         transactions (SELECT pid, xact_start, state FROM pg_stat_activity WHERE xact_start \
+         < now() - interval '1 minute'), or give verify more time with --timeout"
+    )]
+    SnapshotTimeout { timeout: Duration },
+    #[error("taking a snapshot of the source: {0}")]
+    Snapshot(#[source] source::Error),
+    #[error(
+        "the pipeline could not cut the replica at the snapshot's position: {reason}; run \
+         verify again"
+    )]
+    CutFailed { reason: String },
+    #[error("{0}; run verify again")]
+    Gone(String),
+    #[error("connecting to {side}: {error}")]
+    Connect { side: Side, error: pg::ConnectError },
+    #[error(
+        "comparing {table}: {side} refused a query: {error}. A table the replica lacks, or \
+         whose columns differ, is not the source's: `tributary connector tables` and \
+         `status` say why"
+    )]
+    Query {
+        side: Side,
+        table: TableName,
+        error: String,
+    },
+    #[error("setting up a session on {side}: {error}")]
+    Session { side: Side, error: String },
+}
+
+impl VerifyError {
+    fn query(side: Side, table: &TableName, error: tokio_postgres::Error) -> VerifyError {
+        VerifyError::Query {
+            side,
+            table: table.clone(),
+            error: pg::error_message(&error),
+        }
+    }
+
+    /// Whether the command line was at fault (exit 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, VerifyError::Table(e) if e.is_usage())
+    }
+}
+
+/// Compares the connector's tables (or those asked for) on the source and in the replica
+/// at one source position; see the module doc.
+pub async fn verify(
+    bookkeeping: &Bookkeeping,
+    store: &ConnInfo,
+    connector: &Connector,
+    request: VerifyRequest,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report, VerifyError> {
+    let started = Instant::now();
+    let tables = chosen_tables(bookkeeping, connector, &request.tables).await?;
+    clean_up(bookkeeping, store, connector, progress).await?;
+    if !branches::cut_by_pipeline(bookkeeping, store, connector).await? {
+        return Err(VerifyError::NotStreamed {
+            connector: connector.name.clone(),
+        });
+    }
+    let name = BranchName::new(format!("{BRANCH_PREFIX}{:016x}", rand::random::<u64>()))
+        .expect("a valid branch name");
+    let making = bookkeeping.try_lock_branch_making(&name).await?;
+    bookkeeping
+        .request_held_branch(&name, connector.id, connector.name.as_str())
+        .await?;
+    let compared = at_cut(
+        bookkeeping,
+        store,
+        connector,
+        &name,
+        &tables,
+        &request,
+        progress,
+    )
+    .await;
+    // Free first: a pipeline holding for it then sees it gone and streams on.
+    drop(making);
+    let removed = remove(bookkeeping, store, &name).await;
+    let mut report = compared?;
+    removed?;
+    report.took = started.elapsed();
+    Ok(report)
+}
+
+/// The connector's replicated tables, or those of `given`.
+async fn chosen_tables(
+    bookkeeping: &Bookkeeping,
+    connector: &Connector,
+    given: &[String],
+) -> Result<Vec<TableName>, VerifyError> {
+    let tables = bookkeeping.tables(connector.id).await?;
+    if given.is_empty() {
+        return Ok(tables
+            .into_iter()
+            .filter(|t| t.decision == "include")
+            .map(|t| t.table)
+            .collect());
+    }
+    let mut chosen: Vec<TableName> = Vec::new();
+    for given in given {
+        let table = find_table(connector.name.as_str(), &tables, given)?
+            .table
+            .clone();
+        if !chosen.contains(&table) {
+            chosen.push(table);
+        }
+    }
+    Ok(chosen)
+}
+
+async fn at_cut(
+    bookkeeping: &Bookkeeping,
+    store: &ConnInfo,
+    connector: &Connector,
+    name: &BranchName,
+    tables: &[TableName],
+    request: &VerifyRequest,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report, VerifyError> {
+    progress(Progress::Holding);
+    let held_at = held(bookkeeping, connector, name, request.timeout).await?;
+    progress(Progress::Snapshot { held_at });
+    let source = bookkeeping.source(connector).await?;
+    let jobs = request.jobs.max(1);
+    let (position, sources) = snapshot(&source, jobs, request.timeout).await?;
+    bookkeeping.cut_held_branch_at(name, position).await?;
+    progress(Progress::Cutting { at: position });
+    let (branch_lsn, paused) = cut(bookkeeping, name).await?;
+    let branch = store.with_dbname(name.as_str());
+    let branches = try_join_all((0..jobs).map(|_| session(&branch, Side::Replica, None))).await?;
+    let planned = compare::plan(&sources[0], tables).await?;
+    progress(Progress::Planned {
+        tables: planned.len(),
+        ranges: planned.iter().map(|(_, r)| r.len()).sum(),
+    });
+    let workers = sources
+        .into_iter()
+        .zip(branches)
+        .map(|(source, branch)| compare::Sessions { source, branch })
+        .collect();
+    let tables = compare::compare(&planned, workers, progress).await?;
+    Ok(Report {
+        connector: connector.name.clone(),
+        position,
+        branch_lsn,
+        paused,
+        tables,
+        took: Duration::ZERO,
+    })
+}
+
+/// Waits for the pipeline to stand still; returns where.
+async fn held(
+    bookkeeping: &Bookkeeping,
+    connector: &Connector,
+    name: &BranchName,
+    timeout: Duration,
+) -> Result<Lsn, VerifyError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(at) = bookkeeping.branch_hold(name).await?.and_then(|h| h.held_at) {
+            return Ok(at);
+        }
+        let branch = bookkeeping.branch(name).await?;
+        match branch {
+            None => return Err(VerifyError::Gone(format!("branch {name} was deleted"))),
+            Some(b) if b.state == BranchState::Failed => {
+                return Err(VerifyError::CutFailed {
+                    reason: b.error.unwrap_or_default(),
+                })
+            }
+            Some(b) if b.state == BranchState::Requested && Instant::now() >= deadline => {
+                return Err(VerifyError::NotHeld {
+                    connector: connector.name.clone(),
+                    timeout,
+                });
+            }
+            Some(_) => {}
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A temporary slot's exported snapshot, imported by `jobs` sessions; returns its position.
+/// The slot (and the export) go with the replication connection, which closes here.
+async fn snapshot(
+    source: &ConnInfo,
+    jobs: usize,
+    timeout: Duration,
+) -> Result<(Lsn, Vec<PgClient>), VerifyError> {
+    let mut client = ReplicationClient::connect(source)
+        .await
+        .map_err(VerifyError::Snapshot)?;
+    // Every session on the server the slot is on.
+    let source = source.pinned(client.endpoint());
+    let pid = client
+        .simple_query("SELECT pg_catalog.pg_backend_pid()")
+        .await
+        .map_err(VerifyError::Snapshot)?
+        .first()
+        .and_then(|row| row.first().cloned().flatten());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let slot = SlotName::new(format!("tributary_verify_{}_{nanos}", std::process::id()))
+        .expect("verify slot names are valid");
+    let created = tokio::time::timeout(
+        timeout,
+        client.create_slot(&slot, true, SnapshotAction::Export),
+    )
+    .await;
+    let created = match created {
+        Ok(created) => created.map_err(VerifyError::Snapshot)?,
+        Err(_) => {
+            // The walsender would wait on: cancel its command (its own role may).
+            if let (Some(pid), Ok(sql)) = (pid, pg::connect(&source).await) {
+                let _ = sql
+                    .batch_execute(&format!("SELECT pg_catalog.pg_cancel_backend({pid})"))
+                    .await;
+            }
+            return Err(VerifyError::SnapshotTimeout { timeout });
+        }
+    };
+    let Some(name) = created.snapshot_name else {
+        return Err(VerifyError::Gone(
+            "the source exported no snapshot".to_owned(),
+        ));
+    };
+    let sessions =
+        try_join_all((0..jobs).map(|_| session(&source, Side::Source, Some(&name)))).await;
+    client.close().await;
+    Ok((created.consistent_point, sessions?))
+}
+
+/// A session with [`plan::SESSION_SETTINGS`]; on the source, in a read-only transaction on
+/// `snapshot`.
+async fn session(
+    info: &ConnInfo,
+    side: Side,
+    snapshot: Option<&str>,
+) -> Result<PgClient, VerifyError> {
+    let client = pg::connect(info)
+        .await
+        .map_err(|error| VerifyError::Connect { side, error })?;
+    let mut setup = plan::SESSION_SETTINGS.to_owned();
+    if let Some(snapshot) = snapshot {
+        setup.push_str(&format!(
+            "; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(snapshot)
+        ));
+    }
+    client
+        .batch_execute(&setup)
+        .await
+        .map_err(|e| VerifyError::Session {
+            side,
+            error: pg::error_message(&e),
+        })?;
+    Ok(client)
+}
+
+/// Waits for the pipeline to cut the branch; returns its position and the pause.
+async fn cut(bookkeeping: &Bookkeeping, name: &BranchName) -> Result<(Lsn, Duration), VerifyError> {
+    loop {
+        let Some(branch) = bookkeeping.branch(name).await? else {
+            return Err(VerifyError::Gone(format!("branch {name} was deleted")));
+        };
+        match branch.state {
+            BranchState::Copied | BranchState::Ready => {
+                let lsn = branch
+                    .lsn
+                    .ok_or_else(|| VerifyError::Gone(format!("branch {name} has no position")))?;
+                return Ok((lsn, branch.pause.unwrap_or_default()));
+            }
+            BranchState::Failed => {
+                return Err(VerifyError::CutFailed {
+                    reason: branch.error.unwrap_or_default(),
+                })
+            }
+            // Being cut: the pipeline streams on to the position, however long it takes.
+            BranchState::Requested | BranchState::Cutting => {}
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Drops verify's branch, waiting while the pipeline still holds or cuts it (it lets go
+/// once verify's making lock is free).
+async fn remove(
+    bookkeeping: &Bookkeeping,
+    store: &ConnInfo,
+    name: &BranchName,
+) -> Result<(), VerifyError> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match branches::delete(bookkeeping, store, name.as_str(), true, &|_| {}).await {
+            Ok(_) | Err(BranchError::NoSuchBranch { .. }) => return Ok(()),
+            Err(BranchError::BeingCut { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Drops the branches of earlier verify runs of the connector that ended without (killed):
+/// those whose making lock is free.
+async fn clean_up(
+    bookkeeping: &Bookkeeping,
+    store: &ConnInfo,
+    connector: &Connector,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), VerifyError> {
+    for branch in bookkeeping.branches(Some(connector.id)).await? {
+        if !branch.name.as_str().starts_with(BRANCH_PREFIX) {
+            continue;
+        }
+        let Some(lock) = bookkeeping.try_lock_branch_making(&branch.name).await? else {
+            continue; // another verify's, running
+        };
+        match branches::delete(bookkeeping, store, branch.name.as_str(), true, &|_| {}).await {
+            Ok(_) => progress(Progress::CleanedUp(branch.name.clone())),
+            // Its pipeline is letting go of it: the next run takes it.
+            Err(BranchError::BeingCut { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        drop(lock);
+    }
+    Ok(())
+}
