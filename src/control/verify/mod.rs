@@ -227,9 +227,6 @@ pub async fn verify(
     let name = BranchName::new(format!("{BRANCH_PREFIX}{:016x}", rand::random::<u64>()))
         .expect("a valid branch name");
     let making = bookkeeping.try_lock_branch_making(&name).await?;
-    bookkeeping
-        .request_held_branch(&name, connector.id, connector.name.as_str())
-        .await?;
     let compared = at_cut(
         bookkeeping,
         store,
@@ -284,14 +281,25 @@ async fn at_cut(
     request: &VerifyRequest,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, VerifyError> {
+    // Connected before the pipeline is asked to stand still: it waits for less.
+    let source = bookkeeping.source(connector).await?;
+    let mut slot = SnapshotSlot::connect(&source).await?;
+    bookkeeping
+        .request_held_branch(name, connector.id, connector.name.as_str())
+        .await?;
     progress(Progress::Holding);
     let held_at = held(bookkeeping, connector, name, request.timeout).await?;
     progress(Progress::Snapshot { held_at });
-    let source = bookkeeping.source(connector).await?;
-    let jobs = request.jobs.max(1);
-    let (position, sources) = snapshot(&source, jobs, request.timeout).await?;
+    let (position, snapshot) = slot.create(request.timeout).await?;
     bookkeeping.cut_held_branch_at(name, position).await?;
     progress(Progress::Cutting { at: position });
+    // The sessions import the snapshot while the slot's connection stays idle; the slot
+    // goes with that connection.
+    let jobs = request.jobs.max(1);
+    let sources =
+        try_join_all((0..jobs).map(|_| session(&slot.source, Side::Source, Some(&snapshot)))).await;
+    slot.client.close().await;
+    let sources = sources?;
     let (branch_lsn, paused) = cut(bookkeeping, name).await?;
     let branch = store.with_dbname(name.as_str());
     let branches = try_join_all((0..jobs).map(|_| session(&branch, Side::Replica, None))).await?;
@@ -348,56 +356,68 @@ async fn held(
     }
 }
 
-/// A temporary slot's exported snapshot, imported by `jobs` sessions; returns its position.
-/// The slot (and the export) go with the replication connection, which closes here.
-async fn snapshot(
-    source: &ConnInfo,
-    jobs: usize,
-    timeout: Duration,
-) -> Result<(Lsn, Vec<PgClient>), VerifyError> {
-    let mut client = ReplicationClient::connect(source)
-        .await
-        .map_err(VerifyError::Snapshot)?;
-    // Every session on the server the slot is on.
-    let source = source.pinned(client.endpoint());
-    let pid = client
-        .simple_query("SELECT pg_catalog.pg_backend_pid()")
-        .await
-        .map_err(VerifyError::Snapshot)?
-        .first()
-        .and_then(|row| row.first().cloned().flatten());
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let slot = SlotName::new(format!("tributary_verify_{}_{nanos}", std::process::id()))
-        .expect("verify slot names are valid");
-    let created = tokio::time::timeout(
-        timeout,
-        client.create_slot(&slot, true, SnapshotAction::Export),
-    )
-    .await;
-    let created = match created {
-        Ok(created) => created.map_err(VerifyError::Snapshot)?,
-        Err(_) => {
-            // The walsender would wait on: cancel its command (its own role may).
-            if let (Some(pid), Ok(sql)) = (pid, pg::connect(&source).await) {
-                let _ = sql
-                    .batch_execute(&format!("SELECT pg_catalog.pg_cancel_backend({pid})"))
-                    .await;
+/// A replication connection to the source, for a temporary slot with an exported
+/// snapshot; the slot and the export go with the connection.
+struct SnapshotSlot {
+    client: ReplicationClient,
+    /// The source, pinned to the server the connection reached.
+    source: ConnInfo,
+    /// The walsender's process, to cancel a slot creation that waits too long.
+    pid: Option<String>,
+}
+
+impl SnapshotSlot {
+    async fn connect(source: &ConnInfo) -> Result<SnapshotSlot, VerifyError> {
+        let mut client = ReplicationClient::connect(source)
+            .await
+            .map_err(VerifyError::Snapshot)?;
+        let source = source.pinned(client.endpoint());
+        let pid = client
+            .simple_query("SELECT pg_catalog.pg_backend_pid()")
+            .await
+            .map_err(VerifyError::Snapshot)?
+            .first()
+            .and_then(|row| row.first().cloned().flatten());
+        Ok(SnapshotSlot {
+            client,
+            source,
+            pid,
+        })
+    }
+
+    /// Creates the slot; returns its position and the name of its exported snapshot.
+    async fn create(&mut self, timeout: Duration) -> Result<(Lsn, String), VerifyError> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let slot = SlotName::new(format!("tributary_verify_{}_{nanos}", std::process::id()))
+            .expect("verify slot names are valid");
+        let created = tokio::time::timeout(
+            timeout,
+            self.client.create_slot(&slot, true, SnapshotAction::Export),
+        )
+        .await;
+        let created = match created {
+            Ok(created) => created.map_err(VerifyError::Snapshot)?,
+            Err(_) => {
+                // The walsender would wait on: cancel its command (its own role may).
+                if let (Some(pid), Ok(sql)) = (&self.pid, pg::connect(&self.source).await) {
+                    let _ = sql
+                        .batch_execute(&format!(
+                            "SELECT pg_catalog.pg_cancel_backend({})",
+                            quote_literal(pid)
+                        ))
+                        .await;
+                }
+                return Err(VerifyError::SnapshotTimeout { timeout });
             }
-            return Err(VerifyError::SnapshotTimeout { timeout });
-        }
-    };
-    let Some(name) = created.snapshot_name else {
-        return Err(VerifyError::Gone(
-            "the source exported no snapshot".to_owned(),
-        ));
-    };
-    let sessions =
-        try_join_all((0..jobs).map(|_| session(&source, Side::Source, Some(&name)))).await;
-    client.close().await;
-    Ok((created.consistent_point, sessions?))
+        };
+        let snapshot = created
+            .snapshot_name
+            .ok_or_else(|| VerifyError::Gone("the source exported no snapshot".to_owned()))?;
+        Ok((created.consistent_point, snapshot))
+    }
 }
 
 /// A session with [`plan::SESSION_SETTINGS`]; on the source, in a read-only transaction on
