@@ -284,7 +284,8 @@ async fn verify_locates_a_changed_a_deleted_and_a_duplicated_row() {
         "shop_replica",
         "UPDATE big SET note = 'tampered' WHERE id = 123456;
          DELETE FROM big WHERE id = 200001;
-         INSERT INTO notes SELECT * FROM notes WHERE body = 'note 7' LIMIT 1;",
+         INSERT INTO notes SELECT * FROM notes WHERE body = 'note 7' LIMIT 1;
+         DROP TABLE events_2025;",
     );
     let report = verify_json(&daemon, &[], 1);
     assert_eq!(report["equal"], false);
@@ -333,6 +334,11 @@ async fn verify_locates_a_changed_a_deleted_and_a_duplicated_row() {
     assert_eq!(notes["rows"][0]["kind"], "duplicated", "{notes}");
     assert_eq!(notes["rows"][0]["key"], "(\"note 7\",7)", "{notes}");
     assert_eq!(table(&report, "public.Order Lines")["equal"], true);
+    let gone = table(&report, "public.events_2025");
+    assert_eq!(
+        (&gone["equal"], &gone["only_in"]),
+        (&false.into(), &"source".into())
+    );
 
     // The text names them and the fix.
     let out = daemon.cli_fails(&["verify", "shop"]);
@@ -345,8 +351,13 @@ async fn verify_locates_a_changed_a_deleted_and_a_duplicated_row() {
         out.contains("row '(\"note 7\",7)': more often in the replica than in the source"),
         "{out}"
     );
+    assert!(out.contains("public.events_2025"), "{out}");
+    assert!(out.contains("missing from the replica\n"), "{out}");
     assert!(
-        out.contains("tributary connector resync shop --table public.big --table public.notes"),
+        out.contains(
+            "tributary connector resync shop --table public.big --table public.events_2025 \
+             --table public.notes"
+        ),
         "{out}"
     );
     nothing_left(&daemon, &source, &store);

@@ -14,7 +14,7 @@ use super::args::find;
 use super::render::Format;
 use super::Failure;
 use crate::bookkeeping::Bookkeeping;
-use crate::control::verify::{self, Progress, Range, Report, RowDifference, VerifyRequest};
+use crate::control::verify::{self, Progress, Range, Report, RowDifference, Side, VerifyRequest};
 use crate::settings::Settings;
 
 #[derive(Debug, Args)]
@@ -150,6 +150,11 @@ fn text(report: &Report) {
     for table in &report.tables {
         let result = if table.equal() {
             "equal".to_owned()
+        } else if let Some(side) = table.only_in {
+            match side {
+                Side::Source => "missing from the replica".to_owned(),
+                Side::Replica => "in the replica only (not on the source)".to_owned(),
+            }
         } else if table.rows.is_empty() {
             format!("differs in {} key ranges", table.differing_ranges.len())
         } else {
@@ -226,6 +231,8 @@ struct View<'a> {
 struct TableView<'a> {
     table: String,
     equal: bool,
+    /// `source` or `replica` for a table on one side only.
+    only_in: Option<Side>,
     source_rows: u64,
     replica_rows: u64,
     key_ranges: usize,
@@ -254,6 +261,7 @@ fn view(report: &Report) -> View<'_> {
             .map(|t| TableView {
                 table: t.table.to_string(),
                 equal: t.equal(),
+                only_in: t.only_in,
                 source_rows: t.source_rows,
                 replica_rows: t.replica_rows,
                 key_ranges: t.ranges,

@@ -29,14 +29,40 @@ pub struct Sessions {
     pub branch: PgClient,
 }
 
-/// Where the source's tables are cut, read in the snapshot: each table's shape and ranges.
+/// A table as planned: its shape and ranges, or the side it is on alone.
+pub struct Planned {
+    shape: Shape,
+    ranges: Vec<Range>,
+    only_in: Option<Side>,
+}
+
+/// Where the source's tables are cut, read in the snapshot: each table's shape and ranges;
+/// a table on one side only has none.
 pub async fn plan(
     source: &PgClient,
+    branch: &PgClient,
     tables: &[TableName],
-) -> Result<Vec<(Shape, Vec<Range>)>, VerifyError> {
+) -> Result<Vec<Planned>, VerifyError> {
     let mut out = Vec::with_capacity(tables.len());
     for table in tables {
         let name = plan::regclass(table);
+        let only_in = match (
+            exists(source, Side::Source, table).await?,
+            exists(branch, Side::Replica, table).await?,
+        ) {
+            (true, true) => None,
+            (true, false) => Some(Side::Source),
+            (false, true) => Some(Side::Replica),
+            (false, false) => continue, // dropped on both since it was listed
+        };
+        if only_in.is_some() {
+            out.push(Planned {
+                shape: plan::shape(table.clone(), Vec::new()),
+                ranges: Vec::new(),
+                only_in,
+            });
+            continue;
+        }
         let query = |e| VerifyError::query(Side::Source, table, e);
         let rows = source
             .query(plan::shape_sql(), &[&name])
@@ -65,9 +91,26 @@ pub async fn plan(
                 plan::ranges(&sample, wanted)
             }
         };
-        out.push((shape, ranges));
+        out.push(Planned {
+            shape,
+            ranges,
+            only_in: None,
+        });
     }
     Ok(out)
+}
+
+async fn exists(client: &PgClient, side: Side, table: &TableName) -> Result<bool, VerifyError> {
+    client
+        .query_one(plan::exists_sql(), &[&plan::regclass(table)])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| VerifyError::query(side, table, e))
+}
+
+/// How many key ranges `planned` has in all.
+pub fn range_count(planned: &[Planned]) -> usize {
+    planned.iter().map(|p| p.ranges.len()).sum()
 }
 
 /// What one range came to on both servers.
@@ -83,14 +126,14 @@ struct Outcome {
 
 /// Compares every range of `planned` with `workers` (one per pair of sessions).
 pub async fn compare(
-    planned: &[(Shape, Vec<Range>)],
+    planned: &[Planned],
     workers: Vec<Sessions>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Vec<TableReport>, VerifyError> {
     let work: Vec<(usize, &Range)> = planned
         .iter()
         .enumerate()
-        .flat_map(|(t, (_, ranges))| ranges.iter().map(move |r| (t, r)))
+        .flat_map(|(t, p)| p.ranges.iter().map(move |r| (t, r)))
         .collect();
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
@@ -105,7 +148,7 @@ pub async fn compare(
                 let Some(&(table, range)) = work.get(i) else {
                     return Ok::<_, VerifyError>(outcomes);
                 };
-                let shape = &planned[table].0;
+                let shape = &planned[table].shape;
                 let mut outcome = summarize(&sessions, shape, range).await?;
                 outcome.table = table;
                 if outcome.differs {
@@ -133,13 +176,14 @@ pub async fn compare(
 }
 
 /// Each table's report from its ranges' outcomes.
-fn reports(planned: &[(Shape, Vec<Range>)], outcomes: Vec<Outcome>) -> Vec<TableReport> {
+fn reports(planned: &[Planned], outcomes: Vec<Outcome>) -> Vec<TableReport> {
     let mut reports: Vec<TableReport> = planned
         .iter()
-        .map(|(shape, ranges)| TableReport {
-            table: shape.table.clone(),
-            keyed: !shape.key.is_empty(),
-            ranges: ranges.len(),
+        .map(|p| TableReport {
+            table: p.shape.table.clone(),
+            only_in: p.only_in,
+            keyed: !p.shape.key.is_empty(),
+            ranges: p.ranges.len(),
             source_rows: 0,
             replica_rows: 0,
             differing_ranges: Vec::new(),

@@ -76,8 +76,9 @@ pub enum Progress {
     },
 }
 
-/// Which server a query failed on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which server a query failed on, or a table is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Side {
     Source,
     Replica,
@@ -96,6 +97,8 @@ impl std::fmt::Display for Side {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableReport {
     pub table: TableName,
+    /// A table on one side only: which.
+    pub only_in: Option<Side>,
     /// Whether it has a key (else one range, rows told apart by content).
     pub keyed: bool,
     pub ranges: usize,
@@ -110,7 +113,8 @@ pub struct TableReport {
 
 impl TableReport {
     pub fn equal(&self) -> bool {
-        self.source_rows == self.replica_rows
+        self.only_in.is_none()
+            && self.source_rows == self.replica_rows
             && self.differing_ranges.is_empty()
             && self.rows.is_empty()
     }
@@ -246,25 +250,55 @@ pub async fn verify(
     Ok(report)
 }
 
-/// The connector's replicated tables, or those of `given`.
+/// The tables the connector replicates, or those of `given`: the recorded ones it
+/// includes, and (with new tables included) those created on the source since.
 async fn chosen_tables(
     bookkeeping: &Bookkeeping,
     connector: &Connector,
     given: &[String],
 ) -> Result<Vec<TableName>, VerifyError> {
-    let tables = bookkeeping.tables(connector.id).await?;
+    let recorded = bookkeeping.tables(connector.id).await?;
+    let mut new = Vec::new();
+    if connector.include_new_tables {
+        let source = bookkeeping.source(connector).await?;
+        let client = pg::connect(&source)
+            .await
+            .map_err(|error| VerifyError::Connect {
+                side: Side::Source,
+                error,
+            })?;
+        let rows = client
+            .query(plan::tables_sql(), &[&connector.schemas])
+            .await
+            .map_err(|e| VerifyError::Session {
+                side: Side::Source,
+                error: pg::error_message(&e),
+            })?;
+        new = rows
+            .iter()
+            .map(|r| TableName {
+                schema: r.get(0),
+                name: r.get(1),
+            })
+            .filter(|t| !recorded.iter().any(|r| &r.table == t))
+            .collect();
+    }
     if given.is_empty() {
-        return Ok(tables
+        let included = recorded
             .into_iter()
             .filter(|t| t.decision == "include")
-            .map(|t| t.table)
-            .collect());
+            .map(|t| t.table);
+        return Ok(included.chain(new).collect());
     }
     let mut chosen: Vec<TableName> = Vec::new();
     for given in given {
-        let table = find_table(connector.name.as_str(), &tables, given)?
-            .table
-            .clone();
+        let table = match find_table(connector.name.as_str(), &recorded, given) {
+            Ok(found) => found.table.clone(),
+            Err(unknown @ ResyncError::UnknownTable { .. }) => {
+                plan::named(&new, given).ok_or(unknown)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         if !chosen.contains(&table) {
             chosen.push(table);
         }
@@ -303,10 +337,10 @@ async fn at_cut(
     let (branch_lsn, paused) = cut(bookkeeping, name).await?;
     let branch = store.with_dbname(name.as_str());
     let branches = try_join_all((0..jobs).map(|_| session(&branch, Side::Replica, None))).await?;
-    let planned = compare::plan(&sources[0], tables).await?;
+    let planned = compare::plan(&sources[0], &branches[0], tables).await?;
     progress(Progress::Planned {
         tables: planned.len(),
-        ranges: planned.iter().map(|(_, r)| r.len()).sum(),
+        ranges: compare::range_count(&planned),
     });
     let workers = sources
         .into_iter()

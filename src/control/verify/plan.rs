@@ -203,6 +203,33 @@ pub fn estimate_sql() -> &'static str {
      FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass"
 }
 
+/// The permanent tables (leaf partitions included, partitioned parents not) of the schemas
+/// in `$1`: those a connector replicates, unless a decision leaves one out.
+pub fn tables_sql() -> &'static str {
+    "SELECT n.nspname::text, c.relname::text
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND n.nspname = ANY($1)
+     ORDER BY 1, 2"
+}
+
+/// Whether the table exists: `$1` is [`regclass`].
+pub fn exists_sql() -> &'static str {
+    "SELECT pg_catalog.to_regclass($1) IS NOT NULL"
+}
+
+/// The table of `tables` that `given` names: `schema.name`, or a name alone that one
+/// table has.
+pub fn named(tables: &[TableName], given: &str) -> Option<TableName> {
+    if let Some(table) = tables.iter().find(|t| t.to_string() == given) {
+        return Some(table.clone());
+    }
+    let mut by_name = tables.iter().filter(|t| t.name == given);
+    match (by_name.next(), by_name.next()) {
+        (Some(table), None) => Some(table.clone()),
+        _ => None,
+    }
+}
+
 /// The table as `regclass` text, for `$1` of [`shape_sql`] and [`estimate_sql`].
 pub fn regclass(table: &TableName) -> String {
     format!(
@@ -516,6 +543,28 @@ mod tests {
                 ("4".to_owned(), RowKind::Extra)
             ]
         );
+    }
+
+    #[test]
+    fn tables_are_named_with_or_without_their_schema() {
+        let table = |schema: &str, name: &str| TableName {
+            schema: schema.into(),
+            name: name.into(),
+        };
+        let tables = [
+            table("public", "a"),
+            table("sales", "a"),
+            table("sales", "b"),
+        ];
+        for (given, expected) in [
+            ("sales.a", Some(table("sales", "a"))),
+            ("b", Some(table("sales", "b"))),
+            ("a", None), // two schemas have it
+            ("c", None),
+            ("public.b", None),
+        ] {
+            assert_eq!(named(&tables, given), expected, "{given}");
+        }
     }
 
     #[test]
