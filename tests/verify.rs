@@ -92,6 +92,20 @@ fn start_as(store: &Cluster, source: &Cluster, url: &str) -> Daemon {
     daemon
 }
 
+/// Source and store started, `shop` made and streamed by a daemon.
+async fn streaming_shop() -> (Cluster, Cluster, Daemon) {
+    let source = Cluster::start();
+    let store = Cluster::start();
+    shop(&source);
+    let daemon = start(&store, &source);
+    daemon.wait_for_state("shop", "streaming").await;
+    (source, store, daemon)
+}
+
+async fn converged(source: &Cluster, store: &Cluster, daemon: &Daemon) {
+    wait_converged(source, "shop", store, "shop_replica", &["public"], daemon).await;
+}
+
 fn verify_json(daemon: &Daemon, args: &[&str], code: i32) -> serde_json::Value {
     let mut all = vec!["verify", "shop", "--format", "json"];
     all.extend_from_slice(args);
@@ -140,26 +154,21 @@ fn nothing_left(daemon: &Daemon, source: &Cluster, store: &Cluster) {
 
 #[tokio::test]
 async fn verify_finds_the_replica_equal_after_a_mixed_workload() {
-    let source = Cluster::start();
-    let store = Cluster::start();
-    shop(&source);
-    let daemon = start(&store, &source);
-    daemon.wait_for_state("shop", "streaming").await;
+    let (source, store, daemon) = streaming_shop().await;
     for round in 0..3 {
         mixed_workload(&source, round);
     }
-    wait_converged(
-        &source,
+    // A table created since the snapshot is compared too.
+    source.psql(
         "shop",
-        &store,
-        "shop_replica",
-        &["public"],
-        &daemon,
-    )
-    .await;
+        "CREATE TABLE later (id int PRIMARY KEY, v text);
+         INSERT INTO later SELECT g, md5(g::text) FROM generate_series(1, 100) g;",
+    );
+    converged(&source, &store, &daemon).await;
 
     let report = verify_json(&daemon, &[], 0);
     assert_eq!(report["equal"], true, "{report}");
+    assert_eq!(table(&report, "public.later")["replica_rows"], 100);
     let big = table(&report, "public.big");
     let big_rows: u64 = source
         .psql("shop", "SELECT count(*) FROM big")
@@ -189,15 +198,7 @@ async fn verify_finds_the_replica_equal_after_a_mixed_workload() {
         "{out}"
     );
     mixed_workload(&source, 3);
-    wait_converged(
-        &source,
-        "shop",
-        &store,
-        "shop_replica",
-        &["public"],
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, &daemon).await;
     nothing_left(&daemon, &source, &store);
 
     // Bad input is the command line's fault; no daemon is none's.
@@ -221,11 +222,7 @@ async fn verify_finds_the_replica_equal_after_a_mixed_workload() {
 /// gives up after its timeout naming the cause, and the pipeline streams on at once.
 #[tokio::test]
 async fn verify_gives_up_on_a_source_snapshot_held_back_by_an_open_transaction() {
-    let source = Cluster::start();
-    let store = Cluster::start();
-    shop(&source);
-    let daemon = start(&store, &source);
-    daemon.wait_for_state("shop", "streaming").await;
+    let (source, store, daemon) = streaming_shop().await;
     let open = source.connect("shop").await;
     open.batch_execute("BEGIN; INSERT INTO notes VALUES ('uncommitted', 0)")
         .await
@@ -239,45 +236,17 @@ async fn verify_gives_up_on_a_source_snapshot_held_back_by_an_open_transaction()
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     // Streaming goes on while that transaction is still open.
     source.psql("shop", "INSERT INTO notes VALUES ('after', 1)");
-    wait_converged(
-        &source,
-        "shop",
-        &store,
-        "shop_replica",
-        &["public"],
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, &daemon).await;
     open.batch_execute("COMMIT").await.unwrap();
-    wait_converged(
-        &source,
-        "shop",
-        &store,
-        "shop_replica",
-        &["public"],
-        &daemon,
-    )
-    .await;
+    converged(&source, &store, &daemon).await;
     nothing_left(&daemon, &source, &store);
     verify_json(&daemon, &[], 0);
 }
 
 #[tokio::test]
 async fn verify_locates_a_changed_a_deleted_and_a_duplicated_row() {
-    let source = Cluster::start();
-    let store = Cluster::start();
-    shop(&source);
-    let daemon = start(&store, &source);
-    daemon.wait_for_state("shop", "streaming").await;
-    wait_converged(
-        &source,
-        "shop",
-        &store,
-        "shop_replica",
-        &["public"],
-        &daemon,
-    )
-    .await;
+    let (source, store, daemon) = streaming_shop().await;
+    converged(&source, &store, &daemon).await;
 
     // Planted in the replica behind the pipeline's back.
     store.psql(
@@ -422,14 +391,62 @@ async fn verify_under_a_running_write_load() {
     // Two positions of a moving source: the second saw more of the workload.
     assert_ne!(positions[0], positions[1]);
     assert!(counts[0] < counts[1], "{counts:?}");
-    wait_converged(
-        &source,
-        "shop",
-        &store,
-        "shop_replica",
-        &["public"],
-        &daemon,
-    )
+    converged(&source, &store, &daemon).await;
+    nothing_left(&daemon, &source, &store);
+}
+
+/// A verify killed while the pipeline stands still for it: the pipeline streams on by
+/// itself within a few seconds, and the next verify drops what the killed one left.
+#[tokio::test]
+async fn a_verify_killed_while_the_pipeline_holds_costs_a_bounded_pause() {
+    let (source, store, daemon) = streaming_shop().await;
+    // An open transaction keeps the killed verify in its slot's creation.
+    let open = source.connect("shop").await;
+    open.batch_execute("BEGIN; INSERT INTO notes VALUES ('uncommitted', 0)")
+        .await
+        .unwrap();
+    let mut verify = daemon.cli_spawn(&["verify", "shop", "--timeout", "600"]);
+    let held = "SELECT count(*) FROM tributary.branches WHERE held_at IS NOT NULL";
+    crate::support::eventually("the pipeline to hold", || async {
+        (store.psql("postgres", held) == "1").then_some(())
+    })
+    .await;
+    verify.kill().unwrap();
+    verify.wait().unwrap();
+    let killed = std::time::Instant::now();
+    source.psql("shop", "INSERT INTO notes VALUES ('after', 1)");
+    let replica = store.connect("shop_replica").await;
+    crate::support::eventually("the pipeline to stream on", || async {
+        let row = replica
+            .query_one("SELECT count(*) FROM notes WHERE body = 'after'", &[])
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0) == 1).then_some(())
+    })
+    .await;
+    // The pipeline lets go once the killed verify's lock is free (checked every second).
+    assert!(
+        killed.elapsed() < std::time::Duration::from_secs(10),
+        "streamed on after {:?}",
+        killed.elapsed()
+    );
+    // A branch is cut with no session on the replica.
+    drop(replica);
+    open.batch_execute("COMMIT").await.unwrap();
+    converged(&source, &store, &daemon).await;
+
+    let out = daemon.cli(&["verify", "shop"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("note: dropped tributary_verify_")
+            && stderr.contains("left by a verify that did not finish"),
+        "{stderr}"
+    );
+    // The killed verify's walsender ends once its slot is made and it finds no client.
+    crate::support::eventually("the killed verify's slot to go", || async {
+        (source.psql("postgres", "SELECT count(*) FROM pg_replication_slots") == "1").then_some(())
+    })
     .await;
     nothing_left(&daemon, &source, &store);
 }
