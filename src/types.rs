@@ -294,15 +294,20 @@ impl BranchName {
     /// The name as one word of a POSIX shell command: as it is when nothing in it is
     /// special to the shell, else in single quotes.
     pub fn shell_word(&self) -> String {
-        let plain = self
-            .0
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b'+'));
-        if plain {
-            self.0.clone()
-        } else {
-            format!("'{}'", self.0.replace('\'', r"'\''"))
-        }
+        shell_word(&self.0)
+    }
+}
+
+/// `text` as one word of a POSIX shell command: as it is when nothing in it is special to
+/// the shell, else in single quotes.
+pub fn shell_word(text: &str) -> String {
+    let plain = text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b'+'));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
     }
 }
 

@@ -16,6 +16,7 @@ use super::Failure;
 use crate::bookkeeping::Bookkeeping;
 use crate::control::verify::{self, Progress, Range, Report, RowDifference, Side, VerifyRequest};
 use crate::settings::Settings;
+use crate::types::shell_word;
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -203,15 +204,15 @@ fn text(report: &Report) {
     } else {
         say!(
             "✗ {} of {} tables differ from the source, {at}. Copy them again: `tributary \
-             connector resync {} {}`",
+             connector resync {} --table {}`",
             differing.len(),
             report.tables.len(),
             report.connector,
             differing
                 .iter()
-                .map(|t| format!("--table {t}"))
+                .map(|t| shell_word(t))
                 .collect::<Vec<_>>()
-                .join(" ")
+                .join(" --table ")
         );
     }
 }
