@@ -534,7 +534,8 @@ async fn clean_up(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), VerifyError> {
     for branch in bookkeeping.branches(Some(connector.id)).await? {
-        if !branch.name.as_str().starts_with(BRANCH_PREFIX) {
+        // Verify's branches are never made ready: a ready one of the name is a user's.
+        if !branch.name.as_str().starts_with(BRANCH_PREFIX) || branch.state == BranchState::Ready {
             continue;
         }
         let Some(lock) = bookkeeping.try_lock_branch_making(&branch.name).await? else {
