@@ -450,3 +450,43 @@ async fn a_verify_killed_while_the_pipeline_holds_costs_a_bounded_pause() {
     .await;
     nothing_left(&daemon, &source, &store);
 }
+
+/// A pipeline that cannot reach a commit boundary (the replica's table locked while a
+/// transaction is applied) is not waited for beyond --timeout; the request it had not
+/// taken yet is passed over, and nothing is left.
+#[tokio::test]
+async fn verify_gives_up_on_a_pipeline_that_does_not_stand_still() {
+    let (source, store, daemon) = streaming_shop().await;
+    let blocker = crate::daemon::lock_replica_table(&store, "shop", "notes").await;
+    source.psql("shop", "INSERT INTO notes VALUES ('blocked', 0)");
+    let started = std::time::Instant::now();
+    let out = daemon.cli(&["verify", "shop", "--timeout", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did not stand still"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    blocker.batch_execute("COMMIT").await.unwrap();
+    drop(blocker);
+    converged(&source, &store, &daemon).await;
+    // A branch is cut with no session on the replica but the pipeline's: the blocker's
+    // backend ends a moment after its client is dropped.
+    let others = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop_replica'";
+    crate::support::eventually("the blocker's session to end", || async {
+        (store.psql("postgres", others).parse::<i64>().unwrap() <= 1).then_some(())
+    })
+    .await;
+    crate::support::eventually("the request to be gone", || async {
+        (daemon
+            .cli_ok(&["branch", "list", "--format", "json"])
+            .trim()
+            == "[]")
+            .then_some(())
+    })
+    .await;
+    nothing_left(&daemon, &source, &store);
+    verify_json(&daemon, &[], 0);
+}

@@ -226,33 +226,50 @@ pub(super) async fn watch_source_tables(
 const HOLD_POLL: Duration = Duration::from_millis(20);
 
 /// The position a held cut's requester names; `None` when it withdrew (the record is
-/// gone), died (its making lock is free) or took longer than [`HOLD_LIMIT`].
+/// gone), died (see [`requester_gone`]) or took longer than [`HOLD_LIMIT`].
 async fn hold_target(
     ctx: &PipelineContext,
     branch: &BranchName,
 ) -> Result<Option<Lsn>, PipelineError> {
     let bk = &ctx.bookkeeping;
-    let deadline = tokio::time::Instant::now() + HOLD_LIMIT;
-    let mut checked_requester = tokio::time::Instant::now();
-    loop {
-        let Some(hold) = bk.branch_hold(branch).await? else {
-            return Ok(None);
-        };
-        if let Some(at) = hold.cut_at {
-            return Ok(Some(at));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(%branch, "no position named for the held cut in {HOLD_LIMIT:?}: streaming on");
-            return Ok(None);
-        }
-        if checked_requester.elapsed() >= Duration::from_secs(1) {
-            checked_requester = tokio::time::Instant::now();
-            if bk.try_lock_branch_making(branch).await?.is_some() {
-                tracing::warn!(%branch, "the held cut's requester is gone: streaming on");
+    let named = async {
+        loop {
+            let Some(hold) = bk.branch_hold(branch).await? else {
                 return Ok(None);
+            };
+            if hold.cut_at.is_some() {
+                return Ok(hold.cut_at);
             }
+            tokio::time::sleep(HOLD_POLL).await;
         }
-        tokio::time::sleep(HOLD_POLL).await;
+    };
+    tokio::select! {
+        named = named => named,
+        gone = requester_gone(ctx, branch) => {
+            gone?;
+            tracing::warn!(%branch, "the held cut's requester is gone: streaming on");
+            Ok(None)
+        }
+        () = tokio::time::sleep(HOLD_LIMIT) => {
+            tracing::warn!(%branch, "no position named for the held cut in {HOLD_LIMIT:?}: streaming on");
+            Ok(None)
+        }
+    }
+}
+
+/// Returns once the requester of a held cut is gone: its making lock is free (looked at
+/// every second).
+async fn requester_gone(ctx: &PipelineContext, branch: &BranchName) -> Result<(), PipelineError> {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if ctx
+            .bookkeeping
+            .try_lock_branch_making(branch)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
     }
 }
 
@@ -324,6 +341,13 @@ pub(super) async fn cut_branches(
                     tokio::select! {
                         // The applier answered without holding (it gave up or failed).
                         answered = &mut answer => answered,
+                        // Gone before the applier took the request (it waits for a
+                        // boundary, or for the tables to be in sync): dropping the
+                        // channels makes the applier pass over it.
+                        gone = requester_gone(ctx, &branch) => {
+                            gone?;
+                            Ok(Err("the requester gave up before the pipeline stood still".to_owned()))
+                        }
                         held_at = held_at => {
                             if let Ok(held_at) = held_at {
                                 bk.branch_held(&branch, held_at).await?;

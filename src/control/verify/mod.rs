@@ -378,7 +378,8 @@ async fn held(
                     reason: b.error.unwrap_or_default(),
                 })
             }
-            Some(b) if b.state == BranchState::Requested && Instant::now() >= deadline => {
+            // Claimed or not: the pipeline lets go of it once verify's lock is free.
+            Some(_) if Instant::now() >= deadline => {
                 return Err(VerifyError::NotHeld {
                     connector: connector.name.clone(),
                     timeout,
