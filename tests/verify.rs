@@ -42,6 +42,8 @@ fn shop(cluster: &Cluster) {
              CREATE TABLE notes (body text, n int);
              ALTER TABLE notes REPLICA IDENTITY FULL;
              INSERT INTO notes SELECT 'note ' || (g % 50), g % 50 FROM generate_series(1, 300) g;
+             CREATE TABLE covered (id int, doc json, CONSTRAINT covered_pk PRIMARY KEY (id) INCLUDE (doc));
+             INSERT INTO covered SELECT g, json_build_object('g', g) FROM generate_series(1, 20) g;
              CREATE TABLE events (id int, day date, what text, PRIMARY KEY (id, day))
                  PARTITION BY RANGE (day);
              CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
@@ -254,6 +256,7 @@ async fn verify_locates_a_changed_a_deleted_and_a_duplicated_row() {
         "UPDATE big SET note = 'tampered' WHERE id = 123456;
          DELETE FROM big WHERE id = 200001;
          INSERT INTO notes SELECT * FROM notes WHERE body = 'note 7' LIMIT 1;
+         UPDATE covered SET doc = '{\"g\": 0}' WHERE id = 3;
          DROP TABLE events_2025;",
     );
     let report = verify_json(&daemon, &[], 1);
@@ -303,6 +306,11 @@ async fn verify_locates_a_changed_a_deleted_and_a_duplicated_row() {
     assert_eq!(notes["rows"][0]["kind"], "duplicated", "{notes}");
     assert_eq!(notes["rows"][0]["key"], "(\"note 7\",7)", "{notes}");
     assert_eq!(table(&report, "public.Order Lines")["equal"], true);
+    // A key's INCLUDE columns are not part of it.
+    let covered = table(&report, "public.covered");
+    assert_eq!(covered["rows"][0]["key"], "{3}", "{covered}");
+    assert_eq!(covered["rows"][0]["kind"], "changed", "{covered}");
+    assert_eq!(covered["rows"].as_array().unwrap().len(), 1, "{covered}");
     let gone = table(&report, "public.events_2025");
     assert_eq!(
         (&gone["equal"], &gone["only_in"]),
@@ -324,8 +332,8 @@ async fn verify_locates_a_changed_a_deleted_and_a_duplicated_row() {
     assert!(out.contains("missing from the replica\n"), "{out}");
     assert!(
         out.contains(
-            "tributary connector resync shop --table public.big --table public.events_2025 \
-             --table public.notes"
+            "tributary connector resync shop --table public.big --table public.covered \
+             --table public.events_2025 --table public.notes"
         ),
         "{out}"
     );
@@ -405,7 +413,7 @@ async fn a_verify_killed_while_the_pipeline_holds_costs_a_bounded_pause() {
     open.batch_execute("BEGIN; INSERT INTO notes VALUES ('uncommitted', 0)")
         .await
         .unwrap();
-    let mut verify = daemon.cli_spawn(&["verify", "shop", "--timeout", "600"]);
+    let mut verify = daemon.cli_spawn(&["verify", "shop", "--timeout", "60"]);
     let held = "SELECT count(*) FROM tributary.branches WHERE held_at IS NOT NULL";
     crate::support::eventually("the pipeline to hold", || async {
         (store.psql("postgres", held) == "1").then_some(())

@@ -32,8 +32,9 @@ pub struct VerifyArgs {
     jobs: u16,
     /// How long the pipeline may take to stand still at a source commit boundary, and the
     /// source to give a snapshot (it waits for the transactions running on it), in seconds.
+    /// At most 60: replication stands still meanwhile.
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
+          value_parser = clap::value_parser!(u64).range(1..=60))]
     timeout: u64,
     /// Output: a table for people, or JSON for scripts.
     #[arg(long, value_enum, default_value_t = Format::Text)]

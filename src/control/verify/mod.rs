@@ -192,6 +192,12 @@ pub enum VerifyError {
         table: TableName,
         error: String,
     },
+    #[error(
+        "the source database is encoded in {on_source} and the replica in {replica}: verify \
+         compares rows by the hash of their text as stored, which differs between encodings \
+         for every character outside ASCII, so it cannot compare them"
+    )]
+    Encoding { on_source: String, replica: String },
     #[error("setting up a session on {side}: {error}")]
     Session { side: Side, error: String },
 }
@@ -337,6 +343,7 @@ async fn at_cut(
     let (branch_lsn, paused) = cut(bookkeeping, name).await?;
     let branch = store.with_dbname(name.as_str());
     let branches = try_join_all((0..jobs).map(|_| session(&branch, Side::Replica, None))).await?;
+    same_encoding(&sources[0], &branches[0]).await?;
     let planned = compare::plan(&sources[0], &branches[0], tables).await?;
     progress(Progress::Planned {
         tables: planned.len(),
@@ -356,6 +363,34 @@ async fn at_cut(
         tables,
         took: Duration::ZERO,
     })
+}
+
+/// Row texts are hashed as the databases store them: two encodings would make every row
+/// with a character outside ASCII differ.
+async fn same_encoding(source: &PgClient, branch: &PgClient) -> Result<(), VerifyError> {
+    let (source, replica) = (
+        encoding(source, Side::Source).await?,
+        encoding(branch, Side::Replica).await?,
+    );
+    if source == replica {
+        Ok(())
+    } else {
+        Err(VerifyError::Encoding {
+            on_source: source,
+            replica,
+        })
+    }
+}
+
+async fn encoding(client: &PgClient, side: Side) -> Result<String, VerifyError> {
+    client
+        .query_one("SELECT pg_catalog.current_setting('server_encoding')", &[])
+        .await
+        .map(|row| row.get(0))
+        .map_err(|e| VerifyError::Session {
+            side,
+            error: pg::error_message(&e),
+        })
 }
 
 /// Waits for the pipeline to stand still; returns where.
@@ -465,25 +500,30 @@ async fn session(
     let client = pg::connect(info)
         .await
         .map_err(|error| VerifyError::Connect { side, error })?;
-    let mut setup = plan::SESSION_SETTINGS.to_owned();
+    // Two messages: statements before a BEGIN in one message would be part of its
+    // transaction, and SET TRANSACTION SNAPSHOT must come first in it.
+    let mut setup = vec![plan::SESSION_SETTINGS.to_owned()];
     if let Some(snapshot) = snapshot {
-        setup.push_str(&format!(
-            "; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        setup.push(format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
             quote_literal(snapshot)
         ));
     }
-    client
-        .batch_execute(&setup)
-        .await
-        .map_err(|e| VerifyError::Session {
-            side,
-            error: pg::error_message(&e),
-        })?;
+    for statements in setup {
+        client
+            .batch_execute(&statements)
+            .await
+            .map_err(|e| VerifyError::Session {
+                side,
+                error: pg::error_message(&e),
+            })?;
+    }
     Ok(client)
 }
 
 /// Waits for the pipeline to cut the branch; returns its position and the pause.
 async fn cut(bookkeeping: &Bookkeeping, name: &BranchName) -> Result<(Lsn, Duration), VerifyError> {
+    let mut looked = Instant::now();
     loop {
         let Some(branch) = bookkeeping.branch(name).await? else {
             return Err(VerifyError::Gone(format!("branch {name} was deleted")));
@@ -500,7 +540,18 @@ async fn cut(bookkeeping: &Bookkeeping, name: &BranchName) -> Result<(Lsn, Durat
                     reason: branch.error.unwrap_or_default(),
                 })
             }
-            // Being cut: the pipeline streams on to the position, however long it takes.
+            // Being cut: the pipeline streams on to the position, however long it takes,
+            // as long as a pipeline holds the cut's lock (looked at every second).
+            BranchState::Cutting if looked.elapsed() >= Duration::from_secs(1) => {
+                looked = Instant::now();
+                if bookkeeping.try_lock_branch(name).await?.is_some() {
+                    return Err(VerifyError::Gone(
+                        "the pipeline stopped before it cut the replica at the snapshot's \
+                         position"
+                            .to_owned(),
+                    ));
+                }
+            }
             BranchState::Requested | BranchState::Cutting => {}
         }
         tokio::time::sleep(POLL).await;

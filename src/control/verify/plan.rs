@@ -23,9 +23,14 @@ const SAMPLES_PER_BOUNDARY: usize = 8;
 
 /// Session settings under which both servers print every value the same way: the hash is
 /// of the row's text.
+/// No timeout ends them either: the source's sessions stay in their snapshot's transaction
+/// from before the cut to the end of the comparison (`transaction_timeout` exists from 17).
 pub const SESSION_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
      SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'; \
-     SET lc_monetary = 'C'; SET statement_timeout = 0";
+     SET lc_monetary = 'C'; SET statement_timeout = 0; \
+     SET idle_in_transaction_session_timeout = 0; \
+     SELECT pg_catalog.set_config('transaction_timeout', '0', false) \
+     WHERE pg_catalog.current_setting('server_version_num')::int >= 170000";
 
 /// A table as the source has it: every column, and its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,11 +191,12 @@ pub fn shape_sql() -> &'static str {
      FROM pg_catalog.pg_attribute a
      LEFT JOIN LATERAL (
          SELECT s.n
-         FROM (SELECT i.indkey FROM pg_catalog.pg_index i
+         FROM (SELECT i.indkey, i.indnkeyatts FROM pg_catalog.pg_index i
                WHERE i.indrelid = a.attrelid AND (i.indisprimary OR i.indisreplident)
                ORDER BY i.indisprimary DESC LIMIT 1) i,
               unnest(i.indkey) WITH ORDINALITY s(attnum, n)
-         WHERE s.attnum = a.attnum) k ON true
+         -- An index's INCLUDE columns are not part of its key.
+         WHERE s.attnum = a.attnum AND s.n <= i.indnkeyatts) k ON true
      WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
      ORDER BY a.attnum"
 }

@@ -58,8 +58,9 @@ use reader::Reader;
 const IDLE_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long the pipeline stands still, at most, for a held cut's requester to name its
-/// position (`tributary verify` takes a source snapshot meanwhile).
-pub const HOLD_LIMIT: Duration = Duration::from_secs(60);
+/// position (`tributary verify` takes a source snapshot meanwhile; its `--timeout` is at
+/// most 60 s, under this).
+pub const HOLD_LIMIT: Duration = Duration::from_secs(75);
 
 /// Commands between reader and applier: enough to overlap a few source transactions
 /// without holding much in memory.
