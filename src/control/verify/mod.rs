@@ -11,8 +11,8 @@
 //! ```
 //!
 //! The pipeline stands still only from P until L is named (the slot's creation, which
-//! waits for the transactions running on the source) and for the cut itself. Nothing is
-//! written on the source: the slot is temporary and the sessions are read-only.
+//! waits for the transactions running on the source) and for the cut itself. No row or
+//! catalog of the source is written: the slot is temporary and the sessions are read-only.
 //!
 //! - `plan.rs`: the queries, the ranges and the row comparison (pure, table-tested).
 //! - `compare.rs`: the workers.
