@@ -72,6 +72,20 @@ pub struct SlotName(String);
 pub struct InvalidSlotName(String);
 
 impl SlotName {
+    /// A name for a temporary slot of this process: `tributary_<purpose>_<pid>_<ns>`.
+    /// `purpose` is lower-case letters and `_`, a few of them.
+    pub fn temporary(purpose: &str) -> SlotName {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        SlotName::new(format!(
+            "tributary_{purpose}_{}_{nanos}",
+            std::process::id()
+        ))
+        .expect("temporary slot names are valid")
+    }
+
     pub fn new(name: impl Into<String>) -> Result<SlotName, InvalidSlotName> {
         let name = name.into();
         let ok = (1..=SLOT_NAME_MAX).contains(&name.len())

@@ -407,12 +407,7 @@ pub fn rejects_numeric_as_string(error: &super::Error) -> bool {
 /// connection. Creating a slot waits for transactions running on the source to finish.
 pub async fn probe_numeric_as_string(info: &ConnInfo) -> Result<bool> {
     let mut client = ReplicationClient::connect(info).await?;
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let slot = SlotName::new(format!("tributary_probe_{}_{nanos}", std::process::id()))
-        .expect("probe slot names are valid");
+    let slot = SlotName::temporary("probe");
     let created = client
         .create_slot(&slot, true, SnapshotAction::NoExport)
         .await?;

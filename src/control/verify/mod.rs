@@ -20,7 +20,7 @@
 mod compare;
 mod plan;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 
@@ -457,12 +457,7 @@ impl SnapshotSlot {
 
     /// Creates the slot; returns its position and the name of its exported snapshot.
     async fn create(&mut self, timeout: Duration) -> Result<(Lsn, String), VerifyError> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let slot = SlotName::new(format!("tributary_verify_{}_{nanos}", std::process::id()))
-            .expect("verify slot names are valid");
+        let slot = SlotName::temporary("verify");
         let created = tokio::time::timeout(
             timeout,
             self.client.create_slot(&slot, true, SnapshotAction::Export),
