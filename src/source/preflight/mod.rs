@@ -62,9 +62,14 @@ const MIN_SERVER_VERSION: u32 = 130_000;
 const PROBE_SLOT_PREFIX: &str = "tributary_preflight_";
 
 /// Prefixes of the slots tributary's short-lived probes create (preflight, the
-/// `numeric-data-types-as-string` probe, `tail`). All of them are temporary: a persistent
-/// one is a leftover, and it retains WAL until dropped.
-const PROBE_SLOT_PREFIXES: [&str; 3] = [PROBE_SLOT_PREFIX, "tributary_probe_", "tributary_tail_"];
+/// `numeric-data-types-as-string` probe, `tail`, `verify`). All of them are temporary: a
+/// persistent one is a leftover, and it retains WAL until dropped.
+const PROBE_SLOT_PREFIXES: [&str; 4] = [
+    PROBE_SLOT_PREFIX,
+    "tributary_probe_",
+    "tributary_tail_",
+    "tributary_verify_",
+];
 
 /// Creating a logical slot waits for every transaction running on the source to end, so a
 /// forgotten open transaction would hold the probe (and the process) forever.
